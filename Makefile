@@ -1,0 +1,29 @@
+# `make test` and `make demo` create .venv when absent and install the pinned set first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PIP_VERSION := 26.3
+PYTEST_WORKERS ?= 2
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check pip==$(PIP_VERSION)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
+
+demo: install
+	$(VENV)/bin/littlehelp train --gin_file=gin/runs/demo.gin --gin.MODEL_DIR=runs/demo
+
+bench: install
+	$(PY) scripts/bench_train_step.py
+
+clean:
+	rm -rf $(VENV) runs
