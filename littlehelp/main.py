@@ -1,0 +1,141 @@
+"""Command line: `littlehelp train|eval|infer --gin_file=F.gin --gin.NAME=VALUE`.
+
+Each subcommand parses the gin files (searched in the working directory, `--gin_search_paths`
+and the repository's gin/ folder), then the `--gin.NAME=VALUE` overrides, and calls one
+gin-configurable function that takes all of its arguments from gin. `--multihost` calls
+`jax.distributed.initialize()` first, for runs launched on every host of a pod or cluster.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Before anything imports TensorFlow.
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
+from typing import Any, Callable, Sequence  # noqa: E402
+
+from absl import flags, logging  # noqa: E402
+
+from littlehelp import config  # noqa: E402
+
+# Subcommand -> (module, gin-configurable function). Modules are imported only when used.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("littlehelp.trainer", "train"),
+    "eval": ("littlehelp.trainer", "evaluate"),
+    "infer": ("littlehelp.inference", "infer"),
+}
+COMMAND_HELP = {
+    "train": "train a model (littlehelp.trainer.train)",
+    "eval": "evaluate a checkpoint (littlehelp.trainer.evaluate)",
+    "infer": "decode with a checkpoint (littlehelp.inference.infer)",
+}
+OVERRIDE_PREFIX = "--gin."
+OVERRIDE_HELP = (
+    "--gin.NAME=VALUE (repeatable) binds a gin value after the files, e.g. --gin.MODEL_DIR=runs/demo "
+    "--gin.train.steps=10. VALUE is a gin literal when it parses as one (numbers, True, None, "
+    "'quoted', @ref, %%macro, lists); anything else is taken as a string."
+)
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates `--gin.NAME=VALUE` (or `--gin.NAME VALUE`) overrides from the other arguments.
+
+    Returns (other arguments, overrides as `NAME=VALUE`).
+    """
+    rest: list[str] = []
+    overrides: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if not arg.startswith(OVERRIDE_PREFIX):
+            rest.append(arg)
+        elif "=" in arg:
+            overrides.append(arg.removeprefix(OVERRIDE_PREFIX))
+        else:
+            value = next(args, None)
+            if value is None:
+                raise config.ConfigError(f"override '{arg}' ({config.COMMAND_LINE}) has no value")
+            overrides.append(f"{arg.removeprefix(OVERRIDE_PREFIX)}={value}")
+    return rest, overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: one subcommand per entry of `COMMANDS`, sharing the gin options."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument(
+        "--gin_file", action="append", default=[], metavar="FILE",
+        help="gin file to parse (repeatable, parsed in order)",
+    )
+    shared.add_argument(
+        "--gin_search_paths", action="append", default=[], metavar="DIR[,DIR...]",
+        help="extra folders to search for gin files, after the working directory and before gin/",
+    )
+    shared.add_argument(
+        "--multihost", action="store_true",
+        help="call jax.distributed.initialize() first (one process per host of a pod or cluster)",
+    )
+    parser = argparse.ArgumentParser(prog="littlehelp", description=__doc__.splitlines()[0],
+                                     epilog=OVERRIDE_HELP)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    for name in COMMANDS:
+        commands.add_parser(name, parents=[shared], help=COMMAND_HELP.get(name), epilog=OVERRIDE_HELP)
+    return parser
+
+
+def load_command(command: str) -> Callable[..., Any]:
+    """Imports and returns the gin-configurable function that runs `command`."""
+    module_name, function_name = COMMANDS[command]
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def set_up_logging() -> None:
+    """absl logging at INFO to stderr, without absl's 'before flag parsing' warning."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
+
+
+def configure(command: str, gin_files: Sequence[str], overrides: Sequence[str],
+              search_paths: Sequence[str]) -> Callable[..., Any]:
+    """Imports configurables, parses gin, and returns the command's function, ready to call.
+
+    Raises `config.ConfigError` for any configuration problem, before anything runs.
+    """
+    target = load_command(command)
+    config.import_configurable_modules()
+    config.parse_gin(gin_files, overrides, search_paths)
+    missing = config.missing_required_arguments(target)
+    if missing:
+        names = ", ".join(f"{target.__name__}.{name}" for name in missing)
+        raise config.ConfigError(f"required value(s) not set: {names}")
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    """Runs the CLI on `argv` (default `sys.argv[1:]`) and returns the command's result.
+
+    A configuration error is printed as one line on stderr and exits with status 2.
+    """
+    try:
+        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+        args = build_parser().parse_args(rest)
+        set_up_logging()
+        if args.multihost:
+            import jax  # pylint: disable=import-outside-toplevel
+
+            jax.distributed.initialize()
+        search_paths = [p for paths in args.gin_search_paths for p in paths.split(",") if p]
+        target = configure(args.command, args.gin_file, overrides, search_paths)
+    except config.ConfigError as error:
+        print(f"littlehelp: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.info("Running %s", args.command)
+    return target()
+
+
+def run() -> None:
+    """Console-script entry point (`littlehelp`)."""
+    main()
