@@ -1,0 +1,1 @@
+"""littlehelp: a JAX/Flax experiment framework where small models help large ones."""

@@ -1,0 +1,120 @@
+"""seqio Task -> feature converter -> host-local numpy batches -> global sharded jax.Arrays.
+
+Batches are a pure function of (task, seed, batch index): a resumed run asks for the batches from
+`start_batch` on and gets exactly those an uninterrupted run would have seen next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+
+import gin
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+from jax.sharding import Mesh
+
+from littlehelp import partitioning
+
+FEATURE_CONVERTERS = {
+    "encoder_decoder": seqio.EncDecFeatureConverter,
+    "lm": seqio.LMFeatureConverter,
+}
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """Which seqio Task or Mixture to read, and how to batch it.
+
+    Attributes:
+      name: a registered seqio Task or Mixture name.
+      task_feature_lengths: e.g. {"inputs": 512, "targets": 114} or {"targets": 512}.
+      batch_size: global batch size, over all hosts.
+      feature_converter: "encoder_decoder" or "lm".
+      split: dataset split.
+      pack: pack several examples into one row (segment ids and positions are added).
+      shuffle: shuffle examples (training); evaluation reads in order.
+      seed: shuffle seed; with the batch index it fixes every batch.
+      repeat: cycle forever (training) or read one epoch (evaluation).
+    """
+
+    name: str
+    task_feature_lengths: Mapping[str, int]
+    batch_size: int
+    feature_converter: str = "encoder_decoder"
+    split: str = "train"
+    pack: bool = True
+    shuffle: bool = True
+    seed: int = 0
+    repeat: bool = True
+
+    def __post_init__(self) -> None:
+        if self.feature_converter not in FEATURE_CONVERTERS:
+            raise ValueError(
+                f"DatasetConfig.feature_converter={self.feature_converter!r}; choose one of {sorted(FEATURE_CONVERTERS)}"
+            )
+        if self.batch_size <= 0:
+            raise ValueError(f"DatasetConfig.batch_size must be positive, got {self.batch_size}")
+        known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+        if self.name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(self.name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"DatasetConfig.name={self.name!r} is not a registered seqio Task or Mixture{hint}")
+
+    def evaluation(self, split: str = "validation") -> "DatasetConfig":
+        """The same data read once, in order, from another split."""
+        return dataclasses.replace(self, split=split, shuffle=False, repeat=False)
+
+
+def host_dataset(config: DatasetConfig, start_batch: int = 0) -> tf.data.Dataset:
+    """This host's slice of the batched dataset, starting at batch `start_batch`."""
+    process_count = jax.process_count()
+    if config.batch_size % process_count:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {process_count} hosts")
+    dataset = seqio.get_dataset(
+        config.name,
+        task_feature_lengths=dict(config.task_feature_lengths),
+        feature_converter=FEATURE_CONVERTERS[config.feature_converter](pack=config.pack),
+        dataset_split=config.split,
+        shuffle=config.shuffle,
+        num_epochs=None if config.repeat else 1,
+        shard_info=seqio.ShardInfo(jax.process_index(), process_count),
+        seed=config.seed,
+        verbose=False,
+    )
+    dataset = dataset.batch(config.batch_size // process_count, drop_remainder=True)
+    return dataset.skip(start_batch).prefetch(tf.data.AUTOTUNE)
+
+
+class GlobalBatches:
+    """Iterates global batches as jax.Arrays sharded over (data, fsdp) on `mesh`.
+
+    `batches_consumed` counts batches handed out since batch 0, so checkpoints can store it and a
+    resumed run can continue exactly where this one stopped.
+    """
+
+    def __init__(self, config: DatasetConfig, mesh: Mesh, start_batch: int = 0):
+        self.config = config
+        self.batches_consumed = start_batch
+        self._sharding = partitioning.batch_sharding(mesh)
+        self._iterator: Iterator[Mapping[str, np.ndarray]] = host_dataset(config, start_batch).as_numpy_iterator()
+
+    def __iter__(self) -> "GlobalBatches":
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        local = next(self._iterator)
+        self.batches_consumed += 1
+        return {
+            name: jax.make_array_from_process_local_data(self._sharding, np.asarray(value))
+            for name, value in local.items()
+        }
+
+    def state(self) -> dict[str, int]:
+        """What a checkpoint must store to resume this stream exactly."""
+        return {"seed": self.config.seed, "batches_consumed": self.batches_consumed}

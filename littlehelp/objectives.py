@@ -1,0 +1,215 @@
+"""Objectives (what a train step minimises) and the Curriculum that picks one per step.
+
+An Objective owns the model(s) it needs. Parameters live in one dict keyed by model name
+(`{"model": ...}` for the plain objectives), so objectives that share a model share its weights and
+its optimizer state. The trainer compiles one step per distinct Objective and switches between them
+at step boundaries; a term whose weight is zero is never traced, so it costs nothing.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import gin
+import jax
+import jax.numpy as jnp
+
+from littlehelp import flops, losses
+from littlehelp.models import DecoderConfig, DecoderLM, T5, T5Config
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+Params = dict[str, Any]
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """What a subclass must implement.
+
+    `loss` returns the mean loss of the batch and metrics that include "weight", the loss's
+    denominator (e.g. the number of target tokens); the trainer uses it to combine microbatches
+    exactly. Every metric is a mean over that weight.
+    """
+
+    name: str
+
+    def init_params(self, rng: jax.Array, batch: Batch) -> Params:
+        """Logically annotated (boxed) parameters, keyed by model name."""
+
+    def loss(self, params: Params, batch: Batch, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
+        """Mean loss over the batch and metrics (including "weight")."""
+
+    def train_flops(self, batch: Batch) -> float:
+        """Matrix-multiply FLOPs of one training step on a batch of these shapes (see flops.py)."""
+
+
+def _token_metrics(sums: losses.TokenLossSums) -> tuple[jax.Array, Metrics]:
+    """Mean loss and the standard per-token metrics from weighted sums."""
+    weight = jnp.maximum(sums.weight, 1.0)
+    loss = (sums.cross_entropy + sums.z_loss) / weight
+    return loss, {
+        "loss": loss,
+        "cross_entropy": sums.cross_entropy / weight,
+        "z_loss": sums.z_loss / weight,
+        "accuracy": sums.correct / weight,
+        "weight": sums.weight,
+    }
+
+
+def _dropout_rngs(rng: jax.Array, rate: float) -> dict[str, jax.Array]:
+    return {"dropout": rng} if rate > 0 else {}
+
+
+@gin.configurable
+class EncoderDecoderObjective:
+    """Cross-entropy (+ z-loss) of an encoder-decoder on seqio's encoder-decoder features."""
+
+    def __init__(self, model_config: T5Config = gin.REQUIRED, z_loss: float = 1e-4, model_key: str = "model"):
+        self.config = model_config
+        self.model = T5(model_config)
+        self.z_loss = z_loss
+        self.model_key = model_key
+        self.name = f"encoder_decoder[{model_key}]"
+
+    def init_params(self, rng: jax.Array, batch: Batch) -> Params:
+        variables = self.model.init(rng, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
+        return {self.model_key: variables["params"]}
+
+    def logits(self, params: Params, batch: Batch, rng: jax.Array) -> jax.Array:
+        """The model's logits on a batch (packed features used when present)."""
+        return self.model.apply(
+            {"params": params[self.model_key]},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            encoder_segment_ids=batch.get("encoder_segment_ids"),
+            decoder_segment_ids=batch.get("decoder_segment_ids"),
+            encoder_positions=batch.get("encoder_positions"),
+            decoder_positions=batch.get("decoder_positions"),
+            deterministic=self.config.dropout_rate == 0,
+            rngs=_dropout_rngs(rng, self.config.dropout_rate),
+        )
+
+    def loss(self, params: Params, batch: Batch, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
+        logits = self.logits(params, batch, rng)
+        sums = losses.cross_entropy_with_z_loss(
+            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], self.z_loss
+        )
+        return _token_metrics(sums)
+
+    def train_flops(self, batch: Batch) -> float:
+        size, inputs_length = batch["encoder_input_tokens"].shape
+        targets_length = batch["decoder_target_tokens"].shape[1]
+        forward = flops.t5_forward_flops(self.config, size, inputs_length, targets_length)
+        return flops.TRAIN_MULTIPLIER * forward
+
+
+@gin.configurable
+class DecoderObjective:
+    """Next-token cross-entropy (+ z-loss) of a decoder-only LM on seqio's LM features."""
+
+    def __init__(self, model_config: DecoderConfig = gin.REQUIRED, z_loss: float = 1e-4, model_key: str = "model"):
+        self.config = model_config
+        self.model = DecoderLM(model_config)
+        self.z_loss = z_loss
+        self.model_key = model_key
+        self.name = f"decoder[{model_key}]"
+
+    def init_params(self, rng: jax.Array, batch: Batch) -> Params:
+        variables = self.model.init(rng, batch["decoder_input_tokens"])
+        return {self.model_key: variables["params"]}
+
+    def logits(self, params: Params, batch: Batch, rng: jax.Array) -> jax.Array:
+        """The model's logits on a batch (packed features used when present)."""
+        return self.model.apply(
+            {"params": params[self.model_key]},
+            batch["decoder_input_tokens"],
+            segment_ids=batch.get("decoder_segment_ids"),
+            positions=batch.get("decoder_positions"),
+        )
+
+    def loss(self, params: Params, batch: Batch, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
+        logits = self.logits(params, batch, rng)
+        sums = losses.cross_entropy_with_z_loss(
+            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], self.z_loss
+        )
+        return _token_metrics(sums)
+
+    def train_flops(self, batch: Batch) -> float:
+        size, length = batch["decoder_target_tokens"].shape
+        return flops.TRAIN_MULTIPLIER * flops.decoder_forward_flops(self.config, size, length)
+
+
+@gin.configurable
+class WeightedSum:
+    """A weighted sum of objectives: loss = sum_i w_i * loss_i.
+
+    Terms with weight 0 are dropped when the objective is built, so they are never traced or run.
+    The combined "weight" metric is the first term's (the primary loss's denominator); each term's
+    metrics are reported under its name.
+    """
+
+    def __init__(self, terms: Mapping[str, tuple[Objective, float]] = gin.REQUIRED):
+        self.terms = {name: (obj, float(w)) for name, (obj, w) in terms.items() if float(w) != 0.0}
+        if not self.terms:
+            raise ValueError(f"WeightedSum: every term has weight 0: {list(terms)}")
+        self.name = "+".join(f"{w:g}*{name}" for name, (_, w) in self.terms.items())
+
+    def init_params(self, rng: jax.Array, batch: Batch) -> Params:
+        params: Params = {}
+        for index, (objective, _) in enumerate(self.terms.values()):
+            params.update(objective.init_params(jax.random.fold_in(rng, index), batch))
+        return params
+
+    def loss(self, params: Params, batch: Batch, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
+        total = jnp.zeros((), jnp.float32)
+        metrics: Metrics = {}
+        for index, (name, (objective, weight)) in enumerate(self.terms.items()):
+            term, term_metrics = objective.loss(params, batch, jax.random.fold_in(rng, index), step)
+            total = total + weight * term
+            metrics.update({f"{name}/{key}": value for key, value in term_metrics.items()})
+            metrics.setdefault("weight", term_metrics["weight"])
+        metrics["loss"] = total
+        return total, metrics
+
+    def train_flops(self, batch: Batch) -> float:
+        return sum(objective.train_flops(batch) for objective, _ in self.terms.values())
+
+
+@gin.configurable
+class Curriculum:
+    """Maps a training step to the Objective active at that step.
+
+    `stages` is a list of (first_step, objective) sorted by first_step, the first starting at 0:
+    e.g. `[(0, hybrid), (tau, span_corruption)]`. Parameters are the union of every stage's.
+    """
+
+    def __init__(self, stages: Sequence[tuple[int, Objective]] = gin.REQUIRED):
+        starts = [int(start) for start, _ in stages]
+        if not stages or starts[0] != 0 or starts != sorted(set(starts)):
+            raise ValueError(f"Curriculum.stages must start at step 0 and strictly increase, got {starts}")
+        self.starts = starts
+        self.objectives = [objective for _, objective in stages]
+
+    @classmethod
+    def single(cls, objective: Objective) -> "Curriculum":
+        """A curriculum that uses one objective throughout."""
+        return cls([(0, objective)])
+
+    def objective_at(self, step: int) -> Objective:
+        """The objective in force at `step`."""
+        return self.objectives[bisect.bisect_right(self.starts, step) - 1]
+
+    def next_switch(self, step: int) -> int | None:
+        """The first step after `step` at which the objective changes, if any."""
+        index = bisect.bisect_right(self.starts, step)
+        return self.starts[index] if index < len(self.starts) else None
+
+    def init_params(self, rng: jax.Array, batch: Batch) -> Params:
+        """The union of every stage's parameters (a model shared by stages is initialised once)."""
+        params: Params = {}
+        for index, objective in enumerate(self.objectives):
+            for key, value in objective.init_params(jax.random.fold_in(rng, index), batch).items():
+                params.setdefault(key, value)
+        return params

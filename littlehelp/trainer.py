@@ -1,0 +1,347 @@
+"""The training loop: compiled, sharded steps per Objective; metrics, evaluation and checkpoints.
+
+One jitted step per distinct Objective of the Curriculum, with explicit in/out shardings and the
+state donated. The loop switches steps at stage boundaries, checks every loss for NaN/Inf before the
+state it produced can be saved, evaluates periodically, and checkpoints every N steps, on SIGTERM and
+at the end. Data position is part of the checkpoint, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from littlehelp import checkpoints, config as gin_config, partitioning
+from littlehelp.data import DatasetConfig, GlobalBatches, pipeline
+from littlehelp.metrics import MetricsWriter, measure_matmul_flops
+from littlehelp.objectives import Batch, Curriculum, Metrics, Objective
+from littlehelp.optimizers import Optimizer
+from littlehelp.train_state import StateLayout, TrainState, init_state, state_layout
+
+StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a step's loss is NaN or Inf; the state it produced is never saved."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSummary:
+    """What a finished (or stopped) run did."""
+
+    model_dir: str
+    first_step: int
+    last_step: int
+    final_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    preempted: bool
+
+
+def microbatched_value_and_grad(
+    loss_fn: Callable[..., tuple[jax.Array, Metrics]], microbatches: int
+) -> Callable[..., tuple[Metrics, Any]]:
+    """Gradient of `loss_fn` over a batch, accumulated over `microbatches` equal slices.
+
+    Each slice's mean loss, gradient and metrics are weighted by its "weight" metric (the loss's
+    denominator), so the result equals the full-batch gradient of the full-batch mean loss.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if microbatches == 1:
+
+        def full(params, batch, rng, step):
+            (_, metrics), grads = grad_fn(params, batch, rng, step)
+            return metrics, grads
+
+        return full
+
+    def accumulated(params, batch, rng, step):
+        slices = jax.tree.map(lambda x: x.reshape((microbatches, -1) + x.shape[1:]), batch)
+
+        def body(carry, inputs):
+            index, micro = inputs
+            (_, metrics), grads = grad_fn(params, micro, jax.random.fold_in(rng, index), step)
+            weight = metrics["weight"]
+            scaled = jax.tree.map(lambda g: g * weight, grads), {k: v * weight for k, v in metrics.items()}
+            return jax.tree.map(jnp.add, carry, scaled), None
+
+        zero = jax.tree.map(jnp.zeros_like, params)
+        (_, probe), _ = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], slices), rng, step)
+        zero_metrics = {k: jnp.zeros(v.shape, v.dtype) for k, v in probe.items()}
+        (grads, sums), _ = jax.lax.scan(body, (zero, zero_metrics), (jnp.arange(microbatches), slices))
+        total = jnp.maximum(sums["weight"], 1e-9)
+        metrics = {k: v / total for k, v in sums.items()}
+        metrics["weight"] = sums["weight"]
+        return metrics, jax.tree.map(lambda g: g / total, grads)
+
+    return accumulated
+
+
+def make_train_step(objective: Objective, optimizer: Optimizer, microbatches: int = 1) -> StepFn:
+    """The (unjitted) train step for one objective: gradients, update, metrics."""
+    value_and_grad = microbatched_value_and_grad(objective.loss, microbatches)
+
+    def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+        rng = jax.random.fold_in(rng, state.step)
+        metrics, grads = value_and_grad(state.params, batch, rng, state.step)
+        metrics = dict(metrics, grad_norm=_global_norm(grads), learning_rate=optimizer.schedule(state.step))
+        return state.apply_gradients(grads, optimizer.tx), metrics
+
+    return train_step
+
+
+def _global_norm(tree: Any) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def compile_train_step(
+    step_fn: StepFn, layout: StateLayout, batch_spec: Mapping[str, jax.ShapeDtypeStruct], mesh: Mesh,
+    rules: partitioning.LogicalRules,
+):
+    """Compiles `step_fn` ahead of time for the state layout and batch shapes (no data needed)."""
+    batch_shardings = {k: partitioning.batch_sharding(mesh) for k in batch_spec}
+    jitted = jax.jit(
+        step_fn,
+        in_shardings=(layout.shardings, batch_shardings, partitioning.replicated(mesh)),
+        out_shardings=(layout.shardings, partitioning.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k]) for k, v in batch_spec.items()}
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        return jitted.lower(layout.abstract_state, batch_abstract, jax.random.key(0)).compile()
+
+
+def batch_spec(config: DatasetConfig) -> dict[str, jax.ShapeDtypeStruct]:
+    """Global shapes and dtypes of the batches a DatasetConfig yields."""
+    element = pipeline.host_dataset(config).element_spec
+    return {
+        name: jax.ShapeDtypeStruct((config.batch_size,) + tuple(spec.shape[1:]), np.dtype(spec.dtype.as_numpy_dtype))
+        for name, spec in element.items()
+    }
+
+
+def tokens_per_batch(spec: Mapping[str, jax.ShapeDtypeStruct]) -> int:
+    """Encoder plus decoder token positions in one batch (the throughput convention)."""
+    names = ("encoder_input_tokens", "decoder_target_tokens")
+    return sum(int(np.prod(spec[n].shape)) for n in names if n in spec)
+
+
+class Trainer:
+    """Owns the mesh, the compiled steps, the state and the checkpointer of one run."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        curriculum: Curriculum,
+        optimizer: Optimizer,
+        train_data: DatasetConfig,
+        mesh: Mesh,
+        rules: partitioning.LogicalRules,
+        checkpoint_config: checkpoints.CheckpointConfig,
+        microbatches: int = 1,
+        seed: int = 0,
+    ):
+        if train_data.batch_size % microbatches:
+            raise ValueError(f"batch_size {train_data.batch_size} is not divisible by microbatches={microbatches}")
+        self.model_dir = Path(model_dir)
+        self.curriculum, self.optimizer, self.train_data = curriculum, optimizer, train_data
+        self.mesh, self.rules, self.microbatches, self.seed = mesh, rules, microbatches, seed
+        self.batch_spec = batch_spec(train_data)
+        example = {k: jnp.zeros((1,) + v.shape[1:], v.dtype) for k, v in self.batch_spec.items()}
+        self._init_params = lambda rng: curriculum.init_params(rng, example)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            self.layout = state_layout(self._init_params, optimizer.tx, mesh, rules)
+        self._report_replicated()
+        self.checkpointer = checkpoints.Checkpointer(str(self.model_dir / "checkpoints"), checkpoint_config)
+        self._compiled: dict[int, Any] = {}
+
+    def _report_replicated(self) -> None:
+        found = partitioning.unsharded_but_shardable(
+            self.layout.abstract_state.params, self.layout.logical_specs, self.mesh, self.rules
+        )
+        for param in found:
+            logging.warning(
+                "parameter %s %s (axes %s, %d bytes) is replicated: no rule's mesh axis divides it",
+                param.path, param.shape, param.logical_axes, param.bytes,
+            )
+
+    def restore_or_init(self) -> tuple[TrainState, int]:
+        """The latest good checkpoint (or the configured restore path), else fresh parameters."""
+        restored = self.checkpointer.restore(self.layout.abstract_state)
+        if restored is None:
+            logging.info("no checkpoint found: initialising from scratch (seed %d)", self.seed)
+            with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+                state = init_state(self._init_params, self.optimizer.tx, jax.random.key(self.seed), self.layout)
+            return state, 0
+        state, data_state, step = restored
+        if data_state.get("seed", self.train_data.seed) != self.train_data.seed:
+            logging.warning("checkpoint data seed %s differs from the configured seed %s",
+                            data_state.get("seed"), self.train_data.seed)
+        return state, int(data_state.get("batches_consumed", step))
+
+    def step_fn(self, objective: Objective):
+        """The compiled train step for `objective` (compiled once, on first use)."""
+        key = id(objective)
+        if key not in self._compiled:
+            start = time.perf_counter()
+            step = make_train_step(objective, self.optimizer, self.microbatches)
+            self._compiled[key] = compile_train_step(step, self.layout, self.batch_spec, self.mesh, self.rules)
+            logging.info("compiled the train step for %s in %.1fs", objective.name, time.perf_counter() - start)
+        return self._compiled[key]
+
+    def evaluate(self, state: TrainState, objective: Objective, data: DatasetConfig, max_batches: int) -> dict[str, float]:
+        """Weighted-mean metrics of `objective` over at most `max_batches` batches of `data`."""
+        loss_fn = jax.jit(lambda params, batch: objective.loss(params, batch, jax.random.key(0), state.step)[1])
+        totals: dict[str, float] = {}
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            for index, batch in enumerate(GlobalBatches(data, self.mesh)):
+                if index >= max_batches:
+                    break
+                metrics = jax.device_get(loss_fn(state.params, batch))
+                weight = float(metrics["weight"])
+                for name, value in metrics.items():
+                    totals[name] = totals.get(name, 0.0) + (weight if name == "weight" else float(value) * weight)
+        if not totals:
+            raise ValueError(f"evaluation data {data.name!r} split {data.split!r} yielded no full batch")
+        weight = max(totals.pop("weight"), 1e-9)
+        return {name: value / weight for name, value in totals.items()} | {"weight": weight}
+
+
+def _check_finite(metrics: Mapping[str, Any], step: int, checkpointer: checkpoints.Checkpointer) -> None:
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+        checkpointer.wait_until_finished()
+        last = checkpointer.latest_step()
+        kept = f"the last good checkpoint is step {last} in {checkpointer.directory}" if last is not None else "no checkpoint was saved"
+        raise NonFiniteLossError(f"loss is {loss} at step {step}: stopping; {kept} (the bad state was not saved)")
+
+
+@gin.configurable
+def train(
+    model_dir: str = gin.REQUIRED,
+    train_data: DatasetConfig = gin.REQUIRED,
+    steps: int = gin.REQUIRED,
+    optimizer: Optimizer = gin.REQUIRED,
+    objective: Objective | None = None,
+    curriculum: Curriculum | None = None,
+    eval_data: DatasetConfig | None = None,
+    eval_every: int = 0,
+    eval_batches: int = 10,
+    log_every: int = 10,
+    microbatches: int = 1,
+    seed: int = 0,
+    mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
+    checkpoint_config: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
+    peak_flops_per_device: float | None = None,
+) -> TrainSummary:
+    """Trains from gin: `littlehelp train --gin_file=...` calls this with every argument bound.
+
+    Give either `objective` (one throughout) or `curriculum` (step -> objective).
+    `peak_flops_per_device` is the MFU denominator; unset, it is measured (float32 matmul).
+    """
+    if (objective is None) == (curriculum is None):
+        raise ValueError("train: bind exactly one of train.objective and train.curriculum")
+    curriculum = curriculum or Curriculum.single(objective)
+    mesh = partitioning.make_mesh(mesh_config)
+    rules = partitioning.logical_axis_rules()
+    trainer = Trainer(model_dir, curriculum, optimizer, train_data, mesh, rules, checkpoint_config, microbatches, seed)
+    gin_config.write_operative_config(model_dir)
+    peak = peak_flops_per_device or measure_matmul_flops()
+    loop = _Loop(trainer, steps, eval_data, eval_every, eval_batches, log_every, peak * len(mesh.devices.flat))
+    return loop.run()
+
+
+class _Loop:
+    """The step loop of `train`, split out so each part stays small."""
+
+    def __init__(self, trainer: Trainer, steps: int, eval_data, eval_every: int, eval_batches: int,
+                 log_every: int, peak_flops: float):
+        self.trainer, self.steps, self.eval_data = trainer, steps, eval_data
+        self.eval_every, self.eval_batches, self.log_every, self.peak_flops = eval_every, eval_batches, log_every, peak_flops
+        self.eval_metrics: dict[str, float] = {}
+
+    def run(self) -> TrainSummary:
+        trainer = self.trainer
+        state, start = trainer.restore_or_init()
+        first_step = int(state.step)
+        if start != first_step:
+            logging.info("data position %d differs from state step %d: continuing from the data position", start, first_step)
+        logging.info("training steps %d -> %d in %s", first_step, self.steps, trainer.model_dir)
+        batches = GlobalBatches(trainer.train_data, trainer.mesh, start_batch=start)
+        writer = MetricsWriter(trainer.model_dir, self.steps, first_step)
+        try:
+            state, metrics, preempted = self._steps(state, first_step, batches, writer)
+        finally:
+            writer.close()
+        step = int(state.step)
+        trainer.checkpointer.save(step, state, batches.state(), force=True)
+        trainer.checkpointer.wait_until_finished()
+        trainer.checkpointer.close()
+        return TrainSummary(str(trainer.model_dir), first_step, step, metrics, self.eval_metrics, preempted)
+
+    def _steps(self, state: TrainState, first_step: int, batches: GlobalBatches, writer: MetricsWriter):
+        trainer, rng = self.trainer, jax.random.key(trainer.seed + 1)
+        metrics: dict[str, float] = {}
+        tokens = tokens_per_batch(trainer.batch_spec)
+        window_start, window_steps = time.perf_counter(), 0
+        with checkpoints.PreemptionGuard() as guard:
+            for step in range(first_step, self.steps):
+                objective = trainer.curriculum.objective_at(step)
+                compiled = trainer.step_fn(objective)
+                if window_steps == 0:
+                    window_start = time.perf_counter()
+                state, step_metrics = compiled(state, next(batches), rng)
+                metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                _check_finite(metrics, step, trainer.checkpointer)
+                window_steps += 1
+                writer.advance()
+                trainer.checkpointer.save(step + 1, state, batches.state())
+                if (step + 1) % self.log_every == 0 or step + 1 == self.steps:
+                    seconds = (time.perf_counter() - window_start) / window_steps
+                    flops = objective.train_flops(trainer.batch_spec)
+                    metrics |= {"steps_per_second": 1 / seconds, "tokens_per_second": tokens / seconds,
+                                "mfu": flops / seconds / self.peak_flops, "flops_per_step": flops}
+                    writer.write(step + 1, metrics)
+                    window_steps = 0
+                if self.eval_data is not None and self.eval_every and (step + 1) % self.eval_every == 0:
+                    self.eval_metrics = trainer.evaluate(state, objective, self.eval_data, self.eval_batches)
+                    writer.write(step + 1, self.eval_metrics, prefix="eval")
+                if guard.requested:
+                    logging.warning("SIGTERM received: saving step %d and stopping", step + 1)
+                    return state, metrics, True
+        return state, metrics, False
+
+
+@gin.configurable
+def evaluate(
+    model_dir: str = gin.REQUIRED,
+    eval_data: DatasetConfig = gin.REQUIRED,
+    optimizer: Optimizer = gin.REQUIRED,
+    objective: Objective = gin.REQUIRED,
+    eval_batches: int = 50,
+    mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
+    checkpoint_config: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
+) -> dict[str, float]:
+    """Evaluates the latest checkpoint in MODEL_DIR (or the restore path) on `eval_data`."""
+    mesh = partitioning.make_mesh(mesh_config)
+    rules = partitioning.logical_axis_rules()
+    trainer = Trainer(model_dir, Curriculum.single(objective), optimizer, eval_data, mesh, rules, checkpoint_config)
+    restored = trainer.checkpointer.restore(trainer.layout.abstract_state)
+    if restored is None:
+        raise FileNotFoundError(f"evaluate: no checkpoint in {model_dir}/checkpoints and no restore path set")
+    state = restored[0]
+    metrics = trainer.evaluate(state, objective, eval_data, eval_batches)
+    logging.info("eval at step %d: %s", int(state.step), {k: round(v, 4) for k, v in metrics.items()})
+    with MetricsWriter(model_dir, int(state.step), int(state.step), interactive=False) as writer:
+        writer.write(int(state.step), metrics, prefix="eval")
+    return metrics
