@@ -1,0 +1,251 @@
+"""Tests for littlehelp.checkpoints: round trips, resharding, corruption fall-back, retention, preemption."""
+
+import logging
+import os
+import pathlib
+import signal
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
+
+from littlehelp import checkpoints
+from littlehelp.checkpoints import CheckpointConfig, CheckpointError, Checkpointer, PreemptionGuard
+
+AUTO = jax.sharding.AxisType.Auto
+
+
+@struct.dataclass
+class TinyTrainState:
+    step: jax.Array
+    params: dict
+    opt_state: dict
+
+
+def make_state(seed: int) -> TinyTrainState:
+    """Random (incompressible) arrays big enough that orbax stores them in data files, not inline."""
+    rng = np.random.default_rng(seed)
+    return TinyTrainState(
+        step=jnp.asarray(seed, jnp.int32),
+        params={
+            "w": jnp.asarray(rng.standard_normal((16, 32)), jnp.float32),
+            "b": jnp.asarray(rng.standard_normal(32), jnp.bfloat16),
+        },
+        opt_state={"mu": jnp.asarray(rng.standard_normal((16, 32)), jnp.float32), "count": jnp.asarray(seed)},
+    )
+
+
+def make_dict_state(seed: int) -> dict:
+    """The same arrays as a plain dict: orbax restores a dict even without its tree metadata."""
+    state = make_state(seed)
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+def abstract_like(state, sharding_fn=lambda leaf: leaf.sharding):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_fn(x)), state)
+
+
+def assert_bitwise_equal(actual, expected) -> None:
+    a_leaves, a_def = jax.tree.flatten(actual)
+    e_leaves, e_def = jax.tree.flatten(expected)
+    assert a_def == e_def
+    for a, e in zip(a_leaves, e_leaves):
+        a, e = np.asarray(a), np.asarray(e)
+        assert (a.dtype, a.shape) == (e.dtype, e.shape)
+        assert a.tobytes() == e.tobytes()
+
+
+def save_steps(directory, steps, state_fn=make_state) -> None:
+    ckpt = Checkpointer(str(directory), CheckpointConfig(save_interval_steps=1))
+    for step in steps:
+        assert ckpt.save(step, state_fn(step), {"seed": 0, "batches_consumed": 10 * step})
+    ckpt.close()
+
+
+def largest_array_data_file(step_dir: pathlib.Path) -> pathlib.Path:
+    files = [f for f in (step_dir / "state").glob("ocdbt.process_*/d/*") if f.is_file()]
+    return max(files, key=lambda f: f.stat().st_size)
+
+
+def test_save_then_restore_is_bitwise_identical(tmp_path):
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), CheckpointConfig(save_interval_steps=5, async_save=True))
+    state = make_state(7)
+    assert ckpt.save(10, state, {"seed": 3, "batches_consumed": 123})
+    ckpt.wait_until_finished()
+    restored, data_state, step = ckpt.restore(abstract_like(state))
+    ckpt.close()
+    assert step == 10
+    assert data_state == {"seed": 3, "batches_consumed": 123}
+    assert isinstance(restored, TinyTrainState)
+    assert_bitwise_equal(restored, state)
+
+
+def test_restores_onto_a_different_mesh_and_a_single_device(tmp_path):
+    mesh_222 = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), (AUTO,) * 3)
+    saved_specs = {2: P("fsdp", "tensor"), 1: P("tensor"), 0: P()}
+    state = make_state(1)
+    sharded = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh_222, saved_specs[x.ndim])), state)
+    assert sharded.params["w"].sharding.spec == P("fsdp", "tensor")
+    Checkpointer(str(tmp_path), CheckpointConfig(save_interval_steps=1, async_save=False)).save(1, sharded, {})
+
+    mesh_18 = jax.make_mesh((1, 8), ("data", "fsdp"), (AUTO,) * 2)
+    target_specs = {2: P(None, "fsdp"), 1: P("fsdp"), 0: P()}
+    targets = {
+        "1x8": lambda x: NamedSharding(mesh_18, target_specs[x.ndim]),
+        "one device": lambda x: SingleDeviceSharding(jax.devices()[3]),
+    }
+    for name, sharding_fn in targets.items():
+        restored, _, _ = Checkpointer(str(tmp_path), CheckpointConfig()).restore(abstract_like(state, sharding_fn))
+        assert_bitwise_equal(restored, state)
+        for leaf, original in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+            assert leaf.sharding == sharding_fn(original), name
+
+
+def _truncate(path: pathlib.Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _overwrite(path: pathlib.Path) -> None:
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        f.write(b"\xff" * 16)
+
+
+def _delete_array_metadata(step_dir: pathlib.Path) -> None:
+    (step_dir / "state" / "_METADATA").unlink()
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda d: _truncate(largest_array_data_file(d)),
+        lambda d: _overwrite(largest_array_data_file(d)),
+        _delete_array_metadata,
+    ],
+    ids=["truncated data file", "overwritten data file", "deleted metadata"],
+)
+def test_corrupt_latest_step_falls_back_to_previous(tmp_path, caplog, corrupt):
+    save_steps(tmp_path, [1, 2, 3], make_dict_state)
+    corrupt(tmp_path / "3")
+    before = sorted(os.listdir(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        restored, data_state, step = Checkpointer(str(tmp_path), CheckpointConfig()).restore(
+            abstract_like(make_dict_state(0))
+        )
+    assert step == 2
+    assert data_state == {"seed": 0, "batches_consumed": 20}
+    assert_bitwise_equal(restored, make_dict_state(2))
+    assert str(tmp_path / "3") in caplog.text
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_all_steps_corrupt_raises_naming_each_step(tmp_path):
+    save_steps(tmp_path, [1, 2])
+    _truncate(largest_array_data_file(tmp_path / "1"))
+    _delete_array_metadata(tmp_path / "2")
+    ckpt = Checkpointer(str(tmp_path), CheckpointConfig())
+    with pytest.raises(CheckpointError) as raised:
+        ckpt.restore(abstract_like(make_state(0)))
+    message = str(raised.value)
+    assert str(tmp_path / "1") in message and str(tmp_path / "2") in message
+    assert (tmp_path / "1" / "state").is_dir() and (tmp_path / "2" / "state").is_dir()
+
+
+def test_unfinished_save_is_ignored_and_left_in_place(tmp_path):
+    save_steps(tmp_path, [1])
+    unfinished = tmp_path / "2.orbax-checkpoint-tmp-1234"
+    (unfinished / "state").mkdir(parents=True)
+    ckpt = Checkpointer(str(tmp_path), CheckpointConfig(save_interval_steps=1))
+    assert ckpt.latest_step() == 1
+    _, _, step = ckpt.restore(abstract_like(make_state(0)))
+    assert step == 1
+    assert ckpt.save(3, make_state(3), {})
+    ckpt.close()
+    assert unfinished.is_dir()
+
+
+def test_interval_force_and_max_to_keep(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), CheckpointConfig(save_interval_steps=3, max_to_keep=2, async_save=True))
+    saved = [step for step in range(1, 11) if ckpt.save(step, make_state(step), {"step": step})]
+    assert saved == [3, 6, 9]
+    assert ckpt.save(10, make_state(10), {}, force=True)
+    assert not ckpt.save(10, make_state(10), {}, force=True)
+    ckpt.close()
+    on_disk = sorted(int(name) for name in os.listdir(tmp_path) if name.isdigit())
+    assert on_disk == [9, 10]
+    assert ckpt.latest_step() == 10
+
+
+def test_restore_order_uses_restore_path_only_when_directory_is_empty(tmp_path):
+    save_steps(tmp_path / "previous_run", [4, 8])
+    abstract = abstract_like(make_state(0))
+    from_run = Checkpointer(str(tmp_path / "a"), CheckpointConfig(restore_path=str(tmp_path / "previous_run")))
+    restored, data_state, step = from_run.restore(abstract)
+    assert (step, data_state["batches_consumed"]) == (8, 80)
+    assert_bitwise_equal(restored, make_state(8))
+
+    from_step = Checkpointer(str(tmp_path / "b"), CheckpointConfig(restore_path=str(tmp_path / "previous_run" / "4")))
+    restored, _, step = from_step.restore(abstract)
+    assert step == 4
+    assert_bitwise_equal(restored, make_state(4))
+
+    own = Checkpointer(str(tmp_path / "previous_run"), CheckpointConfig(restore_path=str(tmp_path / "b")))
+    assert own.restore(abstract)[2] == 8
+    assert Checkpointer(str(tmp_path / "c"), CheckpointConfig()).restore(abstract) is None
+
+
+def test_missing_restore_path_is_an_error(tmp_path):
+    ckpt = Checkpointer(str(tmp_path / "a"), CheckpointConfig(restore_path=str(tmp_path / "nowhere")))
+    with pytest.raises(CheckpointError, match="nowhere"):
+        ckpt.restore(abstract_like(make_state(0)))
+
+
+def test_preemption_guard_sets_flag_and_restores_handler():
+    previous = signal.getsignal(signal.SIGTERM)
+    with PreemptionGuard() as guard:
+        assert not guard.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert guard.requested
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_preemption_guard_handles_sigint_only_when_asked():
+    previous = signal.getsignal(signal.SIGINT)
+    with PreemptionGuard(handle_sigint=True) as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert guard.requested
+    assert signal.getsignal(signal.SIGINT) is previous
+    with PreemptionGuard():
+        assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_fingerprints_match_numpy_formula_and_ignore_sharding():
+    mesh = jax.make_mesh((2, 4), ("data", "fsdp"), (AUTO,) * 2)
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    bits = x.view(np.uint32).ravel().astype(np.uint64)
+    expected = int(np.sum(bits * (2 * np.arange(bits.size, dtype=np.uint64) + 1)) % 2**32)
+    sharded = jax.device_put(x, NamedSharding(mesh, P("data", "fsdp")))
+    assert checkpoints.fingerprints({"x": jnp.asarray(x)}) == {"['x']": expected}
+    assert checkpoints.fingerprints({"x": sharded}) == {"['x']": expected}
+
+
+@pytest.mark.parametrize(
+    "field, value", [("save_interval_steps", 0), ("max_to_keep", -1), ("restore_path", " ")]
+)
+def test_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"CheckpointConfig.{field}"):
+        CheckpointConfig(**{field: value})
+
+
+def test_config_is_gin_configurable_as_checkpoints_name():
+    with gin.unlock_config():
+        gin.parse_config("checkpoints.CheckpointConfig.max_to_keep = 5")
+    try:
+        assert CheckpointConfig().max_to_keep == 5
+    finally:
+        gin.clear_config()
