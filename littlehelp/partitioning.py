@@ -17,7 +17,7 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "layers")
@@ -74,12 +74,13 @@ class MeshConfig:
 
 @gin.configurable
 def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds the (data, fsdp, tensor) mesh over `devices` (default: all devices)."""
+    """Builds the (data, fsdp, tensor) mesh over `devices` (default: all devices), with Auto axes."""
     devices = list(jax.devices() if devices is None else devices)
     shape = config.shape(len(devices))
+    auto = (AxisType.Auto,) * len(MESH_AXES)
     if len(devices) == len(jax.devices()):
-        return jax.make_mesh(shape, MESH_AXES, devices=devices)
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
 @gin.configurable
