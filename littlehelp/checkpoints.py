@@ -178,6 +178,7 @@ class Checkpointer:
 
     def restore(self, abstract_state: PyTree) -> tuple[PyTree, dict, int] | None:
         """Restores onto ``abstract_state``'s shardings: newest good step here, else restore_path, else None."""
+        self._manager.wait_until_finished()
         if self._manager.all_steps():
             logging.info("Restoring the newest good checkpoint in %s.", self._directory)
             return _restore_newest_good(self._manager, self._manager.all_steps(), abstract_state)

@@ -75,13 +75,13 @@ def test_save_then_restore_is_bitwise_identical(tmp_path):
     ckpt = Checkpointer(str(tmp_path / "ckpt"), CheckpointConfig(save_interval_steps=5, async_save=True))
     state = make_state(7)
     assert ckpt.save(10, state, {"seed": 3, "batches_consumed": 123})
-    ckpt.wait_until_finished()
     restored, data_state, step = ckpt.restore(abstract_like(state))
     ckpt.close()
     assert step == 10
     assert data_state == {"seed": 3, "batches_consumed": 123}
     assert isinstance(restored, TinyTrainState)
     assert_bitwise_equal(restored, state)
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["10"]
 
 
 def test_restores_onto_a_different_mesh_and_a_single_device(tmp_path):
