@@ -9,9 +9,11 @@ registered name is close, what was probably meant.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
+import logging as python_logging
 import tokenize
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -36,7 +38,6 @@ OPERATIVE_CONFIG_NAME = "config.gin"
 _MACRO_SELECTOR = "gin.macro"
 _MACRO_SUFFIX = "/" + _MACRO_SELECTOR
 _REQUIRED_REFERENCE = "gin.REQUIRED/gin.constant"
-_registered_search_paths: set[str] = set()
 
 
 class ConfigError(ValueError):
@@ -130,30 +131,47 @@ def parse_gin(
     """
     gin.clear_config()
     search_path = gin_search_path(search_paths)
-    _register_search_path(search_path)
-    for name in gin_files:
-        path = resolve_gin_file(name, search_path)
-        logging.info("Parsing gin file %s", path)
-        _parse_bindings(path.read_text(), str(path), search_path)
-    for override in overrides:
-        _parse_bindings(parse_override(override), COMMAND_LINE, search_path)
+    _use_search_path(search_path)
+    with _quiet_search_misses():
+        for name in gin_files:
+            path = resolve_gin_file(name, search_path)
+            logging.info("Parsing gin file %s", path)
+            _parse_bindings(path.read_text(), str(path), search_path)
+        for override in overrides:
+            _parse_bindings(parse_override(override), COMMAND_LINE, search_path)
     _check_macros_and_required_values()
     _finalize()
 
 
-def _register_search_path(search_path: Sequence[Path]) -> None:
-    """Adds the folders to gin's own search path (used for `include`) once each."""
-    for folder in map(str, search_path):
-        if folder not in _registered_search_paths:
-            gin.add_config_file_search_path(folder)
-            _registered_search_paths.add(folder)
+def _use_search_path(search_path: Sequence[Path]) -> None:
+    """Makes gin look for `include`d files in exactly `search_path`, in order."""
+    # gin only appends to its private prefix list; set it so folders of earlier calls drop out.
+    gin.config._LOCATION_PREFIXES[:] = [str(folder) for folder in search_path]  # pylint: disable=protected-access
+
+
+class _DropSearchMisses(python_logging.Filter):
+    """Drops gin's 'Path not found' errors, which it logs for each search-path folder it misses."""
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        return not (record.module == "resource_reader" and str(record.msg).startswith("Path not found"))
+
+
+@contextlib.contextmanager
+def _quiet_search_misses() -> Iterator[None]:
+    root = python_logging.getLogger()
+    search_misses = _DropSearchMisses()
+    root.addFilter(search_misses)
+    try:
+        yield
+    finally:
+        root.removeFilter(search_misses)
 
 
 def _parse_bindings(text: str, source: str, search_path: Sequence[Path]) -> None:
     """Parses `text` (from `source`) into gin, translating failures into `ConfigError`."""
     try:
         gin.parse_config(_NamedText(text, source))
-    except (ValueError, NameError, SyntaxError, tokenize.TokenError) as error:
+    except (ValueError, NameError, SyntaxError, OSError, tokenize.TokenError) as error:
         problem = _find_bad_statement(text, source, search_path)
         raise ConfigError(problem or f"{source}: {_one_line(str(error))}") from None
 
@@ -190,9 +208,10 @@ def _find_bad_statement(text: str, source: str, search_path: Sequence[Path]) -> 
 def _statement_problem(statement: Any, source: str, search_path: Sequence[Path]) -> str | None:
     """Describes what is wrong with one parsed statement, or None."""
     if isinstance(statement, config_parser.IncludeStatement):
-        path = _include_path(statement.filename, search_path)
-        if path is None:
-            return f"{_where(source, statement.location)}: included gin file not found"
+        try:
+            path = resolve_gin_file(statement.filename, search_path)
+        except ConfigError as error:
+            return f"{_where(source, statement.location)}: {error}"
         return _find_bad_statement(path.read_text(), str(path), search_path)
     if not isinstance(statement, config_parser.BindingStatement):
         return None
@@ -200,18 +219,11 @@ def _statement_problem(statement: Any, source: str, search_path: Sequence[Path])
     return problem or _reference_problem(statement, source)
 
 
-def _include_path(name: str, search_path: Sequence[Path]) -> Path | None:
-    try:
-        return resolve_gin_file(name, search_path)
-    except ConfigError:
-        return None
-
-
 def _where(source: str, location: config_parser.Location) -> str:
-    """`file:line: 'binding'`, or `command line: 'binding'`."""
+    """`file:line: `binding``, or `command line: `binding``."""
     binding = location.line_content.strip()
     place = source if source == COMMAND_LINE else f"{source}:{location.line_num}"
-    return f"{place}: '{binding}'"
+    return f"{place}: `{binding}`"
 
 
 def _binding_key_problem(statement: config_parser.BindingStatement, source: str) -> str | None:

@@ -36,7 +36,7 @@ OVERRIDE_PREFIX = "--gin."
 OVERRIDE_HELP = (
     "--gin.NAME=VALUE (repeatable) binds a gin value after the files, e.g. --gin.MODEL_DIR=runs/demo "
     "--gin.train.steps=10. VALUE is a gin literal when it parses as one (numbers, True, None, "
-    "'quoted', @ref, %%macro, lists); anything else is taken as a string."
+    "'quoted', @ref, %macro, lists); anything else is taken as a string."
 )
 
 
@@ -139,3 +139,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
 def run() -> None:
     """Console-script entry point (`littlehelp`)."""
     main()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,270 @@
+"""Gin parsing: overrides, search path, friendly errors, operative config."""
+
+import sys
+from pathlib import Path
+
+import gin
+import pytest
+
+from littlehelp import config
+
+
+@gin.configurable(module="lh_config_test")
+def toy_trainer(steps, model_dir, learning_rate=0.1, optimizer=None, schedule=()):
+    return {"steps": steps, "model_dir": model_dir, "learning_rate": learning_rate,
+            "optimizer": optimizer, "schedule": schedule}
+
+
+@gin.configurable(module="lh_config_test")
+def toy_optimizer(momentum=0.9):
+    return {"momentum": momentum}
+
+
+@gin.configurable(module="lh_config_test")
+def toy_evaluator(checkpoint=gin.REQUIRED, batch_size=4):
+    return checkpoint, batch_size
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model_dir=runs/demo", "runs/demo"),
+        ("model_dir=gs://bucket/run 1", "gs://bucket/run 1"),
+        ("model_dir=1/2", "1/2"),
+        ("model_dir=abc", "abc"),
+        ("model_dir='quoted'", "quoted"),
+        ('model_dir="double quoted"', "double quoted"),
+        ("model_dir=None", None),
+        ("steps=10", 10),
+        ("steps=-3", -3),
+        ("learning_rate=1e-3", 0.001),
+        ("steps=True", True),
+        ("schedule=[1, 2.5, 'a']", [1, 2.5, "a"]),
+        ("schedule=(1, (2, 3))", (1, (2, 3))),
+        ("schedule={'warmup': 5}", {"warmup": 5}),
+    ],
+)
+def test_override_value_is_gin_literal_or_bare_string(override, expected):
+    config.parse_gin([], [f"toy_trainer.{override}"])
+    name = override.partition("=")[0]
+    assert gin.query_parameter(f"toy_trainer.{name}") == expected
+
+
+def test_parse_override_text():
+    assert config.parse_override("MODEL_DIR=runs/demo") == "MODEL_DIR = 'runs/demo'"
+    assert config.parse_override(" train.steps = 10 ") == "train.steps = 10"
+    assert config.parse_override("x.opt=@toy_optimizer()") == "x.opt = @toy_optimizer()"
+    assert config.parse_override("x.lr=%LR") == "x.lr = %LR"
+    assert config.parse_override("x.y=[1, 2") == "x.y = '[1, 2'"
+    with pytest.raises(config.ConfigError, match="NAME=VALUE"):
+        config.parse_override("no_equals_sign")
+
+
+def test_override_references_and_macros_are_resolved_when_called():
+    overrides = ["toy_trainer.steps=1", "toy_trainer.model_dir=d", "LR=0.25",
+                 "toy_trainer.learning_rate=%LR", "toy_optimizer.momentum=0.5",
+                 "toy_trainer.optimizer=@toy_optimizer()"]
+    config.parse_gin([], overrides)
+    result = toy_trainer()
+    assert result["learning_rate"] == 0.25
+    assert result["optimizer"] == {"momentum": 0.5}
+
+
+def test_overrides_apply_after_files(tmp_path):
+    gin_file = write(tmp_path / "a.gin", "toy_trainer.steps = 1\ntoy_trainer.model_dir = 'x'\n")
+    config.parse_gin([str(gin_file)], ["toy_trainer.steps=2"])
+    assert gin.query_parameter("toy_trainer.steps") == 2
+    assert gin.query_parameter("toy_trainer.model_dir") == "x"
+
+
+def test_files_parse_in_order(tmp_path):
+    first = write(tmp_path / "first.gin", "toy_trainer.steps = 1\n")
+    second = write(tmp_path / "second.gin", "toy_trainer.steps = 2\n")
+    config.parse_gin([str(second), str(first)], [])
+    assert gin.query_parameter("toy_trainer.steps") == 1
+
+
+def test_relative_file_found_in_working_directory(tmp_path, monkeypatch):
+    write(tmp_path / "runs" / "local.gin", "toy_trainer.steps = 5\n")
+    monkeypatch.chdir(tmp_path)
+    config.parse_gin(["runs/local.gin"], [])
+    assert gin.query_parameter("toy_trainer.steps") == 5
+
+
+def test_search_paths_in_order(tmp_path):
+    write(tmp_path / "one" / "run.gin", "toy_trainer.steps = 1\n")
+    write(tmp_path / "two" / "run.gin", "toy_trainer.steps = 2\n")
+    write(tmp_path / "two" / "only_two.gin", "toy_trainer.learning_rate = 0.5\n")
+    paths = [str(tmp_path / "one"), str(tmp_path / "two")]
+    config.parse_gin(["run.gin", "only_two.gin"], [], search_paths=paths)
+    assert gin.query_parameter("toy_trainer.steps") == 1
+    assert gin.query_parameter("toy_trainer.learning_rate") == 0.5
+
+
+def test_default_search_path_ends_with_repo_gin_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    repo_gin = (Path(__file__).parent.parent / "gin").resolve()
+    assert config.gin_search_path(["extra"]) == [tmp_path.resolve(), tmp_path / "extra", repo_gin]
+
+
+def test_file_found_in_repo_gin_folder(tmp_path, monkeypatch):
+    repo_gin = tmp_path / "repo" / "gin"
+    write(repo_gin / "models" / "toy.gin", "toy_trainer.steps = 9\n")
+    monkeypatch.setattr(config, "REPO_GIN_DIR", repo_gin)
+    monkeypatch.chdir(tmp_path)
+    config.parse_gin(["models/toy.gin"], [])
+    assert gin.query_parameter("toy_trainer.steps") == 9
+
+
+def test_include_resolved_against_search_path(tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "configs"
+    write(folder / "models" / "base.gin", "toy_trainer.steps = 3\n")
+    write(folder / "runs" / "run.gin", "include 'models/base.gin'\ntoy_trainer.model_dir = 'r'\n")
+    monkeypatch.chdir(tmp_path)
+    config.parse_gin(["runs/run.gin"], [], search_paths=[str(folder)])
+    assert gin.query_parameter("toy_trainer.steps") == 3
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_include_not_found_in_folders_of_an_earlier_call(tmp_path):
+    write(tmp_path / "old" / "base.gin", "toy_trainer.steps = 3\n")
+    config.parse_gin(["base.gin"], [], search_paths=[str(tmp_path / "old")])
+    run = write(tmp_path / "new" / "run.gin", "include 'base.gin'\n")
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_gin([str(run)], [], search_paths=[str(tmp_path / "new")])
+    message = str(error.value)
+    assert f"{run}:1: `include 'base.gin'`: gin file 'base.gin' not found" in message
+    assert str(tmp_path / "old") not in message
+
+
+def test_missing_file_names_file_and_search_path(tmp_path):
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_gin(["nowhere/absent.gin"], [], search_paths=[str(tmp_path)])
+    message = str(error.value)
+    assert "nowhere/absent.gin" in message
+    assert str(tmp_path) in message and str(config.REPO_GIN_DIR) in message
+
+
+def test_unknown_configurable_in_file(tmp_path):
+    gin_file = write(tmp_path / "bad.gin", "toy_trainer.steps = 1\ntoy_trainr.steps = 3\n")
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_gin([str(gin_file)], [])
+    message = str(error.value)
+    assert f"{gin_file}:2" in message
+    assert "toy_trainr.steps = 3" in message
+    assert "did you mean 'toy_trainer'?" in message
+
+
+def test_unknown_parameter_in_file(tmp_path):
+    gin_file = write(tmp_path / "bad.gin", "toy_trainer.learning_rat = 0.1\n")
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_gin([str(gin_file)], [])
+    message = str(error.value)
+    assert str(gin_file) in message and "learning_rat" in message
+    assert "did you mean 'learning_rate'?" in message
+
+
+def test_unknown_parameter_in_override_names_command_line():
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_gin([], ["toy_optimizer.momentun=0.1"])
+    message = str(error.value)
+    assert message.startswith("command line: `toy_optimizer.momentun = 0.1`")
+    assert "did you mean 'momentum'?" in message
+
+
+def test_unknown_reference_suggests_configurable():
+    with pytest.raises(config.ConfigError, match="'@toy_optimiser'; did you mean 'toy_optimizer'"):
+        config.parse_gin([], ["toy_trainer.optimizer=@toy_optimiser()"])
+
+
+def test_error_in_included_file_names_that_file(tmp_path):
+    included = write(tmp_path / "inner.gin", "toy_optimizer.momentum = 0.1\ntoy_optimizer.momentm = 1\n")
+    outer = write(tmp_path / "outer.gin", "include 'inner.gin'\n")
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_gin([str(outer)], [], search_paths=[str(tmp_path)])
+    assert f"{included}:2" in str(error.value)
+    assert "did you mean 'momentum'?" in str(error.value)
+
+
+def test_no_suggestion_when_nothing_is_close():
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_gin([], ["zzqqxx.steps=1"])
+    assert "unknown configurable 'zzqqxx'" in str(error.value)
+    assert "did you mean" not in str(error.value)
+
+
+def test_required_macro_unset_names_it(tmp_path):
+    run = write(tmp_path / "run.gin",
+                "MODEL_DIR = %gin.REQUIRED\ntoy_trainer.model_dir = %MODEL_DIR\n")
+    with pytest.raises(config.ConfigError, match="required value.*MODEL_DIR"):
+        config.parse_gin([str(run)], [])
+    config.parse_gin([str(run)], ["MODEL_DIR=runs/demo", "toy_trainer.steps=1"])
+    assert toy_trainer()["model_dir"] == "runs/demo"
+
+
+def test_required_parameter_binding_unset_names_it():
+    with pytest.raises(config.ConfigError, match="toy_trainer.model_dir"):
+        config.parse_gin([], ["toy_trainer.model_dir=%gin.REQUIRED"])
+
+
+def test_undefined_macro_suggests_defined_one():
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_gin([], ["TRAIN_STEPS=5", "toy_trainer.steps=%TRAIN_STEP"])
+    assert "%TRAIN_STEP" in str(error.value)
+    assert "did you mean 'TRAIN_STEPS'?" in str(error.value)
+
+
+def test_missing_required_arguments_of_signature():
+    config.parse_gin([], [])
+    assert config.missing_required_arguments(toy_evaluator) == ["checkpoint"]
+    config.parse_gin([], ["toy_evaluator.checkpoint=ckpt"])
+    assert config.missing_required_arguments(toy_evaluator) == []
+
+
+def test_parse_gin_locks_config():
+    config.parse_gin([], ["toy_trainer.steps=1"])
+    assert gin.config_is_locked()
+
+
+def test_import_configurable_modules_skips_only_absent_modules(tmp_path, monkeypatch):
+    write(tmp_path / "lh_fake_pkg" / "__init__.py", "")
+    write(tmp_path / "lh_fake_pkg" / "present.py", "VALUE = 1\n")
+    write(tmp_path / "lh_fake_pkg" / "broken.py", "import lh_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("lh_fake_pkg", "lh_fake_pkg.present", "lh_fake_pkg.broken"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    names = ["lh_fake_pkg.present", "lh_fake_pkg.absent"]
+    assert config.import_configurable_modules(names) == ["lh_fake_pkg.present"]
+    with pytest.raises(ModuleNotFoundError) as error:
+        config.import_configurable_modules(["lh_fake_pkg.broken"])
+    assert error.value.name == "lh_no_such_dependency"
+
+
+def test_operative_config_written_and_reparseable(tmp_path):
+    model_dir = tmp_path / "runs" / "demo"
+    overrides = [f"MODEL_DIR={model_dir}", "toy_trainer.model_dir=%MODEL_DIR",
+                 "toy_trainer.steps=7", "toy_trainer.optimizer=@toy_optimizer()",
+                 "toy_optimizer.momentum=0.5"]
+    config.parse_gin([], overrides)
+    used = toy_trainer()
+    path = config.write_operative_config(str(model_dir))
+    assert path == model_dir / "config.gin"
+    text = path.read_text()
+    assert "toy_trainer.steps = 7" in text and "toy_optimizer.momentum = 0.5" in text
+    gin.clear_config()
+    gin.parse_config_file(str(path))
+    assert toy_trainer() == used == {"steps": 7, "model_dir": str(model_dir), "learning_rate": 0.1,
+                                     "optimizer": {"momentum": 0.5}, "schedule": ()}
