@@ -1,0 +1,182 @@
+"""Multi-head attention: one backend switch, masks, the attention layer and its KV cache.
+
+Conventions: query [b, lq, heads, d]; key/value [b, lk, kv_heads, d] with ``heads`` a multiple of
+``kv_heads`` (grouped-query attention); ``bias`` is additive and broadcastable to
+[b, heads, lq, lk]; ``mask`` is boolean (True = may attend) and broadcastable to the same shape.
+``dot_product_attention`` does not scale the query: callers fold 1/sqrt(d) in beforehand.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from littlehelp.models.layers import Projection, apply_rope, constrain
+
+Array = jax.Array
+Dtype = Any
+MASKED_LOGIT = -1e10
+
+
+def _xla_attention(query: Array, key: Array, value: Array, bias: Array | None,
+                   mask: Array | None) -> Array:
+    """Reference attention in plain XLA ops; softmax in float32."""
+    batch, q_len, heads, depth = query.shape
+    kv_heads, k_len = key.shape[2], key.shape[1]
+    grouped = query.reshape(batch, q_len, kv_heads, heads // kv_heads, depth)
+    logits = jnp.einsum("bqngd,bknd->bngqk", grouped, key).astype(jnp.float32)
+    logits = logits.reshape(batch, heads, q_len, k_len)
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, MASKED_LOGIT)
+    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    probs = probs.reshape(batch, kv_heads, heads // kv_heads, q_len, k_len)
+    out = jnp.einsum("bngqk,bknd->bqngd", probs, value)
+    return out.reshape(batch, q_len, heads, depth)
+
+
+ATTENTION_BACKENDS: dict[str, Callable[..., Array]] = {"xla": _xla_attention}
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | None = None,
+                          mask: Array | None = None, backend: str = "xla") -> Array:
+    """softmax(query . key + bias, masked) . value with the chosen backend -> [b, lq, heads, d]."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"Unknown attention backend {backend!r}; "
+                         f"available: {', '.join(sorted(ATTENTION_BACKENDS))}")
+    return ATTENTION_BACKENDS[backend](query, key, value, bias, mask)
+
+
+def segment_mask(query_segment_ids: Array, key_segment_ids: Array) -> Array:
+    """[b, lq] and [b, lk] segment ids (0 = padding) -> [b, 1, lq, lk]: same, non-padding segment."""
+    same = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+    return (same & (key_segment_ids[:, None, :] != 0))[:, None]
+
+
+def causal_mask(length: int) -> Array:
+    """[1, 1, length, length] lower-triangular mask by sequence index."""
+    index = jnp.arange(length)
+    return (index[None, :] <= index[:, None])[None, None]
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+    """Logical AND of the given masks, skipping None; None when all are None."""
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    combined = present[0]
+    for mask in present[1:]:
+        combined = combined & mask
+    return combined
+
+
+class SelfAttentionContext(NamedTuple):
+    """Positions and mask shared by every self-attention layer of a stack."""
+    query_positions: Array  # [b or 1, lq]
+    key_positions: Array  # [b or 1, lk]
+    mask: Array | None  # broadcastable to [b, heads, lq, lk]
+    cache_index: Array | None  # first cache slot written by this call; None outside decoding
+
+
+class SelfAttentionPositions(nn.Module):
+    """Builds the ``SelfAttentionContext`` of a stack, tracking the decode step in "cache".
+
+    Outside decoding (and on the first, cache-creating call of decoding) positions default to
+    ``arange(length)`` and the mask combines segments with (if ``causal``) sequence order. While
+    decoding, the call fills the next ``length`` cache slots; segment ids are ignored and the mask
+    lets each new token see every filled slot up to itself.
+    """
+    causal: bool
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, tokens: Array, segment_ids: Array | None,
+                 positions: Array | None) -> SelfAttentionContext:
+        batch, length = tokens.shape
+        if not self.decode:
+            return self._full_sequence(length, segment_ids, positions)
+        initialized = self.has_variable("cache", "index")
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        cached_positions = self.variable("cache", "key_positions", jnp.zeros,
+                                         (batch, length), jnp.int32)
+        if not initialized:
+            return self._full_sequence(length, segment_ids, positions)
+        start = index.value
+        step_index = start + jnp.arange(length)
+        if positions is None:
+            positions = jnp.broadcast_to(step_index[None], (batch, length))
+        cached_positions.value = jax.lax.dynamic_update_slice(
+            cached_positions.value, positions.astype(jnp.int32), (0, start))
+        index.value = start + length
+        slots = jnp.arange(cached_positions.value.shape[1])
+        mask = (slots[None, :] <= step_index[:, None])[None, None]
+        return SelfAttentionContext(positions, cached_positions.value, mask, start)
+
+    def _full_sequence(self, length: int, segment_ids: Array | None,
+                       positions: Array | None) -> SelfAttentionContext:
+        if positions is None:
+            positions = jnp.arange(length)[None]
+        segments = None if segment_ids is None else segment_mask(segment_ids, segment_ids)
+        order = causal_mask(length) if self.causal else None
+        return SelfAttentionContext(positions, positions, combine_masks(segments, order), None)
+
+
+class Attention(nn.Module):
+    """Multi-head (optionally grouped-query) attention with bias-free projections.
+
+    ``fold_query_scale`` puts 1/sqrt(head_dim) into the query initialisation (T5) instead of
+    scaling at run time (Llama). ``rope_max_wavelength`` turns on rotary embeddings. With
+    ``decode`` the keys and values are written to a "cache" collection at ``cache_index``.
+    """
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: Dtype = jnp.float32
+    backend: str = "xla"
+    fold_query_scale: bool = False
+    rope_max_wavelength: float | None = None
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None,
+                 bias: Array | None = None, positions: Array | None = None,
+                 cache_index: Array | None = None) -> Array:
+        """``positions`` [b, l] (RoPE only) are those of the tokens in ``inputs_q``/``inputs_kv``."""
+        query_init_scale = 1.0 / self.head_dim if self.fold_query_scale else 1.0
+        query = self._project(self.num_heads, "query", query_init_scale)(inputs_q)
+        key = self._project(self.num_kv_heads, "key")(inputs_kv)
+        value = self._project(self.num_kv_heads, "value")(inputs_kv)
+        if self.rope_max_wavelength is not None:
+            query = apply_rope(query, positions, self.rope_max_wavelength)
+            key = apply_rope(key, positions, self.rope_max_wavelength)
+        if not self.fold_query_scale:
+            query = query * jnp.asarray(self.head_dim ** -0.5, query.dtype)
+        if self.decode:
+            key, value = self._cached(key, value, cache_index)
+        heads_axes = ("batch", "length", "heads", "kv")
+        query, key, value = (constrain(t, heads_axes) for t in (query, key, value))
+        out = dot_product_attention(query, key, value, bias=bias, mask=mask, backend=self.backend)
+        out = constrain(out, heads_axes)
+        return Projection(features=(inputs_q.shape[-1],), in_axes=("heads", "kv"),
+                          out_axes=("embed",), dtype=self.dtype, name="out")(out)
+
+    def _project(self, heads: int, name: str, init_scale: float = 1.0) -> Projection:
+        return Projection(features=(heads, self.head_dim), in_axes=("embed",),
+                          out_axes=("heads", "kv"), dtype=self.dtype, init_scale=init_scale,
+                          name=name)
+
+    def _cached(self, key: Array, value: Array,
+                cache_index: Array | None) -> tuple[Array, Array]:
+        """Writes key/value at ``cache_index``; the first call only creates the cache."""
+        initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        if not initialized:
+            return key, value
+        start = (0, cache_index, 0, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+        return cached_key.value, cached_value.value

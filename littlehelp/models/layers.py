@@ -1,0 +1,208 @@
+"""Building blocks shared by the T5, decoder-only and encoder-only models.
+
+Every parameter carries logical axis names (batch, length, embed, mlp, heads, kv, vocab, layers);
+an axis that is never sharded is named ``None``. Parameters are stored in float32 and cast to the
+module's compute ``dtype`` when used.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Dtype = Any
+Axes = tuple[str | None, ...]
+
+PARAM_DTYPE = jnp.float32
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+GATED_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: nn.gelu(x, approximate=True),
+    "silu": nn.silu,
+}
+
+
+def constrain(x: Array, axes: Axes) -> Array:
+    """Annotates an activation with logical axis names (a no-op outside a mesh with rules)."""
+    return nn.with_logical_constraint(x, axes)
+
+
+def fan_in_init(num_input_axes: int, scale: float = 1.0) -> nn.initializers.Initializer:
+    """Truncated-normal variance scaling whose fan-in is the product of the leading input axes."""
+    def init(key: Array, shape: Sequence[int], dtype: Dtype = PARAM_DTYPE) -> Array:
+        inner = nn.initializers.variance_scaling(
+            scale, "fan_in", "truncated_normal",
+            in_axis=tuple(range(num_input_axes)),
+            out_axis=tuple(range(num_input_axes, len(shape))))
+        return inner(key, shape, dtype)
+    return init
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm with a learned scale and no bias (T5 / Llama)."""
+    epsilon: float = 1e-6
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            (x.shape[-1],), PARAM_DTYPE)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
+        return (normed * scale).astype(self.dtype)
+
+
+class Projection(nn.Module):
+    """Bias-free linear map contracting the last ``len(in_axes)`` input axes into ``features``.
+
+    The kernel has shape ``input_shape[-len(in_axes):] + features`` and logical axes
+    ``in_axes + out_axes``.
+    """
+    features: tuple[int, ...]
+    in_axes: Axes
+    out_axes: Axes
+    dtype: Dtype = jnp.float32
+    init_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        num_in = len(self.in_axes)
+        shape = tuple(x.shape[-num_in:]) + tuple(self.features)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(fan_in_init(num_in, self.init_scale),
+                                         self.in_axes + self.out_axes),
+            shape, PARAM_DTYPE)
+        contract = (tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in)))
+        return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                   (contract, ((), ())))
+
+
+class Embed(nn.Module):
+    """Token embedding table [vocab, embed]; ``attend`` gives tied output logits."""
+    num_embeddings: int
+    features: int
+    dtype: Dtype = jnp.float32
+    stddev: float = 1.0
+
+    def setup(self) -> None:
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(self.stddev), ("vocab", "embed")),
+            (self.num_embeddings, self.features), PARAM_DTYPE)
+
+    def __call__(self, ids: Array) -> Array:
+        """Looks up ``ids`` [...] -> [..., features]."""
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, query: Array) -> Array:
+        """Scores ``query`` [..., features] against every embedding -> [..., vocab]."""
+        return jnp.einsum("...d,vd->...v", query.astype(self.dtype),
+                          self.embedding.astype(self.dtype))
+
+
+class GatedMlp(nn.Module):
+    """Gated feed-forward block: wo(act(wi_0 x) * wi_1 x); gelu gives GeGLU, silu SwiGLU."""
+    mlp_dim: int
+    activation: str = "gelu"
+    dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        act = GATED_ACTIVATIONS[self.activation]
+        up = dict(features=(self.mlp_dim,), in_axes=("embed",), out_axes=("mlp",), dtype=self.dtype)
+        hidden = act(Projection(**up, name="wi_0")(x)) * Projection(**up, name="wi_1")(x)
+        hidden = constrain(hidden, ("batch", "length", "mlp"))
+        hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
+        return Projection(features=(x.shape[-1],), in_axes=("mlp",), out_axes=("embed",),
+                          dtype=self.dtype, name="wo")(hidden)
+
+
+def apply_rope(x: Array, positions: Array, max_wavelength: float = 10000.0) -> Array:
+    """Rotary position embedding (rotate-half form) of ``x`` [b, l, h, d] at ``positions`` [b, l]."""
+    half = x.shape[-1] // 2
+    inv_freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions.astype(jnp.float32)[..., None, None] * inv_freq  # [b, l, 1, half]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def relative_position_bucket(relative_position: Array, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> Array:
+    """T5's bucketing of ``key_position - query_position``: exact near 0, logarithmic far away."""
+    num_buckets = num_buckets // 2 if bidirectional else num_buckets
+    if bidirectional:
+        offset = jnp.where(relative_position > 0, num_buckets, 0)
+        distance = jnp.abs(relative_position)
+    else:
+        offset = 0
+        distance = jnp.maximum(-relative_position, 0)
+    max_exact = num_buckets // 2
+    eps = np.finfo(np.float32).eps
+    log_ratio = (jnp.log(distance.astype(jnp.float32) / max_exact + eps)
+                 / np.log(max_distance / max_exact))
+    log_bucket = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
+    log_bucket = jnp.minimum(log_bucket, num_buckets - 1)
+    return offset + jnp.where(distance < max_exact, distance, log_bucket)
+
+
+class RelativePositionBias(nn.Module):
+    """Learned per-head bias from bucketed relative positions; one per stack (T5 v1.1)."""
+    num_heads: int
+    num_buckets: int = 32
+    max_distance: int = 128
+    bidirectional: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, query_positions: Array, key_positions: Array) -> Array:
+        """Positions [b, lq] and [b, lk] (b may be 1) -> additive bias [b, heads, lq, lk]."""
+        table = self.param(
+            "rel_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(1.0), ("heads", None)),
+            (self.num_heads, self.num_buckets), PARAM_DTYPE)
+        relative = key_positions[:, None, :] - query_positions[:, :, None]
+        buckets = relative_position_bucket(relative, self.bidirectional,
+                                           self.num_buckets, self.max_distance)
+        bias = jnp.take(table.astype(self.dtype), buckets, axis=1)  # [h, b, lq, lk]
+        return jnp.transpose(bias, (1, 0, 2, 3))
+
+
+def remat_policy(name: str) -> Callable[..., Any] | None:
+    """Maps a remat policy name to a ``jax.checkpoint`` policy (``full`` saves nothing)."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"Unknown remat_policy {name!r}; available: {', '.join(REMAT_POLICIES)}")
+    return getattr(jax.checkpoint_policies, name, None)
+
+
+def layer_stack(layer_cls: type[nn.Module], num_layers: int, scan_layers: bool, remat: str,
+                num_broadcast_args: int, **layer_kwargs: Any) -> Callable[..., Array]:
+    """Builds ``num_layers`` copies of ``layer_cls`` (inside a compact method) and returns ``run``.
+
+    ``layer_cls.__call__(x, *args) -> (x, None)``. With ``scan_layers`` the layers are one
+    ``nn.scan`` named ``layers`` whose parameters gain a leading "layers" axis; otherwise they are
+    named ``layers_0 ... layers_{n-1}``. ``run(x, *args)`` applies them in order.
+    """
+    if remat != "none":
+        layer_cls = nn.remat(layer_cls, policy=remat_policy(remat), prevent_cse=not scan_layers)
+    if scan_layers:
+        scanned = nn.scan(
+            layer_cls, variable_axes={"params": 0, "cache": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * num_broadcast_args, length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"})(**layer_kwargs, name="layers")
+        return lambda x, *args: scanned(x, *args)[0]
+    layers = [layer_cls(**layer_kwargs, name=f"layers_{i}") for i in range(num_layers)]
+
+    def run(x: Array, *args: Any) -> Array:
+        for layer in layers:
+            x = layer(x, *args)[0]
+        return x
+    return run

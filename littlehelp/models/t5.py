@@ -1,0 +1,230 @@
+"""T5 v1.1 encoder-decoder: RMSNorm pre-norm, gated-GELU, no biases, untied output layer.
+
+The token embedding ("token_embedder") is shared by encoder and decoder; each stack has one
+relative position bias shared by all its layers. Token id 0 is padding; segment ids (0 = padding)
+keep packed examples from attending to each other.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+from littlehelp.models.attention import (ATTENTION_BACKENDS, Attention,
+                                         SelfAttentionPositions, segment_mask)
+from littlehelp.models.layers import (REMAT_POLICIES, Embed, GatedMlp, Projection,
+                                      RelativePositionBias, RMSNorm, constrain, layer_stack)
+
+Array = jax.Array
+COMPUTE_DTYPES = ("float32", "bfloat16")
+EMBED_AXES = ("batch", "length", "embed")
+
+
+def check_positive(config: Any, *names: str) -> None:
+    """Raises ValueError naming the first field in ``names`` that is not a positive int."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
+
+
+def check_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
+    """Raises ValueError if field ``name`` is not one of ``choices``."""
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"{type(config).__name__}.{name} must be one of {choices}, got {value!r}")
+
+
+def check_common(config: Any) -> None:
+    """Validates the fields every model config shares (dtype, remat, backend, dropout)."""
+    check_choice(config, "dtype", COMPUTE_DTYPES)
+    check_choice(config, "remat_policy", REMAT_POLICIES)
+    check_choice(config, "attention_backend", tuple(sorted(ATTENTION_BACKENDS)))
+    rate = getattr(config, "dropout_rate", 0.0)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{type(config).__name__}.dropout_rate must be in [0, 1), got {rate!r}")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """Sizes and options of a T5 v1.1 model (defaults: T5 v1.1 small)."""
+    vocab_size: int = 32128
+    emb_dim: int = 512
+    num_heads: int = 6
+    head_dim: int = 64
+    mlp_dim: int = 1024
+    num_encoder_layers: int = 8
+    num_decoder_layers: int = 8
+    dropout_rate: float = 0.0
+    dtype: str = "float32"
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    attention_backend: str = "xla"
+
+    def __post_init__(self) -> None:
+        check_positive(self, "vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
+                       "num_encoder_layers", "num_decoder_layers",
+                       "relative_attention_num_buckets", "relative_attention_max_distance")
+        check_common(self)
+
+
+def _residual(config: Any, x: Array, update: Array, deterministic: bool) -> Array:
+    update = nn.Dropout(config.dropout_rate)(update, deterministic=deterministic)
+    return constrain(x + update, EMBED_AXES)
+
+
+def _attention(config: Any, name: str, decode: bool = False) -> Attention:
+    return Attention(num_heads=config.num_heads, num_kv_heads=config.num_heads,
+                     head_dim=config.head_dim, dtype=jnp.dtype(config.dtype),
+                     backend=config.attention_backend, fold_query_scale=True, decode=decode,
+                     name=name)
+
+
+def _mlp_sublayer(config: Any, x: Array, deterministic: bool) -> Array:
+    dtype = jnp.dtype(config.dtype)
+    h = RMSNorm(dtype=dtype, name="pre_mlp_norm")(x)
+    h = GatedMlp(config.mlp_dim, "gelu", config.dropout_rate, dtype, name="mlp")(h, deterministic)
+    return _residual(config, x, h, deterministic)
+
+
+class EncoderLayer(nn.Module):
+    """Bidirectional self-attention + gated-GELU MLP, both pre-normed and residual."""
+    config: Any  # T5Config or EncoderConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None, bias: Array) -> tuple[Array, None]:
+        h = RMSNorm(dtype=jnp.dtype(self.config.dtype), name="pre_attention_norm")(x)
+        h = _attention(self.config, "attention")(h, h, mask=mask, bias=bias)
+        x = _residual(self.config, x, h, self.deterministic)
+        return _mlp_sublayer(self.config, x, self.deterministic), None
+
+
+class EncoderStack(nn.Module):
+    """Embedded tokens -> final-normed hidden states through ``num_layers`` encoder layers."""
+    config: Any  # T5Config or EncoderConfig
+    num_layers: int
+
+    @nn.compact
+    def __call__(self, x: Array, segment_ids: Array, positions: Array | None = None,
+                 deterministic: bool = True) -> Array:
+        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+        x = nn.Dropout(cfg.dropout_rate)(constrain(x, EMBED_AXES), deterministic=deterministic)
+        context = SelfAttentionPositions(causal=False, name="self_attention_positions")(
+            segment_ids, segment_ids, positions)
+        bias = RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
+                                    cfg.relative_attention_max_distance, bidirectional=True,
+                                    dtype=dtype, name="relative_position_bias")(
+                                        context.query_positions, context.key_positions)
+        run = layer_stack(EncoderLayer, self.num_layers, cfg.scan_layers, cfg.remat_policy,
+                          num_broadcast_args=2, config=cfg, deterministic=deterministic)
+        x = run(x, context.mask, bias)
+        x = RMSNorm(dtype=dtype, name="final_norm")(x)
+        return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention to the encoder, gated-GELU MLP."""
+    config: T5Config
+    deterministic: bool = True
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, encoded: Array, self_mask: Array | None,
+                 cross_mask: Array | None, self_bias: Array,
+                 cache_index: Array | None) -> tuple[Array, None]:
+        dtype = jnp.dtype(self.config.dtype)
+        h = RMSNorm(dtype=dtype, name="pre_self_attention_norm")(x)
+        h = _attention(self.config, "self_attention", self.decode)(
+            h, h, mask=self_mask, bias=self_bias, cache_index=cache_index)
+        x = _residual(self.config, x, h, self.deterministic)
+        h = RMSNorm(dtype=dtype, name="pre_cross_attention_norm")(x)
+        h = _attention(self.config, "encoder_decoder_attention")(h, encoded, mask=cross_mask)
+        x = _residual(self.config, x, h, self.deterministic)
+        return _mlp_sublayer(self.config, x, self.deterministic), None
+
+
+class DecoderStack(nn.Module):
+    """Decoder layers, final norm and the untied "logits_dense" output layer."""
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x: Array, encoded: Array, tokens: Array, segment_ids: Array | None,
+                 positions: Array | None, cross_mask: Array | None, deterministic: bool,
+                 decode: bool) -> Array:
+        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+        x = nn.Dropout(cfg.dropout_rate)(constrain(x, EMBED_AXES), deterministic=deterministic)
+        context = SelfAttentionPositions(causal=True, decode=decode,
+                                         name="self_attention_positions")(
+            tokens, segment_ids, positions)
+        bias = RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
+                                    cfg.relative_attention_max_distance, bidirectional=False,
+                                    dtype=dtype, name="relative_position_bias")(
+                                        context.query_positions, context.key_positions)
+        run = layer_stack(DecoderLayer, cfg.num_decoder_layers, cfg.scan_layers,
+                          cfg.remat_policy, num_broadcast_args=5, config=cfg,
+                          deterministic=deterministic, decode=decode)
+        x = run(x, encoded, context.mask, cross_mask, bias, context.cache_index)
+        x = RMSNorm(dtype=dtype, name="final_norm")(x)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        logits = Projection(features=(cfg.vocab_size,), in_axes=("embed",), out_axes=("vocab",),
+                            dtype=dtype, name="logits_dense")(x)
+        return constrain(logits, ("batch", "length", "vocab"))
+
+
+def _segments(tokens: Array, segment_ids: Array | None) -> Array:
+    """Given segment ids, or 1 for every non-padding token."""
+    return (tokens != 0).astype(jnp.int32) if segment_ids is None else segment_ids
+
+
+class T5(nn.Module):
+    """T5 v1.1 encoder-decoder returning decoder logits [batch, target_len, vocab]."""
+    config: T5Config
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, jnp.dtype(cfg.dtype))
+        self.encoder = EncoderStack(cfg, cfg.num_encoder_layers)
+        self.decoder = DecoderStack(cfg)
+
+    def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+                 encoder_segment_ids: Array | None = None,
+                 decoder_segment_ids: Array | None = None,
+                 encoder_positions: Array | None = None,
+                 decoder_positions: Array | None = None,
+                 deterministic: bool = True) -> Array:
+        """Teacher-forced logits for ``decoder_input_tokens`` given the encoder input."""
+        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, deterministic,
+                              encoder_positions)
+        return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                           encoder_segment_ids, decoder_segment_ids, decoder_positions,
+                           deterministic)
+
+    def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None,
+               deterministic: bool = True, encoder_positions: Array | None = None) -> Array:
+        """Encoder hidden states [batch, input_len, emb_dim]."""
+        x = self.token_embedder(encoder_input_tokens)
+        segments = _segments(encoder_input_tokens, encoder_segment_ids)
+        return self.encoder(x, segments, encoder_positions, deterministic)
+
+    def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               encoder_segment_ids: Array | None = None,
+               decoder_segment_ids: Array | None = None,
+               decoder_positions: Array | None = None, deterministic: bool = True,
+               decode: bool = False) -> Array:
+        """Decoder logits. With ``decode`` each call feeds the next token(s) through the cache."""
+        if decoder_segment_ids is not None and encoder_segment_ids is not None:
+            cross_mask = segment_mask(decoder_segment_ids, encoder_segment_ids)
+        else:
+            cross_mask = (encoder_input_tokens != 0)[:, None, None, :]
+        self_segments = None if decode else decoder_segment_ids
+        x = self.token_embedder(decoder_input_tokens)
+        return self.decoder(x, encoded, decoder_input_tokens, self_segments, decoder_positions,
+                            cross_mask, deterministic, decode)
