@@ -11,6 +11,7 @@ writes a commit file instead), so a save that fails part-way never replaces a fi
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import types
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -251,3 +253,17 @@ class PreemptionGuard:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def read_arrays(step_dir: str | os.PathLike) -> PyTree:
+    """Every array saved in one step folder, as host numpy arrays (for inspection and export).
+
+    Needs no model code and no mesh: the tree comes back as saved (dicts of arrays).
+    """
+    path = epath.Path(step_dir) / STATE_ITEM
+    if not path.is_dir():
+        raise CheckpointError(f"{step_dir} is not a checkpoint step folder (no '{STATE_ITEM}' inside)")
+    with ocp.StandardCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(path).item_metadata
+        target = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), metadata.tree)
+        return checkpointer.restore(path, target)

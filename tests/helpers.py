@@ -1,0 +1,23 @@
+"""Small shared fixtures for the trainer tests: tiny models, tiny data configs."""
+
+from littlehelp.data import DatasetConfig
+from littlehelp.models import DecoderConfig, T5Config
+
+TINY_T5 = T5Config(
+    vocab_size=264, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
+    num_encoder_layers=2, num_decoder_layers=2, relative_attention_num_buckets=8,
+    relative_attention_max_distance=16,
+)
+TINY_DECODER = DecoderConfig(
+    vocab_size=264, emb_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
+)
+
+
+def t5_data(batch_size: int = 8, length: int = 32, seed: int = 0) -> DatasetConfig:
+    """The in-memory prefix-LM task at tiny lengths."""
+    return DatasetConfig("docstrings_prefix_lm", {"inputs": length, "targets": length}, batch_size, seed=seed)
+
+
+def lm_data(batch_size: int = 8, length: int = 32, seed: int = 0) -> DatasetConfig:
+    """The in-memory LM task at a tiny length."""
+    return DatasetConfig("docstrings_lm", {"targets": length}, batch_size, feature_converter="lm", seed=seed)

@@ -1,0 +1,166 @@
+"""Train step: sharded == unsharded, microbatching == full batch, zero-weight terms not computed,
+one compiled step per objective, NaN stops the run with the last good checkpoint kept."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from littlehelp import checkpoints, partitioning, trainer
+from littlehelp.objectives import Curriculum, DecoderObjective, EncoderDecoderObjective, WeightedSum
+from littlehelp.optimizers import Optimizer
+from tests.helpers import TINY_DECODER, TINY_T5, lm_data, t5_data
+
+RULES = partitioning.DEFAULT_RULES
+SGD = Optimizer(optax.sgd(0.1), optax.constant_schedule(0.1))
+
+
+def _trainer(tmp_path, objective, data, mesh_config, optimizer=SGD, microbatches=1, **ckpt):
+    mesh = partitioning.make_mesh(mesh_config, devices=jax.devices()[: _size(mesh_config)])
+    config = checkpoints.CheckpointConfig(**({"save_interval_steps": 1000} | ckpt))
+    return trainer.Trainer(str(tmp_path), Curriculum.single(objective), optimizer, data, mesh, RULES,
+                           config, microbatches=microbatches)
+
+
+def _size(mesh_config):
+    return abs(mesh_config.data * mesh_config.fsdp * mesh_config.tensor)
+
+
+def _grads_and_loss(t: trainer.Trainer, objective, batch):
+    state, _ = t.restore_or_init()
+    host_batch = {k: np.asarray(v) for k, v in batch.items()}
+    placed = {k: jax.device_put(v, partitioning.batch_sharding(t.mesh)) for k, v in host_batch.items()}
+    grad_fn = jax.jit(jax.grad(lambda p, b: objective.loss(p, b, jax.random.key(0), 0)[0]))
+    loss_fn = jax.jit(lambda p, b: objective.loss(p, b, jax.random.key(0), 0)[0])
+    with jax.set_mesh(t.mesh), __import__("flax").linen.logical_axis_rules(t.rules):
+        return jax.device_get(grad_fn(state.params, placed)), float(loss_fn(state.params, placed)), state
+
+
+@pytest.mark.parametrize("make_objective, data", [
+    (lambda: EncoderDecoderObjective(TINY_T5), t5_data()),
+    (lambda: DecoderObjective(TINY_DECODER), lm_data()),
+])
+@pytest.mark.parametrize("mesh_config", [partitioning.MeshConfig(2, 2, 2), partitioning.MeshConfig(1, 8, 1)])
+def test_sharded_loss_and_grads_match_single_device(tmp_path, make_objective, data, mesh_config):
+    objective = make_objective()
+    single = _trainer(tmp_path / "one", objective, data, partitioning.MeshConfig(1, 1, 1))
+    sharded = _trainer(tmp_path / "many", objective, data, mesh_config)
+    batch = jax.device_get(next(iter(trainer.GlobalBatches(data, single.mesh))))
+    ref_grads, ref_loss, _ = _grads_and_loss(single, objective, batch)
+    grads, loss, state = _grads_and_loss(sharded, objective, batch)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), grads, ref_grads)
+    # Parameters land where the rules say: e.g. the first MLP input kernel is [embed, mlp] -> (fsdp, tensor).
+    expected = partitioning.param_shardings(state.params, sharded.layout.logical_specs, sharded.mesh, RULES)
+    jax.tree.map(lambda leaf, want: _assert_sharding(leaf.sharding, want), state.params, expected)
+    assert any(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(
+        jax.tree.map(lambda x: x.sharding, state.params)))
+
+
+def _assert_sharding(actual, expected):
+    assert actual.is_equivalent_to(expected, 2) or actual.spec == expected.spec, (actual, expected)
+
+
+def test_microbatched_gradient_equals_full_batch(tmp_path):
+    objective = DecoderObjective(TINY_DECODER)
+    data = lm_data(batch_size=8)
+    t = _trainer(tmp_path, objective, data, partitioning.MeshConfig(1, 1, 1))
+    state, _ = t.restore_or_init()
+    batch = next(iter(trainer.GlobalBatches(data, t.mesh)))
+    # Uneven token counts per microbatch make a plain mean of microbatch means wrong.
+    weights = np.asarray(batch["decoder_loss_weights"]).copy()
+    weights[:2, 5:] = 0
+    batch["decoder_loss_weights"] = jnp.asarray(weights)
+    rng = jax.random.key(3)
+    full = trainer.microbatched_value_and_grad(objective.loss, 1)
+    micro = trainer.microbatched_value_and_grad(objective.loss, 4)
+    full_metrics, full_grads = jax.jit(full)(state.params, batch, rng, 0)
+    micro_metrics, micro_grads = jax.jit(micro)(state.params, batch, rng, 0)
+    np.testing.assert_allclose(micro_metrics["loss"], full_metrics["loss"], rtol=1e-5)
+    np.testing.assert_allclose(micro_metrics["weight"], full_metrics["weight"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), micro_grads, full_grads)
+
+
+class CountingObjective:
+    """Wraps an objective and counts how often its loss is traced."""
+
+    def __init__(self, inner, name):
+        self.inner, self.name, self.traces = inner, name, 0
+
+    def init_params(self, rng, batch):
+        return self.inner.init_params(rng, batch)
+
+    def loss(self, params, batch, rng, step):
+        self.traces += 1
+        return self.inner.loss(params, batch, rng, step)
+
+    def train_flops(self, batch):
+        return self.inner.train_flops(batch)
+
+
+def _compiled_flops(tmp_path, objective, data):
+    t = _trainer(tmp_path, objective, data, partitioning.MeshConfig(1, 1, 1))
+    compiled = t.step_fn(objective)
+    analysis = compiled.cost_analysis()
+    return (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+
+
+def test_zero_weight_term_is_never_computed(tmp_path):
+    data = lm_data()
+    main = DecoderObjective(TINY_DECODER, model_key="main")
+    big = DecoderObjective(TINY_DECODER.__class__(**{**TINY_DECODER.__dict__, "emb_dim": 64}), model_key="aux")
+    aux = CountingObjective(big, "aux")
+    alone = _compiled_flops(tmp_path / "a", WeightedSum({"main": (main, 1.0)}), data)
+    with_zero = _compiled_flops(tmp_path / "b", WeightedSum({"main": (main, 1.0), "aux": (aux, 0.0)}), data)
+    assert aux.traces == 0
+    assert with_zero == alone
+    with_aux = _compiled_flops(tmp_path / "c", WeightedSum({"main": (main, 1.0), "aux": (aux, 0.5)}), data)
+    assert aux.traces > 0 and with_aux > 1.5 * alone
+
+
+def test_curriculum_switches_objective_at_the_boundary(tmp_path):
+    data = lm_data()
+    first = CountingObjective(DecoderObjective(TINY_DECODER), "first")
+    second = CountingObjective(DecoderObjective(TINY_DECODER, z_loss=0.5), "second")
+    curriculum = Curriculum([(0, first), (3, second)])
+    assert [curriculum.objective_at(s).name for s in range(5)] == ["first"] * 3 + ["second"] * 2
+    assert curriculum.next_switch(1) == 3 and curriculum.next_switch(3) is None
+    summary = _run(tmp_path, curriculum, data, steps=5)
+    assert (first.traces, second.traces) == (1, 1)  # each compiled once, on its first step
+    assert summary.last_step == 5
+    assert summary.final_metrics["z_loss"] > 0.1  # stage two's much larger z-loss is in force
+
+
+def _run(tmp_path, curriculum, data, steps, optimizer=SGD, **ckpt):
+    return trainer.train(
+        model_dir=str(tmp_path), train_data=data, steps=steps, optimizer=optimizer, curriculum=curriculum,
+        log_every=1, mesh_config=partitioning.MeshConfig(1, 1, 1),
+        checkpoint_config=checkpoints.CheckpointConfig(**({"save_interval_steps": 2, "async_save": False} | ckpt)),
+        peak_flops_per_device=1e9,
+    )
+
+
+class NaNAfter:
+    """A decoder objective whose loss becomes NaN from a given step on."""
+
+    def __init__(self, step):
+        self.inner, self.name, self.bad_step = DecoderObjective(TINY_DECODER), "nan_after", step
+
+    def init_params(self, rng, batch):
+        return self.inner.init_params(rng, batch)
+
+    def loss(self, params, batch, rng, step):
+        loss, metrics = self.inner.loss(params, batch, rng, step)
+        loss = jnp.where(step >= self.bad_step, jnp.nan, loss)
+        return loss, dict(metrics, loss=loss)
+
+    def train_flops(self, batch):
+        return self.inner.train_flops(batch)
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(trainer.NonFiniteLossError, match=r"loss is nan at step 5.*last good checkpoint is step 4"):
+        _run(tmp_path, Curriculum.single(NaNAfter(5)), lm_data(), steps=10)
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 4
