@@ -13,6 +13,7 @@ import contextlib
 import difflib
 import importlib
 import inspect
+import io
 import logging as python_logging
 import tokenize
 from pathlib import Path
@@ -146,14 +147,16 @@ def parse_gin(
 def _use_search_path(search_path: Sequence[Path]) -> None:
     """Makes gin look for `include`d files in exactly `search_path`, in order."""
     # gin only appends to its private prefix list; set it so folders of earlier calls drop out.
-    gin.config._LOCATION_PREFIXES[:] = [str(folder) for folder in search_path]  # pylint: disable=protected-access
+    prefixes = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
+    prefixes[:] = [str(folder) for folder in search_path]
 
 
 class _DropSearchMisses(python_logging.Filter):
     """Drops gin's 'Path not found' errors, which it logs for each search-path folder it misses."""
 
     def filter(self, record: python_logging.LogRecord) -> bool:
-        return not (record.module == "resource_reader" and str(record.msg).startswith("Path not found"))
+        from_gin_reader = record.module == "resource_reader"
+        return not (from_gin_reader and str(record.msg).startswith("Path not found"))
 
 
 @contextlib.contextmanager
@@ -170,18 +173,17 @@ def _quiet_search_misses() -> Iterator[None]:
 def _parse_bindings(text: str, source: str, search_path: Sequence[Path]) -> None:
     """Parses `text` (from `source`) into gin, translating failures into `ConfigError`."""
     try:
-        gin.parse_config(_NamedText(text, source))
+        gin.parse_config(_named_stream(text, source))
     except (ValueError, NameError, SyntaxError, OSError, tokenize.TokenError) as error:
         problem = _find_bad_statement(text, source, search_path)
         raise ConfigError(problem or f"{source}: {_one_line(str(error))}") from None
 
 
-class _NamedText:
-    """A readline-able text that tells gin's parser which file it came from."""
-
-    def __init__(self, text: str, name: str):
-        self.name = name
-        self.readline = iter(text.splitlines(keepends=True) + [""]).__next__
+def _named_stream(text: str, name: str) -> io.StringIO:
+    """`text` as a stream whose name gin's parser reports in its error locations."""
+    stream = io.StringIO(text)
+    stream.name = name
+    return stream
 
 
 def _one_line(message: str) -> str:
@@ -295,7 +297,8 @@ def _parameter_names(fn_or_cls: Callable[..., Any]) -> list[str]:
 def _bound_values() -> Iterator[tuple[str, str, str, Any]]:
     """Yields (scope, selector, parameter, value) for every binding in gin's config."""
     # gin exposes its bindings only through this private dict (or per configurable).
-    for (scope, selector), parameters in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    bindings = gin.config._CONFIG  # pylint: disable=protected-access
+    for (scope, selector), parameters in bindings.items():
         for arg_name, value in parameters.items():
             yield scope, selector, arg_name, value
 
@@ -343,7 +346,7 @@ def _finalize() -> None:
 
 
 def missing_required_arguments(configurable: Callable[..., Any]) -> list[str]:
-    """Parameters of a gin configurable whose default is `gin.REQUIRED` and that gin does not bind."""
+    """Parameters of a gin configurable that default to `gin.REQUIRED` and are not bound."""
     signature = inspect.signature(configurable)
     bound = gin.get_bindings(configurable)
     return [

@@ -78,9 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(prog="littlehelp", description=__doc__.splitlines()[0],
                                      epilog=OVERRIDE_HELP)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    choices = "{" + ",".join(COMMANDS) + "}"
+    commands = parser.add_subparsers(dest="command", required=True, metavar=choices)
     for name in COMMANDS:
-        commands.add_parser(name, parents=[shared], help=COMMAND_HELP.get(name), epilog=OVERRIDE_HELP)
+        commands.add_parser(name, parents=[shared], help=COMMAND_HELP.get(name),
+                            epilog=OVERRIDE_HELP)
     return parser
 
 

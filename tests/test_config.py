@@ -268,3 +268,10 @@ def test_operative_config_written_and_reparseable(tmp_path):
     gin.parse_config_file(str(path))
     assert toy_trainer() == used == {"steps": 7, "model_dir": str(model_dir), "learning_rate": 0.1,
                                      "optimizer": {"momentum": 0.5}, "schedule": ()}
+
+
+def test_syntax_error_names_file_and_line(tmp_path):
+    gin_file = write(tmp_path / "broken.gin", "toy_trainer.steps = 1\ntoy_trainer.model_dir = 1 2\n")
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_gin([str(gin_file)], [])
+    assert str(gin_file) in str(error.value) and "line 2" in str(error.value)
