@@ -7,10 +7,11 @@ import numpy as np
 
 from littlehelp.models.attention import dot_product_attention
 from littlehelp.models.decoder import DecoderConfig, DecoderLM
+from littlehelp.models.encoder import Encoder, EncoderConfig
 from littlehelp.models.t5 import T5, T5Config
 
-__all__ = ["DecoderConfig", "DecoderLM", "T5", "T5Config", "count_params",
-           "dot_product_attention"]
+__all__ = ["DecoderConfig", "DecoderLM", "Encoder", "EncoderConfig", "T5", "T5Config",
+           "count_params", "dot_product_attention"]
 
 
 def count_params(module: nn.Module, *example_args: Any) -> int:
