@@ -26,7 +26,7 @@ class DecoderConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     head_dim: int = 16
-    mlp_dim: int = 172
+    mlp_dim: int = 176
     rope_max_wavelength: float = 10000.0
     norm_eps: float = 1e-6
     dropout_rate: float = 0.0

@@ -9,7 +9,7 @@ import pytest
 
 from littlehelp.models import DecoderConfig, DecoderLM, count_params
 
-from .test_t5 import unstack_layers
+from .test_t5 import GIN_DIR, config_from_gin, unstack_layers
 
 TINY = DecoderConfig(vocab_size=40, emb_dim=16, num_layers=2, num_heads=4, num_kv_heads=2,
                      head_dim=8, mlp_dim=24)
@@ -104,3 +104,12 @@ def test_remat_gives_identical_gradients(tiny):
 
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                            grads("full"), grads("none"))
+
+
+@pytest.mark.parametrize("size,documented", [("tiny", 0.158e6), ("small", 125e6),
+                                             ("base", 302e6)])
+def test_gin_sizes_match_documented_counts(size, documented):
+    config = config_from_gin(GIN_DIR / "decoder" / f"{size}.gin", DecoderConfig)
+    count = count_params(DecoderLM(config), jax.ShapeDtypeStruct((1, 8), jnp.int32))
+    assert abs(count / documented - 1) < 0.01
+    assert f"~{documented / 1e6:.3g}M" in (GIN_DIR / "decoder" / f"{size}.gin").read_text()

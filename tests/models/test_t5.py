@@ -1,14 +1,16 @@
 """T5 v1.1 model and its building blocks, checked against float64 numpy references."""
 import dataclasses
 import math
+from pathlib import Path
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from littlehelp.models import attention, layers
+from littlehelp.models import attention, count_params, layers
 from littlehelp.models.t5 import T5, T5Config
 
 TINY = T5Config(vocab_size=40, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
@@ -228,3 +230,32 @@ def test_bfloat16_compute_keeps_float32_params():
     assert dtypes == {jnp.dtype(jnp.float32)}
     logits = model.apply(variables, jnp.array([[3, 4, 5]]), jnp.array([[0, 8]]))
     assert logits.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(logits)))
+
+
+GIN_DIR = Path(__file__).resolve().parents[2] / "gin" / "models"
+
+
+def config_from_gin(path, config_cls):
+    """Parses one model gin file and builds its config class from the bindings."""
+    gin.clear_config()
+    try:
+        gin.parse_config_file(str(path))
+        return config_cls()
+    finally:
+        gin.clear_config()
+
+
+@pytest.mark.parametrize("size,published", [("small", 77e6), ("base", 248e6), ("large", 783e6),
+                                            ("xl", 2.85e9), ("xxl", 11.1e9)])
+def test_gin_sizes_match_published_t5_1_1_counts(size, published):
+    config = config_from_gin(GIN_DIR / "t5_1_1" / f"{size}.gin", T5Config)
+    tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+    assert config.vocab_size == 32128
+    assert abs(count_params(T5(config), tokens, tokens) / published - 1) < 0.02
+
+
+def test_tiny_gin_builds_a_small_model():
+    config = config_from_gin(GIN_DIR / "t5_1_1" / "tiny.gin", T5Config)
+    tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+    assert (config.emb_dim, config.num_encoder_layers, config.vocab_size) == (64, 2, 512)
+    assert count_params(T5(config), tokens, tokens) < 1e6
