@@ -191,6 +191,11 @@ class Checkpointer:
         logging.info("No checkpoint in %s and no restore_path; starting from scratch.", self._directory)
         return None
 
+    @property
+    def directory(self) -> str:
+        """Where the step folders are."""
+        return str(self._directory)
+
     def latest_step(self) -> int | None:
         """The newest step on disk (or being written), whether or not it restores."""
         return self._manager.latest_step()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+from absl import logging
 import gin
 import jax
 import numpy as np
@@ -54,7 +55,10 @@ class MeshConfig:
             raise ValueError(f"MeshConfig: at most one axis may be -1, got {sizes}")
 
     def shape(self, num_devices: int) -> tuple[int, int, int]:
-        """The concrete (data, fsdp, tensor) shape for `num_devices` devices."""
+        """The concrete (data, fsdp, tensor) shape for `num_devices` devices.
+
+    A shape without -1 may need fewer devices than there are (the first ones are used).
+    """
         sizes = [self.data, self.fsdp, self.tensor]
         known = math.prod(s for s in sizes if s != -1)
         if -1 in sizes:
@@ -64,6 +68,8 @@ class MeshConfig:
                     f"by the fixed axes' product {known}"
                 )
             sizes[sizes.index(-1)] = num_devices // known
+        elif math.prod(sizes) < num_devices:
+            return tuple(sizes)  # a fully specified mesh may use the first devices only
         if math.prod(sizes) != num_devices:
             raise ValueError(
                 f"MeshConfig {dataclasses.asdict(self)} needs {math.prod(sizes)} devices, "
@@ -77,6 +83,9 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] |
     """Builds the (data, fsdp, tensor) mesh over `devices` (default: all devices), with Auto axes."""
     devices = list(jax.devices() if devices is None else devices)
     shape = config.shape(len(devices))
+    if math.prod(shape) < len(devices):
+        logging.warning("mesh %s uses %d of %d devices", shape, math.prod(shape), len(devices))
+        devices = devices[: math.prod(shape)]
     auto = (AxisType.Auto,) * len(MESH_AXES)
     if len(devices) == len(jax.devices()):
         return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)

@@ -72,7 +72,8 @@ def microbatched_value_and_grad(
             index, micro = inputs
             (_, metrics), grads = grad_fn(params, micro, jax.random.fold_in(rng, index), step)
             weight = metrics["weight"]
-            scaled = jax.tree.map(lambda g: g * weight, grads), {k: v * weight for k, v in metrics.items()}
+            weighted = {k: v if k == "weight" else v * weight for k, v in metrics.items()}
+            scaled = jax.tree.map(lambda g: g * weight, grads), weighted
             return jax.tree.map(jnp.add, carry, scaled), None
 
         zero = jax.tree.map(jnp.zeros_like, params)
@@ -80,8 +81,7 @@ def microbatched_value_and_grad(
         zero_metrics = {k: jnp.zeros(v.shape, v.dtype) for k, v in probe.items()}
         (grads, sums), _ = jax.lax.scan(body, (zero, zero_metrics), (jnp.arange(microbatches), slices))
         total = jnp.maximum(sums["weight"], 1e-9)
-        metrics = {k: v / total for k, v in sums.items()}
-        metrics["weight"] = sums["weight"]
+        metrics = {k: v if k == "weight" else v / total for k, v in sums.items()}
         return metrics, jax.tree.map(lambda g: g / total, grads)
 
     return accumulated
@@ -159,8 +159,7 @@ class Trainer:
         self.batch_spec = batch_spec(train_data)
         example = {k: jnp.zeros((1,) + v.shape[1:], v.dtype) for k, v in self.batch_spec.items()}
         self._init_params = lambda rng: curriculum.init_params(rng, example)
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            self.layout = state_layout(self._init_params, optimizer.tx, mesh, rules)
+        self.layout = state_layout(self._init_params, optimizer.tx, mesh, rules)
         self._report_replicated()
         self.checkpointer = checkpoints.Checkpointer(str(self.model_dir / "checkpoints"), checkpoint_config)
         self._compiled: dict[int, Any] = {}
@@ -290,7 +289,8 @@ class _Loop:
         return TrainSummary(str(trainer.model_dir), first_step, step, metrics, self.eval_metrics, preempted)
 
     def _steps(self, state: TrainState, first_step: int, batches: GlobalBatches, writer: MetricsWriter):
-        trainer, rng = self.trainer, jax.random.key(trainer.seed + 1)
+        trainer = self.trainer
+        rng = jax.random.key(trainer.seed + 1)
         metrics: dict[str, float] = {}
         tokens = tokens_per_batch(trainer.batch_spec)
         window_start, window_steps = time.perf_counter(), 0

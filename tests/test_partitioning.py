@@ -35,8 +35,9 @@ def test_mesh_shapes(config, shape):
 def test_mesh_errors_name_the_problem():
     with pytest.raises(ValueError, match="at most one axis may be -1"):
         partitioning.MeshConfig(data=-1, fsdp=-1)
-    with pytest.raises(ValueError, match="needs 4 devices, but 8"):
-        partitioning.make_mesh(partitioning.MeshConfig(data=2, fsdp=2, tensor=1))
+    with pytest.raises(ValueError, match="needs 16 devices, but 8"):
+        partitioning.make_mesh(partitioning.MeshConfig(data=4, fsdp=2, tensor=2))
+    assert partitioning.make_mesh(partitioning.MeshConfig(data=2, fsdp=2, tensor=1)).devices.size == 4
     with pytest.raises(ValueError, match="not divisible"):
         partitioning.make_mesh(partitioning.MeshConfig(data=-1, fsdp=3))
     with pytest.raises(ValueError, match="unknown mesh axis 'model'"):
