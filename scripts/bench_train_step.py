@@ -1,0 +1,282 @@
+"""Train-step benchmark: compile time, step time, tokens/s and MFU of the reference configurations.
+
+Configurations and conventions follow docs/benchmarks.md: t5-bench (Adafactor) and decoder-bench
+(AdamW) at batch 8 and 16, on 1 device and on 8 fake CPU devices (mesh data 4 x tensor 2). Each device
+count runs in a child process of this script (XLA_FLAGS must be set before JAX is imported); the
+parent collects their JSON, measures this machine's dense float32 matmul rate (the MFU denominator)
+and writes results/bench_train_step.{json,md}.
+
+    python scripts/bench_train_step.py                        # the full default run
+    python scripts/bench_train_step.py --configs t5-bench --batch_sizes 16 --devices 1 --steps 5
+
+MFU = (train FLOPs per step / median step seconds) / machine matmul FLOP/s. The fake devices of the
+8-device run share the same CPU cores, so its denominator is the same whole-machine rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+RESULT_NAME = "bench_train_step"
+MATMUL_SIZES = (2048, 4096)
+MESHES = {1: (1, 1, 1), 8: (4, 1, 2)}  # devices -> (data, fsdp, tensor)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """One benchmarked model: its kind, model-config fields and sequence lengths."""
+
+    kind: str  # "t5" (Adafactor) or "decoder" (AdamW)
+    model: dict[str, Any]
+    inputs_length: int  # 0 for decoder-only
+    targets_length: int
+
+
+CONFIGS: dict[str, BenchConfig] = {
+    "t5-bench": BenchConfig("t5", dict(
+        vocab_size=8192, emb_dim=256, num_heads=4, head_dim=64, mlp_dim=1024,
+        num_encoder_layers=4, num_decoder_layers=4, dropout_rate=0.0, dtype="float32"), 512, 114),
+    "decoder-bench": BenchConfig("decoder", dict(
+        vocab_size=8192, emb_dim=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
+        mlp_dim=1024, dtype="float32"), 0, 512),
+    # Tiny shapes for smoke tests only; not part of the default run.
+    "t5-tiny": BenchConfig("t5", dict(
+        vocab_size=128, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=1,
+        num_decoder_layers=1, relative_attention_num_buckets=8, relative_attention_max_distance=16), 16, 8),
+    "decoder-tiny": BenchConfig("decoder", dict(
+        vocab_size=128, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32), 0, 16),
+}
+DEFAULT_CONFIGS = ("t5-bench", "decoder-bench")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line flags (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=sorted(CONFIGS))
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[8, 16])
+    parser.add_argument("--devices", nargs="+", type=int, default=[1, 8], choices=sorted(MESHES))
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+    parser.add_argument("--matmul_repeats", type=int, default=7)
+    parser.add_argument("--out_dir", default=str(REPO / "results"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# Child process: JAX with a fixed device count.
+
+
+def build_objective_and_optimizer(config: BenchConfig):
+    """The project's Objective and Optimizer for a benchmark configuration."""
+    from littlehelp import objectives, optimizers
+    from littlehelp.models import DecoderConfig, T5Config
+
+    schedule = optimizers.inverse_sqrt_schedule()
+    if config.kind == "t5":
+        objective = objectives.EncoderDecoderObjective(T5Config(**config.model), z_loss=1e-4)
+        return objective, optimizers.adafactor(schedule, decay_rate=0.8, factored=True)
+    objective = objectives.DecoderObjective(DecoderConfig(**config.model), z_loss=1e-4)
+    return objective, optimizers.adamw(schedule)
+
+
+def random_batch(config: BenchConfig, batch_size: int, seed: int = 0) -> dict[str, Any]:
+    """Random tokens (ids 1..vocab-1) under the real feature names; decoder inputs are shifted targets."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    vocab = config.model["vocab_size"]
+    targets = rng.integers(1, vocab, (batch_size, config.targets_length), dtype=np.int32)
+    batch = {
+        "decoder_target_tokens": targets,
+        "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+        "decoder_loss_weights": np.ones_like(targets),
+    }
+    if config.inputs_length:
+        batch["encoder_input_tokens"] = rng.integers(1, vocab, (batch_size, config.inputs_length), dtype=np.int32)
+    return batch
+
+
+def bench_one(name: str, batch_size: int, steps: int, warmup: int) -> dict[str, Any]:
+    """Compiles and times the train step of one (config, batch size) on all visible devices."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from littlehelp import partitioning, trainer
+    from littlehelp.train_state import init_state, state_layout
+
+    config = CONFIGS[name]
+    objective, optimizer = build_objective_and_optimizer(config)
+    devices = len(jax.devices())
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(*MESHES[devices]))
+    rules = partitioning.DEFAULT_RULES
+    host_batch = random_batch(config, batch_size)
+    spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
+    example = {k: jnp.zeros((1,) + v.shape[1:], v.dtype) for k, v in host_batch.items()}
+    init_params = lambda rng: objective.init_params(rng, example)  # noqa: E731
+    with nn.logical_axis_rules(rules):  # no mesh set: unboxing shapes must not add constraints
+        layout = state_layout(init_params, optimizer.tx, mesh, rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        state = init_state(init_params, optimizer.tx, jax.random.key(0), layout)
+    start = time.perf_counter()
+    compiled = trainer.compile_train_step(trainer.make_train_step(objective, optimizer), layout, spec, mesh, rules)
+    compile_seconds = time.perf_counter() - start
+    batch = {k: jax.device_put(v, partitioning.batch_sharding(mesh)) for k, v in host_batch.items()}
+    seconds, loss = _time_steps(compiled, state, batch, steps, warmup)
+    flops = objective.train_flops(spec)
+    step_seconds = statistics.median(seconds)
+    return {
+        "config": name, "batch_size": batch_size, "devices": devices, "mesh": list(MESHES[devices]),
+        "compile_seconds": compile_seconds, "step_seconds": step_seconds,
+        "step_seconds_min": min(seconds), "step_seconds_max": max(seconds),
+        "tokens_per_second": trainer.tokens_per_batch(spec) / step_seconds,
+        "flops_per_step": flops, "flops_per_second": flops / step_seconds,
+        "params": _param_count(state.params), "final_loss": loss, "steps": steps, "warmup": warmup,
+    }
+
+
+def _time_steps(compiled, state, batch, steps: int, warmup: int) -> tuple[list[float], float]:
+    """Seconds of each timed step (each waited for) and the last loss."""
+    import jax
+
+    rng = jax.random.key(1)
+    seconds, metrics = [], None
+    for index in range(warmup + steps):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch, rng)
+        jax.block_until_ready((state, metrics))
+        if index >= warmup:
+            seconds.append(time.perf_counter() - start)
+    return seconds, float(metrics["loss"])
+
+
+def _param_count(params) -> int:
+    import jax
+
+    return int(sum(leaf.size for leaf in jax.tree.leaves(params)))
+
+
+def run_child(args: argparse.Namespace) -> None:
+    """Benchmarks every (config, batch size) on this process's devices; one JSON line per result."""
+    for name in args.configs:
+        for batch_size in args.batch_sizes:
+            result = bench_one(name, batch_size, args.steps, args.warmup)
+            print("RESULT " + json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent process: matmul rate, children, report.
+
+
+def measure_matmul_rates(sizes: Sequence[int] = MATMUL_SIZES, repeats: int = 7) -> dict[str, float]:
+    """Median FLOP/s of a jitted float32 a @ b per size on the default device."""
+    from littlehelp.metrics import measure_matmul_flops
+
+    return {str(size): measure_matmul_flops(size, repeats) for size in sizes}
+
+
+def run_devices(devices: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Runs this script as a child process on `devices` fake CPU devices; its results, streamed."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--configs", *args.configs,
+               "--batch_sizes", *map(str, args.batch_sizes), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    results = []
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=REPO) as child:
+        for line in child.stdout:
+            if line.startswith("RESULT "):
+                results.append(json.loads(line[len("RESULT "):]))
+                print(_progress_line(results[-1]), flush=True)
+    if child.returncode:
+        raise RuntimeError(f"benchmark child on {devices} devices failed with exit code {child.returncode}")
+    return results
+
+
+def _progress_line(r: dict[str, Any]) -> str:
+    return (f"{r['config']:>14} batch {r['batch_size']:>3} devices {r['devices']}: compile {r['compile_seconds']:.1f}s "
+            f"step {r['step_seconds'] * 1e3:.1f}ms  {r['tokens_per_second']:,.0f} tok/s  "
+            f"{r['flops_per_second'] / 1e9:.1f} GFLOP/s")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs the benchmark and writes the JSON and Markdown reports; returns the JSON content."""
+    args = parse_args(argv)
+    if args.child:
+        run_child(args)
+        return {}
+    import jax
+
+    print("measuring the float32 matmul rate ...", flush=True)
+    before = measure_matmul_rates(repeats=args.matmul_repeats)
+    results = [r for devices in args.devices for r in run_devices(devices, args)]
+    after = measure_matmul_rates(repeats=args.matmul_repeats)
+    peak = max(list(before.values()) + list(after.values()))
+    for r in results:
+        r["mfu"] = r["flops_per_second"] / peak
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "jax_version": jax.__version__, "machine": _machine(),
+        "matmul_flops_per_second": {"before": before, "after": after, "peak": peak},
+        "results": results,
+    }
+    write_reports(report, Path(args.out_dir))
+    return report
+
+
+def _machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version()}
+
+
+def write_reports(report: dict[str, Any], out_dir: Path) -> None:
+    """Writes bench_train_step.json and bench_train_step.md into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{RESULT_NAME}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out_dir / f"{RESULT_NAME}.md").write_text(markdown(report), encoding="utf-8")
+    print(f"wrote {out_dir / RESULT_NAME}.json and .md", flush=True)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table with the machine's matmul rate, date and jax version."""
+    rates = report["matmul_flops_per_second"]
+    fmt = lambda d: ", ".join(f"{size}: {v / 1e9:.1f}" for size, v in d.items())  # noqa: E731
+    lines = [
+        "# Train-step benchmark", "",
+        f"Date {report['date']}, jax {report['jax_version']}, {report['machine']['cpu_count']} CPUs "
+        f"({report['machine']['platform']}).", "",
+        f"float32 matmul GFLOP/s (jax.jit a@b, median) before: {fmt(rates['before'])}; after: {fmt(rates['after'])}. "
+        f"MFU denominator: {rates['peak'] / 1e9:.1f} GFLOP/s (the highest).", "",
+        "| config | batch | devices (mesh d,f,t) | compile s | step ms (median) | tokens/s | GFLOP/step | GFLOP/s | MFU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"| {r['config']} | {r['batch_size']} | {r['devices']} ({','.join(map(str, r['mesh']))}) "
+            f"| {r['compile_seconds']:.1f} | {r['step_seconds'] * 1e3:.1f} | {r['tokens_per_second']:,.0f} "
+            f"| {r['flops_per_step'] / 1e9:.2f} | {r['flops_per_second'] / 1e9:.1f} | {r['mfu']:.1%} |")
+    lines += ["", "FLOPs per step: the objective's `train_flops` (littlehelp/flops.py: 3 x forward matmul FLOPs). "
+              "Tokens: encoder + decoder positions. Step time: median of the timed steps after warm-up, "
+              "each waited for with block_until_ready. The 8 fake devices share the same CPU cores, so "
+              "their MFU uses the same whole-machine denominator.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

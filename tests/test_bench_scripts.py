@@ -1,0 +1,72 @@
+"""Smoke test of scripts/bench_train_step.py on tiny configurations (a few steps, 1 device)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_train_step.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("bench_train_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("bench")
+    bench = _load_script()
+    returned = bench.main(["--configs", "t5-tiny", "decoder-tiny", "--batch_sizes", "4", "--devices", "1",
+                           "--steps", "2", "--warmup", "1", "--matmul_repeats", "2", "--out_dir", str(out_dir)])
+    return bench, returned, out_dir
+
+
+def test_writes_json_equal_to_returned_report_and_markdown_table(report):
+    _, returned, out_dir = report
+    assert json.loads((out_dir / "bench_train_step.json").read_text()) == returned
+    table = (out_dir / "bench_train_step.md").read_text()
+    assert "| t5-tiny | 4 | 1 (1,1,1) |" in table and "| decoder-tiny | 4 | 1 (1,1,1) |" in table
+    assert returned["jax_version"] in table and "GFLOP/s" in table
+
+
+def test_result_fields_follow_the_conventions(report):
+    bench, returned, _ = report
+    rates = returned["matmul_flops_per_second"]
+    assert set(rates["before"]) == {"2048", "4096"}
+    assert rates["peak"] == max(list(rates["before"].values()) + list(rates["after"].values()))
+    by_config = {r["config"]: r for r in returned["results"]}
+    assert set(by_config) == {"t5-tiny", "decoder-tiny"}
+    t5, lm = by_config["t5-tiny"], by_config["decoder-tiny"]
+    # tokens/s counts encoder + decoder positions: batch 4 x (16 + 8) for t5-tiny, 4 x 16 for the LM.
+    assert t5["tokens_per_second"] * t5["step_seconds"] == pytest.approx(4 * (16 + 8))
+    assert lm["tokens_per_second"] * lm["step_seconds"] == pytest.approx(4 * 16)
+    for r in returned["results"]:
+        assert r["devices"] == 1 and r["batch_size"] == 4 and r["step_seconds"] > 0 and r["compile_seconds"] > 0
+        assert r["flops_per_second"] == pytest.approx(r["flops_per_step"] / r["step_seconds"])
+        assert r["mfu"] == pytest.approx(r["flops_per_second"] / rates["peak"])
+        assert 0 < r["mfu"] < 1.5
+
+
+def test_flops_per_step_match_a_hand_count_for_the_tiny_decoder(report):
+    _, returned, _ = report
+    lm = next(r for r in returned["results"] if r["config"] == "decoder-tiny")
+    b, length, d, heads, kv_heads, k, f, vocab = 4, 16, 16, 2, 1, 8, 32, 128
+    attention = 2 * b * length * (d * heads * k * 2 + 2 * d * kv_heads * k) + 4 * b * heads * length * length * k
+    forward = attention + 2 * b * length * 3 * d * f + 2 * b * length * d * vocab
+    assert lm["flops_per_step"] == pytest.approx(3 * forward)
+
+
+def test_random_batch_uses_real_feature_names_and_shifted_decoder_inputs():
+    bench = _load_script()
+    batch = bench.random_batch(bench.CONFIGS["t5-bench"], 2)
+    assert batch["encoder_input_tokens"].shape == (2, 512) and batch["decoder_target_tokens"].shape == (2, 114)
+    assert (batch["decoder_input_tokens"][:, 1:] == batch["decoder_target_tokens"][:, :-1]).all()
+    assert (batch["decoder_input_tokens"][:, 0] == 0).all() and batch["decoder_target_tokens"].min() >= 1
+    assert set(bench.random_batch(bench.CONFIGS["decoder-bench"], 2)) == {
+        "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights"}
