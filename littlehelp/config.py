@@ -31,6 +31,8 @@ CONFIGURABLE_MODULES: list[str] = [
     "littlehelp.checkpoints",
     "littlehelp.partitioning",
     "littlehelp.data",
+    "littlehelp.optimizers",
+    "littlehelp.inference",
 ]
 # The repository's gin/ folder, always on the search path (after the working directory).
 REPO_GIN_DIR = Path(__file__).resolve().parent.parent / "gin"

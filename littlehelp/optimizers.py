@@ -42,6 +42,12 @@ def inverse_sqrt_schedule(
 
 
 @gin.configurable
+def constant_schedule(learning_rate: float = 1e-3) -> optax.Schedule:
+    """The same rate at every step (t5x's fine-tuning default is 1e-3 with Adafactor)."""
+    return optax.constant_schedule(learning_rate)
+
+
+@gin.configurable
 def cosine_schedule(
     peak_learning_rate: float = 3e-4, warmup_steps: int = 1000, decay_steps: int = gin.REQUIRED,
     final_fraction: float = 0.1,

@@ -151,8 +151,12 @@ class Trainer:
         microbatches: int = 1,
         seed: int = 0,
     ):
-        if train_data.batch_size % microbatches:
-            raise ValueError(f"batch_size {train_data.batch_size} is not divisible by microbatches={microbatches}")
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        if train_data.batch_size % (shards * microbatches):
+            raise ValueError(
+                f"DatasetConfig.batch_size={train_data.batch_size} must be divisible by the mesh's data x fsdp "
+                f"= {shards} devices times microbatches={microbatches}"
+            )
         self.model_dir = Path(model_dir)
         self.curriculum, self.optimizer, self.train_data = curriculum, optimizer, train_data
         self.mesh, self.rules, self.microbatches, self.seed = mesh, rules, microbatches, seed
@@ -175,7 +179,11 @@ class Trainer:
             )
 
     def restore_or_init(self) -> tuple[TrainState, int]:
-        """The latest good checkpoint (or the configured restore path), else fresh parameters."""
+        """(state, data position): the latest good checkpoint, else the restore path, else fresh.
+
+        A run initialised from the restore path (fine-tuning) reads its own data from batch 0.
+        """
+        from_restore_path = self.checkpointer.latest_step() is None
         restored = self.checkpointer.restore(self.layout.abstract_state)
         if restored is None:
             logging.info("no checkpoint found: initialising from scratch (seed %d)", self.seed)
@@ -183,6 +191,9 @@ class Trainer:
                 state = init_state(self._init_params, self.optimizer.tx, jax.random.key(self.seed), self.layout)
             return state, 0
         state, data_state, step = restored
+        if from_restore_path:
+            logging.info("initialised from the restore path at step %d; data starts at its first batch", step)
+            return state, 0
         if data_state.get("seed", self.train_data.seed) != self.train_data.seed:
             logging.warning("checkpoint data seed %s differs from the configured seed %s",
                             data_state.get("seed"), self.train_data.seed)

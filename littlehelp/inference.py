@@ -1,0 +1,111 @@
+"""`littlehelp infer`: decode examples of a task with a trained checkpoint and write them out.
+
+Encoder-decoder models decode targets from each example's inputs; decoder-only models continue
+the first `prompt_length` tokens of each example. Results go to MODEL_DIR/inference.jsonl (one
+record per example: input, target, prediction) and are logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import gin
+import jax
+import numpy as np
+import seqio
+from absl import logging
+
+from littlehelp import checkpoints, decoding, partitioning
+from littlehelp.data import DatasetConfig, pipeline
+from littlehelp.objectives import Curriculum, DecoderObjective, EncoderDecoderObjective, Objective
+from littlehelp.optimizers import Optimizer
+from littlehelp.trainer import Trainer
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DecodingConfig:
+    """How to sample: temperature 0 is greedy; top_k 0 and top_p 1.0 switch those filters off."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_decode_length: int = 64
+    prompt_length: int = 16  # decoder-only models: tokens of each example used as the prompt
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"DecodingConfig: need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {self}")
+
+
+def first_examples(data: DatasetConfig, count: int) -> dict[str, np.ndarray]:
+    """The first `count` unpacked examples of `data` as one host batch."""
+    unpacked = dataclasses.replace(data, pack=False, shuffle=False, repeat=False, batch_size=count)
+    try:
+        return next(pipeline.host_dataset(unpacked).as_numpy_iterator())
+    except StopIteration:
+        raise ValueError(f"{data.name!r} split {data.split!r} has fewer than {count} examples") from None
+
+
+def decode_examples(objective: Objective, params, batch: dict[str, np.ndarray], config: DecodingConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(prompts or inputs, predictions) token arrays for a host batch."""
+    rng = jax.random.key(config.seed)
+    sampling = dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+    model_params = params[objective.model_key]
+    if isinstance(objective, EncoderDecoderObjective):
+        inputs = batch["encoder_input_tokens"]
+        predictions = decoding.generate_t5(objective.model, model_params, inputs, config.max_decode_length, rng, **sampling)
+        return inputs, np.asarray(predictions)
+    if isinstance(objective, DecoderObjective):
+        targets = batch["decoder_target_tokens"]
+        lengths = np.minimum((targets != 0).sum(axis=1), config.prompt_length)
+        prompts = np.where(np.arange(config.prompt_length) < lengths[:, None], targets[:, : config.prompt_length], 0)
+        predictions = decoding.generate_decoder(
+            objective.model, model_params, prompts, lengths, config.max_decode_length, rng, **sampling
+        )
+        return prompts, np.asarray(predictions)
+    raise TypeError(f"infer: no decoder for objective {type(objective).__name__}")
+
+
+def _text(vocabulary: seqio.Vocabulary, tokens: np.ndarray) -> str:
+    ids = [int(t) for t in tokens if t != 0]
+    if vocabulary.eos_id in ids:
+        ids = ids[: ids.index(vocabulary.eos_id)]
+    return vocabulary.decode(ids)
+
+
+@gin.configurable
+def infer(
+    model_dir: str = gin.REQUIRED,
+    objective: Objective = gin.REQUIRED,
+    optimizer: Optimizer = gin.REQUIRED,
+    data: DatasetConfig = gin.REQUIRED,
+    num_examples: int = 8,
+    decoding_config: DecodingConfig = DecodingConfig(),
+    mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
+    checkpoint_config: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
+) -> list[dict[str, str]]:
+    """Decodes `num_examples` examples of `data` with the latest checkpoint of MODEL_DIR."""
+    mesh = partitioning.make_mesh(mesh_config)
+    trainer = Trainer(model_dir, Curriculum.single(objective), optimizer, data, mesh,
+                      partitioning.logical_axis_rules(), checkpoint_config)
+    restored = trainer.checkpointer.restore(trainer.layout.abstract_state)
+    if restored is None:
+        raise FileNotFoundError(f"infer: no checkpoint in {model_dir}/checkpoints and no restore path set")
+    params = jax.device_get(restored[0].params)
+    batch = first_examples(data, num_examples)
+    sources, predictions = decode_examples(objective, params, batch, decoding_config)
+    vocabulary = seqio.get_mixture_or_task(data.name).output_features["targets"].vocabulary
+    records = [
+        {"input": _text(vocabulary, s), "target": _text(vocabulary, t), "prediction": _text(vocabulary, p)}
+        for s, t, p in zip(sources, batch["decoder_target_tokens"], predictions)
+    ]
+    path = Path(model_dir) / "inference.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    for record in records:
+        logging.info("input: %s\n  target: %s\n  prediction: %s", record["input"], record["target"], record["prediction"])
+    logging.info("wrote %d decoded examples to %s", len(records), path)
+    return records
