@@ -20,7 +20,8 @@ test: install
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
 
 demo: install
-	$(VENV)/bin/littlehelp train --gin_file=gin/runs/demo.gin --gin.MODEL_DIR=runs/demo
+	$(VENV)/bin/littlehelp train --gin_file=runs/demo.gin --gin.MODEL_DIR=runs/demo
+	$(VENV)/bin/littlehelp infer --gin_file=runs/demo.gin --gin_file=runs/infer.gin --gin.MODEL_DIR=runs/demo --gin.NUM_EXAMPLES=4
 
 bench: install
 	$(PY) scripts/bench_train_step.py

@@ -150,11 +150,17 @@ def _restore_newest_good(
     )
 
 
+def absolute_path(path: str | os.PathLike) -> epath.Path:
+    """`path` made absolute (orbax requires it); URLs such as gs://... are kept as they are."""
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 class Checkpointer:
     """Saves and restores (state, data_state) under one directory, normally MODEL_DIR/checkpoints."""
 
     def __init__(self, directory: str, config: CheckpointConfig):
-        self._directory = epath.Path(directory)
+        self._directory = absolute_path(directory)
         self._config = config
         self._manager = _manager(self._directory, _options(config))
 
@@ -187,7 +193,7 @@ class Checkpointer:
         if self._config.restore_path is not None:
             logging.info("No checkpoint in %s; restoring from restore_path %s.", self._directory,
                          self._config.restore_path)
-            return _restore_from_path(epath.Path(self._config.restore_path), abstract_state)
+            return _restore_from_path(absolute_path(self._config.restore_path), abstract_state)
         logging.info("No checkpoint in %s and no restore_path; starting from scratch.", self._directory)
         return None
 
@@ -265,7 +271,7 @@ def read_arrays(step_dir: str | os.PathLike) -> PyTree:
 
     Needs no model code and no mesh: the tree comes back as saved (dicts of arrays).
     """
-    path = epath.Path(step_dir) / STATE_ITEM
+    path = absolute_path(step_dir) / STATE_ITEM
     if not path.is_dir():
         raise CheckpointError(f"{step_dir} is not a checkpoint step folder (no '{STATE_ITEM}' inside)")
     with ocp.StandardCheckpointer() as checkpointer:

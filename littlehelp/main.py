@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Before anything imports Te
 
 import argparse  # noqa: E402
 import importlib  # noqa: E402
+import logging as std_logging  # noqa: E402
 import sys  # noqa: E402
 from typing import Any, Callable, Sequence  # noqa: E402
 
@@ -98,6 +99,16 @@ def set_up_logging() -> None:
         flags.FLAGS.mark_as_parsed()
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_quiet_libraries)
+
+
+# Libraries whose INFO lines drown the run's own progress; their warnings and errors still show.
+QUIET_LIBRARIES = ("/orbax/", "/seqio/", "/tensorflow", "/jax/", "/etils/", "/gin/")
+
+
+def _quiet_libraries(record: std_logging.LogRecord) -> bool:
+    """Keeps a log record unless it is below WARNING and comes from a QUIET_LIBRARIES path."""
+    return record.levelno >= std_logging.WARNING or not any(p in record.pathname for p in QUIET_LIBRARIES)
 
 
 def configure(command: str, gin_files: Sequence[str], overrides: Sequence[str],

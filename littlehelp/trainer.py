@@ -47,6 +47,18 @@ class TrainSummary:
     eval_metrics: dict[str, float]
     preempted: bool
 
+    def describe(self) -> str:
+        """A few lines for the end of a run: what happened and where to look."""
+        how = "stopped by SIGTERM" if self.preempted else "finished"
+        lines = [f"Run {how}: steps {self.first_step} -> {self.last_step} in {self.model_dir}"]
+        for name, values in (("train", self.final_metrics), ("eval", self.eval_metrics)):
+            if values:
+                shown = ", ".join(f"{k} {values[k]:.4g}" for k in ("loss", "accuracy") if k in values)
+                lines.append(f"  last {name}: {shown}")
+        lines.append(f"  checkpoints: {self.model_dir}/checkpoints   config: {self.model_dir}/config.gin")
+        lines.append(f"  metrics: {self.model_dir}/metrics.jsonl   tensorboard --logdir {self.model_dir}/tensorboard")
+        return "\n".join(lines)
+
 
 def microbatched_value_and_grad(
     loss_fn: Callable[..., tuple[jax.Array, Metrics]], microbatches: int
@@ -268,7 +280,9 @@ def train(
     gin_config.write_operative_config(model_dir)
     peak = peak_flops_per_device or measure_matmul_flops()
     loop = _Loop(trainer, steps, eval_data, eval_every, eval_batches, log_every, peak * len(mesh.devices.flat))
-    return loop.run()
+    summary = loop.run()
+    print(summary.describe(), flush=True)
+    return summary
 
 
 class _Loop:
