@@ -62,7 +62,7 @@ def generate_decoder(model: DecoderLM, params: Params, prompt_tokens: Array,
                      prompt_lengths: Array, max_new_tokens: int, rng: Array,
                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                      eos_id: int = 1) -> Array:
-    """Continues right-padded prompts [b, p] of ``prompt_lengths`` (each >= 1) -> [b, max_new_tokens].
+    """Continues right-padded prompts [b, p] of ``prompt_lengths`` (>= 1) -> [b, max_new_tokens].
 
     Prompt and generated tokens go through the cache one position per step, so prompts of
     different lengths share one batch; each row's output starts right after its own prompt.

@@ -51,7 +51,7 @@ def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | 
 
 
 def segment_mask(query_segment_ids: Array, key_segment_ids: Array) -> Array:
-    """[b, lq] and [b, lk] segment ids (0 = padding) -> [b, 1, lq, lk]: same, non-padding segment."""
+    """Segment ids [b, lq], [b, lk] (0 = padding) -> [b, 1, lq, lk]: same non-padding segment."""
     same = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
     return (same & (key_segment_ids[:, None, :] != 0))[:, None]
 
@@ -144,7 +144,7 @@ class Attention(nn.Module):
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None,
                  bias: Array | None = None, positions: Array | None = None,
                  cache_index: Array | None = None) -> Array:
-        """``positions`` [b, l] (RoPE only) are those of the tokens in ``inputs_q``/``inputs_kv``."""
+        """``positions`` [b, l] (RoPE only) belong to the tokens of ``inputs_q``/``inputs_kv``."""
         query_init_scale = 1.0 / self.head_dim if self.fold_query_scale else 1.0
         query = self._project(self.num_heads, "query", query_init_scale)(inputs_q)
         key = self._project(self.num_kv_heads, "key")(inputs_kv)

@@ -124,7 +124,7 @@ class GatedMlp(nn.Module):
 
 
 def apply_rope(x: Array, positions: Array, max_wavelength: float = 10000.0) -> Array:
-    """Rotary position embedding (rotate-half form) of ``x`` [b, l, h, d] at ``positions`` [b, l]."""
+    """Rotary position embedding (rotate-half form) of ``x`` [b, l, h, d] at ``positions``."""
     half = x.shape[-1] // 2
     inv_freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles = positions.astype(jnp.float32)[..., None, None] * inv_freq  # [b, l, 1, half]

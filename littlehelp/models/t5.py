@@ -29,7 +29,8 @@ def check_positive(config: Any, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
+            raise ValueError(
+                f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
 
 
 def check_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
@@ -224,7 +225,6 @@ class T5(nn.Module):
             cross_mask = segment_mask(decoder_segment_ids, encoder_segment_ids)
         else:
             cross_mask = (encoder_input_tokens != 0)[:, None, None, :]
-        self_segments = None if decode else decoder_segment_ids
         x = self.token_embedder(decoder_input_tokens)
-        return self.decoder(x, encoded, decoder_input_tokens, self_segments, decoder_positions,
-                            cross_mask, deterministic, decode)
+        return self.decoder(x, encoded, decoder_input_tokens, decoder_segment_ids,
+                            decoder_positions, cross_mask, deterministic, decode)

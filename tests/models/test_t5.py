@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from littlehelp.config import parse_gin
 from littlehelp.models import attention, count_params, layers
 from littlehelp.models.t5 import T5, T5Config
 
@@ -123,7 +124,7 @@ def _init(config, enc_len=6, dec_len=5):
     model = T5(config)
     enc = jnp.ones((2, enc_len), jnp.int32)
     dec = jnp.ones((2, dec_len), jnp.int32)
-    return model, model.init(jax.random.PRNGKey(0), enc, dec)
+    return model, jax.jit(model.init)(jax.random.PRNGKey(0), enc, dec)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,8 @@ def test_every_parameter_has_full_logical_axes(scan_layers):
     assert specs["token_embedder"]["embedding"] == jax.P("vocab", "embed")
     assert specs["decoder"]["logits_dense"]["kernel"] == jax.P("embed", "vocab")
     if scan_layers:
-        assert specs["encoder"]["layers"]["mlp"]["wi_0"]["kernel"] == jax.P("layers", "embed", "mlp")
+        wi_0 = specs["encoder"]["layers"]["mlp"]["wi_0"]["kernel"]
+        assert wi_0 == jax.P("layers", "embed", "mlp")
 
 
 def test_packed_segments_match_separate_examples(tiny):
@@ -236,10 +238,9 @@ GIN_DIR = Path(__file__).resolve().parents[2] / "gin" / "models"
 
 
 def config_from_gin(path, config_cls):
-    """Parses one model gin file and builds its config class from the bindings."""
-    gin.clear_config()
+    """Parses one model gin file (as the CLI does) and builds its config class."""
     try:
-        gin.parse_config_file(str(path))
+        parse_gin([str(path)], [])
         return config_cls()
     finally:
         gin.clear_config()
@@ -259,3 +260,24 @@ def test_tiny_gin_builds_a_small_model():
     tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
     assert (config.emb_dim, config.num_encoder_layers, config.vocab_size) == (64, 2, 512)
     assert count_params(T5(config), tokens, tokens) < 1e6
+
+
+SHARDING_RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"),
+                  ("heads", "tensor"), ("vocab", "tensor"), ("length", None), ("kv", None),
+                  ("layers", None))
+
+
+def test_sharded_forward_matches_single_device(tiny):
+    model, variables = tiny
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    enc, dec = jnp.tile(jnp.array([[3, 4, 5, 6, 0, 0]]), (4, 1)), jnp.ones((4, 5), jnp.int32)
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(variables), mesh,
+                                            SHARDING_RULES)
+    placed = jax.device_put(nn.unbox(variables), shardings)
+    kernel = placed["params"]["encoder"]["layers"]["mlp"]["wi_0"]["kernel"]
+    assert kernel.sharding.spec == jax.P(None, "fsdp", "tensor")
+    with jax.set_mesh(mesh), nn.logical_axis_rules(SHARDING_RULES):
+        sharded = jax.jit(lambda v: model.apply(v, enc, dec))(placed)
+    assert sharded.sharding.spec == jax.P(("data", "fsdp"), None, "tensor")
+    np.testing.assert_allclose(sharded, model.apply(variables, enc, dec), rtol=1e-5, atol=1e-5)
