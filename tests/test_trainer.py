@@ -37,11 +37,10 @@ def _grads_and_loss(t: trainer.Trainer, objective, batch):
         return jax.device_get(grad_fn(state.params, placed)), float(loss_fn(state.params, placed)), state
 
 
-@pytest.mark.parametrize("make_objective, data", [
-    (lambda: EncoderDecoderObjective(TINY_T5), t5_data()),
-    (lambda: DecoderObjective(TINY_DECODER), lm_data()),
+@pytest.mark.parametrize("make_objective, data, mesh_config", [
+    (lambda: EncoderDecoderObjective(TINY_T5), t5_data(), partitioning.MeshConfig(2, 2, 2)),
+    (lambda: DecoderObjective(TINY_DECODER), lm_data(), partitioning.MeshConfig(1, 8, 1)),
 ])
-@pytest.mark.parametrize("mesh_config", [partitioning.MeshConfig(2, 2, 2), partitioning.MeshConfig(1, 8, 1)])
 def test_sharded_loss_and_grads_match_single_device(tmp_path, make_objective, data, mesh_config):
     objective = make_objective()
     single = _trainer(tmp_path / "one", objective, data, partitioning.MeshConfig(1, 1, 1))
