@@ -19,9 +19,9 @@ from absl import logging
 
 from littlehelp import checkpoints, decoding, partitioning
 from littlehelp.data import DatasetConfig, pipeline
-from littlehelp.objectives import Curriculum, DecoderObjective, EncoderDecoderObjective, Objective
+from littlehelp.objectives import DecoderObjective, EncoderDecoderObjective, Objective
 from littlehelp.optimizers import Optimizer
-from littlehelp.trainer import Trainer
+from littlehelp.trainer import restore_trained
 
 
 @gin.configurable
@@ -89,13 +89,8 @@ def infer(
     checkpoint_config: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
 ) -> list[dict[str, str]]:
     """Decodes `num_examples` examples of `data` with the latest checkpoint of MODEL_DIR."""
-    mesh = partitioning.make_mesh(mesh_config)
-    trainer = Trainer(model_dir, Curriculum.single(objective), optimizer, data, mesh,
-                      partitioning.logical_axis_rules(), checkpoint_config)
-    restored = trainer.checkpointer.restore(trainer.layout.abstract_state)
-    if restored is None:
-        raise FileNotFoundError(f"infer: no checkpoint in {model_dir}/checkpoints and no restore path set")
-    params = jax.device_get(restored[0].params)
+    _, state = restore_trained(model_dir, objective, optimizer, data, mesh_config, checkpoint_config)
+    params = jax.device_get(state.params)
     batch = first_examples(data, num_examples)
     sources, predictions = decode_examples(objective, params, batch, decoding_config)
     vocabulary = seqio.get_mixture_or_task(data.name).output_features["targets"].vocabulary

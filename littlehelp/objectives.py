@@ -62,23 +62,47 @@ def _dropout_rngs(rng: jax.Array, rate: float) -> dict[str, jax.Array]:
     return {"dropout": rng} if rate > 0 else {}
 
 
-@gin.configurable
-class EncoderDecoderObjective:
-    """Cross-entropy (+ z-loss) of an encoder-decoder on seqio's encoder-decoder features."""
+class _TokenObjective:
+    """Cross-entropy (+ z-loss) of one model's logits against `decoder_target_tokens`.
 
-    def __init__(self, model_config: T5Config = gin.REQUIRED, z_loss: float = 1e-4, model_key: str = "model"):
+    Subclasses build the model from its config and say how to call it (`logits`).
+    """
+
+    kind = ""
+
+    def __init__(self, model_config: Any, model: Any, z_loss: float, model_key: str):
         self.config = model_config
-        self.model = T5(model_config)
+        self.model = model
         self.z_loss = z_loss
         self.model_key = model_key
-        self.name = f"encoder_decoder[{model_key}]"
+        self.name = f"{self.kind}[{model_key}]"
+
+    def logits(self, params: Params, batch: Batch, rng: jax.Array) -> jax.Array:
+        """The model's logits on a batch (packed features used when present)."""
+        raise NotImplementedError
+
+    def loss(self, params: Params, batch: Batch, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
+        logits = self.logits(params, batch, rng)
+        sums = losses.cross_entropy_with_z_loss(
+            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], self.z_loss
+        )
+        return _token_metrics(sums)
+
+
+@gin.configurable
+class EncoderDecoderObjective(_TokenObjective):
+    """Cross-entropy (+ z-loss) of an encoder-decoder on seqio's encoder-decoder features."""
+
+    kind = "encoder_decoder"
+
+    def __init__(self, model_config: T5Config = gin.REQUIRED, z_loss: float = 1e-4, model_key: str = "model"):
+        super().__init__(model_config, T5(model_config), z_loss, model_key)
 
     def init_params(self, rng: jax.Array, batch: Batch) -> Params:
         variables = self.model.init(rng, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
         return {self.model_key: variables["params"]}
 
     def logits(self, params: Params, batch: Batch, rng: jax.Array) -> jax.Array:
-        """The model's logits on a batch (packed features used when present)."""
         return self.model.apply(
             {"params": params[self.model_key]},
             batch["encoder_input_tokens"],
@@ -91,13 +115,6 @@ class EncoderDecoderObjective:
             rngs=_dropout_rngs(rng, self.config.dropout_rate),
         )
 
-    def loss(self, params: Params, batch: Batch, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
-        logits = self.logits(params, batch, rng)
-        sums = losses.cross_entropy_with_z_loss(
-            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], self.z_loss
-        )
-        return _token_metrics(sums)
-
     def train_flops(self, batch: Batch) -> float:
         size, inputs_length = batch["encoder_input_tokens"].shape
         targets_length = batch["decoder_target_tokens"].shape[1]
@@ -106,35 +123,27 @@ class EncoderDecoderObjective:
 
 
 @gin.configurable
-class DecoderObjective:
+class DecoderObjective(_TokenObjective):
     """Next-token cross-entropy (+ z-loss) of a decoder-only LM on seqio's LM features."""
 
+    kind = "decoder"
+
     def __init__(self, model_config: DecoderConfig = gin.REQUIRED, z_loss: float = 1e-4, model_key: str = "model"):
-        self.config = model_config
-        self.model = DecoderLM(model_config)
-        self.z_loss = z_loss
-        self.model_key = model_key
-        self.name = f"decoder[{model_key}]"
+        super().__init__(model_config, DecoderLM(model_config), z_loss, model_key)
 
     def init_params(self, rng: jax.Array, batch: Batch) -> Params:
         variables = self.model.init(rng, batch["decoder_input_tokens"])
         return {self.model_key: variables["params"]}
 
     def logits(self, params: Params, batch: Batch, rng: jax.Array) -> jax.Array:
-        """The model's logits on a batch (packed features used when present)."""
         return self.model.apply(
             {"params": params[self.model_key]},
             batch["decoder_input_tokens"],
             segment_ids=batch.get("decoder_segment_ids"),
             positions=batch.get("decoder_positions"),
+            deterministic=self.config.dropout_rate == 0,
+            rngs=_dropout_rngs(rng, self.config.dropout_rate),
         )
-
-    def loss(self, params: Params, batch: Batch, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
-        logits = self.logits(params, batch, rng)
-        sums = losses.cross_entropy_with_z_loss(
-            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], self.z_loss
-        )
-        return _token_metrics(sums)
 
     def train_flops(self, batch: Batch) -> float:
         size, length = batch["decoder_target_tokens"].shape

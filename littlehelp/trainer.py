@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +347,27 @@ class _Loop:
         return state, metrics, False
 
 
+def restore_trained(
+    model_dir: str,
+    objective: Objective,
+    optimizer: Optimizer,
+    data: DatasetConfig,
+    mesh_config: partitioning.MeshConfig,
+    checkpoint_config: checkpoints.CheckpointConfig,
+) -> tuple[Trainer, TrainState]:
+    """A Trainer for `data`'s shapes and the newest good checkpoint of MODEL_DIR (or the restore path).
+
+    The optimizer must be the run's own: its state is part of what was saved.
+    """
+    mesh = partitioning.make_mesh(mesh_config)
+    trainer = Trainer(model_dir, Curriculum.single(objective), optimizer, data, mesh,
+                      partitioning.logical_axis_rules(), checkpoint_config)
+    restored = trainer.checkpointer.restore(trainer.layout.abstract_state)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {trainer.checkpointer.directory} and no restore path set")
+    return trainer, restored[0]
+
+
 @gin.configurable
 def evaluate(
     model_dir: str = gin.REQUIRED,
@@ -358,13 +379,7 @@ def evaluate(
     checkpoint_config: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
 ) -> dict[str, float]:
     """Evaluates the latest checkpoint in MODEL_DIR (or the restore path) on `eval_data`."""
-    mesh = partitioning.make_mesh(mesh_config)
-    rules = partitioning.logical_axis_rules()
-    trainer = Trainer(model_dir, Curriculum.single(objective), optimizer, eval_data, mesh, rules, checkpoint_config)
-    restored = trainer.checkpointer.restore(trainer.layout.abstract_state)
-    if restored is None:
-        raise FileNotFoundError(f"evaluate: no checkpoint in {model_dir}/checkpoints and no restore path set")
-    state = restored[0]
+    trainer, state = restore_trained(model_dir, objective, optimizer, eval_data, mesh_config, checkpoint_config)
     metrics = trainer.evaluate(state, objective, eval_data, eval_batches)
     logging.info("eval at step %d: %s", int(state.step), {k: round(v, 4) for k, v in metrics.items()})
     with MetricsWriter(model_dir, int(state.step), int(state.step), interactive=False) as writer:

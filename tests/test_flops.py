@@ -27,12 +27,9 @@ def matmul_flops(jaxpr) -> float:
     total = 0.0
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
-            (lhs_contract, _), (lhs_batch, _) = eqn.params["dimension_numbers"]
-            lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
-            out = eqn.outvars[0].aval.shape
-            contract = math.prod(lhs[i] for i in lhs_contract)
-            total += 2.0 * math.prod(out) * contract
-            del rhs, lhs_batch
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs, out = eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape
+            total += 2.0 * math.prod(out) * math.prod(lhs[i] for i in lhs_contract)
         repeat = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
         for value in eqn.params.values():
             for sub in _sub_jaxprs(value):
