@@ -1,0 +1,95 @@
+"""Labelled data sets that load offline: scikit-learn's bundled tables and Fashion-MNIST.
+
+scikit-learn ships digits, breast_cancer, wine and iris inside its wheel (its `fetch_*` loaders
+download and are not used). Fashion-MNIST is read from the Debian package `dataset-fashion-mnist`
+(`/usr/share/datasets/fashion-mnist`) when it is installed; `available()` leaves it out otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+BUNDLED = ("digits", "breast_cancer", "wine", "iris")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledData:
+    """A train pool and a test set; features float32 (standardised or scaled to [0, 1])."""
+
+    name: str
+    train_features: np.ndarray
+    train_labels: np.ndarray
+    test_features: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    image_shape: tuple[int, int] | None = None
+
+
+def available() -> list[str]:
+    """Names `load` accepts on this machine."""
+    return [*BUNDLED, *(["fashion_mnist"] if _fashion_mnist_files() else [])]
+
+
+def load(name: str, seed: int = 0, test_fraction: float = 0.3) -> LabelledData:
+    """Loads `name`; bundled tables get a stratified split drawn with `seed` and are standardised
+    with the train pool's statistics. Fashion-MNIST keeps its own 60000/10000 split."""
+    if name == "fashion_mnist":
+        return load_fashion_mnist()
+    if name not in BUNDLED:
+        raise ValueError(f"unknown data set {name!r}; available here: {available()}")
+    from sklearn import datasets, model_selection  # pylint: disable=import-outside-toplevel
+
+    features, labels = getattr(datasets, f"load_{name}")(return_X_y=True)
+    train_x, test_x, train_y, test_y = model_selection.train_test_split(
+        features, labels, test_size=test_fraction, random_state=seed, stratify=labels)
+    mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-8
+    return LabelledData(name, _standardise(train_x, mean, std), train_y.astype(np.int32),
+                        _standardise(test_x, mean, std), test_y.astype(np.int32),
+                        int(labels.max()) + 1)
+
+
+def _standardise(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return ((features - mean) / std).astype(np.float32)
+
+
+def _fashion_mnist_files() -> dict[str, Path] | None:
+    """The four idx files (gzipped or not), or None when any is missing."""
+    names = {
+        "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+        "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+    }
+    found = {}
+    for key, stem in names.items():
+        candidates = [FASHION_MNIST_DIR / stem, FASHION_MNIST_DIR / f"{stem}.gz"]
+        existing = [path for path in candidates if path.is_file()]
+        if not existing:
+            return None
+        found[key] = existing[0]
+    return found
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Reads an idx file (the MNIST format: big-endian dims after a 4-byte magic), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as stream:
+        raw = stream.read()
+    rank = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank))
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * rank).reshape(shape)
+
+
+def load_fashion_mnist() -> LabelledData:
+    """Fashion-MNIST from the Debian package; raises FileNotFoundError naming the folder if absent."""
+    files = _fashion_mnist_files()
+    if files is None:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found under {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
+    images = {key: read_idx(files[f"{key}_images"]) for key in ("train", "test")}
+    labels = {key: read_idx(files[f"{key}_labels"]).astype(np.int32) for key in ("train", "test")}
+    flat = {key: (value.reshape(len(value), -1) / 255.0).astype(np.float32) for key, value in images.items()}
+    return LabelledData("fashion_mnist", flat["train"], labels["train"], flat["test"], labels["test"], 10, (28, 28))

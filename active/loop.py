@@ -1,0 +1,211 @@
+"""The active-learning loop on labelled arrays: seed set, then rounds of select -> label -> retrain.
+
+    records = active.loop.run(x_train, y_train, x_test, y_test, selector="margin",
+                              seed_size=20, batch_size=20, rounds=10, seed=0)
+
+Each round trains a fresh `active.models` network on the labelled set (weighted when the selector
+returns weights; distilled from the previous round's model when `churn_alpha` > 0) and records the
+test accuracy, the seconds spent selecting, and the churn: the fraction of test examples whose
+prediction changed from the previous round's model.
+
+The loop builds the `Pool` fields each selector reads (`pool_fields`): probabilities and
+embeddings of the current model, the labelled embeddings (coreset), BADGE's gradient embeddings,
+a second model's probabilities (IWeS disagreement, `second_model=True`), and Cluster-Margin's
+clusters, computed once from the seed model's embeddings of the whole pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from active import models
+from active.clustering import cluster_margin_clusters
+from active.selectors import Pool, Selection, Selector, gradient_embeddings, make_selector
+
+# Pool fields beyond probabilities and embeddings that a selector (by name) reads.
+EXTRA_FIELDS: dict[str, frozenset[str]] = {
+    "coreset": frozenset({"labelled_embeddings"}),
+    "badge": frozenset({"gradient_embeddings"}),
+    "cluster_margin": frozenset({"cluster_ids"}),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundRecord:
+    """One round: round 0 is the seed set (no selection, no churn)."""
+
+    round: int
+    labelled: int
+    accuracy: float
+    selection_seconds: float
+    churn: float | None
+
+
+def pool_fields(selector: Selector, second_model: bool = False) -> frozenset[str]:
+    """The Pool fields the loop computes for `selector`."""
+    fields = {"probabilities", "embeddings"} | EXTRA_FIELDS.get(selector.name, frozenset())
+    return frozenset(fields | ({"second_probabilities"} if second_model else set()))
+
+
+def build_pool(fields: frozenset[str], probabilities: np.ndarray, embeddings: np.ndarray,
+               labelled_embeddings: np.ndarray | None = None,
+               second_probabilities: np.ndarray | None = None,
+               cluster_ids: np.ndarray | None = None) -> Pool:
+    """A Pool with the requested `fields`; gradient embeddings are derived from probabilities and
+    embeddings. Raises ValueError naming a requested field that was not supplied."""
+    given = {"probabilities": probabilities, "embeddings": embeddings,
+             "labelled_embeddings": labelled_embeddings, "second_probabilities": second_probabilities,
+             "cluster_ids": cluster_ids}
+    if "gradient_embeddings" in fields:
+        given["gradient_embeddings"] = gradient_embeddings(probabilities, embeddings)
+    missing = sorted(name for name in fields if given.get(name) is None)
+    if missing:
+        raise ValueError(f"Pool fields {missing} are needed but were not supplied")
+    return Pool(**{name: given[name] for name in fields})
+
+
+def default_num_clusters(pool_size: int, batch_size: int) -> int:
+    """Cluster-Margin's flat clusters when none are given: twice the batch, at most the pool."""
+    return max(1, min(pool_size, 2 * batch_size))
+
+
+@dataclasses.dataclass
+class _State:
+    """What the loop carries between rounds."""
+
+    labelled: np.ndarray  # indices into the training pool, in labelling order
+    weights: np.ndarray  # training weight per labelled example
+    model: models.Model
+    test_probabilities: np.ndarray
+    cluster_ids: np.ndarray | None = None
+
+
+def run(
+    features: np.ndarray,
+    labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    selector: str | Selector = "margin",
+    seed_size: int = 20,
+    batch_size: int = 20,
+    rounds: int = 10,
+    seed: int = 0,
+    churn_alpha: float = 0.0,
+    model_config: models.ModelConfig = models.ModelConfig(),
+    num_classes: int | None = None,
+    selector_kwargs: Mapping[str, Any] | None = None,
+    num_clusters: int | None = None,
+    second_model: bool = False,
+) -> list[RoundRecord]:
+    """Runs `rounds` rounds of active learning after a random seed set; one record per model trained.
+
+    Args:
+      features, labels: the training pool; labels are revealed only for selected examples.
+      test_features, test_labels: held-out evaluation set (accuracy and churn).
+      selector: a Selector, or a name in `active.selectors.SELECTORS` built with `selector_kwargs`.
+      seed_size: examples labelled uniformly at random before the first round.
+      batch_size: examples selected per round.
+      churn_alpha: distillation weight a towards the previous round's model (0: plain retraining).
+      num_clusters: Cluster-Margin's flat clusters (default `default_num_clusters`).
+      second_model: also train a second network (another init) each round and pass its
+        probabilities as `Pool.second_probabilities` (IWeS two-model disagreement).
+    """
+    if isinstance(selector, str):
+        selector = make_selector(selector, **dict(selector_kwargs or {}))
+    num_classes = num_classes or int(max(labels.max(), test_labels.max())) + 1
+    needed = seed_size + rounds * batch_size
+    if seed_size <= 0 or needed > len(features):
+        raise ValueError(f"seed_size {seed_size} + rounds {rounds} x batch_size {batch_size} must be in [1, {len(features)}]")
+    rng = np.random.default_rng(seed)
+    train = _Trainer(features, labels, test_features, num_classes, model_config, seed, churn_alpha)
+    state = train.first(rng.choice(len(features), seed_size, replace=False))
+    records = [RoundRecord(0, seed_size, models.accuracy(state.test_probabilities, test_labels), 0.0, None)]
+    fields = pool_fields(selector, second_model)
+    for round_index in range(1, rounds + 1):
+        started = time.perf_counter()
+        if "cluster_ids" in fields and state.cluster_ids is None:
+            state.cluster_ids = _seed_clusters(state.model, features, num_clusters, batch_size, seed)
+        unlabelled, pool = _pool(train, state, fields, round_index)
+        chosen = selector.select(pool, batch_size, rng)
+        seconds = time.perf_counter() - started
+        new_state = train.next(state, unlabelled, chosen, round_index)
+        churn = models.churn(state.test_probabilities, new_state.test_probabilities)
+        accuracy = models.accuracy(new_state.test_probabilities, test_labels)
+        records.append(RoundRecord(round_index, len(new_state.labelled), accuracy, seconds, churn))
+        state = new_state
+    return records
+
+
+def _seed_clusters(model: models.Model, features: np.ndarray, num_clusters: int | None,
+                   batch_size: int, seed: int) -> np.ndarray:
+    """Cluster ids of the whole training pool from the seed model's embeddings (once per run)."""
+    embeddings = model.predict(features)[1]
+    count = num_clusters or default_num_clusters(len(features), batch_size)
+    return cluster_margin_clusters(embeddings, count, seed=seed)
+
+
+def _pool(train: "_Trainer", state: _State, fields: frozenset[str], round_index: int) -> tuple[np.ndarray, Pool]:
+    """The unlabelled indices and their Pool under the current model."""
+    unlabelled = np.setdiff1d(np.arange(len(train.features)), state.labelled)
+    probabilities, embeddings = state.model.predict(train.features)
+    second = None
+    if "second_probabilities" in fields:
+        second = train.fit(state, model_seed_offset=10_000 + round_index).probabilities(train.features)[unlabelled]
+    clusters = None if state.cluster_ids is None else state.cluster_ids[unlabelled]
+    pool = build_pool(fields, probabilities[unlabelled], embeddings[unlabelled],
+                      labelled_embeddings=embeddings[state.labelled], second_probabilities=second,
+                      cluster_ids=clusters)
+    return unlabelled, pool
+
+
+class _Trainer:
+    """Trains the round models on the labelled subset of one pool."""
+
+    def __init__(self, features, labels, test_features, num_classes, config, seed, churn_alpha):
+        self.features, self.labels, self.test_features = features, labels, test_features
+        self.num_classes, self.config, self.seed, self.churn_alpha = num_classes, config, seed, churn_alpha
+
+    def fit(self, state: _State, model_seed_offset: int, teacher: models.Model | None = None) -> models.Model:
+        """A fresh network on `state.labelled`, distilled from `teacher` when given."""
+        x = self.features[state.labelled]
+        teacher_probabilities = None if teacher is None else teacher.probabilities(x)
+        return models.fit(x, self.labels[state.labelled], self.num_classes, self.config,
+                          seed=self.seed * 100_003 + model_seed_offset, weights=state.weights,
+                          teacher_probabilities=teacher_probabilities,
+                          alpha=self.churn_alpha if teacher is not None else 0.0)
+
+    def first(self, seed_indices: np.ndarray) -> _State:
+        """The seed-set state."""
+        state = _State(np.asarray(seed_indices, np.int64), np.ones(len(seed_indices), np.float32), None, None)
+        return self._with_model(state, self.fit(state, 0))
+
+    def next(self, state: _State, unlabelled: np.ndarray, chosen: Selection, round_index: int) -> _State:
+        """Labels the chosen pool examples and retrains (distilling from the previous model)."""
+        new_weights = np.ones(len(chosen.indices)) if chosen.weights is None else chosen.weights
+        grown = _State(np.concatenate([state.labelled, unlabelled[chosen.indices]]),
+                       np.concatenate([state.weights, new_weights]).astype(np.float32), None, None,
+                       state.cluster_ids)
+        teacher = state.model if self.churn_alpha > 0 else None
+        return self._with_model(grown, self.fit(grown, round_index, teacher))
+
+    def _with_model(self, state: _State, model: models.Model) -> _State:
+        return dataclasses.replace(state, model=model, test_probabilities=model.probabilities(self.test_features))
+
+
+def area_under_curve(records: list[RoundRecord]) -> float:
+    """Mean test accuracy over the labelled-count range (trapezoid area / range)."""
+    counts = np.array([r.labelled for r in records], np.float64)
+    accuracies = np.array([r.accuracy for r in records])
+    if len(records) == 1:
+        return float(accuracies[0])
+    return float(np.trapezoid(accuracies, counts) / (counts[-1] - counts[0]))
+
+
+def records_as_dicts(records: list[RoundRecord]) -> list[dict[str, Any]]:
+    """Records as JSON-ready dicts (churn None at round 0)."""
+    return [dataclasses.asdict(r) for r in records]
+
