@@ -31,6 +31,9 @@ class Objective(Protocol):
     `loss` returns the mean loss of the batch and metrics that include "weight", the loss's
     denominator (e.g. the number of target tokens); the trainer uses it to combine microbatches
     exactly. Every metric is a mean over that weight.
+
+    An objective may also set `trainable_keys`, the models it trains (default: every model in the
+    state); the trainer reads the others as constants and leaves their optimizer state alone.
     """
 
     name: str
@@ -75,6 +78,7 @@ class _TokenObjective:
         self.model = model
         self.z_loss = z_loss
         self.model_key = model_key
+        self.trainable_keys = (model_key,)
         self.name = f"{self.kind}[{model_key}]"
 
     def logits(self, params: Params, batch: Batch, rng: jax.Array) -> jax.Array:
@@ -164,6 +168,8 @@ class WeightedSum:
         if not self.terms:
             raise ValueError(f"WeightedSum: every term has weight 0: {list(terms)}")
         self.name = "+".join(f"{w:g}*{name}" for name, (_, w) in self.terms.items())
+        keys = [getattr(objective, "trainable_keys", None) for objective, _ in self.terms.values()]
+        self.trainable_keys = None if None in keys else tuple(dict.fromkeys(k for ks in keys for k in ks))
 
     def init_params(self, rng: jax.Array, batch: Batch) -> Params:
         params: Params = {}

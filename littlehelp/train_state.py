@@ -24,17 +24,29 @@ Params = Any
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a training run carries from one step to the next."""
+    """Everything a training run carries from one step to the next.
+
+    `params` and `opt_state` are dicts keyed by model name: each model has its own optimizer state,
+    so a step that trains only some models (a curriculum stage, a frozen teacher) leaves the others'
+    parameters and optimizer state untouched.
+    """
 
     step: jax.Array
     params: Params
-    opt_state: optax.OptState
+    opt_state: dict[str, optax.OptState]
 
     def apply_gradients(self, grads: Params, tx: optax.GradientTransformation) -> "TrainState":
-        """One optimizer update."""
-        updates, opt_state = tx.update(grads, self.opt_state, self.params)
-        params = optax.apply_updates(self.params, updates)
+        """One optimizer update of the models in `grads` (a subset of the params' keys)."""
+        params, opt_state = dict(self.params), dict(self.opt_state)
+        for key, model_grads in grads.items():
+            updates, opt_state[key] = tx.update(model_grads, self.opt_state[key], self.params[key])
+            params[key] = optax.apply_updates(self.params[key], updates)
         return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
+
+
+def init_optimizer(tx: optax.GradientTransformation, params: Params) -> dict[str, optax.OptState]:
+    """One optimizer state per model."""
+    return {key: tx.init(model_params) for key, model_params in params.items()}
 
 
 @flax.struct.dataclass
@@ -57,11 +69,13 @@ def state_layout(
     logical_specs = nn.get_partition_spec(boxed)
     params = nn.unbox(boxed)
     param_shardings = partitioning.param_shardings(params, logical_specs, mesh, rules)
-    opt_state = jax.eval_shape(tx.init, params)
+    opt_state = jax.eval_shape(lambda p: init_optimizer(tx, p), params)
     shardings = TrainState(
         step=partitioning.replicated(mesh),
         params=param_shardings,
-        opt_state=_optimizer_shardings(opt_state, params, param_shardings, mesh),
+        opt_state={
+            key: _optimizer_shardings(opt_state[key], params[key], param_shardings[key], mesh) for key in params
+        },
     )
     abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state)
     abstract = jax.tree.map(
@@ -82,7 +96,7 @@ def init_state(
 
     def build(key: jax.Array) -> TrainState:
         params = nn.unbox(init_params(key))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=init_optimizer(tx, params))
 
     return jax.jit(build, out_shardings=layout.shardings)(rng)
 

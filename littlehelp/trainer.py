@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 from littlehelp import checkpoints, config as gin_config, partitioning
 from littlehelp.data import DatasetConfig, GlobalBatches, pipeline
 from littlehelp.metrics import MetricsWriter, measure_matmul_flops
-from littlehelp.objectives import Batch, Curriculum, Metrics, Objective
+from littlehelp.objectives import Batch, Curriculum, Metrics, Objective, Params
 from littlehelp.optimizers import Optimizer
 from littlehelp.train_state import StateLayout, TrainState, init_state, state_layout
 
@@ -63,7 +63,8 @@ class TrainSummary:
 def microbatched_value_and_grad(
     loss_fn: Callable[..., tuple[jax.Array, Metrics]], microbatches: int
 ) -> Callable[..., tuple[Metrics, Any]]:
-    """Gradient of `loss_fn` over a batch, accumulated over `microbatches` equal slices.
+    """Gradient of `loss_fn(params, *constants, batch, rng, step)` with respect to `params`, over a
+    batch accumulated in `microbatches` equal slices.
 
     Each slice's mean loss, gradient and metrics are weighted by its "weight" metric (the loss's
     denominator), so the result equals the full-batch gradient of the full-batch mean loss.
@@ -71,25 +72,26 @@ def microbatched_value_and_grad(
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if microbatches == 1:
 
-        def full(params, batch, rng, step):
-            (_, metrics), grads = grad_fn(params, batch, rng, step)
+        def full(params, *constants_batch_rng_step):
+            (_, metrics), grads = grad_fn(params, *constants_batch_rng_step)
             return metrics, grads
 
         return full
 
-    def accumulated(params, batch, rng, step):
+    def accumulated(params, *constants_batch_rng_step):
+        *constants, batch, rng, step = constants_batch_rng_step
         slices = jax.tree.map(lambda x: x.reshape((microbatches, -1) + x.shape[1:]), batch)
 
         def body(carry, inputs):
             index, micro = inputs
-            (_, metrics), grads = grad_fn(params, micro, jax.random.fold_in(rng, index), step)
+            (_, metrics), grads = grad_fn(params, *constants, micro, jax.random.fold_in(rng, index), step)
             weight = metrics["weight"]
             weighted = {k: v if k == "weight" else v * weight for k, v in metrics.items()}
             scaled = jax.tree.map(lambda g: g * weight, grads), weighted
             return jax.tree.map(jnp.add, carry, scaled), None
 
         zero = jax.tree.map(jnp.zeros_like, params)
-        (_, probe), _ = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], slices), rng, step)
+        (_, probe), _ = jax.eval_shape(grad_fn, params, *constants, jax.tree.map(lambda x: x[0], slices), rng, step)
         zero_metrics = {k: jnp.zeros(v.shape, v.dtype) for k, v in probe.items()}
         (grads, sums), _ = jax.lax.scan(body, (zero, zero_metrics), (jnp.arange(microbatches), slices))
         total = jnp.maximum(sums["weight"], 1e-9)
@@ -99,13 +101,32 @@ def microbatched_value_and_grad(
     return accumulated
 
 
+def trained_keys(objective: Objective, params: Params) -> tuple[str, ...]:
+    """The models `objective` updates: its `trainable_keys` attribute if it has one, else all."""
+    keys = tuple(getattr(objective, "trainable_keys", None) or params)
+    unknown = sorted(set(keys) - set(params))
+    if unknown:
+        raise ValueError(f"{objective.name}: trainable_keys {unknown} are not among the models {sorted(params)}")
+    return keys
+
+
 def make_train_step(objective: Objective, optimizer: Optimizer, microbatches: int = 1) -> StepFn:
-    """The (unjitted) train step for one objective: gradients, update, metrics."""
-    value_and_grad = microbatched_value_and_grad(objective.loss, microbatches)
+    """The (unjitted) train step for one objective: gradients, update, metrics.
+
+    Only the models in `trained_keys` get gradients and updates; the others are read as constants.
+    """
+
+    def loss_of_trained(trained: Params, frozen: Params, batch: Batch, rng: jax.Array, step: jax.Array):
+        return objective.loss({**frozen, **trained}, batch, rng, step)
+
+    value_and_grad = microbatched_value_and_grad(loss_of_trained, microbatches)
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(rng, state.step)
-        metrics, grads = value_and_grad(state.params, batch, rng, state.step)
+        keys = trained_keys(objective, state.params)
+        trained = {k: v for k, v in state.params.items() if k in keys}
+        frozen = {k: v for k, v in state.params.items() if k not in keys}
+        metrics, grads = value_and_grad(trained, frozen, batch, rng, state.step)
         metrics = dict(metrics, grad_norm=_global_norm(grads), learning_rate=optimizer.schedule(state.step))
         return state.apply_gradients(grads, optimizer.tx), metrics
 

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from littlehelp import checkpoints, partitioning, trainer
+from littlehelp import checkpoints, optimizers, partitioning, trainer
 from littlehelp.objectives import Curriculum, DecoderObjective, EncoderDecoderObjective, WeightedSum
 from littlehelp.optimizers import Optimizer
 from tests.helpers import TINY_DECODER, TINY_T5, lm_data, t5_data
@@ -163,3 +163,22 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
         _run(tmp_path, Curriculum.single(NaNAfter(5)), lm_data(), steps=10)
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == 4
+
+
+def test_a_stage_updates_only_the_models_it_trains(tmp_path):
+    data = lm_data()
+    both = WeightedSum({"a": (DecoderObjective(TINY_DECODER, model_key="a"), 1.0),
+                        "b": (DecoderObjective(TINY_DECODER, model_key="b"), 1.0)})
+    only_a = DecoderObjective(TINY_DECODER, model_key="a")
+    optimizer = optimizers.adamw(optimizers.constant_schedule(1e-2))
+    t = _trainer(tmp_path, both, data, partitioning.MeshConfig(1, 1, 1), optimizer=optimizer)
+    state, _ = t.restore_or_init()
+    batch = next(iter(trainer.GlobalBatches(data, t.mesh)))
+    state = t.step_fn(both)(state, batch, jax.random.key(0))[0]
+    before = jax.device_get((state.params, state.opt_state))
+    state = t.step_fn(only_a)(state, batch, jax.random.key(0))[0]
+    after = jax.device_get((state.params, state.opt_state))
+    jax.tree.map(np.testing.assert_array_equal, after[0]["b"], before[0]["b"])
+    jax.tree.map(np.testing.assert_array_equal, after[1]["b"], before[1]["b"])
+    changed = jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.any(x != y)), after[0]["a"], before[0]["a"]))
+    assert all(changed)
