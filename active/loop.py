@@ -28,7 +28,6 @@ from active.selectors import Pool, Selection, Selector, gradient_embeddings, mak
 
 # Pool fields beyond probabilities and embeddings that a selector (by name) reads.
 EXTRA_FIELDS: dict[str, frozenset[str]] = {
-    "coreset": frozenset({"labelled_embeddings"}),
     "badge": frozenset({"gradient_embeddings"}),
     "cluster_margin": frozenset({"cluster_ids"}),
 }
@@ -47,7 +46,7 @@ class RoundRecord:
 
 def pool_fields(selector: Selector, second_model: bool = False) -> frozenset[str]:
     """The Pool fields the loop computes for `selector`."""
-    fields = {"probabilities", "embeddings"} | EXTRA_FIELDS.get(selector.name, frozenset())
+    fields = {"probabilities", "embeddings", "labelled_embeddings"} | EXTRA_FIELDS.get(selector.name, frozenset())
     return frozenset(fields | ({"second_probabilities"} if second_model else set()))
 
 
@@ -129,10 +128,10 @@ def run(
         started = time.perf_counter()
         if "cluster_ids" in fields and state.cluster_ids is None:
             state.cluster_ids = _seed_clusters(state.model, features, num_clusters, batch_size, seed)
-        unlabelled, pool = _pool(train, state, fields, round_index)
+        unlabelled, pool = _pool(train, state, fields)
         chosen = selector.select(pool, batch_size, rng)
         seconds = time.perf_counter() - started
-        new_state = train.next(state, unlabelled, chosen, round_index)
+        new_state = train.next(state, unlabelled, chosen)
         churn = models.churn(state.test_probabilities, new_state.test_probabilities)
         accuracy = models.accuracy(new_state.test_probabilities, test_labels)
         records.append(RoundRecord(round_index, len(new_state.labelled), accuracy, seconds, churn))
@@ -148,13 +147,13 @@ def _seed_clusters(model: models.Model, features: np.ndarray, num_clusters: int 
     return cluster_margin_clusters(embeddings, count, seed=seed)
 
 
-def _pool(train: "_Trainer", state: _State, fields: frozenset[str], round_index: int) -> tuple[np.ndarray, Pool]:
+def _pool(train: "_Trainer", state: _State, fields: frozenset[str]) -> tuple[np.ndarray, Pool]:
     """The unlabelled indices and their Pool under the current model."""
     unlabelled = np.setdiff1d(np.arange(len(train.features)), state.labelled)
     probabilities, embeddings = state.model.predict(train.features)
     second = None
     if "second_probabilities" in fields:
-        second = train.fit(state, model_seed_offset=10_000 + round_index).probabilities(train.features)[unlabelled]
+        second = train.fit(state, init_offset=1).probabilities(train.features)[unlabelled]
     clusters = None if state.cluster_ids is None else state.cluster_ids[unlabelled]
     pool = build_pool(fields, probabilities[unlabelled], embeddings[unlabelled],
                       labelled_embeddings=embeddings[state.labelled], second_probabilities=second,
@@ -169,28 +168,32 @@ class _Trainer:
         self.features, self.labels, self.test_features = features, labels, test_features
         self.num_classes, self.config, self.seed, self.churn_alpha = num_classes, config, seed, churn_alpha
 
-    def fit(self, state: _State, model_seed_offset: int, teacher: models.Model | None = None) -> models.Model:
-        """A fresh network on `state.labelled`, distilled from `teacher` when given."""
+    def fit(self, state: _State, init_offset: int = 0, teacher: models.Model | None = None) -> models.Model:
+        """A fresh network on `state.labelled`, distilled from `teacher` when given.
+
+        Every round starts from the same initialisation (`init_offset` 0), so churn measures what
+        the new labels and the distillation change, not a new random start.
+        """
         x = self.features[state.labelled]
         teacher_probabilities = None if teacher is None else teacher.probabilities(x)
         return models.fit(x, self.labels[state.labelled], self.num_classes, self.config,
-                          seed=self.seed * 100_003 + model_seed_offset, weights=state.weights,
+                          seed=self.seed * 100_003 + init_offset, weights=state.weights,
                           teacher_probabilities=teacher_probabilities,
                           alpha=self.churn_alpha if teacher is not None else 0.0)
 
     def first(self, seed_indices: np.ndarray) -> _State:
         """The seed-set state."""
         state = _State(np.asarray(seed_indices, np.int64), np.ones(len(seed_indices), np.float32), None, None)
-        return self._with_model(state, self.fit(state, 0))
+        return self._with_model(state, self.fit(state))
 
-    def next(self, state: _State, unlabelled: np.ndarray, chosen: Selection, round_index: int) -> _State:
+    def next(self, state: _State, unlabelled: np.ndarray, chosen: Selection) -> _State:
         """Labels the chosen pool examples and retrains (distilling from the previous model)."""
         new_weights = np.ones(len(chosen.indices)) if chosen.weights is None else chosen.weights
         grown = _State(np.concatenate([state.labelled, unlabelled[chosen.indices]]),
                        np.concatenate([state.weights, new_weights]).astype(np.float32), None, None,
                        state.cluster_ids)
         teacher = state.model if self.churn_alpha > 0 else None
-        return self._with_model(grown, self.fit(grown, round_index, teacher))
+        return self._with_model(grown, self.fit(grown, teacher=teacher))
 
     def _with_model(self, state: _State, model: models.Model) -> _State:
         return dataclasses.replace(state, model=model, test_probabilities=model.probabilities(self.test_features))
