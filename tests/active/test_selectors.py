@@ -1,0 +1,240 @@
+"""Selectors: each one's defining behaviour on constructed pools, against references computed another way."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+from scipy.special import softmax
+from scipy.stats import entropy
+
+from active import selectors
+from active.selectors import Pool, make_selector
+
+
+def _probabilities(n: int, classes: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return softmax(rng.normal(scale=2.0, size=(n, classes)), axis=1)
+
+
+def _generic_pool(n: int = 60) -> Pool:
+    rng = np.random.default_rng(0)
+    probabilities = _probabilities(n, 4, 1)
+    embeddings = rng.normal(size=(n, 5)).astype(np.float32)
+    return Pool(probabilities=probabilities, embeddings=embeddings,
+                labelled_embeddings=rng.normal(size=(3, 5)).astype(np.float32),
+                second_probabilities=_probabilities(n, 4, 2), cluster_ids=np.arange(n) % 7)
+
+
+@pytest.mark.parametrize("name", sorted(selectors.SELECTORS))
+def test_every_selector_returns_distinct_in_range_indices(name):
+    pool = _generic_pool()
+    selection = make_selector(name).select(pool, 12, np.random.default_rng(3))
+    assert selection.indices.dtype == np.int64
+    assert len(np.unique(selection.indices)) == 12
+    assert selection.indices.min() >= 0 and selection.indices.max() < pool.size
+    assert (selection.weights is not None) == (name == "iwes")
+
+
+def test_margin_picks_the_examples_closest_to_the_boundary():
+    probabilities = _probabilities(200, 5, 4)
+    top2 = np.sort(probabilities.astype(np.float64), axis=1)[:, -2:]
+    expected = np.argsort(top2[:, 1] - top2[:, 0], kind="stable")[:15]
+    chosen = make_selector("margin").select(Pool(probabilities=probabilities), 15, np.random.default_rng(0))
+    np.testing.assert_array_equal(chosen.indices, expected)
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("entropy", lambda p: entropy(p, axis=1)),
+    ("least_confidence", lambda p: 1.0 - p.max(axis=1)),
+])
+def test_uncertainty_selectors_take_the_highest_scores(name, reference):
+    probabilities = _probabilities(150, 6, 5)
+    expected = np.argsort(-reference(probabilities.astype(np.float64)), kind="stable")[:10]
+    chosen = make_selector(name).select(Pool(probabilities=probabilities), 10, np.random.default_rng(0))
+    assert set(chosen.indices) == set(expected)
+
+
+def test_random_selector_is_reproducible_and_covers_the_pool():
+    pool = Pool(probabilities=np.full((50, 2), 0.5))
+    first = make_selector("random").select(pool, 20, np.random.default_rng(7)).indices
+    again = make_selector("random").select(pool, 20, np.random.default_rng(7)).indices
+    np.testing.assert_array_equal(first, again)
+    hits = np.zeros(50)
+    for seed in range(200):
+        hits[make_selector("random").select(pool, 20, np.random.default_rng(seed)).indices] += 1
+    np.testing.assert_allclose(hits / 200, 0.4, atol=0.15)
+
+
+def test_min_squared_distances_matches_cdist_across_blocks(monkeypatch):
+    monkeypatch.setattr(selectors, "_BLOCK_ELEMENTS", 64)  # forces many point and centre blocks
+    rng = np.random.default_rng(0)
+    points, centres = rng.normal(size=(101, 3)), rng.normal(size=(13, 3))
+    expected = cdist(points, centres, "sqeuclidean").min(axis=1)
+    np.testing.assert_allclose(selectors.min_squared_distances(points, centres), expected, rtol=1e-6, atol=1e-9)
+
+
+def _kcenter_radius(points: np.ndarray, centres: np.ndarray) -> float:
+    return float(cdist(points, centres).min(axis=1).max())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_coreset_radius_within_twice_the_brute_force_optimum(seed):
+    points = np.random.default_rng(seed).normal(size=(14, 2)).astype(np.float32)
+    optimum = min(_kcenter_radius(points, points[list(c)]) for c in itertools.combinations(range(14), 3))
+    chosen = make_selector("coreset").select(Pool(embeddings=points), 3, np.random.default_rng(seed)).indices
+    assert _kcenter_radius(points, points[chosen]) <= 2.0 * optimum + 1e-6
+
+
+def test_coreset_takes_farthest_points_from_labelled_set_and_jax_agrees():
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(40, 4)).astype(np.float32)
+    labelled = rng.normal(size=(5, 4)).astype(np.float32)
+    centres, expected = list(labelled), []
+    for _ in range(6):  # farthest-point traversal written out with explicit distances
+        far = int(np.argmax(cdist(points, np.array(centres)).min(axis=1)))
+        expected.append(far)
+        centres.append(points[far])
+    pool = Pool(embeddings=points, labelled_embeddings=labelled)
+    for backend in ("numpy", "jax"):
+        chosen = make_selector("coreset", backend=backend).select(pool, 6, np.random.default_rng(0))
+        np.testing.assert_array_equal(chosen.indices, expected)
+
+
+def test_gradient_embeddings_equal_the_last_layer_gradient_at_the_predicted_label():
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(6, 5)).astype(np.float32)
+    weights = rng.normal(size=(3, 5)).astype(np.float32)
+
+    def loss(w, x, label):
+        return -jax.nn.log_softmax(w @ x)[label]
+
+    probabilities = softmax(features @ weights.T, axis=1)
+    for i in range(6):
+        grad = jax.grad(loss)(jnp.asarray(weights), features[i], int(np.argmax(probabilities[i])))
+        np.testing.assert_allclose(selectors.gradient_embeddings(probabilities, features)[i],
+                                   np.asarray(grad).reshape(-1), rtol=1e-5, atol=1e-6)
+
+
+def _badge_pool() -> np.ndarray:
+    """Gradient embeddings: two tight high-norm groups (along e1, e2) and a low-norm group near 0."""
+    rng = np.random.default_rng(0)
+    group_a = 10.0 * np.eye(4)[0] + 1e-3 * rng.normal(size=(10, 4))
+    group_b = 9.0 * np.eye(4)[1] + 1e-3 * rng.normal(size=(10, 4))
+    low = 0.1 * rng.normal(size=(10, 4))
+    return np.concatenate([group_a, group_b, low]).astype(np.float32)
+
+
+def test_badge_starts_at_the_largest_gradient_and_samples_by_squared_distance():
+    grads = _badge_pool()
+    pool = Pool(gradient_embeddings=grads)
+    first = int(np.argmax(np.linalg.norm(grads, axis=1)))
+    sq = cdist(grads, grads[first:first + 1], "sqeuclidean")[:, 0]
+    expected = np.array([sq[10:20].sum(), sq[20:].sum()]) / sq.sum()  # group b vs low group; a ~ 0
+    second_group = np.zeros(3)
+    for seed in range(400):
+        chosen = make_selector("badge").select(pool, 2, np.random.default_rng(seed)).indices
+        assert chosen[0] == first
+        second_group[chosen[1] // 10] += 1
+    assert second_group[0] == 0  # never a near-duplicate of the first pick
+    np.testing.assert_allclose(second_group[1:] / 400, expected, atol=0.07)
+
+
+def test_badge_computes_gradient_embeddings_from_probabilities_and_features():
+    pool = _generic_pool()
+    grads = selectors.gradient_embeddings(pool.probabilities, pool.embeddings)
+    from_fields = make_selector("badge").select(pool, 5, np.random.default_rng(0)).indices
+    given = make_selector("badge").select(Pool(gradient_embeddings=grads), 5, np.random.default_rng(0)).indices
+    np.testing.assert_array_equal(from_fields, given)
+
+
+def _cluster_margin_case():
+    """400 examples, margins 0..1 by index, 12 clusters of distinct sizes among the 10 * 10 lowest margins."""
+    margin = np.linspace(0.0, 1.0, 400)
+    probabilities = np.stack([(1 + margin) / 2, (1 - margin) / 2], axis=1)
+    rng = np.random.default_rng(0)
+    sizes = np.arange(1, 13)[rng.permutation(12)]  # candidate clusters of sizes 1..12 (sum 78)
+    candidate_clusters = np.repeat(np.arange(12), sizes)
+    clusters = np.concatenate([rng.permutation(np.pad(candidate_clusters, (0, 22), constant_values=12)),
+                               rng.integers(0, 13, 300)])
+    return probabilities, clusters
+
+
+@pytest.mark.parametrize("budget", [5, 10, 30, 60])
+def test_cluster_margin_round_robin_over_clusters_smallest_first(budget):
+    probabilities, clusters = _cluster_margin_case()
+    candidates = np.arange(min(400, 10 * budget))  # margins increase with the index
+    sizes = np.bincount(clusters[candidates], minlength=13)
+    pool = Pool(probabilities=probabilities, cluster_ids=clusters)
+    for seed in range(5):
+        chosen = make_selector("cluster_margin").select(pool, budget, np.random.default_rng(seed)).indices
+        assert np.isin(chosen, candidates).all()
+        taken = np.bincount(clusters[chosen], minlength=13)
+        not_exhausted = taken < sizes
+        # No cluster gives a (c+1)-th example while a non-exhausted candidate cluster has given fewer than c.
+        assert taken.max() - 1 <= taken[not_exhausted & (sizes > 0)].min(initial=taken.max())
+        if budget < np.count_nonzero(sizes):  # one pass: the smallest candidate clusters, one each
+            assert taken.max() == 1
+            assert sizes[taken > 0].max() <= sizes[(taken == 0) & (sizes > 0)].min()
+
+
+def test_cluster_margin_clusters_embeddings_when_no_ids_are_given():
+    rng = np.random.default_rng(0)
+    centres = 20.0 * np.eye(4)
+    embeddings = np.repeat(centres, 25, axis=0) + rng.normal(size=(100, 4))
+    probabilities = np.full((100, 2), 0.5)
+    pool = Pool(probabilities=probabilities, embeddings=embeddings)
+    selector = make_selector("cluster_margin", num_clusters=4, margin_multiplier=25)  # all 100 are candidates
+    chosen = selector.select(pool, 4, np.random.default_rng(0)).indices
+    assert sorted(chosen // 25) == [0, 1, 2, 3]  # one from each blob
+    with pytest.raises(ValueError, match="cluster_ids"):
+        make_selector("cluster_margin").select(pool, 4, np.random.default_rng(0))
+
+
+def test_iwes_weights_are_inverse_inclusion_probabilities_capped():
+    probabilities = _probabilities(30, 3, 6)
+    scores = entropy(probabilities, axis=1)
+    mix, budget = 0.1, 6
+    expected_p = budget * ((1 - mix) * scores / scores.sum() + mix / 30)
+    assert expected_p.max() < 1  # no capping of probabilities in this case
+    selection = make_selector("iwes", max_weight=8.0, uniform_mix=mix).select(
+        Pool(probabilities=probabilities), budget, np.random.default_rng(0))
+    np.testing.assert_allclose(selection.weights, np.minimum(1.0 / expected_p[selection.indices], 8.0))
+    assert (1.0 / expected_p > 8.0).any()  # the cap is active for some examples
+
+
+def test_iwes_sampler_includes_each_example_with_its_probability():
+    scores = np.array([5.0, 1.0, 1.0, 0.5, 0.5, 0.2, 0.1, 0.0])
+    p = selectors.inclusion_probabilities(scores, 3, uniform_mix=0.05)
+    assert p[0] == 1.0 and np.isclose(p.sum(), 3.0) and (p > 0).all()
+    rng = np.random.default_rng(0)
+    counts = np.zeros(8)
+    for _ in range(4000):
+        drawn = selectors.systematic_sample(p, rng)
+        assert len(np.unique(drawn)) == 3
+        counts[drawn] += 1
+    np.testing.assert_allclose(counts / 4000, p, atol=0.03)
+
+
+def test_iwes_uses_two_model_disagreement():
+    first = _probabilities(20, 3, 7)
+    second = first.copy()
+    second[:5] = second[:5, ::-1]  # models disagree only on the first five examples
+    p = selectors.inclusion_probabilities(selectors.disagreements(first, second), 4, uniform_mix=0.0)
+    assert (p[5:] == 0).all()
+    selection = make_selector("iwes", uniform_mix=0.0).select(
+        Pool(probabilities=first, second_probabilities=second), 4, np.random.default_rng(0))
+    assert (selection.indices < 5).all()
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="did you mean 'margin'.*known: badge"):
+        make_selector("margn")
+    with pytest.raises(ValueError, match="needs Pool.probabilities"):
+        make_selector("entropy").select(Pool(embeddings=np.zeros((4, 2))), 2, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"budget must be in \[0, 4\]"):
+        make_selector("random").select(Pool(embeddings=np.zeros((4, 2))), 5, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="disagree on the number of examples"):
+        Pool(probabilities=np.zeros((4, 2)), embeddings=np.zeros((5, 2)))
