@@ -1,0 +1,175 @@
+"""Selection as a seqio pipeline stage: score a Task's examples, select some, register a new Task.
+
+    name = active.stage.select_task("docstrings_lm", scorer=my_scorer, selector="margin", budget=512)
+    # `name` ("docstrings_lm_margin_512") now trains in any run: --gin.TASK=...
+
+A scorer is a model callable: it takes a list of preprocessed examples (dicts of numpy arrays, as
+the Task yields them) and returns per-example scores, a mapping with any of "probabilities"
+[n, classes], "embeddings" [n, d] and "second_probabilities" [n, classes]. The stage builds the
+selector's `Pool` from them (BADGE's gradient embeddings from probabilities and embeddings;
+Cluster-Margin's clusters once from the embeddings) and runs the selector.
+
+The new Task holds the selected examples after the source Task's preprocessing, in source order,
+under the same output features; its other splits are the source Task's, unchanged. Importance
+weights (IWeS) become repeats: each selected example appears round(w / min w) times. Stochastic
+preprocessing of the source is therefore fixed at the draw made while scoring.
+
+From gin (the run file imports this module and sets the values it needs):
+
+    import active.stage
+    TASK = @stage.select_task()
+    stage.select_task.task = 'docstrings_lm'
+    stage.select_task.scorer = @my_scorer      # a gin-registered scorer
+    stage.select_task.budget = 512
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from active import loop
+from active.clustering import cluster_margin_clusters
+from active.selectors import Pool, Selection, Selector, gradient_embeddings, make_selector
+
+Example = Mapping[str, np.ndarray]
+Scorer = Callable[[Sequence[Example]], Mapping[str, np.ndarray]]
+SCORE_FIELDS = ("probabilities", "embeddings", "second_probabilities")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    """What a selection produced: the new Task and where its examples came from."""
+
+    task_name: str
+    source_task: str
+    split: str
+    pool_size: int
+    indices: np.ndarray  # positions in the source split's (unshuffled) example order
+    weights: np.ndarray | None
+    repeats: np.ndarray  # copies of each selected example in the new Task
+    selection_seconds: float
+
+
+def read_examples(task: str, split: str = "train", max_examples: int | None = None,
+                  sequence_length: Mapping[str, int] | None = None) -> list[dict[str, np.ndarray]]:
+    """The first `max_examples` preprocessed examples of `task`'s split, in source order."""
+    dataset = _source_dataset(seqio.get_mixture_or_task(task), split, sequence_length)
+    if max_examples is not None:
+        dataset = dataset.take(max_examples)
+    return list(dataset.as_numpy_iterator())
+
+
+def _source_dataset(task: seqio.Task, split: str, sequence_length: Mapping[str, int] | None) -> tf.data.Dataset:
+    return task.get_dataset(sequence_length=None if sequence_length is None else dict(sequence_length),
+                            split=split, shuffle=False, num_epochs=1, try_in_mem_cache=False)
+
+
+def score_examples(scorer: Scorer, examples: Sequence[Example], batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Runs `scorer` over `examples` in batches and concatenates each returned field."""
+    batches = [scorer(examples[start:start + batch_size]) for start in range(0, len(examples), batch_size)]
+    unknown = sorted(set().union(*batches) - set(SCORE_FIELDS)) if batches else []
+    if not batches or unknown or not batches[0]:
+        raise ValueError(f"scorer must return a mapping with some of {SCORE_FIELDS}; got fields {unknown or 'none'}")
+    scores = {name: np.concatenate([np.asarray(b[name]) for b in batches]) for name in batches[0]}
+    wrong = {name: len(value) for name, value in scores.items() if len(value) != len(examples)}
+    if wrong:
+        raise ValueError(f"scorer returned {wrong} rows for {len(examples)} examples")
+    return scores
+
+
+def pool_from_scores(scores: Mapping[str, np.ndarray], selector: Selector, budget: int,
+                     num_clusters: int | None = None, seed: int = 0) -> Pool:
+    """The Pool for `selector`: the scores, plus BADGE's gradient embeddings or Cluster-Margin's
+    clusters (from the embeddings, `num_clusters` or `loop.default_num_clusters`) when it needs them."""
+    fields = {name: scores[name] for name in SCORE_FIELDS if name in scores}
+    needs = loop.pool_fields(selector)
+    if "gradient_embeddings" in needs and {"probabilities", "embeddings"} <= set(fields):
+        fields["gradient_embeddings"] = gradient_embeddings(fields["probabilities"], fields["embeddings"])
+    if "cluster_ids" in needs and "embeddings" in fields:
+        count = num_clusters or loop.default_num_clusters(len(fields["embeddings"]), budget)
+        fields["cluster_ids"] = cluster_margin_clusters(fields["embeddings"], count, seed=seed)
+    return Pool(**fields)
+
+
+def weight_repeats(weights: np.ndarray | None, count: int) -> np.ndarray:
+    """Copies per selected example: round(w / min w) (at least 1); all ones without weights."""
+    if weights is None or count == 0:
+        return np.ones(count, np.int64)
+    weights = np.asarray(weights, np.float64)
+    return np.maximum(1, np.rint(weights / weights.min())).astype(np.int64)
+
+
+def register_subset(name: str, source_task: str, split: str, examples: Sequence[Example],
+                    sequence_length: Mapping[str, int] | None = None) -> seqio.Task:
+    """Registers Task `name`: `examples` as its `split`, the source Task's other splits unchanged.
+
+    Replaces an earlier Task of the same name. The examples must already be preprocessed by the
+    source Task (as `read_examples` returns them); the new Task adds no preprocessing.
+    """
+    source = seqio.get_mixture_or_task(source_task)
+    selected_split = split
+    signature = _source_dataset(source, selected_split, sequence_length).element_spec
+    stored = [dict(example) for example in examples]
+
+    def dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
+        del shuffle_files, seed  # one in-memory shard; seqio shuffles examples
+        if split != selected_split:
+            return _source_dataset(source, split, sequence_length)
+        return tf.data.Dataset.from_generator(lambda: iter(stored), output_signature=signature)
+
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    return seqio.TaskRegistry.add(
+        name, source=seqio.FunctionDataSource(dataset_fn, splits=list(source.splits), num_input_examples=None),
+        preprocessors=[], output_features=source.output_features)
+
+
+def select(task: str, scorer: Scorer, selector: str | Selector, budget: int, *, name: str | None = None,
+           split: str = "train", seed: int = 0, max_examples: int | None = None,
+           sequence_length: Mapping[str, int] | None = None, selector_kwargs: Mapping[str, Any] | None = None,
+           num_clusters: int | None = None, score_batch_size: int = 256) -> StageResult:
+    """Scores `task`'s `split` with `scorer`, selects `budget` examples, registers them as Task `name`
+    (default `{task}_{selector}_{budget}`) and returns what was selected."""
+    if isinstance(selector, str):
+        selector = make_selector(selector, **dict(selector_kwargs or {}))
+    examples = read_examples(task, split, max_examples, sequence_length)
+    scores = score_examples(scorer, examples, score_batch_size)
+    started = time.perf_counter()
+    pool = pool_from_scores(scores, selector, budget, num_clusters, seed)
+    chosen: Selection = selector.select(pool, budget, np.random.default_rng(seed))
+    seconds = time.perf_counter() - started
+    repeats = weight_repeats(chosen.weights, len(chosen.indices))
+    subset = [examples[i] for i, copies in zip(chosen.indices, repeats) for _ in range(copies)]
+    task_name = name or f"{task}_{selector.name}_{budget}"
+    register_subset(task_name, task, split, subset, sequence_length)
+    return StageResult(task_name, task, split, len(examples), np.asarray(chosen.indices), chosen.weights,
+                       repeats, seconds)
+
+
+# Selections made through `select_task` in this process: Task name -> the arguments that made it.
+_SELECTED: dict[str, tuple] = {}
+
+
+@gin.configurable(module="stage")
+def select_task(task: str = gin.REQUIRED, scorer: Scorer = gin.REQUIRED, budget: int = gin.REQUIRED,
+                selector: str = "margin", name: str | None = None, split: str = "train", seed: int = 0,
+                max_examples: int | None = None, selector_kwargs: Mapping[str, Any] | None = None,
+                num_clusters: int | None = None) -> str:
+    """gin entry point: `TASK = @stage.select_task()`; selects once per process and returns the
+    new Task's name (a run's train and validation data configs may both ask for it)."""
+    task_name = name or f"{task}_{selector}_{budget}"
+    key = (task, scorer, budget, selector, split, seed, max_examples,
+           tuple(sorted(dict(selector_kwargs or {}).items())), num_clusters)
+    if _SELECTED.get(task_name) != key or task_name not in seqio.TaskRegistry.names():
+        select(task, scorer, selector, budget, name=task_name, split=split, seed=seed, max_examples=max_examples,
+               selector_kwargs=selector_kwargs, num_clusters=num_clusters)
+        _SELECTED[task_name] = key
+    return task_name

@@ -1,0 +1,131 @@
+"""active.stage: every selector through the seqio stage equals the array API; the new Task holds
+exactly the selected examples; a selected Task trains through `littlehelp train` from gin."""
+
+import math
+
+import gin
+import numpy as np
+import pytest
+import seqio
+from scipy.cluster import hierarchy
+
+import littlehelp.data  # noqa: F401  (registers docstrings_lm)
+from active import loop, stage
+from active.selectors import SELECTORS, Pool, gradient_embeddings, make_selector
+from littlehelp import main
+
+POOL = 60
+CENTRE = 30_000.0
+
+
+def token_sums(examples):
+    return np.array([float(e["targets"].sum()) for e in examples])
+
+
+def token_sum_scorer(examples):
+    """Two classes from the token sum (uncertain near CENTRE); embeddings: token histograms mod 8."""
+    p = 1.0 / (1.0 + np.exp(-(token_sums(examples) - CENTRE) / 4000.0))
+    embeddings = np.stack([np.bincount(e["targets"] % 8, minlength=8) / len(e["targets"]) for e in examples])
+    return {"probabilities": np.stack([p, 1 - p], axis=1), "embeddings": embeddings.astype(np.float32)}
+
+
+gin.external_configurable(token_sum_scorer, module="test_stage")
+
+
+@pytest.fixture(scope="module")
+def source_examples():
+    return stage.read_examples("docstrings_lm", "train", max_examples=POOL)
+
+
+def task_examples(name, split="train"):
+    task = seqio.get_mixture_or_task(name)
+    return list(task.get_dataset(None, split=split, shuffle=False, try_in_mem_cache=False).as_numpy_iterator())
+
+
+def test_margin_stage_keeps_exactly_the_examples_nearest_the_boundary(source_examples):
+    result = stage.select("docstrings_lm", token_sum_scorer, "margin", 8, max_examples=POOL, name="sel_margin")
+    distance = np.abs(token_sums(source_examples) - CENTRE)
+    expected = np.argsort(distance, kind="stable")[:8]
+    assert distance[expected].max() < np.sort(distance)[8]  # no tie at the cut
+    assert sorted(result.indices) == sorted(expected)
+    kept = task_examples("sel_margin")
+    assert [e["targets"].tolist() for e in kept] == [source_examples[i]["targets"].tolist() for i in result.indices]
+    assert result.pool_size == POOL and result.task_name == "sel_margin"
+
+
+def test_other_splits_pass_through_unchanged():
+    stage.select("docstrings_lm", token_sum_scorer, "random", 4, max_examples=POOL, name="sel_random")
+    ours, theirs = task_examples("sel_random", "validation"), task_examples("docstrings_lm", "validation")
+    assert len(ours) == len(theirs) > 0
+    assert all((a["targets"] == b["targets"]).all() for a, b in zip(ours, theirs))
+
+
+def reference_pool(name, scores, budget):
+    """The Pool a user of the array API would build by hand for selector `name`."""
+    fields = dict(scores)
+    if name == "badge":
+        fields["gradient_embeddings"] = gradient_embeddings(scores["probabilities"], scores["embeddings"])
+    if name == "cluster_margin":
+        linkage = hierarchy.linkage(scores["embeddings"].astype(np.float64), "average")
+        fields["cluster_ids"] = hierarchy.fcluster(linkage, loop.default_num_clusters(POOL, budget), "maxclust")
+    return Pool(**fields)
+
+
+@pytest.mark.parametrize("name", sorted(SELECTORS))
+def test_every_selector_selects_through_the_stage_as_through_the_array_api(name, source_examples):
+    budget = 6
+    result = stage.select("docstrings_lm", token_sum_scorer, name, budget, max_examples=POOL, seed=3,
+                          name=f"sel_{name}")
+    pool = reference_pool(name, token_sum_scorer(source_examples), budget)
+    expected = make_selector(name).select(pool, budget, np.random.default_rng(3))
+    np.testing.assert_array_equal(result.indices, expected.indices)
+    assert len(task_examples(f"sel_{name}")) == int(result.repeats.sum())
+
+
+def test_importance_weights_become_repeats():
+    np.testing.assert_array_equal(stage.weight_repeats(np.array([2.0, 5.0, 3.1, 10.0]), 4), [1, 2, 2, 5])
+    np.testing.assert_array_equal(stage.weight_repeats(None, 3), [1, 1, 1])
+
+
+def test_scorer_output_is_checked():
+    examples = [{"targets": np.arange(3)}] * 4
+    with pytest.raises(ValueError, match="logits"):
+        stage.score_examples(lambda batch: {"logits": np.zeros((len(batch), 2))}, examples)
+    with pytest.raises(ValueError, match="rows"):
+        stage.score_examples(lambda batch: {"probabilities": np.zeros((1, 2))}, examples, batch_size=2)
+    scores = stage.score_examples(lambda batch: {"embeddings": np.full((len(batch), 1), len(batch))}, examples, 3)
+    np.testing.assert_array_equal(scores["embeddings"][:, 0], [3, 3, 3, 1])
+
+
+def test_gin_selection_runs_once_per_process(monkeypatch):
+    calls = []
+    monkeypatch.setattr(stage, "select", lambda *a, **k: calls.append(k["name"]))
+    monkeypatch.setattr(stage, "_SELECTED", {})
+    monkeypatch.setattr(seqio.TaskRegistry, "names", classmethod(lambda cls: set(stage._SELECTED)))
+    for _ in range(3):
+        assert stage.select_task("docstrings_lm", token_sum_scorer, 5, name="once") == "once"
+    stage.select_task("docstrings_lm", token_sum_scorer, 6, name="once")  # new arguments: selects again
+    assert calls == ["once", "once"]
+
+
+def test_a_selected_task_trains_through_littlehelp_train(tmp_path):
+    run_file = tmp_path / "select.gin"
+    run_file.write_text("\n".join([
+        "import active.stage",
+        "TASK = @stage.select_task()",
+        "stage.select_task.task = 'docstrings_lm'",
+        "stage.select_task.scorer = @test_stage.token_sum_scorer",
+        "stage.select_task.selector = 'margin'",
+        "stage.select_task.budget = 16",
+        "stage.select_task.max_examples = 64",
+        "stage.select_task.name = 'docstrings_lm_margin_16'",
+    ]))
+    summary = main.main([
+        "train", "--gin_file=models/decoder/tiny.gin", "--gin_file=runs/pretrain.gin", f"--gin_file={run_file}",
+        "--gin.TASK_FEATURE_LENGTHS={'targets': 32}", "--gin.BATCH_SIZE=8", "--gin.partitioning.MeshConfig.data=1",
+        f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.TRAIN_STEPS=2", "--gin.trainer.train.eval_every=0",
+        "--gin.trainer.train.peak_flops_per_device=1e9", "--gin.optimizers.inverse_sqrt_schedule.warmup_steps=10",
+    ])
+    assert summary.last_step == 2 and math.isfinite(summary.final_metrics["loss"])
+    assert "docstrings_lm_margin_16" in (tmp_path / "run" / "config.gin").read_text()
+    assert len(task_examples("docstrings_lm_margin_16")) == 16
