@@ -1,0 +1,78 @@
+"""active.study: win/tie/loss, area tables and churn summaries on constructed curves; the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from active import loop, study
+
+SCHEDULE = study.Schedule(2, 2, 3)
+
+
+def curve(dataset, selector, seed, accuracies, churn_alpha=0.0, churns=None):
+    churns = churns or [0.1] * len(accuracies)
+    records = [loop.RoundRecord(i, 2 + 2 * i, a, 0.0, None if i == 0 else churns[i])
+               for i, a in enumerate(accuracies)]
+    return study.Curve(dataset, selector, seed, churn_alpha, SCHEDULE, records)
+
+
+def test_compare_uses_a_paired_test():
+    base = np.array([0.50, 0.60, 0.70, 0.80, 0.90])
+    assert study.compare(base + [0.05, 0.06, 0.04, 0.05, 0.05], base) == "win"
+    assert study.compare(base - [0.05, 0.06, 0.04, 0.05, 0.05], base) == "loss"
+    assert study.compare(base + [0.05, -0.06, 0.04, -0.05, 0.01], base) == "tie"
+    assert study.compare(base + 0.01, base) == "win"  # constant shift: the paired test is certain
+    assert study.compare(base, base) == "tie"
+
+
+def test_win_tie_loss_counts_every_round_after_the_seed_set():
+    curves = []
+    for seed in range(4):
+        noise = 0.01 * seed
+        curves.append(curve("d", "random", seed, [0.5, 0.6 + noise, 0.7 + noise, 0.8]))
+        curves.append(curve("d", "margin", seed, [0.5, 0.7 + noise, 0.7 + noise, 0.75 + [0.01, -0.02, 0.0, 0.01][seed]]))
+    counts = study.win_tie_loss(curves, "random")
+    assert counts == {"margin": {"win": 1, "tie": 1, "loss": 1}}
+    assert study.win_tie_loss(curves, "margin") == {"random": {"win": 1, "tie": 1, "loss": 1}}
+
+
+def test_area_table_reports_mean_and_standard_error():
+    curves = [curve("d", "margin", s, [a, a]) for s, a in enumerate([0.6, 0.7, 0.8])]
+    mean, sem = study.area_table(curves)["d"]["margin"]
+    assert mean == pytest.approx(0.7)
+    assert sem == pytest.approx(np.std([0.6, 0.7, 0.8], ddof=1) / np.sqrt(3))
+
+
+def test_churn_summary_averages_over_rounds_and_seeds_per_alpha():
+    curves = [curve("d", "margin", 0, [0.5, 0.6, 0.7], 0.0, [None, 0.2, 0.4]),
+              curve("d", "margin", 1, [0.5, 0.6, 0.9], 0.0, [None, 0.2, 0.2]),
+              curve("d", "margin", 0, [0.5, 0.6, 0.6], 0.5, [None, 0.1, 0.1])]
+    summary = study.churn_summary(curves)["d"]
+    assert summary[0.0]["churn"] == pytest.approx(0.25) and summary[0.0]["final_accuracy"] == pytest.approx(0.8)
+    assert summary[0.5]["churn"] == pytest.approx(0.1)
+
+
+def test_area_table_markdown_bolds_the_best_selector():
+    table = {"d": {"random": (0.5, 0.01), "margin": (0.6, 0.02)}}
+    text = study.format_area_table(table, ["random", "margin"])
+    assert text.splitlines()[2] == "| d | 0.5000 ± 0.0100 | **0.6000 ± 0.0200** |"
+
+
+def test_cli_runs_the_loop_and_writes_every_curve(tmp_path, capsys):
+    output = tmp_path / "curves.json"
+    study.main(["--datasets", "wine", "--selectors", "random", "margin", "--seeds", "2", "--rounds", "2",
+                "--batch_size", "4", "--churn_alphas", "0", "0.5", "--output", str(output)])
+    curves = json.loads(output.read_text())
+    assert len(curves) == 2 * 2 * 2  # selectors x seeds x alphas
+    for entry in curves:
+        records = [loop.RoundRecord(**r) for r in entry["records"]]
+        assert [r.labelled for r in records] == [6, 10, 14]
+        assert entry["area"] == pytest.approx(loop.area_under_curve(records))
+    printed = capsys.readouterr().out
+    assert "| wine |" in printed and "vs random: win" in printed and '"churn"' in printed
+
+
+def test_cli_rejects_an_unavailable_data_set():
+    with pytest.raises(SystemExit, match="not available"):
+        study.main(["--datasets", "no_such_data"])
