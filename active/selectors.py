@@ -374,7 +374,12 @@ def disagreements(probabilities: np.ndarray, second_probabilities: np.ndarray) -
 
 
 def inclusion_probabilities(scores: np.ndarray, budget: int, uniform_mix: float) -> np.ndarray:
-    """Inclusion probabilities proportional to (1 - uniform_mix) * scores/sum + uniform_mix/n, capped at 1, summing to budget."""
+    """Inclusion probabilities summing to `budget`: proportional to a score share, capped at 1.
+
+    share_i = (1 - uniform_mix) * score_i / sum(scores) + uniform_mix / n; probabilities above 1
+    are set to 1 and the rest of the budget is spread over the others by share (uniformly where
+    every remaining share is 0).
+    """
     n = len(scores)
     scores = np.maximum(np.asarray(scores, np.float64), 0.0)
     share = scores / scores.sum() if scores.sum() > 0 else np.full(n, 1.0 / n)
@@ -382,8 +387,9 @@ def inclusion_probabilities(scores: np.ndarray, budget: int, uniform_mix: float)
     probs = np.zeros(n)
     capped = np.zeros(n, bool)
     while True:  # cap at 1 and spread the excess over the rest, until nothing exceeds 1
-        remaining = budget - capped.sum()
-        probs[~capped] = remaining * share[~capped] / share[~capped].sum()
+        if share[~capped].sum() == 0:  # too few positive scores for the budget: the rest uniform
+            share = np.where(capped, share, 1.0)
+        probs[~capped] = (budget - capped.sum()) * share[~capped] / share[~capped].sum()
         probs[capped] = 1.0
         over = probs > 1.0
         if not over.any():

@@ -227,6 +227,8 @@ def test_iwes_uses_two_model_disagreement():
     selection = make_selector("iwes", uniform_mix=0.0).select(
         Pool(probabilities=first, second_probabilities=second), 4, np.random.default_rng(0))
     assert (selection.indices < 5).all()
+    more_than_disagree = selectors.inclusion_probabilities(selectors.disagreements(first, second), 7, 0.0)
+    np.testing.assert_allclose(more_than_disagree, np.r_[np.ones(5), np.full(15, 2 / 15)])
 
 
 def test_errors_name_the_problem():
