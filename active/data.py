@@ -35,11 +35,13 @@ def available() -> list[str]:
     return [*BUNDLED, *(["fashion_mnist"] if _fashion_mnist_files() else [])]
 
 
-def load(name: str, seed: int = 0, test_fraction: float = 0.3) -> LabelledData:
+def load(name: str, seed: int = 0, test_fraction: float = 0.3, max_train: int | None = None,
+         max_test: int | None = None) -> LabelledData:
     """Loads `name`; bundled tables get a stratified split drawn with `seed` and are standardised
-    with the train pool's statistics. Fashion-MNIST keeps its own 60000/10000 split."""
+    with the train pool's statistics. Fashion-MNIST keeps its own 60000/10000 split, optionally
+    subsampled (with `seed`) to `max_train` / `max_test` examples."""
     if name == "fashion_mnist":
-        return load_fashion_mnist()
+        return subsample(load_fashion_mnist(), seed, max_train, max_test)
     if name not in BUNDLED:
         raise ValueError(f"unknown data set {name!r}; available here: {available()}")
     from sklearn import datasets, model_selection  # pylint: disable=import-outside-toplevel
@@ -51,6 +53,19 @@ def load(name: str, seed: int = 0, test_fraction: float = 0.3) -> LabelledData:
     return LabelledData(name, _standardise(train_x, mean, std), train_y.astype(np.int32),
                         _standardise(test_x, mean, std), test_y.astype(np.int32),
                         int(labels.max()) + 1)
+
+
+def subsample(dataset: LabelledData, seed: int, max_train: int | None, max_test: int | None) -> LabelledData:
+    """At most `max_train` train and `max_test` test examples, drawn uniformly with `seed`."""
+    rng = np.random.default_rng(seed)
+
+    def pick(n: int, limit: int | None) -> np.ndarray:
+        return np.arange(n) if limit is None or limit >= n else np.sort(rng.choice(n, limit, replace=False))
+
+    train, test = pick(len(dataset.train_labels), max_train), pick(len(dataset.test_labels), max_test)
+    return dataclasses.replace(dataset, train_features=dataset.train_features[train],
+                               train_labels=dataset.train_labels[train],
+                               test_features=dataset.test_features[test], test_labels=dataset.test_labels[test])
 
 
 def _standardise(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

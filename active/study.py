@@ -44,6 +44,8 @@ SCHEDULES = {
     "iris": Schedule(6, 6, 8),
     "fashion_mnist": Schedule(100, 100, 10),
 }
+# Pool and test-set caps (train, test) per data set, so a study stays within CPU minutes.
+SIZE_LIMITS = {"fashion_mnist": (10_000, 2_000)}
 DEFAULT_SELECTORS = ("random", "margin", "entropy", "least_confidence", "coreset", "badge", "cluster_margin", "iwes")
 
 
@@ -83,7 +85,8 @@ def run_curves(datasets: Sequence[str], selectors: Sequence[str], seeds: Sequenc
     curves = []
     for name in datasets:
         for seed in seeds:
-            dataset = data.load(name, seed)
+            max_train, max_test = SIZE_LIMITS.get(name, (None, None))
+            dataset = data.load(name, seed, max_train=max_train, max_test=max_test)
             schedule = schedules[name]
             for selector in selectors:
                 records = loop.run(dataset.train_features, dataset.train_labels, dataset.test_features,
