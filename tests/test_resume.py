@@ -15,7 +15,9 @@ from littlehelp import checkpoints, main, metrics
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RUN = [
-    "--gin_file=runs/demo.gin",
+    "--gin_file=models/t5_1_1/tiny.gin",
+    "--gin_file=runs/pretrain.gin",
+    "--gin.TASK=docstrings_prefix_lm",
     "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}",
     "--gin.BATCH_SIZE=8",
     "--gin.partitioning.MeshConfig.data=1",  # one device: exactness does not need more, compiling does
