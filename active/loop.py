@@ -35,7 +35,11 @@ EXTRA_FIELDS: dict[str, frozenset[str]] = {
 
 @dataclasses.dataclass(frozen=True)
 class RoundRecord:
-    """One round: round 0 is the seed set (no selection, no churn)."""
+    """One round: round 0 is the seed set (no selection, no churn).
+
+    `selection_seconds` covers building the selector's Pool (Cluster-Margin's clustering in round
+    1, BADGE's gradient embeddings) and `select`; not the model's forward passes.
+    """
 
     round: int
     labelled: int
@@ -125,10 +129,17 @@ def run(
     records = [RoundRecord(0, seed_size, models.accuracy(state.test_probabilities, test_labels), 0.0, None)]
     fields = pool_fields(selector, second_model)
     for round_index in range(1, rounds + 1):
+        probabilities, embeddings = state.model.predict(features)
+        second = train.fit(state, init_offset=1).probabilities(features) if second_model else None
         started = time.perf_counter()
-        if "cluster_ids" in fields and state.cluster_ids is None:
-            state.cluster_ids = _seed_clusters(state.model, features, num_clusters, batch_size, seed)
-        unlabelled, pool = _pool(train, state, fields)
+        if "cluster_ids" in fields and state.cluster_ids is None:  # round 1: the seed model's embeddings
+            count = num_clusters or default_num_clusters(len(features), batch_size)
+            state.cluster_ids = cluster_margin_clusters(embeddings, count, seed=seed)
+        unlabelled = np.setdiff1d(np.arange(len(features)), state.labelled)
+        pool = build_pool(fields, probabilities[unlabelled], embeddings[unlabelled],
+                          labelled_embeddings=embeddings[state.labelled],
+                          second_probabilities=None if second is None else second[unlabelled],
+                          cluster_ids=None if state.cluster_ids is None else state.cluster_ids[unlabelled])
         chosen = selector.select(pool, batch_size, rng)
         seconds = time.perf_counter() - started
         new_state = train.next(state, unlabelled, chosen)
@@ -137,28 +148,6 @@ def run(
         records.append(RoundRecord(round_index, len(new_state.labelled), accuracy, seconds, churn))
         state = new_state
     return records
-
-
-def _seed_clusters(model: models.Model, features: np.ndarray, num_clusters: int | None,
-                   batch_size: int, seed: int) -> np.ndarray:
-    """Cluster ids of the whole training pool from the seed model's embeddings (once per run)."""
-    embeddings = model.predict(features)[1]
-    count = num_clusters or default_num_clusters(len(features), batch_size)
-    return cluster_margin_clusters(embeddings, count, seed=seed)
-
-
-def _pool(train: "_Trainer", state: _State, fields: frozenset[str]) -> tuple[np.ndarray, Pool]:
-    """The unlabelled indices and their Pool under the current model."""
-    unlabelled = np.setdiff1d(np.arange(len(train.features)), state.labelled)
-    probabilities, embeddings = state.model.predict(train.features)
-    second = None
-    if "second_probabilities" in fields:
-        second = train.fit(state, init_offset=1).probabilities(train.features)[unlabelled]
-    clusters = None if state.cluster_ids is None else state.cluster_ids[unlabelled]
-    pool = build_pool(fields, probabilities[unlabelled], embeddings[unlabelled],
-                      labelled_embeddings=embeddings[state.labelled], second_probabilities=second,
-                      cluster_ids=clusters)
-    return unlabelled, pool
 
 
 class _Trainer:

@@ -86,6 +86,17 @@ def churn_table(curves: list[study.Curve]) -> str:
     return "\n".join(lines)
 
 
+def seconds_table(curves: list[study.Curve], selectors: list[str]) -> str:
+    """Markdown: mean selection seconds per round, per data set and selector."""
+    seconds: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for c in curves:
+        seconds[c.dataset][c.selector] += [r.selection_seconds for r in c.records[1:]]
+    lines = ["| data set | " + " | ".join(selectors) + " |", "|---" * (len(selectors) + 1) + "|"]
+    for dataset, row in seconds.items():
+        lines.append(f"| {dataset} | " + " | ".join(f"{sum(row[s]) / len(row[s]):.4f}" for s in selectors) + " |")
+    return "\n".join(lines)
+
+
 def schedule_lines(schedules: dict[str, study.Schedule], datasets) -> str:
     return "; ".join(f"{d}: seed set {s.seed_size}, batch {s.batch_size}, {s.rounds} rounds"
                      for d, s in schedules.items() if d in datasets)
@@ -109,6 +120,8 @@ def write_markdown(path: Path, results: dict[str, list[study.Curve]], args: argp
         study.format_win_tie_loss(study.win_tie_loss(curves, "random"), "random"), "",
         study.format_win_tie_loss(study.win_tie_loss(curves, "margin"), "margin"), "",
         "## Does margin's reported strength hold here?", "", margin_verdict(curves, args.selectors), "",
+        "## Selection seconds per round (Pool assembly and selection; Cluster-Margin's clustering is in round 1)", "",
+        seconds_table(curves, args.selectors), "",
         "## Large batches: Cluster-Margin vs margin", "",
         f"Schedules: {schedule_lines(LARGE_BATCH, LARGE_BATCH)}.", "",
         study.format_area_table(study.area_table(large), list(LARGE_BATCH_SELECTORS)), "",
@@ -144,8 +157,12 @@ def plot(results: dict[str, list[study.Curve]], output_dir: Path) -> list[str]:
 
     panels = {**mean_curves(results["curves"]),
               **{f"{d} (large batch)": v for d, v in mean_curves(results["large_batch"]).items()}}
-    figure, axes = pyplot.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for axis, (title, by_selector) in zip(axes[0], panels.items()):
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = pyplot.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
+    for axis, (title, by_selector) in zip(axes.flat, panels.items()):
         for selector, (counts, means) in by_selector.items():
             axis.plot(counts, means, marker=".", label=selector)
         axis.set(title=title, xlabel="labelled examples", ylabel="test accuracy")
