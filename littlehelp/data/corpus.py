@@ -223,10 +223,11 @@ def _stdlib_files() -> list[tuple[str, Path]]:
 
 @functools.cache
 def stdlib_code(split: str) -> tuple[str, ...]:
-    """The source of the standard library's .py files in `split`, in a fixed order."""
+    """The source of the standard library's non-empty .py files in `split`, in a fixed order."""
     _check_split(split)
-    return tuple(path.read_text(encoding="utf-8", errors="replace")
-                 for relative, path in _stdlib_files() if stdlib_split_of(relative) == split)
+    sources = (path.read_text(encoding="utf-8", errors="replace")
+               for relative, path in _stdlib_files() if stdlib_split_of(relative) == split)
+    return tuple(source for source in sources if source.strip())
 
 
 def _docstrings(path: Path) -> list[str]:
