@@ -1,5 +1,7 @@
 """active.study: win/tie/loss, area tables and churn summaries on constructed curves; the CLI."""
 
+import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -76,3 +78,35 @@ def test_cli_runs_the_loop_and_writes_every_curve(tmp_path, capsys):
 def test_cli_rejects_an_unavailable_data_set():
     with pytest.raises(SystemExit, match="not available"):
         study.main(["--datasets", "no_such_data"])
+
+
+def load_reproduce_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "reproduce_active.py"
+    spec = importlib.util.spec_from_file_location("reproduce_active", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduce_script_reports_margin_rank_and_writes_tables_and_plots(tmp_path):
+    script = load_reproduce_script()
+    curves = [curve("d", s, seed, [0.5, a + 0.01 * seed]) for seed in range(3)
+              for s, a in [("random", 0.6), ("margin", 0.8), ("badge", 0.7)]]
+    verdict = script.margin_verdict(curves, ["random", "margin", "badge"])
+    assert verdict.startswith("Margin's rank by mean area under the curve: d: 1 of 3 (best: margin).")
+    large = [c for c in curves if c.selector != "badge"]
+    churn = [dataclasses.replace(c, churn_alpha=a) for c in curves if c.selector == "margin" for a in (0.0, 0.5)]
+    results = {"curves": curves, "large_batch": large, "churn": churn}
+    plots = script.plot(results, tmp_path)
+    args = argparse.Namespace(seeds=3, selectors=["random", "margin", "badge"])
+    script.write_markdown(tmp_path / "active.md", results, args, 60.0, plots)
+    text = (tmp_path / "active.md").read_text()
+    assert "| d | 0.5550 ± 0.0029 | **0.6550 ± 0.0029** | 0.6050 ± 0.0029 |" in text
+    vs_random, vs_margin = text.split("vs random: win")[1], text.split("vs margin: win")[1]
+    assert "| margin | 1 | 0 | 0 |\n| badge | 1 | 0 | 0 |" in vs_random
+    assert "| random | 0 | 0 | 1 |\n| badge | 0 | 0 | 1 |" in vs_margin
+    assert "| d | 0.5 |" in text  # the churn table's a = 0.5 row
+    assert all((tmp_path / name).is_file() for name in plots) and len(plots) == 2
