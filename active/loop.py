@@ -122,7 +122,8 @@ def run(
     num_classes = num_classes or int(max(labels.max(), test_labels.max())) + 1
     needed = seed_size + rounds * batch_size
     if seed_size <= 0 or needed > len(features):
-        raise ValueError(f"seed_size {seed_size} + rounds {rounds} x batch_size {batch_size} must be in [1, {len(features)}]")
+        raise ValueError(f"seed_size {seed_size} + rounds {rounds} x batch_size {batch_size} "
+                         f"must be in [1, {len(features)}] (the pool size)")
     rng = np.random.default_rng(seed)
     train = _Trainer(features, labels, test_features, num_classes, model_config, seed, churn_alpha)
     state = train.first(rng.choice(len(features), seed_size, replace=False))

@@ -82,7 +82,8 @@ def churn_table(curves: list[study.Curve]) -> str:
     lines = ["| data set | a | mean churn per round | final accuracy | area under curve |", "|---|---|---|---|---|"]
     for dataset, by_alpha in summary.items():
         for alpha, row in by_alpha.items():
-            lines.append(f"| {dataset} | {alpha} | {row['churn']:.4f} | {row['final_accuracy']:.4f} | {row['area']:.4f} |")
+            numbers = " | ".join(f"{row[key]:.4f}" for key in ("churn", "final_accuracy", "area"))
+            lines.append(f"| {dataset} | {alpha} | {numbers} |")
     return "\n".join(lines)
 
 
@@ -172,7 +173,8 @@ def plot(results: dict[str, list[study.Curve]], output_dir: Path) -> list[str]:
     figure, axis = pyplot.subplots(figsize=(5, 3.6))
     for dataset, by_alpha in study.churn_summary(results["churn"]).items():
         alphas = sorted(by_alpha)
-        axis.plot([by_alpha[a]["churn"] for a in alphas], [by_alpha[a]["area"] for a in alphas], marker="o", label=dataset)
+        churns, areas = [by_alpha[a]["churn"] for a in alphas], [by_alpha[a]["area"] for a in alphas]
+        axis.plot(churns, areas, marker="o", label=dataset)
         for a in alphas:
             axis.annotate(f"a={a}", (by_alpha[a]["churn"], by_alpha[a]["area"]), fontsize=7)
     axis.set(xlabel="mean churn per round", ylabel="area under accuracy curve", title="low-churn retraining")

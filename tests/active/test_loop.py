@@ -104,7 +104,8 @@ def test_cluster_margin_clusters_the_whole_pool_once_from_seed_model_embeddings(
     seen = []
     selector = make_selector("cluster_margin")
     original = type(selector).select
-    monkeypatch.setattr(type(selector), "select", lambda self, pool, b, rng: seen.append(pool) or original(self, pool, b, rng))
+    monkeypatch.setattr(type(selector), "select",
+                        lambda self, pool, b, rng: seen.append(pool) or original(self, pool, b, rng))
     run(selector)
     assert calls == [(120, loop.default_num_clusters(120, 5))]
     assert all(len(p.cluster_ids) == p.size for p in seen) and len(seen) == 3
