@@ -9,6 +9,8 @@ before selecting is reported beside it). Cluster-Margin's time includes clusteri
 
 Greedy k-center costs O(n d) per pick, so by default coreset runs `--coreset_picks` picks and the
 time for the full budget is extrapolated linearly (marked as such); `--coreset_picks 0` runs it all.
+coreset_blocked (same picks, far k-means cells skipped by the triangle inequality) runs the whole
+budget.
 
     python scripts/bench_selection.py                       # the default run, writes results/
     python scripts/bench_selection.py --pool_size 20000 --budget 2000 --out_dir /tmp/bench
@@ -37,7 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 RESULT_NAME = "bench_selection"
-SELECTOR_CHOICES = ("margin", "coreset", "coreset_jax", "cluster_margin")
+SELECTOR_CHOICES = ("margin", "coreset", "coreset_jax", "coreset_blocked", "cluster_margin")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -48,12 +50,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=100_000)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--components", type=int, default=100, help="Gaussian mixture components")
-    parser.add_argument("--selectors", nargs="+", default=["margin", "coreset", "cluster_margin"],
+    parser.add_argument("--selectors", nargs="+", default=["margin", "coreset", "coreset_blocked", "cluster_margin"],
                         choices=SELECTOR_CHOICES)
     parser.add_argument("--num_clusters", type=int, default=1000, help="Cluster-Margin clusters")
     parser.add_argument("--num_centroids", type=int, default=2000, help="k-means cells before linkage")
     parser.add_argument("--coreset_picks", type=int, default=2000,
-                        help="greedy picks timed for coreset (0: the whole budget)")
+                        help="greedy picks timed for coreset and coreset_jax (0: the whole budget)")
+    parser.add_argument("--coreset_blocks", type=int, default=2000,
+                        help="k-means cells of coreset_blocked (always runs the whole budget)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out_dir", default=str(REPO / "results"))
@@ -110,6 +114,9 @@ def run_selector(name: str, args: argparse.Namespace, embeddings: np.ndarray,
     start = time.perf_counter()
     if name == "margin":
         indices = make_selector("margin").select(Pool(probabilities=probabilities), args.budget, rng).indices
+    elif name == "coreset_blocked":
+        selector = make_selector("coreset", num_blocks=args.coreset_blocks)
+        indices = selector.select(Pool(embeddings=embeddings), args.budget, rng).indices
     elif name.startswith("coreset"):
         picks = args.coreset_picks or args.budget
         selector = make_selector("coreset", backend="jax" if name == "coreset_jax" else "numpy")

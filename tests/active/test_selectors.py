@@ -103,6 +103,17 @@ def test_coreset_takes_farthest_points_from_labelled_set_and_jax_agrees():
         np.testing.assert_array_equal(chosen.indices, expected)
 
 
+def test_blocked_coreset_makes_the_same_picks_as_plain_greedy():
+    rng = np.random.default_rng(4)
+    centres = rng.normal(scale=4.0, size=(6, 8))
+    points = (centres[rng.integers(0, 6, 600)] + rng.normal(size=(600, 8))).astype(np.float32)
+    for labelled in (None, points[:4] + 0.5):
+        pool = Pool(embeddings=points, labelled_embeddings=labelled)
+        plain = make_selector("coreset").select(pool, 40, np.random.default_rng(5)).indices
+        blocked = make_selector("coreset", num_blocks=12).select(pool, 40, np.random.default_rng(5)).indices
+        np.testing.assert_array_equal(blocked, plain)
+
+
 def test_gradient_embeddings_equal_the_last_layer_gradient_at_the_predicted_label():
     rng = np.random.default_rng(2)
     features = rng.normal(size=(6, 5)).astype(np.float32)
