@@ -72,7 +72,7 @@ def _head(text_key: str) -> list:
 
 
 def register_text_tasks(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary,
-                        text_key: str = TEXT_KEY) -> list[str]:
+                        text_key: str = TEXT_KEY, shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE) -> list[str]:
     """Registers `<name>_span_corruption`, `<name>_lm` and `<name>_prefix_lm`; returns the names.
 
     Names already registered are left as they are.
@@ -86,7 +86,7 @@ def register_text_tasks(name: str, source: seqio.DataSource, vocabulary: seqio.V
     for task_name, (tail, features) in tasks.items():
         if task_name not in seqio.TaskRegistry.names():
             seqio.TaskRegistry.add(task_name, source=source, preprocessors=_head(text_key) + tail,
-                                   output_features=features, shuffle_buffer_size=SHUFFLE_BUFFER_SIZE)
+                                   output_features=features, shuffle_buffer_size=shuffle_buffer_size)
     return list(tasks)
 
 

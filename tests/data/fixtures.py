@@ -19,7 +19,8 @@ def generated_documents(split: str, count: int = 300) -> tuple[str, ...]:
 
 def register_generated_tasks() -> str:
     """Registers `generated_{span_corruption,lm,prefix_lm}` (byte vocabulary + 100 sentinels); returns "generated"."""
-    tasks.register_text_tasks("generated", tasks.TextSource(generated_documents), BYTE_SENTINEL_VOCABULARY)
+    source = tasks.TextSource(generated_documents)
+    tasks.register_text_tasks("generated", source, BYTE_SENTINEL_VOCABULARY, shuffle_buffer_size=64)
     return "generated"
 
 

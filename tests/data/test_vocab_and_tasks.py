@@ -1,0 +1,93 @@
+"""Vocabulary (T5 ids, sentinels at the top, lossless byte fallback), task registrations, TFDS c4 via
+mock data, the mixture, and global batches that resume exactly and carry the host batch."""
+
+import numpy as np
+import seqio
+import tensorflow_datasets as tfds
+
+from littlehelp import partitioning
+from littlehelp.data import DatasetConfig, GlobalBatches, pipeline, tasks, vocab
+
+from .fixtures import BYTE_SENTINEL_VOCABULARY, generated_documents, register_generated_tasks, requires_corpus
+
+EXPECTED_TASKS = [f"{source}_{objective}" for source in ("shakespeare", "code", "c4")
+                  for objective in ("span_corruption", "lm", "prefix_lm")]
+
+
+def test_small_sentencepiece_has_t5_ids_and_sentinels_at_the_top(tmp_path):
+    lines = [line for doc in generated_documents("train") for line in doc.split(" of ")]
+    model = vocab.train_sentencepiece(lines, tmp_path / "small.model", vocab_size=300)
+    vocabulary = seqio.SentencePieceVocabulary(str(model), extra_ids=100)
+    assert vocabulary.vocab_size == 400 and (vocabulary.pad_id, vocabulary.eos_id, vocabulary.unk_id) == (0, 1, 2)
+    assert vocabulary.encode("<extra_id_0>") == [399] and vocabulary.encode("<extra_id_99>") == [300]
+    unusual = "naïve café — ∑ 日本"  # unseen characters (NFKC-stable): byte fallback keeps them exact
+    assert vocabulary.decode(vocabulary.encode(unusual)) == unusual and 2 not in vocabulary.encode(unusual)
+
+
+def test_tasks_and_mixtures_are_registered():
+    assert set(EXPECTED_TASKS) <= set(seqio.TaskRegistry.names())
+    mixture = seqio.get_mixture_or_task("shakespeare_code_span_corruption")
+    assert sorted(t.name for t in mixture.tasks) == ["code_span_corruption", "shakespeare_span_corruption"]
+
+
+def test_c4_task_reads_tfds_with_mock_data():
+    # The registered c4 task, rebuilt with the byte vocabulary so that no data cache is needed.
+    c4 = seqio.get_mixture_or_task("c4_span_corruption")
+    assert isinstance(c4.source, seqio.TfdsDataSource) and c4.source.tfds_dataset.name == tasks.C4_TFDS_NAME
+    names = tasks.register_text_tasks("mock_c4", c4.source, BYTE_SENTINEL_VOCABULARY)
+    with tfds.testing.mock_data(num_examples=20):
+        task = seqio.get_mixture_or_task(names[0])
+        examples = list(task.get_dataset({"inputs": 64, "targets": 14}, split="validation", shuffle=False,
+                                          seed=0, try_in_mem_cache=False).as_numpy_iterator())
+    assert examples and all(len(e["inputs"]) <= 64 and e["targets"][0] == BYTE_SENTINEL_VOCABULARY.vocab_size - 1
+                            for e in examples)
+
+
+def _host_batches(name: str, lengths: dict, start: int, count: int) -> list[dict]:
+    config = DatasetConfig(name, lengths, batch_size=8, seed=3)
+    iterator = pipeline.host_dataset(config, start_batch=start).as_numpy_iterator()
+    return [next(iterator) for _ in range(count)]
+
+
+def test_resumed_stream_continues_with_the_exact_next_batch():
+    prefix = register_generated_tasks()
+    lengths = {"inputs": 64, "targets": 14}
+    straight = _host_batches(f"{prefix}_span_corruption", lengths, 0, 5)
+    resumed = _host_batches(f"{prefix}_span_corruption", lengths, 3, 2)
+    for a, b in zip(straight[3:], resumed, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(straight[0]["encoder_input_tokens"], straight[1]["encoder_input_tokens"])
+
+
+def test_global_batches_are_sharded_over_the_data_axis():
+    prefix = register_generated_tasks()
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(data=-1, fsdp=1, tensor=1))
+    config = DatasetConfig(f"{prefix}_span_corruption", {"inputs": 64, "targets": 14}, batch_size=8, seed=3)
+    batch = next(GlobalBatches(config, mesh))
+    host = _host_batches(config.name, dict(config.task_feature_lengths), 0, 1)[0]
+    tokens = batch["encoder_input_tokens"]
+    assert tokens.sharding == partitioning.batch_sharding(mesh) and len(tokens.addressable_shards) == 8
+    assert {s.data.shape for s in tokens.addressable_shards} == {(1, 64)}
+    assert np.array_equal(np.asarray(tokens), host["encoder_input_tokens"])
+
+
+@requires_corpus
+def test_default_vocabulary_and_real_span_corruption():
+    vocabulary = vocab.default_vocabulary()
+    assert vocabulary.vocab_size == vocab.VOCAB_PIECES + vocab.NUM_SENTINELS <= vocab.MODEL_VOCAB_SIZE
+    assert vocabulary.encode("<extra_id_0>") == [vocabulary.vocab_size - 1]
+    task = seqio.get_mixture_or_task("shakespeare_span_corruption")
+    dataset = task.get_dataset({"inputs": 512, "targets": 114}, split="validation", shuffle=False, seed=0)
+    examples = [e for _, e in zip(range(20), dataset.as_numpy_iterator())]
+    assert all(len(e["inputs"]) == 512 and len(e["targets"]) == 114 for e in examples)
+    assert all(np.sum(e["inputs"] >= vocab.VOCAB_PIECES) == 28 for e in examples)  # 85 noise tokens in 28 spans
+    text = vocabulary.decode(examples[0]["inputs"].tolist())
+    assert "<extra_id_0>" in text and sum(c.isalpha() for c in text) > len(text) // 2
+
+
+@requires_corpus
+def test_real_lm_task_yields_full_examples_of_corpus_tokens():
+    dataset = seqio.get_mixture_or_task("shakespeare_lm").get_dataset({"targets": 64}, split="validation",
+                                                                      shuffle=False, seed=0)
+    examples = [e["targets"] for _, e in zip(range(8), dataset.as_numpy_iterator())]
+    assert all(len(e) == 64 and max(e) < vocab.VOCAB_PIECES for e in examples)  # no sentinels in LM data
