@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP_VERSION := 26.3
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test demo bench clean
+.PHONY: install data test demo bench clean
 
 install: $(STAMP)
 
@@ -16,12 +16,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-test: install
+# The data cache (Shakespeare corpus + sentencepiece vocabulary; ~/.cache/littlehelp unless
+# LITTLEHELP_DATA_DIR is set): downloaded and trained once, seconds when already there.
+data: install
+	$(PY) scripts/setup_data.py
+
+test: install data
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
 
 demo: install
+	$(PY) scripts/setup_data.py --stats
 	$(VENV)/bin/littlehelp train --gin_file=runs/demo.gin --gin.MODEL_DIR=runs/demo
-	$(VENV)/bin/littlehelp infer --gin_file=runs/demo.gin --gin_file=runs/infer.gin --gin.MODEL_DIR=runs/demo --gin.NUM_EXAMPLES=4
+	$(VENV)/bin/littlehelp infer --gin_file=runs/demo.gin --gin_file=runs/infer.gin --gin.MODEL_DIR=runs/demo --gin.NUM_EXAMPLES=4 --gin.inference.DecodingConfig.max_decode_length=32
 
 bench: install
 	$(PY) scripts/bench_train_step.py
