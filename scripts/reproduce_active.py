@@ -165,6 +165,7 @@ def plot(results: dict[str, list[study.Curve]], output_dir: Path) -> list[str]:
 
     panels = {**mean_curves(results["curves"]),
               **{f"{d} (large batch)": v for d, v in mean_curves(results["large_batch"]).items()}}
+    colours = {selector: f"C{i}" for i, selector in enumerate(study.DEFAULT_SELECTORS)}  # same in every panel
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
     figure, axes = pyplot.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
@@ -172,7 +173,7 @@ def plot(results: dict[str, list[study.Curve]], output_dir: Path) -> list[str]:
         axis.set_visible(False)
     for axis, (title, by_selector) in zip(axes.flat, panels.items()):
         for selector, (counts, means) in by_selector.items():
-            axis.plot(counts, means, marker=".", label=selector)
+            axis.plot(counts, means, marker=".", label=selector, color=colours.get(selector))
         axis.set(title=title, xlabel="labelled examples", ylabel="test accuracy")
     axes[0][0].legend(fontsize=7)
     figure.tight_layout()
