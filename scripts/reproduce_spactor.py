@@ -42,7 +42,7 @@ from spactor.objective import task_vocabulary_size
 TASK = "shakespeare_span_corruption"
 SIZES = {  # T5 sizes, feature lengths, batch size and default S per --size
     "tiny": dict(model=dict(emb_dim=128, mlp_dim=256, num_heads=4, head_dim=32, num_encoder_layers=2,
-                            num_decoder_layers=2), lengths={"inputs": 128, "targets": 29}, batch=16, steps=200),
+                            num_decoder_layers=2), lengths={"inputs": 128, "targets": 29}, batch=16, steps=600),
     "small": dict(model=dict(emb_dim=512, mlp_dim=1024, num_heads=6, head_dim=64, num_encoder_layers=8,
                              num_decoder_layers=8), lengths={"inputs": 512, "targets": 114}, batch=64, steps=4000),
 }
