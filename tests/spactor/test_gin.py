@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from littlehelp import checkpoints, config, main, metrics, trainer
+from littlehelp import checkpoints, config, main, metrics
 from littlehelp.data import vocab
 from littlehelp.models import T5, count_params
 from spactor import flops_ratio, spactor_curriculum
