@@ -200,6 +200,7 @@ class Trainer:
         self._report_replicated()
         self.checkpointer = checkpoints.Checkpointer(str(self.model_dir / "checkpoints"), checkpoint_config)
         self._compiled: dict[int, Any] = {}
+        self._eval_fns: dict[int, Callable] = {}
 
     def _report_replicated(self) -> None:
         found = partitioning.unsharded_but_shardable(
@@ -244,13 +245,16 @@ class Trainer:
 
     def evaluate(self, state: TrainState, objective: Objective, data: DatasetConfig, max_batches: int) -> dict[str, float]:
         """Weighted-mean metrics of `objective` over at most `max_batches` batches of `data`."""
-        loss_fn = jax.jit(lambda params, batch: objective.loss(params, batch, jax.random.key(0), state.step)[1])
+        key = id(objective)
+        if key not in self._eval_fns:  # jitted once per objective, not once per evaluation
+            self._eval_fns[key] = jax.jit(lambda params, batch, step: objective.loss(params, batch, jax.random.key(0), step)[1])
+        loss_fn = self._eval_fns[key]
         totals: dict[str, float] = {}
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             for index, batch in enumerate(GlobalBatches(data, self.mesh)):
                 if index >= max_batches:
                     break
-                metrics = jax.device_get(loss_fn(state.params, batch))
+                metrics = jax.device_get(loss_fn(state.params, batch, state.step))
                 weight = float(metrics["weight"])
                 for name, value in metrics.items():
                     totals[name] = totals.get(name, 0.0) + (weight if name == "weight" else float(value) * weight)
