@@ -23,6 +23,8 @@ import gin
 from absl import logging
 from gin import config_parser
 
+from littlehelp.errors import EXIT_CONFIG, LittlehelpError
+
 # Modules whose import registers gin configurables; imported before any gin file is parsed.
 CONFIGURABLE_MODULES: list[str] = [
     "littlehelp.models",
@@ -44,8 +46,10 @@ _MACRO_SUFFIX = "/" + _MACRO_SELECTOR
 _REQUIRED_REFERENCE = "gin.REQUIRED/gin.constant"
 
 
-class ConfigError(ValueError):
+class ConfigError(LittlehelpError, ValueError):
     """A gin file or binding that cannot be used; the message names the culprit."""
+
+    exit_code = EXIT_CONFIG
 
 
 class _Reference:

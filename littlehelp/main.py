@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
 from littlehelp import config  # noqa: E402
+from littlehelp.errors import LittlehelpError  # noqa: E402
 
 # Subcommand -> (module, gin-configurable function). Modules are imported only when used.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -130,7 +131,8 @@ def configure(command: str, gin_files: Sequence[str], overrides: Sequence[str],
 def main(argv: Sequence[str] | None = None) -> Any:
     """Runs the CLI on `argv` (default `sys.argv[1:]`) and returns the command's result.
 
-    A configuration error is printed as one line on stderr and exits with status 2.
+    A `LittlehelpError` (bad configuration, unusable checkpoint, a run that cannot go on) is printed
+    as one line on stderr and exits with its `exit_code` (2 for configuration errors).
     """
     try:
         rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
@@ -142,11 +144,11 @@ def main(argv: Sequence[str] | None = None) -> Any:
             jax.distributed.initialize()
         search_paths = [p for paths in args.gin_search_paths for p in paths.split(",") if p]
         target = configure(args.command, args.gin_file, overrides, search_paths)
-    except config.ConfigError as error:
-        print(f"littlehelp: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    logging.info("Running %s", args.command)
-    return target()
+        logging.info("Running %s", args.command)
+        return target()
+    except LittlehelpError as error:
+        print(f"littlehelp: error: {error.one_line()}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
 
 
 def run() -> None:

@@ -1,0 +1,23 @@
+"""Errors a user can fix: the CLI prints the message's first line and exits with `exit_code`.
+
+Raise a subclass (or `LittlehelpError` itself) for bad input, a missing or unusable file, a
+checkpoint that cannot be used or a run that cannot go on; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_ERROR = 1  # the run failed; the message says why
+EXIT_CONFIG = 2  # the configuration was refused before anything ran
+EXIT_PREEMPTED = 75  # SIGTERM: the run saved its state and stopped; run the same command to resume
+
+
+class LittlehelpError(Exception):
+    """An error with a one-line message naming the culprit; the CLI exits with `exit_code`."""
+
+    exit_code: int = EXIT_ERROR
+
+    def one_line(self) -> str:
+        """The message's first line (gin appends "In call to configurable ..." lines below it)."""
+        text = str(self).strip()
+        return text.splitlines()[0] if text else type(self).__name__
