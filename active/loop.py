@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from active import models
+from active import models, validation
 from active.clustering import cluster_margin_clusters
 from active.selectors import Pool, Selection, Selector, gradient_embeddings, make_selector
 
@@ -106,6 +106,8 @@ def run(
 ) -> list[RoundRecord]:
     """Runs `rounds` rounds of active learning after a random seed set; one record per model trained.
 
+    Bad inputs are refused before anything trains (`check_inputs`).
+
     Args:
       features, labels: the training pool; labels are revealed only for selected examples.
       test_features, test_labels: held-out evaluation set (accuracy and churn).
@@ -113,17 +115,15 @@ def run(
       seed_size: examples labelled uniformly at random before the first round.
       batch_size: examples selected per round.
       churn_alpha: distillation weight a towards the previous round's model (0: plain retraining).
+      num_classes: default one more than the largest label in `labels` and `test_labels`.
       num_clusters: Cluster-Margin's flat clusters (default `default_num_clusters`).
       second_model: also train a second network (another init) each round and pass its
         probabilities as `Pool.second_probabilities` (IWeS two-model disagreement).
     """
     if isinstance(selector, str):
         selector = make_selector(selector, **dict(selector_kwargs or {}))
-    num_classes = num_classes or int(max(labels.max(), test_labels.max())) + 1
-    needed = seed_size + rounds * batch_size
-    if seed_size <= 0 or needed > len(features):
-        raise ValueError(f"seed_size {seed_size} + rounds {rounds} x batch_size {batch_size} "
-                         f"must be in [1, {len(features)}] (the pool size)")
+    num_classes = check_inputs(features, labels, test_features, test_labels, num_classes,
+                               seed_size, batch_size, rounds)
     rng = np.random.default_rng(seed)
     train = _Trainer(features, labels, test_features, num_classes, model_config, seed, churn_alpha)
     state = train.first(rng.choice(len(features), seed_size, replace=False))
@@ -149,6 +149,31 @@ def run(
         records.append(RoundRecord(round_index, len(new_state.labelled), accuracy, seconds, churn))
         state = new_state
     return records
+
+
+def check_inputs(features: np.ndarray, labels: np.ndarray, test_features: np.ndarray, test_labels: np.ndarray,
+                 num_classes: int | None, seed_size: int, batch_size: int, rounds: int) -> int:
+    """Refuses bad `run` arguments with a `SelectionInputError` naming them; returns the number of classes.
+
+    Refused: a schedule without a seed set, with an empty batch or negative rounds; empty or
+    non-finite features; labels that are not one integer per row, outside [0, num_classes) or of
+    a single class; a schedule that needs more examples than the pool holds.
+    """
+    validation.check_schedule(seed_size, batch_size, rounds)
+    for name, array in (("features", features), ("test_features", test_features)):
+        validation.check_rows(name, len(array))
+        validation.check_finite(name, array)
+    train = validation.check_labels("labels", labels, len(features), "features")
+    test = validation.check_labels("test_labels", test_labels, len(test_features), "test_features")
+    if num_classes is None:
+        num_classes = int(max(train.max(), test.max())) + 1
+    else:
+        validation.check_integer("num_classes", num_classes, 2)
+    validation.check_label_range("labels", train, num_classes)
+    validation.check_label_range("test_labels", test, num_classes)
+    validation.check_classes("labels", train)
+    validation.check_schedule_fits(seed_size, batch_size, rounds, len(features), "the pool (features)")
+    return num_classes
 
 
 class _Trainer:

@@ -21,13 +21,14 @@ pool itself plus a few n-vectors.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+
+from active.validation import SelectionInputError, check_known, check_pool
 
 # Number of float32 entries in one block of a blocked distance computation (64 MiB).
 _BLOCK_ELEMENTS = 1 << 24
@@ -47,7 +48,7 @@ class Pool:
     def __post_init__(self):
         sizes = {name: len(value) for name, value in self._per_example_fields().items()}
         if len(set(sizes.values())) > 1:
-            raise ValueError(f"Pool fields disagree on the number of examples: {sizes}")
+            raise SelectionInputError(f"Pool fields disagree on the number of examples: {sizes}")
 
     def _per_example_fields(self) -> dict[str, np.ndarray]:
         names = ("probabilities", "embeddings", "gradient_embeddings", "second_probabilities", "cluster_ids")
@@ -58,14 +59,14 @@ class Pool:
         """Number of pool examples (n)."""
         fields = self._per_example_fields()
         if not fields:
-            raise ValueError("Pool has no per-example field set; its size is unknown")
+            raise SelectionInputError("Pool has no per-example field set; its size is unknown")
         return len(next(iter(fields.values())))
 
     def require(self, field: str, selector: str) -> np.ndarray:
-        """The named field, or a ValueError naming the selector that needs it."""
+        """The named field, or a SelectionInputError naming the selector that needs it."""
         value = getattr(self, field)
         if value is None:
-            raise ValueError(f"selector {selector!r} needs Pool.{field}, which is None")
+            raise SelectionInputError(f"selector {selector!r} needs Pool.{field}, which is None")
         return value
 
 
@@ -78,16 +79,15 @@ class Selection:
 
 
 class Selector(Protocol):
-    """Chooses `budget` distinct pool examples."""
+    """Chooses `budget` distinct pool examples.
+
+    An implementation calls `active.validation.check_pool(pool, budget)` first: it refuses an empty
+    pool, a budget outside [0, pool size] and NaN or Inf in any Pool field.
+    """
 
     name: str
 
     def select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection: ...
-
-
-def _check_budget(budget: int, pool_size: int) -> None:
-    if not 0 <= budget <= pool_size:
-        raise ValueError(f"budget must be in [0, {pool_size}] (the pool size), got {budget}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class RandomSelector:
     name: str = "random"
 
     def select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
-        _check_budget(budget, pool.size)
+        check_pool(pool, budget)
         return Selection(np.sort(rng.choice(pool.size, budget, replace=False)).astype(np.int64))
 
 
@@ -143,8 +143,8 @@ class UncertaintySelector:
     uncertainty: Callable[[np.ndarray], np.ndarray]
 
     def select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        check_pool(pool, budget)
         probabilities = pool.require("probabilities", self.name)
-        _check_budget(budget, len(probabilities))
         return Selection(lowest(-self.uncertainty(probabilities), budget))
 
 
@@ -322,13 +322,13 @@ class CoresetSelector:
 
     def __post_init__(self):
         if self.backend not in ("numpy", "jax"):
-            raise ValueError(f"CoresetSelector.backend must be 'numpy' or 'jax', got {self.backend!r}")
+            raise SelectionInputError(f"CoresetSelector.backend must be 'numpy' or 'jax', got {self.backend!r}")
         if self.num_blocks and self.backend != "numpy":
-            raise ValueError("CoresetSelector.num_blocks needs backend='numpy'")
+            raise SelectionInputError("CoresetSelector.num_blocks needs backend='numpy'")
 
     def select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        check_pool(pool, budget)
         points = np.ascontiguousarray(pool.require("embeddings", self.name), np.float32)
-        _check_budget(budget, len(points))
         labelled = pool.labelled_embeddings
         if self.num_blocks:
             return Selection(kcenter_greedy_blocked(points, budget, labelled, rng, self.num_blocks))
@@ -375,11 +375,11 @@ class BadgeSelector:
     name: str = "badge"
 
     def select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        check_pool(pool, budget)
         grads = pool.gradient_embeddings
         if grads is None:
             grads = gradient_embeddings(pool.require("probabilities", self.name),
                                         pool.require("embeddings", self.name))
-        _check_budget(budget, len(grads))
         return Selection(kmeans_plus_plus_seeds(np.ascontiguousarray(grads, np.float32), budget, rng))
 
 
@@ -422,8 +422,8 @@ class ClusterMarginSelector:
     distance_threshold: float | None = None
 
     def select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        check_pool(pool, budget)
         probabilities = pool.require("probabilities", self.name)
-        _check_budget(budget, len(probabilities))
         clusters = pool.cluster_ids if pool.cluster_ids is not None else self._cluster(pool)
         num_candidates = min(len(probabilities), math.ceil(self.margin_multiplier * budget))
         candidates = lowest(margins(probabilities), num_candidates)
@@ -433,7 +433,7 @@ class ClusterMarginSelector:
         from active.clustering import cluster_margin_clusters
 
         if self.num_clusters is None and self.distance_threshold is None:
-            raise ValueError("cluster_margin needs Pool.cluster_ids, or num_clusters / distance_threshold "
+            raise SelectionInputError("cluster_margin needs Pool.cluster_ids, or num_clusters / distance_threshold "
                              "to cluster Pool.embeddings")
         return cluster_margin_clusters(pool.require("embeddings", self.name), self.num_clusters,
                                        self.distance_threshold)
@@ -501,8 +501,8 @@ class IWeSSelector:
     uniform_mix: float = 0.1
 
     def select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        check_pool(pool, budget)
         probabilities = pool.require("probabilities", self.name)
-        _check_budget(budget, len(probabilities))
         if pool.second_probabilities is not None:
             scores = disagreements(probabilities, pool.second_probabilities)
         else:
@@ -529,8 +529,5 @@ SELECTORS: dict[str, Callable[..., Selector]] = {
 
 def make_selector(name: str, **kwargs) -> Selector:
     """The selector registered under `name`, built with `kwargs`."""
-    if name not in SELECTORS:
-        close = difflib.get_close_matches(name, SELECTORS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown selector {name!r}{hint}; known: {', '.join(sorted(SELECTORS))}")
+    check_known("selector", [name], SELECTORS)
     return SELECTORS[name](**kwargs)

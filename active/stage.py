@@ -35,7 +35,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from active import loop
+from active import loop, validation
 from active.clustering import cluster_margin_clusters
 from active.selectors import Pool, Selection, Selector, gradient_embeddings, make_selector
 
@@ -73,15 +73,19 @@ def _source_dataset(task: seqio.Task, split: str, sequence_length: Mapping[str, 
 
 
 def score_examples(scorer: Scorer, examples: Sequence[Example], batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Runs `scorer` over `examples` in batches and concatenates each returned field."""
+    """Runs `scorer` over `examples` in batches and concatenates each returned field; refuses a field
+    with NaN or Inf (selectors would pick from it silently)."""
     batches = [scorer(examples[start:start + batch_size]) for start in range(0, len(examples), batch_size)]
     unknown = sorted(set().union(*batches) - set(SCORE_FIELDS)) if batches else []
     if not batches or unknown or not batches[0]:
-        raise ValueError(f"scorer must return a mapping with some of {SCORE_FIELDS}; got fields {unknown or 'none'}")
+        raise validation.SelectionInputError(f"scorer must return a mapping with some of {SCORE_FIELDS}; "
+                                             f"got fields {unknown or 'none'}")
     scores = {name: np.concatenate([np.asarray(b[name]) for b in batches]) for name in batches[0]}
     wrong = {name: len(value) for name, value in scores.items() if len(value) != len(examples)}
     if wrong:
-        raise ValueError(f"scorer returned {wrong} rows for {len(examples)} examples")
+        raise validation.SelectionInputError(f"scorer returned {wrong} rows for {len(examples)} examples")
+    for name, value in scores.items():
+        validation.check_finite(f"scorer's {name}", value)
     return scores
 
 
@@ -137,10 +141,17 @@ def select(task: str, scorer: Scorer, selector: str | Selector, budget: int, *, 
            sequence_length: Mapping[str, int] | None = None, selector_kwargs: Mapping[str, Any] | None = None,
            num_clusters: int | None = None, score_batch_size: int = 256) -> StageResult:
     """Scores `task`'s `split` with `scorer`, selects `budget` examples, registers them as Task `name`
-    (default `{task}_{selector}_{budget}`) and returns what was selected."""
+    (default `{task}_{selector}_{budget}`) and returns what was selected.
+
+    The selector name, the budget (a positive integer, at most the pool size) and a non-empty pool
+    are checked before the scorer runs.
+    """
     if isinstance(selector, str):
         selector = make_selector(selector, **dict(selector_kwargs or {}))
+    validation.check_integer("budget", budget, 1)
     examples = read_examples(task, split, max_examples, sequence_length)
+    validation.check_rows(f"the pool (task {task!r}, split {split!r})", len(examples))
+    validation.check_budget(budget, len(examples))
     scores = score_examples(scorer, examples, score_batch_size)
     started = time.perf_counter()
     pool = pool_from_scores(scores, selector, budget, num_clusters, seed)

@@ -8,6 +8,9 @@ Each (data set, selector, seed) runs `active.loop.run` on that seed's train/test
 - win/tie/loss of each selector against a baseline, counted per (data set, round) with a two-sided
   paired t-test over seeds at p < 0.05 (the protocol of Zhan et al. / arXiv 2210.03822);
 - churn next to accuracy for each distillation weight a (low-churn retraining).
+
+Unknown data sets or selectors (all of them, with "did you mean"), a bad schedule, or one that
+does not fit a data set's pool are refused before the first run: one line on stderr, exit status 1.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from active import data, loop, models
+from active import data, loop, models, validation
+from active.selectors import SELECTORS
+from littlehelp.errors import LittlehelpError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +38,9 @@ class Schedule:
     seed_size: int
     batch_size: int
     rounds: int
+
+    def __post_init__(self):
+        validation.check_schedule(self.seed_size, self.batch_size, self.rounds)
 
 
 # Small batches relative to each pool (digits 1257, breast_cancer 398, wine 124, iris 105 train
@@ -77,16 +85,39 @@ def model_config_for(dataset: data.LabelledData) -> models.ModelConfig:
     return models.ModelConfig()
 
 
+def load(name: str, seed: int) -> data.LabelledData:
+    """Data set `name` split with `seed`, capped at its `SIZE_LIMITS`."""
+    max_train, max_test = SIZE_LIMITS.get(name, (None, None))
+    return data.load(name, seed, max_train=max_train, max_test=max_test)
+
+
+def check_plan(datasets: Sequence[str], selectors: Sequence[str], schedules: dict[str, Schedule]) -> None:
+    """Refuses unknown data sets or selectors (every one at once), a data set without a schedule, or
+    a schedule that labels more than its data set's pool (the pool's size does not depend on the seed)."""
+    validation.check_known("data set", datasets, data.available(), known_as="available here")
+    validation.check_known("selector", selectors, SELECTORS)
+    missing = [name for name in datasets if name not in schedules]
+    if missing:
+        raise validation.SelectionInputError(f"schedules has no entry for data set(s) {missing}")
+    for name in datasets:
+        schedule = schedules[name]
+        validation.check_schedule_fits(schedule.seed_size, schedule.batch_size, schedule.rounds,
+                                       len(load(name, 0).train_labels), f"the {name} pool")
+
+
 def run_curves(datasets: Sequence[str], selectors: Sequence[str], seeds: Sequence[int],
                schedules: dict[str, Schedule] | None = None, churn_alpha: float = 0.0,
                progress=None) -> list[Curve]:
-    """One `loop.run` per (data set, seed, selector); the split of each data set depends on the seed."""
+    """One `loop.run` per (data set, seed, selector); the split of each data set depends on the seed.
+
+    `check_plan` refuses bad names or schedules before the first run.
+    """
     schedules = schedules or SCHEDULES
+    check_plan(datasets, selectors, schedules)
     curves = []
     for name in datasets:
         for seed in seeds:
-            max_train, max_test = SIZE_LIMITS.get(name, (None, None))
-            dataset = data.load(name, seed, max_train=max_train, max_test=max_test)
+            dataset = load(name, seed)
             schedule = schedules[name]
             for selector in selectors:
                 records = loop.run(dataset.train_features, dataset.train_labels, dataset.test_features,
@@ -206,11 +237,22 @@ def schedules_from(args: argparse.Namespace) -> dict[str, Schedule]:
 
 
 def main(argv: Sequence[str] | None = None) -> list[Curve]:
-    """Runs the study the command line describes, prints its tables, returns the curves."""
+    """Runs the study the command line describes, prints its tables, returns the curves.
+
+    A `LittlehelpError` (bad arguments are refused so, before any run) is printed as one line on
+    stderr and exits with its `exit_code`.
+    """
     args = parse_args(argv)
-    unknown = sorted(set(args.datasets) - set(data.available()))
-    if unknown:
-        raise SystemExit(f"active.study: data set(s) {unknown} not available here; available: {data.available()}")
+    try:
+        return run_study(args)
+    except LittlehelpError as error:
+        print(f"active.study: error: {error.one_line()}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
+
+
+def run_study(args: argparse.Namespace) -> list[Curve]:
+    """The study `args` describe: its curves, with the tables printed and the curves written."""
+    validation.check_integer("seeds", args.seeds, 1)
     schedules = schedules_from(args)
     curves = [curve for alpha in args.churn_alphas
               for curve in run_curves(args.datasets, args.selectors, range(args.seeds), schedules, alpha)]

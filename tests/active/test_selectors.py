@@ -1,6 +1,8 @@
 """Selectors: each one's defining behaviour on constructed pools, against references computed another way."""
 
+import dataclasses
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ from scipy.stats import entropy
 
 from active import selectors
 from active.selectors import Pool, make_selector
+from active.validation import SelectionInputError
 
 
 def _probabilities(n: int, classes: int, seed: int) -> np.ndarray:
@@ -247,7 +250,37 @@ def test_errors_name_the_problem():
         make_selector("margn")
     with pytest.raises(ValueError, match="needs Pool.probabilities"):
         make_selector("entropy").select(Pool(embeddings=np.zeros((4, 2))), 2, np.random.default_rng(0))
-    with pytest.raises(ValueError, match=r"budget must be in \[0, 4\]"):
+    with pytest.raises(ValueError, match=r"budget must be an integer in \[0, 4\]"):
         make_selector("random").select(Pool(embeddings=np.zeros((4, 2))), 5, np.random.default_rng(0))
     with pytest.raises(ValueError, match="disagree on the number of examples"):
         Pool(probabilities=np.zeros((4, 2)), embeddings=np.zeros((5, 2)))
+
+
+@pytest.mark.parametrize("name", sorted(selectors.SELECTORS))
+def test_every_selector_refuses_an_empty_pool(name):
+    empty = Pool(probabilities=np.zeros((0, 3)), embeddings=np.zeros((0, 2), np.float32),
+                 labelled_embeddings=np.zeros((0, 2), np.float32), cluster_ids=np.zeros(0, np.int64))
+    with pytest.raises(SelectionInputError, match=r"^pool is empty: 0 rows$"):
+        make_selector(name).select(empty, 0, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("field, rows, message", [
+    ("embeddings", [17, 30, 45], r"^Pool\.embeddings has 3 rows with NaN or Inf \(first: row 17\)$"),
+    ("probabilities", [5], r"^Pool\.probabilities has 1 row with NaN or Inf \(first: row 5\)$"),
+])
+@pytest.mark.parametrize("name", sorted(selectors.SELECTORS))
+def test_every_selector_refuses_nan_or_inf_anywhere_in_the_pool(name, field, rows, message):
+    pool = _generic_pool()
+    values = getattr(pool, field).copy()
+    values[rows[0]] = np.nan
+    values[rows[1:], 1] = np.inf
+    with pytest.raises(SelectionInputError, match=message):
+        make_selector(name).select(dataclasses.replace(pool, **{field: values}), 12, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("budget", [-1, 2.5, 61, True])
+@pytest.mark.parametrize("name", sorted(selectors.SELECTORS))
+def test_every_selector_refuses_a_budget_that_is_not_an_integer_in_the_pool(name, budget):
+    expected = rf"^budget must be an integer in \[0, 60\] \(the pool size\), got {re.escape(repr(budget))}$"
+    with pytest.raises(SelectionInputError, match=expected):
+        make_selector(name).select(_generic_pool(), budget, np.random.default_rng(0))

@@ -12,6 +12,7 @@ from scipy.cluster import hierarchy
 import littlehelp.data  # noqa: F401  (registers docstrings_lm)
 from active import loop, stage
 from active.selectors import SELECTORS, Pool, gradient_embeddings, make_selector
+from active.validation import SelectionInputError
 from littlehelp import main
 
 POOL = 60
@@ -95,6 +96,31 @@ def test_scorer_output_is_checked():
         stage.score_examples(lambda batch: {"probabilities": np.zeros((1, 2))}, examples, batch_size=2)
     scores = stage.score_examples(lambda batch: {"embeddings": np.full((len(batch), 1), len(batch))}, examples, 3)
     np.testing.assert_array_equal(scores["embeddings"][:, 0], [3, 3, 3, 1])
+
+
+def unused_scorer(examples):
+    raise AssertionError("the scorer ran before the input was refused")
+
+
+@pytest.mark.parametrize("budget, max_examples, message", [
+    (0, POOL, r"^budget must be a positive integer, got 0$"),
+    (-3, POOL, r"^budget must be a positive integer, got -3$"),
+    (POOL + 1, POOL, r"^budget must be an integer in \[0, 60\] \(the pool size\), got 61$"),
+    (4, 0, r"^the pool \(task 'docstrings_lm', split 'train'\) is empty: 0 rows$"),
+])
+def test_bad_budgets_and_empty_pools_are_refused_before_scoring(budget, max_examples, message):
+    with pytest.raises(SelectionInputError, match=message):
+        stage.select("docstrings_lm", unused_scorer, "margin", budget, max_examples=max_examples, name="sel_refused")
+
+
+def test_nan_scores_are_refused_before_selecting():
+    def nan_scorer(examples):
+        scores = token_sum_scorer(examples)
+        scores["probabilities"][[5, 9]] = np.nan
+        return scores
+
+    with pytest.raises(SelectionInputError, match=r"^scorer's probabilities has 2 rows with NaN or Inf \(first: row 5\)$"):
+        stage.select("docstrings_lm", nan_scorer, "margin", 4, max_examples=POOL, name="sel_nan")
 
 
 def test_gin_selection_runs_once_per_process(monkeypatch):

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from active import loop, study
+from active import data, loop, study
+from active.selectors import SELECTORS
 
 SCHEDULE = study.Schedule(2, 2, 3)
 
@@ -75,9 +76,33 @@ def test_cli_runs_the_loop_and_writes_every_curve(tmp_path, capsys):
     assert "| wine |" in printed and "vs random: win" in printed and '"churn"' in printed
 
 
-def test_cli_rejects_an_unavailable_data_set():
-    with pytest.raises(SystemExit, match="not available"):
-        study.main(["--datasets", "no_such_data"])
+KNOWN_SELECTORS = ", ".join(sorted(SELECTORS))
+BAD_ARGUMENTS = {
+    "unknown selectors": (["--datasets", "wine", "--selectors", "random", "margn", "badgee", "margn"],
+                          "unknown selectors 'margn' (did you mean 'margin'?), 'badgee' (did you mean 'badge'?); "
+                          f"known: {KNOWN_SELECTORS}"),
+    "unknown selector": (["--datasets", "wine", "--selectors", "random", "margn"],
+                         f"unknown selector 'margn' (did you mean 'margin'?); known: {KNOWN_SELECTORS}"),
+    "unavailable data set": (["--datasets", "wine", "no_such_data"],
+                             f"unknown data set 'no_such_data'; available here: {', '.join(sorted(data.available()))}"),
+    "schedule over the second pool": (["--datasets", "digits", "wine", "--rounds", "30"],
+                                      "seed_size 6 + rounds 30 x batch_size 6 = 186 exceeds the wine pool: 124 rows"),
+    "batch_size 0": (["--datasets", "wine", "--batch_size", "0"], "batch_size must be a positive integer, got 0"),
+    "negative rounds": (["--datasets", "wine", "--rounds", "-2"], "rounds must be a non-negative integer, got -2"),
+    "no seeds": (["--datasets", "wine", "--seeds", "0"], "seeds must be a positive integer, got 0"),
+}
+
+
+@pytest.mark.parametrize("argv, message", BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
+def test_cli_refuses_bad_arguments_in_one_line_before_any_selector_runs(argv, message, monkeypatch, capsys):
+    def no_run(*args, selector, **kwargs):
+        raise AssertionError(f"selector {selector!r} ran before the arguments were checked")
+
+    monkeypatch.setattr(loop, "run", no_run)
+    with pytest.raises(SystemExit) as exit_info:
+        study.main(argv)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [f"active.study: error: {message}"]
 
 
 def load_reproduce_script():
