@@ -2,22 +2,27 @@
 
 `parse_gin` replaces gin's global configuration with the given files followed by `NAME=VALUE`
 overrides, checks it, and locks it. Every problem it can detect before a run starts (a misspelt
-configurable, parameter, reference or macro; a required value left unset; a missing file) is raised
-as a `ConfigError` whose one-line message names the binding, where it came from, and, when a
-registered name is close, what was probably meant.
+configurable, parameter, reference or macro; a required value left unset; a command-line macro
+nothing reads; a literal that its parameter's type annotation refuses; a missing file) is raised as
+a `ConfigError` whose one-line message names the binding, where it came from, and, when a registered
+name is close, what was probably meant.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import difflib
 import importlib
 import inspect
 import io
 import logging as python_logging
+import re
 import tokenize
+import types
+import typing
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import gin
 from absl import logging
@@ -44,6 +49,19 @@ OPERATIVE_CONFIG_NAME = "config.gin"
 _MACRO_SELECTOR = "gin.macro"
 _MACRO_SUFFIX = "/" + _MACRO_SELECTOR
 _REQUIRED_REFERENCE = "gin.REQUIRED/gin.constant"
+_MACRO_ARG = "value"  # gin stores macro NAME's value as parameter "value" of (NAME, "gin.macro")
+# (scope, complete selector, parameter): the key of one binding in gin's config.
+_BindingKey = tuple[str, str, str]
+# Annotations checked as scalars -> the types of the values they accept (bool is refused where
+# another type is expected, although it is an int).
+_SCALARS: dict[Any, tuple[type, ...]] = {
+    bool: (bool,), int: (int,), float: (int, float), str: (str,), type(None): (type(None),)
+}
+# Container annotations (bare or subscripted) -> the gin literal types they accept.
+_CONTAINERS: dict[Any, tuple[type, ...]] = {
+    list: (list,), tuple: (tuple,), dict: (dict,),
+    collections.abc.Sequence: (list, tuple), collections.abc.Mapping: (dict,),
+}
 
 
 class ConfigError(LittlehelpError, ValueError):
@@ -135,19 +153,25 @@ def parse_gin(
     """Replaces gin's config with `gin_files` then `overrides` (`NAME=VALUE`), checks and locks it.
 
     Files are looked up in `gin_search_path(search_paths)`; so are their `include`s.
-    Raises `ConfigError` for a missing file, a bad binding, or a required value left unset.
+    Raises `ConfigError` for a missing file, a bad binding, a required value left unset, a
+    command-line macro that nothing reads, or a literal value (reached directly or through
+    `%MACRO`s) that the annotated type of its parameter refuses.
     """
     gin.clear_config()
     search_path = gin_search_path(search_paths)
     _use_search_path(search_path)
+    origins: dict[_BindingKey, str] = {}
+    command_line: dict[_BindingKey, str] = {}
     with _quiet_search_misses():
         for name in gin_files:
             path = resolve_gin_file(name, search_path)
             logging.info("Parsing gin file %s", path)
-            _parse_bindings(path.read_text(), str(path), search_path)
+            origins.update(_parse_bindings(path.read_text(), str(path), search_path))
         for override in overrides:
-            _parse_bindings(parse_override(override), COMMAND_LINE, search_path)
+            command_line.update(_parse_bindings(parse_override(override), COMMAND_LINE, search_path))
     _check_macros_and_required_values()
+    _check_command_line_macros_are_read(command_line)
+    _check_types({**origins, **command_line})
     _finalize()
 
 
@@ -177,13 +201,45 @@ def _quiet_search_misses() -> Iterator[None]:
         root.removeFilter(search_misses)
 
 
-def _parse_bindings(text: str, source: str, search_path: Sequence[Path]) -> None:
-    """Parses `text` (from `source`) into gin, translating failures into `ConfigError`."""
+def _parse_bindings(text: str, source: str, search_path: Sequence[Path]) -> dict[_BindingKey, str]:
+    """Parses `text` (from `source`) into gin, translating failures into `ConfigError`.
+
+    Returns `_binding_origins(text, source, search_path)`.
+    """
     try:
         gin.parse_config(_named_stream(text, source))
     except (ValueError, NameError, SyntaxError, OSError, tokenize.TokenError) as error:
         problem = _find_bad_statement(text, source, search_path)
         raise ConfigError(problem or f"{source}: {_one_line(str(error))}") from None
+    return _binding_origins(text, source, search_path)
+
+
+def _binding_origins(text: str, source: str, search_path: Sequence[Path]) -> dict[_BindingKey, str]:
+    """{gin config key: `_where` it is bound} for the bindings of `text` and of its `include`s.
+
+    A key bound twice keeps its last place, as gin keeps its last value. `text` must parse.
+    """
+    origins = {}
+    for statement in config_parser.ConfigParser(text, _RecordingDelegate()):
+        if isinstance(statement, config_parser.IncludeStatement):
+            path = resolve_gin_file(statement.filename, search_path)
+            origins.update(_binding_origins(path.read_text(), str(path), search_path))
+        elif isinstance(statement, config_parser.BindingStatement):
+            key = _config_key(statement)
+            if key is not None:
+                origins[key] = _where(source, statement.location)
+    return origins
+
+
+def _config_key(statement: config_parser.BindingStatement) -> _BindingKey | None:
+    """The key under which gin stores `statement`'s value; None for an unregistered selector."""
+    if not statement.arg_name:
+        scoped = f"{statement.scope}/{statement.selector}" if statement.scope else statement.selector
+        return scoped, _MACRO_SELECTOR, _MACRO_ARG
+    configurable = _registry().get_match(statement.selector)
+    if configurable is None:
+        return None
+    return statement.scope, configurable.selector, statement.arg_name
 
 
 def _named_stream(text: str, name: str) -> io.StringIO:
@@ -318,17 +374,26 @@ def _binding_name(scope: str, selector: str, arg_name: str) -> str:
     return f"{scope}/{minimal}.{arg_name}" if scope else f"{minimal}.{arg_name}"
 
 
+def _macro_values() -> dict[str, Any]:
+    """{macro name: bound value} of every macro in gin's config."""
+    return {scope: value for scope, selector, _, value in _bound_values() if selector == _MACRO_SELECTOR}
+
+
+def _macro_of(scoped_selector: str) -> str | None:
+    """The macro name a reference's scoped selector (`NAME/gin.macro`) denotes, or None."""
+    return scoped_selector.removesuffix(_MACRO_SUFFIX) if scoped_selector.endswith(_MACRO_SUFFIX) else None
+
+
 def _check_macros_and_required_values() -> None:
     """Raises `ConfigError` for a `%macro` used but never set, or a value left `%gin.REQUIRED`."""
-    bindings = list(_bound_values())
-    macros = sorted(scope for scope, selector, _, _ in bindings if selector == _MACRO_SELECTOR)
+    macros = sorted(_macro_values())
     required = []
-    for scope, selector, arg_name, value in bindings:
+    for scope, selector, arg_name, value in _bound_values():
         for name in _referenced_selectors(value):
+            macro = _macro_of(name)
             if name == _REQUIRED_REFERENCE:
                 required.append(_binding_name(scope, selector, arg_name))
-            elif name.endswith(_MACRO_SUFFIX) and name.removesuffix(_MACRO_SUFFIX) not in macros:
-                macro = name.removesuffix(_MACRO_SUFFIX)
+            elif macro is not None and macro not in macros:
                 where = _binding_name(scope, selector, arg_name)
                 hint = _did_you_mean(macro, macros)
                 raise ConfigError(f"'{where}' uses macro %{macro}, which is never set{hint}")
@@ -342,6 +407,101 @@ def _referenced_selectors(value: Any) -> Iterator[str]:
     for leaf in _leaves(value):
         if isinstance(leaf, gin.config.ConfigurableReference):
             yield leaf.scoped_selector
+
+
+def _check_command_line_macros_are_read(command_line: Mapping[_BindingKey, str]) -> None:
+    """Raises `ConfigError` for a macro set on the command line that no binding reads.
+
+    gin takes such a name as a new macro, so a misspelt `--gin.TRAIN_STEPZ=3` would otherwise be
+    ignored. `command_line` maps the overrides' keys to where they are written. Macros set in files
+    and read by nothing stay allowed: files are shared by runs that read different macros.
+    """
+    read = sorted({
+        macro
+        for *_, value in _bound_values()
+        for macro in map(_macro_of, _referenced_selectors(value))
+        if macro is not None
+    })
+    for (name, selector, _), where in command_line.items():
+        if selector == _MACRO_SELECTOR and name not in read:
+            hint = _did_you_mean(name, read)
+            raise ConfigError(f"{where}: no gin file or binding reads macro {name}{hint}")
+
+
+def _check_types(origins: Mapping[_BindingKey, str]) -> None:
+    """Raises `ConfigError` for the first bound literal that its parameter's annotation refuses.
+
+    A `%MACRO` is followed to the literal it holds; the message names the binding that writes that
+    literal (from `origins`), the parameter and the expected type. See `_conforms` for what is checked.
+    """
+    macros = _macro_values()
+    for scope, selector, arg_name, value in _bound_values():
+        hint = _parameter_hints(selector).get(arg_name)
+        if hint is None:
+            continue
+        key, literal = _follow_macros((scope, selector, arg_name), value, macros)
+        if not _conforms(literal, hint):
+            where = origins.get(key, "gin config")
+            name = _binding_name(scope, selector, arg_name)
+            got = f"{type(literal).__name__} {literal!r}"
+            raise ConfigError(f"{where}: {name} expects {_type_name(hint)}, got {got}")
+
+
+def _parameter_hints(selector: str) -> dict[str, Any]:
+    """The resolved parameter annotations of the configurable `selector`; {} if unresolvable."""
+    fn_or_cls = _registry().get_match(selector).wrapped
+    try:
+        return typing.get_type_hints(fn_or_cls.__init__ if inspect.isclass(fn_or_cls) else fn_or_cls)
+    except (NameError, TypeError):  # e.g. a name imported only for type checkers
+        return {}
+
+
+def _follow_macros(key: _BindingKey, value: Any, macros: Mapping[str, Any]) -> tuple[_BindingKey, Any]:
+    """(key, value) of the binding that holds what `value` denotes once its `%MACRO`s are followed."""
+    followed = set()
+    while isinstance(value, gin.config.ConfigurableReference):
+        macro = _macro_of(value.scoped_selector)
+        if macro not in macros or macro in followed:
+            break
+        followed.add(macro)
+        key, value = (macro, _MACRO_SELECTOR, _MACRO_ARG), macros[macro]
+    return key, value
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether the gin literal `value` fits the type annotation `hint`.
+
+    Checked: bool, int (a bool is not one), float (an int is one), str, None, unions (`X | None`,
+    Optional), and the kind and items of list, tuple, dict, Sequence and Mapping (a str is not a
+    Sequence here). Any other annotation, and any `@reference` or `%constant`, passes.
+    """
+    if isinstance(value, gin.config.ConfigurableReference):
+        return True
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if hint in _SCALARS:
+        return isinstance(value, _SCALARS[hint]) and (hint is bool or not isinstance(value, bool))
+    if origin not in _CONTAINERS:
+        return True
+    return isinstance(value, _CONTAINERS[origin]) and _items_conform(value, origin, args)
+
+
+def _items_conform(value: list | tuple | dict, origin: Any, args: tuple[Any, ...]) -> bool:
+    """Whether the items of a container literal fit the arguments of its annotation `origin[args]`."""
+    if not args:
+        return True
+    if isinstance(value, dict):
+        key_hint, value_hint = args
+        return all(_conforms(k, key_hint) and _conforms(v, value_hint) for k, v in value.items())
+    if origin is tuple and args[-1] is not Ellipsis:
+        return len(value) == len(args) and all(map(_conforms, value, args))
+    return all(_conforms(item, args[0]) for item in value)
+
+
+def _type_name(hint: Any) -> str:
+    """An annotation as written in code, without module prefixes: `Mapping[str, int]`, `int | None`."""
+    return re.sub(r"\b(?:\w+\.)+", "", inspect.formatannotation(hint))
 
 
 def _finalize() -> None:

