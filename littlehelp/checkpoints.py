@@ -5,15 +5,26 @@ small JSON dict, e.g. the input pipeline's position) and ``integrity`` (one fing
 checked on restore, because orbax reads back overwritten array bytes without complaint).
 
 Orbax writes a step into ``<step>.orbax-checkpoint-tmp*`` and renames it when complete (on GCS it
-writes a commit file instead), so a save that fails part-way never replaces a finished step.
+writes a commit file instead), so a save that fails part-way never replaces a finished step. A step
+that cannot be restored is moved to ``corrupt/<step>-<time>/`` (never deleted, never counted by
+keep-last-K) and the previous one is used; a step whose shapes do not fit the model is not corrupt:
+that is refused with the mismatched parameters named. A save that cannot be written (read-only
+folder, full disk) stops the run with one line naming the folder and the OS error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
+import re
+import socket
+import shutil
 import signal
+import time
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import gin
@@ -24,14 +35,26 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from littlehelp.errors import LittlehelpError
+
 PyTree = Any
 STATE_ITEM = "state"
 DATA_ITEM = "data_state"
 INTEGRITY_ITEM = "integrity"
+CORRUPT_FOLDER = "corrupt"  # where steps that cannot be restored are moved, inside the checkpoints folder
+FREE_SPACE_MARGIN = 1.1  # a save needs this many times the state's bytes free (metadata, alignment)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LittlehelpError, RuntimeError):
     """No checkpoint could be restored from a directory that has some."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint's arrays do not fit the model (shapes or parameter names differ); not corruption."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """A step could not be written (read-only folder, full disk, ...); the steps on disk are untouched."""
 
 
 @gin.configurable
@@ -106,10 +129,44 @@ def _manager(directory: epath.Path, options: ocp.CheckpointManagerOptions) -> oc
     return ocp.CheckpointManager(directory, options=options, handler_registry=registry)
 
 
+def _path_name(path: tuple) -> str:
+    """A tree path as `params/decoder/layers_2/kernel`, the same for dataclass fields and dict keys."""
+    parts = (getattr(key, "name", getattr(key, "key", getattr(key, "idx", key))) for key in path)
+    return "/".join(str(part) for part in parts)
+
+
+def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
+    """Array shape per path name of a state, of its abstract form, or of orbax's saved metadata."""
+    return {_path_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _mismatch(saved: PyTree, abstract_state: PyTree, step_dir: epath.Path) -> str | None:
+    """Names the first mismatched arrays of a checkpoint against the model, or None if they fit."""
+    have, want = _shapes(saved), _shapes(abstract_state)
+    differ = [name for name in want if name in have and have[name] != want[name]]
+    missing, extra = [n for n in want if n not in have], [n for n in have if n not in want]
+    problems = [f"checkpoint has {n} {list(have[n])}, the model expects {list(want[n])}" for n in differ[:3]]
+    problems += [f"the model's {n} is not in the checkpoint" for n in missing[:3]]
+    problems += [f"the checkpoint's {n} is not in the model" for n in extra[:3]]
+    if not problems:
+        return None
+    more = len(differ) + len(missing) + len(extra) - len(problems)
+    suffix = f" (and {more} more)" if more > 0 else ""
+    return f"checkpoint {step_dir} does not fit the model: " + "; ".join(problems) + suffix
+
+
 def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: PyTree) -> tuple[PyTree, dict]:
-    """Restores one step and checks its array metadata and fingerprints; raises on any defect."""
-    if manager.item_metadata(step)[STATE_ITEM] is None:
+    """Restores one step and checks its array metadata and fingerprints; raises on any defect.
+
+    Raises CheckpointMismatchError (before reading any array) when the saved shapes or names differ
+    from `abstract_state`'s.
+    """
+    saved = manager.item_metadata(step)[STATE_ITEM]
+    if saved is None:
         raise FileNotFoundError(f"the array metadata of item '{STATE_ITEM}' is missing or unreadable")
+    problem = _mismatch(saved, abstract_state, _step_dir(manager, step))
+    if problem:
+        raise CheckpointMismatchError(problem)
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
@@ -128,25 +185,59 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: PyT
     return state, restored[DATA_ITEM]
 
 
+def _step_dir(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+    return ocp.path.step.build_step_path(manager.directory, ocp.path.step.standard_name_format(), step)
+
+
+def short_error(error: BaseException, limit: int = 240) -> str:
+    """`Type: first line of the message`, cut to `limit` characters (TensorStore errors print pages)."""
+    text = str(error).strip().split(" See full TensorStore details")[0].splitlines()
+    line = f"{type(error).__name__}: {text[0] if text else ''}"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _move_aside(step_dir: epath.Path) -> epath.Path:
+    """Moves a step folder that cannot be restored into `corrupt/<step>-<time>/`; deletes nothing."""
+    target = step_dir.parent / CORRUPT_FOLDER / f"{step_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = 0
+    while target.exists():
+        suffix += 1
+        target = target.with_name(f"{target.name.split('.')[0]}.{suffix}")
+    step_dir.rename(target)
+    return target
+
+
 def _restore_newest_good(
-    manager: ocp.CheckpointManager, steps: list[int], abstract_state: PyTree
+    manager: ocp.CheckpointManager, steps: list[int], abstract_state: PyTree, quarantine: bool = False
 ) -> tuple[PyTree, dict, int]:
-    """Tries ``steps`` newest first; warns about each bad one; raises CheckpointError if all fail."""
+    """Tries ``steps`` newest first; warns about each bad one; raises CheckpointError if all fail.
+
+    With `quarantine`, each step that fails to restore is moved aside (see `_move_aside`) so that the
+    recomputed step can be saved again; a shape mismatch is raised at once and moves nothing.
+    """
     failures = []
     for step in sorted(steps, reverse=True):
-        step_dir = ocp.path.step.build_step_path(manager.directory, ocp.path.step.standard_name_format(), step)
+        step_dir = _step_dir(manager, step)
         try:
             state, data_state = _restore_step(manager, step, abstract_state)
+        except CheckpointMismatchError:
+            raise
         except Exception as error:  # noqa: BLE001 -- any defect in one step means: try the previous one.
-            logging.warning("Could not restore checkpoint %s (%s: %s); trying an older step.",
-                            step_dir, type(error).__name__, error)
-            failures.append(f"{step_dir}: {type(error).__name__}: {error}")
+            logging.debug("Restoring %s failed in full: %r", step_dir, error)
+            where = step_dir
+            if quarantine and jax.process_index() == 0:
+                where = _move_aside(step_dir)
+                manager.reload()
+            logging.warning("Could not restore checkpoint %s (%s)%s; trying an older step.", step_dir,
+                            short_error(error), f"; moved it to {where}" if where != step_dir else "")
+            failures.append(f"{step_dir}: {short_error(error)}")
             continue
         logging.info("Restored checkpoint %s.", step_dir)
         return state, data_state, step
+    kept = f"moved to {manager.directory / CORRUPT_FOLDER}" if quarantine else "nothing was deleted"
     raise CheckpointError(
-        f"No checkpoint in {manager.directory} could be restored; nothing was deleted. Failed steps:\n  "
-        + "\n  ".join(failures)
+        f"No checkpoint in {manager.directory} could be restored ({kept}); failed steps: " + "; ".join(failures)
     )
 
 
@@ -157,39 +248,75 @@ def absolute_path(path: str | os.PathLike) -> epath.Path:
 
 
 class Checkpointer:
-    """Saves and restores (state, data_state) under one directory, normally MODEL_DIR/checkpoints."""
+    """Saves and restores (state, data_state) under one directory, normally MODEL_DIR/checkpoints.
 
-    def __init__(self, directory: str, config: CheckpointConfig):
+    `read_only` (eval, infer) never creates, moves or writes anything.
+    """
+
+    def __init__(self, directory: str, config: CheckpointConfig, read_only: bool = False):
         self._directory = absolute_path(directory)
         self._config = config
-        self._manager = _manager(self._directory, _options(config))
+        self._read_only = read_only
+        self._manager = _manager(self._directory, _options(config, read_only=read_only))
+
+    def will_save(self, step: int, force: bool = False) -> bool:
+        """Whether `save(step, ..., force)` would write: on the interval (or forced), and not yet on disk."""
+        if self._read_only or step in self._manager.all_steps():
+            return False
+        return force or self._manager.should_save(step)
 
     def save(self, step: int, state: PyTree, data_state: dict, force: bool = False) -> bool:
         """Saves on multiples of save_interval_steps, or always when ``force``; returns whether it saved.
 
-        A step that is already on disk is never overwritten (``force`` included).
+        A step that is already on disk is never overwritten (``force`` included). Raises
+        CheckpointSaveError, with the folder and the OS error in one line, when it cannot be written.
         """
         if step in self._manager.all_steps():
             logging.info("Checkpoint step %d already exists in %s; not saving it again.", step, self._directory)
             return False
-        if not (force or self._manager.should_save(step)):
+        if not self.will_save(step, force):
             return False
+        self._check_writable(step, state)
         items = {
             STATE_ITEM: ocp.args.StandardSave(state),
             DATA_ITEM: ocp.args.JsonSave(data_state),
             INTEGRITY_ITEM: ocp.args.JsonSave(fingerprints(state)),
         }
-        saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        with _save_errors(step, self._directory):
+            saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         logging.info("Checkpoint step %d %s to %s.", step, "being written" if self._config.async_save else "written",
                      self._directory)
         return saved
 
+    def _check_writable(self, step: int, state: PyTree) -> None:
+        """Refuses a save that cannot succeed on a local disk: the folder is not writable or too full."""
+        if "://" in str(self._directory):
+            return
+        self._manager.wait_until_finished()  # a pending save's bytes count against the free space
+        probe = self._directory / f".write-probe-{os.getpid()}"
+        try:
+            probe.write_bytes(b"littlehelp")
+            probe.unlink()
+        except OSError as error:
+            raise CheckpointSaveError(_os_error_line(step, self._directory, error)) from None
+        needed = int(sum(leaf.nbytes for leaf in jax.tree.leaves(state)) * FREE_SPACE_MARGIN)
+        free = shutil.disk_usage(self._directory).free
+        if free < needed:
+            raise CheckpointSaveError(
+                f"cannot save checkpoint step {step} to {self._directory}: it needs about {needed / 1e6:.1f} MB "
+                f"and {free / 1e6:.1f} MB are free; the steps already there are untouched"
+            )
+
     def restore(self, abstract_state: PyTree) -> tuple[PyTree, dict, int] | None:
-        """Restores onto ``abstract_state``'s shardings: newest good step here, else restore_path, else None."""
-        self._manager.wait_until_finished()
+        """Restores onto ``abstract_state``'s shardings: newest good step here, else restore_path, else None.
+
+        Steps here that cannot be restored are moved to ``corrupt/`` (unless read-only).
+        """
+        self.wait_until_finished()
         if self._manager.all_steps():
             logging.info("Restoring the newest good checkpoint in %s.", self._directory)
-            return _restore_newest_good(self._manager, self._manager.all_steps(), abstract_state)
+            return _restore_newest_good(self._manager, self._manager.all_steps(), abstract_state,
+                                        quarantine=not self._read_only)
         if self._config.restore_path is not None:
             logging.info("No checkpoint in %s; restoring from restore_path %s.", self._directory,
                          self._config.restore_path)
@@ -207,12 +334,47 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def wait_until_finished(self) -> None:
-        """Blocks until an asynchronous save has been committed; re-raises its error if it failed."""
-        self._manager.wait_until_finished()
+        """Blocks until an asynchronous save has been committed; raises CheckpointSaveError if it failed."""
+        with _save_errors(self._manager.latest_step() or 0, self._directory):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Finishes pending saves and releases orbax's resources."""
-        self._manager.close()
+        with _save_errors(self._manager.latest_step() or 0, self._directory):
+            self._manager.close()
+
+
+def _os_error_line(step: int, directory: epath.Path, error: OSError) -> str:
+    reason = f"{error.strerror or error} [Errno {error.errno}]" if error.errno else str(error)
+    return f"cannot save checkpoint step {step} to {directory}: {reason}; the steps already there are untouched"
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The OSError behind `error`: in its cause chain, or quoted by TensorStore as `os_error_code='N'`."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return cause
+        code = re.search(r"os_error_code='?(\d+)", str(cause))
+        if code:
+            return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _save_errors(step: int, directory: epath.Path) -> Iterator[None]:
+    """Re-raises an exception caused by an OS error (read-only, disk full) as one-line CheckpointSaveError."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 -- orbax and TensorStore wrap OS errors in their own types.
+        cause = _os_error_in(error)
+        if cause is None:
+            raise
+        logging.debug("Saving to %s failed in full: %r", directory, error)
+        raise CheckpointSaveError(_os_error_line(step, directory, cause)) from None
 
 
 def _restore_from_path(path: epath.Path, abstract_state: PyTree) -> tuple[PyTree, dict, int]:
@@ -223,7 +385,7 @@ def _restore_from_path(path: epath.Path, abstract_state: PyTree) -> tuple[PyTree
         root, steps = path, None
     if not root.is_dir():
         raise CheckpointError(f"CheckpointConfig.restore_path {path} does not exist.")
-    manager = _manager(root, _options(CheckpointConfig(), read_only=True))
+    manager = _manager(root, _options(CheckpointConfig(), read_only=True))  # never moves anything
     try:
         steps = steps or list(manager.all_steps())
         if not steps:
@@ -264,6 +426,108 @@ class PreemptionGuard:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+LOCK_NAME = "run.lock"
+
+
+class RunLockedError(LittlehelpError):
+    """Another live trainer holds MODEL_DIR's lock."""
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot), to tell a reused pid apart; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _holder_alive(holder: dict) -> bool:
+    """Whether the process that wrote a lock on this host still runs (the same process, not a reused pid)."""
+    pid = int(holder.get("pid", -1))
+    if pid <= 0:
+        return False
+    if os.path.isdir("/proc"):
+        started = _process_start(pid)
+        return started is not None and holder.get("process_start") in (None, started)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """`MODEL_DIR/run.lock`: one trainer per run folder. Context manager; process 0 only.
+
+    The file names its holder (host, pid, start time). A lock left by a dead process on this host is
+    taken over with a log line; one held by a live process, or by another host, is refused.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike):
+        self.path = os.path.join(os.fspath(model_dir), LOCK_NAME)
+        self._held = False
+
+    def _record(self) -> dict:
+        pid = os.getpid()
+        return {"host": socket.gethostname(), "pid": pid, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "process_start": _process_start(pid)}
+
+    def _write_new(self) -> bool:
+        """Creates the lock file if absent; returns whether this process now holds it."""
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(self._record(), f)
+        return True
+
+    def _holder(self) -> dict:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> None:
+        """Takes the lock or raises RunLockedError naming the holder."""
+        if jax.process_index() != 0:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        if self._write_new():
+            self._held = True
+            return
+        holder = self._holder()
+        same_host = holder.get("host") == socket.gethostname()
+        who = f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
+        if holder and (not same_host or _holder_alive(holder)):
+            raise RunLockedError(
+                f"{os.path.dirname(self.path)} is in use by another trainer ({who}; lock {self.path}); "
+                "stop it or use another MODEL_DIR" + ("" if same_host else f", or delete {self.path} if it is gone")
+            )
+        logging.warning("Taking over the lock %s of a process that is gone (%s).", self.path, who or "unreadable")
+        os.unlink(self.path)
+        if not self._write_new():
+            raise RunLockedError(f"{self.path} was taken by another trainer while this one took over a stale lock")
+        self._held = True
+
+    def release(self) -> None:
+        """Removes the lock file if this process holds it."""
+        if self._held and self._holder().get("pid") == os.getpid():
+            os.unlink(self.path)
+        self._held = False
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 def read_arrays(step_dir: str | os.PathLike) -> PyTree:

@@ -132,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
     """Runs the CLI on `argv` (default `sys.argv[1:]`) and returns the command's result.
 
     A `LittlehelpError` (bad configuration, unusable checkpoint, a run that cannot go on) is printed
-    as one line on stderr and exits with its `exit_code` (2 for configuration errors).
+    as one line on stderr and exits with its `exit_code` (2 for configuration errors). A result with a
+    non-zero `exit_code` attribute (a run stopped by SIGTERM: 75) exits with that status.
     """
     try:
         rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
@@ -145,10 +146,13 @@ def main(argv: Sequence[str] | None = None) -> Any:
         search_paths = [p for paths in args.gin_search_paths for p in paths.split(",") if p]
         target = configure(args.command, args.gin_file, overrides, search_paths)
         logging.info("Running %s", args.command)
-        return target()
+        result = target()
     except LittlehelpError as error:
         print(f"littlehelp: error: {error.one_line()}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None
+    if getattr(result, "exit_code", 0):  # e.g. a training run stopped by SIGTERM exits 75
+        raise SystemExit(result.exit_code)
+    return result
 
 
 def run() -> None:

@@ -8,6 +8,7 @@ without a published peak (CPUs) the peak is this machine's own measured dense-ma
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -48,6 +49,25 @@ class MetricsWriter:
         self._tensorboard = SummaryWriter(str(self.model_dir / "tensorboard"))
         interactive = sys.stderr.isatty() if interactive is None else interactive
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True) if interactive else None
+
+    def drop_after(self, step: int) -> int:
+        """Drops the metrics.jsonl records of steps after `step` (a resumed run recomputes them).
+
+        Returns how many were dropped; the file is replaced atomically.
+        """
+        path = self.model_dir / "metrics.jsonl"
+        self._jsonl.flush()
+        records = read_jsonl(path)
+        kept = [r for r in records if r.get("step", 0) <= step]
+        if len(kept) < len(records):
+            staging = path.with_suffix(".jsonl.tmp")
+            staging.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            self._jsonl.close()
+            os.replace(staging, path)
+            self._jsonl = open(path, "a", encoding="utf-8")
+            logging.info("Resuming at step %d: dropped %d metrics records of later steps from %s (they are "
+                         "recomputed)", step, len(records) - len(kept), path)
+        return len(records) - len(kept)
 
     def write(self, step: int, scalars: Mapping[str, float], prefix: str = "train") -> None:
         """Records `scalars` for `step` under `prefix` (e.g. "train", "eval")."""

@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 
 from littlehelp import checkpoints, config as gin_config, partitioning
 from littlehelp.data import DatasetConfig, GlobalBatches, pipeline
+from littlehelp.errors import EXIT_PREEMPTED, LittlehelpError
 from littlehelp.metrics import MetricsWriter, measure_matmul_flops
 from littlehelp.objectives import Batch, Curriculum, Metrics, Objective, Params
 from littlehelp.optimizers import Optimizer
@@ -32,8 +33,8 @@ from littlehelp.train_state import StateLayout, TrainState, init_state, state_la
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Raised when a step's loss is NaN or Inf; the state it produced is never saved."""
+class NonFiniteLossError(LittlehelpError, FloatingPointError):
+    """Raised when a step's loss, or a state about to be saved, holds NaN or Inf; it is never saved."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,11 @@ class TrainSummary:
     final_metrics: dict[str, float]
     eval_metrics: dict[str, float]
     preempted: bool
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit status: 0 when finished, `EXIT_PREEMPTED` (75) when stopped by SIGTERM."""
+        return EXIT_PREEMPTED if self.preempted else 0
 
     def describe(self) -> str:
         """A few lines for the end of a run: what happened and where to look."""
@@ -170,7 +176,10 @@ def tokens_per_batch(spec: Mapping[str, jax.ShapeDtypeStruct]) -> int:
 
 
 class Trainer:
-    """Owns the mesh, the compiled steps, the state and the checkpointer of one run."""
+    """Owns the mesh, the compiled steps, the state and the checkpointer of one run.
+
+    `read_only` (eval, infer): the checkpointer creates, moves and writes nothing.
+    """
 
     def __init__(
         self,
@@ -183,10 +192,11 @@ class Trainer:
         checkpoint_config: checkpoints.CheckpointConfig,
         microbatches: int = 1,
         seed: int = 0,
+        read_only: bool = False,
     ):
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         if train_data.batch_size % (shards * microbatches):
-            raise ValueError(
+            raise gin_config.ConfigError(
                 f"DatasetConfig.batch_size={train_data.batch_size} must be divisible by the mesh's data x fsdp "
                 f"= {shards} devices times microbatches={microbatches}"
             )
@@ -198,7 +208,7 @@ class Trainer:
         self._init_params = lambda rng: curriculum.init_params(rng, example)
         self.layout = state_layout(self._init_params, optimizer.tx, mesh, rules)
         self._report_replicated()
-        self.checkpointer = checkpoints.Checkpointer(str(self.model_dir / "checkpoints"), checkpoint_config)
+        self.checkpointer = checkpoints.Checkpointer(str(self.model_dir / "checkpoints"), checkpoint_config, read_only)
         self._compiled: dict[int, Any] = {}
         self._eval_fns: dict[int, Callable] = {}
 
@@ -264,13 +274,61 @@ class Trainer:
         return {name: value / weight for name, value in totals.items()} | {"weight": weight}
 
 
+def _last_good(checkpointer: checkpoints.Checkpointer) -> str:
+    checkpointer.wait_until_finished()
+    last = checkpointer.latest_step()
+    return f"the last good checkpoint is step {last} in {checkpointer.directory}" if last is not None else "no checkpoint was saved"
+
+
 def _check_finite(metrics: Mapping[str, Any], step: int, checkpointer: checkpoints.Checkpointer) -> None:
     loss = float(metrics["loss"])
     if not np.isfinite(loss):
-        checkpointer.wait_until_finished()
-        last = checkpointer.latest_step()
-        kept = f"the last good checkpoint is step {last} in {checkpointer.directory}" if last is not None else "no checkpoint was saved"
-        raise NonFiniteLossError(f"loss is {loss} at step {step}: stopping; {kept} (the bad state was not saved)")
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {step}: stopping; {_last_good(checkpointer)} (the bad state was not saved)"
+        )
+
+
+@jax.jit
+def _finite_leaves(state: TrainState) -> Any:
+    """One boolean per array of `state`: all of its values are finite (integer arrays always are)."""
+    return jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True),
+                        state)
+
+
+def nonfinite_arrays(state: TrainState) -> list[str]:
+    """Tree paths of the arrays of `state` holding NaN or Inf (one fused reduction per array)."""
+    flags = jax.tree_util.tree_flatten_with_path(jax.device_get(_finite_leaves(state)))[0]
+    return [jax.tree_util.keystr(path) for path, finite in flags if not finite]
+
+
+def _check_state_finite(state: TrainState, step: int, checkpointer: checkpoints.Checkpointer) -> None:
+    """Refuses to save a state with NaN or Inf in its parameters or optimizer state (a finite loss
+    can still produce one: the update itself may overflow)."""
+    bad = nonfinite_arrays(state)
+    if bad:
+        total = len(jax.tree.leaves(state))
+        raise NonFiniteLossError(
+            f"the state after step {step - 1} has NaN or Inf in {len(bad)} of {total} arrays (first: {bad[0]}): "
+            f"stopping; {_last_good(checkpointer)} (this state was not saved)"
+        )
+
+
+def _save_if_due(checkpointer: checkpoints.Checkpointer, step: int, state: TrainState, data_state: dict,
+                 force: bool = False) -> None:
+    """Saves `state` as `step` when the checkpointer would, after checking that it is finite."""
+    if checkpointer.will_save(step, force):
+        _check_state_finite(state, step, checkpointer)
+        checkpointer.save(step, state, data_state, force=force)
+
+
+def _check_run_arguments(steps: int, eval_every: int, eval_batches: int, log_every: int, microbatches: int) -> None:
+    """Refuses non-integer, zero or negative counts of `train` before anything is built."""
+    minimum = {"steps": 1, "eval_every": 0, "eval_batches": 1, "log_every": 1, "microbatches": 1}
+    values = {"steps": steps, "eval_every": eval_every, "eval_batches": eval_batches, "log_every": log_every,
+              "microbatches": microbatches}
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum[name]:
+            raise gin_config.ConfigError(f"train.{name} must be an integer >= {minimum[name]}, got {value!r}")
 
 
 @gin.configurable
@@ -295,17 +353,20 @@ def train(
 
     Give either `objective` (one throughout) or `curriculum` (step -> objective).
     `peak_flops_per_device` is the MFU denominator; unset, it is measured (float32 matmul).
+    MODEL_DIR is locked for the run (`checkpoints.RunLock`): a second trainer on it is refused.
     """
     if (objective is None) == (curriculum is None):
-        raise ValueError("train: bind exactly one of train.objective and train.curriculum")
+        raise gin_config.ConfigError("train: bind exactly one of train.objective and train.curriculum")
+    _check_run_arguments(steps, eval_every, eval_batches, log_every, microbatches)
     curriculum = curriculum or Curriculum.single(objective)
-    mesh = partitioning.make_mesh(mesh_config)
-    rules = partitioning.logical_axis_rules()
-    trainer = Trainer(model_dir, curriculum, optimizer, train_data, mesh, rules, checkpoint_config, microbatches, seed)
-    gin_config.write_operative_config(model_dir)
-    peak = peak_flops_per_device or measure_matmul_flops()
-    loop = _Loop(trainer, steps, eval_data, eval_every, eval_batches, log_every, peak * len(mesh.devices.flat))
-    summary = loop.run()
+    with checkpoints.RunLock(model_dir):
+        mesh = partitioning.make_mesh(mesh_config)
+        rules = partitioning.logical_axis_rules()
+        trainer = Trainer(model_dir, curriculum, optimizer, train_data, mesh, rules, checkpoint_config, microbatches, seed)
+        gin_config.write_operative_config(model_dir)
+        peak = peak_flops_per_device or measure_matmul_flops()
+        loop = _Loop(trainer, steps, eval_data, eval_every, eval_batches, log_every, peak * len(mesh.devices.flat))
+        summary = loop.run()
     print(summary.describe(), flush=True)
     return summary
 
@@ -328,13 +389,13 @@ class _Loop:
         logging.info("training steps %d -> %d in %s", first_step, self.steps, trainer.model_dir)
         batches = GlobalBatches(trainer.train_data, trainer.mesh, start_batch=start)
         writer = MetricsWriter(trainer.model_dir, self.steps, first_step)
+        writer.drop_after(first_step)
         try:
             state, metrics, preempted = self._steps(state, first_step, batches, writer)
         finally:
             writer.close()
         step = int(state.step)
-        trainer.checkpointer.save(step, state, batches.state(), force=True)
-        trainer.checkpointer.wait_until_finished()
+        _save_if_due(trainer.checkpointer, step, state, batches.state(), force=True)
         trainer.checkpointer.close()
         return TrainSummary(str(trainer.model_dir), first_step, step, metrics, self.eval_metrics, preempted)
 
@@ -355,7 +416,7 @@ class _Loop:
                 _check_finite(metrics, step, trainer.checkpointer)
                 window_steps += 1
                 writer.advance()
-                trainer.checkpointer.save(step + 1, state, batches.state())
+                _save_if_due(trainer.checkpointer, step + 1, state, batches.state())
                 if (step + 1) % self.log_every == 0 or step + 1 == self.steps:
                     seconds = (time.perf_counter() - window_start) / window_steps
                     flops = objective.train_flops(trainer.batch_spec)
@@ -386,10 +447,10 @@ def restore_trained(
     """
     mesh = partitioning.make_mesh(mesh_config)
     trainer = Trainer(model_dir, Curriculum.single(objective), optimizer, data, mesh,
-                      partitioning.logical_axis_rules(), checkpoint_config)
+                      partitioning.logical_axis_rules(), checkpoint_config, read_only=True)
     restored = trainer.checkpointer.restore(trainer.layout.abstract_state)
     if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {trainer.checkpointer.directory} and no restore path set")
+        raise checkpoints.CheckpointError(f"no checkpoint in {trainer.checkpointer.directory} and no restore path set")
     return trainer, restored[0]
 
 

@@ -1,9 +1,15 @@
 """Tests for littlehelp.checkpoints: round trips, resharding, corruption fall-back, retention, preemption."""
 
+import json
 import logging
 import os
 import pathlib
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import time
 
 import gin
 import jax
@@ -132,16 +138,24 @@ def _delete_array_metadata(step_dir: pathlib.Path) -> None:
 def test_corrupt_latest_step_falls_back_to_previous(tmp_path, caplog, corrupt):
     save_steps(tmp_path, [1, 2, 3], make_dict_state)
     corrupt(tmp_path / "3")
-    before = sorted(os.listdir(tmp_path))
+    files_of_3 = sorted(p.relative_to(tmp_path / "3") for p in (tmp_path / "3").rglob("*"))
     with caplog.at_level(logging.WARNING):
-        restored, data_state, step = Checkpointer(str(tmp_path), CheckpointConfig()).restore(
-            abstract_like(make_dict_state(0))
-        )
+        ckpt = Checkpointer(str(tmp_path), CheckpointConfig(save_interval_steps=1))
+        restored, data_state, step = ckpt.restore(abstract_like(make_dict_state(0)))
     assert step == 2
     assert data_state == {"seed": 0, "batches_consumed": 20}
     assert_bitwise_equal(restored, make_dict_state(2))
-    assert str(tmp_path / "3") in caplog.text
-    assert sorted(os.listdir(tmp_path)) == before
+    # The bad step is moved aside whole (nothing deleted) and said so in one short line.
+    (moved,) = (tmp_path / "corrupt").iterdir()
+    assert moved.name.startswith("3-")
+    assert sorted(p.relative_to(moved) for p in moved.rglob("*")) == files_of_3
+    warning = next(r.getMessage() for r in caplog.records if str(tmp_path / "3") in r.getMessage())
+    assert str(moved) in warning and "\n" not in warning and len(warning) < 700 and "TensorStore({" not in warning
+    # The recomputed step can be saved again, is restored next time, and keep-last-K ignores corrupt/.
+    assert ckpt.save(3, make_dict_state(3), {"seed": 0, "batches_consumed": 30})
+    ckpt.close()
+    assert Checkpointer(str(tmp_path), CheckpointConfig()).restore(abstract_like(make_dict_state(0)))[2] == 3
+    assert sorted(os.listdir(tmp_path)) == ["1", "2", "3", "corrupt"]
 
 
 def test_all_steps_corrupt_raises_naming_each_step(tmp_path):
@@ -152,8 +166,32 @@ def test_all_steps_corrupt_raises_naming_each_step(tmp_path):
     with pytest.raises(CheckpointError) as raised:
         ckpt.restore(abstract_like(make_state(0)))
     message = str(raised.value)
-    assert str(tmp_path / "1") in message and str(tmp_path / "2") in message
-    assert (tmp_path / "1" / "state").is_dir() and (tmp_path / "2" / "state").is_dir()
+    assert str(tmp_path / "1") in message and str(tmp_path / "2") in message and "\n" not in message
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "corrupt").iterdir()) == ["1", "2"]
+    assert all((p / "state").is_dir() for p in (tmp_path / "corrupt").iterdir())
+
+
+def test_read_only_checkpointer_creates_and_moves_nothing(tmp_path):
+    missing = tmp_path / "run" / "checkpoints"
+    assert Checkpointer(str(missing), CheckpointConfig(), read_only=True).restore(abstract_like(make_state(0))) is None
+    assert not (tmp_path / "run").exists()
+    save_steps(tmp_path / "ckpt", [1, 2])
+    _delete_array_metadata(tmp_path / "ckpt" / "2")
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), CheckpointConfig(), read_only=True)
+    assert ckpt.restore(abstract_like(make_state(0)))[2] == 1
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["1", "2"]
+
+
+def test_shape_mismatch_names_the_parameters_and_is_not_corruption(tmp_path):
+    save_steps(tmp_path, [1, 2])
+    smaller = make_state(0)
+    smaller = smaller.replace(params={"w": jnp.zeros((8, 32)), "b": smaller.params["b"]})
+    with pytest.raises(checkpoints.CheckpointMismatchError) as raised:
+        Checkpointer(str(tmp_path), CheckpointConfig()).restore(abstract_like(smaller))
+    message = str(raised.value)
+    assert "checkpoint has params/w [16, 32], the model expects [8, 32]" in message
+    assert "opt_state" not in message and "\n" not in message
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]
 
 
 def test_unfinished_save_is_ignored_and_left_in_place(tmp_path):
@@ -249,3 +287,100 @@ def test_config_is_gin_configurable_as_checkpoints_name():
         assert CheckpointConfig().max_to_keep == 5
     finally:
         gin.clear_config()
+
+
+@pytest.fixture
+def mount_point(tmp_path):
+    """A folder the test may mount over (root with mount rights only); unmounted afterwards."""
+    mounted = []
+
+    def mount(args: list[str], target: pathlib.Path) -> None:
+        result = subprocess.run(["mount", *args, str(target)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount here: {result.stderr.strip()}")
+        mounted.append(target)
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", str(target)], capture_output=True)  # a remount is undone with its mount
+
+
+def _read_only(mount, directory: pathlib.Path) -> None:
+    mount(["--bind", str(directory)], directory)
+    mount(["-o", "remount,bind,ro"], directory)
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_save_to_a_read_only_folder_fails_at_once_in_one_line(tmp_path, mount_point, async_save):
+    directory = tmp_path / "ckpt"
+    ckpt = Checkpointer(str(directory), CheckpointConfig(save_interval_steps=1, async_save=async_save))
+    assert ckpt.save(1, make_state(1), {})
+    ckpt.wait_until_finished()
+    _read_only(mount_point, directory)
+    start = time.monotonic()
+    with pytest.raises(checkpoints.CheckpointSaveError) as raised:
+        ckpt.save(2, make_state(2), {})
+    assert time.monotonic() - start < 10
+    assert str(raised.value) == (f"cannot save checkpoint step 2 to {directory}: Read-only file system [Errno 30]; "
+                                 "the steps already there are untouched")
+    assert Checkpointer(str(directory), CheckpointConfig(), read_only=True).restore(abstract_like(make_state(0)))[2] == 1
+
+
+def test_save_that_does_not_fit_says_how_much_is_needed(tmp_path, mount_point):
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    mount_point(["-t", "tmpfs", "-o", "size=16k", "tmpfs"], directory)
+    state = make_state(1).replace(params={"w": jnp.ones((256, 256)), "b": jnp.ones(4)})
+    needed = sum(x.nbytes for x in jax.tree.leaves(state)) * checkpoints.FREE_SPACE_MARGIN / 1e6
+    with pytest.raises(checkpoints.CheckpointSaveError, match=rf"needs about {needed:.1f} MB and 0.0 MB are free"):
+        Checkpointer(str(directory), CheckpointConfig(save_interval_steps=1)).save(1, state, {})
+
+
+def test_disk_filling_up_during_a_save_is_one_line_and_keeps_earlier_steps(tmp_path, mount_point, monkeypatch):
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    mount_point(["-t", "tmpfs", "-o", "size=512k", "tmpfs"], directory)
+    ckpt = Checkpointer(str(directory), CheckpointConfig(save_interval_steps=1, max_to_keep=1))
+    assert ckpt.save(1, make_state(1), {})
+    ckpt.wait_until_finished()
+    noise = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)  # incompressible 1 MB
+    big = make_state(2).replace(params={"w": jnp.asarray(noise), "b": jnp.ones(4)})
+    # The free-space estimate is fooled, so the write itself runs out of space.
+    plenty = shutil.disk_usage("/")
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: plenty)
+    with pytest.raises(checkpoints.CheckpointSaveError, match=r"^cannot save checkpoint step 2 to .*: No space left"):
+        ckpt.save(2, big, {})
+        ckpt.wait_until_finished()
+    restored = Checkpointer(str(directory), CheckpointConfig(), read_only=True).restore(abstract_like(make_state(0)))
+    assert restored[2] == 1
+    assert_bitwise_equal(restored[0], make_state(1))
+
+
+def _lock_holder_process() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, caplog):
+    live = _lock_holder_process()
+    try:
+        holder = {"host": socket.gethostname(), "pid": live.pid, "started": "2026-12-01 08:00:00",
+                  "process_start": checkpoints._process_start(live.pid)}
+        (tmp_path / checkpoints.LOCK_NAME).write_text(json.dumps(holder))
+        with pytest.raises(checkpoints.RunLockedError, match=rf"in use by another trainer \(pid {live.pid} on "):
+            checkpoints.RunLock(tmp_path).acquire()
+    finally:
+        live.kill()
+        live.wait()
+    with caplog.at_level(logging.WARNING):
+        with checkpoints.RunLock(tmp_path) as lock:
+            assert json.loads(pathlib.Path(lock.path).read_text())["pid"] == os.getpid()
+            with pytest.raises(checkpoints.RunLockedError, match=f"pid {os.getpid()}"):
+                checkpoints.RunLock(tmp_path).acquire()
+    assert f"process that is gone (pid {live.pid}" in caplog.text
+    assert not (tmp_path / checkpoints.LOCK_NAME).exists()
+
+
+def test_run_lock_of_another_host_is_refused_with_how_to_clear_it(tmp_path):
+    (tmp_path / checkpoints.LOCK_NAME).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "then"}))
+    with pytest.raises(checkpoints.RunLockedError, match="pid 1 on elsewhere since then.*delete .*run.lock if it is gone"):
+        checkpoints.RunLock(tmp_path).acquire()
