@@ -31,7 +31,7 @@ import optax
 import seqio
 
 from littlehelp import flops, losses
-from littlehelp.data.vocab import EOS_ID, NUM_SENTINELS
+from littlehelp.data.vocab import EOS_ID, NUM_SENTINELS, load_vocabulary
 from littlehelp.models import EncoderConfig, T5, T5Config
 from littlehelp.objectives import Batch, Curriculum, EncoderDecoderObjective, Metrics, Params
 from spactor.generator import Generator
@@ -42,8 +42,13 @@ MASKED_LOGIT = -1e9  # added to the generator's logits of ids it may not predict
 
 @gin.configurable(module="spactor")
 def task_vocabulary_size(task: str = gin.REQUIRED) -> int:
-    """The vocabulary size (sentinels included) of a registered seqio Task or Mixture's inputs."""
-    return seqio.get_mixture_or_task(task).output_features["inputs"].vocabulary.vocab_size
+    """The vocabulary size (sentinels included) of a registered seqio Task or Mixture's inputs.
+
+    An unloadable vocabulary file is reported by name (`vocab.VocabularyError`).
+    """
+    vocabulary = seqio.get_mixture_or_task(task).output_features["inputs"].vocabulary
+    load_vocabulary(vocabulary)
+    return vocabulary.vocab_size
 
 
 def ordinary_tokens(tokens: Array, first_sentinel_id: int) -> Array:

@@ -182,3 +182,25 @@ def test_a_stage_updates_only_the_models_it_trains(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, after[1]["b"], before[1]["b"])
     changed = jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.any(x != y)), after[0]["a"], before[0]["a"]))
     assert all(changed)
+
+
+def test_a_state_that_overflows_is_never_saved_though_its_loss_was_finite(tmp_path):
+    """Step 3's loss is finite but its update (learning rate Inf) fills the parameters with Inf/NaN:
+    that state (step 4) must not be written, and the named last good step must be finite."""
+    blow_up = optax.sgd(lambda count: jnp.where(count >= 3, jnp.inf, 0.1))
+    optimizer = Optimizer(blow_up, optax.constant_schedule(0.1))
+    with pytest.raises(trainer.NonFiniteLossError,
+                       match=r"state after step 3 has NaN or Inf in \d+ of \d+ arrays .*last good checkpoint is step 3"):
+        _run(tmp_path, Curriculum.single(DecoderObjective(TINY_DECODER)), lm_data(), steps=8, optimizer=optimizer,
+             save_interval_steps=1, max_to_keep=3)
+    directory = tmp_path / "checkpoints"
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    assert steps == [1, 2, 3]
+    for step in steps:
+        assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(checkpoints.read_arrays(directory / str(step)))
+                   if np.issubdtype(a.dtype, np.floating))
+
+
+def test_nonfinite_arrays_names_each_array_with_nan_or_inf():
+    state = {"a": jnp.ones(3), "b": jnp.array([1.0, jnp.inf]), "c": jnp.array([jnp.nan]), "n": jnp.arange(2)}
+    assert trainer.nonfinite_arrays(state) == ["['b']", "['c']"]

@@ -5,12 +5,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import seqio
 from scipy import special
 
+from littlehelp.data import tasks, vocab
 from littlehelp.models import T5, T5Config
 from littlehelp.objectives import EncoderDecoderObjective
 from spactor import generator_config
-from spactor.objective import choose_masked, ordinary_tokens
+from spactor.objective import choose_masked, ordinary_tokens, task_vocabulary_size
+from tests.data.fixtures import generated_documents
 from tests.helpers import TINY_T5
 from tests.spactor.helpers import DATA_VOCAB, SENTINELS, init, span_corrupted_batch, tiny_hybrid
 
@@ -190,3 +193,12 @@ def test_train_flops_add_the_generator_projection_and_rtd_head():
     forward = g.num_layers * layer + 2 * b * l * d * v + 2 * b * l * big * d + 2 * b * l * big
     sc = objective.span_corruption.train_flops(spec)
     assert objective.train_flops(spec) == pytest.approx(sc + 3 * forward, rel=1e-12)
+
+
+def test_vocabulary_size_of_a_task_with_an_unloadable_vocabulary_names_the_file(tmp_path):
+    garbage = tmp_path / "garbage.model"
+    garbage.write_bytes(np.random.default_rng(1).bytes(2000))
+    names = tasks.register_text_tasks("spactor_garbage_vocab", tasks.TextSource(generated_documents),
+                                      seqio.SentencePieceVocabulary(str(garbage), extra_ids=100))
+    with pytest.raises(vocab.VocabularyError, match=f"^vocabulary {garbage} cannot be loaded: DecodeError"):
+        task_vocabulary_size(names[0])
