@@ -19,7 +19,8 @@ from absl import logging
 
 from littlehelp import checkpoints, decoding, partitioning
 from littlehelp.data import DatasetConfig, pipeline
-from littlehelp.objectives import DecoderObjective, EncoderDecoderObjective, Objective
+from littlehelp.models import StepwiseModel
+from littlehelp.objectives import Objective
 from littlehelp.optimizers import Optimizer
 from littlehelp.trainer import restore_trained
 
@@ -36,9 +37,13 @@ class DecodingConfig:
     prompt_length: int = 16  # decoder-only models: tokens of each example used as the prompt
     seed: int = 0
 
+    @property
+    def sampling(self) -> decoding.Sampling:
+        """The sampling settings (validated: a bad value is refused when the config is made)."""
+        return decoding.Sampling(self.temperature, self.top_k, self.top_p)
+
     def __post_init__(self) -> None:
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"DecodingConfig: need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {self}")
+        _ = self.sampling
 
 
 def first_examples(data: DatasetConfig, count: int) -> dict[str, np.ndarray]:
@@ -50,24 +55,25 @@ def first_examples(data: DatasetConfig, count: int) -> dict[str, np.ndarray]:
         raise ValueError(f"{data.name!r} split {data.split!r} has fewer than {count} examples") from None
 
 
-def decode_examples(objective: Objective, params, batch: dict[str, np.ndarray], config: DecodingConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(prompts or inputs, predictions) token arrays for a host batch."""
-    rng = jax.random.key(config.seed)
-    sampling = dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
-    model_params = params[objective.model_key]
-    if isinstance(objective, EncoderDecoderObjective):
-        inputs = batch["encoder_input_tokens"]
-        predictions = decoding.generate_t5(objective.model, model_params, inputs, config.max_decode_length, rng, **sampling)
-        return inputs, np.asarray(predictions)
-    if isinstance(objective, DecoderObjective):
+def decode_examples(model: StepwiseModel, params, batch: dict[str, np.ndarray], config: DecodingConfig,
+                    eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(prompts or inputs, predictions) token arrays for a host batch.
+
+    A model with an encoder ("encoder_input_tokens" in the batch) decodes from its start token 0;
+    a decoder-only model continues the first `prompt_length` tokens of each example.
+    """
+    rng, size = jax.random.key(config.seed), len(batch["decoder_target_tokens"])
+    if "encoder_input_tokens" in batch:
+        sources = batch["encoder_input_tokens"]
+        prompts, lengths, inputs = np.zeros((size, 1), np.int32), np.ones(size, np.int32), {"encoder_input_tokens": sources}
+    else:
         targets = batch["decoder_target_tokens"]
-        lengths = np.minimum((targets != 0).sum(axis=1), config.prompt_length)
+        lengths = np.maximum(np.minimum((targets != 0).sum(axis=1), config.prompt_length), 1)
         prompts = np.where(np.arange(config.prompt_length) < lengths[:, None], targets[:, : config.prompt_length], 0)
-        predictions = decoding.generate_decoder(
-            objective.model, model_params, prompts, lengths, config.max_decode_length, rng, **sampling
-        )
-        return prompts, np.asarray(predictions)
-    raise TypeError(f"infer: no decoder for objective {type(objective).__name__}")
+        sources, inputs = prompts, None
+    predictions = decoding.generate(model, params, prompts, lengths, config.max_decode_length, rng, config.sampling,
+                                    eos_id, inputs)
+    return sources, np.asarray(predictions)
 
 
 def _text(vocabulary: seqio.Vocabulary, tokens: np.ndarray) -> str:
@@ -92,8 +98,9 @@ def infer(
     _, state = restore_trained(model_dir, objective, optimizer, data, mesh_config, checkpoint_config)
     params = jax.device_get(state.params)
     batch = first_examples(data, num_examples)
-    sources, predictions = decode_examples(objective, params, batch, decoding_config)
     vocabulary = seqio.get_mixture_or_task(data.name).output_features["targets"].vocabulary
+    sources, predictions = decode_examples(objective.model, params[objective.model_key], batch, decoding_config,
+                                           vocabulary.eos_id)
     records = [
         {"input": _text(vocabulary, s), "target": _text(vocabulary, t), "prediction": _text(vocabulary, p)}
         for s, t, p in zip(sources, batch["decoder_target_tokens"], predictions)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from littlehelp import flops, losses
-from littlehelp.models import DecoderConfig, DecoderLM, T5, T5Config
+from littlehelp.models import Model
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -61,36 +61,35 @@ def _token_metrics(sums: losses.TokenLossSums) -> tuple[jax.Array, Metrics]:
     }
 
 
-def _dropout_rngs(rng: jax.Array, rate: float) -> dict[str, jax.Array]:
-    return {"dropout": rng} if rate > 0 else {}
-
-
 class _TokenObjective:
     """Cross-entropy (+ z-loss) of one model's logits against `decoder_target_tokens`.
 
-    Subclasses build the model from its config and say how to call it (`logits`).
+    The model is any `littlehelp.models.Model` (e.g. `@models.build_model()` in gin); its
+    parameters live under `model_key`.
     """
 
     kind = ""
 
-    def __init__(self, model_config: Any, model: Any, z_loss: float, model_key: str):
-        self.config = model_config
+    def __init__(self, model: Model, z_loss: float, model_key: str):
         self.model = model
+        self.config = model.config
         self.z_loss = z_loss
         self.model_key = model_key
         self.trainable_keys = (model_key,)
         self.name = f"{self.kind}[{model_key}]"
 
-    def logits(self, params: Params, batch: Batch, rng: jax.Array) -> jax.Array:
-        """The model's logits on a batch (packed features used when present)."""
-        raise NotImplementedError
+    def init_params(self, rng: jax.Array, batch: Batch) -> Params:
+        return {self.model_key: self.model.init(rng, batch)}
 
     def loss(self, params: Params, batch: Batch, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
-        logits = self.logits(params, batch, rng)
+        logits = self.model.logits(params[self.model_key], batch, rng)
         sums = losses.cross_entropy_with_z_loss(
             logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], self.z_loss
         )
         return _token_metrics(sums)
+
+    def train_flops(self, batch: Batch) -> float:
+        return flops.TRAIN_MULTIPLIER * self.model.forward_flops(batch)
 
 
 @gin.configurable
@@ -99,31 +98,8 @@ class EncoderDecoderObjective(_TokenObjective):
 
     kind = "encoder_decoder"
 
-    def __init__(self, model_config: T5Config = gin.REQUIRED, z_loss: float = 1e-4, model_key: str = "model"):
-        super().__init__(model_config, T5(model_config), z_loss, model_key)
-
-    def init_params(self, rng: jax.Array, batch: Batch) -> Params:
-        variables = self.model.init(rng, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
-        return {self.model_key: variables["params"]}
-
-    def logits(self, params: Params, batch: Batch, rng: jax.Array) -> jax.Array:
-        return self.model.apply(
-            {"params": params[self.model_key]},
-            batch["encoder_input_tokens"],
-            batch["decoder_input_tokens"],
-            encoder_segment_ids=batch.get("encoder_segment_ids"),
-            decoder_segment_ids=batch.get("decoder_segment_ids"),
-            encoder_positions=batch.get("encoder_positions"),
-            decoder_positions=batch.get("decoder_positions"),
-            deterministic=self.config.dropout_rate == 0,
-            rngs=_dropout_rngs(rng, self.config.dropout_rate),
-        )
-
-    def train_flops(self, batch: Batch) -> float:
-        size, inputs_length = batch["encoder_input_tokens"].shape
-        targets_length = batch["decoder_target_tokens"].shape[1]
-        forward = flops.t5_forward_flops(self.config, size, inputs_length, targets_length)
-        return flops.TRAIN_MULTIPLIER * forward
+    def __init__(self, model: Model = gin.REQUIRED, z_loss: float = 1e-4, model_key: str = "model"):
+        super().__init__(model, z_loss, model_key)
 
 
 @gin.configurable
@@ -132,26 +108,8 @@ class DecoderObjective(_TokenObjective):
 
     kind = "decoder"
 
-    def __init__(self, model_config: DecoderConfig = gin.REQUIRED, z_loss: float = 1e-4, model_key: str = "model"):
-        super().__init__(model_config, DecoderLM(model_config), z_loss, model_key)
-
-    def init_params(self, rng: jax.Array, batch: Batch) -> Params:
-        variables = self.model.init(rng, batch["decoder_input_tokens"])
-        return {self.model_key: variables["params"]}
-
-    def logits(self, params: Params, batch: Batch, rng: jax.Array) -> jax.Array:
-        return self.model.apply(
-            {"params": params[self.model_key]},
-            batch["decoder_input_tokens"],
-            segment_ids=batch.get("decoder_segment_ids"),
-            positions=batch.get("decoder_positions"),
-            deterministic=self.config.dropout_rate == 0,
-            rngs=_dropout_rngs(rng, self.config.dropout_rate),
-        )
-
-    def train_flops(self, batch: Batch) -> float:
-        size, length = batch["decoder_target_tokens"].shape
-        return flops.TRAIN_MULTIPLIER * flops.decoder_forward_flops(self.config, size, length)
+    def __init__(self, model: Model = gin.REQUIRED, z_loss: float = 1e-4, model_key: str = "model"):
+        super().__init__(model, z_loss, model_key)
 
 
 @gin.configurable

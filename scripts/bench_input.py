@@ -31,7 +31,7 @@ import gin  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from littlehelp import config as gin_config, objectives  # noqa: E402
+from littlehelp import config as gin_config, models, objectives  # noqa: E402
 from littlehelp.data import DatasetConfig, pipeline  # noqa: E402
 from littlehelp.models import T5Config  # noqa: E402
 
@@ -75,7 +75,7 @@ def flops_per_example(config: T5Config) -> float:
     spec = {"encoder_input_tokens": jax.ShapeDtypeStruct((1, SPAN_LENGTHS["inputs"]), np.int32),
             "decoder_target_tokens": jax.ShapeDtypeStruct((1, SPAN_LENGTHS["targets"]), np.int32),
             "decoder_input_tokens": jax.ShapeDtypeStruct((1, SPAN_LENGTHS["targets"]), np.int32)}
-    return objectives.EncoderDecoderObjective(config).train_flops(spec)
+    return objectives.EncoderDecoderObjective(models.build_model(config)).train_flops(spec)
 
 
 def cpu_train_flops() -> float:

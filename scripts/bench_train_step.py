@@ -89,14 +89,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def build_objective_and_optimizer(config: BenchConfig):
     """The project's Objective and Optimizer for a benchmark configuration."""
-    from littlehelp import objectives, optimizers
+    from littlehelp import models, objectives, optimizers
     from littlehelp.models import DecoderConfig, T5Config
 
     schedule = optimizers.inverse_sqrt_schedule()
     if config.kind == "t5":
-        objective = objectives.EncoderDecoderObjective(T5Config(**config.model), z_loss=1e-4)
+        objective = objectives.EncoderDecoderObjective(models.build_model(T5Config(**config.model)), z_loss=1e-4)
         return objective, optimizers.adafactor(schedule, decay_rate=0.8, factored=True)
-    objective = objectives.DecoderObjective(DecoderConfig(**config.model), z_loss=1e-4)
+    objective = objectives.DecoderObjective(models.build_model(DecoderConfig(**config.model)), z_loss=1e-4)
     return objective, optimizers.adamw(schedule)
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from littlehelp import checkpoints, decoding, optimizers, partitioning, trainer
 from littlehelp.data import DatasetConfig
 from littlehelp.data.vocab import EOS_ID
-from littlehelp.models import T5Config
+from littlehelp.models import T5Config, build_model
 from littlehelp.objectives import Curriculum, Objective
 from spactor import HybridObjective, flops_ratio, generator_config, total_flops_ratio
 from spactor.objective import task_vocabulary_size
@@ -71,7 +71,7 @@ class Study:
         size = SIZES[args.size]
         t5 = T5Config(vocab_size=8192, **size["model"])
         self.args, self.steps = args, args.steps or size["steps"]
-        self.hybrid = HybridObjective(t5, generator_config(t5), data_vocab_size=task_vocabulary_size(TASK))
+        self.hybrid = HybridObjective(build_model(t5), generator_config(t5), data_vocab_size=task_vocabulary_size(TASK))
         self.sc = self.hybrid.span_corruption
         batch = args.batch_size or size["batch"]
         self.train_data = DatasetConfig(TASK, size["lengths"], batch, seed=args.seed)
@@ -122,8 +122,11 @@ class Study:
         """Span-filling exact match of greedy decoding on the evaluation batches."""
         hits = spans = 0
         for batch in self.eval_batches[: self.args.probe_batches]:
-            predicted = decoding.generate_t5(self.sc.model, state.params["t5"], jnp.asarray(batch["encoder_input_tokens"]),
-                                             batch["decoder_target_tokens"].shape[1], jax.random.key(0))
+            size = len(batch["encoder_input_tokens"])
+            predicted = decoding.generate(
+                self.sc.model, state.params["t5"], jnp.zeros((size, 1), jnp.int32), jnp.ones(size, jnp.int32),
+                batch["decoder_target_tokens"].shape[1], jax.random.key(0), eos_id=EOS_ID,
+                inputs={"encoder_input_tokens": jnp.asarray(batch["encoder_input_tokens"])})
             for gold, guess in zip(batch["decoder_target_tokens"], np.asarray(predicted)):
                 gold_spans, guess_spans = _spans(gold, self.hybrid.first_sentinel_id), _spans(guess, self.hybrid.first_sentinel_id)
                 hits += sum(guess_spans.get(s) == tokens for s, tokens in gold_spans.items())

@@ -32,7 +32,7 @@ import seqio
 
 from littlehelp import flops, losses
 from littlehelp.data.vocab import EOS_ID, NUM_SENTINELS, load_vocabulary
-from littlehelp.models import EncoderConfig, T5, T5Config
+from littlehelp.models import EncoderConfig, T5Config, T5Model
 from littlehelp.objectives import Batch, Curriculum, EncoderDecoderObjective, Metrics, Params
 from spactor.generator import Generator
 
@@ -97,15 +97,6 @@ class HybridInputs:
     generator_logits: Array  # [batch, length, vocab], ids the generator may not produce masked
 
 
-def _encode_and_decode(module: T5, batch: Batch, encoder_tokens: Array, deterministic: bool) -> tuple[Array, Array]:
-    """One T5 pass giving both the encoder states and the decoder logits."""
-    encoded = module.encode(encoder_tokens, batch.get("encoder_segment_ids"), deterministic,
-                            batch.get("encoder_positions"))
-    logits = module.decode(encoded, encoder_tokens, batch["decoder_input_tokens"], batch.get("encoder_segment_ids"),
-                           batch.get("decoder_segment_ids"), batch.get("decoder_positions"), deterministic)
-    return encoded, logits
-
-
 def _sigmoid_cross_entropy(logits: Array, labels: Array, weights: Array) -> tuple[Array, Array]:
     """(mean loss, accuracy) of per-token binary logits over the weighted tokens."""
     per_token = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), labels)
@@ -129,7 +120,7 @@ class HybridObjective:
 
     def __init__(
         self,
-        model_config: T5Config = gin.REQUIRED,
+        model: T5Model = gin.REQUIRED,
         generator_config: EncoderConfig = gin.REQUIRED,
         data_vocab_size: int = gin.REQUIRED,
         num_sentinels: int = NUM_SENTINELS,
@@ -141,6 +132,7 @@ class HybridObjective:
         z_loss: float = 1e-4,
         model_key: str = "t5",
     ):
+        model_config = model.config
         self.mask_id = data_vocab_size if mask_id is None else mask_id
         _check_settings(model_config, generator_config, data_vocab_size, num_sentinels, mask_rate, temperature,
                         self.mask_id)
@@ -148,8 +140,8 @@ class HybridObjective:
         self.first_sentinel_id = data_vocab_size - num_sentinels
         self.mask_rate, self.temperature = mask_rate, temperature
         self.mlm_weight, self.rtd_weight = mlm_weight, rtd_weight
-        self.span_corruption = EncoderDecoderObjective(model_config, z_loss=z_loss, model_key=model_key)
-        self.model_key = model_key
+        self.span_corruption = EncoderDecoderObjective(model, z_loss=z_loss, model_key=model_key)
+        self.model, self.model_key = model, model_key
         self.generator = Generator(generator_config)
         self.rtd_head = RtdHead(model_config.dtype)
         self.trainable_keys = (model_key, "generator", "rtd_head")
@@ -191,10 +183,10 @@ class HybridObjective:
         mlm = losses.cross_entropy_with_z_loss(inputs.generator_logits, batch["encoder_input_tokens"],
                                                inputs.masked.astype(jnp.float32))
         mlm_weight = jnp.maximum(mlm.weight, 1.0)
-        encoded, logits = self.span_corruption.model.apply(
-            {"params": params[self.model_key]}, batch, inputs.corrupted, self.config.dropout_rate == 0,
-            method=_encode_and_decode, rngs=_dropout_rngs(t5_rng, self.config.dropout_rate),
-        )
+        t5_params = params[self.model_key]
+        corrupted = dict(batch, encoder_input_tokens=inputs.corrupted)
+        encoded, hidden = self.model.encoder_and_decoder_states(t5_params, corrupted, t5_rng)
+        logits = self.model.logits_from_hidden(t5_params, hidden)
         sc_loss, sc_metrics = _token_metrics(losses.cross_entropy_with_z_loss(
             logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], self.span_corruption.z_loss))
         rtd_logits = self.rtd_head.apply({"params": params["rtd_head"]}, encoded)

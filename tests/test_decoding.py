@@ -1,42 +1,109 @@
-"""Sampling and KV-cache generation, checked against full recomputation and numpy."""
-import flax.linen as nn
+"""The stepwise model API and the one sampling loop, checked against full recomputation and numpy."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from littlehelp import decoding
-from littlehelp.models import DecoderConfig, DecoderLM, T5, T5Config
+from littlehelp.models import DecoderConfig, T5Config, build_model, rollback
 
 VOCAB = 40
-DECODER = DecoderLM(DecoderConfig(vocab_size=VOCAB, emb_dim=16, num_layers=2, num_heads=4,
-                                  num_kv_heads=2, head_dim=8, mlp_dim=24))
-ENC_DEC = T5(T5Config(vocab_size=VOCAB, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
-                      num_encoder_layers=2, num_decoder_layers=2))
+DECODER = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=16, num_layers=2, num_heads=4,
+                                    num_kv_heads=2, head_dim=8, mlp_dim=24))
+ENC_DEC = build_model(T5Config(vocab_size=VOCAB, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
+                               num_encoder_layers=2, num_decoder_layers=2))
 PROMPTS = [[5, 6], [7, 8, 9, 10, 11], [12, 13, 14]]
 NEW_TOKENS = 6
 CHI2_999 = {4: 18.47, 9: 27.88}  # 99.9% quantiles of chi-square by degrees of freedom
+ENCODER_INPUTS = jnp.array([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12], [13, 14, 0, 0, 0]])
 
 
 @pytest.fixture(scope="module")
 def decoder_params():
-    """Parameters as init returns them: boxed with their logical axis names."""
-    params = jax.jit(DECODER.init)(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))["params"]
-    assert isinstance(params["token_embedder"]["embedding"], nn.Partitioned)
-    return params
+    ones = jnp.ones((1, 4), jnp.int32)
+    return jax.jit(DECODER.init)(jax.random.PRNGKey(0), {"decoder_input_tokens": ones})
 
 
 @pytest.fixture(scope="module")
 def t5_params():
     ones = jnp.ones((1, 4), jnp.int32)
-    return jax.jit(ENC_DEC.init)(jax.random.PRNGKey(1), ones, ones)["params"]
+    return jax.jit(ENC_DEC.init)(jax.random.PRNGKey(1), {"encoder_input_tokens": ones, "decoder_input_tokens": ones})
 
 
-def _padded_prompts():
-    tokens = np.zeros((len(PROMPTS), max(map(len, PROMPTS))), np.int32)
-    for row, prompt in enumerate(PROMPTS):
-        tokens[row, :len(prompt)] = prompt
-    return jnp.asarray(tokens), jnp.asarray([len(p) for p in PROMPTS])
+def _padded(rows):
+    tokens = np.zeros((len(rows), max(map(len, rows))), np.int32)
+    for row, values in enumerate(rows):
+        tokens[row, :len(values)] = values
+    return jnp.asarray(tokens), jnp.asarray([len(r) for r in rows], jnp.int32)
+
+
+def _full_logits(model, params, tokens, inputs=None):
+    """Teacher-forced logits of whole sequences [b, l] (no cache)."""
+    batch = {"decoder_input_tokens": tokens} | ({"encoder_input_tokens": inputs} if inputs is not None else {})
+    return model.logits(params, batch)
+
+
+@pytest.mark.parametrize("kind", ["decoder", "t5"])
+def test_prefill_then_extend_equals_full_recomputation(kind, decoder_params, t5_params):
+    model, params, inputs = (DECODER, decoder_params, None) if kind == "decoder" else (ENC_DEC, t5_params, ENCODER_INPUTS)
+    sequences = np.array([[3, 5, 6, 21, 22, 23, 24], [3, 7, 8, 9, 10, 25, 26], [3, 12, 13, 14, 27, 28, 29]], np.int32)
+    prompts, lengths = _padded([list(row[:n]) for row, n in zip(sequences, (2, 4, 3))])
+    cache = model.init_cache(params, 3, 12, None if inputs is None else {"encoder_input_tokens": inputs})
+    last, cache = model.prefill(params, cache, prompts, lengths)
+    full = _full_logits(model, params, jnp.asarray(sequences), inputs)
+    np.testing.assert_allclose(last, full[jnp.arange(3), lengths - 1], rtol=1e-5, atol=1e-5)
+    # Two more tokens per row, each row continuing after its own prompt.
+    following = jnp.asarray([row[n:n + 2] for row, n in zip(sequences, (2, 4, 3))])
+    step_logits, cache = model.extend(params, cache, following)
+    expected = jnp.stack([full[r, n:n + 2] for r, n in enumerate((2, 4, 3))])
+    np.testing.assert_allclose(step_logits, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(cache.lengths, lengths + 2)
+
+
+@pytest.mark.parametrize("kind", ["decoder", "t5"])
+def test_rollback_to_per_row_lengths_equals_never_extending(kind, decoder_params, t5_params):
+    model, params, inputs = (DECODER, decoder_params, None) if kind == "decoder" else (ENC_DEC, t5_params, ENCODER_INPUTS)
+    conditioning = None if inputs is None else {"encoder_input_tokens": inputs}
+    prompts, lengths = _padded([[3, 5], [3, 7, 8], [3, 12, 13, 14]])
+    _, start = model.prefill(params, model.init_cache(params, 3, 16, conditioning), prompts, lengths)
+    drafted = jnp.asarray([[30, 31, 32], [33, 34, 35], [36, 37, 38]])
+    _, extended = model.extend(params, start, drafted)
+    kept = jnp.asarray([0, 2, 1])  # each row keeps its own number of drafted tokens
+    rolled = rollback(extended, lengths + kept)
+    follow = jnp.asarray([[20, 21], [22, 23], [24, 25]])
+    got, got_cache = model.extend(params, rolled, follow)
+    # Reference: a fresh cache fed only the kept tokens, row by row, then the same follow-up.
+    for row in range(3):
+        row_cond = None if inputs is None else {"encoder_input_tokens": inputs[row:row + 1]}
+        tokens = jnp.concatenate([prompts[row, :lengths[row]], drafted[row, :kept[row]]])[None]
+        cache = model.init_cache(params, 1, 16, row_cond)
+        _, cache = model.prefill(params, cache, tokens, jnp.asarray([tokens.shape[1]]))
+        want, _ = model.extend(params, cache, follow[row:row + 1])
+        np.testing.assert_allclose(got[row], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got_cache.lengths, lengths + kept + 2)
+
+
+@pytest.mark.parametrize("kind", ["decoder", "t5"])
+def test_input_embeddings_of_the_tokens_give_the_same_logits(kind, decoder_params, t5_params):
+    model, params = (DECODER, decoder_params) if kind == "decoder" else (ENC_DEC, t5_params)
+    tokens = jnp.asarray([[3, 5, 6, 7], [3, 8, 9, 0]])
+    batch = {"decoder_input_tokens": tokens, "encoder_input_tokens": ENCODER_INPUTS[:2]}
+    fed = tokens if kind == "decoder" else ENCODER_INPUTS[:2]
+    np.testing.assert_allclose(model.logits(params, batch, input_embeddings=model.embed(params, fed)),
+                               model.logits(params, batch), rtol=1e-6, atol=1e-6)
+    hidden = model.hidden_states(params, batch)
+    np.testing.assert_allclose(model.logits_from_hidden(params, hidden), model.logits(params, batch),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_prefill_takes_a_soft_prompt(decoder_params):
+    """A decoder prompt given as embeddings decodes as the same prompt given as tokens."""
+    prompts, lengths = _padded([[3, 5, 6], [3, 7, 0]])
+    embeddings = DECODER.embed(decoder_params, prompts)
+    cache = DECODER.init_cache(decoder_params, 2, 8)
+    by_tokens, _ = DECODER.prefill(decoder_params, cache, prompts, lengths)
+    by_embeddings, _ = DECODER.prefill(decoder_params, cache, prompts, lengths, input_embeddings=embeddings)
+    np.testing.assert_allclose(by_embeddings, by_tokens, rtol=1e-6, atol=1e-6)
 
 
 def _greedy_by_recomputation(logits_fn, start, length, eos_id):
@@ -54,47 +121,52 @@ def _greedy_by_recomputation(logits_fn, start, length, eos_id):
 
 
 def _decoder_reference(params, eos_id):
-    logits_fn = jax.jit(lambda t: DECODER.apply({"params": params}, t))
+    logits_fn = jax.jit(lambda t: _full_logits(DECODER, params, t))
     return [_greedy_by_recomputation(logits_fn, p, NEW_TOKENS, eos_id) for p in PROMPTS]
 
 
-def test_cached_greedy_decoder_matches_recomputation(decoder_params):
-    tokens, lengths = _padded_prompts()
-    got = decoding.generate_decoder(DECODER, decoder_params, tokens, lengths, NEW_TOKENS,
-                                    jax.random.PRNGKey(0), eos_id=-1)
-    np.testing.assert_array_equal(got, _decoder_reference(decoder_params, eos_id=-1))
+def _generate(params, eos_id=-1, sampling=decoding.Sampling(), rng=0):
+    tokens, lengths = _padded(PROMPTS)
+    return decoding.generate(DECODER, params, tokens, lengths, NEW_TOKENS, jax.random.PRNGKey(rng), sampling, eos_id)
+
+
+def test_greedy_decoder_matches_recomputation(decoder_params):
+    np.testing.assert_array_equal(_generate(decoder_params), _decoder_reference(decoder_params, eos_id=-1))
 
 
 def test_decoder_emits_padding_after_eos(decoder_params):
-    tokens, lengths = _padded_prompts()
-    free = decoding.generate_decoder(DECODER, decoder_params, tokens, lengths, NEW_TOKENS,
-                                     jax.random.PRNGKey(0), eos_id=-1)
-    eos_id = int(free[1, 2])  # a token the second row emits third
-    got = np.asarray(decoding.generate_decoder(DECODER, decoder_params, tokens, lengths,
-                                               NEW_TOKENS, jax.random.PRNGKey(0), eos_id=eos_id))
+    eos_id = int(_generate(decoder_params)[1, 2])  # a token the second row emits third
+    got = np.asarray(_generate(decoder_params, eos_id=eos_id))
     first_eos = list(got[1]).index(eos_id)
     assert first_eos <= 2 and not got[1, first_eos + 1:].any()
     np.testing.assert_array_equal(got, _decoder_reference(decoder_params, eos_id))
 
 
 def test_top_k_one_is_greedy(decoder_params):
-    tokens, lengths = _padded_prompts()
-    greedy = decoding.generate_decoder(DECODER, decoder_params, tokens, lengths, NEW_TOKENS,
-                                       jax.random.PRNGKey(0), eos_id=-1)
-    top1 = decoding.generate_decoder(DECODER, decoder_params, tokens, lengths, NEW_TOKENS,
-                                     jax.random.PRNGKey(5), temperature=1.5, top_k=1, eos_id=-1)
-    np.testing.assert_array_equal(top1, greedy)
+    top1 = _generate(decoder_params, sampling=decoding.Sampling(temperature=1.5, top_k=1), rng=5)
+    np.testing.assert_array_equal(top1, _generate(decoder_params))
 
 
-def test_cached_greedy_t5_matches_recomputation(t5_params):
-    inputs = jnp.array([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
-    got = decoding.generate_t5(ENC_DEC, t5_params, inputs, NEW_TOKENS, jax.random.PRNGKey(0),
-                               eos_id=-1)
-    for row in range(inputs.shape[0]):
-        logits_fn = jax.jit(lambda t, row=row: ENC_DEC.apply({"params": t5_params},
-                                                             inputs[row:row + 1], t))
-        expected = _greedy_by_recomputation(logits_fn, [0], NEW_TOKENS, eos_id=-1)
-        np.testing.assert_array_equal(got[row], expected)
+def test_greedy_t5_matches_recomputation(t5_params):
+    size = ENCODER_INPUTS.shape[0]
+    got = decoding.generate(ENC_DEC, t5_params, jnp.zeros((size, 1), jnp.int32), jnp.ones(size, jnp.int32), NEW_TOKENS,
+                            jax.random.PRNGKey(0), eos_id=-1, inputs={"encoder_input_tokens": ENCODER_INPUTS})
+    for row in range(size):
+        logits_fn = jax.jit(lambda t, row=row: _full_logits(ENC_DEC, t5_params, t, ENCODER_INPUTS[row:row + 1]))
+        np.testing.assert_array_equal(got[row], _greedy_by_recomputation(logits_fn, [0], NEW_TOKENS, eos_id=-1))
+
+
+def test_filtered_distribution_is_what_sampling_draws_from():
+    logits = jnp.asarray(np.random.default_rng(2).normal(size=(1, 12)) * 2, jnp.float32)
+    probs = np.asarray(decoding.filtered_distribution(logits, temperature=0.8, top_k=6, top_p=0.9))[0]
+    samples = decoding.sample_logits(jnp.tile(logits, (20000, 1)), jax.random.PRNGKey(3), 0.8, 6, 0.9)
+    counts = np.bincount(np.asarray(samples), minlength=12)
+    support = probs > 0
+    assert set(np.flatnonzero(counts)) <= set(np.flatnonzero(support)) and support.sum() <= 6
+    assert _chi_square(counts[support], probs[support]) < CHI2_999.get(int(support.sum()) - 1, 30.0)
+    np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-6)
+    greedy = np.asarray(decoding.filtered_distribution(logits, temperature=0.0))[0]
+    assert greedy[int(np.argmax(logits))] == 1.0 and greedy.sum() == 1.0
 
 
 def test_sampling_with_top_k_one_is_argmax():

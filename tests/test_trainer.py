@@ -9,6 +9,7 @@ import pytest
 
 from littlehelp import checkpoints, optimizers, partitioning, trainer
 from littlehelp.objectives import Curriculum, DecoderObjective, EncoderDecoderObjective, WeightedSum
+from littlehelp.models import build_model
 from littlehelp.optimizers import Optimizer
 from tests.helpers import TINY_DECODER, TINY_T5, lm_data, t5_data
 
@@ -38,8 +39,8 @@ def _grads_and_loss(t: trainer.Trainer, objective, batch):
 
 
 @pytest.mark.parametrize("make_objective, data, mesh_config", [
-    (lambda: EncoderDecoderObjective(TINY_T5), t5_data(), partitioning.MeshConfig(2, 2, 2)),
-    (lambda: DecoderObjective(TINY_DECODER), lm_data(), partitioning.MeshConfig(1, 8, 1)),
+    (lambda: EncoderDecoderObjective(build_model(TINY_T5)), t5_data(), partitioning.MeshConfig(2, 2, 2)),
+    (lambda: DecoderObjective(build_model(TINY_DECODER)), lm_data(), partitioning.MeshConfig(1, 8, 1)),
 ])
 def test_sharded_loss_and_grads_match_single_device(tmp_path, make_objective, data, mesh_config):
     objective = make_objective()
@@ -62,7 +63,7 @@ def _assert_sharding(leaf, expected):
 
 
 def test_microbatched_gradient_equals_full_batch(tmp_path):
-    objective = DecoderObjective(TINY_DECODER)
+    objective = DecoderObjective(build_model(TINY_DECODER))
     data = lm_data(batch_size=8)
     t = _trainer(tmp_path, objective, data, partitioning.MeshConfig(1, 1, 1))
     state, _ = t.restore_or_init()
@@ -107,8 +108,8 @@ def _compiled_flops(tmp_path, objective, data):
 
 def test_zero_weight_term_is_never_computed(tmp_path):
     data = lm_data()
-    main = DecoderObjective(TINY_DECODER, model_key="main")
-    big = DecoderObjective(TINY_DECODER.__class__(**{**TINY_DECODER.__dict__, "emb_dim": 64}), model_key="aux")
+    main = DecoderObjective(build_model(TINY_DECODER), model_key="main")
+    big = DecoderObjective(build_model(TINY_DECODER.__class__(**{**TINY_DECODER.__dict__, "emb_dim": 64})), model_key="aux")
     aux = CountingObjective(big, "aux")
     alone = _compiled_flops(tmp_path / "a", WeightedSum({"main": (main, 1.0)}), data)
     with_zero = _compiled_flops(tmp_path / "b", WeightedSum({"main": (main, 1.0), "aux": (aux, 0.0)}), data)
@@ -120,8 +121,8 @@ def test_zero_weight_term_is_never_computed(tmp_path):
 
 def test_curriculum_switches_objective_at_the_boundary(tmp_path):
     data = lm_data()
-    first = CountingObjective(DecoderObjective(TINY_DECODER), "first")
-    second = CountingObjective(DecoderObjective(TINY_DECODER, z_loss=0.5), "second")
+    first = CountingObjective(DecoderObjective(build_model(TINY_DECODER)), "first")
+    second = CountingObjective(DecoderObjective(build_model(TINY_DECODER), z_loss=0.5), "second")
     curriculum = Curriculum([(0, first), (3, second)])
     assert [curriculum.objective_at(s).name for s in range(5)] == ["first"] * 3 + ["second"] * 2
     assert curriculum.next_switch(1) == 3 and curriculum.next_switch(3) is None
@@ -144,7 +145,7 @@ class NaNAfter:
     """A decoder objective whose loss becomes NaN from a given step on."""
 
     def __init__(self, step):
-        self.inner, self.name, self.bad_step = DecoderObjective(TINY_DECODER), "nan_after", step
+        self.inner, self.name, self.bad_step = DecoderObjective(build_model(TINY_DECODER)), "nan_after", step
 
     def init_params(self, rng, batch):
         return self.inner.init_params(rng, batch)
@@ -167,9 +168,9 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
 
 def test_a_stage_updates_only_the_models_it_trains(tmp_path):
     data = lm_data()
-    both = WeightedSum({"a": (DecoderObjective(TINY_DECODER, model_key="a"), 1.0),
-                        "b": (DecoderObjective(TINY_DECODER, model_key="b"), 1.0)})
-    only_a = DecoderObjective(TINY_DECODER, model_key="a")
+    both = WeightedSum({"a": (DecoderObjective(build_model(TINY_DECODER), model_key="a"), 1.0),
+                        "b": (DecoderObjective(build_model(TINY_DECODER), model_key="b"), 1.0)})
+    only_a = DecoderObjective(build_model(TINY_DECODER), model_key="a")
     optimizer = optimizers.adamw(optimizers.constant_schedule(1e-2))
     t = _trainer(tmp_path, both, data, partitioning.MeshConfig(1, 1, 1), optimizer=optimizer)
     state, _ = t.restore_or_init()
@@ -191,7 +192,7 @@ def test_a_state_that_overflows_is_never_saved_though_its_loss_was_finite(tmp_pa
     optimizer = Optimizer(blow_up, optax.constant_schedule(0.1))
     with pytest.raises(trainer.NonFiniteLossError,
                        match=r"state after step 3 has NaN or Inf in \d+ of \d+ arrays .*last good checkpoint is step 3"):
-        _run(tmp_path, Curriculum.single(DecoderObjective(TINY_DECODER)), lm_data(), steps=8, optimizer=optimizer,
+        _run(tmp_path, Curriculum.single(DecoderObjective(build_model(TINY_DECODER))), lm_data(), steps=8, optimizer=optimizer,
              save_interval_steps=1, max_to_keep=3)
     directory = tmp_path / "checkpoints"
     steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())

@@ -1,17 +1,37 @@
-"""Flax (linen) models: T5 v1.1 encoder-decoder, Llama-style decoder LM, encoder-only."""
+"""Flax (linen) models behind one seam: T5 v1.1 encoder-decoder, Llama-style decoder LM, encoder-only.
+
+`build_model(config)` gives the `api.Model` (and, for T5 and the decoder LM, `api.StepwiseModel`)
+of a model config; callers use that seam and never the classes behind it.
+"""
 from typing import Any
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 
+from littlehelp.config import ConfigError
+from littlehelp.models.api import DecodeCache, Model, StepwiseModel, rollback
 from littlehelp.models.attention import dot_product_attention
-from littlehelp.models.decoder import DecoderConfig, DecoderLM
-from littlehelp.models.encoder import Encoder, EncoderConfig
-from littlehelp.models.t5 import T5, T5Config
+from littlehelp.models.decoder import DecoderConfig, DecoderLM, DecoderLMModel
+from littlehelp.models.encoder import Encoder, EncoderConfig, EncoderModel
+from littlehelp.models.t5 import T5, T5Config, T5Model
 
-__all__ = ["DecoderConfig", "DecoderLM", "Encoder", "EncoderConfig", "T5", "T5Config",
-           "count_params", "dot_product_attention"]
+__all__ = ["DecodeCache", "DecoderConfig", "DecoderLM", "DecoderLMModel", "Encoder", "EncoderConfig",
+           "EncoderModel", "Model", "StepwiseModel", "T5", "T5Config", "T5Model", "build_model",
+           "count_params", "dot_product_attention", "rollback"]
+
+MODEL_KINDS: dict[type, type] = {T5Config: T5Model, DecoderConfig: DecoderLMModel, EncoderConfig: EncoderModel}
+
+
+@gin.configurable
+def build_model(config: Any = gin.REQUIRED) -> Model:
+    """The seam of the model a config describes (T5Config, DecoderConfig or EncoderConfig)."""
+    kind = MODEL_KINDS.get(type(config))
+    if kind is None:
+        known = ", ".join(c.__name__ for c in MODEL_KINDS)
+        raise ConfigError(f"build_model.config: no model for a {type(config).__name__}; known configs: {known}")
+    return kind(config)
 
 
 def count_params(module: nn.Module, *example_args: Any) -> int:

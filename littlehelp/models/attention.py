@@ -78,42 +78,35 @@ class SelfAttentionContext(NamedTuple):
     query_positions: Array  # [b or 1, lq]
     key_positions: Array  # [b or 1, lk]
     mask: Array | None  # broadcastable to [b, heads, lq, lk]
-    cache_index: Array | None  # first cache slot written by this call; None outside decoding
+    cache_positions: Array | None  # [b, lq]: the cache slot each new token is written to; None outside decoding
 
 
 class SelfAttentionPositions(nn.Module):
-    """Builds the ``SelfAttentionContext`` of a stack, tracking the decode step in "cache".
+    """Builds the ``SelfAttentionContext`` of a stack.
 
-    Outside decoding (and on the first, cache-creating call of decoding) positions default to
-    ``arange(length)`` and the mask combines segments with (if ``causal``) sequence order. While
-    decoding, the call fills the next ``length`` cache slots; segment ids are ignored and the mask
-    lets each new token see every filled slot up to itself.
+    Outside decoding (and on the cache-creating call of decoding, ``decode_lengths`` None)
+    positions default to ``arange(length)`` and the mask combines segments with (if ``causal``)
+    sequence order. While decoding, row ``r`` has ``decode_lengths[r]`` committed tokens in the
+    cache: its new tokens go to the next slots (their positions), and each sees every slot up to
+    its own, so rows of one batch may hold different numbers of tokens. Segment ids are ignored.
     """
     causal: bool
     decode: bool = False
 
     @nn.compact
-    def __call__(self, tokens: Array, segment_ids: Array | None,
-                 positions: Array | None) -> SelfAttentionContext:
-        batch, length = tokens.shape
+    def __call__(self, tokens: Array, segment_ids: Array | None, positions: Array | None,
+                 decode_lengths: Array | None = None) -> SelfAttentionContext:
+        length = tokens.shape[1]
         if not self.decode:
             return self._full_sequence(length, segment_ids, positions)
-        initialized = self.has_variable("cache", "index")
-        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-        cached_positions = self.variable("cache", "key_positions", jnp.zeros,
-                                         (batch, length), jnp.int32)
-        if not initialized:
+        # Only its shape is read: the number of cache slots, fixed by the cache-creating call.
+        slot_count = self.variable("cache", "slots", jnp.zeros, (length,), jnp.int8).value.shape[0]
+        if decode_lengths is None:
             return self._full_sequence(length, segment_ids, positions)
-        start = index.value
-        step_index = start + jnp.arange(length)
-        if positions is None:
-            positions = jnp.broadcast_to(step_index[None], (batch, length))
-        cached_positions.value = jax.lax.dynamic_update_slice(
-            cached_positions.value, positions.astype(jnp.int32), (0, start))
-        index.value = start + length
-        slots = jnp.arange(cached_positions.value.shape[1])
-        mask = (slots[None, :] <= step_index[:, None])[None, None]
-        return SelfAttentionContext(positions, cached_positions.value, mask, start)
+        new_positions = decode_lengths.astype(jnp.int32)[:, None] + jnp.arange(length, dtype=jnp.int32)
+        slots = jnp.arange(slot_count, dtype=jnp.int32)
+        mask = (slots[None, None, :] <= new_positions[:, :, None])[:, None]
+        return SelfAttentionContext(new_positions, slots[None], mask, new_positions)
 
     def _full_sequence(self, length: int, segment_ids: Array | None,
                        positions: Array | None) -> SelfAttentionContext:
@@ -129,7 +122,8 @@ class Attention(nn.Module):
 
     ``fold_query_scale`` puts 1/sqrt(head_dim) into the query initialisation (T5) instead of
     scaling at run time (Llama). ``rope_max_wavelength`` turns on rotary embeddings. With
-    ``decode`` the keys and values are written to a "cache" collection at ``cache_index``.
+    ``decode`` the keys and values are written to a "cache" collection, row by row, at the slots
+    ``cache_positions`` [b, lq] (see ``SelfAttentionPositions``).
     """
     num_heads: int
     num_kv_heads: int
@@ -143,7 +137,7 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None,
                  bias: Array | None = None, positions: Array | None = None,
-                 cache_index: Array | None = None) -> Array:
+                 cache_positions: Array | None = None) -> Array:
         """``positions`` [b, l] (RoPE only) belong to the tokens of ``inputs_q``/``inputs_kv``."""
         query_init_scale = 1.0 / self.head_dim if self.fold_query_scale else 1.0
         query = self._project(self.num_heads, "query", query_init_scale)(inputs_q)
@@ -155,7 +149,7 @@ class Attention(nn.Module):
         if not self.fold_query_scale:
             query = query * jnp.asarray(self.head_dim ** -0.5, query.dtype)
         if self.decode:
-            key, value = self._cached(key, value, cache_index)
+            key, value = self._cached(key, value, cache_positions)
         heads_axes = ("batch", "length", "heads", "kv")
         query, key, value = (constrain(t, heads_axes) for t in (query, key, value))
         out = dot_product_attention(query, key, value, bias=bias, mask=mask, backend=self.backend)
@@ -169,14 +163,14 @@ class Attention(nn.Module):
                           name=name)
 
     def _cached(self, key: Array, value: Array,
-                cache_index: Array | None) -> tuple[Array, Array]:
-        """Writes key/value at ``cache_index``; the first call only creates the cache."""
+                cache_positions: Array | None) -> tuple[Array, Array]:
+        """Writes each row's key/value at its ``cache_positions``; the first call only creates the cache."""
         initialized = self.has_variable("cache", "cached_key")
         cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-        if not initialized:
+        if not initialized or cache_positions is None:
             return key, value
-        start = (0, cache_index, 0, 0)
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+        rows = jnp.arange(key.shape[0])[:, None]
+        cached_key.value = cached_key.value.at[rows, cache_positions].set(key, mode="drop")
+        cached_value.value = cached_value.value.at[rows, cache_positions].set(value, mode="drop")
         return cached_key.value, cached_value.value

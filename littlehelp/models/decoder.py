@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 
+from littlehelp import flops
+from littlehelp.models.api import Batch, DecodeCache, Params, StepwiseFlaxModel, dropout, empty_cache
 from littlehelp.models.attention import Attention, SelfAttentionPositions
 from littlehelp.models.layers import (Embed, GatedMlp, Projection, RMSNorm, constrain,
                                       layer_stack)
@@ -58,13 +61,13 @@ class DecoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, positions: Array,
-                 cache_index: Array | None) -> tuple[Array, None]:
+                 cache_positions: Array | None) -> tuple[Array, None]:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         h = RMSNorm(cfg.norm_eps, dtype, name="pre_attention_norm")(x)
         h = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, dtype,
                       cfg.attention_backend, rope_max_wavelength=cfg.rope_max_wavelength,
                       decode=self.decode, name="attention")(
-                          h, h, mask=mask, positions=positions, cache_index=cache_index)
+                          h, h, mask=mask, positions=positions, cache_positions=cache_positions)
         x = self._residual(x, h)
         h = RMSNorm(cfg.norm_eps, dtype, name="pre_mlp_norm")(x)
         h = GatedMlp(cfg.mlp_dim, "silu", cfg.dropout_rate, dtype, name="mlp")(
@@ -80,32 +83,102 @@ class DecoderLM(nn.Module):
     """Causal LM: tokens [b, l] -> next-token logits [b, l, vocab].
 
     Token id 0 is padding. For packed sequences pass ``segment_ids`` (0 = padding) and
-    ``positions`` that restart at 0 in every segment. With ``decode`` each call appends the given
-    tokens to a "cache" collection (create it first by calling once with the full length).
-    Tied output logits are scaled by emb_dim**-0.5.
+    ``positions`` that restart at 0 in every segment. ``input_embeddings`` [b, l, emb] replace the
+    token embeddings (a soft prompt; ``tokens`` still mark padding). ``return_hidden`` returns the
+    final-normed hidden states instead of logits; ``hidden`` skips the body and applies only the
+    output head. With ``decode`` the call appends the tokens to a "cache" collection after each
+    row's ``decode_lengths`` committed tokens (create the cache first with one call at the full
+    length and ``decode_lengths`` None; see ``littlehelp.models.api``). Tied output logits are
+    scaled by emb_dim**-0.5.
     """
     config: DecoderConfig
 
     @nn.compact
-    def __call__(self, tokens: Array, segment_ids: Array | None = None,
+    def __call__(self, tokens: Array | None, segment_ids: Array | None = None,
                  positions: Array | None = None, deterministic: bool = True,
-                 decode: bool = False) -> Array:
+                 decode: bool = False, decode_lengths: Array | None = None,
+                 input_embeddings: Array | None = None, hidden: Array | None = None,
+                 return_hidden: bool = False) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype, name="token_embedder")
-        x = constrain(embedder(tokens), EMBED_AXES)
+        if hidden is None:
+            x = embedder(tokens) if input_embeddings is None else input_embeddings.astype(dtype)
+            hidden = self._body(constrain(x, EMBED_AXES), tokens, segment_ids, positions, deterministic,
+                                decode, decode_lengths)
+        if return_hidden:
+            return hidden
+        if cfg.tie_embeddings:
+            logits = embedder.attend(hidden) * jnp.asarray(cfg.emb_dim ** -0.5, dtype)
+        else:
+            logits = Projection(features=(cfg.vocab_size,), in_axes=("embed",),
+                                out_axes=("vocab",), dtype=dtype, name="logits_dense")(hidden)
+        return constrain(logits, ("batch", "length", "vocab"))
+
+    def _body(self, x: Array, tokens: Array, segment_ids: Array | None, positions: Array | None,
+              deterministic: bool, decode: bool, decode_lengths: Array | None) -> Array:
+        """Embedded inputs -> final-normed hidden states through the decoder blocks."""
+        cfg = self.config
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         context = SelfAttentionPositions(causal=True, decode=decode,
                                          name="self_attention_positions")(
-            tokens, segment_ids, positions)
+            tokens, segment_ids, positions, decode_lengths)
         run = layer_stack(DecoderBlock, cfg.num_layers, cfg.scan_layers, cfg.remat_policy,
                           num_broadcast_args=3, config=cfg, deterministic=deterministic,
                           decode=decode)
         query_positions = jnp.broadcast_to(context.query_positions, tokens.shape)
-        x = run(x, context.mask, query_positions, context.cache_index)
-        x = RMSNorm(cfg.norm_eps, dtype, name="final_norm")(x)
-        if cfg.tie_embeddings:
-            logits = embedder.attend(x) * jnp.asarray(cfg.emb_dim ** -0.5, dtype)
-        else:
-            logits = Projection(features=(cfg.vocab_size,), in_axes=("embed",),
-                                out_axes=("vocab",), dtype=dtype, name="logits_dense")(x)
-        return constrain(logits, ("batch", "length", "vocab"))
+        x = run(x, context.mask, query_positions, context.cache_positions)
+        return RMSNorm(cfg.norm_eps, jnp.dtype(cfg.dtype), name="final_norm")(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderLMModel(StepwiseFlaxModel):
+    """The model seam (`api.StepwiseModel`) of a `DecoderLM`, on seqio's LM features."""
+    config: DecoderConfig
+
+    @property
+    def module(self) -> DecoderLM:
+        return DecoderLM(self.config)
+
+    def init(self, rng: Array, batch: Batch) -> Params:
+        return self.module.init(rng, batch["decoder_input_tokens"])["params"]
+
+    def embed(self, params: Params, tokens: Array) -> Array:
+        cfg = self.config
+        embedder = Embed(cfg.vocab_size, cfg.emb_dim, jnp.dtype(cfg.dtype))
+        return embedder.apply({"params": params["token_embedder"]}, tokens)
+
+    def _apply(self, params: Params, batch: Batch, rng: Array | None, input_embeddings: Array | None,
+               return_hidden: bool) -> Array:
+        deterministic, rngs = dropout(rng, self.config.dropout_rate)
+        return self.module.apply(
+            {"params": params}, batch["decoder_input_tokens"], segment_ids=batch.get("decoder_segment_ids"),
+            positions=batch.get("decoder_positions"), deterministic=deterministic, rngs=rngs,
+            input_embeddings=input_embeddings, return_hidden=return_hidden)
+
+    def hidden_states(self, params: Params, batch: Batch, rng: Array | None = None,
+                      input_embeddings: Array | None = None) -> Array:
+        return self._apply(params, batch, rng, input_embeddings, return_hidden=True)
+
+    def logits(self, params: Params, batch: Batch, rng: Array | None = None,
+               input_embeddings: Array | None = None) -> Array:
+        return self._apply(params, batch, rng, input_embeddings, return_hidden=False)
+
+    def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
+        return self.module.apply({"params": params}, None, hidden=hidden)
+
+    def forward_flops(self, batch: Batch) -> float:
+        size, length = batch["decoder_input_tokens"].shape
+        return flops.decoder_forward_flops(self.config, size, length)
+
+    def init_cache(self, params: Params, batch_size: int, max_length: int,
+                   inputs: Batch | None = None) -> DecodeCache:
+        tokens = jnp.zeros((batch_size, max_length), jnp.int32)
+        create = lambda: self.module.apply({"params": params}, tokens, decode=True, mutable=["cache"])[1]["cache"]
+        return empty_cache(create, batch_size)
+
+    def _decode_call(self, params: Params, cache: DecodeCache, tokens: Array, return_hidden: bool,
+                     input_embeddings: Array | None) -> tuple[Array, Any]:
+        out, mutated = self.module.apply(
+            {"params": params, "cache": cache.layers}, tokens, decode=True, decode_lengths=cache.lengths,
+            input_embeddings=input_embeddings, return_hidden=return_hidden, mutable=["cache"])
+        return out, mutated["cache"]

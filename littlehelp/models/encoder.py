@@ -8,6 +8,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from littlehelp import flops
+from littlehelp.models.api import Batch, Params, dropout
 from littlehelp.models.layers import Embed, Projection, constrain
 from littlehelp.models.t5 import EncoderStack, check_common, check_positive
 
@@ -55,11 +57,16 @@ class Encoder(nn.Module):
                                    out_axes=("vocab",), dtype=jnp.dtype(cfg.dtype))
 
     def __call__(self, tokens: Array, segment_ids: Array | None = None,
-                 deterministic: bool = True, token_embedder: Embed | None = None) -> Array:
-        """Hidden states; segment ids (0 = padding) keep packed examples apart."""
+                 deterministic: bool = True, token_embedder: Embed | None = None,
+                 input_embeddings: Array | None = None) -> Array:
+        """Hidden states; segment ids (0 = padding) keep packed examples apart.
+
+        ``input_embeddings`` [b, l, emb] replace the token embeddings (``tokens`` still mark padding).
+        """
         embedder = self.token_embedder if token_embedder is None else token_embedder
         segments = (tokens != 0).astype(jnp.int32) if segment_ids is None else segment_ids
-        hidden = self.encoder(embedder(tokens), segments, None, deterministic)
+        x = embedder(tokens) if input_embeddings is None else input_embeddings.astype(jnp.dtype(self.config.dtype))
+        hidden = self.encoder(x, segments, None, deterministic)
         if self.is_initializing():
             self.mlm_logits(hidden)  # create the head's parameters at init
         return hidden
@@ -67,3 +74,40 @@ class Encoder(nn.Module):
     def mlm_logits(self, hidden: Array) -> Array:
         """Masked-language-model logits [b, l, vocab] from ``__call__``'s hidden states."""
         return constrain(self.mlm_head(hidden), ("batch", "length", "vocab"))
+
+    def embed(self, tokens: Array) -> Array:
+        """The token embeddings [b, l, emb] (what ``input_embeddings`` replaces)."""
+        return self.token_embedder(tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderModel:
+    """The model seam (`api.Model`) of an `Encoder` with its MLM head, on "encoder_input_tokens"."""
+    config: EncoderConfig
+
+    @property
+    def module(self) -> Encoder:
+        return Encoder(self.config)
+
+    def init(self, rng: Array, batch: Batch) -> Params:
+        return self.module.init(rng, batch["encoder_input_tokens"])["params"]
+
+    def embed(self, params: Params, tokens: Array) -> Array:
+        return self.module.apply({"params": params}, tokens, method=Encoder.embed)
+
+    def hidden_states(self, params: Params, batch: Batch, rng: Array | None = None,
+                      input_embeddings: Array | None = None) -> Array:
+        deterministic, rngs = dropout(rng, self.config.dropout_rate)
+        return self.module.apply({"params": params}, batch["encoder_input_tokens"], batch.get("encoder_segment_ids"),
+                                 deterministic, rngs=rngs, input_embeddings=input_embeddings)
+
+    def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
+        return self.module.apply({"params": params}, hidden, method=Encoder.mlm_logits)
+
+    def logits(self, params: Params, batch: Batch, rng: Array | None = None,
+               input_embeddings: Array | None = None) -> Array:
+        return self.logits_from_hidden(params, self.hidden_states(params, batch, rng, input_embeddings))
+
+    def forward_flops(self, batch: Batch) -> float:
+        size, length = batch["encoder_input_tokens"].shape
+        return flops.encoder_forward_flops(self.config, size, length, with_vocab_head=True)

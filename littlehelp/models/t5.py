@@ -7,6 +7,7 @@ keep packed examples from attending to each other.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -14,6 +15,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from littlehelp import flops
+from littlehelp.models.api import DecodeCache, StepwiseFlaxModel, dropout, empty_cache
 from littlehelp.models.attention import (ATTENTION_BACKENDS, Attention,
                                          SelfAttentionPositions, segment_mask)
 from littlehelp.models.layers import (REMAT_POLICIES, Embed, GatedMlp, Projection,
@@ -140,11 +143,11 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, encoded: Array, self_mask: Array | None,
                  cross_mask: Array | None, self_bias: Array,
-                 cache_index: Array | None) -> tuple[Array, None]:
+                 cache_positions: Array | None) -> tuple[Array, None]:
         dtype = jnp.dtype(self.config.dtype)
         h = RMSNorm(dtype=dtype, name="pre_self_attention_norm")(x)
         h = _attention(self.config, "self_attention", self.decode)(
-            h, h, mask=self_mask, bias=self_bias, cache_index=cache_index)
+            h, h, mask=self_mask, bias=self_bias, cache_positions=cache_positions)
         x = _residual(self.config, x, h, self.deterministic)
         h = RMSNorm(dtype=dtype, name="pre_cross_attention_norm")(x)
         h = _attention(self.config, "encoder_decoder_attention")(h, encoded, mask=cross_mask)
@@ -153,18 +156,37 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderStack(nn.Module):
-    """Decoder layers, final norm and the untied "logits_dense" output layer."""
+    """Decoder layers, final norm and the untied "logits_dense" output layer.
+
+    ``return_hidden`` returns the hidden states before the output layer; ``hidden`` applies only
+    the output layer to them.
+    """
     config: T5Config
 
     @nn.compact
-    def __call__(self, x: Array, encoded: Array, tokens: Array, segment_ids: Array | None,
-                 positions: Array | None, cross_mask: Array | None, deterministic: bool,
-                 decode: bool) -> Array:
+    def __call__(self, x: Array | None, encoded: Array | None, tokens: Array | None,
+                 segment_ids: Array | None, positions: Array | None, cross_mask: Array | None,
+                 deterministic: bool, decode: bool, decode_lengths: Array | None = None,
+                 hidden: Array | None = None, return_hidden: bool = False) -> Array:
+        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+        if hidden is None:
+            hidden = self._body(x, encoded, tokens, segment_ids, positions, cross_mask, deterministic,
+                                decode, decode_lengths)
+        if return_hidden:
+            return hidden
+        logits = Projection(features=(cfg.vocab_size,), in_axes=("embed",), out_axes=("vocab",),
+                            dtype=dtype, name="logits_dense")(hidden)
+        return constrain(logits, ("batch", "length", "vocab"))
+
+    def _body(self, x: Array, encoded: Array, tokens: Array, segment_ids: Array | None,
+              positions: Array | None, cross_mask: Array | None, deterministic: bool, decode: bool,
+              decode_lengths: Array | None) -> Array:
+        """Embedded decoder inputs -> final-normed hidden states."""
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         x = nn.Dropout(cfg.dropout_rate)(constrain(x, EMBED_AXES), deterministic=deterministic)
         context = SelfAttentionPositions(causal=True, decode=decode,
                                          name="self_attention_positions")(
-            tokens, segment_ids, positions)
+            tokens, segment_ids, positions, decode_lengths)
         bias = RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
                                     cfg.relative_attention_max_distance, bidirectional=False,
                                     dtype=dtype, name="relative_position_bias")(
@@ -172,12 +194,9 @@ class DecoderStack(nn.Module):
         run = layer_stack(DecoderLayer, cfg.num_decoder_layers, cfg.scan_layers,
                           cfg.remat_policy, num_broadcast_args=5, config=cfg,
                           deterministic=deterministic, decode=decode)
-        x = run(x, encoded, context.mask, cross_mask, bias, context.cache_index)
+        x = run(x, encoded, context.mask, cross_mask, bias, context.cache_positions)
         x = RMSNorm(dtype=dtype, name="final_norm")(x)
-        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        logits = Projection(features=(cfg.vocab_size,), in_axes=("embed",), out_axes=("vocab",),
-                            dtype=dtype, name="logits_dense")(x)
-        return constrain(logits, ("batch", "length", "vocab"))
+        return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
 def _segments(tokens: Array, segment_ids: Array | None) -> Array:
@@ -186,7 +205,11 @@ def _segments(tokens: Array, segment_ids: Array | None) -> Array:
 
 
 class T5(nn.Module):
-    """T5 v1.1 encoder-decoder returning decoder logits [batch, target_len, vocab]."""
+    """T5 v1.1 encoder-decoder returning decoder logits [batch, target_len, vocab].
+
+    ``encoder_input_embeddings`` [b, l, emb] replace the encoder's token embeddings (a soft
+    prompt; ``encoder_input_tokens`` still mark padding).
+    """
     config: T5Config
 
     def setup(self) -> None:
@@ -200,18 +223,39 @@ class T5(nn.Module):
                  decoder_segment_ids: Array | None = None,
                  encoder_positions: Array | None = None,
                  decoder_positions: Array | None = None,
-                 deterministic: bool = True) -> Array:
+                 deterministic: bool = True, encoder_input_embeddings: Array | None = None) -> Array:
         """Teacher-forced logits for ``decoder_input_tokens`` given the encoder input."""
+        _, hidden = self.encoder_and_decoder_states(
+            encoder_input_tokens, decoder_input_tokens, encoder_segment_ids, decoder_segment_ids,
+            encoder_positions, decoder_positions, deterministic, encoder_input_embeddings)
+        return self.logits_from_hidden(hidden)
+
+    def encoder_and_decoder_states(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+                                   encoder_segment_ids: Array | None = None,
+                                   decoder_segment_ids: Array | None = None,
+                                   encoder_positions: Array | None = None,
+                                   decoder_positions: Array | None = None, deterministic: bool = True,
+                                   encoder_input_embeddings: Array | None = None) -> tuple[Array, Array]:
+        """(encoder states, decoder hidden states before the output layer) of one pass."""
         encoded = self.encode(encoder_input_tokens, encoder_segment_ids, deterministic,
-                              encoder_positions)
-        return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                           encoder_segment_ids, decoder_segment_ids, decoder_positions,
-                           deterministic)
+                              encoder_positions, encoder_input_embeddings)
+        hidden = self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                             encoder_segment_ids, decoder_segment_ids, decoder_positions,
+                             deterministic, return_hidden=True)
+        return encoded, hidden
+
+    def embed(self, tokens: Array) -> Array:
+        """The shared token embeddings [b, l, emb] (what ``encoder_input_embeddings`` replaces)."""
+        return self.token_embedder(tokens)
 
     def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None,
-               deterministic: bool = True, encoder_positions: Array | None = None) -> Array:
+               deterministic: bool = True, encoder_positions: Array | None = None,
+               encoder_input_embeddings: Array | None = None) -> Array:
         """Encoder hidden states [batch, input_len, emb_dim]."""
-        x = self.token_embedder(encoder_input_tokens)
+        if encoder_input_embeddings is None:
+            x = self.token_embedder(encoder_input_tokens)
+        else:
+            x = encoder_input_embeddings.astype(jnp.dtype(self.config.dtype))
         segments = _segments(encoder_input_tokens, encoder_segment_ids)
         return self.encoder(x, segments, encoder_positions, deterministic)
 
@@ -219,12 +263,90 @@ class T5(nn.Module):
                encoder_segment_ids: Array | None = None,
                decoder_segment_ids: Array | None = None,
                decoder_positions: Array | None = None, deterministic: bool = True,
-               decode: bool = False) -> Array:
-        """Decoder logits. With ``decode`` each call feeds the next token(s) through the cache."""
+               decode: bool = False, decode_lengths: Array | None = None,
+               return_hidden: bool = False) -> Array:
+        """Decoder logits (or hidden states). With ``decode`` the tokens go through the cache after
+        each row's ``decode_lengths`` committed tokens (see ``littlehelp.models.api``)."""
         if decoder_segment_ids is not None and encoder_segment_ids is not None:
             cross_mask = segment_mask(decoder_segment_ids, encoder_segment_ids)
         else:
             cross_mask = (encoder_input_tokens != 0)[:, None, None, :]
         x = self.token_embedder(decoder_input_tokens)
         return self.decoder(x, encoded, decoder_input_tokens, decoder_segment_ids,
-                            decoder_positions, cross_mask, deterministic, decode)
+                            decoder_positions, cross_mask, deterministic, decode, decode_lengths,
+                            return_hidden=return_hidden)
+
+    def logits_from_hidden(self, hidden: Array) -> Array:
+        """The output layer alone: decoder hidden states -> logits [b, l, vocab]."""
+        return self.decoder(None, None, None, None, None, None, True, False, hidden=hidden)
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Model(StepwiseFlaxModel):
+    """The model seam (`api.StepwiseModel`) of a `T5`, on seqio's encoder-decoder features.
+
+    `input_embeddings` replace the encoder's token embeddings; decoding is conditioned on
+    `init_cache`'s inputs {"encoder_input_tokens": [b, l]} (optionally "encoder_input_embeddings").
+    """
+    config: T5Config
+
+    @property
+    def module(self) -> T5:
+        return T5(self.config)
+
+    def init(self, rng: Array, batch: Mapping[str, Array]) -> Any:
+        return self.module.init(rng, batch["encoder_input_tokens"], batch["decoder_input_tokens"])["params"]
+
+    def embed(self, params: Any, tokens: Array) -> Array:
+        return self.module.apply({"params": params}, tokens, method=T5.embed)
+
+    def _apply(self, params: Any, batch: Mapping[str, Array], rng: Array | None,
+               input_embeddings: Array | None, method: Any) -> Any:
+        deterministic, rngs = dropout(rng, self.config.dropout_rate)
+        return self.module.apply(
+            {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+            encoder_segment_ids=batch.get("encoder_segment_ids"), decoder_segment_ids=batch.get("decoder_segment_ids"),
+            encoder_positions=batch.get("encoder_positions"), decoder_positions=batch.get("decoder_positions"),
+            deterministic=deterministic, rngs=rngs, encoder_input_embeddings=input_embeddings, method=method)
+
+    def encoder_and_decoder_states(self, params: Any, batch: Mapping[str, Array], rng: Array | None = None,
+                                   input_embeddings: Array | None = None) -> tuple[Array, Array]:
+        """(encoder states [b, l_in, emb], decoder hidden states [b, l_out, emb]) of one pass."""
+        return self._apply(params, batch, rng, input_embeddings, T5.encoder_and_decoder_states)
+
+    def hidden_states(self, params: Any, batch: Mapping[str, Array], rng: Array | None = None,
+                      input_embeddings: Array | None = None) -> Array:
+        return self.encoder_and_decoder_states(params, batch, rng, input_embeddings)[1]
+
+    def logits(self, params: Any, batch: Mapping[str, Array], rng: Array | None = None,
+               input_embeddings: Array | None = None) -> Array:
+        return self._apply(params, batch, rng, input_embeddings, T5.__call__)
+
+    def logits_from_hidden(self, params: Any, hidden: Array) -> Array:
+        return self.module.apply({"params": params}, hidden, method=T5.logits_from_hidden)
+
+    def forward_flops(self, batch: Mapping[str, Array]) -> float:
+        size, inputs_length = batch["encoder_input_tokens"].shape
+        return flops.t5_forward_flops(self.config, size, inputs_length, batch["decoder_input_tokens"].shape[1])
+
+    def init_cache(self, params: Any, batch_size: int, max_length: int,
+                   inputs: Mapping[str, Array] | None = None) -> DecodeCache:
+        if inputs is None or "encoder_input_tokens" not in inputs:
+            raise ValueError("T5Model.init_cache needs inputs={'encoder_input_tokens': [b, l]} to condition on")
+        encoder_tokens = inputs["encoder_input_tokens"]
+        encoded = self.module.apply({"params": params}, encoder_tokens, None, True, None,
+                                    inputs.get("encoder_input_embeddings"), method=T5.encode)
+        decoder_tokens = jnp.zeros((batch_size, max_length), jnp.int32)
+        create = lambda: self.module.apply({"params": params}, encoded, encoder_tokens, decoder_tokens, decode=True,
+                                           mutable=["cache"], method=T5.decode)[1]["cache"]
+        return empty_cache(create, batch_size, {"encoded": encoded, "encoder_input_tokens": encoder_tokens})
+
+    def _decode_call(self, params: Any, cache: DecodeCache, tokens: Array, return_hidden: bool,
+                     input_embeddings: Array | None) -> tuple[Array, Any]:
+        if input_embeddings is not None:
+            raise ValueError("T5Model decodes from decoder tokens; give soft prompts to init_cache's encoder inputs")
+        out, mutated = self.module.apply(
+            {"params": params, "cache": cache.layers}, cache.context["encoded"], cache.context["encoder_input_tokens"],
+            tokens, decode=True, decode_lengths=cache.lengths, return_hidden=return_hidden, mutable=["cache"],
+            method=T5.decode)
+        return out, mutated["cache"]

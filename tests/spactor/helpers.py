@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spactor import HybridObjective, generator_config
+from littlehelp.models import build_model
 from tests.helpers import TINY_T5
 
 DATA_VOCAB = 260  # ids 0..259 in the data; 260..263 unused by it (260 is the generator's mask id)
@@ -14,7 +15,7 @@ SENTINELS = 20  # 240..259 are sentinels, 2..239 ordinary
 
 def tiny_hybrid(**settings) -> HybridObjective:
     settings = {"data_vocab_size": DATA_VOCAB, "num_sentinels": SENTINELS} | settings
-    return HybridObjective(TINY_T5, generator_config(TINY_T5), **settings)
+    return HybridObjective(build_model(TINY_T5), generator_config(TINY_T5), **settings)
 
 
 def span_corrupted_batch(batch: int = 4, length: int = 24, targets: int = 8, seed: int = 0,

@@ -9,7 +9,7 @@ import seqio
 from scipy import special
 
 from littlehelp.data import tasks, vocab
-from littlehelp.models import T5, T5Config
+from littlehelp.models import T5, T5Config, build_model
 from littlehelp.objectives import EncoderDecoderObjective
 from spactor import generator_config
 from spactor.objective import choose_masked, ordinary_tokens, task_vocabulary_size
@@ -130,7 +130,7 @@ def test_loss_is_sc_plus_weighted_mlm_and_rtd_each_checked_independently(tiny):
     log_probs = _log_softmax(inputs.generator_logits)
     mlm = -np.take_along_axis(log_probs, tokens[..., None], -1)[..., 0][masked].mean()
     # SC: the plain objective on the batch whose encoder input carries the replacements.
-    sc_objective = EncoderDecoderObjective(TINY_T5, z_loss=1e-4, model_key="t5")
+    sc_objective = EncoderDecoderObjective(build_model(TINY_T5), z_loss=1e-4, model_key="t5")
     sc, _ = jax.jit(sc_objective.loss)(params, dict(batch, encoder_input_tokens=inputs.corrupted), rng, 0)
     # RTD: float64 sigmoid cross-entropy of the head on the T5 encoder's states, over ordinary tokens.
     encoded = np.asarray(T5(TINY_T5).apply({"params": params["t5"]}, inputs.corrupted, method=T5.encode), np.float64)

@@ -1,0 +1,129 @@
+"""The model seam: one small typed protocol every model kind implements, over pure params pytrees.
+
+Objectives, decoding, inference and the method packages call a `Model` (or, to decode, a
+`StepwiseModel`) and never dispatch on model classes. A model is built from its config with
+`littlehelp.models.build_model(config)`.
+
+The forward pass is split in two so a loss can apply the output head chunk by chunk over the
+sequence: `hidden_states` (final-normed, before the head) and `logits_from_hidden`. Wherever tokens
+go in (the decoder LM's input, the T5 encoder's input), `input_embeddings` may replace their
+embeddings, e.g. to prepend a soft prompt; `embed` gives the embeddings tokens would have.
+
+Stepwise decoding keeps per-row state: `init_cache`, `prefill` (a prompt in one forward pass),
+`extend` (k tokens per row) and `rollback` (each row keeps its own number of tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import flax
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+Params = Any
+
+
+@flax.struct.dataclass
+class DecodeCache:
+    """Per-row decoding state: committed lengths, the layers' keys/values, and model context.
+
+    Slots at or past a row's length hold no committed token: they are masked out and overwritten.
+    `context` holds what every step needs besides the cache (T5: the encoder states and input).
+    """
+
+    lengths: Array  # [b] int32: tokens committed per row
+    layers: Any  # the flax "cache" collection (keys and values of every self-attention layer)
+    context: Any = None
+
+
+def rollback(cache: DecodeCache, lengths: Array) -> DecodeCache:
+    """Sets each row's committed length (a row may keep fewer tokens than another)."""
+    return cache.replace(lengths=jnp.asarray(lengths, jnp.int32))
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What every model kind implements (all methods are pure functions of `params`)."""
+
+    config: Any
+
+    def init(self, rng: Array, batch: Batch) -> Params:
+        """Logically annotated (boxed) parameters for batches shaped like `batch`."""
+
+    def embed(self, params: Params, tokens: Array) -> Array:
+        """The input embeddings [b, l, emb] of `tokens`: what `input_embeddings` replaces."""
+
+    def hidden_states(self, params: Params, batch: Batch, rng: Array | None = None,
+                      input_embeddings: Array | None = None) -> Array:
+        """Final hidden states [b, l, emb] before the output head; dropout only when `rng` is given."""
+
+    def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
+        """The output head alone: hidden states [..., emb] -> logits [..., vocab]."""
+
+    def logits(self, params: Params, batch: Batch, rng: Array | None = None,
+               input_embeddings: Array | None = None) -> Array:
+        """`logits_from_hidden(hidden_states(...))`."""
+
+    def forward_flops(self, batch: Batch) -> float:
+        """Matrix-multiply FLOPs of one forward pass on a batch of these shapes (littlehelp/flops.py)."""
+
+
+@runtime_checkable
+class StepwiseModel(Model, Protocol):
+    """A model that decodes step by step with per-row state."""
+
+    def init_cache(self, params: Params, batch_size: int, max_length: int,
+                   inputs: Batch | None = None) -> DecodeCache:
+        """An empty cache of `max_length` slots per row; `inputs` are what the model is conditioned
+        on (T5: {"encoder_input_tokens": [b, l]}, encoded once here)."""
+
+    def prefill(self, params: Params, cache: DecodeCache, tokens: Array, lengths: Array,
+                input_embeddings: Array | None = None) -> tuple[Array, DecodeCache]:
+        """Right-padded prompts [b, p] of `lengths` in one forward pass after the committed tokens
+        -> (logits [b, vocab] of each row's last prompt token, cache with `lengths` more tokens)."""
+
+    def extend(self, params: Params, cache: DecodeCache, tokens: Array) -> tuple[Array, DecodeCache]:
+        """Appends `tokens` [b, k] to every row -> (logits [b, k, vocab], cache with k more tokens)."""
+
+
+class StepwiseFlaxModel:
+    """`prefill` and `extend` over a flax module's decode call; a subclass supplies `_decode_call`."""
+
+    def _decode_call(self, params: Params, cache: DecodeCache, tokens: Array, return_hidden: bool,
+                     input_embeddings: Array | None) -> tuple[Array, Any]:
+        """(logits or hidden states of `tokens` placed after each row's committed tokens, new layers)."""
+        raise NotImplementedError
+
+    def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
+        raise NotImplementedError
+
+    def prefill(self, params: Params, cache: DecodeCache, tokens: Array, lengths: Array,
+                input_embeddings: Array | None = None) -> tuple[Array, DecodeCache]:
+        """See `StepwiseModel.prefill`: the head runs on each row's last prompt position only."""
+        lengths = jnp.asarray(lengths, jnp.int32)
+        hidden, layers = self._decode_call(params, cache, tokens, True, input_embeddings)
+        last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
+        logits = self.logits_from_hidden(params, last)[:, 0]
+        return logits, cache.replace(lengths=cache.lengths + lengths, layers=layers)
+
+    def extend(self, params: Params, cache: DecodeCache, tokens: Array) -> tuple[Array, DecodeCache]:
+        """See `StepwiseModel.extend`."""
+        logits, layers = self._decode_call(params, cache, tokens, False, None)
+        return logits, cache.replace(lengths=cache.lengths + tokens.shape[1], layers=layers)
+
+
+def empty_cache(create: Any, batch_size: int, context: Any = None) -> DecodeCache:
+    """A `DecodeCache` of zeros shaped like the "cache" collection `create()` returns (no compute)."""
+    shapes = jax.eval_shape(create)
+    layers = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return DecodeCache(jnp.zeros((batch_size,), jnp.int32), layers, context)
+
+
+def dropout(rng: Array | None, rate: float) -> tuple[bool, dict[str, Array]]:
+    """(deterministic, rngs) for a flax apply: dropout runs only with an `rng` and a positive rate."""
+    active = rng is not None and rate > 0
+    return not active, ({"dropout": rng} if active else {})
