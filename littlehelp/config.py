@@ -30,7 +30,9 @@ from gin import config_parser
 
 from littlehelp.errors import EXIT_CONFIG, LittlehelpError
 
-# Modules whose import registers gin configurables; imported before any gin file is parsed.
+# The core's modules whose import registers gin configurables; imported before any gin file is
+# parsed. A method package is not listed: its gin files import it (`import spactor.objective`), which
+# registers its configurables, so a new package needs no edit here.
 CONFIGURABLE_MODULES: list[str] = [
     "littlehelp.models",
     "littlehelp.objectives",
@@ -40,7 +42,6 @@ CONFIGURABLE_MODULES: list[str] = [
     "littlehelp.data",
     "littlehelp.optimizers",
     "littlehelp.inference",
-    "spactor",
 ]
 # The repository's gin/ folder, always on the search path (after the working directory).
 REPO_GIN_DIR = Path(__file__).resolve().parent.parent / "gin"

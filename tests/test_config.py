@@ -357,3 +357,22 @@ def test_macro_set_in_a_file_and_read_by_nothing_is_allowed_but_not_set_again(tm
     expected = "command line: `NOT_READ_HERE = 2`: no gin file or binding reads macro NOT_READ_HERE"
     with pytest.raises(config.ConfigError, match=re.escape(expected) + "$"):
         config.parse_gin([str(gin_file)], ["NOT_READ_HERE=2"])
+
+
+def test_a_method_package_registers_itself_through_its_gin_files_import(tmp_path, monkeypatch):
+    """A package the core has never heard of: its gin file's `import` line registers it."""
+    package = tmp_path / "lh_new_method"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import gin\n\n@gin.configurable(module='lh_new_method')\ndef strength(value: int = gin.REQUIRED) -> int:\n"
+        "    return value\n")
+    (tmp_path / "method.gin").write_text("import lh_new_method\n\nlh_new_method.strength.value = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "lh_new_method" not in " ".join(config.CONFIGURABLE_MODULES)
+    config.import_configurable_modules()
+    config.parse_gin([str(tmp_path / "method.gin")], [])
+    import lh_new_method
+
+    assert lh_new_method.strength() == 7
+    with pytest.raises(config.ConfigError, match="strength.value expects int, got str 'x'"):
+        config.parse_gin([str(tmp_path / "method.gin")], ["lh_new_method.strength.value='x'"])
