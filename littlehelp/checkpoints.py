@@ -24,7 +24,7 @@ import shutil
 import signal
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import gin
@@ -375,6 +375,86 @@ def _save_errors(step: int, directory: epath.Path) -> Iterator[None]:
             raise
         logging.debug("Saving to %s failed in full: %r", directory, error)
         raise CheckpointSaveError(_os_error_line(step, directory, cause)) from None
+
+
+def _params_only_restore(step_dir: epath.Path, abstract_params: PyTree, saved_keys: Mapping[str, str]) -> PyTree:
+    """Reads `params[saved_keys[k]]` for each key k of `abstract_params` from one step; nothing else.
+
+    Checks shapes (CheckpointMismatchError) and the saved fingerprints of the arrays read.
+    """
+    with ocp.PyTreeCheckpointer() as reader:
+        saved = reader.metadata(step_dir / STATE_ITEM).item_metadata.tree
+        missing = sorted(k for k, v in saved_keys.items() if v not in saved.get("params", {}))
+        if missing:
+            have = sorted(saved.get("params", {}))
+            raise CheckpointMismatchError(f"checkpoint {step_dir} has no model {[saved_keys[k] for k in missing]} "
+                                          f"(it has {have}); choose one with select= or rename=")
+        wanted = {"params": {saved_keys[k]: v for k, v in abstract_params.items()}}
+        problem = _mismatch({"params": {v: saved["params"][v] for v in saved_keys.values()}}, wanted, step_dir)
+        if problem:
+            raise CheckpointMismatchError(problem)
+        restored = reader.restore(step_dir / STATE_ITEM, args=ocp.args.PyTreeRestore(
+            item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True))
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as json_reader:
+        expected = json_reader.restore(step_dir / INTEGRITY_ITEM)
+    _check_params_fingerprints(restored, expected)
+    return {k: restored["params"][saved_keys[k]] for k in abstract_params}
+
+
+def _check_params_fingerprints(restored: PyTree, expected: dict) -> None:
+    """Compares the fingerprints of restored parameters with those saved for them (`.params...`)."""
+    actual = {"." + name[2:].replace("']", "", 1): value for name, value in fingerprints(restored).items()}
+    bad = sorted(name for name, value in actual.items() if expected.get(name) != value)
+    if bad:
+        raise ValueError(f"array contents differ from the fingerprints saved with them: {bad}")
+
+
+def restore_params(
+    path: str | os.PathLike,
+    abstract_params: PyTree,
+    shardings: PyTree | None = None,
+    select: str | None = None,
+    rename: Mapping[str, str] | None = None,
+) -> tuple[PyTree, int]:
+    """Reads parameters only (no optimizer state), directly sharded: (params, step).
+
+    path: a step folder, a checkpoints folder or a run folder (newest good step; a bad step is
+      skipped, nothing is moved). `abstract_params` give shapes, dtypes and (unless `shardings` is
+      given) shardings. With `select`, `abstract_params` is ONE model's tree and the saved model
+      `select` is read into it; otherwise it is keyed by model name and each key k is read from the
+      saved model `rename.get(k, k)`. A missing model or a shape that differs is named in one line.
+    """
+    if shardings is not None:
+        abstract_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                       abstract_params, shardings)
+    keyed = {select: abstract_params} if select is not None else dict(abstract_params)
+    saved_keys = {k: k if select is not None else (rename or {}).get(k, k) for k in keyed}
+    root, steps = _step_folders(absolute_path(path))
+    failures = []
+    for step in sorted(steps, reverse=True):
+        step_dir = root / str(step)
+        try:
+            params = _params_only_restore(step_dir, keyed, saved_keys)
+        except CheckpointMismatchError:
+            raise
+        except Exception as error:  # noqa: BLE001 -- a bad step: try the previous one.
+            logging.warning("Could not read parameters from %s (%s); trying an older step.", step_dir, short_error(error))
+            failures.append(f"{step_dir}: {short_error(error)}")
+            continue
+        logging.info("Read parameters %s from %s.", sorted(saved_keys.values()), step_dir)
+        return (params[select] if select is not None else params), step
+    raise CheckpointError(f"no parameters could be read from {path}; failed steps: " + "; ".join(failures))
+
+
+def _step_folders(path: epath.Path) -> tuple[epath.Path, list[int]]:
+    """(folder of step folders, finished steps) for a step, checkpoints or run folder."""
+    if (path / STATE_ITEM).is_dir():
+        return path.parent, [int(path.name)]
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / STATE_ITEM).is_dir()] if root.is_dir() else []
+    if not steps:
+        raise CheckpointError(f"{path} holds no finished checkpoint (a step folder, a checkpoints folder or a run folder)")
+    return root, steps
 
 
 def _restore_from_path(path: epath.Path, abstract_state: PyTree) -> tuple[PyTree, dict, int]:

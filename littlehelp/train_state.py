@@ -58,6 +58,19 @@ class StateLayout:
     logical_specs: Params  # logical PartitionSpec per parameter
 
 
+def params_layout(
+    init_params: Callable[[jax.Array], Params], mesh: Mesh, rules: partitioning.LogicalRules
+) -> tuple[Params, Params]:
+    """(abstract parameters carrying their shardings, logical specs) of an initialiser; no memory used."""
+    boxed = jax.eval_shape(init_params, jax.random.key(0))
+    logical_specs = nn.get_partition_spec(boxed)
+    params = nn.unbox(boxed)
+    shardings = partitioning.param_shardings(params, logical_specs, mesh, rules)
+    abstract = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                            params, shardings)
+    return abstract, logical_specs
+
+
 def state_layout(
     init_params: Callable[[jax.Array], Params],
     tx: optax.GradientTransformation,
@@ -65,10 +78,8 @@ def state_layout(
     rules: partitioning.LogicalRules,
 ) -> StateLayout:
     """Derives the state's layout from a (boxed, logically annotated) parameter initialiser."""
-    boxed = jax.eval_shape(init_params, jax.random.key(0))
-    logical_specs = nn.get_partition_spec(boxed)
-    params = nn.unbox(boxed)
-    param_shardings = partitioning.param_shardings(params, logical_specs, mesh, rules)
+    params, logical_specs = params_layout(init_params, mesh, rules)
+    param_shardings = jax.tree.map(lambda leaf: leaf.sharding, params)
     opt_state = jax.eval_shape(lambda p: init_optimizer(tx, p), params)
     shardings = TrainState(
         step=partitioning.replicated(mesh),

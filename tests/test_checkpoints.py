@@ -384,3 +384,54 @@ def test_run_lock_of_another_host_is_refused_with_how_to_clear_it(tmp_path):
     (tmp_path / checkpoints.LOCK_NAME).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "then"}))
     with pytest.raises(checkpoints.RunLockedError, match="pid 1 on elsewhere since then.*delete .*run.lock if it is gone"):
         checkpoints.RunLock(tmp_path).acquire()
+
+
+def make_two_model_state(seed: int) -> TinyTrainState:
+    """A state whose params hold two models (as a SpacTor run's t5 and generator)."""
+    rng = np.random.default_rng(seed)
+    params = {"t5": {"w": jnp.asarray(rng.standard_normal((16, 32)), jnp.float32)},
+              "generator": {"v": jnp.asarray(rng.standard_normal((8, 4)), jnp.float32)}}
+    opt_state = {"t5": {"mu": jnp.asarray(rng.standard_normal((16, 32)), jnp.float32)}}
+    return TinyTrainState(step=jnp.asarray(seed, jnp.int32), params=params, opt_state=opt_state)
+
+
+def test_restore_params_reads_one_model_renamed_and_resharded(tmp_path):
+    save_steps(tmp_path / "checkpoints", [3, 6], make_two_model_state)
+    mesh = jax.make_mesh((1, 8), ("data", "fsdp"), (AUTO,) * 2)
+    sharding = NamedSharding(mesh, P(None, "fsdp"))
+    abstract_t5 = {"w": jax.ShapeDtypeStruct((16, 32), jnp.float32, sharding=sharding)}
+    t5, step = checkpoints.restore_params(tmp_path, abstract_t5, select="t5")  # a run folder
+    assert step == 6 and t5["w"].sharding == sharding
+    assert_bitwise_equal(t5, make_two_model_state(6).params["t5"])
+    renamed, step = checkpoints.restore_params(tmp_path / "checkpoints" / "3", {"model": abstract_t5},
+                                               rename={"model": "t5"})
+    assert step == 3
+    assert_bitwise_equal(renamed["model"], make_two_model_state(3).params["t5"])
+
+
+def test_restore_params_names_a_missing_model_or_a_mismatched_shape(tmp_path):
+    save_steps(tmp_path, [1], make_two_model_state)
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"has no model \['model'\] \(it has \['generator', 't5'\]\)"):
+        checkpoints.restore_params(tmp_path, {"model": {"w": jax.ShapeDtypeStruct((16, 32), jnp.float32)}})
+    with pytest.raises(checkpoints.CheckpointMismatchError,
+                       match=r"checkpoint has params/t5/w \[16, 32\], the model expects \[16, 64\]"):
+        checkpoints.restore_params(tmp_path, {"w": jax.ShapeDtypeStruct((16, 64), jnp.float32)}, select="t5")
+
+
+def test_restore_params_skips_a_corrupt_step_and_moves_nothing(tmp_path):
+    save_steps(tmp_path, [1, 2], make_two_model_state)
+    _delete_array_metadata(tmp_path / "2")
+    abstract = {"v": jax.ShapeDtypeStruct((8, 4), jnp.float32)}
+    generator, step = checkpoints.restore_params(tmp_path, abstract, select="generator")
+    assert step == 1
+    assert_bitwise_equal(generator, make_two_model_state(1).params["generator"])
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+
+
+def test_restore_params_checks_the_fingerprints_of_what_it_reads(tmp_path):
+    only_params = lambda seed: make_two_model_state(seed).replace(opt_state={})
+    save_steps(tmp_path, [1, 2], only_params)
+    _overwrite(largest_array_data_file(tmp_path / "2"))  # the bytes of a parameter: nothing else is large
+    t5, step = checkpoints.restore_params(tmp_path, {"w": jax.ShapeDtypeStruct((16, 32), jnp.float32)}, select="t5")
+    assert step == 1
+    assert_bitwise_equal(t5, only_params(1).params["t5"])
