@@ -213,10 +213,12 @@ def _restore_newest_good(
 ) -> tuple[PyTree, dict, int]:
     """Tries ``steps`` newest first; warns about each bad one; raises CheckpointError if all fail.
 
-    With `quarantine`, each step that fails to restore is moved aside (see `_move_aside`) so that the
-    recomputed step can be saved again; a shape mismatch is raised at once and moves nothing.
+    With `quarantine`, once a good step is found the newer bad ones are moved aside (see
+    `_move_aside`) so that the recomputed steps can be saved again. When no step restores nothing
+    is moved: every rerun fails the same way until the user decides. A shape mismatch is raised at
+    once and moves nothing.
     """
-    failures = []
+    failures, bad_dirs = [], []
     for step in sorted(steps, reverse=True):
         step_dir = _step_dir(manager, step)
         try:
@@ -225,20 +227,26 @@ def _restore_newest_good(
             raise
         except Exception as error:  # noqa: BLE001 -- any defect in one step means: try the previous one.
             logging.debug("Restoring %s failed in full: %r", step_dir, error)
-            where = step_dir
-            if quarantine and jax.process_index() == 0:
-                where = _move_aside(step_dir)
-                manager.reload()
-            logging.warning("Could not restore checkpoint %s (%s)%s; trying an older step.", step_dir,
-                            short_error(error), f"; moved it to {where}" if where != step_dir else "")
+            logging.warning("Could not restore checkpoint %s (%s); trying an older step.", step_dir, short_error(error))
             failures.append(f"{step_dir}: {short_error(error)}")
+            bad_dirs.append(step_dir)
             continue
         logging.info("Restored checkpoint %s.", step_dir)
+        if quarantine and bad_dirs and jax.process_index() == 0:
+            _quarantine(manager, bad_dirs)
         return state, data_state, step
-    kept = f"moved to {manager.directory / CORRUPT_FOLDER}" if quarantine else "nothing was deleted"
     raise CheckpointError(
-        f"No checkpoint in {manager.directory} could be restored ({kept}); failed steps: " + "; ".join(failures)
+        f"No checkpoint in {manager.directory} could be restored (nothing was moved or deleted; move the folder "
+        "away to start afresh); failed steps: " + "; ".join(failures)
     )
+
+
+def _quarantine(manager: ocp.CheckpointManager, step_dirs: list[epath.Path]) -> None:
+    """Moves bad step folders aside, logging each move, and lets the manager see the change."""
+    for step_dir in step_dirs:
+        logging.warning("Moved checkpoint %s, which cannot be restored, to %s; its step will be recomputed.",
+                        step_dir, _move_aside(step_dir))
+    manager.reload()
 
 
 def absolute_path(path: str | os.PathLike) -> epath.Path:

@@ -20,9 +20,7 @@ from absl import logging
 from littlehelp import checkpoints, decoding, partitioning
 from littlehelp.data import DatasetConfig, pipeline
 from littlehelp.models import StepwiseModel
-from littlehelp.objectives import Objective
-from littlehelp.optimizers import Optimizer
-from littlehelp.trainer import restore_trained
+from littlehelp.trainer import restore_run_params
 
 
 @gin.configurable
@@ -86,21 +84,25 @@ def _text(vocabulary: seqio.Vocabulary, tokens: np.ndarray) -> str:
 @gin.configurable
 def infer(
     model_dir: str = gin.REQUIRED,
-    objective: Objective = gin.REQUIRED,
-    optimizer: Optimizer = gin.REQUIRED,
+    model: StepwiseModel = gin.REQUIRED,
     data: DatasetConfig = gin.REQUIRED,
+    model_key: str = "model",
     num_examples: int = 8,
     decoding_config: DecodingConfig = DecodingConfig(),
     mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
     checkpoint_config: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
 ) -> list[dict[str, str]]:
-    """Decodes `num_examples` examples of `data` with the latest checkpoint of MODEL_DIR."""
-    _, state = restore_trained(model_dir, objective, optimizer, data, mesh_config, checkpoint_config)
-    params = jax.device_get(state.params)
+    """Decodes `num_examples` examples of `data` with the newest checkpoint of MODEL_DIR.
+
+    Reads only the parameters of model `model_key` (e.g. 't5' in a SpacTor run); no optimizer.
+    """
     batch = first_examples(data, num_examples)
+    mesh, rules = partitioning.make_mesh(mesh_config), partitioning.logical_axis_rules()
+    example = {k: v[:1] for k, v in batch.items()}
+    params, step = restore_run_params(model_dir, lambda rng: model.init(rng, example), mesh, rules,
+                                      checkpoint_config, select=model_key)
     vocabulary = seqio.get_mixture_or_task(data.name).output_features["targets"].vocabulary
-    sources, predictions = decode_examples(objective.model, params[objective.model_key], batch, decoding_config,
-                                           vocabulary.eos_id)
+    sources, predictions = decode_examples(model, jax.device_get(params), batch, decoding_config, vocabulary.eos_id)
     records = [
         {"input": _text(vocabulary, s), "target": _text(vocabulary, t), "prediction": _text(vocabulary, p)}
         for s, t, p in zip(sources, batch["decoder_target_tokens"], predictions)
@@ -109,5 +111,5 @@ def infer(
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     for record in records:
         logging.info("input: %s\n  target: %s\n  prediction: %s", record["input"], record["target"], record["prediction"])
-    logging.info("wrote %d decoded examples to %s", len(records), path)
+    logging.info("wrote %d examples decoded at step %d to %s", len(records), step, path)
     return records

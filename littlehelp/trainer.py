@@ -28,7 +28,7 @@ from littlehelp.errors import EXIT_PREEMPTED, LittlehelpError
 from littlehelp.metrics import MetricsWriter, measure_matmul_flops
 from littlehelp.objectives import Batch, Curriculum, Metrics, Objective, Params
 from littlehelp.optimizers import Optimizer
-from littlehelp.train_state import StateLayout, TrainState, init_state, state_layout
+from littlehelp.train_state import StateLayout, TrainState, init_state, params_layout, state_layout
 
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
 
@@ -210,7 +210,7 @@ class Trainer:
         self._report_replicated()
         self.checkpointer = checkpoints.Checkpointer(str(self.model_dir / "checkpoints"), checkpoint_config, read_only)
         self._compiled: dict[int, Any] = {}
-        self._eval_fns: dict[int, Callable] = {}
+        self.evaluator = Evaluator(mesh, rules)
 
     def _report_replicated(self) -> None:
         found = partitioning.unsharded_but_shardable(
@@ -255,16 +255,29 @@ class Trainer:
 
     def evaluate(self, state: TrainState, objective: Objective, data: DatasetConfig, max_batches: int) -> dict[str, float]:
         """Weighted-mean metrics of `objective` over at most `max_batches` batches of `data`."""
+        return self.evaluator(objective, state.params, state.step, data, max_batches)
+
+
+class Evaluator:
+    """Weighted-mean metrics of objectives on evaluation data; each loss is jitted once per objective."""
+
+    def __init__(self, mesh: Mesh, rules: partitioning.LogicalRules):
+        self.mesh, self.rules = mesh, rules
+        self._loss_fns: dict[int, Callable] = {}
+
+    def __call__(self, objective: Objective, params: Params, step: int | jax.Array, data: DatasetConfig,
+                 max_batches: int) -> dict[str, float]:
+        """Metrics of `objective` with `params` over at most `max_batches` batches of `data`."""
         key = id(objective)
-        if key not in self._eval_fns:  # jitted once per objective, not once per evaluation
-            self._eval_fns[key] = jax.jit(lambda params, batch, step: objective.loss(params, batch, jax.random.key(0), step)[1])
-        loss_fn = self._eval_fns[key]
+        if key not in self._loss_fns:
+            self._loss_fns[key] = jax.jit(lambda p, batch, s: objective.loss(p, batch, jax.random.key(0), s)[1])
+        loss_fn = self._loss_fns[key]
         totals: dict[str, float] = {}
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             for index, batch in enumerate(GlobalBatches(data, self.mesh)):
                 if index >= max_batches:
                     break
-                metrics = jax.device_get(loss_fn(state.params, batch, state.step))
+                metrics = jax.device_get(loss_fn(params, batch, step))
                 weight = float(metrics["weight"])
                 for name, value in metrics.items():
                     totals[name] = totals.get(name, 0.0) + (weight if name == "weight" else float(value) * weight)
@@ -433,41 +446,53 @@ class _Loop:
         return state, metrics, False
 
 
-def restore_trained(
+def restore_run_params(
     model_dir: str,
-    objective: Objective,
-    optimizer: Optimizer,
-    data: DatasetConfig,
-    mesh_config: partitioning.MeshConfig,
+    init_params: Callable[[jax.Array], Params],
+    mesh: Mesh,
+    rules: partitioning.LogicalRules,
     checkpoint_config: checkpoints.CheckpointConfig,
-) -> tuple[Trainer, TrainState]:
-    """A Trainer for `data`'s shapes and the newest good checkpoint of MODEL_DIR (or the restore path).
+    select: str | None = None,
+) -> tuple[Params, int]:
+    """(parameters, step) of the newest good checkpoint of MODEL_DIR (else the restore path), read
+    with `checkpoints.restore_params` onto `init_params`' layout: no optimizer state, nothing written.
 
-    The optimizer must be the run's own: its state is part of what was saved.
+    `init_params(rng)` gives the (boxed) parameters to fill: keyed by model, or one model's with `select`.
     """
-    mesh = partitioning.make_mesh(mesh_config)
-    trainer = Trainer(model_dir, Curriculum.single(objective), optimizer, data, mesh,
-                      partitioning.logical_axis_rules(), checkpoint_config, read_only=True)
-    restored = trainer.checkpointer.restore(trainer.layout.abstract_state)
-    if restored is None:
-        raise checkpoints.CheckpointError(f"no checkpoint in {trainer.checkpointer.directory} and no restore path set")
-    return trainer, restored[0]
+    own = Path(model_dir) / "checkpoints"
+    has_steps = own.is_dir() and any(p.name.isdigit() for p in own.iterdir())
+    path = own if has_steps else checkpoint_config.restore_path
+    if path is None:
+        raise checkpoints.CheckpointError(f"no checkpoint in {own} and no restore path set")
+    abstract, _ = params_layout(init_params, mesh, rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        return checkpoints.restore_params(path, abstract, select=select)
+
+
+def _example_batch(data: DatasetConfig) -> dict[str, jax.Array]:
+    """A one-row batch of zeros with `data`'s feature shapes (for initialisers)."""
+    return {k: jnp.zeros((1,) + v.shape[1:], v.dtype) for k, v in batch_spec(data).items()}
 
 
 @gin.configurable
 def evaluate(
     model_dir: str = gin.REQUIRED,
     eval_data: DatasetConfig = gin.REQUIRED,
-    optimizer: Optimizer = gin.REQUIRED,
     objective: Objective = gin.REQUIRED,
     eval_batches: int = 50,
     mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
     checkpoint_config: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
 ) -> dict[str, float]:
-    """Evaluates the latest checkpoint in MODEL_DIR (or the restore path) on `eval_data`."""
-    trainer, state = restore_trained(model_dir, objective, optimizer, eval_data, mesh_config, checkpoint_config)
-    metrics = trainer.evaluate(state, objective, eval_data, eval_batches)
-    logging.info("eval at step %d: %s", int(state.step), {k: round(v, 4) for k, v in metrics.items()})
-    with MetricsWriter(model_dir, int(state.step), int(state.step), interactive=False) as writer:
-        writer.write(int(state.step), metrics, prefix="eval")
+    """Evaluates the latest checkpoint in MODEL_DIR (or the restore path) on `eval_data`.
+
+    Reads only the parameters of the models `objective` uses (no optimizer binding needed).
+    """
+    mesh, rules = partitioning.make_mesh(mesh_config), partitioning.logical_axis_rules()
+    example = _example_batch(eval_data)
+    params, step = restore_run_params(model_dir, lambda rng: objective.init_params(rng, example), mesh, rules,
+                                      checkpoint_config)
+    metrics = Evaluator(mesh, rules)(objective, params, step, eval_data, eval_batches)
+    logging.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in metrics.items()})
+    with MetricsWriter(model_dir, step, step, interactive=False) as writer:
+        writer.write(step, metrics, prefix="eval")
     return metrics

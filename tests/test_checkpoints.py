@@ -149,8 +149,9 @@ def test_corrupt_latest_step_falls_back_to_previous(tmp_path, caplog, corrupt):
     (moved,) = (tmp_path / "corrupt").iterdir()
     assert moved.name.startswith("3-")
     assert sorted(p.relative_to(moved) for p in moved.rglob("*")) == files_of_3
-    warning = next(r.getMessage() for r in caplog.records if str(tmp_path / "3") in r.getMessage())
-    assert str(moved) in warning and "\n" not in warning and len(warning) < 700 and "TensorStore({" not in warning
+    warning = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Could not restore"))
+    assert str(tmp_path / "3") in warning and "\n" not in warning and len(warning) < 500 and "TensorStore({" not in warning
+    assert f"Moved checkpoint {tmp_path / '3'}, which cannot be restored, to {moved}" in caplog.text
     # The recomputed step can be saved again, is restored next time, and keep-last-K ignores corrupt/.
     assert ckpt.save(3, make_dict_state(3), {"seed": 0, "batches_consumed": 30})
     ckpt.close()
@@ -167,8 +168,8 @@ def test_all_steps_corrupt_raises_naming_each_step(tmp_path):
         ckpt.restore(abstract_like(make_state(0)))
     message = str(raised.value)
     assert str(tmp_path / "1") in message and str(tmp_path / "2") in message and "\n" not in message
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "corrupt").iterdir()) == ["1", "2"]
-    assert all((p / "state").is_dir() for p in (tmp_path / "corrupt").iterdir())
+    assert "nothing was moved or deleted" in message  # every rerun fails alike until the user decides
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]
 
 
 def test_read_only_checkpointer_creates_and_moves_nothing(tmp_path):

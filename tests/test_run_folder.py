@@ -42,7 +42,7 @@ def test_corrupt_newest_step_is_moved_aside_recomputed_and_saved(tmp_path, caplo
     assert _steps_on_disk(tmp_path) == [2, 4]  # step 4 was recomputed and saved again
     (moved,) = (tmp_path / "checkpoints" / checkpoints.CORRUPT_FOLDER).iterdir()
     assert moved.name.startswith("4-") and (moved / "state").is_dir() and not (moved / "state" / "_METADATA").exists()
-    assert f"moved it to {moved}" in caplog.text
+    assert f"to {moved}; its step will be recomputed" in caplog.text
     train_steps = [r["step"] for r in metrics.read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
     assert train_steps == [1, 2, 3, 4]  # steps 3 and 4 once each, although they were computed twice
     with caplog.at_level("INFO"):

@@ -1,14 +1,16 @@
 """gin/spactor: the paper-scale configs parse and build (jax.eval_shape, no memory), and tiny.gin runs
-end to end through the CLI, switches at TAU and resumes bitwise-exactly across the switch."""
+end to end through the CLI, switches at TAU and resumes bitwise-exactly across the switch, and
+`littlehelp eval` / `infer` read its T5 parameters alone."""
 
 import gin
 import jax
 import jax.numpy as jnp
 import pytest
 
-from littlehelp import checkpoints, config, main, metrics
-from littlehelp.data import vocab
-from littlehelp.models import T5, count_params
+from littlehelp import checkpoints, config, main, metrics, partitioning, trainer
+from littlehelp.data import DatasetConfig, vocab
+from littlehelp.models import T5, build_model, count_params
+from littlehelp.objectives import EncoderDecoderObjective
 from spactor import flops_ratio, spactor_curriculum
 
 PAPER = {"t5_1_1_base": (768, 120_000, 12), "t5_1_1_large": (1024, 250_000, 24)}
@@ -75,3 +77,21 @@ def test_tiny_runs_switches_at_tau_and_resumes_exactly_across_the_switch(tmp_pat
                    for run in ("straight", "resumed"))
     assert len(left) == len(right) > 0
     assert all(a.dtype == b.dtype and (a == b).all() for a, b in zip(left, right))
+    _eval_and_infer_read_the_t5_parameters(tmp_path / "straight")
+
+
+def _eval_and_infer_read_the_t5_parameters(run):
+    """`littlehelp eval` and `infer` on a SpacTor run folder (keys t5/generator/rtd_head) need no
+    optimizer: their loss equals the span-corruption loss of the step's t5 arrays read directly."""
+    folder = [*TINY, f"--gin.MODEL_DIR={run}", "--gin.TRAIN_STEPS=4"]
+    evaluated = main.main(["eval", *folder, "--gin_file=runs/eval.gin", "--gin.EVAL_BATCHES=1"])
+    saved = checkpoints.read_arrays(run / "checkpoints" / "4")["params"]
+    objective = EncoderDecoderObjective(build_model(), model_key="t5")
+    with gin.config_scope("validation"):
+        data = DatasetConfig()
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1))
+    reference = trainer.Evaluator(mesh, partitioning.logical_axis_rules())(objective, {"t5": saved["t5"]}, 4, data, 1)
+    assert evaluated["loss"] == pytest.approx(reference["loss"], rel=1e-6)
+    records = main.main(["infer", *folder, "--gin_file=runs/infer.gin", "--gin.NUM_EXAMPLES=2",
+                         "--gin.inference.DecodingConfig.max_decode_length=4"])
+    assert len(records) == 2 and all(set(r) == {"input", "target", "prediction"} for r in records)
