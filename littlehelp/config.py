@@ -42,6 +42,7 @@ CONFIGURABLE_MODULES: list[str] = [
     "littlehelp.data",
     "littlehelp.optimizers",
     "littlehelp.inference",
+    "littlehelp.frozen",
 ]
 # The repository's gin/ folder, always on the search path (after the working directory).
 REPO_GIN_DIR = Path(__file__).resolve().parent.parent / "gin"

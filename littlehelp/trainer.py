@@ -25,12 +25,13 @@ from jax.sharding import Mesh
 from littlehelp import checkpoints, config as gin_config, partitioning
 from littlehelp.data import DatasetConfig, GlobalBatches, pipeline
 from littlehelp.errors import EXIT_PREEMPTED, LittlehelpError
+from littlehelp.frozen import FrozenModel, check_and_record, load_frozen_models
 from littlehelp.metrics import MetricsWriter, measure_matmul_flops
 from littlehelp.objectives import Batch, Curriculum, Metrics, Objective, Params
 from littlehelp.optimizers import Optimizer
 from littlehelp.train_state import StateLayout, TrainState, init_state, params_layout, state_layout
 
-StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
+StepFn = Callable[[TrainState, Params, Batch, jax.Array], tuple[TrainState, Metrics]]
 
 
 class NonFiniteLossError(LittlehelpError, FloatingPointError):
@@ -119,7 +120,8 @@ def trained_keys(objective: Objective, params: Params) -> tuple[str, ...]:
 def make_train_step(objective: Objective, optimizer: Optimizer, microbatches: int = 1) -> StepFn:
     """The (unjitted) train step for one objective: gradients, update, metrics.
 
-    Only the models in `trained_keys` get gradients and updates; the others are read as constants.
+    Only the models in `trained_keys` get gradients and updates; the others, and the frozen models'
+    parameters (an argument of the step, not part of the state), are read as constants.
     """
 
     def loss_of_trained(trained: Params, frozen: Params, batch: Batch, rng: jax.Array, step: jax.Array):
@@ -127,11 +129,11 @@ def make_train_step(objective: Objective, optimizer: Optimizer, microbatches: in
 
     value_and_grad = microbatched_value_and_grad(loss_of_trained, microbatches)
 
-    def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+    def train_step(state: TrainState, frozen_models: Params, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(rng, state.step)
         keys = trained_keys(objective, state.params)
         trained = {k: v for k, v in state.params.items() if k in keys}
-        frozen = {k: v for k, v in state.params.items() if k not in keys}
+        frozen = {k: v for k, v in state.params.items() if k not in keys} | dict(frozen_models)
         metrics, grads = value_and_grad(trained, frozen, batch, rng, state.step)
         metrics = dict(metrics, grad_norm=_global_norm(grads), learning_rate=optimizer.schedule(state.step))
         return state.apply_gradients(grads, optimizer.tx), metrics
@@ -145,19 +147,22 @@ def _global_norm(tree: Any) -> jax.Array:
 
 def compile_train_step(
     step_fn: StepFn, layout: StateLayout, batch_spec: Mapping[str, jax.ShapeDtypeStruct], mesh: Mesh,
-    rules: partitioning.LogicalRules,
+    rules: partitioning.LogicalRules, frozen_abstract: Params | None = None,
 ):
-    """Compiles `step_fn` ahead of time for the state layout and batch shapes (no data needed)."""
+    """Compiles `step_fn` ahead of time for the state layout, the frozen models' abstract
+    parameters (with their shardings) and batch shapes (no data needed). The state is donated."""
+    frozen_abstract = frozen_abstract or {}
     batch_shardings = {k: partitioning.batch_sharding(mesh) for k in batch_spec}
+    frozen_shardings = jax.tree.map(lambda leaf: leaf.sharding, frozen_abstract)
     jitted = jax.jit(
         step_fn,
-        in_shardings=(layout.shardings, batch_shardings, partitioning.replicated(mesh)),
+        in_shardings=(layout.shardings, frozen_shardings, batch_shardings, partitioning.replicated(mesh)),
         out_shardings=(layout.shardings, partitioning.replicated(mesh)),
         donate_argnums=(0,),
     )
     batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k]) for k, v in batch_spec.items()}
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        return jitted.lower(layout.abstract_state, batch_abstract, jax.random.key(0)).compile()
+        return jitted.lower(layout.abstract_state, frozen_abstract, batch_abstract, jax.random.key(0)).compile()
 
 
 def batch_spec(config: DatasetConfig) -> dict[str, jax.ShapeDtypeStruct]:
@@ -176,10 +181,8 @@ def tokens_per_batch(spec: Mapping[str, jax.ShapeDtypeStruct]) -> int:
 
 
 class Trainer:
-    """Owns the mesh, the compiled steps, the state and the checkpointer of one run.
-
-    `read_only` (eval, infer): the checkpointer creates, moves and writes nothing.
-    """
+    """Owns the mesh, the compiled steps, the state and the checkpointer of one run, and the
+    parameters of its frozen models (read, never trained or saved; see `littlehelp.frozen`)."""
 
     def __init__(
         self,
@@ -192,7 +195,7 @@ class Trainer:
         checkpoint_config: checkpoints.CheckpointConfig,
         microbatches: int = 1,
         seed: int = 0,
-        read_only: bool = False,
+        frozen_models: Mapping[str, FrozenModel] | None = None,
     ):
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         if train_data.batch_size % (shards * microbatches):
@@ -208,7 +211,8 @@ class Trainer:
         self._init_params = lambda rng: curriculum.init_params(rng, example)
         self.layout = state_layout(self._init_params, optimizer.tx, mesh, rules)
         self._report_replicated()
-        self.checkpointer = checkpoints.Checkpointer(str(self.model_dir / "checkpoints"), checkpoint_config, read_only)
+        self.checkpointer = checkpoints.Checkpointer(str(self.model_dir / "checkpoints"), checkpoint_config)
+        self.frozen = load_frozen_models(frozen_models or {}, example, mesh, rules)
         self._compiled: dict[int, Any] = {}
         self.evaluator = Evaluator(mesh, rules)
 
@@ -243,19 +247,27 @@ class Trainer:
                             data_state.get("seed"), self.train_data.seed)
         return state, int(data_state.get("batches_consumed", step))
 
-    def step_fn(self, objective: Objective):
-        """The compiled train step for `objective` (compiled once, on first use)."""
+    def step_fn(self, objective: Objective) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+        """`compiled_step(objective)` with the frozen models' parameters bound: (state, batch, rng)."""
+        compiled, frozen = self.compiled_step(objective), self.frozen.params
+        return lambda state, batch, rng: compiled(state, frozen, batch, rng)
+
+    def compiled_step(self, objective: Objective) -> Any:
+        """The compiled train step for `objective` (compiled once, on first use; XLA's cost analysis
+        and memory analysis are on it)."""
         key = id(objective)
         if key not in self._compiled:
             start = time.perf_counter()
             step = make_train_step(objective, self.optimizer, self.microbatches)
-            self._compiled[key] = compile_train_step(step, self.layout, self.batch_spec, self.mesh, self.rules)
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                    self.frozen.params)
+            self._compiled[key] = compile_train_step(step, self.layout, self.batch_spec, self.mesh, self.rules, abstract)
             logging.info("compiled the train step for %s in %.1fs", objective.name, time.perf_counter() - start)
         return self._compiled[key]
 
     def evaluate(self, state: TrainState, objective: Objective, data: DatasetConfig, max_batches: int) -> dict[str, float]:
         """Weighted-mean metrics of `objective` over at most `max_batches` batches of `data`."""
-        return self.evaluator(objective, state.params, state.step, data, max_batches)
+        return self.evaluator(objective, {**self.frozen.params, **state.params}, state.step, data, max_batches)
 
 
 class Evaluator:
@@ -361,12 +373,15 @@ def train(
     mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
     checkpoint_config: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
     peak_flops_per_device: float | None = None,
+    frozen_models: Mapping[str, FrozenModel] | None = None,
 ) -> TrainSummary:
     """Trains from gin: `littlehelp train --gin_file=...` calls this with every argument bound.
 
     Give either `objective` (one throughout) or `curriculum` (step -> objective).
     `peak_flops_per_device` is the MFU denominator; unset, it is measured (float32 matmul).
     MODEL_DIR is locked for the run (`checkpoints.RunLock`): a second trainer on it is refused.
+    `frozen_models` are read, never trained or saved (`littlehelp.frozen`); objectives see their
+    parameters under their names.
     """
     if (objective is None) == (curriculum is None):
         raise gin_config.ConfigError("train: bind exactly one of train.objective and train.curriculum")
@@ -375,7 +390,9 @@ def train(
     with checkpoints.RunLock(model_dir):
         mesh = partitioning.make_mesh(mesh_config)
         rules = partitioning.logical_axis_rules()
-        trainer = Trainer(model_dir, curriculum, optimizer, train_data, mesh, rules, checkpoint_config, microbatches, seed)
+        trainer = Trainer(model_dir, curriculum, optimizer, train_data, mesh, rules, checkpoint_config, microbatches, seed,
+                          frozen_models)
+        check_and_record(model_dir, trainer.frozen)
         gin_config.write_operative_config(model_dir)
         peak = peak_flops_per_device or measure_matmul_flops()
         loop = _Loop(trainer, steps, eval_data, eval_every, eval_batches, log_every, peak * len(mesh.devices.flat))

@@ -207,7 +207,7 @@ def loss_at(curve: Curve, x: float, r: float, by_flops: bool) -> float:
 def compiled_ratio(study: Study) -> float:
     """r from the compiled steps' cost analysis (all XLA FLOPs, not only matrix multiplies)."""
     def flops(objective):
-        analysis = study.trainer.step_fn(objective).cost_analysis()
+        analysis = study.trainer.compiled_step(objective).cost_analysis()
         return (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
     return flops(study.hybrid) / flops(study.sc)
 

@@ -1,13 +1,16 @@
 """Train step: sharded == unsharded, microbatching == full batch, zero-weight terms not computed,
 one compiled step per objective, NaN stops the run with the last good checkpoint kept."""
 
+import json
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from littlehelp import checkpoints, optimizers, partitioning, trainer
+from littlehelp import checkpoints, frozen, metrics, optimizers, partitioning, trainer
 from littlehelp.objectives import Curriculum, DecoderObjective, EncoderDecoderObjective, WeightedSum
 from littlehelp.models import build_model
 from littlehelp.optimizers import Optimizer
@@ -101,8 +104,7 @@ class CountingObjective:
 
 def _compiled_flops(tmp_path, objective, data):
     t = _trainer(tmp_path, objective, data, partitioning.MeshConfig(1, 1, 1))
-    compiled = t.step_fn(objective)
-    analysis = compiled.cost_analysis()
+    analysis = t.compiled_step(objective).cost_analysis()
     return (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
 
 
@@ -205,3 +207,50 @@ def test_a_state_that_overflows_is_never_saved_though_its_loss_was_finite(tmp_pa
 def test_nonfinite_arrays_names_each_array_with_nan_or_inf():
     state = {"a": jnp.ones(3), "b": jnp.array([1.0, jnp.inf]), "c": jnp.array([jnp.nan]), "n": jnp.arange(2)}
     assert trainer.nonfinite_arrays(state) == ["['b']", "['c']"]
+
+
+class MatchTeacher:
+    """Mean squared distance of the student's logits to a frozen teacher's (named 'teacher')."""
+
+    name, trainable_keys = "match_teacher", ("model",)
+
+    def __init__(self):
+        self.model = build_model(TINY_DECODER)
+
+    def init_params(self, rng, batch):
+        return {"model": self.model.init(rng, batch)}
+
+    def loss(self, params, batch, rng, step):
+        distance = jnp.mean((self.model.logits(params["model"], batch) - self.model.logits(params["teacher"], batch)) ** 2)
+        return distance, {"loss": distance, "weight": jnp.ones((), jnp.float32)}
+
+    def train_flops(self, batch):
+        return 2 * DecoderObjective(self.model).train_flops(batch)
+
+
+def test_a_frozen_teacher_is_read_never_trained_saved_or_swapped(tmp_path):
+    data, teacher_dir = lm_data(), tmp_path / "teacher"
+    _run(teacher_dir, Curriculum.single(DecoderObjective(build_model(TINY_DECODER))), data, steps=2)
+    teacher = frozen.FrozenModel(path=str(teacher_dir), model=build_model(TINY_DECODER))
+    student = MatchTeacher()
+    run = lambda steps: trainer.train(
+        model_dir=str(tmp_path / "student"), train_data=data, steps=steps, optimizer=SGD, objective=student,
+        log_every=1, mesh_config=partitioning.MeshConfig(1, 1, 1), peak_flops_per_device=1e9,
+        checkpoint_config=checkpoints.CheckpointConfig(save_interval_steps=1, async_save=False),
+        frozen_models={"teacher": teacher})
+    run(1)
+    # The first step's loss used exactly the teacher's saved arrays, read here another way.
+    saved_teacher = checkpoints.read_arrays(teacher_dir / "checkpoints" / "2")["params"]["model"]
+    student_start = checkpoints.read_arrays(tmp_path / "student" / "checkpoints" / "1")
+    assert set(student_start["params"]) == set(student_start["opt_state"]) == {"model"}  # no teacher state saved
+    first = next(iter(trainer.GlobalBatches(data, partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1)))))
+    init = Curriculum.single(student).init_params(jax.random.key(0), first)  # as the run initialised (seed 0)
+    expected = student.loss({"model": nn.unbox(init)["model"], "teacher": saved_teacher}, first, None, 0)[0]
+    logged = metrics.read_jsonl(tmp_path / "student" / "metrics.jsonl")[0]["train/loss"]
+    np.testing.assert_allclose(logged, float(expected), rtol=1e-5)
+    record = json.loads((tmp_path / "student" / frozen.RECORD_NAME).read_text())["teacher"]
+    assert record["step"] == 2 and record["fingerprint"] == frozen.fingerprint(saved_teacher)
+    # Training the teacher on changes it: the resumed student run refuses it by name.
+    _run(teacher_dir, Curriculum.single(DecoderObjective(build_model(TINY_DECODER))), data, steps=4)
+    with pytest.raises(frozen.FrozenModelChangedError, match="frozen model 'teacher' is not the one this run started"):
+        run(2)
