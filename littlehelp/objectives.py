@@ -48,6 +48,20 @@ class Objective(Protocol):
         """Matrix-multiply FLOPs of one training step on a batch of these shapes (see flops.py)."""
 
 
+EXAMPLE_WEIGHTS = "example_weights"  # optional feature [batch]: each example's weight (e.g. from a selector)
+
+
+def token_weights(batch: Batch) -> jax.Array:
+    """Per-token loss weights: `decoder_loss_weights`, times each row's `example_weights` when present.
+
+    A weight of 2 counts an example as twice (as repeating it would), 0 drops it.
+    """
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    if EXAMPLE_WEIGHTS in batch:
+        weights = weights * batch[EXAMPLE_WEIGHTS].astype(jnp.float32)[:, None]
+    return weights
+
+
 def _token_metrics(sums: losses.TokenLossSums) -> tuple[jax.Array, Metrics]:
     """Mean loss and the standard per-token metrics from weighted sums."""
     weight = jnp.maximum(sums.weight, 1.0)
@@ -84,7 +98,7 @@ class _TokenObjective:
     def loss(self, params: Params, batch: Batch, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
         logits = self.model.logits(params[self.model_key], batch, rng)
         sums = losses.cross_entropy_with_z_loss(
-            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], self.z_loss
+            logits, batch["decoder_target_tokens"], token_weights(batch), self.z_loss
         )
         return _token_metrics(sums)
 

@@ -254,3 +254,21 @@ def test_a_frozen_teacher_is_read_never_trained_saved_or_swapped(tmp_path):
     _run(teacher_dir, Curriculum.single(DecoderObjective(build_model(TINY_DECODER))), data, steps=4)
     with pytest.raises(frozen.FrozenModelChangedError, match="frozen model 'teacher' is not the one this run started"):
         run(2)
+
+
+def test_example_weights_scale_each_examples_gradient_as_a_float64_combination():
+    """With weights w_i, the gradient is sum_i w_i n_i g_i / sum_i w_i n_i (g_i: example i's own mean
+    gradient, n_i its target tokens), combined here in float64 from per-example gradients."""
+    objective = DecoderObjective(build_model(TINY_DECODER), z_loss=0.0)
+    batch = {k: jnp.asarray(v) for k, v in jax.device_get(next(iter(trainer.GlobalBatches(
+        lm_data(batch_size=3), partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1)))))).items()}
+    params = nn.unbox(objective.init_params(jax.random.key(0), batch))
+    batch["decoder_loss_weights"] = batch["decoder_loss_weights"].at[1, 20:].set(0)  # uneven token counts
+    weights = np.array([0.5, 2.0, 0.0])
+    grad_of = jax.jit(jax.grad(lambda p, b: objective.loss(p, b, jax.random.key(0), 0)[0]))
+    got = grad_of(params, dict(batch, example_weights=jnp.asarray(weights, jnp.float32)))
+    rows = [grad_of(params, {k: v[i:i + 1] for k, v in batch.items()}) for i in range(3)]
+    tokens = np.asarray(batch["decoder_loss_weights"]).sum(axis=1).astype(np.float64)
+    share = weights * tokens / np.sum(weights * tokens)
+    expected = jax.tree.map(lambda *g: sum(s * np.asarray(x, np.float64) for s, x in zip(share, g)), *rows)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7), got, expected)
