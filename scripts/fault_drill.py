@@ -64,18 +64,7 @@ import numpy as np  # noqa: E402
 from littlehelp import checkpoints, errors, trainer  # noqa: E402
 from littlehelp.metrics import read_jsonl  # noqa: E402
 
-TINY_RUN = [
-    "--gin_file=models/t5_1_1/tiny.gin",
-    "--gin_file=runs/pretrain.gin",
-    "--gin.TASK=docstrings_prefix_lm",
-    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}",
-    "--gin.BATCH_SIZE=8",
-    "--gin.partitioning.MeshConfig.data=1",
-    "--gin.trainer.train.eval_every=0",
-    "--gin.trainer.train.log_every=1",
-    "--gin.trainer.train.peak_flops_per_device=1e9",
-    "--gin.checkpoints.CheckpointConfig.async_save=True",
-]
+TINY_RUN = ["--gin_file=runs/smoke.gin", "--gin.checkpoints.CheckpointConfig.async_save=True"]
 STEP_LINE = re.compile(r"\] step (\d+) train:")
 SAVE_LINE = re.compile(r"Checkpoint step (\d+) being written")
 RESUME_LINE = re.compile(r"training steps (\d+) -> ")
