@@ -1,4 +1,5 @@
-"""Smoke test of scripts/bench_train_step.py on tiny configurations (a few steps, 1 device)."""
+"""Smoke tests of scripts/bench_train_step.py (tiny configurations, a few steps, 1 device) and
+scripts/bench_kd_loss.py (tiny shapes)."""
 
 import importlib.util
 import json
@@ -7,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_train_step.py"
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_train_step", SCRIPT)
+def _load_script(name: str = "bench_train_step"):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
@@ -70,3 +71,47 @@ def test_random_batch_uses_real_feature_names_and_shifted_decoder_inputs():
     assert (batch["decoder_input_tokens"][:, 0] == 0).all() and batch["decoder_target_tokens"].min() >= 1
     assert set(bench.random_batch(bench.CONFIGS["decoder-bench"], 2)) == {
         "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights"}
+
+
+@pytest.fixture(scope="module")
+def kd_report(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("bench_kd")
+    returned = _load_script("bench_kd_loss").main([
+        "--vocabs", "4096", "--batch", "2", "--length", "256", "--student_dim", "16", "--teacher_dim", "24",
+        "--chunk_tokens", "16", "--kinds", "fkl", "jsd", "--time_at", "4096x2", "--repeats", "2",
+        "--matmul_sizes", "128", "--matmul_repeats", "2", "--out_dir", str(out_dir)])
+    return returned, out_dir
+
+
+def test_kd_bench_writes_json_equal_to_returned_report_and_markdown_tables(kd_report):
+    returned, out_dir = kd_report
+    assert json.loads((out_dir / "bench_kd_loss.json").read_text()) == returned
+    table = (out_dir / "bench_kd_loss.md").read_text()
+    assert "| 4096 | chunked_kd | jsd | 8 |" in table and "| 4096 | naive_ce | ce | - |" in table
+    assert "| 4096 x 2 x 256 | chunked_kd | fkl | 8 |" in table and returned["load"]["start"]["uptime"] in table
+
+
+def test_kd_bench_memory_shows_the_full_logits_only_in_naive_cases(kd_report):
+    returned, _ = kd_report
+    memory = {(r["case"], r["kind"]): r for r in returned["memory"]}
+    assert set(memory) == {("naive_ce", "ce"), ("chunked_ce", "ce"), ("naive_kd", "fkl"), ("chunked_kd", "fkl"),
+                           ("naive_kd", "jsd"), ("chunked_kd", "jsd")}
+    full = 2 * 256 * 4096 * 4
+    for (case, _), r in memory.items():
+        assert r["full_logits_bytes"] == full
+        assert r["peak_bytes"] == r["temp_bytes"] + r["argument_bytes"] + r["output_bytes"]
+        assert (r["temp_bytes"] > full) if case.startswith("naive") else (r["temp_bytes"] < full / 2)
+    assert memory[("chunked_kd", "fkl")]["teacher_input_bytes"] == (2 * 256 * 24 + 24 * 4096) * 4
+
+
+def test_kd_bench_times_three_losses_and_reports_every_target(kd_report):
+    returned, _ = kd_report
+    assert [r["case"] for r in returned["timing"]] == ["naive_kd", "chunked_kd", "chunked_ce"]
+    assert all(len(r["seconds"]) == 2 and r["median_seconds"] > 0 for r in returned["timing"])
+    targets = {t["target"]: t for t in returned["targets"]}
+    assert len(targets) == 3 and set(returned["matmul_flops_per_second"]["before"]) == {"128"}
+    below = targets["chunked KD peak >= 4x below naive KD (vocab 4096)"]
+    assert below["met"] == (below["value"] >= 4)
+    timed = targets["chunked KD time <= 1.15 x naive KD (4096x2)"]
+    by_case = {r["case"]: r for r in returned["timing"]}
+    assert timed["value"] == pytest.approx(by_case["chunked_kd"]["median_seconds"] / by_case["naive_kd"]["median_seconds"])
