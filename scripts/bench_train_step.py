@@ -165,7 +165,7 @@ def _time_steps(compiled, state, batch, steps: int, warmup: int) -> tuple[list[f
     seconds, metrics = [], None
     for index in range(warmup + steps):
         start = time.perf_counter()
-        state, metrics = compiled(state, batch, rng)
+        state, metrics = compiled(state, {}, batch, rng)  # no frozen models
         jax.block_until_ready((state, metrics))
         if index >= warmup:
             seconds.append(time.perf_counter() - start)
