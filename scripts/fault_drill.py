@@ -415,11 +415,11 @@ class Drill:
         """The corrupted `step` was moved to corrupt/<step>-<time>/, the `older` step restored instead,
         and `step` recomputed and saved again (its first save)."""
         record = self.corrupted[-1]
-        moved = re.search(rf"Could not restore checkpoint {re.escape(str(self.checkpoints))}/{step} \(.*\); "
-                          rf"moved it to (\S+/{checkpoints.CORRUPT_FOLDER}/{step}-[\w.-]+)", attempt.text)
+        moved = re.search(rf"Moved checkpoint {re.escape(str(self.checkpoints))}/{step}, which cannot be restored, "
+                          rf"to (\S+/{checkpoints.CORRUPT_FOLDER}/{step}-[\w.-]+);", attempt.text)
         outcome = Outcome("corrupt", f"{record['how']}")
         if moved is None:
-            outcome.problems.append("no 'Could not restore ... moved it to .../corrupt/...' log line")
+            outcome.problems.append("no 'Moved checkpoint ... to .../corrupt/...' log line")
         else:
             record["moved_to"] = moved.group(1).rstrip(".;")
             outcome.detail += f"; moved to {record['moved_to']}"
@@ -670,7 +670,7 @@ def markdown(report: dict) -> str:
         f"{report['date']}, code {report['code']}. Command: `{report['command'].strip()}`. "
         f"Total {report['total_seconds']:.0f} s.\n",
         f"Load at start: `{report['uptime_start']}`; at end: `{report['uptime_end']}`.\n",
-        f"Config: tiny T5 (tests/test_resume.py's TINY_RUN), {config['steps']} steps, async saves every "
+        f"Config: tiny T5 on the in-memory docstrings task (gin/runs/smoke.gin), {config['steps']} steps, async saves every "
         f"{config['save_interval']} steps, keep {config['max_to_keep']}, seed {config['seed']}, delayed kills up "
         f"to {config['max_kill_delay']} s after an attempt's first step. Every attempt runs:\n",
         f"    {report['train_command']}\n",
