@@ -168,7 +168,7 @@ class HybridObjective:
         masked = choose_masked(mask_rng, tokens, self.mask_rate, self.first_sentinel_id)
         logits = self.generator.apply(
             {"params": params["generator"]}, jnp.where(masked, self.mask_id, tokens),
-            params[self.model_key]["token_embedder"]["embedding"], batch.get("encoder_segment_ids"),
+            self.model.embedding_table(params[self.model_key]), batch.get("encoder_segment_ids"),
             deterministic=self.generator_config.dropout_rate == 0,
             rngs=_dropout_rngs(dropout_rng, self.generator_config.dropout_rate),
         )

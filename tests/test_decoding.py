@@ -206,3 +206,9 @@ def test_top_p_never_leaves_the_nucleus():
     renormalised = probs[nucleus] / probs[nucleus].sum()
     assert _chi_square(counts, renormalised) < 30.0
 
+
+
+def test_t5_embedding_table_is_what_embed_looks_up(t5_params):
+    table = np.asarray(ENC_DEC.embedding_table(t5_params))
+    assert table.shape == (VOCAB, 16)
+    np.testing.assert_array_equal(ENC_DEC.embed(t5_params, ENCODER_INPUTS), table[np.asarray(ENCODER_INPUTS)])

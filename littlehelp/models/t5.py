@@ -300,6 +300,10 @@ class T5Model(StepwiseFlaxModel):
     def embed(self, params: Any, tokens: Array) -> Array:
         return self.module.apply({"params": params}, tokens, method=T5.embed)
 
+    def embedding_table(self, params: Any) -> Array:
+        """The shared token embedding table [vocab, emb] (SpacTor's generator reads it, ELECTRA-style)."""
+        return nn.unbox(params["token_embedder"]["embedding"])
+
     def _apply(self, params: Any, batch: Mapping[str, Array], rng: Array | None,
                input_embeddings: Array | None, method: Any) -> Any:
         deterministic, rngs = dropout(rng, self.config.dropout_rate)
