@@ -208,21 +208,17 @@ def _move_aside(step_dir: epath.Path) -> epath.Path:
     return target
 
 
-def _restore_newest_good(
-    manager: ocp.CheckpointManager, steps: list[int], abstract_state: PyTree, quarantine: bool = False
-) -> tuple[PyTree, dict, int]:
-    """Tries ``steps`` newest first; warns about each bad one; raises CheckpointError if all fail.
+def _newest_good(step_dirs: Mapping[int, epath.Path], restore_one: Any, where: epath.Path) -> tuple[Any, int, list]:
+    """(restore_one(step), step, bad step folders newer than it) for the newest step that restores.
 
-    With `quarantine`, once a good step is found the newer bad ones are moved aside (see
-    `_move_aside`) so that the recomputed steps can be saved again. When no step restores nothing
-    is moved: every rerun fails the same way until the user decides. A shape mismatch is raised at
-    once and moves nothing.
+    Each bad step is warned about in one short line; a shape mismatch is raised at once (it is not
+    corruption); CheckpointError names every step when none restores.
     """
     failures, bad_dirs = [], []
-    for step in sorted(steps, reverse=True):
-        step_dir = _step_dir(manager, step)
+    for step in sorted(step_dirs, reverse=True):
+        step_dir = step_dirs[step]
         try:
-            state, data_state = _restore_step(manager, step, abstract_state)
+            result = restore_one(step)
         except CheckpointMismatchError:
             raise
         except Exception as error:  # noqa: BLE001 -- any defect in one step means: try the previous one.
@@ -232,13 +228,28 @@ def _restore_newest_good(
             bad_dirs.append(step_dir)
             continue
         logging.info("Restored checkpoint %s.", step_dir)
-        if quarantine and bad_dirs and jax.process_index() == 0:
-            _quarantine(manager, bad_dirs)
-        return state, data_state, step
+        return result, step, bad_dirs
     raise CheckpointError(
-        f"No checkpoint in {manager.directory} could be restored (nothing was moved or deleted; move the folder "
+        f"No checkpoint in {where} could be restored (nothing was moved or deleted; move the folder "
         "away to start afresh); failed steps: " + "; ".join(failures)
     )
+
+
+def _restore_newest_good(
+    manager: ocp.CheckpointManager, steps: list[int], abstract_state: PyTree, quarantine: bool = False
+) -> tuple[PyTree, dict, int]:
+    """Tries ``steps`` newest first (see `_newest_good`).
+
+    With `quarantine`, once a good step is found the newer bad ones are moved aside (see
+    `_move_aside`) so that the recomputed steps can be saved again. When no step restores nothing
+    is moved: every rerun fails the same way until the user decides.
+    """
+    step_dirs = {step: _step_dir(manager, step) for step in steps}
+    restore_one = lambda step: _restore_step(manager, step, abstract_state)  # noqa: E731
+    (state, data_state), step, bad_dirs = _newest_good(step_dirs, restore_one, manager.directory)
+    if quarantine and bad_dirs and jax.process_index() == 0:
+        _quarantine(manager, bad_dirs)
+    return state, data_state, step
 
 
 def _quarantine(manager: ocp.CheckpointManager, step_dirs: list[epath.Path]) -> None:
@@ -258,7 +269,7 @@ def absolute_path(path: str | os.PathLike) -> epath.Path:
 class Checkpointer:
     """Saves and restores (state, data_state) under one directory, normally MODEL_DIR/checkpoints.
 
-    `read_only` (eval, infer) never creates, moves or writes anything.
+    `read_only` (to inspect a run without touching it) never creates, moves or writes anything.
     """
 
     def __init__(self, directory: str, config: CheckpointConfig, read_only: bool = False):
@@ -300,7 +311,7 @@ class Checkpointer:
         """Refuses a save that cannot succeed on a local disk: the folder is not writable or too full."""
         if "://" in str(self._directory):
             return
-        self._manager.wait_until_finished()  # a pending save's bytes count against the free space
+        self.wait_until_finished()  # a pending save's bytes count against the free space
         probe = self._directory / f".write-probe-{os.getpid()}"
         try:
             probe.write_bytes(b"littlehelp")
@@ -438,20 +449,17 @@ def restore_params(
     keyed = {select: abstract_params} if select is not None else dict(abstract_params)
     saved_keys = {k: k if select is not None else (rename or {}).get(k, k) for k in keyed}
     root, steps = _step_folders(absolute_path(path))
-    failures = []
-    for step in sorted(steps, reverse=True):
-        step_dir = root / str(step)
-        try:
-            params = _params_only_restore(step_dir, keyed, saved_keys)
-        except CheckpointMismatchError:
-            raise
-        except Exception as error:  # noqa: BLE001 -- a bad step: try the previous one.
-            logging.warning("Could not read parameters from %s (%s); trying an older step.", step_dir, short_error(error))
-            failures.append(f"{step_dir}: {short_error(error)}")
-            continue
-        logging.info("Read parameters %s from %s.", sorted(saved_keys.values()), step_dir)
-        return (params[select] if select is not None else params), step
-    raise CheckpointError(f"no parameters could be read from {path}; failed steps: " + "; ".join(failures))
+    restore_one = lambda step: _params_only_restore(root / str(step), keyed, saved_keys)  # noqa: E731
+    params, step, _ = _newest_good({step: root / str(step) for step in steps}, restore_one, root)
+    return (params[select] if select is not None else params), step
+
+
+def finished_steps(directory: str | os.PathLike) -> list[int]:
+    """The steps of a checkpoints folder whose state was written completely (none if it is absent)."""
+    root = epath.Path(directory)
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / STATE_ITEM).is_dir())
 
 
 def _step_folders(path: epath.Path) -> tuple[epath.Path, list[int]]:
@@ -459,7 +467,7 @@ def _step_folders(path: epath.Path) -> tuple[epath.Path, list[int]]:
     if (path / STATE_ITEM).is_dir():
         return path.parent, [int(path.name)]
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / STATE_ITEM).is_dir()] if root.is_dir() else []
+    steps = finished_steps(root)
     if not steps:
         raise CheckpointError(f"{path} holds no finished checkpoint (a step folder, a checkpoints folder or a run folder)")
     return root, steps

@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import gin
-import jax
-import jax.numpy as jnp
 import flax.linen as nn
+import jax
 from absl import logging
 from jax.sharding import Mesh
 

@@ -477,8 +477,7 @@ def restore_run_params(
     `init_params(rng)` gives the (boxed) parameters to fill: keyed by model, or one model's with `select`.
     """
     own = Path(model_dir) / "checkpoints"
-    has_steps = own.is_dir() and any(p.name.isdigit() for p in own.iterdir())
-    path = own if has_steps else checkpoint_config.restore_path
+    path = own if checkpoints.finished_steps(own) else checkpoint_config.restore_path
     if path is None:
         raise checkpoints.CheckpointError(f"no checkpoint in {own} and no restore path set")
     abstract, _ = params_layout(init_params, mesh, rules)
