@@ -11,8 +11,9 @@ Cluster-Margin's clusters once from the embeddings) and runs the selector.
 
 The new Task holds the selected examples after the source Task's preprocessing, in source order,
 under the same output features; its other splits are the source Task's, unchanged. Importance
-weights (IWeS) become repeats: each selected example appears round(w / min w) times. Stochastic
-preprocessing of the source is therefore fixed at the draw made while scoring.
+weights (IWeS) travel with the examples as feature `example_weight`: the feature converters spread
+it over each example's target tokens (packed or not) and the objectives weight its loss by it.
+Stochastic preprocessing of the source is fixed at the draw made while scoring.
 
 From gin (the run file imports this module and sets the values it needs):
 
@@ -38,6 +39,7 @@ import tensorflow as tf
 from active import loop, validation
 from active.clustering import cluster_margin_clusters
 from active.selectors import Pool, Selection, Selector, gradient_embeddings, make_selector
+from littlehelp.data.pipeline import EXAMPLE_WEIGHT
 
 Example = Mapping[str, np.ndarray]
 Scorer = Callable[[Sequence[Example]], Mapping[str, np.ndarray]]
@@ -53,8 +55,7 @@ class StageResult:
     split: str
     pool_size: int
     indices: np.ndarray  # positions in the source split's (unshuffled) example order
-    weights: np.ndarray | None
-    repeats: np.ndarray  # copies of each selected example in the new Task
+    weights: np.ndarray | None  # each selected example's `example_weight` in the new Task (None: unweighted)
     selection_seconds: float
 
 
@@ -103,25 +104,24 @@ def pool_from_scores(scores: Mapping[str, np.ndarray], selector: Selector, budge
     return Pool(**fields)
 
 
-def weight_repeats(weights: np.ndarray | None, count: int) -> np.ndarray:
-    """Copies per selected example: round(w / min w) (at least 1); all ones without weights."""
-    if weights is None or count == 0:
-        return np.ones(count, np.int64)
-    weights = np.asarray(weights, np.float64)
-    return np.maximum(1, np.rint(weights / weights.min())).astype(np.int64)
-
-
 def register_subset(name: str, source_task: str, split: str, examples: Sequence[Example],
-                    sequence_length: Mapping[str, int] | None = None) -> seqio.Task:
+                    sequence_length: Mapping[str, int] | None = None,
+                    weights: np.ndarray | None = None) -> seqio.Task:
     """Registers Task `name`: `examples` as its `split`, the source Task's other splits unchanged.
 
     Replaces an earlier Task of the same name. The examples must already be preprocessed by the
-    source Task (as `read_examples` returns them); the new Task adds no preprocessing.
+    source Task (as `read_examples` returns them); the new Task adds no preprocessing. With `weights`
+    (positive, one per example) each example holds its weight as float32 feature `example_weight`.
     """
     source = seqio.get_mixture_or_task(source_task)
     selected_split = split
-    signature = _source_dataset(source, selected_split, sequence_length).element_spec
+    signature = dict(_source_dataset(source, selected_split, sequence_length).element_spec)
     stored = [dict(example) for example in examples]
+    if weights is not None:
+        weights = validation.check_weights(weights, len(stored))
+        signature[EXAMPLE_WEIGHT] = tf.TensorSpec([], tf.float32)
+        for example, weight in zip(stored, weights):
+            example[EXAMPLE_WEIGHT] = np.float32(weight)
 
     def dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
         del shuffle_files, seed  # one in-memory shard; seqio shuffles examples
@@ -157,12 +157,9 @@ def select(task: str, scorer: Scorer, selector: str | Selector, budget: int, *, 
     pool = pool_from_scores(scores, selector, budget, num_clusters, seed)
     chosen: Selection = selector.select(pool, budget, np.random.default_rng(seed))
     seconds = time.perf_counter() - started
-    repeats = weight_repeats(chosen.weights, len(chosen.indices))
-    subset = [examples[i] for i, copies in zip(chosen.indices, repeats) for _ in range(copies)]
     task_name = name or f"{task}_{selector.name}_{budget}"
-    register_subset(task_name, task, split, subset, sequence_length)
-    return StageResult(task_name, task, split, len(examples), np.asarray(chosen.indices), chosen.weights,
-                       repeats, seconds)
+    register_subset(task_name, task, split, [examples[i] for i in chosen.indices], sequence_length, chosen.weights)
+    return StageResult(task_name, task, split, len(examples), np.asarray(chosen.indices), chosen.weights, seconds)
 
 
 # Selections made through `select_task` in this process: Task name -> the arguments that made it.

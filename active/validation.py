@@ -91,6 +91,19 @@ def check_finite(name: str, array: np.ndarray) -> None:
         raise SelectionInputError(f"{name} has {_rows(len(bad))} with NaN or Inf (first: row {bad[0]})")
 
 
+def check_weights(weights: np.ndarray, rows: int) -> np.ndarray:
+    """Example weights as float32: one per row, finite and positive (a weight of 0 is an example not
+    selected), or `SelectionInputError` naming the first bad one."""
+    weights = np.asarray(weights, np.float64).reshape(-1)
+    if len(weights) != rows:
+        raise SelectionInputError(f"{len(weights)} example weights for {_rows(rows)}")
+    check_finite("example weights", weights)
+    bad = np.flatnonzero(~(weights.astype(np.float32) > 0))
+    if len(bad):
+        raise SelectionInputError(f"example weights must be positive: row {bad[0]} has {_shown(weights[bad[0]])}")
+    return weights.astype(np.float32)
+
+
 def check_pool(pool: Pool, budget: object) -> None:
     """What every `Selector.select` checks first: a non-empty pool, the budget, finite fields."""
     size = pool.size

@@ -48,17 +48,19 @@ class Objective(Protocol):
         """Matrix-multiply FLOPs of one training step on a batch of these shapes (see flops.py)."""
 
 
-EXAMPLE_WEIGHTS = "example_weights"  # optional feature [batch]: each example's weight (e.g. from a selector)
+EXAMPLE_WEIGHTS = "example_weights"  # optional feature [batch, length]: the weight of each target token's example
 
 
 def token_weights(batch: Batch) -> jax.Array:
-    """Per-token loss weights: `decoder_loss_weights`, times each row's `example_weights` when present.
+    """Per-token loss weights: `decoder_loss_weights`, times `example_weights` when present.
 
-    A weight of 2 counts an example as twice (as repeating it would), 0 drops it.
+    The feature converters fill `example_weights` from a Task's per-example `example_weight` (each target
+    token carries its example's weight, packed or not). A weight of 2 counts an example as twice (as
+    repeating it would), 0 drops it.
     """
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
     if EXAMPLE_WEIGHTS in batch:
-        weights = weights * batch[EXAMPLE_WEIGHTS].astype(jnp.float32)[:, None]
+        weights = weights * batch[EXAMPLE_WEIGHTS].astype(jnp.float32)
     return weights
 
 

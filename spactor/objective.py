@@ -33,7 +33,7 @@ import seqio
 from littlehelp import flops, losses
 from littlehelp.data.vocab import EOS_ID, NUM_SENTINELS, load_vocabulary
 from littlehelp.models import EncoderConfig, T5Config, T5Model
-from littlehelp.objectives import Batch, Curriculum, EncoderDecoderObjective, Metrics, Params
+from littlehelp.objectives import Batch, Curriculum, EncoderDecoderObjective, Metrics, Params, token_weights
 from spactor.generator import Generator
 
 Array = jax.Array
@@ -188,7 +188,7 @@ class HybridObjective:
         encoded, hidden = self.model.encoder_and_decoder_states(t5_params, corrupted, t5_rng)
         logits = self.model.logits_from_hidden(t5_params, hidden)
         sc_loss, sc_metrics = _token_metrics(losses.cross_entropy_with_z_loss(
-            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], self.span_corruption.z_loss))
+            logits, batch["decoder_target_tokens"], token_weights(batch), self.span_corruption.z_loss))
         rtd_logits = self.rtd_head.apply({"params": params["rtd_head"]}, encoded)
         rtd_loss, rtd_accuracy = _sigmoid_cross_entropy(rtd_logits, inputs.rtd_labels, inputs.rtd_weights)
         total = sc_loss + self.mlm_weight * mlm.cross_entropy / mlm_weight + self.rtd_weight * rtd_loss

@@ -266,7 +266,8 @@ def test_example_weights_scale_each_examples_gradient_as_a_float64_combination()
     batch["decoder_loss_weights"] = batch["decoder_loss_weights"].at[1, 20:].set(0)  # uneven token counts
     weights = np.array([0.5, 2.0, 0.0])
     grad_of = jax.jit(jax.grad(lambda p, b: objective.loss(p, b, jax.random.key(0), 0)[0]))
-    got = grad_of(params, dict(batch, example_weights=jnp.asarray(weights, jnp.float32)))
+    per_token = np.broadcast_to(weights[:, None], batch["decoder_loss_weights"].shape)
+    got = grad_of(params, dict(batch, example_weights=jnp.asarray(per_token, jnp.float32)))
     rows = [grad_of(params, {k: v[i:i + 1] for k, v in batch.items()}) for i in range(3)]
     tokens = np.asarray(batch["decoder_loss_weights"]).sum(axis=1).astype(np.float64)
     share = weights * tokens / np.sum(weights * tokens)

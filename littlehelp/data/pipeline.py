@@ -19,10 +19,67 @@ from jax.sharding import Mesh
 from littlehelp import partitioning
 from littlehelp.config import ConfigError
 from littlehelp.data import vocab
+from littlehelp.objectives import EXAMPLE_WEIGHTS
+
+EXAMPLE_WEIGHT = "example_weight"  # optional Task feature: one positive float32 weight per example
+_WEIGHT_BITS = "example_weight_bits"  # the weight's float32 bits as int32, one per target token, while packing
+
+
+def _spread_weight_bits(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Adds the example's weight bits under every target token (seqio packs only int32 sequences, and
+    trims each at its first zero: a positive float's bits are a nonzero int32, restored exactly)."""
+    bits = tf.bitcast(tf.cast(features[EXAMPLE_WEIGHT], tf.float32), tf.int32)
+    return dict(features, **{_WEIGHT_BITS: tf.fill(tf.shape(features["targets"]), bits)})
+
+
+class _CarriesExampleWeights:
+    """Feature-converter mixin: a Task whose examples hold `example_weight` (a positive scalar, e.g. a
+    selector's importance weight) yields model feature `example_weights` [length], packed or not: each
+    target token carries its example's weight, padding 0. Tasks without the feature convert as in seqio."""
+
+    _weighted = False
+
+    def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+        self._weighted = EXAMPLE_WEIGHT in ds.element_spec
+        return super().__call__(ds, task_feature_lengths)
+
+    @property
+    def MODEL_FEATURES(self) -> Mapping[str, seqio.FeatureConverter.FeatureSpec]:  # noqa: N802 (seqio's name)
+        features = dict(super().MODEL_FEATURES)
+        if self._weighted:
+            features[EXAMPLE_WEIGHTS] = seqio.FeatureConverter.FeatureSpec(dtype=tf.float32)
+        return features
+
+    def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+        if not self._weighted:
+            return super()._convert_features(ds, task_feature_lengths)
+        ds = ds.map(_spread_weight_bits, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = self._pack_or_pad(ds, {**task_feature_lengths, _WEIGHT_BITS: task_feature_lengths["targets"]})
+        return ds.map(self._convert_weighted_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def _convert_weighted_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        converted = dict(self._convert_example(features))
+        converted[EXAMPLE_WEIGHTS] = tf.bitcast(features[_WEIGHT_BITS], tf.float32)
+        return converted
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+        lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
+        if self._weighted:
+            lengths[EXAMPLE_WEIGHTS] = task_feature_lengths["targets"]
+        return lengths
+
+
+class EncDecFeatureConverter(_CarriesExampleWeights, seqio.EncDecFeatureConverter):
+    """seqio's encoder-decoder converter, carrying `example_weight` into `example_weights`."""
+
+
+class LMFeatureConverter(_CarriesExampleWeights, seqio.LMFeatureConverter):
+    """seqio's decoder-only LM converter, carrying `example_weight` into `example_weights`."""
+
 
 FEATURE_CONVERTERS = {
-    "encoder_decoder": seqio.EncDecFeatureConverter,
-    "lm": seqio.LMFeatureConverter,
+    "encoder_decoder": EncDecFeatureConverter,
+    "lm": LMFeatureConverter,
 }
 
 

@@ -14,6 +14,7 @@ from active import loop, stage
 from active.selectors import SELECTORS, Pool, gradient_embeddings, make_selector
 from active.validation import SelectionInputError
 from littlehelp import main
+from littlehelp.data import pipeline
 
 POOL = 60
 CENTRE = 30_000.0
@@ -80,12 +81,50 @@ def test_every_selector_selects_through_the_stage_as_through_the_array_api(name,
     pool = reference_pool(name, token_sum_scorer(source_examples), budget)
     expected = make_selector(name).select(pool, budget, np.random.default_rng(3))
     np.testing.assert_array_equal(result.indices, expected.indices)
-    assert len(task_examples(f"sel_{name}")) == int(result.repeats.sum())
+    kept = task_examples(f"sel_{name}")
+    assert len(kept) == budget
+    if expected.weights is None:
+        assert result.weights is None and all(pipeline.EXAMPLE_WEIGHT not in e for e in kept)
+    else:  # IWeS: each selected example holds its importance weight, once (no repeats)
+        np.testing.assert_array_equal([e[pipeline.EXAMPLE_WEIGHT] for e in kept], expected.weights.astype(np.float32))
 
 
-def test_importance_weights_become_repeats():
-    np.testing.assert_array_equal(stage.weight_repeats(np.array([2.0, 5.0, 3.1, 10.0]), 4), [1, 2, 2, 5])
-    np.testing.assert_array_equal(stage.weight_repeats(None, 3), [1, 1, 1])
+def weight_of(targets):
+    """A weight computed from an example's first two tokens (which packing and trimming keep)."""
+    return np.float32(0.5 + targets[0] % 5 + (targets[1] % 3) / 3)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_example_weights_reach_every_target_token_of_their_example(source_examples, pack):
+    """Each target token of a batch carries the weight of the example it came from (recomputed from the
+    segment's own tokens), padding 0, whether the converter packs or pads."""
+    examples = source_examples[:24]
+    stage.register_subset("sel_weighted", "docstrings_lm", "train", examples,
+                          weights=np.array([weight_of(e["targets"]) for e in examples]))
+    config = pipeline.DatasetConfig("sel_weighted", {"targets": 48}, batch_size=4, feature_converter="lm",
+                                    pack=pack, shuffle=False, repeat=False)
+    batches = list(pipeline.host_dataset(config).as_numpy_iterator())
+    assert batches
+    for batch in batches:
+        tokens, weights = batch["decoder_target_tokens"], batch[pipeline.EXAMPLE_WEIGHTS]
+        segments = batch["decoder_segment_ids"] if pack else (tokens != 0).astype(np.int32)
+        expected = np.zeros_like(weights)
+        for row in range(len(tokens)):
+            for segment in set(segments[row][segments[row] > 0]):
+                where = segments[row] == segment
+                expected[row, where] = weight_of(tokens[row, where])
+        np.testing.assert_array_equal(weights, expected)
+        assert weights.dtype == np.float32
+
+
+@pytest.mark.parametrize("weights, message", [
+    (np.array([1.0, 0.0, 2.0]), r"^example weights must be positive: row 1 has 0.0$"),
+    (np.array([1.0, np.nan, 2.0]), r"^example weights has 1 row with NaN or Inf \(first: row 1\)$"),
+    (np.array([1.0, 2.0]), r"^2 example weights for 3 rows$"),
+])
+def test_bad_example_weights_are_refused_by_name(source_examples, weights, message):
+    with pytest.raises(SelectionInputError, match=message):
+        stage.register_subset("sel_bad_weights", "docstrings_lm", "train", source_examples[:3], weights=weights)
 
 
 def test_scorer_output_is_checked():
