@@ -19,3 +19,38 @@ def _fresh_gin_config():
     gin.clear_config()
     yield
     gin.clear_config()
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # HF transformers (the parity reference) never reaches a hub
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """Path of the real SmolLM2-135M-Instruct GGUF file (from the data cache; set-up fetches it)."""
+    from littlehelp.data import pretrained
+
+    return pretrained.ensure("smollm2_135m")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The real all-MiniLM-L6-v2 HF folder (from the data cache; set-up fetches it)."""
+    from littlehelp.data import pretrained
+
+    return pretrained.ensure("minilm_l6")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf):
+    """SmolLM2-135M imported once per session (`convert.load`): shared by every test that needs it."""
+    from littlehelp.models import convert
+
+    return convert.load(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_gguf):
+    """HF transformers' own reading of the same GGUF file (the parity reference), once per session."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name).eval()
