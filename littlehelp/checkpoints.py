@@ -344,6 +344,11 @@ class Checkpointer:
         return None
 
     @property
+    def restore_path(self) -> str | None:
+        """Where a run with no checkpoint of its own starts from (`CheckpointConfig.restore_path`)."""
+        return self._config.restore_path
+
+    @property
     def directory(self) -> str:
         """Where the step folders are."""
         return str(self._directory)
@@ -452,6 +457,15 @@ def restore_params(
     restore_one = lambda step: _params_only_restore(root / str(step), keyed, saved_keys)  # noqa: E731
     params, step, _ = _newest_good({step: root / str(step) for step in steps}, restore_one, root)
     return (params[select] if select is not None else params), step
+
+
+def saved_contents(path: str | os.PathLike) -> tuple[list[str], bool]:
+    """(model keys, whether optimizer state was saved) of the newest finished step under `path` (a step,
+    checkpoints or run folder): a training run saves optimizer state; `littlehelp convert` parameters only."""
+    root, steps = _step_folders(absolute_path(path))
+    with ocp.PyTreeCheckpointer() as reader:
+        saved = reader.metadata(root / str(max(steps)) / STATE_ITEM).item_metadata.tree
+    return sorted(saved.get("params", {})), "opt_state" in saved
 
 
 def finished_steps(directory: str | os.PathLike) -> list[int]:

@@ -1,8 +1,9 @@
-"""`littlehelp infer`: decode examples of a task with a trained checkpoint and write them out.
+"""`littlehelp infer`: decode examples of a task, or a prompt, with a checkpoint and write them out.
 
 Encoder-decoder models decode targets from each example's inputs; decoder-only models continue
-the first `prompt_length` tokens of each example. Results go to MODEL_DIR/inference.jsonl (one
-record per example: input, target, prediction) and are logged.
+the first `prompt_length` tokens of each example. With `prompt` (gin `PROMPT`) the model decodes that
+text instead (optionally wrapped in the vocabulary's chat template). Results go to
+MODEL_DIR/inference.jsonl (one record per example: input, target, prediction) and are logged.
 """
 
 from __future__ import annotations
@@ -74,6 +75,26 @@ def decode_examples(model: StepwiseModel, params, batch: dict[str, np.ndarray], 
     return sources, np.asarray(predictions)
 
 
+def prompt_example(prompt: str, vocabulary: seqio.Vocabulary, feature_converter: str,
+                   chat: bool = False) -> dict[str, np.ndarray]:
+    """A one-row host batch holding `prompt` where `feature_converter`'s models read their input: the
+    encoder input ("encoder_decoder") or the decoder's first tokens ("lm", then `prompt_length` is its length).
+
+    With `chat` the prompt is one user message rendered by the vocabulary's chat template.
+    """
+    if chat:
+        render = getattr(vocabulary, "render_chat", None)
+        if render is None or not getattr(vocabulary, "chat_template", None):
+            raise ValueError(f"inference.infer.chat=True but the vocabulary {type(vocabulary).__name__} has no chat template")
+        prompt = render([{"role": "user", "content": prompt}])
+    ids = np.asarray(vocabulary.encode(prompt), np.int32)[None]
+    if not ids.size:
+        raise ValueError("inference.infer.prompt encodes to no tokens")
+    if feature_converter == "encoder_decoder":
+        return {"encoder_input_tokens": ids, "decoder_target_tokens": np.zeros((1, 1), np.int32)}
+    return {"decoder_target_tokens": ids}
+
+
 def _text(vocabulary: seqio.Vocabulary, tokens: np.ndarray) -> str:
     ids = [int(t) for t in tokens if t != 0]
     if vocabulary.eos_id in ids:
@@ -85,23 +106,39 @@ def _text(vocabulary: seqio.Vocabulary, tokens: np.ndarray) -> str:
 def infer(
     model_dir: str = gin.REQUIRED,
     model: StepwiseModel = gin.REQUIRED,
-    data: DatasetConfig = gin.REQUIRED,
+    data: DatasetConfig | None = None,
     model_key: str = "model",
+    prompt: str | None = None,
+    vocabulary: seqio.Vocabulary | None = None,
+    feature_converter: str = "lm",
+    chat: bool = False,
     num_examples: int = 8,
     decoding_config: DecodingConfig = DecodingConfig(),
     mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
     checkpoint_config: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
 ) -> list[dict[str, str]]:
-    """Decodes `num_examples` examples of `data` with the newest checkpoint of MODEL_DIR.
+    """Decodes `num_examples` examples of `data`, or `prompt`, with the newest checkpoint of MODEL_DIR
+    (else `checkpoint_config.restore_path`).
 
-    Reads only the parameters of model `model_key` (e.g. 't5' in a SpacTor run); no optimizer.
+    Reads only the parameters of model `model_key` (e.g. 't5' in a SpacTor run); no optimizer. Texts
+    are encoded and decoded with `vocabulary` (default: the data's targets vocabulary).
     """
-    batch = first_examples(data, num_examples)
+    if prompt is None and data is None:
+        raise ValueError("inference.infer needs data (a run's TASK) or a prompt (PROMPT)")
+    if vocabulary is None:
+        if data is None:
+            raise ValueError("inference.infer.prompt needs inference.infer.vocabulary")
+        vocabulary = seqio.get_mixture_or_task(data.name).output_features["targets"].vocabulary
+    if prompt is not None:
+        batch = prompt_example(prompt, vocabulary, feature_converter, chat)
+        if "encoder_input_tokens" not in batch:
+            decoding_config = dataclasses.replace(decoding_config, prompt_length=batch["decoder_target_tokens"].shape[1])
+    else:
+        batch = first_examples(data, num_examples)
     mesh, rules = partitioning.make_mesh(mesh_config), partitioning.logical_axis_rules()
     example = {k: v[:1] for k, v in batch.items()}
     params, step = restore_run_params(model_dir, lambda rng: model.init(rng, example), mesh, rules,
                                       checkpoint_config, select=model_key)
-    vocabulary = seqio.get_mixture_or_task(data.name).output_features["targets"].vocabulary
     sources, predictions = decode_examples(model, jax.device_get(params), batch, decoding_config, vocabulary.eos_id)
     records = [
         {"input": _text(vocabulary, s), "target": _text(vocabulary, t), "prediction": _text(vocabulary, p)}

@@ -1,6 +1,7 @@
-"""Command line: `littlehelp train|eval|infer --gin_file=F.gin --gin.NAME=VALUE`.
+"""Command line: `littlehelp train|eval|infer --gin_file=F.gin --gin.NAME=VALUE`, `littlehelp convert`.
 
-Each subcommand parses the gin files (searched in the working directory, `--gin_search_paths`
+`littlehelp convert --from=PATH --to=DIR` imports a pretrained model (a GGUF file or an HF folder)
+into a run folder (see `littlehelp.models.convert.run_folder`). Each other subcommand parses the gin files (searched in the working directory, `--gin_search_paths`
 and the repository's gin/ folder), then the `--gin.NAME=VALUE` overrides, and calls one
 gin-configurable function that takes all of its arguments from gin. `--multihost` calls
 `jax.distributed.initialize()` first, for runs launched on every host of a pod or cluster.
@@ -80,11 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(prog="littlehelp", description=__doc__.splitlines()[0],
                                      epilog=OVERRIDE_HELP)
-    choices = "{" + ",".join(COMMANDS) + "}"
+    choices = "{" + ",".join([*COMMANDS, "convert"]) + "}"
     commands = parser.add_subparsers(dest="command", required=True, metavar=choices)
     for name in COMMANDS:
         commands.add_parser(name, parents=[shared], help=COMMAND_HELP.get(name),
                             epilog=OVERRIDE_HELP)
+    converter = commands.add_parser("convert", help="import a GGUF file or an HF folder into a run folder")
+    converter.add_argument("--from", dest="source", required=True, metavar="PATH",
+                           help="a .gguf file or an HF folder (config.json + safetensors)")
+    converter.add_argument("--to", dest="out_dir", required=True, metavar="DIR", help="a new, empty folder")
     return parser
 
 
@@ -139,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> Any:
         rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(rest)
         set_up_logging()
+        if args.command == "convert":
+            from littlehelp.models.convert import run_folder  # pylint: disable=import-outside-toplevel
+
+            return run_folder.convert(args.source, args.out_dir)
         if args.multihost:
             import jax  # pylint: disable=import-outside-toplevel
 

@@ -29,7 +29,8 @@ from littlehelp.frozen import FrozenModel, check_and_record, load_frozen_models
 from littlehelp.metrics import MetricsWriter, measure_matmul_flops
 from littlehelp.objectives import Batch, Curriculum, Metrics, Objective, Params
 from littlehelp.optimizers import Optimizer
-from littlehelp.train_state import StateLayout, TrainState, init_state, params_layout, state_layout
+from littlehelp.train_state import (StateLayout, TrainState, init_optimizer, init_state, params_layout,
+                                    state_layout)
 
 StepFn = Callable[[TrainState, Params, Batch, jax.Array], tuple[TrainState, Metrics]]
 
@@ -232,6 +233,11 @@ class Trainer:
         A run initialised from the restore path (fine-tuning) reads its own data from batch 0.
         """
         from_restore_path = self.checkpointer.latest_step() is None
+        restore_path = self.checkpointer.restore_path
+        if from_restore_path and restore_path:
+            saved_models, with_optimizer = checkpoints.saved_contents(restore_path)
+            if not with_optimizer:
+                return self._init_from_params(restore_path, saved_models), 0
         restored = self.checkpointer.restore(self.layout.abstract_state)
         if restored is None:
             logging.info("no checkpoint found: initialising from scratch (seed %d)", self.seed)
@@ -246,6 +252,23 @@ class Trainer:
             logging.warning("checkpoint data seed %s differs from the configured seed %s",
                             data_state.get("seed"), self.train_data.seed)
         return state, int(data_state.get("batches_consumed", step))
+
+    def _init_from_params(self, path: str, saved_models: list[str]) -> TrainState:
+        """A fresh optimizer on the parameters of a params-only checkpoint (an imported model), at its step.
+
+        A run with one model reads a checkpoint's one model whatever its key; otherwise keys must match.
+        """
+        abstract = self.layout.abstract_state
+        one_each = len(abstract.params) == 1 and len(saved_models) == 1
+        rename = {key: saved_models[0] for key in abstract.params} if one_each else None
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            params, step = checkpoints.restore_params(path, abstract.params, rename=rename)
+            opt_state = jax.jit(lambda p: init_optimizer(self.optimizer.tx, p),
+                                out_shardings=self.layout.shardings.opt_state)(params)
+            step = jax.device_put(jnp.asarray(step, jnp.int32), self.layout.shardings.step)
+        logging.info("initialised from the parameters in %s at step %d with a fresh optimizer; data starts "
+                     "at its first batch", path, int(step))
+        return TrainState(step=step, params=params, opt_state=opt_state)
 
     def step_fn(self, objective: Objective) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
         """`compiled_step(objective)` with the frozen models' parameters bound: (state, batch, rng)."""

@@ -1,0 +1,138 @@
+"""An imported model as a folder every command reads: `littlehelp convert --from=PATH --to=DIR`.
+
+    DIR/checkpoints/0/     orbax checkpoint of the parameters only (model key 'model', no optimizer state)
+    DIR/model.gin          the model config as gin bindings (+ the family's objective file)
+    DIR/vocabulary/        the tokenizer (`tokenizer.json`, `tokenizer_config.json`)
+    DIR/converted.json     where it came from (file, SHA-256 of a file source, family)
+
+So DIR works as `INITIAL_CHECKPOINT_PATH` (fine-tuning starts from its parameters with a fresh
+optimizer), as a frozen model's `checkpoint_path`, and as MODEL_DIR for `eval` / `infer`
+(`--gin_file=DIR/model.gin`). `converted(name)` does this once for a pretrained model the set-up
+fetched (`littlehelp.data.pretrained`), into the data cache, for gin files to point at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+from absl import logging
+
+from littlehelp import checkpoints
+from littlehelp.data import corpus, pretrained
+from littlehelp.models.convert import ConversionError, Pretrained, load
+
+MODEL_KEY = "model"
+MODEL_GIN = "model.gin"
+VOCABULARY_DIR = "vocabulary"
+RECORD = "converted.json"
+OBJECTIVE_FILES = {"llama": "models/decoder_only.gin", "t5": "models/encoder_decoder.gin"}
+
+
+def gin_bindings(config: Any) -> list[str]:
+    """`module.Config.field = value` lines binding every field of a model config dataclass."""
+    name = f"{type(config).__module__.rsplit('.', 1)[-1]}.{type(config).__name__}"
+    return [f"{name}.{field.name} = {getattr(config, field.name)!r}" for field in dataclasses.fields(config)]
+
+
+def model_gin(pretrained_model: Pretrained) -> str:
+    """The text of DIR/model.gin: MODEL_CONFIG bound to the imported config, and the family's objective."""
+    config = pretrained_model.config
+    module = type(config).__module__
+    lines = [f"# Model imported by `littlehelp convert` from {pretrained_model.source} (family {pretrained_model.family}).",
+             f"import {module}", "", f"MODEL_CONFIG = @{module.rsplit('.', 1)[-1]}.{type(config).__name__}()",
+             *gin_bindings(config), ""]
+    objective = OBJECTIVE_FILES.get(pretrained_model.family)
+    if objective:
+        lines.append(f"include '{objective}'")
+    else:  # an encoder without an objective file: the seam and its checkpoint key only
+        lines += ["import littlehelp.models", "MODEL = @models.build_model()", "models.build_model.config = %MODEL_CONFIG",
+                  f"MODEL_KEY = '{MODEL_KEY}'"]
+    return "\n".join(lines) + "\n"
+
+
+def _source_record(pretrained_model: Pretrained) -> dict[str, Any]:
+    source = Path(pretrained_model.source)
+    record: dict[str, Any] = {"source": str(source), "family": pretrained_model.family}
+    if source.is_file():
+        record["sha256"] = corpus.sha256_of(source)
+    return record
+
+
+def _save_params(params: Any, checkpoint_dir: Path) -> None:
+    """Writes step 0 of `checkpoint_dir` holding {"step", "params": {MODEL_KEY: params}} (synchronously)."""
+    state = {"step": np.zeros((), np.int32), "params": {MODEL_KEY: jax.tree.map(np.asarray, params)}}
+    checkpointer = checkpoints.Checkpointer(str(checkpoint_dir), checkpoints.CheckpointConfig(async_save=False))
+    try:
+        checkpointer.save(0, state, {"batches_consumed": 0}, force=True)
+    finally:
+        checkpointer.close()
+
+
+def write_run_folder(pretrained_model: Pretrained, out_dir: str | Path) -> Path:
+    """Writes `pretrained_model` as DIR (see the module docstring), built aside and moved into place, so
+    an interrupted conversion leaves nothing half-written; refuses a DIR that already holds files."""
+    out_dir = Path(out_dir).expanduser().absolute()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConversionError(f"{out_dir} is not empty; choose a new folder for the converted model")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        _save_params(pretrained_model.params, staging / "checkpoints")
+        (staging / MODEL_GIN).write_text(model_gin(pretrained_model), encoding="utf-8")
+        if pretrained_model.vocabulary is not None:
+            (staging / VOCABULARY_DIR).mkdir()
+            pretrained_model.vocabulary.save_tokenizer_json(staging / VOCABULARY_DIR / "tokenizer.json")
+        (staging / RECORD).write_text(json.dumps(_source_record(pretrained_model), indent=1) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def convert(source: str | Path, out_dir: str | Path) -> Path:
+    """`littlehelp convert --from=source --to=out_dir`: imports `source` and writes the run folder."""
+    out_dir = Path(out_dir).expanduser().absolute()
+    if out_dir.exists() and any(out_dir.iterdir()):  # before the import, which takes seconds
+        raise ConversionError(f"{out_dir} is not empty; choose a new folder for the converted model")
+    imported = load(source)
+    count = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(imported.params))
+    logging.info("imported %s: family %s, %s parameters", source, imported.family, f"{count:,}")
+    folder = write_run_folder(imported, out_dir)
+    logging.info("wrote %s (checkpoints/0, %s, %s/)", folder, MODEL_GIN, VOCABULARY_DIR)
+    return folder
+
+
+@gin.configurable(module="convert")
+def converted(name: str = gin.REQUIRED, root: str | None = None) -> str:
+    """The run folder of pretrained model `name` (a key of `pretrained.PACKAGES`), converted into the
+    data cache (`converted/<name>`) the first time it is asked for; gin files point at it."""
+    cache = Path(root) if root else corpus.data_dir()
+    folder = cache / "converted" / name
+    if not (folder / RECORD).is_file():
+        source = pretrained.ensure(name, cache)
+        logging.info("converting pretrained model %s (%s) once into %s", name, source, folder)
+        if folder.exists():
+            shutil.rmtree(folder)
+        convert(source, folder)
+    return str(folder)
+
+
+@gin.configurable(module="convert")
+def folder_vocabulary(model_dir: str = gin.REQUIRED) -> Any:
+    """The vocabulary a converted run folder holds (`vocabulary/tokenizer.json`), for gin bindings."""
+    from littlehelp.data.hf_vocab import TokenizerVocabulary
+
+    path = Path(model_dir) / VOCABULARY_DIR / "tokenizer.json"
+    if not path.is_file():
+        raise ConversionError(f"{model_dir} holds no {VOCABULARY_DIR}/tokenizer.json (not a converted model folder?)")
+    return TokenizerVocabulary.from_tokenizer_json(path)
