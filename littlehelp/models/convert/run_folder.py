@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import flax
 import gin
 import jax
 import numpy as np
@@ -66,9 +67,17 @@ def _source_record(pretrained_model: Pretrained) -> dict[str, Any]:
     return record
 
 
+@flax.struct.dataclass
+class ParamsOnlyState:
+    """What a converted checkpoint holds: a TrainState without optimizer state."""
+
+    step: Any
+    params: Any
+
+
 def _save_params(params: Any, checkpoint_dir: Path) -> None:
-    """Writes step 0 of `checkpoint_dir` holding {"step", "params": {MODEL_KEY: params}} (synchronously)."""
-    state = {"step": np.zeros((), np.int32), "params": {MODEL_KEY: jax.tree.map(np.asarray, params)}}
+    """Writes step 0 of `checkpoint_dir` holding the step and {MODEL_KEY: params} (synchronously)."""
+    state = ParamsOnlyState(np.zeros((), np.int32), {MODEL_KEY: jax.tree.map(np.asarray, params)})
     checkpointer = checkpoints.Checkpointer(str(checkpoint_dir), checkpoints.CheckpointConfig(async_save=False))
     try:
         checkpointer.save(0, state, {"batches_consumed": 0}, force=True)

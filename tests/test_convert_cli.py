@@ -1,0 +1,73 @@
+"""A converted model folder (`littlehelp convert`'s output) through the CLI: `eval` reads it as a run
+folder, `train` fine-tunes from it as INITIAL_CHECKPOINT_PATH with a fresh optimizer, a folder that
+is not empty is refused with one line. The model here is a tiny T5 with random parameters (the
+real imports are tested in tests/models/)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from littlehelp import main, metrics, partitioning
+from littlehelp.data import GlobalBatches
+from littlehelp.models import build_model
+from littlehelp.models.convert import Pretrained
+from littlehelp.models.convert import run_folder
+from littlehelp.objectives import EncoderDecoderObjective
+from tests.helpers import TINY_T5, t5_data
+
+DATA = ["--gin.TASK='docstrings_prefix_lm'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}",
+        "--gin.BATCH_SIZE=8", "--gin.partitioning.MeshConfig.data=1"]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """(folder, params): a random tiny T5 written as a converted run folder."""
+    model = build_model(TINY_T5)
+    example = {"encoder_input_tokens": jnp.zeros((1, 8), jnp.int32), "decoder_input_tokens": jnp.zeros((1, 8), jnp.int32)}
+    params = jax.tree.map(np.asarray, nn.unbox(model.init(jax.random.key(7), example)))
+    folder = tmp_path_factory.mktemp("converted") / "tiny_t5"
+    run_folder.write_run_folder(Pretrained("t5", TINY_T5, model, params, None, "random tiny T5"), folder)
+    return folder, params
+
+
+def first_batch_loss(params, data) -> float:
+    """The objective's loss of `params` on the first batch of `data`, computed here."""
+    batch = next(iter(GlobalBatches(data, partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1)))))
+    objective = EncoderDecoderObjective(build_model(TINY_T5))
+    return float(objective.loss({"model": params}, batch, jax.random.key(0), 0)[0])
+
+
+def test_eval_reads_a_converted_folder_as_a_run_folder(converted):
+    folder, params = converted
+    result = main.main(["eval", f"--gin_file={folder / 'model.gin'}", "--gin_file=runs/pretrain.gin",
+                        "--gin_file=runs/eval.gin", "--gin.EVAL_BATCHES=1", f"--gin.MODEL_DIR={folder}",
+                        "--gin.TRAIN_STEPS=0", *DATA])
+    expected = first_batch_loss(params, t5_data(batch_size=8).evaluation())
+    np.testing.assert_allclose(result["loss"], expected, rtol=1e-5)
+
+
+def test_finetuning_starts_from_the_converted_parameters_with_a_fresh_optimizer(converted, tmp_path):
+    folder, params = converted
+    run = tmp_path / "finetune"
+    main.main(["train", f"--gin_file={folder / 'model.gin'}", "--gin_file=runs/finetune.gin",
+               f"--gin.INITIAL_CHECKPOINT_PATH={folder}", f"--gin.MODEL_DIR={run}", "--gin.TRAIN_STEPS=1",
+               "--gin.trainer.train.eval_every=0", "--gin.trainer.train.log_every=1",
+               "--gin.trainer.train.peak_flops_per_device=1e9", *DATA])
+    logged = metrics.read_jsonl(run / "metrics.jsonl")
+    step_one = next(r for r in logged if r["step"] == 1)
+    np.testing.assert_allclose(step_one["train/loss"], first_batch_loss(params, t5_data(batch_size=8)), rtol=1e-5)
+
+
+def test_a_folder_that_is_not_empty_is_refused_and_left_as_it_was(converted, tmp_path, capsys):
+    folder, _ = converted
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as stopped:
+        main.main(["convert", f"--from={folder}", f"--to={target}"])
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"littlehelp: error: {target} is not empty; choose a new folder for the converted model")
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
