@@ -10,7 +10,10 @@ Mixtures: `shakespeare_code_span_corruption` and `shakespeare_code_lm` (3:1).
 Offline fallbacks with a byte vocabulary, needing nothing but Python: `docstrings_lm` and
 `docstrings_prefix_lm` (the standard library's docstrings, first half in, second half out).
 
-`register_text_tasks` registers the same three tasks for any other source and vocabulary.
+`register_text_tasks` registers the same three tasks for any other source and vocabulary;
+`text_task` (gin) does it for a built-in source and a model's own vocabulary (an imported model's):
+`TASK = @tasks.text_task()` with `tasks.text_task.name = 'shakespeare_lm'` gives
+`<vocabulary_name>.shakespeare_lm`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
+import gin
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -127,11 +131,32 @@ def _register_mixtures() -> None:
             seqio.MixtureRegistry.add(name, [(f"{source}_{objective}", rate) for source, rate in MIXTURE_RATES.items()])
 
 
+def _text_sources() -> dict[str, seqio.DataSource]:
+    return {"shakespeare": TextSource(corpus.shakespeare_documents), "code": TextSource(corpus.stdlib_code),
+            "c4": seqio.TfdsDataSource(tfds_name=C4_TFDS_NAME, splits=["train", "validation"])}
+
+
+TEXT_OBJECTIVES = ("span_corruption", "prefix_lm", "lm")
+
+
+@gin.configurable(module="tasks")
+def text_task(name: str = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUIRED,
+              vocabulary_name: str = gin.REQUIRED) -> str:
+    """Registers built-in text task `name` (`<source>_<objective>`, e.g. 'code_lm') tokenised with
+    `vocabulary` as `<vocabulary_name>.<name>` and returns that name."""
+    sources = _text_sources()
+    source, _, objective = name.partition("_")
+    if source not in sources or objective not in TEXT_OBJECTIVES:
+        known = [f"{s}_{o}" for s in sources for o in TEXT_OBJECTIVES]
+        raise ValueError(f"tasks.text_task.name={name!r} is not a built-in text task; choose one of {', '.join(known)}")
+    register_text_tasks(f"{vocabulary_name}.{source}", sources[source], vocabulary)
+    return f"{vocabulary_name}.{name}"
+
+
 def _register_all() -> None:
     default = vocab.default_vocabulary()
-    register_text_tasks("shakespeare", TextSource(corpus.shakespeare_documents), default)
-    register_text_tasks("code", TextSource(corpus.stdlib_code), default)
-    register_text_tasks("c4", seqio.TfdsDataSource(tfds_name=C4_TFDS_NAME, splits=["train", "validation"]), default)
+    for name, source in _text_sources().items():
+        register_text_tasks(name, source, default)
     _register_mixtures()
     _register_docstring_task(
         "docstrings_lm",
