@@ -118,8 +118,9 @@ class SelfAttentionPositions(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head (optionally grouped-query) attention with bias-free projections.
+    """Multi-head (optionally grouped-query) attention; bias-free projections unless ``qkv_bias``.
 
+    ``qkv_bias`` adds biases to the query, key and value projections (Qwen2).
     ``fold_query_scale`` puts 1/sqrt(head_dim) into the query initialisation (T5) instead of
     scaling at run time (Llama). ``rope_max_wavelength`` turns on rotary embeddings. With
     ``decode`` the keys and values are written to a "cache" collection, row by row, at the slots
@@ -133,6 +134,7 @@ class Attention(nn.Module):
     fold_query_scale: bool = False
     rope_max_wavelength: float | None = None
     decode: bool = False
+    qkv_bias: bool = False
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None,
@@ -160,7 +162,7 @@ class Attention(nn.Module):
     def _project(self, heads: int, name: str, init_scale: float = 1.0) -> Projection:
         return Projection(features=(heads, self.head_dim), in_axes=("embed",),
                           out_axes=("heads", "kv"), dtype=self.dtype, init_scale=init_scale,
-                          name=name)
+                          use_bias=self.qkv_bias, name=name)
 
     def _cached(self, key: Array, value: Array,
                 cache_positions: Array | None) -> tuple[Array, Array]:

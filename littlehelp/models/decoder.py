@@ -38,6 +38,8 @@ class DecoderConfig:
     remat_policy: str = "none"
     attention_backend: str = "xla"
     tie_embeddings: bool = False
+    scale_tied_logits: bool = True  # tied logits times emb_dim**-0.5 (HF Llama: False)
+    qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
 
     def __post_init__(self) -> None:
         check_positive(self, "vocab_size", "emb_dim", "num_layers", "num_heads", "num_kv_heads",
@@ -66,7 +68,7 @@ class DecoderBlock(nn.Module):
         h = RMSNorm(cfg.norm_eps, dtype, name="pre_attention_norm")(x)
         h = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, dtype,
                       cfg.attention_backend, rope_max_wavelength=cfg.rope_max_wavelength,
-                      decode=self.decode, name="attention")(
+                      decode=self.decode, qkv_bias=cfg.qkv_bias, name="attention")(
                           h, h, mask=mask, positions=positions, cache_positions=cache_positions)
         x = self._residual(x, h)
         h = RMSNorm(cfg.norm_eps, dtype, name="pre_mlp_norm")(x)
@@ -89,7 +91,7 @@ class DecoderLM(nn.Module):
     output head. With ``decode`` the call appends the tokens to a "cache" collection after each
     row's ``decode_lengths`` committed tokens (create the cache first with one call at the full
     length and ``decode_lengths`` None; see ``littlehelp.models.api``). Tied output logits are
-    scaled by emb_dim**-0.5.
+    scaled by emb_dim**-0.5 when ``scale_tied_logits``.
     """
     config: DecoderConfig
 
@@ -108,7 +110,9 @@ class DecoderLM(nn.Module):
         if return_hidden:
             return hidden
         if cfg.tie_embeddings:
-            logits = embedder.attend(hidden) * jnp.asarray(cfg.emb_dim ** -0.5, dtype)
+            logits = embedder.attend(hidden)
+            if cfg.scale_tied_logits:
+                logits = logits * jnp.asarray(cfg.emb_dim ** -0.5, dtype)
         else:
             logits = Projection(features=(cfg.vocab_size,), in_axes=("embed",),
                                 out_axes=("vocab",), dtype=dtype, name="logits_dense")(hidden)

@@ -57,16 +57,17 @@ class RMSNorm(nn.Module):
 
 
 class Projection(nn.Module):
-    """Bias-free linear map contracting the last ``len(in_axes)`` input axes into ``features``.
+    """Linear map contracting the last ``len(in_axes)`` input axes into ``features``.
 
     The kernel has shape ``input_shape[-len(in_axes):] + features`` and logical axes
-    ``in_axes + out_axes``.
+    ``in_axes + out_axes``. ``use_bias`` adds a zero-initialised "bias" of shape ``features``.
     """
     features: tuple[int, ...]
     in_axes: Axes
     out_axes: Axes
     dtype: Dtype = jnp.float32
     init_scale: float = 1.0
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -78,8 +79,13 @@ class Projection(nn.Module):
                                          self.in_axes + self.out_axes),
             shape, PARAM_DTYPE)
         contract = (tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in)))
-        return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                                   (contract, ((), ())))
+        out = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                  (contract, ((), ())))
+        if not self.use_bias:
+            return out
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
+                          tuple(self.features), PARAM_DTYPE)
+        return out + bias.astype(self.dtype)
 
 
 class Embed(nn.Module):
