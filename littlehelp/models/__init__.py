@@ -13,15 +13,17 @@ import numpy as np
 from littlehelp.config import ConfigError
 from littlehelp.models.api import DecodeCache, Model, StepwiseModel, rollback
 from littlehelp.models.attention import dot_product_attention
+from littlehelp.models.bert import Bert, BertConfig, BertModel
 from littlehelp.models.decoder import DecoderConfig, DecoderLM, DecoderLMModel
 from littlehelp.models.encoder import Encoder, EncoderConfig, EncoderModel
 from littlehelp.models.t5 import T5, T5Config, T5Model
 
-__all__ = ["DecodeCache", "DecoderConfig", "DecoderLM", "DecoderLMModel", "Encoder", "EncoderConfig",
-           "EncoderModel", "Model", "StepwiseModel", "T5", "T5Config", "T5Model", "build_model",
+__all__ = ["Bert", "BertConfig", "BertModel", "DecodeCache", "DecoderConfig", "DecoderLM", "DecoderLMModel", "Encoder",
+           "EncoderConfig", "EncoderModel", "Model", "StepwiseModel", "T5", "T5Config", "T5Model", "build_model",
            "count_params", "dot_product_attention", "rollback"]
 
-MODEL_KINDS: dict[type, type] = {T5Config: T5Model, DecoderConfig: DecoderLMModel, EncoderConfig: EncoderModel}
+MODEL_KINDS: dict[type, type] = {T5Config: T5Model, DecoderConfig: DecoderLMModel, EncoderConfig: EncoderModel,
+                                 BertConfig: BertModel}
 
 
 @gin.configurable

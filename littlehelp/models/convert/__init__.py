@@ -186,3 +186,4 @@ def export(pretrained: Pretrained, out_dir: str | Path) -> Path:
 
 # Family modules register themselves on import (one line each, below).
 from littlehelp.models.convert import llama  # noqa: E402,F401
+from littlehelp.models.convert import bert  # noqa: E402,F401
