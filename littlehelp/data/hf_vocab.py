@@ -12,7 +12,8 @@ Padding: seqio pads with id 0 whatever the file says (`pad_id` is 0 here too; th
 is `special_ids["pad_token"]`). For BERT-style vocabularies id 0 is `[PAD]` anyway; for SmolLM2 it is
 `<|endoftext|>` (the file's pad is 2, its EOS `<|im_end|>`), so in a seqio pipeline a literal
 `<|endoftext|>` in the text is indistinguishable from padding: masked out of losses, and dropped by
-`decode` (which drops id 0 and the EOS, keeping every other token).
+`decode`. `decode` keeps the ids up to the first EOS (seqio) and drops id 0 and the EOS itself; every
+other special token is kept, so `<|im_start|>` decodes to itself.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 
 from littlehelp.data.vocab import VocabularyError
 
-SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 _CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # the later one wins
 _GGUF_SPECIAL_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
                      "unk_token": "unknown_token_id", "pad_token": "padding_token_id"}
@@ -101,21 +101,38 @@ def _chat_template_of(folder: Path, config: dict) -> str | None:
     return template
 
 
-def _template_environment() -> jinja2.sandbox.ImmutableSandboxedEnvironment:
-    """The sandboxed jinja environment HF's `apply_chat_template` renders in (same options and helpers)."""
+class _GenerationTag(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}` (HF's marker of assistant text for its masks) renders its body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.CallBlock:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller) -> str:
+        return caller()
+
+
+def _raise_exception(message: str):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    """HF's `tojson`: plain `json.dumps`, without jinja's HTML escaping."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile_template(template: str) -> jinja2.Template:
+    """`template` compiled in the sandboxed environment HF's `apply_chat_template` uses (same options, helpers)."""
     environment = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-
-    def raise_exception(message: str):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    environment.filters["tojson"] = tojson
-    environment.globals["raise_exception"] = raise_exception
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    environment.filters["tojson"] = _tojson
+    environment.globals["raise_exception"] = _raise_exception
     environment.globals["strftime_now"] = lambda format: datetime.now().strftime(format)
-    return environment
+    return environment.from_string(template)
 
 
 class TokenizerVocabulary(seqio.Vocabulary):
@@ -164,9 +181,7 @@ class TokenizerVocabulary(seqio.Vocabulary):
         """The byte-level BPE tokenizer a GGUF file's metadata describes (`tokenizer.ggml.model` = gpt2)."""
         fields = _gguf_tokenizer_fields(Path(path))
         tokenizer = _byte_level_bpe(fields, str(path))
-        tokens = fields["tokenizer.ggml.tokens"]
-        special = {name: tokens[fields[f"tokenizer.ggml.{key}"]] for name, key in _GGUF_SPECIAL_IDS.items()
-                   if f"tokenizer.ggml.{key}" in fields}
+        special = _gguf_special_tokens(fields, str(path))
         _add_special_tokens(tokenizer, fields, special.values())
         _set_post_processor(tokenizer, fields, special)
         return cls(tokenizer, special, fields.get("tokenizer.chat_template"), source=str(path))
@@ -231,16 +246,14 @@ class TokenizerVocabulary(seqio.Vocabulary):
         self._tokenizer.save(str(path))
         return path
 
-    @functools.cached_property
-    def _compiled_template(self) -> jinja2.Template:
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """`messages` rendered with the chat template as HF's `apply_chat_template(..., tokenize=False)` does,
+        the special tokens (`bos_token`, `eos_token`, ...) available to the template."""
         if self.chat_template is None:
             raise VocabularyError(f"{self.source} has no chat template")
-        return _template_environment().from_string(self.chat_template)
-
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """`messages` rendered with the chat template as HF's `apply_chat_template(..., tokenize=False)` does."""
-        return self._compiled_template.render(messages=messages, tools=None, documents=None,
-                                              add_generation_prompt=add_generation_prompt, **self.special_tokens)
+        return _compile_template(self.chat_template).render(
+            messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt,
+            **self.special_tokens)
 
     @functools.cached_property
     def _fingerprint(self) -> str:
@@ -270,8 +283,21 @@ def _gguf_tokenizer_fields(path: Path) -> dict[str, Any]:
                               f"supported: 'gpt2' (byte-level BPE)")
     if _pre_family(pre) is None:
         supported = ", ".join(sorted(p for members in _PRE_FAMILIES.values() for p in members))
-        raise VocabularyError(f"{path}: unsupported GGUF pre-tokenizer {pre!r} (tokenizer.ggml.pre); supported: {supported}")
+        raise VocabularyError(f"{path}: unsupported GGUF pre-tokenizer {pre!r} (tokenizer.ggml.pre); "
+                              f"supported: {supported}")
     return fields
+
+
+def _gguf_special_tokens(fields: dict[str, Any], source: str) -> dict[str, str]:
+    """bos/eos/unk/pad token strings from the file's `tokenizer.ggml.*_token_id` entries."""
+    tokens, special = fields["tokenizer.ggml.tokens"], {}
+    for name, key in _GGUF_SPECIAL_IDS.items():
+        token_id = fields.get(f"tokenizer.ggml.{key}")
+        if token_id is not None and not 0 <= token_id < len(tokens):
+            raise VocabularyError(f"{source}: tokenizer.ggml.{key} {token_id} is outside the {len(tokens)} tokens")
+        if token_id is not None:
+            special[name] = tokens[token_id]
+    return special
 
 
 def _byte_level_bpe(fields: dict[str, Any], source: str) -> Tokenizer:
