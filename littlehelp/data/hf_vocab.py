@@ -240,10 +240,17 @@ class TokenizerVocabulary(seqio.Vocabulary):
         return tf.reshape(texts, tf.shape(ids)[:-1])
 
     def save_tokenizer_json(self, path: str | Path) -> Path:
-        """Writes the tokenizer as an HF `tokenizer.json` at `path` (folders created); returns `path`."""
+        """Writes the tokenizer as an HF `tokenizer.json` at `path` (folders created), and beside it a
+        `tokenizer_config.json` with the special tokens and chat template, so `from_tokenizer_json(path)`
+        gives this vocabulary back and HF's `AutoTokenizer` reads the folder; returns `path`."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tokenizer.save(str(path))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **self.special_tokens}
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
+        (path.parent / _CONFIG_FILES[0]).write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n",
+                                                     encoding="utf-8")
         return path
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
