@@ -166,7 +166,9 @@ def test_saved_tokenizer_json_reads_back_in_hf(smol, tmp_path, texts):
     assert [p["type"] for p in saved["pre_tokenizer"]["pretokenizers"]] == ["Digits", "ByteLevel"]
     hf = PreTrainedTokenizerFast(tokenizer_file=str(path))
     assert [_hf_ids(hf, t) for t in texts] == [smol.encode(t) for t in texts]
-    assert TokenizerVocabulary.from_tokenizer_json(path).encode(texts[0]) == smol.encode(texts[0])
+    loaded = TokenizerVocabulary.from_tokenizer_json(path)  # special tokens and chat template come back too
+    assert loaded == smol and loaded.chat_template == smol.chat_template
+    assert (loaded.eos_id, loaded.bos_id) == (smol.eos_id, smol.bos_id) == (2, 1)
 
 
 def test_equality_and_hash(smol, minilm):
