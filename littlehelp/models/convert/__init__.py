@@ -185,5 +185,5 @@ def export(pretrained: Pretrained, out_dir: str | Path) -> Path:
 
 
 # Family modules register themselves on import (one line each, below).
-from littlehelp.models.convert import llama  # noqa: E402,F401
+from littlehelp.models.convert import llama, t5  # noqa: E402,F401
 from littlehelp.models.convert import bert  # noqa: E402,F401

@@ -107,28 +107,36 @@ def hf_config(config: DecoderConfig) -> dict[str, Any]:
     }
 
 
-def _to_ours(weight: np.ndarray, kind: str, config: DecoderConfig) -> np.ndarray:
-    """One HF tensor ([out, in] for matrices) -> our layout for weights of `kind`."""
-    heads = {"heads_out": config.num_heads, "kv_heads_out": config.num_kv_heads,
-             "heads_bias": config.num_heads, "kv_heads_bias": config.num_kv_heads}
-    if kind in ("heads_out", "kv_heads_out"):
-        return weight.T.reshape(weight.shape[1], heads[kind], config.head_dim)
-    if kind in ("heads_bias", "kv_heads_bias"):
-        return weight.reshape(heads[kind], config.head_dim)
+def to_ours(weight: np.ndarray, kind: str, heads: int, head_dim: int) -> np.ndarray:
+    """One HF tensor ([out, in] for matrices) -> our layout for a weight of `kind`.
+
+    Kinds: "heads_out" (q/k/v: [emb, heads, head_dim]), "heads_bias" ([heads, head_dim]), "heads_in"
+    (attention output: [heads, head_dim, emb]), "linear" (transposed) and "vector" (as is).
+    """
+    if kind == "heads_out":
+        return weight.T.reshape(weight.shape[1], heads, head_dim)
+    if kind == "heads_bias":
+        return weight.reshape(heads, head_dim)
     if kind == "heads_in":
-        return weight.T.reshape(config.num_heads, config.head_dim, weight.shape[0])
+        return weight.T.reshape(heads, head_dim, weight.shape[0])
     return weight.T if kind == "linear" else weight
 
 
-def _to_hf(value: np.ndarray, kind: str) -> np.ndarray:
-    """Inverse of `_to_ours`."""
-    if kind in ("heads_out", "kv_heads_out"):
+def to_hf(value: np.ndarray, kind: str) -> np.ndarray:
+    """Inverse of `to_ours`."""
+    if kind == "heads_out":
         return value.reshape(value.shape[0], -1).T
-    if kind in ("heads_bias", "kv_heads_bias"):
+    if kind == "heads_bias":
         return value.reshape(-1)
     if kind == "heads_in":
         return value.reshape(-1, value.shape[-1]).T
     return value.T if kind == "linear" else value
+
+
+def _to_ours(weight: np.ndarray, kind: str, config: DecoderConfig) -> np.ndarray:
+    """`to_ours` with the head count of `kind` ("kv_..." kinds have num_kv_heads)."""
+    heads = config.num_kv_heads if kind.startswith("kv_") else config.num_heads
+    return to_ours(weight, kind.removeprefix("kv_"), heads, config.head_dim)
 
 
 def set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -194,7 +202,7 @@ def hf_tensors(params: Params, config: DecoderConfig) -> dict[str, np.ndarray]:
     for i in range(config.num_layers):
         layer = layer_params(params, i, config.scan_layers)
         for name, (path, kind) in _layer_weights(config).items():
-            out[f"model.layers.{i}.{name}"] = _to_hf(np.asarray(get_path(layer, path)), kind)
+            out[f"model.layers.{i}.{name}"] = to_hf(np.asarray(get_path(layer, path)), kind.removeprefix("kv_"))
     if not config.tie_embeddings:
         out["lm_head.weight"] = np.asarray(params["logits_dense"]["kernel"]).T
     return out
