@@ -14,7 +14,7 @@ An embedding is the mean of the last hidden states over the text's tokens, L2-no
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -103,7 +103,7 @@ class SentenceEmbedder:
         batch = {"encoder_input_tokens": tokens, "encoder_segment_ids": mask}
         return mean_pooled(self.pretrained.model.hidden_states(params, batch), mask)
 
-    def _padded(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    def _padded(self, rows: list[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """`rows` as [batch_size, bucket] tokens and mask, padded with the pad id (mask 0)."""
         length = next(bucket for bucket in self.buckets if bucket >= max(map(len, rows)))
         tokens = np.full((self.batch_size, length), self.pretrained.config.pad_token_id, np.int32)
@@ -112,13 +112,17 @@ class SentenceEmbedder:
             tokens[row, :len(ids)], mask[row, :len(ids)] = ids, 1
         return tokens, mask
 
+    def batches(self, ids: Sequence[Sequence[int]]) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
+        """(indices into `ids`, tokens, mask) of each padded batch, shortest texts first."""
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), self.batch_size):
+            chosen = order[start:start + self.batch_size]
+            yield chosen, *self._padded([ids[i] for i in chosen])
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings [len(texts), emb] float32, in the order of `texts`."""
         ids = self.tokenize(texts)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out = np.zeros((len(ids), self.pretrained.config.emb_dim), np.float32)
-        for start in range(0, len(order), self.batch_size):
-            chosen = order[start:start + self.batch_size]
-            vectors = self._embed(self._params, *self._padded([ids[i] for i in chosen]))
-            out[chosen] = np.asarray(vectors)[:len(chosen)]
+        for chosen, tokens, mask in self.batches(ids):
+            out[chosen] = np.asarray(self._embed(self._params, tokens, mask))[:len(chosen)]
         return out
