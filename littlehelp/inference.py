@@ -90,9 +90,10 @@ def prompt_example(prompt: str, vocabulary: seqio.Vocabulary, feature_converter:
     ids = np.asarray(vocabulary.encode(prompt), np.int32)[None]
     if not ids.size:
         raise ValueError("inference.infer.prompt encodes to no tokens")
+    start = np.zeros((1, 1), np.int32)  # the decoder's input features only give `model.init` their shapes
     if feature_converter == "encoder_decoder":
-        return {"encoder_input_tokens": ids, "decoder_target_tokens": np.zeros((1, 1), np.int32)}
-    return {"decoder_target_tokens": ids}
+        return {"encoder_input_tokens": ids, "decoder_input_tokens": start, "decoder_target_tokens": start}
+    return {"decoder_input_tokens": ids, "decoder_target_tokens": ids}
 
 
 def _text(vocabulary: seqio.Vocabulary, tokens: np.ndarray) -> str:

@@ -122,17 +122,23 @@ def convert(source: str | Path, out_dir: str | Path) -> Path:
 
 
 @gin.configurable(module="convert")
-def converted(name: str = gin.REQUIRED, root: str | None = None) -> str:
+def converted(name: str = gin.REQUIRED, root: str | None = None, imported: Pretrained | None = None) -> str:
     """The run folder of pretrained model `name` (a key of `pretrained.PACKAGES`), converted into the
-    data cache (`converted/<name>`) the first time it is asked for; gin files point at it."""
+    data cache (`converted/<name>`) the first time it is asked for; gin files point at it.
+
+    `imported`: that model already loaded from its file (`convert.load`), written instead of loading it again.
+    """
     cache = Path(root) if root else corpus.data_dir()
     folder = cache / "converted" / name
     if not (folder / RECORD).is_file():
-        source = pretrained.ensure(name, cache)
-        logging.info("converting pretrained model %s (%s) once into %s", name, source, folder)
-        if folder.exists():
+        if folder.exists():  # a conversion that did not finish
             shutil.rmtree(folder)
-        convert(source, folder)
+        if imported is not None:
+            write_run_folder(imported, folder)
+        else:
+            source = pretrained.ensure(name, cache)
+            logging.info("converting pretrained model %s (%s) once into %s", name, source, folder)
+            convert(source, folder)
     return str(folder)
 
 
