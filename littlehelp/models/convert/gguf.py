@@ -56,7 +56,10 @@ def _check_rope(reader: Any, arch: str, head_dim: int, source: str) -> None:
 def hf_config_of(reader: Any, tensor_names: set[str], source: str) -> dict[str, Any]:
     """The HF config.json dict a GGUF file's metadata describes."""
     arch = _architecture(reader, source)
-    meta = lambda key, default=None: _field(reader, f"{arch}.{key}", source, default)  # noqa: E731
+
+    def meta(key: str, default: Any = None) -> Any:
+        return _field(reader, f"{arch}.{key}", source, default)
+
     emb, heads = int(meta("embedding_length")), int(meta("attention.head_count"))
     head_dim = int(meta("attention.key_length", emb // heads))
     expert_count = int(meta("expert_count", 0))
