@@ -121,7 +121,7 @@ def check_params(model: Model, params: Params, source: str) -> Params:
 
     tokens = jax.ShapeDtypeStruct((1, 8), np.int32)
     example = {name: tokens for name in ("encoder_input_tokens", "decoder_input_tokens")}
-    expected = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), example)))
+    expected = nn.unbox(jax.eval_shape(lambda batch: model.init(jax.random.key(0), batch), example))
     want = {jax.tree_util.keystr(path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(expected)}
     got = {jax.tree_util.keystr(path): np.shape(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
     problems = [f"{name} missing" for name in want if name not in got]
