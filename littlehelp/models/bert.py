@@ -25,10 +25,11 @@ from littlehelp import flops
 from littlehelp.config import ConfigError
 from littlehelp.models.api import Batch, Params, dropout
 from littlehelp.models.attention import dot_product_attention, segment_mask
-from littlehelp.models.layers import PARAM_DTYPE, Axes, Embed, constrain, fan_in_init, layer_stack
+from littlehelp.models.layers import PARAM_DTYPE, Axes, Embed, Projection, constrain, layer_stack
 from littlehelp.models.t5 import EMBED_AXES, check_choice, check_common, check_positive
 
 Array = jax.Array
+HEADS_AXES = ("batch", "length", "heads", "kv")
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": lambda x: nn.gelu(x, approximate=False),  # HF "gelu": exact, with erf
     "gelu_new": lambda x: nn.gelu(x, approximate=True),  # HF "gelu_new": the tanh approximation
@@ -92,23 +93,9 @@ class LayerNorm(nn.Module):
         return (normed * scale + bias).astype(self.dtype)
 
 
-class Dense(nn.Module):
-    """Linear map with a bias, contracting the last ``len(in_axes)`` input axes into ``features``."""
-    features: tuple[int, ...]
-    in_axes: Axes
-    out_axes: Axes
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        num_in = len(self.in_axes)
-        kernel = self.param("kernel", nn.with_logical_partitioning(fan_in_init(num_in), self.in_axes + self.out_axes),
-                            tuple(x.shape[-num_in:]) + self.features, PARAM_DTYPE)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
-                          self.features, PARAM_DTYPE)
-        contract = (tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in)))
-        out = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
-        return out + bias.astype(self.dtype)
+def _dense(features: tuple[int, ...], in_axes: Axes, out_axes: Axes, dtype: jnp.dtype, **kwargs) -> Projection:
+    """A linear map with a bias (BERT's every projection)."""
+    return Projection(features=features, in_axes=in_axes, out_axes=out_axes, dtype=dtype, use_bias=True, **kwargs)
 
 
 class BertAttention(nn.Module):
@@ -117,14 +104,17 @@ class BertAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array) -> Array:
-        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        heads_axes = ("batch", "length", "heads", "kv")
-        project = lambda name: constrain(Dense((cfg.num_heads, cfg.head_dim), ("embed",), ("heads", "kv"),  # noqa: E731
-                                               dtype, name=name)(x), heads_axes)
-        query = project("query") * jnp.asarray(cfg.head_dim ** -0.5, dtype)
-        out = dot_product_attention(query, project("key"), project("value"), mask=mask,
-                                    backend=cfg.attention_backend)
-        return Dense((x.shape[-1],), ("heads", "kv"), ("embed",), dtype, name="out")(constrain(out, heads_axes))
+        cfg = self.config
+        query, key, value = (self._project(x, name) for name in ("query", "key", "value"))
+        query = query * jnp.asarray(cfg.head_dim ** -0.5, query.dtype)
+        out = dot_product_attention(query, key, value, mask=mask, backend=cfg.attention_backend)
+        return _dense((x.shape[-1],), ("heads", "kv"), ("embed",), jnp.dtype(cfg.dtype), name="out")(
+            constrain(out, HEADS_AXES))
+
+    def _project(self, x: Array, name: str) -> Array:
+        cfg = self.config
+        heads = _dense((cfg.num_heads, cfg.head_dim), ("embed",), ("heads", "kv"), jnp.dtype(cfg.dtype), name=name)(x)
+        return constrain(heads, HEADS_AXES)
 
 
 class BertLayer(nn.Module):
@@ -136,9 +126,9 @@ class BertLayer(nn.Module):
     def __call__(self, x: Array, mask: Array) -> tuple[Array, None]:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         x = self._residual_norm(x, BertAttention(cfg, name="attention")(x, mask), "attention_norm")
-        h = Dense((cfg.mlp_dim,), ("embed",), ("mlp",), dtype, name="intermediate")(x)
+        h = _dense((cfg.mlp_dim,), ("embed",), ("mlp",), dtype, name="intermediate")(x)
         h = constrain(ACTIVATIONS[cfg.hidden_act](h), ("batch", "length", "mlp"))
-        h = Dense((cfg.emb_dim,), ("mlp",), ("embed",), dtype, name="output")(h)
+        h = _dense((cfg.emb_dim,), ("mlp",), ("embed",), dtype, name="output")(h)
         return self._residual_norm(x, h, "output_norm"), None
 
     def _residual_norm(self, x: Array, update: Array, name: str) -> Array:
@@ -186,9 +176,9 @@ class Bert(nn.Module):
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = BertStack(cfg)
         if cfg.pooler:
-            self.pooler_dense = Dense((cfg.emb_dim,), ("embed",), (None,), dtype)  # "embed" once per kernel
+            self.pooler_dense = _dense((cfg.emb_dim,), ("embed",), (None,), dtype)  # "embed" once per kernel
         if cfg.mlm_head:
-            self.mlm_transform = Dense((cfg.emb_dim,), ("embed",), (None,), dtype)
+            self.mlm_transform = _dense((cfg.emb_dim,), ("embed",), (None,), dtype)
             self.mlm_norm = LayerNorm(cfg.layer_norm_eps, dtype)
             self.mlm_bias = self.param("mlm_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                                        (cfg.vocab_size,), PARAM_DTYPE)

@@ -88,6 +88,19 @@ def test_unscanned_layers_and_input_embeddings_match_hf(hf_folders):
     np.testing.assert_array_equal(words, models["encoder"].embeddings.word_embeddings(torch.tensor(tokens)).detach())
 
 
+def test_packed_examples_match_hf_on_each_alone(hf_folders):
+    folders, models = hf_folders
+    pretrained = convert.load(folders["encoder"])
+    first, second = _padded_tokens(seed=7, lengths=(5,))[0], _padded_tokens(seed=8, lengths=(3,))[0]
+    packed = {"encoder_input_tokens": jnp.asarray([[*first, *second, 0]]),
+              "encoder_segment_ids": jnp.asarray([[1] * 5 + [2] * 3 + [0]]),
+              "encoder_positions": jnp.asarray([[0, 1, 2, 3, 4, 0, 1, 2, 0]])}
+    hidden = np.asarray(pretrained.model.hidden_states(pretrained.params, packed))[0]
+    for rows, tokens in ((slice(0, 5), first), (slice(5, 8), second)):
+        reference = _hf_outputs(models["encoder"], tokens[None]).last_hidden_state.numpy()[0]
+        np.testing.assert_allclose(hidden[rows], reference, atol=1e-4, rtol=0)
+
+
 def test_mlm_head_logits_match_hf(hf_folders):
     folders, models = hf_folders
     pretrained = convert.load(folders["mlm"])
