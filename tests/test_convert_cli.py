@@ -4,14 +4,16 @@ is not empty is refused with one line. The model here is a tiny T5 with random p
 real imports are tested in tests/models/)."""
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from littlehelp import main, metrics, partitioning
+from littlehelp import checkpoints, main, metrics, partitioning
 from littlehelp.data import GlobalBatches
 from littlehelp.models import build_model
+from littlehelp.models import convert
 from littlehelp.models.convert import Pretrained
 from littlehelp.models.convert import run_folder
 from littlehelp.objectives import EncoderDecoderObjective
@@ -71,3 +73,20 @@ def test_a_folder_that_is_not_empty_is_refused_and_left_as_it_was(converted, tmp
     assert capsys.readouterr().err.strip() == (
         f"littlehelp: error: {target} is not empty; choose a new folder for the converted model")
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
+
+
+def test_convert_cli_writes_the_imported_parameters_and_a_model_gin_that_rebuilds_the_config(tmp_path):
+    from littlehelp import config as gin_config
+    from tests.models.test_convert_llama import hf_model
+
+    hf_dir = tmp_path / "hf"
+    hf_model("llama", tied=False).save_pretrained(hf_dir)
+    folder = main.main(["convert", f"--from={hf_dir}", f"--to={tmp_path / 'out'}"])
+    imported = convert.load(hf_dir)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), imported.params)
+    saved, step = checkpoints.restore_params(folder, abstract, select="model")
+    assert step == 0
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(saved), imported.params)
+    gin_config.import_configurable_modules()
+    gin_config.parse_gin([str(folder / "model.gin")], [], [])
+    assert gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn() == imported.config

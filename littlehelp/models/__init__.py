@@ -1,4 +1,5 @@
-"""Flax (linen) models behind one seam: T5 v1.1 encoder-decoder, Llama-style decoder LM, encoder-only.
+"""Flax (linen) models behind one seam: T5 v1.1 encoder-decoder, Llama-style decoder LM, encoder-only,
+BERT (imported encoders; `convert` reads and writes pretrained checkpoints of all of them but Encoder).
 
 `build_model(config)` gives the `api.Model` (and, for T5 and the decoder LM, `api.StepwiseModel`)
 of a model config; callers use that seam and never the classes behind it.
@@ -28,7 +29,7 @@ MODEL_KINDS: dict[type, type] = {T5Config: T5Model, DecoderConfig: DecoderLMMode
 
 @gin.configurable
 def build_model(config: Any = gin.REQUIRED) -> Model:
-    """The seam of the model a config describes (T5Config, DecoderConfig or EncoderConfig)."""
+    """The seam of the model a config describes (T5Config, DecoderConfig, EncoderConfig or BertConfig)."""
     kind = MODEL_KINDS.get(type(config))
     if kind is None:
         known = ", ".join(c.__name__ for c in MODEL_KINDS)

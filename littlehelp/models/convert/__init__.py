@@ -56,7 +56,7 @@ class Family:
     name: str
     model_types: tuple[str, ...]  # HF config.json "model_type" values this family reads
     config_from_hf: Callable[[Mapping[str, Any]], Any]  # HF config.json dict -> our config
-    params_from_hf: Callable[[Tensors, Any], Params]  # HF tensors (numpy) + our config -> our params
+    params_from_hf: Callable[[Tensors, Any, str], Params]  # HF tensors (numpy), our config, source -> our params
     hf_config: Callable[[Any], dict[str, Any]]  # our config -> HF config.json dict
     hf_tensors: Callable[[Params, Any], dict[str, np.ndarray]]  # our params + config -> HF tensors
 
@@ -148,7 +148,8 @@ def load_hf(directory: Path) -> Pretrained:
     family = family_of_model_type(str(hf_config.get("model_type")), str(directory))
     config = family.config_from_hf(hf_config)
     model = build_model(config)
-    params = check_params(model, family.params_from_hf(read_safetensors(directory), config), str(directory))
+    params = family.params_from_hf(read_safetensors(directory), config, str(directory))
+    params = check_params(model, params, str(directory))
     return Pretrained(family.name, config, model, params, _hf_vocabulary(directory), str(directory))
 
 

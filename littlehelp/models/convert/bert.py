@@ -19,7 +19,6 @@ from littlehelp.models.api import Params
 from littlehelp.models.bert import ACTIVATIONS, BertConfig
 from littlehelp.models.convert import ConversionError, Family, Tensors, register, require
 
-SOURCE = "the BERT checkpoint"
 PREFIX = "bert."
 ARCHITECTURES = {"BertModel": {"pooler": True, "mlm_head": False},
                  "BertForMaskedLM": {"pooler": False, "mlm_head": True}}
@@ -123,11 +122,11 @@ def _hf_name(name: str, config: BertConfig) -> str:
     return f"{PREFIX}{name}" if config.mlm_head and not name.startswith("cls.") else name
 
 
-def params_from_hf(tensors: Tensors, config: BertConfig) -> Params:
+def params_from_hf(tensors: Tensors, config: BertConfig, source: str = "HF checkpoint") -> Params:
     """HF BERT tensors (with or without "bert.") -> our params; missing tensors refused by name."""
     bare = {name.removeprefix(PREFIX): value for name, value in tensors.items()}
     layer_names = [_layer_name(i, hf) for i in range(config.num_layers) for _, hf, _ in LAYER]
-    require(bare, [hf for _, hf, _ in _entries(config)] + layer_names, SOURCE)
+    require(bare, [hf for _, hf, _ in _entries(config)] + layer_names, source)
     params: dict[str, Any] = {}
     for ours, hf, (to_ours, _) in _entries(config):
         _set(params, ours, to_ours(np.asarray(bare[hf], np.float32), config))
