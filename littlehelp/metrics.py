@@ -107,3 +107,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
     """The records of a metrics.jsonl file."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def write_report(out_dir: str | Path, name: str, report: Mapping, markdown: str) -> None:
+    """Writes a benchmark's `name`.json (the report) and `name`.md (its Markdown) into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out_dir / f"{name}.md").write_text(markdown, encoding="utf-8")
+    print(f"wrote {out_dir / name}.json and .md", flush=True)

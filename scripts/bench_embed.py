@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -37,7 +36,7 @@ import numpy as np  # noqa: E402
 from littlehelp.data import pretrained as pretrained_files  # noqa: E402
 from littlehelp.data.corpus import shakespeare_documents  # noqa: E402
 from littlehelp.embed import SentenceEmbedder  # noqa: E402
-from littlehelp.metrics import measure_matmul_flops  # noqa: E402
+from littlehelp.metrics import measure_matmul_flops, write_report  # noqa: E402
 from littlehelp.models.bert import bert_forward_flops  # noqa: E402
 
 RESULT_NAME = "bench_embed"
@@ -167,11 +166,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "matmul_flops_per_second": {"before": rates_before, "after": rates_after},
         "results": results,
     }
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{RESULT_NAME}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out_dir / f"{RESULT_NAME}.md").write_text(markdown(report), encoding="utf-8")
-    print(f"wrote {out_dir / RESULT_NAME}.json and .md", flush=True)
+    write_report(args.out_dir, RESULT_NAME, report, markdown(report))
     return report
 
 

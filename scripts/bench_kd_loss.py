@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -42,7 +41,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from littlehelp import losses  # noqa: E402
-from littlehelp.metrics import measure_matmul_flops  # noqa: E402
+from littlehelp.metrics import measure_matmul_flops, write_report  # noqa: E402
 
 RESULT_NAME = "bench_kd_loss"
 GIB = 2**30
@@ -242,11 +241,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "memory": memory, "timing": timing,
         "targets": [t for vocab in args.vocabs for t in memory_targets(memory, vocab)] + time_targets(timing),
     }
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{RESULT_NAME}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out_dir / f"{RESULT_NAME}.md").write_text(markdown(report), encoding="utf-8")
-    print(f"wrote {out_dir / RESULT_NAME}.json and .md", flush=True)
+    write_report(args.out_dir, RESULT_NAME, report, markdown(report))
     return report
 
 

@@ -241,21 +241,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "matmul_flops_per_second": {"before": before, "after": after, "peak": peak},
         "results": results,
     }
-    write_reports(report, Path(args.out_dir))
+    from littlehelp.metrics import write_report
+
+    write_report(args.out_dir, RESULT_NAME, report, markdown(report))
     return report
 
 
 def _machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "python": platform.python_version()}
-
-
-def write_reports(report: dict[str, Any], out_dir: Path) -> None:
-    """Writes bench_train_step.json and bench_train_step.md into `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{RESULT_NAME}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out_dir / f"{RESULT_NAME}.md").write_text(markdown(report), encoding="utf-8")
-    print(f"wrote {out_dir / RESULT_NAME}.json and .md", flush=True)
 
 
 def markdown(report: dict[str, Any]) -> str:
