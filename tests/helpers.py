@@ -21,3 +21,12 @@ def t5_data(batch_size: int = 8, length: int = 32, seed: int = 0) -> DatasetConf
 def lm_data(batch_size: int = 8, length: int = 32, seed: int = 0) -> DatasetConfig:
     """The in-memory LM task at a tiny length."""
     return DatasetConfig("docstrings_lm", {"targets": length}, batch_size, feature_converter="lm", seed=seed)
+
+
+def remove_tensor(folder, name: str) -> None:
+    """Deletes tensor `name` from an HF folder's model.safetensors (a checkpoint with a tensor missing)."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    del tensors[name]
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file, save_file
 
 from littlehelp.models import convert
 from littlehelp.models.convert import ConversionError
 from littlehelp.models.convert import gguf as gguf_format
+from tests.helpers import remove_tensor
 
 SIZES = dict(vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5, max_position_embeddings=64)
@@ -71,9 +71,7 @@ def test_safetensors_logits_match_hf_and_export_round_trips(tmp_path, kind, tied
 
 def test_missing_tensor_is_named(tmp_path):
     hf_model("llama", tied=False).save_pretrained(tmp_path)
-    tensors = load_file(str(tmp_path / "model.safetensors"))
-    del tensors["model.layers.1.mlp.up_proj.weight"]
-    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    remove_tensor(tmp_path, "model.layers.1.mlp.up_proj.weight")
     with pytest.raises(ConversionError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
         convert.load(tmp_path)
 
