@@ -2,6 +2,7 @@
 transformers does on the same GGUF file, and `train` fine-tunes it from its converted folder (the
 first step's loss is the imported model's, and the loss on the batch it trained on drops)."""
 
+import gin
 import jax
 import numpy as np
 import pytest
@@ -53,3 +54,15 @@ def test_finetuning_smollm2_from_its_converted_folder(smollm2_folder, smollm2, t
     tuned, step = checkpoints.restore_params(run, abstract, select="model")
     assert step == 2
     assert first_batch_loss(smollm2.model, tuned, data) < before - 0.05
+
+
+@pytest.mark.parametrize("name", ["smollm2_135m", "minilm_l6"])
+def test_pretrained_gin_files_bind_the_config_the_import_reads(name, smollm2, minilm_dir):
+    """gin/models/pretrained/<name>.gin states the imported model's config (a stale binding would fail)."""
+    from littlehelp import config as gin_config
+    from littlehelp.models import convert
+
+    imported = smollm2 if name == "smollm2_135m" else convert.load(minilm_dir)
+    gin_config.import_configurable_modules()
+    gin_config.parse_gin([f"models/pretrained/{name}.gin"], [], [])
+    assert gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn() == imported.config

@@ -53,6 +53,11 @@ def _check_rope(reader: Any, arch: str, head_dim: int, source: str) -> None:
                               f"{head_dim}; partial rotary embeddings are not supported")
 
 
+def _decimal(value: Any) -> float:
+    """A float32 metadata value as the shortest decimal that is the same float32 (1e-05, not 9.99999975e-06)."""
+    return float(str(np.float32(value)))
+
+
 def hf_config_of(reader: Any, tensor_names: set[str], source: str) -> dict[str, Any]:
     """The HF config.json dict a GGUF file's metadata describes."""
     arch = _architecture(reader, source)
@@ -71,8 +76,8 @@ def hf_config_of(reader: Any, tensor_names: set[str], source: str) -> dict[str, 
         "hidden_size": emb, "intermediate_size": int(meta("feed_forward_length")),
         "num_hidden_layers": int(meta("block_count")), "num_attention_heads": heads,
         "num_key_value_heads": int(meta("attention.head_count_kv", heads)), "head_dim": head_dim,
-        "rope_theta": float(meta("rope.freq_base", 10000.0)),
-        "rms_norm_eps": float(meta("attention.layer_norm_rms_epsilon")),
+        "rope_theta": _decimal(meta("rope.freq_base", 10000.0)),
+        "rms_norm_eps": _decimal(meta("attention.layer_norm_rms_epsilon")),
         "tie_word_embeddings": "output.weight" not in tensor_names,
     }
 

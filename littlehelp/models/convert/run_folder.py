@@ -44,18 +44,17 @@ def gin_bindings(config: Any) -> list[str]:
 
 
 def model_gin(pretrained_model: Pretrained) -> str:
-    """The text of DIR/model.gin: MODEL_CONFIG bound to the imported config, and the family's objective."""
+    """The text of DIR/model.gin: MODEL_CONFIG bound to the imported config, and the family's objective
+    file (or, for a family without one, the seam and its checkpoint key)."""
     config = pretrained_model.config
-    module = type(config).__module__
+    module, objective = type(config).__module__, OBJECTIVE_FILES.get(pretrained_model.family)
     lines = [f"# Model imported by `littlehelp convert` from {pretrained_model.source} (family {pretrained_model.family}).",
-             f"import {module}", "", f"MODEL_CONFIG = @{module.rsplit('.', 1)[-1]}.{type(config).__name__}()",
-             *gin_bindings(config), ""]
-    objective = OBJECTIVE_FILES.get(pretrained_model.family)
+             f"import {module}", *([] if objective else ["import littlehelp.models"]), "",
+             f"MODEL_CONFIG = @{module.rsplit('.', 1)[-1]}.{type(config).__name__}()", *gin_bindings(config), ""]
     if objective:
         lines.append(f"include '{objective}'")
-    else:  # an encoder without an objective file: the seam and its checkpoint key only
-        lines += ["import littlehelp.models", "MODEL = @models.build_model()", "models.build_model.config = %MODEL_CONFIG",
-                  f"MODEL_KEY = '{MODEL_KEY}'"]
+    else:
+        lines += ["MODEL = @models.build_model()", "models.build_model.config = %MODEL_CONFIG", f"MODEL_KEY = '{MODEL_KEY}'"]
     return "\n".join(lines) + "\n"
 
 
