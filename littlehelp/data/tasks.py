@@ -13,7 +13,9 @@ Offline fallbacks with a byte vocabulary, needing nothing but Python: `docstring
 `register_text_tasks` registers the same three tasks for any other source and vocabulary;
 `text_task` (gin) does it for a built-in source and a model's own vocabulary (an imported model's):
 `TASK = @tasks.text_task()` with `tasks.text_task.name = 'shakespeare_lm'` gives
-`<vocabulary_name>.shakespeare_lm`.
+`<vocabulary_name>.shakespeare_lm`; `text_mixture` does the same for the Shakespeare + code mixture
+(`TASK = @tasks.text_mixture()`, `tasks.text_mixture.objective = 'lm'`:
+`<vocabulary_name>.shakespeare_code_lm`, rates MIXTURE_RATES).
 """
 
 from __future__ import annotations
@@ -151,6 +153,21 @@ def text_task(name: str = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUI
         raise ValueError(f"tasks.text_task.name={name!r} is not a built-in text task; choose one of {', '.join(known)}")
     register_text_tasks(f"{vocabulary_name}.{source}", sources[source], vocabulary)
     return f"{vocabulary_name}.{name}"
+
+
+@gin.configurable(module="tasks")
+def text_mixture(objective: str = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUIRED,
+                 vocabulary_name: str = gin.REQUIRED) -> str:
+    """Registers the Shakespeare + code mixture of `objective` (one of TEXT_OBJECTIVES, rates MIXTURE_RATES)
+    tokenised with `vocabulary` as `<vocabulary_name>.shakespeare_code_<objective>` and returns that name."""
+    if objective not in TEXT_OBJECTIVES:
+        raise ValueError(f"tasks.text_mixture.objective={objective!r} is not one of {', '.join(TEXT_OBJECTIVES)}")
+    rates = [(text_task(f"{source}_{objective}", vocabulary, vocabulary_name), rate)
+             for source, rate in MIXTURE_RATES.items()]
+    name = f"{vocabulary_name}.{'_'.join(MIXTURE_RATES)}_{objective}"
+    if name not in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.add(name, rates)
+    return name
 
 
 def _register_all() -> None:
