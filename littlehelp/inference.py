@@ -130,12 +130,11 @@ def infer(
         if data is None:
             raise ValueError("inference.infer.prompt needs inference.infer.vocabulary")
         vocabulary = seqio.get_mixture_or_task(data.name).output_features["targets"].vocabulary
-    if prompt is not None:
-        batch = prompt_example(prompt, vocabulary, feature_converter, chat)
-        if "encoder_input_tokens" not in batch:
-            decoding_config = dataclasses.replace(decoding_config, prompt_length=batch["decoder_target_tokens"].shape[1])
-    else:
+    if prompt is None:
         batch = first_examples(data, num_examples)
+    else:
+        batch = prompt_example(prompt, vocabulary, feature_converter, chat)
+        decoding_config = dataclasses.replace(decoding_config, prompt_length=batch["decoder_input_tokens"].shape[1])
     mesh, rules = partitioning.make_mesh(mesh_config), partitioning.logical_axis_rules()
     example = {k: v[:1] for k, v in batch.items()}
     params, step = restore_run_params(model_dir, lambda rng: model.init(rng, example), mesh, rules,
@@ -145,9 +144,13 @@ def infer(
         {"input": _text(vocabulary, s), "target": _text(vocabulary, t), "prediction": _text(vocabulary, p)}
         for s, t, p in zip(sources, batch["decoder_target_tokens"], predictions)
     ]
-    path = Path(model_dir) / "inference.jsonl"
+    _write_records(records, Path(model_dir) / "inference.jsonl", step)
+    return records
+
+
+def _write_records(records: list[dict[str, str]], path: Path, step: int) -> None:
+    """Writes the decoded records as JSON lines to `path` and logs each one."""
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     for record in records:
         logging.info("input: %s\n  target: %s\n  prediction: %s", record["input"], record["target"], record["prediction"])
     logging.info("wrote %d examples decoded at step %d to %s", len(records), step, path)
-    return records
