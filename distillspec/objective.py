@@ -1,0 +1,205 @@
+"""DistillSpec's distillation objective (methods.md section 4): the draft q learns the frozen target p.
+
+Loss = D(p_target || q_draft) per token (FKL, RKL, JSD[beta], TVD; `littlehelp.losses`), averaged
+over the generated tokens of sequences y = prompt + continuation drawn from a data source:
+- "fixed": the continuation is the batch's own next tokens;
+- "target": sampled from the frozen target given the prompt;
+- "draft": sampled from the draft's current parameters (on-policy), inside the jitted step;
+- a mixture: {source: probability}, one source drawn per batch.
+
+Layout on an LM batch (seqio's "lm" features): the prompt is the first `prompt_length` target tokens,
+fed as `decoder_input_tokens[:, :prompt_length + 1]` (the start token 0 first, as in training); the
+continuation is `generation_length` tokens. Both models read y = prompt + continuation in one
+forward pass (no segment ids: LM chunks fill their rows) and the divergence is taken on the
+continuation's positions only, chunked (`losses.chunked_divergence`), so no [b, l, vocab] logits
+exist. A continuation token counts with its row's example weight (`objectives.token_weights` of the
+last prompt token; fixed data: its own weight), and sampled tokens after `eos_id` count 0.
+Samples get no gradient; the target gets none either (it is a frozen model, `params[target_key]`).
+
+Random keys: `choice_key, sample_key = jax.random.split(rng)`; the source is drawn with `choice_key`
+(`choose_source`), tokens are sampled with `sample_key` by `littlehelp.decoding.generate`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import gin
+import jax
+import jax.numpy as jnp
+
+from littlehelp import decoding, flops, losses
+from littlehelp.config import ConfigError
+from littlehelp.models import Model
+from littlehelp.objectives import Batch, Metrics, Params, token_weights
+
+Array = jax.Array
+SOURCES = ("fixed", "target", "draft")
+Sequences = tuple[Array, Array]  # (decoder input tokens [b, p + g], continuation weights [b, g])
+
+
+def _refuse(problem: str) -> None:
+    raise ConfigError(f"DistillationObjective.{problem}")
+
+
+def source_probabilities(data_source: str | Mapping[str, float]) -> dict[str, float]:
+    """{source: probability} of a source name or a mixture; refuses unknown names and bad probabilities."""
+    mixture = {data_source: 1.0} if isinstance(data_source, str) else dict(data_source)
+    for name, probability in mixture.items():
+        if name not in SOURCES:
+            _refuse(f"data_source {name!r} is not one of {', '.join(SOURCES)}")
+        if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0 <= probability <= 1:
+            _refuse(f"data_source probability of {name!r} must be in [0, 1], got {probability!r}")
+    if not math.isclose(sum(mixture.values()), 1.0, abs_tol=1e-6):
+        _refuse(f"data_source probabilities must sum to 1, got {sum(mixture.values())!r} ({mixture})")
+    return {name: float(p) for name, p in mixture.items()}
+
+
+def _check_knobs(divergence: str, beta: float, temperature: float, prompt_length: int, generation_length: int,
+                 sampling_temperature: float) -> None:
+    """Refuses, by name, a divergence or length the objective cannot use."""
+    if divergence not in losses.DIVERGENCES:
+        _refuse(f"divergence {divergence!r} is not one of {', '.join(losses.DIVERGENCES)}")
+    if divergence == "jsd" and not 0 < beta < 1:
+        _refuse(f"beta must be in (0, 1) for jsd, got {beta!r}")
+    if not temperature > 0:
+        _refuse(f"temperature must be > 0, got {temperature!r}")
+    if not sampling_temperature >= 0:
+        _refuse(f"sampling_temperature must be >= 0 (0: greedy), got {sampling_temperature!r}")
+    for name, value in (("prompt_length", prompt_length), ("generation_length", generation_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            _refuse(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _shaped(batch_size: int, length: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """An abstract LM batch of these shapes (for `forward_flops`)."""
+    return {"decoder_input_tokens": jax.ShapeDtypeStruct((batch_size, length), jnp.int32)}
+
+
+def continuation_weights(tokens: Array, row_weights: Array, eos_id: int | None) -> Array:
+    """Weights [b, g] of sampled continuations: the row's weight up to and including the first `eos_id`."""
+    if eos_id is None:
+        return jnp.broadcast_to(row_weights, tokens.shape).astype(jnp.float32)
+    is_eos = (tokens == eos_id).astype(jnp.int32)
+    before = jnp.cumsum(is_eos, axis=1) - is_eos  # eos tokens strictly before each position
+    return jnp.where(before == 0, row_weights, 0.0).astype(jnp.float32)
+
+
+@gin.configurable(module="distillspec")
+class DistillationObjective:
+    """D(p_target || q_draft) on sequences from `data_source` (see the module docstring).
+
+    model: the draft (trained, under `model_key`); target: the frozen target's seam (its parameters
+    come from the trainer's frozen model `target_key`); divergence in fkl / rkl / jsd / tvd (`beta`
+    for jsd); temperature: on both models' logits in the divergence; data_source: a source name or
+    {name: probability}; prompt_length / generation_length: tokens of prompt and continuation;
+    sampling_temperature: how continuations are sampled (0: greedy); eos_id: a sampled token that
+    ends a continuation (None: every continuation is `generation_length` tokens); chunk_size:
+    positions per chunk of the divergence.
+    """
+
+    def __init__(self, model: Model = gin.REQUIRED, target: Model = gin.REQUIRED, divergence: str = "fkl",
+                 beta: float = 0.5, temperature: float = 1.0, data_source: str | Mapping[str, float] = "fixed",
+                 prompt_length: int = 16, generation_length: int = 16, sampling_temperature: float = 1.0,
+                 eos_id: int | None = None, model_key: str = "model", target_key: str = "target",
+                 chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+        _check_knobs(divergence, beta, temperature, prompt_length, generation_length, sampling_temperature)
+        self.model, self.target = model, target
+        self.divergence, self.beta, self.temperature = divergence, beta, temperature
+        self.probabilities = source_probabilities(data_source)
+        self.sources = tuple(name for name, p in self.probabilities.items() if p > 0)  # zero: never traced
+        self.prompt_length, self.generation_length = prompt_length, generation_length
+        self.sampling = decoding.Sampling(temperature=sampling_temperature)
+        self.eos_id, self.model_key, self.target_key, self.chunk_size = eos_id, model_key, target_key, chunk_size
+        self.trainable_keys = (model_key,)
+        self.name = f"distillspec[{divergence},{'+'.join(self.sources)}]"
+
+    def init_params(self, rng: Array, batch: Batch) -> Params:
+        """The draft's parameters only (the target is a frozen model, loaded by the trainer)."""
+        return {self.model_key: self.model.init(rng, batch)}
+
+    def choose_source(self, rng: Array) -> Array:
+        """The index into `self.sources` of this batch's source, drawn with `self.probabilities`."""
+        if len(self.sources) == 1:
+            return jnp.zeros((), jnp.int32)
+        p = jnp.asarray([self.probabilities[name] for name in self.sources], jnp.float32)
+        return jax.random.choice(rng, len(self.sources), p=p).astype(jnp.int32)
+
+    def _check_lengths(self, batch: Batch) -> None:
+        """Refuses a batch too short for the prompt (and, with fixed data, the continuation)."""
+        length = batch["decoder_input_tokens"].shape[1]
+        fixed = "fixed" in self.sources
+        needed = self.prompt_length + (self.generation_length if fixed else 1)
+        if length < needed:
+            what = f"prompt_length + generation_length = {needed}" if fixed else f"prompt_length + 1 = {needed}"
+            raise ValueError(f"DistillationObjective: the batch's length {length} is shorter than {what}")
+
+    def _fixed(self, params: Params, batch: Batch, rng: Array) -> Sequences:
+        """The batch's own tokens and weights."""
+        del params, rng
+        end = self.prompt_length + self.generation_length
+        return batch["decoder_input_tokens"][:, :end], token_weights(batch)[:, self.prompt_length:end]
+
+    def _sampled(self, model: Model, key: str) -> Callable[[Params, Batch, Array], Sequences]:
+        """A source that continues the batch's prompts with `model` (parameters `params[key]`)."""
+
+        def sample(params: Params, batch: Batch, rng: Array) -> Sequences:
+            prompt = batch["decoder_input_tokens"][:, :self.prompt_length + 1]
+            lengths = jnp.full((prompt.shape[0],), prompt.shape[1], jnp.int32)
+            tokens = decoding.generate(model, params[key], prompt, lengths, self.generation_length, rng, self.sampling,
+                                       eos_id=-1 if self.eos_id is None else self.eos_id)
+            row_weights = token_weights(batch)[:, self.prompt_length - 1:self.prompt_length]
+            inputs = jnp.concatenate([prompt, tokens[:, :-1]], axis=1).astype(batch["decoder_input_tokens"].dtype)
+            return inputs, continuation_weights(tokens, row_weights, self.eos_id)
+
+        return sample
+
+    def sequences(self, params: Params, batch: Batch, rng: Array) -> tuple[Array, Array, Array]:
+        """(decoder input tokens [b, p + g], continuation weights [b, g], source index) with no gradient."""
+        self._check_lengths(batch)
+        choice_key, sample_key = jax.random.split(rng)
+        fns = {"fixed": self._fixed, "target": self._sampled(self.target, self.target_key),
+               "draft": self._sampled(self.model, self.model_key)}
+        params = jax.lax.stop_gradient({k: params[k] for k in (self.model_key, self.target_key)})
+        index = self.choose_source(choice_key)
+        branches = [fns[name] for name in self.sources]
+        if len(branches) == 1:
+            inputs, weights = branches[0](params, batch, sample_key)
+        else:
+            inputs, weights = jax.lax.switch(index, branches, params, batch, sample_key)
+        return inputs, weights, index
+
+    def loss(self, params: Params, batch: Batch, rng: Array, step: Array) -> tuple[Array, Metrics]:
+        """Mean divergence over the continuation tokens; metrics: divergence, source shares, generated tokens."""
+        del step
+        inputs, weights, index = self.sequences(params, batch, rng)
+        draft, target = params[self.model_key], params[self.target_key]
+        scored = {"decoder_input_tokens": inputs}
+        start = self.prompt_length  # hidden state at input position i predicts token i + 1 of y
+        kd = losses.chunked_divergence(
+            self.divergence, self.model.hidden_states(draft, scored)[:, start:],
+            lambda h: self.model.logits_from_hidden(draft, h), self.target.hidden_states(target, scored)[:, start:],
+            lambda h: self.target.logits_from_hidden(target, h), weights, self.chunk_size, self.beta, self.temperature)
+        total = jnp.sum(weights)
+        loss = kd.total / jnp.maximum(total, 1e-9)
+        metrics = {"loss": loss, "divergence": loss, "weight": total,
+                   "generated_tokens": jnp.mean(jnp.sum((weights > 0).astype(jnp.float32), axis=1))}
+        for position, name in enumerate(self.sources):
+            metrics[f"source/{name}"] = (index == position).astype(jnp.float32)
+        return loss, metrics
+
+    def _generation_flops(self, model: Model, batch_size: int) -> float:
+        """Prefill of the prompt, then one forward step per token (attention over the cache not counted)."""
+        prefill = model.forward_flops(_shaped(batch_size, self.prompt_length + 1))
+        return prefill + self.generation_length * model.forward_flops(_shaped(batch_size, 1))
+
+    def train_flops(self, batch: Batch) -> float:
+        """Draft forward + backward and target forward on y (heads over every position), plus the expected
+        sampling cost of the mixture."""
+        batch_size = batch["decoder_input_tokens"].shape[0]
+        scored = _shaped(batch_size, self.prompt_length + self.generation_length)
+        generation = {"fixed": 0.0, "target": self._generation_flops(self.target, batch_size),
+                      "draft": self._generation_flops(self.model, batch_size)}
+        expected = sum(self.probabilities[name] * generation[name] for name in self.sources)
+        return flops.TRAIN_MULTIPLIER * self.model.forward_flops(scored) + self.target.forward_flops(scored) + expected

@@ -1,0 +1,237 @@
+"""DistillSpec's objective: the loss equals a float64 numpy divergence on the same tokens for every
+divergence and source, on-policy samples come from the current draft, the target is frozen (no gradient,
+no optimizer state), the mixture draws its sources at the configured rates, bad knobs are refused by
+name, and the gin files parse and run through the CLI."""
+
+import json
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from distillspec.objective import DistillationObjective
+from littlehelp import checkpoints, config, decoding, frozen, main, metrics, partitioning, trainer
+from littlehelp.config import ConfigError
+from littlehelp.models import DecoderConfig, build_model
+from littlehelp.models.convert.run_folder import ParamsOnlyState
+from littlehelp.objectives import Curriculum
+from littlehelp.optimizers import Optimizer
+from tests.helpers import lm_data
+
+VOCAB = 264  # the byte vocabulary of the in-memory docstrings task fits
+DRAFT = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                                  head_dim=8, mlp_dim=32, tie_embeddings=True))  # tied, as draft_smollm2.gin
+TARGET = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=24, num_layers=1, num_heads=2, num_kv_heads=1,
+                                   head_dim=8, mlp_dim=32))
+PROMPT, GENERATED = 6, 10
+
+
+def objective(**knobs) -> DistillationObjective:
+    return DistillationObjective(DRAFT, TARGET, **({"prompt_length": PROMPT, "generation_length": GENERATED,
+                                                    "chunk_size": 4} | knobs))
+
+
+def synthetic_batch(rows: int = 3, length: int = PROMPT + GENERATED) -> dict[str, np.ndarray]:
+    """LM features of random tokens; the last row ends in 3 padding positions."""
+    targets = np.random.default_rng(0).integers(3, VOCAB, (rows, length)).astype(np.int32)
+    weights = np.ones((rows, length), np.float32)
+    targets[-1, -3:], weights[-1, -3:] = 0, 0.0
+    inputs = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
+    return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets, "decoder_loss_weights": weights}
+
+
+def random_params(model, seed: int) -> dict:
+    """Random parameters of the model's shapes (normal, std 0.5; no compiled initialiser: fast on CPU)."""
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), {"decoder_input_tokens": np.zeros((1, 8), np.int32)}))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (0.5 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+
+
+PARAMS = {"model": random_params(DRAFT, 0), "target": random_params(TARGET, 1)}
+LOGITS = {"model": jax.jit(DRAFT.logits), "target": jax.jit(TARGET.logits)}
+
+
+def numpy_divergence(kind: str, q_logits, p_logits, temperature: float, beta: float) -> np.ndarray:
+    """Per-token divergence [b, l] in float64 from logits [b, l, vocab] (methods.md 0.2)."""
+    def log_softmax(x):
+        x = np.asarray(x, np.float64) / temperature
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    log_q, log_p = log_softmax(q_logits), log_softmax(p_logits)
+    q, p = np.exp(log_q), np.exp(log_p)
+    kl = lambda a, log_a, log_b: (a * (log_a - log_b)).sum(-1)  # noqa: E731
+    if kind == "fkl":
+        return kl(p, log_p, log_q)
+    if kind == "rkl":
+        return kl(q, log_q, log_p)
+    if kind == "tvd":
+        return 0.5 * np.abs(p - q).sum(-1)
+    log_m = np.log(beta * p + (1 - beta) * q)
+    return beta * kl(p, log_p, log_m) + (1 - beta) * kl(q, log_q, log_m)
+
+
+def reference_loss(params, inputs, weights, kind: str = "fkl", temperature: float = 1.0, beta: float = 0.5) -> float:
+    """Mean divergence over the continuation, from both models' full (unchunked) logits on `inputs`."""
+    batch = {"decoder_input_tokens": jnp.asarray(inputs)}
+    q = np.asarray(LOGITS["model"](params["model"], batch))[:, PROMPT:]
+    p = np.asarray(LOGITS["target"](params["target"], batch))[:, PROMPT:]
+    weights = np.asarray(weights, np.float64)
+    return float((numpy_divergence(kind, q, p, temperature, beta) * weights).sum() / weights.sum())
+
+
+def sampled_inputs(model, params, batch, key) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt + `decoding.generate`'s continuation as decoder inputs, and the continuation."""
+    prompt = jnp.asarray(batch["decoder_input_tokens"][:, :PROMPT + 1])
+    lengths = jnp.full((prompt.shape[0],), PROMPT + 1, jnp.int32)
+    tokens = np.asarray(decoding.generate(model, params, prompt, lengths, GENERATED, key, decoding.Sampling(1.0),
+                                          eos_id=-1))
+    return np.concatenate([np.asarray(prompt), tokens[:, :-1]], axis=1), tokens
+
+
+def row_weights(batch) -> np.ndarray:
+    return np.broadcast_to(np.asarray(batch["decoder_loss_weights"])[:, PROMPT - 1:PROMPT], (len(batch["decoder_loss_weights"]), GENERATED))
+
+
+@pytest.mark.parametrize("kind, temperature, beta", [("fkl", 1.0, 0.5), ("rkl", 2.0, 0.5), ("jsd", 1.5, 0.3),
+                                                     ("tvd", 1.0, 0.5)])
+def test_fixed_source_loss_is_the_float64_divergence_on_the_batch(kind, temperature, beta):
+    batch, params = synthetic_batch(), PARAMS
+    loss, logged = jax.jit(lambda p, b: objective(divergence=kind, temperature=temperature, beta=beta).loss(
+        p, b, jax.random.key(0), 0))(params, batch)
+    weights = batch["decoder_loss_weights"][:, PROMPT:]
+    expected = reference_loss(params, batch["decoder_input_tokens"], weights, kind, temperature, beta)
+    np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
+    assert float(logged["divergence"]) == float(loss) and float(logged["weight"]) == weights.sum() == 3 * GENERATED - 3
+
+
+def save_params_only(params, folder) -> None:
+    """A params-only checkpoint (as `littlehelp convert` writes): a frozen model's folder."""
+    checkpointer = checkpoints.Checkpointer(str(folder / "checkpoints"), checkpoints.CheckpointConfig(async_save=False))
+    checkpointer.save(0, ParamsOnlyState(np.zeros((), np.int32), {"model": params}), {"batches_consumed": 0}, force=True)
+    checkpointer.close()
+
+
+def test_on_policy_samples_come_from_the_current_draft_and_the_target_gets_no_optimizer_state(tmp_path):
+    data = lm_data(batch_size=4, length=PROMPT + GENERATED)
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+    placed = next(iter(trainer.GlobalBatches(data, mesh)))
+    batch = jax.device_get(placed)
+    target_params = PARAMS["target"]
+    save_params_only(target_params, tmp_path / "target")
+    save_params_only(PARAMS["model"], tmp_path / "draft")  # the run starts from it (no compiled initialiser)
+    on_policy = objective(data_source="draft")
+    adam = Optimizer(optax.adam(0.05), optax.constant_schedule(0.05))
+    run = trainer.Trainer(str(tmp_path / "run"), Curriculum.single(on_policy), adam, data, mesh,
+                          partitioning.DEFAULT_RULES, checkpoints.CheckpointConfig(restore_path=str(tmp_path / "draft")),
+                          frozen_models={"target": frozen.FrozenModel(path=str(tmp_path / "target"), model=TARGET)})
+    state, _ = run.restore_or_init()
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]]
+    assert set(state.params) == {"model"} and paths and not any("target" in p for p in paths)
+    step, rng = run.step_fn(on_policy), jax.random.key(7)
+    drafts, logged = [], []
+    for _ in range(2):
+        drafts.append(jax.device_get(state.params["model"]))
+        state, step_metrics = step(state, placed, rng)
+        logged.append(float(step_metrics["loss"]))
+    keys = [jax.random.split(jax.random.fold_in(rng, s))[1] for s in range(2)]  # the loss's sampling key per step
+    samples = [sampled_inputs(DRAFT, draft, batch, key) for draft, key in zip(drafts, keys)]
+    stale, _ = sampled_inputs(DRAFT, drafts[0], batch, keys[1])
+    assert not np.array_equal(stale, samples[1][0])  # one step changed what the draft samples
+    for (inputs, _), draft, loss in zip(samples, drafts, logged):
+        np.testing.assert_allclose(loss, reference_loss({"model": draft, "target": target_params}, inputs,
+                                                        row_weights(batch)), rtol=2e-5)
+    assert abs(reference_loss({"model": drafts[0], "target": target_params}, stale, row_weights(batch))
+               - logged[1]) > 1e-4
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.frozen.params["target"]), target_params)
+
+
+def test_mixture_draws_sources_at_their_rates_and_each_branch_scores_its_own_data():
+    rates = {"fixed": 0.5, "target": 0.3, "draft": 0.2}
+    mixture = objective(data_source=rates, divergence="jsd")
+    count = 20_000
+    drawn = np.asarray(jax.jit(jax.vmap(mixture.choose_source))(jax.random.split(jax.random.key(1), count)))
+    for index, name in enumerate(mixture.sources):
+        # 4.5 standard deviations: each check fails falsely with probability 7e-6.
+        assert abs(np.mean(drawn == index) - rates[name]) < 4.5 * np.sqrt(rates[name] * (1 - rates[name]) / count)
+    batch, params = synthetic_batch(), PARAMS
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, b, r: mixture.loss(p, b, r, 0), has_aux=True))
+    keys = jax.random.split(jax.random.key(2), 40)
+    choices = np.asarray(jax.jit(jax.vmap(lambda k: mixture.choose_source(jax.random.split(k)[0])))(keys))
+    for index, name in enumerate(mixture.sources):
+        rng = keys[int(np.argmax(choices == index))]
+        (loss, logged), grads = grad_fn(params, batch, rng)
+        assert {n: float(logged[f"source/{n}"]) for n in rates} == {n: float(n == name) for n in rates}
+        sample_key = jax.random.split(rng)[1]
+        if name == "fixed":
+            inputs, weights = batch["decoder_input_tokens"], batch["decoder_loss_weights"][:, PROMPT:]
+        else:
+            model, key = (TARGET, "target") if name == "target" else (DRAFT, "model")
+            inputs, weights = sampled_inputs(model, params[key], batch, sample_key)[0], row_weights(batch)
+        np.testing.assert_allclose(float(loss), reference_loss(params, inputs, weights, "jsd"), rtol=2e-5)
+        assert all(np.all(g == 0) for g in jax.tree.leaves(grads["target"]))
+        assert any(np.any(g != 0) for g in jax.tree.leaves(grads["model"]))
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"divergence": "kl"}, "divergence 'kl' is not one of fkl, rkl, jsd, tvd"),
+    ({"divergence": "jsd", "beta": 1.0}, "beta must be in (0, 1) for jsd, got 1.0"),
+    ({"data_source": "teacher"}, "data_source 'teacher' is not one of fixed, target, draft"),
+    ({"data_source": {"fixed": 1.5, "draft": -0.5}}, "data_source probability of 'fixed' must be in [0, 1], got 1.5"),
+    ({"data_source": {"fixed": 0.5, "draft": 0.4}}, "data_source probabilities must sum to 1, got 0.9 ({'fixed': 0.5, 'draft': 0.4})"),
+    ({"generation_length": 0}, "generation_length must be an integer >= 1, got 0"),
+    ({"prompt_length": 0}, "prompt_length must be an integer >= 1, got 0"),
+    ({"temperature": 0.0}, "temperature must be > 0, got 0.0"),
+])
+def test_bad_knobs_are_refused_in_one_line_naming_them(knobs, message):
+    with pytest.raises(ConfigError) as refused:
+        objective(**knobs)
+    assert str(refused.value).splitlines()[0] == f"DistillationObjective.{message}"  # what the CLI prints
+
+
+def test_a_batch_too_short_for_the_fixed_continuation_is_refused():
+    with pytest.raises(ValueError, match=r"batch's length 12 is shorter than prompt_length \+ generation_length = 16"):
+        objective().loss(PARAMS, synthetic_batch(length=12), jax.random.key(0), 0)
+
+
+def test_gin_files_parse_with_the_documented_models_and_knobs():
+    config.import_configurable_modules()
+    config.parse_gin(["models/pretrained/smollm2_135m.gin"], [], [])
+    smollm2 = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+    gin.clear_config()
+    config.parse_gin(["distillspec/distill_smollm2.gin"], ["MODEL_DIR=/tmp/unused", "INITIAL_CHECKPOINT_PATH=/tmp/d"], [])
+    draft = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+    built = gin.query_parameter("%OBJECTIVE").scoped_configurable_fn()
+    lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
+    assert built.target.config == smollm2 and built.model.config == draft
+    assert (draft.vocab_size, draft.num_layers, draft.emb_dim, draft.mlp_dim, draft.tie_embeddings) == (
+        smollm2.vocab_size, 4, 256, 704, True)
+    assert (built.divergence, built.sources, built.trainable_keys) == ("fkl", ("draft",), ("model",))
+    assert built.prompt_length + built.generation_length == lengths["targets"] == 128
+
+
+TINY = ["--gin.TASK='docstrings_lm'", f"--gin.TASK_FEATURE_LENGTHS={{'targets': {PROMPT + GENERATED}}}",
+        "--gin.BATCH_SIZE=4", *(f"--gin.decoder.DecoderConfig.{k}={v}" for k, v in dict(
+            vocab_size=VOCAB, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32).items()),
+        "--gin.partitioning.MeshConfig.data=1", "--gin.trainer.train.eval_every=0", "--gin.trainer.train.log_every=1",
+        "--gin.trainer.train.peak_flops_per_device=1e9"]
+
+
+def test_distillation_runs_through_the_cli_from_a_draft_towards_a_frozen_target(tmp_path):
+    draft, target, run = tmp_path / "draft", tmp_path / "target", tmp_path / "distill"
+    save_params_only(PARAMS["model"], draft)
+    save_params_only(random_params(DRAFT, 2), target)  # the target: another model of the tiny draft's shapes
+    main.main(["train", "--gin_file=distillspec/distill_smollm2.gin", *TINY, f"--gin.MODEL_DIR={run}",
+               "--gin.TARGET_CONFIG=@decoder.DecoderConfig()", f"--gin.TARGET_DIR={target}",
+               f"--gin.INITIAL_CHECKPOINT_PATH={draft}", "--gin.TRAIN_STEPS=2",
+               f"--gin.PROMPT_LENGTH={PROMPT}", f"--gin.GENERATION_LENGTH={GENERATED}"])
+    records = metrics.read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r["train/divergence"] > 0 and r["train/source/draft"] == 1.0 for r in records)
+    saved = checkpoints.read_arrays(run / "checkpoints" / "2")
+    assert set(saved["params"]) == set(saved["opt_state"]) == {"model"}
+    assert json.loads((run / frozen.RECORD_NAME).read_text())["target"]["path"] == str(target)
