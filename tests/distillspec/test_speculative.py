@@ -1,0 +1,225 @@
+"""Speculative decoding checked against target-only decoding, exact float64 distributions and chi-square
+tests. Models are tiny random DecoderLMs with sharpened output heads; the draft is a noisy copy of the
+target (so proposals are sometimes accepted, sometimes not)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from littlehelp import decoding
+from littlehelp.models import DecoderConfig, build_model
+from distillspec import speculative
+
+VOCAB = 32
+MODEL = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
+                                  mlp_dim=32, scan_layers=False))
+PROMPTS = [[3, 4, 5], [6], [7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18], [19, 20, 21, 22, 23, 24], [25, 26]]
+NEW_TOKENS = 12
+ROWS = 4096  # identical prompts with different randomness for the distribution tests
+SIGNIFICANCE = 1e-4  # each test's false-failure rate
+
+
+def random_params(model, seed: int, head_scale: float = 4.0):
+    """Random params with the output head scaled up (peaked next-token distributions)."""
+    params = nn.unbox(model.init(jax.random.key(seed), {"decoder_input_tokens": jnp.ones((1, 4), jnp.int32)}))
+    params["logits_dense"]["kernel"] = params["logits_dense"]["kernel"] * head_scale
+    return params
+
+
+@pytest.fixture(scope="module")
+def target():
+    return MODEL, random_params(MODEL, 0)
+
+
+@pytest.fixture(scope="module")
+def draft(target):
+    """The target's params plus noise: a draft that agrees with the target part of the time."""
+    leaves, tree = jax.tree.flatten(target[1])
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    noisy = [x + 0.5 * jnp.std(x) * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    return MODEL, jax.tree.unflatten(tree, noisy)
+
+
+def padded(rows, width=None):
+    tokens = np.zeros((len(rows), width or max(map(len, rows))), np.int32)
+    for i, row in enumerate(rows):
+        tokens[i, :len(row)] = row
+    return tokens, np.array([len(r) for r in rows], np.int32)
+
+
+def target_only(target, rows, eos_id, new_tokens=NEW_TOKENS):
+    tokens, lengths = padded(rows)
+    return np.asarray(decoding.generate(target[0], target[1], tokens, lengths, new_tokens, jax.random.key(0),
+                                        decoding.Sampling(), eos_id))
+
+
+@pytest.fixture(scope="module")
+def eos_id(target):
+    """A token target-only greedy decoding emits early in some rows and not at all in others."""
+    free = target_only(target, PROMPTS, eos_id=-1)
+    counts = {int(t): sum(int(t) in row for row in free) for t in free[:, :3].ravel()}
+    return min((t for t, c in counts.items() if 0 < c < len(PROMPTS)), key=lambda t: -counts[t])
+
+
+@pytest.mark.parametrize("gamma", range(1, 9))
+def test_greedy_equals_target_only_decoding_in_a_batch_and_row_by_row(gamma, target, draft, eos_id):
+    expected = target_only(target, PROMPTS, eos_id)
+    ends = (expected == eos_id).any(axis=1)
+    assert ends.any() and not ends.all()  # some rows stop early at EOS, some run to the end
+    batch = speculative.generate(target, draft, PROMPTS, gamma=gamma, max_new_tokens=NEW_TOKENS, eos_id=eos_id)
+    np.testing.assert_array_equal(batch.tokens, expected)
+    np.testing.assert_array_equal(batch.lengths, (expected != 0).sum(axis=1))
+    tokens, lengths = padded(PROMPTS)
+    alone = [speculative.generate(target, draft, tokens[i:i + 1], prompt_lengths=lengths[i:i + 1], gamma=gamma,
+                                  max_new_tokens=NEW_TOKENS, eos_id=eos_id) for i in range(len(PROMPTS))]
+    np.testing.assert_array_equal(np.concatenate([a.tokens for a in alone]), expected)
+    # Per-row state: the batch accepts exactly what the rows accept alone.
+    alone_accepted = sum(a.stats.mean_accepted_length * a.stats.rounds for a in alone)
+    rows_rounds = sum(a.stats.rounds for a in alone)
+    assert batch.stats.mean_accepted_length * rows_rounds == pytest.approx(alone_accepted)
+    assert 0 < batch.stats.acceptance_rate < 1
+
+
+def test_a_draft_equal_to_the_target_is_always_accepted(target, eos_id):
+    out = speculative.generate(target, target, PROMPTS, gamma=3, max_new_tokens=NEW_TOKENS, eos_id=eos_id)
+    np.testing.assert_array_equal(out.tokens, target_only(target, PROMPTS, eos_id))
+    assert out.stats.acceptance_rate == 1.0 and out.stats.per_position_acceptance == (1.0, 1.0, 1.0)
+    assert out.stats.block_efficiency == 4.0 and out.stats.rounds == NEW_TOKENS // 4
+    assert out.stats.target_calls == 1 + NEW_TOKENS // 4 and out.stats.draft_calls == 1 + 3 * NEW_TOKENS // 4
+
+
+# ------------------------------------------------------------------------------------------------
+# Exact distributions in float64 from full (cache-free) forward passes.
+
+
+def next_distributions(model, params, contexts, temperature=1.0, top_k=0):
+    """p(. | context) [n, vocab] float64 for equal-length contexts [n, l]."""
+    logits = np.asarray(model.logits(params, {"decoder_input_tokens": jnp.asarray(contexts)})[:, -1], np.float64)
+    logits = logits / temperature
+    if top_k:
+        logits = np.where(logits < np.sort(logits, axis=-1)[:, -top_k:-top_k + 1], -np.inf, logits)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    return probs / probs.sum(-1, keepdims=True)
+
+
+def two_token_distributions(model, params, prompt, **filters):
+    """(p(x1) [vocab], p(x2 | x1) [vocab, vocab]) after `prompt`."""
+    first = next_distributions(model, params, np.array([prompt]), **filters)[0]
+    contexts = np.array([prompt + [x] for x in range(VOCAB)])
+    return first, next_distributions(model, params, contexts, **filters)
+
+
+def chi_square_p_value(first_two: np.ndarray, joint: np.ndarray) -> float:
+    """p-value of observed (x1, x2) pairs against the joint [vocab, vocab]; cells expecting < 5 pooled."""
+    counts = np.bincount(first_two[:, 0] * VOCAB + first_two[:, 1], minlength=VOCAB * VOCAB)
+    expected = joint.ravel() * len(first_two)
+    big = expected >= 5
+    observed = np.append(counts[big], counts[~big].sum())
+    expected = np.append(expected[big], expected[~big].sum())
+    return float(stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue)
+
+
+PROMPT = [3, 4, 5]
+
+
+def sampled_first_two(target, draft, temperature, gamma, acceptance=speculative.exact_acceptance, prompts=None):
+    tokens, lengths = padded(prompts or [PROMPT] * ROWS)
+    plan = speculative.Plan(gamma, 2, decoding.Sampling(temperature), None, acceptance)
+    out, _, _ = speculative.decode(target[0], target[1], draft[0], draft[1], tokens, lengths, 7, plan)
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("temperature, gamma", [(1.0, 1), (0.7, 2)])
+def test_speculative_sampling_follows_the_target_distribution(temperature, gamma, target, draft):
+    first, second = two_token_distributions(*target, PROMPT, temperature=temperature)
+    joint = first[:, None] * second
+    assert chi_square_p_value(sampled_first_two(target, draft, temperature, gamma), joint) > SIGNIFICANCE
+    # The draft alone is far from the target: the test can tell the two apart.
+    q_first, q_second = two_token_distributions(*draft, PROMPT, temperature=temperature)
+    assert 0.5 * np.abs(q_first[:, None] * q_second - joint).sum() > 0.1
+
+
+@pytest.mark.parametrize("broken", [lambda p, q: jnp.ones_like(p), lambda p, q: jnp.minimum(1.0, q / p)],
+                         ids=["always_accept", "q_over_p"])
+def test_a_broken_acceptance_rule_fails_the_same_test(broken, target, draft):
+    first, second = two_token_distributions(*target, PROMPT)
+    assert chi_square_p_value(sampled_first_two(target, draft, 1.0, 1, broken), first[:, None] * second) < SIGNIFICANCE
+
+
+def test_rows_do_not_depend_on_the_other_rows(target, draft):
+    prompts = [PROMPT] * ROWS
+    changed = [PROMPT if i % 2 else [9, 10] for i in range(ROWS)]
+    base, other = sampled_first_two(target, draft, 0.7, 2, prompts=prompts), sampled_first_two(
+        target, draft, 0.7, 2, prompts=[p + [0] * (3 - len(p)) for p in changed])
+    np.testing.assert_array_equal(base[1::2], other[1::2])
+    assert (base[::2] != other[::2]).any()
+
+
+@pytest.mark.parametrize("lenience", [None, ("p/eps", 0.3), ("p^eps", 0.5)])
+def test_acceptance_per_position_equals_one_minus_tvd(lenience, target, draft):
+    """One round (max_new_tokens 1) at temperature 1, top-k 12. Exact: position 1 accepts with
+    beta(prompt) = sum min(p, q); position 2, reached after accepting x ~ min(p, q) / beta, with the mean
+    of beta(prompt + x). Lossy: min(p, q) becomes min(f(p), q) (the accepted draft tokens' mass)."""
+    top_k = 12
+    p1, p2 = two_token_distributions(*target, PROMPT, top_k=top_k)
+    q1, q2 = two_token_distributions(*draft, PROMPT, top_k=top_k)
+    overlap = np.minimum
+    if lenience is not None:  # q min(1, f(p) / q) = min(q, f(p))
+        relax = {"p/eps": lambda p, eps: p / eps, "p^eps": lambda p, eps: p**eps}[lenience[0]]
+        overlap = lambda p, q: np.minimum(q, relax(p, lenience[1]))  # noqa: E731
+    accepted1 = overlap(p1, q1)
+    beta1 = accepted1.sum()
+    beta2 = (accepted1 * overlap(p2, q2).sum(-1)).sum() / beta1
+    out = speculative.generate(target, draft, [PROMPT] * ROWS, gamma=2, max_new_tokens=1, temperature=1.0,
+                               top_k=top_k, seed=3, lenience=lenience)
+    assert out.stats.rounds == 1
+    reached = (ROWS, ROWS * out.stats.per_position_acceptance[0])
+    for measured, expected, n in zip(out.stats.per_position_acceptance, (beta1, beta2), reached):
+        assert abs(measured - expected) < 4.5 * np.sqrt(expected * (1 - expected) / n)
+    assert 0.1 < beta1 < 0.95  # neither trivial nor hopeless
+
+
+def test_verify_resamples_a_rejection_from_the_residual_and_adds_a_bonus():
+    """verify on fixed distributions: token frequencies against norm(max(0, p - q)) and p."""
+    rows, p, q = 20000, jnp.array([0.5, 0.3, 0.2]), jnp.array([0.2, 0.2, 0.6])
+    p3, q2 = jnp.tile(p, (rows, 2, 1)), jnp.tile(q, (rows, 1, 1))
+    proposals = jnp.full((rows, 1), 2)  # q(2) = 0.6 > p(2) = 0.2: accepted with probability 1/3
+    accepted, token = speculative.verify(p3, q2, proposals, speculative.row_keys(0, rows))
+    accepted, token = np.asarray(accepted[:, 0]), np.asarray(token)
+    assert abs(accepted.mean() - 1 / 3) < 4.5 * np.sqrt(2 / 9 / rows)
+    residual = np.array([0.3, 0.1, 0.0]) / 0.4
+    for chosen, expected in ((token[~accepted], residual), (token[accepted], np.asarray(p))):
+        observed = np.bincount(chosen, minlength=3)
+        keep = expected > 0
+        assert observed[~keep].sum() == 0
+        expected = expected[keep] / expected[keep].sum() * observed.sum()
+        assert stats.chisquare(observed[keep], expected).pvalue > SIGNIFICANCE
+
+
+def test_lenience_accepts_more_and_one_is_exact():
+    p, q = jnp.array([0.1, 0.5]), jnp.array([0.4, 0.5])
+    np.testing.assert_allclose(speculative.Lenience("p/eps", 1.0)(p, q), speculative.exact_acceptance(p, q))
+    np.testing.assert_allclose(speculative.Lenience("p/eps", 0.5)(p, q), [0.5, 1.0])
+    np.testing.assert_allclose(speculative.Lenience("p/eps^2", 0.5)(p, q), [1.0, 1.0])
+    np.testing.assert_allclose(speculative.Lenience("p^eps", 0.5)(p, q), [np.sqrt(0.1) / 0.4, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("call, message", [
+    (dict(gamma=0), "gamma (draft tokens per round) must be >= 1, got 0"),
+    (dict(draft="small"), "target vocabulary size 32 differs from the draft's 48"),
+    (dict(lenience=("p/2", 0.5)), "lenience kind 'p/2' is not one of p/eps, p/eps^2, p^eps"),
+    (dict(lenience=("p^eps", 1.5)), "lenience eps must be in (0, 1], got 1.5"),
+    (dict(prompts=[[3], []]), "every prompt needs at least one token"),
+])
+def test_bad_input_is_refused_in_one_line(call, message, target):
+    other = build_model(DecoderConfig(vocab_size=48, emb_dim=8, num_layers=1, num_heads=1, num_kv_heads=1,
+                                      head_dim=8, mlp_dim=16))
+    arguments = dict(target=target, draft=target, prompts=[[3]], gamma=2, max_new_tokens=2) | call
+    if arguments["draft"] == "small":
+        arguments["draft"] = (other, {})  # refused before its parameters are read
+    with pytest.raises(speculative.SpeculativeError) as refused:
+        speculative.generate(**arguments)
+    assert str(refused.value) == message
