@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import NoReturn
 
 import gin
 import jax
@@ -39,7 +40,8 @@ SOURCES = ("fixed", "target", "draft")
 Sequences = tuple[Array, Array]  # (decoder input tokens [b, p + g], continuation weights [b, g])
 
 
-def _refuse(problem: str) -> None:
+def _refuse(problem: str) -> NoReturn:
+    """Raises the one-line ConfigError naming the knob."""
     raise ConfigError(f"DistillationObjective.{problem}")
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from distillspec.objective import DistillationObjective
+from distillspec.objective import DistillationObjective, continuation_weights
 from littlehelp import checkpoints, config, decoding, frozen, main, metrics, partitioning, trainer
 from littlehelp.config import ConfigError
 from littlehelp.models import DecoderConfig, build_model
@@ -46,7 +46,8 @@ def synthetic_batch(rows: int = 3, length: int = PROMPT + GENERATED) -> dict[str
 
 def random_params(model, seed: int) -> dict:
     """Random parameters of the model's shapes (normal, std 0.5; no compiled initialiser: fast on CPU)."""
-    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), {"decoder_input_tokens": np.zeros((1, 8), np.int32)}))
+    example = {"decoder_input_tokens": np.zeros((1, 8), np.int32)}
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), example))
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: (0.5 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
 
@@ -94,7 +95,9 @@ def sampled_inputs(model, params, batch, key) -> tuple[np.ndarray, np.ndarray]:
 
 
 def row_weights(batch) -> np.ndarray:
-    return np.broadcast_to(np.asarray(batch["decoder_loss_weights"])[:, PROMPT - 1:PROMPT], (len(batch["decoder_loss_weights"]), GENERATED))
+    """Each row's weight (its last prompt token's) on every sampled token."""
+    weights = np.asarray(batch["decoder_loss_weights"])
+    return np.broadcast_to(weights[:, PROMPT - 1:PROMPT], (len(weights), GENERATED))
 
 
 @pytest.mark.parametrize("kind, temperature, beta", [("fkl", 1.0, 0.5), ("rkl", 2.0, 0.5), ("jsd", 1.5, 0.3),
@@ -112,7 +115,8 @@ def test_fixed_source_loss_is_the_float64_divergence_on_the_batch(kind, temperat
 def save_params_only(params, folder) -> None:
     """A params-only checkpoint (as `littlehelp convert` writes): a frozen model's folder."""
     checkpointer = checkpoints.Checkpointer(str(folder / "checkpoints"), checkpoints.CheckpointConfig(async_save=False))
-    checkpointer.save(0, ParamsOnlyState(np.zeros((), np.int32), {"model": params}), {"batches_consumed": 0}, force=True)
+    state = ParamsOnlyState(np.zeros((), np.int32), {"model": params})
+    checkpointer.save(0, state, {"batches_consumed": 0}, force=True)
     checkpointer.close()
 
 
@@ -126,8 +130,9 @@ def test_on_policy_samples_come_from_the_current_draft_and_the_target_gets_no_op
     save_params_only(PARAMS["model"], tmp_path / "draft")  # the run starts from it (no compiled initialiser)
     on_policy = objective(data_source="draft")
     adam = Optimizer(optax.adam(0.05), optax.constant_schedule(0.05))
+    start = checkpoints.CheckpointConfig(restore_path=str(tmp_path / "draft"))
     run = trainer.Trainer(str(tmp_path / "run"), Curriculum.single(on_policy), adam, data, mesh,
-                          partitioning.DEFAULT_RULES, checkpoints.CheckpointConfig(restore_path=str(tmp_path / "draft")),
+                          partitioning.DEFAULT_RULES, start,
                           frozen_models={"target": frozen.FrozenModel(path=str(tmp_path / "target"), model=TARGET)})
     state, _ = run.restore_or_init()
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]]
@@ -177,12 +182,21 @@ def test_mixture_draws_sources_at_their_rates_and_each_branch_scores_its_own_dat
         assert any(np.any(g != 0) for g in jax.tree.leaves(grads["model"]))
 
 
+def test_a_sampled_continuation_counts_up_to_and_including_its_first_eos():
+    tokens = jnp.asarray([[5, 2, 7, 2], [2, 0, 0, 0], [4, 4, 4, 4]])
+    rows = jnp.asarray([[1.0], [2.0], [0.5]])
+    expected = [[1, 1, 0, 0], [2, 0, 0, 0], [0.5, 0.5, 0.5, 0.5]]
+    np.testing.assert_array_equal(continuation_weights(tokens, rows, eos_id=2), expected)
+    np.testing.assert_array_equal(continuation_weights(tokens, rows, eos_id=None), np.broadcast_to(rows, (3, 4)))
+
+
 @pytest.mark.parametrize("knobs, message", [
     ({"divergence": "kl"}, "divergence 'kl' is not one of fkl, rkl, jsd, tvd"),
     ({"divergence": "jsd", "beta": 1.0}, "beta must be in (0, 1) for jsd, got 1.0"),
     ({"data_source": "teacher"}, "data_source 'teacher' is not one of fixed, target, draft"),
     ({"data_source": {"fixed": 1.5, "draft": -0.5}}, "data_source probability of 'fixed' must be in [0, 1], got 1.5"),
-    ({"data_source": {"fixed": 0.5, "draft": 0.4}}, "data_source probabilities must sum to 1, got 0.9 ({'fixed': 0.5, 'draft': 0.4})"),
+    ({"data_source": {"fixed": 0.5, "draft": 0.4}},
+     "data_source probabilities must sum to 1, got 0.9 ({'fixed': 0.5, 'draft': 0.4})"),
     ({"generation_length": 0}, "generation_length must be an integer >= 1, got 0"),
     ({"prompt_length": 0}, "prompt_length must be an integer >= 1, got 0"),
     ({"temperature": 0.0}, "temperature must be > 0, got 0.0"),
@@ -203,7 +217,8 @@ def test_gin_files_parse_with_the_documented_models_and_knobs():
     config.parse_gin(["models/pretrained/smollm2_135m.gin"], [], [])
     smollm2 = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
     gin.clear_config()
-    config.parse_gin(["distillspec/distill_smollm2.gin"], ["MODEL_DIR=/tmp/unused", "INITIAL_CHECKPOINT_PATH=/tmp/d"], [])
+    config.parse_gin(["distillspec/distill_smollm2.gin"], ["MODEL_DIR=/tmp/unused", "INITIAL_CHECKPOINT_PATH=/tmp/d"],
+                     [])
     draft = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
     built = gin.query_parameter("%OBJECTIVE").scoped_configurable_fn()
     lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
