@@ -18,7 +18,7 @@ from littlehelp import checkpoints, config, decoding, frozen, main, metrics, par
 from littlehelp.config import ConfigError
 from littlehelp.models import DecoderConfig, build_model
 from littlehelp.models.convert.run_folder import ParamsOnlyState
-from littlehelp.objectives import Curriculum
+from littlehelp.objectives import Curriculum, DecoderObjective
 from littlehelp.optimizers import Optimizer
 from tests.helpers import lm_data
 
@@ -216,6 +216,11 @@ def test_gin_files_parse_with_the_documented_models_and_knobs():
     config.import_configurable_modules()
     config.parse_gin(["models/pretrained/smollm2_135m.gin"], [], [])
     smollm2 = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+    gin.clear_config()
+    config.parse_gin(["distillspec/draft_smollm2.gin"], ["MODEL_DIR=/tmp/unused"], [])
+    assert gin.query_parameter("%TASK").selector == "tasks.text_mixture"
+    assert gin.query_parameter("tasks.text_mixture.objective") == "lm"
+    assert isinstance(gin.query_parameter("%OBJECTIVE").scoped_configurable_fn(), DecoderObjective)
     gin.clear_config()
     config.parse_gin(["distillspec/distill_smollm2.gin"], ["MODEL_DIR=/tmp/unused", "INITIAL_CHECKPOINT_PATH=/tmp/d"],
                      [])
