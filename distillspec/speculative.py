@@ -97,6 +97,10 @@ class Plan:
         if self.max_new_tokens < 1:
             raise SpeculativeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
 
+    @property
+    def greedy(self) -> bool:
+        return self.sampling.temperature == 0.0
+
     def distribution(self, logits: Array) -> Array:
         """The filtered distribution a token is drawn from (`decoding.filtered_distribution`)."""
         s = self.sampling
@@ -135,19 +139,23 @@ def _fold(keys: Array, data: Array | int) -> Array:
     return jax.vmap(lambda key: jax.random.fold_in(key, data))(keys)
 
 
-def sample_rows(keys: Array, probs: Array) -> Array:
-    """One token per row [b] from probabilities [b, vocab], each row with its own key."""
+def sample_rows(keys: Array, probs: Array, greedy: bool = False) -> Array:
+    """One token per row [b] from probabilities [b, vocab], each row with its own key; `greedy`: the
+    argmax (what a draw from a one-hot distribution gives, without drawing)."""
+    if greedy:
+        return jnp.argmax(probs, axis=-1).astype(jnp.int32)
     return jax.vmap(lambda key, p: jax.random.categorical(key, jnp.log(p)))(keys, probs).astype(jnp.int32)
 
 
-def verify(p: Array, q: Array, proposals: Array, keys: Array,
-           acceptance: AcceptanceRule = exact_acceptance) -> tuple[Array, Array]:
+def verify(p: Array, q: Array, proposals: Array, keys: Array, acceptance: AcceptanceRule = exact_acceptance,
+           greedy: bool = False) -> tuple[Array, Array]:
     """The acceptance / resampling step of one round.
 
     p [b, gamma + 1, vocab] target, q [b, gamma, vocab] draft distributions, proposals [b, gamma]
     drawn from q -> (accepted [b, gamma] bool: each proposal's own test, token [b]: the draw from
     norm(max(0, p - q)) at the first rejection, or from p's last position when all gamma pass).
-    A row's accepted length is the number of leading True entries.
+    A row's accepted length is the number of leading True entries. `greedy`: p and q are one-hot
+    (temperature 0), so the next token is the residual's argmax.
     """
     batch, gamma = proposals.shape
     p_x = jnp.take_along_axis(p[:, :gamma], proposals[..., None], axis=-1)[..., 0]
@@ -159,7 +167,8 @@ def verify(p: Array, q: Array, proposals: Array, keys: Array,
     q_n = jnp.take_along_axis(jnp.pad(q, ((0, 0), (0, 1), (0, 0))), n[:, None, None], axis=1)[:, 0]
     residual = jnp.maximum(p_n - q_n, 0.0)
     mass = residual.sum(-1, keepdims=True)
-    return accepted, sample_rows(_fold(keys, 1), jnp.where(mass > 0, residual / jnp.where(mass > 0, mass, 1.0), p_n))
+    return accepted, sample_rows(_fold(keys, 1), jnp.where(mass > 0, residual / jnp.where(mass > 0, mass, 1.0), p_n),
+                                 greedy)
 
 
 def accepted_lengths(accepted: Array) -> Array:
@@ -174,13 +183,13 @@ def _draft(model: StepwiseModel, params: Params, plan: Plan, state: State, keys:
     logits = jnp.take_along_axis(logits, (state.pending_count - 1)[:, None, None], axis=1)[:, 0]
     cache = rollback(cache, state.draft.lengths + state.pending_count)
     q = plan.distribution(logits)
-    first = sample_rows(_fold(keys, 0), q)
+    first = sample_rows(_fold(keys, 0), q, plan.greedy)
 
     def step(carry: tuple, i: Array) -> tuple:
         token, q, cache = carry
         logits, cache = model.extend(params, cache, token[:, None])
         q_next = plan.distribution(logits[:, 0])
-        return (sample_rows(_fold(keys, i), q_next), q_next, cache), (token, q)
+        return (sample_rows(_fold(keys, i), q_next, plan.greedy), q_next, cache), (token, q)
 
     (last, q_last, cache), (tokens, qs) = jax.lax.scan(step, (first, q, cache), jnp.arange(1, plan.gamma))
     proposals = jnp.concatenate([jnp.moveaxis(tokens, 0, 1), last[:, None]], axis=1)
@@ -222,7 +231,7 @@ def _round(models: tuple[StepwiseModel, StepwiseModel], params: tuple[Params, Pa
     proposals, q, draft_cache = _draft(draft, draft_params, plan, state, _fold(keys, 0))
     logits, target_cache = target.extend(target_params, state.target,
                                          jnp.concatenate([state.last[:, None], proposals], axis=1))
-    accepted, token = verify(plan.distribution(logits), q, proposals, _fold(keys, 1), plan.acceptance)
+    accepted, token = verify(plan.distribution(logits), q, proposals, _fold(keys, 1), plan.acceptance, plan.greedy)
     active = ~state.done
     n = jnp.where(active, accepted_lengths(accepted), 0)
     out, emitted, finished = _emit(plan, state, proposals, n, token)

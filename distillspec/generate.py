@@ -1,0 +1,213 @@
+"""Speculative decoding from the command line: a target model helped by a draft.
+
+    python -m distillspec.generate --target=<converted run folder | .gguf | HF folder> \
+        --draft=<run folder with model.gin + checkpoints> --prompt="The capital of France is" --gamma=5 \
+        [--max_new_tokens=32 --temperature=0 --top_k=0 --top_p=1 --lenience=p/eps --eps=0.5 --seed=0 --chat --baseline]
+
+Prints the continuation and the decode's statistics, one line each; `--baseline` also decodes with the
+target alone (`littlehelp.decoding.generate`) and compares the times, each measured after a warm-up
+call that compiles. Bad input (a missing folder, vocabularies of different sizes, gamma < 1) is
+refused in one line before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distillspec import speculative
+from littlehelp.errors import LittlehelpError
+
+MODEL_GIN = "model.gin"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFolder:
+    """A run folder's model (from its model.gin), checkpoint key and folder; params are read later."""
+
+    model: Any
+    key: str
+    folder: Path
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line flags (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m distillspec.generate", description=__doc__.split("\n")[0])
+    parser.add_argument("--target", required=True, help="converted run folder, .gguf file or HF folder")
+    parser.add_argument("--draft", required=True, help="run folder with model.gin + checkpoints (or as --target)")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--gamma", type=int, default=5, help="draft tokens per round")
+    parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--lenience", choices=speculative.LENIENCE_KINDS, help="lossy acceptance (DistillSpec)")
+    parser.add_argument("--eps", type=float, default=1.0, help="the lenience's eps in (0, 1]")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the target vocabulary's chat template")
+    parser.add_argument("--baseline", action="store_true", help="also time target-only decoding")
+    return parser.parse_args(argv)
+
+
+def open_source(path: str) -> RunFolder | Path:
+    """A run folder (read its model.gin) or the path of a file / folder for `convert.load`."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise speculative.SpeculativeError(f"{folder} does not exist")
+    if folder.is_dir() and (folder / MODEL_GIN).is_file():
+        return read_run_folder(folder)
+    return folder
+
+
+def read_run_folder(folder: Path) -> RunFolder:
+    """The model a run folder's model.gin configures (`%MODEL_CONFIG`) and its checkpoint key (`%MODEL_KEY`)."""
+    import gin
+
+    from littlehelp import config as gin_config
+    from littlehelp.models import build_model
+
+    gin_config.import_configurable_modules()
+    gin_config.parse_gin([str(folder / MODEL_GIN)], [], [])
+    try:
+        model_config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+        key = gin.query_parameter("%MODEL_KEY") if "MODEL_KEY" in gin.config_str() else "model"
+    finally:
+        gin.clear_config()
+    return RunFolder(build_model(model_config), key, folder)
+
+
+def restore(run: RunFolder) -> tuple[Any, Any]:
+    """(model, params) of a run folder: the newest good checkpoint's parameters only."""
+    from littlehelp import checkpoints
+
+    tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+    abstract = nn.unbox(jax.eval_shape(lambda: run.model.init(jax.random.key(0), {"decoder_input_tokens": tokens})))
+    params, _ = checkpoints.restore_params(run.folder, abstract, select=run.key)
+    return run.model, params
+
+
+def vocabulary_of(source: RunFolder | Any) -> Any:
+    """The vocabulary of a loaded `Pretrained` or of a converted run folder (`vocabulary/`)."""
+    if not isinstance(source, RunFolder):
+        return source.vocabulary
+    from littlehelp.models.convert.run_folder import folder_vocabulary
+
+    return folder_vocabulary(str(source.folder))
+
+
+def prompt_ids(vocabulary: Any, prompt: str, chat: bool) -> list[int]:
+    """The prompt's token ids (one user message in the chat template with `chat`)."""
+    if chat:
+        if not getattr(vocabulary, "chat_template", None):
+            raise speculative.SpeculativeError("--chat: the target vocabulary has no chat template")
+        prompt = vocabulary.render_chat([{"role": "user", "content": prompt}])
+    ids = [int(i) for i in vocabulary.encode(prompt)]
+    if not ids:
+        raise speculative.SpeculativeError("--prompt encodes to no tokens")
+    return ids
+
+
+def text(vocabulary: Any, tokens: np.ndarray, length: int) -> str:
+    """The continuation's text, EOS left out."""
+    ids = [int(t) for t in tokens[:length] if t != vocabulary.eos_id]
+    return vocabulary.decode(ids)
+
+
+def load_pair(args: argparse.Namespace) -> tuple[tuple[Any, Any], tuple[Any, Any], Any]:
+    """(target, draft, target vocabulary), vocabulary sizes compared before the draft's parameters are read."""
+    from littlehelp.models import convert
+
+    target_source, draft_source = open_source(args.target), open_source(args.draft)
+    target = restore(target_source) if isinstance(target_source, RunFolder) else convert.load(target_source)
+    if isinstance(draft_source, RunFolder):
+        target_model = target[0] if isinstance(target, tuple) else target.model
+        speculative.check_vocabularies(target_model, draft_source.model)
+        draft = restore(draft_source)
+    else:
+        draft = convert.load(draft_source)
+    vocabulary = vocabulary_of(target_source if isinstance(target_source, RunFolder) else target)
+    if vocabulary is None:
+        raise speculative.SpeculativeError(f"{args.target} holds no vocabulary to encode the prompt with")
+    return target, draft, vocabulary
+
+
+def check_args(args: argparse.Namespace) -> speculative.Plan:
+    """The flags' Plan (gamma, lengths, sampling and lenience checked) before any model is read."""
+    from littlehelp.decoding import Sampling
+
+    try:
+        sampling = Sampling(args.temperature, args.top_k, args.top_p)
+    except ValueError as error:
+        raise speculative.SpeculativeError(str(error)) from None
+    rule = speculative.lenience_rule((args.lenience, args.eps) if args.lenience else None)
+    return speculative.Plan(args.gamma, args.max_new_tokens, sampling, None, rule)
+
+
+def baseline_seconds(target: Any, prompt: list[int], plan: speculative.Plan, eos_id: int, seed: int) -> tuple[float, np.ndarray]:
+    """Target-only decoding's time (after a warm-up call) and tokens."""
+    from littlehelp import decoding
+
+    model, params = target
+    tokens, lengths = np.array([prompt], np.int32), np.array([len(prompt)], np.int32)
+    call = lambda: jax.block_until_ready(decoding.generate(  # noqa: E731
+        model, params, tokens, lengths, plan.max_new_tokens, jax.random.key(seed), plan.sampling, eos_id))
+    call()
+    start = time.perf_counter()
+    out = call()
+    return time.perf_counter() - start, np.asarray(out)[0]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Decodes the prompt speculatively (and with the target alone with --baseline); prints and returns the results."""
+    plan = check_args(args)
+    target, draft, vocabulary = load_pair(args)
+    prompt = prompt_ids(vocabulary, args.prompt, args.chat)
+    target, draft = speculative.pair(target, draft)
+    lenience = (args.lenience, args.eps) if args.lenience else None
+    decode = lambda: speculative.generate(  # noqa: E731
+        target, draft, [prompt], gamma=args.gamma, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, lenience=lenience, seed=args.seed, eos_id=int(vocabulary.eos_id))
+    out = decode()
+    if args.baseline:
+        out = decode()  # timed after the compiling call
+    stats = out.stats
+    print(f"continuation: {text(vocabulary, out.tokens[0], int(out.lengths[0]))!r}")
+    print(f"speculative: {stats.generated_tokens} tokens in {stats.wall_seconds:.2f} s "
+          f"({stats.generated_tokens / stats.wall_seconds:.1f} tokens/s{', compilation included' if not args.baseline else ''}); "
+          f"acceptance {stats.acceptance_rate:.3f}, mean accepted {stats.mean_accepted_length:.2f} of gamma {args.gamma}, "
+          f"block efficiency {stats.block_efficiency:.2f}, per position "
+          f"[{', '.join(f'{a:.2f}' for a in stats.per_position_acceptance)}], "
+          f"{stats.target_calls} target / {stats.draft_calls} draft calls")
+    result = {"tokens": out.tokens[0, :out.lengths[0]].tolist(), "stats": dataclasses.asdict(stats)}
+    if args.baseline:
+        seconds, alone = baseline_seconds(target, prompt, plan, int(vocabulary.eos_id), args.seed)
+        count = int((alone != 0).sum())
+        same = "identical" if np.array_equal(alone, out.tokens[0]) else "different"
+        print(f"target only: {count} tokens in {seconds:.2f} s ({count / seconds:.1f} tokens/s); speed-up "
+              f"{seconds / count * stats.generated_tokens / stats.wall_seconds:.2f}x; tokens {same}")
+        result["baseline"] = {"seconds": seconds, "tokens": alone[:count].tolist()}
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The command: bad input is printed as one line and exits with the error's code."""
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except LittlehelpError as error:
+        print(f"distillspec.generate: error: {error.one_line()}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
+
+
+if __name__ == "__main__":
+    main()
