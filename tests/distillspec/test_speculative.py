@@ -223,3 +223,59 @@ def test_bad_input_is_refused_in_one_line(call, message, target):
     with pytest.raises(speculative.SpeculativeError) as refused:
         speculative.generate(**arguments)
     assert str(refused.value) == message
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line: run folders in, one line out for bad input.
+
+
+def write_folder(folder, vocab_size, seed, vocabulary=None):
+    """A random tiny decoder written as a converted run folder (model.gin + checkpoints [+ vocabulary])."""
+    from littlehelp.models.convert import Pretrained, run_folder
+
+    config = DecoderConfig(vocab_size=vocab_size, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
+                           mlp_dim=32)
+    model = build_model(config)
+    params = jax.tree.map(np.asarray, random_params(model, seed))
+    return run_folder.write_run_folder(Pretrained("llama", config, model, params, vocabulary, "random"), folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    """Run folders of a vocabulary-32 target and a vocabulary-48 draft."""
+    root = tmp_path_factory.mktemp("folders")
+    return write_folder(root / "target", VOCAB, 0), write_folder(root / "small", 48, 1)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gamma=0"], "gamma (draft tokens per round) must be >= 1, got 0"),
+    (["--lenience=p/eps", "--eps=0"], "lenience eps must be in (0, 1], got 0.0"),
+    ([], "{draft} does not exist"),
+    (["--draft={small}"], "target vocabulary size 32 differs from the draft's 48"),
+])
+def test_the_cli_refuses_bad_input_in_one_line(flags, message, tiny_folders, capsys):
+    from distillspec import generate as cli
+
+    target, small = tiny_folders
+    names = {"draft": target.parent / "missing", "small": small}
+    argv = [f"--target={target}", f"--draft={names['draft']}", "--prompt=hello",
+            *(flag.format(**names) for flag in flags)]
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err.strip() == f"distillspec.generate: error: {message.format(**names)}"
+
+
+def test_the_cli_decodes_a_prompt_as_the_target_alone_does(smollm2_gguf, tmp_path, capsys):
+    from distillspec import generate as cli
+    from littlehelp.data.hf_vocab import TokenizerVocabulary
+
+    vocabulary = TokenizerVocabulary.from_gguf(smollm2_gguf)
+    target = write_folder(tmp_path / "target", vocabulary.vocab_size, 0, vocabulary)
+    draft = write_folder(tmp_path / "draft", vocabulary.vocab_size, 1)
+    result = cli.main([f"--target={target}", f"--draft={draft}", "--prompt=The capital of France is", "--gamma=3",
+                       "--max_new_tokens=6", "--baseline"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"continuation: {vocabulary.decode(result['tokens'])!r}"
+    assert printed[1].startswith("speculative: 6 tokens in ") and printed[2].endswith("tokens identical")
+    assert result["tokens"] == result["baseline"]["tokens"] and len(result["tokens"]) == 6
