@@ -28,12 +28,12 @@ import numpy as np
 from distillspec import speculative
 from littlehelp.errors import LittlehelpError
 
-MODEL_GIN = "model.gin"
+MODEL_GINS = ("model.gin", "config.gin")  # a converted folder's model file, else a training run's operative config
 
 
 @dataclasses.dataclass(frozen=True)
 class RunFolder:
-    """A run folder's model (from its model.gin), checkpoint key and folder; params are read later."""
+    """A run folder's model (from its model.gin or config.gin), checkpoint key and folder; params are read later."""
 
     model: Any
     key: str
@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line flags (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m distillspec.generate", description=__doc__.split("\n")[0])
     parser.add_argument("--target", required=True, help="converted run folder, .gguf file or HF folder")
-    parser.add_argument("--draft", required=True, help="run folder with model.gin + checkpoints (or as --target)")
+    parser.add_argument("--draft", required=True, help="run folder (model.gin or config.gin, and checkpoints) or as --target")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--gamma", type=int, default=5, help="draft tokens per round")
     parser.add_argument("--max_new_tokens", type=int, default=32)
@@ -60,26 +60,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def open_source(path: str) -> RunFolder | Path:
-    """A run folder (read its model.gin) or the path of a file / folder for `convert.load`."""
+    """A run folder (read its model.gin or config.gin) or the path of a file / folder for `convert.load`."""
     folder = Path(path).expanduser()
     if not folder.exists():
         raise speculative.SpeculativeError(f"{folder} does not exist")
-    if folder.is_dir() and (folder / MODEL_GIN).is_file():
-        return read_run_folder(folder)
+    model_gin = next((folder / name for name in MODEL_GINS if (folder / name).is_file()), None)
+    if folder.is_dir() and model_gin is not None:
+        return read_run_folder(folder, model_gin)
     return folder
 
 
-def read_run_folder(folder: Path) -> RunFolder:
-    """The model a run folder's model.gin configures (`%MODEL_CONFIG`) and its checkpoint key (`%MODEL_KEY`)."""
+def read_run_folder(folder: Path, model_gin: Path) -> RunFolder:
+    """The model `model_gin` configures (`%MODEL_CONFIG`) and its checkpoint key (`%MODEL_KEY`)."""
     import gin
 
     from littlehelp import config as gin_config
     from littlehelp.models import build_model
 
     gin_config.import_configurable_modules()
-    gin_config.parse_gin([str(folder / MODEL_GIN)], [], [])
+    gin_config.parse_gin([str(model_gin)], [], [])
     try:
-        model_config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+        with gin.config_scope("MODEL_CONFIG"):  # a macro's value is built in its own scope (config.gin scopes it)
+            model_config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
         key = gin.query_parameter("%MODEL_KEY") if "MODEL_KEY" in gin.config_str() else "model"
     finally:
         gin.clear_config()
@@ -91,7 +93,7 @@ def restore(run: RunFolder) -> tuple[Any, Any]:
     from littlehelp import checkpoints
 
     tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
-    abstract = nn.unbox(jax.eval_shape(lambda: run.model.init(jax.random.key(0), {"decoder_input_tokens": tokens})))
+    abstract = nn.unbox(jax.eval_shape(lambda batch: run.model.init(jax.random.key(0), batch), {"decoder_input_tokens": tokens}))
     params, _ = checkpoints.restore_params(run.folder, abstract, select=run.key)
     return run.model, params
 

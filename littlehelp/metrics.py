@@ -12,7 +12,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jax
@@ -116,3 +116,16 @@ def write_report(out_dir: str | Path, name: str, report: Mapping, markdown: str)
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out_dir / f"{name}.md").write_text(markdown, encoding="utf-8")
     print(f"wrote {out_dir / name}.json and .md", flush=True)
+
+
+def machine_load() -> dict:
+    """The load averages and `uptime`'s line (benchmarks record who else was using the machine)."""
+    import subprocess
+
+    line = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return {"load_average": [round(x, 2) for x in os.getloadavg()], "uptime": line}
+
+
+def matmul_rates(sizes: Sequence[int], repeats: int = 5) -> dict[str, float]:
+    """Median float32 a @ b FLOP/s per matrix size: the machine's own rate, measured in the same run."""
+    return {str(size): measure_matmul_flops(size, repeats) for size in sizes}

@@ -19,7 +19,6 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ import numpy as np  # noqa: E402
 from littlehelp.data import pretrained as pretrained_files  # noqa: E402
 from littlehelp.data.corpus import shakespeare_documents  # noqa: E402
 from littlehelp.embed import SentenceEmbedder  # noqa: E402
-from littlehelp.metrics import measure_matmul_flops, write_report  # noqa: E402
+from littlehelp.metrics import machine_load, matmul_rates, write_report  # noqa: E402
 from littlehelp.models.bert import bert_forward_flops  # noqa: E402
 
 RESULT_NAME = "bench_embed"
@@ -66,15 +65,6 @@ def sentences(count: int) -> list[str]:
     return chosen
 
 
-def load() -> dict[str, Any]:
-    """The load averages and `uptime`'s line: who else is using the machine."""
-    line = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    return {"load_average": [round(x, 2) for x in os.getloadavg()], "uptime": line}
-
-
-def matmul_rates(args: argparse.Namespace) -> dict[str, float]:
-    """Median float32 a @ b FLOP/s per size (benchmarks.md: the machine's own rate, same run)."""
-    return {str(size): measure_matmul_flops(size, args.matmul_repeats) for size in args.matmul_sizes}
 
 
 def padded_work(embedder: SentenceEmbedder, texts: list[str]) -> dict[str, float]:
@@ -151,10 +141,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     args = parse_args(argv)
     folder = pretrained_files.ensure("minilm_l6")
-    load_start, rates_before = load(), matmul_rates(args)
+    load_start, rates_before = machine_load(), matmul_rates(args.matmul_sizes, args.matmul_repeats)
     base, texts = SentenceEmbedder.load(folder), sentences(args.sentences)
     results = [measure(base, folder, texts, batch_size, args) for batch_size in args.batch_sizes]
-    rates_after, load_end = matmul_rates(args), load()
+    rates_after, load_end = matmul_rates(args.matmul_sizes, args.matmul_repeats), machine_load()
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "jax_version": jax.__version__, "backend": jax.default_backend(), "torch_version": torch.__version__,

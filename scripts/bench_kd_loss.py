@@ -26,7 +26,6 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +40,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from littlehelp import losses  # noqa: E402
-from littlehelp.metrics import measure_matmul_flops, write_report  # noqa: E402
+from littlehelp.metrics import machine_load, matmul_rates, write_report  # noqa: E402
 
 RESULT_NAME = "bench_kd_loss"
 GIB = 2**30
@@ -169,15 +168,6 @@ def time_setting(setting: str, args: argparse.Namespace) -> list[dict[str, Any]]
              "peak_bytes": cases[case]["record"]["peak_bytes"]} for case, s in seconds.items()]
 
 
-def load() -> dict[str, Any]:
-    """The load averages and `uptime`'s line: who else is using the machine."""
-    line = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    return {"load_average": [round(x, 2) for x in os.getloadavg()], "uptime": line}
-
-
-def matmul_rates(args: argparse.Namespace) -> dict[str, float]:
-    """Median float32 a @ b FLOP/s per size (benchmarks.md: the machine's own rate, same run)."""
-    return {str(size): measure_matmul_flops(size, args.matmul_repeats) for size in args.matmul_sizes}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,10 +216,10 @@ def time_targets(timing: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark and writes the JSON and Markdown reports; returns the JSON content."""
     args = parse_args(argv)
-    load_start, rates_before = load(), matmul_rates(args)
+    load_start, rates_before = machine_load(), matmul_rates(args.matmul_sizes, args.matmul_repeats)
     memory = memory_records(args)
     timing = [r for setting in args.time_at for r in time_setting(setting, args)]
-    rates_after, load_end = matmul_rates(args), load()
+    rates_after, load_end = matmul_rates(args.matmul_sizes, args.matmul_repeats), machine_load()
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "jax_version": jax.__version__, "backend": jax.default_backend(),

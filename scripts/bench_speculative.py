@@ -26,7 +26,6 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ from distillspec import generate as cli  # noqa: E402
 from distillspec import speculative  # noqa: E402
 from littlehelp import decoding  # noqa: E402
 from littlehelp.data import pretrained  # noqa: E402
-from littlehelp.metrics import measure_matmul_flops, write_report  # noqa: E402
+from littlehelp.metrics import machine_load, matmul_rates, write_report  # noqa: E402
 from littlehelp.models import DecoderConfig, build_model, convert  # noqa: E402
 from littlehelp.models.convert import Pretrained, run_folder  # noqa: E402
 
@@ -163,15 +162,6 @@ def batch_results(target: tuple, draft: tuple, vocabulary: Any, batch: int, args
     return records
 
 
-def load() -> dict[str, Any]:
-    """The load averages and `uptime`'s line: who else is using the machine."""
-    line = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    return {"load_average": [round(x, 2) for x in os.getloadavg()], "uptime": line}
-
-
-def matmul_rates(args: argparse.Namespace) -> dict[str, float]:
-    """Median float32 a @ b FLOP/s per size."""
-    return {str(size): measure_matmul_flops(size, args.matmul_repeats) for size in args.matmul_sizes}
 
 
 def models(args: argparse.Namespace, scratch: Path) -> tuple[tuple, tuple, Any, dict[str, Any]]:
@@ -180,7 +170,7 @@ def models(args: argparse.Namespace, scratch: Path) -> tuple[tuple, tuple, Any, 
     draft_folder = Path(args.draft) if args.draft else random_draft_folder(smol, scratch / "random_draft")
     source = cli.open_source(str(draft_folder))
     if not isinstance(source, cli.RunFolder):
-        raise speculative.SpeculativeError(f"--draft {draft_folder} is not a run folder with {cli.MODEL_GIN}")
+        raise speculative.SpeculativeError(f"--draft {draft_folder} is not a run folder with {' or '.join(cli.MODEL_GINS)}")
     speculative.check_vocabularies(smol.model, source.model)
     target, draft = speculative.pair(smol, cli.restore(source))
     count = lambda params: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))  # noqa: E731
@@ -193,11 +183,11 @@ def models(args: argparse.Namespace, scratch: Path) -> tuple[tuple, tuple, Any, 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark and writes the JSON and Markdown reports; returns the JSON content."""
     args = parse_args(argv)
-    load_start, rates_before = load(), matmul_rates(args)
+    load_start, rates_before = machine_load(), matmul_rates(args.matmul_sizes, args.matmul_repeats)
     with tempfile.TemporaryDirectory() as scratch:
         target, draft, vocabulary, described = models(args, Path(scratch))
         results = [r for batch in args.batch_sizes for r in batch_results(target, draft, vocabulary, batch, args)]
-    rates_after, load_end = matmul_rates(args), load()
+    rates_after, load_end = matmul_rates(args.matmul_sizes, args.matmul_repeats), machine_load()
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "jax_version": jax.__version__, "backend": jax.default_backend(),
