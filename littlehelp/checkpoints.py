@@ -62,7 +62,7 @@ class CheckpointSaveError(CheckpointError):
 class CheckpointConfig:
     """When to save, how many steps to keep, and where to start from when MODEL_DIR has none.
 
-    restore_path: a step folder (``.../checkpoints/1000``) or a run's checkpoints folder.
+    restore_path: a step folder (``.../checkpoints/1000``), a checkpoints folder or a run folder.
     """
 
     save_interval_steps: int = 1000
@@ -488,18 +488,15 @@ def _step_folders(path: epath.Path) -> tuple[epath.Path, list[int]]:
 
 
 def _restore_from_path(path: epath.Path, abstract_state: PyTree) -> tuple[PyTree, dict, int]:
-    """Restores from a step folder (that step only) or a checkpoints folder (newest good step)."""
-    if (path / STATE_ITEM).is_dir():
-        root, steps = path.parent, [ocp.path.step.step_from_checkpoint_name(path.name)]
-    else:
-        root, steps = path, None
-    if not root.is_dir():
+    """Restores from a step folder (that step only), or a checkpoints or run folder (newest good step)."""
+    if not path.is_dir():
         raise CheckpointError(f"CheckpointConfig.restore_path {path} does not exist.")
+    try:
+        root, steps = _step_folders(path)
+    except CheckpointError:
+        raise CheckpointError(f"CheckpointConfig.restore_path {path} holds no finished checkpoint.") from None
     manager = _manager(root, _options(CheckpointConfig(), read_only=True))  # never moves anything
     try:
-        steps = steps or list(manager.all_steps())
-        if not steps:
-            raise CheckpointError(f"CheckpointConfig.restore_path {path} holds no finished checkpoint.")
         return _restore_newest_good(manager, steps, abstract_state)
     finally:
         manager.close()

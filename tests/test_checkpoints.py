@@ -233,7 +233,18 @@ def test_restore_order_uses_restore_path_only_when_directory_is_empty(tmp_path):
     assert step == 4
     assert_bitwise_equal(restored, make_state(4))
 
-    own = Checkpointer(str(tmp_path / "previous_run"), CheckpointConfig(restore_path=str(tmp_path / "b")))
+    (tmp_path / "run_folder").mkdir()
+    os.rename(tmp_path / "previous_run", tmp_path / "run_folder" / "checkpoints")  # a run folder's layout
+    from_run_folder = Checkpointer(str(tmp_path / "d"), CheckpointConfig(restore_path=str(tmp_path / "run_folder")))
+    restored, _, step = from_run_folder.restore(abstract)
+    assert step == 8
+    assert_bitwise_equal(restored, make_state(8))
+    empty = Checkpointer(str(tmp_path / "e"), CheckpointConfig(restore_path=str(tmp_path / "c_missing_steps")))
+    (tmp_path / "c_missing_steps").mkdir()
+    with pytest.raises(CheckpointError, match="holds no finished checkpoint"):
+        empty.restore(abstract)
+
+    own = Checkpointer(str(tmp_path / "run_folder" / "checkpoints"), CheckpointConfig(restore_path=str(tmp_path / "b")))
     assert own.restore(abstract)[2] == 8
     assert Checkpointer(str(tmp_path / "c"), CheckpointConfig()).restore(abstract) is None
 
