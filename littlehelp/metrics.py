@@ -7,8 +7,10 @@ without a published peak (CPUs) the peak is this machine's own measured dense-ma
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -116,6 +118,19 @@ def write_report(out_dir: str | Path, name: str, report: Mapping, markdown: str)
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out_dir / f"{name}.md").write_text(markdown, encoding="utf-8")
     print(f"wrote {out_dir / name}.json and .md", flush=True)
+
+
+def report_header(config: Mapping, load: tuple[dict, dict], matmul: tuple[dict, dict]) -> dict:
+    """What every benchmark report starts with: the date, jax and its backend, the machine, the run's
+    `config`, and the `machine_load()` and `matmul_rates()` taken (before, after) the measurements."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "jax_version": jax.__version__, "backend": jax.default_backend(),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                    "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")},
+        "config": dict(config), "load": {"start": load[0], "end": load[1]},
+        "matmul_flops_per_second": {"before": matmul[0], "after": matmul[1]},
+    }
 
 
 def machine_load() -> dict:

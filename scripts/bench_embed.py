@@ -15,9 +15,6 @@ writes results/bench_embed.{json,md}.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,7 +32,7 @@ import numpy as np  # noqa: E402
 from littlehelp.data import pretrained as pretrained_files  # noqa: E402
 from littlehelp.data.corpus import shakespeare_documents  # noqa: E402
 from littlehelp.embed import SentenceEmbedder  # noqa: E402
-from littlehelp.metrics import machine_load, matmul_rates, write_report  # noqa: E402
+from littlehelp.metrics import machine_load, matmul_rates, report_header, write_report  # noqa: E402
 from littlehelp.models.bert import bert_forward_flops  # noqa: E402
 
 RESULT_NAME = "bench_embed"
@@ -146,14 +143,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = [measure(base, folder, texts, batch_size, args) for batch_size in args.batch_sizes]
     rates_after, load_end = matmul_rates(args.matmul_sizes, args.matmul_repeats), machine_load()
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "jax_version": jax.__version__, "backend": jax.default_backend(), "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
+        **report_header({k: v for k, v in vars(args).items() if k != "out_dir"},
+                        (load_start, load_end), (rates_before, rates_after)),
+        "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
         "model": "all-MiniLM-L6-v2", "max_length": base.max_length, "length_buckets": list(base.buckets),
-        "config": {k: v for k, v in vars(args).items() if k != "out_dir"},
-        "load": {"start": load_start, "end": load_end},
-        "matmul_flops_per_second": {"before": rates_before, "after": rates_after},
         "results": results,
     }
     write_report(args.out_dir, RESULT_NAME, report, markdown(report))

@@ -22,9 +22,6 @@ writes results/bench_kd_loss.{json,md}.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
 import sys
 import time
@@ -40,7 +37,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from littlehelp import losses  # noqa: E402
-from littlehelp.metrics import machine_load, matmul_rates, write_report  # noqa: E402
+from littlehelp.metrics import machine_load, matmul_rates, report_header, write_report  # noqa: E402
 
 RESULT_NAME = "bench_kd_loss"
 GIB = 2**30
@@ -221,13 +218,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     timing = [r for setting in args.time_at for r in time_setting(setting, args)]
     rates_after, load_end = matmul_rates(args.matmul_sizes, args.matmul_repeats), machine_load()
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "jax_version": jax.__version__, "backend": jax.default_backend(),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                    "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")},
-        "config": {k: v for k, v in vars(args).items() if k != "out_dir"},
-        "load": {"start": load_start, "end": load_end},
-        "matmul_flops_per_second": {"before": rates_before, "after": rates_after},
+        **report_header({k: v for k, v in vars(args).items() if k != "out_dir"},
+                        (load_start, load_end), (rates_before, rates_after)),
         "memory": memory, "timing": timing,
         "targets": [t for vocab in args.vocabs for t in memory_targets(memory, vocab)] + time_targets(timing),
     }

@@ -22,9 +22,6 @@ writes results/bench_speculative.{json,md}.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,7 +43,7 @@ from distillspec import generate as cli  # noqa: E402
 from distillspec import speculative  # noqa: E402
 from littlehelp import decoding  # noqa: E402
 from littlehelp.data import pretrained  # noqa: E402
-from littlehelp.metrics import machine_load, matmul_rates, write_report  # noqa: E402
+from littlehelp.metrics import machine_load, matmul_rates, report_header, write_report  # noqa: E402
 from littlehelp.models import DecoderConfig, build_model, convert  # noqa: E402
 from littlehelp.models.convert import Pretrained, run_folder  # noqa: E402
 
@@ -189,12 +186,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results = [r for batch in args.batch_sizes for r in batch_results(target, draft, vocabulary, batch, args)]
     rates_after, load_end = matmul_rates(args.matmul_sizes, args.matmul_repeats), machine_load()
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "jax_version": jax.__version__, "backend": jax.default_backend(),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
-        "config": {k: v for k, v in vars(args).items() if k != "out_dir"}, "models": described,
-        "load": {"start": load_start, "end": load_end},
-        "matmul_flops_per_second": {"before": rates_before, "after": rates_after},
+        **report_header({k: v for k, v in vars(args).items() if k != "out_dir"},
+                        (load_start, load_end), (rates_before, rates_after)),
+        "models": described,
         "results": results,
     }
     write_report(args.out_dir, RESULT_NAME, report, markdown(report))
