@@ -49,7 +49,8 @@ def load(name: str, seed: int = 0, test_fraction: float = 0.3, max_train: int | 
     features, labels = getattr(datasets, f"load_{name}")(return_X_y=True)
     train_x, test_x, train_y, test_y = model_selection.train_test_split(
         features, labels, test_size=test_fraction, random_state=seed, stratify=labels)
-    mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-8
+    mean, std = train_x.mean(axis=0), train_x.std(axis=0)
+    std = np.where(std > 0, std, 1.0)  # a feature constant on the train pool is only centred
     return LabelledData(name, _standardise(train_x, mean, std), train_y.astype(np.int32),
                         _standardise(test_x, mean, std), test_y.astype(np.int32),
                         int(labels.max()) + 1)

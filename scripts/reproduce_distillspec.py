@@ -12,7 +12,7 @@ Stages (a run folder that already holds its final step is reused, so a stopped r
      acceptance E[1 - TVD(p, q)] at temperature 1;
   4. decoding (`distillspec.speculative.decode`): wall clock of target-only and speculative decoding
      with the undistilled and the best distilled draft at batch 1 and 8, greedy and temperature 1, at
-     --timing_gammas, the two interleaved; the measured block efficiency beside the replayed one;
+     --timing_gammas, the two timed in turn --timing_repeats times; measured beside replayed block efficiency;
   5. lossy decoding: the best draft at temperature 1 with lenience p/eps over --lenience_eps:
      acceptance and speed-up against the target's mean log-likelihood of what was generated.
 Writes results/distillspec.{json,md} and results/distillspec.png; run folders under --work_dir.
@@ -57,7 +57,8 @@ DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 SOURCES = ("fixed", "target", "draft")
 SOURCE_NAMES = {"fixed": "fixed data", "target": "target-generated", "draft": "on-policy"}
 QUICK = dict(draft_steps=12, distill_steps=3, divergences=["fkl", "tvd"], sources=["fixed", "draft"],
-             prompts_per_domain=2, max_new_tokens=8, max_gamma=3, timing_gammas=[2], lenience_eps=[1.0, 0.3])
+             prompts_per_domain=2, max_new_tokens=8, max_gamma=3, timing_gammas=[2], timing_repeats=1,
+             lenience_eps=[1.0, 0.3])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out_dir", default=str(REPO / "results"))
     parser.add_argument("--draft_steps", type=int, default=200, help="plain LM steps of the undistilled draft")
     parser.add_argument("--distill_steps", type=int, default=30, help="distillation steps of each distilled draft")
-    parser.add_argument("--distill_learning_rate", type=float, default=3e-3)
+    parser.add_argument("--distill_learning_rate", type=float, default=1e-2)
     parser.add_argument("--distill_prompt_length", type=int, default=32)
     parser.add_argument("--distill_generation_length", type=int, default=32)
     parser.add_argument("--divergences", nargs="+", default=list(DIVERGENCES), choices=DIVERGENCES)
@@ -87,7 +88,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt_tokens", type=int, default=64, help="prompt tokens taken from each text")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--max_gamma", type=int, default=7)
-    parser.add_argument("--timing_gammas", nargs="+", type=int, default=[1, 2, 3, 5, 7])
+    parser.add_argument("--timing_gammas", nargs="+", type=int, default=[1, 3, 5, 7])
+    parser.add_argument("--timing_repeats", type=int, default=3, help="timed repeats per measurement (median)")
     parser.add_argument("--lossy_gamma", type=int, default=5)
     parser.add_argument("--lenience_eps", nargs="+", type=float, default=[1.0, 0.5, 0.2, 0.1, 0.05])
     parser.add_argument("--seed", type=int, default=0)
@@ -238,12 +240,14 @@ def score(target: tuple, draft: tuple, refs: References, args: argparse.Namespac
                                                            refs.lengths, args.max_new_tokens, temperature=1.0))
     gammas = range(1, args.max_gamma + 1)
     by_domain = {d: np.array([x == d for x in refs.domains]) for d in DOMAINS}
+    standard_error = lambda rows: float(np.std(rows.mean(axis=1), ddof=1) / np.sqrt(len(rows)))  # noqa: E731
     return {
         "greedy_acceptance": float(agreement[:, :args.max_new_tokens].mean()),
+        "greedy_acceptance_se": standard_error(agreement[:, :args.max_new_tokens]),
         "greedy_tau": {g: acceptance.greedy_block_efficiency(agreement, g, args.max_new_tokens) for g in gammas},
         "greedy_tau_by_domain": {d: acceptance.greedy_block_efficiency(agreement[rows], args.max_gamma, args.max_new_tokens)
                                  for d, rows in by_domain.items()},
-        "alpha": float(alpha.mean()),
+        "alpha": float(alpha.mean()), "alpha_se": standard_error(alpha),
         "alpha_by_domain": {d: float(alpha[rows].mean()) for d, rows in by_domain.items()},
         "expected_tau": {g: acceptance.expected_block_efficiency(float(alpha.mean()), g) for g in gammas},
     }, agreement
@@ -257,33 +261,35 @@ def timed(call: Any) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def run_target_only(target: tuple, groups: list[tuple[np.ndarray, np.ndarray]], args: argparse.Namespace,
-                    temperature: float, seed: int) -> tuple[float, list[np.ndarray]]:
-    """Total seconds and tokens of target-only decoding over row groups (each group compiled, then timed)."""
-    model, params = target
-    sampling = decoding.Sampling(temperature=temperature)
-    total, outs = 0.0, []
+def timed_groups(call: Any, groups: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, list[Any]]:
+    """Total seconds of `call(prompts, lengths)` over the row groups, and each group's result."""
+    total, results = 0.0, []
     for prompts, lengths in groups:
-        arguments = (model, params, prompts, lengths, args.max_new_tokens, jax.random.key(seed), sampling, -1)
-        jax.block_until_ready(decoding.generate(*arguments))  # compiles (once per shape)
-        seconds, out = timed(lambda: decoding.generate(*arguments))
-        total, outs = total + seconds, outs + [np.asarray(out)]
-    return total, outs
+        seconds, result = timed(lambda: call(prompts, lengths))
+        total, results = total + seconds, results + [jax.tree.map(np.asarray, result)]
+    return total, results
 
 
-def run_speculative(target: tuple, draft: tuple, groups: list[tuple[np.ndarray, np.ndarray]], plan: speculative.Plan,
-                    seed: int) -> tuple[float, list[np.ndarray], speculative.SpeculativeStats]:
-    """Total seconds, tokens and pooled statistics of speculative decoding over row groups."""
-    total, outs, counters, produced = 0.0, [], [], []
-    for prompts, lengths in groups:
-        arguments = (target[0], target[1], draft[0], draft[1], prompts, lengths, seed, plan)
-        compiled = speculative.decode.lower(*arguments).compile()
-        seconds, (out, made, counted) = timed(lambda: compiled(target[1], draft[1], prompts, lengths, seed))
-        total, outs = total + seconds, outs + [np.asarray(out)]
-        counters.append(jax.tree.map(np.asarray, counted))
-        produced.append(np.asarray(made))
-    pooled = speculative.Counters(*(sum(c[i] for c in counters) for i in range(4)))
-    return total, outs, speculative.summarize(pooled, plan.gamma, np.concatenate(produced), total)
+def timed_pair(target: tuple, draft: tuple, groups: list[tuple[np.ndarray, np.ndarray]], plan: speculative.Plan,
+               args: argparse.Namespace) -> dict[str, Any]:
+    """Target-only and speculative decoding of the row groups (one shape, compiled once each), timed in
+    turn `timing_repeats` times: median total seconds of each, the last repeat's tokens, the statistics."""
+    (model, params), (draft_model, draft_params), seed = target, draft, args.seed
+    prompts, lengths = groups[0]
+    alone = decoding.generate.lower(model, params, prompts, lengths, plan.max_new_tokens, jax.random.key(seed),
+                                    plan.sampling, -1).compile()
+    spec = speculative.decode.lower(model, params, draft_model, draft_params, prompts, lengths, seed, plan).compile()
+    alone_seconds, spec_seconds = [], []
+    for _ in range(args.timing_repeats):
+        seconds, alone_tokens = timed_groups(lambda p, n: alone(params, p, n, jax.random.key(seed)), groups)
+        alone_seconds.append(seconds)
+        seconds, decoded = timed_groups(lambda p, n: spec(params, draft_params, p, n, seed), groups)
+        spec_seconds.append(seconds)
+    counters = speculative.Counters(*(sum(c[2][i] for c in decoded) for i in range(4)))
+    produced = np.concatenate([c[1] for c in decoded])
+    return {"target_only_seconds": statistics.median(alone_seconds), "speculative_seconds": statistics.median(spec_seconds),
+            "target_only_tokens": alone_tokens, "speculative_tokens": [c[0] for c in decoded],
+            "stats": speculative.summarize(counters, plan.gamma, produced, statistics.median(spec_seconds))}
 
 
 def decoding_rows(refs: References, batch: int) -> list[list[int]]:
@@ -297,8 +303,8 @@ def decoding_rows(refs: References, batch: int) -> list[list[int]]:
 
 def wall_clock(target: tuple, drafts: dict[str, tuple], refs: References, agreements: dict[str, np.ndarray],
                args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Target-only and speculative decoding timed in turn, per (batch, temperature, draft, gamma); greedy
-    runs are checked against target-only tokens and their block efficiency against the replayed one."""
+    """`timed_pair` per (batch, temperature, draft, gamma); greedy runs are checked against target-only
+    tokens and their block efficiency against the replayed one."""
     records = []
     for batch, temperature in itertools.product((1, 8), (0.0, 1.0)):
         calls = decoding_rows(refs, batch)
@@ -306,16 +312,16 @@ def wall_clock(target: tuple, drafts: dict[str, tuple], refs: References, agreem
         rows = [i for call in calls for i in call]
         for name, draft in drafts.items():
             for gamma in args.timing_gammas:
-                alone, alone_tokens = run_target_only(target, groups, args, temperature, args.seed)
                 plan = speculative.Plan(gamma, args.max_new_tokens, decoding.Sampling(temperature=temperature), None)
-                spec, spec_tokens, stats = run_speculative(target, draft, groups, plan, args.seed)
+                pair = timed_pair(target, draft, groups, plan, args)
+                stats, alone, spec = pair["stats"], pair["target_only_seconds"], pair["speculative_seconds"]
+                equal = all(np.array_equal(a, b) for a, b in zip(pair["target_only_tokens"], pair["speculative_tokens"]))
                 record = {"batch": batch, "temperature": temperature, "draft": name, "gamma": gamma,
                           "target_only_seconds": alone, "speculative_seconds": spec, "speedup": alone / spec,
                           "acceptance": stats.acceptance_rate, "block_efficiency": stats.block_efficiency,
                           "replayed_block_efficiency": acceptance.greedy_block_efficiency(
                               agreements[name][rows], gamma, args.max_new_tokens) if temperature == 0 else None,
-                          "tokens_equal_target_only": bool(all(np.array_equal(a, b) for a, b in zip(alone_tokens, spec_tokens)))
-                          if temperature == 0 else None}
+                          "tokens_equal_target_only": equal if temperature == 0 else None}
                 print(f"  batch {batch}, T {temperature:g}, {name}, gamma {gamma}: x{record['speedup']:.2f} "
                       f"(target only {alone:.2f}s, speculative {spec:.2f}s), acceptance {stats.acceptance_rate:.3f}, "
                       f"tau {stats.block_efficiency:.2f}", flush=True)
@@ -333,21 +339,24 @@ def target_log_likelihood(target: tuple, prompts: np.ndarray, lengths: np.ndarra
 
 
 def lossy(target: tuple, draft: tuple, refs: References, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Lenience p/eps at temperature 1 and gamma `lossy_gamma` over every prompt in batches of 8 (target-only
-    decoding timed before each eps)."""
+    """Lenience p/eps at temperature 1 and gamma `lossy_gamma` over every prompt in batches of 8, each eps
+    timed in turn with target-only decoding."""
     groups = [(refs.prompts[i:i + 8], refs.lengths[i:i + 8]) for i in range(0, len(refs.lengths), 8)]
     records = []
     for eps in args.lenience_eps:
-        alone, alone_tokens = run_target_only(target, groups, args, 1.0, args.seed)
-        target_ll = statistics.mean(target_log_likelihood(target, p, n, t) for (p, n), t in zip(groups, alone_tokens))
         plan = speculative.Plan(args.lossy_gamma, args.max_new_tokens, decoding.Sampling(temperature=1.0), None,
                                 speculative.Lenience("p/eps", eps))
-        spec, tokens, stats = run_speculative(target, draft, groups, plan, args.seed)
-        ll = statistics.mean(target_log_likelihood(target, p, n, t) for (p, n), t in zip(groups, tokens))
-        records.append({"eps": eps, "acceptance": stats.acceptance_rate, "block_efficiency": stats.block_efficiency,
-                        "speedup": alone / spec, "target_log_likelihood": ll, "target_only_log_likelihood": target_ll})
-        print(f"  lenience p/eps, eps {eps:g}: acceptance {stats.acceptance_rate:.3f}, x{alone / spec:.2f}, "
-              f"target log-likelihood {ll:.3f} (target alone {target_ll:.3f})", flush=True)
+        pair = timed_pair(target, draft, groups, plan, args)
+        likelihood = lambda outputs: statistics.mean(  # noqa: E731
+            target_log_likelihood(target, p, n, t) for (p, n), t in zip(groups, outputs))
+        stats, speedup = pair["stats"], pair["target_only_seconds"] / pair["speculative_seconds"]
+        record = {"eps": eps, "acceptance": stats.acceptance_rate, "block_efficiency": stats.block_efficiency,
+                  "speedup": speedup, "target_log_likelihood": likelihood(pair["speculative_tokens"]),
+                  "target_only_log_likelihood": likelihood(pair["target_only_tokens"])}
+        print(f"  lenience p/eps, eps {eps:g}: acceptance {stats.acceptance_rate:.3f}, x{speedup:.2f}, target "
+              f"log-likelihood {record['target_log_likelihood']:.3f} (target alone "
+              f"{record['target_only_log_likelihood']:.3f})", flush=True)
+        records.append(record)
     return records
 
 
@@ -404,10 +413,11 @@ def score_table(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
         steps = args.draft_steps if name == "undistilled" else args.distill_steps
         lines.append(
             f"| {name} | {steps} | {trained.get('seconds_per_step', float('nan')):.2f} | {divergence} "
-            f"| {scored['greedy_acceptance']:.3f} | " + " | ".join(f"{scored['greedy_tau'][g]:.2f}" for g in gammas)
+            f"| {scored['greedy_acceptance']:.3f} ± {scored['greedy_acceptance_se']:.3f} | "
+            + " | ".join(f"{scored['greedy_tau'][g]:.2f}" for g in gammas)
             + f" | {scored['greedy_tau'][args.max_gamma] / base:.3f} | "
             + " | ".join(f"{scored['greedy_tau_by_domain'][d]:.2f}" for d in DOMAINS)
-            + f" | {scored['alpha']:.3f} | {scored['expected_tau'][args.max_gamma]:.2f} |")
+            + f" | {scored['alpha']:.3f} ± {scored['alpha_se']:.3f} | {scored['expected_tau'][args.max_gamma]:.2f} |")
     return lines
 
 
@@ -461,12 +471,14 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
         "## Drafts: acceptance and greedy block efficiency", "",
         "tau: tokens per target call, replayed exactly from one scoring pass on the target's greedy continuations "
         "(`distillspec.acceptance`); alpha: E[1 - TVD(p, q)] along temperature-1 target samples, and the expected "
-        "tau (1 - alpha^(g+1)) / (1 - alpha).", "", *score_table(report, args), "",
+        "tau (1 - alpha^(g+1)) / (1 - alpha). ± : standard error over the prompts (each prompt's mean over its "
+        "tokens is one observation).", "", *score_table(report, args), "",
         f"Greedy tau at gamma {args.max_gamma} by divergence and data source (undistilled: "
         f"{report['scores']['undistilled']['greedy_tau'][args.max_gamma]:.3f}):", "", *source_table(report, args), "",
         f"## Wall clock: target-only vs speculative decoding (undistilled and best distilled draft, {report['best']})", "",
         "Batch 1: the first prompt of each domain, one call each (seconds summed); batch 8: prompts round-robin over the "
-        "domains in one call. Each speculative run is timed right after a target-only run of the same prompts.", "",
+        f"domains in one call. Seconds: the median of {args.timing_repeats} repeats, each timing target-only and then "
+        "speculative decoding of the same prompts (compiled before).", "",
         *timing_table(report), "",
         f"## Lossy speculative decoding ({report['best']}, temperature 1, gamma {args.lossy_gamma}, all prompts in "
         "batches of 8, lenience p/eps)", "", *lossy_table(report), "",

@@ -135,3 +135,17 @@ def test_reproduce_script_reports_margin_rank_and_writes_tables_and_plots(tmp_pa
     assert "| random | 0 | 0 | 1 |\n| badge | 0 | 0 | 1 |" in vs_margin
     assert "| d | 0.5 |" in text  # the churn table's a = 0.5 row
     assert all((tmp_path / name).is_file() for name in plots) and len(plots) == 2
+
+
+def test_bundled_features_are_standardised_with_train_statistics_and_constant_columns_only_centred():
+    from sklearn import datasets, model_selection
+
+    loaded = data.load("digits", seed=3)
+    features, labels = datasets.load_digits(return_X_y=True)
+    train_x, test_x, _, _ = model_selection.train_test_split(features, labels, test_size=0.3, random_state=3,
+                                                             stratify=labels)
+    std = train_x.std(axis=0)
+    assert (std == 0).any()  # digits has pixels that are blank on every train image
+    expected = (test_x - train_x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    np.testing.assert_allclose(loaded.test_features, expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(loaded.test_features).max() < 100  # no blow-up from a zero deviation
