@@ -93,6 +93,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lossy_gamma", type=int, default=5)
     parser.add_argument("--lenience_eps", nargs="+", type=float, default=[1.0, 0.5, 0.2, 0.1, 0.05])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--score_only", action="store_true", help="stages 1-3 only (no decoding wall clock)")
     parser.add_argument("--quick", action="store_true", help="a smoke test: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     args = parser.parse_args(argv)
     if args.quick:
@@ -386,6 +387,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
                  title="Drafts, replayed on the target's greedy continuations")
     by_gamma.legend(fontsize=7, ncol=2)
     lossy = report["lossy"]
+    if not lossy:
+        trade_off.set_axis_off()
     x = [r["target_log_likelihood"] for r in lossy]
     trade_off.plot(x, [r["acceptance"] for r in lossy], "o-", label="acceptance")
     trade_off.plot(x, [r["speedup"] for r in lossy], "s-", label="speed-up (batch 8)")
@@ -450,6 +453,46 @@ def lossy_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def targets_section(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The issue's targets against what was measured: block efficiency ratio, speed-ups, on-policy vs target data."""
+    scores, g, best = report["scores"], args.max_gamma, report["best"]
+    ratio = scores[best]["greedy_tau"][g] / scores["undistilled"]["greedy_tau"][g]
+    sampled = max((n for n in scores if n != "undistilled"), key=lambda n: scores[n]["expected_tau"][g])
+    sampled_ratio = scores[sampled]["expected_tau"][g] / scores["undistilled"]["expected_tau"][g]
+    lines = ["## Targets", "", "| target | measured | met |", "|---|---|---|",
+             f"| distilled greedy block efficiency >= 1.3x the undistilled draft's at gamma {g} | {ratio:.3f}x ({best}) "
+             f"| {'yes' if ratio >= 1.3 else 'no'} |",
+             f"| (temperature 1, expected from alpha) | {sampled_ratio:.3f}x ({sampled}) | {'yes' if sampled_ratio >= 1.3 else 'no'} |"]
+    for batch, wanted in ((1, 2.0), (8, 1.0)):
+        records = [r for r in report["wall_clock"] if r["batch"] == batch and r["draft"] == best]
+        if records:
+            top = max(records, key=lambda r: r["speedup"])
+            met = top["speedup"] >= wanted if batch == 1 else top["speedup"] > wanted
+            lines.append(f"| speed-up {'>= 2x' if batch == 1 else '> 1x'} at batch {batch} ({best}) | x{top['speedup']:.2f} "
+                         f"(T {top['temperature']:g}, gamma {top['gamma']}) | {'yes' if met else 'no'} |")
+    lines += ["", "On-policy (draft-generated) against target-generated data, per divergence: greedy tau at gamma "
+              f"{g} and alpha, on-policy / target-generated:", ""]
+    for divergence in args.divergences:
+        on, off = scores.get(f"{divergence}/draft"), scores.get(f"{divergence}/target")
+        if on and off:
+            lines.append(f"- {divergence}: tau {on['greedy_tau'][g] / off['greedy_tau'][g]:.3f}, "
+                         f"alpha {on['alpha'] / off['alpha']:.3f}")
+    return [*lines, ""]
+
+
+def decoding_sections(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The wall-clock and lossy sections of the report."""
+    return [
+        f"## Wall clock: target-only vs speculative decoding (undistilled and best distilled draft, {report['best']})", "",
+        "Batch 1: the first prompt of each domain, one call each (seconds summed); batch 8: prompts round-robin over the "
+        f"domains in one call. Seconds: the median of {args.timing_repeats} repeats, each timing target-only and then "
+        "speculative decoding of the same prompts (compiled before).", "",
+        *timing_table(report), "",
+        f"## Lossy speculative decoding ({report['best']}, temperature 1, gamma {args.lossy_gamma}, all prompts in "
+        "batches of 8, lenience p/eps)", "", *lossy_table(report), "",
+    ]
+
+
 def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
     """results/distillspec.md: set-up, the tables; the verdict is written beside them by hand."""
     shares = ", ".join(f"{SOURCE_NAMES[s]} {v:.0%}" for s, v in report["generation_share"].items())
@@ -475,13 +518,8 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
         "tokens is one observation).", "", *score_table(report, args), "",
         f"Greedy tau at gamma {args.max_gamma} by divergence and data source (undistilled: "
         f"{report['scores']['undistilled']['greedy_tau'][args.max_gamma]:.3f}):", "", *source_table(report, args), "",
-        f"## Wall clock: target-only vs speculative decoding (undistilled and best distilled draft, {report['best']})", "",
-        "Batch 1: the first prompt of each domain, one call each (seconds summed); batch 8: prompts round-robin over the "
-        f"domains in one call. Seconds: the median of {args.timing_repeats} repeats, each timing target-only and then "
-        "speculative decoding of the same prompts (compiled before).", "",
-        *timing_table(report), "",
-        f"## Lossy speculative decoding ({report['best']}, temperature 1, gamma {args.lossy_gamma}, all prompts in "
-        "batches of 8, lenience p/eps)", "", *lossy_table(report), "",
+        *(decoding_sections(report, args) if report["wall_clock"] else ["Decoding not run (--score_only).", ""]),
+        *targets_section(report, args),
     ])
 
 
@@ -503,10 +541,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"  {name}: greedy acceptance {scored['greedy_acceptance']:.3f}, tau(g={args.max_gamma}) "
               f"{scored['greedy_tau'][args.max_gamma]:.2f}, alpha {scored['alpha']:.3f}", flush=True)
     best = best_distilled(scores, args)
-    print(f"stage 4: wall clock with the undistilled draft and {best}", flush=True)
-    clock = wall_clock(target, {name: loaded[name] for name in ("undistilled", best)}, refs, agreements, args)
-    print(f"stage 5: lossy speculative decoding with {best}", flush=True)
-    lossy_records = lossy(target, loaded[best], refs, args)
+    clock, lossy_records = [], []
+    if not args.score_only:
+        print(f"stage 4: wall clock with the undistilled draft and {best}", flush=True)
+        clock = wall_clock(target, {name: loaded[name] for name in ("undistilled", best)}, refs, agreements, args)
+        print(f"stage 5: lossy speculative decoding with {best}", flush=True)
+        lossy_records = lossy(target, loaded[best], refs, args)
     rates_after, load_end = matmul_rates([2048]), machine_load()
     report = {**report_header({k: v for k, v in vars(args).items() if k != "out_dir"}, (load_start, load_end),
                               (rates_before, rates_after)),
