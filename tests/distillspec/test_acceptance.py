@@ -1,26 +1,13 @@
 """Acceptance measured by scoring, checked against the speculative engine itself and float64 numpy."""
 
-import jax
 import numpy as np
 import pytest
 
 from distillspec import acceptance, speculative
-from tests.distillspec.test_speculative import MODEL, PROMPTS, padded, random_params, target_only
+from tests.distillspec.test_speculative import MODEL, PROMPTS, draft, padded, target, target_only  # noqa: F401 (fixtures)
 
 NEW_TOKENS = 10
 MAX_GAMMA = 6
-
-
-@pytest.fixture(scope="module")
-def target():
-    return MODEL, random_params(MODEL, 0)
-
-
-@pytest.fixture(scope="module")
-def draft(target):
-    leaves, tree = jax.tree.flatten(target[1])
-    keys = jax.random.split(jax.random.key(7), len(leaves))
-    return MODEL, jax.tree.unflatten(tree, [x + 0.4 * x.std() * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
 @pytest.fixture(scope="module")
