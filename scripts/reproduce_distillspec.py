@@ -153,25 +153,29 @@ def train_drafts(args: argparse.Namespace) -> tuple[list[Draft], dict[str, float
 
 
 def training_summary(draft: Draft) -> dict[str, float]:
-    """Median seconds per step (after the first, which compiles) and the first and last divergence."""
+    """The fastest step's seconds (the least disturbed by other jobs; the first step, which compiles, left out)
+    and, for a distilled draft, the mean divergence of its first and last 5 steps."""
     records = [r for r in read_jsonl(draft.folder / "metrics.jsonl") if "train/steps_per_second" in r]
     if not records:
         return {}
-    summary = {"seconds_per_step": statistics.median(1 / r["train/steps_per_second"] for r in records[1:] or records)}
+    summary = {"seconds_per_step": min(1 / r["train/steps_per_second"] for r in records[1:] or records),
+               "flops_per_step": records[-1]["train/flops_per_step"]}
     if draft.divergence is not None:
-        summary.update(first_divergence=records[0]["train/divergence"], last_divergence=records[-1]["train/divergence"])
+        divergences = [r["train/divergence"] for r in records]
+        summary.update(first_divergence=statistics.mean(divergences[:5]), last_divergence=statistics.mean(divergences[-5:]))
     return summary
 
 
-def generation_shares(drafts: list[Draft], summaries: dict[str, dict]) -> dict[str, float]:
-    """Share of step time spent generating, per sampled source: 1 - t(fixed) / t(source), medians over the
-    divergences (the scored sequences have the same shapes for every source)."""
-    shares = {}
-    for source in ("target", "draft"):
-        ratios = [summaries[f"{d.divergence}/fixed"]["seconds_per_step"] / summaries[d.name]["seconds_per_step"]
-                  for d in drafts if d.source == source and f"{d.divergence}/fixed" in summaries]
-        if ratios:
-            shares[source] = 1 - statistics.median(ratios)
+def generation_shares(drafts: list[Draft], summaries: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Share of step time, and of step FLOPs, spent generating, per sampled source: 1 - fixed / sampled,
+    medians over the divergences (the scored sequences have the same shapes for every source)."""
+    shares: dict[str, dict[str, float]] = {"time": {}, "flops": {}}
+    for measure, key in (("time", "seconds_per_step"), ("flops", "flops_per_step")):
+        for source in ("target", "draft"):
+            ratios = [summaries[f"{d.divergence}/fixed"][key] / summaries[d.name][key]
+                      for d in drafts if d.source == source and f"{d.divergence}/fixed" in summaries]
+            if ratios:
+                shares[measure][source] = 1 - statistics.median(ratios)
     return shares
 
 
@@ -405,7 +409,7 @@ def score_table(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
     """One row per draft: training, acceptance, replayed block efficiency per gamma and per domain."""
     gammas = range(1, args.max_gamma + 1)
     base = report["scores"]["undistilled"]["greedy_tau"][args.max_gamma]
-    lines = ["| draft | steps | s/step | divergence first -> last | greedy acceptance | "
+    lines = ["| draft | steps | s/step (fastest) | divergence, first -> last 5 steps | greedy acceptance | "
              + " | ".join(f"tau g={g}" for g in gammas) + f" | x undistilled at g={args.max_gamma} | "
              + " | ".join(f"tau {d}" for d in DOMAINS) + " | alpha (T=1) | expected tau (T=1) |",
              "|---" * (9 + args.max_gamma + len(DOMAINS) - 2) + "|"]
@@ -495,7 +499,8 @@ def decoding_sections(report: dict[str, Any], args: argparse.Namespace) -> list[
 
 def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
     """results/distillspec.md: set-up, the tables; the verdict is written beside them by hand."""
-    shares = ", ".join(f"{SOURCE_NAMES[s]} {v:.0%}" for s, v in report["generation_share"].items())
+    shares = "; ".join(f"{SOURCE_NAMES[s]} {v:.0%} of the time ({report['generation_share']['flops'][s]:.0%} of the FLOPs)"
+                       for s, v in report["generation_share"]["time"].items())
     rates = report["matmul_flops_per_second"]
     return "\n".join([
         "# DistillSpec on SmolLM2-135M: distilled drafts and speculative decoding on 2 CPU cores", "",
@@ -508,7 +513,8 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
         f"parameters) trained {args.draft_steps} steps on the corpus, then each distilled "
         f"{args.distill_steps} steps by `gin/distillspec/distill_smollm2.gin` (batch 8, prompt "
         f"{args.distill_prompt_length} + {args.distill_generation_length} generated tokens, constant learning rate "
-        f"{args.distill_learning_rate:g}). Share of step time spent generating: {shares or 'not measured'}.", "",
+        f"{args.distill_learning_rate:g}). Share of each step spent generating (fastest steps; other jobs on the "
+        f"machine make the time share noisy): {shares or 'not measured'}.", "",
         f"Prompts: {args.prompts_per_domain} per domain from {', '.join(DOMAINS)} (held-out plays, held-out standard-library "
         f"modules, HumanEval prompts), {args.prompt_tokens} tokens each, {args.max_new_tokens} new tokens, no EOS.", "",
         "## Drafts: acceptance and greedy block efficiency", "",
