@@ -14,8 +14,9 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -118,6 +119,13 @@ def write_report(out_dir: str | Path, name: str, report: Mapping, markdown: str)
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out_dir / f"{name}.md").write_text(markdown, encoding="utf-8")
     print(f"wrote {out_dir / name}.json and .md", flush=True)
+
+
+def seconds_of(call: Callable[[], Any]) -> tuple[float, Any]:
+    """Wall seconds of one call (its result blocked on) and the result."""
+    start = time.perf_counter()
+    result = jax.block_until_ready(call())
+    return time.perf_counter() - start, result
 
 
 def report_header(config: Mapping, load: tuple[dict, dict], matmul: tuple[dict, dict]) -> dict:

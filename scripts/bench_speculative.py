@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from distillspec import generate as cli  # noqa: E402
 from distillspec import speculative  # noqa: E402
 from littlehelp import decoding  # noqa: E402
 from littlehelp.data import pretrained  # noqa: E402
-from littlehelp.metrics import machine_load, matmul_rates, report_header, write_report  # noqa: E402
+from littlehelp.metrics import machine_load, matmul_rates, report_header, seconds_of, write_report  # noqa: E402
 from littlehelp.models import DecoderConfig, build_model, convert  # noqa: E402
 from littlehelp.models.convert import Pretrained, run_folder  # noqa: E402
 
@@ -82,13 +82,6 @@ def prompts_of(vocabulary: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `batch` PROMPTS (cycled), right-padded."""
     rows = [[int(i) for i in vocabulary.encode(PROMPTS[i % len(PROMPTS)])] for i in range(batch)]
     return speculative.padded_prompts(rows, None)
-
-
-def seconds_of(call: Callable[[], Any]) -> tuple[float, Any]:
-    """Wall seconds of one call (its result blocked on) and the result."""
-    start = time.perf_counter()
-    result = jax.block_until_ready(call())
-    return time.perf_counter() - start, result
 
 
 def target_only(target: tuple, tokens: np.ndarray, lengths: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:

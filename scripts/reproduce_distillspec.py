@@ -48,7 +48,7 @@ from distillspec import acceptance, speculative  # noqa: E402
 from distillspec import generate as cli  # noqa: E402
 from littlehelp import checkpoints, decoding  # noqa: E402
 from littlehelp.data import corpus, pretrained  # noqa: E402
-from littlehelp.metrics import machine_load, matmul_rates, read_jsonl, report_header, write_report  # noqa: E402
+from littlehelp.metrics import machine_load, matmul_rates, read_jsonl, report_header, seconds_of, write_report  # noqa: E402
 from littlehelp.models import convert  # noqa: E402
 
 RESULT_NAME = "distillspec"
@@ -260,17 +260,11 @@ def score(target: tuple, draft: tuple, refs: References, args: argparse.Namespac
 
 # ----- stages 4 and 5: decoding wall clock -----
 
-def timed(call: Any) -> tuple[float, Any]:
-    start = time.perf_counter()
-    result = jax.block_until_ready(call())
-    return time.perf_counter() - start, result
-
-
 def timed_groups(call: Any, groups: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, list[Any]]:
     """Total seconds of `call(prompts, lengths)` over the row groups, and each group's result."""
     total, results = 0.0, []
     for prompts, lengths in groups:
-        seconds, result = timed(lambda: call(prompts, lengths))
+        seconds, result = seconds_of(lambda: call(prompts, lengths))
         total, results = total + seconds, results + [jax.tree.map(np.asarray, result)]
     return total, results
 
