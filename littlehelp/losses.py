@@ -243,6 +243,32 @@ def chunked_divergence(kind: str, student_hidden: jax.Array, student_head: Head,
     return _chunked(token_fn, student_hidden, student_head, (teacher_hidden, weights), frozen, chunk_size)
 
 
+def chunked_labels_and_divergence(kind: str, student_hidden: jax.Array, student_head: Head, teacher_hidden: jax.Array,
+                                  teacher_head: Head, targets: jax.Array, weights: jax.Array, mix: jax.Array | float,
+                                  z_loss: float = 0.0, chunk_size: int = DEFAULT_CHUNK_SIZE, beta: float = 0.5,
+                                  temperature: float = 1.0) -> ChunkedLoss:
+    """(1 - mix) (cross-entropy + z-loss) + mix divergence(kind) per token, one pass over each head.
+
+    Knowledge distillation mixed with the ground truth: `mix` (a scalar or [b, l], no gradient) is the
+    soft labels' share. `total` is the weighted sum over tokens (differentiable w.r.t. the student's
+    hidden states and head; the teacher is frozen); `per_token` is (`TokenLosses`, divergence [b, l]),
+    each weighted by `weights` alone, so their means do not depend on `mix`.
+    """
+    token_divergence = _divergence_fn(kind, beta)
+    teacher_hidden = jax.lax.stop_gradient(teacher_hidden)
+    teacher_fn, teacher_consts = _convert(teacher_head, teacher_hidden, chunk_size)
+
+    def token_fn(logits, side, frozen):
+        hidden, token_targets, token_weights, token_mix = side
+        hard = token_cross_entropy(logits, token_targets, token_weights, z_loss)
+        soft = token_divergence(logits, teacher_fn(hidden, *frozen), token_weights, temperature=temperature)
+        return (1.0 - token_mix) * (hard.cross_entropy + hard.z_loss) + token_mix * soft, (hard, soft)
+
+    mix = jnp.broadcast_to(jax.lax.stop_gradient(jnp.asarray(mix, jnp.float32)), weights.shape)
+    side = (teacher_hidden, targets, weights, mix)
+    return _chunked(token_fn, student_hidden, student_head, side, jax.lax.stop_gradient(teacher_consts), chunk_size)
+
+
 def _convert(head: Head, hidden: jax.Array, chunk_size: int) -> tuple[Callable, list]:
     """`head` as f(hidden chunk, *consts), the arrays it closes over hoisted out as `consts`."""
     if chunk_size < 1:
@@ -323,3 +349,22 @@ def _fused_sum_bwd(token_fn, head_fn, residuals, cotangents):
 
 
 _fused_sum.defvjp(_fused_sum_fwd, _fused_sum_bwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token values only (scoring, metrics): chunked, no gradient path.
+
+
+def chunked_token_values(token_fn: Callable[[jax.Array, Any], Any], hidden: jax.Array, head: Head, side: Any,
+                         chunk_size: int = DEFAULT_CHUNK_SIZE) -> Any:
+    """`token_fn(head(hidden chunk), side chunk)`, `chunk_size` positions at a time, merged to [b, l, ...].
+
+    `token_fn` maps logits [b, c, vocab] and the matching chunk of `side` (a pytree of [b, l, ...]
+    arrays) to a pytree of per-token values [b, c, ...]; only one chunk's logits are live at a time.
+    A length that `chunk_size` does not divide is padded; the padded positions are dropped.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    chunks = (_split(hidden, chunk_size), jax.tree.map(lambda x: _split(x, chunk_size), side))
+    outputs = jax.lax.map(lambda chunk: token_fn(head(chunk[0]), chunk[1]), chunks)
+    return jax.tree.map(lambda x: _merge(x, hidden.shape[1]), outputs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,7 @@ class Trainer:
         microbatches: int = 1,
         seed: int = 0,
         frozen_models: Mapping[str, FrozenModel] | None = None,
+        data_switches: Sequence[tuple[int, DatasetConfig]] = (),
     ):
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         if train_data.batch_size % (shards * microbatches):
@@ -208,6 +209,7 @@ class Trainer:
         self.curriculum, self.optimizer, self.train_data = curriculum, optimizer, train_data
         self.mesh, self.rules, self.microbatches, self.seed = mesh, rules, microbatches, seed
         self.batch_spec = batch_spec(train_data)
+        self.data_stages = _data_stages(train_data, data_switches)
         example = {k: jnp.zeros((1,) + v.shape[1:], v.dtype) for k, v in self.batch_spec.items()}
         self._init_params = lambda rng: curriculum.init_params(rng, example)
         self.layout = state_layout(self._init_params, optimizer.tx, mesh, rules)
@@ -251,7 +253,7 @@ class Trainer:
         if data_state.get("seed", self.train_data.seed) != self.train_data.seed:
             logging.warning("checkpoint data seed %s differs from the configured seed %s",
                             data_state.get("seed"), self.train_data.seed)
-        return state, int(data_state.get("batches_consumed", step))
+        return state, pipeline.resume_position(self.data_stages, step, data_state)
 
     def _init_from_params(self, path: str, saved_models: list[str]) -> TrainState:
         """A fresh optimizer on the parameters of a params-only checkpoint (an imported model), at its step.
@@ -320,6 +322,22 @@ class Evaluator:
             raise ValueError(f"evaluation data {data.name!r} split {data.split!r} yielded no full batch")
         weight = max(totals.pop("weight"), 1e-9)
         return {name: value / weight for name, value in totals.items()} | {"weight": weight}
+
+
+def _data_stages(train_data: DatasetConfig, switches: Sequence[tuple[int, DatasetConfig]]) -> pipeline.DataStages:
+    """[(0, train_data), *switches], refusing a switch whose batches are shaped unlike `train_data`'s."""
+    stages = pipeline.check_data_stages([(0, train_data), *switches])
+    expected = batch_spec(train_data)
+    for start, config in stages[1:]:
+        if batch_spec(config) != expected:
+            raise gin_config.ConfigError(
+                f"train.data_switches: the data from step {start} ({config.name}) has batches "
+                f"{_shapes(batch_spec(config))}, unlike train_data's {_shapes(expected)}")
+    return stages
+
+
+def _shapes(spec: Mapping[str, jax.ShapeDtypeStruct]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(value.shape) for name, value in spec.items()}
 
 
 def _last_good(checkpointer: checkpoints.Checkpointer) -> str:
@@ -397,6 +415,7 @@ def train(
     checkpoint_config: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
     peak_flops_per_device: float | None = None,
     frozen_models: Mapping[str, FrozenModel] | None = None,
+    data_switches: Sequence[tuple[int, DatasetConfig]] = (),
 ) -> TrainSummary:
     """Trains from gin: `littlehelp train --gin_file=...` calls this with every argument bound.
 
@@ -404,7 +423,9 @@ def train(
     `peak_flops_per_device` is the MFU denominator; unset, it is measured (float32 matmul).
     MODEL_DIR is locked for the run (`checkpoints.RunLock`): a second trainer on it is refused.
     `frozen_models` are read, never trained or saved (`littlehelp.frozen`); objectives see their
-    parameters under their names.
+    parameters under their names. `data_switches` [(step, data)]: from that step on, train on that data
+    (its stream from its first batch; shaped like `train_data`), e.g. SALT_DS's selected sequences
+    during distillation, then the whole task.
     """
     if (objective is None) == (curriculum is None):
         raise gin_config.ConfigError("train: bind exactly one of train.objective and train.curriculum")
@@ -414,7 +435,7 @@ def train(
         mesh = partitioning.make_mesh(mesh_config)
         rules = partitioning.logical_axis_rules()
         trainer = Trainer(model_dir, curriculum, optimizer, train_data, mesh, rules, checkpoint_config, microbatches, seed,
-                          frozen_models)
+                          frozen_models, data_switches)
         check_and_record(model_dir, trainer.frozen)
         gin_config.write_operative_config(model_dir)
         peak = peak_flops_per_device or measure_matmul_flops()
@@ -440,7 +461,7 @@ class _Loop:
         if start != first_step:
             logging.info("data position %d differs from state step %d: continuing from the data position", start, first_step)
         logging.info("training steps %d -> %d in %s", first_step, self.steps, trainer.model_dir)
-        batches = GlobalBatches(trainer.train_data, trainer.mesh, start_batch=start)
+        batches = pipeline.StagedBatches(trainer.data_stages, trainer.mesh, first_step, start)
         writer = MetricsWriter(trainer.model_dir, self.steps, first_step)
         writer.drop_after(first_step)
         try:
@@ -452,7 +473,7 @@ class _Loop:
         trainer.checkpointer.close()
         return TrainSummary(str(trainer.model_dir), first_step, step, metrics, self.eval_metrics, preempted)
 
-    def _steps(self, state: TrainState, first_step: int, batches: GlobalBatches, writer: MetricsWriter):
+    def _steps(self, state: TrainState, first_step: int, batches: pipeline.StagedBatches, writer: MetricsWriter):
         trainer = self.trainer
         rng = jax.random.key(trainer.seed + 1)
         metrics: dict[str, float] = {}
@@ -464,7 +485,7 @@ class _Loop:
                 compiled = trainer.step_fn(objective)
                 if window_steps == 0:
                     window_start = time.perf_counter()
-                state, step_metrics = compiled(state, next(batches), rng)
+                state, step_metrics = compiled(state, batches.batch_for(step), rng)
                 metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                 _check_finite(metrics, step, trainer.checkpointer)
                 window_steps += 1

@@ -1,7 +1,13 @@
 """Small shared fixtures for the trainer tests: tiny models, tiny data configs."""
 
+import flax.linen as nn
+import jax
+import numpy as np
+
+from littlehelp import checkpoints
 from littlehelp.data import DatasetConfig
 from littlehelp.models import DecoderConfig, T5Config
+from littlehelp.models.convert.run_folder import ParamsOnlyState
 
 TINY_T5 = T5Config(
     vocab_size=264, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
@@ -30,3 +36,19 @@ def remove_tensor(folder, name: str) -> None:
     tensors = load_file(str(folder / "model.safetensors"))
     del tensors[name]
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def random_params(model, seed: int) -> dict:
+    """Random parameters of the model's shapes (normal, std 0.5; no compiled initialiser: fast on CPU)."""
+    example = {"decoder_input_tokens": np.zeros((1, 8), np.int32)}
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), example))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (0.5 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+
+
+def save_params_only(params, folder) -> None:
+    """A params-only checkpoint (as `littlehelp convert` writes): a frozen model's folder."""
+    checkpointer = checkpoints.Checkpointer(str(folder / "checkpoints"), checkpoints.CheckpointConfig(async_save=False))
+    state = ParamsOnlyState(np.zeros((), np.int32), {"model": params})
+    checkpointer.save(0, state, {"batches_consumed": 0}, force=True)
+    checkpointer.close()

@@ -192,3 +192,56 @@ class GlobalBatches:
     def state(self) -> dict[str, int]:
         """What a checkpoint must store to resume this stream exactly."""
         return {"seed": self.config.seed, "batches_consumed": self.batches_consumed}
+
+
+DataStages = list[tuple[int, DatasetConfig]]  # [(first step, data)], the first at step 0
+
+
+def check_data_stages(stages: DataStages) -> DataStages:
+    """`stages` sorted, or a ConfigError naming the first steps when they do not start at 0 and increase."""
+    starts = [int(start) for start, _ in stages]
+    if not stages or starts[0] != 0 or starts != sorted(set(starts)):
+        raise ConfigError(f"data stages must start at step 0 and strictly increase, got first steps {starts}")
+    return [(int(start), config) for start, config in stages]
+
+
+class StagedBatches:
+    """Global batches from data that changes at given steps (`check_data_stages`).
+
+    Each stage's stream starts at its own first batch when the stage begins. `state()` holds the
+    current stream's position and its stage's first step (`data_stage`), so a run resumed inside a
+    stage continues its stream exactly and one resumed at a stage boundary starts the next at batch 0.
+    """
+
+    def __init__(self, stages: DataStages, mesh: Mesh, step: int, start_batch: int = 0):
+        self.stages, self.mesh = check_data_stages(stages), mesh
+        self.stage = self.stage_start(step)
+        self._batches = GlobalBatches(self.config_at(step), mesh, start_batch=start_batch)
+
+    def stage_start(self, step: int) -> int:
+        """The first step of the stage that `step` is in."""
+        return max(start for start, _ in self.stages if start <= step)
+
+    def config_at(self, step: int) -> DatasetConfig:
+        """The data of `step`'s stage."""
+        return dict(self.stages)[self.stage_start(step)]
+
+    def batch_for(self, step: int) -> dict[str, jax.Array]:
+        """The next batch of `step`'s stage (a new stage's stream starts at its first batch)."""
+        start = self.stage_start(step)
+        if start != self.stage:
+            self.stage, self._batches = start, GlobalBatches(self.config_at(step), self.mesh)
+        return next(self._batches)
+
+    def state(self) -> dict[str, int]:
+        """What a checkpoint must store to resume exactly: the current stream's state and its stage."""
+        return {**self._batches.state(), "data_stage": self.stage}
+
+
+def resume_position(stages: DataStages, step: int, data_state: Mapping[str, int]) -> int:
+    """The batch at which `step`'s stream resumes from a checkpoint's `data_state`: its position when
+    it was saved in the same stage (no `data_stage`: stage 0), else 0 (the stage begins at `step`)."""
+    stage = max(start for start, _ in check_data_stages(stages) if start <= step)
+    if int(data_state.get("data_stage", 0)) != stage:
+        return 0
+    return int(data_state.get("batches_consumed", step))

@@ -6,7 +6,6 @@ name, and the gin files parse and run through the CLI."""
 import dataclasses
 import json
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -18,10 +17,9 @@ from distillspec.objective import DistillationObjective, continuation_weights
 from littlehelp import checkpoints, config, decoding, frozen, main, metrics, partitioning, trainer
 from littlehelp.config import ConfigError
 from littlehelp.models import DecoderConfig, build_model
-from littlehelp.models.convert.run_folder import ParamsOnlyState
 from littlehelp.objectives import Curriculum, DecoderObjective
 from littlehelp.optimizers import Optimizer
-from tests.helpers import lm_data
+from tests.helpers import lm_data, random_params, save_params_only
 
 VOCAB = 264  # the byte vocabulary of the in-memory docstrings task fits
 DRAFT = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1,
@@ -43,14 +41,6 @@ def synthetic_batch(rows: int = 3, length: int = PROMPT + GENERATED) -> dict[str
     targets[-1, -3:], weights[-1, -3:] = 0, 0.0
     inputs = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
     return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets, "decoder_loss_weights": weights}
-
-
-def random_params(model, seed: int) -> dict:
-    """Random parameters of the model's shapes (normal, std 0.5; no compiled initialiser: fast on CPU)."""
-    example = {"decoder_input_tokens": np.zeros((1, 8), np.int32)}
-    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), example))
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: (0.5 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
 
 
 PARAMS = {"model": random_params(DRAFT, 0), "target": random_params(TARGET, 1)}
@@ -111,14 +101,6 @@ def test_fixed_source_loss_is_the_float64_divergence_on_the_batch(kind, temperat
     expected = reference_loss(params, batch["decoder_input_tokens"], weights, kind, temperature, beta)
     np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
     assert float(logged["divergence"]) == float(loss) and float(logged["weight"]) == weights.sum() == 3 * GENERATED - 3
-
-
-def save_params_only(params, folder) -> None:
-    """A params-only checkpoint (as `littlehelp convert` writes): a frozen model's folder."""
-    checkpointer = checkpoints.Checkpointer(str(folder / "checkpoints"), checkpoints.CheckpointConfig(async_save=False))
-    state = ParamsOnlyState(np.zeros((), np.int32), {"model": params})
-    checkpointer.save(0, state, {"batches_consumed": 0}, force=True)
-    checkpointer.close()
 
 
 def test_on_policy_samples_come_from_the_current_draft_and_the_target_gets_no_optimizer_state(tmp_path):

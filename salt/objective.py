@@ -1,0 +1,141 @@
+"""SALT's distillation stage (methods.md section 2): a small LM's soft labels early in a larger LM's training.
+
+For the first n_KD steps the student q trains on
+
+    (1 - omega) CE(y, q) + omega FKL(p_teacher || q)        per target token,
+
+the teacher p a frozen model (`trainer.train.frozen_models`, read from a checkpoint path in gin),
+both models' logits divided by `temperature` inside the FKL term; then on the plain LM loss. The
+transition is abrupt (omega constant until n_KD, the default) or linear (omega decays from its
+value at step 0 to 0 at n_KD). The two heads run chunked over the sequence in one pass
+(`losses.chunked_labels_and_divergence`), so no [batch, length, vocab] logits exist.
+
+`salt_curriculum` builds the two stages. After n_KD the step is the plain LM objective's own compiled
+step: the teacher is neither run nor an argument of it (jit drops the frozen parameters a step does
+not read), so its FLOPs and argument bytes equal a run without a teacher.
+
+    TRAIN_CURRICULUM = @salt.salt_curriculum()
+    salt.salt_curriculum.distillation = @salt.DistillationObjective()
+    salt.salt_curriculum.language_model = %OBJECTIVE
+    salt.salt_curriculum.n_kd = %N_KD
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import NoReturn
+
+import gin
+import jax
+import jax.numpy as jnp
+
+from littlehelp import flops, losses
+from littlehelp.config import ConfigError
+from littlehelp.models import Model
+from littlehelp.objectives import Batch, Curriculum, Metrics, Objective, Params, token_weights
+
+Array = jax.Array
+TRANSITIONS = ("abrupt", "linear")
+
+
+def _refuse(problem: str) -> NoReturn:
+    """Raises the one-line ConfigError naming the knob."""
+    raise ConfigError(f"salt: {problem}")
+
+
+def _check_knobs(model: Model, teacher: Model, omega: float, temperature: float, decay_steps: int | None) -> None:
+    """Refuses, by name, a mixing weight, temperature, decay or teacher vocabulary the objective cannot use."""
+    if not 0.0 <= omega <= 1.0:
+        _refuse(f"DistillationObjective.omega must be in [0, 1], got {omega!r}")
+    if not temperature > 0:
+        _refuse(f"DistillationObjective.temperature must be > 0, got {temperature!r}")
+    if decay_steps is not None and (isinstance(decay_steps, bool) or not isinstance(decay_steps, int) or decay_steps < 1):
+        _refuse(f"DistillationObjective.decay_steps must be None or an integer >= 1, got {decay_steps!r}")
+    student_vocab, teacher_vocab = model.config.vocab_size, teacher.config.vocab_size
+    if student_vocab != teacher_vocab:
+        _refuse(f"the teacher's vocabulary ({teacher_vocab} ids) differs from the student's ({student_vocab} ids): "
+                "soft labels need the same tokenizer")
+
+
+@gin.configurable(module="salt")
+class DistillationObjective:
+    """(1 - omega) CE + omega FKL(teacher || student) per token (see the module docstring).
+
+    model: the student (trained, under `model_key`); teacher: the frozen teacher's seam (its
+    parameters are the trainer's frozen model `teacher_key`); omega: the soft labels' share;
+    temperature: on both models' logits in the FKL term; decay_steps: None (omega constant) or the
+    step at which a linear decay of omega reaches 0 (`salt_curriculum` sets it for 'linear');
+    z_loss: as the plain LM objective's; chunk_size: positions per chunk of the two heads.
+    """
+
+    def __init__(self, model: Model = gin.REQUIRED, teacher: Model = gin.REQUIRED, omega: float = 0.5,
+                 temperature: float = 1.0, decay_steps: int | None = None, z_loss: float = 1e-4,
+                 model_key: str = "model", teacher_key: str = "teacher", chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+        _check_knobs(model, teacher, omega, temperature, decay_steps)
+        self.model, self.teacher, self.omega, self.temperature = model, teacher, float(omega), float(temperature)
+        self.decay_steps, self.z_loss, self.chunk_size = decay_steps, z_loss, chunk_size
+        self.model_key, self.teacher_key = model_key, teacher_key
+        self.trainable_keys = (model_key,)
+
+    @property
+    def name(self) -> str:
+        decay = "" if self.decay_steps is None else f",linear to {self.decay_steps}"
+        return f"salt[omega={self.omega:g}{decay}]"
+
+    def omega_at(self, step: Array | int) -> Array:
+        """The soft labels' share at `step`: omega, or omega (1 - step / decay_steps) clipped at 0."""
+        if self.decay_steps is None:
+            return jnp.asarray(self.omega, jnp.float32)
+        remaining = 1.0 - jnp.asarray(step, jnp.float32) / self.decay_steps
+        return self.omega * jnp.clip(remaining, 0.0, 1.0)
+
+    def init_params(self, rng: Array, batch: Batch) -> Params:
+        """The student's parameters only (the teacher is a frozen model, loaded by the trainer)."""
+        return {self.model_key: self.model.init(rng, batch)}
+
+    def loss(self, params: Params, batch: Batch, rng: Array, step: Array) -> tuple[Array, Metrics]:
+        """Mean mixed loss per target token; metrics: cross-entropy, FKL, accuracy, z-loss, omega."""
+        student, teacher = params[self.model_key], params[self.teacher_key]
+        weights = token_weights(batch)
+        omega = self.omega_at(step)
+        mixed = losses.chunked_labels_and_divergence(
+            "fkl", self.model.hidden_states(student, batch, rng), lambda h: self.model.logits_from_hidden(student, h),
+            self.teacher.hidden_states(teacher, batch), lambda h: self.teacher.logits_from_hidden(teacher, h),
+            batch["decoder_target_tokens"], weights, omega, self.z_loss, self.chunk_size,
+            temperature=self.temperature)
+        hard, soft = mixed.per_token
+        sums = losses.token_sums(hard, weights)
+        weight = jnp.maximum(sums.weight, 1.0)
+        loss = mixed.total / weight
+        return loss, {"loss": loss, "cross_entropy": sums.cross_entropy / weight, "z_loss": sums.z_loss / weight,
+                      "accuracy": sums.correct / weight, "fkl": jnp.sum(soft) / weight, "omega": omega,
+                      "weight": sums.weight}
+
+    def train_flops(self, batch: Batch) -> float:
+        """Student forward + backward and teacher forward (heads over every position)."""
+        return flops.TRAIN_MULTIPLIER * self.model.forward_flops(batch) + self.teacher.forward_flops(batch)
+
+
+@gin.configurable(module="salt")
+def salt_curriculum(distillation: DistillationObjective = gin.REQUIRED, language_model: Objective = gin.REQUIRED,
+                    n_kd: int | None = gin.REQUIRED, transition: str = "abrupt") -> Curriculum:
+    """Distillation for steps [0, n_kd), then `language_model` (the plain LM objective on the same model).
+
+    transition: 'abrupt' (omega constant until n_kd) or 'linear' (omega decays to 0 at n_kd).
+    n_kd None: distil throughout; 0: the plain LM objective alone (the baseline).
+    """
+    if transition not in TRANSITIONS:
+        _refuse(f"salt_curriculum.transition={transition!r} is not one of {', '.join(TRANSITIONS)}")
+    if n_kd is not None and (isinstance(n_kd, bool) or not isinstance(n_kd, int) or n_kd < 0):
+        _refuse(f"salt_curriculum.n_kd must be None or an integer >= 0, got {n_kd!r}")
+    if distillation.model_key != getattr(language_model, "model_key", distillation.model_key):
+        _refuse(f"the distillation trains '{distillation.model_key}' but the LM objective trains "
+                f"'{language_model.model_key}': both stages must train the same model")
+    if n_kd == 0:
+        return Curriculum.single(language_model)
+    if transition == "linear":
+        if n_kd is None:
+            _refuse("salt_curriculum.transition='linear' needs n_kd, the step at which omega reaches 0")
+        distillation = copy.copy(distillation)
+        distillation.decay_steps = n_kd
+    return Curriculum.single(distillation) if n_kd is None else Curriculum([(0, distillation), (n_kd, language_model)])
