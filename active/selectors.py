@@ -12,6 +12,8 @@ one in its error. Selectors (methods.md section 5):
   cluster first, one random example per cluster per pass (Citovsky et al. 2021).
 - iwes: importance sampling with inclusion probabilities from single-model entropy or two-model
   disagreement; returns weights 1/p capped (Citovsky et al. 2023).
+- highest_score: the `budget` highest values of a per-example score computed elsewhere
+  (`Pool.scores`, e.g. SALT_DS's teacher-loss medians).
 
 Distances to many points are computed as |x|^2 - 2 x.c + |c|^2, one matrix-vector product per new
 centre and blocked matrix products for the labelled set, so a 1M x 64 float32 pool needs only the
@@ -44,6 +46,7 @@ class Pool:
     labelled_embeddings: np.ndarray | None = None  # [m, d] already-labelled points (coreset centres)
     second_probabilities: np.ndarray | None = None  # [n, classes] a second model's probabilities (IWeS disagreement)
     cluster_ids: np.ndarray | None = None  # [n] precomputed clustering (Cluster-Margin)
+    scores: np.ndarray | None = None  # [n] one score per example, higher preferred (highest_score)
 
     def __post_init__(self):
         sizes = {name: len(value) for name, value in self._per_example_fields().items()}
@@ -51,7 +54,7 @@ class Pool:
             raise SelectionInputError(f"Pool fields disagree on the number of examples: {sizes}")
 
     def _per_example_fields(self) -> dict[str, np.ndarray]:
-        names = ("probabilities", "embeddings", "gradient_embeddings", "second_probabilities", "cluster_ids")
+        names = ("probabilities", "embeddings", "gradient_embeddings", "second_probabilities", "cluster_ids", "scores")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     @property
@@ -117,11 +120,14 @@ def least_confidences(probabilities: np.ndarray) -> np.ndarray:
 
 
 def lowest(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k smallest scores, ordered by (score, index)."""
+    """Indices of the k smallest scores, ordered by (score, index): of the scores equal at the cut, the
+    lower indices are taken."""
     if k == 0:
         return np.zeros(0, np.int64)
-    part = np.argpartition(scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    return part[np.lexsort((part, scores[part]))].astype(np.int64)
+    part = np.arange(len(scores))
+    if k < len(scores):
+        part = np.flatnonzero(scores <= scores[np.argpartition(scores, k - 1)[k - 1]])
+    return part[np.lexsort((part, scores[part]))][:k].astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +152,20 @@ class UncertaintySelector:
         check_pool(pool, budget)
         probabilities = pool.require("probabilities", self.name)
         return Selection(lowest(-self.uncertainty(probabilities), budget))
+
+
+@dataclasses.dataclass(frozen=True)
+class HighestScoreSelector:
+    """Takes the `budget` examples with the highest `Pool.scores` (of equal scores, the lower indices)."""
+
+    name: str = "highest_score"
+
+    def select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        check_pool(pool, budget)
+        scores = np.asarray(pool.require("scores", self.name), np.float64)
+        if scores.ndim != 1:
+            raise SelectionInputError(f"selector {self.name!r} needs Pool.scores of shape [n], got {scores.shape}")
+        return Selection(lowest(-scores, budget))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -524,6 +544,7 @@ SELECTORS: dict[str, Callable[..., Selector]] = {
     "badge": BadgeSelector,
     "cluster_margin": ClusterMarginSelector,
     "iwes": IWeSSelector,
+    "highest_score": HighestScoreSelector,
 }
 
 

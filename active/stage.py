@@ -5,15 +5,22 @@
 
 A scorer is a model callable: it takes a list of preprocessed examples (dicts of numpy arrays, as
 the Task yields them) and returns per-example scores, a mapping with any of "probabilities"
-[n, classes], "embeddings" [n, d] and "second_probabilities" [n, classes]. The stage builds the
-selector's `Pool` from them (BADGE's gradient embeddings from probabilities and embeddings;
-Cluster-Margin's clusters once from the embeddings) and runs the selector.
+[n, classes], "embeddings" [n, d], "second_probabilities" [n, classes] and "scores" [n] (one number
+per example, for `highest_score`). The stage builds the selector's `Pool` from them (BADGE's
+gradient embeddings from probabilities and embeddings; Cluster-Margin's clusters once from the
+embeddings) and runs the selector.
 
 The new Task holds the selected examples after the source Task's preprocessing, in source order,
 under the same output features; its other splits are the source Task's, unchanged. Importance
 weights (IWeS) travel with the examples as feature `example_weight`: the feature converters spread
 it over each example's target tokens (packed or not) and the objectives weight its loss by it.
 Stochastic preprocessing of the source is fixed at the draw made while scoring.
+
+Scores computed beforehand by streaming the split (one row per example, in the split's unshuffled
+order; SALT_DS's teacher-loss medians are one such field, "scores") select without reading the
+examples into memory: `select_from_scores` registers the chosen positions (`register_positions`),
+and each read of the new Task filters the source stream by position. That needs a source whose
+preprocessing is deterministic (position i is the same example on every read).
 
 From gin (the run file imports this module and sets the values it needs):
 
@@ -43,7 +50,7 @@ from littlehelp.data.pipeline import EXAMPLE_WEIGHT
 
 Example = Mapping[str, np.ndarray]
 Scorer = Callable[[Sequence[Example]], Mapping[str, np.ndarray]]
-SCORE_FIELDS = ("probabilities", "embeddings", "second_probabilities")
+SCORE_FIELDS = ("probabilities", "embeddings", "second_probabilities", "scores")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,20 +121,62 @@ def register_subset(name: str, source_task: str, split: str, examples: Sequence[
     (positive, one per example) each example holds its weight as float32 feature `example_weight`.
     """
     source = seqio.get_mixture_or_task(source_task)
-    selected_split = split
-    signature = dict(_source_dataset(source, selected_split, sequence_length).element_spec)
+    signature = dict(_source_dataset(source, split, sequence_length).element_spec)
     stored = [dict(example) for example in examples]
     if weights is not None:
         weights = validation.check_weights(weights, len(stored))
         signature[EXAMPLE_WEIGHT] = tf.TensorSpec([], tf.float32)
         for example, weight in zip(stored, weights):
             example[EXAMPLE_WEIGHT] = np.float32(weight)
+    selected = lambda: tf.data.Dataset.from_generator(lambda: iter(stored), output_signature=signature)  # noqa: E731
+    return _register_with_split(name, source, split, selected, sequence_length)
+
+
+def register_positions(name: str, source_task: str, split: str, indices: np.ndarray, pool_size: int,
+                       sequence_length: Mapping[str, int] | None = None,
+                       weights: np.ndarray | None = None) -> seqio.Task:
+    """Registers Task `name`: the examples at `indices` of the source's `split` (of `pool_size` examples),
+    streamed; the source Task's other splits unchanged.
+
+    Each read filters the first `pool_size` examples of the source split (unshuffled, one epoch,
+    preprocessed at `sequence_length`) by position, holding one flag (and weight) per source example,
+    never the examples; they keep source order. Replaces an earlier Task of the same name. `indices`
+    are distinct positions in [0, pool_size); `weights` (positive, one per index) become feature
+    `example_weight`.
+    """
+    source = seqio.get_mixture_or_task(source_task)
+    indices = validation.check_positions(indices, pool_size)
+    keep = np.zeros(pool_size, bool)
+    keep[indices] = True
+    weight_at = None
+    if weights is not None:
+        weight_at = np.zeros(pool_size, np.float32)
+        weight_at[indices] = validation.check_weights(weights, len(indices))
+    selected = lambda: _at_positions(_source_dataset(source, split, sequence_length), keep, weight_at)  # noqa: E731
+    return _register_with_split(name, source, split, selected, sequence_length)
+
+
+def _at_positions(dataset: tf.data.Dataset, keep: np.ndarray, weight_at: np.ndarray | None) -> tf.data.Dataset:
+    """The examples of `dataset` at the positions where `keep` is True (with `example_weight` from `weight_at`)."""
+    flags = tf.constant(keep)
+    kept = dataset.take(len(keep)).enumerate().filter(lambda i, _: tf.gather(flags, i))
+    if weight_at is None:
+        return kept.map(lambda _, example: example)
+    weights = tf.constant(weight_at)
+    return kept.map(lambda i, example: {**example, EXAMPLE_WEIGHT: tf.gather(weights, i)})
+
+
+def _register_with_split(name: str, source: seqio.Task, selected_split: str,
+                         selected: Callable[[], tf.data.Dataset],
+                         sequence_length: Mapping[str, int] | None) -> seqio.Task:
+    """Registers Task `name` (replacing one of that name): `selected()` as its `selected_split`, the
+    source's other splits read from the source at `sequence_length`; no preprocessing of its own."""
 
     def dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
-        del shuffle_files, seed  # one in-memory shard; seqio shuffles examples
+        del shuffle_files, seed  # one shard; seqio shuffles examples
         if split != selected_split:
             return _source_dataset(source, split, sequence_length)
-        return tf.data.Dataset.from_generator(lambda: iter(stored), output_signature=signature)
+        return selected()
 
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
@@ -160,6 +209,26 @@ def select(task: str, scorer: Scorer, selector: str | Selector, budget: int, *, 
     task_name = name or f"{task}_{selector.name}_{budget}"
     register_subset(task_name, task, split, [examples[i] for i in chosen.indices], sequence_length, chosen.weights)
     return StageResult(task_name, task, split, len(examples), np.asarray(chosen.indices), chosen.weights, seconds)
+
+
+def select_from_scores(task: str, scores: Mapping[str, np.ndarray], selector: str | Selector, budget: int, *,
+                       name: str, split: str = "train", seed: int = 0,
+                       sequence_length: Mapping[str, int] | None = None,
+                       selector_kwargs: Mapping[str, Any] | None = None,
+                       num_clusters: int | None = None) -> StageResult:
+    """Selects `budget` examples of `task`'s `split` from `scores` computed beforehand (fields of
+    SCORE_FIELDS, one row per example of the split in its unshuffled order) and registers them as Task
+    `name` by position (`register_positions`); the split itself is not read here."""
+    if isinstance(selector, str):
+        selector = make_selector(selector, **dict(selector_kwargs or {}))
+    validation.check_known("score field", scores, SCORE_FIELDS, known_as="known fields")
+    validation.check_integer("budget", budget, 1)
+    started = time.perf_counter()
+    pool = pool_from_scores(scores, selector, budget, num_clusters, seed)
+    chosen: Selection = selector.select(pool, budget, np.random.default_rng(seed))
+    seconds = time.perf_counter() - started
+    register_positions(name, task, split, chosen.indices, pool.size, sequence_length, chosen.weights)
+    return StageResult(name, task, split, pool.size, np.asarray(chosen.indices), chosen.weights, seconds)
 
 
 # Selections made through `select_task` in this process: Task name -> the arguments that made it.

@@ -104,6 +104,20 @@ def check_weights(weights: np.ndarray, rows: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
+def check_positions(indices: np.ndarray, pool_size: int) -> np.ndarray:
+    """`indices` as int64 after refusing a non-integer, a position outside [0, pool_size) or a repeat."""
+    indices = np.asarray(indices).reshape(-1)
+    if len(indices) and not np.issubdtype(indices.dtype, np.integer):
+        raise SelectionInputError(f"positions must be integers, got dtype {indices.dtype}")
+    outside = np.flatnonzero((indices < 0) | (indices >= pool_size))
+    if len(outside):
+        raise SelectionInputError(f"positions must be in [0, {pool_size}): found {_shown(indices[outside[0]])}")
+    values, counts = np.unique(indices, return_counts=True)
+    if (counts > 1).any():
+        raise SelectionInputError(f"positions must be distinct: {_shown(values[counts > 1][0])} repeats")
+    return indices.astype(np.int64)
+
+
 def check_pool(pool: Pool, budget: object) -> None:
     """What every `Selector.select` checks first: a non-empty pool, the budget, finite fields."""
     size = pool.size

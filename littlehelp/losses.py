@@ -5,7 +5,9 @@ axis ([batch, length]), already multiplied by the tokens' loss weights (0 at pad
 input dtype. `sequence_sum` / `sequence_mean` reduce them per sequence, `cross_entropy_with_z_loss`
 over the whole batch. The chunked functions (`chunked_cross_entropy`, `chunked_divergence`) compute
 the same per-token math from hidden states and an output head, a slice of the sequence at a time,
-so that no [batch, length, vocab] logits tensor of either model is ever live.
+so that no [batch, length, vocab] logits tensor of either model is ever live;
+`chunked_labels_and_divergence` mixes the two (SALT's distillation stage) in one pass, and
+`chunked_token_values` maps any per-token function of the logits without a gradient path (scoring).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Smoke tests of scripts/bench_train_step.py (tiny configurations, a few steps, 1 device) and
-scripts/bench_kd_loss.py (tiny shapes)."""
+"""Smoke tests of scripts/bench_train_step.py (tiny configurations, a few steps, 1 device),
+scripts/bench_kd_loss.py (tiny shapes) and scripts/bench_salt_scoring.py (a tiny teacher)."""
 
 import importlib.util
 import json
@@ -115,3 +115,17 @@ def test_kd_bench_times_three_losses_and_reports_every_target(kd_report):
     timed = targets["chunked KD time <= 1.15 x naive KD (4096x2)"]
     by_case = {r["case"]: r for r in returned["timing"]}
     assert timed["value"] == pytest.approx(by_case["chunked_kd"]["median_seconds"] / by_case["naive_kd"]["median_seconds"])
+
+
+def test_salt_scoring_bench_scores_the_whole_split_and_reports_chunked_memory(tmp_path):
+    returned = _load_script("bench_salt_scoring").main([
+        "--task", "docstrings_lm", "--length", "32", "--batch_sizes", "4", "--chunk_size", "8", "--repeats", "2",
+        "--teacher", "emb_dim=32,num_layers=1,mlp_dim=64,head_dim=16", "--matmul_sizes", "128",
+        "--matmul_repeats", "2", "--out_dir", str(tmp_path)])
+    assert json.loads((tmp_path / "bench_salt_scoring.json").read_text()) == returned
+    (result,) = returned["results"]
+    assert result["sequences"] == 91  # docstrings_lm's validation split, one sequence per docstring
+    assert result["full_logits_bytes"] == 4 * 32 * 8192 * 4 and result["temp_bytes"] < result["full_logits_bytes"]
+    assert result["model_sequences_per_second"] == pytest.approx(4 / result["model_seconds_per_batch"])
+    assert result["streamed_sequences_per_second"] == pytest.approx(91 / result["streamed_seconds"])
+    assert f"| 4 | 91 | {result['compile_seconds']:.2f} |" in (tmp_path / "bench_salt_scoring.md").read_text()

@@ -28,7 +28,8 @@ def _generic_pool(n: int = 60) -> Pool:
     embeddings = rng.normal(size=(n, 5)).astype(np.float32)
     return Pool(probabilities=probabilities, embeddings=embeddings,
                 labelled_embeddings=rng.normal(size=(3, 5)).astype(np.float32),
-                second_probabilities=_probabilities(n, 4, 2), cluster_ids=np.arange(n) % 7)
+                second_probabilities=_probabilities(n, 4, 2), cluster_ids=np.arange(n) % 7,
+                scores=rng.normal(size=n))
 
 
 @pytest.mark.parametrize("name", sorted(selectors.SELECTORS))
@@ -47,6 +48,16 @@ def test_margin_picks_the_examples_closest_to_the_boundary():
     expected = np.argsort(top2[:, 1] - top2[:, 0], kind="stable")[:15]
     chosen = make_selector("margin").select(Pool(probabilities=probabilities), 15, np.random.default_rng(0))
     np.testing.assert_array_equal(chosen.indices, expected)
+
+
+def test_highest_score_takes_the_highest_scores_lower_index_first_on_ties():
+    scores = np.random.default_rng(6).integers(0, 10, 120).astype(np.float32)  # about 12 of each value
+    expected = np.lexsort((np.arange(120), -scores))[:25]
+    assert scores[expected[-1]] in np.delete(scores, expected)  # the cut falls inside a tie
+    chosen = make_selector("highest_score").select(Pool(scores=scores), 25, np.random.default_rng(0))
+    np.testing.assert_array_equal(chosen.indices, expected)
+    with pytest.raises(SelectionInputError, match=r"^selector 'highest_score' needs Pool.scores, which is None$"):
+        make_selector("highest_score").select(Pool(probabilities=_probabilities(4, 2, 0)), 2, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("name, reference", [

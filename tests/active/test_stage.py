@@ -25,10 +25,12 @@ def token_sums(examples):
 
 
 def token_sum_scorer(examples):
-    """Two classes from the token sum (uncertain near CENTRE); embeddings: token histograms mod 8."""
+    """Two classes from the token sum (uncertain near CENTRE); embeddings: token histograms mod 8;
+    scores: the token sums."""
     p = 1.0 / (1.0 + np.exp(-(token_sums(examples) - CENTRE) / 4000.0))
     embeddings = np.stack([np.bincount(e["targets"] % 8, minlength=8) / len(e["targets"]) for e in examples])
-    return {"probabilities": np.stack([p, 1 - p], axis=1), "embeddings": embeddings.astype(np.float32)}
+    return {"probabilities": np.stack([p, 1 - p], axis=1), "embeddings": embeddings.astype(np.float32),
+            "scores": token_sums(examples)}
 
 
 gin.external_configurable(token_sum_scorer, module="test_stage")
@@ -87,6 +89,48 @@ def test_every_selector_selects_through_the_stage_as_through_the_array_api(name,
         assert result.weights is None and all(pipeline.EXAMPLE_WEIGHT not in e for e in kept)
     else:  # IWeS: each selected example holds its importance weight, once (no repeats)
         np.testing.assert_array_equal([e[pipeline.EXAMPLE_WEIGHT] for e in kept], expected.weights.astype(np.float32))
+
+
+def test_selection_from_scores_streams_the_chosen_positions_in_source_order(source_examples):
+    scores = token_sum_scorer(source_examples)
+    result = stage.select_from_scores("docstrings_lm", {"scores": scores["scores"]}, "highest_score", 8,
+                                      name="sel_positions")
+    top = np.sort(np.argsort(-token_sums(source_examples), kind="stable")[:8])
+    np.testing.assert_array_equal(np.sort(result.indices), top)
+    kept = task_examples("sel_positions")
+    assert [e["targets"].tolist() for e in kept] == [source_examples[i]["targets"].tolist() for i in top]
+    assert all(pipeline.EXAMPLE_WEIGHT not in e for e in kept) and result.pool_size == POOL
+    ours, theirs = task_examples("sel_positions", "validation"), task_examples("docstrings_lm", "validation")
+    assert [e["targets"].tolist() for e in ours] == [e["targets"].tolist() for e in theirs]
+
+
+def test_positions_carry_their_importance_weights(source_examples):
+    scores = token_sum_scorer(source_examples)
+    result = stage.select_from_scores("docstrings_lm", scores, "iwes", 6, name="sel_positions_iwes", seed=3)
+    expected = make_selector("iwes").select(Pool(probabilities=scores["probabilities"]), 6, np.random.default_rng(3))
+    order = np.argsort(expected.indices)
+    kept = task_examples("sel_positions_iwes")
+    assert [e["targets"].tolist() for e in kept] == [source_examples[i]["targets"].tolist()
+                                                     for i in expected.indices[order]]
+    np.testing.assert_array_equal([e[pipeline.EXAMPLE_WEIGHT] for e in kept],
+                                  expected.weights[order].astype(np.float32))
+    np.testing.assert_array_equal(result.weights, expected.weights)
+
+
+@pytest.mark.parametrize("indices, message", [
+    ([3, 60], r"^positions must be in \[0, 60\): found 60$"),
+    ([3, -1], r"^positions must be in \[0, 60\): found -1$"),
+    ([4, 7, 4], r"^positions must be distinct: 4 repeats$"),
+    ([1.0], r"^positions must be integers, got dtype float64$"),
+])
+def test_bad_positions_are_refused_by_name(indices, message):
+    with pytest.raises(SelectionInputError, match=message):
+        stage.register_positions("sel_bad_positions", "docstrings_lm", "train", np.array(indices), POOL)
+
+
+def test_unknown_score_fields_are_refused():
+    with pytest.raises(SelectionInputError, match=r"^unknown score field 'score' \(did you mean 'scores'\?\)"):
+        stage.select_from_scores("docstrings_lm", {"score": np.zeros(4)}, "highest_score", 2, name="sel_unknown")
 
 
 def weight_of(targets):
