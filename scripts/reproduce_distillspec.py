@@ -29,7 +29,6 @@ import dataclasses
 import itertools
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -50,6 +49,7 @@ from littlehelp import checkpoints, decoding  # noqa: E402
 from littlehelp.data import corpus, pretrained  # noqa: E402
 from littlehelp.metrics import machine_load, matmul_rates, read_jsonl, report_header, seconds_of, write_report  # noqa: E402
 from littlehelp.models import convert  # noqa: E402
+from littlehelp.runs import train  # noqa: E402
 
 RESULT_NAME = "distillspec"
 DOMAINS = ("shakespeare", "code", "humaneval")
@@ -105,28 +105,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 # ----- stages 1 and 2: training the drafts -----
-
-def train(folder: Path, gin_file: str, bindings: dict[str, Any], final_step: int) -> float:
-    """Runs `littlehelp train` into `folder` unless it holds `final_step` or a later one; returns the seconds
-    it took."""
-    steps = checkpoints.finished_steps(folder / "checkpoints")
-    if steps and steps[-1] >= final_step:
-        print(f"  {folder.name}: step {steps[-1]} is there, reused", flush=True)
-        return 0.0
-    folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "littlehelp.main", "train", f"--gin_file={gin_file}", f"--gin.MODEL_DIR={folder}",
-               f"--gin.TRAIN_STEPS={final_step}", *(f"--gin.{k}={v}" for k, v in bindings.items())]
-    start = time.perf_counter()
-    with open(folder.parent / f"{folder.name}.log", "w", encoding="utf-8") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    if done.returncode:
-        tail = (folder.parent / f"{folder.name}.log").read_text(encoding="utf-8").strip().splitlines()[-1:]
-        raise SystemExit(f"training {folder} failed (exit {done.returncode}): {' '.join(tail)} "
-                         f"(full log: {folder.parent / f'{folder.name}.log'})")
-    seconds = time.perf_counter() - start
-    print(f"  {folder.name}: {final_step} steps done in {seconds:.0f}s", flush=True)
-    return seconds
-
 
 def train_drafts(args: argparse.Namespace) -> tuple[list[Draft], dict[str, float]]:
     """The undistilled draft and every distilled one (trained when missing) and each run's seconds."""

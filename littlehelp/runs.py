@@ -1,0 +1,40 @@
+"""Training runs launched by scripts (reproductions): one `littlehelp train` process per run folder.
+
+A folder that already holds its final step is reused, so a stopped reproduction resumes where it
+stopped; each run's output goes to `<folder>.log` beside it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from littlehelp import checkpoints
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def train(folder: Path, gin_file: str, bindings: Mapping[str, Any], final_step: int) -> float:
+    """Runs `littlehelp train` into `folder` up to `final_step` (gin `bindings` added) unless it holds that
+    step or a later one; returns the seconds it took. A failed run stops the script with its last log line."""
+    steps = checkpoints.finished_steps(folder / "checkpoints")
+    if steps and steps[-1] >= final_step:
+        print(f"  {folder.name}: step {steps[-1]} is there, reused", flush=True)
+        return 0.0
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "littlehelp.main", "train", f"--gin_file={gin_file}", f"--gin.MODEL_DIR={folder}",
+               f"--gin.TRAIN_STEPS={final_step}", *(f"--gin.{k}={v}" for k, v in bindings.items())]
+    log_path = folder.parent / f"{folder.name}.log"
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    if done.returncode:
+        tail = log_path.read_text(encoding="utf-8").strip().splitlines()[-1:]
+        raise SystemExit(f"training {folder} failed (exit {done.returncode}): {' '.join(tail)} (full log: {log_path})")
+    seconds = time.perf_counter() - start
+    print(f"  {folder.name}: {final_step} steps done in {seconds:.0f}s", flush=True)
+    return seconds
