@@ -78,15 +78,25 @@ def sample_logits(logits: Array, rng: Array, temperature: float = 0.0, top_k: in
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_id"))
 def generate(model: StepwiseModel, params: Params, prompt_tokens: Array, prompt_lengths: Array,
              max_new_tokens: int, rng: Array, sampling: Sampling = Sampling(), eos_id: int = 1,
-             inputs: Batch | None = None) -> Array:
+             inputs: Batch | None = None, prompt_embeddings: Array | None = None) -> Array:
     """Continues right-padded prompts [b, p] of ``prompt_lengths`` (>= 1) -> [b, max_new_tokens].
 
     ``inputs`` condition the model (T5: {"encoder_input_tokens": ...}; a T5 prompt is its decoder
     start token 0). ``eos_id`` comes from the vocabulary (`seqio.Vocabulary.eos_id`).
+    ``prompt_embeddings`` [b, m, emb] (a soft prompt) go before each row's prompt tokens, as input
+    embeddings: the prefill reads m + p positions (`Model.embed` gives the tokens' part).
     """
     batch, prompt_len = prompt_tokens.shape
-    cache = model.init_cache(params, batch, prompt_len + max_new_tokens, inputs)
-    logits, cache = model.prefill(params, cache, prompt_tokens.astype(jnp.int32), prompt_lengths)
+    prompt_tokens, lengths = prompt_tokens.astype(jnp.int32), jnp.asarray(prompt_lengths, jnp.int32)
+    soft = 0 if prompt_embeddings is None else prompt_embeddings.shape[1]
+    cache = model.init_cache(params, batch, soft + prompt_len + max_new_tokens, inputs)
+    if prompt_embeddings is None:
+        logits, cache = model.prefill(params, cache, prompt_tokens, lengths)
+    else:
+        embedded = model.embed(params, prompt_tokens).astype(prompt_embeddings.dtype)
+        placeholder = jnp.zeros((batch, soft + prompt_len), jnp.int32)  # the prefill reads only its shape
+        logits, cache = model.prefill(params, cache, placeholder, lengths + soft,
+                                      input_embeddings=jnp.concatenate([prompt_embeddings, embedded], axis=1))
 
     def body(state: tuple) -> tuple:
         step, logits, cache, out, done = state

@@ -134,6 +134,20 @@ def test_greedy_decoder_matches_recomputation(decoder_params):
     np.testing.assert_array_equal(_generate(decoder_params), _decoder_reference(decoder_params, eos_id=-1))
 
 
+def test_generate_after_a_soft_prompt_equals_generating_after_those_tokens(decoder_params):
+    """Soft prompt = the embeddings of a hard prefix: greedy output equals recomputation after prefix + prompt."""
+    prefix = jnp.asarray([[21, 22, 23]] * len(PROMPTS))
+    tokens, lengths = _padded(PROMPTS)
+    soft = DECODER.embed(decoder_params, prefix)
+    got = decoding.generate(DECODER, decoder_params, tokens, lengths, NEW_TOKENS, jax.random.PRNGKey(0),
+                            eos_id=-1, prompt_embeddings=soft)
+    logits_fn = jax.jit(lambda t: _full_logits(DECODER, decoder_params, t))
+    expected = [_greedy_by_recomputation(logits_fn, [21, 22, 23] + p, NEW_TOKENS, -1) for p in PROMPTS]
+    np.testing.assert_array_equal(got, expected)
+    plain = decoding.generate(DECODER, decoder_params, tokens, lengths, NEW_TOKENS, jax.random.PRNGKey(0), eos_id=-1)
+    assert not np.array_equal(got, plain)  # the soft prompt conditions the continuation
+
+
 def test_decoder_emits_padding_after_eos(decoder_params):
     eos_id = int(_generate(decoder_params)[1, 2])  # a token the second row emits third
     got = np.asarray(_generate(decoder_params, eos_id=eos_id))
