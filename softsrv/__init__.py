@@ -1,0 +1,10 @@
+"""SoftSRV: soft prompts trained in front of a frozen LM generate targeted synthetic data (methods.md section 3).
+
+`softsrv.prompts`: the parameterisations (NSP, MPk, MLP); `softsrv.objective`: the NLL of an example
+given the prompt of its context vector, the LM and the sentence embedder frozen.
+"""
+
+from softsrv.objective import SoftPromptObjective
+from softsrv.prompts import PARAMETERISATIONS, MixturePrompt, MLPPrompt, NonContextualPrompt
+
+__all__ = ["PARAMETERISATIONS", "MLPPrompt", "MixturePrompt", "NonContextualPrompt", "SoftPromptObjective"]
