@@ -1,0 +1,93 @@
+"""SoftSRV's data from any file of examples, with no per-domain code.
+
+A file holds one example per line, or JSON Lines with a "text" field (`.jsonl`, or a first line
+that is a JSON object); blank lines are skipped. `register_examples_task` makes a seqio Task of such
+examples by split, with the two tokenisations SoftSRV's objective reads:
+- "inputs": the example in the sentence embedder's vocabulary with its special tokens, exactly the
+  ids `littlehelp.embed.SentenceEmbedder.tokenize` gives (so the context vector the objective pools
+  in the step is the embedder's own embedding of the example);
+- "targets": the example in the frozen LM's vocabulary, EOS appended.
+The encoder-decoder feature converter (unpacked) turns them into the objective's batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from littlehelp.config import ConfigError
+from littlehelp.data.hf_vocab import TokenizerVocabulary
+from littlehelp.embed import SentenceEmbedder
+
+MIN_EXAMPLES = 4
+
+
+def _texts_of(path: Path, lines: list[str]) -> list[str]:
+    """The examples of a file's non-blank lines: the lines themselves, or their JSON "text" fields."""
+    if not (path.suffix == ".jsonl" or lines[0].lstrip().startswith("{")):
+        return lines
+    texts = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}: line {number} is not JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ConfigError(f"{path}: line {number} has no string field 'text'")
+        texts.append(record["text"])
+    return texts
+
+
+def read_examples(path: str | Path, min_examples: int = MIN_EXAMPLES) -> list[str]:
+    """The examples in `path` (see the module docstring); a missing, unreadable, empty or too short
+    file is refused in one line naming it."""
+    path = Path(path)
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read examples from {path}: {type(error).__name__}: {error}") from None
+    if not lines:
+        raise ConfigError(f"{path} holds no examples (every line is blank)")
+    texts = [text for text in _texts_of(path, lines) if text.strip()]
+    if len(texts) < min_examples:
+        raise ConfigError(f"{path} holds {len(texts)} examples; SoftSRV needs at least {min_examples}")
+    return texts
+
+
+EMBEDDER_IDS = "embedder_ids"  # the source's pre-tokenised "inputs", renamed after seqio tokenizes "targets"
+
+
+def register_examples_task(name: str, splits: Mapping[str, Sequence[str]], lm_vocabulary: seqio.Vocabulary,
+                           embedder: SentenceEmbedder) -> str:
+    """Registers Task `name` (replacing one of that name) over `splits` {split: texts}; returns `name`."""
+    rows = {split: [(np.asarray(ids, np.int32), text) for ids, text in zip(embedder.tokenize(texts), texts)]
+            for split, texts in splits.items()}
+    signature = {EMBEDDER_IDS: tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([], tf.string)}
+
+    def dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
+        del shuffle_files, seed  # one in-memory shard; seqio shuffles examples
+        examples = lambda: ({EMBEDDER_IDS: ids, "targets": text} for ids, text in rows[split])  # noqa: E731
+        return tf.data.Dataset.from_generator(examples, output_signature=signature)
+
+    features = {"inputs": seqio.Feature(_embedder_vocabulary(embedder), add_eos=False),
+                "targets": seqio.Feature(lm_vocabulary, add_eos=True)}
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name, source=seqio.FunctionDataSource(dataset_fn, splits=list(splits), num_input_examples=None),
+        preprocessors=[seqio.preprocessors.tokenize,
+                       functools.partial(seqio.preprocessors.rekey, key_map={"inputs": EMBEDDER_IDS, "targets": "targets"}),
+                       seqio.preprocessors.append_eos_after_trim],
+        output_features=features)
+    return name
+
+
+def _embedder_vocabulary(embedder: SentenceEmbedder) -> seqio.Vocabulary:
+    """The embedder's tokenizer as a seqio vocabulary (decoding and the feature's vocabulary size)."""
+    return TokenizerVocabulary(embedder.tokenizer, source="sentence embedder")
