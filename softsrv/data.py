@@ -17,11 +17,13 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
 from littlehelp.config import ConfigError
+from littlehelp.data import pretrained
 from littlehelp.data.hf_vocab import TokenizerVocabulary
 from littlehelp.embed import SentenceEmbedder
 
@@ -91,3 +93,15 @@ def register_examples_task(name: str, splits: Mapping[str, Sequence[str]], lm_vo
 def _embedder_vocabulary(embedder: SentenceEmbedder) -> seqio.Vocabulary:
     """The embedder's tokenizer as a seqio vocabulary (decoding and the feature's vocabulary size)."""
     return TokenizerVocabulary(embedder.tokenizer, source="sentence embedder")
+
+
+@gin.configurable(module="softsrv")
+def examples_task(train_file: str = gin.REQUIRED, eval_file: str = gin.REQUIRED, lm_vocabulary: seqio.Vocabulary = gin.REQUIRED,
+                  embedder: str = "minilm_l6", name: str = "softsrv_examples") -> str:
+    """gin entry point (`TASK = @softsrv.examples_task()`): registers the examples of `train_file` as the
+    'train' split and those of `eval_file` as 'validation', tokenised for the LM and for the sentence
+    embedder (a pretrained model's name, `littlehelp.data.pretrained`, or an HF folder); returns the
+    Task's name. Bad files are refused before any model is read."""
+    splits = {"train": read_examples(train_file), "validation": read_examples(eval_file)}
+    folder = pretrained.ensure(embedder) if embedder in pretrained.PACKAGES else Path(embedder)
+    return register_examples_task(name, splits, lm_vocabulary, SentenceEmbedder.load(folder))

@@ -34,17 +34,17 @@ class SoftPromptObjective:
     """NLL of each example under the frozen `lm` given `prompt(E(example))` (see the module docstring).
 
     prompt: a parameterisation of `softsrv.prompts` (its `width` must be the LM's embedding width);
-    lm: the frozen LM's seam; embedder: the frozen sentence embedder's seam (a BERT, `context_dim`
-    wide); chunk_size: positions per chunk of the LM head.
+    lm: the frozen LM's seam; embedder: the frozen sentence embedder's seam (a BERT; z is as wide as
+    its embeddings); chunk_size: positions per chunk of the LM head.
     """
 
     def __init__(self, prompt: nn.Module = gin.REQUIRED, lm: Model = gin.REQUIRED, embedder: Model = gin.REQUIRED,
-                 context_dim: int = 384, prompt_key: str = "prompt", lm_key: str = "lm",
+                 prompt_key: str = "prompt", lm_key: str = "lm",
                  embedder_key: str = "embedder", chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
         if prompt.width != lm.config.emb_dim:
             raise ConfigError(f"softsrv: the prompt's width {prompt.width} is not the LM's embedding width "
                               f"{lm.config.emb_dim}")
-        self.prompt, self.lm, self.embedder, self.context_dim = prompt, lm, embedder, context_dim
+        self.prompt, self.lm, self.embedder, self.context_dim = prompt, lm, embedder, embedder.config.emb_dim
         self.prompt_key, self.lm_key, self.embedder_key, self.chunk_size = prompt_key, lm_key, embedder_key, chunk_size
         self.trainable_keys = (prompt_key,)
         self.name = f"softsrv[{type(prompt).__name__},m={prompt.length}]"
@@ -54,7 +54,7 @@ class SoftPromptObjective:
         return {self.prompt_key: self.prompt.init(rng, jnp.zeros((1, self.context_dim), jnp.float32))["params"]}
 
     def context(self, params: Params, tokens: Array) -> Array:
-        """z [b, context_dim]: the embedder's mean-pooled, L2-normalised vectors of `tokens` (0: padding)."""
+        """z [b, the embedder's width]: its mean-pooled, L2-normalised vectors of `tokens` (0: padding)."""
         mask = (tokens != 0).astype(jnp.int32)
         hidden = self.embedder.hidden_states(params[self.embedder_key],
                                              {"encoder_input_tokens": tokens, "encoder_segment_ids": mask})

@@ -40,7 +40,7 @@ def remove_tensor(folder, name: str) -> None:
 
 def random_params(model, seed: int) -> dict:
     """Random parameters of the model's shapes (normal, std 0.5; no compiled initialiser: fast on CPU)."""
-    example = {"decoder_input_tokens": np.zeros((1, 8), np.int32)}
+    example = {"decoder_input_tokens": np.zeros((1, 8), np.int32), "encoder_input_tokens": np.zeros((1, 8), np.int32)}
     shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), example))
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: (0.5 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)

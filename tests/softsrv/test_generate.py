@@ -46,7 +46,7 @@ def greedy_by_recomputation(prefix_embeddings: jax.Array, tokens: list[int], lm_
 
 
 def test_soft_prompted_samples_are_the_greedy_continuations_after_each_contexts_prompt():
-    objective = SoftPromptObjective(MLPPrompt(3, 16, hidden=8), LM, EMBEDDER, context_dim=12)
+    objective = SoftPromptObjective(MLPPrompt(3, 16, hidden=8), LM, EMBEDDER)
     params = {"prompt": prompt_params(objective.prompt), "lm": random_params(LM, 4)}
     contexts = np.random.default_rng(5).standard_normal((3, 12)).astype(np.float32)
     greedy = decoding.Sampling(temperature=0.0)

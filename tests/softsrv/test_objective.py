@@ -78,7 +78,7 @@ def nll64(logits, data) -> float:
 
 
 def test_a_prompt_of_length_zero_gives_the_lms_plain_nll():
-    objective = SoftPromptObjective(NonContextualPrompt(0, 16), LM, EMBEDDER, context_dim=12, chunk_size=4)
+    objective = SoftPromptObjective(NonContextualPrompt(0, 16), LM, EMBEDDER, chunk_size=4)
     data = batch()
     params = {**PARAMS, "prompt": prompt_params(objective.prompt)}
     loss, logged = jax.jit(lambda p, b: objective.loss(p, b, None, 0))(params, data)
@@ -90,7 +90,7 @@ def test_a_prompt_of_length_zero_gives_the_lms_plain_nll():
 @pytest.mark.parametrize("prompt", [NonContextualPrompt(3, 16), MixturePrompt(3, 16, num_prompts=2),
                                     MLPPrompt(3, 16, hidden=8)], ids=["nsp", "mpk", "mlp"])
 def test_the_loss_is_the_float64_nll_after_the_prompt_of_the_examples_context(prompt):
-    objective = SoftPromptObjective(prompt, LM, EMBEDDER, context_dim=12, chunk_size=4)
+    objective = SoftPromptObjective(prompt, LM, EMBEDDER, chunk_size=4)
     data = batch()
     params = {**PARAMS, "prompt": prompt_params(prompt)}
     loss = jax.jit(lambda p, b: objective.loss(p, b, None, 0)[0])(params, data)
@@ -114,7 +114,7 @@ def test_a_prompt_narrower_than_the_lm_is_refused():
 def test_through_the_trainer_only_the_prompt_trains(tmp_path):
     for name in ("lm", "embedder"):
         save_params_only(PARAMS[name], tmp_path / name)
-    objective = SoftPromptObjective(MLPPrompt(3, 16, hidden=8), LM, EMBEDDER, context_dim=12, chunk_size=4)
+    objective = SoftPromptObjective(MLPPrompt(3, 16, hidden=8), LM, EMBEDDER, chunk_size=4)
     models = {"lm": frozen.FrozenModel(str(tmp_path / "lm"), LM), "embedder": frozen.FrozenModel(str(tmp_path / "embedder"),
                                                                                                  EMBEDDER)}
     mesh = partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
