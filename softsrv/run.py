@@ -1,0 +1,150 @@
+"""`python -m softsrv.run`: SoftSRV on any file of examples, with no per-domain code.
+
+    python -m softsrv.run --train_file=X --eval_file=Y --method=mlp --out=DIR [--steps=N --num_samples=N
+        --max_new_tokens=N --temperature=T --shots=K --seed=S --gin.NAME=VALUE ...]
+
+Methods `nsp`, `mpk`, `mlp` train a soft prompt (`littlehelp train --gin_file=softsrv/<method>.gin`
+into DIR/run; a run that holds its last step is reused) and then sample once per context vector of
+the held-out examples (a new z per sample, cycling through EVAL_FILE in order); `zero_shot` and
+`few_shot` (--shots random training examples in each prompt) sample after a hard prompt with the same
+settings. Writes DIR/samples.jsonl (one {"text"} per sample), DIR/mauve.json (MAUVE of the samples
+against EVAL_FILE on MiniLM features, `softsrv.mauve`, over --mauve_seeds) and DIR/summary.json.
+Bad files are refused, by name, before any model is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+import seqio
+
+from littlehelp import checkpoints, config, decoding, frozen, main, metrics, partitioning, trainer
+from littlehelp.data import pipeline, pretrained
+from littlehelp.embed import SentenceEmbedder
+from softsrv import generate, mauve
+from softsrv.data import read_examples
+from softsrv.objective import SoftPromptObjective
+
+SOFT, HARD = ("nsp", "mpk", "mlp"), ("zero_shot", "few_shot")
+CONTEXT_BATCH = 8
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """(flags, gin overrides as `NAME=VALUE`)."""
+    rest, overrides = main.split_overrides(sys.argv[1:] if argv is None else list(argv))
+    parser = argparse.ArgumentParser(prog="python -m softsrv.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--train_file", required=True)
+    parser.add_argument("--eval_file", required=True)
+    parser.add_argument("--method", required=True, choices=SOFT + HARD)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=200, help="prompt training steps (soft methods)")
+    parser.add_argument("--num_samples", type=int, default=64)
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--shots", type=int, default=3, help="training examples in each few-shot prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mauve_seeds", type=int, nargs="+", default=[0, 1, 2])
+    return parser.parse_args(rest), overrides
+
+
+def gin_arguments(args: argparse.Namespace, overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(gin files, bindings) of the method (hard prompts read nsp.gin for the models and the data)."""
+    method = args.method if args.method in SOFT else "nsp"
+    bindings = [f"MODEL_DIR='{Path(args.out).resolve() / 'run'}'", f"TRAIN_FILE='{args.train_file}'",
+                f"EVAL_FILE='{args.eval_file}'", f"TRAIN_STEPS={args.steps}", *overrides]
+    return [f"softsrv/{method}.gin"], bindings
+
+
+def train_prompt(files: Sequence[str], bindings: Sequence[str], run: Path, steps: int) -> dict[str, float]:
+    """Trains the soft prompt into `run` unless it holds step `steps`; the run's last logged metrics."""
+    done = checkpoints.finished_steps(run / "checkpoints")
+    if not (done and done[-1] >= steps):
+        main.main(["train", *(f"--gin_file={name}" for name in files), *(f"--gin.{b}" for b in bindings)])
+    return {k: v for record in metrics.read_jsonl(run / "metrics.jsonl") for k, v in record.items()}
+
+
+def contexts(objective: SoftPromptObjective, params: dict, task: str, lengths: Mapping[str, int]) -> np.ndarray:
+    """z [n, d] of the Task's validation examples, in order (the objective's own pooling)."""
+    dataset = seqio.get_dataset(task, dict(lengths), pipeline.FEATURE_CONVERTERS["encoder_decoder"](pack=False),
+                                dataset_split="validation", shuffle=False, num_epochs=1)
+    pooled = jax.jit(objective.context)
+    return np.concatenate([np.asarray(pooled(params, batch["encoder_input_tokens"]))
+                           for batch in dataset.batch(CONTEXT_BATCH).as_numpy_iterator()])
+
+
+@gin.configurable(module="softsrv")
+def synthesize(method: str, num_samples: int, max_new_tokens: int, temperature: float, shots: int, seed: int,
+               train_texts: Sequence[str], objective: SoftPromptObjective = gin.REQUIRED, task: str = gin.REQUIRED,
+               lengths: Mapping[str, int] = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUIRED,
+               frozen_models: Mapping[str, frozen.FrozenModel] = gin.REQUIRED, model_dir: str = gin.REQUIRED) -> list[str]:
+    """`num_samples` synthetic examples by `method` (the models, data and run folder bound in softsrv/base.gin;
+    few-shot prompts draw from `train_texts`)."""
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+    example = {"decoder_input_tokens": np.zeros((1, 8), np.int32), "encoder_input_tokens": np.zeros((1, 8), np.int32)}
+    rules = partitioning.logical_axis_rules()
+    params = dict(frozen.load_frozen_models(frozen_models, example, mesh, rules).params)
+    sampling = decoding.Sampling(temperature=temperature)
+    if method in HARD:
+        return generate.hard_prompted(objective.lm, params[objective.lm_key], hard_prompts(method, train_texts,
+                                      num_samples, shots, seed), vocabulary, max_new_tokens, sampling, seed)
+    prompt, _ = trainer.restore_run_params(model_dir, lambda rng: objective.init_params(rng, example), mesh, rules,
+                                           checkpoints.CheckpointConfig())
+    params.update(prompt)
+    z = contexts(objective, params, task, lengths)
+    return generate.soft_prompted(objective, params, z[np.arange(num_samples) % len(z)], vocabulary, max_new_tokens,
+                                  sampling, seed)
+
+
+def hard_prompts(method: str, train_texts: Sequence[str], count: int, shots: int, seed: int) -> list[str]:
+    """`count` zero-shot prompts, or few-shot prompts of `shots` random training examples each."""
+    if method == "zero_shot":
+        return [generate.zero_shot_prompt()] * count
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(len(train_texts), min(shots, len(train_texts)), replace=False) for _ in range(count)]
+    return [generate.few_shot_prompt([train_texts[i] for i in rows]) for rows in chosen]
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The command (see the module docstring); returns the summary it writes."""
+    args, overrides = parse_args(argv)
+    started, out = time.perf_counter(), Path(args.out).resolve()
+    real, train_texts = read_examples(args.eval_file), read_examples(args.train_file)  # bad files refused first
+    files, bindings = gin_arguments(args, overrides)
+    trained = train_prompt(files, bindings, out / "run", args.steps) if args.method in SOFT else {}
+    config.import_configurable_modules(["softsrv.run"])
+    knobs = dict(method=args.method, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+                 temperature=args.temperature, shots=args.shots, seed=args.seed)
+    config.parse_gin(files, bindings)
+    try:
+        samples = synthesize(**knobs, train_texts=train_texts)
+    finally:
+        gin.clear_config()
+    scored = mauve.mauve_of_texts(samples, real, SentenceEmbedder.load(pretrained.ensure("minilm_l6")),
+                                  seeds=args.mauve_seeds)
+    summary = {**knobs, "train_file": args.train_file, "eval_file": args.eval_file, "steps": args.steps,
+               "final_train_loss": trained.get("train/loss"), "final_eval_loss": trained.get("eval/loss"),
+               "mauve_mean": scored["mean"], "mauve_std": scored["std"], "seconds": time.perf_counter() - started}
+    write_outputs(out, samples, scored, summary)
+    return summary
+
+
+def write_outputs(out: Path, samples: Sequence[str], scored: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+    """DIR/samples.jsonl, DIR/mauve.json and DIR/summary.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in samples), encoding="utf-8")
+    (out / "mauve.json").write_text(json.dumps(scored, indent=1, default=float) + "\n", encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    print(f"{len(samples)} samples, MAUVE {summary['mauve_mean']:.3f} ± {summary['mauve_std']:.3f}: {out}", flush=True)
+
+
+if __name__ == "__main__":
+    run()
