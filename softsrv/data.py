@@ -16,6 +16,7 @@ import functools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import gin
 import numpy as np
@@ -66,27 +67,35 @@ EMBEDDER_IDS = "embedder_ids"  # the source's pre-tokenised "inputs", renamed af
 
 
 def register_examples_task(name: str, splits: Mapping[str, Sequence[str]], lm_vocabulary: seqio.Vocabulary,
-                           embedder: SentenceEmbedder) -> str:
-    """Registers Task `name` (replacing one of that name) over `splits` {split: texts}; returns `name`."""
-    rows = {split: [(np.asarray(ids, np.int32), text) for ids, text in zip(embedder.tokenize(texts), texts)]
-            for split, texts in splits.items()}
-    signature = {EMBEDDER_IDS: tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([], tf.string)}
+                           embedder: SentenceEmbedder | None) -> str:
+    """Registers Task `name` (replacing one of that name) over `splits` {split: texts}; returns `name`.
+
+    Without an `embedder` the Task has "targets" alone: a decoder LM task (fine-tuning on examples).
+    """
+    def rows(texts: Sequence[str]) -> list[dict[str, Any]]:
+        if embedder is None:
+            return [{"targets": text} for text in texts]
+        return [{EMBEDDER_IDS: np.asarray(ids, np.int32), "targets": text}
+                for ids, text in zip(embedder.tokenize(texts), texts)]
+
+    stored = {split: rows(texts) for split, texts in splits.items()}
+    signature = {"targets": tf.TensorSpec([], tf.string)}
+    features = {"targets": seqio.Feature(lm_vocabulary, add_eos=True)}
+    preprocessors = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+    if embedder is not None:
+        signature[EMBEDDER_IDS] = tf.TensorSpec([None], tf.int32)
+        features["inputs"] = seqio.Feature(_embedder_vocabulary(embedder), add_eos=False)
+        preprocessors.insert(1, functools.partial(seqio.preprocessors.rekey,
+                                                  key_map={"inputs": EMBEDDER_IDS, "targets": "targets"}))
 
     def dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
         del shuffle_files, seed  # one in-memory shard; seqio shuffles examples
-        examples = lambda: ({EMBEDDER_IDS: ids, "targets": text} for ids, text in rows[split])  # noqa: E731
-        return tf.data.Dataset.from_generator(examples, output_signature=signature)
+        return tf.data.Dataset.from_generator(lambda: iter(stored[split]), output_signature=signature)
 
-    features = {"inputs": seqio.Feature(_embedder_vocabulary(embedder), add_eos=False),
-                "targets": seqio.Feature(lm_vocabulary, add_eos=True)}
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
-    seqio.TaskRegistry.add(
-        name, source=seqio.FunctionDataSource(dataset_fn, splits=list(splits), num_input_examples=None),
-        preprocessors=[seqio.preprocessors.tokenize,
-                       functools.partial(seqio.preprocessors.rekey, key_map={"inputs": EMBEDDER_IDS, "targets": "targets"}),
-                       seqio.preprocessors.append_eos_after_trim],
-        output_features=features)
+    seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(dataset_fn, splits=list(splits), num_input_examples=None),
+                           preprocessors=preprocessors, output_features=features)
     return name
 
 
@@ -97,11 +106,13 @@ def _embedder_vocabulary(embedder: SentenceEmbedder) -> seqio.Vocabulary:
 
 @gin.configurable(module="softsrv")
 def examples_task(train_file: str = gin.REQUIRED, eval_file: str = gin.REQUIRED, lm_vocabulary: seqio.Vocabulary = gin.REQUIRED,
-                  embedder: str = "minilm_l6", name: str = "softsrv_examples") -> str:
+                  embedder: str | None = "minilm_l6", name: str = "softsrv_examples") -> str:
     """gin entry point (`TASK = @softsrv.examples_task()`): registers the examples of `train_file` as the
     'train' split and those of `eval_file` as 'validation', tokenised for the LM and for the sentence
-    embedder (a pretrained model's name, `littlehelp.data.pretrained`, or an HF folder); returns the
-    Task's name. Bad files are refused before any model is read."""
+    embedder (a pretrained model's name, `littlehelp.data.pretrained`, or an HF folder; None: a plain
+    LM task); returns the Task's name. Bad files are refused before any model is read."""
     splits = {"train": read_examples(train_file), "validation": read_examples(eval_file)}
+    if embedder is None:
+        return register_examples_task(name, splits, lm_vocabulary, None)
     folder = pretrained.ensure(embedder) if embedder in pretrained.PACKAGES else Path(embedder)
     return register_examples_task(name, splits, lm_vocabulary, SentenceEmbedder.load(folder))

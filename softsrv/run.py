@@ -9,7 +9,9 @@ the held-out examples (a new z per sample, cycling through EVAL_FILE in order); 
 `few_shot` (--shots random training examples in each prompt) sample after a hard prompt with the same
 settings. Writes DIR/samples.jsonl (one {"text"} per sample), DIR/mauve.json (MAUVE of the samples
 against EVAL_FILE on MiniLM features, `softsrv.mauve`, over --mauve_seeds) and DIR/summary.json.
-Bad files are refused, by name, before any model is read.
+With --finetune_steps N a small decoder is then fine-tuned N steps on the samples (`softsrv.finetune`,
+from --finetune_from or from scratch) and its NLL on EVAL_FILE goes into the summary. Bad files are
+refused, by name, before any model is read.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import seqio
 from littlehelp import checkpoints, config, decoding, frozen, main, metrics, partitioning, trainer
 from littlehelp.data import pipeline, pretrained
 from littlehelp.embed import SentenceEmbedder
-from softsrv import generate, mauve
+from softsrv import finetune, generate, mauve
 from softsrv.data import read_examples
 from softsrv.objective import SoftPromptObjective
 
@@ -53,6 +55,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--shots", type=int, default=3, help="training examples in each few-shot prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mauve_seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--finetune_steps", type=int, default=0,
+                        help="fine-tune a small decoder on the samples this many steps (0: not) and report its NLL")
+    parser.add_argument("--finetune_from", help="the pre-trained small decoder's run folder (default: from scratch)")
+    parser.add_argument("--finetune_binding", action="append", default=[],
+                        help="NAME=VALUE gin binding for the fine-tune run (softsrv/finetune.gin), repeatable")
     return parser.parse_args(rest), overrides
 
 
@@ -134,6 +141,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                "final_train_loss": trained.get("train/loss"), "final_eval_loss": trained.get("eval/loss"),
                "mauve_mean": scored["mean"], "mauve_std": scored["std"], "seconds": time.perf_counter() - started}
     write_outputs(out, samples, scored, summary)
+    if args.finetune_steps:
+        summary["finetune_nll"] = finetune.finetune_nll(out / "samples.jsonl", args.eval_file, out / "finetune",
+                                                        args.finetune_steps, args.finetune_from,
+                                                        [f"--gin.{b}" for b in args.finetune_binding])
+        write_outputs(out, samples, scored, summary)
     return summary
 
 

@@ -1,15 +1,17 @@
 """`python -m softsrv.run`: a soft method trains, then samples one continuation per held-out context,
 cycling through the held-out examples in order (greedy: the same context gives the same sample); a
-hard-prompt method samples without training; both write samples, MAUVE and a summary; a bad file is
+hard-prompt method samples without training, then fine-tunes a small decoder on its samples; both write
+samples, MAUVE and a summary; a bad file is
 refused before any model is read."""
 
 import json
 
 import pytest
 
+from littlehelp import metrics
 from littlehelp.config import ConfigError
 from softsrv import run
-from tests.softsrv.helpers import tiny_setup
+from tests.softsrv.helpers import LM_SIZES, tiny_setup
 
 
 def _command(tmp_path, method: str, out: str) -> list[str]:
@@ -26,9 +28,14 @@ def test_soft_and_hard_prompted_runs_write_samples_mauve_and_a_summary(tmp_path)
     scored = json.loads((tmp_path / "nsp" / "mauve.json").read_text())
     assert scored["seeds"] == [0, 1] and summary["mauve_mean"] == pytest.approx(sum(scored["mauve"]) / 2)
     assert summary["final_train_loss"] is not None and (tmp_path / "nsp" / "run" / "checkpoints" / "2").is_dir()
-    few = run.run([*_command(tmp_path, "few_shot", "few"), "--shots=2", *overrides])
+    tiny = [f"--finetune_binding=decoder.DecoderConfig.{k}={v}" for k, v in LM_SIZES.items()]
+    few = run.run([*_command(tmp_path, "few_shot", "few"), "--shots=2", "--finetune_steps=2", *tiny,
+                   "--finetune_binding=partitioning.MeshConfig.data=1", "--finetune_binding=BATCH_SIZE=2",
+                   "--finetune_binding=TASK_FEATURE_LENGTHS={'targets': 16}", *overrides])
     assert few["final_train_loss"] is None and not (tmp_path / "few" / "run").exists()
     assert len((tmp_path / "few" / "samples.jsonl").read_text().splitlines()) == 6
+    logged = [r for r in metrics.read_jsonl(tmp_path / "few" / "finetune" / "metrics.jsonl") if "eval/cross_entropy" in r]
+    assert few["finetune_nll"] == logged[-1]["eval/cross_entropy"] and logged[-1]["step"] == 2
 
 
 def test_a_bad_file_is_refused_by_name_before_any_model_loads(tmp_path):
