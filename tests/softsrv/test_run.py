@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from littlehelp import metrics
+from littlehelp import checkpoints, metrics
 from littlehelp.config import ConfigError
 from softsrv import run
 from tests.softsrv.helpers import LM_SIZES, tiny_setup
@@ -27,7 +27,9 @@ def test_soft_and_hard_prompted_runs_write_samples_mauve_and_a_summary(tmp_path)
     assert len(samples) == 6 and samples[4:] == samples[:2]  # 4 held-out contexts, then the first two again
     scored = json.loads((tmp_path / "nsp" / "mauve.json").read_text())
     assert scored["seeds"] == [0, 1] and summary["mauve_mean"] == pytest.approx(sum(scored["mauve"]) / 2)
-    assert summary["final_train_loss"] is not None and (tmp_path / "nsp" / "run" / "checkpoints" / "2").is_dir()
+    assert summary["final_train_loss"] is not None
+    saved = checkpoints.read_arrays(tmp_path / "nsp" / "run" / "checkpoints" / "2")
+    assert set(saved["params"]) == {"prompt"}  # the frozen LM and embedder are never saved
     tiny = [f"--finetune_binding=decoder.DecoderConfig.{k}={v}" for k, v in LM_SIZES.items()]
     few = run.run([*_command(tmp_path, "few_shot", "few"), "--shots=2", "--finetune_steps=2", *tiny,
                    "--finetune_binding=partitioning.MeshConfig.data=1", "--finetune_binding=BATCH_SIZE=2",
