@@ -220,7 +220,7 @@ def _cell(value: tuple[float, float] | None, digits: int = 4, percent: bool = Fa
         return "never"
     mean, error = value
     if percent:
-        return f"{mean:.0%} ± {error:.0%}" if not math.isnan(error) else f"{mean:.0%}"
+        return f"{mean:.1%} ± {error:.1%}" if not math.isnan(error) else f"{mean:.1%}"
     return f"{mean:.{digits}f} ± {error:.{digits}f}" if not math.isnan(error) else f"{mean:.{digits}f}"
 
 
