@@ -20,13 +20,14 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from littlehelp import flops, losses
+from littlehelp import losses
 from littlehelp.config import ConfigError
 from littlehelp.embed import mean_pooled
 from littlehelp.models import Model
 from littlehelp.objectives import Batch, Metrics, Params, token_weights
 
 Array = jax.Array
+FROZEN_TRAIN_MULTIPLIER = 2.0  # forward + activation gradients (flops.TRAIN_MULTIPLIER adds weight gradients)
 
 
 @gin.configurable(module="softsrv")
@@ -83,9 +84,11 @@ class SoftPromptObjective:
                                     "accuracy": sums.correct / weight, "weight": sums.weight}
 
     def train_flops(self, batch: Batch) -> float:
-        """LM forward and backward over prompt + example (its weights get no update, but the gradient
-        flows through every layer to the prompt), and the embedder's forward."""
+        """The LM's forward over prompt + example and its backward pass for activations (its weights get no
+        gradient: about one more forward), plus the head's weight gradient that the chunked cross-entropy
+        takes (unused here), and the embedder's forward."""
         size, length = batch["decoder_input_tokens"].shape
         scored = {"decoder_input_tokens": jax.ShapeDtypeStruct((size, length + self.prompt.length), jnp.int32)}
-        return flops.TRAIN_MULTIPLIER * self.lm.forward_flops(scored) + self.embedder.forward_flops(
+        head = 2.0 * size * length * self.lm.config.emb_dim * self.lm.config.vocab_size
+        return FROZEN_TRAIN_MULTIPLIER * self.lm.forward_flops(scored) + head + self.embedder.forward_flops(
             {"encoder_input_tokens": batch["encoder_input_tokens"]})

@@ -1,6 +1,7 @@
 """SoftSRV's parameterisations and objective: each prompt is its formula in numpy, a prompt of length 0
 gives the LM's plain NLL, the loss is the float64 NLL after the prompt, and through the trainer only
-the prompt trains (the LM and the embedder bitwise unchanged, no optimizer state for them)."""
+the prompt trains (the LM and the embedder bitwise unchanged, no optimizer state for them), and the
+step's FLOPs formula matches a count of the traced gradient's matrix products."""
 
 import flax.linen as nn
 import jax
@@ -140,3 +141,16 @@ def test_through_the_trainer_only_the_prompt_trains(tmp_path):
 def _data_config():
     """The in-memory prefix-LM task (byte ids < 264): its encoder-decoder features have every field the objective reads."""
     return t5_data(batch_size=4, length=8)
+
+
+def test_train_flops_count_the_frozen_lms_forward_and_activation_gradients():
+    from tests.test_flops import matmul_flops
+
+    objective = SoftPromptObjective(MLPPrompt(3, 16, hidden=8), LM, EMBEDDER, chunk_size=4)
+    data = batch()
+    params = {**PARAMS, "prompt": prompt_params(objective.prompt)}
+    frozen_params = {k: params[k] for k in ("lm", "embedder")}
+    step = jax.make_jaxpr(jax.grad(lambda p: objective.loss({**frozen_params, "prompt": p}, data, None, 0)[0]))
+    counted = matmul_flops(step(params["prompt"]).jaxpr)
+    shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in data.items()}
+    assert counted == pytest.approx(objective.train_flops(shapes), rel=0.05)
