@@ -20,6 +20,7 @@ Writes results/salt.{json,md} and results/salt.png; run folders under --work_dir
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import sys
@@ -121,6 +122,12 @@ def first_reach(steps: Sequence[int], losses: Sequence[float], level: float) -> 
     return None
 
 
+@functools.cache
+def lm_objective(gin_file: str) -> DecoderObjective:
+    """The plain LM objective of the model `gin_file` trains (its MODEL_CONFIG), built once per file."""
+    return DecoderObjective(student_model(gin_file))
+
+
 def student_model(gin_file: str) -> Any:
     """The model `gin_file` trains (its MODEL_CONFIG), built without a run."""
     from littlehelp import models
@@ -135,7 +142,7 @@ def student_model(gin_file: str) -> Any:
 
 def held_out_loss(folder: Path, gin_file: str, batches: int) -> float:
     """A run's final model's mean cross-entropy on the held-out domain's validation split."""
-    objective = DecoderObjective(student_model(gin_file))
+    objective = lm_objective(gin_file)
     data = DatasetConfig(HELD_OUT_TASK, {"targets": 128}, 16, feature_converter="lm", split="validation",
                          shuffle=False, repeat=False)
     mesh, rules = partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1)), partitioning.logical_axis_rules()
