@@ -1,6 +1,6 @@
-"""Data: text sources, seqio task registrations and sharded global batches."""
+"""Data: text sources, seqio task registrations (pre-training and downstream) and sharded global batches."""
 
-from littlehelp.data import tasks  # registers the built-in seqio tasks
+from littlehelp.data import downstream, tasks  # register the built-in seqio tasks
 from littlehelp.data.pipeline import DatasetConfig, GlobalBatches
 
-__all__ = ["DatasetConfig", "GlobalBatches", "tasks"]
+__all__ = ["DatasetConfig", "GlobalBatches", "downstream", "tasks"]
