@@ -63,12 +63,16 @@ class CheckpointConfig:
     """When to save, how many steps to keep, and where to start from when MODEL_DIR has none.
 
     restore_path: a step folder (``.../checkpoints/1000``), a checkpoints folder or a run folder.
+    restore_model: the saved model a run of one model starts from, parameters only, with a fresh
+      optimizer (e.g. 't5' of a SpacTor run, to fine-tune its T5). Unset: a training checkpoint of the
+      same models restores whole (optimizer included), a params-only one with a fresh optimizer.
     """
 
     save_interval_steps: int = 1000
     max_to_keep: int = 3
     async_save: bool = True
     restore_path: str | None = None
+    restore_model: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("save_interval_steps", "max_to_keep"):
@@ -77,6 +81,8 @@ class CheckpointConfig:
                 raise ValueError(f"CheckpointConfig.{name} must be a positive integer, got {value!r}.")
         if self.restore_path is not None and not str(self.restore_path).strip():
             raise ValueError("CheckpointConfig.restore_path must be None or a non-empty path, got ''.")
+        if self.restore_model is not None and self.restore_path is None:
+            raise ValueError(f"CheckpointConfig.restore_model={self.restore_model!r} needs a restore_path to read it from.")
 
 
 def _leaf_fingerprint(x: jax.Array) -> jax.Array:
@@ -347,6 +353,11 @@ class Checkpointer:
     def restore_path(self) -> str | None:
         """Where a run with no checkpoint of its own starts from (`CheckpointConfig.restore_path`)."""
         return self._config.restore_path
+
+    @property
+    def restore_model(self) -> str | None:
+        """The saved model a one-model run reads from the restore path (`CheckpointConfig.restore_model`)."""
+        return self._config.restore_model
 
     @property
     def directory(self) -> str:

@@ -1,4 +1,5 @@
-"""`littlehelp infer`: decode examples of a task, or a prompt, with a checkpoint and write them out.
+"""`littlehelp infer`: decode examples of a task, or a prompt, with a checkpoint and write them out;
+and `task_metrics`, a task's own metrics of greedy predictions (what `littlehelp eval` adds to the loss).
 
 Encoder-decoder models decode targets from each example's inputs; decoder-only models continue
 the first `prompt_length` tokens of each example. With `prompt` (gin `PROMPT`) the model decodes that
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import gin
 import jax
@@ -145,6 +148,64 @@ def infer(
         for s, t, p in zip(sources, batch["decoder_target_tokens"], predictions)
     ]
     _write_records(records, Path(model_dir) / "inference.jsonl", step)
+    return records
+
+
+@gin.configurable
+def task_metrics(
+    params: Mapping[str, Any],
+    data: DatasetConfig,
+    model_dir: str,
+    step: int,
+    model: StepwiseModel = gin.REQUIRED,
+    model_key: str = "model",
+    max_examples: int | None = None,
+) -> dict[str, float]:
+    """The task's metrics (seqio `predict_metric_fns`, on postprocessed texts) of greedy predictions for
+    every example of `data`'s split (at most `max_examples`); {} for a task without metric functions.
+
+    Encoder-decoder tasks only: predictions run up to the targets' feature length. The records go to
+    MODEL_DIR/eval_predictions.jsonl.
+    """
+    task = seqio.get_mixture_or_task(data.name)
+    metric_fns = getattr(task, "predict_metric_fns", [])
+    if not metric_fns:
+        logging.info("task %s has no metric functions: loss only", data.name)
+        return {}
+    if data.feature_converter != "encoder_decoder":
+        raise ValueError(f"inference.task_metrics decodes encoder-decoder tasks; {data.name!r} is read with "
+                         f"feature_converter={data.feature_converter!r}")
+    records = decode_split(model, params[model_key], data, max_examples)
+    targets = [task.postprocess_fn(r["target"], is_target=True) for r in records]
+    predictions = [task.postprocess_fn(r["prediction"], is_target=False) for r in records]
+    metrics: dict[str, float] = {}
+    for metric_fn in metric_fns:
+        metrics.update({k: float(v) for k, v in metric_fn(targets, predictions).items()})
+    path = Path(model_dir) / "eval_predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    logging.info("task metrics of %s at step %d on %d examples: %s (predictions in %s)", data.name, step,
+                 len(records), {k: round(v, 4) for k, v in metrics.items()}, path)
+    return metrics
+
+
+def decode_split(model: StepwiseModel, params, data: DatasetConfig, max_examples: int | None = None) -> list[dict[str, str]]:
+    """Greedy predictions (input, target, prediction texts) for every example of `data`'s split, in order,
+    in batches of `data.batch_size` (the last one padded)."""
+    unpacked = dataclasses.replace(data, pack=False, shuffle=False, repeat=False, drop_remainder=False)
+    features = seqio.get_mixture_or_task(data.name).output_features
+    inputs_vocabulary, targets_vocabulary = features["inputs"].vocabulary, features["targets"].vocabulary
+    config = DecodingConfig(max_decode_length=data.task_feature_lengths["targets"])
+    params, records = jax.device_get(params), []
+    for batch in pipeline.host_dataset(unpacked).as_numpy_iterator():
+        size = len(batch["decoder_target_tokens"])
+        padded = {k: np.pad(v, [(0, data.batch_size - size)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
+        sources, predictions = decode_examples(model, params, padded, config, targets_vocabulary.eos_id)
+        records += [{"input": _text(inputs_vocabulary, s), "target": _text(targets_vocabulary, t),
+                     "prediction": _text(targets_vocabulary, p)}
+                    for s, t, p in zip(sources[:size], batch["decoder_target_tokens"], predictions[:size])]
+        logging.log_every_n_seconds(logging.INFO, "decoded %d examples of %s", 30, len(records), data.name)
+        if max_examples is not None and len(records) >= max_examples:
+            return records[:max_examples]
     return records
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,19 @@ from littlehelp import checkpoints
 REPO = Path(__file__).resolve().parent.parent
 
 
-def train(folder: Path, gin_file: str, bindings: Mapping[str, Any], final_step: int) -> float:
-    """Runs `littlehelp train` into `folder` up to `final_step` (gin `bindings` added) unless it holds that
-    step or a later one; returns the seconds it took. A failed run stops the script with its last log line."""
+def train(folder: Path, gin_files: str | Sequence[str], bindings: Mapping[str, Any], final_step: int) -> float:
+    """Runs `littlehelp train` with `gin_files` (one or several, parsed in order) into `folder` up to
+    `final_step` (gin `bindings` added) unless it holds that step or a later one; returns the seconds it
+    took. A failed run stops the script with its last log line."""
     steps = checkpoints.finished_steps(folder / "checkpoints")
     if steps and steps[-1] >= final_step:
         print(f"  {folder.name}: step {steps[-1]} is there, reused", flush=True)
         return 0.0
     folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "littlehelp.main", "train", f"--gin_file={gin_file}", f"--gin.MODEL_DIR={folder}",
-               f"--gin.TRAIN_STEPS={final_step}", *(f"--gin.{k}={v}" for k, v in bindings.items())]
+    files = [gin_files] if isinstance(gin_files, str) else list(gin_files)
+    command = [sys.executable, "-m", "littlehelp.main", "train", *(f"--gin_file={f}" for f in files),
+               f"--gin.MODEL_DIR={folder}", f"--gin.TRAIN_STEPS={final_step}",
+               *(f"--gin.{k}={v}" for k, v in bindings.items())]
     log_path = folder.parent / f"{folder.name}.log"
     start = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:

@@ -238,7 +238,7 @@ class Trainer:
         restore_path = self.checkpointer.restore_path
         if from_restore_path and restore_path:
             saved_models, with_optimizer = checkpoints.saved_contents(restore_path)
-            if not with_optimizer:
+            if not with_optimizer or self.checkpointer.restore_model is not None:
                 return self._init_from_params(restore_path, saved_models), 0
         restored = self.checkpointer.restore(self.layout.abstract_state)
         if restored is None:
@@ -256,13 +256,20 @@ class Trainer:
         return state, pipeline.resume_position(self.data_stages, step, data_state)
 
     def _init_from_params(self, path: str, saved_models: list[str]) -> TrainState:
-        """A fresh optimizer on the parameters of a params-only checkpoint (an imported model), at its step.
+        """A fresh optimizer on the parameters of a checkpoint's models (an imported model, or the
+        `restore_model` of a training run), at its step.
 
-        A run with one model reads a checkpoint's one model whatever its key; otherwise keys must match.
+        A run with one model reads `restore_model`, else a checkpoint's one model whatever its key;
+        otherwise keys must match.
         """
         abstract = self.layout.abstract_state
-        one_each = len(abstract.params) == 1 and len(saved_models) == 1
-        rename = {key: saved_models[0] for key in abstract.params} if one_each else None
+        chosen = self.checkpointer.restore_model
+        if chosen is not None and len(abstract.params) != 1:
+            raise ValueError(f"CheckpointConfig.restore_model={chosen!r} needs a run of one model; this run has "
+                             f"{sorted(abstract.params)}")
+        if chosen is None and len(abstract.params) == 1 and len(saved_models) == 1:
+            chosen = saved_models[0]
+        rename = {key: chosen for key in abstract.params} if chosen is not None else None
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             params, step = checkpoints.restore_params(path, abstract.params, rename=rename)
             opt_state = jax.jit(lambda p: init_optimizer(self.optimizer.tx, p),
@@ -507,6 +514,9 @@ class _Loop:
         return state, metrics, False
 
 
+TaskMetricsFn = Callable[..., dict[str, float]]  # (params, data, model_dir=, step=) -> metrics
+
+
 def restore_run_params(
     model_dir: str,
     init_params: Callable[[jax.Array], Params],
@@ -542,8 +552,10 @@ def evaluate(
     eval_batches: int = 50,
     mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
     checkpoint_config: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
+    task_metrics: TaskMetricsFn | None = None,
 ) -> dict[str, float]:
-    """Evaluates the latest checkpoint in MODEL_DIR (or the restore path) on `eval_data`.
+    """Evaluates the latest checkpoint in MODEL_DIR (or the restore path) on `eval_data`: the objective's
+    loss metrics and, with `task_metrics` (runs/eval.gin binds `inference.task_metrics`), the task's own.
 
     Reads only the parameters of the models `objective` uses (no optimizer binding needed).
     """
@@ -552,6 +564,8 @@ def evaluate(
     params, step = restore_run_params(model_dir, lambda rng: objective.init_params(rng, example), mesh, rules,
                                       checkpoint_config)
     metrics = Evaluator(mesh, rules)(objective, params, step, eval_data, eval_batches)
+    if task_metrics is not None:
+        metrics |= task_metrics(params, eval_data, model_dir=model_dir, step=step)
     logging.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in metrics.items()})
     with MetricsWriter(model_dir, step, step, interactive=False) as writer:
         writer.write(step, metrics, prefix="eval")

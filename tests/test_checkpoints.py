@@ -285,7 +285,7 @@ def test_fingerprints_match_numpy_formula_and_ignore_sharding():
 
 
 @pytest.mark.parametrize(
-    "field, value", [("save_interval_steps", 0), ("max_to_keep", -1), ("restore_path", " ")]
+    "field, value", [("save_interval_steps", 0), ("max_to_keep", -1), ("restore_path", " "), ("restore_model", "t5")]
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"CheckpointConfig.{field}"):

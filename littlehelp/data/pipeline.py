@@ -98,6 +98,8 @@ class DatasetConfig:
       shuffle: shuffle examples (training); evaluation reads in order.
       seed: shuffle seed; with the batch index it fixes every batch.
       repeat: cycle forever (training) or read one epoch (evaluation).
+      drop_remainder: drop the last batch when it is smaller (always for training); False keeps it,
+        for reading every example of a split (`host_dataset` only).
     """
 
     name: str
@@ -109,6 +111,7 @@ class DatasetConfig:
     shuffle: bool = True
     seed: int = 0
     repeat: bool = True
+    drop_remainder: bool = True
 
     def __post_init__(self) -> None:
         """Raises `ConfigError` naming the field for an unknown converter or task, or a size below 1."""
@@ -161,7 +164,7 @@ def host_dataset(config: DatasetConfig, start_batch: int = 0) -> tf.data.Dataset
         seed=config.seed,
         verbose=False,
     )
-    dataset = dataset.batch(config.batch_size // process_count, drop_remainder=True)
+    dataset = dataset.batch(config.batch_size // process_count, drop_remainder=config.drop_remainder)
     return dataset.skip(start_batch).prefetch(tf.data.AUTOTUNE)
 
 

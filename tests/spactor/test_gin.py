@@ -1,6 +1,9 @@
 """gin/spactor: the paper-scale configs parse and build (jax.eval_shape, no memory), and tiny.gin runs
 end to end through the CLI, switches at TAU and resumes bitwise-exactly across the switch, and
-`littlehelp eval` / `infer` read its T5 parameters alone."""
+`littlehelp eval` / `infer` read its T5 parameters alone, and runs/finetune.gin fine-tunes that T5 on a
+downstream task, evaluated with the task's metric."""
+
+import json
 
 import gin
 import jax
@@ -8,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from littlehelp import checkpoints, config, main, metrics, partitioning, trainer
-from littlehelp.data import DatasetConfig, vocab
+from littlehelp.data import DatasetConfig, downstream, vocab
 from littlehelp.models import T5, build_model, count_params
 from littlehelp.objectives import EncoderDecoderObjective
 from spactor import flops_ratio, spactor_curriculum
@@ -78,6 +81,7 @@ def test_tiny_runs_switches_at_tau_and_resumes_exactly_across_the_switch(tmp_pat
     assert len(left) == len(right) > 0
     assert all(a.dtype == b.dtype and (a == b).all() for a, b in zip(left, right))
     _eval_and_infer_read_the_t5_parameters(tmp_path / "straight")
+    _finetune_starts_from_the_t5_parameters(tmp_path / "straight", tmp_path / "genre")
 
 
 def _eval_and_infer_read_the_t5_parameters(run):
@@ -95,3 +99,32 @@ def _eval_and_infer_read_the_t5_parameters(run):
     records = main.main(["infer", *folder, "--gin_file=runs/infer.gin", "--gin.NUM_EXAMPLES=2",
                          "--gin.inference.DecodingConfig.max_decode_length=4"])
     assert len(records) == 2 and all(set(r) == {"input", "target", "prediction"} for r in records)
+
+
+RUN_FLAGS = ("--gin.BATCH_SIZE", "--gin.partitioning.MeshConfig.data", "--gin.trainer.train.eval_every",
+             "--gin.trainer.train.log_every", "--gin.trainer.train.peak_flops_per_device")
+
+
+def _finetune_starts_from_the_t5_parameters(run, folder):
+    """runs/finetune.gin with restore_model='t5' starts a one-model run from the SpacTor run's T5 (a fresh
+    optimizer): at learning rate 0 its parameters stay the saved t5 arrays; `littlehelp eval` then reports
+    the task's accuracy of the predictions it wrote."""
+    model = [f"--gin.t5.T5Config.{name}={value}" for name, value in
+             (("vocab_size", 8192), ("emb_dim", 32), ("mlp_dim", 64), ("num_heads", 2), ("head_dim", 32))]
+    common = ["--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/finetune.gin", *model,
+              *(flag for flag in TINY if flag.split("=")[0] in RUN_FLAGS),
+              "--gin.TASK='genre_classification'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}",
+              f"--gin.MODEL_DIR={folder}", f"--gin.INITIAL_CHECKPOINT_PATH={run / 'checkpoints'}",
+              "--gin.checkpoints.CheckpointConfig.restore_model='t5'", "--gin.TRAIN_STEPS=5"]
+    summary = main.main(["train", *common, "--gin.optimizers.constant_schedule.learning_rate=0.0"])
+    assert (summary.first_step, summary.last_step) == (4, 5)
+    tuned = checkpoints.read_arrays(folder / "checkpoints" / "5")["params"]
+    saved = checkpoints.read_arrays(run / "checkpoints" / "4")["params"]["t5"]
+    assert list(tuned) == ["model"]
+    assert all((a == b).all() for a, b in zip(jax.tree.leaves(tuned["model"]), jax.tree.leaves(saved), strict=True))
+    evaluated = main.main(["eval", *common, "--gin_file=runs/eval.gin", "--gin.EVAL_BATCHES=1",
+                           "--gin.inference.task_metrics.max_examples=6"])
+    records = [json.loads(line) for line in (folder / "eval_predictions.jsonl").read_text().splitlines()]
+    assert [r["target"] for r in records] == [e.targets for e in downstream.genre_examples("validation")[:6]]
+    hits = sum(r["target"] == r["prediction"].strip().lower() for r in records)
+    assert evaluated["accuracy"] == pytest.approx(100 * hits / 6)
