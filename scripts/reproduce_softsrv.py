@@ -61,6 +61,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--length", type=int, default=64, help="embedder and LM tokens per training example")
     parser.add_argument("--prompt_length", type=int, default=16)
+    parser.add_argument("--learning_rate", type=float, default=0.03, help="prompt training (AdamW, constant)")
     parser.add_argument("--finetune_steps", type=int, default=30)
     parser.add_argument("--finetune_from", help="the small decoder's run folder (default: WORK_DIR/base)")
     parser.add_argument("--base_steps", type=int, default=200, help="steps of the small decoder when trained here")
@@ -147,7 +148,7 @@ def method_run(domain: str, method: str, files: tuple[Path, Path, Path], base: P
                     f"--steps={args.steps}", f"--num_samples={args.num_samples}",
                     f"--max_new_tokens={args.max_new_tokens}", f"--finetune_steps={args.finetune_steps}",
                     f"--finetune_from={base}", f"--gin.TASK_FEATURE_LENGTHS={lengths}",
-                    f"--gin.PROMPT_LENGTH={args.prompt_length}"])
+                    f"--gin.PROMPT_LENGTH={args.prompt_length}", f"--gin.LEARNING_RATE={args.learning_rate}"])
 
 
 def references(domain: str, files: tuple[Path, Path, Path], base: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -238,7 +239,8 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
         f"{', '.join(f'{k}: {v / 1e9:.0f}' for k, v in rates['before'].items())}, after "
         f"{', '.join(f'{k}: {v / 1e9:.0f}' for k, v in rates['after'].items())}.", "",
         f"Per domain {args.train_examples} training and {args.eval_examples} held-out examples; prompts of "
-        f"{args.prompt_length} soft tokens trained {args.steps} steps (batch 8, {args.length} tokens per example); "
+        f"{args.prompt_length} soft tokens trained {args.steps} steps (AdamW, learning rate {args.learning_rate}, batch 8, "
+        f"{args.length} tokens per example); "
         f"{args.num_samples} samples per method, at most {args.max_new_tokens} new tokens at temperature 1; MAUVE "
         f"on MiniLM features over 3 k-means seeds (mean ± standard deviation); fine-tune NLL: the small decoder "
         f"fine-tuned {args.finetune_steps} steps on the samples, nats per token on the held-out examples.", "",

@@ -2,9 +2,14 @@
 cycling through the held-out examples in order (greedy: the same context gives the same sample); a
 hard-prompt method samples without training, then fine-tunes a small decoder on its samples; both write
 samples, MAUVE and a summary; a bad file is
-refused before any model is read."""
+refused before any model is read. The soft run goes through the module run as `__main__`, as
+`python -m softsrv.run` does (no configurable may be registered twice then)."""
 
 import json
+import runpy
+import sys
+import warnings
+from unittest import mock
 
 import pytest
 
@@ -20,9 +25,17 @@ def _command(tmp_path, method: str, out: str) -> list[str]:
             "--mauve_seeds", "0", "1"]
 
 
+def _as_command(argv: list[str]) -> None:
+    """`python -m softsrv.run ARGV`, in this process."""
+    with mock.patch.object(sys, "argv", ["softsrv.run", *argv]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported (by this file)
+        runpy.run_module("softsrv.run", run_name="__main__")
+
+
 def test_soft_and_hard_prompted_runs_write_samples_mauve_and_a_summary(tmp_path):
     overrides = tiny_setup(tmp_path)
-    summary = run.run([*_command(tmp_path, "nsp", "nsp"), *overrides])
+    _as_command([*_command(tmp_path, "nsp", "nsp"), *overrides])
+    summary = json.loads((tmp_path / "nsp" / "summary.json").read_text())
     samples = [json.loads(line)["text"] for line in (tmp_path / "nsp" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 6 and samples[4:] == samples[:2]  # 4 held-out contexts, then the first two again
     scored = json.loads((tmp_path / "nsp" / "mauve.json").read_text())
