@@ -82,7 +82,8 @@ class CheckpointConfig:
         if self.restore_path is not None and not str(self.restore_path).strip():
             raise ValueError("CheckpointConfig.restore_path must be None or a non-empty path, got ''.")
         if self.restore_model is not None and self.restore_path is None:
-            raise ValueError(f"CheckpointConfig.restore_model={self.restore_model!r} needs a restore_path to read it from.")
+            raise ValueError(f"CheckpointConfig.restore_model={self.restore_model!r} needs a restore_path to "
+                             "read it from.")
 
 
 def _leaf_fingerprint(x: jax.Array) -> jax.Array:

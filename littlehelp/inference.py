@@ -188,7 +188,8 @@ def task_metrics(
     return metrics
 
 
-def decode_split(model: StepwiseModel, params, data: DatasetConfig, max_examples: int | None = None) -> list[dict[str, str]]:
+def decode_split(model: StepwiseModel, params, data: DatasetConfig,
+                 max_examples: int | None = None) -> list[dict[str, str]]:
     """Greedy predictions (input, target, prediction texts) for every example of `data`'s split, in order,
     in batches of `data.batch_size` (the last one padded)."""
     unpacked = dataclasses.replace(data, pack=False, shuffle=False, repeat=False, drop_remainder=False)

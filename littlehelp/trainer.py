@@ -555,7 +555,8 @@ def evaluate(
     task_metrics: TaskMetricsFn | None = None,
 ) -> dict[str, float]:
     """Evaluates the latest checkpoint in MODEL_DIR (or the restore path) on `eval_data`: the objective's
-    loss metrics and, with `task_metrics` (runs/eval.gin binds `inference.task_metrics`), the task's own.
+    loss metrics and, with `task_metrics` (runs/eval.gin binds `inference.task_metrics`), the task's own
+    as "task/<name>" (a task's "accuracy" is not the token accuracy).
 
     Reads only the parameters of the models `objective` uses (no optimizer binding needed).
     """
@@ -565,7 +566,8 @@ def evaluate(
                                       checkpoint_config)
     metrics = Evaluator(mesh, rules)(objective, params, step, eval_data, eval_batches)
     if task_metrics is not None:
-        metrics |= task_metrics(params, eval_data, model_dir=model_dir, step=step)
+        scores = task_metrics(params, eval_data, model_dir=model_dir, step=step)
+        metrics |= {f"task/{name}": value for name, value in scores.items()}
     logging.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in metrics.items()})
     with MetricsWriter(model_dir, step, step, interactive=False) as writer:
         writer.write(step, metrics, prefix="eval")

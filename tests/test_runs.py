@@ -1,5 +1,6 @@
 """littlehelp.runs.train: a finished run folder is reused without starting a process; a run that fails
-stops the script with its log's last line and the log's path."""
+stops the script with its log's last line and the log's path (in a subprocess) or with its printed
+error (in process)."""
 
 import pytest
 
@@ -19,3 +20,9 @@ def test_a_failed_run_stops_with_its_last_log_line(tmp_path):
     with pytest.raises(SystemExit, match=r"training .*run failed \(exit 2\): .*no/such\.gin.* \(full log: .*run\.log\)"):
         runs.train(tmp_path / "run", "no/such.gin", {"BATCH_SIZE": 4}, final_step=3)
     assert "no/such.gin" in (tmp_path / "run.log").read_text().strip().splitlines()[-1]
+
+
+def test_a_failed_run_in_process_stops_after_printing_its_error(tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"training .*run failed \(exit 2\); its error is printed above"):
+        runs.train(tmp_path / "run", "no/such.gin", {"BATCH_SIZE": 4}, final_step=3, in_process=True)
+    assert "no/such.gin" in capsys.readouterr().err

@@ -72,8 +72,8 @@ def test_each_prediction_equals_decoding_the_example_alone(evaluated):
 
 def test_metrics_apply_the_postprocessor_to_targets_and_predictions(evaluated):
     _, _, _, metrics, records = evaluated
-    assert metrics["mean_length"] == pytest.approx(np.mean([len(r["prediction"]) for r in records]))
-    assert metrics["upper_targets"] == 1.0  # the raw targets are lower case
+    assert metrics["task/mean_length"] == pytest.approx(np.mean([len(r["prediction"]) for r in records]))
+    assert metrics["task/upper_targets"] == 1.0  # the raw targets are lower case
     assert np.isfinite(metrics["loss"])
 
 

@@ -127,4 +127,4 @@ def _finetune_starts_from_the_t5_parameters(run, folder):
     records = [json.loads(line) for line in (folder / "eval_predictions.jsonl").read_text().splitlines()]
     assert [r["target"] for r in records] == [e.targets for e in downstream.genre_examples("validation")[:6]]
     hits = sum(r["target"] == r["prediction"].strip().lower() for r in records)
-    assert evaluated["accuracy"] == pytest.approx(100 * hits / 6)
+    assert evaluated["task/accuracy"] == pytest.approx(100 * hits / 6)
