@@ -1,300 +1,294 @@
-"""Reproduces the shape of SpacTor's claim (methods.md section 1) at small scale, on the default corpus.
+"""Reproduces SpacTor's downstream claim (methods.md section 1) at small scale: does SpacTor(tau)
+pre-training for S steps fine-tune as well as plain span corruption (SC) for 2S steps?
 
-With one seed, one initialisation and one data order (batch k at step k), it trains
-  - SC: plain span corruption for 2S steps (its state at step S is the matched-steps baseline);
-  - SpacTor(tau): the hybrid objective for tau steps, then span corruption up to S, for each tau;
-  - hybrid: the hybrid objective for all S steps (never switched).
-The SpacTor(tau) runs branch from the hybrid run's state at tau, which is exactly the state a separate
-run would reach (same seed, data and step function). Every run is evaluated on the validation split
-(held-out plays) with the plain SC loss on clean inputs, and probed at the end with span-filling exact
-match: greedy decoding of the targets, a span counts when every token of it is right.
+Per seed (initialisation and data order), every run pre-trains T5 on the plays + standard-library code
+mixture (`gin/spactor/small.gin`):
+  - SC: span corruption for 2S steps; its step-S checkpoint is the matched-steps arm SC(S);
+  - hybrid: the hybrid objective (SC + generator MLM + replaced-token detection) for S steps;
+  - SpacTor(tau): the hybrid run's checkpoint at tau continued with span corruption to S, exactly the
+    state a separate run with TAU=tau reaches (same seed, data and steps).
+Each of the five pre-trained T5s is evaluated on clean validation span corruption, then fine-tuned
+--finetune_steps steps (same learning rate and batch for all) on each downstream task
+(`gin/runs/downstream/`) and scored with the task's metrics on its held-out split (`littlehelp eval`).
+Pre-training FLOPs come from the runs' own per-step counts. Writes results/spactor.{json,md,png};
+run folders under --work_dir are reused, so a stopped reproduction resumes.
 
-Writes results/spactor.md (tables) and results/spactor.png (validation loss against steps and FLOPs).
-
-    .venv/bin/python scripts/reproduce_spactor.py                       # default: tiny, ~30 min on 2 cores
-    .venv/bin/python scripts/reproduce_spactor.py --size=small --steps=4000   # bigger machines
+    .venv/bin/python scripts/reproduce_spactor.py            # default settings
+    .venv/bin/python scripts/reproduce_spactor.py --quick    # smoke test (about 3 minutes)
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import itertools
+import json
+import math
+import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's packages, installed or not
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
+import numpy as np  # noqa: E402
 
-from littlehelp import checkpoints, decoding, optimizers, partitioning, trainer
-from littlehelp.data import DatasetConfig
-from littlehelp.data.vocab import EOS_ID
-from littlehelp.models import T5Config, build_model
-from littlehelp.objectives import Curriculum, Objective
-from spactor import HybridObjective, flops_ratio, generator_config, total_flops_ratio
-from spactor.objective import task_vocabulary_size
+from littlehelp import checkpoints, main as cli, metrics  # noqa: E402
+from littlehelp.metrics import machine_load, matmul_rates, report_header, write_report  # noqa: E402
+from littlehelp.runs import train  # noqa: E402
 
-TASK = "shakespeare_span_corruption"
-SIZES = {  # T5 sizes, feature lengths, batch size and default S per --size
-    "tiny": dict(model=dict(emb_dim=128, mlp_dim=256, num_heads=4, head_dim=32, num_encoder_layers=2,
-                            num_decoder_layers=2), lengths={"inputs": 128, "targets": 29}, batch=16, steps=600),
-    "small": dict(model=dict(emb_dim=512, mlp_dim=1024, num_heads=6, head_dim=64, num_encoder_layers=8,
-                             num_decoder_layers=8), lengths={"inputs": 512, "targets": 114}, batch=64, steps=4000),
-}
-
-
-@dataclasses.dataclass
-class Curve:
-    """One run's validation SC cross-entropy at evaluation steps. `tau`: hybrid steps before the switch
-    (0: plain SC; None: hybrid throughout)."""
-
-    name: str
-    tau: int | None
-    steps: list[int] = dataclasses.field(default_factory=list)
-    loss: list[float] = dataclasses.field(default_factory=list)
-
-    def sc_step_equivalents(self, step: int, r: float) -> float:
-        """Train FLOPs up to `step`, in units of one SC step: min(step, tau) * r + the SC steps after."""
-        hybrid = step if self.tau is None else min(step, self.tau)
-        return hybrid * r + step - hybrid
+RESULT_NAME = "spactor"
+PRETRAIN = "spactor/small.gin"
+MODEL = "spactor/small_model.gin"
+TASKS = {"genre_classification": "accuracy", "code_summarisation": "rougeL"}  # task -> headline metric
+# Shorter than the task files' defaults, to fit the time: a genre is clear from a passage's first 128
+# tokens, and 32 target tokens hold most summaries' first line.
+FINETUNE_LENGTHS = {"genre_classification": {"inputs": 128, "targets": 4},
+                    "code_summarisation": {"inputs": 192, "targets": 32}}
+EXTRA_METRICS = {"code_summarisation": ["exact_match"]}
+QUICK = dict(seeds=1, steps=4, taus=[0.5], finetune_steps=2, eval_examples=4, eval_batches=1,
+             overrides=["t5.T5Config.emb_dim=32", "t5.T5Config.mlp_dim=64", "t5.T5Config.num_heads=2",
+                        "t5.T5Config.num_encoder_layers=1", "t5.T5Config.num_decoder_layers=1", "BATCH_SIZE=4"])
 
 
-class Study:
-    """The shared trainer, data and evaluation of every run."""
-
-    def __init__(self, args: argparse.Namespace):
-        size = SIZES[args.size]
-        t5 = T5Config(vocab_size=8192, **size["model"])
-        self.args, self.steps = args, args.steps or size["steps"]
-        self.hybrid = HybridObjective(build_model(t5), generator_config(t5), data_vocab_size=task_vocabulary_size(TASK))
-        self.sc = self.hybrid.span_corruption
-        batch = args.batch_size or size["batch"]
-        self.train_data = DatasetConfig(TASK, size["lengths"], batch, seed=args.seed)
-        eval_data = DatasetConfig(TASK, size["lengths"], batch, split="validation", shuffle=False, repeat=False,
-                                  pack=False)
-        optimizer = optimizers.adafactor(optimizers.inverse_sqrt_schedule(0.01, max(1, self.steps // 10)))
-        mesh = partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
-        curriculum = Curriculum([(0, self.hybrid), (1, self.sc)])  # the layout holds every model
-        self.trainer = trainer.Trainer(args.workdir, curriculum, optimizer, self.train_data, mesh,
-                                       partitioning.DEFAULT_RULES, checkpoints.CheckpointConfig())
-        self.train_batches = _host_batches(self.train_data, mesh, 2 * self.steps)
-        self.eval_batches = _host_batches(eval_data, mesh, args.eval_batches)
-        self._eval = jax.jit(lambda params, b: self.sc.loss(params, b, jax.random.key(0), 0)[1])
-        self.rng = jax.random.key(args.seed + 1)
-
-    def initial_state(self):
-        with self._context():
-            return self.trainer.restore_or_init()[0]
-
-    def _context(self):
-        return _Both(jax.set_mesh(self.trainer.mesh), nn.logical_axis_rules(self.trainer.rules))
-
-    def train(self, state, objective: Objective, start: int, stop: int, curve: Curve, snapshots=()):
-        """Steps [start, stop) of `objective`, evaluating every eval_every steps; returns the state and
-        host copies of it at the steps in `snapshots`."""
-        step_fn, kept = self.trainer.step_fn(objective), {}
-        with self._context():
-            for step in range(start, stop):
-                if step in snapshots:
-                    kept[step] = jax.device_get(state)
-                state, _ = step_fn(state, _device(self.train_batches[step]), self.rng)
-                if (step + 1) % self.args.eval_every == 0:
-                    self.record(curve, step + 1, state)
-        return state, kept
-
-    def record(self, curve: Curve, step: int, state) -> None:
-        """Appends the validation SC cross-entropy (clean inputs, token-weighted) at `step`."""
-        totals = np.zeros(2)
-        with self._context():
-            for batch in self.eval_batches:
-                metrics = jax.device_get(self._eval(state.params, _device(batch)))
-                totals += [float(metrics["cross_entropy"]) * float(metrics["weight"]), float(metrics["weight"])]
-        curve.steps.append(step)
-        curve.loss.append(totals[0] / totals[1])
-        print(f"  {curve.name:>14} step {step:5d}  val SC loss {curve.loss[-1]:.4f}", flush=True)
-
-    def probe(self, state) -> float:
-        """Span-filling exact match of greedy decoding on the evaluation batches."""
-        hits = spans = 0
-        for batch in self.eval_batches[: self.args.probe_batches]:
-            size = len(batch["encoder_input_tokens"])
-            predicted = decoding.generate(
-                self.sc.model, state.params["t5"], jnp.zeros((size, 1), jnp.int32), jnp.ones(size, jnp.int32),
-                batch["decoder_target_tokens"].shape[1], jax.random.key(0), eos_id=EOS_ID,
-                inputs={"encoder_input_tokens": jnp.asarray(batch["encoder_input_tokens"])})
-            for gold, guess in zip(batch["decoder_target_tokens"], np.asarray(predicted)):
-                gold_spans, guess_spans = _spans(gold, self.hybrid.first_sentinel_id), _spans(guess, self.hybrid.first_sentinel_id)
-                hits += sum(guess_spans.get(s) == tokens for s, tokens in gold_spans.items())
-                spans += len(gold_spans)
-        return hits / max(spans, 1)
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line flags (see the module docstring); --quick overrides the sizes with QUICK."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work_dir", default=str(REPO / "runs" / "spactor"))
+    parser.add_argument("--out_dir", default=str(REPO / "results"))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=200, help="S: the SpacTor runs' steps; SC runs 2S")
+    parser.add_argument("--taus", type=float, nargs="+", default=[0.25, 0.5], help="tau as fractions of S")
+    parser.add_argument("--finetune_steps", type=int, default=60)
+    parser.add_argument("--eval_examples", type=int, default=256, help="held-out examples scored per task")
+    parser.add_argument("--eval_batches", type=int, default=8, help="validation batches of the SC loss")
+    parser.add_argument("--overrides", nargs="*", default=[], help="gin bindings for every run, NAME=VALUE")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        vars(args).update(QUICK)
+    return args
 
 
-class _Both:
-    """Enters two context managers as one."""
-
-    def __init__(self, first, second):
-        self.first, self.second = first, second
-
-    def __enter__(self):
-        self.first.__enter__()
-        self.second.__enter__()
-
-    def __exit__(self, *exc):
-        self.second.__exit__(*exc)
-        self.first.__exit__(*exc)
+def _taus(args: argparse.Namespace) -> list[int]:
+    return sorted({max(1, round(f * args.steps)) for f in args.taus})
 
 
-def _host_batches(config: DatasetConfig, mesh, count: int) -> list[dict[str, np.ndarray]]:
-    return [jax.device_get(b) for b in itertools.islice(trainer.GlobalBatches(config, mesh), count)]
+def _bindings(args: argparse.Namespace) -> dict[str, str]:
+    return dict(o.split("=", 1) for o in args.overrides)
 
 
-def _device(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return {k: jnp.asarray(v) for k, v in batch.items()}
+# ----- pre-training -----
+
+def branch(source: Path, step: int, target: Path) -> None:
+    """Copies `source`'s checkpoint at `step` into `target` (a run that continues from it), once."""
+    if not checkpoints.finished_steps(target / "checkpoints"):
+        shutil.copytree(source / "checkpoints" / str(step), target / "checkpoints" / str(step))
 
 
-def _spans(tokens: np.ndarray, first_sentinel: int) -> dict[int, tuple[int, ...]]:
-    """Targets `<X0> a b <X1> c ... EOS` -> {sentinel id: tokens of its span}."""
-    spans: dict[int, list[int]] = {}
-    current = None
-    for token in tokens.tolist():
-        if token in (0, EOS_ID):
-            break
-        if token >= first_sentinel:
-            current = token
-            spans.setdefault(current, [])
-        elif current is not None:
-            spans[current].append(token)
-    return {s: tuple(t) for s, t in spans.items()}
-
-
-def _place(study: Study, host_state):
-    return jax.device_put(host_state, study.trainer.layout.shardings)
-
-
-def run_all(study: Study) -> tuple[list[Curve], dict[str, float]]:
-    """Every run of the study; returns the curves and the probe scores at their ends."""
-    s, taus = study.steps, sorted({max(1, round(f * study.steps)) for f in study.args.taus})
-    fresh = jax.device_get(study.initial_state())
-    sc = Curve("SC", 0)
-    state, kept = study.train(_place(study, fresh), study.sc, 0, 2 * s, sc, snapshots={s})
-    probes = {"SC@S": study.probe(_place(study, kept[s])), "SC@2S": study.probe(state)}
-    hybrid = Curve("hybrid", None)
-    state, kept = study.train(_place(study, fresh), study.hybrid, 0, s, hybrid, snapshots=set(taus))
-    probes["hybrid"] = study.probe(state)
-    curves = [sc, hybrid]
+def pretrain(seed: int, args: argparse.Namespace) -> dict[str, Path]:
+    """The five pre-trained arms of one seed: {arm name: run folder whose newest step is the arm's}."""
+    root, s, taus = Path(args.work_dir).resolve() / f"seed{seed}", args.steps, _taus(args)
+    common = {**_bindings(args), "SEED": seed, "checkpoints.CheckpointConfig.max_to_keep": len(taus) + 2}
+    train(root / "sc", [PRETRAIN], {**common, "TAU": 0, "checkpoints.CheckpointConfig.save_interval_steps": s}, 2 * s)
+    branch(root / "sc", s, root / "sc_half")
+    interval = math.gcd(s, *taus)
+    train(root / "hybrid", [PRETRAIN], {**common, "TAU": None,
+                                        "checkpoints.CheckpointConfig.save_interval_steps": interval}, s)
+    arms = {"SC(S)": root / "sc_half", "SC(2S)": root / "sc", "hybrid": root / "hybrid"}
     for tau in taus:
-        shared = [i for i, step in enumerate(hybrid.steps) if step <= tau]
-        curve = Curve(f"SpacTor({tau})", tau, [hybrid.steps[i] for i in shared], [hybrid.loss[i] for i in shared])
-        state, _ = study.train(_place(study, kept[tau]), study.sc, tau, s, curve)
-        probes[curve.name] = study.probe(state)
-        curves.append(curve)
-    return curves, probes
+        folder = root / f"spactor_{tau}"
+        branch(root / "hybrid", tau, folder)
+        train(folder, [PRETRAIN], {**common, "TAU": tau, "checkpoints.CheckpointConfig.save_interval_steps": s}, s)
+        arms[f"SpacTor({tau})"] = folder
+    return arms
 
 
-def loss_at(curve: Curve, x: float, r: float, by_flops: bool) -> float:
-    """The curve's loss at step (or SC-step-equivalent FLOPs) `x`, linearly interpolated."""
-    xs = [curve.sc_step_equivalents(step, r) if by_flops else step for step in curve.steps]
-    if not xs or x < xs[0] or x > xs[-1]:
+def flops_per_step(folder: Path) -> dict[str, float]:
+    """{"first": FLOPs of the run's first logged step, "last": of its last} (hybrid, then SC after tau)."""
+    records = [r for r in metrics.read_jsonl(folder / "metrics.jsonl") if "train/flops_per_step" in r]
+    return {"first": records[0]["train/flops_per_step"], "last": records[-1]["train/flops_per_step"]}
+
+
+def pretraining_flops(arm: str, s: int, sc: float, hybrid: float) -> float:
+    """An arm's pre-training FLOPs from the SC and hybrid steps' counts."""
+    if arm.startswith("SpacTor("):
+        tau = int(arm[len("SpacTor("):-1])
+        return tau * hybrid + (s - tau) * sc
+    return {"SC(S)": s * sc, "SC(2S)": 2 * s * sc, "hybrid": s * hybrid}[arm]
+
+
+# ----- evaluation and fine-tuning -----
+
+def cached(path: Path, compute) -> dict[str, float]:
+    """`compute()`'s metrics, kept in `path` (JSON) so a rerun reuses them."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = {k: float(v) for k, v in compute().items()}
+    path.write_text(json.dumps(result) + "\n")
+    return result
+
+
+def sc_loss(folder: Path, args: argparse.Namespace) -> float:
+    """Validation span-corruption cross-entropy (clean inputs) of the folder's newest T5."""
+    bindings = [f"--gin.{k}={v}" for k, v in _bindings(args).items()]
+    run = lambda: cli.main(["eval", f"--gin_file={PRETRAIN}", "--gin_file=runs/eval.gin", *bindings,  # noqa: E731
+                            f"--gin.MODEL_DIR={folder}", "--gin.TAU=0", "--gin.TRAIN_STEPS=1",
+                            f"--gin.EVAL_BATCHES={args.eval_batches}"])
+    return cached(folder / "sc_eval.json", run)["cross_entropy"]
+
+
+def finetune(arm_folder: Path, task: str, folder: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Fine-tunes the arm's T5 on `task` --finetune_steps steps and returns the task's metrics."""
+    step = checkpoints.finished_steps(arm_folder / "checkpoints")[-1]
+    gin_files = [MODEL, "runs/finetune.gin", f"runs/downstream/{task}.gin", "spactor/finetune.gin"]
+    common = {**_bindings(args), "INITIAL_CHECKPOINT_PATH": arm_folder / "checkpoints",
+              "TASK_FEATURE_LENGTHS": FINETUNE_LENGTHS[task]}
+    final = step + args.finetune_steps
+    train(folder, gin_files, common, final, in_process=True)
+    flags = [*(f"--gin_file={f}" for f in gin_files), *(f"--gin.{k}={v}" for k, v in common.items())]
+    run = lambda: cli.main(["eval", *flags, "--gin_file=runs/eval.gin", f"--gin.MODEL_DIR={folder}",  # noqa: E731
+                            f"--gin.TRAIN_STEPS={final}", "--gin.EVAL_BATCHES=1",
+                            f"--gin.inference.task_metrics.max_examples={args.eval_examples}"])
+    return cached(folder / "task_eval.json", run)
+
+
+def seed_results(seed: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """{arm: {"sc_loss", "flops", "<task>/<metric>"...}} for one seed."""
+    arms = pretrain(seed, args)
+    sc, hybrid = flops_per_step(arms["SC(2S)"])["last"], flops_per_step(arms["hybrid"])["first"]
+    results = {}
+    for arm, folder in arms.items():
+        row = {"sc_loss": sc_loss(folder, args), "flops": pretraining_flops(arm, args.steps, sc, hybrid)}
+        for task in TASKS:
+            tuned = finetune(folder, task, folder.parent / "finetune" / f"{task}.{folder.name}", args)
+            row |= {f"{task}/{name.removeprefix('task/')}": v for name, v in tuned.items() if name.startswith("task/")}
+        results[arm] = row
+        print(f"seed {seed} {arm}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
+    return results
+
+
+# ----- report -----
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and its standard error (0 for one value)."""
+    values = np.asarray(values, np.float64)
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def sc_at_flops(seed: dict[str, dict[str, float]], key: str, flops: float) -> float:
+    """SC's `key` at `flops`, linear between SC(S) and SC(2S) (nan outside them)."""
+    low, high = seed["SC(S)"], seed["SC(2S)"]
+    if not low["flops"] <= flops <= high["flops"]:
         return float("nan")
-    return float(np.interp(x, xs, curve.loss))
+    return float(np.interp(flops, [low["flops"], high["flops"]], [low[key], high[key]]))
 
 
-def compiled_ratio(study: Study) -> float:
-    """r from the compiled steps' cost analysis (all XLA FLOPs, not only matrix multiplies)."""
-    def flops(objective):
-        analysis = study.trainer.compiled_step(objective).cost_analysis()
-        return (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
-    return flops(study.hybrid) / flops(study.sc)
+def _cell(values: Sequence[float], digits: int) -> str:
+    mean, se = mean_se([v for v in values if not math.isnan(v)] or [float("nan")])
+    return f"{mean:+.{digits}f} ± {se:.{digits}f}" if values else "-"
 
 
-def table(study: Study, curves: list[Curve], probes: dict[str, float], r: float) -> list[str]:
-    """Markdown rows: each run at S steps against SC at the same steps and at the same FLOPs."""
-    s, sc = study.steps, curves[0]
-    lines = ["| run | steps | FLOPs / SC(2S) | val SC loss | SC loss, same steps | SC loss, same FLOPs | span EM |",
-             "|---|---|---|---|---|---|---|"]
-    lines.append(f"| SC | {2 * s} | 1.000 | {loss_at(sc, 2 * s, r, False):.4f} | - | - | {probes['SC@2S']:.3f} |")
-    lines.append(f"| SC | {s} | 0.500 | {loss_at(sc, s, r, False):.4f} | - | - | {probes['SC@S']:.3f} |")
-    for curve in curves[1:]:
-        spent = curve.sc_step_equivalents(s, r)
-        ratio = total_flops_ratio(curve.tau, s, 2 * s, r)
-        lines.append(f"| {curve.name} | {s} | {ratio:.3f} | {loss_at(curve, s, r, False):.4f} | "
-                     f"{loss_at(sc, s, r, False):.4f} | {loss_at(sc, spent, r, True):.4f} | {probes[curve.name]:.3f} |")
+def table(seeds: list[dict], key: str, digits: int) -> list[str]:
+    """Markdown: each arm's `key` (mean ± se over seeds) and its paired differences from SC(S) (same
+    steps), from SC at the same FLOPs and from SC(2S) (the paper's claim: equal at half the steps)."""
+    lines = [f"| arm | FLOPs / SC(2S) | {key} | minus SC(S) | minus SC, same FLOPs | minus SC(2S) |",
+             "|---|---|---|---|---|---|"]
+    for arm in seeds[0]:
+        ratio = mean_se([s[arm]["flops"] / s["SC(2S)"]["flops"] for s in seeds])[0]
+        value = mean_se([s[arm][key] for s in seeds])
+        diffs = [[s[arm][key] - ref(s) for s in seeds] for ref in
+                 (lambda s: s["SC(S)"][key], lambda s: sc_at_flops(s, key, s[arm]["flops"]),
+                  lambda s: s["SC(2S)"][key])]
+        cells = ["-"] * 3 if arm.startswith("SC(") else [_cell(d, digits) for d in diffs]
+        lines.append(f"| {arm} | {ratio:.3f} | {value[0]:.{digits}f} ± {value[1]:.{digits}f} | {' | '.join(cells)} |")
     return lines
 
 
-def plot(curves: list[Curve], r: float, path: Path) -> None:
-    """Validation loss against steps and against FLOPs (in SC-step units)."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
+def metric_keys() -> list[tuple[str, int]]:
+    """(result key, digits) of every reported measure: the SC loss first, then each task's metrics."""
+    keys = [("sc_loss", 4)]
+    for task, metric in TASKS.items():
+        keys += [(f"{task}/{name}", 2) for name in [metric, *EXTRA_METRICS.get(task, [])]]
+    return keys
+
+
+def plot(seeds: list[dict], path: Path) -> None:
+    """Each headline measure against pre-training FLOPs, one point per arm (mean ± se over seeds)."""
+    import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+    import matplotlib.pyplot as plt
 
-    figure, (by_steps, by_flops) = pyplot.subplots(1, 2, figsize=(11, 4))
-    for curve in curves:
-        by_steps.plot(curve.steps, curve.loss, label=curve.name)
-        by_flops.plot([curve.sc_step_equivalents(s, r) for s in curve.steps], curve.loss, label=curve.name)
-    by_steps.set(xlabel="train steps", ylabel="validation SC cross-entropy")
-    by_flops.set(xlabel="train FLOPs (SC steps)", ylabel="validation SC cross-entropy")
-    by_steps.legend()
+    keys = [("sc_loss", 4)] + [(f"{t}/{m}", 2) for t, m in TASKS.items()]
+    figure, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4))
+    for axis, (key, _) in zip(axes, keys):
+        for arm in seeds[0]:
+            x = mean_se([s[arm]["flops"] for s in seeds])[0]
+            y, se = mean_se([s[arm][key] for s in seeds])
+            axis.errorbar([x], [y], yerr=[se], fmt="o", capsize=3, label=arm)
+        axis.set(xlabel="pre-training FLOPs", ylabel=key)
+    axes[0].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
-def write_report(study: Study, curves, probes, r: float, r_compiled: float, seconds: float) -> Path:
-    args, out = study.args, Path(study.args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    plot(curves, r, out / "spactor.png")
-    size = SIZES[args.size]
-    lines = [
-        "# SpacTor reproduction (scripts/reproduce_spactor.py)", "",
-        f"Command: `.venv/bin/python scripts/reproduce_spactor.py --size={args.size} --steps={study.steps} "
-        f"--taus={','.join(map(str, args.taus))} --eval_every={args.eval_every}`  ",
-        f"Task `{TASK}` (train plays; validation = held-out plays), T5 {size['model']}, lengths {size['lengths']}, "
-        f"batch {study.train_data.batch_size}, Adafactor with inverse-sqrt schedule, seed {args.seed}; "
-        f"generator {study.hybrid.generator_config.emb_dim} wide x {study.hybrid.generator_config.num_layers} layers; "
-        f"S = {study.steps}. Wall time {seconds / 60:.1f} min.", "",
-        f"r (hybrid step / SC step, matrix-multiply FLOPs from the core counter) = {r:.3f}; "
-        f"from XLA's cost analysis of the compiled steps = {r_compiled:.3f}.", "",
-        *table(study, curves, probes, r), "",
-        "Val SC loss: token cross-entropy of the decoder on clean span-corrupted validation inputs "
-        f"({args.eval_batches} batches). 'Same FLOPs': the SC run's loss at the step where it had spent the "
-        "run's FLOPs (interpolated between evaluations). Span EM: span-filling exact match of greedy decoding "
-        f"on {args.probe_batches} validation batches.", "",
-        "![validation loss](spactor.png)",
-    ]
-    path = out / "spactor.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def verdict(seeds: list[dict]) -> list[str]:
+    """Per task: SpacTor(tau)'s paired difference from SC(2S), and whether it is within two standard errors."""
+    lines = []
+    for task, metric in TASKS.items():
+        key = f"{task}/{metric}"
+        for arm in (a for a in seeds[0] if a.startswith("SpacTor(")):
+            mean, se = mean_se([s[arm][key] - s["SC(2S)"][key] for s in seeds])
+            ratio = mean_se([s[arm]["flops"] / s["SC(2S)"]["flops"] for s in seeds])[0]
+            state = ("differs from SC(2S) by (one seed: no standard error)" if len(seeds) < 2 else
+                     "matches SC(2S) within two standard errors" if abs(mean) <= 2 * se else
+                     "is ahead of SC(2S)" if mean > 0 else "falls short of SC(2S)")
+            lines.append(f"- {task}: {arm} at half the steps and {ratio:.0%} of the FLOPs {state} "
+                         f"({metric} {mean:+.2f} ± {se:.2f}).")
+    return lines
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    parser.add_argument("--steps", type=int, default=0, help="S (default: per size); SC runs 2S")
-    parser.add_argument("--taus", type=lambda v: [float(x) for x in v.split(",")], default=[0.25, 0.5],
-                        help="tau values as fractions of S")
-    parser.add_argument("--eval_every", type=int, default=20)
-    parser.add_argument("--eval_batches", type=int, default=8)
-    parser.add_argument("--probe_batches", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--workdir", default="/tmp/reproduce_spactor", help="an empty folder (nothing is saved)")
-    return parser.parse_args(argv)
+def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
+    """results/spactor.md."""
+    rates, seeds = report["matmul_flops_per_second"], report["seeds"]
+    tables = []
+    for key, digits in metric_keys():
+        tables += [f"### {key}", "", *table(seeds, key, digits), ""]
+    return "\n".join([
+        "# SpacTor on 2 CPU cores: downstream quality after fine-tuning, against span corruption", "",
+        f"Date {report['date']}, jax {report['jax_version']} ({report['backend']}). Command: `{report['command']}` "
+        f"({report['seconds'] / 60:.0f} min). Load at start `{report['load']['start']['uptime']}`, at end "
+        f"`{report['load']['end']['uptime']}`; float32 matmul GFLOP/s before "
+        f"{', '.join(f'{k}: {v / 1e9:.0f}' for k, v in rates['before'].items())}, after "
+        f"{', '.join(f'{k}: {v / 1e9:.0f}' for k, v in rates['after'].items())}.", "",
+        f"{args.seeds} seeds (initialisation and data order); S = {args.steps} pre-training steps (SC runs 2S), "
+        f"taus {_taus(args)}; pre-training `gin/{PRETRAIN}` {' '.join(args.overrides)}; every pre-trained T5 "
+        f"fine-tuned {args.finetune_steps} steps per task (`gin/spactor/finetune.gin`) and scored on "
+        f"{args.eval_examples} held-out examples with greedy decoding. Values: mean ± standard error over "
+        "seeds; differences are paired by seed. 'Same FLOPs': SC's value interpolated between SC(S) and "
+        "SC(2S) at the arm's pre-training FLOPs. sc_loss: validation span-corruption cross-entropy, nats/token.",
+        "", *tables, "SpacTor against SC at twice the steps (the paper's claim):", "", *verdict(seeds), "",
+        f"![downstream metric against pre-training FLOPs]({RESULT_NAME}.png)", ""])
 
 
-def main(argv=None) -> None:
-    start = time.perf_counter()
-    study = Study(parse_args(argv))
-    r = flops_ratio(study.hybrid, study.trainer.batch_spec)
-    curves, probes = run_all(study)
-    path = write_report(study, curves, probes, r, compiled_ratio(study), time.perf_counter() - start)
-    print(path.read_text())
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs every seed's arms and fine-tunes, and writes the report."""
+    args = parse_args(argv)
+    started = time.perf_counter()
+    load_start, rates_before = machine_load(), matmul_rates([2048])
+    seeds = [seed_results(seed, args) for seed in range(args.seeds)]
+    rates_after, load_end = matmul_rates([2048]), machine_load()
+    report = {**report_header({k: v for k, v in vars(args).items() if k != "out_dir"}, (load_start, load_end),
+                              (rates_before, rates_after)),
+              "command": " ".join(["python scripts/reproduce_spactor.py", *(argv if argv is not None else sys.argv[1:])]),
+              "seconds": time.perf_counter() - started, "seeds": seeds}
+    write_report(args.out_dir, RESULT_NAME, report, markdown(report, args))
+    plot(seeds, Path(args.out_dir) / f"{RESULT_NAME}.png")
+    return report
 
 
 if __name__ == "__main__":
