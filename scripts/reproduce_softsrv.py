@@ -221,6 +221,9 @@ def plot(report: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
     right.scatter(np.arange(len(args.domains)) + 0.4 - width / 2,
                   [report["results"][d]["references"]["real"] for d in args.domains], color="black", marker="_", s=400,
                   label="real examples (reference)", zorder=3)
+    values = [r["finetune_nll"] for d in args.domains for r in report["results"][d]["methods"].values()]
+    values += [report["results"][d]["references"]["real"] for d in args.domains]
+    right.set_ylim(min(values) - 0.2, max(values) + 0.2)  # the differences, not the distance from 0
     left.legend(fontsize=8)
     right.legend(fontsize=8)
     figure.tight_layout()
