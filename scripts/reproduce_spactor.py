@@ -61,7 +61,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=200, help="S: the SpacTor runs' steps; SC runs 2S")
     parser.add_argument("--taus", type=float, nargs="+", default=[0.25, 0.5], help="tau as fractions of S")
-    parser.add_argument("--finetune_steps", type=int, default=60)
+    parser.add_argument("--finetune_steps", type=int, default=50)
     parser.add_argument("--eval_examples", type=int, default=256, help="held-out examples scored per task")
     parser.add_argument("--eval_batches", type=int, default=8, help="validation batches of the SC loss")
     parser.add_argument("--overrides", nargs="*", default=[], help="gin bindings for every run, NAME=VALUE")
