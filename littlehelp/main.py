@@ -1,7 +1,9 @@
-"""Command line: `littlehelp train|eval|infer --gin_file=F.gin --gin.NAME=VALUE`, `littlehelp convert`.
+"""Command line: `littlehelp train|eval|infer --gin_file=F.gin --gin.NAME=VALUE`, `littlehelp convert|sweep`.
 
 `littlehelp convert --from=PATH --to=DIR` imports a pretrained model (a GGUF file or an HF folder)
-into a run folder (see `littlehelp.models.convert.run_folder`). Each other subcommand parses the gin files (searched in the working directory, `--gin_search_paths`
+into a run folder (see `littlehelp.models.convert.run_folder`). `littlehelp sweep --sweep='NAME=[V1, V2]'`
+trains one run folder per point of a grid of gin values under MODEL_DIR (see `littlehelp.sweep`).
+Each other subcommand parses the gin files (searched in the working directory, `--gin_search_paths`
 and the repository's gin/ folder), then the `--gin.NAME=VALUE` overrides, and calls one
 gin-configurable function that takes all of its arguments from gin. `--multihost` calls
 `jax.distributed.initialize()` first, for runs launched on every host of a pod or cluster.
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(prog="littlehelp", description=__doc__.splitlines()[0],
                                      epilog=OVERRIDE_HELP)
-    choices = "{" + ",".join([*COMMANDS, "convert"]) + "}"
+    choices = "{" + ",".join([*COMMANDS, "convert", "sweep"]) + "}"
     commands = parser.add_subparsers(dest="command", required=True, metavar=choices)
     for name in COMMANDS:
         commands.add_parser(name, parents=[shared], help=COMMAND_HELP.get(name),
@@ -90,7 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     converter.add_argument("--from", dest="source", required=True, metavar="PATH",
                            help="a .gguf file or an HF folder (config.json + safetensors)")
     converter.add_argument("--to", dest="out_dir", required=True, metavar="DIR", help="a new, empty folder")
+    _add_sweep_parser(commands)
     return parser
+
+
+def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
+    """The `sweep` subcommand: a grid of gin values trained one run folder per point."""
+    sweeper = commands.add_parser("sweep", help="train one run folder per point of a grid of gin values",
+                                  epilog=OVERRIDE_HELP)
+    sweeper.add_argument("--gin_file", action="append", default=[], metavar="FILE",
+                         help="gin file to parse (repeatable, parsed in order)")
+    sweeper.add_argument("--sweep", action="append", default=[], metavar="NAME=[V1, V2]",
+                         help="a binding and the gin values it takes (repeatable: the grid is their product)")
+    sweeper.add_argument("--sweep_file", action="append", default=[], metavar="FILE",
+                         help="a file of NAME=[V1, V2] lines, one per line, # comments allowed")
+    sweeper.add_argument("--print_commands", action="store_true",
+                         help="print one `littlehelp train` command per point and run nothing")
 
 
 def load_command(command: str) -> Callable[..., Any]:
@@ -148,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> Any:
             from littlehelp.models.convert import run_folder  # pylint: disable=import-outside-toplevel
 
             return run_folder.convert(args.source, args.out_dir)
+        if args.command == "sweep":
+            from littlehelp import sweep  # pylint: disable=import-outside-toplevel
+
+            return sweep.run_sweep(args.gin_file, args.sweep, args.sweep_file, overrides, args.print_commands)
         if args.multihost:
             import jax  # pylint: disable=import-outside-toplevel
 
