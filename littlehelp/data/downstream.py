@@ -24,6 +24,7 @@ import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import seqio
 import tensorflow as tf
 from rouge_score import rouge_scorer
@@ -70,6 +71,13 @@ class Example(NamedTuple):
 
 
 # ----- code summarisation -----
+
+def shuffled(examples: list[Example]) -> tuple[Example, ...]:
+    """`examples` in a fixed random order (seed 0): any first N of a split (an evaluation capped at N
+    examples) are a random sample of it, not the first module's or play's."""
+    order = np.random.default_rng(0).permutation(len(examples))
+    return tuple(examples[i] for i in order)
+
 
 def _docstring_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> tuple[int, int] | None:
     """0-based [start, end) lines of the docstring statement when it has its lines to itself, else None."""
@@ -122,7 +130,8 @@ def function_summaries(source: str) -> list[Example]:
 
 @functools.cache
 def code_summarisation_examples(split: str) -> tuple[Example, ...]:
-    """The examples of the standard-library modules of `split` (`corpus.stdlib_code`), in a fixed order.
+    """The examples of the standard-library modules of `split` (`corpus.stdlib_code`), in a fixed
+    shuffled order (`shuffled`).
 
     Repeated examples are dropped, and so are validation examples whose input is also a training
     example's (a few functions are copied between modules).
@@ -131,7 +140,7 @@ def code_summarisation_examples(split: str) -> tuple[Example, ...]:
     if split == "validation":
         seen = {example.inputs for example in code_summarisation_examples("train")}
         examples = [example for example in examples if example.inputs not in seen]
-    return tuple(examples)
+    return shuffled(list(examples))
 
 
 # ----- genre classification -----
@@ -163,7 +172,7 @@ def corpus_works() -> list[str]:
 
 @functools.cache
 def genre_examples(split: str) -> tuple[Example, ...]:
-    """(passage, genre) of the plays of `split` (`genre_split`), in a fixed order."""
+    """(passage, genre) of the plays of `split` (`genre_split`), in a fixed shuffled order (`shuffled`)."""
     if split not in corpus.SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {corpus.SPLITS}")
     directory = corpus.ensure_shakespeare()
@@ -171,7 +180,7 @@ def genre_examples(split: str) -> tuple[Example, ...]:
     for work in genre_split(corpus_works())[split]:
         text = (directory / "texts" / f"{work}.txt").read_text(encoding="utf-8")
         examples += [Example(passage, FOLIO_GENRES[work]) for passage in play_passages(text)]
-    return tuple(examples)
+    return shuffled(examples)
 
 
 # ----- metrics -----
