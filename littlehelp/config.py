@@ -458,6 +458,11 @@ def _parameter_hints(selector: str) -> dict[str, Any]:
         return {}
 
 
+def bound_value(binding: str) -> Any:
+    """The value gin binds to `binding` (e.g. 'trainer.train.steps') once its `%MACRO`s are followed."""
+    return _follow_macros(("", binding, ""), gin.query_parameter(binding), _macro_values())[1]
+
+
 def _follow_macros(key: _BindingKey, value: Any, macros: Mapping[str, Any]) -> tuple[_BindingKey, Any]:
     """(key, value) of the binding that holds what `value` denotes once its `%MACRO`s are followed."""
     followed = set()

@@ -24,10 +24,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import gin
 from gin import config_parser
 
-from littlehelp import main, metrics, runs
+from littlehelp import config, main, metrics, runs
 from littlehelp.config import ConfigError
 
 SUMMARY_NAME = "sweep"
@@ -214,20 +213,12 @@ def check_point(point: Point, gin_files: Sequence[str], bindings: Mapping[str, s
     overrides = [f"MODEL_DIR={point.folder}", *(f"{k}={v}" for k, v in bindings.items())]
     try:
         main.configure("train", gin_files, overrides, [])
-        steps = _resolved("trainer.train.steps")
+        steps = config.bound_value("trainer.train.steps")
     except ConfigError as error:
         raise ConfigError(f"sweep point {point.folder.name}: {error.one_line()}") from None
     if not isinstance(steps, int):
         raise ConfigError(f"sweep point {point.folder.name}: trainer.train.steps is {steps!r}, not an int")
     return steps
-
-
-def _resolved(binding: str) -> Any:
-    """The value gin binds to `binding`, its `%MACRO`s followed."""
-    value = gin.query_parameter(binding)
-    while isinstance(value, gin.config.ConfigurableReference) and value.scoped_selector.endswith("/gin.macro"):
-        value = gin.query_parameter("%" + value.scoped_selector.removesuffix("/gin.macro"))
-    return value
 
 
 def train_command(point: Point, gin_files: Sequence[str], bindings: Mapping[str, str]) -> str:
