@@ -319,7 +319,8 @@ class Checkpointer:
         if "://" in str(self._directory):
             return
         self.wait_until_finished()  # a pending save's bytes count against the free space
-        probe = self._directory / f".write-probe-{os.getpid()}"
+        # Every process saves its own shards, so each probes; pids can repeat across hosts, process indices do not.
+        probe = self._directory / f".write-probe-{jax.process_index()}-{os.getpid()}"
         try:
             probe.write_bytes(b"littlehelp")
             probe.unlink()

@@ -531,8 +531,15 @@ def missing_required_arguments(configurable: Callable[..., Any]) -> list[str]:
 
 
 def write_operative_config(model_dir: str) -> Path:
-    """Writes `gin.operative_config_str()` (the values actually used) to `model_dir/config.gin`."""
+    """Writes `gin.operative_config_str()` (the values actually used) to `model_dir/config.gin`.
+
+    Only process 0 writes it; the other processes of a multi-process run return the same path.
+    """
+    import jax  # pylint: disable=import-outside-toplevel (only runs that write a config need it)
+
     path = Path(model_dir) / OPERATIVE_CONFIG_NAME
+    if jax.process_index() != 0:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(gin.operative_config_str())
     logging.info("Wrote operative gin config to %s", path)

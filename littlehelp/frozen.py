@@ -84,7 +84,8 @@ def load_frozen_models(models: Mapping[str, FrozenModel], example: Mapping[str, 
 
 
 def check_and_record(model_dir: str | Path, frozen: FrozenParams) -> None:
-    """Writes MODEL_DIR/frozen_models.json on the first run; on a resumed run refuses a changed model."""
+    """Writes MODEL_DIR/frozen_models.json on the first run (process 0 only); on a resumed run refuses
+    a changed model (on every process)."""
     path = Path(model_dir) / RECORD_NAME
     if path.exists():
         before = json.loads(path.read_text(encoding="utf-8"))
@@ -94,6 +95,8 @@ def check_and_record(model_dir: str | Path, frozen: FrozenParams) -> None:
                     f"frozen model '{name}' is not the one this run started with: was {before.get(name)}, now "
                     f"{frozen.records.get(name)} ({path}); use a new MODEL_DIR or restore the original")
         return
-    if frozen.records:
+    if frozen.records and jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(frozen.records, indent=1) + "\n", encoding="utf-8")
+        staging = path.with_suffix(".json.tmp")  # renamed into place: another process never reads half a file
+        staging.write_text(json.dumps(frozen.records, indent=1) + "\n", encoding="utf-8")
+        staging.replace(path)

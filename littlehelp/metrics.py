@@ -42,11 +42,16 @@ class MetricsWriter:
     """Writes scalars to MODEL_DIR/metrics.jsonl and TensorBoard, and shows progress.
 
     On an interactive terminal a progress bar advances every step; otherwise a plain log line is
-    printed whenever scalars are written.
+    printed whenever scalars are written. Only process 0 does any of this: on the other processes
+    of a multi-process run every method does nothing (all of them hold the same scalars).
     """
 
     def __init__(self, model_dir: str | Path, total_steps: int, start_step: int = 0, interactive: bool | None = None):
         self.model_dir = Path(model_dir)
+        self._writes = jax.process_index() == 0
+        self._bar = None
+        if not self._writes:
+            return
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.model_dir / "metrics.jsonl", "a", encoding="utf-8")
         self._tensorboard = SummaryWriter(str(self.model_dir / "tensorboard"))
@@ -58,6 +63,8 @@ class MetricsWriter:
 
         Returns how many were dropped; the file is replaced atomically.
         """
+        if not self._writes:
+            return 0
         path = self.model_dir / "metrics.jsonl"
         self._jsonl.flush()
         records = read_jsonl(path)
@@ -74,6 +81,8 @@ class MetricsWriter:
 
     def write(self, step: int, scalars: Mapping[str, float], prefix: str = "train") -> None:
         """Records `scalars` for `step` under `prefix` (e.g. "train", "eval")."""
+        if not self._writes:
+            return
         values = {f"{prefix}/{k}": float(v) for k, v in scalars.items()}
         self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
         self._jsonl.flush()
@@ -97,6 +106,9 @@ class MetricsWriter:
         self.close()
 
     def close(self) -> None:
+        """Closes the files and the progress bar (process 0; elsewhere nothing is open)."""
+        if not self._writes:
+            return
         if self._bar is not None:
             self._bar.close()
         self._tensorboard.close()

@@ -1,13 +1,21 @@
-"""seqio Task -> feature converter -> host-local numpy batches -> global sharded jax.Arrays.
+"""seqio Task -> feature converter -> global batches -> this process's rows -> global sharded jax.Arrays.
 
-Batches are a pure function of (task, seed, batch index): a resumed run asks for the batches from
-`start_batch` on and gets exactly those an uninterrupted run would have seen next.
+Batches are a pure function of (task, seed, batch index), whatever the number of processes: a
+resumed run asks for the batches from `start_batch` on and gets exactly those an uninterrupted run
+would have seen next, also when it resumes on another host or device count.
+
+Every process reads the same global stream (the whole split, not a shard of it), batches it at the
+global batch size and keeps only its own rows (`process_rows`), those that
+`jax.make_array_from_process_local_data` places on its devices. The trade-off: each host tokenises
+and packs every example of every global batch, so its input work grows with the global batch, not
+with its share of it (`scripts/bench_input.py` measures what one host can feed); in exchange the
+data never depends on how the job was launched.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import gin
 import jax
@@ -147,11 +155,33 @@ def _load_vocabularies(name: str) -> None:
         vocab.load_vocabulary(feature.vocabulary)
 
 
-def host_dataset(config: DatasetConfig, start_batch: int = 0) -> tf.data.Dataset:
-    """This host's slice of the batched dataset, starting at batch `start_batch`."""
-    process_count = jax.process_count()
-    if config.batch_size % process_count:
-        raise ConfigError(f"DatasetConfig.batch_size {config.batch_size} is not divisible by {process_count} hosts")
+def local_rows(row_slices: Iterable[slice], global_rows: int) -> np.ndarray:
+    """The global rows, in order, of the local data of a process whose devices hold `row_slices`.
+
+    `row_slices` are the batch-axis slices of the process's devices (from a sharding's
+    `devices_indices_map`). As `jax.make_array_from_process_local_data` reads local data, each
+    distinct slice appears once (devices holding the same rows are replicas) and the slices follow
+    each other in increasing order of their first row, whether or not they are contiguous.
+    """
+    blocks = sorted({(s.start or 0, global_rows if s.stop is None else s.stop) for s in row_slices})
+    if not blocks:
+        return np.zeros((0,), np.int64)
+    return np.concatenate([np.arange(start, stop) for start, stop in blocks])
+
+
+def process_rows(sharding: jax.sharding.Sharding, global_rows: int) -> np.ndarray:
+    """The rows of a [global_rows, ...] batch that this process feeds to `sharding`'s devices, in the
+    order `jax.make_array_from_process_local_data(sharding, local)` expects them in `local`."""
+    indices = sharding.addressable_devices_indices_map((global_rows,))
+    return local_rows((index[0] for index in indices.values()), global_rows)
+
+
+def host_dataset(config: DatasetConfig, start_batch: int = 0, rows: np.ndarray | None = None) -> tf.data.Dataset:
+    """The batched dataset from batch `start_batch` on: global batches of `config.batch_size` rows, or
+    only their rows `rows` (e.g. `process_rows`; needs full batches, `drop_remainder`).
+
+    Every process reads the same stream, so a batch does not depend on the process count.
+    """
     _load_vocabularies(config.name)
     dataset = seqio.get_dataset(
         config.name,
@@ -160,26 +190,35 @@ def host_dataset(config: DatasetConfig, start_batch: int = 0) -> tf.data.Dataset
         dataset_split=config.split,
         shuffle=config.shuffle,
         num_epochs=None if config.repeat else 1,
-        shard_info=seqio.ShardInfo(jax.process_index(), process_count),
+        shard_info=seqio.ShardInfo(0, 1),  # the whole stream on every process, as a single process always read it
         seed=config.seed,
         verbose=False,
     )
-    dataset = dataset.batch(config.batch_size // process_count, drop_remainder=config.drop_remainder)
-    return dataset.skip(start_batch).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(config.batch_size, drop_remainder=config.drop_remainder).skip(start_batch)
+    if rows is not None and not np.array_equal(rows, np.arange(config.batch_size)):
+        if not config.drop_remainder:
+            raise ConfigError(f"DatasetConfig {config.name!r}: selecting rows needs drop_remainder=True")
+        kept = tf.constant(np.asarray(rows, np.int64))
+        dataset = dataset.map(lambda batch: {name: tf.gather(value, kept) for name, value in batch.items()},
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 class GlobalBatches:
     """Iterates global batches as jax.Arrays sharded over (data, fsdp) on `mesh`.
 
-    `batches_consumed` counts batches handed out since batch 0, so checkpoints can store it and a
-    resumed run can continue exactly where this one stopped.
+    Each process reads the global stream and keeps the rows its devices hold (`process_rows`), so
+    batch N is the same whatever the process count. `batches_consumed` counts batches handed out
+    since batch 0, so checkpoints can store it and a resumed run can continue exactly where this one
+    stopped.
     """
 
     def __init__(self, config: DatasetConfig, mesh: Mesh, start_batch: int = 0):
         self.config = config
         self.batches_consumed = start_batch
         self._sharding = partitioning.batch_sharding(mesh)
-        self._iterator: Iterator[Mapping[str, np.ndarray]] = host_dataset(config, start_batch).as_numpy_iterator()
+        rows = process_rows(self._sharding, config.batch_size)
+        self._iterator: Iterator[Mapping[str, np.ndarray]] = host_dataset(config, start_batch, rows).as_numpy_iterator()
 
     def __iter__(self) -> "GlobalBatches":
         return self

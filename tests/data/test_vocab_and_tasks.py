@@ -75,6 +75,48 @@ def test_global_batches_are_sharded_over_the_data_axis():
     assert np.array_equal(np.asarray(tokens), host["encoder_input_tokens"])
 
 
+# Simulated process of each device: in blocks of 4 (jax orders devices by process), alternating, in pairs.
+SIMULATED_PROCESSES = {"blocks": lambda d: d.id // 4, "alternating": lambda d: d.id % 2, "pairs": lambda d: d.id // 2}
+
+
+@pytest.mark.parametrize("processes", sorted(SIMULATED_PROCESSES))
+@pytest.mark.parametrize("shape", [(2, 4, 1), (2, 2, 2), (1, 8, 1)])
+def test_rows_kept_by_simulated_processes_rebuild_the_global_batch(shape, processes):
+    """Each simulated process keeps `local_rows` of its devices' slices; laid out as
+    `make_array_from_process_local_data` documents (a process's slices in increasing order, each
+    once), every device gets its own rows of the single-process global batch."""
+    global_batch = np.arange(8 * 3).reshape(8, 3)  # row i holds 3i..3i+2
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(*shape))
+    indices = partitioning.batch_sharding(mesh).devices_indices_map((8,))
+    process_of = SIMULATED_PROCESSES[processes]
+    kept = {}
+    for process in sorted({process_of(d) for d in indices}):
+        slices = [index[0] for d, index in indices.items() if process_of(d) == process]
+        rows = kept[process] = pipeline.local_rows(slices, 8)
+        local = global_batch[rows]
+        starts = sorted({s.start for s in slices})
+        for s in slices:
+            size = s.stop - s.start
+            position = starts.index(s.start) * size
+            assert np.array_equal(local[position:position + size], global_batch[s])
+    assert set(np.concatenate(list(kept.values())).tolist()) == set(range(8))
+    if processes == "blocks":  # contiguous blocks in process order: the local batches concatenate to the global one
+        assert np.array_equal(np.concatenate([global_batch[kept[p]] for p in sorted(kept)]), global_batch)
+
+
+def test_one_process_keeps_every_row_in_order_and_rows_select_from_each_global_batch():
+    prefix = register_generated_tasks()
+    config = DatasetConfig(f"{prefix}_span_corruption", {"inputs": 64, "targets": 14}, batch_size=8, seed=3)
+    sharding = partitioning.batch_sharding(partitioning.make_mesh(partitioning.MeshConfig(2, 2, 2)))
+    assert pipeline.process_rows(sharding, 8).tolist() == list(range(8))
+    rows = np.array([1, 3, 5, 7])
+    whole = pipeline.host_dataset(config, start_batch=2).as_numpy_iterator()
+    selected = pipeline.host_dataset(config, start_batch=2, rows=rows).as_numpy_iterator()
+    for _ in range(2):
+        a, b = next(whole), next(selected)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k][rows], b[k]) for k in a)
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
