@@ -1,8 +1,10 @@
-"""Command line: `littlehelp train|eval|infer --gin_file=F.gin --gin.NAME=VALUE`, `littlehelp convert|sweep`.
+"""Command line: `littlehelp train|eval|infer|compile --gin_file=F.gin --gin.NAME=VALUE`, `littlehelp convert|sweep`.
 
 `littlehelp convert --from=PATH --to=DIR` imports a pretrained model (a GGUF file or an HF folder)
 into a run folder (see `littlehelp.models.convert.run_folder`). `littlehelp sweep --sweep='NAME=[V1, V2]'`
 trains one run folder per point of a grid of gin values under MODEL_DIR (see `littlehelp.sweep`).
+`littlehelp compile --gin_file=F.gin --topology=v5p-512` compiles a training run's steps for a target
+topology without running them and reports their per-device memory (see `littlehelp.aot`).
 Each other subcommand parses the gin files (searched in the working directory, `--gin_search_paths`
 and the repository's gin/ folder), then the `--gin.NAME=VALUE` overrides, and calls one
 gin-configurable function that takes all of its arguments from gin. `--multihost` calls
@@ -83,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(prog="littlehelp", description=__doc__.splitlines()[0],
                                      epilog=OVERRIDE_HELP)
-    choices = "{" + ",".join([*COMMANDS, "convert", "sweep"]) + "}"
+    choices = "{" + ",".join([*COMMANDS, "compile", "convert", "sweep"]) + "}"
     commands = parser.add_subparsers(dest="command", required=True, metavar=choices)
     for name in COMMANDS:
         commands.add_parser(name, parents=[shared], help=COMMAND_HELP.get(name),
@@ -93,7 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a .gguf file or an HF folder (config.json + safetensors)")
     converter.add_argument("--to", dest="out_dir", required=True, metavar="DIR", help="a new, empty folder")
     _add_sweep_parser(commands)
+    _add_compile_parser(commands, shared)
     return parser
+
+
+def _add_compile_parser(commands: argparse._SubParsersAction, shared: argparse.ArgumentParser) -> None:
+    """The `compile` subcommand: a training run's steps compiled for a target, not run."""
+    compiler = commands.add_parser("compile", parents=[shared], epilog=OVERRIDE_HELP,
+                                   help="compile a training run's steps for a target topology and report memory")
+    compiler.add_argument("--topology", metavar="NAME", help="a TPU slice, e.g. v5p-512 or v5e:4x4 (needs libtpu)")
+    compiler.add_argument("--num_devices", type=int, metavar="N", help="N fake CPU devices instead of a TPU slice")
+    compiler.add_argument("--mesh", metavar="DxFxT", help="the (data, fsdp, tensor) mesh, e.g. 1x256x1 (default: the run's)")
+    compiler.add_argument("--memory_gb", type=float, metavar="GB",
+                          help="per-device memory limit (default: the TPU chip's HBM; none for CPU)")
+    compiler.add_argument("--out", metavar="FILE.json", help="also write the report as JSON")
 
 
 def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
@@ -169,20 +184,44 @@ def main(argv: Sequence[str] | None = None) -> Any:
             from littlehelp import sweep  # pylint: disable=import-outside-toplevel
 
             return sweep.run_sweep(args.gin_file, args.sweep, args.sweep_file, overrides, args.print_commands)
-        if args.multihost:
-            import jax  # pylint: disable=import-outside-toplevel
-
-            jax.distributed.initialize()
-        search_paths = [p for paths in args.gin_search_paths for p in paths.split(",") if p]
-        target = configure(args.command, args.gin_file, overrides, search_paths)
-        logging.info("Running %s", args.command)
-        result = target()
+        result = _compile(args, overrides) if args.command == "compile" else _run_command(args, overrides)
     except LittlehelpError as error:
         print(f"littlehelp: error: {error.one_line()}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None
     if getattr(result, "exit_code", 0):  # e.g. a training run stopped by SIGTERM exits 75
         raise SystemExit(result.exit_code)
     return result
+
+
+def _run_command(args: argparse.Namespace, overrides: Sequence[str]) -> Any:
+    """`littlehelp train|eval|infer`: gin parsed, then the command's function called."""
+    if args.multihost:
+        import jax  # pylint: disable=import-outside-toplevel
+
+        jax.distributed.initialize()
+    target = configure(args.command, args.gin_file, overrides, _search_paths(args))
+    logging.info("Running %s", args.command)
+    return target()
+
+
+def _search_paths(args: argparse.Namespace) -> list[str]:
+    """The `--gin_search_paths` folders, each flag comma-separated."""
+    return [p for paths in args.gin_search_paths for p in paths.split(",") if p]
+
+
+def _compile(args: argparse.Namespace, overrides: Sequence[str]) -> Any:
+    """`littlehelp compile`: the run's train settings from gin, compiled for the target (`littlehelp.aot`).
+
+    Before JAX starts, a CPU target gets its fake devices and a TPU topology keeps JAX on the CPU.
+    """
+    from littlehelp import aot  # pylint: disable=import-outside-toplevel
+
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    count = args.num_devices or (aot.mesh_devices(aot.parse_mesh(args.mesh)) if args.mesh else None)
+    if count and not args.topology:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
+    settings = configure("train", args.gin_file, overrides, _search_paths(args))(settings_only=True)
+    return aot.compile_command(args.topology, args.num_devices, args.mesh, args.memory_gb, args.out, settings)
 
 
 def run() -> None:

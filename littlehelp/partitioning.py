@@ -80,16 +80,15 @@ class MeshConfig:
 
 @gin.configurable
 def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds the (data, fsdp, tensor) mesh over `devices` (default: all devices), with Auto axes."""
+    """Builds the (data, fsdp, tensor) mesh over `devices` (default: all devices; a TPU topology's for
+    `littlehelp compile`), with Auto axes."""
     devices = list(jax.devices() if devices is None else devices)
     shape = config.shape(len(devices))
+    auto = (AxisType.Auto,) * len(MESH_AXES)
     if math.prod(shape) < len(devices):
         logging.warning("mesh %s uses %d of %d devices", shape, math.prod(shape), len(devices))
-        devices = devices[: math.prod(shape)]
-    auto = (AxisType.Auto,) * len(MESH_AXES)
-    if len(devices) == len(jax.devices()):
-        return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+        return Mesh(np.asarray(devices[: math.prod(shape)]).reshape(shape), MESH_AXES, axis_types=auto)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)  # in the interconnect's order
 
 
 @gin.configurable

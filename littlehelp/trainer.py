@@ -162,17 +162,33 @@ def compile_train_step(
         donate_argnums=(0,),
     )
     batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k]) for k, v in batch_spec.items()}
+    key = jax.eval_shape(lambda: jax.random.key(0))  # abstract: the mesh's devices may be a topology's
+    rng_abstract = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=partitioning.replicated(mesh))
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        return jitted.lower(layout.abstract_state, frozen_abstract, batch_abstract, jax.random.key(0)).compile()
+        return jitted.lower(layout.abstract_state, frozen_abstract, batch_abstract, rng_abstract).compile()
 
 
 def batch_spec(config: DatasetConfig) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global shapes and dtypes of the batches a DatasetConfig yields."""
-    element = pipeline.host_dataset(config).element_spec
-    return {
-        name: jax.ShapeDtypeStruct((config.batch_size,) + tuple(spec.shape[1:]), np.dtype(spec.dtype.as_numpy_dtype))
-        for name, spec in element.items()
-    }
+    """Global shapes and dtypes of the batches a DatasetConfig yields, from its feature converter
+    (every model feature is int32), without reading the data."""
+    converter = pipeline.FEATURE_CONVERTERS[config.feature_converter](pack=config.pack)
+    lengths = converter.get_model_feature_lengths(dict(config.task_feature_lengths))
+    return {name: jax.ShapeDtypeStruct((config.batch_size, length), np.dtype(np.int32)) for name, length in lengths.items()}
+
+
+def example_batch(data: DatasetConfig) -> dict[str, jax.Array]:
+    """A one-row batch of zeros with `data`'s feature shapes (for initialisers)."""
+    return {k: jnp.zeros((1,) + v.shape[1:], v.dtype) for k, v in batch_spec(data).items()}
+
+
+def check_batch_divisible(train_data: DatasetConfig, mesh: Mesh, microbatches: int) -> None:
+    """Refuses a global batch that the mesh's data x fsdp devices times `microbatches` do not divide."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if train_data.batch_size % (shards * microbatches):
+        raise gin_config.ConfigError(
+            f"DatasetConfig.batch_size={train_data.batch_size} must be divisible by the mesh's data x fsdp "
+            f"= {shards} devices times microbatches={microbatches}"
+        )
 
 
 def tokens_per_batch(spec: Mapping[str, jax.ShapeDtypeStruct]) -> int:
@@ -199,18 +215,13 @@ class Trainer:
         frozen_models: Mapping[str, FrozenModel] | None = None,
         data_switches: Sequence[tuple[int, DatasetConfig]] = (),
     ):
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
-        if train_data.batch_size % (shards * microbatches):
-            raise gin_config.ConfigError(
-                f"DatasetConfig.batch_size={train_data.batch_size} must be divisible by the mesh's data x fsdp "
-                f"= {shards} devices times microbatches={microbatches}"
-            )
+        check_batch_divisible(train_data, mesh, microbatches)
         self.model_dir = Path(model_dir)
         self.curriculum, self.optimizer, self.train_data = curriculum, optimizer, train_data
         self.mesh, self.rules, self.microbatches, self.seed = mesh, rules, microbatches, seed
         self.batch_spec = batch_spec(train_data)
         self.data_stages = _data_stages(train_data, data_switches)
-        example = {k: jnp.zeros((1,) + v.shape[1:], v.dtype) for k, v in self.batch_spec.items()}
+        example = example_batch(train_data)
         self._init_params = lambda rng: curriculum.init_params(rng, example)
         self.layout = state_layout(self._init_params, optimizer.tx, mesh, rules)
         self._report_replicated()
@@ -404,7 +415,19 @@ def _check_run_arguments(steps: int, eval_every: int, eval_batches: int, log_eve
             raise gin_config.ConfigError(f"train.{name} must be an integer >= {minimum[name]}, got {value!r}")
 
 
-@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """What shapes a run's compiled steps, as `train` resolved it from gin (`littlehelp compile` reads it)."""
+
+    curriculum: Curriculum
+    optimizer: Optimizer
+    train_data: DatasetConfig
+    mesh_config: partitioning.MeshConfig
+    microbatches: int
+    frozen_models: Mapping[str, FrozenModel]
+
+
+@gin.configurable(denylist=["settings_only"])
 def train(
     model_dir: str = gin.REQUIRED,
     train_data: DatasetConfig = gin.REQUIRED,
@@ -423,7 +446,8 @@ def train(
     peak_flops_per_device: float | None = None,
     frozen_models: Mapping[str, FrozenModel] | None = None,
     data_switches: Sequence[tuple[int, DatasetConfig]] = (),
-) -> TrainSummary:
+    settings_only: bool = False,
+) -> TrainSummary | TrainSettings:
     """Trains from gin: `littlehelp train --gin_file=...` calls this with every argument bound.
 
     Give either `objective` (one throughout) or `curriculum` (step -> objective).
@@ -432,12 +456,15 @@ def train(
     `frozen_models` are read, never trained or saved (`littlehelp.frozen`); objectives see their
     parameters under their names. `data_switches` [(step, data)]: from that step on, train on that data
     (its stream from its first batch; shaped like `train_data`), e.g. SALT_DS's selected sequences
-    during distillation, then the whole task.
+    during distillation, then the whole task. `settings_only=True` (not a gin binding) returns the
+    resolved `TrainSettings` and builds nothing.
     """
     if (objective is None) == (curriculum is None):
         raise gin_config.ConfigError("train: bind exactly one of train.objective and train.curriculum")
     _check_run_arguments(steps, eval_every, eval_batches, log_every, microbatches)
     curriculum = curriculum or Curriculum.single(objective)
+    if settings_only:
+        return TrainSettings(curriculum, optimizer, train_data, mesh_config, microbatches, dict(frozen_models or {}))
     with checkpoints.RunLock(model_dir):
         mesh = partitioning.make_mesh(mesh_config)
         rules = partitioning.logical_axis_rules()
@@ -539,11 +566,6 @@ def restore_run_params(
         return checkpoints.restore_params(path, abstract, select=select)
 
 
-def _example_batch(data: DatasetConfig) -> dict[str, jax.Array]:
-    """A one-row batch of zeros with `data`'s feature shapes (for initialisers)."""
-    return {k: jnp.zeros((1,) + v.shape[1:], v.dtype) for k, v in batch_spec(data).items()}
-
-
 @gin.configurable
 def evaluate(
     model_dir: str = gin.REQUIRED,
@@ -561,7 +583,7 @@ def evaluate(
     Reads only the parameters of the models `objective` uses (no optimizer binding needed).
     """
     mesh, rules = partitioning.make_mesh(mesh_config), partitioning.logical_axis_rules()
-    example = _example_batch(eval_data)
+    example = example_batch(eval_data)
     params, step = restore_run_params(model_dir, lambda rng: objective.init_params(rng, example), mesh, rules,
                                       checkpoint_config)
     metrics = Evaluator(mesh, rules)(objective, params, step, eval_data, eval_batches)

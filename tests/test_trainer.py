@@ -1,6 +1,7 @@
 """Train step: sharded == unsharded, microbatching == full batch, zero-weight terms not computed,
 one compiled step per objective, NaN stops the run with the last good checkpoint kept."""
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -11,6 +12,7 @@ import optax
 import pytest
 
 from littlehelp import checkpoints, frozen, metrics, optimizers, partitioning, trainer
+from littlehelp.data import pipeline
 from littlehelp.objectives import Curriculum, DecoderObjective, EncoderDecoderObjective, WeightedSum
 from littlehelp.models import build_model
 from littlehelp.optimizers import Optimizer
@@ -273,3 +275,13 @@ def test_example_weights_scale_each_examples_gradient_as_a_float64_combination()
     share = weights * tokens / np.sum(weights * tokens)
     expected = jax.tree.map(lambda *g: sum(s * np.asarray(x, np.float64) for s, x in zip(share, g)), *rows)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7), got, expected)
+
+
+@pytest.mark.parametrize("make_data", [lm_data, t5_data])
+@pytest.mark.parametrize("pack", [True, False])
+def test_batch_spec_without_data_matches_the_batches(make_data, pack):
+    """The feature converter's shapes (no data read) are those of the batches the pipeline yields."""
+    data = dataclasses.replace(make_data(), pack=pack)
+    batch = next(pipeline.host_dataset(data).as_numpy_iterator())
+    assert {k: (v.shape, v.dtype) for k, v in trainer.batch_spec(data).items()} == \
+        {k: (v.shape, v.dtype) for k, v in batch.items()}
