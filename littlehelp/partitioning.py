@@ -20,6 +20,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from littlehelp.config import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "layers")
 
@@ -88,7 +90,11 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] |
     if math.prod(shape) < len(devices):
         logging.warning("mesh %s uses %d of %d devices", shape, math.prod(shape), len(devices))
         return Mesh(np.asarray(devices[: math.prod(shape)]).reshape(shape), MESH_AXES, axis_types=auto)
-    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)  # in the interconnect's order
+    try:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)  # in the interconnect's order
+    except NotImplementedError as error:  # no axis-by-axis assignment onto the physical torus
+        raise ConfigError(f"MeshConfig {dataclasses.asdict(config)}: the mesh {shape} does not map onto the "
+                          f"devices' physical layout ({str(error).split('. ')[0]})") from None
 
 
 @gin.configurable

@@ -117,3 +117,13 @@ def test_compile_for_a_tpu_topology(tmp_path):
     plan = cli.main(["compile", *SMOKE, f"--gin.MODEL_DIR={tmp_path}", "--topology=v5e-4", "--mesh=1x4x1"])
     assert plan.num_devices == 4 and "TPU compiler" in plan.target
     assert plan.memory_limit_bytes == aot.TPU_GENERATIONS["v5e"].hbm_gb * aot.GB and plan.fits
+
+
+def test_a_mesh_that_does_not_fit_the_torus_is_refused_in_one_line(tmp_path, capsys):
+    """A 1x32x2 mesh cannot be laid onto a v5p-128 slice's 4x4x4 chips: 32 is no product of its axes."""
+    pytest.importorskip("libtpu")
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["compile", *SMOKE, f"--gin.MODEL_DIR={tmp_path}", "--topology=v5p-128", "--mesh=1x32x2"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert "does not map onto the devices' physical layout" in error and len(error.splitlines()) == 1

@@ -155,4 +155,4 @@ def test_console_module_help_runs_in_a_fresh_process():
     completed = subprocess.run([sys.executable, "-m", "littlehelp.main", "--help"],
                                capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 0
-    assert "{train,eval,infer,convert,sweep}" in completed.stdout
+    assert "{train,eval,infer,compile,convert,sweep}" in completed.stdout
