@@ -1,10 +1,13 @@
 """Train-step benchmark: compile time, step time, tokens/s and MFU of the reference configurations.
 
 Configurations and conventions follow docs/benchmarks.md: t5-bench (Adafactor) and decoder-bench
-(AdamW) at batch 8 and 16, on 1 device and on 8 fake CPU devices (mesh data 4 x tensor 2). Each device
-count runs in a child process of this script (XLA_FLAGS must be set before JAX is imported); the
-parent collects their JSON, measures this machine's dense float32 matmul rate (the MFU denominator)
-and writes results/bench_train_step.{json,md}.
+(AdamW) at batch 8 and 16, on 1 device and on 8 fake CPU devices (mesh data 4 x tensor 2). Each (config,
+batch size, device count) runs in a child process of this script (XLA_FLAGS must be set before JAX
+is imported); the parent measures this machine's dense float32 matmul rate before the first and after
+every child, interleaved with them, records the load average each time, and writes
+results/bench_train_step.{json,md}. The MFU denominator is the best rate of the run; when the rate
+varies by more than --max_matmul_spread (15%) within the run the machine was not idle, and the script
+refuses to write results.
 
     python scripts/bench_train_step.py                        # the full default run
     python scripts/bench_train_step.py --configs t5-bench --batch_sizes 16 --devices 1 --steps 5
@@ -78,6 +81,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
     parser.add_argument("--matmul_repeats", type=int, default=7)
+    parser.add_argument("--max_matmul_spread", type=float, default=0.15,
+                        help="refuse to write results when 1 - min/max of the interleaved matmul rates exceeds this")
     parser.add_argument("--out_dir", default=str(REPO / "results"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -190,19 +195,33 @@ def run_child(args: argparse.Namespace) -> None:
 # Parent process: matmul rate, children, report.
 
 
-def measure_matmul_rates(sizes: Sequence[int] = MATMUL_SIZES, repeats: int = 7) -> dict[str, float]:
-    """Median FLOP/s of a jitted float32 a @ b per size on the default device."""
-    from littlehelp.metrics import measure_matmul_flops
-
-    return {str(size): measure_matmul_flops(size, repeats) for size in sizes}
+class UnsteadyMachineError(RuntimeError):
+    """The matmul rate varied too much within the run: the machine was not idle."""
 
 
-def run_devices(devices: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Runs this script as a child process on `devices` fake CPU devices; its results, streamed."""
+def matmul_spread(rates: Sequence[dict[str, float]]) -> float:
+    """1 - min / max of the interleaved matmul rates at the first size (0: perfectly steady)."""
+    values = [r[str(MATMUL_SIZES[0])] for r in rates]
+    return 1 - min(values) / max(values)
+
+
+def check_steady(rates: Sequence[dict[str, float]], loads: Sequence[dict], max_spread: float) -> None:
+    """Raises UnsteadyMachineError naming the rates and loads when their spread exceeds `max_spread`."""
+    spread = matmul_spread(rates)
+    if spread > max_spread:
+        values = [r[str(MATMUL_SIZES[0])] / 1e9 for r in rates]
+        raise UnsteadyMachineError(
+            f"the {MATMUL_SIZES[0]} matmul rate varied by {spread:.0%} within the run ({min(values):.0f}-"
+            f"{max(values):.0f} GFLOP/s; load averages {[l['load_average'][0] for l in loads]}), more than "
+            f"--max_matmul_spread={max_spread:.0%}: the machine was not idle; no results written")
+
+
+def run_devices(devices: int, name: str, batch_size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Runs this script as a child process on `devices` fake CPU devices for one config and batch size."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--configs", *args.configs,
-               "--batch_sizes", *map(str, args.batch_sizes), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--configs", name,
+               "--batch_sizes", str(batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     results = []
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=REPO) as child:
         for line in child.stdout:
@@ -228,21 +247,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return {}
     import jax
 
+    from littlehelp.metrics import machine_load, matmul_rates, write_report
+
     print("measuring the float32 matmul rate ...", flush=True)
-    before = measure_matmul_rates(repeats=args.matmul_repeats)
-    results = [r for devices in args.devices for r in run_devices(devices, args)]
-    after = measure_matmul_rates(repeats=args.matmul_repeats)
-    peak = max(list(before.values()) + list(after.values()))
+    rates, loads, results = [matmul_rates(MATMUL_SIZES, args.matmul_repeats)], [machine_load()], []
+    for devices in args.devices:
+        for name in args.configs:
+            for batch_size in args.batch_sizes:
+                results += run_devices(devices, name, batch_size, args)
+                rates.append(matmul_rates(MATMUL_SIZES, args.matmul_repeats))
+                loads.append(machine_load())
+    check_steady(rates, loads, args.max_matmul_spread)
+    peak = max(v for r in rates for v in r.values())
     for r in results:
         r["mfu"] = r["flops_per_second"] / peak
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "jax_version": jax.__version__, "machine": _machine(),
-        "matmul_flops_per_second": {"before": before, "after": after, "peak": peak},
-        "results": results,
+        "matmul_flops_per_second": {"interleaved": rates, "peak": peak, "spread": matmul_spread(rates)},
+        "load": loads, "results": results,
     }
-    from littlehelp.metrics import write_report
-
     write_report(args.out_dir, RESULT_NAME, report, markdown(report))
     return report
 
@@ -255,13 +279,17 @@ def _machine() -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown table with the machine's matmul rate, date and jax version."""
     rates = report["matmul_flops_per_second"]
-    fmt = lambda d: ", ".join(f"{size}: {v / 1e9:.1f}" for size, v in d.items())  # noqa: E731
+    first = [r[str(MATMUL_SIZES[0])] / 1e9 for r in rates["interleaved"]]
+    loads = [load["load_average"][0] for load in report["load"]]
     lines = [
         "# Train-step benchmark", "",
         f"Date {report['date']}, jax {report['jax_version']}, {report['machine']['cpu_count']} CPUs "
         f"({report['machine']['platform']}).", "",
-        f"float32 matmul GFLOP/s (jax.jit a@b, median) before: {fmt(rates['before'])}; after: {fmt(rates['after'])}. "
-        f"MFU denominator: {rates['peak'] / 1e9:.1f} GFLOP/s (the highest).", "",
+        f"float32 matmul rate (jax.jit a@b, median of repeats), measured {len(first)} times interleaved with the "
+        f"runs: {MATMUL_SIZES[0]}: {min(first):.1f}-{max(first):.1f} GFLOP/s (spread {rates['spread']:.0%}). "
+        f"MFU denominator: {rates['peak'] / 1e9:.1f} GFLOP/s (the best of the run, all sizes). "
+        f"1-minute load average {min(loads):.2f}-{max(loads):.2f} (`uptime` at the start: "
+        f"{report['load'][0]['uptime']}).", "",
         "| config | batch | devices (mesh d,f,t) | compile s | step ms (median) | tokens/s | GFLOP/step | GFLOP/s | MFU |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

@@ -24,7 +24,8 @@ def report(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench")
     bench = _load_script()
     returned = bench.main(["--configs", "t5-tiny", "decoder-tiny", "--batch_sizes", "4", "--devices", "1",
-                           "--steps", "2", "--warmup", "1", "--matmul_repeats", "2", "--out_dir", str(out_dir)])
+                           "--steps", "2", "--warmup", "1", "--matmul_repeats", "2", "--max_matmul_spread", "1",
+                           "--out_dir", str(out_dir)])
     return bench, returned, out_dir
 
 
@@ -39,8 +40,9 @@ def test_writes_json_equal_to_returned_report_and_markdown_table(report):
 def test_result_fields_follow_the_conventions(report):
     bench, returned, _ = report
     rates = returned["matmul_flops_per_second"]
-    assert set(rates["before"]) == {"2048", "4096"}
-    assert rates["peak"] == max(list(rates["before"].values()) + list(rates["after"].values()))
+    assert len(rates["interleaved"]) == 3 == len(returned["load"])  # before the first run and after each
+    assert all(set(r) == {"2048", "4096"} for r in rates["interleaved"])
+    assert rates["peak"] == max(v for r in rates["interleaved"] for v in r.values())
     by_config = {r["config"]: r for r in returned["results"]}
     assert set(by_config) == {"t5-tiny", "decoder-tiny"}
     t5, lm = by_config["t5-tiny"], by_config["decoder-tiny"]
@@ -52,6 +54,16 @@ def test_result_fields_follow_the_conventions(report):
         assert r["flops_per_second"] == pytest.approx(r["flops_per_step"] / r["step_seconds"])
         assert r["mfu"] == pytest.approx(r["flops_per_second"] / rates["peak"])
         assert 0 < r["mfu"] < 1.5
+
+
+def test_an_unsteady_matmul_rate_refuses_the_results(report):
+    bench, _, _ = report
+    loads = [{"load_average": [0.1, 0.1, 0.1]}] * 3
+    steady = [{"2048": 190e9}, {"2048": 180e9}, {"2048": 200e9}]  # spread 10%
+    bench.check_steady(steady, loads, 0.15)
+    assert bench.matmul_spread(steady) == pytest.approx(0.1)
+    with pytest.raises(bench.UnsteadyMachineError, match="varied by 54%"):
+        bench.check_steady([{"2048": 92e9}, {"2048": 200e9}, {"2048": 180e9}], loads, 0.15)
 
 
 def test_flops_per_step_match_a_hand_count_for_the_tiny_decoder(report):
