@@ -236,19 +236,41 @@ def plot(seeds: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def _paired(seeds: list[dict], arm: str, base: str, key: str) -> tuple[float, float]:
+    """Mean ± standard error over seeds of `arm`'s `key` minus `base`'s."""
+    return mean_se([s[arm][key] - s[base][key] for s in seeds])
+
+
+def _standing(to_full: tuple[float, float], to_half: tuple[float, float]) -> str:
+    """Where an arm stands against SC(2S) and SC(S), from its paired differences (two standard errors)."""
+    (full, full_se), (half, half_se) = to_full, to_half
+    if full > 2 * full_se:
+        return "is ahead of SC(2S)"
+    if full < -2 * full_se:
+        return "falls short of SC(2S)"
+    if half > 2 * half_se:
+        return "reaches SC(2S): within two standard errors of it and above SC(S)"
+    return "is inconclusive: within two standard errors of both SC(2S) and SC(S)"
+
+
 def verdict(seeds: list[dict]) -> list[str]:
-    """Per task: SpacTor(tau)'s paired difference from SC(2S), and whether it is within two standard errors."""
+    """Per task: whether the metric separates SC(S) from SC(2S) at all (else it cannot test the claim),
+    then each SpacTor(tau)'s paired differences from SC(2S) and SC(S)."""
+    if len(seeds) < 2:
+        return ["- One seed: no standard errors, no verdict."]
     lines = []
     for task, metric in TASKS.items():
         key = f"{task}/{metric}"
+        gain = _paired(seeds, "SC(2S)", "SC(S)", key)
+        separates = "separates" if abs(gain[0]) > 2 * gain[1] else "does not separate"
+        lines.append(f"- {task}: doubling SC's pre-training changes {metric} by {gain[0]:+.2f} ± {gain[1]:.2f}, "
+                     f"so this metric {separates} SC(S) from SC(2S) at this scale.")
         for arm in (a for a in seeds[0] if a.startswith("SpacTor(")):
-            mean, se = mean_se([s[arm][key] - s["SC(2S)"][key] for s in seeds])
+            to_full, to_half = _paired(seeds, arm, "SC(2S)", key), _paired(seeds, arm, "SC(S)", key)
             ratio = mean_se([s[arm]["flops"] / s["SC(2S)"]["flops"] for s in seeds])[0]
-            state = ("differs from SC(2S) by (one seed: no standard error)" if len(seeds) < 2 else
-                     "matches SC(2S) within two standard errors" if abs(mean) <= 2 * se else
-                     "is ahead of SC(2S)" if mean > 0 else "falls short of SC(2S)")
-            lines.append(f"- {task}: {arm} at half the steps and {ratio:.0%} of the FLOPs {state} "
-                         f"({metric} {mean:+.2f} ± {se:.2f}).")
+            lines.append(f"  - {arm}, half the steps and {ratio:.0%} of the FLOPs: {_standing(to_full, to_half)} "
+                         f"({to_full[0]:+.2f} ± {to_full[1]:.2f} against SC(2S), {to_half[0]:+.2f} ± {to_half[1]:.2f} "
+                         "against SC(S)).")
     return lines
 
 
