@@ -7,6 +7,7 @@ Conventions: query [b, lq, heads, d]; key/value [b, lk, kv_heads, d] with ``head
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -38,7 +39,23 @@ def _xla_attention(query: Array, key: Array, value: Array, bias: Array | None,
     return out.reshape(batch, q_len, heads, depth)
 
 
-ATTENTION_BACKENDS: dict[str, Callable[..., Array]] = {"xla": _xla_attention}
+def _library_attention(query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None,
+                       implementation: str = "xla") -> Array:
+    """`jax.nn.dot_product_attention`, JAX's own attention (its XLA graph, or cuDNN's fused flash
+    attention with implementation='cudnn'); bias and mask as here, no query scaling."""
+    if implementation == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(f"attention backend 'cudnn' needs a GPU; this run's JAX backend is {jax.default_backend()!r}")
+    return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=1.0,
+                                        implementation=implementation)
+
+
+# "xla": ours, the reference; "jax_nn": jax.nn.dot_product_attention's XLA graph; "cudnn": its cuDNN
+# flash-attention kernel (GPU only; supports a subset of shapes and dtypes, and says so when not).
+ATTENTION_BACKENDS: dict[str, Callable[..., Array]] = {
+    "xla": _xla_attention,
+    "jax_nn": _library_attention,
+    "cudnn": functools.partial(_library_attention, implementation="cudnn"),
+}
 
 
 def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | None = None,
