@@ -257,7 +257,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 results += run_devices(devices, name, batch_size, args)
                 rates.append(matmul_rates(MATMUL_SIZES, args.matmul_repeats))
                 loads.append(machine_load())
-    check_steady(rates, loads, args.max_matmul_spread)
+                print(f"matmul {MATMUL_SIZES[0]}: {rates[-1][str(MATMUL_SIZES[0])] / 1e9:.0f} GFLOP/s "
+                      f"(first {rates[0][str(MATMUL_SIZES[0])] / 1e9:.0f}), load {loads[-1]['load_average'][0]}", flush=True)
+    try:
+        check_steady(rates, loads, args.max_matmul_spread)
+    except UnsteadyMachineError as error:
+        sys.exit(f"bench_train_step: {error}")
     peak = max(v for r in rates for v in r.values())
     for r in results:
         r["mfu"] = r["flops_per_second"] / peak
