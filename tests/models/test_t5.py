@@ -108,7 +108,7 @@ def test_grouped_query_attention_matches_numpy():
 
 def test_unknown_attention_backend_lists_available():
     x = jnp.zeros((1, 2, 1, 4))
-    with pytest.raises(ValueError, match="pallas_gpu.*available: xla"):
+    with pytest.raises(ValueError, match="pallas_gpu.*available: cudnn, jax_nn, xla"):
         attention.dot_product_attention(x, x, x, backend="pallas_gpu")
 
 

@@ -13,10 +13,13 @@ fetched (`littlehelp.data.pretrained`), into the data cache, for gin files to po
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,16 +132,29 @@ def converted(name: str = gin.REQUIRED, root: str | None = None, imported: Pretr
     """
     cache = Path(root) if root else corpus.data_dir()
     folder = cache / "converted" / name
-    if not (folder / RECORD).is_file():
-        if folder.exists():  # a conversion that did not finish
-            shutil.rmtree(folder)
-        if imported is not None:
-            write_run_folder(imported, folder)
-        else:
-            source = pretrained.ensure(name, cache)
-            logging.info("converting pretrained model %s (%s) once into %s", name, source, folder)
-            convert(source, folder)
+    with _exclusive(folder.parent / f".{name}.lock"):  # processes asking at once convert it once
+        if not (folder / RECORD).is_file():
+            if folder.exists():  # a conversion that did not finish
+                shutil.rmtree(folder)
+            if imported is not None:
+                write_run_folder(imported, folder)
+            else:
+                source = pretrained.ensure(name, cache)
+                logging.info("converting pretrained model %s (%s) once into %s", name, source, folder)
+                convert(source, folder)
     return str(folder)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Holds an exclusive advisory lock on `lock_path` (created if absent) while the block runs."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @gin.configurable(module="convert")
