@@ -2,7 +2,9 @@
 
 Each step folder holds three orbax items: ``state`` (the train-state pytree), ``data_state`` (a
 small JSON dict, e.g. the input pipeline's position) and ``integrity`` (one fingerprint per array,
-checked on restore, because orbax reads back overwritten array bytes without complaint).
+checked on restore, because orbax reads back overwritten array bytes without complaint); a training
+run adds a fourth, ``data_iterator``: the input iterator's own state (a ``tf.train.Checkpoint`` of
+the tf.data iterator, written by process 0), so that resuming costs the same at any step.
 
 Orbax writes a step into ``<step>.orbax-checkpoint-tmp*`` and renames it when complete (on GCS it
 writes a commit file instead), so a save that fails part-way never replaces a finished step. A step
@@ -25,7 +27,7 @@ import signal
 import time
 import types
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import gin
 import jax
@@ -41,6 +43,8 @@ PyTree = Any
 STATE_ITEM = "state"
 DATA_ITEM = "data_state"
 INTEGRITY_ITEM = "integrity"
+ITERATOR_ITEM = "data_iterator"
+ITERATOR_STATE = "iterator_state"  # the data_state key under which `restore` gives the iterator state's file prefix
 CORRUPT_FOLDER = "corrupt"  # where steps that cannot be restored are moved, inside the checkpoints folder
 FREE_SPACE_MARGIN = 1.1  # a save needs this many times the state's bytes free (metadata, alignment)
 
@@ -84,6 +88,42 @@ class CheckpointConfig:
         if self.restore_model is not None and self.restore_path is None:
             raise ValueError(f"CheckpointConfig.restore_model={self.restore_model!r} needs a restore_path to "
                              "read it from.")
+
+
+class IteratorState(Protocol):
+    """An input iterator's state that writes itself to files under a prefix (e.g. `tf.train.Checkpoint`)."""
+
+    def write(self, file_prefix: str) -> Any:
+        """Writes the state now."""
+
+
+class _IteratorHandler(ocp.CheckpointHandler):
+    """Orbax handler of the ``data_iterator`` item: the state is written through its own `write`, by
+    process 0 alone (every process reads the same global stream, so one state serves them all, on
+    any process count); restoring gives the file prefix to read it from."""
+
+    def save(self, directory: epath.Path, args: IteratorSave) -> None:
+        """Writes `args.state` under `directory/iterator` on process 0."""
+        if jax.process_index() == 0:
+            args.state.write(str(directory / "iterator"))
+
+    def restore(self, directory: epath.Path, args: IteratorRestore | None = None) -> str:
+        """The file prefix the state was written under."""
+        return str(directory / "iterator")
+
+
+@ocp.args.register_with_handler(_IteratorHandler, for_save=True)
+@dataclasses.dataclass
+class IteratorSave(ocp.args.CheckpointArgs):
+    """Saves an input iterator's state (see `_IteratorHandler`)."""
+
+    state: IteratorState
+
+
+@ocp.args.register_with_handler(_IteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class IteratorRestore(ocp.args.CheckpointArgs):
+    """Restores the prefix of an input iterator's state (see `_IteratorHandler`)."""
 
 
 def _leaf_fingerprint(x: jax.Array) -> jax.Array:
@@ -166,7 +206,8 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: PyT
     """Restores one step and checks its array metadata and fingerprints; raises on any defect.
 
     Raises CheckpointMismatchError (before reading any array) when the saved shapes or names differ
-    from `abstract_state`'s.
+    from `abstract_state`'s. A step with a ``data_iterator`` item gives its file prefix in the
+    returned data state, under ``ITERATOR_STATE``.
     """
     saved = manager.item_metadata(step)[STATE_ITEM]
     if saved is None:
@@ -174,22 +215,24 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: PyT
     problem = _mismatch(saved, abstract_state, _step_dir(manager, step))
     if problem:
         raise CheckpointMismatchError(problem)
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            **{
-                STATE_ITEM: ocp.args.StandardRestore(abstract_state),
-                DATA_ITEM: ocp.args.JsonRestore(),
-                INTEGRITY_ITEM: ocp.args.JsonRestore(),
-            }
-        ),
-    )
+    items = {
+        STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+        DATA_ITEM: ocp.args.JsonRestore(),
+        INTEGRITY_ITEM: ocp.args.JsonRestore(),
+    }
+    with_iterator = (_step_dir(manager, step) / ITERATOR_ITEM).exists()
+    if with_iterator:
+        items[ITERATOR_ITEM] = IteratorRestore()
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
     state, expected = restored[STATE_ITEM], restored[INTEGRITY_ITEM]
     actual = fingerprints(state)
     if actual != expected:
         bad = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
         raise ValueError(f"array contents differ from the fingerprints saved with them: {bad}")
-    return state, restored[DATA_ITEM]
+    data_state = dict(restored[DATA_ITEM])
+    if with_iterator:
+        data_state[ITERATOR_STATE] = restored[ITERATOR_ITEM]
+    return state, data_state
 
 
 def _step_dir(manager: ocp.CheckpointManager, step: int) -> epath.Path:
@@ -291,8 +334,12 @@ class Checkpointer:
             return False
         return force or self._manager.should_save(step)
 
-    def save(self, step: int, state: PyTree, data_state: dict, force: bool = False) -> bool:
+    def save(self, step: int, state: PyTree, data_state: dict, force: bool = False,
+             iterator: IteratorState | None = None) -> bool:
         """Saves on multiples of save_interval_steps, or always when ``force``; returns whether it saved.
+
+        `iterator`, the input iterator's state, is written before this returns (the iterator may
+        move on at once); the arrays may still be being written (async_save).
 
         A step that is already on disk is never overwritten (``force`` included). Raises
         CheckpointSaveError, with the folder and the OS error in one line, when it cannot be written.
@@ -308,6 +355,8 @@ class Checkpointer:
             DATA_ITEM: ocp.args.JsonSave(data_state),
             INTEGRITY_ITEM: ocp.args.JsonSave(fingerprints(state)),
         }
+        if iterator is not None:
+            items[ITERATOR_ITEM] = IteratorSave(iterator)
         with _save_errors(step, self._directory):
             saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         logging.info("Checkpoint step %d %s to %s.", step, "being written" if self._config.async_save else "written",

@@ -240,7 +240,7 @@ class Trainer:
                 param.path, param.shape, param.logical_axes, param.bytes,
             )
 
-    def restore_or_init(self) -> tuple[TrainState, int]:
+    def restore_or_init(self) -> tuple[TrainState, pipeline.ResumePoint]:
         """(state, data position): the latest good checkpoint, else the restore path, else fresh.
 
         A run initialised from the restore path (fine-tuning) reads its own data from batch 0.
@@ -250,17 +250,17 @@ class Trainer:
         if from_restore_path and restore_path:
             saved_models, with_optimizer = checkpoints.saved_contents(restore_path)
             if not with_optimizer or self.checkpointer.restore_model is not None:
-                return self._init_from_params(restore_path, saved_models), 0
+                return self._init_from_params(restore_path, saved_models), pipeline.ResumePoint(0)
         restored = self.checkpointer.restore(self.layout.abstract_state)
         if restored is None:
             logging.info("no checkpoint found: initialising from scratch (seed %d)", self.seed)
             with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
                 state = init_state(self._init_params, self.optimizer.tx, jax.random.key(self.seed), self.layout)
-            return state, 0
+            return state, pipeline.ResumePoint(0)
         state, data_state, step = restored
         if from_restore_path:
             logging.info("initialised from the restore path at step %d; data starts at its first batch", step)
-            return state, 0
+            return state, pipeline.ResumePoint(0)
         if data_state.get("seed", self.train_data.seed) != self.train_data.seed:
             logging.warning("checkpoint data seed %s differs from the configured seed %s",
                             data_state.get("seed"), self.train_data.seed)
@@ -397,12 +397,13 @@ def _check_state_finite(state: TrainState, step: int, checkpointer: checkpoints.
         )
 
 
-def _save_if_due(checkpointer: checkpoints.Checkpointer, step: int, state: TrainState, data_state: dict,
-                 force: bool = False) -> None:
-    """Saves `state` as `step` when the checkpointer would, after checking that it is finite."""
+def _save_if_due(checkpointer: checkpoints.Checkpointer, step: int, state: TrainState,
+                 batches: pipeline.StagedBatches, force: bool = False) -> None:
+    """Saves `state` and the input stream's position as `step` when the checkpointer would, after
+    checking that the state is finite."""
     if checkpointer.will_save(step, force):
         _check_state_finite(state, step, checkpointer)
-        checkpointer.save(step, state, data_state, force=force)
+        checkpointer.save(step, state, batches.state(), force=force, iterator=batches.iterator_checkpoint())
 
 
 def _check_run_arguments(steps: int, eval_every: int, eval_batches: int, log_every: int, microbatches: int) -> None:
@@ -492,8 +493,9 @@ class _Loop:
         trainer = self.trainer
         state, start = trainer.restore_or_init()
         first_step = int(state.step)
-        if start != first_step:
-            logging.info("data position %d differs from state step %d: continuing from the data position", start, first_step)
+        if start.batch != first_step:
+            logging.info("data position %d differs from state step %d: continuing from the data position",
+                         start.batch, first_step)
         logging.info("training steps %d -> %d in %s", first_step, self.steps, trainer.model_dir)
         batches = pipeline.StagedBatches(trainer.data_stages, trainer.mesh, first_step, start)
         writer = MetricsWriter(trainer.model_dir, self.steps, first_step)
@@ -503,7 +505,7 @@ class _Loop:
         finally:
             writer.close()
         step = int(state.step)
-        _save_if_due(trainer.checkpointer, step, state, batches.state(), force=True)
+        _save_if_due(trainer.checkpointer, step, state, batches, force=True)
         trainer.checkpointer.close()
         return TrainSummary(str(trainer.model_dir), first_step, step, metrics, self.eval_metrics, preempted)
 
@@ -524,7 +526,7 @@ class _Loop:
                 _check_finite(metrics, step, trainer.checkpointer)
                 window_steps += 1
                 writer.advance()
-                _save_if_due(trainer.checkpointer, step + 1, state, batches.state())
+                _save_if_due(trainer.checkpointer, step + 1, state, batches)
                 if (step + 1) % self.log_every == 0 or step + 1 == self.steps:
                     seconds = (time.perf_counter() - window_start) / window_steps
                     flops = objective.train_flops(trainer.batch_spec)

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
+from typing import NamedTuple
 
 import gin
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
+from absl import logging
 from jax.sharding import Mesh
 
-from littlehelp import partitioning
+from littlehelp import checkpoints, partitioning
 from littlehelp.config import ConfigError
 from littlehelp.data import vocab
 from littlehelp.objectives import EXAMPLE_WEIGHTS
@@ -176,11 +178,12 @@ def process_rows(sharding: jax.sharding.Sharding, global_rows: int) -> np.ndarra
     return local_rows((index[0] for index in indices.values()), global_rows)
 
 
-def host_dataset(config: DatasetConfig, start_batch: int = 0, rows: np.ndarray | None = None) -> tf.data.Dataset:
-    """The batched dataset from batch `start_batch` on: global batches of `config.batch_size` rows, or
-    only their rows `rows` (e.g. `process_rows`; needs full batches, `drop_remainder`).
+def host_dataset(config: DatasetConfig, start_batch: int = 0) -> tf.data.Dataset:
+    """The batched dataset of global batches of `config.batch_size` rows, from batch `start_batch` on.
 
-    Every process reads the same stream, so a batch does not depend on the process count.
+    Every process reads the same stream, so a batch does not depend on the process count. Starting
+    later replays the batches before `start_batch` (`skip`): its cost grows with `start_batch`, which
+    is why a training run resumes from the iterator's checkpointed state instead (`GlobalBatches`).
     """
     _load_vocabularies(config.name)
     dataset = seqio.get_dataset(
@@ -195,13 +198,20 @@ def host_dataset(config: DatasetConfig, start_batch: int = 0, rows: np.ndarray |
         verbose=False,
     )
     dataset = dataset.batch(config.batch_size, drop_remainder=config.drop_remainder).skip(start_batch)
-    if rows is not None and not np.array_equal(rows, np.arange(config.batch_size)):
-        if not config.drop_remainder:
-            raise ConfigError(f"DatasetConfig {config.name!r}: selecting rows needs drop_remainder=True")
-        kept = tf.constant(np.asarray(rows, np.int64))
-        dataset = dataset.map(lambda batch: {name: tf.gather(value, kept) for name, value in batch.items()},
-                              num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def stream_id(config: DatasetConfig) -> str:
+    """What identifies a stream of batches: a saved iterator state resumes only the same stream."""
+    return repr(config)
+
+
+class ResumePoint(NamedTuple):
+    """Where a stream resumes: its next batch, and the saved iterator state (a file prefix) that
+    reaches it at once, when there is one for this stream."""
+
+    batch: int
+    iterator_state: str | None = None
 
 
 class GlobalBatches:
@@ -209,31 +219,54 @@ class GlobalBatches:
 
     Each process reads the global stream and keeps the rows its devices hold (`process_rows`), so
     batch N is the same whatever the process count. `batches_consumed` counts batches handed out
-    since batch 0, so checkpoints can store it and a resumed run can continue exactly where this one
-    stopped.
+    since batch 0, and `iterator_checkpoint()` holds the tf.data iterator's state (shuffle and
+    packing buffers included), so a resumed run continues exactly where this one stopped without
+    replaying the batches before: `resume` takes a `ResumePoint`.
     """
 
-    def __init__(self, config: DatasetConfig, mesh: Mesh, start_batch: int = 0):
+    def __init__(self, config: DatasetConfig, mesh: Mesh, resume: ResumePoint = ResumePoint(0)):
         self.config = config
-        self.batches_consumed = start_batch
+        self.batches_consumed = resume.batch
         self._sharding = partitioning.batch_sharding(mesh)
         rows = process_rows(self._sharding, config.batch_size)
-        self._iterator: Iterator[Mapping[str, np.ndarray]] = host_dataset(config, start_batch, rows).as_numpy_iterator()
+        self._rows = None if np.array_equal(rows, np.arange(config.batch_size)) else rows
+        self._iterator, self._checkpoint = self._open(resume)
+
+    def _open(self, resume: ResumePoint) -> tuple[Iterator[Mapping[str, tf.Tensor]], tf.train.Checkpoint]:
+        """The iterator at `resume.batch`: from the saved state, else (none, or it does not read back) by
+        replaying the batches before it."""
+        if resume.iterator_state is not None:
+            iterator = iter(host_dataset(self.config))
+            checkpoint = tf.train.Checkpoint(iterator=iterator)
+            try:
+                checkpoint.read(resume.iterator_state).assert_consumed()
+                return iterator, checkpoint
+            except (tf.errors.OpError, AssertionError, ValueError) as error:
+                logging.warning("the input iterator state %s does not read back (%s); replaying %d batches instead",
+                                resume.iterator_state, str(error).splitlines()[0][:200], resume.batch)
+        elif resume.batch:
+            logging.info("no saved input iterator state: replaying %d batches", resume.batch)
+        iterator = iter(host_dataset(self.config, resume.batch))
+        return iterator, tf.train.Checkpoint(iterator=iterator)
 
     def __iter__(self) -> "GlobalBatches":
         return self
 
     def __next__(self) -> dict[str, jax.Array]:
-        local = next(self._iterator)
+        batch = next(self._iterator)
         self.batches_consumed += 1
-        return {
-            name: jax.make_array_from_process_local_data(self._sharding, np.asarray(value))
-            for name, value in local.items()
-        }
+        local = {name: value.numpy() for name, value in batch.items()}
+        if self._rows is not None:
+            local = {name: value[self._rows] for name, value in local.items()}
+        return {name: jax.make_array_from_process_local_data(self._sharding, value) for name, value in local.items()}
 
-    def state(self) -> dict[str, int]:
-        """What a checkpoint must store to resume this stream exactly."""
-        return {"seed": self.config.seed, "batches_consumed": self.batches_consumed}
+    def state(self) -> dict[str, int | str]:
+        """What a checkpoint's JSON must store to resume this stream exactly (with `iterator_checkpoint`)."""
+        return {"seed": self.config.seed, "batches_consumed": self.batches_consumed, "stream": stream_id(self.config)}
+
+    def iterator_checkpoint(self) -> tf.train.Checkpoint:
+        """The iterator's state, written by `.write(prefix)` (`checkpoints.IteratorState`)."""
+        return self._checkpoint
 
 
 DataStages = list[tuple[int, DatasetConfig]]  # [(first step, data)], the first at step 0
@@ -255,10 +288,10 @@ class StagedBatches:
     stage continues its stream exactly and one resumed at a stage boundary starts the next at batch 0.
     """
 
-    def __init__(self, stages: DataStages, mesh: Mesh, step: int, start_batch: int = 0):
+    def __init__(self, stages: DataStages, mesh: Mesh, step: int, resume: ResumePoint = ResumePoint(0)):
         self.stages, self.mesh = check_data_stages(stages), mesh
         self.stage = self.stage_start(step)
-        self._batches = GlobalBatches(self.config_at(step), mesh, start_batch=start_batch)
+        self._batches = GlobalBatches(self.config_at(step), mesh, resume)
 
     def stage_start(self, step: int) -> int:
         """The first step of the stage that `step` is in."""
@@ -275,15 +308,25 @@ class StagedBatches:
             self.stage, self._batches = start, GlobalBatches(self.config_at(step), self.mesh)
         return next(self._batches)
 
-    def state(self) -> dict[str, int]:
-        """What a checkpoint must store to resume exactly: the current stream's state and its stage."""
+    def state(self) -> dict[str, int | str]:
+        """What a checkpoint's JSON must store to resume exactly: the current stream's state and its stage."""
         return {**self._batches.state(), "data_stage": self.stage}
 
+    def iterator_checkpoint(self) -> tf.train.Checkpoint:
+        """The current stream's iterator state (`GlobalBatches.iterator_checkpoint`)."""
+        return self._batches.iterator_checkpoint()
 
-def resume_position(stages: DataStages, step: int, data_state: Mapping[str, int]) -> int:
-    """The batch at which `step`'s stream resumes from a checkpoint's `data_state`: its position when
-    it was saved in the same stage (no `data_stage`: stage 0), else 0 (the stage begins at `step`)."""
+
+def resume_position(stages: DataStages, step: int, data_state: Mapping[str, int | str]) -> ResumePoint:
+    """Where `step`'s stream resumes from a checkpoint's `data_state`: its position when it was saved in
+    the same stage (no `data_stage`: stage 0), else batch 0 (the stage begins at `step`). The saved
+    iterator state (`checkpoints.ITERATOR_STATE`) comes along when it belongs to the same stream."""
     stage = max(start for start, _ in check_data_stages(stages) if start <= step)
     if int(data_state.get("data_stage", 0)) != stage:
-        return 0
-    return int(data_state.get("batches_consumed", step))
+        return ResumePoint(0)
+    batch = int(data_state.get("batches_consumed", step))
+    iterator_state = data_state.get(checkpoints.ITERATOR_STATE)
+    if iterator_state is not None and data_state.get("stream") != stream_id(dict(stages)[stage]):
+        logging.info("the data differ from those the checkpoint's iterator state was saved with: not using it")
+        iterator_state = None
+    return ResumePoint(batch, iterator_state)

@@ -177,9 +177,9 @@ def test_data_switches_and_a_run_resumed_at_the_switch_equals_the_straight_run(t
     want = [jax.device_get(next(first))["decoder_target_tokens"] for _ in range(3)]
     want += [jax.device_get(next(second))["decoder_target_tokens"] for _ in range(2)]
     assert all(np.array_equal(a, b) for a, b in zip(got, want)) and not np.array_equal(want[0], want[3])
-    assert pipeline.resume_position(stages, 3, {"batches_consumed": 3, "data_stage": 0}) == 0
-    assert pipeline.resume_position(stages, 4, {"batches_consumed": 1, "data_stage": 3}) == 1
-    assert pipeline.resume_position(stages, 2, {"batches_consumed": 2}) == 2
+    assert pipeline.resume_position(stages, 3, {"batches_consumed": 3, "data_stage": 0}) == (0, None)
+    assert pipeline.resume_position(stages, 4, {"batches_consumed": 1, "data_stage": 3}) == (1, None)
+    assert pipeline.resume_position(stages, 2, {"batches_consumed": 2}) == (2, None)
     _run(tmp_path / "straight", teacher_folder, 5)
     _run(tmp_path / "resumed", teacher_folder, 3)  # stopped at the data switch (tests/spactor: at an objective switch)
     _run(tmp_path / "resumed", teacher_folder, 5)

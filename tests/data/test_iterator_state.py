@@ -1,0 +1,73 @@
+"""Resuming the input stream from the tf.data iterator's saved state (shuffle and packing buffers
+included) instead of replaying every batch before it: the same batches as the uninterrupted stream,
+from a position the state alone fixes, through a checkpoint and on another device count."""
+
+import logging
+
+import jax
+import numpy as np
+
+from littlehelp import checkpoints, partitioning
+from littlehelp.data import DatasetConfig, GlobalBatches, pipeline
+
+from .fixtures import register_generated_tasks
+
+
+def _config(**changes) -> DatasetConfig:
+    settings = dict(task_feature_lengths={"inputs": 64, "targets": 14}, batch_size=8, seed=3)
+    return DatasetConfig(f"{register_generated_tasks()}_span_corruption", **{**settings, **changes})
+
+
+def _mesh(data: int) -> jax.sharding.Mesh:
+    return partitioning.make_mesh(partitioning.MeshConfig(data=data, fsdp=1, tensor=1))
+
+
+def _tokens(batches: GlobalBatches, count: int) -> list[np.ndarray]:
+    return [np.asarray(next(batches)["encoder_input_tokens"]) for _ in range(count)]
+
+
+def test_saved_state_resumes_the_stream_where_it_stopped_not_where_the_count_says(tmp_path):
+    """Saved after 3 batches, the state alone sets the position: a resume point that claims batch
+    10**6 (which a replay could not reach in a test's time) still continues with batch 3, on 2 devices
+    after 8, with the count carried on."""
+    straight = GlobalBatches(_config(), _mesh(8))
+    _tokens(straight, 3)
+    prefix = straight.iterator_checkpoint().write(str(tmp_path / "iterator"))
+    want = _tokens(straight, 2)
+    resumed = GlobalBatches(_config(), _mesh(2), pipeline.ResumePoint(10**6, prefix))
+    assert all(np.array_equal(a, b) for a, b in zip(_tokens(resumed, 2), want, strict=True))
+    assert resumed.batches_consumed == 10**6 + 2
+    replayed = GlobalBatches(_config(), _mesh(1), pipeline.ResumePoint(3))
+    assert all(np.array_equal(a, b) for a, b in zip(_tokens(replayed, 2), want, strict=True))
+
+
+def test_unreadable_state_falls_back_to_replaying_with_a_warning(tmp_path, caplog):
+    straight = GlobalBatches(_config(), _mesh(1))
+    want = _tokens(straight, 4)[2:]
+    (tmp_path / "iterator.index").write_bytes(b"not a checkpoint")
+    with caplog.at_level(logging.WARNING):
+        resumed = GlobalBatches(_config(), _mesh(1), pipeline.ResumePoint(2, str(tmp_path / "iterator")))
+        got = _tokens(resumed, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    assert f"the input iterator state {tmp_path / 'iterator'} does not read back" in caplog.text
+    assert "replaying 2 batches instead" in caplog.text
+
+
+def test_checkpoint_carries_the_state_and_resume_uses_it_only_for_the_same_stream(tmp_path):
+    config = _config()
+    stages = [(0, config)]
+    batches = pipeline.StagedBatches(stages, _mesh(1), step=0)
+    for step in range(2):
+        batches.batch_for(step)
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "ckpt"), checkpoints.CheckpointConfig(async_save=False))
+    state = {"w": jax.numpy.arange(3.0)}
+    assert ckpt.save(2, state, batches.state(), force=True, iterator=batches.iterator_checkpoint())
+    want = np.asarray(batches.batch_for(2)["encoder_input_tokens"])
+    _, data_state, step = ckpt.restore(jax.eval_shape(lambda: state))
+    ckpt.close()
+    point = pipeline.resume_position(stages, step, data_state)
+    assert point.batch == 2 and point.iterator_state == data_state[checkpoints.ITERATOR_STATE]
+    resumed = pipeline.StagedBatches(stages, _mesh(1), step=2, resume=point)
+    assert np.array_equal(np.asarray(resumed.batch_for(2)["encoder_input_tokens"]), want)
+    other_seed = [(0, _config(seed=4))]
+    assert pipeline.resume_position(other_seed, step, data_state) == (2, None)
