@@ -1,8 +1,10 @@
 """seqio Task -> feature converter -> global batches -> this process's rows -> global sharded jax.Arrays.
 
 Batches are a pure function of (task, seed, batch index), whatever the number of processes: a
-resumed run asks for the batches from `start_batch` on and gets exactly those an uninterrupted run
-would have seen next, also when it resumes on another host or device count.
+resumed run asks for the batches from its `ResumePoint` on and gets exactly those an uninterrupted run
+would have seen next, also when it resumes on another host or device count. It gets there at once from
+the tf.data iterator's saved state (written with each checkpoint), or else by replaying the batches
+before it.
 
 Every process reads the same global stream (the whole split, not a shard of it), batches it at the
 global batch size and keeps only its own rows (`process_rows`), those that
@@ -178,12 +180,10 @@ def process_rows(sharding: jax.sharding.Sharding, global_rows: int) -> np.ndarra
     return local_rows((index[0] for index in indices.values()), global_rows)
 
 
-def host_dataset(config: DatasetConfig, start_batch: int = 0) -> tf.data.Dataset:
-    """The batched dataset of global batches of `config.batch_size` rows, from batch `start_batch` on.
+def host_dataset(config: DatasetConfig) -> tf.data.Dataset:
+    """The batched dataset of global batches of `config.batch_size` rows.
 
-    Every process reads the same stream, so a batch does not depend on the process count. Starting
-    later replays the batches before `start_batch` (`skip`): its cost grows with `start_batch`, which
-    is why a training run resumes from the iterator's checkpointed state instead (`GlobalBatches`).
+    Every process reads the same stream, so a batch does not depend on the process count.
     """
     _load_vocabularies(config.name)
     dataset = seqio.get_dataset(
@@ -197,8 +197,7 @@ def host_dataset(config: DatasetConfig, start_batch: int = 0) -> tf.data.Dataset
         seed=config.seed,
         verbose=False,
     )
-    dataset = dataset.batch(config.batch_size, drop_remainder=config.drop_remainder).skip(start_batch)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(config.batch_size, drop_remainder=config.drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
 def stream_id(config: DatasetConfig) -> str:
@@ -234,20 +233,26 @@ class GlobalBatches:
 
     def _open(self, resume: ResumePoint) -> tuple[Iterator[Mapping[str, tf.Tensor]], tf.train.Checkpoint]:
         """The iterator at `resume.batch`: from the saved state, else (none, or it does not read back) by
-        replaying the batches before it."""
+        replaying the batches before it, whose cost grows with their number.
+
+        The replay draws from the same dataset graph instead of `skip`ping in it, so that the state
+        this iterator saves later reads back into a fresh one."""
+        iterator = iter(host_dataset(self.config))
+        checkpoint = tf.train.Checkpoint(iterator=iterator)
         if resume.iterator_state is not None:
-            iterator = iter(host_dataset(self.config))
-            checkpoint = tf.train.Checkpoint(iterator=iterator)
             try:
                 checkpoint.read(resume.iterator_state).assert_consumed()
                 return iterator, checkpoint
             except (tf.errors.OpError, AssertionError, ValueError) as error:
                 logging.warning("the input iterator state %s does not read back (%s); replaying %d batches instead",
                                 resume.iterator_state, str(error).splitlines()[0][:200], resume.batch)
+                iterator = iter(host_dataset(self.config))
+                checkpoint = tf.train.Checkpoint(iterator=iterator)
         elif resume.batch:
             logging.info("no saved input iterator state: replaying %d batches", resume.batch)
-        iterator = iter(host_dataset(self.config, resume.batch))
-        return iterator, tf.train.Checkpoint(iterator=iterator)
+        for _ in range(resume.batch):
+            next(iterator)
+        return iterator, checkpoint
 
     def __iter__(self) -> "GlobalBatches":
         return self

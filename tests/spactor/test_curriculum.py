@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from littlehelp import checkpoints, optimizers, partitioning, trainer
+from littlehelp.data import pipeline
 from littlehelp.objectives import Curriculum
 from spactor import flops_ratio, spactor_curriculum, total_flops_ratio
 from tests.helpers import t5_data
@@ -69,7 +70,7 @@ def test_after_tau_only_t5_trains_and_its_optimizer_state_carries_over(tmp_path)
         jax.tree.map(np.testing.assert_array_equal, final["params"][model], at_tau["params"][model])
         jax.tree.map(np.testing.assert_array_equal, final["opt_state"][model], at_tau["opt_state"][model])
     batches = [jax.device_get(b) for _, b in zip(range(2), trainer.GlobalBatches(
-        DATA, partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1]), start_batch=2))]
+        DATA, partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1]), pipeline.ResumePoint(2)))]
     t5_at_tau = jax.tree.map(np.asarray, at_tau["params"]["t5"])
     template = ADAM.tx.init(t5_at_tau)
     carried = jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(at_tau["opt_state"]["t5"]))
