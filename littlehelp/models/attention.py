@@ -8,11 +8,15 @@ Conventions: query [b, lq, heads, d]; key/value [b, lk, kv_heads, d] with ``head
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas import tpu as pltpu
+from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
+from jax.experimental.pallas.ops.tpu import flash_attention as pallas_tpu
 
 from littlehelp.models.layers import Projection, apply_rope, constrain
 
@@ -39,22 +43,124 @@ def _xla_attention(query: Array, key: Array, value: Array, bias: Array | None,
     return out.reshape(batch, q_len, heads, depth)
 
 
+def _require_platform(backend: str, platform: str) -> None:
+    """Refuses, in one line, a backend whose kernel is built for another platform than this run's."""
+    if jax.default_backend() == platform:
+        return
+    interpreted = f"{backend}_interpret"
+    hint = f"; {interpreted!r} runs it in Pallas interpret mode" if interpreted in ATTENTION_BACKENDS else ""
+    raise ValueError(f"attention backend {backend!r} needs a {platform.upper()}; "
+                     f"this run's JAX backend is {jax.default_backend()!r}{hint}")
+
+
 def _library_attention(query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None,
                        implementation: str = "xla") -> Array:
     """`jax.nn.dot_product_attention`, JAX's own attention (its XLA graph, or cuDNN's fused flash
     attention with implementation='cudnn'); bias and mask as here, no query scaling."""
-    if implementation == "cudnn" and jax.default_backend() != "gpu":
-        raise ValueError(f"attention backend 'cudnn' needs a GPU; this run's JAX backend is {jax.default_backend()!r}")
+    if implementation == "cudnn":
+        _require_platform("cudnn", "gpu")
     return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=1.0,
                                         implementation=implementation)
 
 
+def _kv_heads_repeated(key: Array, value: Array, heads: int) -> tuple[Array, Array]:
+    """Grouped-query key/value [b, lk, kv_heads, d] -> one per query head, for kernels without GQA."""
+    group = heads // key.shape[2]
+    return jnp.repeat(key, group, axis=2), jnp.repeat(value, group, axis=2)
+
+
+def _folded_bias(bias: Array | None, mask: Array | None, shape: tuple[int, ...]) -> Array:
+    """Bias and mask as one additive float32 bias of ``shape`` [b, heads, lq, lk]: masked -> MASKED_LOGIT."""
+    folded = jnp.broadcast_to(0.0 if bias is None else bias, shape).astype(jnp.float32)
+    return folded if mask is None else jnp.where(mask, folded, MASKED_LOGIT)
+
+
+def _in_tpu_interpret_mode(kernel: Callable[..., Array]) -> Callable[..., Array]:
+    """``kernel`` run in Pallas TPU interpret mode, its backward pass too (JAX traces that after the
+    forward call has returned, outside any context opened around it)."""
+    @jax.custom_vjp
+    def run(*args: Array | None) -> Array:
+        with pltpu.force_tpu_interpret_mode():
+            return kernel(*args)
+
+    def forward(*args: Array | None) -> tuple[Array, Callable]:
+        with pltpu.force_tpu_interpret_mode():
+            return jax.vjp(kernel, *args)
+
+    def backward(vjp: Callable, cotangent: Array) -> tuple[Array | None, ...]:
+        with pltpu.force_tpu_interpret_mode():
+            return vjp(cotangent)
+
+    run.defvjp(forward, backward)
+    return run
+
+
+# Both lengths are padded to a multiple of the TPU kernel's block (its default, and what its backward
+# pass needs along the keys); padded keys are masked through the bias, padded queries cut off.
+_TPU_BLOCK = 128
+
+
+def _pallas_tpu_attention(query: Array, key: Array, value: Array, bias: Array | None,
+                          mask: Array | None, interpret: bool = False) -> Array:
+    """JAX's Pallas TPU flash attention (`pallas.ops.tpu.flash_attention`): keys/values repeated to
+    every query head, the mask folded into its additive bias ``ab``, lengths padded to _TPU_BLOCK.
+    A fully masked query row gives the mean of the values, as in "xla", but unlike there it sends
+    gradients to its query and the keys (none when its output gets none, as a padding query's)."""
+    if not interpret:
+        _require_platform("pallas_tpu", "tpu")
+    batch, q_len, heads, depth = query.shape
+    k_len = key.shape[1]
+    q_pad, k_pad = (-length % _TPU_BLOCK for length in (q_len, k_len))
+    key, value = _kv_heads_repeated(key, value, heads)
+
+    def kernel_layout(x: Array, pad: int) -> Array:
+        return jnp.pad(x.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, pad), (0, 0)))
+
+    ab = None
+    if bias is not None or mask is not None or k_pad:
+        # Below MASKED_LOGIT, so that a fully masked row averages the real keys only, as in "xla".
+        ab = jnp.pad(_folded_bias(bias, mask, (batch, heads, q_len, k_len)),
+                     ((0, 0), (0, 0), (0, q_pad), (0, k_pad)), constant_values=2 * MASKED_LOGIT)
+    block_sizes = pallas_tpu.BlockSizes.get_default(batch, heads, q_len + q_pad, k_len + k_pad, depth)
+    kernel = functools.partial(pallas_tpu.flash_attention, sm_scale=1.0, block_sizes=block_sizes)
+    out = (_in_tpu_interpret_mode(kernel) if interpret else kernel)(
+        kernel_layout(query, q_pad), kernel_layout(key, k_pad), kernel_layout(value, k_pad), ab)
+    return out[:, :, :q_len].transpose(0, 2, 1, 3)
+
+
+def _pallas_gpu_attention(query: Array, key: Array, value: Array, bias: Array | None,
+                          mask: Array | None, interpret: bool = False) -> Array:
+    """JAX's Pallas GPU (Triton) flash attention (`pallas.ops.gpu.attention.mha`), keys/values repeated
+    to every query head. Its kernel takes no bias and, for masking, only a causal flag and one array
+    of segment ids shared by queries and keys, which a general mask does not give: it refuses both."""
+    if bias is not None or mask is not None:
+        raise ValueError("attention backend 'pallas_gpu' takes no bias or mask (its kernel knows only a "
+                         "causal flag and shared segment ids); 'cudnn' takes both on a GPU")
+    if not interpret:
+        _require_platform("pallas_gpu", "gpu")
+    key, value = _kv_heads_repeated(key, value, query.shape[2])
+    # Blocks must be powers of two dividing the lengths: the kernel's defaults where the length allows.
+    q_len, k_len = query.shape[1], key.shape[1]
+    block_sizes = pallas_gpu.BlockSizes(
+        block_q=math.gcd(q_len, 128), block_k=math.gcd(k_len, 128),
+        block_q_dkv=math.gcd(q_len, 32), block_kv_dkv=math.gcd(k_len, 32),
+        block_q_dq=math.gcd(q_len, 32), block_kv_dq=math.gcd(k_len, 32))
+    return pallas_gpu.mha(query, key, value, None, sm_scale=1.0, block_sizes=block_sizes,
+                          interpret=interpret)
+
+
 # "xla": ours, the reference; "jax_nn": jax.nn.dot_product_attention's XLA graph; "cudnn": its cuDNN
-# flash-attention kernel (GPU only; supports a subset of shapes and dtypes, and says so when not).
+# flash-attention kernel (GPU only; supports a subset of shapes and dtypes, and says so when not);
+# "pallas_tpu" / "pallas_gpu": JAX's Pallas flash-attention kernels (TPU / GPU only); their
+# "_interpret" twins run the same kernels in Pallas interpret mode on any machine (slow: for tests).
 ATTENTION_BACKENDS: dict[str, Callable[..., Array]] = {
     "xla": _xla_attention,
     "jax_nn": _library_attention,
     "cudnn": functools.partial(_library_attention, implementation="cudnn"),
+    "pallas_tpu": _pallas_tpu_attention,
+    "pallas_tpu_interpret": functools.partial(_pallas_tpu_attention, interpret=True),
+    "pallas_gpu": _pallas_gpu_attention,
+    "pallas_gpu_interpret": functools.partial(_pallas_gpu_attention, interpret=True),
 }
 
 

@@ -108,8 +108,9 @@ def test_grouped_query_attention_matches_numpy():
 
 def test_unknown_attention_backend_lists_available():
     x = jnp.zeros((1, 2, 1, 4))
-    with pytest.raises(ValueError, match="pallas_gpu.*available: cudnn, jax_nn, xla"):
-        attention.dot_product_attention(x, x, x, backend="pallas_gpu")
+    with pytest.raises(ValueError, match="'flash'.*available: cudnn, jax_nn, pallas_gpu, pallas_gpu_interpret, "
+                                         "pallas_tpu, pallas_tpu_interpret, xla$"):
+        attention.dot_product_attention(x, x, x, backend="flash")
 
 
 @pytest.mark.parametrize("field,value", [("emb_dim", 0), ("dtype", "float16"),
