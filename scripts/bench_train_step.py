@@ -122,8 +122,21 @@ def random_batch(config: BenchConfig, batch_size: int, seed: int = 0) -> dict[st
     return batch
 
 
-def bench_one(name: str, batch_size: int, steps: int, warmup: int) -> dict[str, Any]:
-    """Compiles and times the train step of one (config, batch size) on all visible devices."""
+@dataclasses.dataclass
+class CompiledStep:
+    """A benchmark's compiled train step with its state and a device-resident batch."""
+
+    compiled: Any
+    state: Any
+    batch: dict[str, Any]
+    spec: dict[str, Any]
+    objective: Any
+    devices: int
+    compile_seconds: float
+
+
+def compile_step(config: BenchConfig, batch_size: int) -> CompiledStep:
+    """Builds the state and compiles the train step of `config` at `batch_size` on all visible devices."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -131,7 +144,6 @@ def bench_one(name: str, batch_size: int, steps: int, warmup: int) -> dict[str, 
     from littlehelp import partitioning, trainer
     from littlehelp.train_state import init_state, state_layout
 
-    config = CONFIGS[name]
     objective, optimizer = build_objective_and_optimizer(config)
     devices = len(jax.devices())
     mesh = partitioning.make_mesh(partitioning.MeshConfig(*MESHES[devices]))
@@ -148,16 +160,25 @@ def bench_one(name: str, batch_size: int, steps: int, warmup: int) -> dict[str, 
     compiled = trainer.compile_train_step(trainer.make_train_step(objective, optimizer), layout, spec, mesh, rules)
     compile_seconds = time.perf_counter() - start
     batch = {k: jax.device_put(v, partitioning.batch_sharding(mesh)) for k, v in host_batch.items()}
-    seconds, loss = _time_steps(compiled, state, batch, steps, warmup)
-    flops = objective.train_flops(spec)
+    return CompiledStep(compiled, state, batch, spec, objective, devices, compile_seconds)
+
+
+def bench_one(name: str, batch_size: int, steps: int, warmup: int) -> dict[str, Any]:
+    """Compiles and times the train step of one (config, batch size) on all visible devices."""
+    from littlehelp import trainer
+
+    config = CONFIGS[name]
+    step = compile_step(config, batch_size)
+    seconds, loss = _time_steps(step.compiled, step.state, step.batch, steps, warmup)
+    flops = step.objective.train_flops(step.spec)
     step_seconds = statistics.median(seconds)
     return {
-        "config": name, "batch_size": batch_size, "devices": devices, "mesh": list(MESHES[devices]),
-        "compile_seconds": compile_seconds, "step_seconds": step_seconds,
+        "config": name, "batch_size": batch_size, "devices": step.devices, "mesh": list(MESHES[step.devices]),
+        "compile_seconds": step.compile_seconds, "step_seconds": step_seconds,
         "step_seconds_min": min(seconds), "step_seconds_max": max(seconds),
-        "tokens_per_second": trainer.tokens_per_batch(spec) / step_seconds,
+        "tokens_per_second": trainer.tokens_per_batch(step.spec) / step_seconds,
         "flops_per_step": flops, "flops_per_second": flops / step_seconds,
-        "params": _param_count(state.params), "final_loss": loss, "steps": steps, "warmup": warmup,
+        "params": _param_count(step.state.params), "final_loss": loss, "steps": steps, "warmup": warmup,
         "model_config": config.model,
     }
 
