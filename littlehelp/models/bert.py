@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from littlehelp import flops
 from littlehelp.config import ConfigError
 from littlehelp.models.api import Batch, Params, dropout
-from littlehelp.models.attention import dot_product_attention, segment_mask
+from littlehelp.models.attention import AttentionMask, dot_product_attention
 from littlehelp.models.layers import PARAM_DTYPE, Axes, Embed, Projection, constrain, layer_stack
 from littlehelp.models.t5 import EMBED_AXES, check_choice, check_common, check_positive
 
@@ -103,7 +103,7 @@ class BertAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array) -> Array:
+    def __call__(self, x: Array, mask: AttentionMask) -> Array:
         cfg = self.config
         query, key, value = (self._project(x, name) for name in ("query", "key", "value"))
         query = query * jnp.asarray(cfg.head_dim ** -0.5, query.dtype)
@@ -123,7 +123,7 @@ class BertLayer(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array) -> tuple[Array, None]:
+    def __call__(self, x: Array, mask: AttentionMask) -> tuple[Array, None]:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         x = self._residual_norm(x, BertAttention(cfg, name="attention")(x, mask), "attention_norm")
         h = _dense((cfg.mlp_dim,), ("embed",), ("mlp",), dtype, name="intermediate")(x)
@@ -159,7 +159,7 @@ class BertStack(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, mask: AttentionMask, deterministic: bool) -> Array:
         cfg = self.config
         run = layer_stack(BertLayer, cfg.num_layers, cfg.scan_layers, cfg.remat_policy,
                           num_broadcast_args=1, config=cfg, deterministic=deterministic)
@@ -194,7 +194,7 @@ class Bert(nn.Module):
         positions = jnp.arange(length)[None] if positions is None else positions
         words = self.embed(tokens) if input_embeddings is None else input_embeddings
         x = self.embeddings(words, positions, deterministic)
-        hidden = self.encoder(x, segment_mask(segments, segments), deterministic)
+        hidden = self.encoder(x, AttentionMask(query_segment_ids=segments), deterministic)
         if self.is_initializing():  # create the heads' parameters at init
             if cfg.pooler:
                 self.pooled(hidden)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from littlehelp import flops
 from littlehelp.models.api import Batch, DecodeCache, Params, StepwiseFlaxModel, dropout, empty_cache
-from littlehelp.models.attention import Attention, SelfAttentionPositions
+from littlehelp.models.attention import Attention, AttentionMask, SelfAttentionPositions
 from littlehelp.models.layers import (Embed, GatedMlp, Projection, RMSNorm, constrain,
                                       layer_stack)
 from littlehelp.models.t5 import EMBED_AXES, check_common, check_positive
@@ -62,7 +62,7 @@ class DecoderBlock(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None, positions: Array,
+    def __call__(self, x: Array, mask: AttentionMask, positions: Array,
                  cache_positions: Array | None) -> tuple[Array, None]:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         h = RMSNorm(cfg.norm_eps, dtype, name="pre_attention_norm")(x)

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 
 from littlehelp import flops
 from littlehelp.models.api import DecodeCache, StepwiseFlaxModel, dropout, empty_cache
-from littlehelp.models.attention import (ATTENTION_BACKENDS, Attention,
-                                         SelfAttentionPositions, segment_mask)
+from littlehelp.models.attention import (ATTENTION_BACKENDS, Attention, AttentionMask,
+                                         SelfAttentionPositions)
 from littlehelp.models.layers import (REMAT_POLICIES, Embed, GatedMlp, Projection,
                                       RelativePositionBias, RMSNorm, constrain, layer_stack)
 
@@ -104,7 +104,7 @@ class EncoderLayer(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None, bias: Array) -> tuple[Array, None]:
+    def __call__(self, x: Array, mask: AttentionMask, bias: Array) -> tuple[Array, None]:
         h = RMSNorm(dtype=jnp.dtype(self.config.dtype), name="pre_attention_norm")(x)
         h = _attention(self.config, "attention")(h, h, mask=mask, bias=bias)
         x = _residual(self.config, x, h, self.deterministic)
@@ -141,8 +141,8 @@ class DecoderLayer(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, encoded: Array, self_mask: Array | None,
-                 cross_mask: Array | None, self_bias: Array,
+    def __call__(self, x: Array, encoded: Array, self_mask: AttentionMask,
+                 cross_mask: AttentionMask, self_bias: Array,
                  cache_positions: Array | None) -> tuple[Array, None]:
         dtype = jnp.dtype(self.config.dtype)
         h = RMSNorm(dtype=dtype, name="pre_self_attention_norm")(x)
@@ -165,7 +165,7 @@ class DecoderStack(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array | None, encoded: Array | None, tokens: Array | None,
-                 segment_ids: Array | None, positions: Array | None, cross_mask: Array | None,
+                 segment_ids: Array | None, positions: Array | None, cross_mask: AttentionMask | None,
                  deterministic: bool, decode: bool, decode_lengths: Array | None = None,
                  hidden: Array | None = None, return_hidden: bool = False) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
@@ -179,7 +179,7 @@ class DecoderStack(nn.Module):
         return constrain(logits, ("batch", "length", "vocab"))
 
     def _body(self, x: Array, encoded: Array, tokens: Array, segment_ids: Array | None,
-              positions: Array | None, cross_mask: Array | None, deterministic: bool, decode: bool,
+              positions: Array | None, cross_mask: AttentionMask, deterministic: bool, decode: bool,
               decode_lengths: Array | None) -> Array:
         """Embedded decoder inputs -> final-normed hidden states."""
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
@@ -268,9 +268,10 @@ class T5(nn.Module):
         """Decoder logits (or hidden states). With ``decode`` the tokens go through the cache after
         each row's ``decode_lengths`` committed tokens (see ``littlehelp.models.api``)."""
         if decoder_segment_ids is not None and encoder_segment_ids is not None:
-            cross_mask = segment_mask(decoder_segment_ids, encoder_segment_ids)
-        else:
-            cross_mask = (encoder_input_tokens != 0)[:, None, None, :]
+            cross_mask = AttentionMask(query_segment_ids=decoder_segment_ids, key_segment_ids=encoder_segment_ids)
+        else:  # every decoder token in segment 1 and every encoder token but padding: padding keys masked
+            cross_mask = AttentionMask(query_segment_ids=jnp.ones(decoder_input_tokens.shape, jnp.int32),
+                                       key_segment_ids=_segments(encoder_input_tokens, None))
         x = self.token_embedder(decoder_input_tokens)
         return self.decoder(x, encoded, decoder_input_tokens, decoder_segment_ids,
                             decoder_positions, cross_mask, deterministic, decode, decode_lengths,

@@ -102,7 +102,7 @@ def test_grouped_query_attention_matches_numpy():
     mask = rng.random(size=(2, 1, 4, 6)) < 0.6
     mask[..., 0] = True
     got = attention.dot_product_attention(*(jnp.asarray(a, jnp.float32) for a in (q, k, v, bias)),
-                                          mask=jnp.asarray(mask))
+                                          mask=attention.AttentionMask(dense=jnp.asarray(mask)))
     np.testing.assert_allclose(got, _np_attention(q, k, v, bias, mask), rtol=1e-4, atol=1e-5)
 
 
