@@ -6,11 +6,14 @@ module's compute ``dtype`` when used.
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 import numpy as np
 
 Array = jax.Array
@@ -19,6 +22,7 @@ Axes = tuple[str | None, ...]
 
 PARAM_DTYPE = jnp.float32
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+PROJECTION_OUTPUT = "projection_output"  # the name remat policies save a Projection's output by
 GATED_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": lambda x: nn.gelu(x, approximate=True),
     "silu": nn.silu,
@@ -56,6 +60,43 @@ class RMSNorm(nn.Module):
         return (normed * scale).astype(self.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def contract_into_kernel(x: Array, kernel: Array, num_in: int) -> Array:
+    """x [..., in...] . kernel [in..., out...] -> [..., out...], contracting x's last `num_in` axes.
+
+    Its gradient is autodiff's, with one choice made for CPU speed: the kernel's gradient contracts
+    the rows of x and of the output's cotangent with the smaller of the two as the left operand, the
+    one XLA:CPU transposes. Autodiff always puts the cotangent there, so a wide output (an MLP's
+    input projection) had its whole cotangent transposed before every weight-gradient matmul.
+    """
+    return jax.lax.dot_general(x, kernel, (_contracted_axes(x.ndim, num_in), ((), ())))
+
+
+def _contracted_axes(x_ndim: int, num_in: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return tuple(range(x_ndim - num_in, x_ndim)), tuple(range(num_in))
+
+
+def _contract_forward(x: Array, kernel: Array, num_in: int) -> tuple[Array, tuple[Array, Array]]:
+    return contract_into_kernel(x, kernel, num_in), (x, kernel)
+
+
+def _contract_backward(num_in: int, residuals: tuple[Array, Array], cotangent: Array) -> tuple[Array, Array]:
+    x, kernel = residuals
+    num_out, rows = kernel.ndim - num_in, x.ndim - num_in
+    out_axes = tuple(range(rows, cotangent.ndim))
+    x_grad = jax.lax.dot_general(cotangent, kernel, ((out_axes, tuple(range(num_in, kernel.ndim))), ((), ())))
+    row_axes = tuple(range(rows))
+    if math.prod(x.shape[rows:]) <= math.prod(kernel.shape[num_in:]):
+        kernel_grad = jax.lax.dot_general(x, cotangent, ((row_axes, row_axes), ((), ())))
+    else:
+        swapped = jax.lax.dot_general(cotangent, x, ((row_axes, row_axes), ((), ())))  # [out..., in...]
+        kernel_grad = jnp.transpose(swapped, tuple(range(num_out, kernel.ndim)) + tuple(range(num_out)))
+    return x_grad.astype(x.dtype), kernel_grad.astype(kernel.dtype)
+
+
+contract_into_kernel.defvjp(_contract_forward, _contract_backward)
+
+
 class Projection(nn.Module):
     """Linear map contracting the last ``len(in_axes)`` input axes into ``features``.
 
@@ -78,9 +119,8 @@ class Projection(nn.Module):
             nn.with_logical_partitioning(fan_in_init(num_in, self.init_scale),
                                          self.in_axes + self.out_axes),
             shape, PARAM_DTYPE)
-        contract = (tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in)))
-        out = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                                  (contract, ((), ())))
+        out = checkpoint_name(contract_into_kernel(x.astype(self.dtype), kernel.astype(self.dtype), num_in),
+                              PROJECTION_OUTPUT)
         if not self.use_bias:
             return out
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
@@ -182,10 +222,18 @@ class RelativePositionBias(nn.Module):
 
 
 def remat_policy(name: str) -> Callable[..., Any] | None:
-    """Maps a remat policy name to a ``jax.checkpoint`` policy (``full`` saves nothing)."""
+    """Maps a remat policy name to a ``jax.checkpoint`` policy (``full`` saves nothing).
+
+    The dot-saving policies also save the outputs of `Projection`s (named PROJECTION_OUTPUT): their
+    matmul is inside a custom VJP (`contract_into_kernel`), where a policy does not see it as a dot.
+    """
     if name not in REMAT_POLICIES:
         raise ValueError(f"Unknown remat_policy {name!r}; available: {', '.join(REMAT_POLICIES)}")
-    return getattr(jax.checkpoint_policies, name, None)
+    policy = getattr(jax.checkpoint_policies, name, None)
+    if name.startswith("dots"):
+        projections = jax.checkpoint_policies.save_only_these_names(PROJECTION_OUTPUT)
+        return jax.checkpoint_policies.save_from_both_policies(policy, projections)
+    return policy
 
 
 def layer_stack(layer_cls: type[nn.Module], num_layers: int, scan_layers: bool, remat: str,
