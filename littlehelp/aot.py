@@ -90,8 +90,8 @@ def chip_grid(chips: int, dims: int) -> tuple[int, ...]:
     return tuple(grid)
 
 
-def parse_topology(name: str) -> tuple[TpuGeneration, str, str]:
-    """(generation, libtpu topology name, slice name) of `v5p-512` or `v5p:4x8x8`."""
+def parse_topology(name: str) -> tuple[TpuGeneration, str]:
+    """(generation, libtpu topology name) of `v5p-512` or `v5p:4x8x8`."""
     match = re.fullmatch(r"(v\d+[a-z]*)(?:-(\d+)|:(\d+(?:x\d+)+))", name)
     if not match or match.group(1) not in TPU_GENERATIONS:
         raise TargetError(f"--topology={name!r}: expected GEN-CORES or GEN:AxBxC with GEN one of "
@@ -103,12 +103,12 @@ def parse_topology(name: str) -> tuple[TpuGeneration, str, str]:
         grid = tuple(int(n) for n in match.group(3).split("x"))
         if len(grid) != generation.grid_dims:
             raise TargetError(f"--topology={name!r}: {match.group(1)} slices have {generation.grid_dims} grid axes")
-    return generation, f"{generation.topology_prefix}:{'x'.join(map(str, grid))}", name
+    return generation, f"{generation.topology_prefix}:{'x'.join(map(str, grid))}"
 
 
 def tpu_target(name: str, memory_gb: float | None = None) -> Target:
     """The devices of TPU slice `name` from libtpu's topology description (no TPU needed)."""
-    generation, topology_name, _ = parse_topology(name)
+    generation, topology_name = parse_topology(name)
     try:
         import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     except ImportError:
@@ -306,22 +306,26 @@ def mesh_devices(mesh: partitioning.MeshConfig | None) -> int | None:
     return math.prod(dataclasses.astuple(mesh))
 
 
-def build_target(topology: str | None, num_devices: int | None, mesh: partitioning.MeshConfig | None,
-                 memory_gb: float | None) -> Target:
-    """The Target the CLI flags name: a TPU topology, or N fake CPU devices (N from the mesh if unset)."""
+def cpu_device_count(num_devices: int | None, mesh: str | None) -> int | None:
+    """The fake CPU devices that `--num_devices`, or else a `--mesh` without -1, asks for."""
+    return num_devices or mesh_devices(parse_mesh(mesh) if mesh else None)
+
+
+def build_target(topology: str | None, cpu_devices: int | None, memory_gb: float | None) -> Target:
+    """The Target the CLI flags name: a TPU topology, or `cpu_devices` fake CPU devices."""
     if topology:
         return tpu_target(topology, memory_gb)
-    count = num_devices or mesh_devices(mesh)
-    if count is None:
+    if cpu_devices is None:
         raise TargetError("littlehelp compile: give --topology, --num_devices or a --mesh without -1")
-    return cpu_target(count, memory_gb)
+    return cpu_target(cpu_devices, memory_gb)
 
 
 def compile_command(topology: str | None, num_devices: int | None, mesh: str | None, memory_gb: float | None,
                     out: str | None, settings: trainer.TrainSettings) -> CompilePlan:
     """`littlehelp compile` after gin is parsed: builds the target, plans the run, prints and writes it."""
     mesh_config = parse_mesh(mesh) if mesh else None
-    plan = plan_run(settings, build_target(topology, num_devices, mesh_config, memory_gb), mesh_config)
+    target = build_target(topology, cpu_device_count(num_devices, mesh), memory_gb)
+    plan = plan_run(settings, target, mesh_config)
     print(describe(plan), flush=True)
     if out:
         write_plan(plan, out)

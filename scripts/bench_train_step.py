@@ -67,9 +67,8 @@ CONFIGS: dict[str, BenchConfig] = {
         vocab_size=128, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32), 0, 16),
 }
 DEFAULT_CONFIGS = ("t5-bench", "decoder-bench")
-# Layers are unrolled (scan_layers=False): with 4 layers per stack, the scanned backward pass of
-# t5-bench at batch 16 measured 1.35x slower on a 2-core CPU (transposing copies of the stacked
-# MLP activations before each weight-gradient matmul).
+# Layers are unrolled (scan_layers=False), the configurations' reference; scripts/bench_scan.py
+# compares scanned layers and remat policies against them.
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
