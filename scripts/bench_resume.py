@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import tempfile
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from littlehelp import partitioning  # noqa: E402
+from littlehelp.metrics import write_report  # noqa: E402
 from littlehelp.data import DatasetConfig, GlobalBatches, pipeline  # noqa: E402
 
 LENGTHS = {"inputs": 128, "targets": 29}  # gin/runs/demo.gin
@@ -93,10 +93,8 @@ def main() -> None:
               "cpu_count": os.cpu_count(), "load_average_before": load_before,
               "load_average_after": os.getloadavg()[0], "task": config.name, "lengths": LENGTHS,
               "batch_size": args.batch_size, "results": rows}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "bench_resume.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out_dir / "bench_resume.md").write_text(markdown(report))
     print(markdown(report))
+    write_report(args.out_dir, "bench_resume", report, markdown(report))
 
 
 def markdown(report: dict) -> str:
