@@ -17,6 +17,8 @@ data never depends on how the job was launched.
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
@@ -230,6 +232,7 @@ class GlobalBatches:
         rows = process_rows(self._sharding, config.batch_size)
         self._rows = None if np.array_equal(rows, np.arange(config.batch_size)) else rows
         self._iterator, self._checkpoint = self._open(resume)
+        self._savable: bool | None = None  # found out at the first save
 
     def _open(self, resume: ResumePoint) -> tuple[Iterator[Mapping[str, tf.Tensor]], tf.train.Checkpoint]:
         """The iterator at `resume.batch`: from the saved state, else (none, or it does not read back) by
@@ -269,9 +272,25 @@ class GlobalBatches:
         """What a checkpoint's JSON must store to resume this stream exactly (with `iterator_checkpoint`)."""
         return {"seed": self.config.seed, "batches_consumed": self.batches_consumed, "stream": stream_id(self.config)}
 
-    def iterator_checkpoint(self) -> tf.train.Checkpoint:
-        """The iterator's state, written by `.write(prefix)` (`checkpoints.IteratorState`)."""
-        return self._checkpoint
+    def iterator_checkpoint(self) -> tf.train.Checkpoint | None:
+        """The iterator's state, written by `.write(prefix)` (`checkpoints.IteratorState`); None for a
+        pipeline whose state tf.data cannot save (a Python function in it, as in `from_generator`):
+        such a stream resumes by replaying."""
+        if self._savable is None:
+            self._savable = _state_is_savable(self._checkpoint, self.config)
+        return self._checkpoint if self._savable else None
+
+
+def _state_is_savable(checkpoint: tf.train.Checkpoint, config: DatasetConfig) -> bool:
+    """Whether tf.data can save this iterator's state: a trial write, into a folder then deleted."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            checkpoint.write(os.path.join(folder, "trial"))
+            return True
+        except tf.errors.FailedPreconditionError as error:
+            logging.info("the input iterator of %s cannot be saved (%s): a resumed run replays its batches",
+                         config.name, str(error).split("}}")[-1].split("[Op:")[0].strip())
+            return False
 
 
 DataStages = list[tuple[int, DatasetConfig]]  # [(first step, data)], the first at step 0
@@ -317,8 +336,8 @@ class StagedBatches:
         """What a checkpoint's JSON must store to resume exactly: the current stream's state and its stage."""
         return {**self._batches.state(), "data_stage": self.stage}
 
-    def iterator_checkpoint(self) -> tf.train.Checkpoint:
-        """The current stream's iterator state (`GlobalBatches.iterator_checkpoint`)."""
+    def iterator_checkpoint(self) -> tf.train.Checkpoint | None:
+        """The current stream's iterator state, if it can be saved (`GlobalBatches.iterator_checkpoint`)."""
         return self._batches.iterator_checkpoint()
 
 

@@ -67,7 +67,8 @@ def contract_into_kernel(x: Array, kernel: Array, num_in: int) -> Array:
     Its gradient is autodiff's, with one choice made for CPU speed: the kernel's gradient contracts
     the rows of x and of the output's cotangent with the smaller of the two as the left operand, the
     one XLA:CPU transposes. Autodiff always puts the cotangent there, so a wide output (an MLP's
-    input projection) had its whole cotangent transposed before every weight-gradient matmul.
+    input projection) had its whole cotangent transposed before every weight-gradient matmul. As in
+    autodiff, only the gradients of inputs being differentiated are computed (a frozen kernel's is not).
     """
     return jax.lax.dot_general(x, kernel, (_contracted_axes(x.ndim, num_in), ((), ())))
 
@@ -76,25 +77,40 @@ def _contracted_axes(x_ndim: int, num_in: int) -> tuple[tuple[int, ...], tuple[i
     return tuple(range(x_ndim - num_in, x_ndim)), tuple(range(num_in))
 
 
-def _contract_forward(x: Array, kernel: Array, num_in: int) -> tuple[Array, tuple[Array, Array]]:
-    return contract_into_kernel(x, kernel, num_in), (x, kernel)
+def _contract_forward(x: Any, kernel: Any, num_in: int) -> tuple[Array, tuple[Array | None, Array | None]]:
+    """`x` and `kernel` are `CustomVJPPrimal`s (symbolic zeros): each residual is kept only when the
+    gradient that needs it is wanted (x for the kernel's, the kernel for x's)."""
+    out = contract_into_kernel(x.value, kernel.value, num_in)
+    return out, (x.value if kernel.perturbed else None, kernel.value if x.perturbed else None)
 
 
-def _contract_backward(num_in: int, residuals: tuple[Array, Array], cotangent: Array) -> tuple[Array, Array]:
+def _contract_backward(num_in: int, residuals: tuple[Array | None, Array | None],
+                       cotangent: Array) -> tuple[Array | None, Array | None]:
     x, kernel = residuals
-    num_out, rows = kernel.ndim - num_in, x.ndim - num_in
-    out_axes = tuple(range(rows, cotangent.ndim))
-    x_grad = jax.lax.dot_general(cotangent, kernel, ((out_axes, tuple(range(num_in, kernel.ndim))), ((), ())))
+    if isinstance(cotangent, jax.custom_derivatives.SymbolicZero):
+        return None, None
+    x_grad = kernel_grad = None
+    if kernel is not None:  # x is differentiated
+        rows = cotangent.ndim - (kernel.ndim - num_in)
+        out_axes = tuple(range(rows, cotangent.ndim))
+        x_grad = jax.lax.dot_general(cotangent, kernel, ((out_axes, tuple(range(num_in, kernel.ndim))), ((), ())))
+    if x is not None:  # the kernel is differentiated
+        kernel_grad = _kernel_gradient(x, cotangent, x.ndim - num_in)
+    return x_grad, kernel_grad
+
+
+def _kernel_gradient(x: Array, cotangent: Array, rows: int) -> Array:
+    """Sum over the leading `rows` axes of x [rows..., in...] (outer) cotangent [rows..., out...],
+    the smaller of the two on the left (the operand XLA:CPU transposes)."""
     row_axes = tuple(range(rows))
-    if math.prod(x.shape[rows:]) <= math.prod(kernel.shape[num_in:]):
-        kernel_grad = jax.lax.dot_general(x, cotangent, ((row_axes, row_axes), ((), ())))
-    else:
-        swapped = jax.lax.dot_general(cotangent, x, ((row_axes, row_axes), ((), ())))  # [out..., in...]
-        kernel_grad = jnp.transpose(swapped, tuple(range(num_out, kernel.ndim)) + tuple(range(num_out)))
-    return x_grad.astype(x.dtype), kernel_grad.astype(kernel.dtype)
+    if math.prod(x.shape[rows:]) <= math.prod(cotangent.shape[rows:]):
+        return jax.lax.dot_general(x, cotangent, ((row_axes, row_axes), ((), ())))
+    swapped = jax.lax.dot_general(cotangent, x, ((row_axes, row_axes), ((), ())))  # [out..., in...]
+    num_out, num_in = cotangent.ndim - rows, x.ndim - rows
+    return jnp.transpose(swapped, tuple(range(num_out, num_out + num_in)) + tuple(range(num_out)))
 
 
-contract_into_kernel.defvjp(_contract_forward, _contract_backward)
+contract_into_kernel.defvjp(_contract_forward, _contract_backward, symbolic_zeros=True)
 
 
 class Projection(nn.Module):

@@ -6,16 +6,19 @@ import logging
 
 import jax
 import numpy as np
+import seqio
+import tensorflow as tf
 
 from littlehelp import checkpoints, partitioning
-from littlehelp.data import DatasetConfig, GlobalBatches, pipeline
+from littlehelp.data import DatasetConfig, GlobalBatches, pipeline, tasks
 
-from .fixtures import register_generated_tasks
+from .fixtures import BYTE_SENTINEL_VOCABULARY, generated_documents, register_generated_tasks
 
 
 def _config(**changes) -> DatasetConfig:
-    settings = dict(task_feature_lengths={"inputs": 64, "targets": 14}, batch_size=8, seed=3)
-    return DatasetConfig(f"{register_generated_tasks()}_span_corruption", **{**settings, **changes})
+    settings = dict(name=f"{register_generated_tasks()}_span_corruption",
+                    task_feature_lengths={"inputs": 64, "targets": 14}, batch_size=8, seed=3)
+    return DatasetConfig(**{**settings, **changes})
 
 
 def _mesh(data: int) -> jax.sharding.Mesh:
@@ -74,3 +77,33 @@ def test_checkpoint_carries_the_state_and_resume_uses_it_only_for_the_same_strea
     assert np.array_equal(np.asarray(resumed.batch_for(2)["encoder_input_tokens"]), want)
     other_seed = [(0, _config(seed=4))]
     assert pipeline.resume_position(other_seed, step, data_state) == (2, None)
+
+
+def _generator_source(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+    """The generated documents through a Python generator, as in-memory Tasks build theirs."""
+    documents = generated_documents(split)
+    return tf.data.Dataset.from_generator(lambda: ({"text": d} for d in documents),
+                                          output_signature={"text": tf.TensorSpec((), tf.string)})
+
+
+def test_a_pipeline_tf_data_cannot_save_gives_no_state_and_resumes_by_replaying(tmp_path, caplog):
+    source = seqio.FunctionDataSource(_generator_source, splits=["train"])
+    name = tasks.register_text_tasks("from_generator", source, BYTE_SENTINEL_VOCABULARY, shuffle_buffer_size=64)[2]
+    config = _config(name=name, task_feature_lengths={"targets": 32}, feature_converter="lm")
+    stages = [(0, config)]
+    batches = pipeline.StagedBatches(stages, _mesh(1), step=0)
+    for step in range(2):
+        batches.batch_for(step)
+    with caplog.at_level(logging.INFO):
+        assert batches.iterator_checkpoint() is None
+    assert f"the input iterator of {name} cannot be saved" in caplog.text
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "ckpt"), checkpoints.CheckpointConfig(async_save=False))
+    state = {"w": jax.numpy.arange(3.0)}
+    assert ckpt.save(2, state, batches.state(), force=True, iterator=batches.iterator_checkpoint())
+    want = np.asarray(batches.batch_for(2)["decoder_target_tokens"])
+    _, data_state, step = ckpt.restore(jax.eval_shape(lambda: state))
+    ckpt.close()
+    point = pipeline.resume_position(stages, step, data_state)
+    assert point == (2, None)
+    resumed = pipeline.StagedBatches(stages, _mesh(1), step=2, resume=point)
+    assert np.array_equal(np.asarray(resumed.batch_for(2)["decoder_target_tokens"]), want)
