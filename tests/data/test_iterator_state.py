@@ -59,24 +59,36 @@ def test_unreadable_state_falls_back_to_replaying_with_a_warning(tmp_path, caplo
     assert "replaying 2 batches instead" in caplog.text
 
 
-def test_checkpoint_carries_the_state_and_resume_uses_it_only_for_the_same_stream(tmp_path):
-    config = _config()
-    stages = [(0, config)]
+def _two_batches_in(stages: pipeline.DataStages) -> pipeline.StagedBatches:
     batches = pipeline.StagedBatches(stages, _mesh(1), step=0)
     for step in range(2):
         batches.batch_for(step)
+    return batches
+
+
+def _saved_and_resumed(tmp_path, stages: pipeline.DataStages, batches: pipeline.StagedBatches,
+                       feature: str) -> tuple[pipeline.ResumePoint, dict, np.ndarray, np.ndarray]:
+    """Saves `batches` as step 2 through a Checkpointer, restores it and resumes the stream: (resume
+    point, restored data state, batch 2 of the uninterrupted stream, batch 2 of the resumed one)."""
     ckpt = checkpoints.Checkpointer(str(tmp_path / "ckpt"), checkpoints.CheckpointConfig(async_save=False))
     state = {"w": jax.numpy.arange(3.0)}
     assert ckpt.save(2, state, batches.state(), force=True, iterator=batches.iterator_checkpoint())
-    want = np.asarray(batches.batch_for(2)["encoder_input_tokens"])
+    want = np.asarray(batches.batch_for(2)[feature])
     _, data_state, step = ckpt.restore(jax.eval_shape(lambda: state))
     ckpt.close()
     point = pipeline.resume_position(stages, step, data_state)
-    assert point.batch == 2 and point.iterator_state == data_state[checkpoints.ITERATOR_STATE]
     resumed = pipeline.StagedBatches(stages, _mesh(1), step=2, resume=point)
-    assert np.array_equal(np.asarray(resumed.batch_for(2)["encoder_input_tokens"]), want)
+    return point, data_state, want, np.asarray(resumed.batch_for(2)[feature])
+
+
+def test_checkpoint_carries_the_state_and_resume_uses_it_only_for_the_same_stream(tmp_path):
+    stages = [(0, _config())]
+    point, data_state, want, got = _saved_and_resumed(tmp_path, stages, _two_batches_in(stages),
+                                                      "encoder_input_tokens")
+    assert point.batch == 2 and point.iterator_state == data_state[checkpoints.ITERATOR_STATE]
+    assert np.array_equal(got, want)
     other_seed = [(0, _config(seed=4))]
-    assert pipeline.resume_position(other_seed, step, data_state) == (2, None)
+    assert pipeline.resume_position(other_seed, 2, data_state) == (2, None)
 
 
 def _generator_source(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
@@ -89,21 +101,10 @@ def _generator_source(split: str, shuffle_files: bool, seed: int | None = None) 
 def test_a_pipeline_tf_data_cannot_save_gives_no_state_and_resumes_by_replaying(tmp_path, caplog):
     source = seqio.FunctionDataSource(_generator_source, splits=["train"])
     name = tasks.register_text_tasks("from_generator", source, BYTE_SENTINEL_VOCABULARY, shuffle_buffer_size=64)[2]
-    config = _config(name=name, task_feature_lengths={"targets": 32}, feature_converter="lm")
-    stages = [(0, config)]
-    batches = pipeline.StagedBatches(stages, _mesh(1), step=0)
-    for step in range(2):
-        batches.batch_for(step)
+    stages = [(0, _config(name=name, task_feature_lengths={"targets": 32}, feature_converter="lm"))]
+    batches = _two_batches_in(stages)
     with caplog.at_level(logging.INFO):
         assert batches.iterator_checkpoint() is None
     assert f"the input iterator of {name} cannot be saved" in caplog.text
-    ckpt = checkpoints.Checkpointer(str(tmp_path / "ckpt"), checkpoints.CheckpointConfig(async_save=False))
-    state = {"w": jax.numpy.arange(3.0)}
-    assert ckpt.save(2, state, batches.state(), force=True, iterator=batches.iterator_checkpoint())
-    want = np.asarray(batches.batch_for(2)["decoder_target_tokens"])
-    _, data_state, step = ckpt.restore(jax.eval_shape(lambda: state))
-    ckpt.close()
-    point = pipeline.resume_position(stages, step, data_state)
-    assert point == (2, None)
-    resumed = pipeline.StagedBatches(stages, _mesh(1), step=2, resume=point)
-    assert np.array_equal(np.asarray(resumed.batch_for(2)["decoder_target_tokens"]), want)
+    point, _, want, got = _saved_and_resumed(tmp_path, stages, batches, "decoder_target_tokens")
+    assert point == (2, None) and np.array_equal(got, want)
