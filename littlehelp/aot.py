@@ -306,9 +306,9 @@ def mesh_devices(mesh: partitioning.MeshConfig | None) -> int | None:
     return math.prod(dataclasses.astuple(mesh))
 
 
-def cpu_device_count(num_devices: int | None, mesh: str | None) -> int | None:
+def cpu_device_count(num_devices: int | None, mesh: partitioning.MeshConfig | None) -> int | None:
     """The fake CPU devices that `--num_devices`, or else a `--mesh` without -1, asks for."""
-    return num_devices or mesh_devices(parse_mesh(mesh) if mesh else None)
+    return num_devices or mesh_devices(mesh)
 
 
 def build_target(topology: str | None, cpu_devices: int | None, memory_gb: float | None) -> Target:
@@ -320,11 +320,10 @@ def build_target(topology: str | None, cpu_devices: int | None, memory_gb: float
     return cpu_target(cpu_devices, memory_gb)
 
 
-def compile_command(topology: str | None, num_devices: int | None, mesh: str | None, memory_gb: float | None,
-                    out: str | None, settings: trainer.TrainSettings) -> CompilePlan:
+def compile_command(topology: str | None, cpu_devices: int | None, mesh_config: partitioning.MeshConfig | None,
+                    memory_gb: float | None, out: str | None, settings: trainer.TrainSettings) -> CompilePlan:
     """`littlehelp compile` after gin is parsed: builds the target, plans the run, prints and writes it."""
-    mesh_config = parse_mesh(mesh) if mesh else None
-    target = build_target(topology, cpu_device_count(num_devices, mesh), memory_gb)
+    target = build_target(topology, cpu_devices, memory_gb)
     plan = plan_run(settings, target, mesh_config)
     print(describe(plan), flush=True)
     if out:

@@ -217,11 +217,12 @@ def _compile(args: argparse.Namespace, overrides: Sequence[str]) -> Any:
     from littlehelp import aot  # pylint: disable=import-outside-toplevel
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    count = aot.cpu_device_count(args.num_devices, args.mesh)
+    mesh = aot.parse_mesh(args.mesh) if args.mesh else None
+    count = aot.cpu_device_count(args.num_devices, mesh)
     if count and not args.topology:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
     settings = configure("train", args.gin_file, overrides, _search_paths(args))(settings_only=True)
-    return aot.compile_command(args.topology, args.num_devices, args.mesh, args.memory_gb, args.out, settings)
+    return aot.compile_command(args.topology, count, mesh, args.memory_gb, args.out, settings)
 
 
 def run() -> None:

@@ -240,22 +240,25 @@ class GlobalBatches:
 
         The replay draws from the same dataset graph instead of `skip`ping in it, so that the state
         this iterator saves later reads back into a fresh one."""
-        iterator = iter(host_dataset(self.config))
-        checkpoint = tf.train.Checkpoint(iterator=iterator)
         if resume.iterator_state is not None:
+            iterator, checkpoint = self._fresh_iterator()
             try:
                 checkpoint.read(resume.iterator_state).assert_consumed()
                 return iterator, checkpoint
             except (tf.errors.OpError, AssertionError, ValueError) as error:
                 logging.warning("the input iterator state %s does not read back (%s); replaying %d batches instead",
                                 resume.iterator_state, str(error).splitlines()[0][:200], resume.batch)
-                iterator = iter(host_dataset(self.config))
-                checkpoint = tf.train.Checkpoint(iterator=iterator)
         elif resume.batch:
             logging.info("no saved input iterator state: replaying %d batches", resume.batch)
+        iterator, checkpoint = self._fresh_iterator()
         for _ in range(resume.batch):
             next(iterator)
         return iterator, checkpoint
+
+    def _fresh_iterator(self) -> tuple[Iterator[Mapping[str, tf.Tensor]], tf.train.Checkpoint]:
+        """An iterator at batch 0 and the checkpoint that saves and restores its state."""
+        iterator = iter(host_dataset(self.config))
+        return iterator, tf.train.Checkpoint(iterator=iterator)
 
     def __iter__(self) -> "GlobalBatches":
         return self

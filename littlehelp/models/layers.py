@@ -90,9 +90,8 @@ def _contract_backward(num_in: int, residuals: tuple[Array | None, Array | None]
     if isinstance(cotangent, jax.custom_derivatives.SymbolicZero):
         return None, None
     x_grad = kernel_grad = None
-    if kernel is not None:  # x is differentiated
-        rows = cotangent.ndim - (kernel.ndim - num_in)
-        out_axes = tuple(range(rows, cotangent.ndim))
+    if kernel is not None:  # x is differentiated: contract the cotangent's output axes with the kernel's
+        out_axes = tuple(range(cotangent.ndim - (kernel.ndim - num_in), cotangent.ndim))
         x_grad = jax.lax.dot_general(cotangent, kernel, ((out_axes, tuple(range(num_in, kernel.ndim))), ((), ())))
     if x is not None:  # the kernel is differentiated
         kernel_grad = _kernel_gradient(x, cotangent, x.ndim - num_in)
