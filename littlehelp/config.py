@@ -47,6 +47,7 @@ CONFIGURABLE_MODULES: list[str] = [
 # The repository's gin/ folder, always on the search path (after the working directory).
 REPO_GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
 COMMAND_LINE = "command line"
+OVERRIDE_PREFIX = "--gin."  # a command-line argument `--gin.NAME=VALUE` is the override `NAME=VALUE`
 OPERATIVE_CONFIG_NAME = "config.gin"
 _MACRO_SELECTOR = "gin.macro"
 _MACRO_SUFFIX = "/" + _MACRO_SELECTOR
@@ -138,6 +139,27 @@ def parse_override(binding: str) -> str:
     if not _is_single_binding(f"{name} = {value}"):
         value = repr(value)
     return f"{name} = {value}"
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates `--gin.NAME=VALUE` (or `--gin.NAME VALUE`) overrides from the other arguments.
+
+    Returns (other arguments, overrides as `NAME=VALUE`).
+    """
+    rest: list[str] = []
+    overrides: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if not arg.startswith(OVERRIDE_PREFIX):
+            rest.append(arg)
+        elif "=" in arg:
+            overrides.append(arg.removeprefix(OVERRIDE_PREFIX))
+        else:
+            value = next(args, None)
+            if value is None:
+                raise ConfigError(f"override '{arg}' ({COMMAND_LINE}) has no value")
+            overrides.append(f"{arg.removeprefix(OVERRIDE_PREFIX)}={value}")
+    return rest, overrides
 
 
 def _is_single_binding(text: str) -> bool:

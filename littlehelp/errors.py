@@ -21,3 +21,9 @@ class LittlehelpError(Exception):
         """The message's first line (gin appends "In call to configurable ..." lines below it)."""
         text = str(self).strip()
         return text.splitlines()[0] if text else type(self).__name__
+
+
+class PreemptedError(LittlehelpError):
+    """A run stopped by SIGTERM with its state saved, where a caller needed it finished; rerun to resume."""
+
+    exit_code = EXIT_PREEMPTED

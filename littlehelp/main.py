@@ -1,10 +1,12 @@
-"""Command line: `littlehelp train|eval|infer|compile --gin_file=F.gin --gin.NAME=VALUE`, `littlehelp convert|sweep`.
+"""Command line: `littlehelp train|eval|infer|compile --gin_file=F.gin --gin.NAME=VALUE`, `littlehelp convert|sweep|study`.
 
 `littlehelp convert --from=PATH --to=DIR` imports a pretrained model (a GGUF file or an HF folder)
 into a run folder (see `littlehelp.models.convert.run_folder`). `littlehelp sweep --sweep='NAME=[V1, V2]'`
 trains one run folder per point of a grid of gin values under MODEL_DIR (see `littlehelp.sweep`).
 `littlehelp compile --gin_file=F.gin --topology=v5p-512` compiles a training run's steps for a target
 topology without running them and reports their per-device memory (see `littlehelp.aot`).
+`littlehelp study NAME [--quick]` runs a paper's reproduction through the study harness
+(`littlehelp.study`); `littlehelp study --list` names them.
 Each other subcommand parses the gin files (searched in the working directory, `--gin_search_paths`
 and the repository's gin/ folder), then the `--gin.NAME=VALUE` overrides, and calls one
 gin-configurable function that takes all of its arguments from gin. `--multihost` calls
@@ -18,28 +20,23 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Before anything imports TensorFlow.
 
 import argparse  # noqa: E402
-import importlib  # noqa: E402
-import logging as std_logging  # noqa: E402
 import sys  # noqa: E402
-from typing import Any, Callable, Sequence  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
 
-from absl import flags, logging  # noqa: E402
+from absl import logging  # noqa: E402
 
-from littlehelp import config  # noqa: E402
+from littlehelp import launch  # noqa: E402
+from littlehelp.config import split_overrides  # noqa: E402
 from littlehelp.errors import LittlehelpError  # noqa: E402
+# Re-exported for tests that drive the CLI's pieces; library code imports littlehelp.launch. The
+# commands table is `launch.COMMANDS` (not re-exported: patch it there).
+from littlehelp.launch import configure, set_up_logging  # noqa: E402,F401
 
-# Subcommand -> (module, gin-configurable function). Modules are imported only when used.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("littlehelp.trainer", "train"),
-    "eval": ("littlehelp.trainer", "evaluate"),
-    "infer": ("littlehelp.inference", "infer"),
-}
 COMMAND_HELP = {
     "train": "train a model (littlehelp.trainer.train)",
     "eval": "evaluate a checkpoint (littlehelp.trainer.evaluate)",
     "infer": "decode with a checkpoint (littlehelp.inference.infer)",
 }
-OVERRIDE_PREFIX = "--gin."
 OVERRIDE_HELP = (
     "--gin.NAME=VALUE (repeatable) binds a gin value after the files, e.g. --gin.MODEL_DIR=runs/demo "
     "--gin.train.steps=10. VALUE is a gin literal when it parses as one (numbers, True, None, "
@@ -47,29 +44,8 @@ OVERRIDE_HELP = (
 )
 
 
-def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separates `--gin.NAME=VALUE` (or `--gin.NAME VALUE`) overrides from the other arguments.
-
-    Returns (other arguments, overrides as `NAME=VALUE`).
-    """
-    rest: list[str] = []
-    overrides: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        if not arg.startswith(OVERRIDE_PREFIX):
-            rest.append(arg)
-        elif "=" in arg:
-            overrides.append(arg.removeprefix(OVERRIDE_PREFIX))
-        else:
-            value = next(args, None)
-            if value is None:
-                raise config.ConfigError(f"override '{arg}' ({config.COMMAND_LINE}) has no value")
-            overrides.append(f"{arg.removeprefix(OVERRIDE_PREFIX)}={value}")
-    return rest, overrides
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: one subcommand per entry of `COMMANDS`, sharing the gin options."""
+    """The argument parser: one subcommand per entry of `launch.COMMANDS`, sharing the gin options."""
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument(
         "--gin_file", action="append", default=[], metavar="FILE",
@@ -85,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(prog="littlehelp", description=__doc__.splitlines()[0],
                                      epilog=OVERRIDE_HELP)
-    choices = "{" + ",".join([*COMMANDS, "compile", "convert", "sweep"]) + "}"
+    choices = "{" + ",".join([*launch.COMMANDS, "compile", "convert", "sweep", "study"]) + "}"
     commands = parser.add_subparsers(dest="command", required=True, metavar=choices)
-    for name in COMMANDS:
+    for name in launch.COMMANDS:
         commands.add_parser(name, parents=[shared], help=COMMAND_HELP.get(name),
                             epilog=OVERRIDE_HELP)
     converter = commands.add_parser("convert", help="import a GGUF file or an HF folder into a run folder")
@@ -96,7 +72,34 @@ def build_parser() -> argparse.ArgumentParser:
     converter.add_argument("--to", dest="out_dir", required=True, metavar="DIR", help="a new, empty folder")
     _add_sweep_parser(commands)
     _add_compile_parser(commands, shared)
+    _add_study_parser(commands)
     return parser
+
+
+def _add_study_parser(commands: argparse._SubParsersAction) -> None:
+    """The `study` subcommand: a paper's reproduction run by the study harness (`littlehelp.study`)."""
+    runner = commands.add_parser("study", help="run a paper's reproduction as a study, or --list them")
+    runner.add_argument("name", nargs="?", help="the study to run (see --list)")
+    runner.add_argument("--list", action="store_true", help="list the studies and exit")
+    runner.add_argument("--quick", action="store_true",
+                        help="tiny sizes: a smoke run in its own folders, never written under results/")
+    runner.add_argument("--seeds", type=int, metavar="N", help="how many seeds (default: the study's)")
+    runner.add_argument("--work_dir", metavar="DIR", help="run folders (default: runs/studies/NAME, or NAME-quick)")
+    runner.add_argument("--out", metavar="DIR",
+                        help="where result.json, table.md and plot.png go (default: results/NAME; quick: WORK_DIR/result)")
+
+
+def _study(args: argparse.Namespace) -> Any:
+    """`littlehelp study`: lists the studies, or runs one (continuing it where it stopped)."""
+    from littlehelp import study  # pylint: disable=import-outside-toplevel
+
+    if args.list:
+        listed = study.list_studies()
+        print("\n".join(f"{name:12s} {title}" for name, title in listed), flush=True)
+        return listed
+    if not args.name:
+        raise study.StudyError("study: name a study to run, or give --list")
+    return study.run_named(study.Request(args.name, args.quick, args.seeds, args.work_dir, args.out))
 
 
 def _add_compile_parser(commands: argparse._SubParsersAction, shared: argparse.ArgumentParser) -> None:
@@ -125,46 +128,6 @@ def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
                          help="print one `littlehelp train` command per point and run nothing")
 
 
-def load_command(command: str) -> Callable[..., Any]:
-    """Imports and returns the gin-configurable function that runs `command`."""
-    module_name, function_name = COMMANDS[command]
-    return getattr(importlib.import_module(module_name), function_name)
-
-
-def set_up_logging() -> None:
-    """absl logging at INFO to stderr, without absl's 'before flag parsing' warning."""
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-    logging.use_absl_handler()
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_quiet_libraries)
-
-
-# Libraries whose INFO lines drown the run's own progress; their warnings and errors still show.
-QUIET_LIBRARIES = ("/orbax/", "/seqio/", "/tensorflow", "/jax/", "/etils/", "/gin/")
-
-
-def _quiet_libraries(record: std_logging.LogRecord) -> bool:
-    """Keeps a log record unless it is below WARNING and comes from a QUIET_LIBRARIES path."""
-    return record.levelno >= std_logging.WARNING or not any(p in record.pathname for p in QUIET_LIBRARIES)
-
-
-def configure(command: str, gin_files: Sequence[str], overrides: Sequence[str],
-              search_paths: Sequence[str]) -> Callable[..., Any]:
-    """Imports configurables, parses gin, and returns the command's function, ready to call.
-
-    Raises `config.ConfigError` for any configuration problem, before anything runs.
-    """
-    target = load_command(command)
-    config.import_configurable_modules()
-    config.parse_gin(gin_files, overrides, search_paths)
-    missing = config.missing_required_arguments(target)
-    if missing:
-        names = ", ".join(f"{target.__name__}.{name}" for name in missing)
-        raise config.ConfigError(f"required value(s) not set: {names}")
-    return target
-
-
 def main(argv: Sequence[str] | None = None) -> Any:
     """Runs the CLI on `argv` (default `sys.argv[1:]`) and returns the command's result.
 
@@ -175,11 +138,13 @@ def main(argv: Sequence[str] | None = None) -> Any:
     try:
         rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(rest)
-        set_up_logging()
+        launch.set_up_logging()
         if args.command == "convert":
             from littlehelp.models.convert import run_folder  # pylint: disable=import-outside-toplevel
 
             return run_folder.convert(args.source, args.out_dir)
+        if args.command == "study":
+            return _study(args)
         if args.command == "sweep":
             from littlehelp import sweep  # pylint: disable=import-outside-toplevel
 
@@ -199,7 +164,7 @@ def _run_command(args: argparse.Namespace, overrides: Sequence[str]) -> Any:
         import jax  # pylint: disable=import-outside-toplevel
 
         jax.distributed.initialize()
-    target = configure(args.command, args.gin_file, overrides, _search_paths(args))
+    target = launch.configure(args.command, args.gin_file, overrides, _search_paths(args))
     logging.info("Running %s", args.command)
     return target()
 
@@ -221,7 +186,7 @@ def _compile(args: argparse.Namespace, overrides: Sequence[str]) -> Any:
     count = aot.cpu_device_count(args.num_devices, mesh)
     if count and not args.topology:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
-    settings = configure("train", args.gin_file, overrides, _search_paths(args))(settings_only=True)
+    settings = launch.configure("train", args.gin_file, overrides, _search_paths(args))(settings_only=True)
     return aot.compile_command(args.topology, count, mesh, args.memory_gb, args.out, settings)
 
 

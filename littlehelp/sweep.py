@@ -3,9 +3,10 @@
 `--sweep='NAME=[v1, v2]'` (repeatable; a `--sweep_file` holds the same lines, `#` comments allowed)
 names a binding and the gin literals it takes. The grid is the product of every axis; each point
 trains into `MODEL_DIR/<its values>` (e.g. `BATCH_SIZE=8,peak_learning_rate=0.01`) with
-`littlehelp.runs.train`, which reuses a folder that already holds its final step and otherwise lets
-the trainer resume from the newest checkpoint. Every point's configuration is parsed before anything
-runs, so a misspelt name fails at once. The summary (`sweep.json`, `sweep.md`, `sweep.png`) is read
+`littlehelp.launch.train`, which reuses a folder that already holds its final step, otherwise lets
+the trainer resume from the newest checkpoint, and refuses a folder built with other settings. Every
+point's configuration (and its folder's launch.json) is checked before anything runs, so a misspelt
+name or a folder left by another sweep fails at once. The summary (`sweep.json`, `sweep.md`, `sweep.png`) is read
 back from each folder's metrics.jsonl, so a rerun that skips finished points still reports them.
 """
 
@@ -26,8 +27,9 @@ from typing import Any
 
 from gin import config_parser
 
-from littlehelp import config, main, metrics, runs
+from littlehelp import config, launch, metrics
 from littlehelp.config import ConfigError
+from littlehelp.launch import last_metrics
 
 SUMMARY_NAME = "sweep"
 # Folder names longer than this (bytes) are cut and end in a hash of the whole name.
@@ -208,12 +210,14 @@ def point_bindings(point: Point, fixed: Mapping[str, str]) -> dict[str, str]:
 def check_point(point: Point, gin_files: Sequence[str], bindings: Mapping[str, str]) -> int:
     """Parses the gin files with the point's bindings as `littlehelp train` would; returns its final step.
 
-    Raises `ConfigError` (naming the point) for any binding gin or the trainer refuses.
+    Raises `ConfigError` (naming the point) for any binding gin or the trainer refuses, or when the
+    point's folder was built with other settings (`launch.check_launch_record`).
     """
     overrides = [f"MODEL_DIR={point.folder}", *(f"{k}={v}" for k, v in bindings.items())]
     try:
-        main.configure("train", gin_files, overrides, [])
+        launch.configure("train", gin_files, overrides)
         steps = config.bound_value("trainer.train.steps")
+        launch.check_launch_record(point.folder, launch.launch_record(gin_files, bindings))
     except ConfigError as error:
         raise ConfigError(f"sweep point {point.folder.name}: {error.one_line()}") from None
     if not isinstance(steps, int):
@@ -226,15 +230,6 @@ def train_command(point: Point, gin_files: Sequence[str], bindings: Mapping[str,
     arguments = ["littlehelp", "train", *(f"--gin_file={f}" for f in gin_files),
                  *(f"--gin.{k}={v}" for k, v in bindings.items()), f"--gin.MODEL_DIR={point.folder}"]
     return shlex.join(arguments)
-
-
-def last_metrics(records: Sequence[Mapping[str, Any]], prefix: str) -> tuple[int | None, dict[str, float]]:
-    """(step, {name: value}) of the last record holding `prefix/` metrics, the prefix removed."""
-    for record in reversed(records):
-        values = {k.removeprefix(f"{prefix}/"): v for k, v in record.items() if k.startswith(f"{prefix}/")}
-        if values:
-            return record.get("step"), values
-    return None, {}
 
 
 def point_summary(point: Point) -> dict[str, Any]:
@@ -348,12 +343,13 @@ def run_sweep(gin_files: Sequence[str], sweeps: Sequence[str], sweep_files: Sequ
     axes = gather_axes(sweeps, sweep_files)
     points = grid_points(axes, model_dir)
     bindings = [point_bindings(p, fixed) for p in points]
-    final_steps = [check_point(p, gin_files, b) for p, b in zip(points, bindings)]
+    for point, binding in zip(points, bindings):
+        check_point(point, gin_files, binding)
     if print_commands:
         commands = [train_command(p, gin_files, b) for p, b in zip(points, bindings)]
         print("\n".join(commands), flush=True)
         return commands
-    for number, (point, binding, final_step) in enumerate(zip(points, bindings, final_steps), start=1):
+    for number, (point, binding) in enumerate(zip(points, bindings), start=1):
         print(f"sweep point {number}/{len(points)}: {point.folder}", flush=True)
-        runs.train(point.folder, gin_files, binding, final_step, in_process=True)
+        launch.train(gin_files, binding, point.folder)
     return write_summary(model_dir, points, axes)

@@ -3,11 +3,11 @@
     python -m softsrv.run --train_file=X --eval_file=Y --method=mlp --out=DIR [--steps=N --num_samples=N
         --max_new_tokens=N --temperature=T --shots=K --seed=S --gin.NAME=VALUE ...]
 
-Methods `nsp`, `mpk`, `mlp` train a soft prompt (`littlehelp train --gin_file=softsrv/<method>.gin`
-into DIR/run; a run that holds its last step is reused) and then sample once per context vector of
-the held-out examples (a new z per sample, cycling through EVAL_FILE in order); `zero_shot` and
-`few_shot` (--shots random training examples in each prompt) sample after a hard prompt with the same
-settings. Writes DIR/samples.jsonl (one {"text"} per sample), DIR/mauve.json (MAUVE of the samples
+Methods `nsp`, `mpk`, `mlp` train a soft prompt (`littlehelp.launch.train` of softsrv/<method>.gin
+into DIR/run; a run that holds its last step is reused, one built with other settings is refused) and
+then sample once per context vector of the held-out examples (a new z per sample, cycling through
+EVAL_FILE in order); `zero_shot` and `few_shot` (--shots random training examples in each prompt)
+sample after a hard prompt with the same settings. Writes DIR/samples.jsonl (one {"text"} per sample), DIR/mauve.json (MAUVE of the samples
 against EVAL_FILE on MiniLM features, `softsrv.mauve`, over --mauve_seeds) and DIR/summary.json.
 With --finetune_steps N a small decoder is then fine-tuned N steps on the samples (`softsrv.finetune`,
 from --finetune_from or from scratch) and its NLL on EVAL_FILE goes into the summary. Bad files are
@@ -26,7 +26,7 @@ from typing import Any
 
 import gin
 
-from littlehelp import checkpoints, config, main, metrics
+from littlehelp import config, launch
 from littlehelp.data import pretrained
 from littlehelp.embed import SentenceEmbedder
 from softsrv import finetune, mauve, synthesis
@@ -36,7 +36,7 @@ from softsrv.synthesis import HARD, SOFT
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """(flags, gin overrides as `NAME=VALUE`)."""
-    rest, overrides = main.split_overrides(sys.argv[1:] if argv is None else list(argv))
+    rest, overrides = config.split_overrides(sys.argv[1:] if argv is None else list(argv))
     parser = argparse.ArgumentParser(prog="python -m softsrv.run", description=__doc__.split("\n")[0])
     parser.add_argument("--train_file", required=True)
     parser.add_argument("--eval_file", required=True)
@@ -65,21 +65,23 @@ def gin_arguments(args: argparse.Namespace, overrides: Sequence[str]) -> tuple[l
     return [f"softsrv/{method}.gin"], bindings
 
 
-def train_prompt(files: Sequence[str], bindings: Sequence[str], run: Path, steps: int) -> dict[str, float]:
-    """Trains the soft prompt into `run` unless it holds step `steps`; the run's last logged metrics."""
-    done = checkpoints.finished_steps(run / "checkpoints")
-    if not (done and done[-1] >= steps):
-        main.main(["train", *(f"--gin_file={name}" for name in files), *(f"--gin.{b}" for b in bindings)])
-    return {k: v for record in metrics.read_jsonl(run / "metrics.jsonl") for k, v in record.items()}
+def train_prompt(files: Sequence[str], bindings: Sequence[str], run: Path) -> dict[str, float]:
+    """Trains the soft prompt into `run` unless it holds its last step; the run's last logged train and
+    eval metrics (`train/NAME`, `eval/NAME`)."""
+    result = launch.train(files, bindings, run)
+    launch.require_finished(result)
+    return {**{f"train/{k}": v for k, v in result.train_metrics.items()},
+            **{f"eval/{k}": v for k, v in result.eval_metrics.items()}}
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """The command (see the module docstring); returns the summary it writes."""
     args, overrides = parse_args(argv)
+    launch.set_up_logging()
     started, out = time.perf_counter(), Path(args.out).resolve()
     real, train_texts = read_examples(args.eval_file), read_examples(args.train_file)  # bad files refused first
     files, bindings = gin_arguments(args, overrides)
-    trained = train_prompt(files, bindings, out / "run", args.steps) if args.method in SOFT else {}
+    trained = train_prompt(files, bindings, out / "run") if args.method in SOFT else {}
     config.import_configurable_modules(["softsrv.synthesis"])
     knobs = dict(method=args.method, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                  temperature=args.temperature, shots=args.shots, seed=args.seed)

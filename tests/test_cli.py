@@ -8,7 +8,7 @@ import gin
 import jax
 import pytest
 
-from littlehelp import config, main
+from littlehelp import config, launch, main
 
 TARGETS_MODULE = "lh_cli_test_targets"
 
@@ -36,7 +36,7 @@ def fake_commands(monkeypatch):
     monkeypatch.setitem(sys.modules, TARGETS_MODULE, targets)
     commands = {"train": (TARGETS_MODULE, "train"), "eval": (TARGETS_MODULE, "evaluate"),
                 "infer": (TARGETS_MODULE, "infer")}
-    monkeypatch.setattr(main, "COMMANDS", commands)
+    monkeypatch.setattr(launch, "COMMANDS", commands)
     monkeypatch.setattr(config, "CONFIGURABLE_MODULES", [])
     gin.clear_config()
     yield
@@ -155,4 +155,4 @@ def test_console_module_help_runs_in_a_fresh_process():
     completed = subprocess.run([sys.executable, "-m", "littlehelp.main", "--help"],
                                capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 0
-    assert "{train,eval,infer,compile,convert,sweep}" in completed.stdout
+    assert "{train,eval,infer,compile,convert,sweep,study}" in completed.stdout
