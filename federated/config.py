@@ -56,7 +56,7 @@ class FedConfig:
     FedPA runs in FedAvg mode for its first `fedavg_rounds` rounds. The server averages the deltas
     weighted by the clients' example counts and takes an SGD step (`server_lr`, `server_momentum`).
     The sampling knobs are checked for both algorithms, so one config serves both. The defaults are
-    those of the digits study (scripts/reproduce_fedpa.py); rho = 0.01 is the paper's.
+    those of the digits study (`littlehelp study fedpa`); rho = 0.01 is the paper's.
     """
 
     algorithm: str = "fedpa"

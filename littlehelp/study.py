@@ -1,0 +1,454 @@
+"""Studies: a paper's comparison declared once, run arm by arm and seed by seed, judged by one rule.
+
+A `Study` declares its arms (trainer runs from gin files and bindings, or Python callables), its
+metrics, its settings (default and --quick), and its claims, stated before anything runs: the metric,
+the arm and baseline compared paired by seed, and the mean improvement the claim needs. `run_study`
+runs every (arm, seed) in this process, reusing finished ones (a stopped study continues when the
+same command is run again), measures the metrics, judges the claims with `littlehelp.stats`, and
+writes `result.json` (every per-seed number, the claims and verdicts, provenance), `table.md` and
+`plot.png` generated from it. Hand-written discussion lives in `notes.md` beside them; the harness
+never writes it. `littlehelp study --list` names the studies; `littlehelp study NAME` runs one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from littlehelp import launch, provenance, stats
+from littlehelp.errors import LittlehelpError
+
+REPO = provenance.REPO
+RESULTS = REPO / "results"
+README = REPO / "README.md"
+# Study name -> the module that holds its `STUDY`.
+STUDIES: dict[str, str] = {
+    "spactor": "spactor.reproduction",
+    "salt": "salt.reproduction",
+    "distillspec": "distillspec.reproduction",
+    "softsrv": "softsrv.reproduction",
+    "active": "active.reproduction",
+    "fedpa": "federated.reproduction",
+    "live_al": "active.live_reproduction",
+}
+Outcome = dict[str, Any]
+
+
+class StudyError(LittlehelpError):
+    """A study that cannot run as asked: an unknown name, a work folder built with other settings."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A number measured on each (arm, seed); `compute(context)` reads it (default: the arm's
+    outcome["values"][name]). `arms` limits it to some arms (default: every per-seed arm)."""
+
+    name: str
+    label: str
+    higher_is_better: bool
+    compute: Callable[[ArmContext], float] | None = None
+    arms: tuple[str, ...] | None = None
+    digits: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A claim in checkable form: `arm` beats `baseline` on `metric` by more than `threshold`, paired
+    by seed (improvement = arm - baseline, sign-flipped when lower is better). With no baseline the
+    arm's own value is the improvement. `separation` names two arms the metric must tell apart, or
+    the claim is untestable."""
+
+    name: str
+    statement: str
+    metric: str
+    arm: str
+    baseline: str | None = None
+    threshold: float = 0.0
+    separation: tuple[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One thing compared: a trainer run (`gin_files` + `bindings`) or a Python callable `run`
+    returning a JSON-able outcome. `bindings` may be a function of the context. `per_seed=False`
+    runs it once, shared by every seed (a teacher, a data set)."""
+
+    name: str
+    gin_files: tuple[str, ...] = ()
+    bindings: Mapping[str, Any] | Callable[[ArmContext], Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    run: Callable[[ArmContext], Outcome] | None = None
+    per_seed: bool = True
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        """How tables name the arm."""
+        return self.label or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """A per-(arm, seed) series the plot draws: `read(context)` gives (xs, ys)."""
+
+    name: str
+    label: str
+    x_label: str
+    read: Callable[[ArmContext], tuple[Sequence[float], Sequence[float]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A paper's comparison (see the module docstring)."""
+
+    name: str
+    title: str
+    description: str
+    arms: tuple[Arm, ...]
+    metrics: tuple[Metric, ...]
+    claims: tuple[Claim, ...]
+    seeds: int
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    quick: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    quick_seeds: int = 2
+    curves: tuple[Curve, ...] = ()
+
+    def __post_init__(self) -> None:
+        arms, metrics = {a.name for a in self.arms}, {m.name for m in self.metrics}
+        for claim in self.claims:
+            named = [claim.arm, claim.baseline, *(claim.separation or ())]
+            unknown = [a for a in named if a is not None and a not in arms]
+            if unknown or claim.metric not in metrics:
+                raise StudyError(f"study {self.name}: claim {claim.name} names unknown "
+                                 f"{'arm ' + unknown[0] if unknown else 'metric ' + claim.metric}")
+
+    def arm(self, name: str) -> Arm:
+        """The arm called `name`."""
+        return next(a for a in self.arms if a.name == name)
+
+    def measured_arms(self, metric: Metric) -> list[Arm]:
+        """The per-seed arms `metric` is measured on."""
+        return [a for a in self.arms if a.per_seed and (metric.arms is None or a.name in metric.arms)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmContext:
+    """What an arm's bindings, callable and metrics see: its seed, the settings, its folder, and the
+    outcomes of the arms that ran before it."""
+
+    study: Study
+    arm: Arm
+    seed: int
+    settings: Mapping[str, Any]
+    work_dir: Path
+
+    def folder_of(self, arm: str, seed: int | None = None) -> Path:
+        """The run folder of `arm` (this seed unless given; shared arms have one)."""
+        if not self.study.arm(arm).per_seed:
+            return self.work_dir / arm
+        return self.work_dir / arm / f"seed_{self.seed if seed is None else seed}"
+
+    @property
+    def folder(self) -> Path:
+        """This arm's run folder."""
+        return self.folder_of(self.arm.name)
+
+    def outcome(self, arm: str | None = None) -> Outcome:
+        """The outcome of `arm` (default: this one) for this seed, read from its folder."""
+        return _read_json(self.folder_of(arm or self.arm.name) / OUTCOME_FILE)
+
+    def replace(self, arm: str) -> ArmContext:
+        """The same seed and settings, seen from `arm`."""
+        return dataclasses.replace(self, arm=self.study.arm(arm))
+
+
+OUTCOME_FILE, MEASURED_FILE, STUDY_FILE = "outcome.json", "measured.json", "study.json"
+
+
+def load(name: str) -> Study:
+    """The study called `name`; one line naming the known ones otherwise."""
+    if name not in STUDIES:
+        raise StudyError(f"no study called {name!r}; the studies are {', '.join(STUDIES)}")
+    return importlib.import_module(STUDIES[name]).STUDY
+
+
+def list_studies() -> list[tuple[str, str]]:
+    """(name, title) of every study."""
+    return [(name, load(name).title) for name in STUDIES]
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Writes `value` to `path` atomically (a staging file, then a rename); nan and inf become null."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(json.dumps(_finite(value), indent=1, default=_jsonable) + "\n", encoding="utf-8")
+    os.replace(staging, path)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every nan or infinite float, at any depth, replaced by None (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON for what `json` does not know: paths as text, numpy scalars and arrays as numbers."""
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+# ----- running the arms -----
+
+def trainer_outcome(result: launch.RunResult) -> Outcome:
+    """A trainer arm's outcome: its run's final metrics, steps and training FLOPs (from metrics.jsonl)."""
+    return {"folder": str(result.model_dir), "last_step": result.last_step, "train_metrics": result.train_metrics,
+            "eval_metrics": result.eval_metrics, "train_flops": train_flops(result.model_dir)}
+
+
+def train_flops(model_dir: Path) -> float:
+    """Training FLOPs of a run: each logged flops_per_step times the steps since the previous record."""
+    from littlehelp.metrics import read_jsonl  # pylint: disable=import-outside-toplevel
+
+    total, previous = 0.0, 0
+    for record in read_jsonl(model_dir / "metrics.jsonl"):
+        if "train/flops_per_step" in record:
+            total += record["train/flops_per_step"] * (record["step"] - previous)
+            previous = record["step"]
+    return total
+
+
+def run_arm(context: ArmContext) -> Outcome:
+    """Runs one (arm, seed), or reads its outcome when it ran before; records its wall seconds."""
+    path = context.folder / OUTCOME_FILE
+    if path.is_file():
+        return _read_json(path)
+    arm, started = context.arm, time.perf_counter()
+    if arm.run is not None:
+        outcome = dict(arm.run(context))
+    else:
+        bindings = arm.bindings(context) if callable(arm.bindings) else arm.bindings
+        outcome = trainer_outcome(launch.require_finished(launch.train(list(arm.gin_files), dict(bindings), context.folder)))
+    outcome["seconds"] = time.perf_counter() - started
+    _write_json(path, outcome)
+    return outcome
+
+
+class Progress:
+    """Prints which run is next, the time spent and an estimate of the time left."""
+
+    def __init__(self, study: str, total: int):
+        self.study, self.total, self.done, self.started = study, total, 0, time.perf_counter()
+        self.timed: list[float] = []
+
+    def starting(self, context: ArmContext) -> None:
+        """One line before a run: its arm and seed, elapsed time and the estimate."""
+        elapsed = time.perf_counter() - self.started
+        left = "" if not self.timed else f", about {_duration(sum(self.timed) / len(self.timed) * (self.total - self.done))} left"
+        seed = f"seed {context.seed}" if context.arm.per_seed else "shared"
+        print(f"[{self.study}] run {self.done + 1}/{self.total}: {context.arm.name}, {seed} "
+              f"({_duration(elapsed)} elapsed{left})", flush=True)
+
+    def finished(self, outcome: Outcome, reused: bool) -> None:
+        """Counts a run; runs done now (not reused) feed the estimate."""
+        self.done += 1
+        if not reused:
+            self.timed.append(outcome["seconds"])
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def run_all(study: Study, seeds: Sequence[int], settings: Mapping[str, Any], work_dir: Path) -> None:
+    """Every shared arm once, then every per-seed arm for each seed, in declaration order."""
+    shared = [a for a in study.arms if not a.per_seed]
+    seeded = [a for a in study.arms if a.per_seed]
+    plan = [(a, seeds[0]) for a in shared] + [(a, s) for s in seeds for a in seeded]
+    progress = Progress(study.name, len(plan))
+    for arm, seed in plan:
+        context = ArmContext(study, arm, seed, settings, work_dir)
+        reused = (context.folder / OUTCOME_FILE).is_file()
+        if not reused:
+            progress.starting(context)
+        progress.finished(run_arm(context), reused)
+
+
+# ----- measuring and judging -----
+
+def measure(context: ArmContext, metric: Metric) -> float:
+    """`metric` of one (arm, seed), cached in the arm's measured.json."""
+    path = context.folder / MEASURED_FILE
+    measured = _read_json(path) if path.is_file() else {}
+    if metric.name not in measured:
+        value = metric.compute(context) if metric.compute else context.outcome()["values"][metric.name]
+        measured[metric.name] = None if value is None else float(value)
+        _write_json(path, measured)
+    value = measured[metric.name]
+    return math.nan if value is None else value
+
+
+def measure_all(study: Study, seeds: Sequence[int], settings: Mapping[str, Any], work_dir: Path) -> dict:
+    """{arm: {metric: [value per seed]}} for every measured (arm, metric)."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for metric in study.metrics:
+        for arm in study.measured_arms(metric):
+            values.setdefault(arm.name, {})[metric.name] = [
+                measure(ArmContext(study, arm, seed, settings, work_dir), metric) for seed in seeds]
+    return values
+
+
+def improvements(claim: Claim, metric: Metric, values: Mapping[str, Mapping[str, list[float]]]) -> list[float]:
+    """A claim's per-seed improvements: arm - baseline (or the arm's value), + when better."""
+    sign = 1.0 if metric.higher_is_better else -1.0
+    arm = values[claim.arm][claim.metric]
+    base = values[claim.baseline][claim.metric] if claim.baseline else [0.0] * len(arm)
+    return [sign * (a - b) for a, b in zip(arm, base)]
+
+
+def judge_claims(study: Study, values: Mapping[str, Mapping[str, list[float]]]) -> list[dict[str, Any]]:
+    """Each claim with its per-seed improvements, interval, p-values and generated verdict."""
+    metrics = {m.name: m for m in study.metrics}
+    rows, separations = [], []
+    for claim in study.claims:
+        if claim.separation:
+            first, second = (values[a][claim.metric] for a in claim.separation)
+            separations.append(stats.separated([a - b for a, b in zip(first, second)]))
+        else:
+            separations.append(None)
+        rows.append(improvements(claim, metrics[claim.metric], values))
+    verdicts = stats.judge(rows, [c.threshold for c in study.claims], separations)
+    return [{**dataclasses.asdict(claim), "improvements": row, "separated": separated,
+             "interval": dataclasses.asdict(v.interval), "p_value": v.p_value, "adjusted_p": v.adjusted_p,
+             "verdict": v.verdict, "reason": v.reason}
+            for claim, row, separated, v in zip(study.claims, rows, separations, verdicts)]
+
+
+def read_curves(study: Study, seeds: Sequence[int], settings: Mapping[str, Any], work_dir: Path) -> dict:
+    """{curve: {arm: [{"x": [...], "y": [...]} per seed]}} for every per-seed arm."""
+    curves: dict[str, dict[str, list[dict[str, list[float]]]]] = {}
+    for curve in study.curves:
+        for arm in (a for a in study.arms if a.per_seed):
+            series = [curve.read(ArmContext(study, arm, seed, settings, work_dir)) for seed in seeds]
+            curves.setdefault(curve.name, {})[arm.name] = [{"x": list(map(float, x)), "y": list(map(float, y))}
+                                                          for x, y in series]
+    return curves
+
+
+# ----- the command -----
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What `littlehelp study NAME` was asked: mode, seeds and folders (None: the defaults)."""
+
+    name: str
+    quick: bool = False
+    seeds: int | None = None
+    work_dir: str | None = None
+    out: str | None = None
+
+
+def folders(request: Request) -> tuple[Path, Path]:
+    """(work folder, result folder). Quick runs use their own folders, never results/."""
+    suffix = "-quick" if request.quick else ""
+    work = Path(request.work_dir or REPO / "runs" / "studies" / f"{request.name}{suffix}").resolve()
+    out = Path(request.out).resolve() if request.out else (work / "result" if request.quick else RESULTS / request.name)
+    if request.quick and out.is_relative_to(RESULTS.resolve()):
+        raise StudyError(f"--quick results may not go under {RESULTS} (committed results): choose another --out")
+    return work, out
+
+
+def check_work_dir(work_dir: Path, record: Mapping[str, Any]) -> None:
+    """Refuses a work folder built by another study or with other settings; records them otherwise."""
+    path = work_dir / STUDY_FILE
+    if path.is_file():
+        previous = _read_json(path)
+        for key in sorted(set(previous) | set(record)):
+            if previous.get(key) != record.get(key):
+                raise StudyError(f"work folder {work_dir} was built with other settings ({key}: "
+                                 f"{previous.get(key)!r} there, {record.get(key)!r} now); use another --work_dir")
+        return
+    _write_json(path, record)
+
+
+def resolve_settings(study: Study, request: Request) -> tuple[dict[str, Any], list[int]]:
+    """(settings, seeds) of the request: the study's defaults, its quick overrides, --seeds."""
+    settings = {**study.settings, **(study.quick if request.quick else {})}
+    count = request.seeds or (study.quick_seeds if request.quick else study.seeds)
+    if count < 1:
+        raise StudyError(f"--seeds {count}: a study needs at least one seed")
+    return settings, list(range(count))
+
+
+def run_named(request: Request, command: str | None = None) -> dict[str, Any]:
+    """`littlehelp study NAME`: the registered study `request.name`, run by `run_study`."""
+    return run_study(load(request.name), request, command)
+
+
+def run_study(study: Study, request: Request, command: str | None = None) -> dict[str, Any]:
+    """Runs (or continues) `study` and writes its result.json, table.md and plot.png; returns the result."""
+    settings, seeds = resolve_settings(study, request)
+    work_dir, out_dir = folders(request)
+    check_work_dir(work_dir, {"study": study.name, "quick": request.quick, "settings": settings})
+    before = provenance.conditions()
+    run_all(study, seeds, settings, work_dir)
+    values = measure_all(study, seeds, settings, work_dir)
+    result = {"study": study.name, "title": study.title, "description": study.description,
+              "mode": "quick" if request.quick else "default", "settings": settings, "seeds": seeds,
+              "arms": {a.name: a.title for a in study.arms if a.per_seed},
+              "metrics": [{"name": m.name, "label": m.label, "higher_is_better": m.higher_is_better,
+                           "digits": m.digits} for m in study.metrics],
+              "values": values, "claims": judge_claims(study, values), "rule": stats.RULE,
+              "curves": read_curves(study, seeds, settings, work_dir),
+              "wall_seconds": _wall_seconds(study, seeds, settings, work_dir),
+              "provenance": provenance.describe_run(command or _command_line(), before, provenance.conditions())}
+    write_result(result, out_dir)
+    return result
+
+
+def _wall_seconds(study: Study, seeds: Sequence[int], settings: Mapping[str, Any], work_dir: Path) -> dict:
+    """{arm: [seconds per seed]} (shared arms: one number), as recorded when each ran."""
+    seconds: dict[str, Any] = {}
+    for arm in study.arms:
+        contexts = [ArmContext(study, arm, s, settings, work_dir) for s in (seeds if arm.per_seed else seeds[:1])]
+        values = [c.outcome()["seconds"] for c in contexts]
+        seconds[arm.name] = values if arm.per_seed else values[0]
+    return seconds
+
+
+def _command_line() -> str:
+    return shlex.join(["littlehelp", *sys.argv[1:]]) if sys.argv else "littlehelp study"
+
+
+def write_result(result: Mapping[str, Any], out_dir: Path) -> None:
+    """result.json, then table.md and plot.png generated from it; the README's block for a default run."""
+    from littlehelp import study_report  # pylint: disable=import-outside-toplevel (matplotlib is slow to load)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "result.json", result)
+    (out_dir / "table.md").write_text(study_report.table(result, out_dir), encoding="utf-8")
+    study_report.plot(result, out_dir / "plot.png")
+    if out_dir == (RESULTS / result["study"]).resolve():
+        study_report.update_readme(README, result)
+    print(f"[{result['study']}] wrote {out_dir}/result.json, table.md and plot.png", flush=True)
+    for claim in result["claims"]:
+        print(f"[{result['study']}] claim {claim['name']}: {claim['verdict']} ({claim['reason']})", flush=True)

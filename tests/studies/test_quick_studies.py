@@ -1,0 +1,32 @@
+"""Every registered study's --quick mode end to end, with tiny shapes: result.json holds every
+per-seed number, the claims with generated verdicts and the provenance; a rerun reuses every run."""
+
+import json
+
+import pytest
+
+from littlehelp import stats, study
+
+VERDICTS = {stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE, stats.UNTESTABLE, stats.ONE_SEED}
+
+
+@pytest.mark.parametrize("name", list(study.STUDIES))
+def test_quick_study_writes_a_complete_result(name, tmp_path, capsys):
+    request = study.Request(name, quick=True, work_dir=str(tmp_path / "work"))
+    study.run_named(request, command=f"littlehelp study {name} --quick")
+    written = json.loads((tmp_path / "work" / "result" / "result.json").read_text())
+    declared = study.load(name)
+    assert written["study"] == name and written["mode"] == "quick"
+    assert [c["name"] for c in written["claims"]] == [c.name for c in declared.claims]
+    assert all(c["verdict"] in VERDICTS for c in written["claims"])
+    for metric in declared.metrics:
+        for arm in declared.measured_arms(metric):
+            assert len(written["values"][arm.name][metric.name]) == len(written["seeds"])
+    where = written["provenance"]
+    assert where["commit"] and where["versions"]["jax"] and where["machine"]["cpu_count"]
+    assert where["before"]["matmul_flops_per_second"] > 0 and where["command"].endswith("--quick")
+    assert (tmp_path / "work" / "result" / "table.md").is_file() and (tmp_path / "work" / "result" / "plot.png").is_file()
+    capsys.readouterr()
+    study.run_named(request, command=f"littlehelp study {name} --quick")
+    assert "run 1/" not in capsys.readouterr().out  # every run reused
+    assert json.loads((tmp_path / "work" / "result" / "result.json").read_text())["values"] == written["values"]

@@ -1,0 +1,118 @@
+"""The study harness on a synthetic study whose values are known: verdicts generated from the rule,
+every per-seed number and the wall times in result.json, finished runs reused, an interrupted
+study continued, other settings and quick results under results/ refused, the README block."""
+
+import json
+
+import pytest
+
+from littlehelp import stats, study, study_report
+
+CALLS: list[tuple[str, int]] = []
+
+
+def constant_arm(name: str, offset: float, fail_at: tuple[int, ...] = ()) -> study.Arm:
+    """An arm whose score is seed-dependent noise plus `offset`; it fails once at the seeds in `fail_at`."""
+    def run(context: study.ArmContext) -> dict:
+        CALLS.append((name, context.seed))
+        if context.seed in fail_at and CALLS.count((name, context.seed)) == 1:
+            raise RuntimeError("interrupted")
+        noise = [0.01, -0.02, 0.015, -0.005][context.seed] * context.settings["scale"]
+        return {"values": {"score": offset + noise, "flat": 1.0}}
+    return study.Arm(name, run=run)
+
+
+def make_study(fail_at: tuple[int, ...] = ()) -> study.Study:
+    return study.Study(
+        name="toy", title="A toy study", description="Known offsets.",
+        arms=(constant_arm("base", 0.0), constant_arm("better", 0.5, fail_at), constant_arm("worse", -0.5)),
+        metrics=(study.Metric("score", "score", True), study.Metric("flat", "flat", True)),
+        claims=(study.Claim("up", "better beats base", "score", "better", "base"),
+                study.Claim("down", "worse beats base", "score", "worse", "base"),
+                study.Claim("tiny", "better beats base by 1", "score", "better", "base", threshold=1.0),
+                study.Claim("blind", "better beats base on flat", "flat", "better", "base", separation=("base", "worse"))),
+        seeds=4, settings={"scale": 1.0}, quick={"scale": 2.0}, quick_seeds=1)
+
+
+@pytest.fixture(autouse=True)
+def _clear_calls():
+    CALLS.clear()
+
+
+def test_verdicts_values_and_provenance(tmp_path):
+    result = study.run_study(make_study(), study.Request("toy", work_dir=str(tmp_path), out=str(tmp_path / "out")))
+    verdicts = {c["name"]: c["verdict"] for c in result["claims"]}
+    assert verdicts == {"up": stats.SUPPORTED, "down": stats.CONTRADICTED, "tiny": stats.CONTRADICTED,
+                        "blind": stats.UNTESTABLE}
+    written = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert written["values"]["better"]["score"] == pytest.approx([0.51, 0.48, 0.515, 0.495])
+    assert written["claims"][0]["improvements"] == pytest.approx([0.5] * 4)
+    assert len(written["wall_seconds"]["base"]) == 4 and written["provenance"]["versions"]["scipy"]
+    assert "**supported**" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_finished_runs_are_reused_and_an_interrupted_study_continues(tmp_path):
+    request = study.Request("toy", work_dir=str(tmp_path), out=str(tmp_path / "out"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        study.run_study(make_study(fail_at=(2,)), request)
+    done_before = len(CALLS)
+    study.run_study(make_study(fail_at=(2,)), request)
+    rerun = CALLS[done_before:]
+    assert rerun[0] == ("better", 2) and ("base", 0) not in rerun and len(rerun) == 12 - (done_before - 1)
+
+
+def test_one_seed_gives_no_verdict_and_quick_settings_apply(tmp_path):
+    result = study.run_study(make_study(), study.Request("toy", quick=True, work_dir=str(tmp_path)))
+    assert {c["verdict"] for c in result["claims"] if c["name"] != "blind"} == {stats.ONE_SEED}
+    assert result["values"]["better"]["score"] == pytest.approx([0.52])  # scale 2 from the quick settings
+    assert (tmp_path / "result" / "result.json").is_file()
+
+
+def test_a_work_folder_with_other_settings_is_refused_by_name(tmp_path):
+    study.run_study(make_study(), study.Request("toy", quick=True, work_dir=str(tmp_path)))
+    with pytest.raises(study.StudyError, match=r"work folder .* other settings \(quick: True there, False now\)"):
+        study.run_study(make_study(), study.Request("toy", work_dir=str(tmp_path)))
+
+
+def test_quick_results_never_go_under_results(tmp_path):
+    with pytest.raises(study.StudyError, match="--quick results may not go under"):
+        study.folders(study.Request("salt", quick=True, work_dir=str(tmp_path), out=str(study.RESULTS / "salt")))
+    work, out = study.folders(study.Request("salt", quick=True))
+    assert work.name == "salt-quick" and out == work / "result"
+    assert study.folders(study.Request("salt"))[1] == study.RESULTS / "salt"
+
+
+def test_unknown_study_and_bad_claims_are_one_line_errors():
+    with pytest.raises(study.StudyError, match="no study called 'nope'; the studies are spactor, salt"):
+        study.load("nope")
+    with pytest.raises(study.StudyError, match="claim c names unknown arm ghost"):
+        study.Study("x", "x", "x", (constant_arm("a", 0),), (study.Metric("score", "s", True),),
+                    (study.Claim("c", "s", "score", "ghost"),), seeds=2)
+
+
+def test_readme_block_is_regenerated_between_its_markers(tmp_path):
+    result = study.run_study(make_study(), study.Request("toy", work_dir=str(tmp_path), out=str(tmp_path / "out")))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- study:toy -->\nold numbers\n<!-- /study:toy -->\nend\n")
+    assert study_report.update_readme(readme, result)
+    text = readme.read_text()
+    assert "old numbers" not in text and "better beats base | score | better vs base" in text
+    assert text.startswith("intro\n") and text.endswith("end\n")
+    readme.write_text("no block\n")
+    assert not study_report.update_readme(readme, result) and readme.read_text() == "no block\n"
+
+
+def test_the_cli_lists_the_seven_studies(capsys):
+    from littlehelp import main
+
+    listed = main.main(["study", "--list"])
+    assert [name for name, _ in listed] == list(study.STUDIES) and len(listed) == 7
+    assert "fedpa        FedPA vs FedAvg" in capsys.readouterr().out
+
+
+def test_the_cli_refuses_a_study_without_a_name(capsys):
+    from littlehelp import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main.main(["study"])
+    assert stopped.value.code == 1 and "name a study to run, or give --list" in capsys.readouterr().err
