@@ -7,16 +7,13 @@ without a published peak (CPUs) the peak is this machine's own measured dense-ma
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -122,45 +119,3 @@ def read_jsonl(path: str | Path) -> list[dict]:
     """The records of a metrics.jsonl file."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def write_report(out_dir: str | Path, name: str, report: Mapping, markdown: str) -> None:
-    """Writes a benchmark's `name`.json (the report) and `name`.md (its Markdown) into `out_dir`."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out_dir / f"{name}.md").write_text(markdown, encoding="utf-8")
-    print(f"wrote {out_dir / name}.json and .md", flush=True)
-
-
-def seconds_of(call: Callable[[], Any]) -> tuple[float, Any]:
-    """Wall seconds of one call (its result blocked on) and the result."""
-    start = time.perf_counter()
-    result = jax.block_until_ready(call())
-    return time.perf_counter() - start, result
-
-
-def report_header(config: Mapping, load: tuple[dict, dict], matmul: tuple[dict, dict]) -> dict:
-    """What every benchmark report starts with: the date, jax and its backend, the machine, the run's
-    `config`, and the `machine_load()` and `matmul_rates()` taken (before, after) the measurements."""
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "jax_version": jax.__version__, "backend": jax.default_backend(),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                    "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")},
-        "config": dict(config), "load": {"start": load[0], "end": load[1]},
-        "matmul_flops_per_second": {"before": matmul[0], "after": matmul[1]},
-    }
-
-
-def machine_load() -> dict:
-    """The load averages and `uptime`'s line (benchmarks record who else was using the machine)."""
-    import subprocess
-
-    line = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    return {"load_average": [round(x, 2) for x in os.getloadavg()], "uptime": line}
-
-
-def matmul_rates(sizes: Sequence[int], repeats: int = 5) -> dict[str, float]:
-    """Median float32 a @ b FLOP/s per matrix size: the machine's own rate, measured in the same run."""
-    return {str(size): measure_matmul_flops(size, repeats) for size in sizes}

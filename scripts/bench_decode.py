@@ -16,14 +16,10 @@ writes results/bench_decode.{json,md}.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import statistics
 import sys
-import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -32,7 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from littlehelp import decoding  # noqa: E402
-from littlehelp.metrics import measure_matmul_flops  # noqa: E402
+from littlehelp.benchmark import Benchmark, header_markdown, interleaved, repeated  # noqa: E402
 from littlehelp.models import DecoderConfig, build_model  # noqa: E402
 
 DECODER_BENCH = DecoderConfig(vocab_size=8192, emb_dim=256, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -40,7 +36,8 @@ DECODER_BENCH = DecoderConfig(vocab_size=8192, emb_dim=256, num_layers=4, num_he
 SHORT_PROMPT = 16
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line flags (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", type=int, default=512, help="prompt tokens of the prefill comparison")
     parser.add_argument("--new_tokens", type=int, default=128, help="tokens generated per row, greedy")
@@ -50,20 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_average() -> str:
-    """The 1-, 5- and 15-minute load averages, as `uptime` prints them."""
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def seconds(fn: Callable[[], jax.Array]) -> float:
-    """Wall seconds of one call, blocking until its result is ready."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
-
-
 def prefill_fns(model, params, batch: int, prompt: int) -> dict[str, Callable[[], jax.Array]]:
-    """Jitted, warmed-up 'prefill' and 'token by token' fills of the same prompt."""
+    """Jitted 'prefill' and 'token by token' fills of the same prompt."""
     tokens = jax.random.randint(jax.random.key(1), (batch, prompt), 3, model.config.vocab_size)
     lengths = jnp.full((batch,), prompt, jnp.int32)
 
@@ -81,19 +66,12 @@ def prefill_fns(model, params, batch: int, prompt: int) -> dict[str, Callable[[]
         start = (model.init_cache(params, batch, prompt + 1), jnp.zeros((batch, model.config.vocab_size)))
         return jax.lax.fori_loop(0, prompt, feed, start)[1]
 
-    fns = {"prefill": lambda: one_pass(params, tokens), "token_by_token": lambda: token_by_token(params, tokens)}
-    for fn in fns.values():
-        jax.block_until_ready(fn())
-    return fns
+    return {"prefill": lambda: one_pass(params, tokens), "token_by_token": lambda: token_by_token(params, tokens)}
 
 
 def bench_prefill(model, params, batch: int, prompt: int, repeats: int) -> dict:
-    """Median seconds of both fills, interleaved, and their ratio."""
-    fns = prefill_fns(model, params, batch, prompt)
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(seconds(fn))
+    """Median seconds of both fills, interleaved after one untimed (compiling) round, and their ratio."""
+    times = interleaved(prefill_fns(model, params, batch, prompt), repeats, warmup=1)
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {"batch": batch, "prompt": prompt, **{f"{k}_seconds": v for k, v in medians.items()},
             "speedup": medians["token_by_token"] / medians["prefill"]}
@@ -104,36 +82,28 @@ def bench_greedy(model, params, batch: int, new_tokens: int, repeats: int) -> di
     prompts = jax.random.randint(jax.random.key(2), (batch, SHORT_PROMPT), 3, model.config.vocab_size)
     lengths = jnp.full((batch,), SHORT_PROMPT, jnp.int32)
     run = lambda: decoding.generate(model, params, prompts, lengths, new_tokens, jax.random.key(0), eos_id=-1)
-    jax.block_until_ready(run())
-    median = statistics.median(seconds(run) for _ in range(repeats))
+    median = statistics.median(repeated(run, repeats, warmup=1))
     return {"batch": batch, "prompt": SHORT_PROMPT, "new_tokens": new_tokens, "seconds": median,
             "tokens_per_second": batch * new_tokens / median}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Runs the benchmark and writes the JSON and Markdown reports; returns the JSON content."""
     args = parse_args(argv)
+    bench = Benchmark(__file__, argv, args.out_dir)
     model = build_model(DECODER_BENCH)
     params = jax.jit(model.init)(jax.random.key(0), {"decoder_input_tokens": jnp.ones((1, 8), jnp.int32)})
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "cpu_count": os.cpu_count(), "jax_version": jax.__version__, "device": str(jax.devices()[0]),
-              "model": "decoder-bench", "load_before": load_average(),
-              "matmul_gflops": measure_matmul_flops() / 1e9}
-    report["prefill"] = [bench_prefill(model, params, b, args.prompt, args.repeats) for b in args.batch_sizes]
-    report["greedy"] = [bench_greedy(model, params, b, args.new_tokens, args.repeats) for b in args.batch_sizes]
-    report["load_after"] = load_average()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "bench_decode.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out_dir / "bench_decode.md").write_text(markdown(report))
+    prefill = [bench_prefill(model, params, b, args.prompt, args.repeats) for b in args.batch_sizes]
+    greedy = [bench_greedy(model, params, b, args.new_tokens, args.repeats) for b in args.batch_sizes]
+    report = bench.report(vars(args), model="decoder-bench", prefill=prefill, greedy=greedy)
+    bench.write(report, markdown(report))
     print(markdown(report))
     return report
 
 
 def markdown(report: dict) -> str:
     """The report as a Markdown page."""
-    lines = [f"# Decoding benchmark\n\n{report['date']}, {report['cpu_count']} CPUs, {report['device']}, jax "
-             f"{report['jax_version']}; {report['model']}; float32 matmul {report['matmul_gflops']:.0f} GFLOP/s; "
-             f"load {report['load_before']} before, {report['load_after']} after. Command: "
-             "`python scripts/bench_decode.py`.\n",
+    lines = ["# Decoding benchmark\n", header_markdown(report) + "\n", f"Model: {report['model']}.\n",
              "Filling the cache with a prompt: one `prefill` pass vs one `extend` call per token.\n",
              "| batch | prompt | prefill s | token by token s | speed-up |", "|---|---|---|---|---|"]
     for p in report["prefill"]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,11 @@ if str(REPO) not in sys.path:
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from littlehelp.benchmark import Benchmark, header_markdown, seconds_of  # noqa: E402
 from littlehelp.data import pretrained as pretrained_files  # noqa: E402
 from littlehelp.data.corpus import shakespeare_documents  # noqa: E402
 from littlehelp.embed import SentenceEmbedder  # noqa: E402
-from littlehelp.metrics import machine_load, matmul_rates, report_header, write_report  # noqa: E402
 from littlehelp.models.bert import bert_forward_flops  # noqa: E402
-
-RESULT_NAME = "bench_embed"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -97,24 +94,18 @@ def hf_embedder(folder: Path, batch_size: int):
     return embed
 
 
-def timed(function, texts: list[str]) -> tuple[float, np.ndarray]:
-    start = time.perf_counter()
-    vectors = function(texts)
-    return time.perf_counter() - start, vectors
-
-
 def measure(base: SentenceEmbedder, folder: Path, texts: list[str], batch_size: int,
             args: argparse.Namespace) -> dict[str, Any]:
     """One batch size: first call, then timed calls of ours and (interleaved) HF's; agreement."""
     embedder = SentenceEmbedder(base.pretrained, base.tokenizer, base.max_length, batch_size)
-    first_seconds, ours = timed(embedder.embed, texts)
+    first_seconds, ours = seconds_of(lambda: embedder.embed(texts))
     hf = None if args.no_hf or not args.hf_repeats else hf_embedder(folder, batch_size)
-    hf_first_seconds = None if hf is None else timed(hf, texts[:args.hf_warmup])[0]
+    hf_first_seconds = None if hf is None else seconds_of(lambda: hf(texts[:args.hf_warmup]))[0]
     seconds: dict[str, list[float]] = {"ours": [], "hf": []}
     for repeat in range(args.repeats):
-        seconds["ours"].append(timed(embedder.embed, texts)[0])
+        seconds["ours"].append(seconds_of(lambda: embedder.embed(texts))[0])
         if hf is not None and repeat < args.hf_repeats:
-            hf_seconds, reference = timed(hf, texts)
+            hf_seconds, reference = seconds_of(lambda: hf(texts))
             seconds["hf"].append(hf_seconds)
     work = padded_work(embedder, texts)
     record = {"batch_size": batch_size, "sentences": len(texts), **work, "first_call_seconds": first_seconds,
@@ -138,35 +129,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     args = parse_args(argv)
     folder = pretrained_files.ensure("minilm_l6")
-    load_start, rates_before = machine_load(), matmul_rates(args.matmul_sizes, args.matmul_repeats)
+    bench = Benchmark(__file__, argv, args.out_dir, args.matmul_sizes, args.matmul_repeats)
     base, texts = SentenceEmbedder.load(folder), sentences(args.sentences)
     results = [measure(base, folder, texts, batch_size, args) for batch_size in args.batch_sizes]
-    rates_after, load_end = matmul_rates(args.matmul_sizes, args.matmul_repeats), machine_load()
-    report = {
-        **report_header({k: v for k, v in vars(args).items() if k != "out_dir"},
-                        (load_start, load_end), (rates_before, rates_after)),
-        "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "model": "all-MiniLM-L6-v2", "max_length": base.max_length, "length_buckets": list(base.buckets),
-        "results": results,
-    }
-    write_report(args.out_dir, RESULT_NAME, report, markdown(report))
+    report = bench.report(vars(args), torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
+                          model="all-MiniLM-L6-v2", max_length=base.max_length, length_buckets=list(base.buckets),
+                          results=results)
+    bench.write(report, markdown(report))
     return report
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report: set-up, load, matmul rate, one row per batch size."""
-    rates = report["matmul_flops_per_second"]
-    fmt = lambda d: ", ".join(f"{size}: {v / 1e9:.1f}" for size, v in d.items())  # noqa: E731
     first = report["results"][0]
     lines = [
         "# Sentence-embedding benchmark: SentenceEmbedder (all-MiniLM-L6-v2)", "",
-        f"Date {report['date']}, jax {report['jax_version']} ({report['backend']}), torch {report['torch_version']} "
-        f"({report['torch_threads']} threads), {report['machine']['cpu_count']} CPUs ({report['machine']['platform']}). "
-        f"{first['sentences']} Shakespeare validation lines, {first['tokens']} tokens with [CLS]/[SEP]; length "
-        f"buckets {report['length_buckets']}.", "",
-        f"Load at start: `{report['load']['start']['uptime']}`; at end: `{report['load']['end']['uptime']}`."
-        + _load_note(report), "",
-        f"float32 matmul GFLOP/s (jax.jit a@b, median) before: {fmt(rates['before'])}; after: {fmt(rates['after'])}.",
+        header_markdown(report) + _load_note(report), "",
+        f"torch {report['torch_version']} ({report['torch_threads']} threads). {first['sentences']} Shakespeare "
+        f"validation lines, {first['tokens']} tokens with [CLS]/[SEP]; length buckets {report['length_buckets']}.",
         "", "| batch | sentences/s | median s | all s | first call s (compile + run) | compiles | buckets used "
         "| padded / real tokens | GFLOP/s | HF sentences/s | HF median s | max abs diff vs HF |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -186,7 +166,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def _load_note(report: dict[str, Any]) -> str:
     """A warning when other work held the cores (a 1-minute load above the CPU count)."""
-    busiest = max(report["load"][when]["load_average"][0] for when in ("start", "end"))
+    busiest = max(report[when]["load"]["load_average"][0] for when in ("before", "after"))
     if busiest <= report["machine"]["cpu_count"]:
         return ""
     return (f" The 1-minute load reached {busiest:.1f} on {report['machine']['cpu_count']} CPUs: other jobs shared "

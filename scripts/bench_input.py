@@ -16,11 +16,11 @@ writes results/bench_input.{json,md}.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -32,6 +32,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from littlehelp import config as gin_config, models, objectives  # noqa: E402
+from littlehelp.benchmark import Benchmark, header_markdown  # noqa: E402
 from littlehelp.data import DatasetConfig, pipeline  # noqa: E402
 from littlehelp.models import T5Config  # noqa: E402
 
@@ -86,12 +87,14 @@ def cpu_train_flops() -> float:
     return max(r["flops_per_second"] for r in json.loads(path.read_text())["results"])
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Runs the benchmark and writes the JSON and Markdown reports."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--out_dir", type=Path, default=REPO / "results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    bench = Benchmark(__file__, argv, args.out_dir)
     pipelines = [bench_pipeline(name, args.batches, args.batch_size) for name in PIPELINES]
     span = pipelines[0]["examples_per_second"]
     rates = {"this_cpu": cpu_train_flops(), "accelerator": ACCELERATOR_FLOPS}
@@ -103,18 +106,14 @@ def main() -> None:
             consumption.append({"model": size, "where": where, "train_flops_per_second": rate,
                                 "train_flops_per_example": flops, "examples_per_second_consumed": consumed,
                                 "pipeline_over_consumption": span / consumed})
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "cpu_count": os.cpu_count(), "pipelines": pipelines, "consumption": consumption}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "bench_input.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out_dir / "bench_input.md").write_text(markdown(report))
+    report = bench.report(vars(args), pipelines=pipelines, consumption=consumption)
+    bench.write(report, markdown(report))
     print(markdown(report))
 
 
 def markdown(report: dict) -> str:
     """The report as a Markdown page."""
-    lines = [f"# Input-pipeline benchmark\n\n{report['date']}, {report['cpu_count']} CPUs. Command: "
-             "`python scripts/bench_input.py`.\n",
+    lines = ["# Input-pipeline benchmark\n", header_markdown(report) + "\n",
              "| task | lengths | batch | start-up s | examples/s | tokens/s |", "|---|---|---|---|---|---|"]
     for p in report["pipelines"]:
         lines.append(f"| {p['task']} | {p['lengths']} | {p['batch_size']} | {p['startup_seconds']} | "

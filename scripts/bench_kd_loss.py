@@ -22,6 +22,7 @@ writes results/bench_kd_loss.{json,md}.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -37,9 +38,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from littlehelp import losses  # noqa: E402
-from littlehelp.metrics import machine_load, matmul_rates, report_header, write_report  # noqa: E402
+from littlehelp.benchmark import Benchmark, header_markdown, interleaved  # noqa: E402
 
-RESULT_NAME = "bench_kd_loss"
 GIB = 2**30
 Loss = Callable[..., jax.Array]
 
@@ -149,22 +149,14 @@ def time_setting(setting: str, args: argparse.Namespace) -> list[dict[str, Any]]
     """Seconds per call of naive KD, chunked KD and chunked CE at one VOCABxBATCH, interleaved."""
     vocab, batch = map(int, setting.split("x"))
     cases = {case: build_case(case, args.time_kind, vocab, batch, args) for case in ("naive_kd", "chunked_kd", "chunked_ce")}
-    inputs = {case: random_arguments(built["specs"]) for case, built in cases.items()}
-    for case, built in cases.items():  # one untimed call each
-        jax.block_until_ready(built["compiled"](*inputs[case]))
-    seconds = {case: [] for case in cases}
-    for _ in range(args.repeats):
-        for case, built in cases.items():
-            start = time.perf_counter()
-            jax.block_until_ready(built["compiled"](*inputs[case]))
-            seconds[case].append(time.perf_counter() - start)
+    calls = {case: functools.partial(built["compiled"], *random_arguments(built["specs"]))
+             for case, built in cases.items()}
+    seconds = interleaved(calls, args.repeats, warmup=1)  # one untimed call each first
     print(f"time {setting}: " + "  ".join(f"{c} {statistics.median(s):.1f}s" for c, s in seconds.items()), flush=True)
     return [{"setting": setting, "vocab": vocab, "batch": batch, "length": args.length, "case": case,
              "kind": cases[case]["record"]["kind"], "chunk_size": cases[case]["record"]["chunk_size"],
              "seconds": s, "median_seconds": statistics.median(s), "min_seconds": min(s),
              "peak_bytes": cases[case]["record"]["peak_bytes"]} for case, s in seconds.items()]
-
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,31 +205,22 @@ def time_targets(timing: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark and writes the JSON and Markdown reports; returns the JSON content."""
     args = parse_args(argv)
-    load_start, rates_before = machine_load(), matmul_rates(args.matmul_sizes, args.matmul_repeats)
+    bench = Benchmark(__file__, argv, args.out_dir, args.matmul_sizes, args.matmul_repeats)
     memory = memory_records(args)
     timing = [r for setting in args.time_at for r in time_setting(setting, args)]
-    rates_after, load_end = matmul_rates(args.matmul_sizes, args.matmul_repeats), machine_load()
-    report = {
-        **report_header({k: v for k, v in vars(args).items() if k != "out_dir"},
-                        (load_start, load_end), (rates_before, rates_after)),
-        "memory": memory, "timing": timing,
-        "targets": [t for vocab in args.vocabs for t in memory_targets(memory, vocab)] + time_targets(timing),
-    }
-    write_report(args.out_dir, RESULT_NAME, report, markdown(report))
+    targets = [t for vocab in args.vocabs for t in memory_targets(memory, vocab)] + time_targets(timing)
+    report = bench.report(vars(args), memory=memory, timing=timing, targets=targets)
+    bench.write(report, markdown(report))
     return report
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report: set-up, memory table, timing table, targets."""
-    config, rates = report["config"], report["matmul_flops_per_second"]
-    fmt = lambda d: ", ".join(f"{size}: {v / 1e9:.1f}" for size, v in d.items())  # noqa: E731
+    config = report["config"]
     lines = [
-        "# KD-loss benchmark: naive vs chunked large-vocabulary losses", "",
-        f"Date {report['date']}, jax {report['jax_version']} ({report['backend']}), {report['machine']['cpu_count']} CPUs "
-        f"({report['machine']['platform']}). Student d {config['student_dim']}, teacher d {config['teacher_dim']}, "
-        f"float32 heads; chunks of {config['chunk_tokens']} positions (batch x chunk length).", "",
-        f"Load at start: `{report['load']['start']['uptime']}`; at end: `{report['load']['end']['uptime']}`.", "",
-        f"float32 matmul GFLOP/s (jax.jit a@b, median) before: {fmt(rates['before'])}; after: {fmt(rates['after'])}.", "",
+        "# KD-loss benchmark: naive vs chunked large-vocabulary losses", "", header_markdown(report), "",
+        f"Student d {config['student_dim']}, teacher d {config['teacher_dim']}, float32 heads; chunks of "
+        f"{config['chunk_tokens']} positions (batch x chunk length).", "",
         *_memory_table(report["memory"]), "", *_timing_table(report["timing"]), "", "## Targets", "",
         "| target | value | met | detail |", "|---|---|---|---|",
         *[f"| {t['target']} | {t['value']:.2f} | {'met' if t['met'] else 'MISSED'} | {t['detail']} |"

@@ -15,11 +15,11 @@ writes results/bench_resume.{json,md}.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from littlehelp import partitioning  # noqa: E402
-from littlehelp.metrics import write_report  # noqa: E402
+from littlehelp.benchmark import Benchmark, header_markdown  # noqa: E402
 from littlehelp.data import DatasetConfig, GlobalBatches, pipeline  # noqa: E402
 
 LENGTHS = {"inputs": 128, "targets": 29}  # gin/runs/demo.gin
@@ -78,32 +78,28 @@ def check_against_straight_stream(config: DatasetConfig, step: int) -> None:
         raise SystemExit(f"bench_resume: the replayed batch {step} differs from the uninterrupted stream's")
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Runs the benchmark and writes the JSON and Markdown reports."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[1000, 100000])
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--out_dir", type=Path, default=REPO / "results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     config = DatasetConfig("shakespeare_span_corruption", LENGTHS, args.batch_size, seed=0)
-    load_before = os.getloadavg()[0]
+    bench = Benchmark(__file__, argv, args.out_dir)
     check_against_straight_stream(config, min(args.steps))
     with tempfile.TemporaryDirectory() as folder:
         rows = [measure(config, step, Path(folder)) for step in sorted(args.steps)]
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "cpu_count": os.cpu_count(), "load_average_before": load_before,
-              "load_average_after": os.getloadavg()[0], "task": config.name, "lengths": LENGTHS,
-              "batch_size": args.batch_size, "results": rows}
+    report = bench.report(vars(args), task=config.name, lengths=LENGTHS, results=rows)
     print(markdown(report))
-    write_report(args.out_dir, "bench_resume", report, markdown(report))
+    bench.write(report, markdown(report))
 
 
 def markdown(report: dict) -> str:
     """The report as a Markdown page."""
-    lines = [f"# Input-stream resume benchmark\n\n{report['date']}, {report['cpu_count']} CPUs, load average "
-             f"{report['load_average_before']:.2f} before and {report['load_average_after']:.2f} after. Command: "
-             "`python scripts/bench_resume.py`.\n",
-             f"{report['task']}, lengths {report['lengths']}, batch {report['batch_size']}, packed, shuffled. "
-             "Seconds from opening the stream to holding its first batch: by replaying the N batches before "
+    lines = ["# Input-stream resume benchmark\n", header_markdown(report) + "\n",
+             f"{report['task']}, lengths {report['lengths']}, batch {report['config']['batch_size']}, packed, "
+             "shuffled. Seconds from opening the stream to holding its first batch: by replaying the N batches before "
              "it, or from the iterator state saved after batch N (tf.data's own threads raise the load "
              "average above the core count while they run):\n",
              "| N | replay s | saved iterator state s | state MB | replay / state |", "|---|---|---|---|---|"]

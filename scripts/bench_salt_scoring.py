@@ -10,7 +10,7 @@ depend on their values). Per batch size, on `--task`'s `--split` cut at `--lengt
   batch padded), as a SALT_DS run scores it;
 - memory: XLA's memory analysis of the compiled scoring function (temp bytes) beside the
   [batch, length, vocab] float32 logits that chunking never forms.
-The load average and the float32 matmul rate are measured in the same run (`metrics.report_header`).
+The load average and the float32 matmul rate are measured in the same run (`littlehelp.benchmark`).
 
     python scripts/bench_salt_scoring.py                      # shakespeare_lm validation, batch 8 and 32
     python scripts/bench_salt_scoring.py --split train --batch_sizes 32
@@ -37,11 +37,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import littlehelp.data  # noqa: E402,F401  (registers the built-in tasks)
-from littlehelp.metrics import machine_load, matmul_rates, report_header, seconds_of, write_report  # noqa: E402
+from littlehelp.benchmark import Benchmark, header_markdown, repeated, seconds_of  # noqa: E402
 from littlehelp.models import DecoderConfig, Model, build_model  # noqa: E402
 from salt import selection  # noqa: E402
 
-RESULT_NAME = "bench_salt_scoring"
 MIB = 2**20
 DECODER_BENCH = dict(vocab_size=8192, emb_dim=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
                      mlp_dim=1024)
@@ -84,7 +83,7 @@ def bench_batch_size(model: Model, params: Any, batch_size: int, args: argparse.
     batch, _ = next(selection.lm_batches(scoring))
     score = lambda: selection.batch_scores(model, params, batch, args.top_k, args.chunk_size)  # noqa: E731
     compile_seconds, _ = seconds_of(score)
-    model_seconds = statistics.median(seconds_of(score)[0] for _ in range(args.repeats))
+    model_seconds = statistics.median(repeated(score, args.repeats))
     start = time.perf_counter()
     sequences = sum(rows for _, rows in selection.lm_batches(scoring))
     input_seconds = time.perf_counter() - start
@@ -107,31 +106,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark and writes the JSON and Markdown reports; returns the JSON content."""
     args = parse_args(argv)
     config = teacher_config(args.teacher)
-    load_start, rates_before = machine_load(), matmul_rates(args.matmul_sizes, args.matmul_repeats)
+    bench = Benchmark(__file__, argv, args.out_dir, args.matmul_sizes, args.matmul_repeats)
     model, params = random_teacher(config, args.length)
     results = [bench_batch_size(model, params, batch_size, args) for batch_size in args.batch_sizes]
-    rates_after, load_end = matmul_rates(args.matmul_sizes, args.matmul_repeats), machine_load()
-    settings = {k: v for k, v in vars(args).items() if k != "out_dir"} | {"teacher_config": dataclasses.asdict(config)}
-    report = {**report_header(settings, (load_start, load_end), (rates_before, rates_after)), "results": results}
-    write_report(args.out_dir, RESULT_NAME, report, markdown(report))
+    report = bench.report(vars(args) | {"teacher_config": dataclasses.asdict(config)}, results=results)
+    bench.write(report, markdown(report))
     return report
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report: set-up, one row per batch size."""
-    config, rates = report["config"], report["matmul_flops_per_second"]
+    config = report["config"]
     teacher = config["teacher_config"]
-    fmt = lambda d: ", ".join(f"{size}: {v / 1e9:.1f}" for size, v in d.items())  # noqa: E731
     lines = [
-        "# SALT_DS scoring benchmark: sequences/s scored by a small teacher", "",
-        f"Date {report['date']}, jax {report['jax_version']} ({report['backend']}), {report['machine']['cpu_count']} CPUs "
-        f"({report['machine']['platform']}). Task `{config['task']}` split `{config['split']}` at length "
+        "# SALT_DS scoring benchmark: sequences/s scored by a small teacher", "", header_markdown(report), "",
+        f"Task `{config['task']}` split `{config['split']}` at length "
         f"{config['length']}, top_k {config['top_k']}, head chunks of {config['chunk_size']} positions. Teacher: "
         f"decoder vocab {teacher['vocab_size']}, d_model {teacher['emb_dim']}, {teacher['num_layers']} layers, "
         f"{teacher['num_heads']} query heads x {teacher['head_dim']}, {teacher['num_kv_heads']} KV heads, "
         f"SwiGLU {teacher['mlp_dim']}, {teacher['dtype']}.", "",
-        f"Load at start: `{report['load']['start']['uptime']}`; at end: `{report['load']['end']['uptime']}`.", "",
-        f"float32 matmul GFLOP/s (jax.jit a@b, median) before: {fmt(rates['before'])}; after: {fmt(rates['after'])}.", "",
         "| batch | sequences | compile s | model only seq/s | model GFLOP/s | input only seq/s | streamed seq/s "
         "| streamed s | temp MiB | full [b,l,V] f32 logits MiB |",
         "|---|---|---|---|---|---|---|---|---|---|",

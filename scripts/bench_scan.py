@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,8 @@ for path in (REPO, REPO / "scripts"):
 
 import bench_train_step as train_step  # noqa: E402
 
-RESULT_NAME = "bench_scan"
+from littlehelp.benchmark import Benchmark, header_markdown, interleaved  # noqa: E402
+
 VARIANTS = (  # (scan_layers, remat_policy); the first is the reference of the ratios
     (False, "none"), (True, "none"), (True, "dots_saveable"), (True, "dots_with_no_batch_dims_saveable"),
     (True, "full"), (False, "dots_saveable"),
@@ -53,25 +52,10 @@ def compile_variants(name: str, batch_size: int) -> dict[str, train_step.Compile
     return steps
 
 
-def time_interleaved(steps: dict[str, train_step.CompiledStep], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds of each variant's step, one step of every variant per round (after `warmup` rounds)."""
-    import jax
-
-    rng, seconds = jax.random.key(1), {name: [] for name in steps}
-    for index in range(warmup + rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step.state, metrics = step.compiled(step.state, {}, step.batch, rng)
-            jax.block_until_ready((step.state, metrics))
-            if index >= warmup:
-                seconds[name].append(time.perf_counter() - start)
-    return seconds
-
-
 def bench_config(name: str, batch_size: int, rounds: int, warmup: int) -> list[dict[str, Any]]:
     """One row per variant of config `name`: compile seconds, memory, median step seconds, ratio."""
     steps = compile_variants(name, batch_size)
-    seconds = time_interleaved(steps, rounds, warmup)
+    seconds = interleaved({variant: train_step.advance(step) for variant, step in steps.items()}, rounds, warmup)
     reference = statistics.median(next(iter(seconds.values())))
     rows = []
     for variant, step in steps.items():
@@ -98,38 +82,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max_matmul_spread", type=float, default=0.15)
     parser.add_argument("--out_dir", default=str(REPO / "results"))
     args = parser.parse_args(argv)
-    import jax
-
-    from littlehelp.metrics import machine_load, matmul_rates, write_report
-
-    rates, loads, rows = [matmul_rates(train_step.MATMUL_SIZES, args.matmul_repeats)], [machine_load()], []
-    for name in args.configs:
-        rows += bench_config(name, args.batch_size, args.rounds, args.warmup)
-        rates.append(matmul_rates(train_step.MATMUL_SIZES, args.matmul_repeats))
-        loads.append(machine_load())
-    try:
-        train_step.check_steady(rates, loads, args.max_matmul_spread)
-    except train_step.UnsteadyMachineError as error:
-        sys.exit(f"bench_scan: {error}")
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "jax_version": jax.__version__, "machine": train_step._machine(),
-              "matmul_flops_per_second": {"interleaved": rates, "spread": train_step.matmul_spread(rates)},
-              "load": loads, "results": rows}
-    write_report(args.out_dir, RESULT_NAME, report, markdown(report))
+    bench = Benchmark(__file__, argv, args.out_dir, train_step.MATMUL_SIZES, args.matmul_repeats,
+                      args.max_matmul_spread)
+    rows = [row for name in bench.between(args.configs)
+            for row in bench_config(name, args.batch_size, args.rounds, args.warmup)]
+    report = bench.report(vars(args), results=rows)
+    bench.write(report, markdown(report))
     return report
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown table."""
-    size = str(train_step.MATMUL_SIZES[0])
-    rates = [r[size] / 1e9 for r in report["matmul_flops_per_second"]["interleaved"]]
-    loads = [load["load_average"][0] for load in report["load"]]
-    lines = ["# Scanned against unrolled layers", "",
-             f"Date {report['date']}, jax {report['jax_version']}, {report['machine']['cpu_count']} CPUs, one device. "
-             f"Command: `python scripts/bench_scan.py`. float32 {size} matmul {min(rates):.0f}-{max(rates):.0f} GFLOP/s "
-             f"(spread {report['matmul_flops_per_second']['spread']:.0%}), 1-minute load average "
-             f"{min(loads):.2f}-{max(loads):.2f}. Steps timed interleaved, round by round; the ratio is to "
-             "the unrolled step without remat in the same rounds. Memory per device from XLA's memory_analysis().", "",
+    lines = ["# Scanned against unrolled layers", "", header_markdown(report), "",
+             "One device. Steps timed interleaved, round by round; the ratio is to the unrolled step without remat "
+             "in the same rounds. Memory per device from XLA's memory_analysis().", "",
              "| config | batch | layers, remat_policy | compile s | arguments MB | temporaries MB | step s (median) | ratio |",
              "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:

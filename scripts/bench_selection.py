@@ -19,10 +19,8 @@ budget.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -38,7 +36,6 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-RESULT_NAME = "bench_selection"
 SELECTOR_CHOICES = ("margin", "coreset", "coreset_jax", "coreset_blocked", "cluster_margin")
 
 
@@ -92,12 +89,6 @@ def _rss_gb() -> float:
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _cpu_name() -> str:
-    with open("/proc/cpuinfo") as info:
-        return next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")),
-                    platform.machine())
 
 
 def _peak_rss_gb() -> float:
@@ -175,13 +166,13 @@ def run_child(name: str, argv: Sequence[str], data_dir: str, threads: int) -> di
 
 def markdown(report: dict[str, Any]) -> str:
     """The results table with the configuration and the target."""
+    from littlehelp.benchmark import header_markdown  # not in the children: JAX would count in their memory
+
     cfg = report["config"]
     lines = [
-        f"# Selection benchmark ({report['date']})", "",
+        "# Selection benchmark", "", header_markdown(report), "",
         f"Select {cfg['budget']:,} from a {cfg['pool_size']:,} x {cfg['dim']} Gaussian mixture "
-        f"({cfg['components']} components, seed {cfg['seed']}), {cfg['threads']} threads, on "
-        f"{report['machine']['cpu']} ({report['machine']['cpus']} CPUs visible, load average "
-        f"{report['machine']['load_average']}). Peak RSS includes the pool "
+        f"({cfg['components']} components, seed {cfg['seed']}), {cfg['threads']} threads. Peak RSS includes the pool "
         "(embeddings + probabilities) and the interpreter; 'RSS before' is that baseline. CPU s is "
         "user + system time of the selecting process (all its threads); on a shared machine wall "
         "time can exceed it.", "",
@@ -215,7 +206,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.child:
         child_main(args)
         return {}
+    from littlehelp.benchmark import Benchmark  # not in the children: JAX would count in their memory
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    bench = Benchmark(__file__, argv, args.out_dir)
     with tempfile.TemporaryDirectory() as data_dir:
         embeddings, probabilities = synthetic_pool(args)
         np.save(Path(data_dir) / "embeddings.npy", embeddings)
@@ -225,18 +219,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for name in args.selectors:
             results.append(run_child(name, argv, data_dir, args.threads))
             print(json.dumps(results[-1]), flush=True)
-    report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "config": {k: v for k, v in vars(args).items() if k not in ("child", "data_dir", "out_dir")},
-        "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(),
-                    "load_average": [round(x, 1) for x in os.getloadavg()], "python": platform.python_version()},
-        "results": results,
-        "target": target_verdict(results),
-    }
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{RESULT_NAME}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{RESULT_NAME}.md").write_text(markdown(report))
+    config = {k: v for k, v in vars(args).items() if k not in ("child", "data_dir")}
+    report = bench.report(config, results=results, target=target_verdict(results))
+    bench.write(report, markdown(report))
     print(markdown(report))
     return report
 

@@ -42,12 +42,11 @@ import numpy as np  # noqa: E402
 from distillspec import generate as cli  # noqa: E402
 from distillspec import speculative  # noqa: E402
 from littlehelp import decoding  # noqa: E402
+from littlehelp.benchmark import Benchmark, header_markdown, repeated, seconds_of  # noqa: E402
 from littlehelp.data import pretrained  # noqa: E402
-from littlehelp.metrics import machine_load, matmul_rates, report_header, seconds_of, write_report  # noqa: E402
 from littlehelp.models import DecoderConfig, build_model, convert  # noqa: E402
 from littlehelp.models.convert import Pretrained, run_folder  # noqa: E402
 
-RESULT_NAME = "bench_speculative"
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
            "The three primary colours are", "Water boils at a temperature of", "My favourite book is",
            "The quick brown fox", "In 1492, Columbus"]
@@ -114,8 +113,7 @@ def call_seconds(model_and_params: tuple, tokens: np.ndarray, lengths: np.ndarra
     _, cache = jax.jit(model.prefill)(params, cache, tokens, lengths)
     extend = jax.jit(model.extend).lower(params, cache, jnp.ones((tokens.shape[0], k), jnp.int32)).compile()
     new = jnp.full((tokens.shape[0], k), 5, jnp.int32)
-    jax.block_until_ready(extend(params, cache, new))
-    return statistics.median(seconds_of(lambda: extend(params, cache, new))[0] for _ in range(repeats))
+    return statistics.median(repeated(lambda: extend(params, cache, new), repeats, warmup=1))
 
 
 def batch_results(target: tuple, draft: tuple, vocabulary: Any, batch: int, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -152,8 +150,6 @@ def batch_results(target: tuple, draft: tuple, vocabulary: Any, batch: int, args
     return records
 
 
-
-
 def models(args: argparse.Namespace, scratch: Path) -> tuple[tuple, tuple, Any, dict[str, Any]]:
     """(target, draft) as (model, jax params), the target vocabulary, and a description of both."""
     smol = convert.load(pretrained.ensure("smollm2_135m"))
@@ -173,34 +169,24 @@ def models(args: argparse.Namespace, scratch: Path) -> tuple[tuple, tuple, Any, 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark and writes the JSON and Markdown reports; returns the JSON content."""
     args = parse_args(argv)
-    load_start, rates_before = machine_load(), matmul_rates(args.matmul_sizes, args.matmul_repeats)
+    bench = Benchmark(__file__, argv, args.out_dir, args.matmul_sizes, args.matmul_repeats)
     with tempfile.TemporaryDirectory() as scratch:
         target, draft, vocabulary, described = models(args, Path(scratch))
         results = [r for batch in args.batch_sizes for r in batch_results(target, draft, vocabulary, batch, args)]
-    rates_after, load_end = matmul_rates(args.matmul_sizes, args.matmul_repeats), machine_load()
-    report = {
-        **report_header({k: v for k, v in vars(args).items() if k != "out_dir"},
-                        (load_start, load_end), (rates_before, rates_after)),
-        "models": described,
-        "results": results,
-    }
-    write_report(args.out_dir, RESULT_NAME, report, markdown(report))
+    report = bench.report(vars(args), models=described, results=results)
+    bench.write(report, markdown(report))
     return report
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report: set-up, machine load, one table row per (batch, gamma)."""
-    rates, models_ = report["matmul_flops_per_second"], report["models"]
-    fmt = lambda d: ", ".join(f"{size}: {v / 1e9:.1f}" for size, v in d.items())  # noqa: E731
+    models_ = report["models"]
     lines = [
-        "# Speculative decoding benchmark: SmolLM2-135M with a draft, greedy", "",
-        f"Date {report['date']}, jax {report['jax_version']} ({report['backend']}), {report['machine']['cpu_count']} CPUs "
-        f"({report['machine']['platform']}). Target {models_['target']['source']} ({models_['target']['parameters']:,} "
+        "# Speculative decoding benchmark: SmolLM2-135M with a draft, greedy", "", header_markdown(report)
+        + " Other jobs share these cores: absolute rates are noisy.", "",
+        f"Target {models_['target']['source']} ({models_['target']['parameters']:,} "
         f"parameters); draft {models_['draft']['source']} ({models_['draft']['parameters']:,} parameters). "
         f"{report['config']['max_new_tokens']} new tokens per row, no EOS, prompts from the script's PROMPTS.", "",
-        f"Load at start: `{report['load']['start']['uptime']}`; at end: `{report['load']['end']['uptime']}` "
-        "(other jobs share these cores: absolute rates are noisy).", "",
-        f"float32 matmul GFLOP/s (jax.jit a@b, median) before: {fmt(rates['before'])}; after: {fmt(rates['after'])}.", "",
         "| batch | gamma | target-only tok/s | speculative tok/s | speed-up | acceptance | tau | target call ms | "
         "verify call ms | draft call ms | c | expected tau/(c*gamma+1) | expected with verify cost | tokens equal |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-RESULT_NAME = "bench_train_step"
+from littlehelp.benchmark import Benchmark, header_markdown, repeated  # noqa: E402
+
 MATMUL_SIZES = (2048, 4096)
 MESHES = {1: (1, 1, 1), 8: (4, 1, 2)}  # devices -> (data, fsdp, tensor)
 
@@ -132,6 +131,7 @@ class CompiledStep:
     objective: Any
     devices: int
     compile_seconds: float
+    metrics: Any = None  # of the last step taken
 
 
 def compile_step(config: BenchConfig, batch_size: int) -> CompiledStep:
@@ -168,7 +168,7 @@ def bench_one(name: str, batch_size: int, steps: int, warmup: int) -> dict[str, 
 
     config = CONFIGS[name]
     step = compile_step(config, batch_size)
-    seconds, loss = _time_steps(step.compiled, step.state, step.batch, steps, warmup)
+    seconds = repeated(advance(step), steps, warmup)
     flops = step.objective.train_flops(step.spec)
     step_seconds = statistics.median(seconds)
     return {
@@ -177,24 +177,21 @@ def bench_one(name: str, batch_size: int, steps: int, warmup: int) -> dict[str, 
         "step_seconds_min": min(seconds), "step_seconds_max": max(seconds),
         "tokens_per_second": trainer.tokens_per_batch(step.spec) / step_seconds,
         "flops_per_step": flops, "flops_per_second": flops / step_seconds,
-        "params": _param_count(step.state.params), "final_loss": loss, "steps": steps, "warmup": warmup,
-        "model_config": config.model,
+        "params": _param_count(step.state.params), "final_loss": float(step.metrics["loss"]), "steps": steps,
+        "warmup": warmup, "model_config": config.model,
     }
 
 
-def _time_steps(compiled, state, batch, steps: int, warmup: int) -> tuple[list[float], float]:
-    """Seconds of each timed step (each waited for) and the last loss."""
+def advance(step: CompiledStep) -> Callable[[], Any]:
+    """A call that takes one train step, keeping the new state and metrics in `step`."""
     import jax
 
     rng = jax.random.key(1)
-    seconds, metrics = [], None
-    for index in range(warmup + steps):
-        start = time.perf_counter()
-        state, metrics = compiled(state, {}, batch, rng)  # no frozen models
-        jax.block_until_ready((state, metrics))
-        if index >= warmup:
-            seconds.append(time.perf_counter() - start)
-    return seconds, float(metrics["loss"])
+
+    def call() -> Any:
+        step.state, step.metrics = step.compiled(step.state, {}, step.batch, rng)  # no frozen models
+        return step.state, step.metrics
+    return call
 
 
 def _param_count(params) -> int:
@@ -213,27 +210,6 @@ def run_child(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Parent process: matmul rate, children, report.
-
-
-class UnsteadyMachineError(RuntimeError):
-    """The matmul rate varied too much within the run: the machine was not idle."""
-
-
-def matmul_spread(rates: Sequence[dict[str, float]]) -> float:
-    """1 - min / max of the interleaved matmul rates at the first size (0: perfectly steady)."""
-    values = [r[str(MATMUL_SIZES[0])] for r in rates]
-    return 1 - min(values) / max(values)
-
-
-def check_steady(rates: Sequence[dict[str, float]], loads: Sequence[dict], max_spread: float) -> None:
-    """Raises UnsteadyMachineError naming the rates and loads when their spread exceeds `max_spread`."""
-    spread = matmul_spread(rates)
-    if spread > max_spread:
-        values = [r[str(MATMUL_SIZES[0])] / 1e9 for r in rates]
-        raise UnsteadyMachineError(
-            f"the {MATMUL_SIZES[0]} matmul rate varied by {spread:.0%} within the run ({min(values):.0f}-"
-            f"{max(values):.0f} GFLOP/s; load averages {[l['load_average'][0] for l in loads]}), more than "
-            f"--max_matmul_spread={max_spread:.0%}: the machine was not idle; no results written")
 
 
 def run_devices(devices: int, name: str, batch_size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -265,56 +241,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.child:
         run_child(args)
         return {}
-    import jax
-
-    from littlehelp.metrics import machine_load, matmul_rates, write_report
-
-    print("measuring the float32 matmul rate ...", flush=True)
-    rates, loads, results = [matmul_rates(MATMUL_SIZES, args.matmul_repeats)], [machine_load()], []
-    for devices in args.devices:
-        for name in args.configs:
-            for batch_size in args.batch_sizes:
-                results += run_devices(devices, name, batch_size, args)
-                rates.append(matmul_rates(MATMUL_SIZES, args.matmul_repeats))
-                loads.append(machine_load())
-                print(f"matmul {MATMUL_SIZES[0]}: {rates[-1][str(MATMUL_SIZES[0])] / 1e9:.0f} GFLOP/s "
-                      f"(first {rates[0][str(MATMUL_SIZES[0])] / 1e9:.0f}), load {loads[-1]['load_average'][0]}", flush=True)
-    try:
-        check_steady(rates, loads, args.max_matmul_spread)
-    except UnsteadyMachineError as error:
-        sys.exit(f"bench_train_step: {error}")
-    peak = max(v for r in rates for v in r.values())
+    bench = Benchmark(__file__, argv, args.out_dir, MATMUL_SIZES, args.matmul_repeats, args.max_matmul_spread)
+    runs = [(devices, name, batch) for devices in args.devices for name in args.configs for batch in args.batch_sizes]
+    results = [r for devices, name, batch in bench.between(runs) for r in run_devices(devices, name, batch, args)]
+    report = bench.report(vars(args), results=results)
+    peak = max(max(check["matmul_flops_per_second"].values()) for check in bench.checks)  # the MFU denominator
+    report["peak_matmul_flops_per_second"] = peak
     for r in results:
         r["mfu"] = r["flops_per_second"] / peak
-    report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "jax_version": jax.__version__, "machine": _machine(),
-        "matmul_flops_per_second": {"interleaved": rates, "peak": peak, "spread": matmul_spread(rates)},
-        "load": loads, "results": results,
-    }
-    write_report(args.out_dir, RESULT_NAME, report, markdown(report))
+    bench.write(report, markdown(report))
     return report
 
 
-def _machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version()}
-
-
 def markdown(report: dict[str, Any]) -> str:
-    """The report as a Markdown table with the machine's matmul rate, date and jax version."""
-    rates = report["matmul_flops_per_second"]
-    first = [r[str(MATMUL_SIZES[0])] / 1e9 for r in rates["interleaved"]]
-    loads = [load["load_average"][0] for load in report["load"]]
+    """The report as a Markdown table under its provenance and the machine's matmul rate."""
     lines = [
-        "# Train-step benchmark", "",
-        f"Date {report['date']}, jax {report['jax_version']}, {report['machine']['cpu_count']} CPUs "
-        f"({report['machine']['platform']}).", "",
-        f"float32 matmul rate (jax.jit a@b, median of repeats), measured {len(first)} times interleaved with the "
-        f"runs: {MATMUL_SIZES[0]}: {min(first):.1f}-{max(first):.1f} GFLOP/s (spread {rates['spread']:.0%}). "
-        f"MFU denominator: {rates['peak'] / 1e9:.1f} GFLOP/s (the best of the run, all sizes). "
-        f"1-minute load average {min(loads):.2f}-{max(loads):.2f} (`uptime` at the start: "
-        f"{report['load'][0]['uptime']}).", "",
+        "# Train-step benchmark", "", header_markdown(report), "",
+        "The matmul rate is measured before the first run and after each. MFU denominator: "
+        f"{report['peak_matmul_flops_per_second'] / 1e9:.1f} GFLOP/s (the best rate of the run, all sizes).", "",
         "| config | batch | devices (mesh d,f,t) | compile s | step ms (median) | tokens/s | GFLOP/step | GFLOP/s | MFU |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from littlehelp.metrics import write_report  # noqa: E402
+from littlehelp.benchmark import write_report  # noqa: E402
 
 XXL = ["--gin_file=models/t5_1_1/xxl.gin", "--gin_file=runs/pretrain.gin", "--gin.TASK='c4_span_corruption'",
        "--gin.TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 114}", "--gin.TRAIN_STEPS=524288",
