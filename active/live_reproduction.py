@@ -133,7 +133,7 @@ STUDY = Study(
     description=__doc__.split("\n\n", 1)[1].strip(),
     arms=tuple(arm for aggregation in AGGREGATIONS for arm in session_arms(aggregation)),
     metrics=(*(Metric(name, effort_label(name), True, digits=3) for name in EFFORT_POINTS),
-             *(Metric(f"chars_per_sentence_{name}", f"characters per sentence picked, {name} (confounder)", False,
+             *(Metric(f"chars_per_sentence_{name}", f"characters per sentence picked, {name} (confounder)", None,
                       digits=3) for name in DOMAIN_NAMES.values())),
     claims=CLAIMS,
     seeds=5,

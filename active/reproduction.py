@@ -81,13 +81,13 @@ def churn_arm(alpha: float) -> Arm:
 
 
 def accuracy_curve(key: str) -> Curve:
-    """Test accuracy against labelled examples for the runs called `key` (empty for arms without one)."""
+    """Test accuracy against labelled examples for the selectors' runs called `key`."""
     def read(context: ArmContext) -> tuple[list[float], list[float]]:
-        labelled, accuracy = context.outcome()["accuracy"].get(key, ([], []))
+        labelled, accuracy = context.outcome()["accuracy"][key]
         return labelled, accuracy
     dataset = key.removeprefix("large_")
     return Curve(f"accuracy_{key}", f"test accuracy, {dataset}{', large batches' if key != dataset else ''}",
-                 "labelled examples", read)
+                 "labelled examples", read, arms=SELECTORS if key == dataset else LARGE_BATCH_SELECTORS)
 
 
 CHURN_COMPARED = ("margin", *CHURN_ARMS)

@@ -50,11 +50,12 @@ class StudyError(LittlehelpError):
 @dataclasses.dataclass(frozen=True)
 class Metric:
     """A number measured on each (arm, seed); `compute(context)` reads it (default: the arm's
-    outcome["values"][name]). `arms` limits it to some arms (default: every per-seed arm)."""
+    outcome["values"][name]). `arms` limits it to some arms (default: every per-seed arm).
+    `higher_is_better=None` marks a descriptive number (a confounder): no claim may use it."""
 
     name: str
     label: str
-    higher_is_better: bool
+    higher_is_better: bool | None
     compute: Callable[[ArmContext], float] | None = None
     arms: tuple[str, ...] | None = None
     digits: int = 4
@@ -97,12 +98,14 @@ class Arm:
 
 @dataclasses.dataclass(frozen=True)
 class Curve:
-    """A per-(arm, seed) series the plot draws: `read(context)` gives (xs, ys)."""
+    """A per-(arm, seed) series the plot draws: `read(context)` gives (xs, ys); `arms` limits it to
+    some arms (default: every per-seed arm)."""
 
     name: str
     label: str
     x_label: str
     read: Callable[[ArmContext], tuple[Sequence[float], Sequence[float]]]
+    arms: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,21 +125,24 @@ class Study:
     curves: tuple[Curve, ...] = ()
 
     def __post_init__(self) -> None:
-        arms, metrics = {a.name for a in self.arms}, {m.name for m in self.metrics}
+        arms, metrics = {a.name for a in self.arms}, {m.name: m for m in self.metrics}
         for claim in self.claims:
             named = [claim.arm, claim.baseline, *(claim.separation or ())]
             unknown = [a for a in named if a is not None and a not in arms]
             if unknown or claim.metric not in metrics:
                 raise StudyError(f"study {self.name}: claim {claim.name} names unknown "
                                  f"{'arm ' + unknown[0] if unknown else 'metric ' + claim.metric}")
+            if metrics[claim.metric].higher_is_better is None:
+                raise StudyError(f"study {self.name}: claim {claim.name} uses {claim.metric}, a descriptive "
+                                 "metric with no better direction")
 
     def arm(self, name: str) -> Arm:
         """The arm called `name`."""
         return next(a for a in self.arms if a.name == name)
 
-    def measured_arms(self, metric: Metric) -> list[Arm]:
-        """The per-seed arms `metric` is measured on."""
-        return [a for a in self.arms if a.per_seed and (metric.arms is None or a.name in metric.arms)]
+    def measured_arms(self, measure: Metric | Curve) -> list[Arm]:
+        """The per-seed arms a metric or curve is measured on."""
+        return [a for a in self.arms if a.per_seed and (measure.arms is None or a.name in measure.arms)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,7 +353,7 @@ def read_curves(study: Study, seeds: Sequence[int], settings: Mapping[str, Any],
     """{curve: {arm: [{"x": [...], "y": [...]} per seed]}} for every per-seed arm."""
     curves: dict[str, dict[str, list[dict[str, list[float]]]]] = {}
     for curve in study.curves:
-        for arm in (a for a in study.arms if a.per_seed):
+        for arm in study.measured_arms(curve):
             series = [curve.read(ArmContext(study, arm, seed, settings, work_dir)) for seed in seeds]
             curves.setdefault(curve.name, {})[arm.name] = [{"x": list(map(float, x)), "y": list(map(float, y))}
                                                           for x, y in series]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,9 @@ def _draw_curves(panel: Any, name: str, by_arm: Mapping[str, Sequence[Mapping[st
         for seed in series:
             panel.plot(seed["x"], _values(seed["y"]), color=f"C{colour}", alpha=0.25, linewidth=0.7)
         length = min(len(s["y"]) for s in series)
-        mean = np.nanmean([_values(s["y"][:length]) for s in series], axis=0)
+        with warnings.catch_warnings():  # a point where no seed has a value (nan) is left out of the line
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean([_values(s["y"][:length]) for s in series], axis=0)
         panel.plot(series[0]["x"][:length], mean, color=f"C{colour}", label=titles.get(arm, arm))
     panel.set_title(name, fontsize=9)
     panel.legend(fontsize=7)
@@ -154,5 +157,5 @@ def _draw_metric(panel: Any, metric: Mapping[str, Any], result: Result) -> None:
         panel.errorbar([x + 0.15], [np.nanmean(values)], yerr=[stats.t_interval(values).se if len(values) > 1 else 0],
                        color="black", fmt="o", markersize=3, capsize=3)
     panel.set_xticks(range(len(arms)), [result["arms"][a] for a in arms], rotation=30, ha="right", fontsize=7)
-    arrow = "higher is better" if metric["higher_is_better"] else "lower is better"
+    arrow = {True: "higher is better", False: "lower is better", None: "descriptive"}[metric["higher_is_better"]]
     panel.set_title(f"{metric['label']} ({arrow})", fontsize=9)
