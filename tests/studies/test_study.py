@@ -3,6 +3,7 @@ every per-seed number and the wall times in result.json, finished runs reused, a
 study continued, other settings and quick results under results/ refused, the README block."""
 
 import json
+import re
 
 import pytest
 
@@ -116,3 +117,15 @@ def test_the_cli_refuses_a_study_without_a_name(capsys):
     with pytest.raises(SystemExit) as stopped:
         main.main(["study"])
     assert stopped.value.code == 1 and "name a study to run, or give --list" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(study.STUDIES))
+def test_the_readme_shows_each_committed_result_as_generated(name):
+    readme = study.README.read_text(encoding="utf-8")
+    path = study.RESULTS / name / "result.json"
+    assert f"<!-- study:{name} -->" in readme
+    if path.is_file():
+        assert study_report.readme_block(json.loads(path.read_text())) in readme
+    else:
+        notes = (study.RESULTS / name / "notes.md").read_text()
+        assert re.search(r"not (been )?rerun since", notes, re.I), f"results/{name} has neither result.json nor a not-rerun note"
