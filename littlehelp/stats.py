@@ -142,10 +142,10 @@ def judge(improvements: Sequence[Sequence[float]], thresholds: Sequence[float],
 def _word(interval: Interval, threshold: float, testable: bool, adjusted_p: float,
           alpha: float) -> tuple[str, str]:
     """(verdict, reason) from a claim's interval, threshold and Holm-adjusted p-value."""
-    if not testable:
-        return UNTESTABLE, "the metric does not separate the controls (their 95% interval holds 0)"
     if interval.n < 2:
         return ONE_SEED, "one seed gives no interval"
+    if not testable:
+        return UNTESTABLE, "the metric does not separate the controls (their 95% interval holds 0)"
     if math.isnan(adjusted_p):
         return INCONCLUSIVE, "a seed has no finite value"
     if adjusted_p >= alpha:

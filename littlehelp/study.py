@@ -177,6 +177,7 @@ class ArmContext:
 
 
 OUTCOME_FILE, MEASURED_FILE, STUDY_FILE = "outcome.json", "measured.json", "study.json"
+COMPILATION_CACHE = "compilation_cache"  # under the work folder, shared by its runs
 
 
 def load(name: str) -> Study:
@@ -307,6 +308,7 @@ def measure(context: ArmContext, metric: Metric) -> float:
     measured = _read_json(path) if path.is_file() else {}
     if metric.name not in measured:
         value = metric.compute(context) if metric.compute else context.outcome()["values"][metric.name]
+        measured = _read_json(path) if path.is_file() else {}  # `compute` may have measured others meanwhile
         measured[metric.name] = None if value is None else float(value)
         _write_json(path, measured)
     value = measured[metric.name]
@@ -396,6 +398,16 @@ def check_work_dir(work_dir: Path, record: Mapping[str, Any]) -> None:
     _write_json(path, record)
 
 
+def use_compilation_cache(folder: Path) -> None:
+    """Keeps compiled XLA programs in `folder`, unless the user set a cache: the arms of a study
+    compile the same steps again and again (every run of one model, every seed)."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def resolve_settings(study: Study, request: Request) -> tuple[dict[str, Any], list[int]]:
     """(settings, seeds) of the request: the study's defaults, its quick overrides, --seeds."""
     settings = {**study.settings, **(study.quick if request.quick else {})}
@@ -415,6 +427,7 @@ def run_study(study: Study, request: Request, command: str | None = None) -> dic
     settings, seeds = resolve_settings(study, request)
     work_dir, out_dir = folders(request)
     check_work_dir(work_dir, {"study": study.name, "quick": request.quick, "settings": settings})
+    use_compilation_cache(work_dir / COMPILATION_CACHE)
     before = provenance.conditions()
     run_all(study, seeds, settings, work_dir)
     values = measure_all(study, seeds, settings, work_dir)

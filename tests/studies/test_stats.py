@@ -48,6 +48,7 @@ def test_verdict_words():
     assert stats.judge([better], [0.0], [False])[0].verdict == stats.UNTESTABLE
     one, = stats.judge([[0.7]], [0.0], [None])
     assert one.verdict == stats.ONE_SEED and math.isnan(one.interval.low)
+    assert stats.judge([[0.7]], [0.0], [False])[0].verdict == stats.ONE_SEED  # one seed separates nothing either
     missing, = stats.judge([[0.5, math.nan, 0.4]], [0.0], [None])
     assert missing.verdict == stats.INCONCLUSIVE
 
