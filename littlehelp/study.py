@@ -12,6 +12,7 @@ never writes it. `littlehelp study --list` names the studies; `littlehelp study 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -20,7 +21,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -398,14 +399,27 @@ def check_work_dir(work_dir: Path, record: Mapping[str, Any]) -> None:
     _write_json(path, record)
 
 
-def use_compilation_cache(folder: Path) -> None:
-    """Keeps compiled XLA programs in `folder`, unless the user set a cache: the arms of a study
-    compile the same steps again and again (every run of one model, every seed)."""
-    import jax  # pylint: disable=import-outside-toplevel
+@contextlib.contextmanager
+def compilation_cache(folder: Path) -> Iterator[None]:
+    """Keeps compiled XLA programs in `folder` while a study runs (its arms compile the same steps
+    again and again: every run of one model, every seed), unless the user set a cache of their own."""
+    # pylint: disable=import-outside-toplevel
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cache
 
-    if jax.config.jax_compilation_cache_dir is None:
-        jax.config.update("jax_compilation_cache_dir", str(folder))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if jax.config.jax_compilation_cache_dir is not None:
+        yield
+        return
+    minimum = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    cache.reset_cache()  # JAX decides once whether to use a cache: make it decide again, now and after
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", minimum)
+        cache.reset_cache()
 
 
 def resolve_settings(study: Study, request: Request) -> tuple[dict[str, Any], list[int]]:
@@ -427,10 +441,10 @@ def run_study(study: Study, request: Request, command: str | None = None) -> dic
     settings, seeds = resolve_settings(study, request)
     work_dir, out_dir = folders(request)
     check_work_dir(work_dir, {"study": study.name, "quick": request.quick, "settings": settings})
-    use_compilation_cache(work_dir / COMPILATION_CACHE)
     before = provenance.conditions()
-    run_all(study, seeds, settings, work_dir)
-    values = measure_all(study, seeds, settings, work_dir)
+    with compilation_cache(work_dir / COMPILATION_CACHE):
+        run_all(study, seeds, settings, work_dir)
+        values = measure_all(study, seeds, settings, work_dir)
     result = {"study": study.name, "title": study.title, "description": study.description,
               "mode": "quick" if request.quick else "default", "settings": settings, "seeds": seeds,
               "arms": {a.name: a.title for a in study.arms if a.per_seed},

@@ -129,3 +129,18 @@ def test_the_readme_shows_each_committed_result_as_generated(name):
     else:
         notes = (study.RESULTS / name / "notes.md").read_text()
         assert re.search(r"not (been )?rerun since", notes, re.I), f"results/{name} has neither result.json nor a not-rerun note"
+
+
+def test_a_study_caches_compiled_programs_only_while_it_runs(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    def compiling_arm(context: study.ArmContext) -> dict:
+        value = jax.jit(lambda x: jnp.sin(x) * 3.0 + context.seed)(jnp.ones(1000))  # compiled once, cached
+        return {"values": {"score": float(value[0])}}
+
+    toy = study.Study("toy", "toy", "toy", (study.Arm("a", run=compiling_arm),), (study.Metric("score", "s", True),),
+                      (), seeds=1)
+    study.run_study(toy, study.Request("toy", work_dir=str(tmp_path), out=str(tmp_path / "out")))
+    assert any((tmp_path / study.COMPILATION_CACHE).iterdir())
+    assert jax.config.jax_compilation_cache_dir is None
