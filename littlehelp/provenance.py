@@ -83,8 +83,9 @@ def conditions(matmul_size: int = 2048) -> dict[str, Any]:
     return {"time": utc_now(), "load": machine_load(), "matmul_flops_per_second": measure_matmul_flops(matmul_size)}
 
 
-def describe_run(command: str, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """A result's provenance: git state, date, versions, machine, the command, and the `conditions()`
-    taken before and after it."""
-    return {**git_state(), "date": before["time"], "command": command, "versions": library_versions(),
+def describe_run(command: str, before: dict[str, Any], after: dict[str, Any],
+                 git: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A result's provenance: git state (`git`, taken when the run started; default: now), date,
+    versions, machine, the command, and the `conditions()` taken before and after it."""
+    return {**(git or git_state()), "date": before["time"], "command": command, "versions": library_versions(),
             "machine": machine(), "before": before, "after": after}

@@ -441,7 +441,7 @@ def run_study(study: Study, request: Request, command: str | None = None) -> dic
     settings, seeds = resolve_settings(study, request)
     work_dir, out_dir = folders(request)
     check_work_dir(work_dir, {"study": study.name, "quick": request.quick, "settings": settings})
-    before = provenance.conditions()
+    git, before = provenance.git_state(), provenance.conditions()
     with compilation_cache(work_dir / COMPILATION_CACHE):
         run_all(study, seeds, settings, work_dir)
         values = measure_all(study, seeds, settings, work_dir)
@@ -453,7 +453,7 @@ def run_study(study: Study, request: Request, command: str | None = None) -> dic
               "values": values, "claims": judge_claims(study, values), "rule": stats.RULE,
               "curves": read_curves(study, seeds, settings, work_dir),
               "wall_seconds": _wall_seconds(study, seeds, settings, work_dir),
-              "provenance": provenance.describe_run(command or _command_line(), before, provenance.conditions())}
+              "provenance": provenance.describe_run(command or _command_line(), before, provenance.conditions(), git)}
     write_result(result, out_dir)
     return result
 
