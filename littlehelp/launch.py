@@ -9,19 +9,21 @@ is resumed by the trainer. `train` records its gin files and bindings in `MODEL_
 before training, and refuses, by name, a folder whose `launch.json` records other settings, rather
 than reuse or resume a run that is not the one asked for. A folder without `launch.json` (trained by
 `littlehelp train`) is accepted as it is, and gets one when `train` goes on training it.
-`evaluate(gin_files, bindings, model_dir)` is `littlehelp eval`. Errors are `LittlehelpError`s
+`evaluate(gin_files, bindings, model_dir)` is `littlehelp eval`. Both clear gin when they end, so the
+caller can import and parse more. Errors are `LittlehelpError`s
 (`config.ConfigError` for configuration problems), never `SystemExit`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import logging as std_logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,15 +116,25 @@ def train(gin_files: str | Sequence[str], bindings: Bindings, model_dir: str | P
 
     folder, record = Path(model_dir), launch_record(gin_files, bindings)
     overrides = [*binding_list(bindings), f"{MODEL_DIR}={str(folder)!r}"]
-    target = configure("train", record["gin_files"], overrides, search_paths)
-    final_step = _final_step()
-    check_launch_record(folder, record)
-    done = checkpoints.finished_steps(folder / "checkpoints")
-    if done and done[-1] >= final_step:
-        print(f"  {folder.name}: step {done[-1]} is there, reused", flush=True)
-        return read_result(folder, done[-1], seconds=0.0, reused=True, preempted=False)
-    write_launch_record(folder, record)
-    return _train_here(target, folder, final_step)
+    with _gin_released():
+        target = configure("train", record["gin_files"], overrides, search_paths)
+        final_step = _final_step()
+        check_launch_record(folder, record)
+        done = checkpoints.finished_steps(folder / "checkpoints")
+        if done and done[-1] >= final_step:
+            print(f"  {folder.name}: step {done[-1]} is there, reused", flush=True)
+            return read_result(folder, done[-1], seconds=0.0, reused=True, preempted=False)
+        write_launch_record(folder, record)
+        return _train_here(target, folder, final_step)
+
+
+@contextlib.contextmanager
+def _gin_released() -> Iterator[None]:
+    """Clears gin's config (which parsing locks) when a run ends, so the caller can import or parse more."""
+    try:
+        yield
+    finally:
+        config.gin.clear_config()
 
 
 def _train_here(target: Callable[..., Any], folder: Path, final_step: int) -> RunResult:
@@ -149,7 +161,8 @@ def evaluate(gin_files: str | Sequence[str], bindings: Bindings, model_dir: str 
              search_paths: Sequence[str] = ()) -> dict[str, float]:
     """`littlehelp eval` with `gin_files`, then `bindings`, then MODEL_DIR=`model_dir`: the eval metrics."""
     overrides = [*binding_list(bindings), f"{MODEL_DIR}={str(Path(model_dir))!r}"]
-    return configure("eval", _file_list(gin_files), overrides, search_paths)()
+    with _gin_released():
+        return configure("eval", _file_list(gin_files), overrides, search_paths)()
 
 
 def binding_list(bindings: Bindings) -> list[str]:
