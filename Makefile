@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP_VERSION := 26.3
 PYTEST_WORKERS ?= 2
 
-.PHONY: install data test demo bench clean
+.PHONY: install data test quick-studies demo bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ data: install
 
 test: install data
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
+
+# Every study's --quick run end to end (the language-model studies take minutes each on 2 cores).
+quick-studies: install data
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m '' tests/studies/test_quick_studies.py
 
 demo: install
 	$(PY) scripts/setup_data.py --stats

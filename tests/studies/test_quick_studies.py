@@ -1,5 +1,10 @@
 """Every registered study's --quick mode end to end, with tiny shapes: result.json holds every
-per-seed number, the claims with generated verdicts and the provenance; a rerun reuses every run."""
+per-seed number, the claims with generated verdicts and the provenance; a rerun reuses every run.
+
+The quick runs of the studies that train language models take minutes on 2 CPU cores (every trainer
+run compiles its steps), so they are marked `slow` and left out of `make test`; `make quick-studies`
+runs all seven.
+"""
 
 import json
 
@@ -10,7 +15,11 @@ from littlehelp import stats, study
 VERDICTS = {stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE, stats.UNTESTABLE, stats.ONE_SEED}
 
 
-@pytest.mark.parametrize("name", list(study.STUDIES))
+SLOW = {"spactor", "salt", "distillspec", "softsrv"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW else [])
+                                  for name in study.STUDIES])
 def test_quick_study_writes_a_complete_result(name, tmp_path, capsys):
     request = study.Request(name, quick=True, work_dir=str(tmp_path / "work"))
     study.run_named(request, command=f"littlehelp study {name} --quick")
