@@ -13,16 +13,25 @@ per-token acceptance alpha, and `expected_block_efficiency` the paper's (1 - alp
 
 Sequences are right-padded rows [b, l]: row r is its prompt (`prompt_lengths[r]` tokens) and then a
 continuation of at least `continuation_length` tokens.
+
+`held_out_prompts` draws prompts from held-out text (Shakespeare's held-out plays, the standard
+library's held-out modules, HumanEval prompts), `references` continues them with the target, and
+`score` summarises a draft on those continuations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import random
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distillspec.speculative import padded_prompts
 from littlehelp.decoding import filtered_distribution
 from littlehelp.models.api import Model, Params
 
@@ -83,3 +92,127 @@ def greedy_block_efficiency(agreement: np.ndarray, gamma: int, max_new_tokens: i
 def expected_block_efficiency(alpha: float, gamma: int) -> float:
     """(1 - alpha^(gamma + 1)) / (1 - alpha): expected tokens per round at per-token acceptance alpha."""
     return float(gamma + 1) if alpha >= 1.0 else float((1 - alpha ** (gamma + 1)) / (1 - alpha))
+
+
+# ----- held-out prompts and the target's continuations of them -----
+
+DOMAINS = ("shakespeare", "code", "humaneval")
+
+
+def held_out_texts(domain: str, count: int, seed: int) -> list[str]:
+    """`count` held-out texts of a domain drawn with `seed` (a larger count extends a smaller one's draw):
+    passages of Shakespeare's held-out plays, of the standard library's held-out modules (over 200
+    characters), or HumanEval prompts."""
+    from littlehelp.data import corpus, pretrained  # pylint: disable=import-outside-toplevel
+
+    if domain == "shakespeare":
+        pool = [p for document in corpus.shakespeare_documents("validation") for p in corpus.passages(document)]
+    elif domain == "code":
+        pool = [p for source in corpus.stdlib_code("validation") for p in corpus.passages(source) if len(p) > 200]
+    else:
+        pool = list(pretrained.humaneval_prompts())
+    return random.Random(f"{seed}-{domain}").sample(pool, count)
+
+
+def held_out_prompts(vocabulary: Any, per_domain: int, prompt_tokens: int, seed: int) -> list[tuple[list[int], str]]:
+    """(token row, domain) of `per_domain` texts of each domain: start token 0, then `prompt_tokens` tokens
+    (a text's first ones; a HumanEval prompt's last ones, where its completion begins)."""
+    prompts = []
+    for domain in DOMAINS:
+        for text in held_out_texts(domain, per_domain, seed):
+            ids = [int(i) for i in vocabulary.encode(text)]
+            prompts.append(([0, *(ids[-prompt_tokens:] if domain == "humaneval" else ids[:prompt_tokens])], domain))
+    return prompts
+
+
+def with_continuations(prompts: np.ndarray, lengths: np.ndarray, continuations: np.ndarray) -> np.ndarray:
+    """Each row's prompt followed directly by its continuation (right-padded)."""
+    out = np.zeros((len(prompts), prompts.shape[1] + continuations.shape[1]), np.int32)
+    for i, (row, n) in enumerate(zip(prompts, lengths)):
+        out[i, :n], out[i, n:n + continuations.shape[1]] = row[:n], continuations[i]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class References:
+    """Prompts and the target's continuations of them (greedy and sampled), as right-padded sequences."""
+
+    prompts: np.ndarray  # [n, p]
+    lengths: np.ndarray  # [n]
+    domains: tuple[str, ...]
+    greedy: np.ndarray  # [n, p + max_new_tokens + max_gamma]: prompt, then the target's greedy tokens
+    sampled: np.ndarray  # [n, p + max_new_tokens]: prompt, then a temperature-1 sample of the target
+
+    def subset(self, rows: Sequence[int]) -> References:
+        """The references of `rows` only (same widths)."""
+        rows = list(rows)
+        return References(self.prompts[rows], self.lengths[rows], tuple(self.domains[i] for i in rows),
+                          self.greedy[rows], self.sampled[rows])
+
+
+def references(target: tuple[Model, Params], prompts: np.ndarray, lengths: np.ndarray, domains: Sequence[str],
+               max_new_tokens: int, max_gamma: int, seed: int) -> References:
+    """The target's continuations of right-padded prompts (no EOS: every row runs its full length): greedy
+    to `max_new_tokens + max_gamma` tokens, and one temperature-1 sample (key `seed + 1`) of `max_new_tokens`."""
+    from littlehelp import decoding  # pylint: disable=import-outside-toplevel
+
+    model, params = target
+    continue_ = lambda n, sampling, key: with_continuations(prompts, lengths, np.asarray(decoding.generate(  # noqa: E731
+        model, params, prompts, lengths, n, jax.random.key(key), sampling, -1)))
+    return References(prompts, lengths, tuple(domains), continue_(max_new_tokens + max_gamma, decoding.Sampling(), 0),
+                      continue_(max_new_tokens, decoding.Sampling(temperature=1.0), seed + 1))
+
+
+def split_references(target: tuple[Model, Params], vocabulary: Any, per_domain: int, prompt_tokens: int,
+                     max_new_tokens: int, max_gamma: int, seed: int) -> dict[str, References]:
+    """`references` of 2 x `per_domain` held-out prompts per domain drawn with `seed`, split in two: the first
+    half of each domain's draw ("evaluation") and the second ("selection"), padded to one width."""
+    drawn = held_out_prompts(vocabulary, 2 * per_domain, prompt_tokens, seed)
+    prompts, lengths = padded_prompts([row for row, _ in drawn], None)
+    refs = references(target, prompts, lengths, [domain for _, domain in drawn], max_new_tokens, max_gamma, seed)
+    first = np.arange(len(drawn)) % (2 * per_domain) < per_domain
+    return {"evaluation": refs.subset(np.flatnonzero(first)), "selection": refs.subset(np.flatnonzero(~first))}
+
+
+def score(target: tuple[Model, Params], draft: tuple[Model, Params], refs: References, max_new_tokens: int,
+          max_gamma: int) -> tuple[dict[str, Any], np.ndarray]:
+    """A draft's replayed greedy block efficiency at gamma 1..max_gamma (list, all rows; and per domain at
+    max_gamma), greedy acceptance, alpha = E[1 - TVD] at temperature 1 (with standard errors over the
+    rows, each row's mean one observation) and the expected block efficiency at max_gamma; and its
+    agreement [n, max_new_tokens + max_gamma] with the target's greedy continuations."""
+    agreement = np.asarray(greedy_agreement(draft[0], draft[1], refs.greedy, refs.lengths, max_new_tokens + max_gamma))
+    alpha = np.asarray(acceptance_probabilities(target[0], target[1], draft[0], draft[1], refs.sampled, refs.lengths,
+                                                max_new_tokens, temperature=1.0))
+    greedy = agreement[:, :max_new_tokens]
+    by_domain = {d: np.array([x == d for x in refs.domains]) for d in DOMAINS if d in refs.domains}
+    return {
+        "greedy_tau": [greedy_block_efficiency(agreement, g, max_new_tokens) for g in range(1, max_gamma + 1)],
+        "greedy_tau_by_domain": {d: greedy_block_efficiency(agreement[rows], max_gamma, max_new_tokens)
+                                 for d, rows in by_domain.items()},
+        "greedy_acceptance": float(greedy.mean()), "greedy_acceptance_se": _row_standard_error(greedy),
+        "alpha": float(alpha.mean()), "alpha_se": _row_standard_error(alpha),
+        "alpha_by_domain": {d: float(alpha[rows].mean()) for d, rows in by_domain.items()},
+        "expected_tau": expected_block_efficiency(float(alpha.mean()), max_gamma),
+    }, agreement
+
+
+def _row_standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean over rows [n, g] (each row's mean one observation; nan for one row)."""
+    means = values.mean(axis=1)
+    return float(np.std(means, ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
+
+
+@functools.partial(jax.jit, static_argnames=("model", "continuation_length"))
+def continuation_log_probs(model: Model, params: Params, sequences: Array, prompt_lengths: Array,
+                           continuation_length: int) -> Array:
+    """[b, g]: the model's log-probability (temperature 1) of continuation tokens 0..g-1 of each row."""
+    logits = _continuation_logits(model, params, sequences, prompt_lengths, continuation_length)
+    tokens = _continuation_tokens(sequences, prompt_lengths, continuation_length)
+    return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[..., None], axis=-1)[..., 0]
+
+
+def target_log_likelihood(target: tuple[Model, Params], prompts: np.ndarray, lengths: np.ndarray,
+                          tokens: np.ndarray) -> float:
+    """The target's mean log-probability (temperature 1) of generated tokens [b, n] after their prompts."""
+    sequences = with_continuations(prompts, lengths, tokens)
+    return float(continuation_log_probs(target[0], target[1], sequences, lengths, tokens.shape[1]).mean())

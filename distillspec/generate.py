@@ -8,12 +8,16 @@ Prints the continuation and the decode's statistics, one line each; `--baseline`
 target alone (`littlehelp.decoding.generate`) and compares the times, each measured after a warm-up
 call that compiles. Bad input (a missing folder, vocabularies of different sizes, gamma < 1) is
 refused in one line before anything is compiled.
+
+`wall_clock` and `lossy_decoding` time speculative against target-only decoding over a set of held-out
+prompts (`acceptance.References`), as the DistillSpec study does.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 import time
 from collections.abc import Sequence
@@ -25,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distillspec import speculative
+from distillspec import acceptance, speculative
 from littlehelp.errors import LittlehelpError
 
 MODEL_GINS = ("model.gin", "config.gin")  # a converted folder's model file, else a training run's operative config
@@ -199,6 +203,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{seconds / count * stats.generated_tokens / stats.wall_seconds:.2f}x; tokens {same}")
         result["baseline"] = {"seconds": seconds, "tokens": alone[:count].tolist()}
     return result
+
+
+# ----- wall clock against target-only decoding over a set of prompts (the reproduction's) -----
+
+def wall_clock(target: tuple[Any, Any], draft: tuple[Any, Any], refs: acceptance.References, agreement: np.ndarray,
+               modes: Sequence[tuple[int, float]], gammas: Sequence[int], max_new_tokens: int, repeats: int,
+               seed: int) -> list[dict[str, Any]]:
+    """Target-only against speculative decoding (`speculative.time_against_target`) of the references' prompts
+    at each (batch, temperature) of `modes` (rows by `speculative.batch_rows`) and each gamma; greedy
+    records add the block efficiency replayed from `agreement` (the draft's on `refs`) and whether the
+    tokens equal target-only decoding's."""
+    from littlehelp.decoding import Sampling
+
+    records = []
+    for (batch, temperature), gamma in itertools.product(modes, gammas):
+        calls = speculative.batch_rows(refs.domains, batch)
+        plan = speculative.Plan(gamma, max_new_tokens, Sampling(temperature=temperature))
+        timing = speculative.time_against_target(target, draft, [(refs.prompts[r], refs.lengths[r]) for r in calls],
+                                                 plan, repeats, seed)
+        record = {"batch": batch, "temperature": temperature, "gamma": gamma, **timing.record()}
+        if temperature == 0:
+            rows = [i for call in calls for i in call]
+            record.update(tokens_equal=timing.tokens_equal, replayed_block_efficiency=acceptance.greedy_block_efficiency(
+                agreement[rows], gamma, max_new_tokens))
+        records.append(record)
+    return records
+
+
+def lossy_decoding(target: tuple[Any, Any], draft: tuple[Any, Any], refs: acceptance.References, eps_values: Sequence[float],
+                   gamma: int, max_new_tokens: int, repeats: int, seed: int) -> list[dict[str, float]]:
+    """Lenience p/eps at temperature 1 over the references' prompts in calls of 8, each eps timed in turn with
+    target-only decoding: acceptance, block efficiency, speed-up and the target's mean log-likelihood of
+    each output."""
+    from littlehelp.decoding import Sampling
+
+    calls = [(refs.prompts[i:i + 8], refs.lengths[i:i + 8]) for i in range(0, len(refs.lengths), 8)]
+    likelihood = lambda outputs: float(np.mean([acceptance.target_log_likelihood(target, p, n, t)  # noqa: E731
+                                                for (p, n), t in zip(calls, outputs)]))
+    records = []
+    for eps in eps_values:
+        plan = speculative.Plan(gamma, max_new_tokens, Sampling(temperature=1.0), None, speculative.Lenience("p/eps", eps))
+        timing = speculative.time_against_target(target, draft, calls, plan, repeats, seed)
+        records.append({"eps": eps, **timing.record(), "target_log_likelihood": likelihood(timing.speculative_tokens),
+                        "target_only_log_likelihood": likelihood(timing.target_only_tokens)})
+    return records
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

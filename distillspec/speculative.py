@@ -17,12 +17,16 @@ The whole decode (prefill, then rounds in a `lax.while_loop`, the draft's steps 
 one jitted function of static shapes: one compilation per (models, batch shape, `Plan`).
 Cache invariant between rounds: the target cache holds every committed token but the last one; the
 draft cache lacks the last one or, after a round that accepted all gamma proposals, the last two.
+
+`time_against_target` times target-only and speculative decoding of the same calls in turn (wall
+clock, `Timing`); `batch_rows` groups prompts of several domains into batch-1 or batch-b calls.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -32,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from littlehelp import decoding
 from littlehelp.decoding import Sampling, filtered_distribution
 from littlehelp.errors import LittlehelpError
 from littlehelp.models.convert import Pretrained
@@ -392,3 +397,68 @@ def generate(target: Any, draft: Any, prompts: Sequence[Sequence[int]] | np.ndar
     seconds = time.perf_counter() - start
     produced = np.asarray(produced)
     return SpeculativeOutput(np.asarray(out), produced, summarize(counters, gamma, produced, seconds))
+
+
+# ----- timing against target-only decoding -----
+
+def batch_rows(domains: Sequence[str], batch: int) -> list[list[int]]:
+    """The rows of each decoding call: batch 1, the first row of each domain, one call each; batch b,
+    b rows taken round-robin over the domains, in one call."""
+    order = list(dict.fromkeys(domains))
+    if batch == 1:
+        return [[list(domains).index(d)] for d in order]
+    per_domain = [[i for i, d in enumerate(domains) if d == domain] for domain in order]
+    return [[i for group in itertools.zip_longest(*per_domain) for i in group if i is not None][:batch]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Target-only against speculative decoding of the same calls: median seconds, statistics, tokens."""
+
+    target_only_seconds: float
+    speculative_seconds: float
+    stats: SpeculativeStats
+    target_only_tokens: list[np.ndarray]  # per call [b, max_new_tokens]
+    speculative_tokens: list[np.ndarray]
+
+    @property
+    def speedup(self) -> float:
+        return self.target_only_seconds / self.speculative_seconds
+
+    @property
+    def tokens_equal(self) -> bool:
+        """Whether both decodes produced the same tokens (greedy decoding must)."""
+        return all(np.array_equal(a, b) for a, b in zip(self.target_only_tokens, self.speculative_tokens))
+
+    def record(self) -> dict[str, float]:
+        """The numbers of a report row: both times, the speed-up, the acceptance and the block efficiency."""
+        return {"target_only_seconds": self.target_only_seconds, "speculative_seconds": self.speculative_seconds,
+                "speedup": self.speedup, "acceptance": self.stats.acceptance_rate,
+                "block_efficiency": self.stats.block_efficiency}
+
+
+def time_against_target(target: tuple[StepwiseModel, Params], draft: tuple[StepwiseModel, Params],
+                        calls: Sequence[tuple[np.ndarray, np.ndarray]], plan: Plan, repeats: int, seed: int) -> Timing:
+    """Target-only (`decoding.generate`) and speculative decoding of `calls` (prompts [b, p], lengths [b]; each
+    call blocked on, seconds summed over the calls), timed in turn `repeats` times after one untimed round
+    that compiles (`littlehelp.benchmark.interleaved`): the median seconds of each and the last outputs."""
+    from littlehelp.benchmark import interleaved  # pylint: disable=import-outside-toplevel
+
+    (model, params), (draft_model, draft_params), outputs = target, draft, {}
+    eos_id = -1 if plan.eos_id is None else plan.eos_id
+
+    def alone() -> None:
+        outputs["target_only"] = [jax.block_until_ready(decoding.generate(
+            model, params, p, n, plan.max_new_tokens, jax.random.key(seed), plan.sampling, eos_id)) for p, n in calls]
+
+    def drafted() -> None:
+        outputs["speculative"] = [jax.block_until_ready(decode(model, params, draft_model, draft_params, p, n, seed, plan))
+                                  for p, n in calls]
+
+    seconds = interleaved({"target_only": alone, "speculative": drafted}, rounds=repeats, warmup=1)
+    decoded = jax.tree.map(np.asarray, outputs["speculative"])
+    counters = Counters(*(sum(out[2][i] for out in decoded) for i in range(len(Counters._fields))))
+    median = float(np.median(seconds["speculative"]))
+    return Timing(float(np.median(seconds["target_only"])), median,
+                  summarize(counters, plan.gamma, np.concatenate([out[1] for out in decoded]), median),
+                  [np.asarray(t) for t in outputs["target_only"]], [out[0] for out in decoded])

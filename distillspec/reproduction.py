@@ -1,0 +1,224 @@
+"""DistillSpec on SmolLM2-135M: distilled drafts against the undistilled one, and speculative decoding's speed-up.
+
+Target: SmolLM2-135M-Instruct (its converted run folder), frozen. The undistilled draft
+(`gin/distillspec/draft_smollm2.gin`, 15.5M parameters, draft_steps plain LM steps) is one run shared by every
+seed; each distilled draft continues it distill_steps steps (`gin/distillspec/distill_smollm2.gin`), one per
+divergence (FKL, RKL, JSD, TVD) x data source (fixed text, target-generated, on-policy). A seed sets the
+distillation runs' SEED (data order, sampling keys) and draws 2 x prompts_per_domain held-out prompts per domain
+(Shakespeare's held-out plays, the standard library's held-out modules, HumanEval): the first half (evaluation) is
+what every metric is measured on, the second (selection) is where the best distilled drafts are chosen, by greedy
+block efficiency at max_gamma and by alpha. Scoring (`distillspec.acceptance`) on the target's greedy and
+temperature-1 continuations: the exact replayed greedy block efficiency and alpha = E[1 - TVD(p, q)]. Wall clock
+(`distillspec.generate.wall_clock`): target-only and speculative decoding with the undistilled and the best greedy
+draft timed in turn (median of timing_repeats) at batch 1 and 8, greedy and at temperature 1; the claims read gamma
+speedup_gamma, fixed in advance. Lossy decoding (lenience p/eps) of the best greedy draft is drawn against eps.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from littlehelp.study import Arm, ArmContext, Claim, Curve, Metric, Study, trainer_outcome
+
+DIVERGENCES, SOURCES = ("fkl", "rkl", "jsd", "tvd"), ("fixed", "target", "draft")
+SOURCE_NAMES = {"fixed": "fixed data", "target": "target-generated", "draft": "on-policy"}
+DISTILLED = tuple(f"{d}_{s}" for d in DIVERGENCES for s in SOURCES)
+SCORES = ("greedy_tau", "greedy_acceptance", "alpha", "expected_tau")
+SPEEDUPS = {(1, 0.0): "speedup_b1_greedy", (1, 1.0): "speedup_b1_sampled", (8, 0.0): "speedup_b8_greedy",
+            (8, 1.0): "speedup_b8_sampled"}
+Pair = tuple[Any, Any]
+
+
+@functools.cache
+def smollm2() -> tuple[Pair, Any]:
+    """SmolLM2-135M-Instruct as (model, params), from the converted run folder the distillation's frozen target
+    reads, and its vocabulary; loaded once per process."""
+    from distillspec import generate  # pylint: disable=import-outside-toplevel
+    from littlehelp.models.convert import run_folder  # pylint: disable=import-outside-toplevel
+
+    folder = run_folder.converted("smollm2_135m")
+    return generate.restore(generate.open_source(folder)), run_folder.folder_vocabulary(folder)
+
+
+def models(folder: Path) -> tuple[Pair, Pair]:
+    """(target, draft) with params as jax arrays, the draft read from its run folder."""
+    from distillspec import generate, speculative  # pylint: disable=import-outside-toplevel
+
+    return speculative.pair(smollm2()[0], generate.restore(generate.open_source(str(folder))))
+
+
+@functools.cache
+def seed_references(seed: int, per_domain: int, prompt_tokens: int, max_new_tokens: int, max_gamma: int) -> dict:
+    """This seed's evaluation and selection references (`acceptance.split_references`), built once."""
+    from distillspec import acceptance  # pylint: disable=import-outside-toplevel
+
+    return acceptance.split_references(*smollm2(), per_domain, prompt_tokens, max_new_tokens, max_gamma, seed)
+
+
+def references_of(context: ArmContext) -> dict:
+    s = context.settings
+    return seed_references(context.seed, *(s[k] for k in ("prompts_per_domain", "prompt_tokens", "max_new_tokens",
+                                                           "max_gamma")))
+
+
+def scored(context: ArmContext, pair: tuple[Pair, Pair]) -> dict[str, Any]:
+    """A draft's scores on the evaluation prompts (its values: SCORES at max_gamma) and the selection prompts."""
+    from distillspec import acceptance  # pylint: disable=import-outside-toplevel
+
+    s, refs = context.settings, references_of(context)
+    (evaluation, agreement), (selection, _) = (acceptance.score(*pair, refs[split], s["max_new_tokens"], s["max_gamma"])
+                                               for split in ("evaluation", "selection"))
+    headline = lambda scores: {k: scores[k][-1] if k == "greedy_tau" else scores[k] for k in SCORES}  # noqa: E731
+    return {"values": headline(evaluation), "scores": evaluation, "selection": headline(selection),
+            "agreement": agreement.tolist()}
+
+
+def decoded(context: ArmContext, pair: tuple[Pair, Pair], outcome: dict[str, Any], lossy: bool) -> dict[str, Any]:
+    """Wall clock on the evaluation prompts (values gain the speed-ups at speedup_gamma); lossy decoding."""
+    from distillspec import generate  # pylint: disable=import-outside-toplevel
+
+    s, refs = context.settings, references_of(context)["evaluation"]
+    timing = generate.wall_clock(*pair, refs, np.array(outcome["agreement"], bool), s["decoding"], s["timing_gammas"],
+                                 s["max_new_tokens"], s["timing_repeats"], context.seed)
+    measured = {(r["batch"], r["temperature"]): r["speedup"] for r in timing if r["gamma"] == s["speedup_gamma"]}
+    extra = {"lossy": generate.lossy_decoding(*pair, refs, s["lenience_eps"], s["lossy_gamma"], s["max_new_tokens"],
+                                              s["timing_repeats"], context.seed)} if lossy else {}
+    return {"timing": timing, "values": {**outcome["values"], **{n: measured.get(k) for k, n in SPEEDUPS.items()}},
+            **extra}
+
+
+def undistilled(context: ArmContext) -> dict[str, Any]:
+    """The shared undistilled draft, scored and timed on this seed's prompts."""
+    pair = models(context.folder_of("draft"))
+    outcome = scored(context, pair)
+    return {**outcome, **decoded(context, pair, outcome, lossy=False)}
+
+
+def distill_bindings(context: ArmContext, divergence: str, source: str) -> dict[str, Any]:
+    """The distillation run from the shared draft (the old script's bindings); SEED is the study's seed."""
+    s = context.settings
+    return {"INITIAL_CHECKPOINT_PATH": repr(str(context.folder_of("draft"))), "DIVERGENCE": repr(divergence),
+            "DATA_SOURCE": repr(source), "PROMPT_LENGTH": s["distill_prompt_length"],
+            "GENERATION_LENGTH": s["distill_generation_length"],
+            "TASK_FEATURE_LENGTHS": {"targets": s["distill_prompt_length"] + s["distill_generation_length"]},
+            "optimizers.constant_schedule.learning_rate": s["distill_learning_rate"], "trainer.train.eval_every": 10**9,
+            "trainer.train.log_every": 1, "checkpoints.CheckpointConfig.save_interval_steps": s["distill_steps"],
+            "TRAIN_STEPS": context.outcome("draft")["last_step"] + s["distill_steps"], "SEED": context.seed,
+            **s["train_bindings"]}
+
+
+def distilled_arm(divergence: str, source: str) -> Arm:
+    """The draft distilled with `divergence` on `source` data, scored; skipped unless named in settings["drafts"]."""
+    name = f"{divergence}_{source}"
+
+    def run(context: ArmContext) -> dict[str, Any]:
+        from littlehelp import launch  # pylint: disable=import-outside-toplevel
+
+        if name not in context.settings["drafts"]:
+            return {"skipped": True, "values": dict.fromkeys(SCORES)}
+        result = launch.require_finished(launch.train(
+            "distillspec/distill_smollm2.gin", distill_bindings(context, divergence, source), context.folder))
+        return {**trainer_outcome(result), **scored(context, models(context.folder))}
+    return Arm(name, run=run, label=f"{divergence.upper()}, {SOURCE_NAMES[source]}")
+
+
+def best_arm(name: str, criterion: str, label: str, decode: bool = False) -> Arm:
+    """The distilled draft with the highest `criterion` on the selection prompts, with its evaluation values
+    (and, with `decode`, its wall clock and lossy decoding)."""
+    def run(context: ArmContext) -> dict[str, Any]:
+        ran = [a for a in DISTILLED if not context.outcome(a).get("skipped")]
+        chosen = max(ran, key=lambda a: context.outcome(a)["selection"][criterion])
+        outcome = {"chosen": chosen, **{k: context.outcome(chosen)[k] for k in ("values", "scores", "agreement")}}
+        if not decode:
+            return outcome
+        return {**outcome, **decoded(context, models(context.folder_of(chosen)), outcome, lossy=True)}
+    return Arm(name, run=run, label=label)
+
+
+def ratio(metric: str) -> Callable[[ArmContext], float | None]:
+    """The arm's `metric` over the undistilled draft's, same seed (None for a skipped arm)."""
+    def compute(context: ArmContext) -> float | None:
+        value = context.outcome()["values"][metric]
+        return None if value is None else value / context.outcome("undistilled")["values"][metric]
+    return compute
+
+
+def records_curve(name: str, label: str, key: str, x: str, y: str, **where: float) -> Curve:
+    """`y` against `x` over the records outcome[key] that match `where` (none for arms without them)."""
+    def read(context: ArmContext) -> tuple[list[float], list[float]]:
+        records = [r for r in context.outcome().get(key, []) if all(r[k] == v for k, v in where.items())]
+        return [r[x] for r in records], [r[y] for r in records]
+    return Curve(name, label, x, read)
+
+
+def tau_by_gamma(context: ArmContext) -> tuple[list[int], list[float]]:
+    taus = context.outcome().get("scores", {}).get("greedy_tau", [])
+    return list(range(1, len(taus) + 1)), taus
+
+
+BEST = "the best distilled draft (chosen on the selection prompts)"
+CLAIMS = (
+    Claim("greedy_block_efficiency", f"Greedy: {BEST} has a higher block efficiency at max_gamma than the undistilled "
+          "draft", "greedy_tau", "best_greedy", "undistilled"),
+    Claim("greedy_block_efficiency_1.3x", f"Greedy: {BEST} reaches 1.3x the undistilled draft's block efficiency at "
+          "max_gamma", "greedy_tau_ratio", "best_greedy", threshold=1.3),
+    Claim("acceptance", f"Temperature 1: {BEST} has a higher alpha = E[1 - TVD] than the undistilled draft", "alpha",
+          "best_sampled", "undistilled"),
+    Claim("expected_block_efficiency_1.3x", f"Temperature 1: {BEST} reaches 1.3x the undistilled draft's expected "
+          "block efficiency at max_gamma", "expected_tau_ratio", "best_sampled", threshold=1.3),
+    Claim("speedup_batch_1", "Greedy speculative decoding with the best greedy draft is at least 2x as fast as "
+          "target-only decoding at batch 1 (gamma speedup_gamma)", "speedup_b1_greedy", "best_greedy", threshold=2.0),
+    Claim("speedup_batch_8", "Greedy speculative decoding with the best greedy draft is faster than target-only "
+          "decoding at batch 8 (gamma speedup_gamma)", "speedup_b8_greedy", "best_greedy", threshold=1.0),
+)
+RATIO_ARMS, TIMED_ARMS = (*DISTILLED, "best_greedy", "best_sampled"), ("undistilled", "best_greedy")
+
+STUDY = Study(
+    name="distillspec",
+    title="DistillSpec: distilled drafts and speculative decoding with SmolLM2-135M",
+    description=__doc__.split("\n\n", 1)[1].strip(),
+    arms=(Arm("draft", gin_files=("distillspec/draft_smollm2.gin",), per_seed=False, label="undistilled draft, trained",
+              bindings=lambda c: {"TRAIN_STEPS": c.settings["draft_steps"], **c.settings["draft_bindings"],
+                                  **c.settings["train_bindings"]}),
+          Arm("undistilled", run=undistilled, label="undistilled"),
+          *itertools.starmap(distilled_arm, itertools.product(DIVERGENCES, SOURCES)),
+          best_arm("best_greedy", "greedy_tau", "best distilled, greedy (chosen on selection prompts)", decode=True),
+          best_arm("best_sampled", "alpha", "best distilled, T=1 (chosen on selection prompts)")),
+    metrics=(Metric("greedy_tau", "greedy block efficiency at max_gamma", True),
+             Metric("greedy_acceptance", "greedy acceptance (draft argmax = target's)", True),
+             Metric("alpha", "alpha = E[1 - TVD] at T=1", True),
+             Metric("expected_tau", "expected block efficiency at T=1, max_gamma", True),
+             Metric("greedy_tau_ratio", "greedy block efficiency / undistilled's", True, ratio("greedy_tau"),
+                    RATIO_ARMS),
+             Metric("expected_tau_ratio", "expected block efficiency / undistilled's", True, ratio("expected_tau"),
+                    RATIO_ARMS),
+             *(Metric(name, f"speed-up, batch {b}, {'greedy' if t == 0 else 'T=1'}", True, arms=TIMED_ARMS, digits=3)
+               for (b, t), name in SPEEDUPS.items())),
+    claims=CLAIMS,
+    seeds=3,
+    settings={"draft_steps": 200, "distill_steps": 30, "distill_learning_rate": 1e-2, "distill_prompt_length": 32,
+              "distill_generation_length": 32, "drafts": list(DISTILLED), "prompts_per_domain": 8, "prompt_tokens": 64,
+              "max_new_tokens": 32, "max_gamma": 7, "decoding": [list(k) for k in SPEEDUPS],
+              "timing_gammas": [1, 3, 5, 7], "timing_repeats": 3, "speedup_gamma": 3, "lossy_gamma": 5,
+              "lenience_eps": [1.0, 0.5, 0.2, 0.1, 0.05], "draft_bindings": {}, "train_bindings": {}},
+    # One distilled draft, three prompts, batch-1 greedy timing only, no lossy decoding (the tests of
+    # distillspec.generate cover the rest on tiny models); one mesh device (the tests fake eight).
+    quick={"draft_steps": 1, "distill_steps": 1, "distill_prompt_length": 8, "distill_generation_length": 8,
+           "drafts": ["jsd_fixed"], "prompts_per_domain": 1, "prompt_tokens": 8, "max_new_tokens": 4, "max_gamma": 2,
+           "decoding": [[1, 0.0]], "timing_gammas": [2], "timing_repeats": 1, "speedup_gamma": 2, "lossy_gamma": 2,
+           "lenience_eps": [], "draft_bindings": {"TASK_FEATURE_LENGTHS": {"targets": 32}},
+           "train_bindings": {"BATCH_SIZE": 2, "partitioning.MeshConfig.data": 1}},
+    quick_seeds=1,
+    curves=(Curve("greedy_tau_by_gamma", "greedy block efficiency (evaluation prompts)", "gamma", tau_by_gamma),
+            records_curve("speedup_by_gamma", "speed-up over target-only, batch 1, greedy", "timing", "gamma",
+                          "speedup", batch=1, temperature=0.0),
+            records_curve("lossy_acceptance", "lossy decoding (p/eps, T=1): acceptance", "lossy", "eps", "acceptance"),
+            records_curve("lossy_log_likelihood", "lossy decoding: target's log-likelihood of the output", "lossy",
+                          "eps", "target_log_likelihood")),
+)
