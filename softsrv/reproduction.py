@@ -14,7 +14,7 @@ run `base`) fine-tuned on the samples. References: the same fine-tuning on the r
 the prompt training (initialisation, batch order), the sampling (and the few-shot draws) and the
 fine-tuning's batch order; the data are the same on every seed. The claims compare two arms fixed in
 advance, SS_MLP (the paper's method) and few-shot (the stronger hard prompt), per domain. Known
-protocol fault, kept from the old script (another issue fixes it): the soft prompts are conditioned on
+protocol fault, kept from the old script and not yet fixed: the soft prompts are conditioned on
 the very held-out examples that MAUVE scores against and the fine-tune NLL is measured on, while the
 hard prompts see training examples only, so the comparison favours the soft prompts. Quick runs: one
 domain, SS_MLP and few-shot only, tiny random models.
