@@ -135,15 +135,20 @@ def plot(result: Result, path: Path) -> None:
     pyplot.close(figure)
 
 
+def _nan_mean(values: Any) -> Any:
+    """The mean over the first axis without the nan values (nan, without a warning, where all are)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=0)
+
+
 def _draw_curves(panel: Any, name: str, by_arm: Mapping[str, Sequence[Mapping[str, list]]],
                  titles: Mapping[str, str]) -> None:
     for colour, (arm, series) in enumerate(by_arm.items()):
         for seed in series:
             panel.plot(seed["x"], _values(seed["y"]), color=f"C{colour}", alpha=0.25, linewidth=0.7)
         length = min(len(s["y"]) for s in series)
-        with warnings.catch_warnings():  # a point where no seed has a value (nan) is left out of the line
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean([_values(s["y"][:length]) for s in series], axis=0)
+        mean = _nan_mean([_values(s["y"][:length]) for s in series])
         panel.plot(series[0]["x"][:length], mean, color=f"C{colour}", label=titles.get(arm, arm))
     panel.set_title(name, fontsize=9)
     panel.legend(fontsize=7)
@@ -154,7 +159,7 @@ def _draw_metric(panel: Any, metric: Mapping[str, Any], result: Result) -> None:
     for x, arm in enumerate(arms):
         values = np.array(_values(result["values"][arm][metric["name"]]))
         panel.scatter([x] * len(values), values, color=f"C{x}", alpha=0.5, s=12)
-        panel.errorbar([x + 0.15], [np.nanmean(values)], yerr=[stats.t_interval(values).se if len(values) > 1 else 0],
+        panel.errorbar([x + 0.15], [_nan_mean(values)], yerr=[stats.t_interval(values).se if len(values) > 1 else 0],
                        color="black", fmt="o", markersize=3, capsize=3)
     panel.set_xticks(range(len(arms)), [result["arms"][a] for a in arms], rotation=30, ha="right", fontsize=7)
     arrow = {True: "higher is better", False: "lower is better", None: "descriptive"}[metric["higher_is_better"]]
