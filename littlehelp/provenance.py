@@ -19,8 +19,12 @@ REPO = Path(__file__).resolve().parent.parent
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "seqio", "numpy", "scipy")
 
 
+# What `dirty` ignores: the results and the Markdown that studies and benchmarks write themselves.
+OUTPUTS = (":(exclude)results", ":(exclude)*.md")
+
+
 def git_state(repo: Path = REPO) -> dict[str, Any]:
-    """{"commit": the HEAD commit or None, "dirty": whether tracked files differ from it}."""
+    """{"commit": the HEAD commit or None, "dirty": whether tracked files other than `OUTPUTS` differ from it}."""
     def git(*arguments: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(repo), *arguments], capture_output=True, text=True, check=True)
@@ -29,7 +33,7 @@ def git_state(repo: Path = REPO) -> dict[str, Any]:
         return done.stdout.strip()
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUTS)
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
