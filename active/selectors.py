@@ -2,7 +2,7 @@
 
 A `Pool` carries whatever a selector may look at for the n unlabelled examples (predictive
 probabilities, embeddings, ...); each selector reads only the fields it needs and names a missing
-one in its error. Selectors (methods.md section 5):
+one in its error. Selectors (README, Active learning):
 
 - random: uniform without replacement.
 - margin / entropy / least_confidence: the `budget` most uncertain examples under one score.

@@ -1,4 +1,4 @@
-"""DistillSpec's distillation objective (methods.md section 4): the draft q learns the frozen target p.
+"""DistillSpec's distillation objective (README, DistillSpec): the draft q learns the frozen target p.
 
 Loss = D(p_target || q_draft) per token (FKL, RKL, JSD[beta], TVD; `littlehelp.losses`), averaged
 over the generated tokens of sequences y = prompt + continuation drawn from a data source:

@@ -95,7 +95,7 @@ def sequence_mean(token_values: jax.Array, weights: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# Divergences between a teacher p and a student q (methods.md 0.2), per token.
+# Divergences between a teacher p and a student q (README, Losses and divergences), per token.
 
 
 def _log_probs(logits: jax.Array, temperature: float) -> jax.Array:
@@ -152,7 +152,7 @@ def _check_beta(beta: float) -> None:
 
 def jensen_shannon(student_logits: jax.Array, teacher_logits: jax.Array, weights: jax.Array,
                    beta: float = 0.5, temperature: float = 1.0) -> jax.Array:
-    """Generalised JSD[beta] per token (DistillSpec, arXiv 2310.08461; methods.md 0.2), weighted.
+    """Generalised JSD[beta] per token (DistillSpec, arXiv 2310.08461; README, Losses and divergences), weighted.
 
         JSD[beta](p || q) = beta * KL(p || m) + (1 - beta) * KL(q || m),  m = beta * p + (1 - beta) * q,
 

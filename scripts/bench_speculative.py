@@ -9,7 +9,7 @@ measurement and the cost profile. Measured at each batch size and gamma, after c
   (`distillspec.speculative.decode`), both to `--max_new_tokens` without EOS; speculative greedy
   tokens are checked equal to the target-only ones;
   per-call seconds of one `extend` of k tokens (target: k = 1 and gamma + 1; draft: k = 1), so
-  c = draft call / target call and the expected speed-up tau / (c * gamma + 1) (methods.md 0.3) can be
+  c = draft call / target call and the expected speed-up tau / (c * gamma + 1) (Leviathan et al., arXiv 2211.17192) can be
   set beside the measured one, tau being the measured block efficiency; and the same with the measured
   verify-call cost: tau * t_target(1) / (gamma * t_draft(1) + t_target(gamma + 1)).
 The load average and the float32 matmul rate are recorded before and after (other jobs share the cores).

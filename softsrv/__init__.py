@@ -1,4 +1,4 @@
-"""SoftSRV: soft prompts trained in front of a frozen LM generate targeted synthetic data (methods.md section 3).
+"""SoftSRV: soft prompts trained in front of a frozen LM generate targeted synthetic data (README, SoftSRV).
 
 `softsrv.prompts`: the parameterisations (NSP, MPk, MLP); `softsrv.objective`: the NLL of an example
 given the prompt of its context vector, the LM and the sentence embedder frozen; `softsrv.data`:

@@ -1,4 +1,4 @@
-"""SpacTor: span corruption + replaced token detection with a two-stage curriculum (methods.md section 1)."""
+"""SpacTor: span corruption + replaced token detection with a two-stage curriculum (README, SpacTor)."""
 
 from spactor.flops import flops_ratio, total_flops_ratio
 from spactor.generator import Generator, generator_config

@@ -1,7 +1,7 @@
 """SpacTor's hybrid objective (span corruption + generator MLM + replaced token detection) and the
 two-stage curriculum: the hybrid for the first `tau` steps, plain span corruption afterwards.
 
-Input construction for one span-corrupted batch (methods.md section 1):
+Input construction for one span-corrupted batch (README, SpacTor):
 1. the ordinary encoder tokens are those that are not padding, EOS or sentinels (nor ids past the data
    vocabulary); each is masked independently with probability `mask_rate`;
 2. the generator reads the input with masked tokens set to `mask_id` and predicts them (MLM loss over

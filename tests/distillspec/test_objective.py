@@ -48,7 +48,7 @@ LOGITS = {"model": jax.jit(DRAFT.logits), "target": jax.jit(TARGET.logits)}
 
 
 def numpy_divergence(kind: str, q_logits, p_logits, temperature: float, beta: float) -> np.ndarray:
-    """Per-token divergence [b, l] in float64 from logits [b, l, vocab] (methods.md 0.2)."""
+    """Per-token divergence [b, l] in float64 from logits [b, l, vocab] (README, Losses and divergences)."""
     def log_softmax(x):
         x = np.asarray(x, np.float64) / temperature
         x = x - x.max(-1, keepdims=True)
