@@ -233,16 +233,24 @@ def trainer_outcome(result: launch.RunResult) -> Outcome:
             "eval_metrics": result.eval_metrics, "train_flops": train_flops(result.model_dir)}
 
 
-def train_flops(model_dir: Path) -> float:
-    """Training FLOPs of a run: each logged flops_per_step times the steps since the previous record."""
+FLOPS_RECORD = "train/flops_per_step"
+
+
+def flops_between(records: Sequence[Mapping[str, Any]], start: int, end: float) -> float:
+    """FLOPs of steps start+1..end from metrics.jsonl records: each logged per-step count stands for
+    the steps since the previous record (the first: since step 0), clipped to (start, end]."""
+    total, previous = 0.0, 0
+    for record in (r for r in records if FLOPS_RECORD in r):
+        total += record[FLOPS_RECORD] * max(0, min(record["step"], end) - max(previous, start))
+        previous = record["step"]
+    return total
+
+
+def train_flops(model_dir: Path, start: int = 0, end: float = math.inf) -> float:
+    """Training FLOPs of a run's steps start+1..end (default: all), from its metrics.jsonl."""
     from littlehelp.metrics import read_jsonl  # pylint: disable=import-outside-toplevel
 
-    total, previous = 0.0, 0
-    for record in read_jsonl(model_dir / "metrics.jsonl"):
-        if "train/flops_per_step" in record:
-            total += record["train/flops_per_step"] * (record["step"] - previous)
-            previous = record["step"]
-    return total
+    return flops_between(read_jsonl(Path(model_dir) / "metrics.jsonl"), start, end)
 
 
 def run_arm(context: ArmContext) -> Outcome:

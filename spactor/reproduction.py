@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,29 +29,11 @@ TAUS = (0.25, 0.5)  # tau as fractions of S
 # tokens, and 32 target tokens hold most summaries' first line.
 FINETUNE_LENGTHS = {"genre_classification": {"inputs": 128, "targets": 4},
                     "code_summarisation": {"inputs": 192, "targets": 32}}
-FLOPS = "train/flops_per_step"
 
 
 def tau_steps(fraction: float, steps: int) -> int:
     """tau in steps: `fraction` of S, at least 1."""
     return max(1, round(fraction * steps))
-
-
-def flops_between(records: Sequence[Mapping[str, Any]], start: int, end: int) -> float:
-    """FLOPs of steps start+1..end from metrics.jsonl records: each logged per-step count stands for
-    the steps since the previous record (the first: since step 0), clipped to (start, end]."""
-    total, previous = 0.0, 0
-    for record in (r for r in records if FLOPS in r):
-        total += record[FLOPS] * max(0, min(record["step"], end) - max(previous, start))
-        previous = record["step"]
-    return total
-
-
-def run_flops(folder: Path, start: int, end: int) -> float:
-    """`flops_between` on the run folder's metrics.jsonl."""
-    from littlehelp.metrics import read_jsonl  # pylint: disable=import-outside-toplevel
-
-    return flops_between(read_jsonl(folder / "metrics.jsonl"), start, end)
 
 
 def pretrain_bindings(context: ArmContext, tau: int | None, span: int = 1, every_tau: bool = False) -> dict[str, Any]:
@@ -76,7 +58,7 @@ def sc_half(context: ArmContext) -> dict[str, Any]:
     """SC(S): SC(2S)'s step-S checkpoint, copied into this arm's folder."""
     steps, source = context.settings["steps"], context.folder_of("sc_2s")
     branch(source, steps, context.folder)
-    return {"folder": str(context.folder), "last_step": steps, "train_flops": run_flops(source, 0, steps)}
+    return {"folder": str(context.folder), "last_step": steps, "train_flops": study.train_flops(source, 0, steps)}
 
 
 def spactor(fraction: float) -> Callable[[ArmContext], dict[str, Any]]:
@@ -86,7 +68,7 @@ def spactor(fraction: float) -> Callable[[ArmContext], dict[str, Any]]:
         tau = tau_steps(fraction, steps)
         branch(hybrid, tau, context.folder)
         result = launch.train([PRETRAIN], pretrain_bindings(context, tau), context.folder)
-        flops = run_flops(hybrid, 0, tau) + run_flops(context.folder, tau, steps)
+        flops = study.train_flops(hybrid, 0, tau) + study.train_flops(context.folder, tau, steps)
         return {**study.trainer_outcome(result), "tau": tau, "train_flops": flops}
     return run
 

@@ -6,7 +6,8 @@ import pytest
 
 from littlehelp import study
 from spactor import reproduction
-from spactor.reproduction import FLOPS, STUDY, flops_between, pretrain_bindings, tau_steps
+from littlehelp.study import FLOPS_RECORD as FLOPS, flops_between
+from spactor.reproduction import STUDY, pretrain_bindings, tau_steps
 
 SETTINGS = {**STUDY.settings, "overrides": {"BATCH_SIZE": 4}}
 
