@@ -16,7 +16,9 @@ batches; the last batch is padded with empty rows, which are dropped. The teache
 of positions at a time (`losses.chunked_token_values`), so neither the split nor [batch, length,
 vocab] logits are ever held. The scores go to SCORES_DIR/scores.npy (float32, one per sequence in
 the split's unshuffled order) and SCORES_DIR/scores.json (task, split, sequence length, top_k, the
-teacher's path, step and fingerprint, count, seconds, the .npy's sha256). A later call whose task,
+teacher's path, step and fingerprint, count, seconds, the scoring pass's FLOPs, the .npy's sha256). The
+FLOPs are the teacher's forward passes over every batch scored, padding rows included, in
+`littlehelp.flops`'s convention: a SALT_DS run's compute includes them. A later call whose task,
 split, sequence length, top_k and teacher fingerprint match reads them instead of scoring; one that
 differs scores again (and says so in the log). A corrupt or truncated file is refused by name.
 
@@ -67,7 +69,7 @@ DEFAULT_FRACTION = 0.5
 SCORES_FILE, METADATA_FILE = "scores.npy", "scores.json"
 LM_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 MATCHED_FIELDS = ("task", "split", "sequence_length", "top_k")  # and the teacher's fingerprint
-METADATA_FIELDS = MATCHED_FIELDS + ("teacher", "count", "seconds", "sha256")
+METADATA_FIELDS = MATCHED_FIELDS + ("teacher", "count", "seconds", "flops", "sha256")
 
 
 class ScoresFileError(LittlehelpError):
@@ -189,6 +191,13 @@ def score_split(model: Model, params: Params, scoring: Scoring) -> np.ndarray:
     return scores.astype(np.float32)
 
 
+def scoring_flops(model: Model, scoring: Scoring, count: int) -> float:
+    """FLOPs of scoring `count` sequences: one teacher forward pass per batch of `batch_size` rows,
+    the last one padded (littlehelp.flops's convention)."""
+    shape = {"decoder_input_tokens": np.zeros((scoring.batch_size, scoring.sequence_length["targets"]), np.int32)}
+    return math.ceil(count / scoring.batch_size) * model.forward_flops(shape)
+
+
 def _log_progress(scoring: Scoring, count: int, seconds: float) -> None:
     logging.info("SALT_DS scoring %s:%s: %d sequences in %.1f s (%.1f sequences/s)", scoring.task, scoring.split,
                  count, seconds, count / max(seconds, 1e-9))
@@ -274,7 +283,8 @@ def scores_for(model: Model, params: Params, teacher_record: Mapping[str, Any], 
         logging.info("SALT_DS: the scores in %s differ in %s; scoring again", scores_dir, ", ".join(differing))
     started = time.perf_counter()
     scores = score_split(model, params, scoring)
-    write_scores(scores_dir, scores, {**wanted, "seconds": round(time.perf_counter() - started, 3)})
+    write_scores(scores_dir, scores, {**wanted, "seconds": round(time.perf_counter() - started, 3),
+                                      "flops": scoring_flops(model, scoring, len(scores))})
     return scores
 
 

@@ -55,10 +55,30 @@ def test_salt_reaching_the_baseline_s_final_loss(tmp_path):
     assert reproduction.flops_share(context) == pytest.approx((50 * 15 + (reached - 50) * 10) / 1000)
 
 
-def test_never_counts_as_twice_the_steps(tmp_path):
+def write_scores_record(context, flops: float) -> None:
+    """The SALT_DS scores record the study reads the scoring pass's FLOPs from."""
+    from salt import selection  # pylint: disable=import-outside-toplevel
+
+    selection.write_scores(context.work_dir / "teacher_scores", [0.5, 1.5],
+                           {"task": "t", "split": "train", "sequence_length": {"targets": 8}, "top_k": 10,
+                            "teacher": {"fingerprint": "f"}, "seconds": 1.0, "flops": flops})
+
+
+def test_never_counts_as_twice_the_steps_and_salt_ds_pays_for_its_scoring_pass(tmp_path):
     context = context_of(tmp_path, "salt_ds", [5.9, 5.6, 5.4, 5.35])
+    write_scores_record(context, 120.0)
     assert reproduction.reach_step(context) == 200
-    assert reproduction.flops_share(context) == pytest.approx((50 * 15 + 150 * 10) / 1000)
+    assert reproduction.flops_share(context) == pytest.approx((50 * 15 + 150 * 10 + 120) / 1000)
+    assert reproduction.scoring_flops(context) == 120.0
+
+
+def test_the_teacher_s_gap_and_training_cost_against_the_seed_s_baseline(tmp_path):
+    context = context_of(tmp_path, "baseline", BASELINE)
+    write_scores_record(context, 120.0)  # read by SALT_DS only
+    write_run(context.folder_of("teacher"), [6.1, 5.9, 5.8, 5.7], [4] * 4)
+    assert reproduction.teacher_gap(context) == pytest.approx(5.7 - 5.3)
+    assert reproduction.teacher_flops_share(context) == pytest.approx(100 * 4 / 1000)
+    assert reproduction.scoring_flops(context) == 0.0
 
 
 def test_the_baseline_reaches_its_own_final_loss_at_its_last_step(tmp_path):
@@ -71,10 +91,10 @@ def test_bindings_of_each_arm(tmp_path):
     settings = reproduction.STUDY.settings
     context = study.ArmContext(reproduction.STUDY, reproduction.STUDY.arm("salt_ds"), 2, settings, tmp_path)
     teacher = context.folder_of("teacher")
-    for step in (200, 400):
+    for step in (150, 300):
         (teacher / "checkpoints" / str(step) / checkpoints.STATE_ITEM).mkdir(parents=True)
     salt_ds = reproduction.student_bindings("salt_ds")(context)
-    assert salt_ds["SCORING_TEACHER_DIR"] == teacher / "checkpoints" / "200"
+    assert salt_ds["SCORING_TEACHER_DIR"] == teacher / "checkpoints" / "150"
     assert salt_ds["TEACHER_DIR"] == teacher and salt_ds["SCORES_DIR"] == tmp_path / "teacher_scores"
     assert {k: salt_ds[k] for k in ("SEED", "TRAIN_STEPS", "N_KD", "OMEGA")} == {
         "SEED": 2, "TRAIN_STEPS": 300, "N_KD": 100, "OMEGA": 0.5}
@@ -82,5 +102,5 @@ def test_bindings_of_each_arm(tmp_path):
     assert "TEACHER_DIR" not in baseline and baseline["checkpoints.CheckpointConfig.save_interval_steps"] == 300
     assert reproduction.student_bindings("salt")(context).keys() == baseline.keys() | {"TEACHER_DIR", "N_KD", "OMEGA"}
     teacher_bindings = reproduction.teacher_bindings(context)
-    assert teacher_bindings["TRAIN_STEPS"] == 400
-    assert teacher_bindings["checkpoints.CheckpointConfig.save_interval_steps"] == 200
+    assert teacher_bindings["TRAIN_STEPS"] == 300  # as many steps as a student: no more data seen
+    assert teacher_bindings["checkpoints.CheckpointConfig.save_interval_steps"] == 150

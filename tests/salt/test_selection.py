@@ -194,7 +194,7 @@ def test_scores_for_another_top_k_are_computed_again_and_logged(teacher, tmp_pat
     (lambda f: f.write_text('{"task": "x"}'), "scores.json", "is not a scores record: it lacks split"),
 ])
 def test_a_corrupt_scores_file_is_refused_in_one_line_naming_it(tmp_path, damage, culprit, message):
-    metadata = scoring().metadata({"fingerprint": "f"}) | {"seconds": 0.5}
+    metadata = scoring().metadata({"fingerprint": "f"}) | {"seconds": 0.5, "flops": 1e6}
     selection.write_scores(tmp_path, np.arange(5, dtype=np.float32), metadata)
     np.testing.assert_array_equal(selection.read_scores(tmp_path)[0], np.arange(5))  # intact before the damage
     damage(tmp_path / culprit)
@@ -273,3 +273,18 @@ def test_bad_input_is_refused_by_name_before_the_teacher_is_read(teacher, tmp_pa
     with pytest.raises(error) as refused:
         selection.selected_task(teacher=dataclasses.replace(teacher, model=model), name="salt_ds_refused", **arguments)
     assert re.match(message, refused.value.one_line())  # gin appends "In call to configurable ..." lines
+
+
+def test_the_record_counts_the_scoring_pass_as_the_traced_teacher_forward_passes(teacher, tmp_path):
+    """scores.json's FLOPs are 4 padded batches of 4 rows (13 sequences) of the teacher's forward pass,
+    and that count is XLA's for the compiled scoring program, less its elementwise work (<5% for a teacher
+    wide enough that matrix products dominate, as any real one)."""
+    folder = tmp_path / "scores"
+    selection.select(scoring(), teacher, folder, name="salt_ds_flops")
+    batch = {name: np.zeros((4, LENGTH), np.int32) for name in selection.LM_FEATURES}
+    assert selection.read_scores(folder)[1]["flops"] == 4 * TEACHER.forward_flops(batch)
+    wide = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=256, num_layers=2, num_heads=4, num_kv_heads=2,
+                                     head_dim=64, mlp_dim=1024, scan_layers=False))  # XLA counts a scan's body once
+    analysis = selection.batch_scores.lower(wide, random_params(wide, 0), batch, TOP_K).compile().cost_analysis()
+    traced = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+    assert 0.95 * traced <= selection.scoring_flops(wide, scoring(), 4) <= traced  # 4 rows: one batch
