@@ -11,8 +11,9 @@ improvement always favours the arm. The claim holds when the mean improvement ex
   (rejected, mean below it), "inconclusive" (not rejected). The interval shown is the t interval at
   the claim's Holm level, which excludes the threshold exactly when the claim is decided (unless an
   earlier claim in Holm's order was not: step-down then stops).
-- A separation check (two control arms that must differ on the metric) whose 95% interval holds 0
-  makes the claim "untestable": the metric cannot tell the controls apart.
+- A separation check (two control arms, the first known to be better on the metric) whose paired
+  differences (first minus second, + when the first is better) have a 95% interval that does not lie
+  above 0 makes the claim "untestable": the metric cannot tell the controls apart the known way.
 - One seed: no interval and the verdict "one seed: no verdict". A seed without a finite value makes
   the claim "inconclusive" (its interval is not computed).
 """
@@ -30,8 +31,8 @@ ALPHA = 0.05
 RULE = ("Per claim: the per-seed improvements (arm minus baseline, paired by seed, + when better), their "
         "mean and standard error, a two-sided Student t test of 'mean improvement = threshold' with Holm's "
         "correction over the study's claims at family level 0.05; supported / contradicted when rejected "
-        "with the mean above / below the threshold, inconclusive otherwise; untestable when the separation "
-        "check's 95% interval holds 0; one seed gives no verdict.")
+        "with the mean above / below the threshold, inconclusive otherwise; untestable unless the separation "
+        "check's 95% interval (better control minus worse, + when better) lies above 0; one seed gives no verdict.")
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, UNTESTABLE = "supported", "contradicted", "inconclusive", "untestable"
 ONE_SEED = "one seed: no verdict"
 
@@ -115,9 +116,10 @@ class Verdict:
 
 
 def separated(differences: Sequence[float]) -> bool:
-    """Whether two controls differ: the 95% interval of their paired differences excludes 0."""
+    """Whether the better control beats the worse one: the 95% interval of their paired differences
+    (+ when the better one is ahead) lies above 0."""
     interval = t_interval(differences)
-    return not math.isnan(interval.low) and not interval.contains(0.0)
+    return not math.isnan(interval.low) and interval.low > 0.0
 
 
 def judge(improvements: Sequence[Sequence[float]], thresholds: Sequence[float],
@@ -145,7 +147,7 @@ def _word(interval: Interval, threshold: float, testable: bool, adjusted_p: floa
     if interval.n < 2:
         return ONE_SEED, "one seed gives no interval"
     if not testable:
-        return UNTESTABLE, "the metric does not separate the controls (their 95% interval holds 0)"
+        return UNTESTABLE, "the metric does not separate the controls (their 95% interval does not lie above 0)"
     if math.isnan(adjusted_p):
         return INCONCLUSIVE, "a seed has no finite value"
     if adjusted_p >= alpha:

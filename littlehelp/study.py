@@ -66,8 +66,8 @@ class Metric:
 class Claim:
     """A claim in checkable form: `arm` beats `baseline` on `metric` by more than `threshold`, paired
     by seed (improvement = arm - baseline, sign-flipped when lower is better). With no baseline the
-    arm's own value is the improvement. `separation` names two arms the metric must tell apart, or
-    the claim is untestable."""
+    arm's own value is the improvement. `separation` names two arms, the first known to be better,
+    that the metric must tell apart that way, or the claim is untestable."""
 
     name: str
     statement: str
@@ -348,8 +348,9 @@ def judge_claims(study: Study, values: Mapping[str, Mapping[str, list[float]]]) 
     rows, separations = [], []
     for claim in study.claims:
         if claim.separation:
-            first, second = (values[a][claim.metric] for a in claim.separation)
-            separations.append(stats.separated([a - b for a, b in zip(first, second)]))
+            better, worse = (values[a][claim.metric] for a in claim.separation)
+            sign = 1.0 if metrics[claim.metric].higher_is_better else -1.0
+            separations.append(stats.separated([sign * (a - b) for a, b in zip(better, worse)]))
         else:
             separations.append(None)
         rows.append(improvements(claim, metrics[claim.metric], values))

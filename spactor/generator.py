@@ -24,17 +24,19 @@ Array = jax.Array
 
 @gin.configurable(module="spactor")
 def generator_config(
-    t5_config: T5Config = gin.REQUIRED, width_fraction: float = 0.25, num_layers: int | None = None
+    t5_config: T5Config = gin.REQUIRED, width_fraction: float = 1.0, depth_fraction: float = 1 / 3
 ) -> EncoderConfig:
     """An EncoderConfig `width_fraction` as wide as the T5 encoder (width, heads and MLP scaled;
-    head size kept), with `num_layers` layers (default: as many as the T5 encoder)."""
-    if not 0.0 < width_fraction <= 1.0:
-        raise ValueError(f"generator_config.width_fraction must be in (0, 1], got {width_fraction!r}")
+    head size kept) and `depth_fraction` as deep (layers rounded, at least 1). The defaults, as wide
+    and a third as deep, are the study's reading of the SpacTor paper (README, SpacTor)."""
+    for name, fraction in (("width_fraction", width_fraction), ("depth_fraction", depth_fraction)):
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"generator_config.{name} must be in (0, 1], got {fraction!r}")
     num_heads = max(1, round(t5_config.num_heads * width_fraction))
     return EncoderConfig(
         vocab_size=t5_config.vocab_size,
         emb_dim=max(1, round(t5_config.emb_dim * width_fraction)),
-        num_layers=t5_config.num_encoder_layers if num_layers is None else num_layers,
+        num_layers=max(1, round(t5_config.num_encoder_layers * depth_fraction)),
         num_heads=num_heads,
         head_dim=t5_config.head_dim,
         mlp_dim=max(1, round(t5_config.mlp_dim * width_fraction)),

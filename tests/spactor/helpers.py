@@ -14,8 +14,11 @@ SENTINELS = 20  # 240..259 are sentinels, 2..239 ordinary
 
 
 def tiny_hybrid(**settings) -> HybridObjective:
+    """A hybrid objective on TINY_T5 whose generator is half as wide (so it reads the shared table through
+    the projection) and as deep."""
     settings = {"data_vocab_size": DATA_VOCAB, "num_sentinels": SENTINELS} | settings
-    return HybridObjective(build_model(TINY_T5), generator_config(TINY_T5), **settings)
+    generator = generator_config(TINY_T5, width_fraction=0.5, depth_fraction=1.0)
+    return HybridObjective(build_model(TINY_T5), generator, **settings)
 
 
 def span_corrupted_batch(batch: int = 4, length: int = 24, targets: int = 8, seed: int = 0,

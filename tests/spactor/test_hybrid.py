@@ -1,6 +1,8 @@
 """The hybrid objective: masking statistics, RTD label rules, sampling, gradient paths, the loss sum
 (each term against an independent computation), the generator's shared embeddings and FLOPs."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +13,7 @@ from scipy import special
 from littlehelp.data import tasks, vocab
 from littlehelp.models import T5, T5Config, build_model
 from littlehelp.objectives import EncoderDecoderObjective
-from spactor import generator_config
+from spactor import HybridObjective, generator_config
 from spactor.objective import choose_masked, ordinary_tokens, task_vocabulary_size
 from tests.data.fixtures import generated_documents
 from tests.helpers import TINY_T5
@@ -156,19 +158,27 @@ def test_generator_reads_the_t5_token_embeddings(tiny):
     logits = apply({"params": params["generator"]}, tokens, table)
     changed = apply({"params": params["generator"]}, tokens, table.at[int(tokens[0, 0])].add(1.0))
     assert not np.allclose(changed, logits)
-    same_width = generator_config(TINY_T5, width_fraction=1.0)
-    assert same_width.emb_dim == TINY_T5.emb_dim
 
 
-def test_generator_config_is_a_quarter_of_the_encoder():
+def test_a_generator_as_wide_as_the_encoder_reads_the_table_without_a_projection():
+    objective = HybridObjective(build_model(TINY_T5), generator_config(TINY_T5), data_vocab_size=DATA_VOCAB,
+                                num_sentinels=SENTINELS)
+    params = init(objective, span_corrupted_batch())
+    assert objective.generator_config.emb_dim == TINY_T5.emb_dim and "embedding_projection" not in params["generator"]
+
+
+def test_generator_config_is_as_wide_and_a_third_as_deep_as_the_encoder():
     base = T5Config(vocab_size=32128, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048,
                     num_encoder_layers=12, num_decoder_layers=12)
     config = generator_config(base)
     assert (config.emb_dim, config.num_heads, config.head_dim, config.mlp_dim, config.num_layers) == (
-        192, 3, 64, 512, 12)
-    assert generator_config(base, num_layers=4).num_layers == 4
-    with pytest.raises(ValueError, match="width_fraction"):
-        generator_config(base, width_fraction=0.0)
+        768, 12, 64, 2048, 4)
+    quarter = generator_config(base, width_fraction=0.25, depth_fraction=1.0)
+    assert (quarter.emb_dim, quarter.num_heads, quarter.mlp_dim, quarter.num_layers) == (192, 3, 512, 12)
+    assert generator_config(dataclasses.replace(base, num_encoder_layers=2)).num_layers == 1  # at least 1
+    for name in ("width_fraction", "depth_fraction"):
+        with pytest.raises(ValueError, match=name):
+            generator_config(base, **{name: 0.0})
 
 
 @pytest.mark.parametrize("settings, message", [

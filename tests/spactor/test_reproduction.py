@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from littlehelp import study
+from littlehelp import stats, study
 from spactor import reproduction
 from littlehelp.study import FLOPS_RECORD as FLOPS, flops_between
 from spactor.reproduction import STUDY, pretrain_bindings, tau_steps
@@ -48,17 +48,50 @@ def test_pretraining_runs_save_where_other_arms_branch(tmp_path):
     assert all(b["SEED"] == 1 and b["BATCH_SIZE"] == 4 for b in (sc, hybrid, continued))
 
 
-def test_past_midpoint_is_the_arm_minus_the_mean_of_the_sc_controls(tmp_path):
-    for arm, value in {"sc_s": 40.0, "sc_2s": 46.0, "spactor_0.5": 44.0}.items():
-        folder = context(arm, tmp_path).folder
-        folder.mkdir(parents=True)
+def _measured(tmp_path, values: dict[str, float], seed: int = 1) -> None:
+    for arm, value in values.items():
+        folder = context(arm, tmp_path, seed).folder
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / study.MEASURED_FILE).write_text(json.dumps({"genre_accuracy": value}))
-    metric = next(m for m in STUDY.metrics if m.name == "genre_accuracy_past_midpoint")
-    assert study.measure(context("spactor_0.5", tmp_path), metric) == 44.0 - 43.0
-    assert study.measure(context("sc_2s", tmp_path), metric) == 3.0
 
 
-def test_every_claim_needs_the_sc_controls_separated():
-    assert len(STUDY.claims) == len(reproduction.TAUS) * len(reproduction.HEADLINE)
-    assert all(c.separation == ("sc_2s", "sc_s") and c.metric.endswith("_past_midpoint") and c.baseline is None
+def test_past_midpoint_is_the_arm_minus_the_mean_of_the_sc_controls(tmp_path):
+    _measured(tmp_path, {"sc_s": 40.0, "sc_2s": 46.0, "spactor_0.5": 44.0})
+    assert study.measure(context("spactor_0.5", tmp_path), reproduction.PRIMARY) == 44.0 - 43.0
+    assert study.measure(context("sc_2s", tmp_path), reproduction.PRIMARY) == 3.0
+
+
+def _write_run(folder, flops_per_step: float, last_step: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": last_step, FLOPS: flops_per_step}) + "\n")
+    (folder / study.OUTCOME_FILE).write_text(json.dumps({"train_flops": flops_per_step * last_step}))
+
+
+def test_flops_in_both_conventions_and_the_hybrid_step_cost(tmp_path):
+    _write_run(context("sc_2s", tmp_path).folder, 3.0, 400)
+    _write_run(context("hybrid", tmp_path).folder, 5.5, 200)
+    fraction = next(m for m in STUDY.metrics if m.name == "pretraining_flops_vs_sc_2s")
+    cost = next(m for m in STUDY.metrics if m.name == "hybrid_step_cost")
+    assert study.measure(context("hybrid", tmp_path), cost) == 5.5 / 3.0
+    assert study.measure(context("hybrid", tmp_path), fraction) == (200 * 5.5) / (400 * 3.0)
+    assert study.measure(context("sc_2s", tmp_path), fraction) == 1.0
+
+
+def test_claims_are_on_genre_accuracy_past_the_midpoint_and_need_the_sc_controls_separated():
+    assert [c.arm for c in STUDY.claims] == [f"spactor_{f:g}" for f in reproduction.TAUS]
+    assert all(c.separation == ("sc_2s", "sc_s") and c.metric == "genre_accuracy_past_midpoint" and c.baseline is None
                and c.threshold == 0 for c in STUDY.claims)
+
+
+def _values(gains: list[float], spactor: list[float]) -> dict[str, dict[str, list[float]]]:
+    """Per-seed past-midpoint values: SC(2S) and SC(S) at +-gain/2, each SpacTor arm at `spactor`."""
+    name = reproduction.PRIMARY.name
+    values = {"sc_2s": {name: [g / 2 for g in gains]}, "sc_s": {name: [-g / 2 for g in gains]}}
+    return values | {f"spactor_{f:g}": {name: spactor} for f in reproduction.TAUS}
+
+
+def test_a_metric_that_does_not_separate_the_sc_controls_makes_the_claims_untestable():
+    unseparated = study.judge_claims(STUDY, _values([3.0, -2.0, 1.0, 0.5, -1.5], [4.0, 5.0, 6.0, 5.0, 4.5]))
+    assert [c["verdict"] for c in unseparated] == [stats.UNTESTABLE] * len(reproduction.TAUS)
+    separated = study.judge_claims(STUDY, _values([5.0, 6.0, 4.5, 5.5, 6.5], [4.0, 5.0, 6.0, 5.0, 4.5]))
+    assert [c["verdict"] for c in separated] == [stats.SUPPORTED] * len(reproduction.TAUS)

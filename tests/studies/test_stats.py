@@ -63,7 +63,8 @@ def test_holm_makes_a_marginal_claim_inconclusive_beside_others():
         3 * stats.t_test_p(marginal))
 
 
-def test_separation_needs_an_interval_away_from_zero():
+def test_separation_needs_an_interval_above_zero():
     assert stats.separated([0.5, 0.6, 0.55])
+    assert not stats.separated([-0.5, -0.6, -0.55])  # the controls differ, but the wrong way round
     assert not stats.separated([0.5, -0.4, 0.1])
     assert not stats.separated([0.5])
