@@ -99,10 +99,9 @@ def expected_block_efficiency(alpha: float, gamma: int) -> float:
 DOMAINS = ("shakespeare", "code", "humaneval")
 
 
-def held_out_texts(domain: str, count: int, seed: int) -> list[str]:
-    """`count` held-out texts of a domain drawn with `seed` (a larger count extends a smaller one's draw):
-    passages of Shakespeare's held-out plays, of the standard library's held-out modules (over 200
-    characters), or HumanEval prompts."""
+def held_out_texts(domain: str, seed: int) -> list[str]:
+    """Every held-out text of a domain in an order shuffled with `seed`: passages of Shakespeare's held-out
+    plays, of the standard library's held-out modules (over 200 characters), or HumanEval prompts."""
     from littlehelp.data import corpus, pretrained  # pylint: disable=import-outside-toplevel
 
     if domain == "shakespeare":
@@ -111,17 +110,30 @@ def held_out_texts(domain: str, count: int, seed: int) -> list[str]:
         pool = [p for source in corpus.stdlib_code("validation") for p in corpus.passages(source) if len(p) > 200]
     else:
         pool = list(pretrained.humaneval_prompts())
-    return random.Random(f"{seed}-{domain}").sample(pool, count)
+    random.Random(f"{seed}-{domain}").shuffle(pool)
+    return pool
 
 
 def held_out_prompts(vocabulary: Any, per_domain: int, prompt_tokens: int, seed: int) -> list[tuple[list[int], str]]:
-    """(token row, domain) of `per_domain` texts of each domain: start token 0, then `prompt_tokens` tokens
-    (a text's first ones; a HumanEval prompt's last ones, where its completion begins)."""
-    prompts = []
+    """(token row, domain) of the first `per_domain` texts of each domain's shuffled order whose rows are new:
+    start token 0, then `prompt_tokens` tokens (a text's first ones; a HumanEval prompt's last ones, where its
+    completion begins). No two rows are equal (a text whose row repeats an earlier one is passed over)."""
+    prompts: list[tuple[list[int], str]] = []
+    seen: set[tuple[int, ...]] = set()
     for domain in DOMAINS:
-        for text in held_out_texts(domain, per_domain, seed):
+        drawn = 0
+        for text in held_out_texts(domain, seed):
             ids = [int(i) for i in vocabulary.encode(text)]
-            prompts.append(([0, *(ids[-prompt_tokens:] if domain == "humaneval" else ids[:prompt_tokens])], domain))
+            row = (0, *(ids[-prompt_tokens:] if domain == "humaneval" else ids[:prompt_tokens]))
+            if row not in seen:
+                seen.add(row)
+                prompts.append((list(row), domain))
+                drawn += 1
+            if drawn == per_domain:
+                break
+        if drawn < per_domain:
+            raise ValueError(f"held-out {domain} texts give {drawn} distinct prompts, fewer than the {per_domain} "
+                             "asked")
     return prompts
 
 
@@ -165,8 +177,9 @@ def references(target: tuple[Model, Params], prompts: np.ndarray, lengths: np.nd
 
 def split_references(target: tuple[Model, Params], vocabulary: Any, per_domain: int, prompt_tokens: int,
                      max_new_tokens: int, max_gamma: int, seed: int) -> dict[str, References]:
-    """`references` of 2 x `per_domain` held-out prompts per domain drawn with `seed`, split in two: the first
-    half of each domain's draw ("evaluation") and the second ("selection"), padded to one width."""
+    """`references` of 2 x `per_domain` distinct held-out prompts per domain drawn with `seed`, split in two: the
+    first half of each domain's draw ("evaluation") and the second ("selection"), padded to one width; no prompt
+    is in both."""
     drawn = held_out_prompts(vocabulary, 2 * per_domain, prompt_tokens, seed)
     prompts, lengths = padded_prompts([row for row, _ in drawn], None)
     refs = references(target, prompts, lengths, [domain for _, domain in drawn], max_new_tokens, max_gamma, seed)

@@ -1,7 +1,10 @@
 """DistillSpec's distillation objective (README, DistillSpec): the draft q learns the frozen target p.
 
-Loss = D(p_target || q_draft) per token (FKL, RKL, JSD[beta], TVD; `littlehelp.losses`), averaged
-over the generated tokens of sequences y = prompt + continuation drawn from a data source:
+Loss = D(p_target || q_draft) per token (FKL, RKL, JSD[beta], TVD; `littlehelp.losses`) on the generated
+tokens of sequences y = prompt + continuation, averaged as `average` asks: "sequence" (the paper's, DistillSpec,
+arXiv 2310.08461: each sequence's mean 1/|y| sum_t D over its continuation, then the mean over sequences) or
+"token" (the mean over every continuation token of the batch, so longer sequences weigh more). The sequences
+come from a data source:
 - "fixed": the continuation is the batch's own next tokens;
 - "target": sampled from the frozen target given the prompt;
 - "draft": sampled from the draft's current parameters (on-policy), inside the jitted step;
@@ -13,7 +16,9 @@ continuation is `generation_length` tokens. Both models read y = prompt + contin
 forward pass (no segment ids: LM chunks fill their rows) and the divergence is taken on the
 continuation's positions only, chunked (`losses.chunked_divergence`), so no [b, l, vocab] logits
 exist. A continuation token counts with its row's example weight (`objectives.token_weights` of the
-last prompt token; fixed data: its own weight), and sampled tokens after `eos_id` count 0.
+last prompt token; fixed data: its own weight), and sampled tokens after `eos_id` count 0; per sequence,
+|y| is the number of the row's tokens that count, a row's mean counts with its weight (2: as two rows), and
+a row with no token that counts contributes nothing (`averaging_weights`).
 Samples get no gradient; the target gets none either (it is a frozen model, `params[target_key]`).
 
 Random keys: `choice_key, sample_key = jax.random.split(rng)`; the source is drawn with `choice_key`
@@ -37,6 +42,7 @@ from littlehelp.objectives import Batch, Metrics, Params, token_weights
 
 Array = jax.Array
 SOURCES = ("fixed", "target", "draft")
+AVERAGES = ("sequence", "token")
 Sequences = tuple[Array, Array]  # (decoder input tokens [b, p + g], continuation weights [b, g])
 
 
@@ -59,10 +65,12 @@ def source_probabilities(data_source: str | Mapping[str, float]) -> dict[str, fl
 
 
 def _check_knobs(divergence: str, beta: float, temperature: float, prompt_length: int, generation_length: int,
-                 sampling_temperature: float) -> None:
-    """Refuses, by name, a divergence or length the objective cannot use."""
+                 sampling_temperature: float, average: str) -> None:
+    """Refuses, by name, a divergence, average or length the objective cannot use."""
     if divergence not in losses.DIVERGENCES:
         _refuse(f"divergence {divergence!r} is not one of {', '.join(losses.DIVERGENCES)}")
+    if average not in AVERAGES:
+        _refuse(f"average {average!r} is not one of {', '.join(AVERAGES)}")
     if divergence == "jsd" and not 0 < beta < 1:
         _refuse(f"beta must be in (0, 1) for jsd, got {beta!r}")
     if not temperature > 0:
@@ -88,6 +96,16 @@ def continuation_weights(tokens: Array, row_weights: Array, eos_id: int | None) 
     return jnp.where(before == 0, row_weights, 0.0).astype(jnp.float32)
 
 
+def averaging_weights(weights: Array, average: str) -> Array:
+    """Token weights [b, g] whose weighted mean, sum(a * D) / sum(a), is the average `average` asks for:
+    "token", `weights` itself; "sequence", each row's weights over |y|, its number of nonzero weights (a row of
+    one weight r then adds r times its mean 1/|y| sum_t D, and r to the denominator; a row of zeros, nothing)."""
+    if average == "token":
+        return weights
+    lengths = jnp.sum((weights > 0).astype(weights.dtype), axis=1, keepdims=True)
+    return weights / jnp.maximum(lengths, 1.0)
+
+
 @gin.configurable(module="distillspec")
 class DistillationObjective:
     """D(p_target || q_draft) on sequences from `data_source` (see the module docstring).
@@ -97,18 +115,19 @@ class DistillationObjective:
     for jsd); temperature: on both models' logits in the divergence; data_source: a source name or
     {name: probability}; prompt_length / generation_length: tokens of prompt and continuation;
     sampling_temperature: how continuations are sampled (0: greedy); eos_id: a sampled token that
-    ends a continuation (None: every continuation is `generation_length` tokens); chunk_size:
+    ends a continuation (None: every continuation is `generation_length` tokens); average: "sequence"
+    (the paper's mean of per-sequence means) or "token" (the mean over the batch's tokens); chunk_size:
     positions per chunk of the divergence.
     """
 
     def __init__(self, model: Model = gin.REQUIRED, target: Model = gin.REQUIRED, divergence: str = "fkl",
                  beta: float = 0.5, temperature: float = 1.0, data_source: str | Mapping[str, float] = "fixed",
                  prompt_length: int = 16, generation_length: int = 16, sampling_temperature: float = 1.0,
-                 eos_id: int | None = None, model_key: str = "model", target_key: str = "target",
-                 chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
-        _check_knobs(divergence, beta, temperature, prompt_length, generation_length, sampling_temperature)
+                 eos_id: int | None = None, average: str = "sequence", model_key: str = "model",
+                 target_key: str = "target", chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+        _check_knobs(divergence, beta, temperature, prompt_length, generation_length, sampling_temperature, average)
         self.model, self.target = model, target
-        self.divergence, self.beta, self.temperature = divergence, beta, temperature
+        self.divergence, self.beta, self.temperature, self.average = divergence, beta, temperature, average
         self.probabilities = source_probabilities(data_source)
         self.sources = tuple(name for name, p in self.probabilities.items() if p > 0)  # zero: never traced
         self.prompt_length, self.generation_length = prompt_length, generation_length
@@ -173,17 +192,20 @@ class DistillationObjective:
         return inputs, weights, index
 
     def loss(self, params: Params, batch: Batch, rng: Array, step: Array) -> tuple[Array, Metrics]:
-        """Mean divergence over the continuation tokens; metrics: divergence, source shares, generated tokens."""
+        """Divergence averaged as `average` asks; metrics: divergence, weight (the average's denominator: weighted
+        sequences or tokens), source shares, generated tokens."""
         del step
         inputs, weights, index = self.sequences(params, batch, rng)
+        averaging = averaging_weights(weights, self.average)
         draft, target = params[self.model_key], params[self.target_key]
         scored = {"decoder_input_tokens": inputs}
         start = self.prompt_length  # hidden state at input position i predicts token i + 1 of y
         kd = losses.chunked_divergence(
             self.divergence, self.model.hidden_states(draft, scored)[:, start:],
             lambda h: self.model.logits_from_hidden(draft, h), self.target.hidden_states(target, scored)[:, start:],
-            lambda h: self.target.logits_from_hidden(target, h), weights, self.chunk_size, self.beta, self.temperature)
-        total = jnp.sum(weights)
+            lambda h: self.target.logits_from_hidden(target, h), averaging, self.chunk_size, self.beta,
+            self.temperature)
+        total = jnp.sum(averaging)
         loss = kd.total / jnp.maximum(total, 1e-9)
         metrics = {"loss": loss, "divergence": loss, "weight": total,
                    "generated_tokens": jnp.mean(jnp.sum((weights > 0).astype(jnp.float32), axis=1))}

@@ -1,17 +1,21 @@
-"""DistillSpec on SmolLM2-135M: distilled drafts against the undistilled one, and speculative decoding's speed-up.
+"""DistillSpec on SmolLM2-135M: distilled against undistilled drafts, on-policy against fixed data, and the speed-up.
 
 Target: SmolLM2-135M-Instruct (its converted run folder), frozen. The undistilled draft
 (`gin/distillspec/draft_smollm2.gin`, 15.5M parameters, draft_steps plain LM steps) is one run shared by every
-seed; each distilled draft continues it distill_steps steps (`gin/distillspec/distill_smollm2.gin`), one per
-divergence (FKL, RKL, JSD, TVD) x data source (fixed text, target-generated, on-policy). A seed sets the
-distillation runs' SEED (data order, sampling keys) and draws 2 x prompts_per_domain held-out prompts per domain
-(Shakespeare's held-out plays, the standard library's held-out modules, HumanEval): the first half (evaluation) is
-what every metric is measured on, the second (selection) is where the best distilled drafts are chosen, by greedy
-block efficiency at max_gamma and by alpha. Scoring (`distillspec.acceptance`) on the target's greedy and
-temperature-1 continuations: the exact replayed greedy block efficiency and alpha = E[1 - TVD(p, q)]. Wall clock
-(`distillspec.generate.wall_clock`): target-only and speculative decoding with the undistilled and the best greedy
-draft timed in turn (median of timing_repeats) at batch 1 and 8, greedy and at temperature 1; the claims read gamma
-speedup_gamma, fixed in advance. Lossy decoding (lenience p/eps) of the best greedy draft is drawn against eps.
+seed; each distilled draft continues it distill_steps steps (`gin/distillspec/distill_smollm2.gin`, the divergence
+averaged per sequence as in the paper), one per divergence (FKL, RKL, JSD, TVD) x data source named in drafts: by
+default fixed text and on-policy (draft-generated) data, 8 drafts (adding target-generated data gives the full grid
+of 12). A seed sets the distillation runs' SEED (data order, sampling keys) and draws 2 x prompts_per_domain
+distinct held-out prompts per domain (Shakespeare's held-out plays, the standard library's held-out modules,
+HumanEval): the first half (evaluation) is what every metric is measured on, the second (selection) only chooses
+the best drafts (of all distilled drafts, of the fixed-data ones and of the on-policy ones), by greedy block
+efficiency at max_gamma and by alpha, so no draft is scored on the prompts that chose it. Scoring
+(`distillspec.acceptance`) on the target's greedy and temperature-1 continuations: the exact replayed greedy block
+efficiency and alpha = E[1 - TVD(p, q)]. Wall clock (`distillspec.generate.wall_clock`): target-only and greedy
+speculative decoding with the undistilled and the best greedy draft timed in turn (median of timing_repeats) at
+batch 1 and 8; the claims read gamma speedup_gamma, fixed in advance. Lossy decoding (lenience p/eps) of the best
+greedy draft is drawn against eps. The claims follow the paper (arXiv 2310.08461): distillation aligns the draft
+with the target, on-policy data beats fixed data, and the distilled draft speeds speculative decoding up.
 """
 
 from __future__ import annotations
@@ -24,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from littlehelp.study import Arm, ArmContext, Claim, Curve, Metric, Study, trainer_outcome
+from littlehelp.study import Arm, ArmContext, Claim, Curve, Metric, Study, StudyError, trainer_outcome
 
 DIVERGENCES, SOURCES = ("fkl", "rkl", "jsd", "tvd"), ("fixed", "target", "draft")
 SOURCE_NAMES = {"fixed": "fixed data", "target": "target-generated", "draft": "on-policy"}
 DISTILLED = tuple(f"{d}_{s}" for d in DIVERGENCES for s in SOURCES)
+FIXED, ON_POLICY = (tuple(f"{d}_{source}" for d in DIVERGENCES) for source in ("fixed", "draft"))
 SCORES = ("greedy_tau", "greedy_acceptance", "alpha", "expected_tau")
-SPEEDUPS = {(1, 0.0): "speedup_b1_greedy", (1, 1.0): "speedup_b1_sampled", (8, 0.0): "speedup_b8_greedy",
-            (8, 1.0): "speedup_b8_sampled"}
+SPEEDUPS = {(1, 0.0): "speedup_b1_greedy", (8, 0.0): "speedup_b8_greedy"}
 Pair = tuple[Any, Any]
 
 
@@ -93,6 +97,25 @@ def decoded(context: ArmContext, pair: tuple[Pair, Pair], outcome: dict[str, Any
             **extra}
 
 
+def check_drafts(drafts: list[str]) -> None:
+    """Refuses a drafts setting with an unknown name, or without a fixed-data and an on-policy draft (the claims
+    compare them)."""
+    unknown = [d for d in drafts if d not in DISTILLED]
+    if unknown:
+        raise StudyError(f"distillspec: drafts names {unknown[0]!r}, not one of {', '.join(DISTILLED)}")
+    for pool, source in ((FIXED, "fixed"), (ON_POLICY, "draft")):
+        if not set(pool) & set(drafts):
+            raise StudyError(f"distillspec: drafts {drafts} has no {SOURCE_NAMES[source]} draft (one of "
+                             f"{', '.join(pool)}); the claims compare on-policy with fixed data")
+
+
+def draft_bindings(context: ArmContext) -> dict[str, Any]:
+    """The shared undistilled draft's run, once the drafts setting is checked."""
+    check_drafts(context.settings["drafts"])
+    return {"TRAIN_STEPS": context.settings["draft_steps"], **context.settings["draft_bindings"],
+            **context.settings["train_bindings"]}
+
+
 def undistilled(context: ArmContext) -> dict[str, Any]:
     """The shared undistilled draft, scored and timed on this seed's prompts."""
     pair = models(context.folder_of("draft"))
@@ -128,11 +151,11 @@ def distilled_arm(divergence: str, source: str) -> Arm:
     return Arm(name, run=run, label=f"{divergence.upper()}, {SOURCE_NAMES[source]}")
 
 
-def best_arm(name: str, criterion: str, label: str, decode: bool = False) -> Arm:
-    """The distilled draft with the highest `criterion` on the selection prompts, with its evaluation values
-    (and, with `decode`, its wall clock and lossy decoding)."""
+def best_arm(name: str, criterion: str, pool: tuple[str, ...], label: str, decode: bool = False) -> Arm:
+    """The draft of `pool` that ran with the highest `criterion` on the selection prompts, with its evaluation
+    values (and, with `decode`, its wall clock and lossy decoding)."""
     def run(context: ArmContext) -> dict[str, Any]:
-        ran = [a for a in DISTILLED if not context.outcome(a).get("skipped")]
+        ran = [a for a in pool if not context.outcome(a).get("skipped")]
         chosen = max(ran, key=lambda a: context.outcome(a)["selection"][criterion])
         outcome = {"chosen": chosen, **{k: context.outcome(chosen)[k] for k in ("values", "scores", "agreement")}}
         if not decode:
@@ -162,16 +185,25 @@ def tau_by_gamma(context: ArmContext) -> tuple[list[int], list[float]]:
     return list(range(1, len(taus) + 1)), taus
 
 
-BEST = "the best distilled draft (chosen on the selection prompts)"
+CHOSEN = "chosen on the selection prompts"
 CLAIMS = (
-    Claim("greedy_block_efficiency", f"Greedy: {BEST} has a higher block efficiency at max_gamma than the undistilled "
-          "draft", "greedy_tau", "best_greedy", "undistilled"),
-    Claim("greedy_block_efficiency_1.3x", f"Greedy: {BEST} reaches 1.3x the undistilled draft's block efficiency at "
-          "max_gamma", "greedy_tau_ratio", "best_greedy", threshold=1.3),
-    Claim("acceptance", f"Temperature 1: {BEST} has a higher alpha = E[1 - TVD] than the undistilled draft", "alpha",
-          "best_sampled", "undistilled"),
-    Claim("expected_block_efficiency_1.3x", f"Temperature 1: {BEST} reaches 1.3x the undistilled draft's expected "
-          "block efficiency at max_gamma", "expected_tau_ratio", "best_sampled", threshold=1.3),
+    Claim("greedy_block_efficiency", f"Greedy: the best distilled draft ({CHOSEN}) has a higher block efficiency at "
+          "max_gamma than the undistilled draft", "greedy_tau", "best_greedy", "undistilled"),
+    Claim("greedy_block_efficiency_1.3x", f"Greedy: the best distilled draft ({CHOSEN}) reaches 1.3x the undistilled "
+          "draft's block efficiency at max_gamma", "greedy_tau_ratio", "best_greedy", threshold=1.3),
+    Claim("acceptance", f"Temperature 1: the best distilled draft ({CHOSEN}) has a higher alpha = E[1 - TVD] than "
+          "the undistilled draft", "alpha", "best_sampled", "undistilled"),
+    Claim("expected_block_efficiency_1.3x", f"Temperature 1: the best distilled draft ({CHOSEN}) reaches 1.3x the "
+          "undistilled draft's expected block efficiency at max_gamma", "expected_tau_ratio", "best_sampled",
+          threshold=1.3),
+    Claim("on_policy_beats_fixed_greedy", f"Greedy: the best on-policy draft has a higher block efficiency at "
+          f"max_gamma than the best fixed-data draft (each {CHOSEN})", "greedy_tau", "best_on_policy_greedy",
+          "best_fixed_greedy"),
+    Claim("on_policy_beats_fixed_alpha", f"Temperature 1: the best on-policy draft has a higher alpha than the best "
+          f"fixed-data draft (each {CHOSEN})", "alpha", "best_on_policy_sampled", "best_fixed_sampled"),
+    Claim("faster_than_undistilled", "Greedy, batch 1: speculative decoding is faster with the best greedy draft "
+          "than with the undistilled draft (speed-up over target-only, gamma speedup_gamma)", "speedup_b1_greedy",
+          "best_greedy", "undistilled"),
     Claim("speedup_batch_1", "Greedy speculative decoding with the best greedy draft is at least 2x as fast as "
           "target-only decoding at batch 1 (gamma speedup_gamma)", "speedup_b1_greedy", "best_greedy", threshold=2.0),
     Claim("speedup_batch_8", "Greedy speculative decoding with the best greedy draft is faster than target-only "
@@ -184,12 +216,15 @@ STUDY = Study(
     title="DistillSpec: distilled drafts and speculative decoding with SmolLM2-135M",
     description=__doc__.split("\n\n", 1)[1].strip(),
     arms=(Arm("draft", gin_files=("distillspec/draft_smollm2.gin",), per_seed=False, label="undistilled draft, trained",
-              bindings=lambda c: {"TRAIN_STEPS": c.settings["draft_steps"], **c.settings["draft_bindings"],
-                                  **c.settings["train_bindings"]}),
+              bindings=draft_bindings),
           Arm("undistilled", run=undistilled, label="undistilled"),
           *itertools.starmap(distilled_arm, itertools.product(DIVERGENCES, SOURCES)),
-          best_arm("best_greedy", "greedy_tau", "best distilled, greedy (chosen on selection prompts)", decode=True),
-          best_arm("best_sampled", "alpha", "best distilled, T=1 (chosen on selection prompts)")),
+          best_arm("best_greedy", "greedy_tau", DISTILLED, "best distilled, greedy", decode=True),
+          best_arm("best_sampled", "alpha", DISTILLED, "best distilled, T=1"),
+          best_arm("best_fixed_greedy", "greedy_tau", FIXED, "best fixed-data, greedy"),
+          best_arm("best_on_policy_greedy", "greedy_tau", ON_POLICY, "best on-policy, greedy"),
+          best_arm("best_fixed_sampled", "alpha", FIXED, "best fixed-data, T=1"),
+          best_arm("best_on_policy_sampled", "alpha", ON_POLICY, "best on-policy, T=1")),
     metrics=(Metric("greedy_tau", "greedy block efficiency at max_gamma", True),
              Metric("greedy_acceptance", "greedy acceptance (draft argmax = target's)", True),
              Metric("alpha", "alpha = E[1 - TVD] at T=1", True),
@@ -198,21 +233,22 @@ STUDY = Study(
                     RATIO_ARMS),
              Metric("expected_tau_ratio", "expected block efficiency / undistilled's", True, ratio("expected_tau"),
                     RATIO_ARMS),
-             *(Metric(name, f"speed-up, batch {b}, {'greedy' if t == 0 else 'T=1'}", True, arms=TIMED_ARMS, digits=3)
-               for (b, t), name in SPEEDUPS.items())),
+             *(Metric(name, f"speed-up over target-only, batch {b}, greedy", True, arms=TIMED_ARMS, digits=3)
+               for (b, _), name in SPEEDUPS.items())),
     claims=CLAIMS,
     seeds=3,
+    # The full grid: "drafts": list(DISTILLED), adding the four target-generated drafts to the best drafts' pool.
     settings={"draft_steps": 200, "distill_steps": 30, "distill_learning_rate": 1e-2, "distill_prompt_length": 32,
-              "distill_generation_length": 32, "drafts": list(DISTILLED), "prompts_per_domain": 8, "prompt_tokens": 64,
-              "max_new_tokens": 32, "max_gamma": 7, "decoding": [list(k) for k in SPEEDUPS],
-              "timing_gammas": [1, 3, 5, 7], "timing_repeats": 3, "speedup_gamma": 3, "lossy_gamma": 5,
-              "lenience_eps": [1.0, 0.5, 0.2, 0.1, 0.05], "draft_bindings": {}, "train_bindings": {}},
-    # One distilled draft, three prompts, batch-1 greedy timing only, no lossy decoding (the tests of
-    # distillspec.generate cover the rest on tiny models); one mesh device (the tests fake eight).
+              "distill_generation_length": 32, "drafts": [*FIXED, *ON_POLICY], "prompts_per_domain": 8,
+              "prompt_tokens": 64, "max_new_tokens": 32, "max_gamma": 7, "decoding": [list(k) for k in SPEEDUPS],
+              "timing_gammas": [1, 3], "timing_repeats": 3, "speedup_gamma": 3, "lossy_gamma": 5,
+              "lenience_eps": [1.0, 0.2, 0.05], "draft_bindings": {}, "train_bindings": {}},
+    # A fixed-data and an on-policy draft, three prompts, batch-1 greedy timing only, no lossy decoding (the
+    # tests of distillspec.generate cover the rest on tiny models); one mesh device (the tests fake eight).
     quick={"draft_steps": 1, "distill_steps": 1, "distill_prompt_length": 8, "distill_generation_length": 8,
-           "drafts": ["jsd_fixed"], "prompts_per_domain": 1, "prompt_tokens": 8, "max_new_tokens": 4, "max_gamma": 2,
-           "decoding": [[1, 0.0]], "timing_gammas": [2], "timing_repeats": 1, "speedup_gamma": 2, "lossy_gamma": 2,
-           "lenience_eps": [], "draft_bindings": {"TASK_FEATURE_LENGTHS": {"targets": 32}},
+           "drafts": ["jsd_fixed", "jsd_draft"], "prompts_per_domain": 1, "prompt_tokens": 8, "max_new_tokens": 4,
+           "max_gamma": 2, "decoding": [[1, 0.0]], "timing_gammas": [2], "timing_repeats": 1, "speedup_gamma": 2,
+           "lossy_gamma": 2, "lenience_eps": [], "draft_bindings": {"TASK_FEATURE_LENGTHS": {"targets": 32}},
            "train_bindings": {"BATCH_SIZE": 2, "partitioning.MeshConfig.data": 1}},
     quick_seeds=1,
     curves=(Curve("greedy_tau_by_gamma", "greedy block efficiency (evaluation prompts)", "gamma", tau_by_gamma),

@@ -1,7 +1,8 @@
 """DistillSpec's objective: the loss equals a float64 numpy divergence on the same tokens for every
-divergence and source, on-policy samples come from the current draft, the target is frozen (no gradient,
-no optimizer state), the mixture draws its sources at the configured rates, bad knobs are refused by
-name, and the gin files parse and run through the CLI."""
+divergence and source, averaged per sequence (the paper's) or per token with row weights and EOS
+honoured, on-policy samples come from the current draft, the target is frozen (no gradient, no optimizer
+state), the mixture draws its sources at the configured rates, bad knobs are refused by name, and the
+gin files parse and run through the CLI."""
 
 import dataclasses
 import json
@@ -13,8 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from distillspec.objective import DistillationObjective, continuation_weights
-from littlehelp import checkpoints, config, decoding, frozen, main, metrics, partitioning, trainer
+from distillspec.objective import DistillationObjective, averaging_weights, continuation_weights
+from littlehelp import checkpoints, config, decoding, frozen, losses, main, metrics, partitioning, trainer
 from littlehelp.config import ConfigError
 from littlehelp.models import DecoderConfig, build_model
 from littlehelp.objectives import Curriculum, DecoderObjective
@@ -34,13 +35,17 @@ def objective(**knobs) -> DistillationObjective:
                                                     "chunk_size": 4} | knobs))
 
 
-def synthetic_batch(rows: int = 3, length: int = PROMPT + GENERATED) -> dict[str, np.ndarray]:
-    """LM features of random tokens; the last row ends in 3 padding positions."""
-    targets = np.random.default_rng(0).integers(3, VOCAB, (rows, length)).astype(np.int32)
-    weights = np.ones((rows, length), np.float32)
-    targets[-1, -3:], weights[-1, -3:] = 0, 0.0
+def synthetic_batch(length: int = PROMPT + GENERATED) -> dict[str, np.ndarray]:
+    """LM features of 4 rows of random tokens: row 0 of example weight 2, row 2 all padding, and the last
+    row ending in 3 padding positions."""
+    targets = np.random.default_rng(0).integers(3, VOCAB, (4, length)).astype(np.int32)
+    weights = np.ones((4, length), np.float32)
+    targets[-1, -3:], weights[-1, -3:], weights[2] = 0, 0.0, 0.0
+    example_weights = np.ones((4, length), np.float32)
+    example_weights[0] = 2.0
     inputs = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
-    return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets, "decoder_loss_weights": weights}
+    return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets, "decoder_loss_weights": weights,
+            "example_weights": example_weights}
 
 
 PARAMS = {"model": random_params(DRAFT, 0), "target": random_params(TARGET, 1)}
@@ -67,13 +72,26 @@ def numpy_divergence(kind: str, q_logits, p_logits, temperature: float, beta: fl
     return beta * kl(p, log_p, log_m) + (1 - beta) * kl(q, log_q, log_m)
 
 
-def reference_loss(params, inputs, weights, kind: str = "fkl", temperature: float = 1.0, beta: float = 0.5) -> float:
-    """Mean divergence over the continuation, from both models' full (unchunked) logits on `inputs`."""
+def numpy_average(values, weights, average: str) -> tuple[float, float]:
+    """(mean, denominator) of per-token values [b, g] in float64: over the weighted tokens ("token"), or each
+    row's plain mean over its tokens of nonzero weight, averaged over the rows that have any with each row's
+    weight as its count ("sequence"; a row carries one weight on all its tokens)."""
+    values, weights = np.asarray(values, np.float64), np.asarray(weights, np.float64)
+    if average == "token":
+        return float((values * weights).sum() / weights.sum()), float(weights.sum())
+    rows = [r for r in range(len(weights)) if weights[r].any()]
+    counts = np.array([weights[r].max() for r in rows])
+    means = np.array([values[r][weights[r] > 0].mean() for r in rows])
+    return float((counts * means).sum() / counts.sum()), float(counts.sum())
+
+
+def reference_loss(params, inputs, weights, kind: str = "fkl", temperature: float = 1.0, beta: float = 0.5,
+                   average: str = "sequence") -> float:
+    """The averaged divergence over the continuation, from both models' full (unchunked) logits on `inputs`."""
     batch = {"decoder_input_tokens": jnp.asarray(inputs)}
     q = np.asarray(LOGITS["model"](params["model"], batch))[:, PROMPT:]
     p = np.asarray(LOGITS["target"](params["target"], batch))[:, PROMPT:]
-    weights = np.asarray(weights, np.float64)
-    return float((numpy_divergence(kind, q, p, temperature, beta) * weights).sum() / weights.sum())
+    return numpy_average(numpy_divergence(kind, q, p, temperature, beta), weights, average)[0]
 
 
 def sampled_inputs(model, params, batch, key) -> tuple[np.ndarray, np.ndarray]:
@@ -87,20 +105,43 @@ def sampled_inputs(model, params, batch, key) -> tuple[np.ndarray, np.ndarray]:
 
 def row_weights(batch) -> np.ndarray:
     """Each row's weight (its last prompt token's) on every sampled token."""
-    weights = np.asarray(batch["decoder_loss_weights"])
+    weights = np.asarray(batch["decoder_loss_weights"]) * np.asarray(batch.get("example_weights", 1.0))
     return np.broadcast_to(weights[:, PROMPT - 1:PROMPT], (len(weights), GENERATED))
 
 
-@pytest.mark.parametrize("kind, temperature, beta", [("fkl", 1.0, 0.5), ("rkl", 2.0, 0.5), ("jsd", 1.5, 0.3),
-                                                     ("tvd", 1.0, 0.5)])
-def test_fixed_source_loss_is_the_float64_divergence_on_the_batch(kind, temperature, beta):
+@pytest.mark.parametrize("kind, temperature, beta, average", [
+    ("fkl", 1.0, 0.5, "sequence"), ("rkl", 2.0, 0.5, "token"), ("jsd", 1.5, 0.3, "sequence"),
+    ("tvd", 1.0, 0.5, "token")])
+def test_fixed_source_loss_is_the_float64_divergence_on_the_batch(kind, temperature, beta, average):
     batch, params = synthetic_batch(), PARAMS
-    loss, logged = jax.jit(lambda p, b: objective(divergence=kind, temperature=temperature, beta=beta).loss(
-        p, b, jax.random.key(0), 0))(params, batch)
-    weights = batch["decoder_loss_weights"][:, PROMPT:]
-    expected = reference_loss(params, batch["decoder_input_tokens"], weights, kind, temperature, beta)
+    loss, logged = jax.jit(lambda p, b: objective(divergence=kind, temperature=temperature, beta=beta,
+                                                  average=average).loss(p, b, jax.random.key(0), 0))(params, batch)
+    weights = (batch["decoder_loss_weights"] * batch["example_weights"])[:, PROMPT:]
+    expected = reference_loss(params, batch["decoder_input_tokens"], weights, kind, temperature, beta, average)
     np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
-    assert float(logged["divergence"]) == float(loss) and float(logged["weight"]) == weights.sum() == 3 * GENERATED - 3
+    # the denominator: rows 0 (weight 2), 1 and 3; or their tokens
+    count = 2 + 1 + 1 if average == "sequence" else 2 * GENERATED + GENERATED + GENERATED - 3
+    assert float(logged["divergence"]) == float(loss) and float(logged["weight"]) == pytest.approx(count, rel=1e-6)
+
+
+@pytest.mark.parametrize("average", ["sequence", "token"])
+def test_the_average_weights_sequences_and_tokens_as_float64_numpy(average):
+    """Random logits; rows of weight 1, 2, 0, 0.5 and 1 whose sampled continuations stop at their first EOS."""
+    rng = np.random.default_rng(3)
+    student, teacher = (3 * rng.normal(size=(5, 7, 11)).astype(np.float32) for _ in range(2))
+    tokens = rng.integers(3, 11, (5, 7))
+    tokens[0, 2], tokens[3, 0], tokens[4, 5] = 2, 2, 2  # EOS (2) ends rows 0, 3 and 4 early
+    rows = np.array([[1.0], [2.0], [0.0], [0.5], [1.0]], np.float32)
+
+    @jax.jit
+    def averaged(student, teacher, tokens, rows):
+        averaging = averaging_weights(continuation_weights(tokens, rows, eos_id=2), average)
+        return jnp.sum(losses.divergence("jsd", student, teacher, averaging)) / jnp.sum(averaging), jnp.sum(averaging)
+
+    weights = np.where(np.cumsum(tokens == 2, axis=1) - (tokens == 2) == 0, rows, 0.0)  # up to the first EOS
+    expected = numpy_average(numpy_divergence("jsd", student, teacher, 1.0, 0.5), weights, average)
+    np.testing.assert_allclose(averaged(student, teacher, tokens, rows), expected, rtol=1e-5)
+    np.testing.assert_array_equal(averaging_weights(jnp.zeros((2, 3)), average), np.zeros((2, 3)))  # no 0 / 0
 
 
 def test_on_policy_samples_come_from_the_current_draft_and_the_target_gets_no_optimizer_state(tmp_path):
@@ -156,7 +197,8 @@ def test_mixture_draws_sources_at_their_rates_and_each_branch_scores_its_own_dat
         assert {n: float(logged[f"source/{n}"]) for n in rates} == {n: float(n == name) for n in rates}
         sample_key = jax.random.split(rng)[1]
         if name == "fixed":
-            inputs, weights = batch["decoder_input_tokens"], batch["decoder_loss_weights"][:, PROMPT:]
+            inputs = batch["decoder_input_tokens"]
+            weights = (batch["decoder_loss_weights"] * batch["example_weights"])[:, PROMPT:]
         else:
             model, key = (TARGET, "target") if name == "target" else (DRAFT, "model")
             inputs, weights = sampled_inputs(model, params[key], batch, sample_key)[0], row_weights(batch)
@@ -183,6 +225,7 @@ def test_a_sampled_continuation_counts_up_to_and_including_its_first_eos():
     ({"generation_length": 0}, "generation_length must be an integer >= 1, got 0"),
     ({"prompt_length": 0}, "prompt_length must be an integer >= 1, got 0"),
     ({"temperature": 0.0}, "temperature must be > 0, got 0.0"),
+    ({"average": "row"}, "average 'row' is not one of sequence, token"),
 ])
 def test_bad_knobs_are_refused_in_one_line_naming_them(knobs, message):
     with pytest.raises(ConfigError) as refused:
@@ -213,7 +256,8 @@ def test_gin_files_parse_with_the_documented_models_and_knobs():
     assert built.target.config == smollm2 and built.model.config == draft
     assert (draft.vocab_size, draft.num_layers, draft.emb_dim, draft.mlp_dim, draft.tie_embeddings) == (
         smollm2.vocab_size, 4, 256, 704, True)
-    assert (built.divergence, built.sources, built.trainable_keys) == ("fkl", ("draft",), ("model",))
+    assert (built.divergence, built.sources, built.trainable_keys, built.average) == (
+        "fkl", ("draft",), ("model",), "sequence")
     assert built.prompt_length + built.generation_length == lengths["targets"] == 128
 
 

@@ -19,21 +19,39 @@ class Characters:
         return [1 + ord(c) % (VOCAB - 1) for c in text]
 
 
+def text(domain, i):
+    return f"{i}: a {domain} text, number {i}"  # distinct first and last 6 characters
+
+
+def shuffled_texts(domain, seed):
+    """Each domain's texts in a fixed order, the first one three times."""
+    del seed
+    return [text(domain, 0)] * 3 + [text(domain, i) for i in range(1, 10)]
+
+
 @pytest.fixture
 def split(monkeypatch, target):
-    texts = {d: [f"{d} text number {i}, long enough" for i in range(10)] for d in acceptance.DOMAINS}
-    monkeypatch.setattr(acceptance, "held_out_texts", lambda domain, count, seed: texts[domain][:count])
+    monkeypatch.setattr(acceptance, "held_out_texts", shuffled_texts)
     return acceptance.split_references(target, Characters(), 2, 6, max_new_tokens=5, max_gamma=3, seed=0)
 
 
-def test_the_splits_take_the_first_and_second_half_of_each_domains_draw(split):
+def test_the_splits_take_the_first_and_second_half_of_each_domains_distinct_prompts(split):
     evaluation, selection = split["evaluation"], split["selection"]
     assert evaluation.domains == selection.domains == tuple(d for d in acceptance.DOMAINS for _ in range(2))
     encode = Characters().encode
-    first, third = (encode(f"shakespeare text number {i}, long enough")[:6] for i in (0, 2))
+    first, third = (encode(text("shakespeare", i))[:6] for i in (0, 2))
     np.testing.assert_array_equal(evaluation.prompts[0], [0, *first])
-    np.testing.assert_array_equal(selection.prompts[0], [0, *third])
+    np.testing.assert_array_equal(selection.prompts[0], [0, *third])  # the repeats of text 0 passed over
+    np.testing.assert_array_equal(selection.prompts[4], [0, *encode(text("humaneval", 2))[-6:]])
     assert evaluation.greedy.shape == (6, 7 + 5 + 3) and evaluation.sampled.shape == (6, 7 + 5)
+    rows = [tuple(r[:n]) for refs in (evaluation, selection) for r, n in zip(refs.prompts, refs.lengths)]
+    assert len(set(rows)) == len(rows) == 12  # no prompt twice, so none in both halves
+
+
+def test_too_few_distinct_prompts_are_refused_by_domain(monkeypatch):
+    monkeypatch.setattr(acceptance, "held_out_texts", lambda domain, seed: ["same text"] * 5)
+    with pytest.raises(ValueError, match="held-out shakespeare texts give 1 distinct prompts, fewer than the 2"):
+        acceptance.held_out_prompts(Characters(), 2, 6, seed=0)
 
 
 def test_references_continue_the_prompt_with_the_targets_greedy_tokens(split, target):
@@ -86,22 +104,41 @@ def scored_outcome(evaluation, selection):
             "selection": {"greedy_tau": selection, "alpha": selection}}
 
 
-def test_the_best_draft_is_chosen_on_the_selection_prompts(tmp_path):
+def test_the_best_drafts_are_chosen_on_the_selection_prompts_and_report_evaluation_values(tmp_path):
     skipped = {"skipped": True, "values": dict.fromkeys(reproduction.SCORES)}
     outcomes = {arm: skipped for arm in reproduction.DISTILLED}
-    # jsd_fixed scores best on the evaluation prompts, tvd_draft on the selection prompts: tvd_draft is chosen.
-    outcomes.update(jsd_fixed=scored_outcome(1.5, 1.1), tvd_draft=scored_outcome(1.2, 1.3),
+    # jsd_fixed scores best on the evaluation prompts, tvd_draft on the selection prompts: tvd_draft is chosen
+    # from every draft; rkl_fixed, best of the fixed-data drafts on the selection prompts, from those.
+    outcomes.update(jsd_fixed=scored_outcome(1.5, 1.1), rkl_fixed=scored_outcome(1.05, 1.2),
+                    tvd_draft=scored_outcome(1.2, 1.3), fkl_draft=scored_outcome(1.4, 1.0),
                     undistilled=scored_outcome(1.0, 1.0))
     context = write_outcomes(tmp_path, outcomes)
-    chosen = reproduction.STUDY.arm("best_sampled").run(context)
-    assert chosen["chosen"] == "tvd_draft" and chosen["values"]["alpha"] == 1.2
-    study._write_json(context.folder / study.OUTCOME_FILE, chosen)
+    chosen = {name: reproduction.STUDY.arm(name).run(context.replace(name))  # (best_greedy also decodes)
+              for name in ("best_sampled", "best_on_policy_greedy", "best_fixed_greedy", "best_fixed_sampled")}
+    assert {n: (c["chosen"], c["values"]["alpha"]) for n, c in chosen.items()} == {
+        "best_sampled": ("tvd_draft", 1.2), "best_on_policy_greedy": ("tvd_draft", 1.2),
+        "best_fixed_greedy": ("rkl_fixed", 1.05), "best_fixed_sampled": ("rkl_fixed", 1.05)}
+    study._write_json(context.folder / study.OUTCOME_FILE, chosen["best_sampled"])
     assert reproduction.ratio("alpha")(context) == pytest.approx(1.2)
     assert reproduction.ratio("alpha")(context.replace("fkl_fixed")) is None
 
 
-def test_a_quick_run_distils_one_draft_and_skips_the_others():
+def test_the_default_distils_fixed_and_on_policy_drafts_and_the_quick_run_one_of_each():
     settings = {**reproduction.STUDY.settings, **reproduction.STUDY.quick}
     assert set(settings) == set(reproduction.STUDY.settings)
-    assert settings["drafts"] == ["jsd_fixed"] and settings["speedup_gamma"] in settings["timing_gammas"]
+    assert settings["drafts"] == ["jsd_fixed", "jsd_draft"] and settings["speedup_gamma"] in settings["timing_gammas"]
     assert reproduction.STUDY.settings["speedup_gamma"] in reproduction.STUDY.settings["timing_gammas"]
+    assert sorted(reproduction.STUDY.settings["drafts"]) == sorted(a for a in reproduction.DISTILLED
+                                                                   if not a.endswith("_target"))
+    for drafts in (settings["drafts"], reproduction.STUDY.settings["drafts"]):
+        reproduction.check_drafts(drafts)
+
+
+@pytest.mark.parametrize("drafts, message", [
+    (["jsd_fixed", "kl_draft"], "drafts names 'kl_draft', not one of fkl_fixed"),
+    (["jsd_fixed", "jsd_target"], "has no on-policy draft"),
+    (["jsd_draft"], "has no fixed data draft"),
+])
+def test_drafts_the_claims_cannot_use_are_refused(drafts, message):
+    with pytest.raises(study.StudyError, match=message):
+        reproduction.check_drafts(drafts)
