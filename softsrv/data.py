@@ -1,8 +1,9 @@
 """SoftSRV's data from any file of examples, with no per-domain code.
 
 A file holds one example per line, or JSON Lines with a "text" field (`.jsonl`, or a first line
-that is a JSON object); blank lines are skipped. `register_examples_task` makes a seqio Task of such
-examples by split, with the two tokenisations SoftSRV's objective reads:
+that is a JSON object); blank lines are skipped. `check_disjoint` refuses files that share an example
+(training, validation and test examples must be apart). `register_examples_task` makes a seqio Task
+of such examples by split, with the two tokenisations SoftSRV's objective reads:
 - "inputs": the example in the sentence embedder's vocabulary with its special tokens, exactly the
   ids `littlehelp.embed.SentenceEmbedder.tokenize` gives (so the context vector the objective pools
   in the step is the embedder's own embedding of the example);
@@ -61,6 +62,24 @@ def read_examples(path: str | Path, min_examples: int = MIN_EXAMPLES) -> list[st
     if len(texts) < min_examples:
         raise ConfigError(f"{path} holds {len(texts)} examples; SoftSRV needs at least {min_examples}")
     return texts
+
+
+def example_key(text: str) -> str:
+    """What two examples must differ in to count as different: their words (whitespace collapsed)."""
+    return " ".join(text.split())
+
+
+def check_disjoint(files: Sequence[tuple[str | Path, Sequence[str]]]) -> None:
+    """Refuses, in one line naming both files and an example, any two of `files` [(path, examples)] that
+    share an example (compared with whitespace collapsed)."""
+    keyed = [(path, {example_key(text): text for text in texts}) for path, texts in files]
+    for index, (first, first_keys) in enumerate(keyed):
+        for second, second_keys in keyed[index + 1:]:
+            shared = [text for key, text in first_keys.items() if key in second_keys]
+            if shared:
+                example = shared[0] if len(shared[0]) <= 60 else shared[0][:57] + "..."
+                raise ConfigError(f"{first} and {second} share {len(shared)} example(s), e.g. {example!r}: "
+                                  "training, validation and test examples must be disjoint")
 
 
 EMBEDDER_IDS = "embedder_ids"  # the source's pre-tokenised "inputs", renamed after seqio tokenizes "targets"

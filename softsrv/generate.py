@@ -1,10 +1,11 @@
 """SoftSRV generation: synthetic examples from the frozen LM, steered by a trained soft prompt or by a
 hard prompt (the baselines), all through the core's one sampling loop (`littlehelp.decoding.generate`).
 
-- `soft_prompted`: one sample per context vector z (each from a held-out target example): the prompt
+- `soft_prompted`: one sample per context vector z (each from a training example): the prompt
   P_theta(z) goes before the start token as input embeddings;
 - `hard_prompted`: the same sampling after a text prompt, `zero_shot_prompt(instruction)` or
-  `few_shot_prompt(examples, instruction)` (k target examples in the prompt).
+  `few_shot_prompt(examples, instruction)` (k training examples in the prompt); the instruction is
+  the generic `GENERIC_INSTRUCTION` or one written for the domain.
 Samples end at the LM vocabulary's EOS or after `max_new_tokens`, and are decoded to text.
 """
 
@@ -23,15 +24,15 @@ from littlehelp.objectives import Params
 from softsrv.objective import SoftPromptObjective
 
 START_TOKEN = 0  # the objective's shifted inputs start with id 0, so generation starts there too
-DEFAULT_INSTRUCTION = "Write one more example like the examples of this kind."
+GENERIC_INSTRUCTION = "Write one more example like the examples of this kind."
 
 
-def zero_shot_prompt(instruction: str = DEFAULT_INSTRUCTION) -> str:
+def zero_shot_prompt(instruction: str) -> str:
     """The zero-shot hard prompt: the instruction alone, then a blank line."""
     return f"{instruction}\n\n"
 
 
-def few_shot_prompt(examples: Sequence[str], instruction: str = DEFAULT_INSTRUCTION) -> str:
+def few_shot_prompt(examples: Sequence[str], instruction: str) -> str:
     """The few-shot hard prompt: the instruction, each example after "Example:", then "Example:" to continue."""
     shown = "".join(f"Example:\n{example}\n\n" for example in examples)
     return f"{instruction}\n\n{shown}Example:\n"

@@ -1,5 +1,6 @@
 """Tiny frozen models at the real vocabularies' sizes, and files of examples, for SoftSRV's CLI tests."""
 
+import json
 from pathlib import Path
 
 from littlehelp.models import BertConfig, DecoderConfig, build_model
@@ -8,19 +9,23 @@ from tests.helpers import random_params, save_params_only
 
 TEXTS = ["def add(a, b): return a + b", "print('hello')", "x = [i * i for i in range(3)]", "import os",
          "while True: break"]
+VALIDATION = ["y = 2 ** 10", "print(len('abc'))", "for c in 'xy': pass", "import sys"]
+TEST = ["z = {1: 'one'}", "assert 1 < 2", "del x", "raise SystemExit"]
 LM_SIZES = {"emb_dim": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "head_dim": 8, "mlp_dim": 32}
 EMBEDDER_SIZES = {"emb_dim": 12, "num_layers": 1, "num_heads": 2, "mlp_dim": 24}
 
 
 def tiny_setup(folder: Path) -> list[str]:
-    """Writes a tiny LM (SmolLM2's vocabulary), a tiny embedder (MiniLM's), train.txt and eval.jsonl
-    into `folder`; returns the gin overrides (`--gin.NAME=VALUE`) that point softsrv/*.gin at them."""
+    """Writes a tiny LM (SmolLM2's vocabulary), a tiny embedder (MiniLM's) and three disjoint files of
+    examples, train.txt (TEXTS), validation.jsonl and test.txt, into `folder`; returns the gin overrides
+    (`--gin.NAME=VALUE`) that point softsrv/*.gin at them."""
     lm = build_model(DecoderConfig(vocab_size=49152, tie_embeddings=True, **LM_SIZES))
     embedder = build_model(BertConfig(vocab_size=30522, max_position_embeddings=512, **EMBEDDER_SIZES))
     save_params_only(random_params(lm, 0), folder / "lm")
     save_params_only(random_params(embedder, 1), folder / "embedder")
     (folder / "train.txt").write_text("\n".join(TEXTS))
-    (folder / "eval.jsonl").write_text("\n".join(f'{{"text": "{t}"}}' for t in TEXTS[:4]))
+    (folder / "validation.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in VALIDATION))
+    (folder / "test.txt").write_text("\n".join(TEST))
     sizes = [f"--gin.lm/decoder.DecoderConfig.{k}={v}" for k, v in LM_SIZES.items()]
     sizes += [f"--gin.embedder/bert.BertConfig.{k}={v}" for k, v in EMBEDDER_SIZES.items()]
     return [f"--gin.LM_DIR='{folder / 'lm'}'", f"--gin.EMBEDDER_DIR='{folder / 'embedder'}'",

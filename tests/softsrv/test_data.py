@@ -1,6 +1,7 @@
-"""SoftSRV's data: files of lines or JSONL read as examples and refused by name when bad; the
-registered Task's "inputs" are the real MiniLM's own ids, so the context vector the objective pools
-from a batch equals `SentenceEmbedder.embed` of the example, and its "targets" are the LM's ids + EOS."""
+"""SoftSRV's data: files of lines or JSONL read as examples and refused by name when bad; the registered
+Task's "inputs" are the real MiniLM's own ids, so the context vector the objective pools from a batch
+equals `SentenceEmbedder.embed` of the example, and its "targets" are the LM's ids + EOS. The contexts
+soft prompts sample from are the training split's embeddings, never a validation example's."""
 
 import json
 
@@ -13,6 +14,7 @@ from littlehelp.config import ConfigError
 from littlehelp.data import pipeline, vocab
 from littlehelp.embed import SentenceEmbedder
 from littlehelp.models import DecoderConfig, build_model
+from softsrv import synthesis
 from softsrv.data import read_examples, register_examples_task
 from softsrv.objective import SoftPromptObjective
 from softsrv.prompts import NonContextualPrompt
@@ -63,3 +65,22 @@ def test_the_context_pooled_from_a_batch_is_the_embedders_embedding(embedder):
     for row, expected in zip(features["decoder_target_tokens"], targets):
         assert list(row[:len(expected)]) == expected and not row[len(expected):].any()
     assert seqio.get_mixture_or_task("softsrv_test_examples").output_features["targets"].add_eos
+
+
+def test_sampling_contexts_are_the_training_examples_embeddings_never_a_scored_one(embedder):
+    register_examples_task("softsrv_test_splits", {"train": TEXTS[:2], "validation": TEXTS[2:]},
+                           vocab.default_vocabulary(), embedder)
+    lm = build_model(DecoderConfig(vocab_size=8192, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                                   head_dim=8, mlp_dim=32))
+    objective = SoftPromptObjective(NonContextualPrompt(2, 16), lm, embedder.pretrained.model)
+    z = synthesis.contexts(objective, {"embedder": embedder.pretrained.params}, "softsrv_test_splits",
+                           {"inputs": 32, "targets": 48})
+    np.testing.assert_allclose(z, embedder.embed(TEXTS[:2]), rtol=1e-4, atol=1e-5)
+    scored = embedder.embed(TEXTS[2:])
+    assert np.abs(z[:, None] - scored[None]).max(-1).min() > 0.05  # no context is a validation example's
+
+
+def test_context_rows_use_every_context_once_before_any_twice():
+    rows = synthesis.context_rows(3, 7, seed=1)
+    assert sorted(rows[:3]) == sorted(rows[3:6]) == [0, 1, 2] and rows[6] in (0, 1, 2)
+    assert len({tuple(synthesis.context_rows(5, 5, seed)) for seed in range(4)}) > 1  # the seed sets the order
