@@ -126,6 +126,8 @@ def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
                          help="a file of NAME=[V1, V2] lines, one per line, # comments allowed")
     sweeper.add_argument("--print_commands", action="store_true",
                          help="print one `littlehelp train` command per point and run nothing")
+    sweeper.add_argument("--stop_on_failure", action="store_true",
+                         help="stop at the first point that fails (default: record it as failed and go on)")
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
@@ -148,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
         if args.command == "sweep":
             from littlehelp import sweep  # pylint: disable=import-outside-toplevel
 
-            return sweep.run_sweep(args.gin_file, args.sweep, args.sweep_file, overrides, args.print_commands)
+            return sweep.run_sweep(args.gin_file, args.sweep, args.sweep_file, overrides, args.print_commands,
+                                   args.stop_on_failure)
         result = _compile(args, overrides) if args.command == "compile" else _run_command(args, overrides)
     except LittlehelpError as error:
         print(f"littlehelp: error: {error.one_line()}", file=sys.stderr)

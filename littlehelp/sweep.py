@@ -6,8 +6,12 @@ trains into `MODEL_DIR/<its values>` (e.g. `BATCH_SIZE=8,peak_learning_rate=0.01
 `littlehelp.launch.train`, which reuses a folder that already holds its final step, otherwise lets
 the trainer resume from the newest checkpoint, and refuses a folder built with other settings. Every
 point's configuration (and its folder's launch.json) is checked before anything runs, so a misspelt
-name or a folder left by another sweep fails at once. The summary (`sweep.json`, `sweep.md`, `sweep.png`) is read
-back from each folder's metrics.jsonl, so a rerun that skips finished points still reports them.
+name or a folder left by another sweep fails at once. A point that fails on its own (a `LittlehelpError` such
+as a diverged loss) is recorded as failed with its one-line reason and the sweep goes on (or stops there
+with `stop_on_failure`); the sweep then fails once the summary is written. A rerun trains failed points
+again (their cause may have been fixed) and records their new outcome. SIGTERM and Ctrl-C stop the sweep at
+once. The summary (`sweep.json`, `sweep.md`, `sweep.png`) is read back from each folder's metrics.jsonl, so
+a rerun that skips finished points still reports them.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from gin import config_parser
 
 from littlehelp import config, launch, metrics
 from littlehelp.config import ConfigError
+from littlehelp.errors import LittlehelpError, PreemptedError
 from littlehelp.launch import last_metrics
 
 SUMMARY_NAME = "sweep"
 # Folder names longer than this (bytes) are cut and end in a hash of the whole name.
 MAX_FOLDER_NAME = 200
 _OPENERS, _CLOSERS = "([{", ")]}"
+FINISHED, FAILED, NOT_RUN = "finished", "failed", "not run"  # a point's status in the summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +57,10 @@ class Point:
 
     folder: Path
     values: dict[str, str]
+
+
+class SweepFailedError(LittlehelpError):
+    """Some points of a sweep failed (the summary, written, says which and why)."""
 
 
 class _ParseOnly(config_parser.ParserDelegate):
@@ -232,14 +242,43 @@ def train_command(point: Point, gin_files: Sequence[str], bindings: Mapping[str,
     return shlex.join(arguments)
 
 
-def point_summary(point: Point) -> dict[str, Any]:
-    """A point's swept values and the final train and last eval metrics of its metrics.jsonl."""
+def train_points(points: Sequence[Point], bindings: Sequence[Mapping[str, str]], gin_files: Sequence[str],
+                 stop_on_failure: bool = False) -> dict[str, str | None]:
+    """Trains the points in turn: {folder name: None when finished, else its failure's one line}.
+
+    A point's own failure (a `LittlehelpError`: a diverged loss, a setting the trainer refuses, an
+    unusable checkpoint) is printed and recorded, and the next point runs, or none with
+    `stop_on_failure`; points after a stop are left out. SIGTERM (`PreemptedError`) and Ctrl-C stop the
+    sweep at once.
+    """
+    outcomes: dict[str, str | None] = {}
+    for number, (point, binding) in enumerate(zip(points, bindings), start=1):
+        print(f"sweep point {number}/{len(points)}: {point.folder}", flush=True)
+        try:
+            launch.require_finished(launch.train(gin_files, binding, point.folder))
+        except PreemptedError:
+            raise
+        except LittlehelpError as error:
+            outcomes[point.folder.name] = error.one_line()
+            print(f"  {point.folder.name}: failed: {error.one_line()}", flush=True)
+            if stop_on_failure:
+                break
+        else:
+            outcomes[point.folder.name] = None
+    return outcomes
+
+
+def point_summary(point: Point, outcomes: Mapping[str, str | None]) -> dict[str, Any]:
+    """A point's swept values, its status and error (from `outcomes`, as `train_points` returns them), and
+    the final train and last eval metrics of its metrics.jsonl."""
     path = point.folder / "metrics.jsonl"
     records = metrics.read_jsonl(path) if path.is_file() else []
     train_step, train = last_metrics(records, "train")
     eval_step, evaluation = last_metrics(records, "eval")
-    return {"folder": point.folder.name, "values": dict(point.values), "step": train_step, "train": train,
-            "eval_step": eval_step, "eval": evaluation}
+    error = outcomes.get(point.folder.name)
+    status = NOT_RUN if point.folder.name not in outcomes else FAILED if error else FINISHED
+    return {"folder": point.folder.name, "values": dict(point.values), "status": status, "error": error,
+            "step": train_step, "train": train, "eval_step": eval_step, "eval": evaluation}
 
 
 def plotted_loss(summaries: Sequence[Mapping[str, Any]]) -> str:
@@ -248,15 +287,25 @@ def plotted_loss(summaries: Sequence[Mapping[str, Any]]) -> str:
 
 
 def markdown_table(summaries: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
-    """The summary as a Markdown table: swept values, last train step, train and eval loss (and accuracy)."""
+    """The summary as a Markdown table: swept values, last train step, train and eval loss (and accuracy),
+    and a status column (`failed: <reason>`, `not run`) when some point did not finish."""
     columns = [(kind, metric) for kind in ("train", "eval") for metric in ("loss", "accuracy")
                if any(metric in s[kind] for s in summaries)]
+    with_status = any(s["status"] != FINISHED for s in summaries)
     short = short_names(names)
-    header = [*(short[n] for n in names), "step", *(f"{kind} {metric}" for kind, metric in columns)]
+    header = [*(short[n] for n in names), "step", *(f"{kind} {metric}" for kind, metric in columns),
+              *(["status"] if with_status else [])]
     rows = [[*(s["values"][n] for n in names), "-" if s["step"] is None else str(s["step"]),
-             *(_number(s[kind].get(metric)) for kind, metric in columns)] for s in summaries]
+             *(_number(s[kind].get(metric)) for kind, metric in columns),
+             *([_status(s)] if with_status else [])] for s in summaries]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)]) + "\n"
+
+
+def _status(summary: Mapping[str, Any]) -> str:
+    """A point's status as a table cell: `finished`, `not run` or `failed: <reason>` (`|` escaped)."""
+    status = f"{FAILED}: {summary['error']}" if summary["status"] == FAILED else summary["status"]
+    return status.replace("|", "\\|")
 
 
 def _number(value: float | None) -> str:
@@ -318,26 +367,29 @@ def _draw_panel(panel: Any, axis: Axis, others: Sequence[str], summaries: Sequen
         panel.legend(fontsize="small")
 
 
-def write_summary(model_dir: str | Path, points: Sequence[Point], axes: Sequence[Axis]) -> list[dict[str, Any]]:
-    """Writes MODEL_DIR/sweep.json, sweep.md and sweep.png from the points' metrics; returns the summaries."""
+def write_summary(model_dir: str | Path, points: Sequence[Point], axes: Sequence[Axis],
+                  outcomes: Mapping[str, str | None]) -> list[dict[str, Any]]:
+    """Writes MODEL_DIR/sweep.json, sweep.md and sweep.png from the points' metrics and `outcomes` (as
+    `train_points` returns them); returns the summaries. The plot shows finished points only."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    summaries = [point_summary(p) for p in points]
+    summaries = [point_summary(p, outcomes) for p in points]
     names = [a.name for a in axes]
     report = {"swept": {a.name: list(a.values) for a in axes}, "points": summaries}
     (model_dir / f"{SUMMARY_NAME}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (model_dir / f"{SUMMARY_NAME}.md").write_text(markdown_table(summaries, names), encoding="utf-8")
-    plot_summary(summaries, axes, model_dir / f"{SUMMARY_NAME}.png")
+    plot_summary([s for s in summaries if s["status"] == FINISHED], axes, model_dir / f"{SUMMARY_NAME}.png")
     print(f"wrote {model_dir / SUMMARY_NAME}.json, .md and .png", flush=True)
     return summaries
 
 
 def run_sweep(gin_files: Sequence[str], sweeps: Sequence[str], sweep_files: Sequence[str], overrides: Sequence[str],
-          print_commands: bool = False) -> list[dict[str, Any]] | list[str]:
-    """Checks every point of the grid, then trains them in turn and writes the summary.
+          print_commands: bool = False, stop_on_failure: bool = False) -> list[dict[str, Any]] | list[str]:
+    """Checks every point of the grid, then trains them in turn (`train_points`) and writes the summary.
 
     With `print_commands`, prints (and returns) one `littlehelp train` command per point instead and
-    runs nothing. Otherwise returns the summaries written to MODEL_DIR/sweep.json.
+    runs nothing. Otherwise returns the summaries written to MODEL_DIR/sweep.json, or raises
+    `SweepFailedError` after writing them when a point failed.
     """
     model_dir, fixed = split_model_dir(overrides)
     axes = gather_axes(sweeps, sweep_files)
@@ -349,7 +401,19 @@ def run_sweep(gin_files: Sequence[str], sweeps: Sequence[str], sweep_files: Sequ
         commands = [train_command(p, gin_files, b) for p, b in zip(points, bindings)]
         print("\n".join(commands), flush=True)
         return commands
-    for number, (point, binding) in enumerate(zip(points, bindings), start=1):
-        print(f"sweep point {number}/{len(points)}: {point.folder}", flush=True)
-        launch.train(gin_files, binding, point.folder)
-    return write_summary(model_dir, points, axes)
+    outcomes = train_points(points, bindings, gin_files, stop_on_failure)
+    summaries = write_summary(model_dir, points, axes, outcomes)
+    failed = {name: error for name, error in outcomes.items() if error}
+    if failed:
+        raise SweepFailedError(failure_line(failed, len(points) - len(outcomes), len(points),
+                                            Path(model_dir) / f"{SUMMARY_NAME}.md"))
+    return summaries
+
+
+def failure_line(failed: Mapping[str, str], not_run: int, total: int, table: Path) -> str:
+    """The one line a sweep with failed points ends with: how many failed (or where it stopped), the
+    first failure's folder and reason, and where the summary is."""
+    first, error = next(iter(failed.items()))
+    if not_run:
+        return f"sweep stopped at {first}: {error}; {not_run} point{'s' * (not_run > 1)} not run; see {table}"
+    return f"{len(failed)} of {total} sweep points failed ({first}: {error}); see {table}"

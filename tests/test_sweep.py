@@ -1,12 +1,15 @@
 """`littlehelp sweep`: grid expansion and folder names, refused input, printed commands, and one tiny
-2-point sweep end to end (trained, summarised, then rerun without training)."""
+2-point sweep end to end (trained, summarised, then rerun without training) with a diverging point
+recorded as failed, and a sweep that stops at a failure, a Ctrl-C or a SIGTERM."""
 
 import json
 import shlex
+from pathlib import Path
 
 import pytest
 
-from littlehelp import checkpoints, main, metrics, sweep
+from littlehelp import checkpoints, launch, main, metrics, sweep
+from littlehelp.trainer import NonFiniteLossError
 
 LR = "optimizers.inverse_sqrt_schedule.peak_learning_rate"
 TINY_RUN = ["--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/pretrain.gin", "--gin.TASK=docstrings_prefix_lm",
@@ -94,9 +97,44 @@ def test_print_commands_prints_one_runnable_train_command_per_point(capsys, tmp_
         assert "TASK=docstrings_prefix_lm" in overrides
 
 
-def test_sweep_trains_each_point_summarises_and_reuses_finished_points(capsys, tmp_path):
-    argv = ["sweep", *TINY_RUN, f"--sweep={LR}=[0.01, 0.002]", f"--gin.MODEL_DIR={tmp_path}"]
-    summaries = main.main(argv)
+DIVERGED = "loss is nan at step 1: stopping; no checkpoint was saved (the bad state was not saved)"
+
+
+def recorded(train, diverges=None):
+    """`train` (standing in for `launch.train`) that records the folders it is called for in its `calls`,
+    and raises the trainer's `NonFiniteLossError` for the folder named `diverges` (what an infinite
+    learning rate does, without its compile)."""
+    def train_or_diverge(gin_files, bindings, model_dir):
+        calls.append(Path(model_dir).name)
+        if Path(model_dir).name == diverges:
+            raise NonFiniteLossError(DIVERGED)
+        return train(gin_files, bindings, model_dir)
+
+    calls = []
+    train_or_diverge.calls = calls
+    return train_or_diverge
+
+
+def failing_sweep(capsys, argv, code=1):
+    """`littlehelp sweep ARGV` exits `code`; returns its last stderr line and the points of sweep.json."""
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(argv)
+    assert exit_info.value.code == code
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    model_dir = next(a.partition("=")[2] for a in argv if a.startswith("--gin.MODEL_DIR="))
+    return error, json.loads((Path(model_dir) / "sweep.json").read_text())["points"]
+
+
+def test_sweep_trains_each_point_summarises_and_reuses_finished_points(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "train", recorded(launch.train, diverges="peak_learning_rate=1e999"))
+    argv = ["sweep", *TINY_RUN, f"--sweep={LR}=[0.01, 1e999, 0.002]", f"--gin.MODEL_DIR={tmp_path}"]
+    error, summaries = failing_sweep(capsys, argv)
+    assert error == (f"littlehelp: error: 1 of 3 sweep points failed (peak_learning_rate=1e999: {DIVERGED}); "
+                     f"see {tmp_path / 'sweep.md'}")
+    assert launch.train.calls == ["peak_learning_rate=0.01", "peak_learning_rate=1e999", "peak_learning_rate=0.002"]
+    assert [(s["status"], s["error"]) for s in summaries] == [("finished", None), ("failed", DIVERGED),
+                                                              ("finished", None)]
+    del summaries[1]
     folders = [tmp_path / "peak_learning_rate=0.01", tmp_path / "peak_learning_rate=0.002"]
     for folder, summary, value in zip(folders, summaries, ["0.01", "0.002"]):
         assert f"inverse_sqrt_schedule.peak_learning_rate = {value}\n" in (folder / "config.gin").read_text()
@@ -105,15 +143,49 @@ def test_sweep_trains_each_point_summarises_and_reuses_finished_points(capsys, t
         assert summary["train"]["loss"] == train_records[-1]["train/loss"]
     assert summaries[0]["train"]["loss"] != summaries[1]["train"]["loss"]
     table = (tmp_path / "sweep.md").read_text()
-    assert table.startswith("| peak_learning_rate | step | train loss |") and "| 0.002 | 2 |" in table
+    assert table.startswith("| peak_learning_rate | step | train loss | train accuracy | status |")
+    assert "| 0.002 | 2 |" in table and f"| 1e999 | - | - | - | failed: {DIVERGED} |" in table
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     written = (tmp_path / "sweep.json").read_text()
-    assert json.loads(written)["points"] == summaries
-    capsys.readouterr()
 
     records = [(f / "metrics.jsonl").read_text() for f in folders]
-    assert main.main(argv) == summaries
-    assert capsys.readouterr().out.count("step 2 is there, reused") == 2
+    assert failing_sweep(capsys, argv)[0] == error
+    assert launch.train.calls[3:] == launch.train.calls[:3]
     assert [(f / "metrics.jsonl").read_text() for f in folders] == records
     assert [checkpoints.finished_steps(f / "checkpoints") for f in folders] == [[2], [2]]
     assert (tmp_path / "sweep.json").read_text() == written
+
+
+def finished(gin_files, bindings, model_dir):
+    """`launch.train` standing in for a run that reached its final step (2) and wrote no metrics."""
+    return launch.RunResult(Path(model_dir), 2, {}, {}, 0.0, reused=False, preempted=False)
+
+
+def test_stop_on_failure_stops_at_the_first_failed_point_and_still_writes_the_summary(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "train", recorded(finished, diverges="Z_LOSS=1e-4"))
+    error, summaries = failing_sweep(capsys, ["sweep", *TINY_RUN, "--sweep=Z_LOSS=[0.0, 1e-4, 1e-3]",
+                                              f"--gin.MODEL_DIR={tmp_path}", "--stop_on_failure"])
+    assert error == (f"littlehelp: error: sweep stopped at Z_LOSS=1e-4: {DIVERGED}; 1 point not run; "
+                     f"see {tmp_path / 'sweep.md'}")
+    assert launch.train.calls == ["Z_LOSS=0.0", "Z_LOSS=1e-4"]
+    assert [s["status"] for s in summaries] == ["finished", "failed", "not run"]
+    assert "| 1e-3 | - | not run |" in (tmp_path / "sweep.md").read_text()
+
+
+def preempted(gin_files, bindings, model_dir):
+    """`launch.train` standing in for a run that SIGTERM stopped at step 1 with its state saved."""
+    return launch.RunResult(Path(model_dir), 1, {}, {}, 0.0, reused=False, preempted=True)
+
+
+def interrupted(gin_files, bindings, model_dir):
+    """`launch.train` standing in for a run stopped by Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stopped, raised, code", [(preempted, SystemExit, 75), (interrupted, KeyboardInterrupt, None)])
+def test_a_sigterm_or_ctrl_c_stops_the_sweep_at_once(capsys, tmp_path, monkeypatch, stopped, raised, code):
+    monkeypatch.setattr(launch, "train", recorded(stopped))
+    with pytest.raises(raised) as exit_info:
+        main.main(["sweep", *TINY_RUN, "--sweep=Z_LOSS=[0.0, 1e-4]", f"--gin.MODEL_DIR={tmp_path}"])
+    assert getattr(exit_info.value, "code", None) == code
+    assert launch.train.calls == ["Z_LOSS=0.0"] and not (tmp_path / "sweep.json").exists()
