@@ -166,11 +166,14 @@ def _options(config: CheckpointConfig, read_only: bool = False) -> ocp.Checkpoin
 
 
 def _manager(directory: epath.Path, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+    """A manager that knows every item's handler up front: orbax warns, on reading a step's metadata,
+    of each item on disk whose handler it has not met yet (the ``data_iterator`` of a fresh process)."""
     registry = ocp.handlers.create_default_handler_registry(
         **{
             STATE_ITEM: ocp.StandardCheckpointHandler(),
             DATA_ITEM: ocp.JsonCheckpointHandler(),
             INTEGRITY_ITEM: ocp.JsonCheckpointHandler(),
+            ITERATOR_ITEM: _IteratorHandler(),
         }
     )
     return ocp.CheckpointManager(directory, options=options, handler_registry=registry)

@@ -28,6 +28,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 from absl import logging
+from google.protobuf.message import DecodeError
 from jax.sharding import Mesh
 
 from littlehelp import checkpoints, partitioning
@@ -207,6 +208,13 @@ def stream_id(config: DatasetConfig) -> str:
     return repr(config)
 
 
+# What reading a saved iterator state raises when its files are missing, damaged or of another
+# pipeline: TensorFlow's own errors (no or a bad index, a checksum mismatch); IndexError from its
+# reader when a data file is shorter than the index says (truncated or emptied); DecodeError when
+# the object graph is not one; AssertionError or ValueError when the state's structure differs.
+_UNREADABLE_STATE_ERRORS = (tf.errors.OpError, IndexError, DecodeError, AssertionError, ValueError)
+
+
 class ResumePoint(NamedTuple):
     """Where a stream resumes: its next batch, and the saved iterator state (a file prefix) that
     reaches it at once, when there is one for this stream."""
@@ -245,9 +253,9 @@ class GlobalBatches:
             try:
                 checkpoint.read(resume.iterator_state).assert_consumed()
                 return iterator, checkpoint
-            except (tf.errors.OpError, AssertionError, ValueError) as error:
+            except _UNREADABLE_STATE_ERRORS as error:
                 logging.warning("the input iterator state %s does not read back (%s); replaying %d batches instead",
-                                resume.iterator_state, str(error).splitlines()[0][:200], resume.batch)
+                                resume.iterator_state, checkpoints.short_error(error), resume.batch)
         elif resume.batch:
             logging.info("no saved input iterator state: replaying %d batches", resume.batch)
         iterator, checkpoint = self._fresh_iterator()

@@ -3,9 +3,13 @@ included) instead of replaying every batch before it: the same batches as the un
 from a position the state alone fixes, through a checkpoint and on another device count."""
 
 import logging
+import pathlib
+import shutil
+from collections.abc import Callable
 
 import jax
 import numpy as np
+import pytest
 import seqio
 import tensorflow as tf
 
@@ -47,16 +51,45 @@ def test_saved_state_resumes_the_stream_where_it_stopped_not_where_the_count_say
     assert np.array_equal(_tokens(resumed_again, 1)[0], want[1])
 
 
-def test_unreadable_state_falls_back_to_replaying_with_a_warning(tmp_path, caplog):
+@pytest.fixture(scope="module")
+def state_after_two_batches(tmp_path_factory) -> tuple[pathlib.Path, list[np.ndarray]]:
+    """The files of a stream's iterator state saved after 2 batches, and the stream's batches 2 and 3."""
+    folder = tmp_path_factory.mktemp("saved")
     straight = GlobalBatches(_config(), _mesh(1))
-    want = _tokens(straight, 4)[2:]
-    (tmp_path / "iterator.index").write_bytes(b"not a checkpoint")
+    _tokens(straight, 2)
+    straight.iterator_checkpoint().write(str(folder / "iterator"))
+    return folder, _tokens(straight, 2)
+
+
+def _cut(suffix: str, keep: Callable[[int], int]) -> Callable[[pathlib.Path], None]:
+    """A damage that keeps the first `keep(size)` bytes of the state's file ending in `suffix`."""
+    def damage(prefix: pathlib.Path) -> None:
+        path = next(prefix.parent.glob(f"{prefix.name}{suffix}"))
+        path.write_bytes(path.read_bytes()[: keep(path.stat().st_size)])
+    return damage
+
+
+@pytest.mark.parametrize("damage", [
+    lambda prefix: prefix.with_name(prefix.name + ".index").write_bytes(b"not a checkpoint"),
+    _cut(".index", lambda size: 0),
+    _cut(".data-*", lambda size: 0),
+    _cut(".data-*", lambda size: size // 2),
+    _cut(".data-*", lambda size: size - 1),
+], ids=["overwritten index", "emptied index", "emptied data", "data cut in half", "data short of its last byte"])
+def test_unreadable_state_falls_back_to_replaying_with_a_warning(tmp_path, caplog, state_after_two_batches, damage):
+    """Whatever makes the saved state unreadable, the stream replays to the same batches an
+    uninterrupted one gives, and one warning names the state's files."""
+    saved, want = state_after_two_batches
+    shutil.copytree(saved, tmp_path / "state")
+    prefix = tmp_path / "state" / "iterator"
+    damage(prefix)
     with caplog.at_level(logging.WARNING):
-        resumed = GlobalBatches(_config(), _mesh(1), pipeline.ResumePoint(2, str(tmp_path / "iterator")))
+        resumed = GlobalBatches(_config(), _mesh(1), pipeline.ResumePoint(2, str(prefix)))
         got = _tokens(resumed, 2)
     assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
-    assert f"the input iterator state {tmp_path / 'iterator'} does not read back" in caplog.text
-    assert "replaying 2 batches instead" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "iterator" in r.getMessage()]
+    assert len(warnings) == 1 and f"the input iterator state {prefix} does not read back" in warnings[0]
+    assert "replaying 2 batches instead" in warnings[0]
 
 
 def _two_batches_in(stages: pipeline.DataStages) -> pipeline.StagedBatches:
@@ -68,12 +101,16 @@ def _two_batches_in(stages: pipeline.DataStages) -> pipeline.StagedBatches:
 
 def _saved_and_resumed(tmp_path, stages: pipeline.DataStages, batches: pipeline.StagedBatches,
                        feature: str) -> tuple[pipeline.ResumePoint, dict, np.ndarray, np.ndarray]:
-    """Saves `batches` as step 2 through a Checkpointer, restores it and resumes the stream: (resume
-    point, restored data state, batch 2 of the uninterrupted stream, batch 2 of the resumed one)."""
-    ckpt = checkpoints.Checkpointer(str(tmp_path / "ckpt"), checkpoints.CheckpointConfig(async_save=False))
+    """Saves `batches` as step 2 through a Checkpointer, restores it through another (as a resumed
+    run does) and resumes the stream: (resume point, restored data state, batch 2 of the
+    uninterrupted stream, batch 2 of the resumed one)."""
+    config = checkpoints.CheckpointConfig(async_save=False)
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "ckpt"), config)
     state = {"w": jax.numpy.arange(3.0)}
     assert ckpt.save(2, state, batches.state(), force=True, iterator=batches.iterator_checkpoint())
+    ckpt.close()
     want = np.asarray(batches.batch_for(2)[feature])
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "ckpt"), config)
     _, data_state, step = ckpt.restore(jax.eval_shape(lambda: state))
     ckpt.close()
     point = pipeline.resume_position(stages, step, data_state)
@@ -81,10 +118,13 @@ def _saved_and_resumed(tmp_path, stages: pipeline.DataStages, batches: pipeline.
     return point, data_state, want, np.asarray(resumed.batch_for(2)[feature])
 
 
-def test_checkpoint_carries_the_state_and_resume_uses_it_only_for_the_same_stream(tmp_path):
+def test_checkpoint_carries_the_state_and_resume_uses_it_only_for_the_same_stream(tmp_path, caplog):
+    """The state comes back through a checkpoint, and orbax restores it without a warning."""
     stages = [(0, _config())]
-    point, data_state, want, got = _saved_and_resumed(tmp_path, stages, _two_batches_in(stages),
-                                                      "encoder_input_tokens")
+    with caplog.at_level(logging.WARNING):
+        point, data_state, want, got = _saved_and_resumed(tmp_path, stages, _two_batches_in(stages),
+                                                          "encoder_input_tokens")
+    assert [r.getMessage() for r in caplog.records if "orbax" in r.pathname and r.levelno >= logging.WARNING] == []
     assert point.batch == 2 and point.iterator_state == data_state[checkpoints.ITERATOR_STATE]
     assert np.array_equal(got, want)
     other_seed = [(0, _config(seed=4))]
