@@ -6,7 +6,8 @@
 
 Prints the continuation and the decode's statistics, one line each; `--baseline` also decodes with the
 target alone (`littlehelp.decoding.generate`) and compares the times, each measured after a warm-up
-call that compiles. Bad input (a missing folder, vocabularies of different sizes, gamma < 1) is
+call that compiles. Bad input (an empty prompt, a missing folder, vocabularies of different sizes,
+gamma < 1, a prompt plus --max_new_tokens longer than the target's or the draft's context length) is
 refused in one line before anything is compiled.
 
 `wall_clock` and `lossy_decoding` time speculative against target-only decoding over a set of held-out
@@ -148,9 +149,11 @@ def load_pair(args: argparse.Namespace) -> tuple[tuple[Any, Any], tuple[Any, Any
 
 
 def check_args(args: argparse.Namespace) -> speculative.Plan:
-    """The flags' Plan (gamma, lengths, sampling and lenience checked) before any model is read."""
+    """The flags' Plan (prompt, gamma, lengths, sampling and lenience checked) before any model is read."""
     from littlehelp.decoding import Sampling
 
+    if not args.prompt:
+        raise speculative.SpeculativeError("--prompt is empty")
     try:
         sampling = Sampling(args.temperature, args.top_k, args.top_p)
     except ValueError as error:
@@ -178,6 +181,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = check_args(args)
     target, draft, vocabulary = load_pair(args)
     prompt = prompt_ids(vocabulary, args.prompt, args.chat)
+    speculative.check_context(speculative.model_and_params(target)[0], speculative.model_and_params(draft)[0],
+                              len(prompt), args.max_new_tokens)
     target, draft = speculative.pair(target, draft)
     lenience = (args.lenience, args.eps) if args.lenience else None
     decode = lambda: speculative.generate(  # noqa: E731

@@ -17,6 +17,8 @@ The whole decode (prefill, then rounds in a `lax.while_loop`, the draft's steps 
 one jitted function of static shapes: one compilation per (models, batch shape, `Plan`).
 Cache invariant between rounds: the target cache holds every committed token but the last one; the
 draft cache lacks the last one or, after a round that accepted all gamma proposals, the last two.
+The longest prompt plus `max_new_tokens` must fit both the target's and the draft's context length
+(`check_context`); the caches hold that plus gamma + 2 slots for the last round's proposals.
 
 `time_against_target` times target-only and speculative decoding of the same calls in turn (wall
 clock, `Timing`); `batch_rows` groups prompts of several domains into batch-1 or batch-b calls.
@@ -262,12 +264,21 @@ def _start(model: StepwiseModel, params: Params, prompts: Array, lengths: Array,
     return rollback(cache, lengths - 1)
 
 
+def check_context(target: StepwiseModel, draft: StepwiseModel, prompt_length: int, max_new_tokens: int) -> None:
+    """Refuses a prompt plus new tokens longer than the target's or the draft's context length
+    (`decoding.ContextLengthError`, naming which)."""
+    decoding.check_context(target, prompt_length, max_new_tokens, "target")
+    decoding.check_context(draft, prompt_length, max_new_tokens, "draft")
+
+
 @functools.partial(jax.jit, static_argnames=("target", "draft", "plan"))
 def decode(target: StepwiseModel, target_params: Params, draft: StepwiseModel, draft_params: Params,
            prompts: Array, prompt_lengths: Array, seed: Array, plan: Plan) -> tuple[Array, Array, Counters]:
     """Speculative continuation of right-padded prompts [b, p] of `prompt_lengths` (>= 1)
-    -> (tokens [b, max_new_tokens], 0 after each row's end; lengths [b]; counters)."""
+    -> (tokens [b, max_new_tokens], 0 after each row's end; lengths [b]; counters).
+    p + max_new_tokens beyond either model's context length is refused (`check_context`)."""
     batch, width = prompts.shape
+    check_context(target, draft, width, plan.max_new_tokens)
     prompts, prompt_lengths = prompts.astype(jnp.int32), prompt_lengths.astype(jnp.int32)
     slots = width + plan.max_new_tokens + plan.gamma + 2
     last = jnp.take_along_axis(prompts, (prompt_lengths - 1)[:, None], axis=1)[:, 0]
@@ -327,7 +338,8 @@ def pair(target: Any, draft: Any) -> tuple[tuple[StepwiseModel, Params], tuple[S
 
 def padded_prompts(prompts: Sequence[Sequence[int]] | np.ndarray,
                    prompt_lengths: Sequence[int] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Ragged token lists, or a right-padded array with `prompt_lengths`, as (tokens [b, p], lengths [b])."""
+    """Ragged token lists, or a right-padded array with `prompt_lengths`, as (tokens [b, p], lengths [b]);
+    p is the longest prompt (padding past it is dropped)."""
     if prompt_lengths is None:
         rows = [list(map(int, row)) for row in prompts]
         tokens = np.zeros((len(rows), max((len(r) for r in rows), default=0)), np.int32)
@@ -340,7 +352,7 @@ def padded_prompts(prompts: Sequence[Sequence[int]] | np.ndarray,
             raise SpeculativeError(f"prompts {tokens.shape} and prompt_lengths {lengths.shape} do not fit")
     if not len(lengths) or (lengths < 1).any():
         raise SpeculativeError("every prompt needs at least one token")
-    return tokens, lengths
+    return tokens[:, :lengths.max()], lengths
 
 
 def check_vocabularies(target: StepwiseModel, draft: StepwiseModel) -> None:
@@ -386,10 +398,13 @@ def generate(target: Any, draft: Any, prompts: Sequence[Sequence[int]] | np.ndar
     token-id lists, or a right-padded [b, p] array with `prompt_lengths`. lenience: None (exact),
     `Lenience(kind, eps)` or (kind, eps) with kind in LENIENCE_KINDS. eos_id: where a row stops; by
     default the target vocabulary's EOS (a `Pretrained`), else none (rows run to max_new_tokens).
+    The longest prompt plus max_new_tokens beyond either model's context length is refused before
+    anything is allocated.
     """
     plan = Plan(gamma, max_new_tokens, Sampling(temperature, top_k, top_p),
                 default_eos(target) if eos_id is None else eos_id, lenience_rule(lenience))
     tokens, lengths = padded_prompts(prompts, prompt_lengths)
+    check_context(model_and_params(target)[0], model_and_params(draft)[0], tokens.shape[1], max_new_tokens)
     (target_model, target_params), (draft_model, draft_params) = pair(target, draft)
     start = time.perf_counter()
     out, produced, counters = jax.block_until_ready(

@@ -5,6 +5,10 @@ token per step through the model's per-row KV cache (`littlehelp.models.api.Step
 knows no model class. `filtered_distribution` is the exact distribution a step samples from (what
 lossy speculative decoding compares). Token id 0 is padding; once a row has emitted `eos_id`,
 every later output of that row is 0.
+
+A request longer than the model's context (`context_length`: the prompt's width plus the new
+tokens) is refused with `ContextLengthError` before any cache is allocated; caches hold exactly
+what is asked.
 """
 from __future__ import annotations
 
@@ -15,10 +19,33 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from littlehelp.errors import EXIT_CONFIG, LittlehelpError
 from littlehelp.models.api import Batch, StepwiseModel
 
 Array = jax.Array
 Params = Any
+
+
+class ContextLengthError(LittlehelpError, ValueError):
+    """A prompt plus its new tokens longer than the model's context; nothing was allocated."""
+
+    exit_code = EXIT_CONFIG
+
+
+def context_length(model: StepwiseModel) -> int | None:
+    """The longest sequence (prompt plus new tokens) `model` decodes: its config's `context_length`
+    (decoder LMs); None for models with only relative positions (T5), which have no such limit."""
+    return getattr(model.config, "context_length", None)
+
+
+def check_context(model: StepwiseModel, prompt_length: int, max_new_tokens: int, role: str = "model") -> None:
+    """Raises `ContextLengthError` when `prompt_length + max_new_tokens` exceeds `model`'s context length
+    (`role` names the model in the message: "model", "target", "draft")."""
+    limit, total = context_length(model), prompt_length + max_new_tokens
+    if limit is not None and total > limit:
+        raise ContextLengthError(f"prompt of {prompt_length} tokens + {max_new_tokens} new tokens = {total} exceeds "
+                                 f"the {role}'s context length of {limit} tokens; shorten the prompt or ask for "
+                                 "fewer new tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +112,12 @@ def generate(model: StepwiseModel, params: Params, prompt_tokens: Array, prompt_
     start token 0). ``eos_id`` comes from the vocabulary (`seqio.Vocabulary.eos_id`).
     ``prompt_embeddings`` [b, m, emb] (a soft prompt) go before each row's prompt tokens, as input
     embeddings: the prefill reads m + p positions (`Model.embed` gives the tokens' part).
+    m + p + max_new_tokens beyond the model's context length is refused (`check_context`).
     """
     batch, prompt_len = prompt_tokens.shape
     prompt_tokens, lengths = prompt_tokens.astype(jnp.int32), jnp.asarray(prompt_lengths, jnp.int32)
     soft = 0 if prompt_embeddings is None else prompt_embeddings.shape[1]
+    check_context(model, soft + prompt_len, max_new_tokens)
     cache = model.init_cache(params, batch, soft + prompt_len + max_new_tokens, inputs)
     if prompt_embeddings is None:
         logits, cache = model.prefill(params, cache, prompt_tokens, lengths)

@@ -125,7 +125,8 @@ def infer(
     (else `checkpoint_config.restore_path`).
 
     Reads only the parameters of model `model_key` (e.g. 't5' in a SpacTor run); no optimizer. Texts
-    are encoded and decoded with `vocabulary` (default: the data's targets vocabulary).
+    are encoded and decoded with `vocabulary` (default: the data's targets vocabulary). A prompt plus
+    `max_decode_length` beyond the model's context length is refused before the parameters are read.
     """
     if prompt is None and data is None:
         raise ValueError("inference.infer needs data (a run's TASK) or a prompt (PROMPT)")
@@ -138,6 +139,8 @@ def infer(
     else:
         batch = prompt_example(prompt, vocabulary, feature_converter, chat)
         decoding_config = dataclasses.replace(decoding_config, prompt_length=batch["decoder_input_tokens"].shape[1])
+    decoder_prompt = 1 if "encoder_input_tokens" in batch else decoding_config.prompt_length  # T5: its start token
+    decoding.check_context(model, decoder_prompt, decoding_config.max_decode_length)
     mesh, rules = partitioning.make_mesh(mesh_config), partitioning.logical_axis_rules()
     example = {k: v[:1] for k, v in batch.items()}
     params, step = restore_run_params(model_dir, lambda rng: model.init(rng, example), mesh, rules,

@@ -1,11 +1,16 @@
 """The stepwise model API and the one sampling loop, checked against full recomputation and numpy."""
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import seqio
 
-from littlehelp import decoding
-from littlehelp.models import DecoderConfig, T5Config, build_model, rollback
+from littlehelp import decoding, inference
+from littlehelp.models import DecoderConfig, DecoderLMModel, T5Config, build_model, rollback
+from tests.helpers import TINY_DECODER
 
 VOCAB = 40
 DECODER = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=16, num_layers=2, num_heads=4,
@@ -226,3 +231,45 @@ def test_t5_embedding_table_is_what_embed_looks_up(t5_params):
     table = np.asarray(ENC_DEC.embedding_table(t5_params))
     assert table.shape == (VOCAB, 16)
     np.testing.assert_array_equal(ENC_DEC.embed(t5_params, ENCODER_INPUTS), table[np.asarray(ENCODER_INPUTS)])
+
+
+# ------------------------------------------------------------------------------------------------
+# The context length: a prompt plus its new tokens longer than the model's is refused before any cache.
+
+SHORT = build_model(dataclasses.replace(DECODER.config, context_length=11))  # PROMPTS (width 5) + NEW_TOKENS fit
+
+
+def test_a_request_at_the_context_length_decodes_as_without_a_limit(decoder_params):
+    """`_generate` (no limit) equals recomputation (`test_greedy_decoder_matches_recomputation`)."""
+    tokens, lengths = _padded(PROMPTS)
+    got = decoding.generate(SHORT, decoder_params, tokens, lengths, NEW_TOKENS, jax.random.PRNGKey(0), eos_id=-1)
+    np.testing.assert_array_equal(got, _generate(decoder_params))
+
+
+def test_a_request_past_the_context_length_is_refused_before_any_cache(decoder_params, monkeypatch):
+    monkeypatch.setattr(DecoderLMModel, "init_cache", lambda *args, **kwargs: pytest.fail("a cache was allocated"))
+    tokens, lengths = _padded(PROMPTS)
+    with pytest.raises(decoding.ContextLengthError) as refused:
+        decoding.generate(SHORT, decoder_params, tokens, lengths, NEW_TOKENS + 1, jax.random.PRNGKey(0), eos_id=-1)
+    assert str(refused.value) == ("prompt of 5 tokens + 7 new tokens = 12 exceeds the model's context length of 11 "
+                                  "tokens; shorten the prompt or ask for fewer new tokens")
+
+
+@pytest.mark.parametrize("new_tokens", [3, 4])
+def test_infer_refuses_a_prompt_past_the_context_length_before_reading_parameters(new_tokens, monkeypatch, tmp_path):
+    """"hello" is 5 byte tokens: 5 + 3 fits an 8-token context and is decoded; 5 + 4 is refused before the
+    parameters are read and before anything is written."""
+    model = build_model(dataclasses.replace(TINY_DECODER, context_length=8))
+    calls = []
+    monkeypatch.setattr(inference, "restore_run_params", lambda *args, **kwargs: calls.append("restore") or ({}, 0))
+    monkeypatch.setattr(inference, "decode_examples", lambda model, params, batch, config, eos_id: calls.append(
+        (config.prompt_length, config.max_decode_length)) or (batch["decoder_input_tokens"], np.zeros((1, 1), int)))
+    decode = functools.partial(inference.infer, str(tmp_path), model, prompt="hello", vocabulary=seqio.ByteVocabulary(),
+                               decoding_config=inference.DecodingConfig(max_decode_length=new_tokens))
+    if new_tokens == 3:
+        decode()
+        assert calls == ["restore", (5, 3)]
+        return
+    with pytest.raises(decoding.ContextLengthError, match=r"^prompt of 5 tokens \+ 4 new tokens = 9 exceeds the model's"):
+        decode()
+    assert not calls and not list(tmp_path.iterdir())

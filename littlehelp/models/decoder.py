@@ -17,12 +17,17 @@ from littlehelp.models.layers import (Embed, GatedMlp, Projection, RMSNorm, cons
 from littlehelp.models.t5 import EMBED_AXES, check_common, check_positive
 
 Array = jax.Array
+DEFAULT_CONTEXT_LENGTH = 2048  # HF LlamaConfig's default max_position_embeddings
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
-    """Sizes and options of a decoder-only LM (defaults: a tiny model)."""
+    """Sizes and options of a decoder-only LM (defaults: a tiny model).
+
+    `context_length` is the longest sequence (prompt plus new tokens) decoding accepts; imported models
+    take it from their file (HF max_position_embeddings, GGUF context_length).
+    """
     vocab_size: int = 512
     emb_dim: int = 64
     num_layers: int = 2
@@ -40,10 +45,11 @@ class DecoderConfig:
     tie_embeddings: bool = False
     scale_tied_logits: bool = True  # tied logits times emb_dim**-0.5 (HF Llama: False)
     qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
+    context_length: int = DEFAULT_CONTEXT_LENGTH
 
     def __post_init__(self) -> None:
         check_positive(self, "vocab_size", "emb_dim", "num_layers", "num_heads", "num_kv_heads",
-                       "head_dim", "mlp_dim")
+                       "head_dim", "mlp_dim", "context_length")
         check_common(self)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"DecoderConfig.num_heads ({self.num_heads}) must be a multiple of "

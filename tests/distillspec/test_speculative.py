@@ -2,6 +2,9 @@
 tests. Models are tiny random DecoderLMs with sharpened output heads; the draft is a noisy copy of the
 target (so proposals are sometimes accepted, sometimes not)."""
 
+import dataclasses
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -225,16 +228,35 @@ def test_bad_input_is_refused_in_one_line(call, message, target):
     assert str(refused.value) == message
 
 
+def test_the_target_and_the_draft_context_lengths_both_apply(target, draft, monkeypatch):
+    """A 3-token prompt padded to 6 plus 5 new tokens fits an 8-token context (caches are sized from the prompt,
+    not its padding) and decodes as the target alone; 6 new tokens are refused, naming the model, before any
+    cache exists."""
+    limited = build_model(dataclasses.replace(MODEL.config, context_length=8))
+    short_target, short_draft = (limited, target[1]), (limited, draft[1])
+    prompts, lengths = padded([[3, 4, 5]], width=6)
+    ask = functools.partial(speculative.generate, prompts=prompts, prompt_lengths=lengths, gamma=3, eos_id=-1)
+    with monkeypatch.context() as patched:
+        patched.setattr(type(MODEL), "init_cache", lambda *args, **kwargs: pytest.fail("a cache was allocated"))
+        for pair, short in [((target, short_draft), "draft"), ((short_target, draft), "target")]:
+            with pytest.raises(decoding.ContextLengthError) as refused:
+                ask(*pair, max_new_tokens=6)
+            assert str(refused.value) == (f"prompt of 3 tokens + 6 new tokens = 9 exceeds the {short}'s context length "
+                                          "of 8 tokens; shorten the prompt or ask for fewer new tokens")
+    out = ask(short_target, short_draft, max_new_tokens=5)
+    np.testing.assert_array_equal(out.tokens, target_only(target, [[3, 4, 5]], -1, new_tokens=5))
+
+
 # ------------------------------------------------------------------------------------------------
 # The command line: run folders in, one line out for bad input.
 
 
-def write_folder(folder, vocab_size, seed, vocabulary=None):
+def write_folder(folder, vocab_size, seed, vocabulary=None, context_length=2048):
     """A random tiny decoder written as a converted run folder (model.gin + checkpoints [+ vocabulary])."""
     from littlehelp.models.convert import Pretrained, run_folder
 
     config = DecoderConfig(vocab_size=vocab_size, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
-                           mlp_dim=32)
+                           mlp_dim=32, context_length=context_length)
     model = build_model(config)
     params = jax.tree.map(np.asarray, random_params(model, seed))
     return run_folder.write_run_folder(Pretrained("llama", config, model, params, vocabulary, "random"), folder)
@@ -252,6 +274,7 @@ def tiny_folders(tmp_path_factory):
     (["--lenience=p/eps", "--eps=0"], "lenience eps must be in (0, 1], got 0.0"),
     ([], "{draft} does not exist"),
     (["--draft={small}"], "target vocabulary size 32 differs from the draft's 48"),
+    (["--prompt="], "--prompt is empty"),  # refused before the (missing) draft is looked at
 ])
 def test_the_cli_refuses_bad_input_in_one_line(flags, message, tiny_folders, capsys):
     from distillspec import generate as cli
@@ -271,10 +294,17 @@ def test_the_cli_decodes_a_prompt_as_the_target_alone_does(smollm2_gguf, tmp_pat
     from littlehelp.data.hf_vocab import TokenizerVocabulary
 
     vocabulary = TokenizerVocabulary.from_gguf(smollm2_gguf)
-    target = write_folder(tmp_path / "target", vocabulary.vocab_size, 0, vocabulary)
+    prompt = "The capital of France is"
+    context = len(vocabulary.encode(prompt)) + 6  # the prompt and 6 new tokens fit exactly
+    target = write_folder(tmp_path / "target", vocabulary.vocab_size, 0, vocabulary, context_length=context)
     draft = write_folder(tmp_path / "draft", vocabulary.vocab_size, 1)
-    result = cli.main([f"--target={target}", f"--draft={draft}", "--prompt=The capital of France is", "--gamma=3",
-                       "--max_new_tokens=6", "--baseline"])
+    argv = [f"--target={target}", f"--draft={draft}", f"--prompt={prompt}", "--gamma=3"]
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--max_new_tokens=7"])
+    assert capsys.readouterr().err.strip() == (
+        f"distillspec.generate: error: prompt of {context - 6} tokens + 7 new tokens = {context + 1} exceeds the "
+        f"target's context length of {context} tokens; shorten the prompt or ask for fewer new tokens")
+    result = cli.main([*argv, "--max_new_tokens=6", "--baseline"])
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == f"continuation: {vocabulary.decode(result['tokens'])!r}"
     assert printed[1].startswith("speculative: 6 tokens in ") and printed[2].endswith("tokens identical")

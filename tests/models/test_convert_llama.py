@@ -60,12 +60,14 @@ def test_safetensors_logits_match_hf_and_export_round_trips(tmp_path, kind, tied
     assert pretrained.family == "llama"
     assert pretrained.config.tie_embeddings == tied and pretrained.config.qkv_bias == (kind == "qwen2")
     assert pretrained.config.rope_max_wavelength == ROPE["rope_theta"]
+    assert pretrained.config.context_length == SIZES["max_position_embeddings"]
     ids = tokens()
     expected = hf_logits(reference, ids)
     assert np.abs(our_logits(pretrained, ids) - expected).max() <= 1e-4
 
     exported = AutoModelForCausalLM.from_pretrained(convert.export(pretrained, tmp_path / "ours")).eval()
     assert type(exported) is type(reference)
+    assert exported.config.max_position_embeddings == SIZES["max_position_embeddings"]
     np.testing.assert_array_equal(hf_logits(exported, ids), expected)
 
 
@@ -149,6 +151,7 @@ def test_gguf_logits_match_hf(tmp_path, tied):
     write_gguf(tmp_path / "tiny.gguf", reference)
     pretrained = convert.load(tmp_path / "tiny.gguf")
     assert pretrained.config.tie_embeddings == tied and pretrained.config.num_kv_heads == 2
+    assert pretrained.config.context_length == SIZES["max_position_embeddings"]  # GGUF llama.context_length
     ids = tokens()
     assert np.abs(our_logits(pretrained, ids) - hf_logits(reference, ids)).max() <= 1e-4
 

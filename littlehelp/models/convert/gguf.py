@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from littlehelp.models.convert import ConversionError, Pretrained, check_params, llama
+from littlehelp.models.decoder import DEFAULT_CONTEXT_LENGTH
 
 ARCHITECTURES = ("llama", "qwen2")
 LAYER_NAMES = {
@@ -76,6 +77,7 @@ def hf_config_of(reader: Any, tensor_names: set[str], source: str) -> dict[str, 
         "hidden_size": emb, "intermediate_size": int(meta("feed_forward_length")),
         "num_hidden_layers": int(meta("block_count")), "num_attention_heads": heads,
         "num_key_value_heads": int(meta("attention.head_count_kv", heads)), "head_dim": head_dim,
+        "max_position_embeddings": int(meta("context_length", DEFAULT_CONTEXT_LENGTH)),
         "rope_theta": _decimal(meta("rope.freq_base", 10000.0)),
         "rms_norm_eps": _decimal(meta("attention.layer_norm_rms_epsilon")),
         "tie_word_embeddings": "output.weight" not in tensor_names,

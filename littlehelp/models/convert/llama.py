@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from littlehelp.models.convert import ConversionError, Family, Params, Tensors, register, require
-from littlehelp.models.decoder import DecoderConfig
+from littlehelp.models.decoder import DEFAULT_CONTEXT_LENGTH, DecoderConfig
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # HF per-layer name -> (our path in a layer, kind of weight)
@@ -86,7 +86,8 @@ def config_from_hf(hf: Mapping[str, Any]) -> DecoderConfig:
         mlp_dim=int(hf["intermediate_size"]), rope_max_wavelength=_rope_theta(hf),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)), scale_tied_logits=False,
-        qkv_bias=hf["model_type"] == "qwen2")
+        qkv_bias=hf["model_type"] == "qwen2",
+        context_length=int(hf.get("max_position_embeddings") or DEFAULT_CONTEXT_LENGTH))
 
 
 def hf_config(config: DecoderConfig) -> dict[str, Any]:
@@ -100,6 +101,7 @@ def hf_config(config: DecoderConfig) -> dict[str, Any]:
         "intermediate_size": config.mlp_dim, "num_hidden_layers": config.num_layers,
         "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
         "head_dim": config.head_dim, "hidden_act": "silu", "rms_norm_eps": config.norm_eps,
+        "max_position_embeddings": config.context_length,
         "rope_theta": config.rope_max_wavelength,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_max_wavelength},
         "tie_word_embeddings": config.tie_embeddings, "attention_bias": False, "mlp_bias": False,
