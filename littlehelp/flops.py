@@ -1,6 +1,6 @@
 """Matrix-multiply FLOPs per architecture, for tokens/s, MFU and compute accounting.
 
-Convention (docs: benchmarks.md): 2 FLOPs per multiply-add of every matrix product in the forward
+Convention (README, Benchmarks): 2 FLOPs per multiply-add of every matrix product in the forward
 pass, counting attention scores (QK^T) and values (AV) over the full [length, length] square that
 is computed (causal masks do not halve it), cross-attention K/V projections on encoder tokens, and
 the output layer. Embedding lookups, norms and elementwise ops are not counted. A training step costs
