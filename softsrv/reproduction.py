@@ -150,21 +150,15 @@ def write_data(context: ArmContext) -> dict[str, Any]:
 
     s = context.settings
     for domain in s["domains"]:
-        rng, drawn = np.random.default_rng(0), set()
+        rng, drawn, chosen = np.random.default_rng(0), set(), {}
         for split in SPLITS:  # held-out examples that are also drawn training examples are left out
             texts = [t for t in domain_texts(domain, split) if example_key(t) not in drawn]
-            chosen = [texts[i] for i in rng.permutation(len(texts))[:s[f"{split}_examples"]]]
-            drawn |= {example_key(t) for t in chosen}
-            write_jsonl(data_file(context, domain, split), chosen)
-        real = read_texts(data_file(context, domain, "train"))[:s["num_samples"]]
-        write_jsonl(data_file(context, domain, "real"), real)
+            chosen[split] = [texts[i] for i in rng.permutation(len(texts))[:s[f"{split}_examples"]]]
+            drawn |= {example_key(t) for t in chosen[split]}
+            write_jsonl(data_file(context, domain, split), chosen[split])
+        write_jsonl(data_file(context, domain, "real"), chosen["train"][:s["num_samples"]])
         instruction_file(context, domain).write_text(INSTRUCTIONS[domain] + "\n", encoding="utf-8")
     return {}
-
-
-def read_texts(path: Path) -> list[str]:
-    """The texts of a JSONL file `write_jsonl` wrote."""
-    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def data_file(context: ArmContext, domain: str, name: str) -> Path:
@@ -292,10 +286,11 @@ def run_method(context: ArmContext, method: str) -> dict[str, Any]:
     (DOMAIN/samples.jsonl), their MAUVE against the validation examples and their fine-tune NLL on the
     test examples."""
     from softsrv import mauve  # pylint: disable=import-outside-toplevel
+    from softsrv.data import read_examples  # pylint: disable=import-outside-toplevel
 
     values = {}
     for domain in context.settings["domains"] if method in context.settings["methods"] else ():
-        samples, real = synthesize(context, method, domain), read_texts(data_file(context, domain, "validation"))
+        samples, real = synthesize(context, method, domain), read_examples(data_file(context, domain, "validation"))
         scored = mauve.mauve_of_texts(samples, real, mauve_embedder(), seeds=MAUVE_SEEDS)
         nll = finetuned_nll(context, write_jsonl(context.folder / domain / "samples.jsonl", samples), domain)
         values.update({f"mauve_{domain}": scored["mean"], f"mauve_kmeans_sd_{domain}": scored["std"],
