@@ -68,13 +68,22 @@ def eos_id(target):
 
 
 @pytest.mark.parametrize("gamma", range(1, 9))
-def test_greedy_equals_target_only_decoding_in_a_batch_and_row_by_row(gamma, target, draft, eos_id):
+def test_greedy_equals_target_only_decoding_in_a_batch(gamma, target, draft, eos_id):
     expected = target_only(target, PROMPTS, eos_id)
     ends = (expected == eos_id).any(axis=1)
     assert ends.any() and not ends.all()  # some rows stop early at EOS, some run to the end
     batch = speculative.generate(target, draft, PROMPTS, gamma=gamma, max_new_tokens=NEW_TOKENS, eos_id=eos_id)
     np.testing.assert_array_equal(batch.tokens, expected)
     np.testing.assert_array_equal(batch.lengths, (expected != 0).sum(axis=1))
+    assert 0 < batch.stats.acceptance_rate < 1
+
+
+# Each row alone compiles its own decode (its cache is sized by its length), so three gammas: the
+# shortest round, one that straddles EOS in some rows, and one longer than most rows' accepted runs.
+@pytest.mark.parametrize("gamma", [1, 3, 8])
+def test_each_row_alone_decodes_and_accepts_as_it_does_in_the_batch(gamma, target, draft, eos_id):
+    expected = target_only(target, PROMPTS, eos_id)
+    batch = speculative.generate(target, draft, PROMPTS, gamma=gamma, max_new_tokens=NEW_TOKENS, eos_id=eos_id)
     tokens, lengths = padded(PROMPTS)
     alone = [speculative.generate(target, draft, tokens[i:i + 1], prompt_lengths=lengths[i:i + 1], gamma=gamma,
                                   max_new_tokens=NEW_TOKENS, eos_id=eos_id) for i in range(len(PROMPTS))]
@@ -83,7 +92,6 @@ def test_greedy_equals_target_only_decoding_in_a_batch_and_row_by_row(gamma, tar
     alone_accepted = sum(a.stats.mean_accepted_length * a.stats.rounds for a in alone)
     rows_rounds = sum(a.stats.rounds for a in alone)
     assert batch.stats.mean_accepted_length * rows_rounds == pytest.approx(alone_accepted)
-    assert 0 < batch.stats.acceptance_rate < 1
 
 
 def test_a_draft_equal_to_the_target_is_always_accepted(target, eos_id):
@@ -251,12 +259,16 @@ def test_the_target_and_the_draft_context_lengths_both_apply(target, draft, monk
 # The command line: run folders in, one line out for bad input.
 
 
+def tiny_config(vocab_size, context_length=2048):
+    return DecoderConfig(vocab_size=vocab_size, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
+                         mlp_dim=32, context_length=context_length)
+
+
 def write_folder(folder, vocab_size, seed, vocabulary=None, context_length=2048):
     """A random tiny decoder written as a converted run folder (model.gin + checkpoints [+ vocabulary])."""
     from littlehelp.models.convert import Pretrained, run_folder
 
-    config = DecoderConfig(vocab_size=vocab_size, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
-                           mlp_dim=32, context_length=context_length)
+    config = tiny_config(vocab_size, context_length)
     model = build_model(config)
     params = jax.tree.map(np.asarray, random_params(model, seed))
     return run_folder.write_run_folder(Pretrained("llama", config, model, params, vocabulary, "random"), folder)
@@ -297,7 +309,7 @@ def test_the_cli_decodes_a_prompt_as_the_target_alone_does(smollm2_gguf, tmp_pat
     prompt = "The capital of France is"
     context = len(vocabulary.encode(prompt)) + 6  # the prompt and 6 new tokens fit exactly
     target = write_folder(tmp_path / "target", vocabulary.vocab_size, 0, vocabulary, context_length=context)
-    draft = write_folder(tmp_path / "draft", vocabulary.vocab_size, 1)
+    draft = write_folder(tmp_path / "draft", vocabulary.vocab_size, 1, vocabulary)
     argv = [f"--target={target}", f"--draft={draft}", f"--prompt={prompt}", "--gamma=3"]
     with pytest.raises(SystemExit):
         cli.main([*argv, "--max_new_tokens=7"])
@@ -309,3 +321,74 @@ def test_the_cli_decodes_a_prompt_as_the_target_alone_does(smollm2_gguf, tmp_pat
     assert printed[0] == f"continuation: {vocabulary.decode(result['tokens'])!r}"
     assert printed[1].startswith("speculative: 6 tokens in ") and printed[2].endswith("tokens identical")
     assert result["tokens"] == result["baseline"]["tokens"] and len(result["tokens"]) == 6
+
+
+WORDS = ["<pad>", "<eos>", "<unk>", *(f"w{i}" for i in range(3, VOCAB))]
+
+
+def word_vocabulary(words):
+    """A word-level vocabulary of `words` in id order (0 padding, 1 EOS, 2 unknown)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from littlehelp.data.hf_vocab import TokenizerVocabulary
+
+    tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return TokenizerVocabulary(tokenizer, {"eos_token": "<eos>", "unk_token": "<unk>"})
+
+
+def model_folder(folder, vocabulary=None, context_length=2048, gin_lines=()):
+    """A converted run folder's model.gin (+ `gin_lines`) and vocabulary/, without parameters: all that is
+    read before the parameters."""
+    from littlehelp.models.convert import Pretrained, run_folder
+
+    folder.mkdir()
+    imported = Pretrained("llama", tiny_config(VOCAB, context_length), None, None, vocabulary, "random")
+    (folder / run_folder.MODEL_GIN).write_text("\n".join([run_folder.model_gin(imported), *gin_lines]) + "\n")
+    if vocabulary is not None:
+        vocabulary.save_tokenizer_json(folder / run_folder.VOCABULARY_DIR / "tokenizer.json")
+    return folder
+
+
+@pytest.fixture()
+def word_folders(tmp_path):
+    """A 32-word target; drafts: `swapped` (two pieces swapped: the same size), `short` (an 8-token context),
+    `bare` (no vocabulary), `gin_swapped` (no vocabulary/, its gin's VOCABULARY the swapped one's) and
+    `gin_text` (its gin's VOCABULARY a string)."""
+    swapped = model_folder(tmp_path / "swapped", word_vocabulary([*WORDS[:3], WORDS[4], WORDS[3], *WORDS[5:]]))
+    return {"target": model_folder(tmp_path / "target", word_vocabulary(WORDS)), "swapped": swapped,
+            "short": model_folder(tmp_path / "short", word_vocabulary(WORDS), context_length=8),
+            "bare": model_folder(tmp_path / "bare"),
+            "gin_swapped": model_folder(tmp_path / "gin_swapped", gin_lines=[
+                "import littlehelp.models.convert.run_folder", "VOCABULARY = @convert.folder_vocabulary()",
+                f"convert.folder_vocabulary.model_dir = '{swapped}'"]),
+            "gin_text": model_folder(tmp_path / "gin_text", gin_lines=["VOCABULARY = 'words'"])}
+
+
+@pytest.mark.parametrize("target, draft, message", [
+    ("target", "swapped", "draft {draft} and target {target} have different vocabularies (the same 32 ids, other "
+                          "pieces); the draft must share the target's tokenizer"),
+    ("target", "gin_swapped", "draft {draft} and target {target} have different vocabularies (the same 32 ids, other "
+                              "pieces); the draft must share the target's tokenizer"),
+    ("target", "bare", "draft {draft} holds no vocabulary (no vocabulary/ folder, no VOCABULARY in its gin file) "
+                       "to compare with the target's"),
+    ("target", "gin_text", "draft {draft}'s vocabulary is a str, whose pieces cannot be compared (a "
+                           "TokenizerVocabulary's can)"),
+    ("target", "short", "prompt of 3 tokens + 6 new tokens = 9 exceeds the draft's context length of 8 tokens; "
+                        "shorten the prompt or ask for fewer new tokens"),
+    ("short", "target", "prompt of 3 tokens + 6 new tokens = 9 exceeds the target's context length of 8 tokens; "
+                        "shorten the prompt or ask for fewer new tokens"),
+])
+def test_the_cli_refuses_another_vocabulary_or_a_long_prompt_before_reading_parameters(
+        target, draft, message, word_folders, monkeypatch, capsys):
+    """Equal vocabulary sizes are not enough: the pieces are compared (a run folder's vocabulary/, or the
+    VOCABULARY its gin file binds, as a training run's config.gin does); a prompt too long for either
+    model's context is refused from the models' configs. Both before any parameters are read."""
+    from distillspec import generate as cli
+
+    monkeypatch.setattr(cli, "restore", lambda run: pytest.fail(f"the parameters of {run.folder} were read"))
+    names = {"target": word_folders[target], "draft": word_folders[draft]}
+    with pytest.raises(SystemExit):
+        cli.main([f"--target={names['target']}", f"--draft={names['draft']}", "--prompt=w3 w4 w5",
+                  "--max_new_tokens=6"])
+    assert capsys.readouterr().err.strip() == f"distillspec.generate: error: {message.format(**names)}"
