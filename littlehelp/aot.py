@@ -34,6 +34,7 @@ import numpy as np
 from absl import logging
 
 from littlehelp import partitioning, trainer
+from littlehelp.config import ConfigError
 from littlehelp.errors import LittlehelpError
 from littlehelp.train_state import params_layout, state_layout
 
@@ -307,8 +308,19 @@ def mesh_devices(mesh: partitioning.MeshConfig | None) -> int | None:
 
 
 def cpu_device_count(num_devices: int | None, mesh: partitioning.MeshConfig | None) -> int | None:
-    """The fake CPU devices that `--num_devices`, or else a `--mesh` without -1, asks for."""
-    return num_devices or mesh_devices(mesh)
+    """The fake CPU devices that `--num_devices`, or else a `--mesh` without -1, asks for; a count below 1,
+    or one `mesh` cannot be laid over, is refused (the CLI asks before it reads the run)."""
+    if num_devices is None:
+        return mesh_devices(mesh)
+    if num_devices < 1:
+        raise TargetError(f"--num_devices={num_devices}: give a positive number of devices")
+    if mesh is not None:
+        try:
+            mesh.shape(num_devices)
+        except ConfigError as error:
+            flag = "x".join(str(size) for size in dataclasses.astuple(mesh))
+            raise TargetError(f"--mesh={flag} with --num_devices={num_devices}: {error}") from None
+    return num_devices
 
 
 def build_target(topology: str | None, cpu_devices: int | None, memory_gb: float | None) -> Target:

@@ -666,12 +666,24 @@ class RunLock:
         except (OSError, ValueError):
             return {}
 
+    def _create_folder_and_lock(self) -> bool:
+        """Creates MODEL_DIR and the lock file if absent (see `_write_new`); a MODEL_DIR that is a file or
+        cannot be written is refused in one line naming it."""
+        folder = os.path.dirname(self.path)
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise LittlehelpError(f"MODEL_DIR {folder} is a file, not a folder; choose another MODEL_DIR")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            return self._write_new()
+        except OSError as error:
+            raise LittlehelpError(f"MODEL_DIR {folder} cannot be written ({error.strerror}); "
+                                  "choose another MODEL_DIR") from None
+
     def acquire(self) -> None:
         """Takes the lock or raises RunLockedError naming the holder."""
         if jax.process_index() != 0:
             return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        if self._write_new():
+        if self._create_folder_and_lock():
             self._held = True
             return
         holder = self._holder()

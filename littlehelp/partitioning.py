@@ -52,9 +52,13 @@ class MeshConfig:
         sizes = dataclasses.asdict(self)
         for name, size in sizes.items():
             if size == 0 or size < -1:
-                raise ValueError(f"MeshConfig.{name} must be positive or -1, got {size}")
+                raise ConfigError(f"MeshConfig.{name} must be positive or -1, got {size}")
         if list(sizes.values()).count(-1) > 1:
-            raise ValueError(f"MeshConfig: at most one axis may be -1, got {sizes}")
+            raise ConfigError(f"{self.describe()}: at most one axis may be -1")
+
+    def describe(self) -> str:
+        """The config as "MeshConfig data=2 fsdp=-1 tensor=1", for messages."""
+        return "MeshConfig " + " ".join(f"{name}={size}" for name, size in dataclasses.asdict(self).items())
 
     def shape(self, num_devices: int) -> tuple[int, int, int]:
         """The concrete (data, fsdp, tensor) shape for `num_devices` devices.
@@ -65,18 +69,14 @@ class MeshConfig:
         known = math.prod(s for s in sizes if s != -1)
         if -1 in sizes:
             if num_devices % known:
-                raise ValueError(
-                    f"MeshConfig {dataclasses.asdict(self)}: {num_devices} devices are not divisible "
-                    f"by the fixed axes' product {known}"
+                raise ConfigError(
+                    f"{self.describe()}: {num_devices} devices are not divisible by the fixed axes' product {known}"
                 )
             sizes[sizes.index(-1)] = num_devices // known
         elif math.prod(sizes) < num_devices:
             return tuple(sizes)  # a fully specified mesh may use the first devices only
         if math.prod(sizes) != num_devices:
-            raise ValueError(
-                f"MeshConfig {dataclasses.asdict(self)} needs {math.prod(sizes)} devices, "
-                f"but {num_devices} are available"
-            )
+            raise ConfigError(f"{self.describe()} needs {math.prod(sizes)} devices, but {num_devices} are available")
         return tuple(sizes)
 
 
@@ -93,7 +93,7 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] |
     try:
         return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)  # in the interconnect's order
     except NotImplementedError as error:  # no axis-by-axis assignment onto the physical torus
-        raise ConfigError(f"MeshConfig {dataclasses.asdict(config)}: the mesh {shape} does not map onto the "
+        raise ConfigError(f"{config.describe()}: the mesh {shape} does not map onto the "
                           f"devices' physical layout ({str(error).split('. ')[0]})") from None
 
 
@@ -103,10 +103,10 @@ def logical_axis_rules(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Logi
     rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
     for name, axes in rules:
         if name not in LOGICAL_AXES:
-            raise ValueError(f"logical_axis_rules: unknown logical axis {name!r}; known: {LOGICAL_AXES}")
+            raise ConfigError(f"logical_axis_rules: unknown logical axis {name!r}; known: {LOGICAL_AXES}")
         for axis in (axes if isinstance(axes, tuple) else (axes,)):
             if axis is not None and axis not in MESH_AXES:
-                raise ValueError(f"logical_axis_rules: rule {name!r} names unknown mesh axis {axis!r}")
+                raise ConfigError(f"logical_axis_rules: rule {name!r} names unknown mesh axis {axis!r}")
     return rules
 
 

@@ -9,6 +9,7 @@ at the end. Data position is part of the checkpoint, so a resumed run continues 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -64,8 +65,17 @@ class TrainSummary:
                 shown = ", ".join(f"{k} {values[k]:.4g}" for k in ("loss", "accuracy") if k in values)
                 lines.append(f"  last {name}: {shown}")
         lines.append(f"  checkpoints: {self.model_dir}/checkpoints   config: {self.model_dir}/config.gin")
-        lines.append(f"  metrics: {self.model_dir}/metrics.jsonl   tensorboard --logdir {self.model_dir}/tensorboard")
+        events = f"{self.model_dir}/tensorboard"
+        viewer = f"tensorboard --logdir {events}" if tensorboard_installed() else (
+            f"event files: {events} (to view them: pip install tensorboard)")
+        lines.append(f"  metrics: {self.model_dir}/metrics.jsonl   {viewer}")
         return "\n".join(lines)
+
+
+def tensorboard_installed() -> bool:
+    """Whether the `tensorboard` viewer is importable (the project writes its event files with tensorboardX
+    but does not install it)."""
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def microbatched_value_and_grad(
@@ -562,7 +572,9 @@ def restore_run_params(
     own = Path(model_dir) / "checkpoints"
     path = own if checkpoints.finished_steps(own) else checkpoint_config.restore_path
     if path is None:
-        raise checkpoints.CheckpointError(f"no checkpoint in {own} and no restore path set")
+        raise checkpoints.CheckpointError(
+            f"no checkpoint in {own} yet: train this MODEL_DIR first, or read another run's with "
+            "--gin.checkpoints.CheckpointConfig.restore_path='<run folder or step folder>'")
     abstract, _ = params_layout(init_params, mesh, rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         return checkpoints.restore_params(path, abstract, select=select)

@@ -33,7 +33,7 @@ from jax.sharding import Mesh
 
 from littlehelp import checkpoints, partitioning
 from littlehelp.config import ConfigError
-from littlehelp.data import vocab
+from littlehelp.data import preprocessors, vocab
 from littlehelp.objectives import EXAMPLE_WEIGHTS
 
 EXAMPLE_WEIGHT = "example_weight"  # optional Task feature: one positive float32 weight per example
@@ -129,7 +129,8 @@ class DatasetConfig:
     drop_remainder: bool = True
 
     def __post_init__(self) -> None:
-        """Raises `ConfigError` naming the field for an unknown converter or task, or a size below 1."""
+        """Raises `ConfigError` naming the field for an unknown converter or task, a size below 1, or span
+        corruption lengths too short for its noise settings."""
         if self.feature_converter not in FEATURE_CONVERTERS:
             raise ConfigError(
                 f"DatasetConfig.feature_converter={self.feature_converter!r}; choose one of {sorted(FEATURE_CONVERTERS)}"
@@ -146,6 +147,7 @@ class DatasetConfig:
             close = difflib.get_close_matches(self.name, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"DatasetConfig.name={self.name!r} is not a registered seqio Task or Mixture{hint}")
+        preprocessors.check_span_corruption_task(self.name, self.task_feature_lengths)
 
     def evaluation(self, split: str = "validation") -> "DatasetConfig":
         """The same data read once, in order, from another split."""

@@ -6,23 +6,35 @@ length the noise settings imply, then noise each chunk with `random_spans_noise_
 every noise span by one sentinel (inputs) and every non-noise span by one sentinel (targets).
 Sentinels count down from the top of the vocabulary. All randomness is stateless, drawn from the
 per-example seeds seqio hands to `map_over_dataset(num_seeds=...)`, so a dataset is a pure
-function of its seed.
+function of its seed. Lengths too short for the noise settings are refused when a `DatasetConfig`
+names the task (`check_span_corruption_task`), before anything is built.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import seqio
 import tensorflow as tf
 
+from littlehelp.config import ConfigError
+
 FEATURE = "targets"  # the token feature the chunking preprocessors work on
 CONCAT_BATCH = 128  # documents concatenated at a time (T5's reduce_concat_tokens batch_size)
 MAX_DOCUMENT_TOKENS = 65536  # T5's select_random_chunk max_length
+NOISE_DENSITY = 0.15  # span corruption's defaults (T5's)
+MEAN_NOISE_SPAN_LENGTH = 3.0
 
 
-def span_corruption_lengths(inputs_length: int, noise_density: float = 0.15,
-                            mean_noise_span_length: float = 3.0) -> tuple[int, int]:
+def _noise_and_spans(tokens: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
+    """(noise tokens, noise spans) of a raw chunk of `tokens`, as the lengths below count them."""
+    noise = int(round(tokens * noise_density))
+    return noise, int(round(noise / mean_noise_span_length))
+
+
+def span_corruption_lengths(inputs_length: int, noise_density: float = NOISE_DENSITY,
+                            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> tuple[int, int]:
     """(raw chunk length, targets length) such that corrupted inputs, EOS included, fill `inputs_length`.
 
     T5's `random_spans_helper` with one sentinel per span in inputs and targets: the longest raw
@@ -30,8 +42,7 @@ def span_corruption_lengths(inputs_length: int, noise_density: float = 0.15,
     """
 
     def corrupted_lengths(tokens: int) -> tuple[int, int]:
-        noise = int(round(tokens * noise_density))
-        spans = int(round(noise / mean_noise_span_length))
+        noise, spans = _noise_and_spans(tokens, noise_density, mean_noise_span_length)
         return tokens - noise + spans + 1, noise + spans + 1
 
     tokens = inputs_length - 1
@@ -41,6 +52,54 @@ def span_corruption_lengths(inputs_length: int, noise_density: float = 0.15,
     if noise_density == 0.5 and targets_length > inputs_length:
         tokens, targets_length = tokens - 1, targets_length - 1
     return tokens, targets_length
+
+
+def _has_a_noise_span(inputs_length: int, noise_density: float, mean_noise_span_length: float) -> bool:
+    """Whether the raw chunk for `inputs_length` has a noise span as counted (shorter chunks get one anyway,
+    so their targets would be longer than `span_corruption_lengths` says)."""
+    raw_length, _ = span_corruption_lengths(inputs_length, noise_density, mean_noise_span_length)
+    return min(_noise_and_spans(raw_length, noise_density, mean_noise_span_length)) >= 1
+
+
+def _least_inputs_length(noise_density: float, mean_noise_span_length: float) -> int:
+    """The shortest inputs length whose raw chunk has a noise span as counted (noise_density > 0)."""
+    return next(n for n in itertools.count(2) if _has_a_noise_span(n, noise_density, mean_noise_span_length))
+
+
+def checked_span_corruption_lengths(sequence_length: Mapping[str, int], noise_density: float = NOISE_DENSITY,
+                                    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> tuple[int, int]:
+    """`span_corruption_lengths` of `sequence_length["inputs"]`, or ConfigError naming the lengths and the
+    least the noise settings need: inputs with at least one noise span, targets that hold them."""
+    settings = (f"span corruption with noise_density {noise_density} and mean_noise_span_length "
+                f"{mean_noise_span_length}")
+    lengths = dict(sequence_length)
+    if "inputs" not in lengths or "targets" not in lengths:
+        raise ConfigError(f"{settings} needs 'inputs' and 'targets' lengths, got {lengths}")
+    if noise_density > 0 and not _has_a_noise_span(lengths["inputs"], noise_density, mean_noise_span_length):
+        least = _least_inputs_length(noise_density, mean_noise_span_length)
+        least_targets = span_corruption_lengths(least, noise_density, mean_noise_span_length)[1]
+        raise ConfigError(f"{settings} needs inputs length >= {least} (and then targets >= {least_targets}), "
+                          f"got {lengths}")
+    raw_length, targets_length = span_corruption_lengths(lengths["inputs"], noise_density, mean_noise_span_length)
+    if lengths["targets"] < targets_length:
+        raise ConfigError(f"{settings} needs targets length >= {targets_length} for inputs length "
+                          f"{lengths['inputs']}, got {lengths}")
+    return raw_length, targets_length
+
+
+def check_span_corruption_task(name: str, sequence_length: Mapping[str, int]) -> None:
+    """Raises ConfigError naming Task or Mixture `name` when a span corruption step of it cannot fill
+    `sequence_length` (see `checked_span_corruption_lengths`)."""
+    provider = seqio.get_mixture_or_task(name)
+    for task in provider.tasks if isinstance(provider, seqio.Mixture) else [provider]:
+        for step in task.preprocessors:
+            if getattr(step, "func", step) is span_corruption:  # the function, or a functools.partial of it
+                keywords = getattr(step, "keywords", {})
+                try:
+                    checked_span_corruption_lengths(sequence_length, keywords.get("noise_density", NOISE_DENSITY),
+                                                    keywords.get("mean_noise_span_length", MEAN_NOISE_SPAN_LENGTH))
+                except ConfigError as error:
+                    raise ConfigError(f"DatasetConfig {name!r}: {error}") from None
 
 
 def _random_segmentation(num_items: tf.Tensor, num_segments: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -158,19 +217,14 @@ def denoise(dataset: tf.data.Dataset, vocab_size: int, noise_density: float,
 
 
 def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int],
-                    output_features: Mapping[str, seqio.Feature], noise_density: float = 0.15,
-                    mean_noise_span_length: float = 3.0, random_roll: bool = False) -> tf.data.Dataset:
+                    output_features: Mapping[str, seqio.Feature], noise_density: float = NOISE_DENSITY,
+                    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+                    random_roll: bool = False) -> tf.data.Dataset:
     """T5 span corruption of tokenized documents {"targets"} into {"inputs", "targets"} (EOS added later).
 
-    Raises ValueError when `sequence_length["targets"]` cannot hold the targets the settings imply.
+    Raises ConfigError when `sequence_length` is too short for the noise settings.
     """
-    raw_length, targets_length = span_corruption_lengths(sequence_length["inputs"], noise_density, mean_noise_span_length)
-    if sequence_length["targets"] < targets_length:
-        raise ValueError(
-            f"span corruption with inputs length {sequence_length['inputs']}, noise_density {noise_density} and "
-            f"mean_noise_span_length {mean_noise_span_length} needs targets length >= {targets_length}, "
-            f"got {sequence_length['targets']}"
-        )
+    raw_length, _ = checked_span_corruption_lengths(sequence_length, noise_density, mean_noise_span_length)
     chunks = raw_chunks(dataset, raw_length)
     return denoise(chunks, _vocab_size(output_features), noise_density, mean_noise_span_length, random_roll)
 

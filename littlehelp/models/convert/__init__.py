@@ -79,12 +79,44 @@ def family_of_model_type(model_type: str, source: str) -> Family:
     raise ConversionError(f"{source}: model_type {model_type!r} is not supported; known: {', '.join(known)}")
 
 
+def _first_few(items: list[str], separator: str = ", ", count: int = 5) -> str:
+    """The first `count` of `items` joined, and how many more there are."""
+    return separator.join(items[:count]) + (f" and {len(items) - count} more" if len(items) > count else "")
+
+
 def require(tensors: Tensors, names: list[str], source: str) -> None:
     """Raises ConversionError naming the tensors of `names` that `tensors` lacks (the first few)."""
     missing = [name for name in names if name not in tensors]
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ConversionError(f"{source} lacks {len(missing)} tensor(s): {shown}")
+        raise ConversionError(f"{source} lacks {len(missing)} tensor(s): {_first_few(missing)}")
+
+
+def require_shapes(tensors: Tensors, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
+    """Raises ConversionError naming the tensors of `tensors` whose shape differs from `shapes` (the first
+    few), before any of them is reshaped."""
+    wrong = [f"{name} has shape {np.shape(tensors[name])}, the config needs {shape}"
+             for name, shape in shapes.items() if name in tensors and np.shape(tensors[name]) != shape]
+    if wrong:
+        raise ConversionError(f"{source}: tensor {_first_few(wrong, '; ', 3)}")
+
+
+def hf_shapes(family: str, config: Any) -> dict[str, tuple[int, ...]]:
+    """The shape of every HF tensor of a `family` model of `config`: its `hf_tensors` of `model.init`'s
+    shapes (zero-strided arrays, so nothing is allocated)."""
+    from littlehelp.models import build_model
+
+    zeros = jax.tree.map(lambda leaf: np.broadcast_to(np.float32(0), leaf.shape), _init_shapes(build_model(config)))
+    return {name: np.shape(value) for name, value in FAMILIES[family].hf_tensors(zeros, config).items()}
+
+
+def config_of(family: Family, hf_config: Mapping[str, Any], source: str) -> Any:
+    """`family.config_from_hf(hf_config)`; a config our model refuses becomes ConversionError naming `source`."""
+    try:
+        return family.config_from_hf(hf_config)
+    except ConversionError:
+        raise
+    except ValueError as error:  # the first line: gin appends "In call to configurable ..." below it
+        raise ConversionError(f"{source}: {str(error).splitlines()[0]}") from None
 
 
 def read_safetensors(directory: Path) -> dict[str, np.ndarray]:
@@ -115,13 +147,18 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
         raise ConversionError(f"{path} is not valid JSON: {error}") from None
 
 
-def check_params(model: Model, params: Params, source: str) -> Params:
-    """`params` as float32 numpy, after checking its tree and shapes against `model.init`'s."""
+def _init_shapes(model: Model) -> Any:
+    """`model.init`'s parameters as shapes (nothing computed)."""
     from flax import linen as nn
 
     tokens = jax.ShapeDtypeStruct((1, 8), np.int32)
     example = {name: tokens for name in ("encoder_input_tokens", "decoder_input_tokens")}
-    expected = nn.unbox(jax.eval_shape(lambda batch: model.init(jax.random.key(0), batch), example))
+    return nn.unbox(jax.eval_shape(lambda batch: model.init(jax.random.key(0), batch), example))
+
+
+def check_params(model: Model, params: Params, source: str) -> Params:
+    """`params` as float32 numpy, after checking its tree and shapes against `model.init`'s."""
+    expected = _init_shapes(model)
     want = {jax.tree_util.keystr(path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(expected)}
     got = {jax.tree_util.keystr(path): np.shape(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
     problems = [f"{name} missing" for name in want if name not in got]
@@ -129,7 +166,7 @@ def check_params(model: Model, params: Params, source: str) -> Params:
     problems += [f"{name} has shape {got[name]}, the model needs {want[name]}"
                  for name in want if name in got and tuple(got[name]) != tuple(want[name])]
     if problems:
-        raise ConversionError(f"{source}: converted parameters do not fit the model: " + "; ".join(problems[:5]))
+        raise ConversionError(f"{source}: converted parameters do not fit the model: {_first_few(problems, '; ')}")
     return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
 
 
@@ -146,7 +183,7 @@ def load_hf(directory: Path) -> Pretrained:
 
     hf_config = read_hf_config(directory)
     family = family_of_model_type(str(hf_config.get("model_type")), str(directory))
-    config = family.config_from_hf(hf_config)
+    config = config_of(family, hf_config, str(directory / CONFIG_FILE))
     model = build_model(config)
     params = family.params_from_hf(read_safetensors(directory), config, str(directory))
     params = check_params(model, params, str(directory))

@@ -17,7 +17,7 @@ import numpy as np
 
 from littlehelp.models.api import Params
 from littlehelp.models.bert import ACTIVATIONS, BertConfig
-from littlehelp.models.convert import ConversionError, Family, Tensors, register, require
+from littlehelp.models.convert import ConversionError, Family, Tensors, hf_shapes, register, require, require_shapes
 
 PREFIX = "bert."
 ARCHITECTURES = {"BertModel": {"pooler": True, "mlm_head": False},
@@ -123,10 +123,12 @@ def _hf_name(name: str, config: BertConfig) -> str:
 
 
 def params_from_hf(tensors: Tensors, config: BertConfig, source: str = "HF checkpoint") -> Params:
-    """HF BERT tensors (with or without "bert.") -> our params; missing tensors refused by name."""
+    """HF BERT tensors (with or without "bert.") -> our params; missing or misshapen tensors refused by name."""
     bare = {name.removeprefix(PREFIX): value for name, value in tensors.items()}
     layer_names = [_layer_name(i, hf) for i in range(config.num_layers) for _, hf, _ in LAYER]
     require(bare, [hf for _, hf, _ in _entries(config)] + layer_names, source)
+    shapes = {name.removeprefix(PREFIX): shape for name, shape in hf_shapes("bert", config).items()}
+    require_shapes(bare, shapes, source)
     params: dict[str, Any] = {}
     for ours, hf, (to_ours, _) in _entries(config):
         _set(params, ours, to_ours(np.asarray(bare[hf], np.float32), config))

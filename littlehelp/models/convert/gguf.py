@@ -4,6 +4,7 @@ Every tensor is dequantised to float32 and renamed to its HF name, then the llam
 `params_from_hf` maps it (one mapping for both formats). A dequantised matrix's numpy shape is
 ggml's `ne` reversed, [out, in] as HF's. llama.cpp stores a Llama's `attn_q`/`attn_k` rows in its
 interleaved-RoPE order; `_unpermute` restores HF's rotate-half order (Qwen2 files are not permuted).
+A truncated file is refused naming where it ends: the metadata header, the tensor table or a tensor's data.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import GGUFReader
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from littlehelp.models.convert import ConversionError, Pretrained, check_params, llama
+from littlehelp.models.convert import ConversionError, Pretrained, check_params, config_of, llama
 from littlehelp.models.decoder import DEFAULT_CONTEXT_LENGTH
 
 ARCHITECTURES = ("llama", "qwen2")
@@ -122,16 +125,56 @@ def _vocabulary(path: Path) -> Any:
     return TokenizerVocabulary.from_gguf(path)
 
 
+class _CheckedReader(GGUFReader):
+    """A GGUFReader that refuses a truncated file by name: where it ends (the metadata header or the
+    tensor-info table), or the first tensor whose data it lacks."""
+
+    def __init__(self, path: Path):
+        self.source = str(path)
+        super().__init__(path)
+
+    def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
+        if int(offset) + np.dtype(dtype).itemsize * int(count) > len(self.data):
+            raise ConversionError(f"{self.source} is truncated: it ends at byte {len(self.data)}, inside its "
+                                  f"{self._section()}")
+        return super()._get(offset, dtype, count, override_order)
+
+    def _section(self) -> str:
+        """The part being read: the metadata header until all its key/values are read, then the tensor table."""
+        fields = getattr(self, "fields", {})
+        kv_count = fields.get("GGUF.kv_count")
+        read = len(fields) - 3  # GGUF.version, GGUF.tensor_count and GGUF.kv_count are not key/values
+        return "metadata header" if kv_count is None or read < int(kv_count.parts[0][0]) else "tensor-info table"
+
+    def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
+        for field in fields:
+            _, name, _, dims, ggml_type, offset = field.parts
+            block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(int(ggml_type[0]))]
+            end = start_offs + int(offset[0]) + int(np.prod(dims)) * type_size // block_size
+            if end > len(self.data):
+                raise ConversionError(f"{self.source} is truncated: it ends at byte {len(self.data)}, inside the "
+                                      f"data of tensor {bytes(name).decode()!r} (which ends at byte {end})")
+        super()._build_tensors(start_offs, fields)
+
+
+def _reader(path: Path) -> GGUFReader:
+    """A reader of GGUF file `path`; a truncated file or one that is not GGUF is refused naming it."""
+    try:
+        return _CheckedReader(path)
+    except ConversionError:
+        raise
+    except (ValueError, KeyError) as error:
+        raise ConversionError(f"{path} is not a readable GGUF file: {error}") from None
+
+
 def load(path: str | Path) -> Pretrained:
     """A Llama-family GGUF file -> `Pretrained` (float32 params, our DecoderLM, its vocabulary)."""
-    from gguf import GGUFReader
-
     from littlehelp.models import build_model
 
     path, source = Path(path), str(path)
-    reader = GGUFReader(path)
+    reader = _reader(path)
     hf_config = hf_config_of(reader, {tensor.name for tensor in reader.tensors}, source)
-    config = llama.config_from_hf(hf_config)
+    config = config_of(llama.FAMILY, hf_config, source)
     params = llama.params_from_hf(hf_tensors_of(reader, hf_config), config, source)
     model = build_model(config)
     return Pretrained("llama", config, model, check_params(model, params, source), _vocabulary(path), source)

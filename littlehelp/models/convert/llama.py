@@ -15,7 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from littlehelp.models.convert import ConversionError, Family, Params, Tensors, register, require
+from littlehelp.models.convert import (ConversionError, Family, Params, Tensors, hf_shapes, register, require,
+                                       require_shapes)
 from littlehelp.models.decoder import DEFAULT_CONTEXT_LENGTH, DecoderConfig
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -181,8 +182,9 @@ def expected_names(config: DecoderConfig) -> list[str]:
 
 
 def params_from_hf(tensors: Tensors, config: DecoderConfig, source: str = "HF checkpoint") -> Params:
-    """HF Llama / Qwen2 tensors -> our DecoderLM params (missing tensors refused by name)."""
+    """HF Llama / Qwen2 tensors -> our DecoderLM params (missing or misshapen tensors refused by name)."""
     require(tensors, expected_names(config), source)
+    require_shapes(tensors, hf_shapes("llama", config), source)
     layers = []
     for i in range(config.num_layers):
         layer: dict[str, Any] = {}

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from littlehelp.models.convert import ConversionError, Family, Params, Tensors, register, require
+from littlehelp.models.convert import (ConversionError, Family, Params, Tensors, hf_shapes, register, require,
+                                       require_shapes)
 from littlehelp.models.convert.llama import get_path, layer_params, set_path, stack_layers, to_hf, to_ours
 from littlehelp.models.t5 import T5Config
 
@@ -114,8 +115,9 @@ def _stack_from_hf(tensors: Tensors, config: T5Config, stack: str) -> dict[str, 
 
 
 def params_from_hf(tensors: Tensors, config: T5Config, source: str = "HF checkpoint") -> Params:
-    """HF T5 v1.1 tensors -> our T5 params (missing tensors refused by name)."""
+    """HF T5 v1.1 tensors -> our T5 params (missing or misshapen tensors refused by name)."""
     require(tensors, expected_names(config), source)
+    require_shapes(tensors, hf_shapes("t5", config), source)
     params = {"token_embedder": {"embedding": np.asarray(tensors["shared.weight"])},
               "encoder": _stack_from_hf(tensors, config, "encoder"),
               "decoder": _stack_from_hf(tensors, config, "decoder")}
