@@ -6,9 +6,12 @@
 
 Prints the continuation and the decode's statistics, one line each; `--baseline` also decodes with the
 target alone (`littlehelp.decoding.generate`) and compares the times, each measured after a warm-up
-call that compiles. Bad input (an empty prompt, a missing folder, vocabularies of different sizes,
-gamma < 1, a prompt plus --max_new_tokens longer than the target's or the draft's context length) is
-refused in one line before anything is compiled.
+call that compiles. Bad input (an empty prompt, a missing folder, gamma < 1, a draft whose vocabulary
+differs from the target's in size or in any piece, a prompt plus --max_new_tokens longer than the
+target's or the draft's context length) is refused in one line before any run folder's parameters are
+read: its model comes from its model.gin or config.gin, its vocabulary from its vocabulary/ folder or
+the VOCABULARY its gin file binds (a training run's config.gin). A GGUF file or HF folder is loaded
+whole first (its config and vocabulary come with its weights).
 
 `wall_clock` and `lossy_decoding` time speculative against target-only decoding over a set of held-out
 prompts (`acceptance.References`), as the DistillSpec study does.
@@ -17,11 +20,11 @@ prompts (`acceptance.References`), as the DistillSpec study does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +34,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from distillspec import acceptance, speculative
-from littlehelp.errors import LittlehelpError
+from littlehelp.errors import exit_on_error
 
 MODEL_GINS = ("model.gin", "config.gin")  # a converted folder's model file, else a training run's operative config
 
 
 @dataclasses.dataclass(frozen=True)
 class RunFolder:
-    """A run folder's model (from its model.gin or config.gin), checkpoint key and folder; params are read later."""
+    """A run folder's model and checkpoint key (from `gin_file`, its model.gin or config.gin) and folder;
+    params are read later."""
 
     model: Any
     key: str
     folder: Path
+    gin_file: Path
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -75,22 +80,45 @@ def open_source(path: str) -> RunFolder | Path:
     return folder
 
 
-def read_run_folder(folder: Path, model_gin: Path) -> RunFolder:
-    """The model `model_gin` configures (`%MODEL_CONFIG`) and its checkpoint key (`%MODEL_KEY`)."""
+@contextlib.contextmanager
+def parsed(gin_file: Path) -> Iterator[None]:
+    """`gin_file` parsed for the block (the configurable modules imported), the config cleared after."""
     import gin
 
     from littlehelp import config as gin_config
-    from littlehelp.models import build_model
 
     gin_config.import_configurable_modules()
-    gin_config.parse_gin([str(model_gin)], [], [])
+    gin_config.parse_gin([str(gin_file)], [], [])
     try:
-        with gin.config_scope("MODEL_CONFIG"):  # a macro's value is built in its own scope (config.gin scopes it)
-            model_config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
-        key = gin.query_parameter("%MODEL_KEY") if "MODEL_KEY" in gin.config_str() else "model"
+        yield
     finally:
         gin.clear_config()
-    return RunFolder(build_model(model_config), key, folder)
+
+
+def macro_value(name: str) -> Any:
+    """The parsed config's value of macro `name`, a reference built in the macro's own scope (config.gin
+    scopes it so); None where no file binds it."""
+    import gin
+
+    try:
+        value = gin.query_parameter(f"%{name}")
+    except ValueError:
+        return None
+    if not isinstance(value, gin.config.ConfigurableReference):
+        return value
+    with gin.config_scope(name):
+        return value.scoped_configurable_fn()
+
+
+def read_run_folder(folder: Path, model_gin: Path) -> RunFolder:
+    """The model `model_gin` configures (`%MODEL_CONFIG`) and its checkpoint key (`%MODEL_KEY`, default "model")."""
+    from littlehelp.models import build_model
+
+    with parsed(model_gin):
+        model_config, key = macro_value("MODEL_CONFIG"), macro_value("MODEL_KEY")
+    if model_config is None:
+        raise speculative.SpeculativeError(f"{model_gin} binds no MODEL_CONFIG")
+    return RunFolder(build_model(model_config), key or "model", folder, model_gin)
 
 
 def restore(run: RunFolder) -> tuple[Any, Any]:
@@ -103,13 +131,36 @@ def restore(run: RunFolder) -> tuple[Any, Any]:
     return run.model, params
 
 
-def vocabulary_of(source: RunFolder | Any) -> Any:
-    """The vocabulary of a loaded `Pretrained` or of a converted run folder (`vocabulary/`)."""
+def vocabulary_of(source: RunFolder | Any) -> Any | None:
+    """The vocabulary of a loaded `Pretrained`, or of a run folder: its vocabulary/ (a converted folder), else
+    the VOCABULARY its gin file binds (a training run's config.gin), else None."""
     if not isinstance(source, RunFolder):
         return source.vocabulary
-    from littlehelp.models.convert.run_folder import folder_vocabulary
+    from littlehelp.models.convert.run_folder import VOCABULARY_DIR, folder_vocabulary
 
-    return folder_vocabulary(str(source.folder))
+    if (source.folder / VOCABULARY_DIR).is_dir():
+        return folder_vocabulary(str(source.folder))
+    with parsed(source.gin_file):
+        return macro_value("VOCABULARY")
+
+
+def check_same_pieces(args: argparse.Namespace, target: Any, draft: Any | None) -> None:
+    """Refuses a draft whose vocabulary is unknown or gives some id another piece than the target's: equal
+    sizes are not enough (`TokenizerVocabulary.pieces_fingerprint`)."""
+    from littlehelp.data.hf_vocab import TokenizerVocabulary
+
+    if draft is None:
+        raise speculative.SpeculativeError(f"draft {args.draft} holds no vocabulary (no vocabulary/ folder, no "
+                                           "VOCABULARY in its gin file) to compare with the target's")
+    for role, path, vocabulary in (("target", args.target, target), ("draft", args.draft, draft)):
+        if not isinstance(vocabulary, TokenizerVocabulary):
+            raise speculative.SpeculativeError(f"{role} {path}'s vocabulary is a {type(vocabulary).__name__}, whose "
+                                               "pieces cannot be compared (a TokenizerVocabulary's can)")
+    if target.pieces_fingerprint != draft.pieces_fingerprint:
+        sizes = (f"the same {target.vocab_size} ids" if target.vocab_size == draft.vocab_size
+                 else f"{target.vocab_size} and {draft.vocab_size} ids")
+        raise speculative.SpeculativeError(f"draft {args.draft} and target {args.target} have different vocabularies "
+                                           f"({sizes}, other pieces); the draft must share the target's tokenizer")
 
 
 def prompt_ids(vocabulary: Any, prompt: str, chat: bool) -> list[int]:
@@ -130,22 +181,29 @@ def text(vocabulary: Any, tokens: np.ndarray, length: int) -> str:
     return vocabulary.decode(ids)
 
 
-def load_pair(args: argparse.Namespace) -> tuple[tuple[Any, Any], tuple[Any, Any], Any]:
-    """(target, draft, target vocabulary), vocabulary sizes compared before the draft's parameters are read."""
+def opened(source: RunFolder | Path) -> RunFolder | Any:
+    """A run folder as it is (its parameters are read last), a GGUF file or HF folder loaded (`convert.load`)."""
     from littlehelp.models import convert
 
-    target_source, draft_source = open_source(args.target), open_source(args.draft)
-    target = restore(target_source) if isinstance(target_source, RunFolder) else convert.load(target_source)
-    if isinstance(draft_source, RunFolder):
-        target_model = target[0] if isinstance(target, tuple) else target.model
-        speculative.check_vocabularies(target_model, draft_source.model)
-        draft = restore(draft_source)
-    else:
-        draft = convert.load(draft_source)
-    vocabulary = vocabulary_of(target_source if isinstance(target_source, RunFolder) else target)
+    return source if isinstance(source, RunFolder) else convert.load(source)
+
+
+def with_params(source: RunFolder | Any) -> Any:
+    """A run folder's (model, params), its parameters read now; a loaded `Pretrained` as it is."""
+    return restore(source) if isinstance(source, RunFolder) else source
+
+
+def checked_prompt(args: argparse.Namespace, target: RunFolder | Any, draft: RunFolder | Any) -> tuple[list[int], Any]:
+    """(prompt ids, target vocabulary), once the draft shares the target's vocabulary (size and pieces) and the
+    prompt plus --max_new_tokens fits both models' context length; run folders' parameters are not read."""
+    speculative.check_vocabularies(target.model, draft.model)
+    vocabulary = vocabulary_of(target)
     if vocabulary is None:
         raise speculative.SpeculativeError(f"{args.target} holds no vocabulary to encode the prompt with")
-    return target, draft, vocabulary
+    check_same_pieces(args, vocabulary, vocabulary_of(draft))
+    prompt = prompt_ids(vocabulary, args.prompt, args.chat)
+    speculative.check_context(target.model, draft.model, len(prompt), args.max_new_tokens)
+    return prompt, vocabulary
 
 
 def check_args(args: argparse.Namespace) -> speculative.Plan:
@@ -179,11 +237,10 @@ def baseline_seconds(target: Any, prompt: list[int], plan: speculative.Plan, eos
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Decodes the prompt speculatively (and with the target alone with --baseline); prints and returns the results."""
     plan = check_args(args)
-    target, draft, vocabulary = load_pair(args)
-    prompt = prompt_ids(vocabulary, args.prompt, args.chat)
-    speculative.check_context(speculative.model_and_params(target)[0], speculative.model_and_params(draft)[0],
-                              len(prompt), args.max_new_tokens)
-    target, draft = speculative.pair(target, draft)
+    sources = open_source(args.target), open_source(args.draft)
+    target, draft = opened(sources[0]), opened(sources[1])
+    prompt, vocabulary = checked_prompt(args, target, draft)
+    target, draft = speculative.pair(with_params(target), with_params(draft))
     lenience = (args.lenience, args.eps) if args.lenience else None
     decode = lambda: speculative.generate(  # noqa: E731
         target, draft, [prompt], gamma=args.gamma, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -258,11 +315,8 @@ def lossy_decoding(target: tuple[Any, Any], draft: tuple[Any, Any], refs: accept
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """The command: bad input is printed as one line and exits with the error's code."""
     args = parse_args(argv)
-    try:
+    with exit_on_error("distillspec.generate"):
         return run(args)
-    except LittlehelpError as error:
-        print(f"distillspec.generate: error: {error.one_line()}", file=sys.stderr)
-        raise SystemExit(error.exit_code) from None
 
 
 if __name__ == "__main__":

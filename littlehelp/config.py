@@ -542,14 +542,49 @@ def _finalize() -> None:
 
 
 def missing_required_arguments(configurable: Callable[..., Any]) -> list[str]:
-    """Parameters of a gin configurable that default to `gin.REQUIRED` and are not bound."""
-    signature = inspect.signature(configurable)
-    bound = gin.get_bindings(configurable)
-    return [
-        name
-        for name, parameter in signature.parameters.items()
-        if parameter.default is gin.REQUIRED and name not in bound
-    ]
+    """Parameters of a gin configurable that have no default (or `gin.REQUIRED`) and are not bound.
+
+    Reads the bindings without calling the configurables they reference.
+    """
+    bound = gin.get_bindings(configurable, resolve_references=False)
+    return [name for name in _required_parameters(configurable) if name not in bound]
+
+
+def missing_reference_arguments(configurable: Callable[..., Any]) -> list[str]:
+    """`scope/name.parameter` of each unbound required parameter of the configurables that gin calls
+    (`@name()`, also through `%MACRO`s) to fill `configurable`'s bound arguments; none is called."""
+    macros, missing = _macro_values(), []
+    for value in gin.get_bindings(configurable, resolve_references=False).values():
+        for reference in _called_references(value, macros):  # gin calls each in its own scope
+            selector = "/".join([*reference.scopes, reference.configurable.selector])
+            bound = gin.get_bindings(selector, resolve_references=False)
+            name = reference.scoped_selector  # as the gin file writes it
+            missing += [f"{name}.{p}" for p in _required_parameters(reference.configurable.wrapped) if p not in bound]
+    return list(dict.fromkeys(missing))
+
+
+def _called_references(value: Any, macros: Mapping[str, Any],
+                       followed: frozenset[str] = frozenset()) -> Iterator[Any]:
+    """Each `@name()` reference in a bound value, `%MACRO`s followed to their values."""
+    for leaf in _leaves(value):
+        if not isinstance(leaf, gin.config.ConfigurableReference) or not leaf.evaluate:
+            continue
+        macro = _macro_of(leaf.scoped_selector)
+        if macro is None:
+            yield leaf
+        elif macro in macros and macro not in followed:
+            yield from _called_references(macros[macro], macros, followed | {macro})
+
+
+def _required_parameters(fn_or_cls: Callable[..., Any]) -> list[str]:
+    """Parameters that a call without arguments leaves unset (no default, or `gin.REQUIRED`); [] when
+    the signature cannot be read (some builtins)."""
+    try:
+        parameters = inspect.signature(fn_or_cls).parameters
+    except (ValueError, TypeError):
+        return []
+    return [name for name in _parameter_names(fn_or_cls)
+            if parameters[name].default is inspect.Parameter.empty or parameters[name].default is gin.REQUIRED]
 
 
 def write_operative_config(model_dir: str) -> Path:

@@ -7,6 +7,10 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
+
 EXIT_ERROR = 1  # the run failed; the message says why
 EXIT_CONFIG = 2  # the configuration was refused before anything ran
 EXIT_PREEMPTED = 75  # SIGTERM: the run saved its state and stopped; run the same command to resume
@@ -27,3 +31,14 @@ class PreemptedError(LittlehelpError):
     """A run stopped by SIGTERM with its state saved, where a caller needed it finished; rerun to resume."""
 
     exit_code = EXIT_PREEMPTED
+
+
+@contextlib.contextmanager
+def exit_on_error(prog: str) -> Iterator[None]:
+    """Runs the block; a `LittlehelpError` raised in it is printed as `PROG: error: <its first line>` on
+    stderr and exits with its `exit_code` (a command's entry point wraps its work in this)."""
+    try:
+        yield
+    except LittlehelpError as error:
+        print(f"{prog}: error: {error.one_line()}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None

@@ -4,7 +4,8 @@ and `task_metrics`, a task's own metrics of greedy predictions (what `littlehelp
 Encoder-decoder models decode targets from each example's inputs; decoder-only models continue
 the first `prompt_length` tokens of each example. With `prompt` (gin `PROMPT`) the model decodes that
 text instead (optionally wrapped in the vocabulary's chat template). Results go to
-MODEL_DIR/inference.jsonl (one record per example: input, target, prediction) and are logged.
+MODEL_DIR/inference.jsonl (one record per example: input, target, prediction; for a prompt: prompt,
+prediction) and are logged.
 """
 
 from __future__ import annotations
@@ -146,10 +147,11 @@ def infer(
     params, step = restore_run_params(model_dir, lambda rng: model.init(rng, example), mesh, rules,
                                       checkpoint_config, select=model_key)
     sources, predictions = decode_examples(model, jax.device_get(params), batch, decoding_config, vocabulary.eos_id)
-    records = [
-        {"input": _text(vocabulary, s), "target": _text(vocabulary, t), "prediction": _text(vocabulary, p)}
-        for s, t, p in zip(sources, batch["decoder_target_tokens"], predictions)
-    ]
+    if prompt is not None:  # no target: the prompt is what the model continued (chat template included)
+        records = [{"prompt": _text(vocabulary, sources[0]), "prediction": _text(vocabulary, predictions[0])}]
+    else:
+        records = [{"input": _text(vocabulary, s), "target": _text(vocabulary, t), "prediction": _text(vocabulary, p)}
+                   for s, t, p in zip(sources, batch["decoder_target_tokens"], predictions)]
     _write_records(records, Path(model_dir) / "inference.jsonl", step)
     return records
 
@@ -217,5 +219,5 @@ def _write_records(records: list[dict[str, str]], path: Path, step: int) -> None
     """Writes the decoded records as JSON lines to `path` and logs each one."""
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     for record in records:
-        logging.info("input: %s\n  target: %s\n  prediction: %s", record["input"], record["target"], record["prediction"])
+        logging.info("%s", "\n  ".join(f"{field}: {text}" for field, text in record.items()))
     logging.info("wrote %d examples decoded at step %d to %s", len(records), step, path)

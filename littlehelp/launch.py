@@ -22,6 +22,8 @@ import importlib
 import json
 import logging as std_logging
 import os
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -43,8 +45,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 LAUNCH_RECORD = "launch.json"  # MODEL_DIR/launch.json: the gin files and bindings `train` ran with
 FINAL_STEP_BINDING = "trainer.train.steps"
 MODEL_DIR = "MODEL_DIR"
-# Libraries whose INFO lines drown the run's own progress; their warnings and errors still show.
+# Libraries whose INFO lines drown the run's own progress; their warnings and errors still show, but
+# for LIBRARY_NOISE, warnings that every run of this project gets and no run acts on.
 QUIET_LIBRARIES = ("/orbax/", "/seqio/", "/tensorflow", "/jax/", "/etils/", "/gin/")
+LIBRARY_NOISE = ("Metadata file does not exist",)  # orbax, reading a step saved without its optional metadata
+# Lines TensorFlow's native code writes to stderr while it loads, before TF_CPP_MIN_LOG_LEVEL applies
+# (that setting, made by the CLI, silences the later ones: cuInit, 'PyFunc is stateful').
+NATIVE_NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
+                "Could not find cuda drivers", "failed call to cuInit", "Unable to register cu",
+                "computation placer already registered", "TF-TRT Warning")
 
 Bindings = Mapping[str, Any] | Sequence[str]
 
@@ -68,9 +77,30 @@ class RunResult:
 
 
 def load_command(command: str) -> Callable[..., Any]:
-    """Imports and returns the gin-configurable function that runs `command`."""
+    """Imports (TensorFlow's loading lines dropped) and returns the gin-configurable function that runs `command`."""
     module_name, function_name = COMMANDS[command]
-    return getattr(importlib.import_module(module_name), function_name)
+    with native_noise_dropped():
+        module = importlib.import_module(module_name)
+    return getattr(module, function_name)
+
+
+@contextlib.contextmanager
+def native_noise_dropped() -> Iterator[None]:
+    """Holds back what is written to stderr's file descriptor in the block (native code writes there
+    directly, past Python's logging), then writes back the lines that are not `NATIVE_NOISE`."""
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(terminal, 2)
+            os.close(terminal)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            os.write(2, "".join(line for line in lines if not any(n in line for n in NATIVE_NOISE)).encode())
 
 
 def configure(command: str, gin_files: Sequence[str], overrides: Sequence[str],
@@ -78,15 +108,17 @@ def configure(command: str, gin_files: Sequence[str], overrides: Sequence[str],
     """Imports configurables, parses gin (`gin_files`, then `NAME=VALUE` `overrides`), and returns the
     command's function, ready to call.
 
-    Raises `config.ConfigError` for any configuration problem, before anything runs.
+    Raises `config.ConfigError` for any configuration problem, before anything runs, including a
+    required parameter left unset of a configurable that gin calls (`@name()`) to fill the function's
+    arguments; nothing gin binds is called here.
     """
     target = load_command(command)
     config.import_configurable_modules()
     config.parse_gin(gin_files, overrides, search_paths)
-    missing = config.missing_required_arguments(target)
+    missing = [f"{target.__name__}.{name}" for name in config.missing_required_arguments(target)]
+    missing += config.missing_reference_arguments(target)
     if missing:
-        names = ", ".join(f"{target.__name__}.{name}" for name in missing)
-        raise config.ConfigError(f"required value(s) not set: {names}")
+        raise config.ConfigError(f"required value(s) not set: {', '.join(missing)}")
     return target
 
 
@@ -100,8 +132,10 @@ def set_up_logging() -> None:
 
 
 def _quiet_libraries(record: std_logging.LogRecord) -> bool:
-    """Keeps a log record unless it is below WARNING and comes from a QUIET_LIBRARIES path."""
-    return record.levelno >= std_logging.WARNING or not any(p in record.pathname for p in QUIET_LIBRARIES)
+    """Keeps a log record unless it comes from a QUIET_LIBRARIES path and is below WARNING or `LIBRARY_NOISE`."""
+    if not any(p in record.pathname for p in QUIET_LIBRARIES):
+        return True
+    return record.levelno >= std_logging.WARNING and not str(record.msg).startswith(LIBRARY_NOISE)
 
 
 def train(gin_files: str | Sequence[str], bindings: Bindings, model_dir: str | Path,

@@ -20,7 +20,13 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Before anything imports TensorFlow.
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import logging as std_logging  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 from absl import logging  # noqa: E402
@@ -130,19 +136,24 @@ def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
                          help="stop at the first point that fails (default: record it as failed and go on)")
 
 
-def main(argv: Sequence[str] | None = None) -> Any:
+def main(argv: Sequence[str] | None = None, *, debug_log: DebugLog | None = None) -> Any:
     """Runs the CLI on `argv` (default `sys.argv[1:]`) and returns the command's result.
 
     A `LittlehelpError` (bad configuration, unusable checkpoint, a run that cannot go on) is printed
     as one line on stderr and exits with its `exit_code` (2 for configuration errors). A result with a
     non-zero `exit_code` attribute (a run stopped by SIGTERM: 75) exits with that status.
+    With `debug_log` (the `littlehelp` program), library tracebacks go there instead of the terminal,
+    and so does everything written to stderr after an error's line, which stays the last one shown.
     """
     try:
         rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(rest)
         launch.set_up_logging()
+        if debug_log is not None:
+            debug_log.take_tracebacks()
         if args.command == "convert":
-            from littlehelp.models.convert import run_folder  # pylint: disable=import-outside-toplevel
+            with launch.native_noise_dropped():
+                from littlehelp.models.convert import run_folder  # pylint: disable=import-outside-toplevel
 
             return run_folder.convert(args.source, args.out_dir)
         if args.command == "study":
@@ -154,11 +165,60 @@ def main(argv: Sequence[str] | None = None) -> Any:
                                    args.stop_on_failure)
         result = _compile(args, overrides) if args.command == "compile" else _run_command(args, overrides)
     except LittlehelpError as error:
-        print(f"littlehelp: error: {error.one_line()}", file=sys.stderr)
+        line = f"littlehelp: error: {error.one_line()}"
+        if debug_log is None:
+            print(line, file=sys.stderr)
+        else:
+            debug_log.print_last(line)
         raise SystemExit(error.exit_code) from None
     if getattr(result, "exit_code", 0):  # e.g. a training run stopped by SIGTERM exits 75
         raise SystemExit(result.exit_code)
     return result
+
+
+class DebugLog:
+    """A file in the temporary folder for what the terminal need not show, created on first use."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.gettempdir()) / f"littlehelp-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+    def write(self, text: str) -> None:
+        """Appends `text` (lost when the log cannot be written: a full disk)."""
+        with contextlib.suppress(OSError), open(self.path, "a", encoding="utf-8") as log:
+            log.write(text)
+
+    def take_tracebacks(self) -> None:
+        """From now on, the tracebacks of library log records (their message lines still show) and of
+        exceptions Python ignores (`sys.unraisablehook`: callbacks of closed event loops) come here."""
+        logging.get_absl_handler().addFilter(self._library_traceback)
+        sys.unraisablehook = self._unraisable
+
+    def _library_traceback(self, record: std_logging.LogRecord) -> bool:
+        """A logging filter keeping every record; a QUIET_LIBRARIES record's traceback moves here."""
+        if record.exc_info and any(p in record.pathname for p in launch.QUIET_LIBRARIES):
+            self.write(f"{record.getMessage()}\n{''.join(traceback.format_exception(*record.exc_info))}")
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    def _unraisable(self, unraisable: Any) -> None:
+        lines = traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+        self.write(f"{unraisable.err_msg or 'Exception ignored in'}: {unraisable.object!r}\n{''.join(lines)}")
+
+    def print_last(self, line: str) -> None:
+        """Prints the error `line` as the last thing on stderr: what is written there afterwards (library
+        threads reporting the same failure, tracebacks at interpreter exit) comes here, named on the line
+        above (just the line when the log cannot be opened)."""
+        sys.stderr.flush()
+        try:
+            log = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:
+            print(line, file=sys.stderr)
+            return
+        terminal = os.dup(2)
+        os.dup2(log, 2)
+        os.close(log)
+        with os.fdopen(terminal, "w") as stream:
+            stream.write(f"littlehelp: what is printed after this error goes to {self.path}\n{line}\n")
 
 
 def _run_command(args: argparse.Namespace, overrides: Sequence[str]) -> Any:
@@ -182,7 +242,8 @@ def _compile(args: argparse.Namespace, overrides: Sequence[str]) -> Any:
 
     Before JAX starts, a CPU target gets its fake devices and a TPU topology keeps JAX on the CPU.
     """
-    from littlehelp import aot  # pylint: disable=import-outside-toplevel
+    with launch.native_noise_dropped():
+        from littlehelp import aot  # pylint: disable=import-outside-toplevel
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     mesh = aot.parse_mesh(args.mesh) if args.mesh else None
@@ -195,7 +256,7 @@ def _compile(args: argparse.Namespace, overrides: Sequence[str]) -> Any:
 
 def run() -> None:
     """Console-script entry point (`littlehelp`)."""
-    main()
+    main(debug_log=DebugLog())
 
 
 if __name__ == "__main__":

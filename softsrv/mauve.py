@@ -28,6 +28,8 @@ the spread over seeds is the quantisation noise, a lower bound on MAUVE's noise 
 size. P is the real text and Q the synthetic one, as in mauve-text (the score is symmetric up to the
 clustering). Unless `verbose=True`, standard error is silenced while MAUVE runs: faiss warns there on
 every call that k-means has fewer than 39 points per centroid (always so under "auto").
+`small_sample_warning` says when a sample is too small (under MIN_RELIABLE_SAMPLES = 50 texts a side)
+for the score to mean much.
 
 Where P's and Q's histograms are equal (identical samples, say) MAUVE is 1 and `mauve_score` returns
 1: mauve-text there returns 1 or 0.75 by rounding, its curve's points all tie at x = 1 with the
@@ -52,6 +54,7 @@ import numpy as np
 from littlehelp.errors import LittlehelpError
 
 NumBuckets = int | Literal["auto"]
+MIN_RELIABLE_SAMPLES = 50  # texts per sample below which a score is flagged (`small_sample_warning`)
 
 
 class MauveInputError(LittlehelpError, ValueError):
@@ -95,10 +98,15 @@ def checked_features(features: object, name: str) -> np.ndarray:
     return array.astype(np.float64 if array.dtype == np.float64 else np.float32)
 
 
+def auto_buckets(num_p: int, num_q: int) -> int:
+    """mauve-text's "auto" bucket count: one per 10 rows of the smaller sample, at least 2."""
+    return max(2, int(round(min(num_p, num_q) / 10)))
+
+
 def resolved_buckets(num_buckets: NumBuckets, num_p: int, num_q: int) -> int:
     """The bucket count: mauve-text's "auto" rule or the integer given, at most min(num_p, num_q)."""
     if num_buckets == "auto":
-        buckets = max(2, int(round(min(num_p, num_q) / 10)))
+        buckets = auto_buckets(num_p, num_q)
     elif isinstance(num_buckets, (int, np.integer)) and not isinstance(num_buckets, bool) and num_buckets >= 2:
         buckets = int(num_buckets)
     else:
@@ -107,6 +115,23 @@ def resolved_buckets(num_buckets: NumBuckets, num_p: int, num_q: int) -> int:
         side, rows = ("p_features", num_p) if num_p <= num_q else ("q_features", num_q)
         raise MauveInputError(f"num_buckets={buckets} needs at least {buckets} rows per sample; {side} has {rows}")
     return buckets
+
+
+def small_sample_warning(num_real: int, num_synthetic: int) -> str | None:
+    """A warning that MAUVE means little when either sample has fewer than MIN_RELIABLE_SAMPLES texts; else None.
+
+    Why 50: MAUVE compares the two samples' histograms over k-means clusters, and "auto" makes one
+    cluster per 10 texts of the smaller sample (at least 2), so that each bin rests on about 10 texts.
+    50 texts a side give 5 such clusters, taken here as the least that lets the histograms tell most
+    pairs of distributions apart; fewer texts give fewer, coarser clusters (2 below 25), fitted by PCA
+    and k-means on a few dozen points. It is a floor, not a guarantee (MAUVE's authors use thousands
+    of texts per side).
+    """
+    if min(num_real, num_synthetic) >= MIN_RELIABLE_SAMPLES:
+        return None
+    return (f"MAUVE of {num_synthetic} samples against {num_real} real examples is unreliable: it needs at least "
+            f"{MIN_RELIABLE_SAMPLES} of each (here k-means compares them over "
+            f"{auto_buckets(num_real, num_synthetic)} clusters)")
 
 
 def check_settings(kmeans_num_redo: int, kmeans_max_iter: int, kmeans_explained_var: float,

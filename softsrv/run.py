@@ -16,8 +16,11 @@ z of a training example (seeded random orders of all of them, each used once bef
 prompt, the instruction of --instruction_file (say, one written for the domain) or a generic one, with
 the same sampling settings. Writes DIR/samples.jsonl (one {"text"} per sample), DIR/mauve.json (MAUVE
 of the samples against VALIDATION_FILE on MiniLM features, `softsrv.mauve`, over --mauve_seeds) and
-DIR/summary.json. With --finetune_steps N a small decoder is then fine-tuned N steps on the samples
-(`softsrv.finetune`, from --finetune_from or from scratch) and its NLL on TEST_FILE goes into the summary.
+DIR/summary.json; below `mauve.MIN_RELIABLE_SAMPLES` samples or validation examples, a warning that MAUVE
+is unreliable follows the printed score and goes into both files. With --finetune_steps N a small decoder
+is then fine-tuned N steps on the samples (`softsrv.finetune`, from --finetune_from or from scratch) and
+its NLL on TEST_FILE goes into the summary.
+Bad input ends the command in one line on stderr naming the culprit, with the error's exit status.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import gin
 from littlehelp import config, launch
 from littlehelp.data import pretrained
 from littlehelp.embed import SentenceEmbedder
+from littlehelp.errors import exit_on_error
 from softsrv import finetune, generate, mauve, synthesis
 from softsrv.data import check_disjoint, read_examples
 from softsrv.synthesis import HARD, SOFT
@@ -125,12 +129,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         samples = synthesis.synthesize(**knobs, train_texts=train_texts, instruction=instruction)
     finally:
         gin.clear_config()
-    scored = mauve.mauve_of_texts(samples, real, SentenceEmbedder.load(pretrained.ensure("minilm_l6")),
-                                  seeds=args.mauve_seeds)
+    scored = score(samples, real, args.mauve_seeds)
     summary = {**knobs, "instruction": instruction, "train_file": args.train_file,
                "validation_file": args.validation_file, "test_file": args.test_file, "steps": args.steps,
                "final_train_loss": trained.get("train/loss"), "final_eval_loss": trained.get("eval/loss"),
-               "mauve_mean": scored["mean"], "mauve_std": scored["std"], "seconds": time.perf_counter() - started}
+               "mauve_mean": scored["mean"], "mauve_std": scored["std"], "mauve_warning": scored.get("warning"),
+               "seconds": time.perf_counter() - started}
     write_outputs(out, samples, scored, summary)
     if args.finetune_steps:
         summary["finetune_nll"] = finetune.finetune_nll(out / "samples.jsonl", args.test_file, out / "finetune",
@@ -140,6 +144,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return summary
 
 
+def score(samples: Sequence[str], real: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+    """MAUVE of the samples against the real examples on MiniLM features (`mauve.mauve_of_texts`), with a
+    "warning" when either side is too small for the score to mean much (`mauve.small_sample_warning`)."""
+    scored = mauve.mauve_of_texts(samples, real, SentenceEmbedder.load(pretrained.ensure("minilm_l6")), seeds=seeds)
+    warning = mauve.small_sample_warning(len(real), len(samples))
+    return {**scored, "warning": warning} if warning else scored
+
+
 def write_outputs(out: Path, samples: Sequence[str], scored: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
     """DIR/samples.jsonl, DIR/mauve.json and DIR/summary.json."""
     out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +159,16 @@ def write_outputs(out: Path, samples: Sequence[str], scored: Mapping[str, Any], 
     (out / "mauve.json").write_text(json.dumps(scored, indent=1, default=float) + "\n", encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(f"{len(samples)} samples, MAUVE {summary['mauve_mean']:.3f} ± {summary['mauve_std']:.3f}: {out}", flush=True)
+    if summary["mauve_warning"]:
+        print(f"warning: {summary['mauve_warning']}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The command's entry point: `run`, with bad input (a `LittlehelpError`) printed as one line on stderr
+    and the process exiting with the error's exit code."""
+    with exit_on_error("softsrv.run"):
+        return run(argv)
 
 
 if __name__ == "__main__":
-    run()
+    main()

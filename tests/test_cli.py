@@ -1,7 +1,11 @@
-"""The `littlehelp` command line, run in-process against fake gin-configurable commands."""
+"""The `littlehelp` command line, run in-process against fake gin-configurable commands, and as a program
+(a subprocess) for what it prints on stderr: its own lines, an error line last, tracebacks in a debug log."""
 
+import logging
+import os
 import subprocess
 import sys
+import tempfile
 import types
 
 import gin
@@ -156,3 +160,99 @@ def test_console_module_help_runs_in_a_fresh_process():
                                capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 0
     assert "{train,eval,infer,compile,convert,sweep,study}" in completed.stdout
+
+
+SAVE_ERROR = ("littlehelp: error: cannot save checkpoint step 2 to /runs/x/checkpoints: No space left on device "
+              "[Errno 28]; the steps already there are untouched")
+# `littlehelp train` whose save fails as a full disk makes orbax's fail: a callback of a closed event loop
+# raises (Python ignores it and prints its traceback), a background thread reports the failure again
+# after the main thread has raised, and native code writes at interpreter exit.
+FAILING_SAVE = f"""
+import atexit, os, sys, threading, time, traceback
+from littlehelp import errors, launch, main
+
+class ClosedLoopCallback:
+    def __del__(self):
+        raise RuntimeError("Event loop is closed")
+
+def report_late():
+    time.sleep(0.3)
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError:
+        traceback.print_exc()
+
+def failing_train():
+    ClosedLoopCallback()
+    threading.Thread(target=report_late).start()
+    raise errors.LittlehelpError({SAVE_ERROR.removeprefix("littlehelp: error: ")!r})
+
+atexit.register(os.write, 2, b"E0000 native noise at exit\\n")
+launch.configure = lambda *args, **kwargs: failing_train
+sys.argv = ["littlehelp", "train"]
+main.run()
+"""
+
+
+def test_the_error_line_is_the_last_thing_on_stderr_and_tracebacks_go_to_a_debug_log(tmp_path):
+    completed = subprocess.run([sys.executable, "-c", FAILING_SAVE], capture_output=True, text=True, timeout=60,
+                               check=False, env={**os.environ, "TMPDIR": str(tmp_path)})
+    running, *rest = completed.stderr.splitlines()
+    assert completed.returncode == 1 and rest[-1] == SAVE_ERROR
+    (log,) = tmp_path.glob("littlehelp-*.log")
+    assert running.endswith("] Running train")
+    assert rest == [f"littlehelp: what is printed after this error goes to {log}", SAVE_ERROR]
+    for text in ("RuntimeError: Event loop is closed", "OSError: [Errno 28] No space left on device",
+                 "E0000 native noise at exit"):
+        assert text in log.read_text()
+
+
+def test_a_library_record_keeps_its_line_and_moves_its_traceback_to_the_debug_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    debug_log = main.DebugLog()
+    try:
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing")
+    except ValueError:
+        record = logging.LogRecord("absl", logging.ERROR, "/site-packages/orbax/checkpoint/future.py", 1,
+                                   "save thread failed", (), sys.exc_info())
+    assert debug_log._library_traceback(record) and record.exc_info is None
+    assert logging.Formatter().format(record) == "save thread failed"
+    assert "ValueError: RESOURCE_EXHAUSTED: Error writing" in debug_log.path.read_text()
+
+
+# Lines TensorFlow and orbax print on every command that no run needs.
+LIBRARY_NOISE = ("absl::InitializeLog", "oneDNN", "cuda drivers", "cuInit", "PyFunc is stateful",
+                 "Metadata file does not exist")
+
+
+# `littlehelp train` whose command module is TensorFlow itself, loaded as `littlehelp.trainer` loads it
+# (without the rest of the framework, to keep the test short), before the gin file is found missing.
+LOADS_TENSORFLOW = """
+import sys
+from littlehelp import config, launch, main
+
+launch.COMMANDS["train"] = ("tensorflow", "constant")
+config.CONFIGURABLE_MODULES = []
+sys.argv = ["littlehelp", "train", "--gin_file=missing.gin"]
+main.run()
+"""
+
+
+def test_a_command_that_loads_tensorflow_prints_only_its_own_lines(tmp_path):
+    completed = subprocess.run([sys.executable, "-c", LOADS_TENSORFLOW], capture_output=True, text=True,
+                               timeout=120, check=False, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert completed.returncode == 2
+    assert not [line for line in completed.stderr.splitlines() if any(noise in line for noise in LIBRARY_NOISE)]
+    assert completed.stderr.splitlines()[-1].startswith("littlehelp: error: gin file 'missing.gin' not found")
+
+
+@pytest.mark.parametrize("path, level, message, shown", [
+    ("/site-packages/orbax/checkpoint/_src/metadata/checkpoint.py", logging.WARNING,
+     "Metadata file does not exist: %s", False),
+    ("/site-packages/orbax/checkpoint/_src/metadata/checkpoint.py", logging.WARNING, "Some other warning", True),
+    ("/site-packages/orbax/checkpoint/checkpoint_manager.py", logging.INFO, "Saving step", False),
+    ("/littlehelp/checkpoints.py", logging.WARNING, "Metadata file does not exist: %s", True),
+])
+def test_known_library_noise_is_dropped_but_other_warnings_show(path, level, message, shown):
+    record = logging.LogRecord("absl", level, path, 1, message, ("/x",), None)
+    assert launch._quiet_libraries(record) is shown

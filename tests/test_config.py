@@ -247,6 +247,29 @@ def test_missing_required_arguments_of_signature():
     assert config.missing_required_arguments(toy_evaluator) == []
 
 
+@gin.configurable(module="lh_config_test")
+class ToyData:
+    """Counts its constructions: the config check must not build what gin binds."""
+
+    built = 0
+
+    def __init__(self, name, batch_size, seed=0):
+        ToyData.built += 1
+
+
+def test_required_arguments_are_read_without_calling_the_referenced_configurables():
+    bindings = ["DATA = @validation/ToyData()", "toy_evaluator.checkpoint = %DATA", "ToyData.name = 'task'",
+                "MODEL = @toy_optimizer()", "toy_evaluator.batch_size = %MODEL"]
+    config.parse_gin([], bindings)
+    ToyData.built = 0
+    assert config.missing_required_arguments(toy_evaluator) == []
+    assert config.missing_reference_arguments(toy_evaluator) == ["validation/ToyData.batch_size"]
+    assert ToyData.built == 0
+    config.parse_gin([], [*bindings, "validation/ToyData.batch_size = 2"])  # the scope gin builds it in
+    assert config.missing_reference_arguments(toy_evaluator) == []
+    assert ToyData.built == 0
+
+
 def test_parse_gin_locks_config():
     config.parse_gin([], ["toy_trainer.steps=1"])
     assert gin.config_is_locked()

@@ -17,7 +17,7 @@ from littlehelp.models import convert
 from littlehelp.models.convert import Pretrained
 from littlehelp.models.convert import run_folder
 from littlehelp.objectives import EncoderDecoderObjective
-from tests.helpers import TINY_T5, t5_data
+from tests.helpers import TINY_DECODER, TINY_T5, random_params, t5_data
 
 DATA = ["--gin.TASK='docstrings_prefix_lm'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}",
         "--gin.BATCH_SIZE=8", "--gin.partitioning.MeshConfig.data=1"]
@@ -90,3 +90,41 @@ def test_convert_cli_writes_the_imported_parameters_and_a_model_gin_that_rebuild
     gin_config.import_configurable_modules()
     gin_config.parse_gin([str(folder / "model.gin")], [], [])
     assert gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn() == imported.config
+
+
+@pytest.fixture(scope="module")
+def converted_with_vocabulary(tmp_path_factory):
+    """A random tiny decoder with a six-word vocabulary, written as a converted run folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from littlehelp.data.hf_vocab import TokenizerVocabulary
+
+    words = ["<pad>", "<eos>", "<unk>", "hello", "world", "again"]
+    tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    vocabulary = TokenizerVocabulary(tokenizer, {"eos_token": "<eos>", "unk_token": "<unk>"})
+    model = build_model(TINY_DECODER)
+    folder = tmp_path_factory.mktemp("converted") / "tiny_decoder"
+    pretrained = Pretrained("llama", TINY_DECODER, model, random_params(model, 0), vocabulary, "random tiny decoder")
+    return run_folder.write_run_folder(pretrained, folder)
+
+
+def test_infer_decodes_a_prompt_with_the_converted_folder_model_gin_alone(converted_with_vocabulary):
+    folder = converted_with_vocabulary
+    records = main.main(["infer", f"--gin_file={folder / 'model.gin'}", "--gin.PROMPT='hello world'",
+                         "--gin.inference.DecodingConfig.max_decode_length=4"])
+    (record,) = records
+    assert "hello world" in record.values()  # the prompt, as the model read it
+    assert set(record["prediction"].split()) <= {"hello", "world", "again", "<unk>", "<pad>"}
+    assert (folder / "inference.jsonl").is_file()
+
+
+def test_infer_with_runs_infer_gin_on_a_converted_folder_names_the_unset_data_values(converted_with_vocabulary, capsys):
+    folder = converted_with_vocabulary
+    with pytest.raises(SystemExit) as stopped:
+        main.main(["infer", f"--gin_file={folder / 'model.gin'}", "--gin_file=runs/infer.gin",
+                   f"--gin.MODEL_DIR={folder}"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "littlehelp: error: required value(s) not set: validation/pipeline.DatasetConfig.name, "
+        "validation/pipeline.DatasetConfig.task_feature_lengths, validation/pipeline.DatasetConfig.batch_size")

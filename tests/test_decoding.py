@@ -1,6 +1,7 @@
 """The stepwise model API and the one sampling loop, checked against full recomputation and numpy."""
 import dataclasses
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -273,3 +274,18 @@ def test_infer_refuses_a_prompt_past_the_context_length_before_reading_parameter
     with pytest.raises(decoding.ContextLengthError, match=r"^prompt of 5 tokens \+ 4 new tokens = 9 exceeds the model's"):
         decode()
     assert not calls and not list(tmp_path.iterdir())
+
+
+def test_infer_labels_a_prompt_as_the_prompt_in_model_dir(monkeypatch, tmp_path):
+    """Prompt mode records {"prompt", "prediction"} in MODEL_DIR/inference.jsonl (no "target": the prompt is
+    not a reference), and logs the prompt as the prompt."""
+    model = build_model(TINY_DECODER)
+    monkeypatch.setattr(inference, "restore_run_params", lambda *args, **kwargs: ({}, 7))
+    monkeypatch.setattr(inference, "decode_examples", lambda model, params, batch, config, eos_id: (
+        batch["decoder_input_tokens"], np.asarray(seqio.ByteVocabulary().encode(" world"))[None]))
+    logged = []
+    monkeypatch.setattr(inference.logging, "info", lambda message, *args: logged.append(message % args))
+    records = inference.infer(str(tmp_path), model, prompt="hello", vocabulary=seqio.ByteVocabulary())
+    assert records == [{"prompt": "hello", "prediction": " world"}]
+    assert [json.loads(line) for line in (tmp_path / "inference.jsonl").read_text().splitlines()] == records
+    assert logged[0] == "prompt: hello\n  prediction:  world"

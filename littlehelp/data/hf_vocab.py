@@ -263,6 +263,13 @@ class TokenizerVocabulary(seqio.Vocabulary):
             **self.special_tokens)
 
     @functools.cached_property
+    def pieces_fingerprint(self) -> str:
+        """SHA-256 over the pieces in id order: equal where two vocabularies give every id the same piece (what
+        a speculative draft must share with its target), whatever their normalisers and pre-tokenisers."""
+        pieces = [self._tokenizer.id_to_token(i) for i in range(self._base_vocab_size)]
+        return hashlib.sha256(json.dumps(pieces).encode("utf-8")).hexdigest()
+
+    @functools.cached_property
     def _fingerprint(self) -> str:
         description = json.dumps([self._tokenizer.to_str(), self.special_tokens], sort_keys=True)
         return hashlib.sha256(description.encode("utf-8")).hexdigest()

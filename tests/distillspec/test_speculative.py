@@ -338,13 +338,14 @@ def word_vocabulary(words):
 
 
 def model_folder(folder, vocabulary=None, context_length=2048, gin_lines=()):
-    """A converted run folder's model.gin (+ `gin_lines`) and vocabulary/, without parameters: all that is
-    read before the parameters."""
-    from littlehelp.models.convert import Pretrained, run_folder
+    """A converted run folder's model.gin (the model's bindings + `gin_lines`) and vocabulary/, without
+    parameters: all that is read before the parameters."""
+    from littlehelp.models.convert import run_folder
 
     folder.mkdir()
-    imported = Pretrained("llama", tiny_config(VOCAB, context_length), None, None, vocabulary, "random")
-    (folder / run_folder.MODEL_GIN).write_text("\n".join([run_folder.model_gin(imported), *gin_lines]) + "\n")
+    model = ["import littlehelp.models.decoder", "MODEL_CONFIG = @decoder.DecoderConfig()",
+             *run_folder.gin_bindings(tiny_config(VOCAB, context_length)), "include 'models/decoder_only.gin'"]
+    (folder / run_folder.MODEL_GIN).write_text("\n".join([*model, *gin_lines]) + "\n")
     if vocabulary is not None:
         vocabulary.save_tokenizer_json(folder / run_folder.VOCABULARY_DIR / "tokenizer.json")
     return folder

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from littlehelp.errors import LittlehelpError
-from softsrv.mauve import MauveInputError, mauve_of_texts, mauve_over_seeds, mauve_score, text_features
+from softsrv.mauve import (MauveInputError, mauve_of_texts, mauve_over_seeds, mauve_score, small_sample_warning,
+                           text_features)
 
 
 def reference_mauve(p_hist, q_hist, scaling_factor: float = 5.0, points: int = 25) -> float:
@@ -205,3 +206,10 @@ def test_minilm_features_rank_same_topic_above_code(minilm_embedder):
     assert identical["mauve"] == [1.0, 1.0, 1.0]
     assert close["mean"] > 0.5 and far["mean"] < 0.05, (close, far)
     assert far["mean"] == pytest.approx(reference_mauve([1, 0], [0, 1]), abs=1e-9)  # code shares no bucket
+
+
+def test_a_score_of_fewer_than_50_texts_a_side_is_flagged_unreliable():
+    assert small_sample_warning(50, 50) is None and small_sample_warning(400, 128) is None
+    assert small_sample_warning(49, 400) == ("MAUVE of 400 samples against 49 real examples is unreliable: it needs "
+                                             "at least 50 of each (here k-means compares them over 5 clusters)")
+    assert small_sample_warning(4, 16).endswith("over 2 clusters)")

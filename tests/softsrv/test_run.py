@@ -6,12 +6,14 @@ samples, MAUVE and a summary. Bad files, files that share an example and a bad i
 refused by name before any model is read. The soft run goes through the module run as `__main__`, as
 `python -m softsrv.run` does (no configurable may be registered twice then)."""
 
+import gzip
 import json
 import runpy
 import sys
 import warnings
 from unittest import mock
 
+import numpy as np
 import pytest
 
 from littlehelp import checkpoints, metrics
@@ -109,3 +111,51 @@ def test_a_bad_instruction_file_is_refused_by_name_before_any_model_loads(tmp_pa
     with pytest.raises(ConfigError, match=message):
         run.run([*_files(tmp_path, validation="validation.txt"), "--method=zero_shot",
                  f"--instruction_file={tmp_path / 'instruction.txt'}", f"--out={tmp_path / 'out'}"])
+
+
+BAD_FILES = {  # name: (content of validation.txt, or None for no file; what the one line says of it)
+    "empty": (b"", "{path} holds no examples (every line is blank)"),
+    "gzip": (gzip.compress(b"one example\n" * 8), "cannot read examples from {path}: UnicodeDecodeError"),
+    "random bytes": (bytes(np.random.default_rng(0).integers(128, 256, 64, np.uint8)),
+                     "cannot read examples from {path}: UnicodeDecodeError"),
+    "jsonl without text": (b'{"title": "a"}\n' * 4, "{path}: line 1 has no string field 'text'"),
+    "non-string text": (b'{"text": "a"}\n{"text": 3}\n', "{path}: line 2 has no string field 'text'"),
+    "too few": (b"a\nb\n", "{path} holds 2 examples; SoftSRV needs at least 4"),
+    "missing": (None, "cannot read examples from {path}: FileNotFoundError"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_the_command_refuses_a_bad_file_in_one_line_with_the_errors_exit_code(case, tmp_path, capsys):
+    """`python -m softsrv.run` ends in one line naming the file (no traceback) and exit status 2, before any
+    model loads and before anything is written."""
+    content, message = BAD_FILES[case]
+    (tmp_path / "train.txt").write_text("\n".join(TEXTS))
+    path = tmp_path / "validation.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SystemExit) as stopped:
+        run.main([f"--train_file={tmp_path / 'train.txt'}", f"--validation_file={path}", "--method=zero_shot",
+                  f"--out={tmp_path / 'out'}"])
+    assert stopped.value.code == ConfigError.exit_code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"softsrv.run: error: {message.format(path=path)}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_mauve_of_too_few_samples_is_flagged_unreliable_in_the_output_and_the_files(tmp_path, capsys):
+    """16 gibberish samples against 4 real examples: the score is printed and written with a warning that
+    MAUVE is unreliable at that size (sampling and scoring stubbed: only the reporting is under test)."""
+    for name, lines in (("train", TEXTS), ("validation", ["e = 5", "f = 6", "g = 7", "h = 8"])):
+        (tmp_path / f"{name}.txt").write_text("\n".join(lines))
+    scored = {"seeds": [0], "mauve": [0.962], "mean": 0.962, "std": float("nan"), "num_p": 4, "num_q": 16}
+    with mock.patch.object(run.synthesis, "synthesize", return_value=["qz xv"] * 16), \
+            mock.patch.object(run.pretrained, "ensure"), mock.patch.object(run.SentenceEmbedder, "load"), \
+            mock.patch.object(run.mauve, "mauve_of_texts", return_value=scored):
+        run.main([*_files(tmp_path, validation="validation.txt")[:2], "--method=zero_shot", "--num_samples=16",
+                  f"--out={tmp_path / 'out'}", "--mauve_seeds", "0"])
+    warning = "MAUVE of 16 samples against 4 real examples is unreliable: it needs at least 50 of each"
+    printed = capsys.readouterr().out
+    assert "MAUVE 0.962" in printed and f"warning: {warning}" in printed
+    assert json.loads((tmp_path / "out" / "mauve.json").read_text())["warning"].startswith(warning)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["mauve_warning"].startswith(warning)

@@ -7,8 +7,10 @@
 
 So DIR works as `INITIAL_CHECKPOINT_PATH` (fine-tuning starts from its parameters with a fresh
 optimizer), as a frozen model's `checkpoint_path`, and as MODEL_DIR for `eval` / `infer`
-(`--gin_file=DIR/model.gin`). `converted(name)` does this once for a pretrained model the set-up
-fetched (`littlehelp.data.pretrained`), into the data cache, for gin files to point at.
+(`--gin_file=DIR/model.gin`; with a vocabulary, `littlehelp infer --gin_file=DIR/model.gin
+--gin.PROMPT=...` decodes with that file alone: it names DIR as CONVERTED_DIR). `converted(name)`
+does this once for a pretrained model the set-up fetched (`littlehelp.data.pretrained`), into the
+data cache, for gin files to point at.
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ def gin_bindings(config: Any) -> list[str]:
     return [f"{name}.{field.name} = {getattr(config, field.name)!r}" for field in dataclasses.fields(config)]
 
 
-def model_gin(pretrained_model: Pretrained) -> str:
-    """The text of DIR/model.gin: MODEL_CONFIG bound to the imported config, and the family's objective
-    file (or, for a family without one, the seam and its checkpoint key)."""
+def model_gin(pretrained_model: Pretrained, folder: Path) -> str:
+    """The text of DIR/model.gin (`folder` is DIR): MODEL_CONFIG bound to the imported config, and the
+    family's objective file (or, for a family without one, the seam and its checkpoint key); with a
+    vocabulary, also `_infer_bindings`."""
     config = pretrained_model.config
     module, objective = type(config).__module__, OBJECTIVE_FILES.get(pretrained_model.family)
     lines = [f"# Model imported by `littlehelp convert` from {pretrained_model.source} (family {pretrained_model.family}).",
@@ -58,7 +61,35 @@ def model_gin(pretrained_model: Pretrained) -> str:
         lines.append(f"include '{objective}'")
     else:
         lines += ["MODEL = @models.build_model()", "models.build_model.config = %MODEL_CONFIG", f"MODEL_KEY = '{MODEL_KEY}'"]
+    if objective and pretrained_model.vocabulary is not None:
+        lines += ["", *_infer_bindings(folder)]
     return "\n".join(lines) + "\n"
+
+
+def _infer_bindings(folder: Path) -> list[str]:
+    """Lines that make `littlehelp infer --gin_file=DIR/model.gin --gin.PROMPT=...` decode with the
+    folder's parameters and vocabulary, as gin/models/pretrained/smollm2_135m.gin does for its cache folder."""
+    return [
+        "# `littlehelp infer` with this file alone decodes PROMPT with this folder's parameters; a run file",
+        "# included after it (runs/pretrain.gin, runs/finetune.gin) makes MODEL_DIR required again.",
+        "# Moved the folder? Set --gin.CONVERTED_DIR=<its new path>.",
+        "import littlehelp.inference",
+        "import littlehelp.models.convert.run_folder",
+        f"CONVERTED_DIR = {str(folder)!r}",
+        "MODEL_DIR = %CONVERTED_DIR",
+        "PROMPT = None",
+        "CHAT = False",
+        "VOCABULARY = @convert.folder_vocabulary()",
+        "convert.folder_vocabulary.model_dir = %CONVERTED_DIR",
+        "inference.infer.model_dir = %MODEL_DIR",
+        "inference.infer.model = %MODEL",
+        "inference.infer.model_key = %MODEL_KEY",
+        "inference.infer.prompt = %PROMPT",
+        "inference.infer.chat = %CHAT",
+        "inference.infer.vocabulary = %VOCABULARY",
+        "inference.infer.feature_converter = %FEATURE_CONVERTER",
+        "inference.infer.decoding_config = @inference.DecodingConfig()",
+    ]
 
 
 def _source_record(pretrained_model: Pretrained) -> dict[str, Any]:
@@ -97,7 +128,7 @@ def write_run_folder(pretrained_model: Pretrained, out_dir: str | Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         _save_params(pretrained_model.params, staging / "checkpoints")
-        (staging / MODEL_GIN).write_text(model_gin(pretrained_model), encoding="utf-8")
+        (staging / MODEL_GIN).write_text(model_gin(pretrained_model, out_dir), encoding="utf-8")
         if pretrained_model.vocabulary is not None:
             (staging / VOCABULARY_DIR).mkdir()
             pretrained_model.vocabulary.save_tokenizer_json(staging / VOCABULARY_DIR / "tokenizer.json")
