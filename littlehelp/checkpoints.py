@@ -533,6 +533,13 @@ def saved_contents(path: str | os.PathLike) -> tuple[list[str], bool]:
     return sorted(saved.get("params", {})), "opt_state" in saved
 
 
+def check_restore_path(model_dir: str | os.PathLike, config: CheckpointConfig) -> None:
+    """Raises CheckpointError when a run with no checkpoint of its own would start from a restore path
+    that holds no finished checkpoint; a trainer checks this before it writes anything."""
+    if config.restore_path is not None and not finished_steps(epath.Path(model_dir) / "checkpoints"):
+        _restore_path_steps(absolute_path(config.restore_path))
+
+
 def finished_steps(directory: str | os.PathLike) -> list[int]:
     """The steps of a checkpoints folder whose state was written completely (none if it is absent)."""
     root = epath.Path(directory)
@@ -552,14 +559,19 @@ def _step_folders(path: epath.Path) -> tuple[epath.Path, list[int]]:
     return root, steps
 
 
-def _restore_from_path(path: epath.Path, abstract_state: PyTree) -> tuple[PyTree, dict, int]:
-    """Restores from a step folder (that step only), or a checkpoints or run folder (newest good step)."""
+def _restore_path_steps(path: epath.Path) -> tuple[epath.Path, list[int]]:
+    """`_step_folders` of a restore path, refused naming it when absent or without a finished step."""
     if not path.is_dir():
         raise CheckpointError(f"CheckpointConfig.restore_path {path} does not exist.")
     try:
-        root, steps = _step_folders(path)
+        return _step_folders(path)
     except CheckpointError:
         raise CheckpointError(f"CheckpointConfig.restore_path {path} holds no finished checkpoint.") from None
+
+
+def _restore_from_path(path: epath.Path, abstract_state: PyTree) -> tuple[PyTree, dict, int]:
+    """Restores from a step folder (that step only), or a checkpoints or run folder (newest good step)."""
+    root, steps = _restore_path_steps(path)
     manager = _manager(root, _options(CheckpointConfig(), read_only=True))  # never moves anything
     try:
         return _restore_newest_good(manager, steps, abstract_state)

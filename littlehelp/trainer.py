@@ -476,6 +476,7 @@ def train(
     curriculum = curriculum or Curriculum.single(objective)
     if settings_only:
         return TrainSettings(curriculum, optimizer, train_data, mesh_config, microbatches, dict(frozen_models or {}))
+    checkpoints.check_restore_path(model_dir, checkpoint_config)  # a refused fine-tune writes nothing
     with checkpoints.RunLock(model_dir):
         mesh = partitioning.make_mesh(mesh_config)
         rules = partitioning.logical_axis_rules()

@@ -85,8 +85,6 @@ def test_model_that_does_not_fit_the_checkpoint_is_named_and_nothing_is_moved(tm
     assert _steps_on_disk(tmp_path) == [1] and not (tmp_path / "checkpoints" / checkpoints.CORRUPT_FOLDER).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="trainer.train writes config.gin (and its Checkpointer checkpoints/) before "
-                                       "it reads the restore path: littlehelp/trainer.py, checkpoints.py")
 def test_a_refused_finetune_writes_nothing_in_its_run_folder(tmp_path, capsys):
     run = tmp_path / "finetune"
     run.mkdir()
@@ -96,6 +94,5 @@ def test_a_refused_finetune_writes_nothing_in_its_run_folder(tmp_path, capsys):
                                           "--gin.TASK='docstrings_prefix_lm'",
                                           "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}"])
     assert code == errors.EXIT_ERROR
-    assert lines == [f"littlehelp: error: {tmp_path / 'nowhere'} holds no finished checkpoint "
-                     "(a step folder, a checkpoints folder or a run folder)"]
+    assert lines == [f"littlehelp: error: CheckpointConfig.restore_path {tmp_path / 'nowhere'} does not exist."]
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
