@@ -216,7 +216,8 @@ def decode_split(model: StepwiseModel, params, data: DatasetConfig,
 
 
 def _write_records(records: list[dict[str, str]], path: Path, step: int) -> None:
-    """Writes the decoded records as JSON lines to `path` and logs each one."""
+    """Writes the decoded records as JSON lines to `path` (its folder made if absent) and logs each one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     for record in records:
         logging.info("%s", "\n  ".join(f"{field}: {text}" for field, text in record.items()))

@@ -109,14 +109,17 @@ def converted_with_vocabulary(tmp_path_factory):
     return run_folder.write_run_folder(pretrained, folder)
 
 
-def test_infer_decodes_a_prompt_with_the_converted_folder_model_gin_alone(converted_with_vocabulary):
+def test_infer_decodes_a_prompt_with_the_converted_folder_model_gin_alone(converted_with_vocabulary, tmp_path,
+                                                                         monkeypatch):
     folder = converted_with_vocabulary
+    monkeypatch.chdir(tmp_path)  # MODEL_DIR defaults to runs/infer/<folder name> under the working folder
     records = main.main(["infer", f"--gin_file={folder / 'model.gin'}", "--gin.PROMPT='hello world'",
                          "--gin.inference.DecodingConfig.max_decode_length=4"])
     (record,) = records
-    assert "hello world" in record.values()  # the prompt, as the model read it
+    assert record["prompt"] == "hello world"  # as the model read it
     assert set(record["prediction"].split()) <= {"hello", "world", "again", "<unk>", "<pad>"}
-    assert (folder / "inference.jsonl").is_file()
+    assert (tmp_path / "runs" / "infer" / folder.name / "inference.jsonl").is_file()
+    assert not (folder / "inference.jsonl").exists()  # nothing written into the converted folder
 
 
 def test_infer_with_runs_infer_gin_on_a_converted_folder_names_the_unset_data_values(converted_with_vocabulary, capsys):

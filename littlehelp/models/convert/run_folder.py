@@ -68,27 +68,13 @@ def model_gin(pretrained_model: Pretrained, folder: Path) -> str:
 
 def _infer_bindings(folder: Path) -> list[str]:
     """Lines that make `littlehelp infer --gin_file=DIR/model.gin --gin.PROMPT=...` decode with the
-    folder's parameters and vocabulary, as gin/models/pretrained/smollm2_135m.gin does for its cache folder."""
+    folder's parameters and vocabulary into runs/infer/<folder name> (gin/runs/prompt.gin)."""
     return [
-        "# `littlehelp infer` with this file alone decodes PROMPT with this folder's parameters; a run file",
-        "# included after it (runs/pretrain.gin, runs/finetune.gin) makes MODEL_DIR required again.",
+        "# `littlehelp infer` with this file alone decodes PROMPT with this folder's parameters into MODEL_DIR.",
         "# Moved the folder? Set --gin.CONVERTED_DIR=<its new path>.",
-        "import littlehelp.inference",
-        "import littlehelp.models.convert.run_folder",
         f"CONVERTED_DIR = {str(folder)!r}",
-        "MODEL_DIR = %CONVERTED_DIR",
-        "PROMPT = None",
-        "CHAT = False",
-        "VOCABULARY = @convert.folder_vocabulary()",
-        "convert.folder_vocabulary.model_dir = %CONVERTED_DIR",
-        "inference.infer.model_dir = %MODEL_DIR",
-        "inference.infer.model = %MODEL",
-        "inference.infer.model_key = %MODEL_KEY",
-        "inference.infer.prompt = %PROMPT",
-        "inference.infer.chat = %CHAT",
-        "inference.infer.vocabulary = %VOCABULARY",
-        "inference.infer.feature_converter = %FEATURE_CONVERTER",
-        "inference.infer.decoding_config = @inference.DecodingConfig()",
+        "include 'runs/prompt.gin'",
+        f"MODEL_DIR = {f'runs/infer/{folder.name}'!r}",
     ]
 
 
