@@ -1,33 +1,56 @@
-"""Fault drill: SIGKILL, SIGTERM, a corrupted step and a failed save; then a bitwise comparison.
+"""Fault drill: SIGKILLs in every phase of a run, SIGTERM, a corrupted step, a truncated input-iterator
+state, a failed save, a sweep with a failing point and an interrupted convert; then a bitwise comparison.
 
-Trains the tests' tiny T5 (tests/test_resume.py's TINY_RUN: inputs/targets 32, batch 8, one device,
-eval off) with asynchronous saves every `--save_interval` steps, keeping `--max_to_keep`, through the
-real CLI (`python -m littlehelp.main train ...`, one subprocess per attempt, its output read live).
-Each attempt ends in a fault and is resumed by running the same command again:
+Trains the tests' tiny T5 (gin/runs/smoke.gin: inputs/targets 32, batch 8, one device, eval off) with
+asynchronous saves every `--save_interval` steps, keeping `--max_to_keep`, through the real CLI
+(`python -m littlehelp.main train ...`, one subprocess per attempt, its output read live). Each
+attempt ends in a fault and is resumed by running the same command again:
 
-- `--kills` SIGKILLs: half right after the attempt logs "Checkpoint step N being written" (its 2nd or
-  3rd save, so the asynchronous write is in flight; the first kill is one of these, so that a
-  finished step exists early), half at a random delay (up to `--max_kill_delay` s) after the
-  attempt's first step; the other faults come at random places in the second half; no attempt is let past
-  `steps - 2 * save_interval`, so that every fault finds work left. The next attempt must take over
-  the dead process's run.lock and resume from the newest finished step.
+- `--kills` SIGKILLs (at least 5), planned round-robin over five phases of an attempt, so that every
+  phase gets one; the saves they wait for are spread from step 2 * save_interval to the last save
+  before `steps - 2 * save_interval`, so the run moves on between the rounds:
+    between saves  as soon as save N (the first at or after its step) is on disk
+    start-up       when the attempt logs that it restores its checkpoint (or starts from scratch)
+    mid-save       right after "Checkpoint step N being written": the asynchronous write in flight
+    compile        right after "training steps A -> B", before "compiled the train step"
+    mid-step       right after the step halfway from where the attempt resumed to its first save
+  The phase each kill hit is read from what the attempt had logged and what is on disk once it is
+  dead (`phase_hit`). The next attempt must take over the dead process's run.lock and resume from
+  the newest finished step (where it dies in start-up itself, the first one that gets to "training
+  steps" must). An attempt that passes step `steps - 2 * save_interval` is killed there, so that
+  every fault finds work left.
 - one corrupted newest step (its state/_METADATA deleted or its largest data file truncated), followed
   by one SIGTERM: the resumed attempt must move the step to checkpoints/corrupt/<step>-<time>/, resume
   from the step before, and save the corrupted step again; the SIGTERM, sent once that save has begun,
   must save, log "SIGTERM received" and exit with `errors.EXIT_PREEMPTED`.
+- one truncated input-iterator state (the largest file of the newest step's data_iterator/ cut to
+  half): the next attempt must resume from that step with one warning ("... does not read back ...;
+  replaying N batches instead") and without moving the step aside; it is killed once its first save
+  is on disk, so the final comparison covers the replayed batches.
 - one failed save: checkpoints/ bind-mounted read-only (needs root; recorded as skipped, with the
   reason, where mounting is refused); the attempt must exit non-zero within
   `--failed_save_limit` s with exactly one stderr line "littlehelp: error: cannot save checkpoint
   step ..." naming the folder, and leave every file of the steps on disk as it was.
+These three come at random places in the second half of the kills.
 
 After the last fault it runs to `--steps`, compares every array of the final checkpoint bitwise
 (dtype, shape, bytes) with an uninterrupted run of the same config, checks that metrics.jsonl has each
 train step exactly once and that every corrupted step is still whole under corrupt/, and times the
-trainer's finite-state check (run before each save) against the median step time.
+trainer's finite-state check (run before each save) against the median step time. Then two faults
+outside that run folder:
 
-    python scripts/fault_drill.py [--kills 10] [--seed 0] [--steps 60]
-writes results/fault_drill.{json,md}; exit status 1 when the target (every fault survived, 0
-mismatches, nothing deleted) is missed. Run folders and per-attempt logs stay in `--work_dir`.
+- a sweep (`littlehelp sweep`, runs/smoke.gin, 2 steps a point) whose first point has an infinite
+  learning rate: it must exit 1, record that point as failed with its one-line reason in sweep.json
+  and sweep.md, and finish the other point; the same command again must retry the failed point alone
+  (failing the same way) and leave the finished point's files as they were.
+- `littlehelp convert` of a random tiny decoder (written as an HF folder for the drill), SIGKILLed once
+  its staging folder holds a file: the destination must hold nothing or a complete folder, and
+  converting again must write one equal to a conversion made in the drill's own process.
+
+    python scripts/fault_drill.py [--kills 10] [--seed 0] [--steps 60] [--out_dir results]
+writes OUT_DIR/fault_drill.{json,md}; exit status 1 when the target (every fault survived, kills in all
+five phases, 0 mismatches, nothing deleted) is missed. Run folders and per-attempt logs stay in
+`--work_dir`.
 """
 
 from __future__ import annotations
@@ -58,20 +81,49 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from littlehelp import checkpoints, errors, trainer  # noqa: E402
 from littlehelp.metrics import read_jsonl  # noqa: E402
+from littlehelp.models import build_model, convert  # noqa: E402
+from littlehelp.models.convert import Pretrained, run_folder  # noqa: E402
+from littlehelp.models.decoder import DecoderConfig  # noqa: E402
 
 TINY_RUN = ["--gin_file=runs/smoke.gin", "--gin.checkpoints.CheckpointConfig.async_save=True"]
 STEP_LINE = re.compile(r"\] step (\d+) train:")
 SAVE_LINE = re.compile(r"Checkpoint step (\d+) being written")
+RESTORE_LINE = re.compile(r"Restoring the newest good checkpoint in |No checkpoint in \S+ and no restore_path")
 RESUME_LINE = re.compile(r"training steps (\d+) -> ")
+COMPILED_LINE = re.compile(r"compiled the train step")
 SIGTERM_SAVE_LINE = re.compile(r"SIGTERM received: saving step (\d+)")
+ITERATOR_WARNING = re.compile(r"the input iterator state (\S+) does not read back")
 TAKEOVER = "Taking over the lock"
 SAVE_ERROR = "littlehelp: error: cannot save checkpoint step"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
+POLL_SECONDS = 0.005  # how often the drill looks at the disk while it waits for a save or a staging folder
+
+PHASES = ("start-up", "compile", "mid-step", "mid-save", "between saves")
+SAVE_PHASES = ("mid-save", "between saves")  # the kills that wait for a save
+# The round-robin order of the kills: the first leaves a finished step, and a kill that moves the run
+# on (between saves, mid-save) comes between every two that do not.
+KILL_ORDER = ("between saves", "start-up", "mid-save", "compile", "mid-step")
+SPECIAL_FAULTS = ("corrupt_then_sigterm", "truncated_iterator", "failed_save")
+FAULTS = {
+    "kill": "SIGKILL in one of the five phases (table below); the next attempt takes over the lock and resumes",
+    "corrupt": "newest step's state corrupted; moved to corrupt/, resumed from the step before, saved again",
+    "sigterm": "SIGTERM once a save has begun: that save finishes, exit status 75, the next attempt resumes there",
+    "truncated_iterator": "newest step's input-iterator state truncated: resumed there with one warning, "
+                          "batches replayed",
+    "failed_save": "checkpoints/ read-only: exit 1 with one stderr line, the steps on disk untouched",
+    "sweep_failure": "sweep point with an infinite learning rate: recorded as failed, the others finish; a rerun "
+                     "retries it alone and leaves the finished points untouched",
+    "interrupted_convert": "`littlehelp convert` SIGKILLed mid-write: the destination holds nothing or a complete "
+                           "folder; converting again succeeds",
+}
+SWEEP_AXIS = "optimizers.inverse_sqrt_schedule.peak_learning_rate=[1e999, 0.01]"
+SWEEP_STEPS = 2
 
 
 def train_command(model_dir: Path, steps: int, save_interval: int, max_to_keep: int) -> list[str]:
@@ -132,7 +184,7 @@ class Attempt:
         return None
 
     def send(self, sig: signal.Signals) -> None:
-        """Sends `sig` to the trainer process."""
+        """Sends `sig` to the process."""
         self.process.send_signal(sig)
 
     def finish(self, timeout: float) -> tuple[int | None, float]:
@@ -159,41 +211,54 @@ class Attempt:
 
 
 @dataclasses.dataclass(frozen=True)
-class KillTrigger:
-    """When to SIGKILL an attempt: right after its `saves`-th save starts, or `delay` s after its first step."""
+class KillPlan:
+    """One planned SIGKILL: the phase it aims at and, for mid-save and between saves, the step from which
+    a save may be hit (the first save at or after it is)."""
 
-    saves: int = 0
-    delay: float = 0.0
+    phase: str
+    save: int = 0
 
     def describe(self) -> str:
-        """The trigger in words, for the outcome line."""
-        return f"right after save #{self.saves} began" if self.saves else f"{self.delay:.2f} s after the first step"
+        """The plan in words."""
+        return f"{self.phase} (save >= {self.save})" if self.phase in SAVE_PHASES else self.phase
 
 
-def wait_for_trigger(attempt: Attempt, trigger: KillTrigger, ceiling: int, timeout: float) -> str | None:
-    """Reads `attempt`'s output until `trigger` (or a step >= `ceiling`) fires; returns where it fired,
-    or None when the process ended (or `timeout` passed) first."""
-    saves, last_step, fire_at = 0, None, None
-    deadline = time.monotonic() + timeout
-    while not attempt.closed:
-        line = attempt.next_line(min(deadline, fire_at or deadline))
-        if fire_at is not None and time.monotonic() >= fire_at:
-            return f"{trigger.describe()} (after step {last_step})"
-        if line is None:
-            if time.monotonic() >= deadline:
-                return None
-            continue
-        if step := STEP_LINE.search(line):
-            last_step = int(step.group(1))
-            if last_step >= ceiling:
-                return f"at the step ceiling {ceiling}"
-            if fire_at is None and not trigger.saves:
-                fire_at = time.monotonic() + trigger.delay
-        if trigger.saves and (save := SAVE_LINE.search(line)):
-            saves += 1
-            if saves == trigger.saves:
-                return f"{trigger.describe()} (step {save.group(1)})"
-    return None
+def plan_faults(kills: int, steps: int, save_interval: int, rng: random.Random) -> list[KillPlan | str]:
+    """`kills` SIGKILLs round-robin over `KILL_ORDER`, the steps of their saves spread evenly from
+    2 * save_interval to the last save before `steps - 2 * save_interval`, with the `SPECIAL_FAULTS`
+    inserted at random places in the second half (after the first kill, which leaves a finished step)."""
+    first, last = 2 * save_interval, (steps - 2 * save_interval) // save_interval * save_interval
+    plan: list[KillPlan | str] = []
+    for i in range(kills):
+        phase = KILL_ORDER[i % len(KILL_ORDER)]
+        plan.append(KillPlan(phase, first + (last - first) * i // max(kills - 1, 1) if phase in SAVE_PHASES else 0))
+    for special in SPECIAL_FAULTS:
+        plan.insert(rng.randint(max(kills // 2, 1), len(plan)), special)
+    return plan
+
+
+def phase_hit(text: str, committed: Sequence[int]) -> str:
+    """The phase a killed attempt was in, from what it had logged (`text`) and the steps on disk after
+    its death (`committed`).
+
+    start-up: no "training steps" line yet; compile: no "compiled the train step" line; mid-save: the
+    last save it began is not on disk; between saves: that save had finished; mid-step: none had begun.
+    """
+    if not RESUME_LINE.search(text):
+        return "start-up"
+    if not COMPILED_LINE.search(text):
+        return "compile"
+    last_save = last_save_begun(text)
+    if last_save is None:
+        return "mid-step"
+    return "between saves" if last_save in committed else "mid-save"
+
+
+def last_save_begun(text: str) -> int | None:
+    """The step of the last "Checkpoint step N being written" line of `text` (a save waits for the one
+    before it, so only this one can be unfinished)."""
+    saves = SAVE_LINE.findall(text)
+    return int(saves[-1]) if saves else None
 
 
 def committed_steps(directory: Path) -> list[int]:
@@ -218,16 +283,21 @@ def snapshot(directory: Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def truncate_largest(folder: Path, root: Path) -> str:
+    """Truncates the largest file under `folder` to half its size; says which (relative to `root`)."""
+    largest = max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    size = largest.stat().st_size
+    os.truncate(largest, size // 2)
+    return f"truncated {largest.relative_to(root)} from {size} to {size // 2} bytes"
+
+
 def corrupt_step(step_dir: Path, rng: random.Random) -> str:
     """Deletes `state/_METADATA` or truncates the largest file under `state/` to half; says which."""
     state = step_dir / checkpoints.STATE_ITEM
     if rng.random() < 0.5:
         (state / "_METADATA").unlink()
         return f"deleted {step_dir.name}/state/_METADATA"
-    largest = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    size = largest.stat().st_size
-    os.truncate(largest, size // 2)
-    return f"truncated {largest.relative_to(step_dir.parent)} from {size} to {size // 2} bytes"
+    return truncate_largest(state, step_dir.parent)
 
 
 class MountRefused(RuntimeError):
@@ -255,10 +325,12 @@ def read_only_mount(directory: Path) -> Iterator[None]:
 class Outcome:
     """One injected fault: what was done, and what went wrong (nothing: survived)."""
 
-    kind: str  # kill, corrupt, sigterm or failed_save
+    kind: str  # a key of FAULTS
     detail: str
     problems: list[str] = dataclasses.field(default_factory=list)
     skipped: str | None = None
+    planned_phase: str | None = None  # kills: the phase aimed at
+    phase: str | None = None  # kills: the phase hit (None: not killed)
 
     @property
     def survived(self) -> bool:
@@ -286,6 +358,7 @@ class Drill:
 
     def __init__(self, args: argparse.Namespace, work_dir: Path):
         self.args = args
+        self.work_dir = work_dir
         self.model_dir = work_dir / "drill"
         self.checkpoints = self.model_dir / "checkpoints"
         self.logs = work_dir / "logs"
@@ -296,7 +369,8 @@ class Drill:
         self.outcomes: list[Outcome] = []
         self.attempts: list[dict] = []
         self.corrupted: list[dict] = []  # step, where it was moved, its files after corruption
-        self._aftermath: Outcome | None = None  # the fault whose resume the next attempt shows
+        self._aftermath: Outcome | None = None  # the fault whose stale lock the next attempt shows
+        self._unresumed: list[Outcome] = []  # faults waiting for an attempt that gets to "training steps"
 
     def _launch(self, label: str) -> tuple[Attempt, Expectation]:
         """Starts the next attempt, with what it must show at its start given the folder as it is now."""
@@ -324,48 +398,91 @@ class Drill:
         resumed = RESUME_LINE.search(attempt.text)
         if resumed and int(resumed.group(1)) == step:
             return []
-        return [f"next attempt resumed from {resumed.group(1) if resumed else 'nothing (no training steps line)'}, "
-                f"expected step {step}"]
+        got = resumed.group(1) if resumed else "nothing (no training steps line)"
+        return [f"{attempt.log_path.stem} resumed from {got}, expected step {step}"]
 
-    def _settle(self, attempt: Attempt, expect: Expectation, check_resume: bool = True) -> None:
-        """Completes the previous fault's outcome with what `attempt` showed at its start, and prints it.
+    def _settle(self, attempt: Attempt, expect: Expectation) -> None:
+        """Completes the outcomes of earlier faults with what `attempt` showed at its start, and prints them.
 
-        Without `check_resume` (the step it resumes from is another fault's concern) only the lock counts.
+        The previous fault's: `attempt` took over the stale lock it left (if any). Then, unless `attempt`
+        died before "training steps" (a start-up kill: a later attempt shows that), the previous fault and
+        any still waiting: `attempt` resumed from `expect.resume_step`.
         """
         outcome, self._aftermath = self._aftermath, None
-        if outcome is None:
-            return
-        outcome.problems += self._lock_problems(attempt, expect)
-        if check_resume:
-            outcome.problems += self._resume_problems(attempt, expect.resume_step)
+        if outcome is not None:
+            outcome.problems += self._lock_problems(attempt, expect)
+            outcome.detail += "; next attempt took over the stale lock" if TAKEOVER in attempt.text else ""
+            self._unresumed.append(outcome)
         resumed = RESUME_LINE.search(attempt.text)
-        outcome.detail += f"; next attempt resumed from step {resumed.group(1) if resumed else '?'}" + (
-            ", took over the stale lock" if TAKEOVER in attempt.text else "")
-        self._report(outcome)
+        if resumed is None:
+            return
+        for waiting in self._unresumed:
+            waiting.problems += self._resume_problems(attempt, expect.resume_step)
+            waiting.detail += f"; {attempt.log_path.stem} resumed from step {resumed.group(1)}"
+            self._report(waiting)
+        self._unresumed = []
 
     def _report(self, outcome: Outcome) -> None:
         """Records a settled fault and prints its line."""
         self.outcomes.append(outcome)
         print(f"[fault {len(self.outcomes)}] {outcome.line()}", flush=True)
 
-    def kill(self, trigger: KillTrigger) -> None:
-        """One SIGKILL at `trigger`; survived if the next attempt takes over the lock and resumes."""
+    def kill(self, plan: KillPlan) -> None:
+        """One SIGKILL at the moment `plan` aims at; survived if the next attempt takes over the lock and resumes."""
         launched = time.time()
         attempt, expect = self._launch("kill")
-        fired = wait_for_trigger(attempt, trigger, self.ceiling, self.args.run_timeout)
+        fired = self._fire_point(attempt, plan, expect.resume_step)
         if fired is not None:
             attempt.send(signal.SIGKILL)
         code, seconds = attempt.finish(self.args.run_timeout)
         self._settle(attempt, expect)
         self._record("kill", attempt, code, seconds)
+        hit = phase_hit(attempt.text, committed_steps(self.checkpoints))
         left = tmp_folders(self.checkpoints, launched)
-        outcome = Outcome("kill", f"SIGKILL {fired}; " + (f"unfinished save left: {', '.join(left)}" if left
-                                                          else "no save in flight"))
+        outcome = Outcome("kill", f"[{hit}] SIGKILL {fired} (aimed at {plan.describe()}, attempt from step "
+                          f"{expect.resume_step}); " + (f"unfinished save left: {', '.join(left)}" if left
+                                                       else "no save in flight"), planned_phase=plan.phase)
         if fired is None or code != -signal.SIGKILL:
             outcome.problems.append(f"not killed: the attempt ended by itself with exit status {code}")
+        else:
+            outcome.phase = hit
         if not (self.model_dir / checkpoints.LOCK_NAME).exists():
             outcome.problems.append("the killed attempt left no run.lock")
         self._aftermath = outcome
+
+    def _fire_point(self, attempt: Attempt, plan: KillPlan, resume: int) -> str | None:
+        """Reads `attempt`'s output until the moment `plan` aims at (or a step past the ceiling); returns
+        that moment in words, or None when the process ended (or `--run_timeout` passed) first.
+
+        `resume` is the step the attempt resumes from: a mid-step kill comes right after the step halfway
+        to its first save.
+        """
+        interval = self.args.save_interval
+        mid_step = resume + max(((resume // interval + 1) * interval - resume) // 2, 1)
+        deadline = time.monotonic() + self.args.run_timeout
+        awaited: int | None = None  # between saves: the save whose folder is awaited
+        while not attempt.closed:
+            line = attempt.next_line(deadline if awaited is None else min(deadline, time.monotonic() + POLL_SECONDS))
+            if awaited is not None and (self.checkpoints / str(awaited)).is_dir():
+                return f"as soon as save {awaited} was on disk"
+            if line is None:
+                if time.monotonic() >= deadline:
+                    return None
+            elif step := STEP_LINE.search(line):
+                if int(step.group(1)) > self.ceiling:
+                    return f"at step {step.group(1)}, past the ceiling {self.ceiling}"
+                if plan.phase == "mid-step" and int(step.group(1)) >= mid_step:
+                    return f"right after step {step.group(1)}"
+            elif (save := SAVE_LINE.search(line)) and int(save.group(1)) >= plan.save:
+                if plan.phase == "mid-save":
+                    return f"right after 'Checkpoint step {save.group(1)} being written'"
+                if plan.phase == "between saves" and awaited is None:
+                    awaited = int(save.group(1))
+            elif plan.phase == "start-up" and RESTORE_LINE.search(line):
+                return "as it began its restore" if "Restoring" in line else "as it began from scratch"
+            elif plan.phase == "compile" and (resumed := RESUME_LINE.search(line)):
+                return f"right after 'training steps {resumed.group(1)} -> ...'"
+        return None
 
     def corrupt_then_sigterm(self) -> None:
         """Corrupts the newest step, then SIGTERMs the attempt that recovers from it once it re-saves it."""
@@ -395,7 +512,7 @@ class Drill:
         if corrupted is not None:
             older = [s for s in committed_steps(self.checkpoints) if s < corrupted]
             expect = dataclasses.replace(expect, resume_step=older[-1] if older else 0)
-        self._settle(attempt, expect, check_resume=corrupted is None)
+        self._settle(attempt, expect)
         if corrupted is not None:
             self._check_corruption(attempt, corrupted, expect.resume_step, first_save)
         self._record("sigterm", attempt, code, seconds)
@@ -454,39 +571,185 @@ class Drill:
             outcome.problems.append("the files on disk changed")
         self._aftermath = outcome
 
+    def truncated_iterator(self) -> None:
+        """Truncates the newest step's input-iterator state; the next attempt must resume from that step
+        with one warning (it replays the batches) and is SIGKILLed once its first save is on disk."""
+        steps = committed_steps(self.checkpoints)
+        item = self.checkpoints / str(steps[-1]) / checkpoints.ITERATOR_ITEM if steps else None
+        if item is None or not item.is_dir():
+            self._report(Outcome("truncated_iterator", "", ["no finished step with an input-iterator state"]))
+            return
+        step = steps[-1]
+        how = truncate_largest(item, self.checkpoints)
+        attempt, expect = self._launch("iterator")
+        fired = self._fire_point(attempt, KillPlan("between saves", step + 1), step)
+        if fired is not None:
+            attempt.send(signal.SIGKILL)
+        code, seconds = attempt.finish(self.args.run_timeout)
+        self._settle(attempt, expect)
+        self._record("iterator", attempt, code, seconds)
+        warnings = ITERATOR_WARNING.findall(attempt.text)
+        outcome = Outcome("truncated_iterator", f"{how}; {len(warnings)} warning(s) that it does not read back")
+        if len(warnings) != 1 or f"/{step}/{checkpoints.ITERATOR_ITEM}/" not in warnings[0]:
+            outcome.problems.append(f"expected one warning about {step}/{checkpoints.ITERATOR_ITEM}, got {warnings}")
+        outcome.problems += self._resume_problems(attempt, step)
+        if "which cannot be restored" in attempt.text:
+            outcome.problems.append(f"step {step} was moved aside")
+        if fired is None:
+            outcome.problems.append(f"the attempt ended (exit status {code}) before its first save was on disk")
+        else:
+            outcome.detail += f"; resumed from it, SIGKILLed {fired}"
+        self._aftermath = outcome
+
     def finish(self) -> list[str]:
         """Runs to the last step; returns the problems of that attempt (beyond the previous fault's)."""
         attempt, expect = self._launch("final")
         code, seconds = attempt.finish(self.args.run_timeout)
         self._settle(attempt, expect)
         self._record("final", attempt, code, seconds)
+        for waiting in self._unresumed:  # the final attempt died before "training steps"
+            waiting.problems.append("no later attempt got to 'training steps'")
+            self._report(waiting)
         return [] if code == 0 else [f"the final attempt exited with status {code} (log {attempt.log_path})"]
 
-    def run(self, plan: Sequence[KillTrigger | str]) -> list[str]:
+    def run(self, plan: Sequence[KillPlan | str]) -> list[str]:
         """Injects the faults of `plan` in order, then runs to the end; returns the final attempt's problems."""
+        specials = {"corrupt_then_sigterm": self.corrupt_then_sigterm, "truncated_iterator": self.truncated_iterator,
+                    "failed_save": self.failed_save}
         for fault in plan:
-            if isinstance(fault, KillTrigger):
+            if isinstance(fault, KillPlan):
                 self.kill(fault)
-            elif fault == "corrupt_then_sigterm":
-                self.corrupt_then_sigterm()
             else:
-                self.failed_save()
+                specials[fault]()
         return self.finish()
 
+    def _finished(self, command: Sequence[str], label: str) -> Attempt:
+        """Runs `command` (not a training attempt) to its end; its log goes with the attempts' logs."""
+        attempt = Attempt(command, self.logs / f"{label}.log")
+        attempt.finish(self.args.run_timeout)
+        return attempt
 
-def plan_faults(kills: int, rng: random.Random, max_delay: float) -> list[KillTrigger | str]:
-    """`kills` SIGKILL triggers (half at a save, half at a random delay; the first at a save, so that a
-    finished step exists early), with the corrupt-then-SIGTERM pair and the failed save inserted at
-    random places in the second half."""
-    first, saves = min(kills, 1), max(kills // 2, min(kills, 1))
-    rest = [True] * (saves - first) + [False] * (kills - saves)
-    rng.shuffle(rest)
-    at_save = [True] * first + rest
-    plan: list[KillTrigger | str] = [KillTrigger(saves=rng.randint(2, 3)) if save else
-                                     KillTrigger(delay=round(rng.uniform(0, max_delay), 2)) for save in at_save]
-    for special in ("corrupt_then_sigterm", "failed_save"):
-        plan.insert(rng.randint(max(kills // 2, 1), len(plan)), special)
-    return plan
+    def sweep_failure(self) -> None:
+        """A sweep whose first point diverges, run twice: see `sweep_problems`; the rerun must retry that
+        point alone, fail the same way, and leave the finished points' files as they were."""
+        folder = self.work_dir / "sweep"
+        command = [sys.executable, "-m", "littlehelp.main", "sweep", "--gin_file=runs/smoke.gin",
+                   f"--sweep={SWEEP_AXIS}", f"--gin.MODEL_DIR={folder}", f"--gin.TRAIN_STEPS={SWEEP_STEPS}"]
+        first = self._finished(command, "sweep")
+        points, problems = sweep_problems(folder, first)
+        failed = {p["folder"]: p["error"] for p in points if p["status"] == "failed"}
+        finished = [p["folder"] for p in points if p["status"] == "finished"]
+        before = {name: snapshot(folder / name) for name in finished}
+        again = self._finished(command, "sweep-again")
+        points_again, problems_again = sweep_problems(folder, again)
+        outcome = Outcome("sweep_failure", f"`littlehelp sweep --sweep='{SWEEP_AXIS}'`, {SWEEP_STEPS} steps a point: "
+                          f"exit status {first.process.returncode}; failed: "
+                          + "; ".join(f"{name} ({error})" for name, error in failed.items())
+                          + f"; finished: {', '.join(finished)}; rerun: exit status {again.process.returncode}",
+                          [f"first run: {p}" for p in problems] + [f"rerun: {p}" for p in problems_again])
+        if {p["folder"]: p["error"] for p in points_again if p["status"] == "failed"} != failed:
+            outcome.problems.append("the rerun's failed points or reasons differ from the first run's")
+        for name in finished:
+            if f"{name}: step {SWEEP_STEPS} is there, reused" not in again.text:
+                outcome.problems.append(f"the rerun did not reuse {name}")
+            if snapshot(folder / name) != before[name]:
+                outcome.problems.append(f"the rerun changed files of {name}")
+        if not outcome.problems:
+            outcome.detail += ", retried the failed point alone (same reason), the finished points' files unchanged"
+        self._report(outcome)
+
+    def interrupted_convert(self) -> None:
+        """`littlehelp convert` of a tiny HF folder, SIGKILLed once its staging folder holds a file: the
+        destination must hold nothing or a complete folder, and converting again must succeed."""
+        root = self.work_dir / "convert"
+        source, reference, destination = root / "hf", root / "reference", root / "converted"
+        run_folder.write_run_folder(convert.load(write_convert_source(source)), reference)
+        command = [sys.executable, "-m", "littlehelp.main", "convert", f"--from={source}", f"--to={destination}"]
+        attempt = Attempt(command, self.logs / "convert-killed.log")
+        staging = wait_for_staging(attempt, destination, self.args.run_timeout)
+        if staging is not None:
+            attempt.send(signal.SIGKILL)
+        code, _ = attempt.finish(self.args.run_timeout)
+        outcome = Outcome("interrupted_convert", f"SIGKILL once {staging.name if staging else 'a staging folder'} "
+                          f"held a file (exit status {code})")
+        if staging is None or code != -signal.SIGKILL:
+            outcome.problems.append(f"not killed mid-write: the convert ended by itself with exit status {code}")
+        if not destination.exists() or not any(destination.iterdir()):
+            outcome.detail += f"; {destination.name}/ absent"
+            again = self._finished(command, "convert-again")
+            outcome.detail += f"; converting again: exit status {again.process.returncode}"
+            if again.process.returncode != 0:
+                outcome.problems.append(f"the second convert exited with status {again.process.returncode}")
+            outcome.problems += converted_problems(destination, reference)
+        else:
+            problems = converted_problems(destination, reference)
+            outcome.detail += f"; {destination.name}/ " + ("complete" if not problems else "PARTIAL")
+            outcome.problems += problems
+        if not outcome.problems:
+            outcome.detail += ", a complete folder equal to the reference conversion"
+        left = sorted(p.name for p in root.glob(f".{destination.name}-*"))
+        outcome.detail += f"; staging folders left beside it: {', '.join(left) or 'none'}"
+        self._report(outcome)
+
+
+def sweep_problems(folder: Path, run: Attempt) -> tuple[list[dict], list[str]]:
+    """(the points of folder/sweep.json, what is wrong): the sweep must exit 1 with one error line, the
+    1e999 point failed with a one-line reason that sweep.md shows, and every other point finished."""
+    problems = [] if run.process.returncode == 1 else [f"exit status {run.process.returncode}, expected 1"]
+    error_lines = [line for line in run.stderr() if line.startswith("littlehelp: error: ")]
+    if len(error_lines) != 1 or "sweep points failed" not in error_lines[0]:
+        problems.append(f"expected one stderr line 'littlehelp: error: ... sweep points failed ...', got {error_lines}")
+    try:
+        points = json.loads((folder / "sweep.json").read_text())["points"]
+        table = (folder / "sweep.md").read_text()
+    except (OSError, ValueError, KeyError) as error:
+        return [], problems + [f"no readable sweep.json and sweep.md ({error})"]
+    for point in points:
+        diverges = "1e999" in point["folder"]
+        if point["status"] != ("failed" if diverges else "finished"):
+            problems.append(f"{point['folder']}: status {point['status']}")
+        elif diverges and (not point["error"] or "\n" in point["error"]
+                           or f"failed: {point['error']}".replace("|", "\\|") not in table):
+            problems.append(f"{point['folder']}: reason {point['error']!r} is not one line shown in sweep.md")
+    return points, problems
+
+
+def write_convert_source(folder: Path) -> Path:
+    """A random tiny decoder (`DecoderConfig()`'s sizes) written as an HF folder, for `convert --from`."""
+    config = DecoderConfig()
+    model = build_model(config)
+    example = {"decoder_input_tokens": np.zeros((1, 8), np.int32)}
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), example))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
+    return convert.export(Pretrained("llama", config, model, params, None, "the fault drill"), folder)
+
+
+def wait_for_staging(attempt: Attempt, destination: Path, timeout: float) -> Path | None:
+    """Polls until `convert`'s staging folder for `destination` (`.NAME-*` beside it) holds a file;
+    returns it, or None when the process ends (or `timeout` s pass) first."""
+    deadline = time.monotonic() + timeout
+    while attempt.process.poll() is None and time.monotonic() < deadline:
+        for staging in destination.parent.glob(f".{destination.name}-*"):
+            with contextlib.suppress(OSError):  # orbax renames folders inside it meanwhile
+                if any(p.is_file() for p in staging.rglob("*")):
+                    return staging
+        time.sleep(POLL_SECONDS)
+    return None
+
+
+def converted_problems(folder: Path, reference: Path) -> list[str]:
+    """What keeps `folder` from being the converted model `reference` is: its file names, model.gin,
+    and every array of checkpoints/0 (bitwise)."""
+    names, expected = (sorted(p.name for p in f.iterdir()) if f.is_dir() else [] for f in (folder, reference))
+    if names != expected:
+        return [f"{folder} holds {names}, expected {expected}"]
+    gin_files = [(f / run_folder.MODEL_GIN).read_text() for f in (folder, reference)]
+    problems = [] if gin_files[0] == gin_files[1] else [f"{run_folder.MODEL_GIN} differs from the reference's"]
+    steps = checkpoints.finished_steps(folder / "checkpoints")
+    if steps != [0]:
+        return problems + [f"{folder}/checkpoints holds the finished steps {steps}, expected [0]"]
+    return problems + compare_arrays(reference / "checkpoints" / "0", folder / "checkpoints" / "0")[1]
 
 
 def arrays_by_path(step_dir: Path) -> dict[str, np.ndarray]:
@@ -563,23 +826,23 @@ def load_average() -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The drill's flags (`argv` None: the command line)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kills", type=int, default=10, help="SIGKILLs to inject")
+    parser.add_argument("--kills", type=int, default=10, help=f"SIGKILLs to inject (at least {len(PHASES)})")
     parser.add_argument("--seed", type=int, default=0, help="seeds the fault plan and the corruption")
     parser.add_argument("--steps", type=int, default=60, help="TRAIN_STEPS of the run")
     parser.add_argument("--save_interval", type=int, default=5, help="save_interval_steps")
     parser.add_argument("--max_to_keep", type=int, default=3)
-    parser.add_argument("--max_kill_delay", type=float, default=3.0,
-                        help="delayed kills come 0..this many seconds after an attempt's first step")
     parser.add_argument("--failed_save_limit", type=float, default=60.0,
                         help="seconds (start-up included) within which a failed save must exit")
     parser.add_argument("--run_timeout", type=float, default=600.0, help="seconds before an attempt is given up")
     parser.add_argument("--finite_repeats", type=int, default=20, help="timings of the finite-state check")
     parser.add_argument("--work_dir", type=Path, default=None,
                         help="where the run folders and logs go (default: a new folder in the temp dir)")
-    parser.add_argument("--out_dir", type=Path, default=REPO / "results")
+    parser.add_argument("--out_dir", type=Path, default=REPO / "results",
+                        help="where fault_drill.json and fault_drill.md go")
     args = parser.parse_args(argv)
-    if args.kills < 1 or args.save_interval < 1 or args.steps < 4 * args.save_interval:
-        parser.error("need --kills >= 1, --save_interval >= 1 and --steps >= 4 * --save_interval")
+    if args.kills < len(PHASES) or args.save_interval < 1 or args.steps < 4 * args.save_interval:
+        parser.error(f"need --kills >= {len(PHASES)} (one per phase), --save_interval >= 1 and "
+                     "--steps >= 4 * --save_interval")
     return args
 
 
@@ -588,7 +851,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started, load_start = time.monotonic(), load_average()
     work_dir = (args.work_dir or Path(tempfile.mkdtemp(prefix="fault_drill-"))).resolve()
-    if (work_dir / "drill").exists() or (work_dir / "straight").exists():
+    if any((work_dir / name).exists() for name in ("drill", "straight", "sweep", "convert")):
         raise SystemExit(f"fault_drill: {work_dir} already holds a drill; pass an empty --work_dir")
     print(f"fault drill in {work_dir} ({load_start})", flush=True)
     drill = Drill(args, work_dir)
@@ -599,7 +862,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code != 0:
         raise SystemExit(f"fault_drill: the uninterrupted run failed with status {code}; see {straight.log_path}")
     print(f"uninterrupted run: {args.steps} steps in {seconds:.0f} s", flush=True)
-    final_problems = drill.run(plan_faults(args.kills, drill.rng, args.max_kill_delay))
+    plan = plan_faults(args.kills, args.steps, args.save_interval, drill.rng)
+    print("plan: " + ", ".join(f.describe() if isinstance(f, KillPlan) else f for f in plan), flush=True)
+    final_problems = drill.run(plan)
     final_dir = drill.checkpoints / str(args.steps)
     if final_dir.is_dir():
         compared, mismatches = compare_arrays(final_dir, straight_dir / "checkpoints" / str(args.steps))
@@ -607,11 +872,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    args.finite_repeats)
     else:
         compared, mismatches, finite = 0, [f"the drill's final step {args.steps} is not on disk"], None
+    drill.sweep_failure()
+    drill.interrupted_convert()
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python scripts/fault_drill.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "config": {k: v for k, v in vars(args).items() if k not in ("work_dir", "out_dir")},
         "code": code_version(), "train_command": shlex.join(drill.command), "work_dir": str(work_dir),
+        "plan": [f.describe() if isinstance(f, KillPlan) else f for f in plan],
         "faults": [dataclasses.asdict(o) | {"survived": o.survived, "line": o.line()} for o in drill.outcomes],
         "attempts": drill.attempts,
         "lock_takeovers": sum(a["took_over_lock"] for a in drill.attempts),
@@ -623,6 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "uptime_start": load_start, "uptime_end": load_average(),
         "total_seconds": round(time.monotonic() - started, 1),
     }
+    report["kill_phases"] = phase_counts(report["faults"])
     report["target_met"] = target_met(report)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "fault_drill.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -632,9 +901,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def target_met(report: dict) -> bool:
-    """Every injected fault survived, 0 mismatches, nothing deleted, each step once, a clean final run."""
-    return (all(f["survived"] for f in report["faults"] if not f["skipped"]) and not report["mismatches"]
+    """Every injected fault survived, kills hit every phase, 0 mismatches, nothing deleted, each step once,
+    a clean final run."""
+    return (all(f["survived"] for f in report["faults"] if not f["skipped"])
+            and all(c["hit"] for c in report["kill_phases"].values()) and not report["mismatches"]
             and not report["deleted_problems"] and not report["metrics_problems"] and not report["final_problems"])
+
+
+def phase_counts(faults: Sequence[dict]) -> dict[str, dict[str, int]]:
+    """Kills aimed at, hitting, and surviving each phase."""
+    counts = {phase: {"planned": 0, "hit": 0, "survived": 0} for phase in PHASES}
+    for fault in faults:
+        if fault["planned_phase"]:
+            counts[fault["planned_phase"]]["planned"] += 1
+        if fault["phase"]:
+            counts[fault["phase"]]["hit"] += 1
+            counts[fault["phase"]]["survived"] += fault["survived"]
+    return counts
 
 
 def fault_counts(faults: Sequence[dict]) -> dict[str, dict[str, int]]:
@@ -660,7 +943,7 @@ def finite_line(cost: dict | None) -> str:
 
 def markdown(report: dict) -> str:
     """The report as a Markdown page."""
-    counts, config = fault_counts(report["faults"]), report["config"]
+    counts, config, phases = fault_counts(report["faults"]), report["config"], report["kill_phases"]
     injected = sum(c["injected"] for c in counts.values())
     survived = sum(c["survived"] for c in counts.values())
     skipped = [f["line"] for f in report["faults"] if f["skipped"]]
@@ -671,16 +954,20 @@ def markdown(report: dict) -> str:
         f"Total {report['total_seconds']:.0f} s.\n",
         f"Load at start: `{report['uptime_start']}`; at end: `{report['uptime_end']}`.\n",
         f"Config: tiny T5 on the in-memory docstrings task (gin/runs/smoke.gin), {config['steps']} steps, async saves every "
-        f"{config['save_interval']} steps, keep {config['max_to_keep']}, seed {config['seed']}, delayed kills up "
-        f"to {config['max_kill_delay']} s after an attempt's first step. Every attempt runs:\n",
+        f"{config['save_interval']} steps, keep {config['max_to_keep']}, seed {config['seed']}. Every attempt runs:\n",
         f"    {report['train_command']}\n",
-        f"**Target** (every fault survived, 0 mismatches, nothing deleted): "
+        f"Plan (in order): {', '.join(report['plan'])}; then the final attempt, the sweep and the convert.\n",
+        f"**Target** (every fault survived, kills in all {len(PHASES)} phases, 0 mismatches, nothing deleted): "
         f"**{'met' if report['target_met'] else 'MISSED'}**. {survived} of {injected} faults survived"
         + (f", {len(skipped)} skipped" if skipped else "") + f"; {len(report['mismatches'])} mismatches in "
         f"{report['arrays_compared']} arrays of step {config['steps']} compared bitwise with an uninterrupted "
         f"run; {len(report['deleted_problems'])} deletions; {report['lock_takeovers']} stale-lock takeovers.\n",
-        "| fault | injected | survived | skipped |", "|---|---|---|---|",
-        *(f"| {kind} | {c['injected']} | {c['survived']} | {c['skipped']} |" for kind, c in counts.items()),
+        "| fault | injected | survived | skipped | what |", "|---|---|---|---|---|",
+        *(f"| {kind} | {c['injected']} | {c['survived']} | {c['skipped']} | {FAULTS[kind]} |"
+          for kind, c in counts.items()),
+        "", "Kills by phase (the phase hit is read from the killed attempt's log and the steps on disk):", "",
+        "| phase | planned | hit | survived |", "|---|---|---|---|",
+        *(f"| {phase} | {c['planned']} | {c['hit']} | {c['survived']} |" for phase, c in phases.items()),
         "", "Per fault:", "", *(f"{i}. {f['line']}" for i, f in enumerate(report["faults"], 1)), "",
         f"Other checks: metrics.jsonl has each train step 1..{config['steps']} exactly once: "
         f"{'yes' if not report['metrics_problems'] else 'NO'}; final attempt exited 0: "
