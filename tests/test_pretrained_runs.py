@@ -22,8 +22,10 @@ def smollm2_folder(smollm2):
     return run_folder.converted("smollm2_135m", imported=smollm2)
 
 
-def test_infer_with_the_pretrained_gin_file_continues_like_hf(smollm2_folder, hf_smollm2, smollm2):
+def test_infer_with_the_pretrained_gin_file_continues_like_hf(smollm2_folder, hf_smollm2, smollm2, tmp_path,
+                                                              monkeypatch):
     prompt, new_tokens = "The capital of France is", 8
+    monkeypatch.chdir(tmp_path)  # its output goes to runs/infer/smollm2_135m there, not into the data cache
     records = main.main(["infer", PRETRAINED_GIN, f"--gin.PROMPT='{prompt}'",
                          f"--gin.inference.DecodingConfig.max_decode_length={new_tokens}"])
     ids = torch.tensor([smollm2.vocabulary.encode(prompt)])
@@ -32,6 +34,7 @@ def test_infer_with_the_pretrained_gin_file_continues_like_hf(smollm2_folder, hf
     expected = smollm2.vocabulary.decode([int(t) for t in reference if int(t) != smollm2.vocabulary.eos_id])
     assert records[0]["prediction"] == expected
     assert expected.startswith(" Paris")
+    assert (tmp_path / "runs" / "infer" / "smollm2_135m" / "inference.jsonl").is_file()
 
 
 def first_batch_loss(model, params, data: DatasetConfig) -> float:
