@@ -12,6 +12,23 @@ import gin  # noqa: E402  (after the environment above is set)
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+    """One XLA compilation cache for the whole session, shared by the xdist workers: many tests compile
+    the same tiny train, eval and decode steps again (a straight run and its resumed twin)."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    jax.config.update("jax_compilation_cache_dir", str(shared / "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    compilation_cache.reset_cache()
+    yield
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_gin_config():
     """Each test starts and ends with no gin bindings: a CLI test's parsed (and locked) config

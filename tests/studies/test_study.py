@@ -131,7 +131,21 @@ def test_the_readme_shows_each_committed_result_as_generated(name):
         assert re.search(r"not (been |yet )?(re)?run (since|on)", notes, re.I), f"results/{name} has neither result.json nor a not-run note"
 
 
-def test_a_study_caches_compiled_programs_only_while_it_runs(tmp_path):
+@pytest.fixture
+def no_session_cache():
+    """The user has no compilation cache of their own (the test session's is set aside meanwhile)."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    session = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
+    yield
+    jax.config.update("jax_compilation_cache_dir", session)
+    compilation_cache.reset_cache()
+
+
+def test_a_study_caches_compiled_programs_only_while_it_runs(tmp_path, no_session_cache):
     import jax
     import jax.numpy as jnp
 
