@@ -131,9 +131,14 @@ def set_up_logging() -> None:
     logging.get_absl_handler().addFilter(_quiet_libraries)
 
 
+def from_quiet_library(record: std_logging.LogRecord) -> bool:
+    """Whether a log record comes from one of the QUIET_LIBRARIES."""
+    return any(p in record.pathname for p in QUIET_LIBRARIES)
+
+
 def _quiet_libraries(record: std_logging.LogRecord) -> bool:
     """Keeps a log record unless it comes from a QUIET_LIBRARIES path and is below WARNING or `LIBRARY_NOISE`."""
-    if not any(p in record.pathname for p in QUIET_LIBRARIES):
+    if not from_quiet_library(record):
         return True
     return record.levelno >= std_logging.WARNING and not str(record.msg).startswith(LIBRARY_NOISE)
 

@@ -195,7 +195,7 @@ class DebugLog:
 
     def _library_traceback(self, record: std_logging.LogRecord) -> bool:
         """A logging filter keeping every record; a QUIET_LIBRARIES record's traceback moves here."""
-        if record.exc_info and any(p in record.pathname for p in launch.QUIET_LIBRARIES):
+        if record.exc_info and launch.from_quiet_library(record):
             self.write(f"{record.getMessage()}\n{''.join(traceback.format_exception(*record.exc_info))}")
             record.exc_info, record.exc_text = None, None
         return True
