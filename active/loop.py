@@ -10,8 +10,10 @@ prediction changed from the previous round's model.
 
 The loop builds the `Pool` fields each selector reads (`pool_fields`): probabilities and
 embeddings of the current model, the labelled embeddings (coreset), BADGE's gradient embeddings,
-a second model's probabilities (IWeS disagreement, `second_model=True`), and Cluster-Margin's
-clusters, computed once from the seed model's embeddings of the whole pool.
+a second model's probabilities (iwes_dis always; iwes_systematic's disagreement with
+`second_model=True`), the pool's labels (iwes_dis only: subset selection, where labels are known
+before selecting, not active learning), and Cluster-Margin's clusters, computed once from the seed
+model's embeddings of the whole pool.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from active.selectors import Pool, Selection, Selector, gradient_embeddings, mak
 EXTRA_FIELDS: dict[str, frozenset[str]] = {
     "badge": frozenset({"gradient_embeddings"}),
     "cluster_margin": frozenset({"cluster_ids"}),
+    "iwes_dis": frozenset({"second_probabilities", "labels"}),
 }
 
 
@@ -57,12 +60,13 @@ def pool_fields(selector: Selector, second_model: bool = False) -> frozenset[str
 def build_pool(fields: frozenset[str], probabilities: np.ndarray, embeddings: np.ndarray,
                labelled_embeddings: np.ndarray | None = None,
                second_probabilities: np.ndarray | None = None,
-               cluster_ids: np.ndarray | None = None) -> Pool:
+               cluster_ids: np.ndarray | None = None,
+               labels: np.ndarray | None = None) -> Pool:
     """A Pool with the requested `fields`; gradient embeddings are derived from probabilities and
     embeddings. Raises ValueError naming a requested field that was not supplied."""
     given = {"probabilities": probabilities, "embeddings": embeddings,
              "labelled_embeddings": labelled_embeddings, "second_probabilities": second_probabilities,
-             "cluster_ids": cluster_ids}
+             "cluster_ids": cluster_ids, "labels": labels}
     if "gradient_embeddings" in fields:
         given["gradient_embeddings"] = gradient_embeddings(probabilities, embeddings)
     missing = sorted(name for name in fields if given.get(name) is None)
@@ -109,7 +113,8 @@ def run(
     Bad inputs are refused before anything trains (`check_inputs`).
 
     Args:
-      features, labels: the training pool; labels are revealed only for selected examples.
+      features, labels: the training pool; labels are revealed only for selected examples (iwes_dis,
+        a subset-selection method, also reads the pool's labels).
       test_features, test_labels: held-out evaluation set (accuracy and churn).
       selector: a Selector, or a name in `active.selectors.SELECTORS` built with `selector_kwargs`.
       seed_size: examples labelled uniformly at random before the first round.
@@ -118,7 +123,8 @@ def run(
       num_classes: default one more than the largest label in `labels` and `test_labels`.
       num_clusters: Cluster-Margin's flat clusters (default `default_num_clusters`).
       second_model: also train a second network (another init) each round and pass its
-        probabilities as `Pool.second_probabilities` (IWeS two-model disagreement).
+        probabilities as `Pool.second_probabilities` (iwes_systematic's disagreement; iwes_dis
+        always gets one).
     """
     if isinstance(selector, str):
         selector = make_selector(selector, **dict(selector_kwargs or {}))
@@ -131,7 +137,7 @@ def run(
     fields = pool_fields(selector, second_model)
     for round_index in range(1, rounds + 1):
         probabilities, embeddings = state.model.predict(features)
-        second = train.fit(state, init_offset=1).probabilities(features) if second_model else None
+        second = train.fit(state, init_offset=1).probabilities(features) if "second_probabilities" in fields else None
         started = time.perf_counter()
         if "cluster_ids" in fields and state.cluster_ids is None:  # round 1: the seed model's embeddings
             count = num_clusters or default_num_clusters(len(features), batch_size)
@@ -140,7 +146,8 @@ def run(
         pool = build_pool(fields, probabilities[unlabelled], embeddings[unlabelled],
                           labelled_embeddings=embeddings[state.labelled],
                           second_probabilities=None if second is None else second[unlabelled],
-                          cluster_ids=None if state.cluster_ids is None else state.cluster_ids[unlabelled])
+                          cluster_ids=None if state.cluster_ids is None else state.cluster_ids[unlabelled],
+                          labels=labels[unlabelled] if "labels" in fields else None)
         chosen = selector.select(pool, batch_size, rng)
         seconds = time.perf_counter() - started
         new_state = train.next(state, unlabelled, chosen)

@@ -25,7 +25,7 @@ from littlehelp.study import Arm, ArmContext, Claim, Curve, Metric, Study
 
 DATASETS = ("digits", "breast_cancer", "wine")
 LARGER = ("digits", "breast_cancer")  # the pools large enough for large batches and the churn runs
-SELECTORS = ("random", "margin", "entropy", "least_confidence", "coreset", "badge", "cluster_margin", "iwes")
+SELECTORS = ("random", "margin", "entropy", "least_confidence", "coreset", "badge", "cluster_margin", "iwes_ent")
 LARGE_BATCH_SELECTORS = ("random", "margin", "cluster_margin")
 ALPHAS = (0.25, 0.5, 0.75, 0.9)
 CLAIM_ALPHA, ACCURACY_MARGIN = 0.5, 0.01  # the distillation weight the churn claims test; the accuracy it may lose

@@ -10,8 +10,12 @@ one in its error. Selectors (README, Active learning):
 - badge: k-means++ seeding on last-layer gradient embeddings (Ash et al. 2020).
 - cluster_margin: the 10 * budget lowest-margin examples, taken round-robin over clusters, smallest
   cluster first, one random example per cluster per pass (Citovsky et al. 2021).
-- iwes: importance sampling with inclusion probabilities from single-model entropy or two-model
-  disagreement; returns weights 1/p capped (Citovsky et al. 2023).
+- iwes_dis / iwes_ent: IWeS (Citovsky et al. 2023): each pool example, visited in random order, is
+  kept with its own probability p(x) (one Bernoulli draw) until `budget` are kept; weights 1/p(x),
+  capped. p is the entropy-based disagreement of two models at the true label (iwes_dis, subset
+  selection: needs labels) or one model's normalised entropy (iwes_ent, active learning).
+- iwes_systematic: not the paper's sampler: TV disagreement or entropy rescaled to sum to the budget,
+  mixed with uniform mass, exactly `budget` drawn by systematic sampling; weights 1/p capped.
 - highest_score: the `budget` highest values of a per-example score computed elsewhere
   (`Pool.scores`, e.g. SALT_DS's teacher-loss medians).
 
@@ -29,8 +33,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+from scipy.special import xlogy
 
-from active.validation import SelectionInputError, check_known, check_pool
+from active.validation import SelectionInputError, check_known, check_label_range, check_labels, check_pool
 
 # Number of float32 entries in one block of a blocked distance computation (64 MiB).
 _BLOCK_ELEMENTS = 1 << 24
@@ -45,6 +50,7 @@ class Pool:
     gradient_embeddings: np.ndarray | None = None  # [n, g] BADGE's last-layer gradient embeddings
     labelled_embeddings: np.ndarray | None = None  # [m, d] already-labelled points (coreset centres)
     second_probabilities: np.ndarray | None = None  # [n, classes] a second model's probabilities (IWeS disagreement)
+    labels: np.ndarray | None = None  # [n] true classes, where known at selection time (iwes_dis: subset selection)
     cluster_ids: np.ndarray | None = None  # [n] precomputed clustering (Cluster-Margin)
     scores: np.ndarray | None = None  # [n] one score per example, higher preferred (highest_score)
 
@@ -54,7 +60,8 @@ class Pool:
             raise SelectionInputError(f"Pool fields disagree on the number of examples: {sizes}")
 
     def _per_example_fields(self) -> dict[str, np.ndarray]:
-        names = ("probabilities", "embeddings", "gradient_embeddings", "second_probabilities", "cluster_ids", "scores")
+        names = ("probabilities", "embeddings", "gradient_embeddings", "second_probabilities", "labels",
+                 "cluster_ids", "scores")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     @property
@@ -77,12 +84,12 @@ class Pool:
 class Selection:
     """Chosen pool indices and, for importance-sampling selectors, their training weights."""
 
-    indices: np.ndarray  # [budget] distinct pool indices, int64
+    indices: np.ndarray  # [budget] distinct pool indices, int64 (IWeS's Bernoulli stream: at most budget)
     weights: np.ndarray | None = None  # importance weights for weighted training (IWeS), capped
 
 
 class Selector(Protocol):
-    """Chooses `budget` distinct pool examples.
+    """Chooses `budget` distinct pool examples (iwes_dis and iwes_ent: at most `budget`).
 
     An implementation calls `active.validation.check_pool(pool, budget)` first: it refuses an empty
     pool, a budget outside [0, pool size] and NaN or Inf in any Pool field.
@@ -463,7 +470,85 @@ class ClusterMarginSelector:
 # IWeS.
 
 
-def disagreements(probabilities: np.ndarray, second_probabilities: np.ndarray) -> np.ndarray:
+def normalised_entropies(probabilities: np.ndarray) -> np.ndarray:
+    """IWeS-ent's sampling probability: the model's entropy in bits over log2(classes), in [0, 1]."""
+    classes = probabilities.shape[1]
+    if classes < 2:
+        raise SelectionInputError(f"iwes_ent needs Pool.probabilities over at least 2 classes, got {classes}")
+    return np.clip(entropies(probabilities) / np.log(classes), 0.0, 1.0)
+
+
+def entropy_disagreements(probabilities: np.ndarray, second_probabilities: np.ndarray,
+                          labels: np.ndarray) -> np.ndarray:
+    """IWeS-dis's sampling probability: |f_y log2 f_y - g_y log2 g_y| at each example's true label y,
+    for two models' probabilities f and g (0 log 0 = 0); in [0, 1 / (e ln 2)] = [0, 0.531]."""
+    rows = np.arange(len(labels))
+    first = np.asarray(probabilities, np.float64)[rows, labels]
+    second = np.asarray(second_probabilities, np.float64)[rows, labels]
+    return np.abs(xlogy(first, first) - xlogy(second, second)) / np.log(2.0)
+
+
+def bernoulli_stream(probabilities: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Visits every example once in uniformly random order and keeps each with its own probability (one
+    Bernoulli draw each) until `budget` are kept; the kept indices, sorted (fewer when the pool ends first)."""
+    order = rng.permutation(len(probabilities))
+    kept = order[rng.random(len(order)) < probabilities[order]]
+    return np.sort(kept[:budget]).astype(np.int64)
+
+
+def _iwes_ent_probabilities(pool: Pool, selector: str) -> np.ndarray:
+    return normalised_entropies(pool.require("probabilities", selector))
+
+
+def _iwes_dis_probabilities(pool: Pool, selector: str) -> np.ndarray:
+    probabilities = pool.require("probabilities", selector)
+    second = pool.require("second_probabilities", selector)
+    if second.shape != probabilities.shape:
+        raise SelectionInputError(f"selector {selector!r} needs Pool.second_probabilities of shape "
+                                  f"{probabilities.shape} (as Pool.probabilities), got {second.shape}")
+    labels = check_labels("Pool.labels", pool.require("labels", selector), pool.size, "the pool")
+    check_label_range("Pool.labels", labels, probabilities.shape[1])
+    return entropy_disagreements(probabilities, second, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class IWeSSelector:
+    """IWeS (Citovsky et al. 2023, arXiv 2301.12052): importance sampling, one Bernoulli draw per example.
+
+    Sampling probabilities, the paper's two (as its method section is recalled: the formulas below
+    were not checked against the text, which was not at hand when they were written):
+    - iwes_dis, "entropy-based disagreement" (subset selection, labels known at selection time):
+      p(x, y) = |f(x)_y log2 f(x)_y - g(x)_y log2 g(x)_y| at the true label y, for two models f, g
+      trained on the labelled data from different random initialisations (`Pool.probabilities`,
+      `Pool.second_probabilities`, `Pool.labels`); in [0, 1 / (e ln 2)] = [0, 0.531].
+    - iwes_ent, "entropy only" (active learning: no label needed), one model f:
+      p(x) = -sum_y f(x)_y log2 f(x)_y / log2(classes), in [0, 1].
+    Neither is rescaled to a budget or mixed with uniform mass.
+
+    Batches: examples are visited one at a time in uniformly random order, each kept when its own
+    Bernoulli(p(x)) draw succeeds, until `budget` are kept; weight 1/p(x), capped at `max_weight`
+    (the paper's weight capping). Left open by the paper, chosen here: one pass per call, so fewer
+    than `budget` come back when the pass ends first (the next round's models score the rest); the
+    cap bounds the weight, not p, so a capped weight understates an example with p < 1/max_weight
+    (max_weight=inf gives the unbiased estimator); the default cap of 10 is ours.
+    """
+
+    name: str
+    sampling_probabilities: Callable[[Pool, str], np.ndarray]
+    max_weight: float = 10.0
+
+    def __post_init__(self):
+        if not self.max_weight >= 1.0:
+            raise SelectionInputError(f"{self.name} max_weight must be >= 1 (1/p is), got {self.max_weight!r}")
+
+    def select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        check_pool(pool, budget)
+        probs = self.sampling_probabilities(pool, self.name)
+        indices = bernoulli_stream(probs, budget, rng)
+        return Selection(indices, np.minimum(1.0 / probs[indices], self.max_weight))
+
+
+def total_variations(probabilities: np.ndarray, second_probabilities: np.ndarray) -> np.ndarray:
     """Total-variation distance between two models' predictive distributions, in [0, 1]."""
     return 0.5 * np.abs(np.asarray(probabilities, np.float64) - second_probabilities).sum(axis=1)
 
@@ -507,16 +592,17 @@ def systematic_sample(probabilities: np.ndarray, rng: np.random.Generator) -> np
 
 
 @dataclasses.dataclass(frozen=True)
-class IWeSSelector:
-    """IWeS (Citovsky et al. 2023): importance sampling with weights 1/p, capped at `max_weight`.
+class IWeSSystematicSelector:
+    """A budget-exact importance sampler in IWeS's spirit; not the paper's sampler (see `IWeSSelector`).
 
-    Sampling scores: two-model disagreement (total variation) when `Pool.second_probabilities` is
-    set, otherwise the current model's entropy. A `uniform_mix` share of the probability mass is
-    spread uniformly so every example has p > 0. Exactly `budget` examples are drawn; example i is
-    included with probability p_i, so 1/p_i-weighted sums are unbiased (before the cap).
+    Scores: total variation between two models when `Pool.second_probabilities` is set, otherwise the
+    current model's entropy. Scores are rescaled so the inclusion probabilities sum to `budget`, a
+    `uniform_mix` share of the mass is spread uniformly so every example has p > 0, and exactly
+    `budget` examples are drawn by systematic sampling; example i is included with probability p_i,
+    so 1/p_i-weighted sums are unbiased (before the cap at `max_weight`).
     """
 
-    name: str = "iwes"
+    name: str = "iwes_systematic"
     max_weight: float = 10.0
     uniform_mix: float = 0.1
 
@@ -524,7 +610,7 @@ class IWeSSelector:
         check_pool(pool, budget)
         probabilities = pool.require("probabilities", self.name)
         if pool.second_probabilities is not None:
-            scores = disagreements(probabilities, pool.second_probabilities)
+            scores = total_variations(probabilities, pool.second_probabilities)
         else:
             scores = entropies(probabilities)
         probs = inclusion_probabilities(scores, budget, self.uniform_mix)
@@ -543,7 +629,9 @@ SELECTORS: dict[str, Callable[..., Selector]] = {
     "coreset": CoresetSelector,
     "badge": BadgeSelector,
     "cluster_margin": ClusterMarginSelector,
-    "iwes": IWeSSelector,
+    "iwes_dis": functools.partial(IWeSSelector, "iwes_dis", _iwes_dis_probabilities),
+    "iwes_ent": functools.partial(IWeSSelector, "iwes_ent", _iwes_ent_probabilities),
+    "iwes_systematic": IWeSSystematicSelector,
     "highest_score": HighestScoreSelector,
 }
 

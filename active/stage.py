@@ -5,10 +5,10 @@
 
 A scorer is a model callable: it takes a list of preprocessed examples (dicts of numpy arrays, as
 the Task yields them) and returns per-example scores, a mapping with any of "probabilities"
-[n, classes], "embeddings" [n, d], "second_probabilities" [n, classes] and "scores" [n] (one number
-per example, for `highest_score`). The stage builds the selector's `Pool` from them (BADGE's
-gradient embeddings from probabilities and embeddings; Cluster-Margin's clusters once from the
-embeddings) and runs the selector.
+[n, classes], "embeddings" [n, d], "second_probabilities" [n, classes], "scores" [n] (one number
+per example, for `highest_score`) and "labels" [n] (each example's true class, for `iwes_dis`).
+The stage builds the selector's `Pool` from them (BADGE's gradient embeddings from probabilities
+and embeddings; Cluster-Margin's clusters once from the embeddings) and runs the selector.
 
 The new Task holds the selected examples after the source Task's preprocessing, in source order,
 under the same output features; its other splits are the source Task's, unchanged. Importance
@@ -50,7 +50,7 @@ from littlehelp.data.pipeline import EXAMPLE_WEIGHT
 
 Example = Mapping[str, np.ndarray]
 Scorer = Callable[[Sequence[Example]], Mapping[str, np.ndarray]]
-SCORE_FIELDS = ("probabilities", "embeddings", "second_probabilities", "scores")
+SCORE_FIELDS = ("probabilities", "embeddings", "second_probabilities", "scores", "labels")
 
 
 @dataclasses.dataclass(frozen=True)

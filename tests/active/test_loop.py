@@ -115,11 +115,27 @@ def test_cluster_margin_clusters_the_whole_pool_once_from_seed_model_embeddings(
 
 def test_badge_pool_has_gradient_embeddings_and_iwes_can_use_a_second_model():
     assert loop.pool_fields(make_selector("badge")) >= {"gradient_embeddings", "probabilities"}
-    assert "second_probabilities" in loop.pool_fields(make_selector("iwes"), second_model=True)
+    assert "second_probabilities" in loop.pool_fields(make_selector("iwes_systematic"), second_model=True)
+    assert "second_probabilities" not in loop.pool_fields(make_selector("iwes_ent"), second_model=False)
     spy = Spy()
     run(spy, rounds=1, second_model=True)
     assert spy.pools[0].second_probabilities.shape == spy.pools[0].probabilities.shape
     assert not np.allclose(spy.pools[0].second_probabilities, spy.pools[0].probabilities)
+    assert spy.pools[0].labels is None  # active learning: no pool labels
+
+
+def test_iwes_dis_gets_a_second_model_and_the_pool_labels_without_asking(monkeypatch):
+    fitted = []
+    real_fit = models.fit
+    monkeypatch.setattr(models, "fit", lambda features, *a, **k: fitted.append(features) or real_fit(features, *a, **k))
+    spy = Spy(name="iwes_dis")
+    run(spy, rounds=1)
+    pool = spy.pools[0]
+    assert pool.second_probabilities.shape == pool.probabilities.shape
+    labelled = np.argmax((fitted[0][:, None, :] == TRAIN[0][None]).all(axis=2), axis=1)
+    np.testing.assert_array_equal(pool.labels, TRAIN[1][np.setdiff1d(np.arange(120), labelled)])
+    records = run("iwes_dis", rounds=2)  # the real selector: weighted, at most batch_size per round
+    assert all(0 < b.labelled - a.labelled <= 5 for a, b in zip(records, records[1:]))
 
 
 def test_build_pool_derives_gradient_embeddings_and_names_missing_fields():

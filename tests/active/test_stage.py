@@ -25,12 +25,14 @@ def token_sums(examples):
 
 
 def token_sum_scorer(examples):
-    """Two classes from the token sum (uncertain near CENTRE); embeddings: token histograms mod 8;
-    scores: the token sums."""
-    p = 1.0 / (1.0 + np.exp(-(token_sums(examples) - CENTRE) / 4000.0))
+    """Two classes from the token sum (uncertain near CENTRE), a second model shifted from the first;
+    embeddings: token histograms mod 8; scores: the token sums; labels: token sum below CENTRE."""
+    sums = token_sums(examples)
+    p = 1.0 / (1.0 + np.exp(-(sums - CENTRE) / 4000.0))
+    second = 1.0 / (1.0 + np.exp(-(sums - 1.5 * CENTRE) / 8000.0))
     embeddings = np.stack([np.bincount(e["targets"] % 8, minlength=8) / len(e["targets"]) for e in examples])
-    return {"probabilities": np.stack([p, 1 - p], axis=1), "embeddings": embeddings.astype(np.float32),
-            "scores": token_sums(examples)}
+    return {"probabilities": np.stack([p, 1 - p], axis=1), "second_probabilities": np.stack([second, 1 - second], 1),
+            "embeddings": embeddings.astype(np.float32), "scores": sums, "labels": (sums < CENTRE).astype(np.int64)}
 
 
 gin.external_configurable(token_sum_scorer, module="test_stage")
@@ -84,7 +86,7 @@ def test_every_selector_selects_through_the_stage_as_through_the_array_api(name,
     expected = make_selector(name).select(pool, budget, np.random.default_rng(3))
     np.testing.assert_array_equal(result.indices, expected.indices)
     kept = task_examples(f"sel_{name}")
-    assert len(kept) == budget
+    assert len(kept) == len(expected.indices) and 0 < len(kept) <= budget  # iwes_dis, iwes_ent: at most budget
     if expected.weights is None:
         assert result.weights is None and all(pipeline.EXAMPLE_WEIGHT not in e for e in kept)
     else:  # IWeS: each selected example holds its importance weight, once (no repeats)
@@ -106,8 +108,10 @@ def test_selection_from_scores_streams_the_chosen_positions_in_source_order(sour
 
 def test_positions_carry_their_importance_weights(source_examples):
     scores = token_sum_scorer(source_examples)
-    result = stage.select_from_scores("docstrings_lm", scores, "iwes", 6, name="sel_positions_iwes", seed=3)
-    expected = make_selector("iwes").select(Pool(probabilities=scores["probabilities"]), 6, np.random.default_rng(3))
+    result = stage.select_from_scores("docstrings_lm", {"probabilities": scores["probabilities"]}, "iwes_ent", 6,
+                                      name="sel_positions_iwes", seed=3)
+    expected = make_selector("iwes_ent").select(Pool(probabilities=scores["probabilities"]), 6,
+                                                np.random.default_rng(3))
     order = np.argsort(expected.indices)
     kept = task_examples("sel_positions_iwes")
     assert [e["targets"].tolist() for e in kept] == [source_examples[i]["targets"].tolist()
