@@ -20,10 +20,13 @@ under its current tagger (`sequence.sentence_margins`, `LiveConfig.aggregation` 
 ties to the lowest pool index); until its first model exists it takes sentences at random, as the
 random stream always does (each stream has its own generator, seeded from `seed`).
 
-Retraining. After every `batch_size` annotations a stream updates its tagger: `tagger.steps` more
-Adam steps on all of its labels, warm-started from its previous parameters and optimizer state
-(both streams start from the same initialisation). Updates are taken to be instantaneous. After
-each update the tagger is scored (word-start F1) on both held-out test sets.
+Retraining. Batches are built to a character budget, not a sentence count: each time a stream's
+clock passes a multiple of `batch_chars` (with the sentence that passes it) the stream updates its
+tagger, so every stream updates at the same annotation costs, however long the sentences it picks
+(a sentence passing two multiples gives one update). An update is `tagger.steps` more Adam steps on
+all of the stream's labels, warm-started from its previous parameters and optimizer state (both
+streams start from the same initialisation). Updates are taken to be instantaneous. After each
+update the tagger is scored (word-start F1) on both held-out test sets.
 
 The shift. Sentences started before time `chars_before_shift` come from the source pool (index 0),
 later ones from the target pool (index 1); the run ends when both streams' clocks pass
@@ -50,21 +53,22 @@ class LiveConfig:
     """Settings of a live run.
 
     Attributes:
-      batch_size: sentences a stream annotates between two updates of its tagger.
+      batch_chars: characters a stream annotates between two updates of its tagger: it updates each
+        time its clock passes a multiple of it.
       chars_before_shift: time (characters annotated per stream) at which the pool switches domain.
       chars_after_shift: time after the shift until the streams stop.
       aggregation: how the ranked stream aggregates token margins per sentence ("mean" or "min").
       tagger: the tagger and how many steps one update takes.
     """
 
-    batch_size: int = 10
+    batch_chars: int = 300
     chars_before_shift: int = 6000
     chars_after_shift: int = 6000
     aggregation: str = "mean"
     tagger: tagger.TaggerConfig = tagger.TaggerConfig()
 
     def __post_init__(self) -> None:
-        check_integer("batch_size", self.batch_size, 1)
+        check_integer("batch_chars", self.batch_chars, 1)
         check_integer("chars_before_shift", self.chars_before_shift, 1)
         check_integer("chars_after_shift", self.chars_after_shift, 0)
         sequence.check_aggregation(self.aggregation)
@@ -114,14 +118,12 @@ class _Stream:
     margins: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # domain -> pool margins
 
 
-def check_inputs(pools: tuple[SentenceSet, SentenceSet], tests: tuple[SentenceSet, SentenceSet],
-                 config: LiveConfig) -> None:
-    """Refuses empty pools or test sets, a batch larger than a pool, or sets of different widths."""
-    for domain, pool in zip(DOMAINS, pools):
-        sequence.check_pool_size(len(pool), config.batch_size, f"the {domain} pool")
-    for domain, test in zip(DOMAINS, tests):
-        if len(test) == 0:
-            raise SelectionInputError(f"the {domain} test set is empty: 0 sentences")
+def check_inputs(pools: tuple[SentenceSet, SentenceSet], tests: tuple[SentenceSet, SentenceSet]) -> None:
+    """Refuses empty pools or test sets, or sets of different widths."""
+    for kind, sets in (("pool", pools), ("test set", tests)):
+        for domain, sentences in zip(DOMAINS, sets):
+            if len(sentences) == 0:
+                raise SelectionInputError(f"the {domain} {kind} is empty: 0 sentences")
     widths = {s.chars.shape[1] for s in (*pools, *tests)}
     if len(widths) > 1:
         raise SelectionInputError(f"pools and test sets must share one width, got {sorted(widths)}")
@@ -142,8 +144,9 @@ class _Live:
         """Annotates until both clocks pass the end time, then trains every stream's pending labels."""
         end = self.config.chars_before_shift + self.config.chars_after_shift
         while (stream := min(self.streams, key=lambda s: s.time)).time < end:
+            batches_before = stream.time // self.config.batch_chars
             self.annotate(stream)
-            if stream.pending == self.config.batch_size:
+            if stream.time // self.config.batch_chars > batches_before:
                 self.update(stream)
         for stream in self.streams:
             if stream.pending:
@@ -198,8 +201,8 @@ def run(pools: tuple[SentenceSet, SentenceSet], tests: tuple[SentenceSet, Senten
         config: LiveConfig = LiveConfig(), seed: int = 0) -> LiveRun:
     """Runs both streams; `pools` and `tests` are (source, target) sentence sets of one width.
 
-    Bad input (an empty pool or test set, `batch_size` larger than a pool) is refused before
-    anything trains, with a `SelectionInputError` naming it.
+    Bad input (an empty pool or test set, sets of different widths) is refused before anything
+    trains, with a `SelectionInputError` naming it.
     """
-    check_inputs(pools, tests, config)
+    check_inputs(pools, tests)
     return _Live(pools, tests, config, seed).run()

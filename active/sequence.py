@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from active.validation import SelectionInputError, check_known
+from active.validation import check_known
 from littlehelp.data import corpus
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
@@ -169,11 +169,3 @@ def sentence_margins(probabilities: np.ndarray, mask: np.ndarray, aggregation: s
         totals = np.where(mask, margins, 0.0).sum(axis=1)
         return np.where(counts > 0, totals / np.maximum(counts, 1), 1.0)
     return np.where(mask, margins, 1.0).min(axis=1, initial=1.0)
-
-
-def check_pool_size(pool_size: int, batch_size: int, pool: str = "pool") -> None:
-    """Refuses an empty pool, or a batch of more sentences than the pool holds."""
-    if pool_size == 0:
-        raise SelectionInputError(f"{pool} is empty: 0 sentences")
-    if batch_size > pool_size:
-        raise SelectionInputError(f"batch_size {batch_size} exceeds {pool}: {pool_size} sentences")

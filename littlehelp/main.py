@@ -101,7 +101,8 @@ def _study(args: argparse.Namespace) -> Any:
 
     if args.list:
         listed = study.list_studies()
-        print("\n".join(f"{name:12s} {title}" for name, title in listed), flush=True)
+        width = max(len(name) for name, _ in listed)
+        print("\n".join(f"{name:{width}s}  {title}" for name, title in listed), flush=True)
         return listed
     if not args.name:
         raise study.StudyError("study: name a study to run, or give --list")

@@ -40,6 +40,7 @@ STUDIES: dict[str, str] = {
     "active": "active.reproduction",
     "fedpa": "federated.reproduction",
     "live_al": "active.live_reproduction",
+    "cluster_margin": "active.cluster_margin_reproduction",
 }
 Outcome = dict[str, Any]
 
@@ -67,7 +68,9 @@ class Claim:
     """A claim in checkable form: `arm` beats `baseline` on `metric` by more than `threshold`, paired
     by seed (improvement = arm - baseline, sign-flipped when lower is better). With no baseline the
     arm's own value is the improvement. `separation` names two arms, the first known to be better,
-    that the metric must tell apart that way, or the claim is untestable."""
+    that the metric must tell apart that way, or the claim is untestable. `exploratory` marks a
+    comparison reported beside the study's claims but not one of them: it is judged by the same rule
+    in a Holm family of its own, so it cannot change a claim's verdict, and tables label it so."""
 
     name: str
     statement: str
@@ -76,6 +79,7 @@ class Claim:
     baseline: str | None = None
     threshold: float = 0.0
     separation: tuple[str, str] | None = None
+    exploratory: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,7 +347,8 @@ def improvements(claim: Claim, metric: Metric, values: Mapping[str, Mapping[str,
 
 
 def judge_claims(study: Study, values: Mapping[str, Mapping[str, list[float]]]) -> list[dict[str, Any]]:
-    """Each claim with its per-seed improvements, interval, p-values and generated verdict."""
+    """Each claim with its per-seed improvements, interval, p-values and generated verdict; the
+    claims and the exploratory comparisons are two Holm families."""
     metrics = {m.name: m for m in study.metrics}
     rows, separations = [], []
     for claim in study.claims:
@@ -354,11 +359,16 @@ def judge_claims(study: Study, values: Mapping[str, Mapping[str, list[float]]]) 
         else:
             separations.append(None)
         rows.append(improvements(claim, metrics[claim.metric], values))
-    verdicts = stats.judge(rows, [c.threshold for c in study.claims], separations)
+    verdicts: dict[int, stats.Verdict] = {}
+    for exploratory in (False, True):
+        family = [i for i, c in enumerate(study.claims) if c.exploratory == exploratory]
+        verdicts.update(zip(family, stats.judge([rows[i] for i in family], [study.claims[i].threshold for i in family],
+                                                [separations[i] for i in family])))
     return [{**dataclasses.asdict(claim), "improvements": row, "separated": separated,
              "interval": dataclasses.asdict(v.interval), "p_value": v.p_value, "adjusted_p": v.adjusted_p,
              "verdict": v.verdict, "reason": v.reason}
-            for claim, row, separated, v in zip(study.claims, rows, separations, verdicts)]
+            for claim, row, separated, v in zip(study.claims, rows, separations,
+                                                 [verdicts[i] for i in range(len(study.claims))])]
 
 
 def read_curves(study: Study, seeds: Sequence[int], settings: Mapping[str, Any], work_dir: Path) -> dict:
@@ -493,4 +503,5 @@ def write_result(result: Mapping[str, Any], out_dir: Path) -> None:
         study_report.update_readme(README, result)
     print(f"[{result['study']}] wrote {out_dir}/result.json, table.md and plot.png", flush=True)
     for claim in result["claims"]:
-        print(f"[{result['study']}] claim {claim['name']}: {claim['verdict']} ({claim['reason']})", flush=True)
+        kind = "exploratory comparison" if claim.get("exploratory") else "claim"
+        print(f"[{result['study']}] {kind} {claim['name']}: {claim['verdict']} ({claim['reason']})", flush=True)

@@ -19,6 +19,8 @@ from littlehelp import stats
 
 Result = Mapping[str, Any]
 PLOT_COLUMNS = 3
+EXPLORATORY = ("Rows marked (exploratory) are comparisons reported beside the claims, not claims: the same rule "
+               "in a Holm family of their own, so they cannot change a claim's verdict.")
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -38,7 +40,8 @@ def mean_cell(values: Sequence[float | None], digits: int) -> str:
 
 
 def claims_table(result: Result) -> list[str]:
-    """One row per claim: what it states, the comparison, the improvement and its interval, the verdict."""
+    """One row per claim: what it states, the comparison, the improvement and its interval, the verdict
+    (marked exploratory for an exploratory comparison)."""
     lines = ["| claim | metric | comparison | needs | improvement (mean ± s.e.) | interval | verdict |",
              "|---|---|---|---|---|---|---|"]
     labels = {m["name"]: m["label"] for m in result["metrics"]}
@@ -47,8 +50,9 @@ def claims_table(result: Result) -> list[str]:
         against = f"{claim['arm']} vs {claim['baseline']}" if claim["baseline"] else claim["arm"]
         shown = ("-" if interval["low"] is None else
                  f"[{_number(interval['low'], 3)}, {_number(interval['high'], 3)}] at {interval['confidence']:.3g}")
+        marker = " (exploratory)" if claim.get("exploratory") else ""
         lines.append(f"| {claim['statement']} | {labels[claim['metric']]} | {against} | > {claim['threshold']:g} | "
-                     f"{mean_cell(claim['improvements'], 3)} | {shown} | **{claim['verdict']}** |")
+                     f"{mean_cell(claim['improvements'], 3)} | {shown} | **{claim['verdict']}**{marker} |")
     return lines
 
 
@@ -82,9 +86,11 @@ def provenance_lines(result: Result) -> list[str]:
 
 def table(result: Result, out_dir: Path) -> str:
     """table.md: the claims and verdicts, the rule, every arm's metrics, provenance, the plot."""
+    exploratory = [EXPLORATORY, ""] if any(c.get("exploratory") for c in result["claims"]) else []
     parts = [f"# {result['title']}", "", "Generated from result.json by the study harness; do not edit.", "",
              result["description"], "", "## Claims, stated before the run", "", *claims_table(result), "",
-             f"Rule: {result['rule']}", "", f"## Metrics (mean ± s.e. over {len(result['seeds'])} seeds)", "",
+             f"Rule: {result['rule']}", "", *exploratory,
+             f"## Metrics (mean ± s.e. over {len(result['seeds'])} seeds)", "",
              *values_table(result), "", "## Provenance", "", *provenance_lines(result), "", "![the study](plot.png)", ""]
     if (out_dir / "notes.md").is_file():
         parts += ["Discussion: [notes.md](notes.md).", ""]

@@ -91,12 +91,15 @@ def test_tagger_learns_a_synthetic_segmentation():
     assert trained > 0.95 > untrained
 
 
+BATCH_CHARS = 40  # sentences are at most WIDTH = 16 characters: each multiple is passed by its own sentence
+
+
 def small_run(seed: int = 0, **overrides) -> live.LiveRun:
     pools = (sequence.encode(synthetic_sentences(60, seed=10), WIDTH),
              sequence.encode(synthetic_sentences(60, seed=11), WIDTH))
     tests = (sequence.encode(synthetic_sentences(20, seed=12), WIDTH),
              sequence.encode(synthetic_sentences(20, seed=13), WIDTH))
-    config = live.LiveConfig(**{"batch_size": 4, "chars_before_shift": 120, "chars_after_shift": 80,
+    config = live.LiveConfig(**{"batch_chars": BATCH_CHARS, "chars_before_shift": 120, "chars_after_shift": 80,
                                 "tagger": TINY, **overrides})
     return live.run(pools, tests, config, seed=seed)
 
@@ -125,13 +128,17 @@ def test_live_never_annotates_a_sentence_twice(run_result):
     assert len(claims) == len(set(claims))
 
 
-def test_live_updates_every_batch_and_scores_both_domains(run_result):
+def test_live_updates_each_time_a_clock_passes_a_multiple_of_batch_chars(run_result):
     for name in live.STREAMS:
         mine = [e for e in run_result.events if e.stream == name]
         evaluations = [v for v in run_result.evaluations if v.stream == name]
-        expected = list(range(4, len(mine) + 1, 4)) + ([len(mine)] if len(mine) % 4 else [])
+        passing = [n + 1 for n, e in enumerate(mine) if e.end // BATCH_CHARS > e.start // BATCH_CHARS]
+        expected = passing + ([len(mine)] if passing[-1] != len(mine) else [])  # the last labels, trained once more
         assert [v.sentences for v in evaluations] == expected
         assert [v.chars for v in evaluations] == [mine[n - 1].end for n in expected]
+        # Equal cost for both streams, whatever lengths they pick: the k-th update at k * 40 characters and
+        # less than one sentence more, up to the end at 200.
+        assert [v.chars // BATCH_CHARS for v in evaluations] == [1, 2, 3, 4, 5]
         assert all(0.0 <= v.f1_source <= 1.0 and 0.0 <= v.f1_target <= 1.0 for v in evaluations)
 
 
@@ -161,11 +168,13 @@ def test_live_ranked_stream_takes_the_lowest_margin_unclaimed_sentence(monkeypat
 def test_bad_inputs_name_the_knob():
     pool = sequence.encode(synthetic_sentences(5, seed=0), WIDTH)
     empty = pool.subset(np.array([], np.int64))
-    config = live.LiveConfig(batch_size=2, tagger=TINY)
+    config = live.LiveConfig(batch_chars=20, tagger=TINY)
     with pytest.raises(SelectionInputError, match="the source pool is empty: 0 sentences"):
         live.run((empty, pool), (pool, pool), config)
-    with pytest.raises(SelectionInputError, match="batch_size 6 exceeds the source pool: 5 sentences"):
-        live.run((pool, pool), (pool, pool), dataclasses.replace(config, batch_size=6))
+    with pytest.raises(SelectionInputError, match="the target test set is empty: 0 sentences"):
+        live.run((pool, pool), (pool, empty), config)
+    with pytest.raises(SelectionInputError, match="batch_chars must be a positive integer, got 0"):
+        live.LiveConfig(batch_chars=0)
     with pytest.raises(SelectionInputError, match="unknown aggregation 'maen' \\(did you mean 'mean'\\?\\)"):
         live.LiveConfig(aggregation="maen")
     with pytest.raises(SelectionInputError, match="unknown aggregation 'max'"):

@@ -2,6 +2,7 @@
 every per-seed number and the wall times in result.json, finished runs reused, an interrupted
 study continued, other settings and quick results under results/ refused, the README block."""
 
+import dataclasses
 import json
 import re
 
@@ -62,6 +63,33 @@ def test_finished_runs_are_reused_and_an_interrupted_study_continues(tmp_path):
     assert rerun[0] == ("better", 2) and ("base", 0) not in rerun and len(rerun) == 12 - (done_before - 1)
 
 
+def test_exploratory_comparisons_are_judged_in_a_holm_family_of_their_own():
+    values = {"base": {"score": [0.0] * 4}, "better": {"score": [0.3, 0.1, 0.25, 0.15]},
+              "worse": {"score": [0.2, -0.1, 0.3, 0.0]}}
+    up = study.Claim("up", "better beats base", "score", "better", "base")
+    aside = study.Claim("aside", "worse beats base", "score", "worse", "base", exploratory=True)
+    toy = make_study()
+    alone = study.judge_claims(dataclasses.replace(toy, claims=(up,)), values)
+    both = study.judge_claims(dataclasses.replace(toy, claims=(up, aside)), values)
+    assert both[0]["adjusted_p"] == alone[0]["adjusted_p"] == alone[0]["p_value"] and not both[0]["exploratory"]
+    assert both[1]["adjusted_p"] == both[1]["p_value"] and both[1]["exploratory"]
+    as_claims = study.judge_claims(dataclasses.replace(toy, claims=(up, dataclasses.replace(aside, exploratory=False))),
+                                   values)
+    assert as_claims[0]["adjusted_p"] == pytest.approx(2 * alone[0]["p_value"])  # what Holm charges a second claim
+
+
+def test_tables_label_exploratory_comparisons(tmp_path, capsys):
+    toy = make_study()
+    aside = study.Claim("aside", "worse beats base, explored", "score", "worse", "base", exploratory=True)
+    result = study.run_study(dataclasses.replace(toy, claims=(*toy.claims, aside)),
+                             study.Request("toy", work_dir=str(tmp_path), out=str(tmp_path / "out")))
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| worse beats base, explored |" in table and "| **contradicted** (exploratory) |" in table
+    assert table.count("(exploratory)") == 2 and study_report.EXPLORATORY in table  # the row and the note
+    assert "| **contradicted** (exploratory) |" in study_report.readme_block(result)
+    assert "[toy] exploratory comparison aside: contradicted" in capsys.readouterr().out
+
+
 def test_one_seed_gives_no_verdict_and_quick_settings_apply(tmp_path):
     result = study.run_study(make_study(), study.Request("toy", quick=True, work_dir=str(tmp_path)))
     assert {c["verdict"] for c in result["claims"] if c["name"] != "blind"} == {stats.ONE_SEED}
@@ -103,12 +131,13 @@ def test_readme_block_is_regenerated_between_its_markers(tmp_path):
     assert not study_report.update_readme(readme, result) and readme.read_text() == "no block\n"
 
 
-def test_the_cli_lists_the_seven_studies(capsys):
+def test_the_cli_lists_the_eight_studies(capsys):
     from littlehelp import main
 
     listed = main.main(["study", "--list"])
-    assert [name for name, _ in listed] == list(study.STUDIES) and len(listed) == 7
-    assert "fedpa        FedPA vs FedAvg" in capsys.readouterr().out
+    assert [name for name, _ in listed] == list(study.STUDIES) and len(listed) == 8
+    out = capsys.readouterr().out
+    assert "\nfedpa           FedPA vs FedAvg" in out and "\ncluster_margin  Cluster-Margin" in out  # names padded to the longest
 
 
 def test_the_cli_refuses_a_study_without_a_name(capsys):
