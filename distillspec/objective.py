@@ -21,6 +21,12 @@ last prompt token; fixed data: its own weight), and sampled tokens after `eos_id
 a row with no token that counts contributes nothing (`averaging_weights`).
 Samples get no gradient; the target gets none either (it is a frozen model, `params[target_key]`).
 
+Encoder-decoder pairs (T5; `speculative.model_kind`) read seqio's unpacked "encoder_decoder" features:
+both models, and the sampling, see the batch's `encoder_input_tokens`; the decoder prompt is the start
+token 0 and the first `prompt_length` target tokens (0 allowed: the continuation is the target from its
+start), and the divergence is over the decoder's continuation positions. A sampled row counts with its
+first target token's weight when there is no decoder prompt. The draft and the target must be of one kind.
+
 Random keys: `choice_key, sample_key = jax.random.split(rng)`; the source is drawn with `choice_key`
 (`choose_source`), tokens are sampled with `sample_key` by `littlehelp.decoding.generate`.
 """
@@ -35,6 +41,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from distillspec import drafts
+from distillspec.speculative import DECODER_ONLY, ENCODER_DECODER, model_kind
 from littlehelp import decoding, flops, losses
 from littlehelp.config import ConfigError
 from littlehelp.models import Model
@@ -65,8 +73,9 @@ def source_probabilities(data_source: str | Mapping[str, float]) -> dict[str, fl
 
 
 def _check_knobs(divergence: str, beta: float, temperature: float, prompt_length: int, generation_length: int,
-                 sampling_temperature: float, average: str) -> None:
-    """Refuses, by name, a divergence, average or length the objective cannot use."""
+                 sampling_temperature: float, average: str, kind: str) -> None:
+    """Refuses, by name, a divergence, average or length the objective cannot use (a decoder-only `kind`
+    needs a prompt of 1 token or more, an encoder-decoder's may be empty)."""
     if divergence not in losses.DIVERGENCES:
         _refuse(f"divergence {divergence!r} is not one of {', '.join(losses.DIVERGENCES)}")
     if average not in AVERAGES:
@@ -77,14 +86,24 @@ def _check_knobs(divergence: str, beta: float, temperature: float, prompt_length
         _refuse(f"temperature must be > 0, got {temperature!r}")
     if not sampling_temperature >= 0:
         _refuse(f"sampling_temperature must be >= 0 (0: greedy), got {sampling_temperature!r}")
-    for name, value in (("prompt_length", prompt_length), ("generation_length", generation_length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            _refuse(f"{name} must be an integer >= 1, got {value!r}")
+    shortest_prompt = 0 if kind == ENCODER_DECODER else 1
+    for name, value, least in (("prompt_length", prompt_length, shortest_prompt),
+                               ("generation_length", generation_length, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            _refuse(f"{name} must be an integer >= {least}, got {value!r}")
 
 
-def _shaped(batch_size: int, length: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """An abstract LM batch of these shapes (for `forward_flops`)."""
-    return {"decoder_input_tokens": jax.ShapeDtypeStruct((batch_size, length), jnp.int32)}
+def _shaped(batch_size: int, length: int, inputs_length: int | None) -> dict[str, jax.ShapeDtypeStruct]:
+    """An abstract batch of these shapes (for `forward_flops`), with encoder inputs when `inputs_length` is set."""
+    shapes = {"decoder_input_tokens": (batch_size, length)}
+    if inputs_length is not None:
+        shapes["encoder_input_tokens"] = (batch_size, inputs_length)
+    return {name: jax.ShapeDtypeStruct(shape, jnp.int32) for name, shape in shapes.items()}
+
+
+def encoder_inputs(batch: Batch) -> dict[str, Array]:
+    """What conditions both models: the batch's `encoder_input_tokens` ({} for decoder-only models)."""
+    return {"encoder_input_tokens": batch["encoder_input_tokens"]} if "encoder_input_tokens" in batch else {}
 
 
 def continuation_weights(tokens: Array, row_weights: Array, eos_id: int | None) -> Array:
@@ -111,7 +130,8 @@ class DistillationObjective:
     """D(p_target || q_draft) on sequences from `data_source` (see the module docstring).
 
     model: the draft (trained, under `model_key`); target: the frozen target's seam (its parameters
-    come from the trainer's frozen model `target_key`); divergence in fkl / rkl / jsd / tvd (`beta`
+    come from the trainer's frozen model `target_key`), of the draft's kind (both decoder-only, or both
+    encoder-decoders reading the batch's encoder inputs); divergence in fkl / rkl / jsd / tvd (`beta`
     for jsd); temperature: on both models' logits in the divergence; data_source: a source name or
     {name: probability}; prompt_length / generation_length: tokens of prompt and continuation;
     sampling_temperature: how continuations are sampled (0: greedy); eos_id: a sampled token that
@@ -125,7 +145,14 @@ class DistillationObjective:
                  prompt_length: int = 16, generation_length: int = 16, sampling_temperature: float = 1.0,
                  eos_id: int | None = None, average: str = "sequence", model_key: str = "model",
                  target_key: str = "target", chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
-        _check_knobs(divergence, beta, temperature, prompt_length, generation_length, sampling_temperature, average)
+        self.kind = model_kind(model)
+        if model_kind(target) != self.kind:
+            _refuse(f"target is {model_kind(target)} and model (the draft) {self.kind}; both must be of one kind")
+        if divergence == "fkl" and isinstance(model.config, drafts.ReducedVocabularyConfig):
+            _refuse("divergence 'fkl' is infinite for a reduced-vocabulary draft (q is 0 where p is not); "
+                    "use jsd, rkl or tvd")
+        _check_knobs(divergence, beta, temperature, prompt_length, generation_length, sampling_temperature, average,
+                     self.kind)
         self.model, self.target = model, target
         self.divergence, self.beta, self.temperature, self.average = divergence, beta, temperature, average
         self.probabilities = source_probabilities(data_source)
@@ -147,8 +174,20 @@ class DistillationObjective:
         p = jnp.asarray([self.probabilities[name] for name in self.sources], jnp.float32)
         return jax.random.choice(rng, len(self.sources), p=p).astype(jnp.int32)
 
-    def _check_lengths(self, batch: Batch) -> None:
-        """Refuses a batch too short for the prompt (and, with fixed data, the continuation)."""
+    def _check_batch(self, batch: Batch) -> None:
+        """Refuses a batch without the encoder inputs an encoder-decoder pair needs, or with some for a
+        decoder-only pair, a packed encoder-decoder batch, and one too short for the prompt (and, with fixed
+        data, the continuation)."""
+        has_inputs = "encoder_input_tokens" in batch
+        if self.kind == ENCODER_DECODER and not has_inputs:
+            raise ValueError("DistillationObjective: an encoder-decoder draft and target need the batch's "
+                             "encoder_input_tokens (seqio's encoder_decoder features)")
+        if self.kind == DECODER_ONLY and has_inputs:
+            raise ValueError("DistillationObjective: a decoder-only draft and target take no encoder inputs, but the "
+                             "batch holds encoder_input_tokens")
+        if has_inputs and "encoder_segment_ids" in batch:
+            raise ValueError("DistillationObjective: encoder-decoder batches must be unpacked (one example per row, "
+                             "pack=False), but the batch holds encoder_segment_ids")
         length = batch["decoder_input_tokens"].shape[1]
         fixed = "fixed" in self.sources
         needed = self.prompt_length + (self.generation_length if fixed else 1)
@@ -169,8 +208,10 @@ class DistillationObjective:
             prompt = batch["decoder_input_tokens"][:, :self.prompt_length + 1]
             lengths = jnp.full((prompt.shape[0],), prompt.shape[1], jnp.int32)
             tokens = decoding.generate(model, params[key], prompt, lengths, self.generation_length, rng, self.sampling,
-                                       eos_id=-1 if self.eos_id is None else self.eos_id)
-            row_weights = token_weights(batch)[:, self.prompt_length - 1:self.prompt_length]
+                                       eos_id=-1 if self.eos_id is None else self.eos_id,
+                                       inputs=encoder_inputs(batch) or None)
+            weighted = max(self.prompt_length - 1, 0)  # the last prompt token, or the first target token
+            row_weights = token_weights(batch)[:, weighted:weighted + 1]
             inputs = jnp.concatenate([prompt, tokens[:, :-1]], axis=1).astype(batch["decoder_input_tokens"].dtype)
             return inputs, continuation_weights(tokens, row_weights, self.eos_id)
 
@@ -178,7 +219,7 @@ class DistillationObjective:
 
     def sequences(self, params: Params, batch: Batch, rng: Array) -> tuple[Array, Array, Array]:
         """(decoder input tokens [b, p + g], continuation weights [b, g], source index) with no gradient."""
-        self._check_lengths(batch)
+        self._check_batch(batch)
         choice_key, sample_key = jax.random.split(rng)
         fns = {"fixed": self._fixed, "target": self._sampled(self.target, self.target_key),
                "draft": self._sampled(self.model, self.model_key)}
@@ -198,7 +239,7 @@ class DistillationObjective:
         inputs, weights, index = self.sequences(params, batch, rng)
         averaging = averaging_weights(weights, self.average)
         draft, target = params[self.model_key], params[self.target_key]
-        scored = {"decoder_input_tokens": inputs}
+        scored = {**encoder_inputs(batch), "decoder_input_tokens": inputs}
         start = self.prompt_length  # hidden state at input position i predicts token i + 1 of y
         kd = losses.chunked_divergence(
             self.divergence, self.model.hidden_states(draft, scored)[:, start:],
@@ -213,17 +254,21 @@ class DistillationObjective:
             metrics[f"source/{name}"] = (index == position).astype(jnp.float32)
         return loss, metrics
 
-    def _generation_flops(self, model: Model, batch_size: int) -> float:
-        """Prefill of the prompt, then one forward step per token (attention over the cache not counted)."""
-        prefill = model.forward_flops(_shaped(batch_size, self.prompt_length + 1))
-        return prefill + self.generation_length * model.forward_flops(_shaped(batch_size, 1))
+    def _generation_flops(self, model: Model, batch_size: int, inputs_length: int | None) -> float:
+        """Prefill of the prompt (and the encoder), then one decoder step per token: a forward pass of one
+        decoder token less one of none (the encoder runs once; attention over the cache not counted)."""
+        prefill = model.forward_flops(_shaped(batch_size, self.prompt_length + 1, inputs_length))
+        step = (model.forward_flops(_shaped(batch_size, 1, inputs_length))
+                - model.forward_flops(_shaped(batch_size, 0, inputs_length)))
+        return prefill + self.generation_length * step
 
     def train_flops(self, batch: Batch) -> float:
-        """Draft forward + backward and target forward on y (heads over every position), plus the expected
-        sampling cost of the mixture."""
+        """Draft forward + backward and target forward on y (heads over every position; an encoder-decoder's
+        encoders on the batch's inputs), plus the expected sampling cost of the mixture."""
         batch_size = batch["decoder_input_tokens"].shape[0]
-        scored = _shaped(batch_size, self.prompt_length + self.generation_length)
-        generation = {"fixed": 0.0, "target": self._generation_flops(self.target, batch_size),
-                      "draft": self._generation_flops(self.model, batch_size)}
+        inputs_length = batch["encoder_input_tokens"].shape[1] if "encoder_input_tokens" in batch else None
+        scored = _shaped(batch_size, self.prompt_length + self.generation_length, inputs_length)
+        generation = {"fixed": 0.0, "target": self._generation_flops(self.target, batch_size, inputs_length),
+                      "draft": self._generation_flops(self.model, batch_size, inputs_length)}
         expected = sum(self.probabilities[name] * generation[name] for name in self.sources)
         return flops.TRAIN_MULTIPLIER * self.model.forward_flops(scored) + self.target.forward_flops(scored) + expected

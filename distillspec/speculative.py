@@ -20,6 +20,11 @@ draft cache lacks the last one or, after a round that accepted all gamma proposa
 The longest prompt plus `max_new_tokens` must fit both the target's and the draft's context length
 (`check_context`); the caches hold that plus gamma + 2 slots for the last round's proposals.
 
+Encoder-decoder pairs (T5): `inputs={"encoder_input_tokens": [b, l]}` (right-padded with 0) condition
+both models; each model's encoder runs once per call, batched, in its `init_cache`, and the rounds above
+run on the decoders' caches unchanged. Prompts are then decoder prompts: the start token 0, then any
+forced prefix. Target and draft must be of one kind (`model_kind`).
+
 `time_against_target` times target-only and speculative decoding of the same calls in turn (wall
 clock, `Timing`); `batch_rows` groups prompts of several domains into batch-1 or batch-b calls.
 """
@@ -42,11 +47,12 @@ from littlehelp import decoding
 from littlehelp.decoding import Sampling, filtered_distribution
 from littlehelp.errors import LittlehelpError
 from littlehelp.models.convert import Pretrained
-from littlehelp.models.api import DecodeCache, Params, StepwiseModel, rollback
+from littlehelp.models.api import Batch, DecodeCache, Model, Params, StepwiseModel, rollback
 
 Array = jax.Array
 AcceptanceRule = Callable[[Array, Array], Array]  # (p(x), q(x)) of proposals -> probability of accepting each
 LENIENCE_KINDS = ("p/eps", "p/eps^2", "p^eps")
+ENCODER_DECODER, DECODER_ONLY = "encoder-decoder", "decoder-only"
 
 
 class SpeculativeError(LittlehelpError, ValueError):
@@ -257,9 +263,10 @@ def _round(models: tuple[StepwiseModel, StepwiseModel], params: tuple[Params, Pa
         counters=_count(state.counters, accepted, active))
 
 
-def _start(model: StepwiseModel, params: Params, prompts: Array, lengths: Array, slots: int) -> DecodeCache:
-    """A cache holding each row's prompt but its last token."""
-    cache = model.init_cache(params, prompts.shape[0], slots)
+def _start(model: StepwiseModel, params: Params, prompts: Array, lengths: Array, slots: int,
+           inputs: Batch | None) -> DecodeCache:
+    """A cache holding each row's prompt but its last token (and the encoded `inputs` of an encoder-decoder)."""
+    cache = model.init_cache(params, prompts.shape[0], slots, inputs)
     _, cache = model.prefill(params, cache, prompts, lengths)
     return rollback(cache, lengths - 1)
 
@@ -271,21 +278,47 @@ def check_context(target: StepwiseModel, draft: StepwiseModel, prompt_length: in
     decoding.check_context(draft, prompt_length, max_new_tokens, "draft")
 
 
+def model_kind(model: Model) -> str:
+    """ENCODER_DECODER for a model conditioned on encoder inputs (its config has encoder layers: T5), else
+    DECODER_ONLY."""
+    return ENCODER_DECODER if getattr(model.config, "num_encoder_layers", 0) else DECODER_ONLY
+
+
+def check_inputs(target: StepwiseModel, draft: StepwiseModel, inputs: Batch | None, batch: int) -> None:
+    """Refuses target and draft of different kinds, an encoder-decoder pair without encoder inputs, a
+    decoder-only pair with some, and encoder inputs whose rows are not the `batch` prompts'."""
+    kind = model_kind(target)
+    if model_kind(draft) != kind:
+        raise SpeculativeError(f"the target is {kind} and the draft {model_kind(draft)}; both must be of one kind")
+    if kind == DECODER_ONLY:
+        if inputs is not None:
+            raise SpeculativeError(f"a decoder-only target and draft take no encoder inputs, got {', '.join(inputs)}")
+        return
+    if inputs is None or "encoder_input_tokens" not in inputs:
+        raise SpeculativeError("an encoder-decoder target and draft need inputs={'encoder_input_tokens': [b, l]}")
+    shape = inputs["encoder_input_tokens"].shape
+    if len(shape) != 2 or shape[0] != batch:
+        raise SpeculativeError(f"encoder_input_tokens {tuple(shape)} do not fit {batch} prompts (need [{batch}, l])")
+
+
 @functools.partial(jax.jit, static_argnames=("target", "draft", "plan"))
 def decode(target: StepwiseModel, target_params: Params, draft: StepwiseModel, draft_params: Params,
-           prompts: Array, prompt_lengths: Array, seed: Array, plan: Plan) -> tuple[Array, Array, Counters]:
-    """Speculative continuation of right-padded prompts [b, p] of `prompt_lengths` (>= 1)
-    -> (tokens [b, max_new_tokens], 0 after each row's end; lengths [b]; counters).
-    p + max_new_tokens beyond either model's context length is refused (`check_context`)."""
+           prompts: Array, prompt_lengths: Array, seed: Array, plan: Plan,
+           inputs: Batch | None = None) -> tuple[Array, Array, Counters]:
+    """Speculative continuation of right-padded prompts [b, p] of `prompt_lengths` (>= 1), conditioned on
+    `inputs` for an encoder-decoder pair -> (tokens [b, max_new_tokens], 0 after each row's end; lengths [b];
+    counters). p + max_new_tokens beyond either model's context length is refused (`check_context`), and
+    inputs that do not fit the pair (`check_inputs`)."""
     batch, width = prompts.shape
     check_context(target, draft, width, plan.max_new_tokens)
+    check_inputs(target, draft, inputs, batch)
     prompts, prompt_lengths = prompts.astype(jnp.int32), prompt_lengths.astype(jnp.int32)
     slots = width + plan.max_new_tokens + plan.gamma + 2
     last = jnp.take_along_axis(prompts, (prompt_lengths - 1)[:, None], axis=1)[:, 0]
     zeros = jnp.zeros((batch,), jnp.int32)
     state = State(
-        target=_start(target, target_params, prompts, prompt_lengths, slots),
-        draft=_start(draft, draft_params, prompts, prompt_lengths, slots),
+        target=_start(target, target_params, prompts, prompt_lengths, slots, inputs),
+        draft=_start(draft, draft_params, prompts, prompt_lengths, slots, inputs),
         last=last, pending=jnp.stack([last, zeros], 1), pending_count=zeros + 1,
         out=jnp.zeros((batch, plan.max_new_tokens + plan.gamma + 1), jnp.int32), produced=zeros,
         done=jnp.zeros((batch,), bool),
@@ -391,24 +424,30 @@ def summarize(counters: Counters, gamma: int, lengths: np.ndarray, seconds: floa
 def generate(target: Any, draft: Any, prompts: Sequence[Sequence[int]] | np.ndarray, *, gamma: int,
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              lenience: Lenience | tuple[str, float] | None = None, seed: int = 0,
-             prompt_lengths: Sequence[int] | np.ndarray | None = None, eos_id: int | None = None) -> SpeculativeOutput:
+             prompt_lengths: Sequence[int] | np.ndarray | None = None, eos_id: int | None = None,
+             inputs: Batch | None = None) -> SpeculativeOutput:
     """Speculative continuations of `prompts` by `target` with proposals from `draft`.
 
-    target, draft: (model, params) pairs or `convert.Pretrained` (same vocabulary). prompts: ragged
-    token-id lists, or a right-padded [b, p] array with `prompt_lengths`. lenience: None (exact),
-    `Lenience(kind, eps)` or (kind, eps) with kind in LENIENCE_KINDS. eos_id: where a row stops; by
-    default the target vocabulary's EOS (a `Pretrained`), else none (rows run to max_new_tokens).
-    The longest prompt plus max_new_tokens beyond either model's context length is refused before
-    anything is allocated.
+    target, draft: (model, params) pairs or `convert.Pretrained` (same vocabulary, both decoder-only or both
+    encoder-decoders). prompts: ragged token-id lists, or a right-padded [b, p] array with `prompt_lengths`;
+    an encoder-decoder's are decoder prompts (`[[0]] * b`: its start token). inputs: an encoder-decoder
+    pair's {"encoder_input_tokens": [b, l]} (right-padded with 0), both models' encoder inputs; None for
+    decoder-only models. lenience: None (exact), `Lenience(kind, eps)` or (kind, eps) with kind in
+    LENIENCE_KINDS. eos_id: where a row stops; by default the target vocabulary's EOS (a `Pretrained`),
+    else none (rows run to max_new_tokens). The longest prompt plus max_new_tokens beyond either model's
+    context length, and inputs that do not fit the pair, are refused before anything is allocated.
     """
     plan = Plan(gamma, max_new_tokens, Sampling(temperature, top_k, top_p),
                 default_eos(target) if eos_id is None else eos_id, lenience_rule(lenience))
     tokens, lengths = padded_prompts(prompts, prompt_lengths)
-    check_context(model_and_params(target)[0], model_and_params(draft)[0], tokens.shape[1], max_new_tokens)
+    inputs = None if inputs is None else {name: np.asarray(value) for name, value in inputs.items()}
+    target_model, draft_model = model_and_params(target)[0], model_and_params(draft)[0]
+    check_context(target_model, draft_model, tokens.shape[1], max_new_tokens)
+    check_inputs(target_model, draft_model, inputs, len(lengths))
     (target_model, target_params), (draft_model, draft_params) = pair(target, draft)
     start = time.perf_counter()
     out, produced, counters = jax.block_until_ready(
-        decode(target_model, target_params, draft_model, draft_params, tokens, lengths, seed, plan))
+        decode(target_model, target_params, draft_model, draft_params, tokens, lengths, seed, plan, inputs))
     seconds = time.perf_counter() - start
     produced = np.asarray(produced)
     return SpeculativeOutput(np.asarray(out), produced, summarize(counters, gamma, produced, seconds))

@@ -15,11 +15,13 @@ import optax
 import pytest
 
 from distillspec.objective import DistillationObjective, averaging_weights, continuation_weights
-from littlehelp import checkpoints, config, decoding, frozen, losses, main, metrics, partitioning, trainer
+from littlehelp import checkpoints, config, frozen, losses, main, metrics, partitioning, trainer
 from littlehelp.config import ConfigError
 from littlehelp.models import DecoderConfig, build_model
 from littlehelp.objectives import Curriculum, DecoderObjective
 from littlehelp.optimizers import Optimizer
+from tests.distillspec import helpers
+from tests.distillspec.helpers import numpy_average, numpy_divergence
 from tests.helpers import lm_data, random_params, save_params_only
 
 VOCAB = 264  # the byte vocabulary of the in-memory docstrings task fits
@@ -49,64 +51,24 @@ def synthetic_batch(length: int = PROMPT + GENERATED) -> dict[str, np.ndarray]:
 
 
 PARAMS = {"model": random_params(DRAFT, 0), "target": random_params(TARGET, 1)}
-LOGITS = {"model": jax.jit(DRAFT.logits), "target": jax.jit(TARGET.logits)}
-
-
-def numpy_divergence(kind: str, q_logits, p_logits, temperature: float, beta: float) -> np.ndarray:
-    """Per-token divergence [b, l] in float64 from logits [b, l, vocab] (README, Losses and divergences)."""
-    def log_softmax(x):
-        x = np.asarray(x, np.float64) / temperature
-        x = x - x.max(-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-    log_q, log_p = log_softmax(q_logits), log_softmax(p_logits)
-    q, p = np.exp(log_q), np.exp(log_p)
-    kl = lambda a, log_a, log_b: (a * (log_a - log_b)).sum(-1)  # noqa: E731
-    if kind == "fkl":
-        return kl(p, log_p, log_q)
-    if kind == "rkl":
-        return kl(q, log_q, log_p)
-    if kind == "tvd":
-        return 0.5 * np.abs(p - q).sum(-1)
-    log_m = np.log(beta * p + (1 - beta) * q)
-    return beta * kl(p, log_p, log_m) + (1 - beta) * kl(q, log_q, log_m)
-
-
-def numpy_average(values, weights, average: str) -> tuple[float, float]:
-    """(mean, denominator) of per-token values [b, g] in float64: over the weighted tokens ("token"), or each
-    row's plain mean over its tokens of nonzero weight, averaged over the rows that have any with each row's
-    weight as its count ("sequence"; a row carries one weight on all its tokens)."""
-    values, weights = np.asarray(values, np.float64), np.asarray(weights, np.float64)
-    if average == "token":
-        return float((values * weights).sum() / weights.sum()), float(weights.sum())
-    rows = [r for r in range(len(weights)) if weights[r].any()]
-    counts = np.array([weights[r].max() for r in rows])
-    means = np.array([values[r][weights[r] > 0].mean() for r in rows])
-    return float((counts * means).sum() / counts.sum()), float(counts.sum())
+MODELS = {"model": DRAFT, "target": TARGET}
 
 
 def reference_loss(params, inputs, weights, kind: str = "fkl", temperature: float = 1.0, beta: float = 0.5,
                    average: str = "sequence") -> float:
-    """The averaged divergence over the continuation, from both models' full (unchunked) logits on `inputs`."""
-    batch = {"decoder_input_tokens": jnp.asarray(inputs)}
-    q = np.asarray(LOGITS["model"](params["model"], batch))[:, PROMPT:]
-    p = np.asarray(LOGITS["target"](params["target"], batch))[:, PROMPT:]
-    return numpy_average(numpy_divergence(kind, q, p, temperature, beta), weights, average)[0]
+    """The averaged divergence over the continuation of decoder inputs `inputs` (`helpers.reference_loss`)."""
+    return helpers.reference_loss(MODELS, params, {"decoder_input_tokens": inputs}, weights, PROMPT, kind, temperature,
+                                  beta, average)
 
 
 def sampled_inputs(model, params, batch, key) -> tuple[np.ndarray, np.ndarray]:
     """Prompt + `decoding.generate`'s continuation as decoder inputs, and the continuation."""
-    prompt = jnp.asarray(batch["decoder_input_tokens"][:, :PROMPT + 1])
-    lengths = jnp.full((prompt.shape[0],), PROMPT + 1, jnp.int32)
-    tokens = np.asarray(decoding.generate(model, params, prompt, lengths, GENERATED, key, decoding.Sampling(1.0),
-                                          eos_id=-1))
-    return np.concatenate([np.asarray(prompt), tokens[:, :-1]], axis=1), tokens
+    return helpers.sampled_inputs(model, params, batch, key, PROMPT, GENERATED)
 
 
 def row_weights(batch) -> np.ndarray:
     """Each row's weight (its last prompt token's) on every sampled token."""
-    weights = np.asarray(batch["decoder_loss_weights"]) * np.asarray(batch.get("example_weights", 1.0))
-    return np.broadcast_to(weights[:, PROMPT - 1:PROMPT], (len(weights), GENERATED))
+    return helpers.row_weights(batch, PROMPT, GENERATED)
 
 
 @pytest.mark.parametrize("kind, temperature, beta, average", [

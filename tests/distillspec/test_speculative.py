@@ -15,6 +15,9 @@ from scipy import stats
 from littlehelp import decoding
 from littlehelp.models import DecoderConfig, build_model
 from distillspec import speculative
+from tests.distillspec.helpers import (SIGNIFICANCE, assert_acceptance_matches, chi_square_p_value, noisy_copy, padded,
+                                       sampled_first_two, sharpened, sometimes_early, target_only,
+                                       two_position_acceptance, two_token_distributions)
 
 VOCAB = 32
 MODEL = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
@@ -22,14 +25,11 @@ MODEL = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=16, num_layers=1, nu
 PROMPTS = [[3, 4, 5], [6], [7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18], [19, 20, 21, 22, 23, 24], [25, 26]]
 NEW_TOKENS = 12
 ROWS = 4096  # identical prompts with different randomness for the distribution tests
-SIGNIFICANCE = 1e-4  # each test's false-failure rate
 
 
-def random_params(model, seed: int, head_scale: float = 4.0):
+def random_params(model, seed: int):
     """Random params with the output head scaled up (peaked next-token distributions)."""
-    params = nn.unbox(model.init(jax.random.key(seed), {"decoder_input_tokens": jnp.ones((1, 4), jnp.int32)}))
-    params["logits_dense"]["kernel"] = params["logits_dense"]["kernel"] * head_scale
-    return params
+    return sharpened(nn.unbox(model.init(jax.random.key(seed), {"decoder_input_tokens": jnp.ones((1, 4), jnp.int32)})))
 
 
 @pytest.fixture(scope="module")
@@ -40,36 +40,18 @@ def target():
 @pytest.fixture(scope="module")
 def draft(target):
     """The target's params plus noise: a draft that agrees with the target part of the time."""
-    leaves, tree = jax.tree.flatten(target[1])
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    noisy = [x + 0.5 * jnp.std(x) * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    return MODEL, jax.tree.unflatten(tree, noisy)
-
-
-def padded(rows, width=None):
-    tokens = np.zeros((len(rows), width or max(map(len, rows))), np.int32)
-    for i, row in enumerate(rows):
-        tokens[i, :len(row)] = row
-    return tokens, np.array([len(r) for r in rows], np.int32)
-
-
-def target_only(target, rows, eos_id, new_tokens=NEW_TOKENS):
-    tokens, lengths = padded(rows)
-    return np.asarray(decoding.generate(target[0], target[1], tokens, lengths, new_tokens, jax.random.key(0),
-                                        decoding.Sampling(), eos_id))
+    return MODEL, noisy_copy(target[1])
 
 
 @pytest.fixture(scope="module")
 def eos_id(target):
     """A token target-only greedy decoding emits early in some rows and not at all in others."""
-    free = target_only(target, PROMPTS, eos_id=-1)
-    counts = {int(t): sum(int(t) in row for row in free) for t in free[:, :3].ravel()}
-    return min((t for t, c in counts.items() if 0 < c < len(PROMPTS)), key=lambda t: -counts[t])
+    return sometimes_early(target_only(target, PROMPTS, -1, NEW_TOKENS))
 
 
 @pytest.mark.parametrize("gamma", range(1, 9))
 def test_greedy_equals_target_only_decoding_in_a_batch(gamma, target, draft, eos_id):
-    expected = target_only(target, PROMPTS, eos_id)
+    expected = target_only(target, PROMPTS, eos_id, NEW_TOKENS)
     ends = (expected == eos_id).any(axis=1)
     assert ends.any() and not ends.all()  # some rows stop early at EOS, some run to the end
     batch = speculative.generate(target, draft, PROMPTS, gamma=gamma, max_new_tokens=NEW_TOKENS, eos_id=eos_id)
@@ -82,7 +64,7 @@ def test_greedy_equals_target_only_decoding_in_a_batch(gamma, target, draft, eos
 # shortest round, one that straddles EOS in some rows, and one longer than most rows' accepted runs.
 @pytest.mark.parametrize("gamma", [1, 3, 8])
 def test_each_row_alone_decodes_and_accepts_as_it_does_in_the_batch(gamma, target, draft, eos_id):
-    expected = target_only(target, PROMPTS, eos_id)
+    expected = target_only(target, PROMPTS, eos_id, NEW_TOKENS)
     batch = speculative.generate(target, draft, PROMPTS, gamma=gamma, max_new_tokens=NEW_TOKENS, eos_id=eos_id)
     tokens, lengths = padded(PROMPTS)
     alone = [speculative.generate(target, draft, tokens[i:i + 1], prompt_lengths=lengths[i:i + 1], gamma=gamma,
@@ -96,7 +78,7 @@ def test_each_row_alone_decodes_and_accepts_as_it_does_in_the_batch(gamma, targe
 
 def test_a_draft_equal_to_the_target_is_always_accepted(target, eos_id):
     out = speculative.generate(target, target, PROMPTS, gamma=3, max_new_tokens=NEW_TOKENS, eos_id=eos_id)
-    np.testing.assert_array_equal(out.tokens, target_only(target, PROMPTS, eos_id))
+    np.testing.assert_array_equal(out.tokens, target_only(target, PROMPTS, eos_id, NEW_TOKENS))
     assert out.stats.acceptance_rate == 1.0 and out.stats.per_position_acceptance == (1.0, 1.0, 1.0)
     assert out.stats.block_efficiency == 4.0 and out.stats.rounds == NEW_TOKENS // 4
     assert out.stats.target_calls == 1 + NEW_TOKENS // 4 and out.stats.draft_calls == 1 + 3 * NEW_TOKENS // 4
@@ -106,48 +88,15 @@ def test_a_draft_equal_to_the_target_is_always_accepted(target, eos_id):
 # Exact distributions in float64 from full (cache-free) forward passes.
 
 
-def next_distributions(model, params, contexts, temperature=1.0, top_k=0):
-    """p(. | context) [n, vocab] float64 for equal-length contexts [n, l]."""
-    logits = np.asarray(model.logits(params, {"decoder_input_tokens": jnp.asarray(contexts)})[:, -1], np.float64)
-    logits = logits / temperature
-    if top_k:
-        logits = np.where(logits < np.sort(logits, axis=-1)[:, -top_k:-top_k + 1], -np.inf, logits)
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    return probs / probs.sum(-1, keepdims=True)
-
-
-def two_token_distributions(model, params, prompt, **filters):
-    """(p(x1) [vocab], p(x2 | x1) [vocab, vocab]) after `prompt`."""
-    first = next_distributions(model, params, np.array([prompt]), **filters)[0]
-    contexts = np.array([prompt + [x] for x in range(VOCAB)])
-    return first, next_distributions(model, params, contexts, **filters)
-
-
-def chi_square_p_value(first_two: np.ndarray, joint: np.ndarray) -> float:
-    """p-value of observed (x1, x2) pairs against the joint [vocab, vocab]; cells expecting < 5 pooled."""
-    counts = np.bincount(first_two[:, 0] * VOCAB + first_two[:, 1], minlength=VOCAB * VOCAB)
-    expected = joint.ravel() * len(first_two)
-    big = expected >= 5
-    observed = np.append(counts[big], counts[~big].sum())
-    expected = np.append(expected[big], expected[~big].sum())
-    return float(stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue)
-
-
 PROMPT = [3, 4, 5]
-
-
-def sampled_first_two(target, draft, temperature, gamma, acceptance=speculative.exact_acceptance, prompts=None):
-    tokens, lengths = padded(prompts or [PROMPT] * ROWS)
-    plan = speculative.Plan(gamma, 2, decoding.Sampling(temperature), None, acceptance)
-    out, _, _ = speculative.decode(target[0], target[1], draft[0], draft[1], tokens, lengths, 7, plan)
-    return np.asarray(out)
 
 
 @pytest.mark.parametrize("temperature, gamma", [(1.0, 1), (0.7, 2)])
 def test_speculative_sampling_follows_the_target_distribution(temperature, gamma, target, draft):
     first, second = two_token_distributions(*target, PROMPT, temperature=temperature)
     joint = first[:, None] * second
-    assert chi_square_p_value(sampled_first_two(target, draft, temperature, gamma), joint) > SIGNIFICANCE
+    sampled = sampled_first_two(target, draft, [PROMPT] * ROWS, temperature, gamma)
+    assert chi_square_p_value(sampled, joint) > SIGNIFICANCE
     # The draft alone is far from the target: the test can tell the two apart.
     q_first, q_second = two_token_distributions(*draft, PROMPT, temperature=temperature)
     assert 0.5 * np.abs(q_first[:, None] * q_second - joint).sum() > 0.1
@@ -157,14 +106,15 @@ def test_speculative_sampling_follows_the_target_distribution(temperature, gamma
                          ids=["always_accept", "q_over_p"])
 def test_a_broken_acceptance_rule_fails_the_same_test(broken, target, draft):
     first, second = two_token_distributions(*target, PROMPT)
-    assert chi_square_p_value(sampled_first_two(target, draft, 1.0, 1, broken), first[:, None] * second) < SIGNIFICANCE
+    sampled = sampled_first_two(target, draft, [PROMPT] * ROWS, 1.0, 1, broken)
+    assert chi_square_p_value(sampled, first[:, None] * second) < SIGNIFICANCE
 
 
 def test_rows_do_not_depend_on_the_other_rows(target, draft):
     prompts = [PROMPT] * ROWS
     changed = [PROMPT if i % 2 else [9, 10] for i in range(ROWS)]
-    base = sampled_first_two(target, draft, 0.7, 2, prompts=prompts)
-    other = sampled_first_two(target, draft, 0.7, 2, prompts=changed)  # the same shapes: padded to 3
+    base = sampled_first_two(target, draft, prompts, 0.7, 2)
+    other = sampled_first_two(target, draft, changed, 0.7, 2)  # the same shapes: padded to 3
     np.testing.assert_array_equal(base[1::2], other[1::2])
     assert (base[::2] != other[::2]).any()
 
@@ -175,22 +125,17 @@ def test_acceptance_per_position_equals_one_minus_tvd(lenience, target, draft):
     beta(prompt) = sum min(p, q); position 2, reached after accepting x ~ min(p, q) / beta, with the mean
     of beta(prompt + x). Lossy: min(p, q) becomes min(f(p), q) (the accepted draft tokens' mass)."""
     top_k = 12
-    p1, p2 = two_token_distributions(*target, PROMPT, top_k=top_k)
-    q1, q2 = two_token_distributions(*draft, PROMPT, top_k=top_k)
     overlap = np.minimum
     if lenience is not None:  # q min(1, f(p) / q) = min(q, f(p))
         relax = {"p/eps": lambda p, eps: p / eps, "p^eps": lambda p, eps: p**eps}[lenience[0]]
         overlap = lambda p, q: np.minimum(q, relax(p, lenience[1]))  # noqa: E731
-    accepted1 = overlap(p1, q1)
-    beta1 = accepted1.sum()
-    beta2 = (accepted1 * overlap(p2, q2).sum(-1)).sum() / beta1
+    expected = two_position_acceptance(two_token_distributions(*target, PROMPT, top_k=top_k),
+                                       two_token_distributions(*draft, PROMPT, top_k=top_k), overlap)
     out = speculative.generate(target, draft, [PROMPT] * ROWS, gamma=2, max_new_tokens=1, temperature=1.0,
                                top_k=top_k, seed=3, lenience=lenience)
     assert out.stats.rounds == 1
-    reached = (ROWS, ROWS * out.stats.per_position_acceptance[0])
-    for measured, expected, n in zip(out.stats.per_position_acceptance, (beta1, beta2), reached):
-        assert abs(measured - expected) < 4.5 * np.sqrt(expected * (1 - expected) / n)
-    assert 0.1 < beta1 < 0.95  # neither trivial nor hopeless
+    assert_acceptance_matches(out.stats, expected, ROWS)
+    assert 0.1 < expected[0] < 0.95  # neither trivial nor hopeless
 
 
 def test_verify_resamples_a_rejection_from_the_residual_and_adds_a_bonus():
@@ -252,7 +197,7 @@ def test_the_target_and_the_draft_context_lengths_both_apply(target, draft, monk
             assert str(refused.value) == (f"prompt of 3 tokens + 6 new tokens = 9 exceeds the {short}'s context length "
                                           "of 8 tokens; shorten the prompt or ask for fewer new tokens")
     out = ask(short_target, short_draft, max_new_tokens=5)
-    np.testing.assert_array_equal(out.tokens, target_only(target, [[3, 4, 5]], -1, new_tokens=5))
+    np.testing.assert_array_equal(out.tokens, target_only(target, [[3, 4, 5]], -1, 5))
 
 
 # ------------------------------------------------------------------------------------------------

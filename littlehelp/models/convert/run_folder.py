@@ -94,7 +94,7 @@ class ParamsOnlyState:
     params: Any
 
 
-def _save_params(params: Any, checkpoint_dir: Path) -> None:
+def save_params(params: Any, checkpoint_dir: Path) -> None:
     """Writes step 0 of `checkpoint_dir` holding the step and {MODEL_KEY: params} (synchronously)."""
     state = ParamsOnlyState(np.zeros((), np.int32), {MODEL_KEY: jax.tree.map(np.asarray, params)})
     checkpointer = checkpoints.Checkpointer(str(checkpoint_dir), checkpoints.CheckpointConfig(async_save=False))
@@ -113,7 +113,7 @@ def write_run_folder(pretrained_model: Pretrained, out_dir: str | Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        _save_params(pretrained_model.params, staging / "checkpoints")
+        save_params(pretrained_model.params, staging / "checkpoints")
         (staging / MODEL_GIN).write_text(model_gin(pretrained_model, out_dir), encoding="utf-8")
         if pretrained_model.vocabulary is not None:
             (staging / VOCABULARY_DIR).mkdir()
