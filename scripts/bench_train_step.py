@@ -78,6 +78,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--devices", nargs="+", type=int, default=[1, 8], choices=sorted(MESHES))
     parser.add_argument("--steps", type=int, default=20, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+    parser.add_argument("--matmul_sizes", nargs="+", type=int, default=list(MATMUL_SIZES),
+                        help="float32 matmul sizes whose rate is measured before the first run and after each")
     parser.add_argument("--matmul_repeats", type=int, default=7)
     parser.add_argument("--max_matmul_spread", type=float, default=0.15,
                         help="refuse to write results when 1 - min/max of the interleaved matmul rates exceeds this")
@@ -241,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.child:
         run_child(args)
         return {}
-    bench = Benchmark(__file__, argv, args.out_dir, MATMUL_SIZES, args.matmul_repeats, args.max_matmul_spread)
+    bench = Benchmark(__file__, argv, args.out_dir, args.matmul_sizes, args.matmul_repeats, args.max_matmul_spread)
     runs = [(devices, name, batch) for devices in args.devices for name in args.configs for batch in args.batch_sizes]
     results = [r for devices, name, batch in bench.between(runs) for r in run_devices(devices, name, batch, args)]
     report = bench.report(vars(args), results=results)

@@ -26,8 +26,8 @@ def report(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench")
     bench = _load_script()
     returned = bench.main(["--configs", "t5-tiny", "decoder-tiny", "--batch_sizes", "4", "--devices", "1",
-                           "--steps", "2", "--warmup", "1", "--matmul_repeats", "1", "--max_matmul_spread", "1",
-                           "--out_dir", str(out_dir)])
+                           "--steps", "2", "--warmup", "1", "--matmul_sizes", "256", "512", "--matmul_repeats", "1",
+                           "--max_matmul_spread", "1", "--out_dir", str(out_dir)])
     return bench, returned, out_dir
 
 
@@ -40,10 +40,11 @@ def test_writes_json_equal_to_returned_report_and_markdown_table(report):
 
 
 def test_result_fields_follow_the_conventions(report):
-    _, returned, _ = report
+    bench, returned, _ = report
     rates = [check["matmul_flops_per_second"] for check in all_checks(returned)]
     assert len(rates) == 3  # before the first run and after each
-    assert all(set(r) == {"2048", "4096"} for r in rates)
+    assert all(set(r) == {"256", "512"} for r in rates)  # the sizes asked for (default: 2048 and 4096)
+    assert bench.parse_args([]).matmul_sizes == [2048, 4096]
     peak = returned["peak_matmul_flops_per_second"]
     assert peak == max(v for r in rates for v in r.values())
     by_config = {r["config"]: r for r in returned["results"]}

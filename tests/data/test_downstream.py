@@ -2,6 +2,7 @@
 input, the genre table covering the corpus, metrics against hand-computed values, and registered
 Tasks that yield the built examples."""
 
+import pytest
 import seqio
 
 from littlehelp.data import corpus, downstream, tasks, vocab
@@ -49,8 +50,15 @@ def test_docstring_is_removed_from_the_input_and_its_first_line_is_the_target():
     assert downstream.function_summaries("def broken(:\n") == []
 
 
-def test_code_summarisation_splits_share_no_module():
-    train, validation = (downstream.code_summarisation_examples(split) for split in corpus.SPLITS)
+@pytest.fixture(scope="module")
+def code_examples() -> dict[str, tuple[Example, ...]]:
+    """{split: examples} of code_summarisation (the standard library parsed once per process: half a minute):
+    its tests share this module-scoped fixture, so they run on one xdist worker (tests/conftest.py)."""
+    return {split: downstream.code_summarisation_examples(split) for split in corpus.SPLITS}
+
+
+def test_code_summarisation_splits_share_no_module(code_examples):
+    train, validation = (code_examples[split] for split in corpus.SPLITS)
     sources = [path.read_text(encoding="utf-8", errors="replace")
                for name, path in corpus._stdlib_files() if corpus.stdlib_split_of(name) == "validation"]
     from_validation_modules = {e for source in sources for e in downstream.function_summaries(source)}
@@ -116,14 +124,14 @@ def test_registered_genre_task_yields_the_built_examples():
         assert example["inputs_pretokenized"].decode() == built.inputs
 
 
-def test_code_task_registers_for_another_vocabulary_under_a_prefix():
+def test_code_task_registers_for_another_vocabulary_under_a_prefix(code_examples):
     names = downstream.register_downstream_tasks(tasks.BYTE_VOCABULARY, prefix="bytes.")
     assert names == ["bytes.code_summarisation", "bytes.genre_classification"]
     task = seqio.get_mixture_or_task(names[0])
     assert task.metric_fns == [downstream.exact_match, downstream.rouge_l]
     assert task.output_features["inputs"].vocabulary is tasks.BYTE_VOCABULARY
     examples = _first_examples(names[0])
-    built = downstream.code_summarisation_examples("validation")[:len(examples)]
+    built = code_examples["validation"][:len(examples)]
     decoded = [Example(*(tasks.BYTE_VOCABULARY.decode(e[key].tolist()) for key in ("inputs", "targets")))
                for e in examples]
     assert len(examples) == 3 and decoded == list(built)  # bytes round-trip exactly, indentation included

@@ -192,7 +192,7 @@ def test_kernel_backends_refuse_another_platform_in_one_line(backend, platform):
 def _trains_like_the_reference(objective_of, batch, backends) -> None:
     """The loss and gradients of one batch with each of ``backends`` against "xla"."""
     objectives = {backend: objective_of(backend) for backend in ("xla", *backends)}
-    params = objectives["xla"].init_params(jax.random.key(0), batch)
+    params = jax.jit(objectives["xla"].init_params)(jax.random.key(0), batch)  # one program, not op by op
     losses = {backend: (lambda p, o=o: o.loss(p, batch, jax.random.key(1), jnp.int32(0))[0])
               for backend, o in objectives.items()}
     results = {backend: jax.jit(jax.value_and_grad(loss))(params) for backend, loss in losses.items()}
