@@ -97,7 +97,8 @@ def _xla_attention(query: Array, key: Array, value: Array, bias: Array | None,
         logits = jnp.where(dense, logits, MASKED_LOGIT)
     probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
     probs = probs.reshape(batch, kv_heads, heads // kv_heads, q_len, k_len)
-    out = jnp.einsum("bngqk,bknd->bqngd", probs, value)
+    # Contracted head-major, then transposed: XLA reads head-major values (the decoding cache) as they are.
+    out = jnp.einsum("bngqk,bknd->bngqd", probs, value).transpose(0, 3, 1, 2, 4)
     return out.reshape(batch, q_len, heads, depth)
 
 
@@ -323,14 +324,71 @@ class SelfAttentionPositions(nn.Module):
         return SelfAttentionContext(positions, positions, mask, None)
 
 
+class KeyValues(NamedTuple):
+    """Keys and values: cached, head-major [..., b, kv_heads, slots, head_dim] (attention reads them
+    without transposing), or new tokens' rows [..., b, l, kv_heads, head_dim] to write there."""
+    keys: Array
+    values: Array
+
+
+def write_rows(cache: Array, rows: Array, slots: Array) -> Array:
+    """``rows`` [..., b, l, kv_heads, d] written into ``cache`` [..., b, kv_heads, slots, d] at each row's
+    ``slots`` [b, l] (leading axes, e.g. layers, alike); slots past the end are dropped."""
+    batch, heads = jnp.arange(slots.shape[0])[:, None, None], jnp.arange(rows.shape[-2])
+    return cache.at[..., batch, heads, slots[:, :, None], :].set(rows, mode="drop")
+
+
+class KeyValueCache(nn.Module):
+    """The keys and values of every self-attention layer of a stack, in the "cache" collection:
+    [layers, b, kv_heads, slots, head_dim] each, made (zeros of ``shape``) by the cache-creating call.
+
+    Calling it gives the cached `KeyValues`, which the stack hands its layers one slice each; each
+    layer writes its new tokens' rows into its slice to attend to them and returns the rows; `write`
+    puts every layer's rows into the cache at once after the stack has run. A scan over the layers so
+    reads the cache without building a new one: only the new rows are written.
+    """
+    shape: tuple[int, ...]
+    dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        self.keys = self.variable("cache", "cached_key", jnp.zeros, self.shape, self.dtype)
+        self.values = self.variable("cache", "cached_value", jnp.zeros, self.shape, self.dtype)
+
+    def __call__(self) -> KeyValues:
+        return KeyValues(self.keys.value, self.values.value)
+
+    def write(self, rows: KeyValues, slots: Array) -> None:
+        """Every layer's new rows [layers, b, l, kv_heads, d] at each row's ``slots`` [b, l]."""
+        self.keys.value = write_rows(self.keys.value, rows.keys, slots)
+        self.values.value = write_rows(self.values.value, rows.values, slots)
+
+
+def run_with_cache(run: Callable[..., tuple[Array, Any]], cache: KeyValueCache | None, x: Array, *args: Any,
+                   slots: Array | None) -> Array:
+    """``run(x, *args, cached) -> (x, new rows)`` (a stack from `layers.layer_stack_with_outputs`) -> x.
+
+    While decoding (a ``cache``, and ``slots`` [b, l] for the new tokens) each layer gets its slice of
+    the cache and every layer's new rows are written after the stack; otherwise (no cache, or the
+    cache-creating call, which only makes it) the layers run without one.
+    """
+    cached = None if cache is None else cache()  # the cache-creating call makes it here
+    if slots is None:
+        return run(x, *args, None)[0]
+    x, new_rows = run(x, *args, cached)
+    cache.write(new_rows, slots)
+    return x
+
+
 class Attention(nn.Module):
     """Multi-head (optionally grouped-query) attention; bias-free projections unless ``qkv_bias``.
 
     ``qkv_bias`` adds biases to the query, key and value projections (Qwen2).
     ``fold_query_scale`` puts 1/sqrt(head_dim) into the query initialisation (T5) instead of
-    scaling at run time (Llama). ``rope_max_wavelength`` turns on rotary embeddings. With
-    ``decode`` the keys and values are written to a "cache" collection, row by row, at the slots
-    ``cache_positions`` [b, lq] (see ``SelfAttentionPositions``).
+    scaling at run time (Llama). ``rope_max_wavelength`` turns on rotary embeddings. Given a
+    ``cache`` (this layer's `KeyValues`, [b, kv_heads, slots, head_dim]) the new keys and values are
+    written there, row by row, at the slots ``cache_positions`` [b, lq] (see ``SelfAttentionPositions``),
+    the queries attend to the cache, and the call returns (output, the new `KeyValues` [b, lq, ...]) for
+    the stack to write into its `KeyValueCache`.
     """
     num_heads: int
     num_kv_heads: int
@@ -339,13 +397,12 @@ class Attention(nn.Module):
     backend: str = "xla"
     fold_query_scale: bool = False
     rope_max_wavelength: float | None = None
-    decode: bool = False
     qkv_bias: bool = False
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: AttentionMask | None = None,
-                 bias: Array | None = None, positions: Array | None = None,
-                 cache_positions: Array | None = None) -> Array:
+                 bias: Array | None = None, positions: Array | None = None, cache: KeyValues | None = None,
+                 cache_positions: Array | None = None) -> Array | tuple[Array, KeyValues]:
         """``positions`` [b, l] (RoPE only) belong to the tokens of ``inputs_q``/``inputs_kv``."""
         query_init_scale = 1.0 / self.head_dim if self.fold_query_scale else 1.0
         query = self._project(self.num_heads, "query", query_init_scale)(inputs_q)
@@ -356,29 +413,19 @@ class Attention(nn.Module):
             key = apply_rope(key, positions, self.rope_max_wavelength)
         if not self.fold_query_scale:
             query = query * jnp.asarray(self.head_dim ** -0.5, query.dtype)
-        if self.decode:
-            key, value = self._cached(key, value, cache_positions)
+        new_rows = KeyValues(key, value)
+        if cache is not None:  # attention takes [b, slots, kv_heads, d]: XLA folds the swap into its dots
+            key, value = (write_rows(cached, rows, cache_positions).swapaxes(1, 2)
+                          for cached, rows in zip(cache, new_rows))
         heads_axes = ("batch", "length", "heads", "kv")
         query, key, value = (constrain(t, heads_axes) for t in (query, key, value))
         out = dot_product_attention(query, key, value, bias=bias, mask=mask, backend=self.backend)
         out = constrain(out, heads_axes)
-        return Projection(features=(inputs_q.shape[-1],), in_axes=("heads", "kv"),
-                          out_axes=("embed",), dtype=self.dtype, name="out")(out)
+        out = Projection(features=(inputs_q.shape[-1],), in_axes=("heads", "kv"),
+                         out_axes=("embed",), dtype=self.dtype, name="out")(out)
+        return out if cache is None else (out, new_rows)
 
     def _project(self, heads: int, name: str, init_scale: float = 1.0) -> Projection:
         return Projection(features=(heads, self.head_dim), in_axes=("embed",),
                           out_axes=("heads", "kv"), dtype=self.dtype, init_scale=init_scale,
                           use_bias=self.qkv_bias, name=name)
-
-    def _cached(self, key: Array, value: Array,
-                cache_positions: Array | None) -> tuple[Array, Array]:
-        """Writes each row's key/value at its ``cache_positions``; the first call only creates the cache."""
-        initialized = self.has_variable("cache", "cached_key")
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-        if not initialized or cache_positions is None:
-            return key, value
-        rows = jnp.arange(key.shape[0])[:, None]
-        cached_key.value = cached_key.value.at[rows, cache_positions].set(key, mode="drop")
-        cached_value.value = cached_value.value.at[rows, cache_positions].set(value, mode="drop")
-        return cached_key.value, cached_value.value

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 
 from littlehelp import flops
 from littlehelp.models.api import Batch, DecodeCache, Params, StepwiseFlaxModel, dropout, empty_cache
-from littlehelp.models.attention import Attention, AttentionMask, SelfAttentionPositions
-from littlehelp.models.layers import (Embed, GatedMlp, Projection, RMSNorm, constrain,
-                                      layer_stack)
+from littlehelp.models.attention import (Attention, AttentionMask, KeyValueCache, KeyValues,
+                                         SelfAttentionPositions, run_with_cache)
+from littlehelp.models.layers import Embed, GatedMlp, Projection, RMSNorm, constrain, layer_stack_with_outputs
 from littlehelp.models.t5 import EMBED_AXES, check_common, check_positive
 
 Array = jax.Array
@@ -62,25 +62,28 @@ class DecoderConfig:
 
 
 class DecoderBlock(nn.Module):
-    """Pre-normed causal self-attention (RoPE, GQA) and SwiGLU MLP with residuals."""
+    """Pre-normed causal self-attention (RoPE, GQA) and SwiGLU MLP with residuals.
+
+    Given its ``cache`` (decoding) the block also returns the new tokens' keys and values.
+    """
     config: DecoderConfig
     deterministic: bool = True
-    decode: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mask: AttentionMask, positions: Array,
-                 cache_positions: Array | None) -> tuple[Array, None]:
+    def __call__(self, x: Array, mask: AttentionMask, positions: Array, cache_positions: Array | None,
+                 cache: KeyValues | None) -> tuple[Array, KeyValues | None]:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         h = RMSNorm(cfg.norm_eps, dtype, name="pre_attention_norm")(x)
         h = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, dtype,
                       cfg.attention_backend, rope_max_wavelength=cfg.rope_max_wavelength,
-                      decode=self.decode, qkv_bias=cfg.qkv_bias, name="attention")(
-                          h, h, mask=mask, positions=positions, cache_positions=cache_positions)
+                      qkv_bias=cfg.qkv_bias, name="attention")(
+                          h, h, mask=mask, positions=positions, cache=cache, cache_positions=cache_positions)
+        h, new_rows = (h, None) if cache is None else h
         x = self._residual(x, h)
         h = RMSNorm(cfg.norm_eps, dtype, name="pre_mlp_norm")(x)
         h = GatedMlp(cfg.mlp_dim, "silu", cfg.dropout_rate, dtype, name="mlp")(
             h, self.deterministic)
-        return self._residual(x, h), None
+        return self._residual(x, h), new_rows
 
     def _residual(self, x: Array, update: Array) -> Array:
         update = nn.Dropout(self.config.dropout_rate)(update, deterministic=self.deterministic)
@@ -132,11 +135,14 @@ class DecoderLM(nn.Module):
         context = SelfAttentionPositions(causal=True, decode=decode,
                                          name="self_attention_positions")(
             tokens, segment_ids, positions, decode_lengths)
-        run = layer_stack(DecoderBlock, cfg.num_layers, cfg.scan_layers, cfg.remat_policy,
-                          num_broadcast_args=3, config=cfg, deterministic=deterministic,
-                          decode=decode)
+        run = layer_stack_with_outputs(DecoderBlock, cfg.num_layers, cfg.scan_layers, cfg.remat_policy,
+                                       num_broadcast_args=3, num_layer_args=1, config=cfg,
+                                       deterministic=deterministic)
         query_positions = jnp.broadcast_to(context.query_positions, tokens.shape)
-        x = run(x, context.mask, query_positions, context.cache_positions)
+        shape = (cfg.num_layers, tokens.shape[0], cfg.num_kv_heads, tokens.shape[1], cfg.head_dim)
+        cache = KeyValueCache(shape, jnp.dtype(cfg.dtype), name="key_value_cache") if decode else None
+        x = run_with_cache(run, cache, x, context.mask, query_positions, context.cache_positions,
+                           slots=context.cache_positions)
         return RMSNorm(cfg.norm_eps, jnp.dtype(cfg.dtype), name="final_norm")(x)
 
 

@@ -259,19 +259,30 @@ def layer_stack(layer_cls: type[nn.Module], num_layers: int, scan_layers: bool, 
     ``nn.scan`` named ``layers`` whose parameters gain a leading "layers" axis; otherwise they are
     named ``layers_0 ... layers_{n-1}``. ``run(x, *args)`` applies them in order.
     """
+    run = layer_stack_with_outputs(layer_cls, num_layers, scan_layers, remat, num_broadcast_args, 0, **layer_kwargs)
+    return lambda x, *args: run(x, *args)[0]
+
+
+def layer_stack_with_outputs(layer_cls: type[nn.Module], num_layers: int, scan_layers: bool, remat: str,
+                             num_broadcast_args: int, num_layer_args: int,
+                             **layer_kwargs: Any) -> Callable[..., tuple[Array, Any]]:
+    """`layer_stack` with per-layer inputs and outputs: ``layer_cls.__call__(x, *args) -> (x, out)``.
+    The last ``num_layer_args`` args have a leading "layers" axis (layer i gets slice i), and
+    ``run(x, *args) -> (x, outs)`` stacks the layers' outputs on a leading "layers" axis."""
     if remat != "none":
         layer_cls = nn.remat(layer_cls, policy=remat_policy(remat), prevent_cse=not scan_layers)
     if scan_layers:
-        scanned = nn.scan(
-            layer_cls, variable_axes={"params": 0, "cache": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * num_broadcast_args, length=num_layers,
+        return nn.scan(
+            layer_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * num_broadcast_args + (0,) * num_layer_args, length=num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"})(**layer_kwargs, name="layers")
-        return lambda x, *args: scanned(x, *args)[0]
     layers = [layer_cls(**layer_kwargs, name=f"layers_{i}") for i in range(num_layers)]
 
-    def run(x: Array, *args: Any) -> Array:
-        for layer in layers:
-            x = layer(x, *args)[0]
-        return x
+    def run(x: Array, *args: Any) -> tuple[Array, Any]:
+        shared, per_layer = args[:num_broadcast_args], args[num_broadcast_args:]
+        outs = []
+        for index, layer in enumerate(layers):
+            x, out = layer(x, *shared, *jax.tree.map(lambda a: a[index], per_layer))
+            outs.append(out)
+        return x, jax.tree.map(lambda *slices: jnp.stack(slices), *outs)
     return run

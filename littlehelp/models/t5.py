@@ -17,10 +17,11 @@ import jax.numpy as jnp
 
 from littlehelp import flops
 from littlehelp.models.api import DecodeCache, StepwiseFlaxModel, dropout, empty_cache
-from littlehelp.models.attention import (ATTENTION_BACKENDS, Attention, AttentionMask,
-                                         SelfAttentionPositions)
+from littlehelp.models.attention import (ATTENTION_BACKENDS, Attention, AttentionMask, KeyValueCache,
+                                         KeyValues, SelfAttentionPositions, run_with_cache)
 from littlehelp.models.layers import (REMAT_POLICIES, Embed, GatedMlp, Projection,
-                                      RelativePositionBias, RMSNorm, constrain, layer_stack)
+                                      RelativePositionBias, RMSNorm, constrain, layer_stack,
+                                      layer_stack_with_outputs)
 
 Array = jax.Array
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -84,11 +85,10 @@ def _residual(config: Any, x: Array, update: Array, deterministic: bool) -> Arra
     return constrain(x + update, EMBED_AXES)
 
 
-def _attention(config: Any, name: str, decode: bool = False) -> Attention:
+def _attention(config: Any, name: str) -> Attention:
     return Attention(num_heads=config.num_heads, num_kv_heads=config.num_heads,
                      head_dim=config.head_dim, dtype=jnp.dtype(config.dtype),
-                     backend=config.attention_backend, fold_query_scale=True, decode=decode,
-                     name=name)
+                     backend=config.attention_backend, fold_query_scale=True, name=name)
 
 
 def _mlp_sublayer(config: Any, x: Array, deterministic: bool) -> Array:
@@ -135,24 +135,27 @@ class EncoderStack(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Causal self-attention, cross-attention to the encoder, gated-GELU MLP."""
+    """Causal self-attention, cross-attention to the encoder, gated-GELU MLP.
+
+    Given its ``cache`` (decoding) the layer also returns the new tokens' self-attention keys and values.
+    """
     config: T5Config
     deterministic: bool = True
-    decode: bool = False
 
     @nn.compact
     def __call__(self, x: Array, encoded: Array, self_mask: AttentionMask,
-                 cross_mask: AttentionMask, self_bias: Array,
-                 cache_positions: Array | None) -> tuple[Array, None]:
+                 cross_mask: AttentionMask, self_bias: Array, cache_positions: Array | None,
+                 cache: KeyValues | None) -> tuple[Array, KeyValues | None]:
         dtype = jnp.dtype(self.config.dtype)
         h = RMSNorm(dtype=dtype, name="pre_self_attention_norm")(x)
-        h = _attention(self.config, "self_attention", self.decode)(
-            h, h, mask=self_mask, bias=self_bias, cache_positions=cache_positions)
+        h = _attention(self.config, "self_attention")(
+            h, h, mask=self_mask, bias=self_bias, cache=cache, cache_positions=cache_positions)
+        h, new_rows = (h, None) if cache is None else h
         x = _residual(self.config, x, h, self.deterministic)
         h = RMSNorm(dtype=dtype, name="pre_cross_attention_norm")(x)
         h = _attention(self.config, "encoder_decoder_attention")(h, encoded, mask=cross_mask)
         x = _residual(self.config, x, h, self.deterministic)
-        return _mlp_sublayer(self.config, x, self.deterministic), None
+        return _mlp_sublayer(self.config, x, self.deterministic), new_rows
 
 
 class DecoderStack(nn.Module):
@@ -191,10 +194,13 @@ class DecoderStack(nn.Module):
                                     cfg.relative_attention_max_distance, bidirectional=False,
                                     dtype=dtype, name="relative_position_bias")(
                                         context.query_positions, context.key_positions)
-        run = layer_stack(DecoderLayer, cfg.num_decoder_layers, cfg.scan_layers,
-                          cfg.remat_policy, num_broadcast_args=5, config=cfg,
-                          deterministic=deterministic, decode=decode)
-        x = run(x, encoded, context.mask, cross_mask, bias, context.cache_positions)
+        run = layer_stack_with_outputs(DecoderLayer, cfg.num_decoder_layers, cfg.scan_layers,
+                                       cfg.remat_policy, num_broadcast_args=5, num_layer_args=1, config=cfg,
+                                       deterministic=deterministic)
+        shape = (cfg.num_decoder_layers, tokens.shape[0], cfg.num_heads, tokens.shape[1], cfg.head_dim)
+        cache = KeyValueCache(shape, dtype, name="key_value_cache") if decode else None
+        x = run_with_cache(run, cache, x, encoded, context.mask, cross_mask, bias, context.cache_positions,
+                           slots=context.cache_positions)
         x = RMSNorm(dtype=dtype, name="final_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
