@@ -97,15 +97,15 @@ def decoded(context: ArmContext, pair: tuple[Pair, Pair], outcome: dict[str, Any
             **extra}
 
 
-def check_drafts(drafts: list[str]) -> None:
-    """Refuses a drafts setting with an unknown name, or without a fixed-data and an on-policy draft (the claims
-    compare them)."""
-    unknown = [d for d in drafts if d not in DISTILLED]
+def check_drafts(drafts: list[str], known: tuple[str, ...] = DISTILLED, study: str = "distillspec") -> None:
+    """Refuses a drafts setting with a name not in `known`, or without a fixed-data and an on-policy draft (the
+    claims compare them)."""
+    unknown = [d for d in drafts if d not in known]
     if unknown:
-        raise StudyError(f"distillspec: drafts names {unknown[0]!r}, not one of {', '.join(DISTILLED)}")
+        raise StudyError(f"{study}: drafts names {unknown[0]!r}, not one of {', '.join(known)}")
     for pool, source in ((FIXED, "fixed"), (ON_POLICY, "draft")):
         if not set(pool) & set(drafts):
-            raise StudyError(f"distillspec: drafts {drafts} has no {SOURCE_NAMES[source]} draft (one of "
+            raise StudyError(f"{study}: drafts {drafts} has no {SOURCE_NAMES[source]} draft (one of "
                              f"{', '.join(pool)}); the claims compare on-policy with fixed data")
 
 

@@ -36,6 +36,7 @@ STUDIES: dict[str, str] = {
     "spactor": "spactor.reproduction",
     "salt": "salt.reproduction",
     "distillspec": "distillspec.reproduction",
+    "distillspec_t5": "distillspec.t5_reproduction",
     "softsrv": "softsrv.reproduction",
     "active": "active.reproduction",
     "fedpa": "federated.reproduction",
