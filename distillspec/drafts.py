@@ -40,13 +40,14 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from littlehelp import flops, models
+from littlehelp import flops
 from littlehelp.config import ConfigError
 from littlehelp.data import corpus
 from littlehelp.models.api import Batch, DecodeCache, Params, StepwiseFlaxModel
 from littlehelp.models.convert import run_folder
 from littlehelp.models.decoder import DecoderConfig, DecoderLMModel
 from littlehelp.models.layers import Projection
+from littlehelp.models.registry import ModelFamily, register
 
 Array = jax.Array
 OUTSIDE_LOGIT = -1e9  # the logit of every id outside a reduced vocabulary: probability exactly 0
@@ -186,7 +187,7 @@ class ReducedVocabularyModel(StepwiseFlaxModel):
         return (hidden if return_hidden else self.logits_from_hidden(params, hidden)), layers
 
 
-models.MODEL_KINDS[ReducedVocabularyConfig] = ReducedVocabularyModel  # `build_model` builds it
+register(ModelFamily("reduced_vocabulary", ReducedVocabularyConfig, ReducedVocabularyModel))
 
 
 def reduced_vocabulary(config: DecoderConfig, params: Params,

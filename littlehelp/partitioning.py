@@ -3,7 +3,8 @@
 Every parameter and large activation carries logical axis names (batch, length, embed, mlp, heads, kv,
 vocab, layers). Rules map those names to the mesh axes (data, fsdp, tensor). Rules are applied in
 order and a mesh axis is used at most once per array, so activations shard `batch` over
-(data, fsdp) while parameters, which have no batch axis, shard `embed` over fsdp.
+(data, fsdp) while parameters, which have no batch axis, shard `embed` over fsdp. A model family that
+introduces axis names of its own registers rules for them (`registry.ModelFamily.logical_axes`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from littlehelp.config import ConfigError
+from littlehelp.models import registry
 
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "layers")
@@ -99,11 +101,16 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] |
 
 @gin.configurable
 def logical_axis_rules(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> LogicalRules:
-    """The logical-to-mesh rules in force (gin: `logical_axis_rules.rules = [...]`)."""
+    """The logical-to-mesh rules in force (gin: `logical_axis_rules.rules = [...]`), then the registered
+    model families' rules for the axes they introduce that `rules` does not name."""
+    family_rules = [rule for family in registry.FAMILIES.values() for rule in family.logical_axes]
+    known = LOGICAL_AXES + tuple(name for name, _ in family_rules)
     rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+    named = {name for name, _ in rules}
+    rules += tuple(rule for rule in family_rules if rule[0] not in named)
     for name, axes in rules:
-        if name not in LOGICAL_AXES:
-            raise ConfigError(f"logical_axis_rules: unknown logical axis {name!r}; known: {LOGICAL_AXES}")
+        if name not in known:
+            raise ConfigError(f"logical_axis_rules: unknown logical axis {name!r}; known: {known}")
         for axis in (axes if isinstance(axes, tuple) else (axes,)):
             if axis is not None and axis not in MESH_AXES:
                 raise ConfigError(f"logical_axis_rules: rule {name!r} names unknown mesh axis {axis!r}")

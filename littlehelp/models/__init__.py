@@ -2,7 +2,8 @@
 BERT (imported encoders; `convert` reads and writes pretrained checkpoints of all of them but Encoder).
 
 `build_model(config)` gives the `api.Model` (and, for T5 and the decoder LM, `api.StepwiseModel`)
-of a model config; callers use that seam and never the classes behind it.
+of a model config; callers use that seam and never the classes behind it. Each family registers
+itself in its own module (`registry`); importing this package registers the built-in ones.
 """
 from typing import Any
 
@@ -11,7 +12,7 @@ import gin
 import jax
 import numpy as np
 
-from littlehelp.config import ConfigError
+from littlehelp.models import registry
 from littlehelp.models.api import DecodeCache, Model, StepwiseModel, rollback
 from littlehelp.models.attention import dot_product_attention
 from littlehelp.models.bert import Bert, BertConfig, BertModel
@@ -23,18 +24,11 @@ __all__ = ["Bert", "BertConfig", "BertModel", "DecodeCache", "DecoderConfig", "D
            "EncoderConfig", "EncoderModel", "Model", "StepwiseModel", "T5", "T5Config", "T5Model", "build_model",
            "count_params", "dot_product_attention", "rollback"]
 
-MODEL_KINDS: dict[type, type] = {T5Config: T5Model, DecoderConfig: DecoderLMModel, EncoderConfig: EncoderModel,
-                                 BertConfig: BertModel}
-
 
 @gin.configurable
 def build_model(config: Any = gin.REQUIRED) -> Model:
-    """The seam of the model a config describes (T5Config, DecoderConfig, EncoderConfig or BertConfig)."""
-    kind = MODEL_KINDS.get(type(config))
-    if kind is None:
-        known = ", ".join(c.__name__ for c in MODEL_KINDS)
-        raise ConfigError(f"build_model.config: no model for a {type(config).__name__}; known configs: {known}")
-    return kind(config)
+    """The seam of the model a config describes, built by its registered family (`registry.family_of`)."""
+    return registry.family_of(config).build(config)
 
 
 def count_params(module: nn.Module, *example_args: Any) -> int:

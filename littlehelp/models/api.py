@@ -2,7 +2,8 @@
 
 Objectives, decoding, inference and the method packages call a `Model` (or, to decode, a
 `StepwiseModel`) and never dispatch on model classes. A model is built from its config with
-`littlehelp.models.build_model(config)`.
+`littlehelp.models.build_model(config)`, by the family registered for the config's class
+(`littlehelp.models.registry`).
 
 The forward pass is split in two so a loss can apply the output head chunk by chunk over the
 sequence: `hidden_states` (final-normed, before the head) and `logits_from_hidden`. Wherever tokens

@@ -26,6 +26,7 @@ from littlehelp.config import ConfigError
 from littlehelp.models.api import Batch, Params, dropout
 from littlehelp.models.attention import AttentionMask, dot_product_attention
 from littlehelp.models.layers import PARAM_DTYPE, Axes, Embed, Projection, constrain, layer_stack
+from littlehelp.models.registry import ModelFamily, register
 from littlehelp.models.t5 import EMBED_AXES, check_choice, check_common, check_positive
 
 Array = jax.Array
@@ -266,3 +267,6 @@ class BertModel:
     def forward_flops(self, batch: Batch) -> float:
         size, length = batch["encoder_input_tokens"].shape
         return bert_forward_flops(self.config, size, length, with_mlm_head=self.config.mlm_head)
+
+
+register(ModelFamily("bert", BertConfig, BertModel))

@@ -14,6 +14,7 @@ from littlehelp.models.api import Batch, DecodeCache, Params, StepwiseFlaxModel,
 from littlehelp.models.attention import (Attention, AttentionMask, KeyValueCache, KeyValues,
                                          SelfAttentionPositions, run_with_cache)
 from littlehelp.models.layers import Embed, GatedMlp, Projection, RMSNorm, constrain, layer_stack_with_outputs
+from littlehelp.models.registry import ModelFamily, register
 from littlehelp.models.t5 import EMBED_AXES, check_common, check_positive
 
 Array = jax.Array
@@ -198,3 +199,6 @@ class DecoderLMModel(StepwiseFlaxModel):
             {"params": params, "cache": cache.layers}, tokens, decode=True, decode_lengths=cache.lengths,
             input_embeddings=input_embeddings, return_hidden=return_hidden, mutable=["cache"])
         return out, mutated["cache"]
+
+
+register(ModelFamily("decoder", DecoderConfig, DecoderLMModel))

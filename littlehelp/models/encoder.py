@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from littlehelp import flops
 from littlehelp.models.api import Batch, Params, dropout
 from littlehelp.models.layers import Embed, Projection, constrain
+from littlehelp.models.registry import ModelFamily, register
 from littlehelp.models.t5 import EncoderStack, check_common, check_positive
 
 Array = jax.Array
@@ -111,3 +112,6 @@ class EncoderModel:
     def forward_flops(self, batch: Batch) -> float:
         size, length = batch["encoder_input_tokens"].shape
         return flops.encoder_forward_flops(self.config, size, length, with_vocab_head=True)
+
+
+register(ModelFamily("encoder", EncoderConfig, EncoderModel))

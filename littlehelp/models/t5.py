@@ -22,6 +22,7 @@ from littlehelp.models.attention import (ATTENTION_BACKENDS, Attention, Attentio
 from littlehelp.models.layers import (REMAT_POLICIES, Embed, GatedMlp, Projection,
                                       RelativePositionBias, RMSNorm, constrain, layer_stack,
                                       layer_stack_with_outputs)
+from littlehelp.models.registry import ModelFamily, register
 
 Array = jax.Array
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -361,3 +362,6 @@ class T5Model(StepwiseFlaxModel):
             tokens, decode=True, decode_lengths=cache.lengths, return_hidden=return_hidden, mutable=["cache"],
             method=T5.decode)
         return out, mutated["cache"]
+
+
+register(ModelFamily("t5", T5Config, T5Model))

@@ -17,7 +17,8 @@ import numpy as np
 
 from littlehelp.models.api import Params
 from littlehelp.models.bert import ACTIVATIONS, BertConfig
-from littlehelp.models.convert import ConversionError, Family, Tensors, hf_shapes, register, require, require_shapes
+from littlehelp.models.convert.common import (ConversionError, Family, Tensors, hf_shapes, register, require,
+                                              require_shapes)
 
 PREFIX = "bert."
 ARCHITECTURES = {"BertModel": {"pooler": True, "mlm_head": False},

@@ -16,7 +16,8 @@ import numpy as np
 from gguf import GGUFReader
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from littlehelp.models.convert import ConversionError, Pretrained, check_params, config_of, llama
+from littlehelp.models.convert import llama
+from littlehelp.models.convert.common import ConversionError, Pretrained, check_params, config_of
 from littlehelp.models.decoder import DEFAULT_CONTEXT_LENGTH
 
 ARCHITECTURES = ("llama", "qwen2")

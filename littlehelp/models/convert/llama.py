@@ -15,8 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from littlehelp.models.convert import (ConversionError, Family, Params, Tensors, hf_shapes, register, require,
-                                       require_shapes)
+from littlehelp.models.convert.common import (ConversionError, Family, Params, Tensors, hf_shapes, register,
+                                              require, require_shapes)
 from littlehelp.models.decoder import DEFAULT_CONTEXT_LENGTH, DecoderConfig
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -212,4 +212,5 @@ def hf_tensors(params: Params, config: DecoderConfig) -> dict[str, np.ndarray]:
     return out
 
 
-FAMILY = register(Family("llama", tuple(ARCHITECTURES), config_from_hf, params_from_hf, hf_config, hf_tensors))
+FAMILY = register(Family("llama", tuple(ARCHITECTURES), config_from_hf, params_from_hf, hf_config, hf_tensors,
+                         objective_file="models/decoder_only.gin"))

@@ -33,13 +33,12 @@ from absl import logging
 
 from littlehelp import checkpoints
 from littlehelp.data import corpus, pretrained
-from littlehelp.models.convert import ConversionError, Pretrained, load
+from littlehelp.models.convert import FAMILIES, ConversionError, Pretrained, load
 
 MODEL_KEY = "model"
 MODEL_GIN = "model.gin"
 VOCABULARY_DIR = "vocabulary"
 RECORD = "converted.json"
-OBJECTIVE_FILES = {"llama": "models/decoder_only.gin", "t5": "models/encoder_decoder.gin"}
 
 
 def gin_bindings(config: Any) -> list[str]:
@@ -52,8 +51,8 @@ def model_gin(pretrained_model: Pretrained, folder: Path) -> str:
     """The text of DIR/model.gin (`folder` is DIR): MODEL_CONFIG bound to the imported config, and the
     family's objective file (or, for a family without one, the seam and its checkpoint key); with a
     vocabulary, also `_infer_bindings`."""
-    config = pretrained_model.config
-    module, objective = type(config).__module__, OBJECTIVE_FILES.get(pretrained_model.family)
+    config, family = pretrained_model.config, FAMILIES.get(pretrained_model.family)
+    module, objective = type(config).__module__, family.objective_file if family else None
     lines = [f"# Model imported by `littlehelp convert` from {pretrained_model.source} (family {pretrained_model.family}).",
              f"import {module}", *([] if objective else ["import littlehelp.models"]), "",
              f"MODEL_CONFIG = @{module.rsplit('.', 1)[-1]}.{type(config).__name__}()", *gin_bindings(config), ""]

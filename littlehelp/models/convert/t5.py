@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from littlehelp.models.convert import (ConversionError, Family, Params, Tensors, hf_shapes, register, require,
-                                       require_shapes)
+from littlehelp.models.convert.common import (ConversionError, Family, Params, Tensors, hf_shapes, register,
+                                              require, require_shapes)
 from littlehelp.models.convert.llama import get_path, layer_params, set_path, stack_layers, to_hf, to_ours
 from littlehelp.models.t5 import T5Config
 
@@ -145,4 +145,5 @@ def hf_tensors(params: Params, config: T5Config) -> dict[str, np.ndarray]:
             "lm_head.weight": np.asarray(params["decoder"]["logits_dense"]["kernel"]).T}
 
 
-FAMILY = register(Family("t5", ("t5",), config_from_hf, params_from_hf, hf_config, hf_tensors))
+FAMILY = register(Family("t5", ("t5",), config_from_hf, params_from_hf, hf_config, hf_tensors,
+                         objective_file="models/encoder_decoder.gin"))
