@@ -1,8 +1,10 @@
 """Smoke tests of scripts/bench_train_step.py (tiny configurations, a few steps, 1 device),
-scripts/bench_kd_loss.py (tiny shapes) and scripts/bench_salt_scoring.py (a tiny teacher)."""
+scripts/bench_kd_loss.py (tiny shapes), scripts/bench_salt_scoring.py (a tiny teacher) and
+scripts/bench_speculative.py (a tiny target and drafts)."""
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -135,3 +137,51 @@ def test_salt_scoring_bench_scores_the_whole_split_and_reports_chunked_memory(tm
     assert result["model_sequences_per_second"] == pytest.approx(4 / result["model_seconds_per_batch"])
     assert result["streamed_sequences_per_second"] == pytest.approx(91 / result["streamed_seconds"])
     assert f"| 4 | 91 | {result['compile_seconds']:.2f} |" in (tmp_path / "bench_salt_scoring.md").read_text()
+
+
+def test_speculative_bench_times_a_draft_against_the_target_and_checks_the_goals(tmp_path):
+    """A tiny 2-layer target and a random 1-layer draft, greedy and T = 1, batch 1, gamma 1. Derived drafts
+    (first=K, vocab=N) are left out: each draft compiles two more decodes, which would double the time."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from littlehelp.data.hf_vocab import TokenizerVocabulary
+    from littlehelp.models import DecoderConfig, build_model
+    from littlehelp.models.convert import Pretrained, run_folder
+    from tests.helpers import random_params
+
+    bench = _load_script("bench_speculative")
+    words = ["<pad>", "<eos>", "<unk>", *sorted(set(re.findall(r"\w+|[^\w\s]+", " ".join(bench.PROMPTS))))]
+    tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    vocabulary = TokenizerVocabulary(tokenizer, {"eos_token": "<eos>", "unk_token": "<unk>"})
+
+    def tiny_folder(name: str, layers: int, seed: int) -> str:
+        config = DecoderConfig(vocab_size=64, emb_dim=16, num_layers=layers, num_heads=2, num_kv_heads=1, head_dim=8,
+                               mlp_dim=32)
+        model = build_model(config)
+        pretrained = Pretrained("llama", config, model, random_params(model, seed), vocabulary, "random")
+        return str(run_folder.write_run_folder(pretrained, tmp_path / name))
+
+    out_dir = tmp_path / "out"
+    returned = bench.main([
+        "--target", tiny_folder("target", 2, 0), "--drafts", f"tiny={tiny_folder('draft', 1, 1)}", "--batch_sizes", "1",
+        "--temperatures", "0", "1", "--gammas", "1", "--repeats", "2", "--call_repeats", "1", "--max_new_tokens", "4",
+        "--matmul_sizes", "64", "--matmul_repeats", "1", "--out_dir", str(out_dir)])
+    assert json.loads((out_dir / "bench_speculative.json").read_text()) == returned
+    rows = {r["temperature"]: r for r in returned["results"]}
+    assert set(rows) == {0.0, 1.0} and all(r["draft"] == "tiny" and r["gamma"] == 1 for r in rows.values())
+    assert rows[0.0]["tokens_equal_target_only"] is True and rows[1.0]["tokens_equal_target_only"] is None  # sampled
+    for r in rows.values():
+        assert len(r["seconds"]) == 2 and r["c"] == pytest.approx(r["draft_call_seconds"] / r["target_call_seconds"])
+        assert r["predicted_speedup"] == pytest.approx(r["block_efficiency"] / (r["c"] + 1))
+    table = (out_dir / "bench_speculative.md").read_text()
+    goals = {goal.temperature: goal for goal in bench.GOALS if goal.batch == 1}
+    for s in returned["summary"]:
+        assert s["speedup"] == rows[s["temperature"]]["speedup"] and s["goal"] == goals[s["temperature"]].label
+        assert s["met"] == (s["speedup"] >= goals[s["temperature"]].threshold)
+        assert bench.why_missed(s) in table and (bench.why_missed(s) != "") == (not s["met"])  # a miss is explained
+    assert len(returned["summary"]) == 2 and returned["distillation"] == []
+    assert "| tiny | 1 |" in table and "n/a (sampled)" in table and returned["command"] in table
+    twin = [{**r, "draft": "tiny_distilled", "block_efficiency": 1.5 * r["block_efficiency"]} for r in rows.values()]
+    pairs = bench.distillation([*rows.values(), *twin])  # tiny_distilled over tiny, at each temperature
+    assert [(d["ratio"], d["met"]) for d in pairs] == [(pytest.approx(1.5), True)] * 2
