@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from littlehelp import flops
+from littlehelp import flops, runs
 from littlehelp.config import ConfigError
 from littlehelp.data import corpus
 from littlehelp.models.api import Batch, DecodeCache, Params, StepwiseFlaxModel
@@ -253,10 +253,8 @@ def task_token_counts(task: str, vocab_size: int, feature_lengths: Mapping[str, 
 
 def _target_params(config: DecoderConfig, folder: Path) -> Params:
     """The parameters of a converted run folder of the target (model key 'model'), as numpy."""
-    from distillspec import generate  # pylint: disable=import-outside-toplevel
-
     model = DecoderLMModel(config)  # not `build_model`: gin may bind its config to this draft's
-    _, params = generate.restore(generate.RunFolder(model, run_folder.MODEL_KEY, folder, folder / run_folder.MODEL_GIN))
+    params, _ = runs.read_params(folder, model, run_folder.MODEL_KEY)  # reads no gin file: gin's config stays
     return jax.device_get(params)
 
 

@@ -9,45 +9,29 @@ target alone (`littlehelp.decoding.generate`) and compares the times, each measu
 call that compiles. Bad input (an empty prompt, a missing folder, gamma < 1, a draft whose vocabulary
 differs from the target's in size or in any piece, a prompt plus --max_new_tokens longer than the
 target's or the draft's context length) is refused in one line before any run folder's parameters are
-read: its model comes from its model.gin or config.gin, its vocabulary from its vocabulary/ folder or
-the VOCABULARY its gin file binds (a training run's config.gin). A GGUF file or HF folder is loaded
-whole first (its config and vocabulary come with its weights).
+read: a run folder is opened with `littlehelp.runs.open_run` (its model from its model.gin or config.gin,
+its vocabulary from its vocabulary/ folder or the VOCABULARY its gin file binds, a training run's
+config.gin) and its parameters read last (`RunFolder.load`). A GGUF file or HF folder is loaded whole
+first (its config and vocabulary come with its weights).
 
-`wall_clock` and `lossy_decoding` time speculative against target-only decoding over a set of held-out
-prompts (`acceptance.References`), as the DistillSpec study does.
+This module is the command only: library code and scripts load a run with `littlehelp.runs.load_run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from distillspec import acceptance, speculative
+from distillspec import speculative
+from littlehelp import runs
 from littlehelp.errors import exit_on_error
-
-MODEL_GINS = ("model.gin", "config.gin")  # a converted folder's model file, else a training run's operative config
-
-
-@dataclasses.dataclass(frozen=True)
-class RunFolder:
-    """A run folder's model and checkpoint key (from `gin_file`, its model.gin or config.gin) and folder;
-    params are read later."""
-
-    model: Any
-    key: str
-    folder: Path
-    gin_file: Path
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -69,79 +53,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def open_source(path: str) -> RunFolder | Path:
-    """A run folder (read its model.gin or config.gin) or the path of a file / folder for `convert.load`."""
+def open_source(path: str) -> runs.RunFolder | Path:
+    """A run folder (`runs.open_run`: its model.gin or config.gin read, no parameters) or the path of a file /
+    folder for `convert.load`."""
     folder = Path(path).expanduser()
     if not folder.exists():
         raise speculative.SpeculativeError(f"{folder} does not exist")
-    model_gin = next((folder / name for name in MODEL_GINS if (folder / name).is_file()), None)
-    if folder.is_dir() and model_gin is not None:
-        return read_run_folder(folder, model_gin)
+    if folder.is_dir() and runs.gin_file_of(folder) is not None:
+        return runs.open_run(folder)
     return folder
-
-
-@contextlib.contextmanager
-def parsed(gin_file: Path) -> Iterator[None]:
-    """`gin_file` parsed for the block (the configurable modules imported), the config cleared after."""
-    import gin
-
-    from littlehelp import config as gin_config
-
-    gin_config.import_configurable_modules()
-    gin_config.parse_gin([str(gin_file)], [], [])
-    try:
-        yield
-    finally:
-        gin.clear_config()
-
-
-def macro_value(name: str) -> Any:
-    """The parsed config's value of macro `name`, a reference built in the macro's own scope (config.gin
-    scopes it so); None where no file binds it."""
-    import gin
-
-    try:
-        value = gin.query_parameter(f"%{name}")
-    except ValueError:
-        return None
-    if not isinstance(value, gin.config.ConfigurableReference):
-        return value
-    with gin.config_scope(name):
-        return value.scoped_configurable_fn()
-
-
-def read_run_folder(folder: Path, model_gin: Path) -> RunFolder:
-    """The model `model_gin` configures (`%MODEL_CONFIG`) and its checkpoint key (`%MODEL_KEY`, default "model")."""
-    from littlehelp.models import build_model
-
-    with parsed(model_gin):
-        model_config, key = macro_value("MODEL_CONFIG"), macro_value("MODEL_KEY")
-    if model_config is None:
-        raise speculative.SpeculativeError(f"{model_gin} binds no MODEL_CONFIG")
-    return RunFolder(build_model(model_config), key or "model", folder, model_gin)
-
-
-def restore(run: RunFolder) -> tuple[Any, Any]:
-    """(model, params) of a run folder: the newest good checkpoint's parameters only."""
-    from littlehelp import checkpoints
-
-    tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
-    abstract = nn.unbox(jax.eval_shape(lambda batch: run.model.init(jax.random.key(0), batch), {"decoder_input_tokens": tokens}))
-    params, _ = checkpoints.restore_params(run.folder, abstract, select=run.key)
-    return run.model, params
-
-
-def vocabulary_of(source: RunFolder | Any) -> Any | None:
-    """The vocabulary of a loaded `Pretrained`, or of a run folder: its vocabulary/ (a converted folder), else
-    the VOCABULARY its gin file binds (a training run's config.gin), else None."""
-    if not isinstance(source, RunFolder):
-        return source.vocabulary
-    from littlehelp.models.convert.run_folder import VOCABULARY_DIR, folder_vocabulary
-
-    if (source.folder / VOCABULARY_DIR).is_dir():
-        return folder_vocabulary(str(source.folder))
-    with parsed(source.gin_file):
-        return macro_value("VOCABULARY")
 
 
 def check_same_pieces(args: argparse.Namespace, target: Any, draft: Any | None) -> None:
@@ -181,26 +101,28 @@ def text(vocabulary: Any, tokens: np.ndarray, length: int) -> str:
     return vocabulary.decode(ids)
 
 
-def opened(source: RunFolder | Path) -> RunFolder | Any:
+def opened(source: runs.RunFolder | Path) -> runs.RunFolder | Any:
     """A run folder as it is (its parameters are read last), a GGUF file or HF folder loaded (`convert.load`)."""
     from littlehelp.models import convert
 
-    return source if isinstance(source, RunFolder) else convert.load(source)
+    return source if isinstance(source, runs.RunFolder) else convert.load(source)
 
 
-def with_params(source: RunFolder | Any) -> Any:
-    """A run folder's (model, params), its parameters read now; a loaded `Pretrained` as it is."""
-    return restore(source) if isinstance(source, RunFolder) else source
+def with_params(source: runs.RunFolder | Any) -> Any:
+    """A run folder loaded (`runs.LoadedRun`: its newest good step's parameters read now); a loaded
+    `Pretrained` as it is."""
+    return source.load() if isinstance(source, runs.RunFolder) else source
 
 
-def checked_prompt(args: argparse.Namespace, target: RunFolder | Any, draft: RunFolder | Any) -> tuple[list[int], Any]:
+def checked_prompt(args: argparse.Namespace, target: runs.RunFolder | Any,
+                   draft: runs.RunFolder | Any) -> tuple[list[int], Any]:
     """(prompt ids, target vocabulary), once the draft shares the target's vocabulary (size and pieces) and the
     prompt plus --max_new_tokens fits both models' context length; run folders' parameters are not read."""
     speculative.check_vocabularies(target.model, draft.model)
-    vocabulary = vocabulary_of(target)
+    vocabulary = target.vocabulary
     if vocabulary is None:
         raise speculative.SpeculativeError(f"{args.target} holds no vocabulary to encode the prompt with")
-    check_same_pieces(args, vocabulary, vocabulary_of(draft))
+    check_same_pieces(args, vocabulary, draft.vocabulary)
     prompt = prompt_ids(vocabulary, args.prompt, args.chat)
     speculative.check_context(target.model, draft.model, len(prompt), args.max_new_tokens)
     return prompt, vocabulary
@@ -265,51 +187,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{seconds / count * stats.generated_tokens / stats.wall_seconds:.2f}x; tokens {same}")
         result["baseline"] = {"seconds": seconds, "tokens": alone[:count].tolist()}
     return result
-
-
-# ----- wall clock against target-only decoding over a set of prompts (the reproduction's) -----
-
-def wall_clock(target: tuple[Any, Any], draft: tuple[Any, Any], refs: acceptance.References, agreement: np.ndarray,
-               modes: Sequence[tuple[int, float]], gammas: Sequence[int], max_new_tokens: int, repeats: int,
-               seed: int) -> list[dict[str, Any]]:
-    """Target-only against speculative decoding (`speculative.time_against_target`) of the references' prompts
-    at each (batch, temperature) of `modes` (rows by `speculative.batch_rows`) and each gamma; greedy
-    records add the block efficiency replayed from `agreement` (the draft's on `refs`) and whether the
-    tokens equal target-only decoding's."""
-    from littlehelp.decoding import Sampling
-
-    records = []
-    for (batch, temperature), gamma in itertools.product(modes, gammas):
-        calls = speculative.batch_rows(refs.domains, batch)
-        plan = speculative.Plan(gamma, max_new_tokens, Sampling(temperature=temperature))
-        timing = speculative.time_against_target(target, draft, [(refs.prompts[r], refs.lengths[r]) for r in calls],
-                                                 plan, repeats, seed)
-        record = {"batch": batch, "temperature": temperature, "gamma": gamma, **timing.record()}
-        if temperature == 0:
-            rows = [i for call in calls for i in call]
-            record.update(tokens_equal=timing.tokens_equal, replayed_block_efficiency=acceptance.greedy_block_efficiency(
-                agreement[rows], gamma, max_new_tokens))
-        records.append(record)
-    return records
-
-
-def lossy_decoding(target: tuple[Any, Any], draft: tuple[Any, Any], refs: acceptance.References, eps_values: Sequence[float],
-                   gamma: int, max_new_tokens: int, repeats: int, seed: int) -> list[dict[str, float]]:
-    """Lenience p/eps at temperature 1 over the references' prompts in calls of 8, each eps timed in turn with
-    target-only decoding: acceptance, block efficiency, speed-up and the target's mean log-likelihood of
-    each output."""
-    from littlehelp.decoding import Sampling
-
-    calls = [(refs.prompts[i:i + 8], refs.lengths[i:i + 8]) for i in range(0, len(refs.lengths), 8)]
-    likelihood = lambda outputs: float(np.mean([acceptance.target_log_likelihood(target, p, n, t)  # noqa: E731
-                                                for (p, n), t in zip(calls, outputs)]))
-    records = []
-    for eps in eps_values:
-        plan = speculative.Plan(gamma, max_new_tokens, Sampling(temperature=1.0), None, speculative.Lenience("p/eps", eps))
-        timing = speculative.time_against_target(target, draft, calls, plan, repeats, seed)
-        records.append({"eps": eps, **timing.record(), "target_log_likelihood": likelihood(timing.speculative_tokens),
-                        "target_only_log_likelihood": likelihood(timing.target_only_tokens)})
-    return records
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

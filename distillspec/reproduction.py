@@ -11,7 +11,7 @@ HumanEval): the first half (evaluation) is what every metric is measured on, the
 the best drafts (of all distilled drafts, of the fixed-data ones and of the on-policy ones), by greedy block
 efficiency at max_gamma and by alpha, so no draft is scored on the prompts that chose it. Scoring
 (`distillspec.acceptance`) on the target's greedy and temperature-1 continuations: the exact replayed greedy block
-efficiency and alpha = E[1 - TVD(p, q)]. Wall clock (`distillspec.generate.wall_clock`): target-only and greedy
+efficiency and alpha = E[1 - TVD(p, q)]. Wall clock (`wall_clock`): target-only and greedy
 speculative decoding with the undistilled and the best greedy draft timed in turn (median of timing_repeats) at
 batch 1 and 8; the claims read gamma speedup_gamma, fixed in advance. Lossy decoding (lenience p/eps) of the best
 greedy draft is drawn against eps. The claims follow the paper (arXiv 2310.08461): distillation aligns the draft
@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from littlehelp.study import Arm, ArmContext, Claim, Curve, Metric, Study, StudyError, trainer_outcome
+
+if TYPE_CHECKING:
+    from distillspec.acceptance import References
 
 DIVERGENCES, SOURCES = ("fkl", "rkl", "jsd", "tvd"), ("fixed", "target", "draft")
 SOURCE_NAMES = {"fixed": "fixed data", "target": "target-generated", "draft": "on-policy"}
@@ -43,18 +46,19 @@ Pair = tuple[Any, Any]
 def smollm2() -> tuple[Pair, Any]:
     """SmolLM2-135M-Instruct as (model, params), from the converted run folder the distillation's frozen target
     reads, and its vocabulary; loaded once per process."""
-    from distillspec import generate  # pylint: disable=import-outside-toplevel
+    from littlehelp import runs  # pylint: disable=import-outside-toplevel
     from littlehelp.models.convert import run_folder  # pylint: disable=import-outside-toplevel
 
-    folder = run_folder.converted("smollm2_135m")
-    return generate.restore(generate.open_source(folder)), run_folder.folder_vocabulary(folder)
+    target = runs.load_run(run_folder.converted("smollm2_135m"))
+    return (target.model, target.params), target.vocabulary
 
 
 def models(folder: Path) -> tuple[Pair, Pair]:
     """(target, draft) with params as jax arrays, the draft read from its run folder."""
-    from distillspec import generate, speculative  # pylint: disable=import-outside-toplevel
+    from distillspec import speculative  # pylint: disable=import-outside-toplevel
+    from littlehelp import runs  # pylint: disable=import-outside-toplevel
 
-    return speculative.pair(smollm2()[0], generate.restore(generate.open_source(str(folder))))
+    return speculative.pair(smollm2()[0], runs.load_run(folder))
 
 
 @functools.cache
@@ -85,16 +89,61 @@ def scored(context: ArmContext, pair: tuple[Pair, Pair]) -> dict[str, Any]:
 
 def decoded(context: ArmContext, pair: tuple[Pair, Pair], outcome: dict[str, Any], lossy: bool) -> dict[str, Any]:
     """Wall clock on the evaluation prompts (values gain the speed-ups at speedup_gamma); lossy decoding."""
-    from distillspec import generate  # pylint: disable=import-outside-toplevel
-
     s, refs = context.settings, references_of(context)["evaluation"]
-    timing = generate.wall_clock(*pair, refs, np.array(outcome["agreement"], bool), s["decoding"], s["timing_gammas"],
-                                 s["max_new_tokens"], s["timing_repeats"], context.seed)
+    timing = wall_clock(*pair, refs, np.array(outcome["agreement"], bool), s["decoding"], s["timing_gammas"],
+                        s["max_new_tokens"], s["timing_repeats"], context.seed)
     measured = {(r["batch"], r["temperature"]): r["speedup"] for r in timing if r["gamma"] == s["speedup_gamma"]}
-    extra = {"lossy": generate.lossy_decoding(*pair, refs, s["lenience_eps"], s["lossy_gamma"], s["max_new_tokens"],
-                                              s["timing_repeats"], context.seed)} if lossy else {}
+    extra = {"lossy": lossy_decoding(*pair, refs, s["lenience_eps"], s["lossy_gamma"], s["max_new_tokens"],
+                                     s["timing_repeats"], context.seed)} if lossy else {}
     return {"timing": timing, "values": {**outcome["values"], **{n: measured.get(k) for k, n in SPEEDUPS.items()}},
             **extra}
+
+
+def wall_clock(target: tuple[Any, Any], draft: tuple[Any, Any], refs: References, agreement: np.ndarray,
+               modes: Sequence[tuple[int, float]], gammas: Sequence[int], max_new_tokens: int, repeats: int,
+               seed: int) -> list[dict[str, Any]]:
+    """Target-only against speculative decoding (`speculative.time_against_target`) of the references' prompts
+    at each (batch, temperature) of `modes` (rows by `speculative.batch_rows`) and each gamma; greedy
+    records add the block efficiency replayed from `agreement` (the draft's on `refs`) and whether the
+    tokens equal target-only decoding's."""
+    # pylint: disable=import-outside-toplevel
+    from distillspec import acceptance, speculative
+    from littlehelp.decoding import Sampling
+
+    records = []
+    for (batch, temperature), gamma in itertools.product(modes, gammas):
+        calls = speculative.batch_rows(refs.domains, batch)
+        plan = speculative.Plan(gamma, max_new_tokens, Sampling(temperature=temperature))
+        timing = speculative.time_against_target(target, draft, [(refs.prompts[r], refs.lengths[r]) for r in calls],
+                                                 plan, repeats, seed)
+        record = {"batch": batch, "temperature": temperature, "gamma": gamma, **timing.record()}
+        if temperature == 0:
+            rows = [i for call in calls for i in call]
+            record.update(tokens_equal=timing.tokens_equal, replayed_block_efficiency=acceptance.greedy_block_efficiency(
+                agreement[rows], gamma, max_new_tokens))
+        records.append(record)
+    return records
+
+
+def lossy_decoding(target: tuple[Any, Any], draft: tuple[Any, Any], refs: References, eps_values: Sequence[float],
+                   gamma: int, max_new_tokens: int, repeats: int, seed: int) -> list[dict[str, float]]:
+    """Lenience p/eps at temperature 1 over the references' prompts in calls of 8, each eps timed in turn with
+    target-only decoding: acceptance, block efficiency, speed-up and the target's mean log-likelihood of
+    each output."""
+    # pylint: disable=import-outside-toplevel
+    from distillspec import acceptance, speculative
+    from littlehelp.decoding import Sampling
+
+    calls = [(refs.prompts[i:i + 8], refs.lengths[i:i + 8]) for i in range(0, len(refs.lengths), 8)]
+    likelihood = lambda outputs: float(np.mean([acceptance.target_log_likelihood(target, p, n, t)  # noqa: E731
+                                                for (p, n), t in zip(calls, outputs)]))
+    records = []
+    for eps in eps_values:
+        plan = speculative.Plan(gamma, max_new_tokens, Sampling(temperature=1.0), None, speculative.Lenience("p/eps", eps))
+        timing = speculative.time_against_target(target, draft, calls, plan, repeats, seed)
+        records.append({"eps": eps, **timing.record(), "target_log_likelihood": likelihood(timing.speculative_tokens),
+                        "target_only_log_likelihood": likelihood(timing.target_only_tokens)})
+    return records
 
 
 def check_drafts(drafts: list[str], known: tuple[str, ...] = DISTILLED, study: str = "distillspec") -> None:
@@ -244,7 +293,7 @@ STUDY = Study(
               "timing_gammas": [1, 3], "timing_repeats": 3, "speedup_gamma": 3, "lossy_gamma": 5,
               "lenience_eps": [1.0, 0.2, 0.05], "draft_bindings": {}, "train_bindings": {}},
     # A fixed-data and an on-policy draft, three prompts, batch-1 greedy timing only, no lossy decoding (the
-    # tests of distillspec.generate cover the rest on tiny models); one mesh device (the tests fake eight).
+    # tests of wall_clock and lossy_decoding cover the rest on tiny models); one mesh device (the tests fake eight).
     quick={"draft_steps": 1, "distill_steps": 1, "distill_prompt_length": 8, "distill_generation_length": 8,
            "drafts": ["jsd_fixed", "jsd_draft"], "prompts_per_domain": 1, "prompt_tokens": 8, "max_new_tokens": 4,
            "max_gamma": 2, "decoding": [[1, 0.0]], "timing_gammas": [2], "timing_repeats": 1, "speedup_gamma": 2,

@@ -48,6 +48,7 @@ from littlehelp.decoding import Sampling, filtered_distribution
 from littlehelp.errors import LittlehelpError
 from littlehelp.models.convert import Pretrained
 from littlehelp.models.api import Batch, DecodeCache, Model, Params, StepwiseModel, rollback
+from littlehelp.runs import LoadedRun
 
 Array = jax.Array
 AcceptanceRule = Callable[[Array, Array], Array]  # (p(x), q(x)) of proposals -> probability of accepting each
@@ -354,8 +355,8 @@ class SpeculativeOutput(NamedTuple):
 
 
 def model_and_params(source: Any) -> tuple[StepwiseModel, Params]:
-    """(model, params) of a (model, params) pair or a `convert.Pretrained`."""
-    model, params = (source.model, source.params) if isinstance(source, Pretrained) else source
+    """(model, params) of a (model, params) pair, a `convert.Pretrained` or a `runs.LoadedRun`."""
+    model, params = (source.model, source.params) if isinstance(source, (Pretrained, LoadedRun)) else source
     if not isinstance(model, StepwiseModel):
         raise SpeculativeError(f"{type(model).__name__} cannot decode step by step (not a StepwiseModel)")
     return model, params

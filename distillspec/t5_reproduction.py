@@ -48,20 +48,16 @@ Pair = tuple[Any, Any]
 
 
 def restored(folder: Path) -> Pair:
-    """(model, params as jax arrays) of a T5 run folder: its config.gin's model, its newest checkpoint's parameters."""
+    """(model, params as jax arrays) of a T5 run folder (`runs.load_run`): its config.gin's model, its newest
+    checkpoint's parameters."""
     # pylint: disable=import-outside-toplevel
-    import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
-    from distillspec import generate
-    from littlehelp import checkpoints
+    from littlehelp import runs
 
-    run = generate.open_source(str(folder))
-    batch = {name: jax.ShapeDtypeStruct((1, 8), jnp.int32) for name in ("encoder_input_tokens", "decoder_input_tokens")}
-    abstract = nn.unbox(jax.eval_shape(lambda example: run.model.init(jax.random.key(0), example), batch))
-    params, _ = checkpoints.restore_params(run.folder, abstract, select=run.key)
-    return run.model, jax.tree.map(jnp.asarray, nn.unbox(params))
+    run = runs.load_run(folder)
+    return run.model, jax.tree.map(jnp.asarray, run.params)
 
 
 @functools.cache

@@ -485,6 +485,20 @@ def bound_value(binding: str) -> Any:
     return _follow_macros(("", binding, ""), gin.query_parameter(binding), _macro_values())[1]
 
 
+def macro_value(name: str) -> Any:
+    """The parsed config's value of macro `name`: a literal as bound, a reference called in the macro's own
+    scope (as config.gin scopes it), so `MODEL_CONFIG = @decoder.DecoderConfig()` gives the config; None
+    where no file binds it."""
+    try:
+        value = gin.query_parameter(f"%{name}")
+    except ValueError:
+        return None
+    if not isinstance(value, gin.config.ConfigurableReference):
+        return value
+    with gin.config_scope(name):
+        return value.scoped_configurable_fn()
+
+
 def _follow_macros(key: _BindingKey, value: Any, macros: Mapping[str, Any]) -> tuple[_BindingKey, Any]:
     """(key, value) of the binding that holds what `value` denotes once its `%MACRO`s are followed."""
     followed = set()

@@ -64,10 +64,13 @@ def token_weights(batch: Batch) -> jax.Array:
     return weights
 
 
-def _token_metrics(sums: losses.TokenLossSums) -> tuple[jax.Array, Metrics]:
-    """Mean loss and the standard per-token metrics from weighted sums."""
+def token_metrics(sums: losses.TokenLossSums, total: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
+    """(mean loss, metrics) from a batch's weighted token sums: the metrics every token objective reports,
+    "loss", "cross_entropy", "z_loss", "accuracy" (means over the weighted tokens) and "weight" (their
+    count, the loss's denominator). The loss is `total` / weight, `total` defaulting to the cross-entropy
+    plus z-loss sums; a method objective with a loss of its own (a distillation mixture) passes its sum."""
     weight = jnp.maximum(sums.weight, 1.0)
-    loss = (sums.cross_entropy + sums.z_loss) / weight
+    loss = (sums.cross_entropy + sums.z_loss if total is None else total) / weight
     return loss, {
         "loss": loss,
         "cross_entropy": sums.cross_entropy / weight,
@@ -102,7 +105,7 @@ class _TokenObjective:
         sums = losses.cross_entropy_with_z_loss(
             logits, batch["decoder_target_tokens"], token_weights(batch), self.z_loss
         )
-        return _token_metrics(sums)
+        return token_metrics(sums)
 
     def train_flops(self, batch: Batch) -> float:
         return flops.TRAIN_MULTIPLIER * self.model.forward_flops(batch)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from littlehelp import flops, losses
 from littlehelp.config import ConfigError
 from littlehelp.models import Model
-from littlehelp.objectives import Batch, Curriculum, Metrics, Objective, Params, token_weights
+from littlehelp.objectives import Batch, Curriculum, Metrics, Objective, Params, token_metrics, token_weights
 
 Array = jax.Array
 TRANSITIONS = ("abrupt", "linear")
@@ -105,11 +105,8 @@ class DistillationObjective:
             temperature=self.temperature)
         hard, soft = mixed.per_token
         sums = losses.token_sums(hard, weights)
-        weight = jnp.maximum(sums.weight, 1.0)
-        loss = mixed.total / weight
-        return loss, {"loss": loss, "cross_entropy": sums.cross_entropy / weight, "z_loss": sums.z_loss / weight,
-                      "accuracy": sums.correct / weight, "fkl": jnp.sum(soft) / weight, "omega": omega,
-                      "weight": sums.weight}
+        loss, metrics = token_metrics(sums, mixed.total)
+        return loss, metrics | {"fkl": jnp.sum(soft) / jnp.maximum(sums.weight, 1.0), "omega": omega}
 
     def train_flops(self, batch: Batch) -> float:
         """Student forward + backward and teacher forward (heads over every position)."""

@@ -59,9 +59,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from distillspec import drafts as derived  # noqa: E402
-from distillspec import generate as cli  # noqa: E402
 from distillspec import speculative  # noqa: E402
-from littlehelp import decoding  # noqa: E402
+from littlehelp import decoding, runs  # noqa: E402
 from littlehelp.benchmark import Benchmark, header_markdown, interleaved, repeated  # noqa: E402
 from littlehelp.data import tasks  # noqa: E402
 from littlehelp.errors import LittlehelpError, exit_on_error  # noqa: E402
@@ -165,8 +164,8 @@ def parse_draft(entry: str) -> DraftSpec:
     if "=" in source:
         return DraftSpec(name, source, **derived_settings(entry, source))
     folder = Path(source).expanduser()
-    if not any((folder / gin_file).is_file() for gin_file in cli.MODEL_GINS):
-        raise BenchError(f"--drafts {entry!r}: {folder} is not a run folder (no {' or '.join(cli.MODEL_GINS)})")
+    if runs.gin_file_of(folder) is None:
+        raise BenchError(f"--drafts {entry!r}: {folder} is not a run folder (no {' or '.join(runs.MODEL_GINS)})")
     return DraftSpec(name, source, folder=folder)
 
 
@@ -211,16 +210,18 @@ def check_settings(args: argparse.Namespace) -> None:
 
 # ----- models -----
 
-def open_target(args: argparse.Namespace) -> cli.RunFolder:
-    """The target's run folder (model read, parameters not yet): `--target`, or SmolLM2-135M converted once."""
-    folder = args.target or run_folder.converted(SMOLLM2)
-    source = cli.open_source(folder)
-    if not isinstance(source, cli.RunFolder):
-        raise BenchError(f"--target {folder} is not a run folder (no {' or '.join(cli.MODEL_GINS)})")
-    return source
+def open_target(args: argparse.Namespace) -> runs.RunFolder:
+    """The target's run folder (`runs.open_run`: model and vocabulary read, parameters not yet): `--target`, or
+    SmolLM2-135M converted once."""
+    folder = Path(args.target or run_folder.converted(SMOLLM2)).expanduser()
+    if not folder.exists():
+        raise BenchError(f"--target {folder} does not exist")
+    if runs.gin_file_of(folder) is None:
+        raise BenchError(f"--target {folder} is not a run folder (no {' or '.join(runs.MODEL_GINS)})")
+    return runs.open_run(folder)
 
 
-def check_derivable(specs: Sequence[DraftSpec], target: cli.RunFolder) -> None:
+def check_derivable(specs: Sequence[DraftSpec], target: runs.RunFolder) -> None:
     """Refuses a derived draft of a target that is not a DecoderLM, or of layers the target does not have."""
     config = target.model.config
     for spec in (spec for spec in specs if spec.is_derived):
@@ -249,7 +250,7 @@ def random_draft_folder(config: DecoderConfig, folder: Path) -> Path:
     return run_folder.write_run_folder(draft, folder)
 
 
-def draft_folder(spec: DraftSpec, target: cli.RunFolder, args: argparse.Namespace, vocabulary: Any,
+def draft_folder(spec: DraftSpec, target: runs.RunFolder, args: argparse.Namespace, vocabulary: Any,
                  scratch: Path) -> Path:
     """The run folder of a draft: its own, a random one in `scratch`, or the derived one (written once)."""
     if spec.folder is not None:
@@ -272,17 +273,17 @@ def load_models(args: argparse.Namespace, specs: Sequence[DraftSpec], scratch: P
     """(target, {draft name: draft}) as (model, jax params), the target vocabulary, and a description of all."""
     target_folder = open_target(args)
     check_derivable(specs, target_folder)
-    vocabulary = cli.vocabulary_of(target_folder)
+    vocabulary = target_folder.vocabulary
     if vocabulary is None:
         raise BenchError(f"--target {target_folder.folder} holds no vocabulary (vocabulary/ or VOCABULARY) for the "
                          "prompts")
-    target = speculative.model_and_params(cli.restore(target_folder))
+    target = speculative.model_and_params(target_folder.load())
     described = {"target": {"folder": str(target_folder.folder), "parameters": parameter_count(target[1]),
                             "config": repr(target[0].config)}, "drafts": []}
     loaded = {}
     for spec in specs:
         folder = draft_folder(spec, target_folder, args, vocabulary, scratch)
-        target, loaded[spec.name] = speculative.pair(target, cli.restore(cli.open_source(str(folder))))
+        target, loaded[spec.name] = speculative.pair(target, runs.load_run(folder))
         described["drafts"].append({"name": spec.name, "source": spec.source, "folder": str(folder),
                                     "parameters": parameter_count(loaded[spec.name][1]),
                                     "config": repr(loaded[spec.name][0].config)})

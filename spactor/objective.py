@@ -32,8 +32,9 @@ import seqio
 
 from littlehelp import flops, losses
 from littlehelp.data.vocab import EOS_ID, NUM_SENTINELS, load_vocabulary
-from littlehelp.models import EncoderConfig, T5Config, T5Model
-from littlehelp.objectives import Batch, Curriculum, EncoderDecoderObjective, Metrics, Params, token_weights
+from littlehelp.models import EncoderConfig, T5Config, T5Model, dropout
+from littlehelp.objectives import (Batch, Curriculum, EncoderDecoderObjective, Metrics, Params, token_metrics,
+                                   token_weights)
 from spactor.generator import Generator
 
 Array = jax.Array
@@ -105,10 +106,6 @@ def _sigmoid_cross_entropy(logits: Array, labels: Array, weights: Array) -> tupl
     return jnp.sum(per_token * weights) / weight, jnp.sum(correct) / weight
 
 
-def _dropout_rngs(rng: Array, rate: float) -> dict[str, Array]:
-    return {"dropout": rng} if rate > 0 else {}
-
-
 @gin.configurable(module="spactor")
 class HybridObjective:
     """SC + mlm_weight * MLM + rtd_weight * RTD on span-corrupted encoder-decoder batches.
@@ -166,11 +163,11 @@ class HybridObjective:
         mask_rng, sample_rng, dropout_rng = jax.random.split(rng, 3)
         tokens = batch["encoder_input_tokens"]
         masked = choose_masked(mask_rng, tokens, self.mask_rate, self.first_sentinel_id)
+        deterministic, rngs = dropout(dropout_rng, self.generator_config.dropout_rate)
         logits = self.generator.apply(
             {"params": params["generator"]}, jnp.where(masked, self.mask_id, tokens),
             self.model.embedding_table(params[self.model_key]), batch.get("encoder_segment_ids"),
-            deterministic=self.generator_config.dropout_rate == 0,
-            rngs=_dropout_rngs(dropout_rng, self.generator_config.dropout_rate),
+            deterministic=deterministic, rngs=rngs,
         )
         logits = jnp.where(self.generator_vocabulary(), logits.astype(jnp.float32), MASKED_LOGIT)
         corrupted = jnp.where(masked, sample_replacements(sample_rng, logits, self.temperature), tokens)
@@ -187,7 +184,7 @@ class HybridObjective:
         corrupted = dict(batch, encoder_input_tokens=inputs.corrupted)
         encoded, hidden = self.model.encoder_and_decoder_states(t5_params, corrupted, t5_rng)
         logits = self.model.logits_from_hidden(t5_params, hidden)
-        sc_loss, sc_metrics = _token_metrics(losses.cross_entropy_with_z_loss(
+        sc_loss, sc_metrics = token_metrics(losses.cross_entropy_with_z_loss(
             logits, batch["decoder_target_tokens"], token_weights(batch), self.span_corruption.z_loss))
         rtd_logits = self.rtd_head.apply({"params": params["rtd_head"]}, encoded)
         rtd_loss, rtd_accuracy = _sigmoid_cross_entropy(rtd_logits, inputs.rtd_labels, inputs.rtd_weights)
@@ -213,14 +210,6 @@ class HybridObjective:
         rtd_head = 2.0 * size * length * d_model
         extra = flops.TRAIN_MULTIPLIER * (projection + generator + rtd_head)
         return self.span_corruption.train_flops(batch) + extra
-
-
-def _token_metrics(sums: losses.TokenLossSums) -> tuple[Array, Metrics]:
-    """The span-corruption loss and its metrics, named as EncoderDecoderObjective names them."""
-    weight = jnp.maximum(sums.weight, 1.0)
-    loss = (sums.cross_entropy + sums.z_loss) / weight
-    return loss, {"cross_entropy": sums.cross_entropy / weight, "z_loss": sums.z_loss / weight,
-                  "accuracy": sums.correct / weight, "weight": sums.weight}
 
 
 def _check_settings(model_config: T5Config, generator_config: EncoderConfig, data_vocab_size: int,

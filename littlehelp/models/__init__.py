@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from littlehelp.models import registry
-from littlehelp.models.api import DecodeCache, Model, StepwiseModel, rollback
+from littlehelp.models.api import DecodeCache, Model, StepwiseModel, dropout, rollback
 from littlehelp.models.attention import dot_product_attention
 from littlehelp.models.bert import Bert, BertConfig, BertModel
 from littlehelp.models.decoder import DecoderConfig, DecoderLM, DecoderLMModel
@@ -22,7 +22,7 @@ from littlehelp.models.t5 import T5, T5Config, T5Model
 
 __all__ = ["Bert", "BertConfig", "BertModel", "DecodeCache", "DecoderConfig", "DecoderLM", "DecoderLMModel", "Encoder",
            "EncoderConfig", "EncoderModel", "Model", "StepwiseModel", "T5", "T5Config", "T5Model", "build_model",
-           "count_params", "dot_product_attention", "rollback"]
+           "count_params", "dot_product_attention", "dropout", "rollback"]
 
 
 @gin.configurable

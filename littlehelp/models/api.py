@@ -125,6 +125,7 @@ def empty_cache(create: Any, batch_size: int, context: Any = None) -> DecodeCach
 
 
 def dropout(rng: Array | None, rate: float) -> tuple[bool, dict[str, Array]]:
-    """(deterministic, rngs) for a flax apply: dropout runs only with an `rng` and a positive rate."""
+    """(deterministic, rngs) for a flax apply: dropout runs only with an `rng` and a positive rate. Every
+    model family's seam calls it, and so do method packages applying modules of their own (SpacTor's generator)."""
     active = rng is not None and rate > 0
     return not active, ({"dropout": rng} if active else {})

@@ -14,9 +14,9 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from distillspec import drafts, generate, speculative
+from distillspec import drafts, speculative
 from distillspec.objective import DistillationObjective
-from littlehelp import checkpoints, config, losses
+from littlehelp import checkpoints, config, losses, runs
 from littlehelp.models import DecoderConfig, build_model
 from tests.distillspec.helpers import (SIGNIFICANCE, chi_square_p_value, noisy_copy, sampled_first_two, sharpened,
                                        target_only, two_token_distributions)
@@ -189,8 +189,8 @@ def test_a_tasks_token_counts_are_numpys_of_its_first_tokens(max_tokens):
 
 def test_the_gin_file_distils_a_draft_derived_into_a_run_folder_from_the_target(tmp_path):
     """derived_smollm2.gin on a tiny target: the draft (its first 2 layers, a head over the 8 most frequent ids
-    of the Task) is written once as a run folder that the run starts from and `generate` reads, the objective's
-    draft is that folder's, and its loss (on fixed data here) is a JSD."""
+    of the Task) is written once as a run folder that the run starts from and `runs.load_run` reads, the
+    objective's draft is that folder's, and its loss (on fixed data here) is a JSD."""
     target_params = target_of(4)[1]
     save_params_only(target_params, tmp_path / "target")
     sizes = ("vocab_size", "emb_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
@@ -214,7 +214,8 @@ def test_the_gin_file_distils_a_draft_derived_into_a_run_folder_from_the_target(
     assert objective.model.config == drafts.folder_config(folder) == expected and objective.target.config == TARGET
     assert objective.divergence == "jsd"
     assert checkpoints.saved_contents(folder) == (["model"], False)  # the run starts from it, fresh optimizer
-    model, restored = generate.restore(generate.open_source(folder))
+    loaded = runs.load_run(folder)
+    model, restored = loaded.model, loaded.params
     assert model == objective.model
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), params)
     inputs = np.random.default_rng(1).integers(1, 30, (2, 12))

@@ -244,11 +244,12 @@ def test_distillation_runs_through_the_cli_from_a_draft_towards_a_frozen_target(
     saved = checkpoints.read_arrays(run / "checkpoints" / "2")
     assert set(saved["params"]) == set(saved["opt_state"]) == {"model"}
     assert json.loads((run / frozen.RECORD_NAME).read_text())["target"]["path"] == str(target)
-    from distillspec import generate  # the distilled run folder is a draft for speculative decoding as it is
+    from littlehelp import runs  # the distilled run folder is a draft for speculative decoding as it is
 
-    source = generate.open_source(str(run))
+    source = runs.open_run(run)
     # the tiny sizes from the command line, RoPE base and RMSNorm eps as draft_smollm2.gin sets them (SmolLM2's)
     expected = dataclasses.replace(DRAFT.config, rope_max_wavelength=100000.0, norm_eps=1e-05)
     assert source.model.config == expected and source.key == "model"
-    _, restored = generate.restore(source)
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), saved["params"]["model"])
+    restored = source.load()
+    assert restored.step == 2 and restored.config == (run / "config.gin").read_text()
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.params), saved["params"]["model"])

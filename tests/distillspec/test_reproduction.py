@@ -5,7 +5,7 @@ the best draft (made on the selection prompts, never on the evaluation prompts i
 import numpy as np
 import pytest
 
-from distillspec import acceptance, generate, reproduction, speculative
+from distillspec import acceptance, reproduction, speculative
 from littlehelp import study
 from tests.distillspec.test_speculative import MODEL, VOCAB, draft, target  # noqa: F401 (fixtures)
 
@@ -69,7 +69,7 @@ def test_batch_rows_take_one_prompt_per_domain_or_round_robin():
 def test_wall_clock_replays_the_greedy_block_efficiency_it_measures(split, target, draft):
     refs = split["evaluation"]
     agreement = np.asarray(acceptance.greedy_agreement(MODEL, draft[1], refs.greedy, refs.lengths, 5 + 2))
-    greedy, sampled = generate.wall_clock(target, draft, refs, agreement, [(8, 0.0), (1, 1.0)], [2], 5, 1, 0)
+    greedy, sampled = reproduction.wall_clock(target, draft, refs, agreement, [(8, 0.0), (1, 1.0)], [2], 5, 1, 0)
     assert (greedy["batch"], greedy["temperature"], sampled["batch"], sampled["temperature"]) == (8, 0.0, 1, 1.0)
     assert greedy["tokens_equal"] and greedy["replayed_block_efficiency"] == pytest.approx(greedy["block_efficiency"])
     assert 1 < greedy["block_efficiency"] < 3  # some proposals accepted, not all
@@ -77,7 +77,7 @@ def test_wall_clock_replays_the_greedy_block_efficiency_it_measures(split, targe
 
 
 def test_lossy_decoding_accepts_more_as_eps_falls(split, target, draft):
-    records = generate.lossy_decoding(target, draft, split["evaluation"], [1.0, 0.05], 3, 5, 1, 0)
+    records = reproduction.lossy_decoding(target, draft, split["evaluation"], [1.0, 0.05], 3, 5, 1, 0)
     assert records[1]["acceptance"] > records[0]["acceptance"]
     assert all(r["target_log_likelihood"] < 0 and r["target_only_log_likelihood"] < 0 for r in records)
 

@@ -331,8 +331,10 @@ def test_the_cli_refuses_another_vocabulary_or_a_long_prompt_before_reading_para
     VOCABULARY its gin file binds, as a training run's config.gin does); a prompt too long for either
     model's context is refused from the models' configs. Both before any parameters are read."""
     from distillspec import generate as cli
+    from littlehelp import runs
 
-    monkeypatch.setattr(cli, "restore", lambda run: pytest.fail(f"the parameters of {run.folder} were read"))
+    monkeypatch.setattr(runs.RunFolder, "load", lambda run, *_: pytest.fail(f"the parameters of {run.folder} were read"))
+    monkeypatch.setattr(runs, "read_params", lambda folder, *_: pytest.fail(f"the parameters of {folder} were read"))
     names = {"target": word_folders[target], "draft": word_folders[draft]}
     with pytest.raises(SystemExit):
         cli.main([f"--target={names['target']}", f"--draft={names['draft']}", "--prompt=w3 w4 w5",

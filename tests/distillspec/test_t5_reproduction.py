@@ -8,7 +8,7 @@ import gin
 import numpy as np
 import pytest
 
-from distillspec import acceptance, generate, speculative
+from distillspec import acceptance, speculative
 from distillspec import t5_reproduction as t5_study
 from littlehelp import config, study
 from tests.distillspec.helpers import distributions, sometimes_early
@@ -104,7 +104,7 @@ def config_of(name: str, macro: str, required: tuple[str, ...] = ()):
     config.import_configurable_modules()
     config.parse_gin([f"distillspec/{name}.gin"], [f"{macro_name}='folder'" for macro_name in ("MODEL_DIR", *required)])
     try:
-        return generate.macro_value(macro)
+        return config.macro_value(macro)
     finally:
         gin.clear_config()
 

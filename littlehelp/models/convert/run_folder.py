@@ -8,9 +8,10 @@
 So DIR works as `INITIAL_CHECKPOINT_PATH` (fine-tuning starts from its parameters with a fresh
 optimizer), as a frozen model's `checkpoint_path`, and as MODEL_DIR for `eval` / `infer`
 (`--gin_file=DIR/model.gin`; with a vocabulary, `littlehelp infer --gin_file=DIR/model.gin
---gin.PROMPT=...` decodes with that file alone: it names DIR as CONVERTED_DIR). `converted(name)`
-does this once for a pretrained model the set-up fetched (`littlehelp.data.pretrained`), into the
-data cache, for gin files to point at.
+--gin.PROMPT=...` decodes with that file alone: it names DIR as CONVERTED_DIR); in Python,
+`littlehelp.runs.load_run(DIR)` gives its model, parameters and vocabulary. `converted(name)` does this
+once for a pretrained model the set-up fetched (`littlehelp.data.pretrained`), into the data cache, for
+gin files to point at.
 """
 
 from __future__ import annotations
@@ -34,10 +35,9 @@ from absl import logging
 from littlehelp import checkpoints
 from littlehelp.data import corpus, pretrained
 from littlehelp.models.convert import FAMILIES, ConversionError, Pretrained, load
+from littlehelp.runs import DEFAULT_MODEL_KEY as MODEL_KEY
+from littlehelp.runs import MODEL_GIN, VOCABULARY_DIR  # the names `runs.load_run` reads
 
-MODEL_KEY = "model"
-MODEL_GIN = "model.gin"
-VOCABULARY_DIR = "vocabulary"
 RECORD = "converted.json"
 
 
