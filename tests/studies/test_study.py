@@ -131,13 +131,14 @@ def test_readme_block_is_regenerated_between_its_markers(tmp_path):
     assert not study_report.update_readme(readme, result) and readme.read_text() == "no block\n"
 
 
-def test_the_cli_lists_the_eight_studies(capsys):
+def test_the_cli_lists_the_nine_studies(capsys):
     from littlehelp import main
 
     listed = main.main(["study", "--list"])
-    assert [name for name, _ in listed] == list(study.STUDIES) and len(listed) == 8
+    assert [name for name, _ in listed] == list(study.STUDIES) and len(listed) == 9
     out = capsys.readouterr().out
-    assert "\nfedpa           FedPA vs FedAvg" in out and "\ncluster_margin  Cluster-Margin" in out  # names padded to the longest
+    padded = ("\nfedpa           FedPA vs FedAvg", "\ncluster_margin  Cluster-Margin", "\ndistillspec_t5  DistillSpec")
+    assert all(line in out for line in padded)  # names padded to the longest
 
 
 def test_the_cli_refuses_a_study_without_a_name(capsys):
