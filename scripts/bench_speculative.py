@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import math
 import re
@@ -61,7 +62,7 @@ import numpy as np  # noqa: E402
 from distillspec import drafts as derived  # noqa: E402
 from distillspec import speculative  # noqa: E402
 from littlehelp import decoding, runs  # noqa: E402
-from littlehelp.benchmark import Benchmark, header_markdown, interleaved, repeated  # noqa: E402
+from littlehelp.benchmark import Benchmark, header_markdown, interleaved  # noqa: E402
 from littlehelp.data import tasks  # noqa: E402
 from littlehelp.errors import LittlehelpError, exit_on_error  # noqa: E402
 from littlehelp.models import DecoderConfig, build_model  # noqa: E402
@@ -302,17 +303,18 @@ def prompts_of(vocabulary: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
 
 def extend_seconds(model_and_params: tuple, tokens: np.ndarray, lengths: np.ndarray, ks: Sequence[int],
                    repeats: int) -> dict[int, float]:
-    """{k: median seconds of one `extend` of k tokens per row after the prompts} (each compiled first), in a
-    cache of the prompts plus 16 slots (or k, if more)."""
+    """{k: median seconds of one `extend` of k tokens per row after the prompts}, in a cache of the prompts plus
+    16 slots (or k, if more): every k compiled first, then called in turn round by round (`interleaved`)."""
     model, params = model_and_params
     cache = model.init_cache(params, tokens.shape[0], tokens.shape[1] + max(16, *ks))
     _, cache = jax.jit(model.prefill)(params, cache, tokens, lengths)
-    seconds = {}
+    calls = {}
     for k in ks:
         new = jnp.full((tokens.shape[0], k), 5, jnp.int32)
         extend = jax.jit(model.extend).lower(params, cache, new).compile()
-        seconds[k] = statistics.median(repeated(lambda: extend(params, cache, new), repeats, warmup=1))
-    return seconds
+        calls[k] = functools.partial(extend, params, cache, new)
+    seconds = interleaved(calls, repeats, warmup=1)
+    return {k: statistics.median(seconds[k]) for k in ks}
 
 
 @dataclasses.dataclass(frozen=True)
