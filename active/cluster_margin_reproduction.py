@@ -37,10 +37,18 @@ from littlehelp.study import Arm, ArmContext, Claim, Curve, Metric, Study, Study
 SELECTORS = ("random", "margin", "cluster_margin", "badge", "coreset")
 MAX_CANDIDATE_SHARE = 0.2  # the largest share of the unlabelled pool the margin candidates may be, any round
 NON_INFERIORITY = 0.005  # how far below margin's accuracy "at least margin's" still allows
-SETTINGS = {"pool": None, "test": None, "seed_size": 1000, "batch_size": 1000, "rounds": 8, "clusters": 1000,
-            "margin_multiplier": 10.0, "hidden": [128], "model_steps": 1000}
-QUICK = {"pool": 3000, "test": 1000, "seed_size": 50, "batch_size": 50, "rounds": 2, "clusters": 50,
-         "model_steps": 100}
+SETTINGS = {
+    "pool": None,
+    "test": None,
+    "seed_size": 1000,
+    "batch_size": 1000,
+    "rounds": 8,
+    "clusters": 1000,
+    "margin_multiplier": 10.0,
+    "hidden": [128],
+    "model_steps": 1000,
+}
+QUICK = {"pool": 3000, "test": 1000, "seed_size": 50, "batch_size": 50, "rounds": 2, "clusters": 50, "model_steps": 100}
 
 
 def candidate_shares(pool_size: int, settings: Mapping[str, Any]) -> list[float]:
@@ -66,34 +74,57 @@ def run_selector(context: ArmContext, selector: str) -> dict[str, Any]:
     split = data.subsample(fashion_mnist(), context.seed, settings["pool"], settings["test"])
     shares = candidate_shares(len(split.train_labels), settings)
     if max(shares) > MAX_CANDIDATE_SHARE:
-        raise StudyError(f"margin candidates would be {max(shares):.0%} of the unlabelled pool in a round; "
-                         f"this study needs at most {MAX_CANDIDATE_SHARE:.0%} (a larger pool or a smaller batch)")
+        raise StudyError(
+            f"margin candidates would be {max(shares):.0%} of the unlabelled pool in a round; "
+            f"this study needs at most {MAX_CANDIDATE_SHARE:.0%} (a larger pool or a smaller batch)"
+        )
     kwargs = {"margin_multiplier": settings["margin_multiplier"]} if selector == "cluster_margin" else None
-    records = loop.run(split.train_features, split.train_labels, split.test_features, split.test_labels,
-                       selector=selector, seed_size=settings["seed_size"], batch_size=settings["batch_size"],
-                       rounds=settings["rounds"], seed=context.seed, num_classes=split.num_classes,
-                       num_clusters=settings["clusters"], selector_kwargs=kwargs,
-                       model_config=models.ModelConfig(hidden=tuple(settings["hidden"]), steps=settings["model_steps"]))
+    records = loop.run(
+        split.train_features,
+        split.train_labels,
+        split.test_features,
+        split.test_labels,
+        selector=selector,
+        seed_size=settings["seed_size"],
+        batch_size=settings["batch_size"],
+        rounds=settings["rounds"],
+        seed=context.seed,
+        num_classes=split.num_classes,
+        num_clusters=settings["clusters"],
+        selector_kwargs=kwargs,
+        model_config=models.ModelConfig(hidden=tuple(settings["hidden"]), steps=settings["model_steps"]),
+    )
     labelled = [r.labelled for r in records]
-    return {"values": {"final_accuracy": records[-1].accuracy, "area": loop.area_under_curve(records),
-                       "selection_seconds": float(np.mean([r.selection_seconds for r in records[1:]])),
-                       "first_candidate_share": shares[0], "last_candidate_share": shares[-1]},
-            "accuracy": [labelled, [r.accuracy for r in records]],
-            "candidate_share": [labelled[:-1], shares], "rounds": loop.records_as_dicts(records)}
+    return {
+        "values": {
+            "final_accuracy": records[-1].accuracy,
+            "area": loop.area_under_curve(records),
+            "selection_seconds": float(np.mean([r.selection_seconds for r in records[1:]])),
+            "first_candidate_share": shares[0],
+            "last_candidate_share": shares[-1],
+        },
+        "accuracy": [labelled, [r.accuracy for r in records]],
+        "candidate_share": [labelled[:-1], shares],
+        "rounds": loop.records_as_dicts(records),
+    }
 
 
 def selector_arm(selector: str) -> Arm:
     """`selector` on this seed's Fashion-MNIST pool with the study's schedule."""
+
     def run(context: ArmContext) -> dict[str, Any]:
         return run_selector(context, selector)
+
     return Arm(selector, run=run)
 
 
 def series(key: str) -> Callable[[ArmContext], tuple[list[float], list[float]]]:
     """Reads the (xs, ys) an arm's outcome stores under `key`."""
+
     def read(context: ArmContext) -> tuple[list[float], list[float]]:
         xs, ys = context.outcome()[key]
         return xs, ys
+
     return read
 
 
@@ -102,15 +133,31 @@ METRICS = (
     Metric("final_accuracy", "test accuracy after the last round", True),
     Metric("area", "area under the accuracy curve", True),
     Metric("selection_seconds", "selection seconds per round", False, digits=2),
-    Metric("first_candidate_share", "margin candidate share of the unlabelled pool, round 1", None,
-           arms=("cluster_margin",), digits=3),
-    Metric("last_candidate_share", "margin candidate share of the unlabelled pool, last round", None,
-           arms=("cluster_margin",), digits=3),
+    Metric(
+        "first_candidate_share",
+        "margin candidate share of the unlabelled pool, round 1",
+        None,
+        arms=("cluster_margin",),
+        digits=3,
+    ),
+    Metric(
+        "last_candidate_share",
+        "margin candidate share of the unlabelled pool, last round",
+        None,
+        arms=("cluster_margin",),
+        digits=3,
+    ),
 )
 AFTER_N = f"Cluster-Margin's accuracy after {LABELS_SPENT:,} labels"
 CLAIMS = (
-    Claim("cluster_margin_at_least_margin", f"{AFTER_N} is at least margin's (to within {NON_INFERIORITY:g})",
-          "final_accuracy", "cluster_margin", "margin", threshold=-NON_INFERIORITY),
+    Claim(
+        "cluster_margin_at_least_margin",
+        f"{AFTER_N} is at least margin's (to within {NON_INFERIORITY:g})",
+        "final_accuracy",
+        "cluster_margin",
+        "margin",
+        threshold=-NON_INFERIORITY,
+    ),
     Claim("cluster_margin_beats_random", f"{AFTER_N} is above random's", "final_accuracy", "cluster_margin", "random"),
 )
 
@@ -124,7 +171,14 @@ STUDY = Study(
     seeds=5,
     settings=SETTINGS,
     quick=QUICK,
-    curves=(Curve("accuracy", "test accuracy", "labelled examples", series("accuracy")),
-            Curve("candidate_share", "margin candidates / unlabelled pool", "labelled before the round",
-                  series("candidate_share"), arms=("cluster_margin",))),
+    curves=(
+        Curve("accuracy", "test accuracy", "labelled examples", series("accuracy")),
+        Curve(
+            "candidate_share",
+            "margin candidates / unlabelled pool",
+            "labelled before the round",
+            series("candidate_share"),
+            arms=("cluster_margin",),
+        ),
+    ),
 )

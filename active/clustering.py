@@ -79,8 +79,9 @@ def cut_linkage(linkage: np.ndarray, num_clusters: int | None, distance_threshol
     return np.unique(flat, return_inverse=True)[1].astype(np.int64)
 
 
-def kmeans_cells(embeddings: np.ndarray, num_centroids: int, seed: int,
-                 points_per_centroid: int = 50, iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_cells(
+    embeddings: np.ndarray, num_centroids: int, seed: int, points_per_centroid: int = 50, iterations: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """k-means centroids [k, d] and each point's centroid [n]; empty centroids are dropped.
 
     Lloyd's k-means (scikit-learn, random initial centroids) runs on a uniform sample of
@@ -93,16 +94,22 @@ def kmeans_cells(embeddings: np.ndarray, num_centroids: int, seed: int,
     rng = np.random.default_rng(seed)
     sample_size = min(len(points), points_per_centroid * num_centroids)
     sample = points[np.sort(rng.choice(len(points), sample_size, replace=False))]
-    kmeans = KMeans(n_clusters=num_centroids, init="random", n_init=1, max_iter=iterations,
-                    random_state=seed).fit(sample)
+    kmeans = KMeans(n_clusters=num_centroids, init="random", n_init=1, max_iter=iterations, random_state=seed).fit(
+        sample
+    )
     used, assignment = np.unique(kmeans.predict(points), return_inverse=True)
     return kmeans.cluster_centers_[used], assignment
 
 
-def cluster_margin_clusters(embeddings: np.ndarray, num_clusters: int | None = None,
-                            distance_threshold: float | None = None, *,
-                            exact_max_points: int = EXACT_MAX_POINTS, num_centroids: int = 2000,
-                            seed: int = 0) -> np.ndarray:
+def cluster_margin_clusters(
+    embeddings: np.ndarray,
+    num_clusters: int | None = None,
+    distance_threshold: float | None = None,
+    *,
+    exact_max_points: int = EXACT_MAX_POINTS,
+    num_centroids: int = 2000,
+    seed: int = 0,
+) -> np.ndarray:
     """Average-linkage cluster id (0..C-1) per pool example, cut at `num_clusters` or `distance_threshold`.
 
     Exact for pools of at most `exact_max_points`; otherwise the k-means + weighted-linkage

@@ -54,8 +54,9 @@ def _query(oracle: Oracle, indices: np.ndarray) -> np.ndarray:
     return labels
 
 
-def offline_covering(points: np.ndarray, oracle: Oracle, sample_size: int, radius: float,
-                     rng: np.random.Generator) -> CoveringResult:
+def offline_covering(
+    points: np.ndarray, oracle: Oracle, sample_size: int, radius: float, rng: np.random.Generator
+) -> CoveringResult:
     """Uniform sample of `sample_size`, then every other point within `radius` of a sampled positive."""
     points = np.ascontiguousarray(points, np.float32)
     sample = rng.choice(len(points), sample_size, replace=False).astype(np.int64)
@@ -70,8 +71,9 @@ def offline_covering(points: np.ndarray, oracle: Oracle, sample_size: int, radiu
     return CoveringResult(np.concatenate([sample, inside]), np.concatenate([sample_labels, _query(oracle, inside)]))
 
 
-def explore_then_commit(points: np.ndarray, oracle: Oracle, explore_size: int, budget: int,
-                        rng: np.random.Generator) -> CoveringResult:
+def explore_then_commit(
+    points: np.ndarray, oracle: Oracle, explore_size: int, budget: int, rng: np.random.Generator
+) -> CoveringResult:
     """`explore_size` uniform queries, then nearest-to-a-known-positive queries up to `budget` in all."""
     if not 0 <= explore_size <= budget <= len(points):
         raise ValueError(f"need 0 <= explore_size ({explore_size}) <= budget ({budget}) <= pool size ({len(points)})")

@@ -43,8 +43,9 @@ def available() -> list[str]:
     return [*BUNDLED, *(["fashion_mnist"] if _fashion_mnist_files() else [])]
 
 
-def load(name: str, seed: int = 0, test_fraction: float = 0.3, max_train: int | None = None,
-         max_test: int | None = None) -> LabelledData:
+def load(
+    name: str, seed: int = 0, test_fraction: float = 0.3, max_train: int | None = None, max_test: int | None = None
+) -> LabelledData:
     """Loads `name`; bundled tables get a stratified split drawn with `seed` and are standardised
     with the train pool's statistics. Fashion-MNIST keeps its own 60000/10000 split, optionally
     subsampled (with `seed`) to `max_train` / `max_test` examples."""
@@ -56,12 +57,18 @@ def load(name: str, seed: int = 0, test_fraction: float = 0.3, max_train: int | 
 
     features, labels = getattr(datasets, f"load_{name}")(return_X_y=True)
     train_x, test_x, train_y, test_y = model_selection.train_test_split(
-        features, labels, test_size=test_fraction, random_state=seed, stratify=labels)
+        features, labels, test_size=test_fraction, random_state=seed, stratify=labels
+    )
     mean, std = train_x.mean(axis=0), train_x.std(axis=0)
     std = np.where(std > 0, std, 1.0)  # a feature constant on the train pool is only centred
-    return LabelledData(name, _standardise(train_x, mean, std), train_y.astype(np.int32),
-                        _standardise(test_x, mean, std), test_y.astype(np.int32),
-                        int(labels.max()) + 1)
+    return LabelledData(
+        name,
+        _standardise(train_x, mean, std),
+        train_y.astype(np.int32),
+        _standardise(test_x, mean, std),
+        test_y.astype(np.int32),
+        int(labels.max()) + 1,
+    )
 
 
 def subsample(dataset: LabelledData, seed: int, max_train: int | None, max_test: int | None) -> LabelledData:
@@ -72,9 +79,13 @@ def subsample(dataset: LabelledData, seed: int, max_train: int | None, max_test:
         return np.arange(n) if limit is None or limit >= n else np.sort(rng.choice(n, limit, replace=False))
 
     train, test = pick(len(dataset.train_labels), max_train), pick(len(dataset.test_labels), max_test)
-    return dataclasses.replace(dataset, train_features=dataset.train_features[train],
-                               train_labels=dataset.train_labels[train],
-                               test_features=dataset.test_features[test], test_labels=dataset.test_labels[test])
+    return dataclasses.replace(
+        dataset,
+        train_features=dataset.train_features[train],
+        train_labels=dataset.train_labels[train],
+        test_features=dataset.test_features[test],
+        test_labels=dataset.test_labels[test],
+    )
 
 
 def _standardise(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -84,8 +95,10 @@ def _standardise(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.
 def _fashion_mnist_files() -> dict[str, Path] | None:
     """The four idx files (gzipped or not), or None when any is missing."""
     names = {
-        "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-        "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+        "train_images": "train-images-idx3-ubyte",
+        "train_labels": "train-labels-idx1-ubyte",
+        "test_images": "t10k-images-idx3-ubyte",
+        "test_labels": "t10k-labels-idx1-ubyte",
     }
     found = {}
     for key, stem in names.items():
@@ -106,7 +119,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[:3] != bytes([0, 0, IDX_UNSIGNED_BYTE]):
         raise ValueError(f"{path} is not an idx file of unsigned bytes (header {raw[:4].hex()})")
     rank = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
     offset = 4 + 4 * rank
     if len(raw) - offset != np.prod(shape, dtype=np.int64):
         raise ValueError(f"{path} holds {len(raw) - offset} data bytes; its header {shape} needs {np.prod(shape)}")
@@ -118,8 +131,10 @@ def load_fashion_mnist() -> LabelledData:
     to install it when absent."""
     files = _fashion_mnist_files()
     if files is None:
-        raise DataMissingError(f"Fashion-MNIST is not installed under {FASHION_MNIST_DIR}: "
-                               "install it with `apt-get install dataset-fashion-mnist`")
+        raise DataMissingError(
+            f"Fashion-MNIST is not installed under {FASHION_MNIST_DIR}: "
+            "install it with `apt-get install dataset-fashion-mnist`"
+        )
     images = {key: read_idx(files[f"{key}_images"]) for key in ("train", "test")}
     labels = {key: read_idx(files[f"{key}_labels"]).astype(np.int32) for key in ("train", "test")}
     scale = (np.arange(256) / 255.0).astype(np.float32)  # x / 255 as a lookup: no float64 copy of 47M pixels

@@ -132,8 +132,13 @@ def check_inputs(pools: tuple[SentenceSet, SentenceSet], tests: tuple[SentenceSe
 class _Live:
     """The event loop over both streams (see the module docstring)."""
 
-    def __init__(self, pools: tuple[SentenceSet, SentenceSet], tests: tuple[SentenceSet, SentenceSet],
-                 config: LiveConfig, seed: int):
+    def __init__(
+        self,
+        pools: tuple[SentenceSet, SentenceSet],
+        tests: tuple[SentenceSet, SentenceSet],
+        config: LiveConfig,
+        seed: int,
+    ):
         self.pools, self.tests, self.config, self.seed = pools, tests, config, seed
         self.claimed = [np.zeros(len(pool), bool) for pool in pools]
         self.streams = [_Stream(name, np.random.default_rng([seed, i])) for i, name in enumerate(STREAMS)]
@@ -168,14 +173,17 @@ class _Live:
         """The ranked stream's most uncertain unclaimed sentence, or a uniformly random one."""
         unclaimed = np.flatnonzero(~self.claimed[domain])
         if len(unclaimed) == 0:
-            raise SelectionInputError(f"the {DOMAINS[domain]} pool is exhausted ({len(self.claimed[domain])} "
-                                      "sentences): use a larger pool or fewer characters per phase")
+            raise SelectionInputError(
+                f"the {DOMAINS[domain]} pool is exhausted ({len(self.claimed[domain])} "
+                "sentences): use a larger pool or fewer characters per phase"
+            )
         if stream.name == "random" or stream.model is None:
             return int(stream.rng.choice(unclaimed))
         if domain not in stream.margins:
             pool = self.pools[domain]
             stream.margins[domain] = sequence.sentence_margins(
-                tagger.probabilities(stream.model, pool), pool.mask, self.config.aggregation)
+                tagger.probabilities(stream.model, pool), pool.mask, self.config.aggregation
+            )
         return int(unclaimed[np.argmin(stream.margins[domain][unclaimed])])
 
     def update(self, stream: _Stream) -> None:
@@ -191,14 +199,21 @@ class _Live:
 
     def labelled_set(self, stream: _Stream) -> SentenceSet:
         """The stream's labelled sentences: those of the source pool, then those of the target pool."""
-        parts = [pool.subset(np.array([i for d, i in stream.labelled if d == domain], np.int64))
-                 for domain, pool in enumerate(self.pools)]
-        return SentenceSet(*(np.concatenate([getattr(p, f.name) for p in parts])
-                             for f in dataclasses.fields(SentenceSet)))
+        parts = [
+            pool.subset(np.array([i for d, i in stream.labelled if d == domain], np.int64))
+            for domain, pool in enumerate(self.pools)
+        ]
+        return SentenceSet(
+            *(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(SentenceSet))
+        )
 
 
-def run(pools: tuple[SentenceSet, SentenceSet], tests: tuple[SentenceSet, SentenceSet],
-        config: LiveConfig = LiveConfig(), seed: int = 0) -> LiveRun:
+def run(
+    pools: tuple[SentenceSet, SentenceSet],
+    tests: tuple[SentenceSet, SentenceSet],
+    config: LiveConfig = LiveConfig(),
+    seed: int = 0,
+) -> LiveRun:
     """Runs both streams; `pools` and `tests` are (source, target) sentence sets of one width.
 
     Bad input (an empty pool or test set, sets of different widths) is refused before anything

@@ -46,9 +46,11 @@ AGGREGATIONS = (PRIMARY, "min")  # the others are exploratory
 PLAYS, DOCSTRINGS = 1, 2  # columns of an evaluation row: (characters annotated, plays F1, docstrings F1)
 CURVE_POINTS = 48
 # metric name -> (phase: 0 before the shift, 1 after it; fraction of the phase's effort; F1 column)
-EFFORT_POINTS = {**{f"plays_f1_{100 * f:g}": (0, f, PLAYS) for f in FRACTIONS},
-                 **{f"docstrings_f1_{100 * f:g}": (1, f, DOCSTRINGS) for f in (0.0, *FRACTIONS)},
-                 "plays_f1_end": (1, 1.0, PLAYS)}
+EFFORT_POINTS = {
+    **{f"plays_f1_{100 * f:g}": (0, f, PLAYS) for f in FRACTIONS},
+    **{f"docstrings_f1_{100 * f:g}": (1, f, DOCSTRINGS) for f in (0.0, *FRACTIONS)},
+    "plays_f1_end": (1, 1.0, PLAYS),
+}
 DOMAIN_NAMES = {"source": "plays", "target": "docstrings"}
 
 
@@ -64,10 +66,14 @@ def load_data(pool_size: int, test_size: int) -> tuple[tuple, tuple]:
         chosen = rng.choice(len(sentences), min(count, len(sentences)), replace=False)
         return sequence.encode([sentences[i] for i in sorted(chosen)])
 
-    pools = (sample(sequence.play_sentences("train"), pool_size),
-             sample(sequence.docstring_sentences("train"), pool_size))
-    tests = (sample(sequence.play_sentences("validation"), test_size),
-             sample(sequence.docstring_sentences("validation"), test_size))
+    pools = (
+        sample(sequence.play_sentences("train"), pool_size),
+        sample(sequence.docstring_sentences("train"), pool_size),
+    )
+    tests = (
+        sample(sequence.play_sentences("validation"), test_size),
+        sample(sequence.docstring_sentences("validation"), test_size),
+    )
     return pools, tests
 
 
@@ -88,8 +94,10 @@ def clock(settings: dict[str, Any], phase: int, fraction: float) -> int:
 def stream_outcome(run: Any, stream: str, settings: dict[str, Any]) -> dict[str, Any]:
     """One stream's evaluations and values: F1 at every effort point, mean characters per sentence."""
     rows = [[e.chars, e.f1_source, e.f1_target] for e in run.evaluations if e.stream == stream]
-    values = {name: f1_at(rows, clock(settings, phase, fraction), column)
-              for name, (phase, fraction, column) in EFFORT_POINTS.items()}
+    values = {
+        name: f1_at(rows, clock(settings, phase, fraction), column)
+        for name, (phase, fraction, column) in EFFORT_POINTS.items()
+    }
     for domain, name in DOMAIN_NAMES.items():
         lengths = [e.end - e.start for e in run.events if e.stream == stream and e.domain == domain]
         values[f"chars_per_sentence_{name}"] = float(np.mean(lengths)) if lengths else math.nan
@@ -101,9 +109,13 @@ def run_session(context: ArmContext, aggregation: str) -> dict[str, Any]:
     from active import live, tagger  # pylint: disable=import-outside-toplevel (jax)
 
     settings = context.settings
-    config = live.LiveConfig(batch_chars=settings["batch_chars"], chars_before_shift=settings["chars_before_shift"],
-                             chars_after_shift=settings["chars_after_shift"], aggregation=aggregation,
-                             tagger=tagger.TaggerConfig(channels=settings["channels"], steps=settings["steps"]))
+    config = live.LiveConfig(
+        batch_chars=settings["batch_chars"],
+        chars_before_shift=settings["chars_before_shift"],
+        chars_after_shift=settings["chars_after_shift"],
+        aggregation=aggregation,
+        tagger=tagger.TaggerConfig(channels=settings["channels"], steps=settings["steps"]),
+    )
     run = live.run(*load_data(settings["pool_size"], settings["test_size"]), config, context.seed)
     ranked, random = (stream_outcome(run, stream, settings) for stream in live.STREAMS)
     return {**ranked, "random_stream": random}
@@ -112,17 +124,24 @@ def run_session(context: ArmContext, aggregation: str) -> dict[str, Any]:
 def session_arms(aggregation: str) -> tuple[Arm, Arm]:
     """The margin-ranked stream (which runs the session) and the random stream beside it."""
     margin, kind = f"margin_{aggregation}", "" if aggregation == PRIMARY else " (exploratory)"
-    return (Arm(margin, run=lambda context: run_session(context, aggregation), label=f"{aggregation} margin{kind}"),
-            Arm(f"random_{aggregation}", run=lambda context: context.outcome(margin)["random_stream"],
-                label=f"random, beside {aggregation} margin{kind}"))
+    return (
+        Arm(margin, run=lambda context: run_session(context, aggregation), label=f"{aggregation} margin{kind}"),
+        Arm(
+            f"random_{aggregation}",
+            run=lambda context: context.outcome(margin)["random_stream"],
+            label=f"random, beside {aggregation} margin{kind}",
+        ),
+    )
 
 
 def f1_curve(column: int, test: str) -> Curve:
     """F1 against the characters the stream has annotated, read as the metrics are (interpolated)."""
+
     def read(context: ArmContext) -> tuple[list[float], list[float]]:
         end = clock(context.settings, 1, 1.0)
         grid = [round(end * (i + 1) / CURVE_POINTS) for i in range(CURVE_POINTS)]
         return grid, [f1_at(context.outcome()["evaluations"], x, column) for x in grid]
+
     return Curve(f"f1_{test.replace(' ', '_')}", f"word-start F1, {test}", "characters annotated by the stream", read)
 
 
@@ -137,13 +156,26 @@ def margin_claims(aggregation: str) -> tuple[Claim, ...]:
     """The three comparisons of a margin stream with the random stream of its session at equal
     characters: claims for the primary aggregation, exploratory for another."""
     margin, random, exploratory = f"margin_{aggregation}", f"random_{aggregation}", aggregation != PRIMARY
-    at_shift = Claim(f"{aggregation}_margin_beats_random_plays_before_shift",
-                     f"{aggregation}-margin ranking beats random on held-out plays at the shift (100% of the "
-                     "characters before it)", "plays_f1_100", margin, random, exploratory=exploratory)
-    after_shift = (Claim(f"{aggregation}_margin_beats_random_docstrings_{100 * f:g}",
-                         f"{aggregation}-margin ranking beats random on held-out docstrings at {100 * f:g}% of the "
-                         "characters after the shift", f"docstrings_f1_{100 * f:g}", margin, random,
-                         exploratory=exploratory) for f in (0.25, 1.0))
+    at_shift = Claim(
+        f"{aggregation}_margin_beats_random_plays_before_shift",
+        f"{aggregation}-margin ranking beats random on held-out plays at the shift (100% of the characters before it)",
+        "plays_f1_100",
+        margin,
+        random,
+        exploratory=exploratory,
+    )
+    after_shift = (
+        Claim(
+            f"{aggregation}_margin_beats_random_docstrings_{100 * f:g}",
+            f"{aggregation}-margin ranking beats random on held-out docstrings at {100 * f:g}% of the "
+            "characters after the shift",
+            f"docstrings_f1_{100 * f:g}",
+            margin,
+            random,
+            exploratory=exploratory,
+        )
+        for f in (0.25, 1.0)
+    )
     return (at_shift, *after_shift)
 
 
@@ -152,14 +184,37 @@ STUDY = Study(
     title="Live active learning for word segmentation: margin-ranked vs random streams (arXiv 1907.00038)",
     description=__doc__.split("\n\n", 1)[1].strip(),
     arms=tuple(arm for aggregation in AGGREGATIONS for arm in session_arms(aggregation)),
-    metrics=(*(Metric(name, effort_label(name), True, digits=3) for name in EFFORT_POINTS),
-             *(Metric(f"chars_per_sentence_{name}", f"mean characters per sentence picked, {name} (confounder)", None,
-                      digits=3) for name in DOMAIN_NAMES.values())),
+    metrics=(
+        *(Metric(name, effort_label(name), True, digits=3) for name in EFFORT_POINTS),
+        *(
+            Metric(
+                f"chars_per_sentence_{name}",
+                f"mean characters per sentence picked, {name} (confounder)",
+                None,
+                digits=3,
+            )
+            for name in DOMAIN_NAMES.values()
+        ),
+    ),
     claims=tuple(claim for aggregation in AGGREGATIONS for claim in margin_claims(aggregation)),
     seeds=5,
-    settings={"pool_size": 3000, "test_size": 400, "batch_chars": 300, "chars_before_shift": 6000,
-              "chars_after_shift": 6000, "channels": 48, "steps": 80},
-    quick={"pool_size": 200, "test_size": 40, "batch_chars": 25, "chars_before_shift": 200, "chars_after_shift": 200,
-           "channels": 16, "steps": 10},
+    settings={
+        "pool_size": 3000,
+        "test_size": 400,
+        "batch_chars": 300,
+        "chars_before_shift": 6000,
+        "chars_after_shift": 6000,
+        "channels": 48,
+        "steps": 80,
+    },
+    quick={
+        "pool_size": 200,
+        "test_size": 40,
+        "batch_chars": 25,
+        "chars_before_shift": 200,
+        "chars_after_shift": 200,
+        "channels": 16,
+        "steps": 10,
+    },
     curves=(f1_curve(PLAYS, "held-out plays"), f1_curve(DOCSTRINGS, "held-out docstrings")),
 )

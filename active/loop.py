@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -57,16 +58,25 @@ def pool_fields(selector: Selector, second_model: bool = False) -> frozenset[str
     return frozenset(fields | ({"second_probabilities"} if second_model else set()))
 
 
-def build_pool(fields: frozenset[str], probabilities: np.ndarray, embeddings: np.ndarray,
-               labelled_embeddings: np.ndarray | None = None,
-               second_probabilities: np.ndarray | None = None,
-               cluster_ids: np.ndarray | None = None,
-               labels: np.ndarray | None = None) -> Pool:
+def build_pool(
+    fields: frozenset[str],
+    probabilities: np.ndarray,
+    embeddings: np.ndarray,
+    labelled_embeddings: np.ndarray | None = None,
+    second_probabilities: np.ndarray | None = None,
+    cluster_ids: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+) -> Pool:
     """A Pool with the requested `fields`; gradient embeddings are derived from probabilities and
     embeddings. Raises ValueError naming a requested field that was not supplied."""
-    given = {"probabilities": probabilities, "embeddings": embeddings,
-             "labelled_embeddings": labelled_embeddings, "second_probabilities": second_probabilities,
-             "cluster_ids": cluster_ids, "labels": labels}
+    given = {
+        "probabilities": probabilities,
+        "embeddings": embeddings,
+        "labelled_embeddings": labelled_embeddings,
+        "second_probabilities": second_probabilities,
+        "cluster_ids": cluster_ids,
+        "labels": labels,
+    }
     if "gradient_embeddings" in fields:
         given["gradient_embeddings"] = gradient_embeddings(probabilities, embeddings)
     missing = sorted(name for name in fields if given.get(name) is None)
@@ -128,8 +138,7 @@ def run(
     """
     if isinstance(selector, str):
         selector = make_selector(selector, **dict(selector_kwargs or {}))
-    num_classes = check_inputs(features, labels, test_features, test_labels, num_classes,
-                               seed_size, batch_size, rounds)
+    num_classes = check_inputs(features, labels, test_features, test_labels, num_classes, seed_size, batch_size, rounds)
     rng = np.random.default_rng(seed)
     train = _Trainer(features, labels, test_features, num_classes, model_config, seed, churn_alpha)
     state = train.first(rng.choice(len(features), seed_size, replace=False))
@@ -143,11 +152,15 @@ def run(
             count = num_clusters or default_num_clusters(len(features), batch_size)
             state.cluster_ids = cluster_margin_clusters(embeddings, count, seed=seed)
         unlabelled = np.setdiff1d(np.arange(len(features)), state.labelled)
-        pool = build_pool(fields, probabilities[unlabelled], embeddings[unlabelled],
-                          labelled_embeddings=embeddings[state.labelled],
-                          second_probabilities=None if second is None else second[unlabelled],
-                          cluster_ids=None if state.cluster_ids is None else state.cluster_ids[unlabelled],
-                          labels=labels[unlabelled] if "labels" in fields else None)
+        pool = build_pool(
+            fields,
+            probabilities[unlabelled],
+            embeddings[unlabelled],
+            labelled_embeddings=embeddings[state.labelled],
+            second_probabilities=None if second is None else second[unlabelled],
+            cluster_ids=None if state.cluster_ids is None else state.cluster_ids[unlabelled],
+            labels=labels[unlabelled] if "labels" in fields else None,
+        )
         chosen = selector.select(pool, batch_size, rng)
         seconds = time.perf_counter() - started
         new_state = train.next(state, unlabelled, chosen)
@@ -158,8 +171,16 @@ def run(
     return records
 
 
-def check_inputs(features: np.ndarray, labels: np.ndarray, test_features: np.ndarray, test_labels: np.ndarray,
-                 num_classes: int | None, seed_size: int, batch_size: int, rounds: int) -> int:
+def check_inputs(
+    features: np.ndarray,
+    labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    num_classes: int | None,
+    seed_size: int,
+    batch_size: int,
+    rounds: int,
+) -> int:
     """Refuses bad `run` arguments with a `SelectionInputError` naming them; returns the number of classes.
 
     Refused: a schedule without a seed set, with an empty batch or negative rounds; empty or
@@ -198,10 +219,16 @@ class _Trainer:
         """
         x = self.features[state.labelled]
         teacher_probabilities = None if teacher is None else teacher.probabilities(x)
-        return models.fit(x, self.labels[state.labelled], self.num_classes, self.config,
-                          seed=self.seed * 100_003 + init_offset, weights=state.weights,
-                          teacher_probabilities=teacher_probabilities,
-                          alpha=self.churn_alpha if teacher is not None else 0.0)
+        return models.fit(
+            x,
+            self.labels[state.labelled],
+            self.num_classes,
+            self.config,
+            seed=self.seed * 100_003 + init_offset,
+            weights=state.weights,
+            teacher_probabilities=teacher_probabilities,
+            alpha=self.churn_alpha if teacher is not None else 0.0,
+        )
 
     def first(self, seed_indices: np.ndarray) -> _State:
         """The seed-set state."""
@@ -211,9 +238,13 @@ class _Trainer:
     def next(self, state: _State, unlabelled: np.ndarray, chosen: Selection) -> _State:
         """Labels the chosen pool examples and retrains (distilling from the previous model)."""
         new_weights = np.ones(len(chosen.indices)) if chosen.weights is None else chosen.weights
-        grown = _State(np.concatenate([state.labelled, unlabelled[chosen.indices]]),
-                       np.concatenate([state.weights, new_weights]).astype(np.float32), None, None,
-                       state.cluster_ids)
+        grown = _State(
+            np.concatenate([state.labelled, unlabelled[chosen.indices]]),
+            np.concatenate([state.weights, new_weights]).astype(np.float32),
+            None,
+            None,
+            state.cluster_ids,
+        )
         teacher = state.model if self.churn_alpha > 0 else None
         return self._with_model(grown, self.fit(grown, teacher=teacher))
 
@@ -233,4 +264,3 @@ def area_under_curve(records: list[RoundRecord]) -> float:
 def records_as_dicts(records: list[RoundRecord]) -> list[dict[str, Any]]:
     """Records as JSON-ready dicts (churn None at round 0)."""
     return [dataclasses.asdict(r) for r in records]
-

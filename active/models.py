@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -104,7 +104,7 @@ class Model:
         apply = _jitted_apply(self.network)
         probabilities, embeddings = [], []
         for start in range(0, len(features), PREDICT_CHUNK):
-            chunk = np.asarray(features[start:start + PREDICT_CHUNK], np.float32)
+            chunk = np.asarray(features[start : start + PREDICT_CHUNK], np.float32)
             padded = _pad_rows(chunk, PREDICT_CHUNK if len(features) > PREDICT_CHUNK else len(chunk))
             p, e = apply(self.params, padded)
             probabilities.append(np.asarray(p)[: len(chunk)])
@@ -116,7 +116,7 @@ class Model:
         return self.predict(features)[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_apply(network: nn.Module) -> Callable:
     def apply(params, x):
         logits, embedding = network.apply({"params": params}, x)
@@ -144,7 +144,7 @@ def example_losses(logits: jax.Array, labels: jax.Array, teacher: jax.Array, alp
     return (1.0 - alpha) * label_ce + alpha * teacher_ce
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_fit(config: ModelConfig, num_classes: int, feature_dim: int) -> Callable:
     """A jitted (key, x, y, weights, teacher, count, alpha) -> params, for one config and shape."""
     network = make_network(config, num_classes)
@@ -203,8 +203,12 @@ def fit(
     size = padded_size(n)
     teacher = np.zeros((n, num_classes), np.float32) if teacher_probabilities is None else teacher_probabilities
     weights = np.ones(n, np.float32) if weights is None else weights
-    arrays = (np.asarray(features, np.float32), np.asarray(labels, np.int32),
-              np.asarray(weights, np.float32), np.asarray(teacher, np.float32))
+    arrays = (
+        np.asarray(features, np.float32),
+        np.asarray(labels, np.int32),
+        np.asarray(weights, np.float32),
+        np.asarray(teacher, np.float32),
+    )
     x, y, w, g = (_pad_rows(a, size) for a in arrays)
     run = _compiled_fit(config, num_classes, x.shape[1])
     params = run(jax.random.PRNGKey(seed), x, y, w, g, n, float(alpha))

@@ -60,8 +60,15 @@ class Pool:
             raise SelectionInputError(f"Pool fields disagree on the number of examples: {sizes}")
 
     def _per_example_fields(self) -> dict[str, np.ndarray]:
-        names = ("probabilities", "embeddings", "gradient_embeddings", "second_probabilities", "labels",
-                 "cluster_ids", "scores")
+        names = (
+            "probabilities",
+            "embeddings",
+            "gradient_embeddings",
+            "second_probabilities",
+            "labels",
+            "cluster_ids",
+            "scores",
+        )
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     @property
@@ -186,12 +193,12 @@ def min_squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray
     centre_block = max(1, min(len(centres), 4096))
     point_block = max(1, _BLOCK_ELEMENTS // centre_block)
     for c0 in range(0, len(centres), centre_block):
-        block = centres[c0:c0 + centre_block]
+        block = centres[c0 : c0 + centre_block]
         block_norms = np.einsum("ij,ij->i", block, block)
         for p0 in range(0, len(points), point_block):
-            sq = point_norms[p0:p0 + point_block, None] - 2.0 * (points[p0:p0 + point_block] @ block.T)
+            sq = point_norms[p0 : p0 + point_block, None] - 2.0 * (points[p0 : p0 + point_block] @ block.T)
             sq += block_norms[None, :]
-            np.minimum(best[p0:p0 + point_block], sq.min(axis=1), out=best[p0:p0 + point_block])
+            np.minimum(best[p0 : p0 + point_block], sq.min(axis=1), out=best[p0 : p0 + point_block])
     return np.maximum(best, 0.0)
 
 
@@ -220,8 +227,9 @@ def _initial_distances(points: np.ndarray, labelled: np.ndarray | None) -> np.nd
     return min_squared_distances(points, np.asarray(labelled, points.dtype))
 
 
-def kcenter_greedy(points: np.ndarray, budget: int, labelled: np.ndarray | None,
-                   rng: np.random.Generator) -> np.ndarray:
+def kcenter_greedy(
+    points: np.ndarray, budget: int, labelled: np.ndarray | None, rng: np.random.Generator
+) -> np.ndarray:
     """Greedy k-center: repeatedly takes the point farthest from the labelled points and earlier picks.
 
     With no labelled points the first pick is uniform. The greedy radius is within 2x of the optimal
@@ -255,8 +263,9 @@ class _BlockedNearestCentreDistances:
         ends = np.cumsum(np.bincount(cell))
         self.bounds = np.stack([ends - np.bincount(cell), ends], axis=1)
         self.centroids = np.stack([self.points[s:e].mean(axis=0) for s, e in self.bounds])
-        self.radii = np.array([np.linalg.norm(self.points[s:e] - m, axis=1).max()
-                               for (s, e), m in zip(self.bounds, self.centroids)])
+        self.radii = np.array(
+            [np.linalg.norm(self.points[s:e] - m, axis=1).max() for (s, e), m in zip(self.bounds, self.centroids)]
+        )
         self.block_max = np.empty(len(self.bounds), np.float32)
         self.block_arg = np.empty(len(self.bounds), np.int64)
         for block in range(len(self.bounds)):
@@ -285,8 +294,9 @@ class _BlockedNearestCentreDistances:
             self._refresh(block)
 
 
-def kcenter_greedy_blocked(points: np.ndarray, budget: int, labelled: np.ndarray | None,
-                           rng: np.random.Generator, num_blocks: int) -> np.ndarray:
+def kcenter_greedy_blocked(
+    points: np.ndarray, budget: int, labelled: np.ndarray | None, rng: np.random.Generator, num_blocks: int
+) -> np.ndarray:
     """`kcenter_greedy` with the pool split into `num_blocks` k-means cells; far cells are skipped.
 
     Same picks as `kcenter_greedy` (up to float32 rounding ties); far faster when the pool is
@@ -324,8 +334,9 @@ def _kcenter_jax_fn():
     return greedy
 
 
-def kcenter_greedy_jax(points: np.ndarray, budget: int, labelled: np.ndarray | None,
-                       rng: np.random.Generator) -> np.ndarray:
+def kcenter_greedy_jax(
+    points: np.ndarray, budget: int, labelled: np.ndarray | None, rng: np.random.Generator
+) -> np.ndarray:
     """`kcenter_greedy` with the whole greedy loop compiled by JAX (one fused pass per pick)."""
     initial = _initial_distances(points, labelled)
     if np.isinf(initial).all() and budget > 0:
@@ -405,8 +416,7 @@ class BadgeSelector:
         check_pool(pool, budget)
         grads = pool.gradient_embeddings
         if grads is None:
-            grads = gradient_embeddings(pool.require("probabilities", self.name),
-                                        pool.require("embeddings", self.name))
+            grads = gradient_embeddings(pool.require("probabilities", self.name), pool.require("embeddings", self.name))
         return Selection(kmeans_plus_plus_seeds(np.ascontiguousarray(grads, np.float32), budget, rng))
 
 
@@ -414,8 +424,9 @@ class BadgeSelector:
 # Cluster-Margin.
 
 
-def round_robin_by_cluster(candidates: np.ndarray, clusters: np.ndarray, budget: int,
-                           rng: np.random.Generator) -> np.ndarray:
+def round_robin_by_cluster(
+    candidates: np.ndarray, clusters: np.ndarray, budget: int, rng: np.random.Generator
+) -> np.ndarray:
     """Takes `budget` candidates: passes over clusters smallest first, one random member per cluster per pass.
 
     Clusters of equal size are visited in random order. Pass r takes the r-th member of a random
@@ -460,10 +471,12 @@ class ClusterMarginSelector:
         from active.clustering import cluster_margin_clusters
 
         if self.num_clusters is None and self.distance_threshold is None:
-            raise SelectionInputError("cluster_margin needs Pool.cluster_ids, or num_clusters / distance_threshold "
-                             "to cluster Pool.embeddings")
-        return cluster_margin_clusters(pool.require("embeddings", self.name), self.num_clusters,
-                                       self.distance_threshold)
+            raise SelectionInputError(
+                "cluster_margin needs Pool.cluster_ids, or num_clusters / distance_threshold to cluster Pool.embeddings"
+            )
+        return cluster_margin_clusters(
+            pool.require("embeddings", self.name), self.num_clusters, self.distance_threshold
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,8 +491,9 @@ def normalised_entropies(probabilities: np.ndarray) -> np.ndarray:
     return np.clip(entropies(probabilities) / np.log(classes), 0.0, 1.0)
 
 
-def entropy_disagreements(probabilities: np.ndarray, second_probabilities: np.ndarray,
-                          labels: np.ndarray) -> np.ndarray:
+def entropy_disagreements(
+    probabilities: np.ndarray, second_probabilities: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
     """IWeS-dis's sampling probability: |f_y log2 f_y - g_y log2 g_y| at each example's true label y,
     for two models' probabilities f and g (0 log 0 = 0); in [0, 1 / (e ln 2)] = [0, 0.531]."""
     rows = np.arange(len(labels))
@@ -504,8 +518,10 @@ def _iwes_dis_probabilities(pool: Pool, selector: str) -> np.ndarray:
     probabilities = pool.require("probabilities", selector)
     second = pool.require("second_probabilities", selector)
     if second.shape != probabilities.shape:
-        raise SelectionInputError(f"selector {selector!r} needs Pool.second_probabilities of shape "
-                                  f"{probabilities.shape} (as Pool.probabilities), got {second.shape}")
+        raise SelectionInputError(
+            f"selector {selector!r} needs Pool.second_probabilities of shape "
+            f"{probabilities.shape} (as Pool.probabilities), got {second.shape}"
+        )
     labels = check_labels("Pool.labels", pool.require("labels", selector), pool.size, "the pool")
     check_label_range("Pool.labels", labels, probabilities.shape[1])
     return entropy_disagreements(probabilities, second, labels)

@@ -70,8 +70,9 @@ def words_from_labels(text: str, labels: Sequence[int]) -> list[str]:
     return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)]) if b > a]
 
 
-def sentences_from_texts(texts: Iterable[str], max_chars: int = MAX_CHARS,
-                         min_words: int = MIN_WORDS) -> list[list[str]]:
+def sentences_from_texts(
+    texts: Iterable[str], max_chars: int = MAX_CHARS, min_words: int = MIN_WORDS
+) -> list[list[str]]:
     """Normalised, truncated word lists of the given sentence texts; shorter than `min_words` dropped."""
     sentences = (truncate_words(normalise_words(text), max_chars) for text in texts)
     return [words for words in sentences if len(words) >= min_words]
@@ -108,7 +109,7 @@ class SentenceSet:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def subset(self, indices: np.ndarray) -> "SentenceSet":
+    def subset(self, indices: np.ndarray) -> SentenceSet:
         """The sentences at `indices`, in that order."""
         return SentenceSet(self.chars[indices], self.labels[indices], self.mask[indices], self.lengths[indices])
 

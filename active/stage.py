@@ -38,11 +38,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
+import gin
 from active import loop, validation
 from active.clustering import cluster_margin_clusters
 from active.selectors import Pool, Selection, Selector, gradient_embeddings, make_selector
@@ -66,8 +66,9 @@ class StageResult:
     selection_seconds: float
 
 
-def read_examples(task: str, split: str = "train", max_examples: int | None = None,
-                  sequence_length: Mapping[str, int] | None = None) -> list[dict[str, np.ndarray]]:
+def read_examples(
+    task: str, split: str = "train", max_examples: int | None = None, sequence_length: Mapping[str, int] | None = None
+) -> list[dict[str, np.ndarray]]:
     """The first `max_examples` preprocessed examples of `task`'s split, in source order."""
     dataset = _source_dataset(seqio.get_mixture_or_task(task), split, sequence_length)
     if max_examples is not None:
@@ -76,18 +77,24 @@ def read_examples(task: str, split: str = "train", max_examples: int | None = No
 
 
 def _source_dataset(task: seqio.Task, split: str, sequence_length: Mapping[str, int] | None) -> tf.data.Dataset:
-    return task.get_dataset(sequence_length=None if sequence_length is None else dict(sequence_length),
-                            split=split, shuffle=False, num_epochs=1, try_in_mem_cache=False)
+    return task.get_dataset(
+        sequence_length=None if sequence_length is None else dict(sequence_length),
+        split=split,
+        shuffle=False,
+        num_epochs=1,
+        try_in_mem_cache=False,
+    )
 
 
 def score_examples(scorer: Scorer, examples: Sequence[Example], batch_size: int = 256) -> dict[str, np.ndarray]:
     """Runs `scorer` over `examples` in batches and concatenates each returned field; refuses a field
     with NaN or Inf (selectors would pick from it silently)."""
-    batches = [scorer(examples[start:start + batch_size]) for start in range(0, len(examples), batch_size)]
+    batches = [scorer(examples[start : start + batch_size]) for start in range(0, len(examples), batch_size)]
     unknown = sorted(set().union(*batches) - set(SCORE_FIELDS)) if batches else []
     if not batches or unknown or not batches[0]:
-        raise validation.SelectionInputError(f"scorer must return a mapping with some of {SCORE_FIELDS}; "
-                                             f"got fields {unknown or 'none'}")
+        raise validation.SelectionInputError(
+            f"scorer must return a mapping with some of {SCORE_FIELDS}; got fields {unknown or 'none'}"
+        )
     scores = {name: np.concatenate([np.asarray(b[name]) for b in batches]) for name in batches[0]}
     wrong = {name: len(value) for name, value in scores.items() if len(value) != len(examples)}
     if wrong:
@@ -97,8 +104,9 @@ def score_examples(scorer: Scorer, examples: Sequence[Example], batch_size: int 
     return scores
 
 
-def pool_from_scores(scores: Mapping[str, np.ndarray], selector: Selector, budget: int,
-                     num_clusters: int | None = None, seed: int = 0) -> Pool:
+def pool_from_scores(
+    scores: Mapping[str, np.ndarray], selector: Selector, budget: int, num_clusters: int | None = None, seed: int = 0
+) -> Pool:
     """The Pool for `selector`: the scores, plus BADGE's gradient embeddings or Cluster-Margin's
     clusters (from the embeddings, `num_clusters` or `loop.default_num_clusters`) when it needs them."""
     fields = {name: scores[name] for name in SCORE_FIELDS if name in scores}
@@ -111,9 +119,14 @@ def pool_from_scores(scores: Mapping[str, np.ndarray], selector: Selector, budge
     return Pool(**fields)
 
 
-def register_subset(name: str, source_task: str, split: str, examples: Sequence[Example],
-                    sequence_length: Mapping[str, int] | None = None,
-                    weights: np.ndarray | None = None) -> seqio.Task:
+def register_subset(
+    name: str,
+    source_task: str,
+    split: str,
+    examples: Sequence[Example],
+    sequence_length: Mapping[str, int] | None = None,
+    weights: np.ndarray | None = None,
+) -> seqio.Task:
     """Registers Task `name`: `examples` as its `split`, the source Task's other splits unchanged.
 
     Replaces an earlier Task of the same name. The examples must already be preprocessed by the
@@ -132,9 +145,15 @@ def register_subset(name: str, source_task: str, split: str, examples: Sequence[
     return _register_with_split(name, source, split, selected, sequence_length)
 
 
-def register_positions(name: str, source_task: str, split: str, indices: np.ndarray, pool_size: int,
-                       sequence_length: Mapping[str, int] | None = None,
-                       weights: np.ndarray | None = None) -> seqio.Task:
+def register_positions(
+    name: str,
+    source_task: str,
+    split: str,
+    indices: np.ndarray,
+    pool_size: int,
+    sequence_length: Mapping[str, int] | None = None,
+    weights: np.ndarray | None = None,
+) -> seqio.Task:
     """Registers Task `name`: the examples at `indices` of the source's `split` (of `pool_size` examples),
     streamed; the source Task's other splits unchanged.
 
@@ -166,9 +185,13 @@ def _at_positions(dataset: tf.data.Dataset, keep: np.ndarray, weight_at: np.ndar
     return kept.map(lambda i, example: {**example, EXAMPLE_WEIGHT: tf.gather(weights, i)})
 
 
-def _register_with_split(name: str, source: seqio.Task, selected_split: str,
-                         selected: Callable[[], tf.data.Dataset],
-                         sequence_length: Mapping[str, int] | None) -> seqio.Task:
+def _register_with_split(
+    name: str,
+    source: seqio.Task,
+    selected_split: str,
+    selected: Callable[[], tf.data.Dataset],
+    sequence_length: Mapping[str, int] | None,
+) -> seqio.Task:
     """Registers Task `name` (replacing one of that name): `selected()` as its `selected_split`, the
     source's other splits read from the source at `sequence_length`; no preprocessing of its own."""
 
@@ -181,14 +204,28 @@ def _register_with_split(name: str, source: seqio.Task, selected_split: str,
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     return seqio.TaskRegistry.add(
-        name, source=seqio.FunctionDataSource(dataset_fn, splits=list(source.splits), num_input_examples=None),
-        preprocessors=[], output_features=source.output_features)
+        name,
+        source=seqio.FunctionDataSource(dataset_fn, splits=list(source.splits), num_input_examples=None),
+        preprocessors=[],
+        output_features=source.output_features,
+    )
 
 
-def select(task: str, scorer: Scorer, selector: str | Selector, budget: int, *, name: str | None = None,
-           split: str = "train", seed: int = 0, max_examples: int | None = None,
-           sequence_length: Mapping[str, int] | None = None, selector_kwargs: Mapping[str, Any] | None = None,
-           num_clusters: int | None = None, score_batch_size: int = 256) -> StageResult:
+def select(
+    task: str,
+    scorer: Scorer,
+    selector: str | Selector,
+    budget: int,
+    *,
+    name: str | None = None,
+    split: str = "train",
+    seed: int = 0,
+    max_examples: int | None = None,
+    sequence_length: Mapping[str, int] | None = None,
+    selector_kwargs: Mapping[str, Any] | None = None,
+    num_clusters: int | None = None,
+    score_batch_size: int = 256,
+) -> StageResult:
     """Scores `task`'s `split` with `scorer`, selects `budget` examples, registers them as Task `name`
     (default `{task}_{selector}_{budget}`) and returns what was selected.
 
@@ -211,11 +248,19 @@ def select(task: str, scorer: Scorer, selector: str | Selector, budget: int, *, 
     return StageResult(task_name, task, split, len(examples), np.asarray(chosen.indices), chosen.weights, seconds)
 
 
-def select_from_scores(task: str, scores: Mapping[str, np.ndarray], selector: str | Selector, budget: int, *,
-                       name: str, split: str = "train", seed: int = 0,
-                       sequence_length: Mapping[str, int] | None = None,
-                       selector_kwargs: Mapping[str, Any] | None = None,
-                       num_clusters: int | None = None) -> StageResult:
+def select_from_scores(
+    task: str,
+    scores: Mapping[str, np.ndarray],
+    selector: str | Selector,
+    budget: int,
+    *,
+    name: str,
+    split: str = "train",
+    seed: int = 0,
+    sequence_length: Mapping[str, int] | None = None,
+    selector_kwargs: Mapping[str, Any] | None = None,
+    num_clusters: int | None = None,
+) -> StageResult:
     """Selects `budget` examples of `task`'s `split` from `scores` computed beforehand (fields of
     SCORE_FIELDS, one row per example of the split in its unshuffled order) and registers them as Task
     `name` by position (`register_positions`); the split itself is not read here."""
@@ -236,17 +281,44 @@ _SELECTED: dict[str, tuple] = {}
 
 
 @gin.configurable(module="stage")
-def select_task(task: str = gin.REQUIRED, scorer: Scorer = gin.REQUIRED, budget: int = gin.REQUIRED,
-                selector: str = "margin", name: str | None = None, split: str = "train", seed: int = 0,
-                max_examples: int | None = None, selector_kwargs: Mapping[str, Any] | None = None,
-                num_clusters: int | None = None) -> str:
+def select_task(
+    task: str = gin.REQUIRED,
+    scorer: Scorer = gin.REQUIRED,
+    budget: int = gin.REQUIRED,
+    selector: str = "margin",
+    name: str | None = None,
+    split: str = "train",
+    seed: int = 0,
+    max_examples: int | None = None,
+    selector_kwargs: Mapping[str, Any] | None = None,
+    num_clusters: int | None = None,
+) -> str:
     """gin entry point: `TASK = @stage.select_task()`; selects once per process and returns the
     new Task's name (a run's train and validation data configs may both ask for it)."""
     task_name = name or f"{task}_{selector}_{budget}"
-    key = (task, scorer, budget, selector, split, seed, max_examples,
-           tuple(sorted(dict(selector_kwargs or {}).items())), num_clusters)
+    key = (
+        task,
+        scorer,
+        budget,
+        selector,
+        split,
+        seed,
+        max_examples,
+        tuple(sorted(dict(selector_kwargs or {}).items())),
+        num_clusters,
+    )
     if _SELECTED.get(task_name) != key or task_name not in seqio.TaskRegistry.names():
-        select(task, scorer, selector, budget, name=task_name, split=split, seed=seed, max_examples=max_examples,
-               selector_kwargs=selector_kwargs, num_clusters=num_clusters)
+        select(
+            task,
+            scorer,
+            selector,
+            budget,
+            name=task_name,
+            split=split,
+            seed=seed,
+            max_examples=max_examples,
+            selector_kwargs=selector_kwargs,
+            num_clusters=num_clusters,
+        )
         _SELECTED[task_name] = key
     return task_name

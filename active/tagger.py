@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -69,7 +70,7 @@ def shifted_windows(x: jax.Array, kernel_size: int, dilation: int) -> jax.Array:
     reach = half * dilation
     padded = jnp.pad(x, ((0, 0), (reach, reach), (0, 0)))
     offsets = [(j - half) * dilation + reach for j in range(kernel_size)]
-    return jnp.concatenate([padded[:, o:o + width] for o in offsets], axis=-1)
+    return jnp.concatenate([padded[:, o : o + width] for o in offsets], axis=-1)
 
 
 class Tagger(nn.Module):
@@ -107,7 +108,7 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) 
     return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_train(config: TaggerConfig) -> Callable:
     """A jitted (params, opt_state, key, chars, labels, mask, count) -> (params, opt_state)."""
     network, optimizer = Tagger(config), optax.adam(config.learning_rate)
@@ -144,12 +145,13 @@ def train(state: TaggerState, sentences: SentenceSet, seed: int) -> TaggerState:
         raise ValueError("train: the labelled set is empty")
     rows = padded_rows(len(sentences))
     arrays = (_pad(sentences.chars, rows), _pad(sentences.labels, rows), _pad(sentences.mask.astype(np.float32), rows))
-    params, opt_state = _compiled_train(state.config)(state.params, state.opt_state, jax.random.PRNGKey(seed),
-                                                      *arrays, len(sentences))
+    params, opt_state = _compiled_train(state.config)(
+        state.params, state.opt_state, jax.random.PRNGKey(seed), *arrays, len(sentences)
+    )
     return TaggerState(state.config, params, opt_state)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_probabilities(config: TaggerConfig) -> Callable:
     network = Tagger(config)
     return jax.jit(lambda params, chars: jax.nn.softmax(network.apply({"params": params}, chars)))
@@ -160,7 +162,7 @@ def probabilities(state: TaggerState, sentences: SentenceSet) -> np.ndarray:
     apply = _compiled_probabilities(state.config)
     chunks = []
     for start in range(0, len(sentences), PREDICT_CHUNK):
-        chars = sentences.chars[start:start + PREDICT_CHUNK]
+        chars = sentences.chars[start : start + PREDICT_CHUNK]
         chunks.append(np.asarray(apply(state.params, _pad(chars, PREDICT_CHUNK)))[: len(chars)])
     width = sentences.chars.shape[1]
     return np.concatenate(chunks) if chunks else np.zeros((0, width, 2), np.float32)

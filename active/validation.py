@@ -64,8 +64,10 @@ def check_schedule_fits(seed_size: int, batch_size: int, rounds: int, pool_size:
     """Refuses a schedule that labels more examples than `pool` (named in the message) holds."""
     needed = seed_size + rounds * batch_size
     if needed > pool_size:
-        raise SelectionInputError(f"seed_size {seed_size} + rounds {rounds} x batch_size {batch_size} = {needed} "
-                                  f"exceeds {pool}: {_rows(pool_size)}")
+        raise SelectionInputError(
+            f"seed_size {seed_size} + rounds {rounds} x batch_size {batch_size} = {needed} "
+            f"exceeds {pool}: {_rows(pool_size)}"
+        )
 
 
 def check_rows(name: str, rows: int) -> None:
@@ -133,8 +135,9 @@ def check_labels(name: str, labels: np.ndarray, rows: int, rows_name: str) -> np
     """`labels` as int64, after refusing a shape other than [rows] or a value that is not an integer."""
     labels = np.asarray(labels)
     if labels.shape != (rows,):
-        raise SelectionInputError(f"{name} must hold one label per row of {rows_name} (shape ({rows},)), "
-                                  f"got shape {labels.shape}")
+        raise SelectionInputError(
+            f"{name} must hold one label per row of {rows_name} (shape ({rows},)), got shape {labels.shape}"
+        )
     if np.issubdtype(labels.dtype, np.integer):
         return labels.astype(np.int64)
     if not np.issubdtype(labels.dtype, np.floating):

@@ -42,8 +42,14 @@ from littlehelp.models.api import Batch, Model, Params
 Array = jax.Array
 
 
-def _continuation_logits(model: Model, params: Params, sequences: Array, prompt_lengths: Array,
-                         continuation_length: int, inputs: Batch | None = None) -> Array:
+def _continuation_logits(
+    model: Model,
+    params: Params,
+    sequences: Array,
+    prompt_lengths: Array,
+    continuation_length: int,
+    inputs: Batch | None = None,
+) -> Array:
     """Logits [b, g, vocab] that predict continuation tokens 0..g-1 of each row (given `inputs`, if any)."""
     hidden = model.hidden_states(params, {"decoder_input_tokens": sequences, **(inputs or {})})
     positions = prompt_lengths[:, None] - 1 + jnp.arange(continuation_length)[None, :]
@@ -56,22 +62,43 @@ def _continuation_tokens(sequences: Array, prompt_lengths: Array, continuation_l
 
 
 @functools.partial(jax.jit, static_argnames=("model", "continuation_length"))
-def greedy_agreement(model: Model, params: Params, sequences: Array, prompt_lengths: Array,
-                     continuation_length: int, inputs: Batch | None = None) -> Array:
+def greedy_agreement(
+    model: Model,
+    params: Params,
+    sequences: Array,
+    prompt_lengths: Array,
+    continuation_length: int,
+    inputs: Batch | None = None,
+) -> Array:
     """[b, g] bool: the model's argmax at continuation position j equals the sequence's token j."""
     logits = _continuation_logits(model, params, sequences, prompt_lengths, continuation_length, inputs)
     return jnp.argmax(logits, axis=-1) == _continuation_tokens(sequences, prompt_lengths, continuation_length)
 
 
 @functools.partial(jax.jit, static_argnames=("target", "draft", "continuation_length", "temperature", "top_k", "top_p"))
-def acceptance_probabilities(target: Model, target_params: Params, draft: Model, draft_params: Params,
-                             sequences: Array, prompt_lengths: Array, continuation_length: int,
-                             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                             inputs: Batch | None = None) -> Array:
+def acceptance_probabilities(
+    target: Model,
+    target_params: Params,
+    draft: Model,
+    draft_params: Params,
+    sequences: Array,
+    prompt_lengths: Array,
+    continuation_length: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    inputs: Batch | None = None,
+) -> Array:
     """[b, g]: 1 - TVD(p, q) of the filtered next-token distributions at each continuation position."""
-    p, q = (filtered_distribution(_continuation_logits(m, w, sequences, prompt_lengths, continuation_length, inputs),
-                                  temperature, top_k, top_p)
-            for m, w in ((target, target_params), (draft, draft_params)))
+    p, q = (
+        filtered_distribution(
+            _continuation_logits(m, w, sequences, prompt_lengths, continuation_length, inputs),
+            temperature,
+            top_k,
+            top_p,
+        )
+        for m, w in ((target, target_params), (draft, draft_params))
+    )
     return 1.0 - 0.5 * jnp.sum(jnp.abs(p - q), axis=-1)
 
 
@@ -79,10 +106,12 @@ def greedy_rounds(agreement: np.ndarray, gamma: int, max_new_tokens: int) -> tup
     """(accepted proposals, rounds) of greedy speculative decoding of one row to `max_new_tokens`
     tokens without EOS, given its agreement [n] (n >= max_new_tokens + gamma - 1)."""
     if len(agreement) < max_new_tokens + gamma - 1:
-        raise ValueError(f"agreement of {len(agreement)} positions cannot replay {max_new_tokens} tokens at gamma {gamma}")
+        raise ValueError(
+            f"agreement of {len(agreement)} positions cannot replay {max_new_tokens} tokens at gamma {gamma}"
+        )
     produced = accepted = rounds = 0
     while produced < max_new_tokens:
-        window = agreement[produced:produced + gamma]
+        window = agreement[produced : produced + gamma]
         n = int(np.cumprod(window).sum())
         accepted, rounds, produced = accepted + n, rounds + 1, produced + n + 1
     return accepted, rounds
@@ -153,8 +182,9 @@ def held_out_prompts(vocabulary: Any, per_domain: int, prompt_tokens: int, seed:
             if drawn == per_domain:
                 break
         if drawn < per_domain:
-            raise ValueError(f"held-out {domain} texts give {drawn} distinct prompts, fewer than the {per_domain} "
-                             "asked")
+            raise ValueError(
+                f"held-out {domain} texts give {drawn} distinct prompts, fewer than the {per_domain} asked"
+            )
     return prompts
 
 
@@ -162,7 +192,7 @@ def with_continuations(prompts: np.ndarray, lengths: np.ndarray, continuations: 
     """Each row's prompt followed directly by its continuation (right-padded)."""
     out = np.zeros((len(prompts), prompts.shape[1] + continuations.shape[1]), np.int32)
     for i, (row, n) in enumerate(zip(prompts, lengths)):
-        out[i, :n], out[i, n:n + continuations.shape[1]] = row[:n], continuations[i]
+        out[i, :n], out[i, n : n + continuations.shape[1]] = row[:n], continuations[i]
     return out
 
 
@@ -182,27 +212,61 @@ class References:
         """The references of `rows` only (same widths)."""
         rows = list(rows)
         inputs = None if self.inputs is None else {name: value[rows] for name, value in self.inputs.items()}
-        return References(self.prompts[rows], self.lengths[rows], tuple(self.domains[i] for i in rows),
-                          self.greedy[rows], self.sampled[rows], inputs)
+        return References(
+            self.prompts[rows],
+            self.lengths[rows],
+            tuple(self.domains[i] for i in rows),
+            self.greedy[rows],
+            self.sampled[rows],
+            inputs,
+        )
 
 
-def references(target: tuple[Model, Params], prompts: np.ndarray, lengths: np.ndarray, domains: Sequence[str],
-               max_new_tokens: int, max_gamma: int, seed: int,
-               inputs: dict[str, np.ndarray] | None = None) -> References:
+def references(
+    target: tuple[Model, Params],
+    prompts: np.ndarray,
+    lengths: np.ndarray,
+    domains: Sequence[str],
+    max_new_tokens: int,
+    max_gamma: int,
+    seed: int,
+    inputs: dict[str, np.ndarray] | None = None,
+) -> References:
     """The target's continuations of right-padded prompts (given `inputs`, an encoder-decoder's; no EOS: every
     row runs its full length): greedy to `max_new_tokens + max_gamma` tokens, and one temperature-1 sample (key
     `seed + 1`) of `max_new_tokens`."""
     from littlehelp import decoding  # pylint: disable=import-outside-toplevel
 
     model, params = target
-    continue_ = lambda n, sampling, key: with_continuations(prompts, lengths, np.asarray(decoding.generate(  # noqa: E731
-        model, params, prompts, lengths, n, jax.random.key(key), sampling, -1, inputs)))
-    return References(prompts, lengths, tuple(domains), continue_(max_new_tokens + max_gamma, decoding.Sampling(), 0),
-                      continue_(max_new_tokens, decoding.Sampling(temperature=1.0), seed + 1), inputs)
+
+    def continue_(n, sampling, key):
+        return with_continuations(
+            prompts,
+            lengths,
+            np.asarray(
+                decoding.generate(model, params, prompts, lengths, n, jax.random.key(key), sampling, -1, inputs)
+            ),
+        )
+
+    return References(
+        prompts,
+        lengths,
+        tuple(domains),
+        continue_(max_new_tokens + max_gamma, decoding.Sampling(), 0),
+        continue_(max_new_tokens, decoding.Sampling(temperature=1.0), seed + 1),
+        inputs,
+    )
 
 
-def split_references(target: tuple[Model, Params], vocabulary: Any, per_domain: int, prompt_tokens: int,
-                     max_new_tokens: int, max_gamma: int, seed: int) -> dict[str, References]:
+def split_references(
+    target: tuple[Model, Params],
+    vocabulary: Any,
+    per_domain: int,
+    prompt_tokens: int,
+    max_new_tokens: int,
+    max_gamma: int,
+    seed: int,
+) -> dict[str, References]:
     """`references` of 2 x `per_domain` distinct held-out prompts per domain drawn with `seed`, split in two: the
     first half of each domain's draw ("evaluation") and the second ("selection"), padded to one width; no prompt
     is in both."""
@@ -213,30 +277,52 @@ def split_references(target: tuple[Model, Params], vocabulary: Any, per_domain: 
     return {"evaluation": refs.subset(np.flatnonzero(first)), "selection": refs.subset(np.flatnonzero(~first))}
 
 
-def score(target: tuple[Model, Params], draft: tuple[Model, Params], refs: References, max_new_tokens: int,
-          max_gamma: int, eos_id: int | None = None) -> tuple[dict[str, Any], np.ndarray]:
+def score(
+    target: tuple[Model, Params],
+    draft: tuple[Model, Params],
+    refs: References,
+    max_new_tokens: int,
+    max_gamma: int,
+    eos_id: int | None = None,
+) -> tuple[dict[str, Any], np.ndarray]:
     """A draft's replayed greedy block efficiency at gamma 1..max_gamma (list, all rows; and per domain at
     max_gamma), greedy acceptance, alpha = E[1 - TVD] at temperature 1 (with standard errors over the
     rows, each row's mean one observation) and the expected block efficiency at max_gamma; and its
     agreement [n, max_new_tokens + max_gamma] with the target's greedy continuations. With `eos_id`, each
     output ends at its first EOS (`output_lengths`) and only its positions up to it count."""
-    agreement = np.asarray(greedy_agreement(draft[0], draft[1], refs.greedy, refs.lengths, max_new_tokens + max_gamma,
-                                            refs.inputs))
-    alpha = np.asarray(acceptance_probabilities(target[0], target[1], draft[0], draft[1], refs.sampled, refs.lengths,
-                                                max_new_tokens, temperature=1.0, inputs=refs.inputs))
+    agreement = np.asarray(
+        greedy_agreement(draft[0], draft[1], refs.greedy, refs.lengths, max_new_tokens + max_gamma, refs.inputs)
+    )
+    alpha = np.asarray(
+        acceptance_probabilities(
+            target[0],
+            target[1],
+            draft[0],
+            draft[1],
+            refs.sampled,
+            refs.lengths,
+            max_new_tokens,
+            temperature=1.0,
+            inputs=refs.inputs,
+        )
+    )
     greedy_lengths, sampled_lengths = (
         output_lengths(np.asarray(_continuation_tokens(sequences, refs.lengths, max_new_tokens)), eos_id)
-        for sequences in (refs.greedy, refs.sampled))
+        for sequences in (refs.greedy, refs.sampled)
+    )
     greedy, positions = agreement[:, :max_new_tokens], np.arange(max_new_tokens)[None, :]
     greedy_mask, sampled_mask = positions < greedy_lengths[:, None], positions < sampled_lengths[:, None]
     by_domain = {d: np.array([x == d for x in refs.domains]) for d in DOMAINS if d in refs.domains}
     return {
         "greedy_tau": [greedy_block_efficiency(agreement, g, greedy_lengths) for g in range(1, max_gamma + 1)],
-        "greedy_tau_by_domain": {d: greedy_block_efficiency(agreement[rows], max_gamma, greedy_lengths[rows])
-                                 for d, rows in by_domain.items()},
+        "greedy_tau_by_domain": {
+            d: greedy_block_efficiency(agreement[rows], max_gamma, greedy_lengths[rows])
+            for d, rows in by_domain.items()
+        },
         "greedy_acceptance": float(greedy[greedy_mask].mean()),
         "greedy_acceptance_se": _row_standard_error(greedy, greedy_mask),
-        "alpha": float(alpha[sampled_mask].mean()), "alpha_se": _row_standard_error(alpha, sampled_mask),
+        "alpha": float(alpha[sampled_mask].mean()),
+        "alpha_se": _row_standard_error(alpha, sampled_mask),
         "alpha_by_domain": {d: float(alpha[rows][sampled_mask[rows]].mean()) for d, rows in by_domain.items()},
         "expected_tau": expected_block_efficiency(float(alpha[sampled_mask].mean()), max_gamma),
     }, agreement
@@ -250,16 +336,18 @@ def _row_standard_error(values: np.ndarray, mask: np.ndarray) -> float:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "continuation_length"))
-def continuation_log_probs(model: Model, params: Params, sequences: Array, prompt_lengths: Array,
-                           continuation_length: int) -> Array:
+def continuation_log_probs(
+    model: Model, params: Params, sequences: Array, prompt_lengths: Array, continuation_length: int
+) -> Array:
     """[b, g]: the model's log-probability (temperature 1) of continuation tokens 0..g-1 of each row."""
     logits = _continuation_logits(model, params, sequences, prompt_lengths, continuation_length)
     tokens = _continuation_tokens(sequences, prompt_lengths, continuation_length)
     return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[..., None], axis=-1)[..., 0]
 
 
-def target_log_likelihood(target: tuple[Model, Params], prompts: np.ndarray, lengths: np.ndarray,
-                          tokens: np.ndarray) -> float:
+def target_log_likelihood(
+    target: tuple[Model, Params], prompts: np.ndarray, lengths: np.ndarray, tokens: np.ndarray
+) -> float:
     """The target's mean log-probability (temperature 1) of generated tokens [b, n] after their prompts."""
     sequences = with_continuations(prompts, lengths, tokens)
     return float(continuation_log_probs(target[0], target[1], sequences, lengths, tokens.shape[1]).mean())

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import seqio
 
+import gin
 from littlehelp import flops, runs
 from littlehelp.config import ConfigError
 from littlehelp.data import corpus
@@ -66,8 +66,10 @@ def layer_indices(num_layers: int, first: int | None = None, every: int | None =
     """The target layers a draft keeps: the `first` k, or every `every`-th (0, m, 2m, ...); all of them when
     neither is given."""
     if first is not None and every is not None:
-        raise DraftError(f"a layer-subset draft keeps the first k layers or every m-th layer, not both "
-                         f"(got first={first!r}, every={every!r})")
+        raise DraftError(
+            f"a layer-subset draft keeps the first k layers or every m-th layer, not both "
+            f"(got first={first!r}, every={every!r})"
+        )
     if first is None and every is None:
         return tuple(range(num_layers))
     name, count = ("first", first) if every is None else ("every", every)
@@ -93,13 +95,16 @@ def layer_subset(config: DecoderConfig, params: Params, layers: Sequence[int]) -
 
 # ----- reduced vocabulary -----
 
+
 def check_token_ids(token_ids: Sequence[int], vocab_size: int) -> None:
     """Refuses token ids that are not distinct, increasing ids of the vocabulary."""
     ids = np.asarray(token_ids)
     check_vocabulary_size(len(ids), vocab_size)
     if ids[0] < 0 or ids[-1] >= vocab_size or np.any(np.diff(ids) <= 0):
-        raise DraftError(f"reduced-vocabulary token ids must increase within [0, {vocab_size}), got "
-                         f"{ids[:5].tolist()}{'...' if len(ids) > 5 else ''}")
+        raise DraftError(
+            f"reduced-vocabulary token ids must increase within [0, {vocab_size}), got "
+            f"{ids[:5].tolist()}{'...' if len(ids) > 5 else ''}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,8 +153,12 @@ class ReducedVocabularyModel(StepwiseFlaxModel):
 
     @property
     def head(self) -> Projection:
-        return Projection(features=(len(self.config.token_ids),), in_axes=("embed",), out_axes=("vocab",),
-                          dtype=jnp.dtype(self.config.decoder.dtype))
+        return Projection(
+            features=(len(self.config.token_ids),),
+            in_axes=("embed",),
+            out_axes=("vocab",),
+            dtype=jnp.dtype(self.config.decoder.dtype),
+        )
 
     def init(self, rng: Array, batch: Batch) -> Params:
         body_rng, head_rng = jax.random.split(rng)
@@ -159,16 +168,18 @@ class ReducedVocabularyModel(StepwiseFlaxModel):
     def embed(self, params: Params, tokens: Array) -> Array:
         return self.body.embed(params["decoder"], tokens)
 
-    def hidden_states(self, params: Params, batch: Batch, rng: Array | None = None,
-                      input_embeddings: Array | None = None) -> Array:
+    def hidden_states(
+        self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
+    ) -> Array:
         return self.body.hidden_states(params["decoder"], batch, rng, input_embeddings)
 
     def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
         scores = self.head.apply({"params": params["head"]}, hidden)
         return full_vocabulary_logits(scores, self.config.token_ids, self.config.vocab_size)
 
-    def logits(self, params: Params, batch: Batch, rng: Array | None = None,
-               input_embeddings: Array | None = None) -> Array:
+    def logits(
+        self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
+    ) -> Array:
         return self.logits_from_hidden(params, self.hidden_states(params, batch, rng, input_embeddings))
 
     def forward_flops(self, batch: Batch) -> float:
@@ -176,29 +187,31 @@ class ReducedVocabularyModel(StepwiseFlaxModel):
         scored = dataclasses.replace(self.config.decoder, vocab_size=len(self.config.token_ids))
         return flops.decoder_forward_flops(scored, size, length)
 
-    def init_cache(self, params: Params, batch_size: int, max_length: int,
-                   inputs: Batch | None = None) -> DecodeCache:
+    def init_cache(self, params: Params, batch_size: int, max_length: int, inputs: Batch | None = None) -> DecodeCache:
         return self.body.init_cache(params["decoder"], batch_size, max_length, inputs)
 
-    def _decode_call(self, params: Params, cache: DecodeCache, tokens: Array, return_hidden: bool,
-                     input_embeddings: Array | None) -> tuple[Array, Any]:
+    def _decode_call(
+        self, params: Params, cache: DecodeCache, tokens: Array, return_hidden: bool, input_embeddings: Array | None
+    ) -> tuple[Array, Any]:
         hidden, layers = self.body._decode_call(  # pylint: disable=protected-access
-            params["decoder"], cache, tokens, True, input_embeddings)
+            params["decoder"], cache, tokens, True, input_embeddings
+        )
         return (hidden if return_hidden else self.logits_from_hidden(params, hidden)), layers
 
 
 register(ModelFamily("reduced_vocabulary", ReducedVocabularyConfig, ReducedVocabularyModel))
 
 
-def reduced_vocabulary(config: DecoderConfig, params: Params,
-                       token_ids: Sequence[int]) -> tuple[ReducedVocabularyConfig, Params]:
+def reduced_vocabulary(
+    config: DecoderConfig, params: Params, token_ids: Sequence[int]
+) -> tuple[ReducedVocabularyConfig, Params]:
     """The draft of the target (`config`, `params`) whose head scores only `token_ids` (increasing): its body
     is the target's, its head kernel [emb, N] the target's head columns (or tied embedding rows, scaled as the
     target scales tied logits) of those ids, gathered here once."""
     reduced = ReducedVocabularyConfig(config, tuple(token_ids))
     params, ids = nn.unbox(params), np.asarray(reduced.token_ids)
     if config.tie_embeddings:
-        scale = config.emb_dim ** -0.5 if config.scale_tied_logits else 1.0
+        scale = config.emb_dim**-0.5 if config.scale_tied_logits else 1.0
         kernel = np.asarray(params["token_embedder"]["embedding"])[ids].T * np.float32(scale)
     else:
         kernel = np.asarray(params["logits_dense"]["kernel"])[:, ids]
@@ -212,8 +225,10 @@ def token_counts(token_arrays: Iterable[np.ndarray], vocab_size: int) -> np.ndar
     for tokens in token_arrays:
         tokens = np.asarray(tokens).ravel()
         if tokens.size and not 0 <= tokens.min() <= tokens.max() < vocab_size:
-            raise DraftError(f"token id {tokens.max() if tokens.max() >= vocab_size else tokens.min()} is outside "
-                             f"the vocabulary of {vocab_size} ids")
+            raise DraftError(
+                f"token id {tokens.max() if tokens.max() >= vocab_size else tokens.min()} is outside "
+                f"the vocabulary of {vocab_size} ids"
+            )
         counts += np.bincount(tokens, minlength=vocab_size)
     return counts
 
@@ -221,8 +236,7 @@ def token_counts(token_arrays: Iterable[np.ndarray], vocab_size: int) -> np.ndar
 def check_vocabulary_size(size: int, vocab_size: int) -> None:
     """Refuses a reduced vocabulary of other than 1 to `vocab_size` (the target's) ids."""
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= vocab_size:
-        raise DraftError(f"vocabulary_size={size!r}: must be an integer in [1, {vocab_size}] (the target's "
-                         "vocabulary)")
+        raise DraftError(f"vocabulary_size={size!r}: must be an integer in [1, {vocab_size}] (the target's vocabulary)")
 
 
 def frequent_tokens(counts: np.ndarray, size: int) -> tuple[int, ...]:
@@ -231,12 +245,14 @@ def frequent_tokens(counts: np.ndarray, size: int) -> tuple[int, ...]:
     return tuple(sorted(int(i) for i in np.argsort(-counts, kind="stable")[:size]))
 
 
-def task_token_counts(task: str, vocab_size: int, feature_lengths: Mapping[str, int], max_tokens: int,
-                      split: str = "train") -> np.ndarray:
+def task_token_counts(
+    task: str, vocab_size: int, feature_lengths: Mapping[str, int], max_tokens: int, split: str = "train"
+) -> np.ndarray:
     """`token_counts` of the first `max_tokens` "targets" tokens of seqio Task or Mixture `task`'s `split`, read
     in order (a Mixture draws its Tasks with seed 0), chunked as `feature_lengths` ask."""
-    dataset = seqio.get_mixture_or_task(task).get_dataset(dict(feature_lengths), split=split, shuffle=False, seed=0,
-                                                          num_epochs=1)
+    dataset = seqio.get_mixture_or_task(task).get_dataset(
+        dict(feature_lengths), split=split, shuffle=False, seed=0, num_epochs=1
+    )
 
     def first_tokens() -> Iterator[np.ndarray]:
         left = max_tokens
@@ -251,6 +267,7 @@ def task_token_counts(task: str, vocab_size: int, feature_lengths: Mapping[str, 
 
 # ----- run folders (gin) -----
 
+
 def _target_params(config: DecoderConfig, folder: Path) -> Params:
     """The parameters of a converted run folder of the target (model key 'model'), as numpy."""
     model = DecoderLMModel(config)  # not `build_model`: gin may bind its config to this draft's
@@ -260,11 +277,18 @@ def _target_params(config: DecoderConfig, folder: Path) -> Params:
 
 def _model_gin(folder: Path, settings: Mapping[str, Any]) -> str:
     """A derived folder's model.gin: MODEL_CONFIG is `folder_config` of the folder."""
-    return "\n".join([
-        f"# A draft derived from {settings['target_dir']} by distillspec.drafts.derived_folder: layers "
-        f"{settings['layers']}, vocabulary_size {settings['vocabulary_size']}.",
-        "import distillspec.drafts", "", "MODEL_CONFIG = @drafts.folder_config()",
-        f"drafts.folder_config.folder = {str(folder)!r}", "include 'models/decoder_only.gin'", ""])
+    return "\n".join(
+        [
+            f"# A draft derived from {settings['target_dir']} by distillspec.drafts.derived_folder: layers "
+            f"{settings['layers']}, vocabulary_size {settings['vocabulary_size']}.",
+            "import distillspec.drafts",
+            "",
+            "MODEL_CONFIG = @drafts.folder_config()",
+            f"drafts.folder_config.folder = {str(folder)!r}",
+            "include 'models/decoder_only.gin'",
+            "",
+        ]
+    )
 
 
 def _write_folder(folder: Path, settings: Mapping[str, Any], config: Any, params: Params, target_dir: Path) -> None:
@@ -290,11 +314,17 @@ def _write_folder(folder: Path, settings: Mapping[str, Any], config: Any, params
 
 
 @gin.configurable(module="drafts")
-def derived_folder(target_config: DecoderConfig = gin.REQUIRED, target_dir: str = gin.REQUIRED,
-                   first_layers: int | None = None, every_layer: int | None = None,
-                   vocabulary_size: int | None = None, task: str | None = None,
-                   feature_lengths: Mapping[str, int] | None = None, count_tokens: int = 1_000_000,
-                   root: str | None = None) -> str:
+def derived_folder(
+    target_config: DecoderConfig = gin.REQUIRED,
+    target_dir: str = gin.REQUIRED,
+    first_layers: int | None = None,
+    every_layer: int | None = None,
+    vocabulary_size: int | None = None,
+    task: str | None = None,
+    feature_lengths: Mapping[str, int] | None = None,
+    count_tokens: int = 1_000_000,
+    root: str | None = None,
+) -> str:
     """The run folder of the draft derived from the target in `target_dir` (a converted run folder of
     `target_config`), written the first time these settings are asked for.
 
@@ -309,11 +339,18 @@ def derived_folder(target_config: DecoderConfig = gin.REQUIRED, target_dir: str 
     if vocabulary_size is not None:
         check_vocabulary_size(vocabulary_size, target_config.vocab_size)
         if task is None or feature_lengths is None:
-            raise DraftError(f"vocabulary_size={vocabulary_size}: name the task (and its feature_lengths) whose "
-                             "tokens are counted")
-    settings = {"target_dir": str(target), "target_config": dataclasses.asdict(target_config),
-                "layers": list(layers), "vocabulary_size": vocabulary_size, "task": task,
-                "feature_lengths": dict(feature_lengths or {}), "count_tokens": count_tokens}
+            raise DraftError(
+                f"vocabulary_size={vocabulary_size}: name the task (and its feature_lengths) whose tokens are counted"
+            )
+    settings = {
+        "target_dir": str(target),
+        "target_config": dataclasses.asdict(target_config),
+        "layers": list(layers),
+        "vocabulary_size": vocabulary_size,
+        "task": task,
+        "feature_lengths": dict(feature_lengths or {}),
+        "count_tokens": count_tokens,
+    }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     kept = (f"first{first_layers}" if first_layers else f"every{every_layer}" if every_layer else "all") + "-layers"
     vocabulary = f"-top{vocabulary_size}" if vocabulary_size is not None else ""

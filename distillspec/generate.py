@@ -38,7 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line flags (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m distillspec.generate", description=__doc__.split("\n")[0])
     parser.add_argument("--target", required=True, help="converted run folder, .gguf file or HF folder")
-    parser.add_argument("--draft", required=True, help="run folder (model.gin or config.gin, and checkpoints) or as --target")
+    parser.add_argument(
+        "--draft", required=True, help="run folder (model.gin or config.gin, and checkpoints) or as --target"
+    )
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--gamma", type=int, default=5, help="draft tokens per round")
     parser.add_argument("--max_new_tokens", type=int, default=32)
@@ -70,17 +72,26 @@ def check_same_pieces(args: argparse.Namespace, target: Any, draft: Any | None) 
     from littlehelp.data.hf_vocab import TokenizerVocabulary
 
     if draft is None:
-        raise speculative.SpeculativeError(f"draft {args.draft} holds no vocabulary (no vocabulary/ folder, no "
-                                           "VOCABULARY in its gin file) to compare with the target's")
+        raise speculative.SpeculativeError(
+            f"draft {args.draft} holds no vocabulary (no vocabulary/ folder, no "
+            "VOCABULARY in its gin file) to compare with the target's"
+        )
     for role, path, vocabulary in (("target", args.target, target), ("draft", args.draft, draft)):
         if not isinstance(vocabulary, TokenizerVocabulary):
-            raise speculative.SpeculativeError(f"{role} {path}'s vocabulary is a {type(vocabulary).__name__}, whose "
-                                               "pieces cannot be compared (a TokenizerVocabulary's can)")
+            raise speculative.SpeculativeError(
+                f"{role} {path}'s vocabulary is a {type(vocabulary).__name__}, whose "
+                "pieces cannot be compared (a TokenizerVocabulary's can)"
+            )
     if target.pieces_fingerprint != draft.pieces_fingerprint:
-        sizes = (f"the same {target.vocab_size} ids" if target.vocab_size == draft.vocab_size
-                 else f"{target.vocab_size} and {draft.vocab_size} ids")
-        raise speculative.SpeculativeError(f"draft {args.draft} and target {args.target} have different vocabularies "
-                                           f"({sizes}, other pieces); the draft must share the target's tokenizer")
+        sizes = (
+            f"the same {target.vocab_size} ids"
+            if target.vocab_size == draft.vocab_size
+            else f"{target.vocab_size} and {draft.vocab_size} ids"
+        )
+        raise speculative.SpeculativeError(
+            f"draft {args.draft} and target {args.target} have different vocabularies "
+            f"({sizes}, other pieces); the draft must share the target's tokenizer"
+        )
 
 
 def prompt_ids(vocabulary: Any, prompt: str, chat: bool) -> list[int]:
@@ -114,8 +125,9 @@ def with_params(source: runs.RunFolder | Any) -> Any:
     return source.load() if isinstance(source, runs.RunFolder) else source
 
 
-def checked_prompt(args: argparse.Namespace, target: runs.RunFolder | Any,
-                   draft: runs.RunFolder | Any) -> tuple[list[int], Any]:
+def checked_prompt(
+    args: argparse.Namespace, target: runs.RunFolder | Any, draft: runs.RunFolder | Any
+) -> tuple[list[int], Any]:
     """(prompt ids, target vocabulary), once the draft shares the target's vocabulary (size and pieces) and the
     prompt plus --max_new_tokens fits both models' context length; run folders' parameters are not read."""
     speculative.check_vocabularies(target.model, draft.model)
@@ -142,14 +154,22 @@ def check_args(args: argparse.Namespace) -> speculative.Plan:
     return speculative.Plan(args.gamma, args.max_new_tokens, sampling, None, rule)
 
 
-def baseline_seconds(target: Any, prompt: list[int], plan: speculative.Plan, eos_id: int, seed: int) -> tuple[float, np.ndarray]:
+def baseline_seconds(
+    target: Any, prompt: list[int], plan: speculative.Plan, eos_id: int, seed: int
+) -> tuple[float, np.ndarray]:
     """Target-only decoding's time (after a warm-up call) and tokens."""
     from littlehelp import decoding
 
     model, params = target
     tokens, lengths = np.array([prompt], np.int32), np.array([len(prompt)], np.int32)
-    call = lambda: jax.block_until_ready(decoding.generate(  # noqa: E731
-        model, params, tokens, lengths, plan.max_new_tokens, jax.random.key(seed), plan.sampling, eos_id))
+
+    def call():
+        return jax.block_until_ready(
+            decoding.generate(
+                model, params, tokens, lengths, plan.max_new_tokens, jax.random.key(seed), plan.sampling, eos_id
+            )
+        )
+
     call()
     start = time.perf_counter()
     out = call()
@@ -165,26 +185,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     target, draft = speculative.pair(with_params(target), with_params(draft))
     lenience = (args.lenience, args.eps) if args.lenience else None
     decode = lambda: speculative.generate(  # noqa: E731
-        target, draft, [prompt], gamma=args.gamma, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, lenience=lenience, seed=args.seed, eos_id=int(vocabulary.eos_id))
+        target,
+        draft,
+        [prompt],
+        gamma=args.gamma,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        lenience=lenience,
+        seed=args.seed,
+        eos_id=int(vocabulary.eos_id),
+    )
     out = decode()
     if args.baseline:
         out = decode()  # timed after the compiling call
     stats = out.stats
     print(f"continuation: {text(vocabulary, out.tokens[0], int(out.lengths[0]))!r}")
-    print(f"speculative: {stats.generated_tokens} tokens in {stats.wall_seconds:.2f} s "
-          f"({stats.generated_tokens / stats.wall_seconds:.1f} tokens/s{', compilation included' if not args.baseline else ''}); "
-          f"acceptance {stats.acceptance_rate:.3f}, mean accepted {stats.mean_accepted_length:.2f} of gamma {args.gamma}, "
-          f"block efficiency {stats.block_efficiency:.2f}, per position "
-          f"[{', '.join(f'{a:.2f}' for a in stats.per_position_acceptance)}], "
-          f"{stats.target_calls} target / {stats.draft_calls} draft calls")
-    result = {"tokens": out.tokens[0, :out.lengths[0]].tolist(), "stats": dataclasses.asdict(stats)}
+    print(
+        f"speculative: {stats.generated_tokens} tokens in {stats.wall_seconds:.2f} s "
+        f"({stats.generated_tokens / stats.wall_seconds:.1f} tokens/s"
+        f"{', compilation included' if not args.baseline else ''}); "
+        f"acceptance {stats.acceptance_rate:.3f}, mean accepted {stats.mean_accepted_length:.2f} "
+        f"of gamma {args.gamma}, "
+        f"block efficiency {stats.block_efficiency:.2f}, per position "
+        f"[{', '.join(f'{a:.2f}' for a in stats.per_position_acceptance)}], "
+        f"{stats.target_calls} target / {stats.draft_calls} draft calls"
+    )
+    result = {"tokens": out.tokens[0, : out.lengths[0]].tolist(), "stats": dataclasses.asdict(stats)}
     if args.baseline:
         seconds, alone = baseline_seconds(target, prompt, plan, int(vocabulary.eos_id), args.seed)
         count = int((alone != 0).sum())
         same = "identical" if np.array_equal(alone, out.tokens[0]) else "different"
-        print(f"target only: {count} tokens in {seconds:.2f} s ({count / seconds:.1f} tokens/s); speed-up "
-              f"{seconds / count * stats.generated_tokens / stats.wall_seconds:.2f}x; tokens {same}")
+        print(
+            f"target only: {count} tokens in {seconds:.2f} s ({count / seconds:.1f} tokens/s); speed-up "
+            f"{seconds / count * stats.generated_tokens / stats.wall_seconds:.2f}x; tokens {same}"
+        )
         result["baseline"] = {"seconds": seconds, "tokens": alone[:count].tolist()}
     return result
 

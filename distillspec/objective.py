@@ -37,10 +37,10 @@ import math
 from collections.abc import Callable, Mapping
 from typing import NoReturn
 
-import gin
 import jax
 import jax.numpy as jnp
 
+import gin
 from distillspec import drafts
 from distillspec.speculative import DECODER_ONLY, ENCODER_DECODER, model_kind
 from littlehelp import decoding, flops, losses
@@ -72,8 +72,16 @@ def source_probabilities(data_source: str | Mapping[str, float]) -> dict[str, fl
     return {name: float(p) for name, p in mixture.items()}
 
 
-def _check_knobs(divergence: str, beta: float, temperature: float, prompt_length: int, generation_length: int,
-                 sampling_temperature: float, average: str, kind: str) -> None:
+def _check_knobs(
+    divergence: str,
+    beta: float,
+    temperature: float,
+    prompt_length: int,
+    generation_length: int,
+    sampling_temperature: float,
+    average: str,
+    kind: str,
+) -> None:
     """Refuses, by name, a divergence, average or length the objective cannot use (a decoder-only `kind`
     needs a prompt of 1 token or more, an encoder-decoder's may be empty)."""
     if divergence not in losses.DIVERGENCES:
@@ -87,8 +95,10 @@ def _check_knobs(divergence: str, beta: float, temperature: float, prompt_length
     if not sampling_temperature >= 0:
         _refuse(f"sampling_temperature must be >= 0 (0: greedy), got {sampling_temperature!r}")
     shortest_prompt = 0 if kind == ENCODER_DECODER else 1
-    for name, value, least in (("prompt_length", prompt_length, shortest_prompt),
-                               ("generation_length", generation_length, 1)):
+    for name, value, least in (
+        ("prompt_length", prompt_length, shortest_prompt),
+        ("generation_length", generation_length, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             _refuse(f"{name} must be an integer >= {least}, got {value!r}")
 
@@ -140,19 +150,34 @@ class DistillationObjective:
     positions per chunk of the divergence.
     """
 
-    def __init__(self, model: Model = gin.REQUIRED, target: Model = gin.REQUIRED, divergence: str = "fkl",
-                 beta: float = 0.5, temperature: float = 1.0, data_source: str | Mapping[str, float] = "fixed",
-                 prompt_length: int = 16, generation_length: int = 16, sampling_temperature: float = 1.0,
-                 eos_id: int | None = None, average: str = "sequence", model_key: str = "model",
-                 target_key: str = "target", chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+    def __init__(
+        self,
+        model: Model = gin.REQUIRED,
+        target: Model = gin.REQUIRED,
+        divergence: str = "fkl",
+        beta: float = 0.5,
+        temperature: float = 1.0,
+        data_source: str | Mapping[str, float] = "fixed",
+        prompt_length: int = 16,
+        generation_length: int = 16,
+        sampling_temperature: float = 1.0,
+        eos_id: int | None = None,
+        average: str = "sequence",
+        model_key: str = "model",
+        target_key: str = "target",
+        chunk_size: int = losses.DEFAULT_CHUNK_SIZE,
+    ):
         self.kind = model_kind(model)
         if model_kind(target) != self.kind:
             _refuse(f"target is {model_kind(target)} and model (the draft) {self.kind}; both must be of one kind")
         if divergence == "fkl" and isinstance(model.config, drafts.ReducedVocabularyConfig):
-            _refuse("divergence 'fkl' is infinite for a reduced-vocabulary draft (q is 0 where p is not); "
-                    "use jsd, rkl or tvd")
-        _check_knobs(divergence, beta, temperature, prompt_length, generation_length, sampling_temperature, average,
-                     self.kind)
+            _refuse(
+                "divergence 'fkl' is infinite for a reduced-vocabulary draft (q is 0 where p is not); "
+                "use jsd, rkl or tvd"
+            )
+        _check_knobs(
+            divergence, beta, temperature, prompt_length, generation_length, sampling_temperature, average, self.kind
+        )
         self.model, self.target = model, target
         self.divergence, self.beta, self.temperature, self.average = divergence, beta, temperature, average
         self.probabilities = source_probabilities(data_source)
@@ -180,14 +205,20 @@ class DistillationObjective:
         data, the continuation)."""
         has_inputs = "encoder_input_tokens" in batch
         if self.kind == ENCODER_DECODER and not has_inputs:
-            raise ValueError("DistillationObjective: an encoder-decoder draft and target need the batch's "
-                             "encoder_input_tokens (seqio's encoder_decoder features)")
+            raise ValueError(
+                "DistillationObjective: an encoder-decoder draft and target need the batch's "
+                "encoder_input_tokens (seqio's encoder_decoder features)"
+            )
         if self.kind == DECODER_ONLY and has_inputs:
-            raise ValueError("DistillationObjective: a decoder-only draft and target take no encoder inputs, but the "
-                             "batch holds encoder_input_tokens")
+            raise ValueError(
+                "DistillationObjective: a decoder-only draft and target take no encoder inputs, but the "
+                "batch holds encoder_input_tokens"
+            )
         if has_inputs and "encoder_segment_ids" in batch:
-            raise ValueError("DistillationObjective: encoder-decoder batches must be unpacked (one example per row, "
-                             "pack=False), but the batch holds encoder_segment_ids")
+            raise ValueError(
+                "DistillationObjective: encoder-decoder batches must be unpacked (one example per row, "
+                "pack=False), but the batch holds encoder_segment_ids"
+            )
         length = batch["decoder_input_tokens"].shape[1]
         fixed = "fixed" in self.sources
         needed = self.prompt_length + (self.generation_length if fixed else 1)
@@ -199,19 +230,27 @@ class DistillationObjective:
         """The batch's own tokens and weights."""
         del params, rng
         end = self.prompt_length + self.generation_length
-        return batch["decoder_input_tokens"][:, :end], token_weights(batch)[:, self.prompt_length:end]
+        return batch["decoder_input_tokens"][:, :end], token_weights(batch)[:, self.prompt_length : end]
 
     def _sampled(self, model: Model, key: str) -> Callable[[Params, Batch, Array], Sequences]:
         """A source that continues the batch's prompts with `model` (parameters `params[key]`)."""
 
         def sample(params: Params, batch: Batch, rng: Array) -> Sequences:
-            prompt = batch["decoder_input_tokens"][:, :self.prompt_length + 1]
+            prompt = batch["decoder_input_tokens"][:, : self.prompt_length + 1]
             lengths = jnp.full((prompt.shape[0],), prompt.shape[1], jnp.int32)
-            tokens = decoding.generate(model, params[key], prompt, lengths, self.generation_length, rng, self.sampling,
-                                       eos_id=-1 if self.eos_id is None else self.eos_id,
-                                       inputs=encoder_inputs(batch) or None)
+            tokens = decoding.generate(
+                model,
+                params[key],
+                prompt,
+                lengths,
+                self.generation_length,
+                rng,
+                self.sampling,
+                eos_id=-1 if self.eos_id is None else self.eos_id,
+                inputs=encoder_inputs(batch) or None,
+            )
             weighted = max(self.prompt_length - 1, 0)  # the last prompt token, or the first target token
-            row_weights = token_weights(batch)[:, weighted:weighted + 1]
+            row_weights = token_weights(batch)[:, weighted : weighted + 1]
             inputs = jnp.concatenate([prompt, tokens[:, :-1]], axis=1).astype(batch["decoder_input_tokens"].dtype)
             return inputs, continuation_weights(tokens, row_weights, self.eos_id)
 
@@ -221,8 +260,11 @@ class DistillationObjective:
         """(decoder input tokens [b, p + g], continuation weights [b, g], source index) with no gradient."""
         self._check_batch(batch)
         choice_key, sample_key = jax.random.split(rng)
-        fns = {"fixed": self._fixed, "target": self._sampled(self.target, self.target_key),
-               "draft": self._sampled(self.model, self.model_key)}
+        fns = {
+            "fixed": self._fixed,
+            "target": self._sampled(self.target, self.target_key),
+            "draft": self._sampled(self.model, self.model_key),
+        }
         params = jax.lax.stop_gradient({k: params[k] for k in (self.model_key, self.target_key)})
         index = self.choose_source(choice_key)
         branches = [fns[name] for name in self.sources]
@@ -242,14 +284,24 @@ class DistillationObjective:
         scored = {**encoder_inputs(batch), "decoder_input_tokens": inputs}
         start = self.prompt_length  # hidden state at input position i predicts token i + 1 of y
         kd = losses.chunked_divergence(
-            self.divergence, self.model.hidden_states(draft, scored)[:, start:],
-            lambda h: self.model.logits_from_hidden(draft, h), self.target.hidden_states(target, scored)[:, start:],
-            lambda h: self.target.logits_from_hidden(target, h), averaging, self.chunk_size, self.beta,
-            self.temperature)
+            self.divergence,
+            self.model.hidden_states(draft, scored)[:, start:],
+            lambda h: self.model.logits_from_hidden(draft, h),
+            self.target.hidden_states(target, scored)[:, start:],
+            lambda h: self.target.logits_from_hidden(target, h),
+            averaging,
+            self.chunk_size,
+            self.beta,
+            self.temperature,
+        )
         total = jnp.sum(averaging)
         loss = kd.total / jnp.maximum(total, 1e-9)
-        metrics = {"loss": loss, "divergence": loss, "weight": total,
-                   "generated_tokens": jnp.mean(jnp.sum((weights > 0).astype(jnp.float32), axis=1))}
+        metrics = {
+            "loss": loss,
+            "divergence": loss,
+            "weight": total,
+            "generated_tokens": jnp.mean(jnp.sum((weights > 0).astype(jnp.float32), axis=1)),
+        }
         for position, name in enumerate(self.sources):
             metrics[f"source/{name}"] = (index == position).astype(jnp.float32)
         return loss, metrics
@@ -258,8 +310,9 @@ class DistillationObjective:
         """Prefill of the prompt (and the encoder), then one decoder step per token: a forward pass of one
         decoder token less one of none (the encoder runs once; attention over the cache not counted)."""
         prefill = model.forward_flops(_shaped(batch_size, self.prompt_length + 1, inputs_length))
-        step = (model.forward_flops(_shaped(batch_size, 1, inputs_length))
-                - model.forward_flops(_shaped(batch_size, 0, inputs_length)))
+        step = model.forward_flops(_shaped(batch_size, 1, inputs_length)) - model.forward_flops(
+            _shaped(batch_size, 0, inputs_length)
+        )
         return prefill + self.generation_length * step
 
     def train_flops(self, batch: Batch) -> float:
@@ -268,7 +321,10 @@ class DistillationObjective:
         batch_size = batch["decoder_input_tokens"].shape[0]
         inputs_length = batch["encoder_input_tokens"].shape[1] if "encoder_input_tokens" in batch else None
         scored = _shaped(batch_size, self.prompt_length + self.generation_length, inputs_length)
-        generation = {"fixed": 0.0, "target": self._generation_flops(self.target, batch_size, inputs_length),
-                      "draft": self._generation_flops(self.model, batch_size, inputs_length)}
+        generation = {
+            "fixed": 0.0,
+            "target": self._generation_flops(self.target, batch_size, inputs_length),
+            "draft": self._generation_flops(self.model, batch_size, inputs_length),
+        }
         expected = sum(self.probabilities[name] * generation[name] for name in self.sources)
         return flops.TRAIN_MULTIPLIER * self.model.forward_flops(scored) + self.target.forward_flops(scored) + expected

@@ -46,8 +46,8 @@ import numpy as np
 from littlehelp import decoding
 from littlehelp.decoding import Sampling, filtered_distribution
 from littlehelp.errors import LittlehelpError
-from littlehelp.models.convert import Pretrained
 from littlehelp.models.api import Batch, DecodeCache, Model, Params, StepwiseModel, rollback
+from littlehelp.models.convert import Pretrained
 from littlehelp.runs import LoadedRun
 
 Array = jax.Array
@@ -161,8 +161,14 @@ def sample_rows(keys: Array, probs: Array, greedy: bool = False) -> Array:
     return jax.vmap(lambda key, p: jax.random.categorical(key, jnp.log(p)))(keys, probs).astype(jnp.int32)
 
 
-def verify(p: Array, q: Array, proposals: Array, keys: Array, acceptance: AcceptanceRule = exact_acceptance,
-           greedy: bool = False) -> tuple[Array, Array]:
+def verify(
+    p: Array,
+    q: Array,
+    proposals: Array,
+    keys: Array,
+    acceptance: AcceptanceRule = exact_acceptance,
+    greedy: bool = False,
+) -> tuple[Array, Array]:
     """The acceptance / resampling step of one round.
 
     p [b, gamma + 1, vocab] target, q [b, gamma, vocab] draft distributions, proposals [b, gamma]
@@ -181,8 +187,9 @@ def verify(p: Array, q: Array, proposals: Array, keys: Array, acceptance: Accept
     q_n = jnp.take_along_axis(jnp.pad(q, ((0, 0), (0, 1), (0, 0))), n[:, None, None], axis=1)[:, 0]
     residual = jnp.maximum(p_n - q_n, 0.0)
     mass = residual.sum(-1, keepdims=True)
-    return accepted, sample_rows(_fold(keys, 1), jnp.where(mass > 0, residual / jnp.where(mass > 0, mass, 1.0), p_n),
-                                 greedy)
+    return accepted, sample_rows(
+        _fold(keys, 1), jnp.where(mass > 0, residual / jnp.where(mass > 0, mass, 1.0), p_n), greedy
+    )
 
 
 def accepted_lengths(accepted: Array) -> Array:
@@ -190,7 +197,9 @@ def accepted_lengths(accepted: Array) -> Array:
     return jnp.cumprod(accepted.astype(jnp.int32), axis=1).sum(axis=1)
 
 
-def _draft(model: StepwiseModel, params: Params, plan: Plan, state: State, keys: Array) -> tuple[Array, Array, DecodeCache]:
+def _draft(
+    model: StepwiseModel, params: Params, plan: Plan, state: State, keys: Array
+) -> tuple[Array, Array, DecodeCache]:
     """gamma draft calls: (proposals [b, gamma], q [b, gamma, vocab], the draft cache holding every
     committed token and the first gamma - 1 proposals)."""
     logits, cache = model.extend(params, state.draft, state.pending)
@@ -233,18 +242,24 @@ def _count(counters: Counters, accepted: Array, active: Array) -> Counters:
     """Adds one round's judged and accepted proposals of the active rows."""
     passed = jnp.cumprod(accepted.astype(jnp.int32), axis=1) * active[:, None]
     judged = jnp.pad(passed[:, :-1], ((0, 0), (1, 0)), constant_values=1) * active[:, None]
-    return Counters(counters.rounds + 1, counters.row_rounds + active.sum(), counters.reached + judged.sum(0),
-                    counters.accepted + passed.sum(0))
+    return Counters(
+        counters.rounds + 1,
+        counters.row_rounds + active.sum(),
+        counters.reached + judged.sum(0),
+        counters.accepted + passed.sum(0),
+    )
 
 
-def _round(models: tuple[StepwiseModel, StepwiseModel], params: tuple[Params, Params], plan: Plan,
-           keys: Array, state: State) -> State:
+def _round(
+    models: tuple[StepwiseModel, StepwiseModel], params: tuple[Params, Params], plan: Plan, keys: Array, state: State
+) -> State:
     """One speculative round for every row (rows already finished change nothing)."""
     (target, draft), (target_params, draft_params) = models, params
     keys = _fold(keys, state.counters.rounds)
     proposals, q, draft_cache = _draft(draft, draft_params, plan, state, _fold(keys, 0))
-    logits, target_cache = target.extend(target_params, state.target,
-                                         jnp.concatenate([state.last[:, None], proposals], axis=1))
+    logits, target_cache = target.extend(
+        target_params, state.target, jnp.concatenate([state.last[:, None], proposals], axis=1)
+    )
     accepted, token = verify(plan.distribution(logits), q, proposals, _fold(keys, 1), plan.acceptance, plan.greedy)
     active = ~state.done
     n = jnp.where(active, accepted_lengths(accepted), 0)
@@ -252,20 +267,25 @@ def _round(models: tuple[StepwiseModel, StepwiseModel], params: tuple[Params, Pa
     all_passed = n == plan.gamma
     committed = state.draft.lengths + state.pending_count  # the draft cache's length once it has all committed tokens
     draft_lengths = jnp.where(active, committed + jnp.minimum(n, plan.gamma - 1), state.draft.lengths)
-    pending = jnp.where(all_passed[:, None], jnp.stack([proposals[:, -1], token], 1),
-                        jnp.stack([token, jnp.zeros_like(token)], 1))
+    pending = jnp.where(
+        all_passed[:, None], jnp.stack([proposals[:, -1], token], 1), jnp.stack([token, jnp.zeros_like(token)], 1)
+    )
     return State(
         target=rollback(target_cache, state.target.lengths + jnp.where(active, n + 1, 0)),
         draft=rollback(draft_cache, draft_lengths),
         last=jnp.where(active, token, state.last),
         pending=jnp.where(active[:, None], pending, state.pending),
         pending_count=jnp.where(active, jnp.where(all_passed, 2, 1), state.pending_count),
-        out=out, produced=state.produced + emitted, done=finished,
-        counters=_count(state.counters, accepted, active))
+        out=out,
+        produced=state.produced + emitted,
+        done=finished,
+        counters=_count(state.counters, accepted, active),
+    )
 
 
-def _start(model: StepwiseModel, params: Params, prompts: Array, lengths: Array, slots: int,
-           inputs: Batch | None) -> DecodeCache:
+def _start(
+    model: StepwiseModel, params: Params, prompts: Array, lengths: Array, slots: int, inputs: Batch | None
+) -> DecodeCache:
     """A cache holding each row's prompt but its last token (and the encoded `inputs` of an encoder-decoder)."""
     cache = model.init_cache(params, prompts.shape[0], slots, inputs)
     _, cache = model.prefill(params, cache, prompts, lengths)
@@ -303,9 +323,17 @@ def check_inputs(target: StepwiseModel, draft: StepwiseModel, inputs: Batch | No
 
 
 @functools.partial(jax.jit, static_argnames=("target", "draft", "plan"))
-def decode(target: StepwiseModel, target_params: Params, draft: StepwiseModel, draft_params: Params,
-           prompts: Array, prompt_lengths: Array, seed: Array, plan: Plan,
-           inputs: Batch | None = None) -> tuple[Array, Array, Counters]:
+def decode(
+    target: StepwiseModel,
+    target_params: Params,
+    draft: StepwiseModel,
+    draft_params: Params,
+    prompts: Array,
+    prompt_lengths: Array,
+    seed: Array,
+    plan: Plan,
+    inputs: Batch | None = None,
+) -> tuple[Array, Array, Counters]:
     """Speculative continuation of right-padded prompts [b, p] of `prompt_lengths` (>= 1), conditioned on
     `inputs` for an encoder-decoder pair -> (tokens [b, max_new_tokens], 0 after each row's end; lengths [b];
     counters). p + max_new_tokens beyond either model's context length is refused (`check_context`), and
@@ -320,15 +348,23 @@ def decode(target: StepwiseModel, target_params: Params, draft: StepwiseModel, d
     state = State(
         target=_start(target, target_params, prompts, prompt_lengths, slots, inputs),
         draft=_start(draft, draft_params, prompts, prompt_lengths, slots, inputs),
-        last=last, pending=jnp.stack([last, zeros], 1), pending_count=zeros + 1,
-        out=jnp.zeros((batch, plan.max_new_tokens + plan.gamma + 1), jnp.int32), produced=zeros,
+        last=last,
+        pending=jnp.stack([last, zeros], 1),
+        pending_count=zeros + 1,
+        out=jnp.zeros((batch, plan.max_new_tokens + plan.gamma + 1), jnp.int32),
+        produced=zeros,
         done=jnp.zeros((batch,), bool),
-        counters=Counters(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-                          jnp.zeros((plan.gamma,), jnp.int32), jnp.zeros((plan.gamma,), jnp.int32)))
+        counters=Counters(
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((plan.gamma,), jnp.int32),
+            jnp.zeros((plan.gamma,), jnp.int32),
+        ),
+    )
     keys = row_keys(seed, batch)
     body = functools.partial(_round, (target, draft), (target_params, draft_params), plan, keys)
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.done), body, state)
-    return state.out[:, :plan.max_new_tokens], state.produced, state.counters
+    return state.out[:, : plan.max_new_tokens], state.produced, state.counters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,15 +406,16 @@ def pair(target: Any, draft: Any) -> tuple[tuple[StepwiseModel, Params], tuple[S
     return (target_model, as_jax(target_params)), (draft_model, as_jax(draft_params))
 
 
-def padded_prompts(prompts: Sequence[Sequence[int]] | np.ndarray,
-                   prompt_lengths: Sequence[int] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def padded_prompts(
+    prompts: Sequence[Sequence[int]] | np.ndarray, prompt_lengths: Sequence[int] | np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Ragged token lists, or a right-padded array with `prompt_lengths`, as (tokens [b, p], lengths [b]);
     p is the longest prompt (padding past it is dropped)."""
     if prompt_lengths is None:
         rows = [list(map(int, row)) for row in prompts]
         tokens = np.zeros((len(rows), max((len(r) for r in rows), default=0)), np.int32)
         for i, row in enumerate(rows):
-            tokens[i, :len(row)] = row
+            tokens[i, : len(row)] = row
         lengths = np.array([len(r) for r in rows], np.int32)
     else:
         tokens, lengths = np.asarray(prompts, np.int32), np.asarray(prompt_lengths, np.int32)
@@ -386,7 +423,7 @@ def padded_prompts(prompts: Sequence[Sequence[int]] | np.ndarray,
             raise SpeculativeError(f"prompts {tokens.shape} and prompt_lengths {lengths.shape} do not fit")
     if not len(lengths) or (lengths < 1).any():
         raise SpeculativeError("every prompt needs at least one token")
-    return tokens[:, :lengths.max()], lengths
+    return tokens[:, : lengths.max()], lengths
 
 
 def check_vocabularies(target: StepwiseModel, draft: StepwiseModel) -> None:
@@ -416,17 +453,34 @@ def summarize(counters: Counters, gamma: int, lengths: np.ndarray, seconds: floa
     accepted, reached = counters.accepted.sum(), max(int(counters.reached.sum()), 1)
     per_position = tuple(float(a / r) if r else float("nan") for a, r in zip(counters.accepted, counters.reached))
     return SpeculativeStats(
-        acceptance_rate=float(accepted / reached), mean_accepted_length=float(accepted / row_rounds),
-        per_position_acceptance=per_position, block_efficiency=float(accepted / row_rounds + 1),
-        target_calls=1 + rounds, draft_calls=1 + gamma * rounds, rounds=rounds,
-        generated_tokens=int(lengths.sum()), wall_seconds=seconds)
+        acceptance_rate=float(accepted / reached),
+        mean_accepted_length=float(accepted / row_rounds),
+        per_position_acceptance=per_position,
+        block_efficiency=float(accepted / row_rounds + 1),
+        target_calls=1 + rounds,
+        draft_calls=1 + gamma * rounds,
+        rounds=rounds,
+        generated_tokens=int(lengths.sum()),
+        wall_seconds=seconds,
+    )
 
 
-def generate(target: Any, draft: Any, prompts: Sequence[Sequence[int]] | np.ndarray, *, gamma: int,
-             max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             lenience: Lenience | tuple[str, float] | None = None, seed: int = 0,
-             prompt_lengths: Sequence[int] | np.ndarray | None = None, eos_id: int | None = None,
-             inputs: Batch | None = None) -> SpeculativeOutput:
+def generate(
+    target: Any,
+    draft: Any,
+    prompts: Sequence[Sequence[int]] | np.ndarray,
+    *,
+    gamma: int,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    lenience: Lenience | tuple[str, float] | None = None,
+    seed: int = 0,
+    prompt_lengths: Sequence[int] | np.ndarray | None = None,
+    eos_id: int | None = None,
+    inputs: Batch | None = None,
+) -> SpeculativeOutput:
     """Speculative continuations of `prompts` by `target` with proposals from `draft`.
 
     target, draft: (model, params) pairs or `convert.Pretrained` (same vocabulary, both decoder-only or both
@@ -438,8 +492,13 @@ def generate(target: Any, draft: Any, prompts: Sequence[Sequence[int]] | np.ndar
     else none (rows run to max_new_tokens). The longest prompt plus max_new_tokens beyond either model's
     context length, and inputs that do not fit the pair, are refused before anything is allocated.
     """
-    plan = Plan(gamma, max_new_tokens, Sampling(temperature, top_k, top_p),
-                default_eos(target) if eos_id is None else eos_id, lenience_rule(lenience))
+    plan = Plan(
+        gamma,
+        max_new_tokens,
+        Sampling(temperature, top_k, top_p),
+        default_eos(target) if eos_id is None else eos_id,
+        lenience_rule(lenience),
+    )
     tokens, lengths = padded_prompts(prompts, prompt_lengths)
     inputs = None if inputs is None else {name: np.asarray(value) for name, value in inputs.items()}
     target_model, draft_model = model_and_params(target)[0], model_and_params(draft)[0]
@@ -448,13 +507,15 @@ def generate(target: Any, draft: Any, prompts: Sequence[Sequence[int]] | np.ndar
     (target_model, target_params), (draft_model, draft_params) = pair(target, draft)
     start = time.perf_counter()
     out, produced, counters = jax.block_until_ready(
-        decode(target_model, target_params, draft_model, draft_params, tokens, lengths, seed, plan, inputs))
+        decode(target_model, target_params, draft_model, draft_params, tokens, lengths, seed, plan, inputs)
+    )
     seconds = time.perf_counter() - start
     produced = np.asarray(produced)
     return SpeculativeOutput(np.asarray(out), produced, summarize(counters, gamma, produced, seconds))
 
 
 # ----- timing against target-only decoding -----
+
 
 def batch_rows(domains: Sequence[str], batch: int) -> list[list[int]]:
     """The rows of each decoding call: batch 1, the first row of each domain, one call each; batch b,
@@ -487,13 +548,23 @@ class Timing:
 
     def record(self) -> dict[str, float]:
         """The numbers of a report row: both times, the speed-up, the acceptance and the block efficiency."""
-        return {"target_only_seconds": self.target_only_seconds, "speculative_seconds": self.speculative_seconds,
-                "speedup": self.speedup, "acceptance": self.stats.acceptance_rate,
-                "block_efficiency": self.stats.block_efficiency}
+        return {
+            "target_only_seconds": self.target_only_seconds,
+            "speculative_seconds": self.speculative_seconds,
+            "speedup": self.speedup,
+            "acceptance": self.stats.acceptance_rate,
+            "block_efficiency": self.stats.block_efficiency,
+        }
 
 
-def time_against_target(target: tuple[StepwiseModel, Params], draft: tuple[StepwiseModel, Params],
-                        calls: Sequence[tuple[np.ndarray, np.ndarray]], plan: Plan, repeats: int, seed: int) -> Timing:
+def time_against_target(
+    target: tuple[StepwiseModel, Params],
+    draft: tuple[StepwiseModel, Params],
+    calls: Sequence[tuple[np.ndarray, np.ndarray]],
+    plan: Plan,
+    repeats: int,
+    seed: int,
+) -> Timing:
     """Target-only (`decoding.generate`) and speculative decoding of `calls` (prompts [b, p], lengths [b]; each
     call blocked on, seconds summed over the calls), timed in turn `repeats` times after one untimed round
     that compiles (`littlehelp.benchmark.interleaved`): the median seconds of each and the last outputs."""
@@ -503,17 +574,26 @@ def time_against_target(target: tuple[StepwiseModel, Params], draft: tuple[Stepw
     eos_id = -1 if plan.eos_id is None else plan.eos_id
 
     def alone() -> None:
-        outputs["target_only"] = [jax.block_until_ready(decoding.generate(
-            model, params, p, n, plan.max_new_tokens, jax.random.key(seed), plan.sampling, eos_id)) for p, n in calls]
+        outputs["target_only"] = [
+            jax.block_until_ready(
+                decoding.generate(model, params, p, n, plan.max_new_tokens, jax.random.key(seed), plan.sampling, eos_id)
+            )
+            for p, n in calls
+        ]
 
     def drafted() -> None:
-        outputs["speculative"] = [jax.block_until_ready(decode(model, params, draft_model, draft_params, p, n, seed, plan))
-                                  for p, n in calls]
+        outputs["speculative"] = [
+            jax.block_until_ready(decode(model, params, draft_model, draft_params, p, n, seed, plan)) for p, n in calls
+        ]
 
     seconds = interleaved({"target_only": alone, "speculative": drafted}, rounds=repeats, warmup=1)
     decoded = jax.tree.map(np.asarray, outputs["speculative"])
     counters = Counters(*(sum(out[2][i] for out in decoded) for i in range(len(Counters._fields))))
     median = float(np.median(seconds["speculative"]))
-    return Timing(float(np.median(seconds["target_only"])), median,
-                  summarize(counters, plan.gamma, np.concatenate([out[1] for out in decoded]), median),
-                  [np.asarray(t) for t in outputs["target_only"]], [out[0] for out in decoded])
+    return Timing(
+        float(np.median(seconds["target_only"])),
+        median,
+        summarize(counters, plan.gamma, np.concatenate([out[1] for out in decoded]), median),
+        [np.asarray(t) for t in outputs["target_only"]],
+        [out[0] for out in decoded],
+    )

@@ -33,8 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from distillspec.reproduction import (DIVERGENCES, FIXED, ON_POLICY, SOURCE_NAMES, best_arm, check_drafts, ratio,
-                                      tau_by_gamma)
+from distillspec.reproduction import (
+    DIVERGENCES,
+    FIXED,
+    ON_POLICY,
+    SOURCE_NAMES,
+    best_arm,
+    check_drafts,
+    ratio,
+    tau_by_gamma,
+)
 from littlehelp.study import Arm, ArmContext, Claim, Curve, Metric, Study, trainer_outcome
 
 TARGET_GIN, DRAFT_GIN = "distillspec/t5_target.gin", "distillspec/t5_draft.gin"
@@ -75,7 +83,7 @@ def held_out_sources(vocabulary: Any, count: int, inputs_length: int, seed: int)
     random.Random(f"{seed}-{TASK}").shuffle(examples)
     drawn: dict[tuple[int, ...], str] = {}
     for example in examples:
-        row = (*(int(i) for i in vocabulary.encode(example.inputs)[:inputs_length - 1]), int(vocabulary.eos_id))
+        row = (*(int(i) for i in vocabulary.encode(example.inputs)[: inputs_length - 1]), int(vocabulary.eos_id))
         drawn.setdefault(row, example.targets)
         if len(drawn) == count:
             return [(list(row), summary) for row, summary in drawn.items()]
@@ -94,16 +102,28 @@ def seed_references(target_folder: str, seed: int, per_split: int, inputs_length
     drawn = held_out_sources(vocab.default_vocabulary(), 2 * per_split, inputs_length, seed)
     sources, _ = padded_prompts([row for row, _ in drawn], None)
     prompts, lengths = np.zeros((len(drawn), 1), np.int32), np.ones(len(drawn), np.int32)
-    refs = acceptance.references(target_of(target_folder), prompts, lengths, [TASK] * len(drawn), max_new_tokens,
-                                 max(GAMMAS), seed, {"encoder_input_tokens": sources})
-    return {"evaluation": refs.subset(range(per_split)), "selection": refs.subset(range(per_split, 2 * per_split)),
-            "summaries": [summary for _, summary in drawn[:per_split]]}
+    refs = acceptance.references(
+        target_of(target_folder),
+        prompts,
+        lengths,
+        [TASK] * len(drawn),
+        max_new_tokens,
+        max(GAMMAS),
+        seed,
+        {"encoder_input_tokens": sources},
+    )
+    return {
+        "evaluation": refs.subset(range(per_split)),
+        "selection": refs.subset(range(per_split, 2 * per_split)),
+        "summaries": [summary for _, summary in drawn[:per_split]],
+    }
 
 
 def references_of(context: ArmContext) -> dict:
     s = context.settings
-    return seed_references(str(context.folder_of("target")), context.seed, s["examples_per_split"],
-                           s["inputs_length"], s["max_new_tokens"])
+    return seed_references(
+        str(context.folder_of("target")), context.seed, s["examples_per_split"], s["inputs_length"], s["max_new_tokens"]
+    )
 
 
 def pair_of(context: ArmContext, draft: str) -> tuple[Pair, Pair]:
@@ -123,12 +143,23 @@ def scored(context: ArmContext, pair: tuple[Pair, Pair]) -> dict[str, Any]:
     from distillspec import acceptance  # pylint: disable=import-outside-toplevel
 
     refs, n = references_of(context), context.settings["max_new_tokens"]
-    (evaluation, agreement), (selection, _) = (acceptance.score(*pair, refs[split], n, max(GAMMAS), eos_id())
-                                               for split in ("evaluation", "selection"))
-    headline = lambda scores: {**{f"greedy_tau_{g}": scores["greedy_tau"][g - 1] for g in GAMMAS},  # noqa: E731
-                               "greedy_acceptance": scores["greedy_acceptance"], "alpha": scores["alpha"]}
-    return {"values": headline(evaluation), "scores": evaluation, "selection": headline(selection),
-            "agreement": agreement.tolist()}
+    (evaluation, agreement), (selection, _) = (
+        acceptance.score(*pair, refs[split], n, max(GAMMAS), eos_id()) for split in ("evaluation", "selection")
+    )
+
+    def headline(scores):
+        return {
+            **{f"greedy_tau_{g}": scores["greedy_tau"][g - 1] for g in GAMMAS},
+            "greedy_acceptance": scores["greedy_acceptance"],
+            "alpha": scores["alpha"],
+        }
+
+    return {
+        "values": headline(evaluation),
+        "scores": evaluation,
+        "selection": headline(selection),
+        "agreement": agreement.tolist(),
+    }
 
 
 def greedy_check(context: ArmContext, pair: tuple[Pair, Pair], agreement: list[list[bool]]) -> dict[str, Any]:
@@ -139,17 +170,30 @@ def greedy_check(context: ArmContext, pair: tuple[Pair, Pair], agreement: list[l
     from distillspec import acceptance, speculative
 
     refs, n, eos = references_of(context)["evaluation"], context.settings["max_new_tokens"], eos_id()
-    expected = acceptance.until_eos(refs.greedy[:, 1:1 + n], eos)
+    expected = acceptance.until_eos(refs.greedy[:, 1 : 1 + n], eos)
     output_tokens, records, equal = acceptance.output_lengths(expected, eos), [], np.ones(len(expected), bool)
     for gamma in GAMMAS:
-        decoded = speculative.generate(*pair, refs.prompts, prompt_lengths=refs.lengths, gamma=gamma, max_new_tokens=n,
-                                       eos_id=eos, inputs=refs.inputs)
+        decoded = speculative.generate(
+            *pair,
+            refs.prompts,
+            prompt_lengths=refs.lengths,
+            gamma=gamma,
+            max_new_tokens=n,
+            eos_id=eos,
+            inputs=refs.inputs,
+        )
         rows = np.all(decoded.tokens == expected, axis=1)
         equal &= rows
-        records.append({"gamma": gamma, "rows_equal": float(rows.mean()),
-                        "block_efficiency": decoded.stats.block_efficiency,
-                        "replayed_block_efficiency": acceptance.greedy_block_efficiency(np.array(agreement), gamma,
-                                                                                        output_tokens)})
+        records.append(
+            {
+                "gamma": gamma,
+                "rows_equal": float(rows.mean()),
+                "block_efficiency": decoded.stats.block_efficiency,
+                "replayed_block_efficiency": acceptance.greedy_block_efficiency(
+                    np.array(agreement), gamma, output_tokens
+                ),
+            }
+        )
     return {"greedy_check": records, "greedy_output_equal": float(equal.mean())}
 
 
@@ -167,7 +211,7 @@ def target_rouge_l(context: ArmContext) -> float:
 
     refs, n, eos = references_of(context), context.settings["max_new_tokens"], eos_id()
     vocabulary = vocab.default_vocabulary()
-    greedy = acceptance.until_eos(refs["evaluation"].greedy[:, 1:1 + n], eos)
+    greedy = acceptance.until_eos(refs["evaluation"].greedy[:, 1 : 1 + n], eos)
     predictions = [vocabulary.decode([int(t) for t in row if t not in (0, eos)]) for row in greedy]
     return downstream.rouge_l(refs["summaries"], predictions)["rougeL"]
 
@@ -184,10 +228,16 @@ def lengths(context: ArmContext) -> dict[str, int]:
 
 def trained_bindings(model: str) -> Callable[[ArmContext], dict[str, Any]]:
     """The bindings of the shared target or draft run, once the drafts setting is checked."""
+
     def bindings(context: ArmContext) -> dict[str, Any]:
         check_drafts(context.settings["drafts"], DISTILLED, "distillspec_t5")
-        return {"TRAIN_STEPS": context.settings[f"{model}_steps"], "TASK_FEATURE_LENGTHS": lengths(context),
-                **sizes(context, model), **context.settings["train_bindings"]}
+        return {
+            "TRAIN_STEPS": context.settings[f"{model}_steps"],
+            "TASK_FEATURE_LENGTHS": lengths(context),
+            **sizes(context, model),
+            **context.settings["train_bindings"],
+        }
+
     return bindings
 
 
@@ -202,19 +252,28 @@ def continuation_bindings(context: ArmContext) -> dict[str, Any]:
     """What every run that continues the shared draft binds: distill_steps more steps at the distillation's
     constant learning rate, SEED the study's seed, the draft's sizes."""
     s = context.settings
-    return {"TASK_FEATURE_LENGTHS": lengths(context),
-            "optimizers.constant_schedule.learning_rate": s["distill_learning_rate"],
-            "checkpoints.CheckpointConfig.save_interval_steps": s["distill_steps"],
-            "TRAIN_STEPS": context.outcome("draft")["last_step"] + s["distill_steps"], "SEED": context.seed,
-            **sizes(context, "draft"), **s["train_bindings"]}
+    return {
+        "TASK_FEATURE_LENGTHS": lengths(context),
+        "optimizers.constant_schedule.learning_rate": s["distill_learning_rate"],
+        "checkpoints.CheckpointConfig.save_interval_steps": s["distill_steps"],
+        "TRAIN_STEPS": context.outcome("draft")["last_step"] + s["distill_steps"],
+        "SEED": context.seed,
+        **sizes(context, "draft"),
+        **s["train_bindings"],
+    }
 
 
 def distill_bindings(context: ArmContext, divergence: str, source: str) -> dict[str, Any]:
     """The distillation run from the shared draft towards the shared target."""
-    return {"INITIAL_CHECKPOINT_PATH": repr(str(context.folder_of("draft"))),
-            "TARGET_DIR": repr(str(context.folder_of("target"))), "DIVERGENCE": repr(divergence),
-            "DATA_SOURCE": repr(source), "GENERATION_LENGTH": context.settings["targets_length"],
-            **continuation_bindings(context), **sizes(context, "target", scope="target")}
+    return {
+        "INITIAL_CHECKPOINT_PATH": repr(str(context.folder_of("draft"))),
+        "TARGET_DIR": repr(str(context.folder_of("target"))),
+        "DIVERGENCE": repr(divergence),
+        "DATA_SOURCE": repr(source),
+        "GENERATION_LENGTH": context.settings["targets_length"],
+        **continuation_bindings(context),
+        **sizes(context, "target", scope="target"),
+    }
 
 
 def continued(context: ArmContext) -> dict[str, Any]:
@@ -222,9 +281,12 @@ def continued(context: ArmContext) -> dict[str, Any]:
     target), on the batches the fixed-data distillations read (same SEED, unpacked), scored."""
     from littlehelp import launch  # pylint: disable=import-outside-toplevel
 
-    bindings = {"checkpoints.CheckpointConfig.restore_path": repr(str(context.folder_of("draft"))),
-                "optimizers.adafactor.learning_rate": "@optimizers.constant_schedule()",
-                "pipeline.DatasetConfig.pack": False, **continuation_bindings(context)}
+    bindings = {
+        "checkpoints.CheckpointConfig.restore_path": repr(str(context.folder_of("draft"))),
+        "optimizers.adafactor.learning_rate": "@optimizers.constant_schedule()",
+        "pipeline.DatasetConfig.pack": False,
+        **continuation_bindings(context),
+    }
     result = launch.require_finished(launch.train(DRAFT_GIN, bindings, context.folder))
     return {**trainer_outcome(result), **scored(context, pair_of(context, "continued"))}
 
@@ -238,9 +300,11 @@ def distilled_arm(divergence: str, source: str) -> Arm:
 
         if name not in context.settings["drafts"]:
             return {"skipped": True, "values": dict.fromkeys(SCORES)}
-        result = launch.require_finished(launch.train(DISTILL_GIN, distill_bindings(context, divergence, source),
-                                                      context.folder))
+        result = launch.require_finished(
+            launch.train(DISTILL_GIN, distill_bindings(context, divergence, source), context.folder)
+        )
         return {**trainer_outcome(result), **scored(context, pair_of(context, name))}
+
     return Arm(name, run=run, label=f"{divergence.upper()}, {SOURCE_NAMES[source]}")
 
 
@@ -252,29 +316,63 @@ def best_checked_arm() -> Arm:
     def run(context: ArmContext) -> dict[str, Any]:
         outcome = choose.run(context)
         return checked(outcome, greedy_check(context, pair_of(context, outcome["chosen"]), outcome["agreement"]))
+
     return Arm(choose.name, run=run, label=choose.label)
 
 
 CHOSEN = "chosen on the selection inputs"
 CLAIMS = (
-    Claim("block_efficiency_1.1x", f"Greedy: the best distilled draft ({CHOSEN}) reaches 1.1x the undistilled "
-          "draft's block efficiency at gamma 7 (the paper: +10-45%)", "greedy_tau_7_ratio", "best_greedy",
-          threshold=1.1),
-    Claim("greedy_output_identical", "Greedy speculative decoding with the best distilled draft emits the target's "
-          "greedy output on every evaluation input at gamma 3 and 7 (a check that must hold)", "greedy_output_equal",
-          "best_greedy", threshold=0.999),
-    Claim("greedy_output_identical_undistilled", "Greedy speculative decoding with the undistilled draft emits the "
-          "target's greedy output on every evaluation input at gamma 3 and 7 (a check that must hold)",
-          "greedy_output_equal", "undistilled", threshold=0.999),
-    Claim("block_efficiency_1.1x_gamma_3", f"Greedy: the best distilled draft ({CHOSEN} at gamma 7) reaches 1.1x the "
-          "undistilled draft's block efficiency at gamma 3", "greedy_tau_3_ratio", "best_greedy", threshold=1.1,
-          exploratory=True),
-    Claim("distillation_beats_training_as_long", f"Greedy: the best distilled draft ({CHOSEN}) has a higher block "
-          "efficiency at gamma 7 than the undistilled draft trained as many more steps on the task's own labels",
-          "greedy_tau_7", "best_greedy", "continued", exploratory=True),
-    Claim("on_policy_beats_fixed", f"Greedy: the best on-policy draft has a higher block efficiency at gamma 7 than "
-          f"the best fixed-data draft (each {CHOSEN})", "greedy_tau_7", "best_on_policy_greedy", "best_fixed_greedy",
-          exploratory=True),
+    Claim(
+        "block_efficiency_1.1x",
+        f"Greedy: the best distilled draft ({CHOSEN}) reaches 1.1x the undistilled "
+        "draft's block efficiency at gamma 7 (the paper: +10-45%)",
+        "greedy_tau_7_ratio",
+        "best_greedy",
+        threshold=1.1,
+    ),
+    Claim(
+        "greedy_output_identical",
+        "Greedy speculative decoding with the best distilled draft emits the target's "
+        "greedy output on every evaluation input at gamma 3 and 7 (a check that must hold)",
+        "greedy_output_equal",
+        "best_greedy",
+        threshold=0.999,
+    ),
+    Claim(
+        "greedy_output_identical_undistilled",
+        "Greedy speculative decoding with the undistilled draft emits the "
+        "target's greedy output on every evaluation input at gamma 3 and 7 (a check that must hold)",
+        "greedy_output_equal",
+        "undistilled",
+        threshold=0.999,
+    ),
+    Claim(
+        "block_efficiency_1.1x_gamma_3",
+        f"Greedy: the best distilled draft ({CHOSEN} at gamma 7) reaches 1.1x the "
+        "undistilled draft's block efficiency at gamma 3",
+        "greedy_tau_3_ratio",
+        "best_greedy",
+        threshold=1.1,
+        exploratory=True,
+    ),
+    Claim(
+        "distillation_beats_training_as_long",
+        f"Greedy: the best distilled draft ({CHOSEN}) has a higher block "
+        "efficiency at gamma 7 than the undistilled draft trained as many more steps on the task's own labels",
+        "greedy_tau_7",
+        "best_greedy",
+        "continued",
+        exploratory=True,
+    ),
+    Claim(
+        "on_policy_beats_fixed",
+        f"Greedy: the best on-policy draft has a higher block efficiency at gamma 7 than "
+        f"the best fixed-data draft (each {CHOSEN})",
+        "greedy_tau_7",
+        "best_on_policy_greedy",
+        "best_fixed_greedy",
+        exploratory=True,
+    ),
 )
 RATIO_ARMS, CHECKED_ARMS = ("continued", *DISTILLED, "best_greedy"), ("undistilled", "best_greedy")
 
@@ -282,37 +380,89 @@ STUDY = Study(
     name="distillspec_t5",
     title="DistillSpec: distilled T5 drafts for a T5 fine-tuned on code summarisation",
     description=__doc__.split("\n\n", 1)[1].strip(),
-    arms=(Arm("target", gin_files=(TARGET_GIN,), per_seed=False, label="target, trained",
-              bindings=trained_bindings("target")),
-          Arm("draft", gin_files=(DRAFT_GIN,), per_seed=False, label="undistilled draft, trained",
-              bindings=trained_bindings("draft")),
-          Arm("undistilled", run=undistilled, label="undistilled"),
-          Arm("continued", run=continued, label="undistilled, trained as long on the labels"),
-          *itertools.starmap(distilled_arm, itertools.product(DIVERGENCES, SOURCES)),
-          best_checked_arm(),
-          best_arm("best_fixed_greedy", "greedy_tau_7", FIXED, "best fixed-data"),
-          best_arm("best_on_policy_greedy", "greedy_tau_7", ON_POLICY, "best on-policy")),
-    metrics=(*(Metric(f"greedy_tau_{g}", f"greedy block efficiency, gamma {g}", True) for g in reversed(GAMMAS)),
-             Metric("greedy_acceptance", "greedy acceptance (draft argmax = target's)", True),
-             Metric("alpha", "alpha = E[1 - TVD] at T=1", True),
-             *(Metric(f"greedy_tau_{g}_ratio", f"greedy block efficiency, gamma {g} / undistilled's", True,
-                      ratio(f"greedy_tau_{g}"), RATIO_ARMS) for g in reversed(GAMMAS)),
-             Metric("greedy_output_equal", "share of inputs whose greedy speculative output is the target's", True,
-                    arms=CHECKED_ARMS),
-             Metric("target_rougeL", "the target's ROUGE-L on the evaluation inputs", None, arms=("undistilled",),
-                    digits=3)),
+    arms=(
+        Arm(
+            "target",
+            gin_files=(TARGET_GIN,),
+            per_seed=False,
+            label="target, trained",
+            bindings=trained_bindings("target"),
+        ),
+        Arm(
+            "draft",
+            gin_files=(DRAFT_GIN,),
+            per_seed=False,
+            label="undistilled draft, trained",
+            bindings=trained_bindings("draft"),
+        ),
+        Arm("undistilled", run=undistilled, label="undistilled"),
+        Arm("continued", run=continued, label="undistilled, trained as long on the labels"),
+        *itertools.starmap(distilled_arm, itertools.product(DIVERGENCES, SOURCES)),
+        best_checked_arm(),
+        best_arm("best_fixed_greedy", "greedy_tau_7", FIXED, "best fixed-data"),
+        best_arm("best_on_policy_greedy", "greedy_tau_7", ON_POLICY, "best on-policy"),
+    ),
+    metrics=(
+        *(Metric(f"greedy_tau_{g}", f"greedy block efficiency, gamma {g}", True) for g in reversed(GAMMAS)),
+        Metric("greedy_acceptance", "greedy acceptance (draft argmax = target's)", True),
+        Metric("alpha", "alpha = E[1 - TVD] at T=1", True),
+        *(
+            Metric(
+                f"greedy_tau_{g}_ratio",
+                f"greedy block efficiency, gamma {g} / undistilled's",
+                True,
+                ratio(f"greedy_tau_{g}"),
+                RATIO_ARMS,
+            )
+            for g in reversed(GAMMAS)
+        ),
+        Metric(
+            "greedy_output_equal",
+            "share of inputs whose greedy speculative output is the target's",
+            True,
+            arms=CHECKED_ARMS,
+        ),
+        Metric("target_rougeL", "the target's ROUGE-L on the evaluation inputs", None, arms=("undistilled",), digits=3),
+    ),
     claims=CLAIMS,
     seeds=3,
-    settings={"target_steps": 600, "draft_steps": 300, "distill_steps": 80, "distill_learning_rate": 3e-3,
-              "drafts": list(DISTILLED), "inputs_length": 128, "targets_length": 40, "examples_per_split": 64,
-              "max_new_tokens": 40, "sizes": {"target": {}, "draft": {}}, "train_bindings": {}},
+    settings={
+        "target_steps": 600,
+        "draft_steps": 300,
+        "distill_steps": 80,
+        "distill_learning_rate": 3e-3,
+        "drafts": list(DISTILLED),
+        "inputs_length": 128,
+        "targets_length": 40,
+        "examples_per_split": 64,
+        "max_new_tokens": 40,
+        "sizes": {"target": {}, "draft": {}},
+        "train_bindings": {},
+    },
     # A fixed-data and an on-policy draft, narrower models, two inputs a split; one mesh device (the tests fake eight).
-    quick={"target_steps": 2, "draft_steps": 1, "distill_steps": 1, "drafts": ["jsd_fixed", "jsd_draft"],
-           "inputs_length": 16, "targets_length": 8, "examples_per_split": 2, "max_new_tokens": 8,
-           "sizes": {"target": {"emb_dim": 32, "mlp_dim": 64, "num_heads": 2, "head_dim": 16, "num_encoder_layers": 1,
-                                "num_decoder_layers": 1, "scan_layers": False},
-                     "draft": {"emb_dim": 16, "mlp_dim": 32, "num_heads": 1, "head_dim": 16, "scan_layers": False}},
-           "train_bindings": {"BATCH_SIZE": 2, "partitioning.MeshConfig.data": 1}},
+    quick={
+        "target_steps": 2,
+        "draft_steps": 1,
+        "distill_steps": 1,
+        "drafts": ["jsd_fixed", "jsd_draft"],
+        "inputs_length": 16,
+        "targets_length": 8,
+        "examples_per_split": 2,
+        "max_new_tokens": 8,
+        "sizes": {
+            "target": {
+                "emb_dim": 32,
+                "mlp_dim": 64,
+                "num_heads": 2,
+                "head_dim": 16,
+                "num_encoder_layers": 1,
+                "num_decoder_layers": 1,
+                "scan_layers": False,
+            },
+            "draft": {"emb_dim": 16, "mlp_dim": 32, "num_heads": 1, "head_dim": 16, "scan_layers": False},
+        },
+        "train_bindings": {"BATCH_SIZE": 2, "partitioning.MeshConfig.data": 1},
+    },
     quick_seeds=1,
     curves=(Curve("greedy_tau_by_gamma", "greedy block efficiency (evaluation inputs)", "gamma", tau_by_gamma),),
 )

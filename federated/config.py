@@ -11,7 +11,6 @@ import difflib
 import math
 
 import gin
-
 from littlehelp.errors import LittlehelpError
 
 ALGORITHMS = ("fedavg", "fedpa")
@@ -29,8 +28,9 @@ def check_integer(name: str, value: object, minimum: int) -> None:
     raise FederatedInputError(f"{name} must be {wanted}, got {value!r}")
 
 
-def check_number(name: str, value: object, low: float, high: float = math.inf, *, low_open: bool = False,
-                 high_open: bool = False) -> None:
+def check_number(
+    name: str, value: object, low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False
+) -> None:
     """Refuses a non-number, NaN or infinity, or a value outside the interval from `low` to `high`
     (each end closed unless `low_open` / `high_open`)."""
     finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -87,12 +87,15 @@ class FedConfig:
         check_number("rho", self.rho, 0.0)
         check_number("server_momentum", self.server_momentum, 0.0, 1.0, high_open=True)
         if self.burn_in_steps >= self.local_steps:
-            raise FederatedInputError(f"burn_in_steps ({self.burn_in_steps}) must be less than local_steps "
-                                      f"({self.local_steps}): FedPA samples the iterates after burn-in")
+            raise FederatedInputError(
+                f"burn_in_steps ({self.burn_in_steps}) must be less than local_steps "
+                f"({self.local_steps}): FedPA samples the iterates after burn-in"
+            )
         if (self.local_steps - self.burn_in_steps) % self.num_samples:
             raise FederatedInputError(
                 f"local_steps - burn_in_steps = {self.local_steps - self.burn_in_steps} must be a multiple of "
-                f"num_samples ({self.num_samples}): each sample averages an equal run of iterates")
+                f"num_samples ({self.num_samples}): each sample averages an equal run of iterates"
+            )
 
     @property
     def steps_per_sample(self) -> int:

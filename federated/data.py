@@ -26,14 +26,18 @@ class ClientData:
         if self.counts.ndim != 1 or self.counts.shape[0] == 0:
             raise FederatedInputError(f"clients: need at least one client, got counts of shape {self.counts.shape}")
         if self.inputs.shape[:2] != self.targets.shape[:2] or self.inputs.shape[0] != self.counts.shape[0]:
-            raise FederatedInputError(f"clients: inputs {self.inputs.shape}, targets {self.targets.shape} and counts "
-                                      f"{self.counts.shape} disagree on clients or examples")
+            raise FederatedInputError(
+                f"clients: inputs {self.inputs.shape}, targets {self.targets.shape} and counts "
+                f"{self.counts.shape} disagree on clients or examples"
+            )
         empty = np.flatnonzero(self.counts <= 0)
         if empty.size:
             raise FederatedInputError(f"clients: {empty.size} client(s) have no examples (first: client {empty[0]})")
         if self.counts.max() > self.inputs.shape[1]:
-            raise FederatedInputError(f"clients: counts go up to {self.counts.max()} but inputs hold "
-                                      f"{self.inputs.shape[1]} examples per client")
+            raise FederatedInputError(
+                f"clients: counts go up to {self.counts.max()} but inputs hold "
+                f"{self.inputs.shape[1]} examples per client"
+            )
 
     @property
     def num_clients(self) -> int:
@@ -57,15 +61,17 @@ class ClientData:
         return cls(padded_x, padded_y, counts)
 
 
-def shard_split(labels: np.ndarray, num_clients: int, shards_per_client: int,
-                rng: np.random.Generator) -> list[np.ndarray]:
+def shard_split(
+    labels: np.ndarray, num_clients: int, shards_per_client: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Label-skewed split (McMahan et al. 2017): sort the examples by label, cut them into
     num_clients x shards_per_client equal shards and give each client `shards_per_client` random
     shards. Returns each client's example indices; every example goes to exactly one client."""
     num_shards = num_clients * shards_per_client
     if num_shards > len(labels):
-        raise FederatedInputError(f"num_clients x shards_per_client = {num_shards} shards but only "
-                                  f"{len(labels)} examples")
+        raise FederatedInputError(
+            f"num_clients x shards_per_client = {num_shards} shards but only {len(labels)} examples"
+        )
     order = np.argsort(labels, kind="stable")
     shards = np.array_split(order, num_shards)
     owner = rng.permutation(num_shards).reshape(num_clients, shards_per_client)

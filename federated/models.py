@@ -56,8 +56,9 @@ class FlatClassifier:
         return (self.logits(params, inputs).argmax(-1) == targets).mean()
 
 
-def make_classifier(num_features: int, num_classes: int, hidden: Sequence[int], key: jax.Array,
-                    l2: float = 0.0) -> tuple[FlatClassifier, jax.Array]:
+def make_classifier(
+    num_features: int, num_classes: int, hidden: Sequence[int], key: jax.Array, l2: float = 0.0
+) -> tuple[FlatClassifier, jax.Array]:
     """The classifier and its initial flat parameters (flax's default initialisers)."""
     module = Classifier(tuple(hidden), num_classes)
     params, unravel = ravel_pytree(module.init(key, jnp.zeros((1, num_features))))

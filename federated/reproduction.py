@@ -34,32 +34,53 @@ def seed_problem(seed: int) -> dict[str, Any]:
 
     images, labels = datasets.load_digits(return_X_y=True)
     train_x, test_x, train_y, test_y = model_selection.train_test_split(
-        (images / 16.0).astype(np.float32), labels.astype(np.int32), test_size=TEST_FRACTION, random_state=seed,
-        stratify=labels)
+        (images / 16.0).astype(np.float32),
+        labels.astype(np.int32),
+        test_size=TEST_FRACTION,
+        random_state=seed,
+        stratify=labels,
+    )
     parts = shard_split(train_y, NUM_CLIENTS, SHARDS_PER_CLIENT, np.random.default_rng(seed))
     clients = ClientData.from_lists([train_x[p] for p in parts], [train_y[p] for p in parts])
     model, params = make_classifier(train_x.shape[1], NUM_CLASSES, [], jax.random.PRNGKey(seed), L2)
     value_and_grad = jax.jit(jax.value_and_grad(lambda p: model.loss(p, train_x, train_y)))
-    minimum = optimize.minimize(lambda p: tuple(map(np.asarray, value_and_grad(p.astype(np.float32)))),
-                                np.asarray(params, np.float64), jac=True, method="L-BFGS-B",
-                                options={"maxiter": 10_000, "gtol": 1e-9, "ftol": 1e-15}).fun
-    return {"clients": clients, "model": model, "params": params, "minimum": float(minimum),
-            "test": (test_x, test_y), "train": (train_x, train_y)}
+    minimum = optimize.minimize(
+        lambda p: tuple(map(np.asarray, value_and_grad(p.astype(np.float32)))),
+        np.asarray(params, np.float64),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 10_000, "gtol": 1e-9, "ftol": 1e-15},
+    ).fun
+    return {
+        "clients": clients,
+        "model": model,
+        "params": params,
+        "minimum": float(minimum),
+        "test": (test_x, test_y),
+        "train": (train_x, train_y),
+    }
 
 
 def run_federated(context: ArmContext, algorithm: str, rho: float = 0.01, lr_factor: float = 1.0) -> dict[str, Any]:
     """One federated run of this seed's problem; its evaluation history."""
     problem, settings = seed_problem(context.seed), context.settings
-    config = FedConfig(algorithm=algorithm, rho=rho, num_rounds=settings["num_rounds"],
-                       fedavg_rounds=settings["fedavg_rounds"], seed=context.seed)
+    config = FedConfig(
+        algorithm=algorithm,
+        rho=rho,
+        num_rounds=settings["num_rounds"],
+        fedavg_rounds=settings["fedavg_rounds"],
+        seed=context.seed,
+    )
     config = dataclasses.replace(config, server_lr=config.server_lr * lr_factor)
     model = problem["model"]
 
     def evaluate(params: Any) -> dict[str, float]:
         train_loss = float(model.loss(params, *problem["train"]))
-        return {"test_accuracy": float(model.accuracy(params, *problem["test"])),
-                "test_loss": float(model.cross_entropy(params, *problem["test"])),
-                "suboptimality": train_loss - problem["minimum"]}
+        return {
+            "test_accuracy": float(model.accuracy(params, *problem["test"])),
+            "test_loss": float(model.cross_entropy(params, *problem["test"])),
+            "suboptimality": train_loss - problem["minimum"],
+        }
 
     _, history = train(config, model.loss, problem["params"], problem["clients"], evaluate, settings["eval_every"])
     return {"history": history, "values": {k: v for k, v in history[-1].items() if k != "round"}}
@@ -80,9 +101,11 @@ def rounds_to_fedavg_objective(context: ArmContext) -> float:
 
 def history_curve(metric: str) -> Curve:
     """A metric of the evaluation history against the round."""
+
     def read(context: ArmContext) -> tuple[list[float], list[float]]:
         history = context.outcome()["history"]
         return [r["round"] for r in history], [r[metric] for r in history]
+
     return Curve(metric, metric.replace("_", " "), "round", read)
 
 
@@ -93,31 +116,63 @@ def fedpa_arm(rho: float) -> Arm:
 
 def step_control_arm(rho: float) -> Arm:
     """FedAvg whose server step is FedPA's (rho) step factor larger."""
-    return Arm(f"fedavg_step_{rho:g}", run=lambda context: run_federated(context, "fedavg", lr_factor=step_factor(rho)),
-               label=f"FedAvg, server_lr x {step_factor(rho):g}")
+    return Arm(
+        f"fedavg_step_{rho:g}",
+        run=lambda context: run_federated(context, "fedavg", lr_factor=step_factor(rho)),
+        label=f"FedAvg, server_lr x {step_factor(rho):g}",
+    )
 
 
-ARMS = (Arm("fedavg", run=lambda context: run_federated(context, "fedavg"), label="FedAvg"),
-        *map(fedpa_arm, RHOS), *map(step_control_arm, RHOS))
-CLAIMS = tuple(claim for rho in RHOS for claim in (
-    Claim(f"better_optimum_{rho:g}", f"FedPA (rho {rho:g}) ends nearer the optimum than FedAvg", "suboptimality",
-          f"fedpa_{rho:g}", "fedavg"),
-    Claim(f"faster_{rho:g}", f"FedPA (rho {rho:g}) reaches FedAvg's final objective in fewer rounds",
-          "rounds_to_fedavg_objective", f"fedpa_{rho:g}", "fedavg"),
-    Claim(f"not_just_step_{rho:g}", f"FedPA (rho {rho:g}) ends nearer the optimum than FedAvg with its larger step",
-          "suboptimality", f"fedpa_{rho:g}", f"fedavg_step_{rho:g}"),
-))
+ARMS = (
+    Arm("fedavg", run=lambda context: run_federated(context, "fedavg"), label="FedAvg"),
+    *map(fedpa_arm, RHOS),
+    *map(step_control_arm, RHOS),
+)
+CLAIMS = tuple(
+    claim
+    for rho in RHOS
+    for claim in (
+        Claim(
+            f"better_optimum_{rho:g}",
+            f"FedPA (rho {rho:g}) ends nearer the optimum than FedAvg",
+            "suboptimality",
+            f"fedpa_{rho:g}",
+            "fedavg",
+        ),
+        Claim(
+            f"faster_{rho:g}",
+            f"FedPA (rho {rho:g}) reaches FedAvg's final objective in fewer rounds",
+            "rounds_to_fedavg_objective",
+            f"fedpa_{rho:g}",
+            "fedavg",
+        ),
+        Claim(
+            f"not_just_step_{rho:g}",
+            f"FedPA (rho {rho:g}) ends nearer the optimum than FedAvg with its larger step",
+            "suboptimality",
+            f"fedpa_{rho:g}",
+            f"fedavg_step_{rho:g}",
+        ),
+    )
+)
 
 STUDY = Study(
     name="fedpa",
     title="FedPA vs FedAvg on label-skewed digits clients",
     description=__doc__.split("\n\n", 1)[1].strip(),
     arms=ARMS,
-    metrics=(Metric("test_accuracy", "test accuracy", True),
-             Metric("test_loss", "test cross-entropy", False),
-             Metric("suboptimality", "objective above its minimum", False),
-             Metric("rounds_to_fedavg_objective", "rounds to FedAvg's final objective (share; never: 2)", False,
-                    compute=rounds_to_fedavg_objective, digits=3)),
+    metrics=(
+        Metric("test_accuracy", "test accuracy", True),
+        Metric("test_loss", "test cross-entropy", False),
+        Metric("suboptimality", "objective above its minimum", False),
+        Metric(
+            "rounds_to_fedavg_objective",
+            "rounds to FedAvg's final objective (share; never: 2)",
+            False,
+            compute=rounds_to_fedavg_objective,
+            digits=3,
+        ),
+    ),
     claims=CLAIMS,
     seeds=8,
     settings={"num_rounds": 300, "fedavg_rounds": 75, "eval_every": 5},

@@ -32,8 +32,15 @@ class ServerState(NamedTuple):
     opt_state: optax.OptState
 
 
-def local_trajectory(loss_fn: LossFn, config: FedConfig, params: jax.Array, inputs: jax.Array,
-                     targets: jax.Array, count: jax.Array, key: jax.Array) -> jax.Array:
+def local_trajectory(
+    loss_fn: LossFn,
+    config: FedConfig,
+    params: jax.Array,
+    inputs: jax.Array,
+    targets: jax.Array,
+    count: jax.Array,
+    key: jax.Array,
+) -> jax.Array:
     """The iterates [local_steps, d] of one client's SGD from `params`; minibatches are drawn with
     replacement from its first `count` examples."""
     optimizer = optax.sgd(config.local_lr)
@@ -52,12 +59,20 @@ def local_trajectory(loss_fn: LossFn, config: FedConfig, params: jax.Array, inpu
 
 def posterior_samples(iterates: jax.Array, config: FedConfig) -> jax.Array:
     """Iterate-averaged SGD samples [num_samples, d]: the iterates after burn-in, averaged in equal runs."""
-    kept = iterates[config.burn_in_steps:]
+    kept = iterates[config.burn_in_steps :]
     return kept.reshape(config.num_samples, config.steps_per_sample, -1).mean(axis=1)
 
 
-def client_delta(loss_fn: LossFn, config: FedConfig, fedpa: bool, params: jax.Array, inputs: jax.Array,
-                 targets: jax.Array, count: jax.Array, key: jax.Array) -> jax.Array:
+def client_delta(
+    loss_fn: LossFn,
+    config: FedConfig,
+    fedpa: bool,
+    params: jax.Array,
+    inputs: jax.Array,
+    targets: jax.Array,
+    count: jax.Array,
+    key: jax.Array,
+) -> jax.Array:
     """One client's delta: FedAvg's x_server - last iterate, or FedPA's S_hat^{-1} (x_server - mean)."""
     iterates = local_trajectory(loss_fn, config, params, inputs, targets, count, key)
     if fedpa:
@@ -90,14 +105,20 @@ def make_round(loss_fn: LossFn, config: FedConfig, num_clients: int, fedpa: bool
     return round_fn
 
 
-def train(config: FedConfig, loss_fn: LossFn, params: jax.Array, clients: ClientData,
-          evaluate: Callable[[jax.Array], dict[str, Any]] | None = None,
-          eval_every: int = 1) -> tuple[jax.Array, list[dict[str, Any]]]:
+def train(
+    config: FedConfig,
+    loss_fn: LossFn,
+    params: jax.Array,
+    clients: ClientData,
+    evaluate: Callable[[jax.Array], dict[str, Any]] | None = None,
+    eval_every: int = 1,
+) -> tuple[jax.Array, list[dict[str, Any]]]:
     """Runs `config.num_rounds` rounds from `params`; returns the final parameters and, when `evaluate`
     is given, `{"round": k, **evaluate(params)}` at round 0, every `eval_every` rounds and the last."""
     if config.clients_per_round > clients.num_clients:
-        raise FederatedInputError(f"clients_per_round ({config.clients_per_round}) exceeds the "
-                                  f"{clients.num_clients} clients")
+        raise FederatedInputError(
+            f"clients_per_round ({config.clients_per_round}) exceeds the {clients.num_clients} clients"
+        )
     check_integer("eval_every", eval_every, 1)
     if params.ndim != 1:
         raise FederatedInputError(f"params must be a flat vector (ravel_pytree), got shape {params.shape}")

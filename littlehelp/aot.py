@@ -65,8 +65,23 @@ TPU_GENERATIONS = {
     "v6e": TpuGeneration("v6e", "default", 1, 32.0, 2),
 }
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4,
-               "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
+DTYPE_BYTES = {
+    "pred": 1,
+    "s8": 1,
+    "u8": 1,
+    "bf16": 2,
+    "f16": 2,
+    "s16": 2,
+    "u16": 2,
+    "f32": 4,
+    "s32": 4,
+    "u32": 4,
+    "f64": 8,
+    "s64": 8,
+    "u64": 8,
+    "c64": 8,
+    "c128": 16,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +97,10 @@ def chip_grid(chips: int, dims: int) -> tuple[int, ...]:
     """The chip grid of a power-of-two slice, as TPU slices are laid out: (2, 2, 1) for 4 chips, then
     doubling the last smallest axis (8: 2x2x2, 16: 2x2x4, 32: 2x4x4, ..., 256: 4x8x8)."""
     if chips < 4 or chips & (chips - 1):
-        raise TargetError(f"{chips} chips: name a power-of-two slice of at least 4 chips, or give the grid "
-                          "itself, e.g. --topology=v5p:4x4x12")
+        raise TargetError(
+            f"{chips} chips: name a power-of-two slice of at least 4 chips, or give the grid "
+            "itself, e.g. --topology=v5p:4x4x12"
+        )
     grid = [2, 2, 1][:dims] if dims == 3 else [2, 2]
     while math.prod(grid) < chips:
         smallest = min(grid)
@@ -95,8 +112,10 @@ def parse_topology(name: str) -> tuple[TpuGeneration, str]:
     """(generation, libtpu topology name) of `v5p-512` or `v5p:4x8x8`."""
     match = re.fullmatch(r"(v\d+[a-z]*)(?:-(\d+)|:(\d+(?:x\d+)+))", name)
     if not match or match.group(1) not in TPU_GENERATIONS:
-        raise TargetError(f"--topology={name!r}: expected GEN-CORES or GEN:AxBxC with GEN one of "
-                          f"{sorted(TPU_GENERATIONS)}, e.g. v5p-512 or v5e:4x4")
+        raise TargetError(
+            f"--topology={name!r}: expected GEN-CORES or GEN:AxBxC with GEN one of "
+            f"{sorted(TPU_GENERATIONS)}, e.g. v5p-512 or v5e:4x4"
+        )
     generation = TPU_GENERATIONS[match.group(1)]
     if match.group(2):
         grid = chip_grid(int(match.group(2)) // generation.cores_per_chip, generation.grid_dims)
@@ -113,28 +132,39 @@ def tpu_target(name: str, memory_gb: float | None = None) -> Target:
     try:
         import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     except ImportError:
-        raise TargetError(f"--topology={name} needs libtpu: pip install -c constraints.txt '.[tpu_aot]' "
-                          "(or use --num_devices for fake CPU devices)") from None
+        raise TargetError(
+            f"--topology={name} needs libtpu: pip install -c constraints.txt '.[tpu_aot]' "
+            "(or use --num_devices for fake CPU devices)"
+        ) from None
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
 
-    topology = topologies.get_topology_desc(platform="tpu", topology_name=topology_name,
-                                            chip_config_name=generation.chip_config,
-                                            chips_per_host_bounds=(2, 2, 1), num_slices=1)
+    topology = topologies.get_topology_desc(
+        platform="tpu",
+        topology_name=topology_name,
+        chip_config_name=generation.chip_config,
+        chips_per_host_bounds=(2, 2, 1),
+        num_slices=1,
+    )
     devices = tuple(topology.devices)
     limit = (memory_gb or generation.hbm_gb) * GB
-    return Target(devices, f"TPU {name} ({topology_name}, {len(devices)} devices; libtpu topology, TPU compiler)",
-                  limit)
+    return Target(
+        devices, f"TPU {name} ({topology_name}, {len(devices)} devices; libtpu topology, TPU compiler)", limit
+    )
 
 
 def cpu_target(num_devices: int, memory_gb: float | None = None) -> Target:
     """The first `num_devices` CPU devices (the CLI makes that many fake ones before JAX starts)."""
     devices = jax.devices("cpu")
     if num_devices > len(devices):
-        raise TargetError(f"--num_devices={num_devices}, but JAX has {len(devices)} CPU devices (set "
-                          f"XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} before JAX starts)")
-    return Target(tuple(devices[:num_devices]),
-                  f"{num_devices} fake CPU devices (CPU compiler: memory figures are the CPU program's)",
-                  None if memory_gb is None else memory_gb * GB)
+        raise TargetError(
+            f"--num_devices={num_devices}, but JAX has {len(devices)} CPU devices (set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} before JAX starts)"
+        )
+    return Target(
+        tuple(devices[:num_devices]),
+        f"{num_devices} fake CPU devices (CPU compiler: memory figures are the CPU program's)",
+        None if memory_gb is None else memory_gb * GB,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,18 +210,25 @@ class CompilePlan:
 def memory_summary(analysis: Any) -> dict[str, int]:
     """Per-device bytes from `Compiled.memory_analysis()`; total = arguments + outputs - aliased
     (donated state) + temporaries + generated code."""
-    memory = {"arguments": analysis.argument_size_in_bytes, "outputs": analysis.output_size_in_bytes,
-              "aliased": analysis.alias_size_in_bytes, "temporaries": analysis.temp_size_in_bytes,
-              "code": analysis.generated_code_size_in_bytes}
+    memory = {
+        "arguments": analysis.argument_size_in_bytes,
+        "outputs": analysis.output_size_in_bytes,
+        "aliased": analysis.alias_size_in_bytes,
+        "temporaries": analysis.temp_size_in_bytes,
+        "code": analysis.generated_code_size_in_bytes,
+    }
     memory = {name: int(value) for name, value in memory.items()}
-    memory["total"] = memory["arguments"] + memory["outputs"] - memory["aliased"] + memory["temporaries"] + memory["code"]
+    memory["total"] = (
+        memory["arguments"] + memory["outputs"] - memory["aliased"] + memory["temporaries"] + memory["code"]
+    )
     return memory
 
 
 def count_collectives(hlo_text: str) -> dict[str, int]:
     """How many ops of each collective kind (async start ops counted once) an HLO module holds."""
-    found = Counter(match.group(1) for match in
-                    re.finditer(r"= [^=]*?\b(" + "|".join(COLLECTIVES) + r")(?:-start)?\(", hlo_text))
+    found = Counter(
+        match.group(1) for match in re.finditer(r"= [^=]*?\b(" + "|".join(COLLECTIVES) + r")(?:-start)?\(", hlo_text)
+    )
     return {kind: found[kind] for kind in COLLECTIVES if found[kind]}
 
 
@@ -199,15 +236,27 @@ def largest_values(hlo_text: str, top: int = 5) -> list[dict[str, Any]]:
     """The `top` largest array values an HLO module's instructions compute (not all live at once),
     with their op, skipping parameters and views (bitcasts, tuples' elements)."""
     pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\]\S* ([\w\-]+)\(", re.MULTILINE)
-    views = {"parameter", "bitcast", "get-tuple-element", "constant", "copy-done", "all-gather-done",
-             "all-reduce-done", "collective-permute-done"}
+    views = {
+        "parameter",
+        "bitcast",
+        "get-tuple-element",
+        "constant",
+        "copy-done",
+        "all-gather-done",
+        "all-reduce-done",
+        "collective-permute-done",
+    }
     values = {}
     for name, dtype, dims, op in pattern.findall(hlo_text):
         if op in views or dtype not in DTYPE_BYTES:
             continue
         shape = tuple(int(d) for d in dims.split(",") if d)
-        values[name] = {"name": name, "op": op, "shape": f"{dtype}{list(shape)}",
-                        "bytes": DTYPE_BYTES[dtype] * math.prod(shape)}
+        values[name] = {
+            "name": name,
+            "op": op,
+            "shape": f"{dtype}{list(shape)}",
+            "bytes": DTYPE_BYTES[dtype] * math.prod(shape),
+        }
     return sorted(values.values(), key=lambda v: -v["bytes"])[:top]
 
 
@@ -216,8 +265,13 @@ def largest_state_arrays(abstract_state: Any, top: int = 5) -> list[dict[str, An
     arrays = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
         shard = leaf.sharding.shard_shape(leaf.shape) if leaf.shape else ()
-        arrays.append({"name": jax.tree_util.keystr(path), "shape": f"{np.dtype(leaf.dtype).name}{list(shard)}",
-                       "bytes": int(np.dtype(leaf.dtype).itemsize * math.prod(shard))})
+        arrays.append(
+            {
+                "name": jax.tree_util.keystr(path),
+                "shape": f"{np.dtype(leaf.dtype).name}{list(shard)}",
+                "bytes": int(np.dtype(leaf.dtype).itemsize * math.prod(shard)),
+            }
+        )
     return sorted(arrays, key=lambda a: -a["bytes"])[:top]
 
 
@@ -228,7 +282,9 @@ def _flops(compiled: Any) -> float:
     return float((analysis or {}).get("flops", float("nan")))
 
 
-def plan_run(settings: trainer.TrainSettings, target: Target, mesh_override: partitioning.MeshConfig | None = None) -> CompilePlan:
+def plan_run(
+    settings: trainer.TrainSettings, target: Target, mesh_override: partitioning.MeshConfig | None = None
+) -> CompilePlan:
     """Compiles each distinct objective of a run's `trainer.TrainSettings` for `target`, without
     running it, and measures it."""
     mesh = partitioning.make_mesh(mesh_override or settings.mesh_config, devices=target.devices)
@@ -237,8 +293,10 @@ def plan_run(settings: trainer.TrainSettings, target: Target, mesh_override: par
     spec = trainer.batch_spec(settings.train_data)
     example = trainer.example_batch(settings.train_data)
     layout = state_layout(lambda rng: settings.curriculum.init_params(rng, example), settings.optimizer.tx, mesh, rules)
-    frozen = {name: params_layout(lambda rng, model=model: model.model.init(rng, example), mesh, rules)[0]
-              for name, model in settings.frozen_models.items()}
+    frozen = {
+        name: params_layout(lambda rng, model=model: model.model.init(rng, example), mesh, rules)[0]
+        for name, model in settings.frozen_models.items()
+    }
     steps = []
     for objective in {id(o): o for o in settings.curriculum.objectives}.values():
         seconds, compiled = _timed_compile(objective, settings, layout, spec, mesh, rules, frozen)
@@ -258,25 +316,37 @@ def _timed_compile(objective, settings, layout, spec, mesh, rules, frozen) -> tu
 def _step_plan(objective, compiled, layout, spec, mesh, seconds: float) -> StepPlan:
     """The StepPlan of one compiled step."""
     hlo = compiled.as_text()
-    return StepPlan(objective.name, memory_summary(compiled.memory_analysis()), _flops(compiled),
-                    objective.train_flops(spec) / len(mesh.devices.flat), count_collectives(hlo),
-                    largest_state_arrays(layout.abstract_state), largest_values(hlo), round(seconds, 1))
+    return StepPlan(
+        objective.name,
+        memory_summary(compiled.memory_analysis()),
+        _flops(compiled),
+        objective.train_flops(spec) / len(mesh.devices.flat),
+        count_collectives(hlo),
+        largest_state_arrays(layout.abstract_state),
+        largest_values(hlo),
+        round(seconds, 1),
+    )
 
 
 def describe(plan: CompilePlan) -> str:
     """The plan as lines for a terminal: per step, memory in GB, FLOPs, collectives, and the largest
     buffers of a step that does not fit."""
     limit = plan.memory_limit_bytes
-    lines = [f"target: {plan.target}; mesh {plan.mesh}; limit "
-             + (f"{limit / GB:.1f} GB per device" if limit else "none")]
+    lines = [
+        f"target: {plan.target}; mesh {plan.mesh}; limit " + (f"{limit / GB:.1f} GB per device" if limit else "none")
+    ]
     for step in plan.steps:
         memory = {k: f"{v / GB:.2f}" for k, v in step.memory.items()}
         fits = "" if limit is None else ("  fits" if step.memory["total"] <= limit else "  DOES NOT FIT")
-        lines.append(f"{step.objective}: {memory['total']} GB per device{fits} (arguments {memory['arguments']}, "
-                     f"outputs {memory['outputs']}, aliased {memory['aliased']}, temporaries {memory['temporaries']}, "
-                     f"code {memory['code']}); compiled in {step.compile_seconds}s")
-        lines.append(f"  FLOPs per device: XLA {step.flops_per_device:.3e}, model {step.model_flops_per_device:.3e}; "
-                     f"collectives {step.collectives or 'none'}")
+        lines.append(
+            f"{step.objective}: {memory['total']} GB per device{fits} (arguments {memory['arguments']}, "
+            f"outputs {memory['outputs']}, aliased {memory['aliased']}, temporaries {memory['temporaries']}, "
+            f"code {memory['code']}); compiled in {step.compile_seconds}s"
+        )
+        lines.append(
+            f"  FLOPs per device: XLA {step.flops_per_device:.3e}, model {step.model_flops_per_device:.3e}; "
+            f"collectives {step.collectives or 'none'}"
+        )
         if limit is not None and step.memory["total"] > limit:
             for kind, entries in (("state", step.largest_state_arrays), ("value", step.largest_values)):
                 lines.extend(f"  largest {kind}: {e['name']} {e['shape']} {e['bytes'] / GB:.2f} GB" for e in entries)
@@ -332,8 +402,14 @@ def build_target(topology: str | None, cpu_devices: int | None, memory_gb: float
     return cpu_target(cpu_devices, memory_gb)
 
 
-def compile_command(topology: str | None, cpu_devices: int | None, mesh_config: partitioning.MeshConfig | None,
-                    memory_gb: float | None, out: str | None, settings: trainer.TrainSettings) -> CompilePlan:
+def compile_command(
+    topology: str | None,
+    cpu_devices: int | None,
+    mesh_config: partitioning.MeshConfig | None,
+    memory_gb: float | None,
+    out: str | None,
+    settings: trainer.TrainSettings,
+) -> CompilePlan:
     """`littlehelp compile` after gin is parsed: builds the target, plans the run, prints and writes it."""
     target = build_target(topology, cpu_devices, memory_gb)
     plan = plan_run(settings, target, mesh_config)

@@ -37,8 +37,11 @@ def matmul_rates(sizes: Sequence[int], repeats: int = 5) -> dict[str, float]:
 
 def conditions(sizes: Sequence[int], repeats: int = 5) -> dict[str, Any]:
     """`provenance.conditions()` at several matmul sizes: time, load and {size: FLOP/s}."""
-    return {"time": provenance.utc_now(), "load": provenance.machine_load(),
-            "matmul_flops_per_second": matmul_rates(sizes, repeats)}
+    return {
+        "time": provenance.utc_now(),
+        "load": provenance.machine_load(),
+        "matmul_flops_per_second": matmul_rates(sizes, repeats),
+    }
 
 
 def seconds_of(call: Callable[[], Any]) -> tuple[float, Any]:
@@ -87,9 +90,11 @@ def unsteady(checks: Sequence[Mapping[str, Any]], size: int, max_spread: float) 
     if spread <= max_spread:
         return None
     values = rates_at(checks, size)
-    return (f"the {size} matmul rate varied by {spread:.0%} within the run ({min(values) / 1e9:.0f}-"
-            f"{max(values) / 1e9:.0f} GFLOP/s; load averages {loads_of(checks)}), more than "
-            f"--max_matmul_spread={max_spread:.0%}: the machine was not idle; no results written")
+    return (
+        f"the {size} matmul rate varied by {spread:.0%} within the run ({min(values) / 1e9:.0f}-"
+        f"{max(values) / 1e9:.0f} GFLOP/s; load averages {loads_of(checks)}), more than "
+        f"--max_matmul_spread={max_spread:.0%}: the machine was not idle; no results written"
+    )
 
 
 def command_line(script: str, argv: Sequence[str] | None) -> str:
@@ -111,9 +116,15 @@ def write_report(out_dir: str | Path, name: str, report: Mapping, markdown: str)
 class Benchmark:
     """One run of a benchmark script: the conditions taken around its measurements, and its report."""
 
-    def __init__(self, script: str, argv: Sequence[str] | None, out_dir: str | Path,
-                 matmul_sizes: Sequence[int] = (2048,), matmul_repeats: int = 5,
-                 max_matmul_spread: float | None = None):
+    def __init__(
+        self,
+        script: str,
+        argv: Sequence[str] | None,
+        out_dir: str | Path,
+        matmul_sizes: Sequence[int] = (2048,),
+        matmul_repeats: int = 5,
+        max_matmul_spread: float | None = None,
+    ):
         """Takes the conditions before; results go to `out_dir`/<script's name>.{json,md}."""
         self.name, self.command, self.out_dir = Path(script).stem, command_line(script, argv), Path(out_dir)
         self.matmul_sizes, self.matmul_repeats = list(matmul_sizes), matmul_repeats
@@ -126,8 +137,10 @@ class Benchmark:
         self.checks.append(conditions(self.matmul_sizes, self.matmul_repeats))
         size = self.matmul_sizes[0]
         first, now = rates_at((self.checks[0], self.checks[-1]), size)
-        print(f"matmul {size}: {now / 1e9:.0f} GFLOP/s (first {first / 1e9:.0f}), load {loads_of(self.checks)[-1]}",
-              flush=True)
+        print(
+            f"matmul {size}: {now / 1e9:.0f} GFLOP/s (first {first / 1e9:.0f}), load {loads_of(self.checks)[-1]}",
+            flush=True,
+        )
 
     def between(self, items: Iterable[Item]) -> Iterator[Item]:
         """Yields `items`, taking the conditions between each and the next (`report` takes them after the last)."""
@@ -144,9 +157,13 @@ class Benchmark:
         size = self.matmul_sizes[0]
         if self.max_matmul_spread is not None and (why := unsteady(self.checks, size, self.max_matmul_spread)):
             sys.exit(f"{self.name}: {why}")
-        return {**provenance.describe_run(self.command, self.checks[0], self.checks[-1]),
-                "between": self.checks[1:-1], "matmul_spread": matmul_spread(self.checks, size),
-                "config": {k: v for k, v in config.items() if k != "out_dir"}, **fields}
+        return {
+            **provenance.describe_run(self.command, self.checks[0], self.checks[-1]),
+            "between": self.checks[1:-1],
+            "matmul_spread": matmul_spread(self.checks, size),
+            "config": {k: v for k, v in config.items() if k != "out_dir"},
+            **fields,
+        }
 
     def write(self, report: Mapping[str, Any], markdown: str) -> None:
         """Writes the report and its Markdown."""
@@ -169,14 +186,16 @@ def header_markdown(report: Mapping[str, Any]) -> str:
     versions = ", ".join(f"{name} {version}" for name, version in report["versions"].items() if version)
     first = next(iter(before["matmul_flops_per_second"]))
     values, loads = rates_at(all_checks(report), first), loads_of(all_checks(report))
-    return "\n".join([
-        f"Date {report['date']}, commit {(report['commit'] or 'unknown')[:12]}"
-        f"{' with uncommitted changes' if report['dirty'] else ''}. Command: `{report['command']}`.",
-        f"{versions}. {machine['cpu_count']} CPUs ({machine['cpu']}), {machine['memory_bytes'] / 2**30:.0f} GiB, "
-        f"{machine['platform']}; JAX {machine['backend']}: {machine['accelerator']}.",
-        f"Load at start: `{before['load']['uptime']}`; at end: `{after['load']['uptime']}`"
-        f" (1-minute load {min(loads):.2f}-{max(loads):.2f} over {len(loads)} checks).",
-        f"float32 matmul GFLOP/s (jax.jit a@b, median) before: {_gflops(before)}; after: {_gflops(after)}; "
-        f"{first}: {min(values) / 1e9:.1f}-{max(values) / 1e9:.1f} over {len(values)} checks "
-        f"(spread {report['matmul_spread']:.0%}).",
-    ])
+    return "\n".join(
+        [
+            f"Date {report['date']}, commit {(report['commit'] or 'unknown')[:12]}"
+            f"{' with uncommitted changes' if report['dirty'] else ''}. Command: `{report['command']}`.",
+            f"{versions}. {machine['cpu_count']} CPUs ({machine['cpu']}), {machine['memory_bytes'] / 2**30:.0f} GiB, "
+            f"{machine['platform']}; JAX {machine['backend']}: {machine['accelerator']}.",
+            f"Load at start: `{before['load']['uptime']}`; at end: `{after['load']['uptime']}`"
+            f" (1-minute load {min(loads):.2f}-{max(loads):.2f} over {len(loads)} checks).",
+            f"float32 matmul GFLOP/s (jax.jit a@b, median) before: {_gflops(before)}; after: {_gflops(after)}; "
+            f"{first}: {min(values) / 1e9:.1f}-{max(values) / 1e9:.1f} over {len(values)} checks "
+            f"(spread {report['matmul_spread']:.0%}).",
+        ]
+    )

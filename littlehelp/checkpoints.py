@@ -21,15 +21,14 @@ import dataclasses
 import json
 import os
 import re
-import socket
 import shutil
 import signal
+import socket
 import time
 import types
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,6 +36,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+import gin
 from littlehelp.errors import LittlehelpError
 
 PyTree = Any
@@ -86,8 +86,9 @@ class CheckpointConfig:
         if self.restore_path is not None and not str(self.restore_path).strip():
             raise ValueError("CheckpointConfig.restore_path must be None or a non-empty path, got ''.")
         if self.restore_model is not None and self.restore_path is None:
-            raise ValueError(f"CheckpointConfig.restore_model={self.restore_model!r} needs a restore_path to "
-                             "read it from.")
+            raise ValueError(
+                f"CheckpointConfig.restore_model={self.restore_model!r} needs a restore_path to read it from."
+            )
 
 
 class IteratorState(Protocol):
@@ -274,7 +275,7 @@ def _newest_good(step_dirs: Mapping[int, epath.Path], restore_one: Any, where: e
             result = restore_one(step)
         except CheckpointMismatchError:
             raise
-        except Exception as error:  # noqa: BLE001 -- any defect in one step means: try the previous one.
+        except Exception as error:
             logging.debug("Restoring %s failed in full: %r", step_dir, error)
             logging.warning("Could not restore checkpoint %s (%s); trying an older step.", step_dir, short_error(error))
             failures.append(f"{step_dir}: {short_error(error)}")
@@ -308,8 +309,11 @@ def _restore_newest_good(
 def _quarantine(manager: ocp.CheckpointManager, step_dirs: list[epath.Path]) -> None:
     """Moves bad step folders aside, logging each move, and lets the manager see the change."""
     for step_dir in step_dirs:
-        logging.warning("Moved checkpoint %s, which cannot be restored, to %s; its step will be recomputed.",
-                        step_dir, _move_aside(step_dir))
+        logging.warning(
+            "Moved checkpoint %s, which cannot be restored, to %s; its step will be recomputed.",
+            step_dir,
+            _move_aside(step_dir),
+        )
     manager.reload()
 
 
@@ -337,8 +341,9 @@ class Checkpointer:
             return False
         return force or self._manager.should_save(step)
 
-    def save(self, step: int, state: PyTree, data_state: dict, force: bool = False,
-             iterator: IteratorState | None = None) -> bool:
+    def save(
+        self, step: int, state: PyTree, data_state: dict, force: bool = False, iterator: IteratorState | None = None
+    ) -> bool:
         """Saves on multiples of save_interval_steps, or always when ``force``; returns whether it saved.
 
         `iterator`, the input iterator's state, is written before this returns (the iterator may
@@ -362,8 +367,12 @@ class Checkpointer:
             items[ITERATOR_ITEM] = IteratorSave(iterator)
         with _save_errors(step, self._directory):
             saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-        logging.info("Checkpoint step %d %s to %s.", step, "being written" if self._config.async_save else "written",
-                     self._directory)
+        logging.info(
+            "Checkpoint step %d %s to %s.",
+            step,
+            "being written" if self._config.async_save else "written",
+            self._directory,
+        )
         return saved
 
     def _check_writable(self, step: int, state: PyTree) -> None:
@@ -394,11 +403,13 @@ class Checkpointer:
         self.wait_until_finished()
         if self._manager.all_steps():
             logging.info("Restoring the newest good checkpoint in %s.", self._directory)
-            return _restore_newest_good(self._manager, self._manager.all_steps(), abstract_state,
-                                        quarantine=not self._read_only)
+            return _restore_newest_good(
+                self._manager, self._manager.all_steps(), abstract_state, quarantine=not self._read_only
+            )
         if self._config.restore_path is not None:
-            logging.info("No checkpoint in %s; restoring from restore_path %s.", self._directory,
-                         self._config.restore_path)
+            logging.info(
+                "No checkpoint in %s; restoring from restore_path %s.", self._directory, self._config.restore_path
+            )
             return _restore_from_path(absolute_path(self._config.restore_path), abstract_state)
         logging.info("No checkpoint in %s and no restore_path; starting from scratch.", self._directory)
         return None
@@ -458,7 +469,7 @@ def _save_errors(step: int, directory: epath.Path) -> Iterator[None]:
         yield
     except CheckpointError:
         raise
-    except Exception as error:  # noqa: BLE001 -- orbax and TensorStore wrap OS errors in their own types.
+    except Exception as error:
         cause = _os_error_in(error)
         if cause is None:
             raise
@@ -476,14 +487,20 @@ def _params_only_restore(step_dir: epath.Path, abstract_params: PyTree, saved_ke
         missing = sorted(k for k, v in saved_keys.items() if v not in saved.get("params", {}))
         if missing:
             have = sorted(saved.get("params", {}))
-            raise CheckpointMismatchError(f"checkpoint {step_dir} has no model {[saved_keys[k] for k in missing]} "
-                                          f"(it has {have}); choose one with select= or rename=")
+            raise CheckpointMismatchError(
+                f"checkpoint {step_dir} has no model {[saved_keys[k] for k in missing]} "
+                f"(it has {have}); choose one with select= or rename="
+            )
         wanted = {"params": {saved_keys[k]: v for k, v in abstract_params.items()}}
         problem = _mismatch({"params": {v: saved["params"][v] for v in saved_keys.values()}}, wanted, step_dir)
         if problem:
             raise CheckpointMismatchError(problem)
-        restored = reader.restore(step_dir / STATE_ITEM, args=ocp.args.PyTreeRestore(
-            item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True))
+        restored = reader.restore(
+            step_dir / STATE_ITEM,
+            args=ocp.args.PyTreeRestore(
+                item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True
+            ),
+        )
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as json_reader:
         expected = json_reader.restore(step_dir / INTEGRITY_ITEM)
     _check_params_fingerprints(restored, expected)
@@ -514,8 +531,9 @@ def restore_params(
       saved model `rename.get(k, k)`. A missing model or a shape that differs is named in one line.
     """
     if shardings is not None:
-        abstract_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                       abstract_params, shardings)
+        abstract_params = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params, shardings
+        )
     keyed = {select: abstract_params} if select is not None else dict(abstract_params)
     saved_keys = {k: k if select is not None else (rename or {}).get(k, k) for k in keyed}
     root, steps = _step_folders(absolute_path(path))
@@ -555,7 +573,9 @@ def _step_folders(path: epath.Path) -> tuple[epath.Path, list[int]]:
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     steps = finished_steps(root)
     if not steps:
-        raise CheckpointError(f"{path} holds no finished checkpoint (a step folder, a checkpoints folder or a run folder)")
+        raise CheckpointError(
+            f"{path} holds no finished checkpoint (a step folder, a checkpoints folder or a run folder)"
+        )
     return root, steps
 
 
@@ -658,8 +678,12 @@ class RunLock:
 
     def _record(self) -> dict:
         pid = os.getpid()
-        return {"host": socket.gethostname(), "pid": pid, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "process_start": _process_start(pid)}
+        return {
+            "host": socket.gethostname(),
+            "pid": pid,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "process_start": _process_start(pid),
+        }
 
     def _write_new(self) -> bool:
         """Creates the lock file if absent; returns whether this process now holds it."""
@@ -688,8 +712,9 @@ class RunLock:
             os.makedirs(folder, exist_ok=True)
             return self._write_new()
         except OSError as error:
-            raise LittlehelpError(f"MODEL_DIR {folder} cannot be written ({error.strerror}); "
-                                  "choose another MODEL_DIR") from None
+            raise LittlehelpError(
+                f"MODEL_DIR {folder} cannot be written ({error.strerror}); choose another MODEL_DIR"
+            ) from None
 
     def acquire(self) -> None:
         """Takes the lock or raises RunLockedError naming the holder."""

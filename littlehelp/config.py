@@ -21,13 +21,14 @@ import re
 import tokenize
 import types
 import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from absl import logging
 
 import gin
-from absl import logging
 from gin import config_parser
-
 from littlehelp.errors import EXIT_CONFIG, LittlehelpError
 
 # The core's modules whose import registers gin configurables; imported before any gin file is
@@ -58,12 +59,19 @@ _BindingKey = tuple[str, str, str]
 # Annotations checked as scalars -> the types of the values they accept (bool is refused where
 # another type is expected, although it is an int).
 _SCALARS: dict[Any, tuple[type, ...]] = {
-    bool: (bool,), int: (int,), float: (int, float), str: (str,), type(None): (type(None),)
+    bool: (bool,),
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+    type(None): (type(None),),
 }
 # Container annotations (bare or subscripted) -> the gin literal types they accept.
 _CONTAINERS: dict[Any, tuple[type, ...]] = {
-    list: (list,), tuple: (tuple,), dict: (dict,),
-    collections.abc.Sequence: (list, tuple), collections.abc.Mapping: (dict,),
+    list: (list,),
+    tuple: (tuple,),
+    dict: (dict,),
+    collections.abc.Sequence: (list, tuple),
+    collections.abc.Mapping: (dict,),
 }
 
 
@@ -171,9 +179,7 @@ def _is_single_binding(text: str) -> bool:
     return len(statements) == 1 and isinstance(statements[0], config_parser.BindingStatement)
 
 
-def parse_gin(
-    gin_files: Sequence[str], overrides: Sequence[str], search_paths: Sequence[str] = ()
-) -> None:
+def parse_gin(gin_files: Sequence[str], overrides: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Replaces gin's config with `gin_files` then `overrides` (`NAME=VALUE`), checks and locks it.
 
     Files are looked up in `gin_search_path(search_paths)`; so are their `include`s.
@@ -440,12 +446,14 @@ def _check_command_line_macros_are_read(command_line: Mapping[_BindingKey, str])
     ignored. `command_line` maps the overrides' keys to where they are written. Macros set in files
     and read by nothing stay allowed: files are shared by runs that read different macros.
     """
-    read = sorted({
-        macro
-        for *_, value in _bound_values()
-        for macro in map(_macro_of, _referenced_selectors(value))
-        if macro is not None
-    })
+    read = sorted(
+        {
+            macro
+            for *_, value in _bound_values()
+            for macro in map(_macro_of, _referenced_selectors(value))
+            if macro is not None
+        }
+    )
     for (name, selector, _), where in command_line.items():
         if selector == _MACRO_SELECTOR and name not in read:
             hint = _did_you_mean(name, read)
@@ -577,8 +585,7 @@ def missing_reference_arguments(configurable: Callable[..., Any]) -> list[str]:
     return list(dict.fromkeys(missing))
 
 
-def _called_references(value: Any, macros: Mapping[str, Any],
-                       followed: frozenset[str] = frozenset()) -> Iterator[Any]:
+def _called_references(value: Any, macros: Mapping[str, Any], followed: frozenset[str] = frozenset()) -> Iterator[Any]:
     """Each `@name()` reference in a bound value, `%MACRO`s followed to their values."""
     for leaf in _leaves(value):
         if not isinstance(leaf, gin.config.ConfigurableReference) or not leaf.evaluate:
@@ -597,8 +604,11 @@ def _required_parameters(fn_or_cls: Callable[..., Any]) -> list[str]:
         parameters = inspect.signature(fn_or_cls).parameters
     except (ValueError, TypeError):
         return []
-    return [name for name in _parameter_names(fn_or_cls)
-            if parameters[name].default is inspect.Parameter.empty or parameters[name].default is gin.REQUIRED]
+    return [
+        name
+        for name in _parameter_names(fn_or_cls)
+        if parameters[name].default is inspect.Parameter.empty or parameters[name].default is gin.REQUIRED
+    ]
 
 
 def write_operative_config(model_dir: str) -> Path:

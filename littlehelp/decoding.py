@@ -10,6 +10,7 @@ A request longer than the model's context (`context_length`: the prompt's width 
 tokens) is refused with `ContextLengthError` before any cache is allocated; caches hold exactly
 what is asked.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,9 +44,11 @@ def check_context(model: StepwiseModel, prompt_length: int, max_new_tokens: int,
     (`role` names the model in the message: "model", "target", "draft")."""
     limit, total = context_length(model), prompt_length + max_new_tokens
     if limit is not None and total > limit:
-        raise ContextLengthError(f"prompt of {prompt_length} tokens + {max_new_tokens} new tokens = {total} exceeds "
-                                 f"the {role}'s context length of {limit} tokens; shorten the prompt or ask for "
-                                 "fewer new tokens")
+        raise ContextLengthError(
+            f"prompt of {prompt_length} tokens + {max_new_tokens} new tokens = {total} exceeds "
+            f"the {role}'s context length of {limit} tokens; shorten the prompt or ask for "
+            "fewer new tokens"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +96,7 @@ def filtered_distribution(logits: Array, temperature: float = 1.0, top_k: int = 
     return jax.nn.softmax(_filtered_logits(logits, sampling), axis=-1)
 
 
-def sample_logits(logits: Array, rng: Array, temperature: float = 0.0, top_k: int = 0,
-                  top_p: float = 1.0) -> Array:
+def sample_logits(logits: Array, rng: Array, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> Array:
     """Draws one token per row of ``logits`` [b, vocab] from `filtered_distribution` -> [b] int32."""
     if temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -103,9 +105,18 @@ def sample_logits(logits: Array, rng: Array, temperature: float = 0.0, top_k: in
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_id"))
-def generate(model: StepwiseModel, params: Params, prompt_tokens: Array, prompt_lengths: Array,
-             max_new_tokens: int, rng: Array, sampling: Sampling = Sampling(), eos_id: int = 1,
-             inputs: Batch | None = None, prompt_embeddings: Array | None = None) -> Array:
+def generate(
+    model: StepwiseModel,
+    params: Params,
+    prompt_tokens: Array,
+    prompt_lengths: Array,
+    max_new_tokens: int,
+    rng: Array,
+    sampling: Sampling = Sampling(),
+    eos_id: int = 1,
+    inputs: Batch | None = None,
+    prompt_embeddings: Array | None = None,
+) -> Array:
     """Continues right-padded prompts [b, p] of ``prompt_lengths`` (>= 1) -> [b, max_new_tokens].
 
     ``inputs`` condition the model (T5: {"encoder_input_tokens": ...}; a T5 prompt is its decoder
@@ -124,13 +135,19 @@ def generate(model: StepwiseModel, params: Params, prompt_tokens: Array, prompt_
     else:
         embedded = model.embed(params, prompt_tokens).astype(prompt_embeddings.dtype)
         placeholder = jnp.zeros((batch, soft + prompt_len), jnp.int32)  # the prefill reads only its shape
-        logits, cache = model.prefill(params, cache, placeholder, lengths + soft,
-                                      input_embeddings=jnp.concatenate([prompt_embeddings, embedded], axis=1))
+        logits, cache = model.prefill(
+            params,
+            cache,
+            placeholder,
+            lengths + soft,
+            input_embeddings=jnp.concatenate([prompt_embeddings, embedded], axis=1),
+        )
 
     def body(state: tuple) -> tuple:
         step, logits, cache, out, done = state
-        sampled = sample_logits(logits, jax.random.fold_in(rng, step), sampling.temperature, sampling.top_k,
-                                sampling.top_p)
+        sampled = sample_logits(
+            logits, jax.random.fold_in(rng, step), sampling.temperature, sampling.top_k, sampling.top_p
+        )
         emitted = jnp.where(done, 0, sampled)
         out = jax.lax.dynamic_update_slice(out, emitted[:, None], (0, step))
         next_logits, cache = model.extend(params, cache, emitted[:, None])
@@ -140,6 +157,11 @@ def generate(model: StepwiseModel, params: Params, prompt_tokens: Array, prompt_
         step, _, _, _, done = state
         return (step < max_new_tokens) & ~jnp.all(done)
 
-    init = (jnp.zeros((), jnp.int32), logits, cache, jnp.zeros((batch, max_new_tokens), jnp.int32),
-            jnp.zeros((batch,), bool))
+    init = (
+        jnp.zeros((), jnp.int32),
+        logits,
+        cache,
+        jnp.zeros((batch, max_new_tokens), jnp.int32),
+        jnp.zeros((batch,), bool),
+    )
     return jax.lax.while_loop(not_finished, body, init)[3]

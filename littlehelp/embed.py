@@ -38,8 +38,10 @@ def check_mean_pooling(directory: Path) -> None:
     modes = {key: value for key, value in json.loads(path.read_text()).items() if key.startswith("pooling_mode_")}
     others = sorted(key for key, on in modes.items() if on and key != "pooling_mode_mean_tokens")
     if others or not modes.get("pooling_mode_mean_tokens"):
-        raise ConversionError(f"{path}: pooling {', '.join(others) or 'without pooling_mode_mean_tokens'} "
-                              "is not supported (only pooling_mode_mean_tokens)")
+        raise ConversionError(
+            f"{path}: pooling {', '.join(others) or 'without pooling_mode_mean_tokens'} "
+            "is not supported (only pooling_mode_mean_tokens)"
+        )
 
 
 def max_length_of(directory: Path, max_position_embeddings: int) -> int:
@@ -92,8 +94,10 @@ class SentenceEmbedder:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text with its special tokens, truncated to `max_length` tokens in all."""
         room = self.max_length - self.tokenizer.num_special_tokens_to_add(False)
-        return [self._truncated(encoding, room).ids
-                for encoding in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        return [
+            self._truncated(encoding, room).ids
+            for encoding in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        ]
 
     def _truncated(self, encoding: Encoding, room: int) -> Encoding:
         encoding.truncate(room)
@@ -109,14 +113,14 @@ class SentenceEmbedder:
         tokens = np.full((self.batch_size, length), self.pretrained.config.pad_token_id, np.int32)
         mask = np.zeros((self.batch_size, length), np.int32)
         for row, ids in enumerate(rows):
-            tokens[row, :len(ids)], mask[row, :len(ids)] = ids, 1
+            tokens[row, : len(ids)], mask[row, : len(ids)] = ids, 1
         return tokens, mask
 
     def batches(self, ids: Sequence[Sequence[int]]) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
         """(indices into `ids`, tokens, mask) of each padded batch, shortest texts first."""
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for start in range(0, len(order), self.batch_size):
-            chosen = order[start:start + self.batch_size]
+            chosen = order[start : start + self.batch_size]
             yield chosen, *self._padded([ids[i] for i in chosen])
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -124,5 +128,5 @@ class SentenceEmbedder:
         ids = self.tokenize(texts)
         out = np.zeros((len(ids), self.pretrained.config.emb_dim), np.float32)
         for chosen, tokens, mask in self.batches(ids):
-            out[chosen] = np.asarray(self._embed(self._params, tokens, mask))[:len(chosen)]
+            out[chosen] = np.asarray(self._embed(self._params, tokens, mask))[: len(chosen)]
         return out

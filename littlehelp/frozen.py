@@ -23,12 +23,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import gin
 import flax.linen as nn
 import jax
 from absl import logging
 from jax.sharding import Mesh
 
+import gin
 from littlehelp import checkpoints, partitioning
 from littlehelp.errors import LittlehelpError
 from littlehelp.models import Model
@@ -69,17 +69,24 @@ def fingerprint(params: Params) -> str:
     return hashlib.sha256(json.dumps(checkpoints.fingerprints(params), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_frozen_models(models: Mapping[str, FrozenModel], example: Mapping[str, jax.Array], mesh: Mesh,
-                       rules: partitioning.LogicalRules) -> FrozenParams:
+def load_frozen_models(
+    models: Mapping[str, FrozenModel], example: Mapping[str, jax.Array], mesh: Mesh, rules: partitioning.LogicalRules
+) -> FrozenParams:
     """Reads each frozen model's parameters onto the mesh (shapes from `model.init` on `example`)."""
     params, records = {}, {}
     for name, frozen in models.items():
         abstract, _ = params_layout(lambda rng, frozen=frozen: frozen.model.init(rng, example), mesh, rules)
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             params[name], step = checkpoints.restore_params(frozen.path, abstract, select=frozen.select)
-        records[name] = {"path": str(frozen.path), "select": frozen.select, "step": step,
-                         "fingerprint": fingerprint(params[name])}
-        logging.info("frozen model %s: %s step %d (fingerprint %s)", name, frozen.path, step, records[name]["fingerprint"])
+        records[name] = {
+            "path": str(frozen.path),
+            "select": frozen.select,
+            "step": step,
+            "fingerprint": fingerprint(params[name]),
+        }
+        logging.info(
+            "frozen model %s: %s step %d (fingerprint %s)", name, frozen.path, step, records[name]["fingerprint"]
+        )
     return FrozenParams(params, records)
 
 
@@ -93,7 +100,8 @@ def check_and_record(model_dir: str | Path, frozen: FrozenParams) -> None:
             if before.get(name, {}).get("fingerprint") != frozen.records.get(name, {}).get("fingerprint"):
                 raise FrozenModelChangedError(
                     f"frozen model '{name}' is not the one this run started with: was {before.get(name)}, now "
-                    f"{frozen.records.get(name)} ({path}); use a new MODEL_DIR or restore the original")
+                    f"{frozen.records.get(name)} ({path}); use a new MODEL_DIR or restore the original"
+                )
         return
     if frozen.records and jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import gin
 import jax
 import numpy as np
 import seqio
 from absl import logging
 
+import gin
 from littlehelp import checkpoints, decoding, partitioning
 from littlehelp.data import DatasetConfig, pipeline
 from littlehelp.models import StepwiseModel
@@ -58,8 +58,9 @@ def first_examples(data: DatasetConfig, count: int) -> dict[str, np.ndarray]:
         raise ValueError(f"{data.name!r} split {data.split!r} has fewer than {count} examples") from None
 
 
-def decode_examples(model: StepwiseModel, params, batch: dict[str, np.ndarray], config: DecodingConfig,
-                    eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+def decode_examples(
+    model: StepwiseModel, params, batch: dict[str, np.ndarray], config: DecodingConfig, eos_id: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(prompts or inputs, predictions) token arrays for a host batch.
 
     A model with an encoder ("encoder_input_tokens" in the batch) decodes from its start token 0;
@@ -68,19 +69,25 @@ def decode_examples(model: StepwiseModel, params, batch: dict[str, np.ndarray], 
     rng, size = jax.random.key(config.seed), len(batch["decoder_target_tokens"])
     if "encoder_input_tokens" in batch:
         sources = batch["encoder_input_tokens"]
-        prompts, lengths, inputs = np.zeros((size, 1), np.int32), np.ones(size, np.int32), {"encoder_input_tokens": sources}
+        prompts, lengths, inputs = (
+            np.zeros((size, 1), np.int32),
+            np.ones(size, np.int32),
+            {"encoder_input_tokens": sources},
+        )
     else:
         targets = batch["decoder_target_tokens"]
         lengths = np.maximum(np.minimum((targets != 0).sum(axis=1), config.prompt_length), 1)
         prompts = np.where(np.arange(config.prompt_length) < lengths[:, None], targets[:, : config.prompt_length], 0)
         sources, inputs = prompts, None
-    predictions = decoding.generate(model, params, prompts, lengths, config.max_decode_length, rng, config.sampling,
-                                    eos_id, inputs)
+    predictions = decoding.generate(
+        model, params, prompts, lengths, config.max_decode_length, rng, config.sampling, eos_id, inputs
+    )
     return sources, np.asarray(predictions)
 
 
-def prompt_example(prompt: str, vocabulary: seqio.Vocabulary, feature_converter: str,
-                   chat: bool = False) -> dict[str, np.ndarray]:
+def prompt_example(
+    prompt: str, vocabulary: seqio.Vocabulary, feature_converter: str, chat: bool = False
+) -> dict[str, np.ndarray]:
     """A one-row host batch holding `prompt` where `feature_converter`'s models read their input: the
     encoder input ("encoder_decoder") or the decoder's first tokens ("lm", then `prompt_length` is its length).
 
@@ -89,7 +96,9 @@ def prompt_example(prompt: str, vocabulary: seqio.Vocabulary, feature_converter:
     if chat:
         render = getattr(vocabulary, "render_chat", None)
         if render is None or not getattr(vocabulary, "chat_template", None):
-            raise ValueError(f"inference.infer.chat=True but the vocabulary {type(vocabulary).__name__} has no chat template")
+            raise ValueError(
+                f"inference.infer.chat=True but the vocabulary {type(vocabulary).__name__} has no chat template"
+            )
         prompt = render([{"role": "user", "content": prompt}])
     ids = np.asarray(vocabulary.encode(prompt), np.int32)[None]
     if not ids.size:
@@ -144,14 +153,17 @@ def infer(
     decoding.check_context(model, decoder_prompt, decoding_config.max_decode_length)
     mesh, rules = partitioning.make_mesh(mesh_config), partitioning.logical_axis_rules()
     example = {k: v[:1] for k, v in batch.items()}
-    params, step = restore_run_params(model_dir, lambda rng: model.init(rng, example), mesh, rules,
-                                      checkpoint_config, select=model_key)
+    params, step = restore_run_params(
+        model_dir, lambda rng: model.init(rng, example), mesh, rules, checkpoint_config, select=model_key
+    )
     sources, predictions = decode_examples(model, jax.device_get(params), batch, decoding_config, vocabulary.eos_id)
     if prompt is not None:  # no target: the prompt is what the model continued (chat template included)
         records = [{"prompt": _text(vocabulary, sources[0]), "prediction": _text(vocabulary, predictions[0])}]
     else:
-        records = [{"input": _text(vocabulary, s), "target": _text(vocabulary, t), "prediction": _text(vocabulary, p)}
-                   for s, t, p in zip(sources, batch["decoder_target_tokens"], predictions)]
+        records = [
+            {"input": _text(vocabulary, s), "target": _text(vocabulary, t), "prediction": _text(vocabulary, p)}
+            for s, t, p in zip(sources, batch["decoder_target_tokens"], predictions)
+        ]
     _write_records(records, Path(model_dir) / "inference.jsonl", step)
     return records
 
@@ -178,8 +190,10 @@ def task_metrics(
         logging.info("task %s has no metric functions: loss only", data.name)
         return {}
     if data.feature_converter != "encoder_decoder":
-        raise ValueError(f"inference.task_metrics decodes encoder-decoder tasks; {data.name!r} is read with "
-                         f"feature_converter={data.feature_converter!r}")
+        raise ValueError(
+            f"inference.task_metrics decodes encoder-decoder tasks; {data.name!r} is read with "
+            f"feature_converter={data.feature_converter!r}"
+        )
     records = decode_split(model, params[model_key], data, max_examples)
     targets = [task.postprocess_fn(r["target"], is_target=True) for r in records]
     predictions = [task.postprocess_fn(r["prediction"], is_target=False) for r in records]
@@ -188,13 +202,20 @@ def task_metrics(
         metrics.update({k: float(v) for k, v in metric_fn(targets, predictions).items()})
     path = Path(model_dir) / "eval_predictions.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    logging.info("task metrics of %s at step %d on %d examples: %s (predictions in %s)", data.name, step,
-                 len(records), {k: round(v, 4) for k, v in metrics.items()}, path)
+    logging.info(
+        "task metrics of %s at step %d on %d examples: %s (predictions in %s)",
+        data.name,
+        step,
+        len(records),
+        {k: round(v, 4) for k, v in metrics.items()},
+        path,
+    )
     return metrics
 
 
-def decode_split(model: StepwiseModel, params, data: DatasetConfig,
-                 max_examples: int | None = None) -> list[dict[str, str]]:
+def decode_split(
+    model: StepwiseModel, params, data: DatasetConfig, max_examples: int | None = None
+) -> list[dict[str, str]]:
     """Greedy predictions (input, target, prediction texts) for every example of `data`'s split, in order,
     in batches of `data.batch_size` (the last one padded)."""
     unpacked = dataclasses.replace(data, pack=False, shuffle=False, repeat=False, drop_remainder=False)
@@ -206,9 +227,14 @@ def decode_split(model: StepwiseModel, params, data: DatasetConfig,
         size = len(batch["decoder_target_tokens"])
         padded = {k: np.pad(v, [(0, data.batch_size - size)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
         sources, predictions = decode_examples(model, params, padded, config, targets_vocabulary.eos_id)
-        records += [{"input": _text(inputs_vocabulary, s), "target": _text(targets_vocabulary, t),
-                     "prediction": _text(targets_vocabulary, p)}
-                    for s, t, p in zip(sources[:size], batch["decoder_target_tokens"], predictions[:size])]
+        records += [
+            {
+                "input": _text(inputs_vocabulary, s),
+                "target": _text(targets_vocabulary, t),
+                "prediction": _text(targets_vocabulary, p),
+            }
+            for s, t, p in zip(sources[:size], batch["decoder_target_tokens"], predictions[:size])
+        ]
         logging.log_every_n_seconds(logging.INFO, "decoded %d examples of %s", 30, len(records), data.name)
         if max_examples is not None and len(records) >= max_examples:
             return records[:max_examples]

@@ -51,9 +51,15 @@ QUIET_LIBRARIES = ("/orbax/", "/seqio/", "/tensorflow", "/jax/", "/etils/", "/gi
 LIBRARY_NOISE = ("Metadata file does not exist",)  # orbax, reading a step saved without its optional metadata
 # Lines TensorFlow's native code writes to stderr while it loads, before TF_CPP_MIN_LOG_LEVEL applies
 # (that setting, made by the CLI, silences the later ones: cuInit, 'PyFunc is stateful').
-NATIVE_NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
-                "Could not find cuda drivers", "failed call to cuInit", "Unable to register cu",
-                "computation placer already registered", "TF-TRT Warning")
+NATIVE_NOISE = (
+    "All log messages before absl::InitializeLog()",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers",
+    "failed call to cuInit",
+    "Unable to register cu",
+    "computation placer already registered",
+    "TF-TRT Warning",
+)
 
 Bindings = Mapping[str, Any] | Sequence[str]
 
@@ -103,8 +109,9 @@ def native_noise_dropped() -> Iterator[None]:
             os.write(2, "".join(line for line in lines if not any(n in line for n in NATIVE_NOISE)).encode())
 
 
-def configure(command: str, gin_files: Sequence[str], overrides: Sequence[str],
-              search_paths: Sequence[str] = ()) -> Callable[..., Any]:
+def configure(
+    command: str, gin_files: Sequence[str], overrides: Sequence[str], search_paths: Sequence[str] = ()
+) -> Callable[..., Any]:
     """Imports configurables, parses gin (`gin_files`, then `NAME=VALUE` `overrides`), and returns the
     command's function, ready to call.
 
@@ -143,8 +150,9 @@ def _quiet_libraries(record: std_logging.LogRecord) -> bool:
     return record.levelno >= std_logging.WARNING and not str(record.msg).startswith(LIBRARY_NOISE)
 
 
-def train(gin_files: str | Sequence[str], bindings: Bindings, model_dir: str | Path,
-          search_paths: Sequence[str] = ()) -> RunResult:
+def train(
+    gin_files: str | Sequence[str], bindings: Bindings, model_dir: str | Path, search_paths: Sequence[str] = ()
+) -> RunResult:
     """`littlehelp train` with `gin_files` (parsed in order), then `bindings`, then MODEL_DIR=`model_dir`.
 
     Reuses the folder without training when its checkpoints hold the final step (`trainer.train.steps`)
@@ -191,13 +199,16 @@ def _train_here(target: Callable[..., Any], folder: Path, final_step: int) -> Ru
 def require_finished(result: RunResult) -> RunResult:
     """`result` when its run reached its final step; `PreemptedError` (exit 75) when SIGTERM stopped it."""
     if result.preempted:
-        raise PreemptedError(f"the run in {result.model_dir} was stopped by SIGTERM at step {result.last_step} "
-                             "with its state saved; run the same command again to resume")
+        raise PreemptedError(
+            f"the run in {result.model_dir} was stopped by SIGTERM at step {result.last_step} "
+            "with its state saved; run the same command again to resume"
+        )
     return result
 
 
-def evaluate(gin_files: str | Sequence[str], bindings: Bindings, model_dir: str | Path,
-             search_paths: Sequence[str] = ()) -> dict[str, float]:
+def evaluate(
+    gin_files: str | Sequence[str], bindings: Bindings, model_dir: str | Path, search_paths: Sequence[str] = ()
+) -> dict[str, float]:
     """`littlehelp eval` with `gin_files`, then `bindings`, then MODEL_DIR=`model_dir`: the eval metrics."""
     overrides = [*binding_list(bindings), f"{MODEL_DIR}={str(Path(model_dir))!r}"]
     with _gin_released():
@@ -213,8 +224,10 @@ def binding_list(bindings: Bindings) -> list[str]:
 
 def launch_record(gin_files: str | Sequence[str], bindings: Bindings) -> dict[str, list[str]]:
     """What `train` records in launch.json: the gin files and the bindings but MODEL_DIR, in order."""
-    return {"gin_files": _file_list(gin_files),
-            "bindings": [b for b in binding_list(bindings) if _name(b) != MODEL_DIR]}
+    return {
+        "gin_files": _file_list(gin_files),
+        "bindings": [b for b in binding_list(bindings) if _name(b) != MODEL_DIR],
+    }
 
 
 def _file_list(gin_files: str | Sequence[str]) -> list[str]:
@@ -244,11 +257,13 @@ def check_launch_record(folder: Path, record: Mapping[str, list[str]]) -> None:
         there = json.loads(path.read_text(encoding="utf-8"))
         difference = settings_difference(there, record)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
-        raise config.ConfigError(f"run folder {folder} has an unreadable {LAUNCH_RECORD} ({error}); "
-                                 "use another folder or delete it") from None
+        raise config.ConfigError(
+            f"run folder {folder} has an unreadable {LAUNCH_RECORD} ({error}); use another folder or delete it"
+        ) from None
     if difference:
-        raise config.ConfigError(f"run folder {folder} was built with other settings ({difference}); "
-                                 "use another folder or delete it")
+        raise config.ConfigError(
+            f"run folder {folder} was built with other settings ({difference}); use another folder or delete it"
+        )
 
 
 def settings_difference(there: Mapping[str, list[str]], now: Mapping[str, list[str]]) -> str:
@@ -304,9 +319,15 @@ def read_result(folder: Path, last_step: int, seconds: float, reused: bool, pree
 
     path = folder / "metrics.jsonl"
     records = metrics.read_jsonl(path) if path.is_file() else []
-    return RunResult(model_dir=folder, last_step=last_step, train_metrics=last_metrics(records, "train")[1],
-                     eval_metrics=last_metrics(records, "eval")[1], seconds=seconds, reused=reused,
-                     preempted=preempted)
+    return RunResult(
+        model_dir=folder,
+        last_step=last_step,
+        train_metrics=last_metrics(records, "train")[1],
+        eval_metrics=last_metrics(records, "eval")[1],
+        seconds=seconds,
+        reused=reused,
+        preempted=preempted,
+    )
 
 
 def last_metrics(records: Sequence[Mapping[str, Any]], prefix: str) -> tuple[int | None, dict[str, float]]:

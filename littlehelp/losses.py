@@ -47,9 +47,7 @@ class TokenLosses:
     correct: jax.Array
 
 
-def token_cross_entropy(
-    logits: jax.Array, targets: jax.Array, weights: jax.Array, z_loss: float = 0.0
-) -> TokenLosses:
+def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array, z_loss: float = 0.0) -> TokenLosses:
     """Per-token softmax cross-entropy of integer `targets` under `logits`, in float32.
 
     z-loss is `z_loss * log(Z)^2` per token (PaLM / t5x), which keeps the softmax normaliser near 1;
@@ -72,8 +70,12 @@ def token_cross_entropy(
 
 def token_sums(token_losses: TokenLosses, weights: jax.Array) -> TokenLossSums:
     """Batch sums of per-token losses, with the total loss weight."""
-    return TokenLossSums(jnp.sum(token_losses.cross_entropy), jnp.sum(token_losses.z_loss),
-                         jnp.sum(token_losses.correct), jnp.sum(weights.astype(jnp.float32)))
+    return TokenLossSums(
+        jnp.sum(token_losses.cross_entropy),
+        jnp.sum(token_losses.z_loss),
+        jnp.sum(token_losses.correct),
+        jnp.sum(weights.astype(jnp.float32)),
+    )
 
 
 def cross_entropy_with_z_loss(
@@ -120,22 +122,25 @@ def _masked(values: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.maximum(values, 0.0) * weights.astype(jnp.float32)
 
 
-def forward_kl(student_logits: jax.Array, teacher_logits: jax.Array, weights: jax.Array,
-               temperature: float = 1.0) -> jax.Array:
+def forward_kl(
+    student_logits: jax.Array, teacher_logits: jax.Array, weights: jax.Array, temperature: float = 1.0
+) -> jax.Array:
     """FKL = KL(p_teacher || q_student) per token, [...] (weighted; logits [..., vocab])."""
     log_q, log_p = _student_teacher(student_logits, teacher_logits, temperature)
     return _masked(_kl(log_p, log_q), weights)
 
 
-def reverse_kl(student_logits: jax.Array, teacher_logits: jax.Array, weights: jax.Array,
-               temperature: float = 1.0) -> jax.Array:
+def reverse_kl(
+    student_logits: jax.Array, teacher_logits: jax.Array, weights: jax.Array, temperature: float = 1.0
+) -> jax.Array:
     """RKL = KL(q_student || p_teacher) per token, [...] (weighted; logits [..., vocab])."""
     log_q, log_p = _student_teacher(student_logits, teacher_logits, temperature)
     return _masked(_kl(log_q, log_p), weights)
 
 
-def total_variation(student_logits: jax.Array, teacher_logits: jax.Array, weights: jax.Array,
-                    temperature: float = 1.0) -> jax.Array:
+def total_variation(
+    student_logits: jax.Array, teacher_logits: jax.Array, weights: jax.Array, temperature: float = 1.0
+) -> jax.Array:
     """TVD = 0.5 * sum_x |p(x) - q(x)| per token, [...] (weighted; logits [..., vocab])."""
     log_q, log_p = _student_teacher(student_logits, teacher_logits, temperature)
     return _masked(0.5 * jnp.sum(jnp.abs(jnp.exp(log_p) - jnp.exp(log_q)), axis=-1), weights)
@@ -144,14 +149,24 @@ def total_variation(student_logits: jax.Array, teacher_logits: jax.Array, weight
 def _check_beta(beta: float) -> None:
     """Refuses a JSD beta outside (0, 1), where the formula is identically zero."""
     if beta <= 0 or beta >= 1:
-        nearest = "'fkl' (JSD[beta] / beta -> KL(teacher || student) as beta -> 0)" if beta <= 0 else \
-            "'rkl' (JSD[beta] / (1 - beta) -> KL(student || teacher) as beta -> 1)"
-        raise ValueError(f"jsd needs 0 < beta < 1, got beta={beta}: at beta 0 and 1 JSD[beta] is identically "
-                         f"zero; use kind={nearest}")
+        nearest = (
+            "'fkl' (JSD[beta] / beta -> KL(teacher || student) as beta -> 0)"
+            if beta <= 0
+            else "'rkl' (JSD[beta] / (1 - beta) -> KL(student || teacher) as beta -> 1)"
+        )
+        raise ValueError(
+            f"jsd needs 0 < beta < 1, got beta={beta}: at beta 0 and 1 JSD[beta] is identically "
+            f"zero; use kind={nearest}"
+        )
 
 
-def jensen_shannon(student_logits: jax.Array, teacher_logits: jax.Array, weights: jax.Array,
-                   beta: float = 0.5, temperature: float = 1.0) -> jax.Array:
+def jensen_shannon(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    weights: jax.Array,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> jax.Array:
     """Generalised JSD[beta] per token (DistillSpec, arXiv 2310.08461; README, Losses and divergences), weighted.
 
         JSD[beta](p || q) = beta * KL(p || m) + (1 - beta) * KL(q || m),  m = beta * p + (1 - beta) * q,
@@ -182,8 +197,14 @@ def _divergence_fn(kind: str, beta: float) -> Divergence:
     return functions[kind]
 
 
-def divergence(kind: str, student_logits: jax.Array, teacher_logits: jax.Array, weights: jax.Array,
-               beta: float = 0.5, temperature: float = 1.0) -> jax.Array:
+def divergence(
+    kind: str,
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    weights: jax.Array,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> jax.Array:
     """Per-token divergence [...] of `kind` in {"fkl", "rkl", "jsd", "tvd"} (see each function).
 
     Both models' logits [..., vocab] are divided by `temperature` before the softmax (no T^2
@@ -206,8 +227,14 @@ class ChunkedLoss:
     per_token: Any  # jax.Array [b, l], or TokenLosses for cross-entropy
 
 
-def chunked_cross_entropy(hidden: jax.Array, head: Head, targets: jax.Array, weights: jax.Array,
-                          z_loss: float = 0.0, chunk_size: int = DEFAULT_CHUNK_SIZE) -> ChunkedLoss:
+def chunked_cross_entropy(
+    hidden: jax.Array,
+    head: Head,
+    targets: jax.Array,
+    weights: jax.Array,
+    z_loss: float = 0.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> ChunkedLoss:
     """`token_cross_entropy` of `head(hidden)`, `chunk_size` positions at a time.
 
     `total` is the weighted sum of cross-entropy + z-loss (its gradient flows to `hidden` and to the
@@ -215,6 +242,7 @@ def chunked_cross_entropy(hidden: jax.Array, head: Head, targets: jax.Array, wei
     `token_sums(...)` gives the unchunked `cross_entropy_with_z_loss`). A length that `chunk_size`
     does not divide is padded with zero-weight positions.
     """
+
     def token_fn(logits, side, frozen):
         token_losses = token_cross_entropy(logits, *side, z_loss)
         return token_losses.cross_entropy + token_losses.z_loss, token_losses
@@ -222,9 +250,17 @@ def chunked_cross_entropy(hidden: jax.Array, head: Head, targets: jax.Array, wei
     return _chunked(token_fn, hidden, head, (targets, weights), [], chunk_size)
 
 
-def chunked_divergence(kind: str, student_hidden: jax.Array, student_head: Head, teacher_hidden: jax.Array,
-                       teacher_head: Head, weights: jax.Array, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                       beta: float = 0.5, temperature: float = 1.0) -> ChunkedLoss:
+def chunked_divergence(
+    kind: str,
+    student_hidden: jax.Array,
+    student_head: Head,
+    teacher_hidden: jax.Array,
+    teacher_head: Head,
+    weights: jax.Array,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> ChunkedLoss:
     """`divergence(kind, student_head(student_hidden), teacher_head(teacher_hidden), ...)` in chunks.
 
     The teacher is frozen: its hidden states and head get no gradient. `total` (differentiable w.r.t.
@@ -245,10 +281,20 @@ def chunked_divergence(kind: str, student_hidden: jax.Array, student_head: Head,
     return _chunked(token_fn, student_hidden, student_head, (teacher_hidden, weights), frozen, chunk_size)
 
 
-def chunked_labels_and_divergence(kind: str, student_hidden: jax.Array, student_head: Head, teacher_hidden: jax.Array,
-                                  teacher_head: Head, targets: jax.Array, weights: jax.Array, mix: jax.Array | float,
-                                  z_loss: float = 0.0, chunk_size: int = DEFAULT_CHUNK_SIZE, beta: float = 0.5,
-                                  temperature: float = 1.0) -> ChunkedLoss:
+def chunked_labels_and_divergence(
+    kind: str,
+    student_hidden: jax.Array,
+    student_head: Head,
+    teacher_hidden: jax.Array,
+    teacher_head: Head,
+    targets: jax.Array,
+    weights: jax.Array,
+    mix: jax.Array | float,
+    z_loss: float = 0.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> ChunkedLoss:
     """(1 - mix) (cross-entropy + z-loss) + mix divergence(kind) per token, one pass over each head.
 
     Knowledge distillation mixed with the ground truth: `mix` (a scalar or [b, l], no gradient) is the
@@ -315,6 +361,7 @@ def _fused_sum(token_fn, head_fn, hidden_chunks, head_consts, side_chunks, froze
     Without differentiation it only computes values; differentiated, `_fused_sum_fwd` takes each
     chunk's gradient while that chunk's logits are live, so the backward pass recomputes nothing.
     """
+
     def body(total, chunk):
         hidden, side = chunk
         value, outputs = _sum_and_outputs(token_fn, head_fn(hidden, *head_consts), side, frozen)
@@ -357,8 +404,13 @@ _fused_sum.defvjp(_fused_sum_fwd, _fused_sum_bwd)
 # Per-token values only (scoring, metrics): chunked, no gradient path.
 
 
-def chunked_token_values(token_fn: Callable[[jax.Array, Any], Any], hidden: jax.Array, head: Head, side: Any,
-                         chunk_size: int = DEFAULT_CHUNK_SIZE) -> Any:
+def chunked_token_values(
+    token_fn: Callable[[jax.Array, Any], Any],
+    hidden: jax.Array,
+    head: Head,
+    side: Any,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Any:
     """`token_fn(head(hidden chunk), side chunk)`, `chunk_size` positions at a time, merged to [b, l, ...].
 
     `token_fn` maps logits [b, c, vocab] and the matching chunk of `side` (a pytree of [b, l, ...]

@@ -1,4 +1,4 @@
-"""Command line: `littlehelp train|eval|infer|compile --gin_file=F.gin --gin.NAME=VALUE`, `littlehelp convert|sweep|study`.
+"""Command line: `littlehelp train|eval|infer|compile --gin_file=F.gin --gin.NAME=VALUE`, and convert|sweep|study.
 
 `littlehelp convert --from=PATH --to=DIR` imports a pretrained model (a GGUF file or an HF folder)
 into a run folder (see `littlehelp.models.convert.run_folder`). `littlehelp sweep --sweep='NAME=[V1, V2]'`
@@ -19,24 +19,26 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Before anything imports TensorFlow.
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import logging as std_logging  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
+import argparse
+import contextlib
+import logging as std_logging
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from absl import logging  # noqa: E402
+from absl import logging
 
-from littlehelp import launch  # noqa: E402
-from littlehelp.config import split_overrides  # noqa: E402
-from littlehelp.errors import LittlehelpError  # noqa: E402
+from littlehelp import launch
+from littlehelp.config import split_overrides
+from littlehelp.errors import LittlehelpError
+
 # Re-exported for tests that drive the CLI's pieces; library code imports littlehelp.launch. The
 # commands table is `launch.COMMANDS` (not re-exported: patch it there).
-from littlehelp.launch import configure, set_up_logging  # noqa: E402,F401
+from littlehelp.launch import configure, set_up_logging  # noqa: F401
 
 COMMAND_HELP = {
     "train": "train a model (littlehelp.trainer.train)",
@@ -54,27 +56,37 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser: one subcommand per entry of `launch.COMMANDS`, sharing the gin options."""
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument(
-        "--gin_file", action="append", default=[], metavar="FILE",
+        "--gin_file",
+        action="append",
+        default=[],
+        metavar="FILE",
         help="gin file to parse (repeatable, parsed in order)",
     )
     shared.add_argument(
-        "--gin_search_paths", action="append", default=[], metavar="DIR[,DIR...]",
+        "--gin_search_paths",
+        action="append",
+        default=[],
+        metavar="DIR[,DIR...]",
         help="extra folders to search for gin files, after the working directory and before gin/",
     )
     shared.add_argument(
-        "--multihost", action="store_true",
+        "--multihost",
+        action="store_true",
         help="call jax.distributed.initialize() first (one process per host of a pod or cluster)",
     )
-    parser = argparse.ArgumentParser(prog="littlehelp", description=__doc__.splitlines()[0],
-                                     epilog=OVERRIDE_HELP)
+    parser = argparse.ArgumentParser(prog="littlehelp", description=__doc__.splitlines()[0], epilog=OVERRIDE_HELP)
     choices = "{" + ",".join([*launch.COMMANDS, "compile", "convert", "sweep", "study"]) + "}"
     commands = parser.add_subparsers(dest="command", required=True, metavar=choices)
     for name in launch.COMMANDS:
-        commands.add_parser(name, parents=[shared], help=COMMAND_HELP.get(name),
-                            epilog=OVERRIDE_HELP)
+        commands.add_parser(name, parents=[shared], help=COMMAND_HELP.get(name), epilog=OVERRIDE_HELP)
     converter = commands.add_parser("convert", help="import a GGUF file or an HF folder into a run folder")
-    converter.add_argument("--from", dest="source", required=True, metavar="PATH",
-                           help="a .gguf file or an HF folder (config.json + safetensors)")
+    converter.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="PATH",
+        help="a .gguf file or an HF folder (config.json + safetensors)",
+    )
     converter.add_argument("--to", dest="out_dir", required=True, metavar="DIR", help="a new, empty folder")
     _add_sweep_parser(commands)
     _add_compile_parser(commands, shared)
@@ -87,12 +99,16 @@ def _add_study_parser(commands: argparse._SubParsersAction) -> None:
     runner = commands.add_parser("study", help="run a paper's reproduction as a study, or --list them")
     runner.add_argument("name", nargs="?", help="the study to run (see --list)")
     runner.add_argument("--list", action="store_true", help="list the studies and exit")
-    runner.add_argument("--quick", action="store_true",
-                        help="tiny sizes: a smoke run in its own folders, never written under results/")
+    runner.add_argument(
+        "--quick", action="store_true", help="tiny sizes: a smoke run in its own folders, never written under results/"
+    )
     runner.add_argument("--seeds", type=int, metavar="N", help="how many seeds (default: the study's)")
     runner.add_argument("--work_dir", metavar="DIR", help="run folders (default: runs/studies/NAME, or NAME-quick)")
-    runner.add_argument("--out", metavar="DIR",
-                        help="where result.json, table.md and plot.png go (default: results/NAME; quick: WORK_DIR/result)")
+    runner.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where result.json, table.md and plot.png go (default: results/NAME; quick: WORK_DIR/result)",
+    )
 
 
 def _study(args: argparse.Namespace) -> Any:
@@ -111,30 +127,60 @@ def _study(args: argparse.Namespace) -> Any:
 
 def _add_compile_parser(commands: argparse._SubParsersAction, shared: argparse.ArgumentParser) -> None:
     """The `compile` subcommand: a training run's steps compiled for a target, not run."""
-    compiler = commands.add_parser("compile", parents=[shared], epilog=OVERRIDE_HELP,
-                                   help="compile a training run's steps for a target topology and report memory")
+    compiler = commands.add_parser(
+        "compile",
+        parents=[shared],
+        epilog=OVERRIDE_HELP,
+        help="compile a training run's steps for a target topology and report memory",
+    )
     compiler.add_argument("--topology", metavar="NAME", help="a TPU slice, e.g. v5p-512 or v5e:4x4 (needs libtpu)")
     compiler.add_argument("--num_devices", type=int, metavar="N", help="N fake CPU devices instead of a TPU slice")
-    compiler.add_argument("--mesh", metavar="DxFxT", help="the (data, fsdp, tensor) mesh, e.g. 1x256x1 (default: the run's)")
-    compiler.add_argument("--memory_gb", type=float, metavar="GB",
-                          help="per-device memory limit (default: the TPU chip's HBM; none for CPU)")
+    compiler.add_argument(
+        "--mesh", metavar="DxFxT", help="the (data, fsdp, tensor) mesh, e.g. 1x256x1 (default: the run's)"
+    )
+    compiler.add_argument(
+        "--memory_gb",
+        type=float,
+        metavar="GB",
+        help="per-device memory limit (default: the TPU chip's HBM; none for CPU)",
+    )
     compiler.add_argument("--out", metavar="FILE.json", help="also write the report as JSON")
 
 
 def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     """The `sweep` subcommand: a grid of gin values trained one run folder per point."""
-    sweeper = commands.add_parser("sweep", help="train one run folder per point of a grid of gin values",
-                                  epilog=OVERRIDE_HELP)
-    sweeper.add_argument("--gin_file", action="append", default=[], metavar="FILE",
-                         help="gin file to parse (repeatable, parsed in order)")
-    sweeper.add_argument("--sweep", action="append", default=[], metavar="NAME=[V1, V2]",
-                         help="a binding and the gin values it takes (repeatable: the grid is their product)")
-    sweeper.add_argument("--sweep_file", action="append", default=[], metavar="FILE",
-                         help="a file of NAME=[V1, V2] lines, one per line, # comments allowed")
-    sweeper.add_argument("--print_commands", action="store_true",
-                         help="print one `littlehelp train` command per point and run nothing")
-    sweeper.add_argument("--stop_on_failure", action="store_true",
-                         help="stop at the first point that fails (default: record it as failed and go on)")
+    sweeper = commands.add_parser(
+        "sweep", help="train one run folder per point of a grid of gin values", epilog=OVERRIDE_HELP
+    )
+    sweeper.add_argument(
+        "--gin_file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="gin file to parse (repeatable, parsed in order)",
+    )
+    sweeper.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="NAME=[V1, V2]",
+        help="a binding and the gin values it takes (repeatable: the grid is their product)",
+    )
+    sweeper.add_argument(
+        "--sweep_file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a file of NAME=[V1, V2] lines, one per line, # comments allowed",
+    )
+    sweeper.add_argument(
+        "--print_commands", action="store_true", help="print one `littlehelp train` command per point and run nothing"
+    )
+    sweeper.add_argument(
+        "--stop_on_failure",
+        action="store_true",
+        help="stop at the first point that fails (default: record it as failed and go on)",
+    )
 
 
 def main(argv: Sequence[str] | None = None, *, debug_log: DebugLog | None = None) -> Any:
@@ -162,8 +208,9 @@ def main(argv: Sequence[str] | None = None, *, debug_log: DebugLog | None = None
         if args.command == "sweep":
             from littlehelp import sweep  # pylint: disable=import-outside-toplevel
 
-            return sweep.run_sweep(args.gin_file, args.sweep, args.sweep_file, overrides, args.print_commands,
-                                   args.stop_on_failure)
+            return sweep.run_sweep(
+                args.gin_file, args.sweep, args.sweep_file, overrides, args.print_commands, args.stop_on_failure
+            )
         result = _compile(args, overrides) if args.command == "compile" else _run_command(args, overrides)
     except LittlehelpError as error:
         line = f"littlehelp: error: {error.one_line()}"

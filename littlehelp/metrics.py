@@ -53,7 +53,9 @@ class MetricsWriter:
         self._jsonl = open(self.model_dir / "metrics.jsonl", "a", encoding="utf-8")
         self._tensorboard = SummaryWriter(str(self.model_dir / "tensorboard"))
         interactive = sys.stderr.isatty() if interactive is None else interactive
-        self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True) if interactive else None
+        self._bar = (
+            tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True) if interactive else None
+        )
 
     def drop_after(self, step: int) -> int:
         """Drops the metrics.jsonl records of steps after `step` (a resumed run recomputes them).
@@ -72,8 +74,12 @@ class MetricsWriter:
             self._jsonl.close()
             os.replace(staging, path)
             self._jsonl = open(path, "a", encoding="utf-8")
-            logging.info("Resuming at step %d: dropped %d metrics records of later steps from %s (they are "
-                         "recomputed)", step, len(records) - len(kept), path)
+            logging.info(
+                "Resuming at step %d: dropped %d metrics records of later steps from %s (they are recomputed)",
+                step,
+                len(records) - len(kept),
+                path,
+            )
         return len(records) - len(kept)
 
     def write(self, step: int, scalars: Mapping[str, float], prefix: str = "train") -> None:
@@ -96,7 +102,7 @@ class MetricsWriter:
         if self._bar is not None:
             self._bar.update(steps)
 
-    def __enter__(self) -> "MetricsWriter":
+    def __enter__(self) -> MetricsWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -12,10 +12,10 @@ import bisect
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-import gin
 import jax
 import jax.numpy as jnp
 
+import gin
 from littlehelp import flops, losses
 from littlehelp.models import Model
 
@@ -185,7 +185,7 @@ class Curriculum:
         self.objectives = [objective for _, objective in stages]
 
     @classmethod
-    def single(cls, objective: Objective) -> "Curriculum":
+    def single(cls, objective: Objective) -> Curriculum:
         """A curriculum that uses one objective throughout."""
         return cls([(0, objective)])
 

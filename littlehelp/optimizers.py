@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import gin
 import jax.numpy as jnp
 import optax
+
+import gin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,9 @@ def constant_schedule(learning_rate: float = 1e-3) -> optax.Schedule:
 
 @gin.configurable
 def cosine_schedule(
-    peak_learning_rate: float = 3e-4, warmup_steps: int = 1000, decay_steps: int = gin.REQUIRED,
+    peak_learning_rate: float = 3e-4,
+    warmup_steps: int = 1000,
+    decay_steps: int = gin.REQUIRED,
     final_fraction: float = 0.1,
 ) -> optax.Schedule:
     """Linear warm-up to the peak, then cosine decay to `final_fraction` of it at `decay_steps`."""

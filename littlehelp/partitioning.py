@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-from absl import logging
-import gin
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+import gin
 from littlehelp.config import ConfigError
 from littlehelp.models import registry
 
@@ -65,8 +65,8 @@ class MeshConfig:
     def shape(self, num_devices: int) -> tuple[int, int, int]:
         """The concrete (data, fsdp, tensor) shape for `num_devices` devices.
 
-    A shape without -1 may need fewer devices than there are (the first ones are used).
-    """
+        A shape without -1 may need fewer devices than there are (the first ones are used).
+        """
         sizes = [self.data, self.fsdp, self.tensor]
         known = math.prod(s for s in sizes if s != -1)
         if -1 in sizes:
@@ -95,8 +95,10 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] |
     try:
         return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)  # in the interconnect's order
     except NotImplementedError as error:  # no axis-by-axis assignment onto the physical torus
-        raise ConfigError(f"{config.describe()}: the mesh {shape} does not map onto the "
-                          f"devices' physical layout ({str(error).split('. ')[0]})") from None
+        raise ConfigError(
+            f"{config.describe()}: the mesh {shape} does not map onto the "
+            f"devices' physical layout ({str(error).split('. ')[0]})"
+        ) from None
 
 
 @gin.configurable
@@ -111,21 +113,20 @@ def logical_axis_rules(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Logi
     for name, axes in rules:
         if name not in known:
             raise ConfigError(f"logical_axis_rules: unknown logical axis {name!r}; known: {known}")
-        for axis in (axes if isinstance(axes, tuple) else (axes,)):
+        for axis in axes if isinstance(axes, tuple) else (axes,):
             if axis is not None and axis not in MESH_AXES:
                 raise ConfigError(f"logical_axis_rules: rule {name!r} names unknown mesh axis {axis!r}")
     return rules
 
 
-def mesh_axes_for(shape: Sequence[int], logical_spec: Sequence[str | None], mesh: Mesh,
-                  rules: LogicalRules) -> PartitionSpec:
+def mesh_axes_for(
+    shape: Sequence[int], logical_spec: Sequence[str | None], mesh: Mesh, rules: LogicalRules
+) -> PartitionSpec:
     """The mesh PartitionSpec for one array; a rule whose mesh size does not divide the dimension is dropped."""
     if not logical_spec:
         return PartitionSpec()
     axes = nn.logical_to_mesh_axes(tuple(logical_spec), rules)
-    return PartitionSpec(
-        *(a if size % _mesh_size(mesh, a) == 0 else None for size, a in zip(shape, axes, strict=True))
-    )
+    return PartitionSpec(*(a if size % _mesh_size(mesh, a) == 0 else None for size, a in zip(shape, axes, strict=True)))
 
 
 def param_shardings(abstract_params: Any, logical_specs: Any, mesh: Mesh, rules: LogicalRules) -> Any:

@@ -25,6 +25,7 @@ OUTPUTS = (":(exclude)results", ":(exclude)*.md")
 
 def git_state(repo: Path = REPO) -> dict[str, Any]:
     """{"commit": the HEAD commit or None, "dirty": whether tracked files other than `OUTPUTS` differ from it}."""
+
     def git(*arguments: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(repo), *arguments], capture_output=True, text=True, check=True)
@@ -64,9 +65,14 @@ def machine() -> dict[str, Any]:
     import jax  # pylint: disable=import-outside-toplevel (a version or git query needs no JAX)
 
     devices = jax.devices()
-    return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-            "backend": jax.default_backend(), "accelerator": f"{len(devices)} x {devices[0].device_kind}"}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "backend": jax.default_backend(),
+        "accelerator": f"{len(devices)} x {devices[0].device_kind}",
+    }
 
 
 def machine_load() -> dict[str, Any]:
@@ -77,7 +83,7 @@ def machine_load() -> dict[str, Any]:
 
 def utc_now() -> str:
     """The current UTC time, ISO 8601 to the second."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def conditions(matmul_size: int = 2048) -> dict[str, Any]:
@@ -87,9 +93,17 @@ def conditions(matmul_size: int = 2048) -> dict[str, Any]:
     return {"time": utc_now(), "load": machine_load(), "matmul_flops_per_second": measure_matmul_flops(matmul_size)}
 
 
-def describe_run(command: str, before: dict[str, Any], after: dict[str, Any],
-                 git: dict[str, Any] | None = None) -> dict[str, Any]:
+def describe_run(
+    command: str, before: dict[str, Any], after: dict[str, Any], git: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A result's provenance: git state (`git`, taken when the run started; default: now), date,
     versions, machine, the command, and the `conditions()` taken before and after it."""
-    return {**(git or git_state()), "date": before["time"], "command": command, "versions": library_versions(),
-            "machine": machine(), "before": before, "after": after}
+    return {
+        **(git or git_state()),
+        "date": before["time"],
+        "command": command,
+        "versions": library_versions(),
+        "machine": machine(),
+        "before": before,
+        "after": after,
+    }

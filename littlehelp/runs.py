@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+import gin
 from littlehelp import checkpoints, partitioning
 from littlehelp import config as gin_config
 from littlehelp.errors import LittlehelpError
@@ -88,15 +88,20 @@ class RunFolder:
         """The finished checkpoint steps of the folder, oldest first."""
         return checkpoints.finished_steps(self.folder / CHECKPOINTS_DIR)
 
-    def load(self, step: int | None = None, mesh: Mesh | None = None,
-             rules: partitioning.LogicalRules | None = None) -> LoadedRun:
+    def load(
+        self, step: int | None = None, mesh: Mesh | None = None, rules: partitioning.LogicalRules | None = None
+    ) -> LoadedRun:
         """The run with the parameters of `step` (default: the newest good step); see `read_params`."""
         params, read = read_params(self.folder, self.model, self.key, step, mesh, rules)
         return LoadedRun(self.model, params, self.vocabulary, self.config, self.folder, read)
 
 
-def load_run(model_dir: str | os.PathLike, step: int | None = None, mesh: Mesh | None = None,
-             rules: partitioning.LogicalRules | None = None) -> LoadedRun:
+def load_run(
+    model_dir: str | os.PathLike,
+    step: int | None = None,
+    mesh: Mesh | None = None,
+    rules: partitioning.LogicalRules | None = None,
+) -> LoadedRun:
     """The model, parameters, vocabulary and config of the run folder `model_dir`.
 
     step: the checkpoint step to read (default: the newest good one; a bad step is skipped, nothing moved).
@@ -119,8 +124,9 @@ def open_run(model_dir: str | os.PathLike) -> RunFolder:
     else the VOCABULARY its gin file binds, else None), from its gin file; no parameter is read."""
     folder = Path(model_dir).expanduser()
     if not folder.is_dir():
-        raise RunFolderError(f"run folder {folder} does not exist" if not folder.exists()
-                             else f"{folder} is a file, not a run folder")
+        raise RunFolderError(
+            f"run folder {folder} does not exist" if not folder.exists() else f"{folder} is a file, not a run folder"
+        )
     gin_file = gin_file_of(folder)
     if gin_file is None:
         raise RunFolderError(f"{folder} is not a run folder: it holds no {' or '.join(MODEL_GINS)}")
@@ -134,12 +140,24 @@ def open_run(model_dir: str | os.PathLike) -> RunFolder:
         from littlehelp.models.convert.run_folder import folder_vocabulary  # pylint: disable=import-outside-toplevel
 
         vocabulary = folder_vocabulary(str(folder))
-    return RunFolder(folder, gin_file, gin_file.read_text(encoding="utf-8"), build_model(model_config),
-                     key or DEFAULT_MODEL_KEY, vocabulary)
+    return RunFolder(
+        folder,
+        gin_file,
+        gin_file.read_text(encoding="utf-8"),
+        build_model(model_config),
+        key or DEFAULT_MODEL_KEY,
+        vocabulary,
+    )
 
 
-def read_params(model_dir: str | os.PathLike, model: Model, key: str = DEFAULT_MODEL_KEY, step: int | None = None,
-                mesh: Mesh | None = None, rules: partitioning.LogicalRules | None = None) -> tuple[Params, int]:
+def read_params(
+    model_dir: str | os.PathLike,
+    model: Model,
+    key: str = DEFAULT_MODEL_KEY,
+    step: int | None = None,
+    mesh: Mesh | None = None,
+    rules: partitioning.LogicalRules | None = None,
+) -> tuple[Params, int]:
     """(parameters, step read) of `model`, saved as `key`, from the run folder `model_dir`: parameters only
     (`checkpoints.restore_params`), shaped by `model.init`, of `step` or the newest good step; with a mesh,
     placed sharded by the logical-axis `rules` (`train_state.params_layout`, as the trainer places them).
@@ -149,11 +167,13 @@ def read_params(model_dir: str | os.PathLike, model: Model, key: str = DEFAULT_M
     folder = Path(model_dir).expanduser()
     steps = checkpoints.finished_steps(folder / CHECKPOINTS_DIR)
     if not steps:
-        raise RunFolderError(f"run folder {folder} holds no finished checkpoint (no {CHECKPOINTS_DIR}/<step>/ "
-                             "with its state)")
+        raise RunFolderError(
+            f"run folder {folder} holds no finished checkpoint (no {CHECKPOINTS_DIR}/<step>/ with its state)"
+        )
     if step is not None and step not in steps:
-        raise RunFolderError(f"run folder {folder} has no checkpoint of step {step}; its steps: "
-                             f"{', '.join(map(str, steps))}")
+        raise RunFolderError(
+            f"run folder {folder} has no checkpoint of step {step}; its steps: {', '.join(map(str, steps))}"
+        )
     path = folder if step is None else folder / CHECKPOINTS_DIR / str(step)
     tokens = jnp.zeros((1, EXAMPLE_LENGTH), jnp.int32)  # only shapes are computed (`jax.eval_shape`)
     example = {name: tokens for name in ("encoder_input_tokens", "decoder_input_tokens")}  # every kind's inputs
@@ -175,4 +195,3 @@ def _parsed(gin_file: Path) -> Iterator[None]:
         yield
     finally:
         gin.clear_config()
-

@@ -28,11 +28,13 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
-RULE = ("Per claim: the per-seed improvements (arm minus baseline, paired by seed, + when better), their "
-        "mean and standard error, a two-sided Student t test of 'mean improvement = threshold' with Holm's "
-        "correction over the study's claims at family level 0.05; supported / contradicted when rejected "
-        "with the mean above / below the threshold, inconclusive otherwise; untestable unless the separation "
-        "check's 95% interval (better control minus worse, + when better) lies above 0; one seed gives no verdict.")
+RULE = (
+    "Per claim: the per-seed improvements (arm minus baseline, paired by seed, + when better), their "
+    "mean and standard error, a two-sided Student t test of 'mean improvement = threshold' with Holm's "
+    "correction over the study's claims at family level 0.05; supported / contradicted when rejected "
+    "with the mean above / below the threshold, inconclusive otherwise; untestable unless the separation "
+    "check's 95% interval (better control minus worse, + when better) lies above 0; one seed gives no verdict."
+)
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, UNTESTABLE = "supported", "contradicted", "inconclusive", "untestable"
 ONE_SEED = "one seed: no verdict"
 
@@ -122,8 +124,12 @@ def separated(differences: Sequence[float]) -> bool:
     return not math.isnan(interval.low) and interval.low > 0.0
 
 
-def judge(improvements: Sequence[Sequence[float]], thresholds: Sequence[float],
-          separations: Sequence[bool | None], alpha: float = ALPHA) -> list[Verdict]:
+def judge(
+    improvements: Sequence[Sequence[float]],
+    thresholds: Sequence[float],
+    separations: Sequence[bool | None],
+    alpha: float = ALPHA,
+) -> list[Verdict]:
     """The verdict of each claim of one study (see the module docstring for the rule).
 
     `improvements[i]` are claim i's per-seed improvements, `thresholds[i]` the mean improvement it
@@ -141,8 +147,7 @@ def judge(improvements: Sequence[Sequence[float]], thresholds: Sequence[float],
     return verdicts
 
 
-def _word(interval: Interval, threshold: float, testable: bool, adjusted_p: float,
-          alpha: float) -> tuple[str, str]:
+def _word(interval: Interval, threshold: float, testable: bool, adjusted_p: float, alpha: float) -> tuple[str, str]:
     """(verdict, reason) from a claim's interval, threshold and Holm-adjusted p-value."""
     if interval.n < 2:
         return ONE_SEED, "one seed gives no interval"

@@ -136,11 +136,15 @@ class Study:
             named = [claim.arm, claim.baseline, *(claim.separation or ())]
             unknown = [a for a in named if a is not None and a not in arms]
             if unknown or claim.metric not in metrics:
-                raise StudyError(f"study {self.name}: claim {claim.name} names unknown "
-                                 f"{'arm ' + unknown[0] if unknown else 'metric ' + claim.metric}")
+                raise StudyError(
+                    f"study {self.name}: claim {claim.name} names unknown "
+                    f"{'arm ' + unknown[0] if unknown else 'metric ' + claim.metric}"
+                )
             if metrics[claim.metric].higher_is_better is None:
-                raise StudyError(f"study {self.name}: claim {claim.name} uses {claim.metric}, a descriptive "
-                                 "metric with no better direction")
+                raise StudyError(
+                    f"study {self.name}: claim {claim.name} uses {claim.metric}, a descriptive "
+                    "metric with no better direction"
+                )
 
     def arm(self, name: str) -> Arm:
         """The arm called `name`."""
@@ -232,10 +236,16 @@ def _jsonable(value: Any) -> Any:
 
 # ----- running the arms -----
 
+
 def trainer_outcome(result: launch.RunResult) -> Outcome:
     """A trainer arm's outcome: its run's final metrics, steps and training FLOPs (from metrics.jsonl)."""
-    return {"folder": str(result.model_dir), "last_step": result.last_step, "train_metrics": result.train_metrics,
-            "eval_metrics": result.eval_metrics, "train_flops": train_flops(result.model_dir)}
+    return {
+        "folder": str(result.model_dir),
+        "last_step": result.last_step,
+        "train_metrics": result.train_metrics,
+        "eval_metrics": result.eval_metrics,
+        "train_flops": train_flops(result.model_dir),
+    }
 
 
 FLOPS_RECORD = "train/flops_per_step"
@@ -268,7 +278,9 @@ def run_arm(context: ArmContext) -> Outcome:
         outcome = dict(arm.run(context))
     else:
         bindings = arm.bindings(context) if callable(arm.bindings) else arm.bindings
-        outcome = trainer_outcome(launch.require_finished(launch.train(list(arm.gin_files), dict(bindings), context.folder)))
+        outcome = trainer_outcome(
+            launch.require_finished(launch.train(list(arm.gin_files), dict(bindings), context.folder))
+        )
     outcome["seconds"] = time.perf_counter() - started
     _write_json(path, outcome)
     return outcome
@@ -284,10 +296,17 @@ class Progress:
     def starting(self, context: ArmContext) -> None:
         """One line before a run: its arm and seed, elapsed time and the estimate."""
         elapsed = time.perf_counter() - self.started
-        left = "" if not self.timed else f", about {_duration(sum(self.timed) / len(self.timed) * (self.total - self.done))} left"
+        left = (
+            ""
+            if not self.timed
+            else f", about {_duration(sum(self.timed) / len(self.timed) * (self.total - self.done))} left"
+        )
         seed = f"seed {context.seed}" if context.arm.per_seed else "shared"
-        print(f"[{self.study}] run {self.done + 1}/{self.total}: {context.arm.name}, {seed} "
-              f"({_duration(elapsed)} elapsed{left})", flush=True)
+        print(
+            f"[{self.study}] run {self.done + 1}/{self.total}: {context.arm.name}, {seed} "
+            f"({_duration(elapsed)} elapsed{left})",
+            flush=True,
+        )
 
     def finished(self, outcome: Outcome, reused: bool) -> None:
         """Counts a run; runs done now (not reused) feed the estimate."""
@@ -316,6 +335,7 @@ def run_all(study: Study, seeds: Sequence[int], settings: Mapping[str, Any], wor
 
 # ----- measuring and judging -----
 
+
 def measure(context: ArmContext, metric: Metric) -> float:
     """`metric` of one (arm, seed), cached in the arm's measured.json."""
     path = context.folder / MEASURED_FILE
@@ -335,7 +355,8 @@ def measure_all(study: Study, seeds: Sequence[int], settings: Mapping[str, Any],
     for metric in study.metrics:
         for arm in study.measured_arms(metric):
             values.setdefault(arm.name, {})[metric.name] = [
-                measure(ArmContext(study, arm, seed, settings, work_dir), metric) for seed in seeds]
+                measure(ArmContext(study, arm, seed, settings, work_dir), metric) for seed in seeds
+            ]
     return values
 
 
@@ -363,13 +384,31 @@ def judge_claims(study: Study, values: Mapping[str, Mapping[str, list[float]]]) 
     verdicts: dict[int, stats.Verdict] = {}
     for exploratory in (False, True):
         family = [i for i, c in enumerate(study.claims) if c.exploratory == exploratory]
-        verdicts.update(zip(family, stats.judge([rows[i] for i in family], [study.claims[i].threshold for i in family],
-                                                [separations[i] for i in family])))
-    return [{**dataclasses.asdict(claim), "improvements": row, "separated": separated,
-             "interval": dataclasses.asdict(v.interval), "p_value": v.p_value, "adjusted_p": v.adjusted_p,
-             "verdict": v.verdict, "reason": v.reason}
-            for claim, row, separated, v in zip(study.claims, rows, separations,
-                                                 [verdicts[i] for i in range(len(study.claims))])]
+        verdicts.update(
+            zip(
+                family,
+                stats.judge(
+                    [rows[i] for i in family],
+                    [study.claims[i].threshold for i in family],
+                    [separations[i] for i in family],
+                ),
+            )
+        )
+    return [
+        {
+            **dataclasses.asdict(claim),
+            "improvements": row,
+            "separated": separated,
+            "interval": dataclasses.asdict(v.interval),
+            "p_value": v.p_value,
+            "adjusted_p": v.adjusted_p,
+            "verdict": v.verdict,
+            "reason": v.reason,
+        }
+        for claim, row, separated, v in zip(
+            study.claims, rows, separations, [verdicts[i] for i in range(len(study.claims))]
+        )
+    ]
 
 
 def read_curves(study: Study, seeds: Sequence[int], settings: Mapping[str, Any], work_dir: Path) -> dict:
@@ -378,12 +417,14 @@ def read_curves(study: Study, seeds: Sequence[int], settings: Mapping[str, Any],
     for curve in study.curves:
         for arm in study.measured_arms(curve):
             series = [curve.read(ArmContext(study, arm, seed, settings, work_dir)) for seed in seeds]
-            curves.setdefault(curve.name, {})[arm.name] = [{"x": list(map(float, x)), "y": list(map(float, y))}
-                                                          for x, y in series]
+            curves.setdefault(curve.name, {})[arm.name] = [
+                {"x": list(map(float, x)), "y": list(map(float, y))} for x, y in series
+            ]
     return curves
 
 
 # ----- the command -----
+
 
 @dataclasses.dataclass(frozen=True)
 class Request:
@@ -413,8 +454,10 @@ def check_work_dir(work_dir: Path, record: Mapping[str, Any]) -> None:
         previous = _read_json(path)
         for key in sorted(set(previous) | set(record)):
             if previous.get(key) != record.get(key):
-                raise StudyError(f"work folder {work_dir} was built with other settings ({key}: "
-                                 f"{previous.get(key)!r} there, {record.get(key)!r} now); use another --work_dir")
+                raise StudyError(
+                    f"work folder {work_dir} was built with other settings ({key}: "
+                    f"{previous.get(key)!r} there, {record.get(key)!r} now); use another --work_dir"
+                )
         return
     _write_json(path, record)
 
@@ -465,15 +508,25 @@ def run_study(study: Study, request: Request, command: str | None = None) -> dic
     with compilation_cache(work_dir / COMPILATION_CACHE):
         run_all(study, seeds, settings, work_dir)
         values = measure_all(study, seeds, settings, work_dir)
-    result = {"study": study.name, "title": study.title, "description": study.description,
-              "mode": "quick" if request.quick else "default", "settings": settings, "seeds": seeds,
-              "arms": {a.name: a.title for a in study.arms if a.per_seed},
-              "metrics": [{"name": m.name, "label": m.label, "higher_is_better": m.higher_is_better,
-                           "digits": m.digits} for m in study.metrics],
-              "values": values, "claims": judge_claims(study, values), "rule": stats.RULE,
-              "curves": read_curves(study, seeds, settings, work_dir),
-              "wall_seconds": _wall_seconds(study, seeds, settings, work_dir),
-              "provenance": provenance.describe_run(command or _command_line(), before, provenance.conditions(), git)}
+    result = {
+        "study": study.name,
+        "title": study.title,
+        "description": study.description,
+        "mode": "quick" if request.quick else "default",
+        "settings": settings,
+        "seeds": seeds,
+        "arms": {a.name: a.title for a in study.arms if a.per_seed},
+        "metrics": [
+            {"name": m.name, "label": m.label, "higher_is_better": m.higher_is_better, "digits": m.digits}
+            for m in study.metrics
+        ],
+        "values": values,
+        "claims": judge_claims(study, values),
+        "rule": stats.RULE,
+        "curves": read_curves(study, seeds, settings, work_dir),
+        "wall_seconds": _wall_seconds(study, seeds, settings, work_dir),
+        "provenance": provenance.describe_run(command or _command_line(), before, provenance.conditions(), git),
+    }
     write_result(result, out_dir)
     return result
 

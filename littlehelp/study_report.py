@@ -19,8 +19,10 @@ from littlehelp import stats
 
 Result = Mapping[str, Any]
 PLOT_COLUMNS = 3
-EXPLORATORY = ("Rows marked (exploratory) are comparisons reported beside the claims, not claims: the same rule "
-               "in a Holm family of their own, so they cannot change a claim's verdict.")
+EXPLORATORY = (
+    "Rows marked (exploratory) are comparisons reported beside the claims, not claims: the same rule "
+    "in a Holm family of their own, so they cannot change a claim's verdict."
+)
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -42,28 +44,41 @@ def mean_cell(values: Sequence[float | None], digits: int) -> str:
 def claims_table(result: Result) -> list[str]:
     """One row per claim: what it states, the comparison, the improvement and its interval, the verdict
     (marked exploratory for an exploratory comparison)."""
-    lines = ["| claim | metric | comparison | needs | improvement (mean ± s.e.) | interval | verdict |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| claim | metric | comparison | needs | improvement (mean ± s.e.) | interval | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     labels = {m["name"]: m["label"] for m in result["metrics"]}
     for claim in result["claims"]:
         interval = claim["interval"]
         against = f"{claim['arm']} vs {claim['baseline']}" if claim["baseline"] else claim["arm"]
-        shown = ("-" if interval["low"] is None else
-                 f"[{_number(interval['low'], 3)}, {_number(interval['high'], 3)}] at {interval['confidence']:.3g}")
+        shown = (
+            "-"
+            if interval["low"] is None
+            else f"[{_number(interval['low'], 3)}, {_number(interval['high'], 3)}] at {interval['confidence']:.3g}"
+        )
         marker = " (exploratory)" if claim.get("exploratory") else ""
-        lines.append(f"| {claim['statement']} | {labels[claim['metric']]} | {against} | > {claim['threshold']:g} | "
-                     f"{mean_cell(claim['improvements'], 3)} | {shown} | **{claim['verdict']}**{marker} |")
+        lines.append(
+            f"| {claim['statement']} | {labels[claim['metric']]} | {against} | > {claim['threshold']:g} | "
+            f"{mean_cell(claim['improvements'], 3)} | {shown} | **{claim['verdict']}**{marker} |"
+        )
     return lines
 
 
 def values_table(result: Result) -> list[str]:
     """One row per arm, one column per metric: mean ± s.e. over seeds, and the arm's wall time."""
     metrics = result["metrics"]
-    lines = ["| arm | " + " | ".join(m["label"] for m in metrics) + " | wall time per seed |",
-             "|---|" + "---|" * (len(metrics) + 1)]
+    lines = [
+        "| arm | " + " | ".join(m["label"] for m in metrics) + " | wall time per seed |",
+        "|---|" + "---|" * (len(metrics) + 1),
+    ]
     for arm, title in result["arms"].items():
-        cells = [mean_cell(result["values"][arm][m["name"]], m["digits"]) if m["name"] in result["values"].get(arm, {})
-                 else "" for m in metrics]
+        cells = [
+            mean_cell(result["values"][arm][m["name"]], m["digits"])
+            if m["name"] in result["values"].get(arm, {})
+            else ""
+            for m in metrics
+        ]
         seconds = result["wall_seconds"][arm]
         lines.append(f"| {title} | " + " | ".join(cells) + f" | {np.mean(seconds):.0f} s |")
     return lines
@@ -75,23 +90,45 @@ def provenance_lines(result: Result) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in where["versions"].items() if v)
     machine = where["machine"]
     before, after = where["before"], where["after"]
-    return [f"- command: `{where['command']}` ({result['mode']} settings, seeds {len(result['seeds'])})",
-            f"- commit {where['commit']}{' (with uncommitted changes)' if where['dirty'] else ''}, {where['date']}",
-            f"- {versions}",
-            f"- {machine['cpu']}, {machine['cpu_count']} cores, {machine['accelerator']}",
-            f"- load average before {before['load']['load_average']}, after {after['load']['load_average']}; "
-            f"float32 matmul {before['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s before, "
-            f"{after['matmul_flops_per_second'] / 1e9:.0f} after"]
+    return [
+        f"- command: `{where['command']}` ({result['mode']} settings, seeds {len(result['seeds'])})",
+        f"- commit {where['commit']}{' (with uncommitted changes)' if where['dirty'] else ''}, {where['date']}",
+        f"- {versions}",
+        f"- {machine['cpu']}, {machine['cpu_count']} cores, {machine['accelerator']}",
+        f"- load average before {before['load']['load_average']}, after {after['load']['load_average']}; "
+        f"float32 matmul {before['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s before, "
+        f"{after['matmul_flops_per_second'] / 1e9:.0f} after",
+    ]
 
 
 def table(result: Result, out_dir: Path) -> str:
     """table.md: the claims and verdicts, the rule, every arm's metrics, provenance, the plot."""
     exploratory = [EXPLORATORY, ""] if any(c.get("exploratory") for c in result["claims"]) else []
-    parts = [f"# {result['title']}", "", "Generated from result.json by the study harness; do not edit.", "",
-             result["description"], "", "## Claims, stated before the run", "", *claims_table(result), "",
-             f"Rule: {result['rule']}", "", *exploratory,
-             f"## Metrics (mean ± s.e. over {len(result['seeds'])} seeds)", "",
-             *values_table(result), "", "## Provenance", "", *provenance_lines(result), "", "![the study](plot.png)", ""]
+    parts = [
+        f"# {result['title']}",
+        "",
+        "Generated from result.json by the study harness; do not edit.",
+        "",
+        result["description"],
+        "",
+        "## Claims, stated before the run",
+        "",
+        *claims_table(result),
+        "",
+        f"Rule: {result['rule']}",
+        "",
+        *exploratory,
+        f"## Metrics (mean ± s.e. over {len(result['seeds'])} seeds)",
+        "",
+        *values_table(result),
+        "",
+        "## Provenance",
+        "",
+        *provenance_lines(result),
+        "",
+        "![the study](plot.png)",
+        "",
+    ]
     if (out_dir / "notes.md").is_file():
         parts += ["Discussion: [notes.md](notes.md).", ""]
     return "\n".join(parts)
@@ -100,10 +137,17 @@ def table(result: Result, out_dir: Path) -> str:
 def readme_block(result: Result) -> str:
     """The README's block for a study: its claims table and a link to the full table."""
     name = result["study"]
-    return "\n".join([f"<!-- study:{name} -->", f"**{result['title']}** ({len(result['seeds'])} seeds, commit "
-                      f"{(result['provenance']['commit'] or '?')[:7]}; full table: "
-                      f"[results/{name}/table.md](results/{name}/table.md))", "", *claims_table(result),
-                      f"<!-- /study:{name} -->"])
+    return "\n".join(
+        [
+            f"<!-- study:{name} -->",
+            f"**{result['title']}** ({len(result['seeds'])} seeds, commit "
+            f"{(result['provenance']['commit'] or '?')[:7]}; full table: "
+            f"[results/{name}/table.md](results/{name}/table.md))",
+            "",
+            *claims_table(result),
+            f"<!-- /study:{name} -->",
+        ]
+    )
 
 
 def update_readme(readme: Path, result: Result) -> bool:
@@ -132,7 +176,7 @@ def plot(result: Result, path: Path) -> None:
     flat = list(panels.flat)
     for panel, (name, by_arm) in zip(flat, curves.items()):
         _draw_curves(panel, name, by_arm, result["arms"])
-    for panel, metric in zip(flat[len(curves):], metrics):
+    for panel, metric in zip(flat[len(curves) :], metrics):
         _draw_metric(panel, metric, result)
     for panel in flat[count:]:
         panel.axis("off")
@@ -148,8 +192,9 @@ def _nan_mean(values: Any) -> Any:
         return np.nanmean(values, axis=0)
 
 
-def _draw_curves(panel: Any, name: str, by_arm: Mapping[str, Sequence[Mapping[str, list]]],
-                 titles: Mapping[str, str]) -> None:
+def _draw_curves(
+    panel: Any, name: str, by_arm: Mapping[str, Sequence[Mapping[str, list]]], titles: Mapping[str, str]
+) -> None:
     for colour, (arm, series) in enumerate(by_arm.items()):
         for seed in series:
             panel.plot(seed["x"], _values(seed["y"]), color=f"C{colour}", alpha=0.25, linewidth=0.7)
@@ -165,8 +210,15 @@ def _draw_metric(panel: Any, metric: Mapping[str, Any], result: Result) -> None:
     for x, arm in enumerate(arms):
         values = np.array(_values(result["values"][arm][metric["name"]]))
         panel.scatter([x] * len(values), values, color=f"C{x}", alpha=0.5, s=12)
-        panel.errorbar([x + 0.15], [_nan_mean(values)], yerr=[stats.t_interval(values).se if len(values) > 1 else 0],
-                       color="black", fmt="o", markersize=3, capsize=3)
+        panel.errorbar(
+            [x + 0.15],
+            [_nan_mean(values)],
+            yerr=[stats.t_interval(values).se if len(values) > 1 else 0],
+            color="black",
+            fmt="o",
+            markersize=3,
+            capsize=3,
+        )
     panel.set_xticks(range(len(arms)), [result["arms"][a] for a in arms], rotation=30, ha="right", fontsize=7)
     arrow = {True: "higher is better", False: "lower is better", None: "descriptive"}[metric["higher_is_better"]]
     panel.set_title(f"{metric['label']} ({arrow})", fontsize=9)

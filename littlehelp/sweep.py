@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from gin import config_parser
-
 from littlehelp import config, launch, metrics
 from littlehelp.config import ConfigError
 from littlehelp.errors import LittlehelpError, PreemptedError
@@ -92,8 +91,11 @@ def _is_gin_list(text: str) -> bool:
         statements = list(config_parser.ConfigParser(f"_ = {text}", _ParseOnly()))
     except (SyntaxError, ValueError, tokenize.TokenError):
         return False
-    return (len(statements) == 1 and isinstance(statements[0], config_parser.BindingStatement)
-            and isinstance(statements[0].value, list))
+    return (
+        len(statements) == 1
+        and isinstance(statements[0], config_parser.BindingStatement)
+        and isinstance(statements[0].value, list)
+    )
 
 
 def split_list(text: str) -> tuple[str, ...]:
@@ -108,9 +110,9 @@ def split_list(text: str) -> tuple[str, ...]:
         if token.type == tokenize.OP and token.string in _CLOSERS:
             depth -= 1
             if depth == 0:
-                items.append(text[start:offset(token.start)])
+                items.append(text[start : offset(token.start)])
         elif token.type == tokenize.OP and token.string == "," and depth == 1:
-            items.append(text[start:offset(token.start)])
+            items.append(text[start : offset(token.start)])
             start = offset(token.end)
         if token.type == tokenize.OP and token.string in _OPENERS:
             depth += 1
@@ -160,8 +162,9 @@ def gather_axes(sweeps: Sequence[str], sweep_files: Sequence[str]) -> list[Axis]
 
 def expand_grid(axes: Sequence[Axis]) -> list[dict[str, str]]:
     """Every combination of the axes' values, the last axis varying fastest."""
-    return [dict(zip((a.name for a in axes), combination)) for combination in
-            itertools.product(*(a.values for a in axes))]
+    return [
+        dict(zip((a.name for a in axes), combination)) for combination in itertools.product(*(a.values for a in axes))
+    ]
 
 
 def short_names(names: Sequence[str]) -> dict[str, str]:
@@ -182,7 +185,7 @@ def folder_name(values: Mapping[str, str], short: Mapping[str, str]) -> str:
     if len(name.encode()) <= MAX_FOLDER_NAME:
         return name
     digest = hashlib.sha1(name.encode()).hexdigest()[:12]
-    return name.encode()[:MAX_FOLDER_NAME - 13].decode(errors="ignore") + "," + digest
+    return name.encode()[: MAX_FOLDER_NAME - 13].decode(errors="ignore") + "," + digest
 
 
 def grid_points(axes: Sequence[Axis], model_dir: str | Path) -> list[Point]:
@@ -192,8 +195,7 @@ def grid_points(axes: Sequence[Axis], model_dir: str | Path) -> list[Point]:
     folders = [p.folder.name for p in points]
     clashes = sorted({f for f in folders if folders.count(f) > 1})
     if clashes:
-        raise ConfigError(f"sweep: several points would share the folder {clashes[0]} (repeated or "
-                          "look-alike values)")
+        raise ConfigError(f"sweep: several points would share the folder {clashes[0]} (repeated or look-alike values)")
     return points
 
 
@@ -237,13 +239,22 @@ def check_point(point: Point, gin_files: Sequence[str], bindings: Mapping[str, s
 
 def train_command(point: Point, gin_files: Sequence[str], bindings: Mapping[str, str]) -> str:
     """The complete `littlehelp train ...` shell command that runs `point`."""
-    arguments = ["littlehelp", "train", *(f"--gin_file={f}" for f in gin_files),
-                 *(f"--gin.{k}={v}" for k, v in bindings.items()), f"--gin.MODEL_DIR={point.folder}"]
+    arguments = [
+        "littlehelp",
+        "train",
+        *(f"--gin_file={f}" for f in gin_files),
+        *(f"--gin.{k}={v}" for k, v in bindings.items()),
+        f"--gin.MODEL_DIR={point.folder}",
+    ]
     return shlex.join(arguments)
 
 
-def train_points(points: Sequence[Point], bindings: Sequence[Mapping[str, str]], gin_files: Sequence[str],
-                 stop_on_failure: bool = False) -> dict[str, str | None]:
+def train_points(
+    points: Sequence[Point],
+    bindings: Sequence[Mapping[str, str]],
+    gin_files: Sequence[str],
+    stop_on_failure: bool = False,
+) -> dict[str, str | None]:
     """Trains the points in turn: {folder name: None when finished, else its failure's one line}.
 
     A point's own failure (a `LittlehelpError`: a diverged loss, a setting the trainer refuses, an
@@ -277,8 +288,16 @@ def point_summary(point: Point, outcomes: Mapping[str, str | None]) -> dict[str,
     eval_step, evaluation = last_metrics(records, "eval")
     error = outcomes.get(point.folder.name)
     status = NOT_RUN if point.folder.name not in outcomes else FAILED if error else FINISHED
-    return {"folder": point.folder.name, "values": dict(point.values), "status": status, "error": error,
-            "step": train_step, "train": train, "eval_step": eval_step, "eval": evaluation}
+    return {
+        "folder": point.folder.name,
+        "values": dict(point.values),
+        "status": status,
+        "error": error,
+        "step": train_step,
+        "train": train,
+        "eval_step": eval_step,
+        "eval": evaluation,
+    }
 
 
 def plotted_loss(summaries: Sequence[Mapping[str, Any]]) -> str:
@@ -289,15 +308,29 @@ def plotted_loss(summaries: Sequence[Mapping[str, Any]]) -> str:
 def markdown_table(summaries: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
     """The summary as a Markdown table: swept values, last train step, train and eval loss (and accuracy),
     and a status column (`failed: <reason>`, `not run`) when some point did not finish."""
-    columns = [(kind, metric) for kind in ("train", "eval") for metric in ("loss", "accuracy")
-               if any(metric in s[kind] for s in summaries)]
+    columns = [
+        (kind, metric)
+        for kind in ("train", "eval")
+        for metric in ("loss", "accuracy")
+        if any(metric in s[kind] for s in summaries)
+    ]
     with_status = any(s["status"] != FINISHED for s in summaries)
     short = short_names(names)
-    header = [*(short[n] for n in names), "step", *(f"{kind} {metric}" for kind, metric in columns),
-              *(["status"] if with_status else [])]
-    rows = [[*(s["values"][n] for n in names), "-" if s["step"] is None else str(s["step"]),
-             *(_number(s[kind].get(metric)) for kind, metric in columns),
-             *([_status(s)] if with_status else [])] for s in summaries]
+    header = [
+        *(short[n] for n in names),
+        "step",
+        *(f"{kind} {metric}" for kind, metric in columns),
+        *(["status"] if with_status else []),
+    ]
+    rows = [
+        [
+            *(s["values"][n] for n in names),
+            "-" if s["step"] is None else str(s["step"]),
+            *(_number(s[kind].get(metric)) for kind, metric in columns),
+            *([_status(s)] if with_status else []),
+        ]
+        for s in summaries
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)]) + "\n"
 
@@ -341,8 +374,9 @@ def plot_summary(summaries: Sequence[Mapping[str, Any]], axes: Sequence[Axis], p
     pyplot.close(figure)
 
 
-def _draw_panel(panel: Any, axis: Axis, others: Sequence[str], summaries: Sequence[Mapping[str, Any]],
-                kind: str) -> None:
+def _draw_panel(
+    panel: Any, axis: Axis, others: Sequence[str], summaries: Sequence[Mapping[str, Any]], kind: str
+) -> None:
     """One panel: `axis`'s values (numbers, or categories in sweep order) against `kind` loss."""
     numbers = [_numeric(v) for v in axis.values]
     numeric = all(n is not None for n in numbers)
@@ -367,8 +401,9 @@ def _draw_panel(panel: Any, axis: Axis, others: Sequence[str], summaries: Sequen
         panel.legend(fontsize="small")
 
 
-def write_summary(model_dir: str | Path, points: Sequence[Point], axes: Sequence[Axis],
-                  outcomes: Mapping[str, str | None]) -> list[dict[str, Any]]:
+def write_summary(
+    model_dir: str | Path, points: Sequence[Point], axes: Sequence[Axis], outcomes: Mapping[str, str | None]
+) -> list[dict[str, Any]]:
     """Writes MODEL_DIR/sweep.json, sweep.md and sweep.png from the points' metrics and `outcomes` (as
     `train_points` returns them); returns the summaries. The plot shows finished points only."""
     model_dir = Path(model_dir)
@@ -383,8 +418,14 @@ def write_summary(model_dir: str | Path, points: Sequence[Point], axes: Sequence
     return summaries
 
 
-def run_sweep(gin_files: Sequence[str], sweeps: Sequence[str], sweep_files: Sequence[str], overrides: Sequence[str],
-          print_commands: bool = False, stop_on_failure: bool = False) -> list[dict[str, Any]] | list[str]:
+def run_sweep(
+    gin_files: Sequence[str],
+    sweeps: Sequence[str],
+    sweep_files: Sequence[str],
+    overrides: Sequence[str],
+    print_commands: bool = False,
+    stop_on_failure: bool = False,
+) -> list[dict[str, Any]] | list[str]:
     """Checks every point of the grid, then trains them in turn (`train_points`) and writes the summary.
 
     With `print_commands`, prints (and returns) one `littlehelp train` command per point instead and
@@ -405,8 +446,9 @@ def run_sweep(gin_files: Sequence[str], sweeps: Sequence[str], sweep_files: Sequ
     summaries = write_summary(model_dir, points, axes, outcomes)
     failed = {name: error for name, error in outcomes.items() if error}
     if failed:
-        raise SweepFailedError(failure_line(failed, len(points) - len(outcomes), len(points),
-                                            Path(model_dir) / f"{SUMMARY_NAME}.md"))
+        raise SweepFailedError(
+            failure_line(failed, len(points) - len(outcomes), len(points), Path(model_dir) / f"{SUMMARY_NAME}.md")
+        )
     return summaries
 
 

@@ -35,7 +35,7 @@ class TrainState:
     params: Params
     opt_state: dict[str, optax.OptState]
 
-    def apply_gradients(self, grads: Params, tx: optax.GradientTransformation) -> "TrainState":
+    def apply_gradients(self, grads: Params, tx: optax.GradientTransformation) -> TrainState:
         """One optimizer update of the models in `grads` (a subset of the params' keys)."""
         params, opt_state = dict(self.params), dict(self.opt_state)
         for key, model_grads in grads.items():
@@ -66,8 +66,9 @@ def params_layout(
     logical_specs = nn.get_partition_spec(boxed)
     params = nn.unbox(boxed)
     shardings = partitioning.param_shardings(params, logical_specs, mesh, rules)
-    abstract = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                            params, shardings)
+    abstract = jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), params, shardings
+    )
     return abstract, logical_specs
 
 
@@ -112,9 +113,7 @@ def init_state(
     return jax.jit(build, out_shardings=layout.shardings)(rng)
 
 
-def _optimizer_shardings(
-    opt_state: Any, params: Params, param_shardings: Params, mesh: Mesh
-) -> Any:
+def _optimizer_shardings(opt_state: Any, params: Params, param_shardings: Params, mesh: Mesh) -> Any:
     """Gives each optimizer-state leaf its parameter's sharding.
 
     An optimizer leaf is matched to the parameter whose key path ends its own (optax nests the

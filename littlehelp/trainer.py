@@ -16,22 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from littlehelp import checkpoints, config as gin_config, partitioning
+import gin
+from littlehelp import checkpoints, partitioning
+from littlehelp import config as gin_config
 from littlehelp.data import DatasetConfig, GlobalBatches, pipeline
 from littlehelp.errors import EXIT_PREEMPTED, LittlehelpError
 from littlehelp.frozen import FrozenModel, check_and_record, load_frozen_models
 from littlehelp.metrics import MetricsWriter, measure_matmul_flops
 from littlehelp.objectives import Batch, Curriculum, Metrics, Objective, Params
 from littlehelp.optimizers import Optimizer
-from littlehelp.train_state import (StateLayout, TrainState, init_optimizer, init_state, params_layout,
-                                    state_layout)
+from littlehelp.train_state import StateLayout, TrainState, init_optimizer, init_state, params_layout, state_layout
 
 StepFn = Callable[[TrainState, Params, Batch, jax.Array], tuple[TrainState, Metrics]]
 
@@ -66,8 +66,11 @@ class TrainSummary:
                 lines.append(f"  last {name}: {shown}")
         lines.append(f"  checkpoints: {self.model_dir}/checkpoints   config: {self.model_dir}/config.gin")
         events = f"{self.model_dir}/tensorboard"
-        viewer = f"tensorboard --logdir {events}" if tensorboard_installed() else (
-            f"event files: {events} (to view them: pip install tensorboard)")
+        viewer = (
+            f"tensorboard --logdir {events}"
+            if tensorboard_installed()
+            else (f"event files: {events} (to view them: pip install tensorboard)")
+        )
         lines.append(f"  metrics: {self.model_dir}/metrics.jsonl   {viewer}")
         return "\n".join(lines)
 
@@ -140,7 +143,9 @@ def make_train_step(objective: Objective, optimizer: Optimizer, microbatches: in
 
     value_and_grad = microbatched_value_and_grad(loss_of_trained, microbatches)
 
-    def train_step(state: TrainState, frozen_models: Params, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+    def train_step(
+        state: TrainState, frozen_models: Params, batch: Batch, rng: jax.Array
+    ) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(rng, state.step)
         keys = trained_keys(objective, state.params)
         trained = {k: v for k, v in state.params.items() if k in keys}
@@ -157,8 +162,12 @@ def _global_norm(tree: Any) -> jax.Array:
 
 
 def compile_train_step(
-    step_fn: StepFn, layout: StateLayout, batch_spec: Mapping[str, jax.ShapeDtypeStruct], mesh: Mesh,
-    rules: partitioning.LogicalRules, frozen_abstract: Params | None = None,
+    step_fn: StepFn,
+    layout: StateLayout,
+    batch_spec: Mapping[str, jax.ShapeDtypeStruct],
+    mesh: Mesh,
+    rules: partitioning.LogicalRules,
+    frozen_abstract: Params | None = None,
 ):
     """Compiles `step_fn` ahead of time for the state layout, the frozen models' abstract
     parameters (with their shardings) and batch shapes (no data needed). The state is donated."""
@@ -171,7 +180,9 @@ def compile_train_step(
         out_shardings=(layout.shardings, partitioning.replicated(mesh)),
         donate_argnums=(0,),
     )
-    batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k]) for k, v in batch_spec.items()}
+    batch_abstract = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k]) for k, v in batch_spec.items()
+    }
     key = jax.eval_shape(lambda: jax.random.key(0))  # abstract: the mesh's devices may be a topology's
     rng_abstract = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=partitioning.replicated(mesh))
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -183,7 +194,9 @@ def batch_spec(config: DatasetConfig) -> dict[str, jax.ShapeDtypeStruct]:
     (every model feature is int32), without reading the data."""
     converter = pipeline.FEATURE_CONVERTERS[config.feature_converter](pack=config.pack)
     lengths = converter.get_model_feature_lengths(dict(config.task_feature_lengths))
-    return {name: jax.ShapeDtypeStruct((config.batch_size, length), np.dtype(np.int32)) for name, length in lengths.items()}
+    return {
+        name: jax.ShapeDtypeStruct((config.batch_size, length), np.dtype(np.int32)) for name, length in lengths.items()
+    }
 
 
 def example_batch(data: DatasetConfig) -> dict[str, jax.Array]:
@@ -247,7 +260,10 @@ class Trainer:
         for param in found:
             logging.warning(
                 "parameter %s %s (axes %s, %d bytes) is replicated: no rule's mesh axis divides it",
-                param.path, param.shape, param.logical_axes, param.bytes,
+                param.path,
+                param.shape,
+                param.logical_axes,
+                param.bytes,
             )
 
     def restore_or_init(self) -> tuple[TrainState, pipeline.ResumePoint]:
@@ -272,8 +288,11 @@ class Trainer:
             logging.info("initialised from the restore path at step %d; data starts at its first batch", step)
             return state, pipeline.ResumePoint(0)
         if data_state.get("seed", self.train_data.seed) != self.train_data.seed:
-            logging.warning("checkpoint data seed %s differs from the configured seed %s",
-                            data_state.get("seed"), self.train_data.seed)
+            logging.warning(
+                "checkpoint data seed %s differs from the configured seed %s",
+                data_state.get("seed"),
+                self.train_data.seed,
+            )
         return state, pipeline.resume_position(self.data_stages, step, data_state)
 
     def _init_from_params(self, path: str, saved_models: list[str]) -> TrainState:
@@ -286,18 +305,24 @@ class Trainer:
         abstract = self.layout.abstract_state
         chosen = self.checkpointer.restore_model
         if chosen is not None and len(abstract.params) != 1:
-            raise ValueError(f"CheckpointConfig.restore_model={chosen!r} needs a run of one model; this run has "
-                             f"{sorted(abstract.params)}")
+            raise ValueError(
+                f"CheckpointConfig.restore_model={chosen!r} needs a run of one model; this run has "
+                f"{sorted(abstract.params)}"
+            )
         if chosen is None and len(abstract.params) == 1 and len(saved_models) == 1:
             chosen = saved_models[0]
         rename = {key: chosen for key in abstract.params} if chosen is not None else None
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             params, step = checkpoints.restore_params(path, abstract.params, rename=rename)
-            opt_state = jax.jit(lambda p: init_optimizer(self.optimizer.tx, p),
-                                out_shardings=self.layout.shardings.opt_state)(params)
+            opt_state = jax.jit(
+                lambda p: init_optimizer(self.optimizer.tx, p), out_shardings=self.layout.shardings.opt_state
+            )(params)
             step = jax.device_put(jnp.asarray(step, jnp.int32), self.layout.shardings.step)
-        logging.info("initialised from the parameters in %s at step %d with a fresh optimizer; data starts "
-                     "at its first batch", path, int(step))
+        logging.info(
+            "initialised from the parameters in %s at step %d with a fresh optimizer; data starts at its first batch",
+            path,
+            int(step),
+        )
         return TrainState(step=step, params=params, opt_state=opt_state)
 
     def step_fn(self, objective: Objective) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
@@ -312,13 +337,18 @@ class Trainer:
         if key not in self._compiled:
             start = time.perf_counter()
             step = make_train_step(objective, self.optimizer, self.microbatches)
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                                    self.frozen.params)
-            self._compiled[key] = compile_train_step(step, self.layout, self.batch_spec, self.mesh, self.rules, abstract)
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.frozen.params
+            )
+            self._compiled[key] = compile_train_step(
+                step, self.layout, self.batch_spec, self.mesh, self.rules, abstract
+            )
             logging.info("compiled the train step for %s in %.1fs", objective.name, time.perf_counter() - start)
         return self._compiled[key]
 
-    def evaluate(self, state: TrainState, objective: Objective, data: DatasetConfig, max_batches: int) -> dict[str, float]:
+    def evaluate(
+        self, state: TrainState, objective: Objective, data: DatasetConfig, max_batches: int
+    ) -> dict[str, float]:
         """Weighted-mean metrics of `objective` over at most `max_batches` batches of `data`."""
         return self.evaluator(objective, {**self.frozen.params, **state.params}, state.step, data, max_batches)
 
@@ -330,8 +360,9 @@ class Evaluator:
         self.mesh, self.rules = mesh, rules
         self._loss_fns: dict[int, Callable] = {}
 
-    def __call__(self, objective: Objective, params: Params, step: int | jax.Array, data: DatasetConfig,
-                 max_batches: int) -> dict[str, float]:
+    def __call__(
+        self, objective: Objective, params: Params, step: int | jax.Array, data: DatasetConfig, max_batches: int
+    ) -> dict[str, float]:
         """Metrics of `objective` with `params` over at most `max_batches` batches of `data`."""
         key = id(objective)
         if key not in self._loss_fns:
@@ -360,7 +391,8 @@ def _data_stages(train_data: DatasetConfig, switches: Sequence[tuple[int, Datase
         if batch_spec(config) != expected:
             raise gin_config.ConfigError(
                 f"train.data_switches: the data from step {start} ({config.name}) has batches "
-                f"{_shapes(batch_spec(config))}, unlike train_data's {_shapes(expected)}")
+                f"{_shapes(batch_spec(config))}, unlike train_data's {_shapes(expected)}"
+            )
     return stages
 
 
@@ -371,7 +403,11 @@ def _shapes(spec: Mapping[str, jax.ShapeDtypeStruct]) -> dict[str, tuple[int, ..
 def _last_good(checkpointer: checkpoints.Checkpointer) -> str:
     checkpointer.wait_until_finished()
     last = checkpointer.latest_step()
-    return f"the last good checkpoint is step {last} in {checkpointer.directory}" if last is not None else "no checkpoint was saved"
+    return (
+        f"the last good checkpoint is step {last} in {checkpointer.directory}"
+        if last is not None
+        else "no checkpoint was saved"
+    )
 
 
 def _check_finite(metrics: Mapping[str, Any], step: int, checkpointer: checkpoints.Checkpointer) -> None:
@@ -385,8 +421,9 @@ def _check_finite(metrics: Mapping[str, Any], step: int, checkpointer: checkpoin
 @jax.jit
 def _finite_leaves(state: TrainState) -> Any:
     """One boolean per array of `state`: all of its values are finite (integer arrays always are)."""
-    return jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True),
-                        state)
+    return jax.tree.map(
+        lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True), state
+    )
 
 
 def nonfinite_arrays(state: TrainState) -> list[str]:
@@ -407,8 +444,13 @@ def _check_state_finite(state: TrainState, step: int, checkpointer: checkpoints.
         )
 
 
-def _save_if_due(checkpointer: checkpoints.Checkpointer, step: int, state: TrainState,
-                 batches: pipeline.StagedBatches, force: bool = False) -> None:
+def _save_if_due(
+    checkpointer: checkpoints.Checkpointer,
+    step: int,
+    state: TrainState,
+    batches: pipeline.StagedBatches,
+    force: bool = False,
+) -> None:
     """Saves `state` and the input stream's position as `step` when the checkpointer would, after
     checking that the state is finite."""
     if checkpointer.will_save(step, force):
@@ -419,8 +461,13 @@ def _save_if_due(checkpointer: checkpoints.Checkpointer, step: int, state: Train
 def _check_run_arguments(steps: int, eval_every: int, eval_batches: int, log_every: int, microbatches: int) -> None:
     """Refuses non-integer, zero or negative counts of `train` before anything is built."""
     minimum = {"steps": 1, "eval_every": 0, "eval_batches": 1, "log_every": 1, "microbatches": 1}
-    values = {"steps": steps, "eval_every": eval_every, "eval_batches": eval_batches, "log_every": log_every,
-              "microbatches": microbatches}
+    values = {
+        "steps": steps,
+        "eval_every": eval_every,
+        "eval_batches": eval_batches,
+        "log_every": log_every,
+        "microbatches": microbatches,
+    }
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum[name]:
             raise gin_config.ConfigError(f"train.{name} must be an integer >= {minimum[name]}, got {value!r}")
@@ -480,8 +527,19 @@ def train(
     with checkpoints.RunLock(model_dir):
         mesh = partitioning.make_mesh(mesh_config)
         rules = partitioning.logical_axis_rules()
-        trainer = Trainer(model_dir, curriculum, optimizer, train_data, mesh, rules, checkpoint_config, microbatches, seed,
-                          frozen_models, data_switches)
+        trainer = Trainer(
+            model_dir,
+            curriculum,
+            optimizer,
+            train_data,
+            mesh,
+            rules,
+            checkpoint_config,
+            microbatches,
+            seed,
+            frozen_models,
+            data_switches,
+        )
         check_and_record(model_dir, trainer.frozen)
         gin_config.write_operative_config(model_dir)
         peak = peak_flops_per_device or measure_matmul_flops()
@@ -494,10 +552,23 @@ def train(
 class _Loop:
     """The step loop of `train`, split out so each part stays small."""
 
-    def __init__(self, trainer: Trainer, steps: int, eval_data, eval_every: int, eval_batches: int,
-                 log_every: int, peak_flops: float):
+    def __init__(
+        self,
+        trainer: Trainer,
+        steps: int,
+        eval_data,
+        eval_every: int,
+        eval_batches: int,
+        log_every: int,
+        peak_flops: float,
+    ):
         self.trainer, self.steps, self.eval_data = trainer, steps, eval_data
-        self.eval_every, self.eval_batches, self.log_every, self.peak_flops = eval_every, eval_batches, log_every, peak_flops
+        self.eval_every, self.eval_batches, self.log_every, self.peak_flops = (
+            eval_every,
+            eval_batches,
+            log_every,
+            peak_flops,
+        )
         self.eval_metrics: dict[str, float] = {}
 
     def run(self) -> TrainSummary:
@@ -505,8 +576,11 @@ class _Loop:
         state, start = trainer.restore_or_init()
         first_step = int(state.step)
         if start.batch != first_step:
-            logging.info("data position %d differs from state step %d: continuing from the data position",
-                         start.batch, first_step)
+            logging.info(
+                "data position %d differs from state step %d: continuing from the data position",
+                start.batch,
+                first_step,
+            )
         logging.info("training steps %d -> %d in %s", first_step, self.steps, trainer.model_dir)
         batches = pipeline.StagedBatches(trainer.data_stages, trainer.mesh, first_step, start)
         writer = MetricsWriter(trainer.model_dir, self.steps, first_step)
@@ -541,8 +615,12 @@ class _Loop:
                 if (step + 1) % self.log_every == 0 or step + 1 == self.steps:
                     seconds = (time.perf_counter() - window_start) / window_steps
                     flops = objective.train_flops(trainer.batch_spec)
-                    metrics |= {"steps_per_second": 1 / seconds, "tokens_per_second": tokens / seconds,
-                                "mfu": flops / seconds / self.peak_flops, "flops_per_step": flops}
+                    metrics |= {
+                        "steps_per_second": 1 / seconds,
+                        "tokens_per_second": tokens / seconds,
+                        "mfu": flops / seconds / self.peak_flops,
+                        "flops_per_step": flops,
+                    }
                     writer.write(step + 1, metrics)
                     window_steps = 0
                 if self.eval_data is not None and self.eval_every and (step + 1) % self.eval_every == 0:
@@ -575,7 +653,8 @@ def restore_run_params(
     if path is None:
         raise checkpoints.CheckpointError(
             f"no checkpoint in {own} yet: train this MODEL_DIR first, or read another run's with "
-            "--gin.checkpoints.CheckpointConfig.restore_path='<run folder or step folder>'")
+            "--gin.checkpoints.CheckpointConfig.restore_path='<run folder or step folder>'"
+        )
     abstract, _ = params_layout(init_params, mesh, rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         return checkpoints.restore_params(path, abstract, select=select)
@@ -599,8 +678,9 @@ def evaluate(
     """
     mesh, rules = partitioning.make_mesh(mesh_config), partitioning.logical_axis_rules()
     example = example_batch(eval_data)
-    params, step = restore_run_params(model_dir, lambda rng: objective.init_params(rng, example), mesh, rules,
-                                      checkpoint_config)
+    params, step = restore_run_params(
+        model_dir, lambda rng: objective.init_params(rng, example), mesh, rules, checkpoint_config
+    )
     metrics = Evaluator(mesh, rules)(objective, params, step, eval_data, eval_batches)
     if task_metrics is not None:
         scores = task_metrics(params, eval_data, model_dir=model_dir, step=step)

@@ -25,10 +25,10 @@ from __future__ import annotations
 import copy
 from typing import NoReturn
 
-import gin
 import jax
 import jax.numpy as jnp
 
+import gin
 from littlehelp import flops, losses
 from littlehelp.config import ConfigError
 from littlehelp.models import Model
@@ -49,12 +49,16 @@ def _check_knobs(model: Model, teacher: Model, omega: float, temperature: float,
         _refuse(f"DistillationObjective.omega must be in [0, 1], got {omega!r}")
     if not temperature > 0:
         _refuse(f"DistillationObjective.temperature must be > 0, got {temperature!r}")
-    if decay_steps is not None and (isinstance(decay_steps, bool) or not isinstance(decay_steps, int) or decay_steps < 1):
+    if decay_steps is not None and (
+        isinstance(decay_steps, bool) or not isinstance(decay_steps, int) or decay_steps < 1
+    ):
         _refuse(f"DistillationObjective.decay_steps must be None or an integer >= 1, got {decay_steps!r}")
     student_vocab, teacher_vocab = model.config.vocab_size, teacher.config.vocab_size
     if student_vocab != teacher_vocab:
-        _refuse(f"the teacher's vocabulary ({teacher_vocab} ids) differs from the student's ({student_vocab} ids): "
-                "soft labels need the same tokenizer")
+        _refuse(
+            f"the teacher's vocabulary ({teacher_vocab} ids) differs from the student's ({student_vocab} ids): "
+            "soft labels need the same tokenizer"
+        )
 
 
 @gin.configurable(module="salt")
@@ -68,9 +72,18 @@ class DistillationObjective:
     z_loss: as the plain LM objective's; chunk_size: positions per chunk of the two heads.
     """
 
-    def __init__(self, model: Model = gin.REQUIRED, teacher: Model = gin.REQUIRED, omega: float = 0.5,
-                 temperature: float = 1.0, decay_steps: int | None = None, z_loss: float = 1e-4,
-                 model_key: str = "model", teacher_key: str = "teacher", chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+    def __init__(
+        self,
+        model: Model = gin.REQUIRED,
+        teacher: Model = gin.REQUIRED,
+        omega: float = 0.5,
+        temperature: float = 1.0,
+        decay_steps: int | None = None,
+        z_loss: float = 1e-4,
+        model_key: str = "model",
+        teacher_key: str = "teacher",
+        chunk_size: int = losses.DEFAULT_CHUNK_SIZE,
+    ):
         _check_knobs(model, teacher, omega, temperature, decay_steps)
         self.model, self.teacher, self.omega, self.temperature = model, teacher, float(omega), float(temperature)
         self.decay_steps, self.z_loss, self.chunk_size = decay_steps, z_loss, chunk_size
@@ -99,10 +112,18 @@ class DistillationObjective:
         weights = token_weights(batch)
         omega = self.omega_at(step)
         mixed = losses.chunked_labels_and_divergence(
-            "fkl", self.model.hidden_states(student, batch, rng), lambda h: self.model.logits_from_hidden(student, h),
-            self.teacher.hidden_states(teacher, batch), lambda h: self.teacher.logits_from_hidden(teacher, h),
-            batch["decoder_target_tokens"], weights, omega, self.z_loss, self.chunk_size,
-            temperature=self.temperature)
+            "fkl",
+            self.model.hidden_states(student, batch, rng),
+            lambda h: self.model.logits_from_hidden(student, h),
+            self.teacher.hidden_states(teacher, batch),
+            lambda h: self.teacher.logits_from_hidden(teacher, h),
+            batch["decoder_target_tokens"],
+            weights,
+            omega,
+            self.z_loss,
+            self.chunk_size,
+            temperature=self.temperature,
+        )
         hard, soft = mixed.per_token
         sums = losses.token_sums(hard, weights)
         loss, metrics = token_metrics(sums, mixed.total)
@@ -114,8 +135,12 @@ class DistillationObjective:
 
 
 @gin.configurable(module="salt")
-def salt_curriculum(distillation: DistillationObjective = gin.REQUIRED, language_model: Objective = gin.REQUIRED,
-                    n_kd: int | None = gin.REQUIRED, transition: str = "abrupt") -> Curriculum:
+def salt_curriculum(
+    distillation: DistillationObjective = gin.REQUIRED,
+    language_model: Objective = gin.REQUIRED,
+    n_kd: int | None = gin.REQUIRED,
+    transition: str = "abrupt",
+) -> Curriculum:
     """Distillation for steps [0, n_kd), then `language_model` (the plain LM objective on the same model).
 
     transition: 'abrupt' (omega constant until n_kd) or 'linear' (omega decays to 0 at n_kd).
@@ -126,8 +151,10 @@ def salt_curriculum(distillation: DistillationObjective = gin.REQUIRED, language
     if n_kd is not None and (isinstance(n_kd, bool) or not isinstance(n_kd, int) or n_kd < 0):
         _refuse(f"salt_curriculum.n_kd must be None or an integer >= 0, got {n_kd!r}")
     if distillation.model_key != getattr(language_model, "model_key", distillation.model_key):
-        _refuse(f"the distillation trains '{distillation.model_key}' but the LM objective trains "
-                f"'{language_model.model_key}': both stages must train the same model")
+        _refuse(
+            f"the distillation trains '{distillation.model_key}' but the LM objective trains "
+            f"'{language_model.model_key}': both stages must train the same model"
+        )
     if n_kd == 0:
         return Curriculum.single(language_model)
     if transition == "linear":

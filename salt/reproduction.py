@@ -34,10 +34,21 @@ STUDENT_GIN, HELD_OUT_TASK, LENGTH, BATCH = "salt/baseline.gin", "code_lm", 128,
 TEACHER_GAP = 0.1  # nats: how much worse than the baseline student the teacher must end
 NEVER = 2.0  # a run that never reaches the baseline's final loss counts as reaching it at NEVER x the steps
 # --quick: tiny models, no measurement of the peak matmul rate (it only sets the logged MFU)
-QUICK_BINDINGS = {"trainer.train.peak_flops_per_device": 1e9, **{
-    f"{scope}/decoder.DecoderConfig.{name}": value for scope, width in (("teacher", 16), ("student", 32))
-    for name, value in {"emb_dim": width, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "head_dim": 8,
-                        "mlp_dim": 2 * width}.items()}}
+QUICK_BINDINGS = {
+    "trainer.train.peak_flops_per_device": 1e9,
+    **{
+        f"{scope}/decoder.DecoderConfig.{name}": value
+        for scope, width in (("teacher", 16), ("student", 32))
+        for name, value in {
+            "emb_dim": width,
+            "num_layers": 1,
+            "num_heads": 2,
+            "num_kv_heads": 1,
+            "head_dim": 8,
+            "mlp_dim": 2 * width,
+        }.items()
+    },
+}
 
 
 def plays_head_task(documents: int) -> str:
@@ -55,9 +66,15 @@ def run_bindings(settings: Mapping[str, Any], steps: int, save_every: int) -> di
     """What every run binds: its steps, checkpoint interval, evaluation and logging, the extra bindings
     and, when `plays_documents` is set, the Task of that many passages of the plays."""
     task = {"TASK": plays_head_task(settings["plays_documents"])} if settings["plays_documents"] else {}
-    return {"TRAIN_STEPS": steps, "checkpoints.CheckpointConfig.save_interval_steps": save_every,
-            "trainer.train.eval_every": settings["eval_every"], "trainer.train.eval_batches": settings["eval_batches"],
-            "trainer.train.log_every": settings["eval_every"], **task, **settings["bindings"]}
+    return {
+        "TRAIN_STEPS": steps,
+        "checkpoints.CheckpointConfig.save_interval_steps": save_every,
+        "trainer.train.eval_every": settings["eval_every"],
+        "trainer.train.eval_batches": settings["eval_batches"],
+        "trainer.train.log_every": settings["eval_every"],
+        **task,
+        **settings["bindings"],
+    }
 
 
 def teacher_bindings(context: ArmContext) -> dict[str, Any]:
@@ -75,15 +92,19 @@ def scoring_checkpoint(teacher: Path) -> Path:
 
 def student_bindings(kind: str) -> Callable[[ArmContext], dict[str, Any]]:
     """A student's bindings: `kind` 'baseline', 'salt' (+ the teacher) or 'salt_ds' (+ the scoring)."""
+
     def bindings(context: ArmContext) -> dict[str, Any]:
         settings, teacher = context.settings, context.folder_of("teacher")
         values = {**run_bindings(settings, settings["student_steps"], settings["student_steps"]), "SEED": context.seed}
         if kind != "baseline":
             values |= {"TEACHER_DIR": teacher, "N_KD": settings["n_kd"], "OMEGA": settings["omega"]}
         if kind == "salt_ds":
-            values |= {"SCORING_TEACHER_DIR": scoring_checkpoint(teacher),
-                       "SCORES_DIR": context.work_dir / "teacher_scores"}
+            values |= {
+                "SCORING_TEACHER_DIR": scoring_checkpoint(teacher),
+                "SCORES_DIR": context.work_dir / "teacher_scores",
+            }
         return values
+
     return bindings
 
 
@@ -111,8 +132,9 @@ def first_reach(steps: Sequence[float], losses: Sequence[float], level: float) -
     return None
 
 
-def compute_fraction(reached: float, run_flops: Sequence[tuple[int, float]], n_kd: int, baseline_flops: float,
-                     total_steps: int) -> float:
+def compute_fraction(
+    reached: float, run_flops: Sequence[tuple[int, float]], n_kd: int, baseline_flops: float, total_steps: int
+) -> float:
     """Training FLOPs up to step `reached` over the baseline's for all `total_steps`: the first logged
     FLOPs per step (the KD objective's, when it differs from the last) for the first n_KD steps."""
     first, last = run_flops[0][1], run_flops[-1][1]
@@ -136,7 +158,9 @@ def scoring_flops(context: ArmContext) -> float:
     """FLOPs of the teacher's SALT_DS scoring pass over the training split (0 for the other arms)."""
     from salt import selection  # pylint: disable=import-outside-toplevel
 
-    return selection.read_metadata(context.work_dir / "teacher_scores")["flops"] if context.arm.name == "salt_ds" else 0.0
+    return (
+        selection.read_metadata(context.work_dir / "teacher_scores")["flops"] if context.arm.name == "salt_ds" else 0.0
+    )
 
 
 def flops_share(context: ArmContext) -> float:
@@ -144,8 +168,13 @@ def flops_share(context: ArmContext) -> float:
     baseline's for all its steps."""
     n_kd = 0 if context.arm.name == "baseline" else context.settings["n_kd"]
     steps = context.settings["student_steps"]
-    training = compute_fraction(reach_step(context), records(context.folder, "train/flops_per_step"), n_kd,
-                                baseline_flops(context) / steps, steps)
+    training = compute_fraction(
+        reach_step(context),
+        records(context.folder, "train/flops_per_step"),
+        n_kd,
+        baseline_flops(context) / steps,
+        steps,
+    )
     return training + scoring_flops(context) / baseline_flops(context)
 
 
@@ -175,10 +204,22 @@ def held_out_evaluator(bindings: tuple[tuple[str, Any], ...]) -> tuple[Any, Any,
         objective = DecoderObjective(models.build_model())
     finally:
         config.gin.clear_config()
-    evaluator = trainer.Evaluator(partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1)),
-                                  partitioning.logical_axis_rules())
-    return objective, evaluator, DatasetConfig(HELD_OUT_TASK, {"targets": LENGTH}, BATCH, feature_converter="lm",
-                                               split="validation", shuffle=False, repeat=False)
+    evaluator = trainer.Evaluator(
+        partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1)), partitioning.logical_axis_rules()
+    )
+    return (
+        objective,
+        evaluator,
+        DatasetConfig(
+            HELD_OUT_TASK,
+            {"targets": LENGTH},
+            BATCH,
+            feature_converter="lm",
+            split="validation",
+            shuffle=False,
+            repeat=False,
+        ),
+    )
 
 
 def held_out_loss(context: ArmContext) -> float:
@@ -187,55 +228,138 @@ def held_out_loss(context: ArmContext) -> float:
 
     objective, evaluator, data = held_out_evaluator(tuple(context.settings["bindings"].items()))
     example = {"decoder_input_tokens": np.zeros((1, LENGTH), np.int32)}
-    params, step = trainer.restore_run_params(str(context.folder), lambda rng: objective.init_params(rng, example),
-                                              evaluator.mesh, evaluator.rules, checkpoints.CheckpointConfig())
+    params, step = trainer.restore_run_params(
+        str(context.folder),
+        lambda rng: objective.init_params(rng, example),
+        evaluator.mesh,
+        evaluator.rules,
+        checkpoints.CheckpointConfig(),
+    )
     return evaluator(objective, params, step, data, context.settings["held_out_batches"])["cross_entropy"]
 
 
-TEACHER_WEAKER = Claim("teacher_weaker", f"the teacher ends more than {TEACHER_GAP} nats of validation loss above "
-                       "the baseline student (the paper's regime: a small model clearly worse than the large one)",
-                       "teacher_gap", "baseline", threshold=TEACHER_GAP)
+TEACHER_WEAKER = Claim(
+    "teacher_weaker",
+    f"the teacher ends more than {TEACHER_GAP} nats of validation loss above "
+    "the baseline student (the paper's regime: a small model clearly worse than the large one)",
+    "teacher_gap",
+    "baseline",
+    threshold=TEACHER_GAP,
+)
 
 
 def claims(arm: str, title: str) -> tuple[Claim, ...]:
     """The paper's claims for SALT or SALT_DS against the baseline, paired by seed."""
-    return (Claim(f"{arm}_faster", f"{title} reaches the baseline's final validation loss in at most 75% of the "
-                  "baseline's steps (paper: about 70%)", "reach_share", arm, threshold=-0.75),
-            Claim(f"{arm}_final_loss", f"{title} ends with a lower validation loss than the baseline", "final_loss",
-                  arm, "baseline"),
-            Claim(f"{arm}_held_out", f"{title}'s final student has a lower held-out code loss than the baseline",
-                  "held_out_loss", arm, "baseline"))
+    return (
+        Claim(
+            f"{arm}_faster",
+            f"{title} reaches the baseline's final validation loss in at most 75% of the "
+            "baseline's steps (paper: about 70%)",
+            "reach_share",
+            arm,
+            threshold=-0.75,
+        ),
+        Claim(
+            f"{arm}_final_loss",
+            f"{title} ends with a lower validation loss than the baseline",
+            "final_loss",
+            arm,
+            "baseline",
+        ),
+        Claim(
+            f"{arm}_held_out",
+            f"{title}'s final student has a lower held-out code loss than the baseline",
+            "held_out_loss",
+            arm,
+            "baseline",
+        ),
+    )
 
 
 STUDY = Study(
     name="salt",
     title="SALT: a weaker 0.56M teacher's soft labels early in a 4.0M student's pre-training",
     description=__doc__.split("\n\n", 1)[1].strip(),
-    arms=(Arm("teacher", ("salt/teacher.gin",), teacher_bindings, per_seed=False),
-          Arm("baseline", ("salt/baseline.gin",), student_bindings("baseline"), label="baseline (LM)"),
-          Arm("salt", ("salt/salt.gin",), student_bindings("salt"), label="SALT"),
-          Arm("salt_ds", ("salt/salt_ds.gin",), student_bindings("salt_ds"), label="SALT_DS")),
-    metrics=(Metric("loss_at_n_kd", "val loss at step n_KD", False,
-                    compute=lambda c: float(np.interp(c.settings["n_kd"], *validation_curve(c)))),
-             Metric("final_loss", "final val loss", False, compute=lambda c: validation_curve(c)[1][-1]),
-             Metric("held_out_loss", "held-out code loss", False, compute=held_out_loss),
-             Metric("reach_share", "steps to the baseline's final loss (share; never: 2)", False,
-                    compute=lambda c: reach_step(c) / c.settings["student_steps"], digits=3),
-             Metric("flops_share", "FLOPs to it (share of the baseline's; SALT_DS: + scoring)", False,
-                    compute=flops_share, digits=3),
-             Metric("scoring_share", "SALT_DS scoring pass (share of the baseline's FLOPs)", None,
-                    compute=lambda c: scoring_flops(c) / baseline_flops(c), arms=("salt_ds",), digits=3),
-             Metric("teacher_gap", "teacher's final val loss minus the baseline's", True, compute=teacher_gap,
-                    arms=("baseline",)),
-             Metric("teacher_flops_share", "teacher's training FLOPs (share of the baseline's)", None,
-                    compute=teacher_flops_share, arms=("baseline",), digits=3)),
+    arms=(
+        Arm("teacher", ("salt/teacher.gin",), teacher_bindings, per_seed=False),
+        Arm("baseline", ("salt/baseline.gin",), student_bindings("baseline"), label="baseline (LM)"),
+        Arm("salt", ("salt/salt.gin",), student_bindings("salt"), label="SALT"),
+        Arm("salt_ds", ("salt/salt_ds.gin",), student_bindings("salt_ds"), label="SALT_DS"),
+    ),
+    metrics=(
+        Metric(
+            "loss_at_n_kd",
+            "val loss at step n_KD",
+            False,
+            compute=lambda c: float(np.interp(c.settings["n_kd"], *validation_curve(c))),
+        ),
+        Metric("final_loss", "final val loss", False, compute=lambda c: validation_curve(c)[1][-1]),
+        Metric("held_out_loss", "held-out code loss", False, compute=held_out_loss),
+        Metric(
+            "reach_share",
+            "steps to the baseline's final loss (share; never: 2)",
+            False,
+            compute=lambda c: reach_step(c) / c.settings["student_steps"],
+            digits=3,
+        ),
+        Metric(
+            "flops_share",
+            "FLOPs to it (share of the baseline's; SALT_DS: + scoring)",
+            False,
+            compute=flops_share,
+            digits=3,
+        ),
+        Metric(
+            "scoring_share",
+            "SALT_DS scoring pass (share of the baseline's FLOPs)",
+            None,
+            compute=lambda c: scoring_flops(c) / baseline_flops(c),
+            arms=("salt_ds",),
+            digits=3,
+        ),
+        Metric(
+            "teacher_gap",
+            "teacher's final val loss minus the baseline's",
+            True,
+            compute=teacher_gap,
+            arms=("baseline",),
+        ),
+        Metric(
+            "teacher_flops_share",
+            "teacher's training FLOPs (share of the baseline's)",
+            None,
+            compute=teacher_flops_share,
+            arms=("baseline",),
+            digits=3,
+        ),
+    ),
     claims=(TEACHER_WEAKER,) + claims("salt", "SALT") + claims("salt_ds", "SALT_DS"),
     seeds=3,
-    settings={"teacher_steps": 300, "student_steps": 300, "n_kd": 100, "omega": 0.5, "eval_every": 25,
-              "eval_batches": 8, "held_out_batches": 16, "plays_documents": None, "bindings": {}},
-    quick={"teacher_steps": 8, "student_steps": 8, "n_kd": 4, "eval_every": 4, "eval_batches": 1,
-           "held_out_batches": 1, "plays_documents": 64, "bindings": QUICK_BINDINGS},
+    settings={
+        "teacher_steps": 300,
+        "student_steps": 300,
+        "n_kd": 100,
+        "omega": 0.5,
+        "eval_every": 25,
+        "eval_batches": 8,
+        "held_out_batches": 16,
+        "plays_documents": None,
+        "bindings": {},
+    },
+    quick={
+        "teacher_steps": 8,
+        "student_steps": 8,
+        "n_kd": 4,
+        "eval_every": 4,
+        "eval_batches": 1,
+        "held_out_batches": 1,
+        "plays_documents": 64,
+        "bindings": QUICK_BINDINGS,
+    },
     quick_seeds=1,
-    curves=(Curve("validation cross-entropy (held-out plays)", "validation cross-entropy", "student step",
-                  validation_curve),),
+    curves=(
+        Curve(
+            "validation cross-entropy (held-out plays)", "validation cross-entropy", "student step", validation_curve
+        ),
+    ),
 )

@@ -48,13 +48,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import seqio
 from absl import logging
 
+import gin
 from active import stage, validation
 from littlehelp import frozen, losses, partitioning
 from littlehelp.config import ConfigError
@@ -95,8 +95,13 @@ def _token_values(logits: Array, side: tuple[Array, Array], top_k: int) -> tuple
 
 
 @functools.partial(jax.jit, static_argnames=("model", "top_k", "chunk_size"))
-def token_losses(model: Model, params: Params, batch: Mapping[str, Array], top_k: int = DEFAULT_TOP_K,
-                 chunk_size: int = losses.DEFAULT_CHUNK_SIZE) -> tuple[Array, Array]:
+def token_losses(
+    model: Model,
+    params: Params,
+    batch: Mapping[str, Array],
+    top_k: int = DEFAULT_TOP_K,
+    chunk_size: int = losses.DEFAULT_CHUNK_SIZE,
+) -> tuple[Array, Array]:
     """(teacher loss [b, l] float32, 0 at padding; target in the top-k [b, l] bool) of an LM batch.
 
     `model` (hashable: it is a static argument) is a decoder LM's seam; its head runs `chunk_size`
@@ -105,8 +110,9 @@ def token_losses(model: Model, params: Params, batch: Mapping[str, Array], top_k
     hidden = model.hidden_states(params, batch)
     side = (batch["decoder_target_tokens"], batch["decoder_loss_weights"])
     token_fn = functools.partial(_token_values, top_k=top_k)
-    return losses.chunked_token_values(token_fn, hidden, lambda h: model.logits_from_hidden(params, h), side,
-                                       chunk_size)
+    return losses.chunked_token_values(
+        token_fn, hidden, lambda h: model.logits_from_hidden(params, h), side, chunk_size
+    )
 
 
 def sequence_scores(token_losses: Array, in_top_k: Array, weights: Array) -> Array:
@@ -121,8 +127,13 @@ def sequence_scores(token_losses: Array, in_top_k: Array, weights: Array) -> Arr
 
 
 @functools.partial(jax.jit, static_argnames=("model", "top_k", "chunk_size"))
-def batch_scores(model: Model, params: Params, batch: Mapping[str, Array], top_k: int = DEFAULT_TOP_K,
-                 chunk_size: int = losses.DEFAULT_CHUNK_SIZE) -> Array:
+def batch_scores(
+    model: Model,
+    params: Params,
+    batch: Mapping[str, Array],
+    top_k: int = DEFAULT_TOP_K,
+    chunk_size: int = losses.DEFAULT_CHUNK_SIZE,
+) -> Array:
     """SALT_DS scores [b] of an LM batch's sequences (`token_losses`, then `sequence_scores`)."""
     values, top = token_losses(model, params, batch, top_k, chunk_size)
     return sequence_scores(values, top, batch["decoder_loss_weights"])
@@ -152,14 +163,21 @@ class Scoring:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(f"SALT_DS {knob} must be an integer >= 1, got {value!r}")
         if set(self.sequence_length) != {"targets"} or not int(self.sequence_length["targets"]) > 0:
-            raise ConfigError(f"SALT_DS sequence_length must be {{'targets': L}} with L > 0 (a decoder LM task), "
-                              f"got {dict(self.sequence_length)!r}")
+            raise ConfigError(
+                f"SALT_DS sequence_length must be {{'targets': L}} with L > 0 (a decoder LM task), "
+                f"got {dict(self.sequence_length)!r}"
+            )
         object.__setattr__(self, "sequence_length", {"targets": int(self.sequence_length["targets"])})
 
     def metadata(self, teacher_record: Mapping[str, Any]) -> dict[str, Any]:
         """What identifies these scores: MATCHED_FIELDS and the teacher's record (path, step, fingerprint)."""
-        return {"task": self.task, "split": self.split, "sequence_length": dict(self.sequence_length),
-                "top_k": self.top_k, "teacher": dict(teacher_record)}
+        return {
+            "task": self.task,
+            "split": self.split,
+            "sequence_length": dict(self.sequence_length),
+            "top_k": self.top_k,
+            "teacher": dict(teacher_record),
+        }
 
 
 def _padded(rows: np.ndarray, batch_size: int) -> np.ndarray:
@@ -170,8 +188,15 @@ def _padded(rows: np.ndarray, batch_size: int) -> np.ndarray:
 def lm_batches(scoring: Scoring) -> Iterator[tuple[dict[str, np.ndarray], int]]:
     """(batch of LM_FEATURES [batch_size, L], real rows): the split's sequences in order, one epoch;
     the last batch padded with all-zero (zero-weight) rows."""
-    dataset = seqio.get_dataset(scoring.task, dict(scoring.sequence_length), pipeline.LMFeatureConverter(pack=False),
-                                dataset_split=scoring.split, shuffle=False, num_epochs=1, verbose=False)
+    dataset = seqio.get_dataset(
+        scoring.task,
+        dict(scoring.sequence_length),
+        pipeline.LMFeatureConverter(pack=False),
+        dataset_split=scoring.split,
+        shuffle=False,
+        num_epochs=1,
+        verbose=False,
+    )
     for batch in dataset.batch(scoring.batch_size).prefetch(2).as_numpy_iterator():
         rows = len(batch["decoder_target_tokens"])
         yield {name: _padded(batch[name], scoring.batch_size) for name in LM_FEATURES}, rows
@@ -199,8 +224,14 @@ def scoring_flops(model: Model, scoring: Scoring, count: int) -> float:
 
 
 def _log_progress(scoring: Scoring, count: int, seconds: float) -> None:
-    logging.info("SALT_DS scoring %s:%s: %d sequences in %.1f s (%.1f sequences/s)", scoring.task, scoring.split,
-                 count, seconds, count / max(seconds, 1e-9))
+    logging.info(
+        "SALT_DS scoring %s:%s: %d sequences in %.1f s (%.1f sequences/s)",
+        scoring.task,
+        scoring.split,
+        count,
+        seconds,
+        count / max(seconds, 1e-9),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,8 +272,9 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     try:
         metadata = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ScoresFileError(f"{path} is not a readable scores record: {type(error).__name__}: "
-                              f"{str(error).splitlines()[0]}") from None
+        raise ScoresFileError(
+            f"{path} is not a readable scores record: {type(error).__name__}: {str(error).splitlines()[0]}"
+        ) from None
     missing = [field for field in METADATA_FIELDS if not isinstance(metadata, dict) or field not in metadata]
     if missing:
         raise ScoresFileError(f"{path} is not a scores record: it lacks {', '.join(missing)}")
@@ -254,8 +286,10 @@ def read_scores(folder: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     file when one is missing, truncated or changed (the .npy's sha256 must match the record's)."""
     metadata, path = read_metadata(folder), Path(folder) / SCORES_FILE
     if not path.is_file() or _sha256(path) != metadata["sha256"]:
-        raise ScoresFileError(f"{path} is missing, truncated or changed: its sha256 is not the one in "
-                              f"{Path(folder) / METADATA_FILE}; delete both files to score again")
+        raise ScoresFileError(
+            f"{path} is missing, truncated or changed: its sha256 is not the one in "
+            f"{Path(folder) / METADATA_FILE}; delete both files to score again"
+        )
     scores = np.load(path, allow_pickle=False)
     if scores.dtype != np.float32 or scores.shape != (metadata["count"],):
         raise ScoresFileError(f"{path} holds {scores.dtype} {scores.shape}, not float32 ({metadata['count']},)")
@@ -270,8 +304,9 @@ def _differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[st
     return fields
 
 
-def scores_for(model: Model, params: Params, teacher_record: Mapping[str, Any], scoring: Scoring,
-               scores_dir: str | os.PathLike) -> np.ndarray:
+def scores_for(
+    model: Model, params: Params, teacher_record: Mapping[str, Any], scoring: Scoring, scores_dir: str | os.PathLike
+) -> np.ndarray:
     """The split's scores: read from `scores_dir` when its record matches, else scored and written there."""
     wanted = scoring.metadata(teacher_record)
     if (Path(scores_dir) / METADATA_FILE).exists():
@@ -283,8 +318,15 @@ def scores_for(model: Model, params: Params, teacher_record: Mapping[str, Any], 
         logging.info("SALT_DS: the scores in %s differ in %s; scoring again", scores_dir, ", ".join(differing))
     started = time.perf_counter()
     scores = score_split(model, params, scoring)
-    write_scores(scores_dir, scores, {**wanted, "seconds": round(time.perf_counter() - started, 3),
-                                      "flops": scoring_flops(model, scoring, len(scores))})
+    write_scores(
+        scores_dir,
+        scores,
+        {
+            **wanted,
+            "seconds": round(time.perf_counter() - started, 3),
+            "flops": scoring_flops(model, scoring, len(scores)),
+        },
+    )
     return scores
 
 
@@ -301,19 +343,24 @@ def _check_task(scoring: Scoring, teacher: frozen.FrozenModel) -> None:
     """Refuses a Mixture, an unknown Task or split, a Task that is not a decoder LM one, and a teacher
     with fewer vocabulary ids than the Task's targets (a padded one, as 8100 ids in 8192, is fine)."""
     if scoring.task in seqio.MixtureRegistry.names():
-        raise ConfigError(f"SALT_DS selects from a Task's split, and {scoring.task!r} is a Mixture; select from "
-                          "each of its Tasks")
+        raise ConfigError(
+            f"SALT_DS selects from a Task's split, and {scoring.task!r} is a Mixture; select from each of its Tasks"
+        )
     validation.check_known("task", [scoring.task], seqio.TaskRegistry.names(), known_as="registered Tasks")
     task = seqio.get_mixture_or_task(scoring.task)
     validation.check_known("split", [scoring.split], task.splits, known_as=f"splits of {scoring.task!r}")
     if set(task.output_features) != {"targets"}:
-        raise ConfigError(f"SALT_DS scores decoder LM Tasks (one 'targets' feature); {scoring.task!r} has "
-                          f"features {sorted(task.output_features)}")
+        raise ConfigError(
+            f"SALT_DS scores decoder LM Tasks (one 'targets' feature); {scoring.task!r} has "
+            f"features {sorted(task.output_features)}"
+        )
     vocabulary = task.output_features["targets"].vocabulary
     vocab.load_vocabulary(vocabulary)
     if teacher.model.config.vocab_size < vocabulary.vocab_size:
-        raise ConfigError(f"SALT_DS teacher vocabulary size {teacher.model.config.vocab_size} is smaller than "
-                          f"task {scoring.task!r}'s vocabulary size {vocabulary.vocab_size}")
+        raise ConfigError(
+            f"SALT_DS teacher vocabulary size {teacher.model.config.vocab_size} is smaller than "
+            f"task {scoring.task!r}'s vocabulary size {vocabulary.vocab_size}"
+        )
 
 
 def load_teacher(teacher: frozen.FrozenModel, sequence_length: Mapping[str, int]) -> tuple[Params, dict[str, Any]]:
@@ -329,8 +376,13 @@ def selected_count(fraction: float, count: int) -> int:
     return max(1, math.floor(fraction * count + 0.5))
 
 
-def select(scoring: Scoring, teacher: frozen.FrozenModel, scores_dir: str | os.PathLike,
-           fraction: float = DEFAULT_FRACTION, name: str | None = None) -> stage.StageResult:
+def select(
+    scoring: Scoring,
+    teacher: frozen.FrozenModel,
+    scores_dir: str | os.PathLike,
+    fraction: float = DEFAULT_FRACTION,
+    name: str | None = None,
+) -> stage.StageResult:
     """Scores `scoring`'s split with `teacher` (or reads the scores from `scores_dir`), keeps the
     `fraction` highest and registers them as Task `name` (default `{task}_salt_ds_{fraction}`).
 
@@ -343,9 +395,15 @@ def select(scoring: Scoring, teacher: frozen.FrozenModel, scores_dir: str | os.P
     validation.check_rows(f"split {scoring.split!r} of task {scoring.task!r}", len(first))
     params, record = load_teacher(teacher, scoring.sequence_length)
     scores = scores_for(teacher.model, params, record, scoring, scores_dir)
-    return stage.select_from_scores(scoring.task, {"scores": scores}, "highest_score",
-                                    selected_count(fraction, len(scores)), name=name or default_name(scoring, fraction),
-                                    split=scoring.split, sequence_length=scoring.sequence_length)
+    return stage.select_from_scores(
+        scoring.task,
+        {"scores": scores},
+        "highest_score",
+        selected_count(fraction, len(scores)),
+        name=name or default_name(scoring, fraction),
+        split=scoring.split,
+        sequence_length=scoring.sequence_length,
+    )
 
 
 def default_name(scoring: Scoring, fraction: float) -> str:
@@ -358,11 +416,19 @@ _SELECTED: dict[str, tuple] = {}
 
 
 @gin.configurable(module="salt")
-def selected_task(task: str = gin.REQUIRED, teacher: frozen.FrozenModel = gin.REQUIRED,
-                  sequence_length: Mapping[str, int] = gin.REQUIRED, scores_dir: str = gin.REQUIRED,
-                  fraction: float = DEFAULT_FRACTION, top_k: int = DEFAULT_TOP_K, batch_size: int = 32,
-                  split: str = "train", name: str | None = None, chunk_size: int = losses.DEFAULT_CHUNK_SIZE,
-                  log_every: int = 100) -> str:
+def selected_task(
+    task: str = gin.REQUIRED,
+    teacher: frozen.FrozenModel = gin.REQUIRED,
+    sequence_length: Mapping[str, int] = gin.REQUIRED,
+    scores_dir: str = gin.REQUIRED,
+    fraction: float = DEFAULT_FRACTION,
+    top_k: int = DEFAULT_TOP_K,
+    batch_size: int = 32,
+    split: str = "train",
+    name: str | None = None,
+    chunk_size: int = losses.DEFAULT_CHUNK_SIZE,
+    log_every: int = 100,
+) -> str:
     """gin entry point: `TASK = @salt.selected_task()`; selects once per process (a run's train and
     evaluation data may both ask) and returns the new Task's name (see `select`)."""
     scoring = Scoring(task, sequence_length, split, top_k, batch_size, chunk_size, log_every)

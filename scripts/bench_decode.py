@@ -31,8 +31,9 @@ from littlehelp import decoding  # noqa: E402
 from littlehelp.benchmark import Benchmark, header_markdown, interleaved, repeated  # noqa: E402
 from littlehelp.models import DecoderConfig, build_model  # noqa: E402
 
-DECODER_BENCH = DecoderConfig(vocab_size=8192, emb_dim=256, num_layers=4, num_heads=4, num_kv_heads=2,
-                              head_dim=64, mlp_dim=1024)
+DECODER_BENCH = DecoderConfig(
+    vocab_size=8192, emb_dim=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=1024
+)
 SHORT_PROMPT = 16
 
 
@@ -63,6 +64,7 @@ def prefill_fns(model, params, batch: int, prompt: int) -> dict[str, Callable[[]
             cache, _ = carry
             logits, cache = model.extend(params, cache, jax.lax.dynamic_slice_in_dim(tokens, index, 1, axis=1))
             return cache, logits[:, 0]
+
         start = (model.init_cache(params, batch, prompt + 1), jnp.zeros((batch, model.config.vocab_size)))
         return jax.lax.fori_loop(0, prompt, feed, start)[1]
 
@@ -73,18 +75,30 @@ def bench_prefill(model, params, batch: int, prompt: int, repeats: int) -> dict:
     """Median seconds of both fills, interleaved after one untimed (compiling) round, and their ratio."""
     times = interleaved(prefill_fns(model, params, batch, prompt), repeats, warmup=1)
     medians = {name: statistics.median(values) for name, values in times.items()}
-    return {"batch": batch, "prompt": prompt, **{f"{k}_seconds": v for k, v in medians.items()},
-            "speedup": medians["token_by_token"] / medians["prefill"]}
+    return {
+        "batch": batch,
+        "prompt": prompt,
+        **{f"{k}_seconds": v for k, v in medians.items()},
+        "speedup": medians["token_by_token"] / medians["prefill"],
+    }
 
 
 def bench_greedy(model, params, batch: int, new_tokens: int, repeats: int) -> dict:
     """Median seconds and tokens/s of greedy `generate` after a short prompt (EOS never stops it)."""
     prompts = jax.random.randint(jax.random.key(2), (batch, SHORT_PROMPT), 3, model.config.vocab_size)
     lengths = jnp.full((batch,), SHORT_PROMPT, jnp.int32)
-    run = lambda: decoding.generate(model, params, prompts, lengths, new_tokens, jax.random.key(0), eos_id=-1)
+
+    def run():
+        return decoding.generate(model, params, prompts, lengths, new_tokens, jax.random.key(0), eos_id=-1)
+
     median = statistics.median(repeated(run, repeats, warmup=1))
-    return {"batch": batch, "prompt": SHORT_PROMPT, "new_tokens": new_tokens, "seconds": median,
-            "tokens_per_second": batch * new_tokens / median}
+    return {
+        "batch": batch,
+        "prompt": SHORT_PROMPT,
+        "new_tokens": new_tokens,
+        "seconds": median,
+        "tokens_per_second": batch * new_tokens / median,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -103,14 +117,26 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def markdown(report: dict) -> str:
     """The report as a Markdown page."""
-    lines = ["# Decoding benchmark\n", header_markdown(report) + "\n", f"Model: {report['model']}.\n",
-             "Filling the cache with a prompt: one `prefill` pass vs one `extend` call per token.\n",
-             "| batch | prompt | prefill s | token by token s | speed-up |", "|---|---|---|---|---|"]
+    lines = [
+        "# Decoding benchmark\n",
+        header_markdown(report) + "\n",
+        f"Model: {report['model']}.\n",
+        "Filling the cache with a prompt: one `prefill` pass vs one `extend` call per token.\n",
+        "| batch | prompt | prefill s | token by token s | speed-up |",
+        "|---|---|---|---|---|",
+    ]
     for p in report["prefill"]:
-        lines.append(f"| {p['batch']} | {p['prompt']} | {p['prefill_seconds']:.3f} | "
-                     f"{p['token_by_token_seconds']:.3f} | {p['speedup']:.1f}x |")
-    lines += ["", "Greedy decoding (`decoding.generate`), prompt 16:", "",
-              "| batch | new tokens | seconds | tokens/s |", "|---|---|---|---|"]
+        lines.append(
+            f"| {p['batch']} | {p['prompt']} | {p['prefill_seconds']:.3f} | "
+            f"{p['token_by_token_seconds']:.3f} | {p['speedup']:.1f}x |"
+        )
+    lines += [
+        "",
+        "Greedy decoding (`decoding.generate`), prompt 16:",
+        "",
+        "| batch | new tokens | seconds | tokens/s |",
+        "|---|---|---|---|",
+    ]
     for g in report["greedy"]:
         lines.append(f"| {g['batch']} | {g['new_tokens']} | {g['seconds']:.3f} | {g['tokens_per_second']:,.0f} |")
     return "\n".join(lines) + "\n"

@@ -27,11 +27,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import gin  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from littlehelp import config as gin_config, models, objectives  # noqa: E402
+import gin  # noqa: E402
+from littlehelp import config as gin_config  # noqa: E402
+from littlehelp import models, objectives  # noqa: E402
 from littlehelp.benchmark import Benchmark, header_markdown  # noqa: E402
 from littlehelp.data import DatasetConfig, pipeline  # noqa: E402
 from littlehelp.models import T5Config  # noqa: E402
@@ -56,10 +57,18 @@ def bench_pipeline(name: str, batches: int, batch_size: int) -> dict:
     tokens, start = 0, time.perf_counter()
     for _ in range(batches):
         batch = next(iterator)
-        tokens += sum(int(np.count_nonzero(batch[k])) for k in ("encoder_input_tokens", "decoder_target_tokens") if k in batch)
+        tokens += sum(
+            int(np.count_nonzero(batch[k])) for k in ("encoder_input_tokens", "decoder_target_tokens") if k in batch
+        )
     seconds = time.perf_counter() - start
-    return {"task": name, "lengths": lengths, "batch_size": batch_size, "startup_seconds": round(startup, 2),
-            "examples_per_second": batches * batch_size / seconds, "tokens_per_second": tokens / seconds}
+    return {
+        "task": name,
+        "lengths": lengths,
+        "batch_size": batch_size,
+        "startup_seconds": round(startup, 2),
+        "examples_per_second": batches * batch_size / seconds,
+        "tokens_per_second": tokens / seconds,
+    }
 
 
 def model_config(size: str) -> T5Config:
@@ -73,9 +82,11 @@ def model_config(size: str) -> T5Config:
 
 def flops_per_example(config: T5Config) -> float:
     """Train FLOPs of one span-corruption example (inputs 512, targets 114)."""
-    spec = {"encoder_input_tokens": jax.ShapeDtypeStruct((1, SPAN_LENGTHS["inputs"]), np.int32),
-            "decoder_target_tokens": jax.ShapeDtypeStruct((1, SPAN_LENGTHS["targets"]), np.int32),
-            "decoder_input_tokens": jax.ShapeDtypeStruct((1, SPAN_LENGTHS["targets"]), np.int32)}
+    spec = {
+        "encoder_input_tokens": jax.ShapeDtypeStruct((1, SPAN_LENGTHS["inputs"]), np.int32),
+        "decoder_target_tokens": jax.ShapeDtypeStruct((1, SPAN_LENGTHS["targets"]), np.int32),
+        "decoder_input_tokens": jax.ShapeDtypeStruct((1, SPAN_LENGTHS["targets"]), np.int32),
+    }
     return objectives.EncoderDecoderObjective(models.build_model(config)).train_flops(spec)
 
 
@@ -103,9 +114,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         flops = flops_per_example(model_config(size))
         for where, rate in rates.items():
             consumed = rate / flops
-            consumption.append({"model": size, "where": where, "train_flops_per_second": rate,
-                                "train_flops_per_example": flops, "examples_per_second_consumed": consumed,
-                                "pipeline_over_consumption": span / consumed})
+            consumption.append(
+                {
+                    "model": size,
+                    "where": where,
+                    "train_flops_per_second": rate,
+                    "train_flops_per_example": flops,
+                    "examples_per_second_consumed": consumed,
+                    "pipeline_over_consumption": span / consumed,
+                }
+            )
     report = bench.report(vars(args), pipelines=pipelines, consumption=consumption)
     bench.write(report, markdown(report))
     print(markdown(report))
@@ -113,22 +131,38 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def markdown(report: dict) -> str:
     """The report as a Markdown page."""
-    lines = ["# Input-pipeline benchmark\n", header_markdown(report) + "\n",
-             "| task | lengths | batch | start-up s | examples/s | tokens/s |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Input-pipeline benchmark\n",
+        header_markdown(report) + "\n",
+        "| task | lengths | batch | start-up s | examples/s | tokens/s |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in report["pipelines"]:
-        lines.append(f"| {p['task']} | {p['lengths']} | {p['batch_size']} | {p['startup_seconds']} | "
-                     f"{p['examples_per_second']:,.0f} | {p['tokens_per_second']:,.0f} |")
-    lines += ["", "Span-corruption examples (512/114) the train step consumes per second, and the pipeline's "
-              "rate over it (above 1: the pipeline keeps up):", "",
-              "| model | where | train GFLOP/s | GFLOP/example | examples/s consumed | pipeline / consumed |",
-              "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {p['task']} | {p['lengths']} | {p['batch_size']} | {p['startup_seconds']} | "
+            f"{p['examples_per_second']:,.0f} | {p['tokens_per_second']:,.0f} |"
+        )
+    lines += [
+        "",
+        "Span-corruption examples (512/114) the train step consumes per second, and the pipeline's "
+        "rate over it (above 1: the pipeline keeps up):",
+        "",
+        "| model | where | train GFLOP/s | GFLOP/example | examples/s consumed | pipeline / consumed |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in report["consumption"]:
-        lines.append(f"| T5 1.1 {c['model']} | {c['where']} | {c['train_flops_per_second'] / 1e9:,.0f} | "
-                     f"{c['train_flops_per_example'] / 1e9:.2f} | {c['examples_per_second_consumed']:,.1f} | "
-                     f"{c['pipeline_over_consumption']:,.2f} |")
-    lines += ["", f"this_cpu: the best FLOP/s of results/bench_train_step.json; accelerator: "
-              f"{ACCELERATOR_FLOPS / 1e12:.0f} TFLOP/s (an H100 at ~40% MFU in bf16). Tiny uses the 8192-id "
-              "default vocabulary, small T5's 32128.", ""]
+        lines.append(
+            f"| T5 1.1 {c['model']} | {c['where']} | {c['train_flops_per_second'] / 1e9:,.0f} | "
+            f"{c['train_flops_per_example'] / 1e9:.2f} | {c['examples_per_second_consumed']:,.1f} | "
+            f"{c['pipeline_over_consumption']:,.2f} |"
+        )
+    lines += [
+        "",
+        f"this_cpu: the best FLOP/s of results/bench_train_step.json; accelerator: "
+        f"{ACCELERATOR_FLOPS / 1e12:.0f} TFLOP/s (an H100 at ~40% MFU in bf16). Tiny uses the 8192-id "
+        "default vocabulary, small T5's 32128.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -55,8 +55,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk_tokens", type=int, default=128, help="positions per chunk (batch x chunk length)")
     parser.add_argument("--kinds", nargs="+", default=list(losses.DIVERGENCES), choices=losses.DIVERGENCES)
     parser.add_argument("--time_kind", default="fkl", choices=losses.DIVERGENCES)
-    parser.add_argument("--time_at", nargs="*", default=["32768x8", "262144x1"],
-                        help="VOCABxBATCH settings to time (at --length); none to skip timing")
+    parser.add_argument(
+        "--time_at",
+        nargs="*",
+        default=["32768x8", "262144x1"],
+        help="VOCABxBATCH settings to time (at --length); none to skip timing",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per loss (interleaved)")
     parser.add_argument("--matmul_sizes", nargs="+", type=int, default=[2048, 4096])
     parser.add_argument("--matmul_repeats", type=int, default=5)
@@ -72,8 +76,9 @@ def kd_loss(kind: str, chunk_size: int) -> Loss:
     """f(student_hidden, student_kernel, teacher_hidden, teacher_kernel, weights); chunk_size 0: naive."""
     if not chunk_size:
         return lambda h, k, th, tk, w: jnp.sum(losses.divergence(kind, h @ k, th @ tk, w))
-    return lambda h, k, th, tk, w: losses.chunked_divergence(
-        kind, h, lambda x: x @ k, th, lambda x: x @ tk, w, chunk_size).total
+    return lambda h, k, th, tk, w: (
+        losses.chunked_divergence(kind, h, lambda x: x @ k, th, lambda x: x @ tk, w, chunk_size).total
+    )
 
 
 def ce_loss(chunk_size: int) -> Loss:
@@ -90,8 +95,12 @@ def argument_specs(loss: str, vocab: int, batch: int, args: argparse.Namespace) 
     weights = spec(tokens, jnp.float32)
     if loss == "ce":
         return (*student, spec(tokens, jnp.int32), weights)
-    return (*student, spec((*tokens, args.teacher_dim), jnp.float32),
-            spec((args.teacher_dim, vocab), jnp.float32), weights)
+    return (
+        *student,
+        spec((*tokens, args.teacher_dim), jnp.float32),
+        spec((args.teacher_dim, vocab), jnp.float32),
+        weights,
+    )
 
 
 def build_case(case: str, kind: str, vocab: int, batch: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -103,13 +112,25 @@ def build_case(case: str, kind: str, vocab: int, batch: int, args: argparse.Name
     start = time.perf_counter()
     compiled = jax.jit(jax.value_and_grad(function, argnums=(0, 1))).lower(*specs).compile()
     memory = compiled.memory_analysis()
-    parts = {"temp": memory.temp_size_in_bytes, "argument": memory.argument_size_in_bytes,
-             "output": memory.output_size_in_bytes}
+    parts = {
+        "temp": memory.temp_size_in_bytes,
+        "argument": memory.argument_size_in_bytes,
+        "output": memory.output_size_in_bytes,
+    }
     teacher_inputs = sum(s.size * s.dtype.itemsize for s in specs[2:4]) if loss == "kd" else 0
-    record = {"case": case, "kind": kind if loss == "kd" else "ce", "vocab": vocab, "batch": batch,
-              "length": args.length, "chunk_size": chunk_size, "compile_seconds": time.perf_counter() - start,
-              **{f"{k}_bytes": v for k, v in parts.items()}, "peak_bytes": sum(parts.values()),
-              "teacher_input_bytes": teacher_inputs, "full_logits_bytes": batch * args.length * vocab * 4}
+    record = {
+        "case": case,
+        "kind": kind if loss == "kd" else "ce",
+        "vocab": vocab,
+        "batch": batch,
+        "length": args.length,
+        "chunk_size": chunk_size,
+        "compile_seconds": time.perf_counter() - start,
+        **{f"{k}_bytes": v for k, v in parts.items()},
+        "peak_bytes": sum(parts.values()),
+        "teacher_input_bytes": teacher_inputs,
+        "full_logits_bytes": batch * args.length * vocab * 4,
+    }
     return {"record": record, "compiled": compiled, "specs": specs}
 
 
@@ -126,8 +147,12 @@ def memory_records(args: argparse.Namespace) -> list[dict[str, Any]]:
         for kind in args.kinds:
             for case in ("naive_kd", "chunked_kd"):
                 records.append(build_case(case, kind, vocab, args.batch, args)["record"])
-        print(f"vocab {vocab}: " + "  ".join(f"{r['case']}[{r['kind']}] {r['peak_bytes'] / GIB:.2f}"
-                                          for r in records if r["vocab"] == vocab) + " GiB peak", flush=True)
+        print(
+            f"vocab {vocab}: "
+            + "  ".join(f"{r['case']}[{r['kind']}] {r['peak_bytes'] / GIB:.2f}" for r in records if r["vocab"] == vocab)
+            + " GiB peak",
+            flush=True,
+        )
     return records
 
 
@@ -148,15 +173,30 @@ def random_arguments(specs: tuple, seed: int = 0) -> list[jax.Array]:
 def time_setting(setting: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Seconds per call of naive KD, chunked KD and chunked CE at one VOCABxBATCH, interleaved."""
     vocab, batch = map(int, setting.split("x"))
-    cases = {case: build_case(case, args.time_kind, vocab, batch, args) for case in ("naive_kd", "chunked_kd", "chunked_ce")}
-    calls = {case: functools.partial(built["compiled"], *random_arguments(built["specs"]))
-             for case, built in cases.items()}
+    cases = {
+        case: build_case(case, args.time_kind, vocab, batch, args) for case in ("naive_kd", "chunked_kd", "chunked_ce")
+    }
+    calls = {
+        case: functools.partial(built["compiled"], *random_arguments(built["specs"])) for case, built in cases.items()
+    }
     seconds = interleaved(calls, args.repeats, warmup=1)  # one untimed call each first
     print(f"time {setting}: " + "  ".join(f"{c} {statistics.median(s):.1f}s" for c, s in seconds.items()), flush=True)
-    return [{"setting": setting, "vocab": vocab, "batch": batch, "length": args.length, "case": case,
-             "kind": cases[case]["record"]["kind"], "chunk_size": cases[case]["record"]["chunk_size"],
-             "seconds": s, "median_seconds": statistics.median(s), "min_seconds": min(s),
-             "peak_bytes": cases[case]["record"]["peak_bytes"]} for case, s in seconds.items()]
+    return [
+        {
+            "setting": setting,
+            "vocab": vocab,
+            "batch": batch,
+            "length": args.length,
+            "case": case,
+            "kind": cases[case]["record"]["kind"],
+            "chunk_size": cases[case]["record"]["chunk_size"],
+            "seconds": s,
+            "median_seconds": statistics.median(s),
+            "min_seconds": min(s),
+            "peak_bytes": cases[case]["record"]["peak_bytes"],
+        }
+        for case, s in seconds.items()
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,13 +219,22 @@ def memory_targets(memory: list[dict[str, Any]], vocab: int) -> list[dict[str, A
     ratio, below_naive = kd[big]["peak_bytes"] / ce["peak_bytes"], naive[low]["peak_bytes"] / kd[low]["peak_bytes"]
     without_teacher = (kd[big]["peak_bytes"] - kd[big]["teacher_input_bytes"]) / ce["peak_bytes"]
     return [
-        {"target": f"chunked KD peak <= 1.2 x chunked CE peak (vocab {vocab})", "value": ratio, "met": ratio <= 1.2,
-         "detail": f"worst kind {big}: {kd[big]['peak_bytes'] / GIB:.2f} vs {ce['peak_bytes'] / GIB:.2f} GiB; without "
-                   f"the teacher's inputs ({kd[big]['teacher_input_bytes'] / GIB:.2f} GiB) {without_teacher:.2f}x; "
-                   f"temp alone {kd[big]['temp_bytes'] / ce['temp_bytes']:.2f}x"},
-        {"target": f"chunked KD peak >= 4x below naive KD (vocab {vocab})", "value": below_naive,
-         "met": below_naive >= 4, "detail": f"worst kind {low}: naive {naive[low]['peak_bytes'] / GIB:.2f} vs "
-                                            f"chunked {kd[low]['peak_bytes'] / GIB:.2f} GiB"},
+        {
+            "target": f"chunked KD peak <= 1.2 x chunked CE peak (vocab {vocab})",
+            "value": ratio,
+            "met": ratio <= 1.2,
+            "detail": f"worst kind {big}: {kd[big]['peak_bytes'] / GIB:.2f} vs {ce['peak_bytes'] / GIB:.2f} GiB; "
+            "without "
+            f"the teacher's inputs ({kd[big]['teacher_input_bytes'] / GIB:.2f} GiB) {without_teacher:.2f}x; "
+            f"temp alone {kd[big]['temp_bytes'] / ce['temp_bytes']:.2f}x",
+        },
+        {
+            "target": f"chunked KD peak >= 4x below naive KD (vocab {vocab})",
+            "value": below_naive,
+            "met": below_naive >= 4,
+            "detail": f"worst kind {low}: naive {naive[low]['peak_bytes'] / GIB:.2f} vs "
+            f"chunked {kd[low]['peak_bytes'] / GIB:.2f} GiB",
+        },
     ]
 
 
@@ -196,9 +245,15 @@ def time_targets(timing: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_case = {r["case"]: r for r in timing if r["setting"] == setting}
         ratio = by_case["chunked_kd"]["median_seconds"] / by_case["naive_kd"]["median_seconds"]
         best = by_case["chunked_kd"]["min_seconds"] / by_case["naive_kd"]["min_seconds"]
-        targets.append({"target": f"chunked KD time <= 1.15 x naive KD ({setting})", "value": ratio, "met": ratio <= 1.15,
-                        "detail": f"medians {by_case['chunked_kd']['median_seconds']:.2f} vs "
-                                  f"{by_case['naive_kd']['median_seconds']:.2f} s; ratio of minima {best:.2f}"})
+        targets.append(
+            {
+                "target": f"chunked KD time <= 1.15 x naive KD ({setting})",
+                "value": ratio,
+                "met": ratio <= 1.15,
+                "detail": f"medians {by_case['chunked_kd']['median_seconds']:.2f} vs "
+                f"{by_case['naive_kd']['median_seconds']:.2f} s; ratio of minima {best:.2f}",
+            }
+        )
     return targets
 
 
@@ -218,20 +273,35 @@ def markdown(report: dict[str, Any]) -> str:
     """The report: set-up, memory table, timing table, targets."""
     config = report["config"]
     lines = [
-        "# KD-loss benchmark: naive vs chunked large-vocabulary losses", "", header_markdown(report), "",
+        "# KD-loss benchmark: naive vs chunked large-vocabulary losses",
+        "",
+        header_markdown(report),
+        "",
         f"Student d {config['student_dim']}, teacher d {config['teacher_dim']}, float32 heads; chunks of "
-        f"{config['chunk_tokens']} positions (batch x chunk length).", "",
-        *_memory_table(report["memory"]), "", *_timing_table(report["timing"]), "", "## Targets", "",
-        "| target | value | met | detail |", "|---|---|---|---|",
-        *[f"| {t['target']} | {t['value']:.2f} | {'met' if t['met'] else 'MISSED'} | {t['detail']} |"
-          for t in report["targets"]],
-        "", f"Memory: XLA memory analysis of the compiled loss + gradient on this backend, compile only (nothing in "
+        f"{config['chunk_tokens']} positions (batch x chunk length).",
+        "",
+        *_memory_table(report["memory"]),
+        "",
+        *_timing_table(report["timing"]),
+        "",
+        "## Targets",
+        "",
+        "| target | value | met | detail |",
+        "|---|---|---|---|",
+        *[
+            f"| {t['target']} | {t['value']:.2f} | {'met' if t['met'] else 'MISSED'} | {t['detail']} |"
+            for t in report["targets"]
+        ],
+        "",
+        f"Memory: XLA memory analysis of the compiled loss + gradient on this backend, compile only (nothing in "
         f"the memory table runs; this machine has {report['machine']['memory_bytes'] / GIB:.0f} GiB); "
         "peak = temp + argument + output. "
         "The teacher's inputs (its hidden states and [d, vocab] head) are arguments of every KD step and of no CE "
         "step, so the 1.2x target also compares their presence; the detail column gives the ratio without them. "
         "Time: each compiled function called with random inputs, one untimed call, then the timed calls of "
-        "the three losses interleaved (median reported, minimum in the detail).", *_timing_note(report), "",
+        "the three losses interleaved (median reported, minimum in the detail).",
+        *_timing_note(report),
+        "",
     ]
     return "\n".join(lines)
 
@@ -240,33 +310,50 @@ def _timing_note(report: dict[str, Any]) -> list[str]:
     """Why a setting was timed below the memory table's batch: the naive loss's peak there."""
     config, notes = report["config"], []
     for vocab, batch in dict.fromkeys((r["vocab"], r["batch"]) for r in report["timing"]):
-        naive = [r for r in report["memory"] if (r["vocab"], r["case"], r["kind"]) == (vocab, "naive_kd", config["time_kind"])]
+        naive = [
+            r
+            for r in report["memory"]
+            if (r["vocab"], r["case"], r["kind"]) == (vocab, "naive_kd", config["time_kind"])
+        ]
         if batch < config["batch"] and naive:
-            notes.append(f"Vocab {vocab} is timed at batch {batch}: at batch {config['batch']} the naive {config['time_kind']} "
-                         f"loss + grad needs {naive[0]['peak_bytes'] / GIB:.1f} GiB.")
+            notes.append(
+                f"Vocab {vocab} is timed at batch {batch}: at batch {config['batch']} the naive {config['time_kind']} "
+                f"loss + grad needs {naive[0]['peak_bytes'] / GIB:.1f} GiB."
+            )
     return [" ".join(notes)] if notes else []
 
 
 def _memory_table(memory: list[dict[str, Any]]) -> list[str]:
-    lines = [f"## Memory at batch x length {memory[0]['batch']} x {memory[0]['length']} (GiB)", "",
-             "| vocab | loss | kind | chunk | temp | argument | output | peak | full [b,l,V] f32 logits |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## Memory at batch x length {memory[0]['batch']} x {memory[0]['length']} (GiB)",
+        "",
+        "| vocab | loss | kind | chunk | temp | argument | output | peak | full [b,l,V] f32 logits |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in memory:
-        lines.append(f"| {r['vocab']} | {r['case']} | {r['kind']} | {r['chunk_size'] or '-'} | {r['temp_bytes'] / GIB:.2f} "
-                     f"| {r['argument_bytes'] / GIB:.2f} | {r['output_bytes'] / GIB:.2f} | {r['peak_bytes'] / GIB:.2f} "
-                     f"| {r['full_logits_bytes'] / GIB:.2f} |")
+        lines.append(
+            f"| {r['vocab']} | {r['case']} | {r['kind']} | {r['chunk_size'] or '-'} | {r['temp_bytes'] / GIB:.2f} "
+            f"| {r['argument_bytes'] / GIB:.2f} | {r['output_bytes'] / GIB:.2f} | {r['peak_bytes'] / GIB:.2f} "
+            f"| {r['full_logits_bytes'] / GIB:.2f} |"
+        )
     return lines
 
 
 def _timing_table(timing: list[dict[str, Any]]) -> list[str]:
     if not timing:
         return ["## Time", "", "Not measured (`--time_at` empty)."]
-    lines = ["## Time of one loss + gradient call (seconds)", "",
-             "| vocab x batch x length | loss | kind | chunk | median | min | all | peak GiB |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Time of one loss + gradient call (seconds)",
+        "",
+        "| vocab x batch x length | loss | kind | chunk | median | min | all | peak GiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in timing:
-        lines.append(f"| {r['vocab']} x {r['batch']} x {r['length']} | {r['case']} | {r['kind']} | {r['chunk_size'] or '-'} "
-                     f"| {r['median_seconds']:.2f} | {r['min_seconds']:.2f} | {', '.join(f'{s:.2f}' for s in r['seconds'])} "
-                     f"| {r['peak_bytes'] / GIB:.2f} |")
+        lines.append(
+            f"| {r['vocab']} x {r['batch']} x {r['length']} | {r['case']} | {r['kind']} | {r['chunk_size'] or '-'} "
+            f"| {r['median_seconds']:.2f} | {r['min_seconds']:.2f} | {', '.join(f'{s:.2f}' for s in r['seconds'])} "
+            f"| {r['peak_bytes'] / GIB:.2f} |"
+        )
     return lines
 
 

@@ -5,8 +5,8 @@ For each N, in one process: the replay opens the demo's span-corruption stream (
 targets 29, packed) at batch N the old way and times it until batch N is in hand; that iterator's state
 is then written (as a training checkpoint writes it) and a fresh stream is opened from it and timed the
 same way until its first batch, N + 1, is in hand. Both streams must agree on batch N + 1, and the
-replay's batch N must equal an uninterrupted stream's (checked at the smallest N), or the script stops. Replaying 100K batches takes minutes:
-that cost is what the saved state removes.
+replay's batch N must equal an uninterrupted stream's (checked at the smallest N), or the script stops.
+Replaying 100K batches takes minutes: that cost is what the saved state removes.
 
     python scripts/bench_resume.py [--steps 1000 100000] [--batch_size 8]
 writes results/bench_resume.{json,md}.
@@ -61,8 +61,10 @@ def measure(config: DatasetConfig, step: int, folder: Path) -> dict:
     if not _equal(want, got):
         raise SystemExit(f"bench_resume: batch {step + 1} from the saved state differs from the replayed one")
     size = sum(p.stat().st_size for p in folder.glob(f"iterator-{step}*"))
-    print(f"batch {step}: replay {replay_seconds:.2f} s, saved state {state_seconds:.2f} s ({size / 1e6:.1f} MB)",
-          flush=True)
+    print(
+        f"batch {step}: replay {replay_seconds:.2f} s, saved state {state_seconds:.2f} s ({size / 1e6:.1f} MB)",
+        flush=True,
+    )
     return {"step": step, "replay_seconds": replay_seconds, "state_seconds": state_seconds, "state_bytes": size}
 
 
@@ -97,15 +99,21 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def markdown(report: dict) -> str:
     """The report as a Markdown page."""
-    lines = ["# Input-stream resume benchmark\n", header_markdown(report) + "\n",
-             f"{report['task']}, lengths {report['lengths']}, batch {report['config']['batch_size']}, packed, "
-             "shuffled. Seconds from opening the stream to holding its first batch: by replaying the N batches before "
-             "it, or from the iterator state saved after batch N (tf.data's own threads raise the load "
-             "average above the core count while they run):\n",
-             "| N | replay s | saved iterator state s | state MB | replay / state |", "|---|---|---|---|---|"]
+    lines = [
+        "# Input-stream resume benchmark\n",
+        header_markdown(report) + "\n",
+        f"{report['task']}, lengths {report['lengths']}, batch {report['config']['batch_size']}, packed, "
+        "shuffled. Seconds from opening the stream to holding its first batch: by replaying the N batches before "
+        "it, or from the iterator state saved after batch N (tf.data's own threads raise the load "
+        "average above the core count while they run):\n",
+        "| N | replay s | saved iterator state s | state MB | replay / state |",
+        "|---|---|---|---|---|",
+    ]
     for r in report["results"]:
-        lines.append(f"| {r['step']:,} | {r['replay_seconds']:.2f} | {r['state_seconds']:.2f} | "
-                     f"{r['state_bytes'] / 1e6:.1f} | {r['replay_seconds'] / r['state_seconds']:.0f}x |")
+        lines.append(
+            f"| {r['step']:,} | {r['replay_seconds']:.2f} | {r['state_seconds']:.2f} | "
+            f"{r['state_bytes'] / 1e6:.1f} | {r['replay_seconds'] / r['state_seconds']:.0f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 

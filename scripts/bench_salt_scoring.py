@@ -42,8 +42,7 @@ from littlehelp.models import DecoderConfig, Model, build_model  # noqa: E402
 from salt import selection  # noqa: E402
 
 MIB = 2**20
-DECODER_BENCH = dict(vocab_size=8192, emb_dim=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
-                     mlp_dim=1024)
+DECODER_BENCH = dict(vocab_size=8192, emb_dim=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=1024)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -78,8 +77,9 @@ def random_teacher(config: DecoderConfig, length: int) -> tuple[Model, Any]:
 
 def bench_batch_size(model: Model, params: Any, batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
     """Model-only, input-only and streamed sequences/s and the compiled memory at one batch size."""
-    scoring = selection.Scoring(args.task, {"targets": args.length}, args.split, args.top_k, batch_size,
-                                args.chunk_size, log_every=10**9)
+    scoring = selection.Scoring(
+        args.task, {"targets": args.length}, args.split, args.top_k, batch_size, args.chunk_size, log_every=10**9
+    )
     batch, _ = next(selection.lm_batches(scoring))
     score = lambda: selection.batch_scores(model, params, batch, args.top_k, args.chunk_size)  # noqa: E731
     compile_seconds, _ = seconds_of(score)
@@ -89,16 +89,25 @@ def bench_batch_size(model: Model, params: Any, batch_size: int, args: argparse.
     input_seconds = time.perf_counter() - start
     streamed_seconds, scores = seconds_of(lambda: selection.score_split(model, params, scoring))
     memory = selection.batch_scores.lower(model, params, batch, args.top_k, args.chunk_size).compile().memory_analysis()
-    record = {"batch": batch_size, "sequences": sequences, "compile_seconds": compile_seconds,
-              "model_seconds_per_batch": model_seconds, "model_sequences_per_second": batch_size / model_seconds,
-              "model_flops_per_second": model.forward_flops(batch) / model_seconds,
-              "input_sequences_per_second": sequences / input_seconds,
-              "streamed_seconds": streamed_seconds, "streamed_sequences_per_second": len(scores) / streamed_seconds,
-              "temp_bytes": memory.temp_size_in_bytes,
-              "full_logits_bytes": batch_size * args.length * model.config.vocab_size * 4}
-    print(f"batch {batch_size}: model {record['model_sequences_per_second']:.1f}, input "
-          f"{record['input_sequences_per_second']:.1f}, streamed {record['streamed_sequences_per_second']:.1f} "
-          "sequences/s", flush=True)
+    record = {
+        "batch": batch_size,
+        "sequences": sequences,
+        "compile_seconds": compile_seconds,
+        "model_seconds_per_batch": model_seconds,
+        "model_sequences_per_second": batch_size / model_seconds,
+        "model_flops_per_second": model.forward_flops(batch) / model_seconds,
+        "input_sequences_per_second": sequences / input_seconds,
+        "streamed_seconds": streamed_seconds,
+        "streamed_sequences_per_second": len(scores) / streamed_seconds,
+        "temp_bytes": memory.temp_size_in_bytes,
+        "full_logits_bytes": batch_size * args.length * model.config.vocab_size * 4,
+    }
+    print(
+        f"batch {batch_size}: model {record['model_sequences_per_second']:.1f}, input "
+        f"{record['input_sequences_per_second']:.1f}, streamed {record['streamed_sequences_per_second']:.1f} "
+        "sequences/s",
+        flush=True,
+    )
     return record
 
 
@@ -119,24 +128,33 @@ def markdown(report: dict[str, Any]) -> str:
     config = report["config"]
     teacher = config["teacher_config"]
     lines = [
-        "# SALT_DS scoring benchmark: sequences/s scored by a small teacher", "", header_markdown(report), "",
+        "# SALT_DS scoring benchmark: sequences/s scored by a small teacher",
+        "",
+        header_markdown(report),
+        "",
         f"Task `{config['task']}` split `{config['split']}` at length "
         f"{config['length']}, top_k {config['top_k']}, head chunks of {config['chunk_size']} positions. Teacher: "
         f"decoder vocab {teacher['vocab_size']}, d_model {teacher['emb_dim']}, {teacher['num_layers']} layers, "
         f"{teacher['num_heads']} query heads x {teacher['head_dim']}, {teacher['num_kv_heads']} KV heads, "
-        f"SwiGLU {teacher['mlp_dim']}, {teacher['dtype']}.", "",
+        f"SwiGLU {teacher['mlp_dim']}, {teacher['dtype']}.",
+        "",
         "| batch | sequences | compile s | model only seq/s | model GFLOP/s | input only seq/s | streamed seq/s "
         "| streamed s | temp MiB | full [b,l,V] f32 logits MiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        *[f"| {r['batch']} | {r['sequences']} | {r['compile_seconds']:.2f} | {r['model_sequences_per_second']:.1f} "
-          f"| {r['model_flops_per_second'] / 1e9:.1f} | {r['input_sequences_per_second']:.1f} "
-          f"| {r['streamed_sequences_per_second']:.1f} | {r['streamed_seconds']:.1f} | {r['temp_bytes'] / MIB:.1f} "
-          f"| {r['full_logits_bytes'] / MIB:.1f} |" for r in report["results"]],
-        "", "Model only: median of the timed `batch_scores` calls on one batch (after the compiling call). "
+        *[
+            f"| {r['batch']} | {r['sequences']} | {r['compile_seconds']:.2f} | {r['model_sequences_per_second']:.1f} "
+            f"| {r['model_flops_per_second'] / 1e9:.1f} | {r['input_sequences_per_second']:.1f} "
+            f"| {r['streamed_sequences_per_second']:.1f} | {r['streamed_seconds']:.1f} | {r['temp_bytes'] / MIB:.1f} "
+            f"| {r['full_logits_bytes'] / MIB:.1f} |"
+            for r in report["results"]
+        ],
+        "",
+        "Model only: median of the timed `batch_scores` calls on one batch (after the compiling call). "
         "Input only: the split's LM batches read and padded, not scored. Streamed: `score_split` over the "
         "whole split, input and model together (what a SALT_DS run spends scoring). Model GFLOP/s counts the "
         "forward pass's matrix products (`Model.forward_flops`); compare with the matmul rate above. Temp: XLA's "
-        "memory analysis of the compiled scoring function.", "",
+        "memory analysis of the compiled scoring function.",
+        "",
     ]
     return "\n".join(lines)
 

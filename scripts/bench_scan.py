@@ -32,8 +32,12 @@ import bench_train_step as train_step  # noqa: E402
 from littlehelp.benchmark import Benchmark, header_markdown, interleaved  # noqa: E402
 
 VARIANTS = (  # (scan_layers, remat_policy); the first is the reference of the ratios
-    (False, "none"), (True, "none"), (True, "dots_saveable"), (True, "dots_with_no_batch_dims_saveable"),
-    (True, "full"), (False, "dots_saveable"),
+    (False, "none"),
+    (True, "none"),
+    (True, "dots_saveable"),
+    (True, "dots_with_no_batch_dims_saveable"),
+    (True, "full"),
+    (False, "dots_saveable"),
 )
 
 
@@ -61,11 +65,20 @@ def bench_config(name: str, batch_size: int, rounds: int, warmup: int) -> list[d
     for variant, step in steps.items():
         memory = step.compiled.memory_analysis()
         median = statistics.median(seconds[variant])
-        rows.append({"config": name, "batch_size": batch_size, "variant": variant,
-                     "compile_seconds": step.compile_seconds, "step_seconds": median,
-                     "step_seconds_all": seconds[variant], "ratio_to_unrolled_none": median / reference,
-                     "argument_bytes": memory.argument_size_in_bytes, "temp_bytes": memory.temp_size_in_bytes,
-                     "flops_per_step": step.objective.train_flops(step.spec)})
+        rows.append(
+            {
+                "config": name,
+                "batch_size": batch_size,
+                "variant": variant,
+                "compile_seconds": step.compile_seconds,
+                "step_seconds": median,
+                "step_seconds_all": seconds[variant],
+                "ratio_to_unrolled_none": median / reference,
+                "argument_bytes": memory.argument_size_in_bytes,
+                "temp_bytes": memory.temp_size_in_bytes,
+                "flops_per_step": step.objective.train_flops(step.spec),
+            }
+        )
         print(f"{name} {variant}: step {median:.3f}s ({median / reference:.2f}x)", flush=True)
     return rows
 
@@ -73,8 +86,9 @@ def bench_config(name: str, batch_size: int, rounds: int, warmup: int) -> list[d
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark and writes the JSON and Markdown reports; returns the JSON content."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", nargs="+", default=list(train_step.DEFAULT_CONFIGS),
-                        choices=sorted(train_step.CONFIGS))
+    parser.add_argument(
+        "--configs", nargs="+", default=list(train_step.DEFAULT_CONFIGS), choices=sorted(train_step.CONFIGS)
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=8, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -82,10 +96,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max_matmul_spread", type=float, default=0.15)
     parser.add_argument("--out_dir", default=str(REPO / "results"))
     args = parser.parse_args(argv)
-    bench = Benchmark(__file__, argv, args.out_dir, train_step.MATMUL_SIZES, args.matmul_repeats,
-                      args.max_matmul_spread)
-    rows = [row for name in bench.between(args.configs)
-            for row in bench_config(name, args.batch_size, args.rounds, args.warmup)]
+    bench = Benchmark(
+        __file__, argv, args.out_dir, train_step.MATMUL_SIZES, args.matmul_repeats, args.max_matmul_spread
+    )
+    rows = [
+        row
+        for name in bench.between(args.configs)
+        for row in bench_config(name, args.batch_size, args.rounds, args.warmup)
+    ]
     report = bench.report(vars(args), results=rows)
     bench.write(report, markdown(report))
     return report
@@ -93,15 +111,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown table."""
-    lines = ["# Scanned against unrolled layers", "", header_markdown(report), "",
-             "One device. Steps timed interleaved, round by round; the ratio is to the unrolled step without remat "
-             "in the same rounds. Memory per device from XLA's memory_analysis().", "",
-             "| config | batch | layers, remat_policy | compile s | arguments MB | temporaries MB | step s (median) | ratio |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Scanned against unrolled layers",
+        "",
+        header_markdown(report),
+        "",
+        "One device. Steps timed interleaved, round by round; the ratio is to the unrolled step without remat "
+        "in the same rounds. Memory per device from XLA's memory_analysis().",
+        "",
+        "| config | batch | layers, remat_policy | compile s | arguments MB | temporaries MB | "
+        "step s (median) | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
-        lines.append(f"| {r['config']} | {r['batch_size']} | {r['variant']} | {r['compile_seconds']:.1f} | "
-                     f"{r['argument_bytes'] / 1e6:.0f} | {r['temp_bytes'] / 1e6:.0f} | {r['step_seconds']:.3f} | "
-                     f"{r['ratio_to_unrolled_none']:.2f}x |")
+        lines.append(
+            f"| {r['config']} | {r['batch_size']} | {r['variant']} | {r['compile_seconds']:.1f} | "
+            f"{r['argument_bytes'] / 1e6:.0f} | {r['temp_bytes'] / 1e6:.0f} | {r['step_seconds']:.3f} | "
+            f"{r['ratio_to_unrolled_none']:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -47,14 +47,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=100_000)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--components", type=int, default=100, help="Gaussian mixture components")
-    parser.add_argument("--selectors", nargs="+", default=["margin", "coreset", "coreset_blocked", "cluster_margin"],
-                        choices=SELECTOR_CHOICES)
+    parser.add_argument(
+        "--selectors",
+        nargs="+",
+        default=["margin", "coreset", "coreset_blocked", "cluster_margin"],
+        choices=SELECTOR_CHOICES,
+    )
     parser.add_argument("--num_clusters", type=int, default=1000, help="Cluster-Margin clusters")
     parser.add_argument("--num_centroids", type=int, default=2000, help="k-means cells before linkage")
-    parser.add_argument("--coreset_picks", type=int, default=2000,
-                        help="greedy picks timed for coreset and coreset_jax (0: the whole budget)")
-    parser.add_argument("--coreset_blocks", type=int, default=2000,
-                        help="k-means cells of coreset_blocked (always runs the whole budget)")
+    parser.add_argument(
+        "--coreset_picks",
+        type=int,
+        default=2000,
+        help="greedy picks timed for coreset and coreset_jax (0: the whole budget)",
+    )
+    parser.add_argument(
+        "--coreset_blocks",
+        type=int,
+        default=2000,
+        help="k-means cells of coreset_blocked (always runs the whole budget)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out_dir", default=str(REPO / "results"))
@@ -95,8 +107,9 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
 
 
-def run_selector(name: str, args: argparse.Namespace, embeddings: np.ndarray,
-                 probabilities: np.ndarray) -> dict[str, Any]:
+def run_selector(
+    name: str, args: argparse.Namespace, embeddings: np.ndarray, probabilities: np.ndarray
+) -> dict[str, Any]:
     """Times one selector on the pool; Cluster-Margin's clustering is timed inside its total."""
     from active import Pool, cluster_margin_clusters, make_selector
 
@@ -114,13 +127,15 @@ def run_selector(name: str, args: argparse.Namespace, embeddings: np.ndarray,
         indices = selector.select(Pool(embeddings=embeddings), picks, rng).indices
         record.update(picks_measured=picks, extrapolated=picks < args.budget)
     else:
-        clusters = cluster_margin_clusters(embeddings, args.num_clusters, num_centroids=args.num_centroids,
-                                           seed=args.seed)
+        clusters = cluster_margin_clusters(
+            embeddings, args.num_clusters, num_centroids=args.num_centroids, seed=args.seed
+        )
         record["clustering_seconds"] = time.perf_counter() - start
         pool = Pool(probabilities=probabilities, cluster_ids=clusters)
         indices = make_selector("cluster_margin").select(pool, args.budget, rng).indices
-        record.update(num_clusters=int(clusters.max()) + 1,
-                      clusters_in_selection=int(len(np.unique(clusters[indices]))))
+        record.update(
+            num_clusters=int(clusters.max()) + 1, clusters_in_selection=int(len(np.unique(clusters[indices])))
+        )
     record["seconds"] = time.perf_counter() - start
     record["distinct_indices"] = int(len(np.unique(indices)))
     return record
@@ -157,8 +172,13 @@ def run_child(name: str, argv: Sequence[str], data_dir: str, threads: int) -> di
     """Runs one selector in a child process pinned to `threads` CPUs and returns its record."""
     cpus = sorted(os.sched_getaffinity(0))[:threads]
     command = [sys.executable, __file__, *argv, "--child", name, "--data_dir", data_dir]
-    result = subprocess.run(command, env=child_env(threads), capture_output=True, text=True,
-                            preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    result = subprocess.run(
+        command,
+        env=child_env(threads),
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{name} child failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -170,23 +190,33 @@ def markdown(report: dict[str, Any]) -> str:
 
     cfg = report["config"]
     lines = [
-        "# Selection benchmark", "", header_markdown(report), "",
+        "# Selection benchmark",
+        "",
+        header_markdown(report),
+        "",
         f"Select {cfg['budget']:,} from a {cfg['pool_size']:,} x {cfg['dim']} Gaussian mixture "
         f"({cfg['components']} components, seed {cfg['seed']}), {cfg['threads']} threads. Peak RSS includes the pool "
         "(embeddings + probabilities) and the interpreter; 'RSS before' is that baseline. CPU s is "
         "user + system time of the selecting process (all its threads); on a shared machine wall "
-        "time can exceed it.", "",
+        "time can exceed it.",
+        "",
         "| selector | wall s | CPU s | clustering wall s | peak RSS GB | RSS before GB | note |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
-        note = (f"extrapolated from {r['picks_measured']:,} greedy picks in {r['measured_seconds']:.1f} s"
-                if r.get("extrapolated") else "")
+        note = (
+            f"extrapolated from {r['picks_measured']:,} greedy picks in {r['measured_seconds']:.1f} s"
+            if r.get("extrapolated")
+            else ""
+        )
         if "num_clusters" in r:
             note = f"{r['num_clusters']} clusters, {r['clusters_in_selection']} in the selection"
         clustering = f"{r['clustering_seconds']:.1f}" if "clustering_seconds" in r else ""
-        lines.append(f"| {r['selector']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {clustering} | {r['peak_rss_gb']:.2f} | "
-                     f"{r['rss_before_gb']:.2f} | {note} |")
+        lines.append(
+            f"| {r['selector']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {clustering} | "
+            f"{r['peak_rss_gb']:.2f} | "
+            f"{r['rss_before_gb']:.2f} | {note} |"
+        )
     lines += ["", f"Target: Cluster-Margin under 120 s and 8 GB including clustering: {report['target']}.", ""]
     return "\n".join(lines)
 

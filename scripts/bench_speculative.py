@@ -68,11 +68,26 @@ from littlehelp.errors import LittlehelpError, exit_on_error  # noqa: E402
 from littlehelp.models import DecoderConfig, build_model  # noqa: E402
 from littlehelp.models.convert import Pretrained, run_folder  # noqa: E402
 
-PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
-           "The three primary colours are", "Water boils at a temperature of", "My favourite book is",
-           "The quick brown fox", "In 1492, Columbus"]
-RANDOM_DRAFT = dict(emb_dim=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=704,
-                    tie_embeddings=True, scale_tied_logits=False)
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village,",
+    "def fibonacci(n):",
+    "The three primary colours are",
+    "Water boils at a temperature of",
+    "My favourite book is",
+    "The quick brown fox",
+    "In 1492, Columbus",
+]
+RANDOM_DRAFT = dict(
+    emb_dim=256,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=64,
+    mlp_dim=704,
+    tie_embeddings=True,
+    scale_tied_logits=False,
+)
 DEFAULT_DRAFTS = ["scratch=random", "derived=first=6", "derived_vocab=first=6,vocab=8192"]
 SMOLLM2 = "smollm2_135m"
 # How gin/distillspec/derived_smollm2.gin counts the tokens of a reduced vocabulary.
@@ -134,10 +149,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line flags (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--target", help="run folder of the target (default: SmolLM2-135M, converted once)")
-    parser.add_argument("--drafts", nargs="+", default=DEFAULT_DRAFTS, metavar="NAME=SOURCE",
-                        help="SOURCE: a run folder, random, or first=K / every=M [,vocab=N]")
-    parser.add_argument("--vocab_task", help="seqio Task or Mixture whose tokens choose a vocab=N head (default: "
-                        "derived_smollm2.gin's; only for the default target)")
+    parser.add_argument(
+        "--drafts",
+        nargs="+",
+        default=DEFAULT_DRAFTS,
+        metavar="NAME=SOURCE",
+        help="SOURCE: a run folder, random, or first=K / every=M [,vocab=N]",
+    )
+    parser.add_argument(
+        "--vocab_task",
+        help="seqio Task or Mixture whose tokens choose a vocab=N head (default: "
+        "derived_smollm2.gin's; only for the default target)",
+    )
     parser.add_argument("--gammas", nargs="+", type=int, default=list(range(1, 8)))
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--temperatures", nargs="+", type=float, default=[0.0, 1.0], help="0 is greedy")
@@ -152,12 +175,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 # ----- settings, checked before anything is loaded -----
 
+
 def parse_draft(entry: str) -> DraftSpec:
     """One `--drafts` NAME=SOURCE entry; refuses a malformed one, or a folder that is not a run folder."""
     name, separator, source = entry.partition("=")
     if not separator or not source:
-        raise BenchError(f"--drafts {entry!r}: expected NAME=SOURCE (a run folder, random, or first=K / every=M "
-                         "[,vocab=N])")
+        raise BenchError(
+            f"--drafts {entry!r}: expected NAME=SOURCE (a run folder, random, or first=K / every=M [,vocab=N])"
+        )
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise BenchError(f"--drafts {entry!r}: the name {name!r} may hold only letters, digits, _ and -")
     if source == "random":
@@ -176,8 +201,9 @@ def derived_settings(entry: str, source: str) -> dict[str, int]:
     for item in source.split(","):
         key, _, value = item.partition("=")
         if key not in ("first", "every", "vocab") or key in settings or not value.isdigit() or int(value) < 1:
-            raise BenchError(f"--drafts {entry!r}: {item!r} is not first=K, every=M or vocab=N (once each, a "
-                             "positive integer)")
+            raise BenchError(
+                f"--drafts {entry!r}: {item!r} is not first=K, every=M or vocab=N (once each, a positive integer)"
+            )
         settings[key] = int(value)
     if ("first" in settings) == ("every" in settings):
         raise BenchError(f"--drafts {entry!r}: a derived draft keeps the first=K or every=M-th layers, one of them")
@@ -191,8 +217,10 @@ def draft_specs(args: argparse.Namespace) -> list[DraftSpec]:
     if twice := next((name for name in names if names.count(name) > 1), None):
         raise BenchError(f"--drafts: the name {twice!r} is given more than once")
     if args.target and not args.vocab_task and (reduced := next((s for s in specs if s.vocab), None)):
-        raise BenchError(f"--drafts {reduced.entry!r}: name the task whose tokens choose the head "
-                         "with --vocab_task (the default task is SmolLM2's, for the default target only)")
+        raise BenchError(
+            f"--drafts {reduced.entry!r}: name the task whose tokens choose the head "
+            "with --vocab_task (the default task is SmolLM2's, for the default target only)"
+        )
     return specs
 
 
@@ -203,13 +231,17 @@ def check_settings(args: argparse.Namespace) -> None:
             speculative.Plan(gamma, args.max_new_tokens, decoding.Sampling(temperature))
     except ValueError as error:
         raise BenchError(str(error)) from None
-    for flag, values in (("batch_sizes", args.batch_sizes), ("repeats", [args.repeats]),
-                         ("call_repeats", [args.call_repeats])):
+    for flag, values in (
+        ("batch_sizes", args.batch_sizes),
+        ("repeats", [args.repeats]),
+        ("call_repeats", [args.call_repeats]),
+    ):
         if min(values) < 1:
             raise BenchError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
 
 
 # ----- models -----
+
 
 def open_target(args: argparse.Namespace) -> runs.RunFolder:
     """The target's run folder (`runs.open_run`: model and vocabulary read, parameters not yet): `--target`, or
@@ -227,8 +259,10 @@ def check_derivable(specs: Sequence[DraftSpec], target: runs.RunFolder) -> None:
     config = target.model.config
     for spec in (spec for spec in specs if spec.is_derived):
         if not isinstance(config, DecoderConfig):
-            raise BenchError(f"--drafts {spec.entry!r}: the target {target.folder} is a "
-                             f"{type(config).__name__}; drafts derive from a DecoderLM only")
+            raise BenchError(
+                f"--drafts {spec.entry!r}: the target {target.folder} is a "
+                f"{type(config).__name__}; drafts derive from a DecoderLM only"
+            )
         try:
             derived.layer_indices(config.num_layers, spec.first, spec.every)
             if spec.vocab:
@@ -251,49 +285,75 @@ def random_draft_folder(config: DecoderConfig, folder: Path) -> Path:
     return run_folder.write_run_folder(draft, folder)
 
 
-def draft_folder(spec: DraftSpec, target: runs.RunFolder, args: argparse.Namespace, vocabulary: Any,
-                 scratch: Path) -> Path:
+def draft_folder(
+    spec: DraftSpec, target: runs.RunFolder, args: argparse.Namespace, vocabulary: Any, scratch: Path
+) -> Path:
     """The run folder of a draft: its own, a random one in `scratch`, or the derived one (written once)."""
     if spec.folder is not None:
         return spec.folder
     if not spec.is_derived:
         return random_draft_folder(target.model.config, scratch / spec.name)
     task = vocab_task(args, vocabulary) if spec.vocab else None
-    return Path(derived.derived_folder(
-        target.model.config, str(target.folder), first_layers=spec.first, every_layer=spec.every,
-        vocabulary_size=spec.vocab, task=task, feature_lengths=VOCAB_FEATURE_LENGTHS if spec.vocab else None,
-        count_tokens=VOCAB_COUNT_TOKENS))
+    return Path(
+        derived.derived_folder(
+            target.model.config,
+            str(target.folder),
+            first_layers=spec.first,
+            every_layer=spec.every,
+            vocabulary_size=spec.vocab,
+            task=task,
+            feature_lengths=VOCAB_FEATURE_LENGTHS if spec.vocab else None,
+            count_tokens=VOCAB_COUNT_TOKENS,
+        )
+    )
 
 
 def parameter_count(params: Any) -> int:
     return sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(params))
 
 
-def load_models(args: argparse.Namespace, specs: Sequence[DraftSpec], scratch: Path
-                ) -> tuple[tuple, dict[str, tuple], Any, dict[str, Any]]:
+def load_models(
+    args: argparse.Namespace, specs: Sequence[DraftSpec], scratch: Path
+) -> tuple[tuple, dict[str, tuple], Any, dict[str, Any]]:
     """(target, {draft name: draft}) as (model, jax params), the target vocabulary, and a description of all."""
     target_folder = open_target(args)
     check_derivable(specs, target_folder)
     vocabulary = target_folder.vocabulary
     if vocabulary is None:
-        raise BenchError(f"--target {target_folder.folder} holds no vocabulary (vocabulary/ or VOCABULARY) for the "
-                         "prompts")
+        raise BenchError(
+            f"--target {target_folder.folder} holds no vocabulary (vocabulary/ or VOCABULARY) for the prompts"
+        )
     target = speculative.model_and_params(target_folder.load())
-    described = {"target": {"folder": str(target_folder.folder), "parameters": parameter_count(target[1]),
-                            "config": repr(target[0].config)}, "drafts": []}
+    described = {
+        "target": {
+            "folder": str(target_folder.folder),
+            "parameters": parameter_count(target[1]),
+            "config": repr(target[0].config),
+        },
+        "drafts": [],
+    }
     loaded = {}
     for spec in specs:
         folder = draft_folder(spec, target_folder, args, vocabulary, scratch)
         target, loaded[spec.name] = speculative.pair(target, runs.load_run(folder))
-        described["drafts"].append({"name": spec.name, "source": spec.source, "folder": str(folder),
-                                    "parameters": parameter_count(loaded[spec.name][1]),
-                                    "config": repr(loaded[spec.name][0].config)})
-        print(f"draft {spec.name} ({spec.source}): {folder}, {described['drafts'][-1]['parameters']:,} parameters",
-              flush=True)
+        described["drafts"].append(
+            {
+                "name": spec.name,
+                "source": spec.source,
+                "folder": str(folder),
+                "parameters": parameter_count(loaded[spec.name][1]),
+                "config": repr(loaded[spec.name][0].config),
+            }
+        )
+        print(
+            f"draft {spec.name} ({spec.source}): {folder}, {described['drafts'][-1]['parameters']:,} parameters",
+            flush=True,
+        )
     return target, loaded, vocabulary, described
 
 
 # ----- measurements -----
+
 
 def prompts_of(vocabulary: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `batch` PROMPTS (cycled), right-padded."""
@@ -301,8 +361,9 @@ def prompts_of(vocabulary: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
     return speculative.padded_prompts(rows, None)
 
 
-def extend_seconds(model_and_params: tuple, tokens: np.ndarray, lengths: np.ndarray, ks: Sequence[int],
-                   repeats: int) -> dict[int, float]:
+def extend_seconds(
+    model_and_params: tuple, tokens: np.ndarray, lengths: np.ndarray, ks: Sequence[int], repeats: int
+) -> dict[int, float]:
     """{k: median seconds of one `extend` of k tokens per row after the prompts}, in a cache of the prompts plus
     16 slots (or k, if more): every k compiled first, then called in turn round by round (`interleaved`)."""
     model, params = model_and_params
@@ -325,22 +386,28 @@ class CallCosts:
     drafts: dict[str, float]
 
 
-def call_costs(target: tuple, drafts: dict[str, tuple], vocabulary: Any, batch: int,
-               args: argparse.Namespace) -> CallCosts:
+def call_costs(
+    target: tuple, drafts: dict[str, tuple], vocabulary: Any, batch: int, args: argparse.Namespace
+) -> CallCosts:
     """The per-call costs at `batch`: target extend(1) and extend(gamma + 1) per gamma, every draft's extend(1)."""
     tokens, lengths = prompts_of(vocabulary, batch)
-    costs = CallCosts(extend_seconds(target, tokens, lengths, [1, *(gamma + 1 for gamma in args.gammas)],
-                                     args.call_repeats),
-                      {name: extend_seconds(draft, tokens, lengths, [1], args.call_repeats)[1]
-                       for name, draft in drafts.items()})
-    print(f"batch {batch}: target call {costs.target[1] * 1e3:.1f} ms; "
-          + ", ".join(f"{name} call {s * 1e3:.1f} ms (c = {s / costs.target[1]:.3f})"
-                      for name, s in costs.drafts.items()), flush=True)
+    costs = CallCosts(
+        extend_seconds(target, tokens, lengths, [1, *(gamma + 1 for gamma in args.gammas)], args.call_repeats),
+        {name: extend_seconds(draft, tokens, lengths, [1], args.call_repeats)[1] for name, draft in drafts.items()},
+    )
+    print(
+        f"batch {batch}: target call {costs.target[1] * 1e3:.1f} ms; "
+        + ", ".join(
+            f"{name} call {s * 1e3:.1f} ms (c = {s / costs.target[1]:.3f})" for name, s in costs.drafts.items()
+        ),
+        flush=True,
+    )
     return costs
 
 
-def target_only_program(target: tuple, tokens: np.ndarray, lengths: np.ndarray, sampling: decoding.Sampling,
-                        max_new_tokens: int) -> tuple[Callable[[], Any], float]:
+def target_only_program(
+    target: tuple, tokens: np.ndarray, lengths: np.ndarray, sampling: decoding.Sampling, max_new_tokens: int
+) -> tuple[Callable[[], Any], float]:
     """Target-only decoding compiled: (a call returning the tokens, compile seconds)."""
     model, params = target
     rng = jax.random.key(SEED)
@@ -349,8 +416,9 @@ def target_only_program(target: tuple, tokens: np.ndarray, lengths: np.ndarray, 
     return (lambda: compiled(params, tokens, lengths, rng)), time.perf_counter() - start
 
 
-def speculative_program(target: tuple, draft: tuple, tokens: np.ndarray, lengths: np.ndarray,
-                        plan: speculative.Plan) -> tuple[Callable[[], Any], float]:
+def speculative_program(
+    target: tuple, draft: tuple, tokens: np.ndarray, lengths: np.ndarray, plan: speculative.Plan
+) -> tuple[Callable[[], Any], float]:
     """Speculative decoding compiled: (a call returning (tokens, lengths, counters), compile seconds)."""
     start = time.perf_counter()
     compiled = speculative.decode.lower(target[0], target[1], draft[0], draft[1], tokens, lengths, SEED, plan).compile()
@@ -359,9 +427,11 @@ def speculative_program(target: tuple, draft: tuple, tokens: np.ndarray, lengths
 
 def keeping_output(outputs: dict[str, Any], key: str, call: Callable[[], Any]) -> Callable[[], Any]:
     """`call`, its latest output kept as outputs[key]."""
+
     def kept() -> Any:
         outputs[key] = call()
         return outputs[key]
+
     return kept
 
 
@@ -369,8 +439,15 @@ def program_key(name: str, gamma: int) -> str:
     return f"{name} gamma={gamma}"
 
 
-def time_group(target: tuple, drafts: dict[str, tuple], vocabulary: Any, batch: int, temperature: float,
-               costs: CallCosts, args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def time_group(
+    target: tuple,
+    drafts: dict[str, tuple],
+    vocabulary: Any,
+    batch: int,
+    temperature: float,
+    costs: CallCosts,
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Target-only and every (draft, gamma) program at one (batch, temperature), all compiled, then timed in
     `--repeats` interleaved rounds after an untimed one -> (the target-only record, one record per (draft, gamma))."""
     tokens, lengths = prompts_of(vocabulary, batch)
@@ -379,24 +456,51 @@ def time_group(target: tuple, drafts: dict[str, tuple], vocabulary: Any, batch: 
     for name, gamma in itertools.product(drafts, args.gammas):
         plan = speculative.Plan(gamma, args.max_new_tokens, sampling)
         programs[program_key(name, gamma)] = speculative_program(target, drafts[name], tokens, lengths, plan)
-    print(f"batch {batch}, temperature {temperature:g}: {len(programs)} programs compiled in "
-          f"{sum(s for _, s in programs.values()):.1f} s", flush=True)
+    print(
+        f"batch {batch}, temperature {temperature:g}: {len(programs)} programs compiled in "
+        f"{sum(s for _, s in programs.values()):.1f} s",
+        flush=True,
+    )
     outputs: dict[str, Any] = {}
-    seconds = interleaved({key: keeping_output(outputs, key, call) for key, (call, _) in programs.items()},
-                          rounds=args.repeats, warmup=1)  # a compiled program's first call is slower
-    alone = {"batch": batch, "temperature": temperature, "seconds": seconds[TARGET_ONLY],
-             "median_seconds": statistics.median(seconds[TARGET_ONLY]), "compile_seconds": programs[TARGET_ONLY][1]}
+    seconds = interleaved(
+        {key: keeping_output(outputs, key, call) for key, (call, _) in programs.items()}, rounds=args.repeats, warmup=1
+    )  # a compiled program's first call is slower
+    alone = {
+        "batch": batch,
+        "temperature": temperature,
+        "seconds": seconds[TARGET_ONLY],
+        "median_seconds": statistics.median(seconds[TARGET_ONLY]),
+        "compile_seconds": programs[TARGET_ONLY][1],
+    }
     alone["tokens_per_second"] = tokens.shape[0] * args.max_new_tokens / alone["median_seconds"]
-    records = [speculative_record(name, gamma, alone, seconds[program_key(name, gamma)],
-                                  outputs[program_key(name, gamma)], np.asarray(outputs[TARGET_ONLY]),
-                                  programs[program_key(name, gamma)][1], costs, args)
-               for name, gamma in itertools.product(drafts, args.gammas)]
+    records = [
+        speculative_record(
+            name,
+            gamma,
+            alone,
+            seconds[program_key(name, gamma)],
+            outputs[program_key(name, gamma)],
+            np.asarray(outputs[TARGET_ONLY]),
+            programs[program_key(name, gamma)][1],
+            costs,
+            args,
+        )
+        for name, gamma in itertools.product(drafts, args.gammas)
+    ]
     return alone, records
 
 
-def speculative_record(name: str, gamma: int, alone: dict[str, Any], seconds: list[float], output: tuple,
-                       target_only_tokens: np.ndarray, compile_seconds: float, costs: CallCosts,
-                       args: argparse.Namespace) -> dict[str, Any]:
+def speculative_record(
+    name: str,
+    gamma: int,
+    alone: dict[str, Any],
+    seconds: list[float],
+    output: tuple,
+    target_only_tokens: np.ndarray,
+    compile_seconds: float,
+    costs: CallCosts,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     """One (draft, gamma) row: times and speed-up, the engine's alpha and tau, call costs and predictions."""
     out, produced, counters = jax.tree.map(np.asarray, output)
     median = statistics.median(seconds)
@@ -405,27 +509,42 @@ def speculative_record(name: str, gamma: int, alone: dict[str, Any], seconds: li
     c, tau = t_draft / t_target, stats.block_efficiency
     greedy = alone["temperature"] == 0
     record = {
-        "draft": name, "batch": alone["batch"], "temperature": alone["temperature"], "gamma": gamma,
-        "max_new_tokens": args.max_new_tokens, "seconds": seconds, "median_seconds": median,
-        "target_only_median_seconds": alone["median_seconds"], "compile_seconds": compile_seconds,
+        "draft": name,
+        "batch": alone["batch"],
+        "temperature": alone["temperature"],
+        "gamma": gamma,
+        "max_new_tokens": args.max_new_tokens,
+        "seconds": seconds,
+        "median_seconds": median,
+        "target_only_median_seconds": alone["median_seconds"],
+        "compile_seconds": compile_seconds,
         "speedup": statistics.median(a / s for a, s in zip(alone["seconds"], seconds)),
         "tokens_per_second": stats.generated_tokens / median,
-        "acceptance_rate": stats.acceptance_rate, "block_efficiency": tau,
+        "acceptance_rate": stats.acceptance_rate,
+        "block_efficiency": tau,
         "mean_accepted_length": stats.mean_accepted_length,
         "per_position_acceptance": [None if math.isnan(a) else a for a in stats.per_position_acceptance],
-        "target_calls": stats.target_calls, "draft_calls": stats.draft_calls,
-        "target_call_seconds": t_target, "verify_call_seconds": t_verify, "draft_call_seconds": t_draft, "c": c,
+        "target_calls": stats.target_calls,
+        "draft_calls": stats.draft_calls,
+        "target_call_seconds": t_target,
+        "verify_call_seconds": t_verify,
+        "draft_call_seconds": t_draft,
+        "c": c,
         "predicted_speedup": tau / (c * gamma + 1),
         "predicted_speedup_with_verify_cost": tau * t_target / (gamma * t_draft + t_verify),
         "tokens_equal_target_only": bool(np.array_equal(out, target_only_tokens)) if greedy else None,
     }
-    print(f"  {name} gamma {gamma}: x{record['speedup']:.2f} (predicted x{record['predicted_speedup']:.2f}, with "
-          f"verify cost x{record['predicted_speedup_with_verify_cost']:.2f}), alpha {stats.acceptance_rate:.3f}, "
-          f"tau {tau:.2f}, tokens equal {equal_cell(record['tokens_equal_target_only'])}", flush=True)
+    print(
+        f"  {name} gamma {gamma}: x{record['speedup']:.2f} (predicted x{record['predicted_speedup']:.2f}, with "
+        f"verify cost x{record['predicted_speedup_with_verify_cost']:.2f}), alpha {stats.acceptance_rate:.3f}, "
+        f"tau {tau:.2f}, tokens equal {equal_cell(record['tokens_equal_target_only'])}",
+        flush=True,
+    )
     return record
 
 
 # ----- summary against the speed targets -----
+
 
 def goal_of(batch: int, temperature: float) -> Goal | None:
     return next((goal for goal in GOALS if (goal.batch, goal.temperature) == (batch, temperature)), None)
@@ -447,12 +566,22 @@ def summary(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (name, batch, temperature), row in best_rows(results).items():
         goal = goal_of(batch, temperature)
-        rows.append({"draft": name, "batch": batch, "temperature": temperature, "best_gamma": row["gamma"],
-                     "speedup": row["speedup"], "block_efficiency": row["block_efficiency"],
-                     "acceptance_rate": row["acceptance_rate"], "c": row["c"],
-                     "verify_call_seconds": row["verify_call_seconds"],
-                     "verify_cost": row["verify_call_seconds"] / row["target_call_seconds"],
-                     "goal": goal.label if goal else None, "met": goal.met(row["speedup"]) if goal else None})
+        rows.append(
+            {
+                "draft": name,
+                "batch": batch,
+                "temperature": temperature,
+                "best_gamma": row["gamma"],
+                "speedup": row["speedup"],
+                "block_efficiency": row["block_efficiency"],
+                "acceptance_rate": row["acceptance_rate"],
+                "c": row["c"],
+                "verify_call_seconds": row["verify_call_seconds"],
+                "verify_cost": row["verify_call_seconds"] / row["target_call_seconds"],
+                "goal": goal.label if goal else None,
+                "met": goal.met(row["speedup"]) if goal else None,
+            }
+        )
     return rows
 
 
@@ -466,11 +595,20 @@ def distillation(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if not name.endswith(DISTILLED) or undistilled is None:
             continue
         ratio = best["block_efficiency"] / undistilled["block_efficiency"]
-        rows.append({"distilled": name, "undistilled": undistilled["draft"], "batch": batch,
-                     "temperature": temperature, "gamma": best["gamma"],
-                     "distilled_block_efficiency": best["block_efficiency"],
-                     "undistilled_block_efficiency": undistilled["block_efficiency"], "ratio": ratio,
-                     "goal": f">= {MIN_DISTILLED_TAU_RATIO:g}x", "met": ratio >= MIN_DISTILLED_TAU_RATIO})
+        rows.append(
+            {
+                "distilled": name,
+                "undistilled": undistilled["draft"],
+                "batch": batch,
+                "temperature": temperature,
+                "gamma": best["gamma"],
+                "distilled_block_efficiency": best["block_efficiency"],
+                "undistilled_block_efficiency": undistilled["block_efficiency"],
+                "ratio": ratio,
+                "goal": f">= {MIN_DISTILLED_TAU_RATIO:g}x",
+                "met": ratio >= MIN_DISTILLED_TAU_RATIO,
+            }
+        )
     return rows
 
 
@@ -485,16 +623,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as scratch:
             target, drafts, vocabulary, described = load_models(args, specs, Path(scratch))
             costs = {batch: call_costs(target, drafts, vocabulary, batch, args) for batch in args.batch_sizes}
-            groups = [time_group(target, drafts, vocabulary, batch, temperature, costs[batch], args)
-                      for batch, temperature in bench.between(itertools.product(args.batch_sizes, args.temperatures))]
+            groups = [
+                time_group(target, drafts, vocabulary, batch, temperature, costs[batch], args)
+                for batch, temperature in bench.between(itertools.product(args.batch_sizes, args.temperatures))
+            ]
     results = [row for _, rows in groups for row in rows]
-    report = bench.report(vars(args), models=described, target_only=[alone for alone, _ in groups], results=results,
-                          summary=summary(results), distillation=distillation(results))
+    report = bench.report(
+        vars(args),
+        models=described,
+        target_only=[alone for alone, _ in groups],
+        results=results,
+        summary=summary(results),
+        distillation=distillation(results),
+    )
     bench.write(report, markdown(report))
     return report
 
 
 # ----- the Markdown report -----
+
 
 def mode(batch: int, temperature: float) -> str:
     return f"batch {batch}, {'greedy' if temperature == 0 else f'T = {temperature:g}'}"
@@ -511,55 +658,81 @@ def met_cell(met: bool | None) -> str:
 def models_markdown(report: dict[str, Any]) -> list[str]:
     """The target and the drafts."""
     target = report["models"]["target"]
-    return [f"Target {target['folder']} ({target['parameters']:,} parameters). "
-            f"{report['config']['max_new_tokens']} new tokens per row, no EOS, prompts from the script's PROMPTS.", "",
-            "| draft | source | folder | parameters |", "|---|---|---|---|",
-            *[f"| {d['name']} | `{d['source']}` | {d['folder']} | {d['parameters']:,} |"
-              for d in report["models"]["drafts"]],
-            ""]
+    return [
+        f"Target {target['folder']} ({target['parameters']:,} parameters). "
+        f"{report['config']['max_new_tokens']} new tokens per row, no EOS, prompts from the script's PROMPTS.",
+        "",
+        "| draft | source | folder | parameters |",
+        "|---|---|---|---|",
+        *[
+            f"| {d['name']} | `{d['source']}` | {d['folder']} | {d['parameters']:,} |"
+            for d in report["models"]["drafts"]
+        ],
+        "",
+    ]
 
 
 def group_markdown(alone: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[str]:
     """One (batch, temperature): target-only decoding, then a row per (draft, gamma)."""
     return [
-        f"## {mode(alone['batch'], alone['temperature'])}", "",
+        f"## {mode(alone['batch'], alone['temperature'])}",
+        "",
         f"Target only: {alone['median_seconds']:.3f} s ({alone['tokens_per_second']:.1f} tokens/s), compiled in "
-        f"{alone['compile_seconds']:.1f} s.", "",
+        f"{alone['compile_seconds']:.1f} s.",
+        "",
         "| draft | gamma | speculative s | speed-up | tok/s | alpha | tau | target call ms | verify call ms | "
         "draft call ms | c | predicted tau/(c*gamma+1) | predicted with verify cost | tokens equal |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        *[f"| {r['draft']} | {r['gamma']} | {r['median_seconds']:.3f} | {r['speedup']:.2f} | "
-          f"{r['tokens_per_second']:.1f} | {r['acceptance_rate']:.3f} | {r['block_efficiency']:.2f} | "
-          f"{r['target_call_seconds'] * 1e3:.1f} | {r['verify_call_seconds'] * 1e3:.1f} | "
-          f"{r['draft_call_seconds'] * 1e3:.1f} | {r['c']:.3f} | {r['predicted_speedup']:.2f} | "
-          f"{r['predicted_speedup_with_verify_cost']:.2f} | {equal_cell(r['tokens_equal_target_only'])} |"
-          for r in rows], ""]
+        *[
+            f"| {r['draft']} | {r['gamma']} | {r['median_seconds']:.3f} | {r['speedup']:.2f} | "
+            f"{r['tokens_per_second']:.1f} | {r['acceptance_rate']:.3f} | {r['block_efficiency']:.2f} | "
+            f"{r['target_call_seconds'] * 1e3:.1f} | {r['verify_call_seconds'] * 1e3:.1f} | "
+            f"{r['draft_call_seconds'] * 1e3:.1f} | {r['c']:.3f} | {r['predicted_speedup']:.2f} | "
+            f"{r['predicted_speedup_with_verify_cost']:.2f} | {equal_cell(r['tokens_equal_target_only'])} |"
+            for r in rows
+        ],
+        "",
+    ]
 
 
 def why_missed(row: dict[str, Any]) -> str:
     """The figures that explain a missed goal: c, alpha and the verify call's cost."""
     if row["met"] is not False:
         return ""
-    return (f"c {row['c']:.3f}, alpha {row['acceptance_rate']:.3f}, verify call {row['verify_call_seconds'] * 1e3:.1f} "
-            f"ms = {row['verify_cost']:.2f}x a target call")
+    return (
+        f"c {row['c']:.3f}, alpha {row['acceptance_rate']:.3f}, verify call {row['verify_call_seconds'] * 1e3:.1f} "
+        f"ms = {row['verify_cost']:.2f}x a target call"
+    )
 
 
 def summary_markdown(report: dict[str, Any]) -> list[str]:
     """Each draft's best gamma per (batch, temperature) against the goals; distilled over undistilled tau."""
-    lines = ["## Summary: best gamma against the targets", "",
-             "| draft | mode | best gamma | speed-up | tau | target | result | why missed |",
-             "|---|---|---|---|---|---|---|---|",
-             *[f"| {r['draft']} | {mode(r['batch'], r['temperature'])} | {r['best_gamma']} | {r['speedup']:.2f} | "
-               f"{r['block_efficiency']:.2f} | {r['goal'] or '-'} | {met_cell(r['met'])} | {why_missed(r)} |"
-               for r in report["summary"]], ""]
+    lines = [
+        "## Summary: best gamma against the targets",
+        "",
+        "| draft | mode | best gamma | speed-up | tau | target | result | why missed |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['draft']} | {mode(r['batch'], r['temperature'])} | {r['best_gamma']} | {r['speedup']:.2f} | "
+            f"{r['block_efficiency']:.2f} | {r['goal'] or '-'} | {met_cell(r['met'])} | {why_missed(r)} |"
+            for r in report["summary"]
+        ],
+        "",
+    ]
     if report["distillation"]:
-        lines += ["Distilled over undistilled block efficiency, at the distilled draft's best gamma:", "",
-                  "| distilled | undistilled | mode | gamma | tau distilled | tau undistilled | ratio | target | "
-                  "result |",
-                  "|---|---|---|---|---|---|---|---|---|",
-                  *[f"| {r['distilled']} | {r['undistilled']} | {mode(r['batch'], r['temperature'])} | {r['gamma']} | "
-                    f"{r['distilled_block_efficiency']:.2f} | {r['undistilled_block_efficiency']:.2f} | "
-                    f"{r['ratio']:.2f} | {r['goal']} | {met_cell(r['met'])} |" for r in report["distillation"]], ""]
+        lines += [
+            "Distilled over undistilled block efficiency, at the distilled draft's best gamma:",
+            "",
+            "| distilled | undistilled | mode | gamma | tau distilled | tau undistilled | ratio | target | result |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *[
+                f"| {r['distilled']} | {r['undistilled']} | {mode(r['batch'], r['temperature'])} | {r['gamma']} | "
+                f"{r['distilled_block_efficiency']:.2f} | {r['undistilled_block_efficiency']:.2f} | "
+                f"{r['ratio']:.2f} | {r['goal']} | {met_cell(r['met'])} |"
+                for r in report["distillation"]
+            ],
+            "",
+        ]
     return lines
 
 
@@ -570,8 +743,10 @@ def markdown(report: dict[str, Any]) -> str:
     for row in report["results"]:
         by_group[(row["batch"], row["temperature"])].append(row)
     lines = [
-        "# Speculative decoding benchmark: target-only against each draft", "",
-        header_markdown(report) + " Other jobs on these cores (see the load) make the times noisy.", "",
+        "# Speculative decoding benchmark: target-only against each draft",
+        "",
+        header_markdown(report) + " Other jobs on these cores (see the load) make the times noisy.",
+        "",
         *models_markdown(report),
         "Each (batch, temperature): target-only and every (draft, gamma) program compiled first, then, after one "
         f"untimed round, {config['repeats']} interleaved rounds calling each once. Seconds: the median over rounds; "
@@ -581,7 +756,8 @@ def markdown(report: dict[str, Any]) -> str:
         "gamma + 1 tokens (verify call) per row after the prompts; c = draft call / target call. The paper's "
         "prediction assumes a verify call costs a target call; the next column uses the measured verify cost. "
         "Greedy rows check the tokens equal target-only decoding's; sampled rows (T > 0) draw their own random "
-        "streams and cannot.", "",
+        "streams and cannot.",
+        "",
     ]
     for alone in report["target_only"]:
         lines += group_markdown(alone, by_group[(alone["batch"], alone["temperature"])])

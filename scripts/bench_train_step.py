@@ -51,19 +51,62 @@ class BenchConfig:
 
 
 CONFIGS: dict[str, BenchConfig] = {
-    "t5-bench": BenchConfig("t5", dict(
-        vocab_size=8192, emb_dim=256, num_heads=4, head_dim=64, mlp_dim=1024,
-        num_encoder_layers=4, num_decoder_layers=4, dropout_rate=0.0, dtype="float32",
-        scan_layers=False), 512, 114),
-    "decoder-bench": BenchConfig("decoder", dict(
-        vocab_size=8192, emb_dim=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
-        mlp_dim=1024, dtype="float32", scan_layers=False), 0, 512),
+    "t5-bench": BenchConfig(
+        "t5",
+        dict(
+            vocab_size=8192,
+            emb_dim=256,
+            num_heads=4,
+            head_dim=64,
+            mlp_dim=1024,
+            num_encoder_layers=4,
+            num_decoder_layers=4,
+            dropout_rate=0.0,
+            dtype="float32",
+            scan_layers=False,
+        ),
+        512,
+        114,
+    ),
+    "decoder-bench": BenchConfig(
+        "decoder",
+        dict(
+            vocab_size=8192,
+            emb_dim=256,
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=64,
+            mlp_dim=1024,
+            dtype="float32",
+            scan_layers=False,
+        ),
+        0,
+        512,
+    ),
     # Tiny shapes for smoke tests only; not part of the default run.
-    "t5-tiny": BenchConfig("t5", dict(
-        vocab_size=128, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=1,
-        num_decoder_layers=1, relative_attention_num_buckets=8, relative_attention_max_distance=16), 16, 8),
-    "decoder-tiny": BenchConfig("decoder", dict(
-        vocab_size=128, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32), 0, 16),
+    "t5-tiny": BenchConfig(
+        "t5",
+        dict(
+            vocab_size=128,
+            emb_dim=16,
+            num_heads=2,
+            head_dim=8,
+            mlp_dim=32,
+            num_encoder_layers=1,
+            num_decoder_layers=1,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+        ),
+        16,
+        8,
+    ),
+    "decoder-tiny": BenchConfig(
+        "decoder",
+        dict(vocab_size=128, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32),
+        0,
+        16,
+    ),
 }
 DEFAULT_CONFIGS = ("t5-bench", "decoder-bench")
 # Layers are unrolled (scan_layers=False), the configurations' reference; scripts/bench_scan.py
@@ -78,11 +121,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--devices", nargs="+", type=int, default=[1, 8], choices=sorted(MESHES))
     parser.add_argument("--steps", type=int, default=20, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
-    parser.add_argument("--matmul_sizes", nargs="+", type=int, default=list(MATMUL_SIZES),
-                        help="float32 matmul sizes whose rate is measured before the first run and after each")
+    parser.add_argument(
+        "--matmul_sizes",
+        nargs="+",
+        type=int,
+        default=list(MATMUL_SIZES),
+        help="float32 matmul sizes whose rate is measured before the first run and after each",
+    )
     parser.add_argument("--matmul_repeats", type=int, default=7)
-    parser.add_argument("--max_matmul_spread", type=float, default=0.15,
-                        help="refuse to write results when 1 - min/max of the interleaved matmul rates exceeds this")
+    parser.add_argument(
+        "--max_matmul_spread",
+        type=float,
+        default=0.15,
+        help="refuse to write results when 1 - min/max of the interleaved matmul rates exceeds this",
+    )
     parser.add_argument("--out_dir", default=str(REPO / "results"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -174,13 +226,22 @@ def bench_one(name: str, batch_size: int, steps: int, warmup: int) -> dict[str, 
     flops = step.objective.train_flops(step.spec)
     step_seconds = statistics.median(seconds)
     return {
-        "config": name, "batch_size": batch_size, "devices": step.devices, "mesh": list(MESHES[step.devices]),
-        "compile_seconds": step.compile_seconds, "step_seconds": step_seconds,
-        "step_seconds_min": min(seconds), "step_seconds_max": max(seconds),
+        "config": name,
+        "batch_size": batch_size,
+        "devices": step.devices,
+        "mesh": list(MESHES[step.devices]),
+        "compile_seconds": step.compile_seconds,
+        "step_seconds": step_seconds,
+        "step_seconds_min": min(seconds),
+        "step_seconds_max": max(seconds),
         "tokens_per_second": trainer.tokens_per_batch(step.spec) / step_seconds,
-        "flops_per_step": flops, "flops_per_second": flops / step_seconds,
-        "params": _param_count(step.state.params), "final_loss": float(step.metrics["loss"]), "steps": steps,
-        "warmup": warmup, "model_config": config.model,
+        "flops_per_step": flops,
+        "flops_per_second": flops / step_seconds,
+        "params": _param_count(step.state.params),
+        "final_loss": float(step.metrics["loss"]),
+        "steps": steps,
+        "warmup": warmup,
+        "model_config": config.model,
     }
 
 
@@ -193,6 +254,7 @@ def advance(step: CompiledStep) -> Callable[[], Any]:
     def call() -> Any:
         step.state, step.metrics = step.compiled(step.state, {}, step.batch, rng)  # no frozen models
         return step.state, step.metrics
+
     return call
 
 
@@ -218,13 +280,24 @@ def run_devices(devices: int, name: str, batch_size: int, args: argparse.Namespa
     """Runs this script as a child process on `devices` fake CPU devices for one config and batch size."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--configs", name,
-               "--batch_sizes", str(batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--configs",
+        name,
+        "--batch_sizes",
+        str(batch_size),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ]
     results = []
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=REPO) as child:
         for line in child.stdout:
             if line.startswith("RESULT "):
-                results.append(json.loads(line[len("RESULT "):]))
+                results.append(json.loads(line[len("RESULT ") :]))
                 print(_progress_line(results[-1]), flush=True)
     if child.returncode:
         raise RuntimeError(f"benchmark child on {devices} devices failed with exit code {child.returncode}")
@@ -232,9 +305,11 @@ def run_devices(devices: int, name: str, batch_size: int, args: argparse.Namespa
 
 
 def _progress_line(r: dict[str, Any]) -> str:
-    return (f"{r['config']:>14} batch {r['batch_size']:>3} devices {r['devices']}: compile {r['compile_seconds']:.1f}s "
-            f"step {r['step_seconds'] * 1e3:.1f}ms  {r['tokens_per_second']:,.0f} tok/s  "
-            f"{r['flops_per_second'] / 1e9:.1f} GFLOP/s")
+    return (
+        f"{r['config']:>14} batch {r['batch_size']:>3} devices {r['devices']}: compile {r['compile_seconds']:.1f}s "
+        f"step {r['step_seconds'] * 1e3:.1f}ms  {r['tokens_per_second']:,.0f} tok/s  "
+        f"{r['flops_per_second'] / 1e9:.1f} GFLOP/s"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -258,21 +333,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown table under its provenance and the machine's matmul rate."""
     lines = [
-        "# Train-step benchmark", "", header_markdown(report), "",
+        "# Train-step benchmark",
+        "",
+        header_markdown(report),
+        "",
         "The matmul rate is measured before the first run and after each. MFU denominator: "
-        f"{report['peak_matmul_flops_per_second'] / 1e9:.1f} GFLOP/s (the best rate of the run, all sizes).", "",
-        "| config | batch | devices (mesh d,f,t) | compile s | step ms (median) | tokens/s | GFLOP/step | GFLOP/s | MFU |",
+        f"{report['peak_matmul_flops_per_second'] / 1e9:.1f} GFLOP/s (the best rate of the run, all sizes).",
+        "",
+        "| config | batch | devices (mesh d,f,t) | compile s | step ms (median) | tokens/s | GFLOP/step | "
+        "GFLOP/s | MFU |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         lines.append(
             f"| {r['config']} | {r['batch_size']} | {r['devices']} ({','.join(map(str, r['mesh']))}) "
             f"| {r['compile_seconds']:.1f} | {r['step_seconds'] * 1e3:.1f} | {r['tokens_per_second']:,.0f} "
-            f"| {r['flops_per_step'] / 1e9:.2f} | {r['flops_per_second'] / 1e9:.1f} | {r['mfu']:.1%} |")
-    lines += ["", "FLOPs per step: the objective's `train_flops` (littlehelp/flops.py: 3 x forward matmul FLOPs). "
-              "Tokens: encoder + decoder positions. Step time: median of the timed steps after warm-up, "
-              "each waited for with block_until_ready. The 8 fake devices share the same CPU cores, so "
-              "their MFU uses the same whole-machine denominator.", ""]
+            f"| {r['flops_per_step'] / 1e9:.2f} | {r['flops_per_second'] / 1e9:.1f} | {r['mfu']:.1%} |"
+        )
+    lines += [
+        "",
+        "FLOPs per step: the objective's `train_flops` (littlehelp/flops.py: 3 x forward matmul FLOPs). "
+        "Tokens: encoder + decoder positions. Step time: median of the timed steps after warm-up, "
+        "each waited for with block_until_ready. The 8 fake devices share the same CPU cores, so "
+        "their MFU uses the same whole-machine denominator.",
+        "",
+    ]
     return "\n".join(lines)
 
 

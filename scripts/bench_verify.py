@@ -61,8 +61,9 @@ def filled_cache(model: StepwiseModel, params: Any, batch: int, args: argparse.N
     return jax.jit(model.prefill)(params, cache, tokens, jnp.full((batch,), args.committed, jnp.int32))[1]
 
 
-def timed_calls(model: StepwiseModel, params: Any, batch: int,
-                args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
+def timed_calls(
+    model: StepwiseModel, params: Any, batch: int, args: argparse.Namespace
+) -> dict[str, Callable[[], Any]]:
     """Compiled 'extend k' and 'head k' calls for k = 1 .. max_k; the extends share one donated cache."""
     cache = {"state": filled_cache(model, params, batch, args)}
     committed = cache["state"].lengths
@@ -77,6 +78,7 @@ def timed_calls(model: StepwiseModel, params: Any, batch: int,
         def call() -> jax.Array:
             logits, cache["state"] = compiled(params, cache["state"], tokens)
             return logits
+
         return call
 
     def head_call(hidden: jax.Array) -> Callable[[], jax.Array]:
@@ -99,12 +101,24 @@ def bench_batch(model: StepwiseModel, params: Any, batch: int, args: argparse.Na
     for k in extend:
         increase = extend[k] - extend[1]
         ratios = [wide / narrow for wide, narrow in zip(times[f"extend {k}"], times["extend 1"])]
-        records.append({"batch": batch, "k": k, "extend_seconds": extend[k], "ratio_to_1": statistics.median(ratios),
-                        "head_seconds": head[k], "head_share": head[k] / extend[k],
-                        "head_share_of_increase": (head[k] - head[1]) / increase if k > 1 and increase > 0 else None,
-                        "extend_seconds_all": times[f"extend {k}"], "head_seconds_all": times[f"head {k}"]})
-        print(f"batch {batch} k {k}: extend {extend[k] * 1e3:.1f} ms (x{records[-1]['ratio_to_1']:.2f}), "
-              f"head {head[k] * 1e3:.1f} ms", flush=True)
+        records.append(
+            {
+                "batch": batch,
+                "k": k,
+                "extend_seconds": extend[k],
+                "ratio_to_1": statistics.median(ratios),
+                "head_seconds": head[k],
+                "head_share": head[k] / extend[k],
+                "head_share_of_increase": (head[k] - head[1]) / increase if k > 1 and increase > 0 else None,
+                "extend_seconds_all": times[f"extend {k}"],
+                "head_seconds_all": times[f"head {k}"],
+            }
+        )
+        print(
+            f"batch {batch} k {k}: extend {extend[k] * 1e3:.1f} ms (x{records[-1]['ratio_to_1']:.2f}), "
+            f"head {head[k] * 1e3:.1f} ms",
+            flush=True,
+        )
     return records
 
 
@@ -129,19 +143,32 @@ def markdown(report: dict[str, Any]) -> str:
     config, loads = report["config"], loads_of(all_checks(report))
     loaded = max(loads) > report["machine"]["cpu_count"]
     lines = [
-        "# Verify-call benchmark: extend(k) against extend(1), SmolLM2-135M", "", header_markdown(report), "",
-        *([f"**Loaded run**: the 1-minute load reached {max(loads):.1f} on {report['machine']['cpu_count']} CPUs; "
-           "compute-bound costs (k > 1) are overstated against an idle run.", ""] if loaded else []),
+        "# Verify-call benchmark: extend(k) against extend(1), SmolLM2-135M",
+        "",
+        header_markdown(report),
+        "",
+        *(
+            [
+                f"**Loaded run**: the 1-minute load reached {max(loads):.1f} on {report['machine']['cpu_count']} CPUs; "
+                "compute-bound costs (k > 1) are overstated against an idle run.",
+                "",
+            ]
+            if loaded
+            else []
+        ),
         f"Model {report['model']}. Each row holds {config['committed']} committed tokens of a {config['slots']}-slot "
         f"cache; one `extend` of k tokens per row (cache donated, rolled back after each call), every k compiled "
         f"first and called in turn, {config['repeats']} rounds: median ms, and x extend(1) the median over rounds "
         f"of extend(k) / extend(1) within a round. Head: `logits_from_hidden` on [b, k, emb_dim] in the same "
-        f"rounds. Asked for: extend(gamma + 1) <= {TARGET_RATIO}x extend(1) at batch 1 for gamma <= 7.", "",
+        f"rounds. Asked for: extend(gamma + 1) <= {TARGET_RATIO}x extend(1) at batch 1 for gamma <= 7.",
+        "",
         "| batch | k | extend ms | x extend(1) | head ms | head share | head share of the increase |",
         "|---|---|---|---|---|---|---|",
-        *[f"| {r['batch']} | {r['k']} | {r['extend_seconds'] * 1e3:.1f} | {r['ratio_to_1']:.2f} | "
-          f"{r['head_seconds'] * 1e3:.1f} | {_share(r['head_share'])} | {_share(r['head_share_of_increase'])} |"
-          for r in report["results"]],
+        *[
+            f"| {r['batch']} | {r['k']} | {r['extend_seconds'] * 1e3:.1f} | {r['ratio_to_1']:.2f} | "
+            f"{r['head_seconds'] * 1e3:.1f} | {_share(r['head_share'])} | {_share(r['head_share_of_increase'])} |"
+            for r in report["results"]
+        ],
         "",
     ]
     return "\n".join(lines)

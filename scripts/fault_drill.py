@@ -115,12 +115,12 @@ FAULTS = {
     "corrupt": "newest step's state corrupted; moved to corrupt/, resumed from the step before, saved again",
     "sigterm": "SIGTERM once a save has begun: that save finishes, exit status 75, the next attempt resumes there",
     "truncated_iterator": "newest step's input-iterator state truncated: resumed there with one warning, "
-                          "batches replayed",
+    "batches replayed",
     "failed_save": "checkpoints/ read-only: exit 1 with one stderr line, the steps on disk untouched",
     "sweep_failure": "sweep point with an infinite learning rate: recorded as failed, the others finish; a rerun "
-                     "retries it alone and leaves the finished points untouched",
+    "retries it alone and leaves the finished points untouched",
     "interrupted_convert": "`littlehelp convert` SIGKILLed mid-write: the destination holds nothing or a complete "
-                           "folder; converting again succeeds",
+    "folder; converting again succeeds",
 }
 SWEEP_AXIS = "optimizers.inverse_sqrt_schedule.peak_learning_rate=[1e999, 0.01]"
 SWEEP_STEPS = 2
@@ -128,10 +128,17 @@ SWEEP_STEPS = 2
 
 def train_command(model_dir: Path, steps: int, save_interval: int, max_to_keep: int) -> list[str]:
     """The `littlehelp train` command line of one run folder (every attempt runs exactly this)."""
-    return [sys.executable, "-m", "littlehelp.main", "train", *TINY_RUN,
-            f"--gin.checkpoints.CheckpointConfig.save_interval_steps={save_interval}",
-            f"--gin.checkpoints.CheckpointConfig.max_to_keep={max_to_keep}",
-            f"--gin.MODEL_DIR={model_dir}", f"--gin.TRAIN_STEPS={steps}"]
+    return [
+        sys.executable,
+        "-m",
+        "littlehelp.main",
+        "train",
+        *TINY_RUN,
+        f"--gin.checkpoints.CheckpointConfig.save_interval_steps={save_interval}",
+        f"--gin.checkpoints.CheckpointConfig.max_to_keep={max_to_keep}",
+        f"--gin.MODEL_DIR={model_dir}",
+        f"--gin.TRAIN_STEPS={steps}",
+    ]
 
 
 class Attempt:
@@ -140,13 +147,16 @@ class Attempt:
     def __init__(self, command: Sequence[str], log_path: Path):
         self.log_path = log_path
         self.started = time.monotonic()
-        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, bufsize=1)
+        self.process = subprocess.Popen(
+            command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+        )
         self.lines: list[tuple[str, str]] = []  # (stream, line), in arrival order
         self._queue: queue.Queue[str | None] = queue.Queue()  # None: one stream has ended
         self._open = 2
-        self._readers = [threading.Thread(target=self._read, args=(stream, name), daemon=True)
-                         for stream, name in ((self.process.stdout, "stdout"), (self.process.stderr, "stderr"))]
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, name), daemon=True)
+            for stream, name in ((self.process.stdout, "stdout"), (self.process.stderr, "stderr"))
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -279,8 +289,11 @@ def tmp_folders(directory: Path, since: float) -> list[str]:
 
 def snapshot(directory: Path) -> dict[str, str]:
     """SHA-256 of every file under `directory`, by relative path."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def truncate_largest(folder: Path, root: Path) -> str:
@@ -307,6 +320,7 @@ class MountRefused(RuntimeError):
 @contextlib.contextmanager
 def read_only_mount(directory: Path) -> Iterator[None]:
     """Bind-mounts `directory` read-only onto itself for the block (needs root); raises MountRefused."""
+
     def mount(*args: str) -> None:
         """Runs `mount ARGS DIRECTORY`."""
         done = subprocess.run(["mount", *args, str(directory)], capture_output=True, text=True)
@@ -382,9 +396,16 @@ class Drill:
     def _record(self, label: str, attempt: Attempt, code: int | None, seconds: float) -> None:
         """Adds one finished attempt to the report's list."""
         resumed = RESUME_LINE.search(attempt.text)
-        self.attempts.append({"attempt": label, "exit_status": code, "seconds": round(seconds, 1),
-                              "resumed_from": int(resumed.group(1)) if resumed else None,
-                              "took_over_lock": TAKEOVER in attempt.text, "log": str(attempt.log_path)})
+        self.attempts.append(
+            {
+                "attempt": label,
+                "exit_status": code,
+                "seconds": round(seconds, 1),
+                "resumed_from": int(resumed.group(1)) if resumed else None,
+                "took_over_lock": TAKEOVER in attempt.text,
+                "log": str(attempt.log_path),
+            }
+        )
 
     @staticmethod
     def _lock_problems(attempt: Attempt, expect: Expectation) -> list[str]:
@@ -439,9 +460,12 @@ class Drill:
         self._record("kill", attempt, code, seconds)
         hit = phase_hit(attempt.text, committed_steps(self.checkpoints))
         left = tmp_folders(self.checkpoints, launched)
-        outcome = Outcome("kill", f"[{hit}] SIGKILL {fired} (aimed at {plan.describe()}, attempt from step "
-                          f"{expect.resume_step}); " + (f"unfinished save left: {', '.join(left)}" if left
-                                                       else "no save in flight"), planned_phase=plan.phase)
+        outcome = Outcome(
+            "kill",
+            f"[{hit}] SIGKILL {fired} (aimed at {plan.describe()}, attempt from step "
+            f"{expect.resume_step}); " + (f"unfinished save left: {', '.join(left)}" if left else "no save in flight"),
+            planned_phase=plan.phase,
+        )
         if fired is None or code != -signal.SIGKILL:
             outcome.problems.append(f"not killed: the attempt ended by itself with exit status {code}")
         else:
@@ -517,8 +541,11 @@ class Drill:
             self._check_corruption(attempt, corrupted, expect.resume_step, first_save)
         self._record("sigterm", attempt, code, seconds)
         saved = SIGTERM_SAVE_LINE.search(attempt.text)
-        outcome = Outcome("sigterm", f"SIGTERM after the save of step {first_save} began; exit status {code} "
-                          f"{stopped_after:.1f} s later" + (f", saved step {saved.group(1)}" if saved else ""))
+        outcome = Outcome(
+            "sigterm",
+            f"SIGTERM after the save of step {first_save} began; exit status {code} "
+            f"{stopped_after:.1f} s later" + (f", saved step {saved.group(1)}" if saved else ""),
+        )
         if first is None:
             outcome.detail = f"no SIGTERM sent: the attempt ended (exit status {code}) before its first save"
             outcome.problems.append("the attempt ended before its first save")
@@ -532,8 +559,11 @@ class Drill:
         """The corrupted `step` was moved to corrupt/<step>-<time>/, the `older` step restored instead,
         and `step` recomputed and saved again (its first save)."""
         record = self.corrupted[-1]
-        moved = re.search(rf"Moved checkpoint {re.escape(str(self.checkpoints))}/{step}, which cannot be restored, "
-                          rf"to (\S+/{checkpoints.CORRUPT_FOLDER}/{step}-[\w.-]+);", attempt.text)
+        moved = re.search(
+            rf"Moved checkpoint {re.escape(str(self.checkpoints))}/{step}, which cannot be restored, "
+            rf"to (\S+/{checkpoints.CORRUPT_FOLDER}/{step}-[\w.-]+);",
+            attempt.text,
+        )
         outcome = Outcome("corrupt", f"{record['how']}")
         if moved is None:
             outcome.problems.append("no 'Moved checkpoint ... to .../corrupt/...' log line")
@@ -560,13 +590,17 @@ class Drill:
         self._settle(attempt, expect)
         self._record("failed_save", attempt, code, seconds)
         errors_lines = [line for line in attempt.stderr() if line.startswith(SAVE_ERROR)]
-        outcome = Outcome("failed_save", f"checkpoints/ read-only: exit status {code} after {seconds:.1f} s"
-                          + (f": {errors_lines[0]}" if errors_lines else ""))
+        outcome = Outcome(
+            "failed_save",
+            f"checkpoints/ read-only: exit status {code} after {seconds:.1f} s"
+            + (f": {errors_lines[0]}" if errors_lines else ""),
+        )
         if code in (0, None) or seconds > self.args.failed_save_limit:
             outcome.problems.append(f"expected a non-zero exit within {self.args.failed_save_limit} s")
         if len(errors_lines) != 1 or str(self.checkpoints) not in errors_lines[0]:
-            outcome.problems.append(f"expected one stderr line '{SAVE_ERROR} ...' naming {self.checkpoints}, "
-                                    f"got {len(errors_lines)}")
+            outcome.problems.append(
+                f"expected one stderr line '{SAVE_ERROR} ...' naming {self.checkpoints}, got {len(errors_lines)}"
+            )
         if snapshot(self.checkpoints) != before:
             outcome.problems.append("the files on disk changed")
         self._aftermath = outcome
@@ -614,8 +648,11 @@ class Drill:
 
     def run(self, plan: Sequence[KillPlan | str]) -> list[str]:
         """Injects the faults of `plan` in order, then runs to the end; returns the final attempt's problems."""
-        specials = {"corrupt_then_sigterm": self.corrupt_then_sigterm, "truncated_iterator": self.truncated_iterator,
-                    "failed_save": self.failed_save}
+        specials = {
+            "corrupt_then_sigterm": self.corrupt_then_sigterm,
+            "truncated_iterator": self.truncated_iterator,
+            "failed_save": self.failed_save,
+        }
         for fault in plan:
             if isinstance(fault, KillPlan):
                 self.kill(fault)
@@ -633,8 +670,16 @@ class Drill:
         """A sweep whose first point diverges, run twice: see `sweep_problems`; the rerun must retry that
         point alone, fail the same way, and leave the finished points' files as they were."""
         folder = self.work_dir / "sweep"
-        command = [sys.executable, "-m", "littlehelp.main", "sweep", "--gin_file=runs/smoke.gin",
-                   f"--sweep={SWEEP_AXIS}", f"--gin.MODEL_DIR={folder}", f"--gin.TRAIN_STEPS={SWEEP_STEPS}"]
+        command = [
+            sys.executable,
+            "-m",
+            "littlehelp.main",
+            "sweep",
+            "--gin_file=runs/smoke.gin",
+            f"--sweep={SWEEP_AXIS}",
+            f"--gin.MODEL_DIR={folder}",
+            f"--gin.TRAIN_STEPS={SWEEP_STEPS}",
+        ]
         first = self._finished(command, "sweep")
         points, problems = sweep_problems(folder, first)
         failed = {p["folder"]: p["error"] for p in points if p["status"] == "failed"}
@@ -642,11 +687,14 @@ class Drill:
         before = {name: snapshot(folder / name) for name in finished}
         again = self._finished(command, "sweep-again")
         points_again, problems_again = sweep_problems(folder, again)
-        outcome = Outcome("sweep_failure", f"`littlehelp sweep --sweep='{SWEEP_AXIS}'`, {SWEEP_STEPS} steps a point: "
-                          f"exit status {first.process.returncode}; failed: "
-                          + "; ".join(f"{name} ({error})" for name, error in failed.items())
-                          + f"; finished: {', '.join(finished)}; rerun: exit status {again.process.returncode}",
-                          [f"first run: {p}" for p in problems] + [f"rerun: {p}" for p in problems_again])
+        outcome = Outcome(
+            "sweep_failure",
+            f"`littlehelp sweep --sweep='{SWEEP_AXIS}'`, {SWEEP_STEPS} steps a point: "
+            f"exit status {first.process.returncode}; failed: "
+            + "; ".join(f"{name} ({error})" for name, error in failed.items())
+            + f"; finished: {', '.join(finished)}; rerun: exit status {again.process.returncode}",
+            [f"first run: {p}" for p in problems] + [f"rerun: {p}" for p in problems_again],
+        )
         if {p["folder"]: p["error"] for p in points_again if p["status"] == "failed"} != failed:
             outcome.problems.append("the rerun's failed points or reasons differ from the first run's")
         for name in finished:
@@ -670,8 +718,10 @@ class Drill:
         if staging is not None:
             attempt.send(signal.SIGKILL)
         code, _ = attempt.finish(self.args.run_timeout)
-        outcome = Outcome("interrupted_convert", f"SIGKILL once {staging.name if staging else 'a staging folder'} "
-                          f"held a file (exit status {code})")
+        outcome = Outcome(
+            "interrupted_convert",
+            f"SIGKILL once {staging.name if staging else 'a staging folder'} held a file (exit status {code})",
+        )
         if staging is None or code != -signal.SIGKILL:
             outcome.problems.append(f"not killed mid-write: the convert ended by itself with exit status {code}")
         if not destination.exists() or not any(destination.iterdir()):
@@ -708,8 +758,9 @@ def sweep_problems(folder: Path, run: Attempt) -> tuple[list[dict], list[str]]:
         diverges = "1e999" in point["folder"]
         if point["status"] != ("failed" if diverges else "finished"):
             problems.append(f"{point['folder']}: status {point['status']}")
-        elif diverges and (not point["error"] or "\n" in point["error"]
-                           or f"failed: {point['error']}".replace("|", "\\|") not in table):
+        elif diverges and (
+            not point["error"] or "\n" in point["error"] or f"failed: {point['error']}".replace("|", "\\|") not in table
+        ):
             problems.append(f"{point['folder']}: reason {point['error']!r} is not one line shown in sweep.md")
     return points, problems
 
@@ -761,7 +812,9 @@ def arrays_by_path(step_dir: Path) -> dict[str, np.ndarray]:
 def compare_arrays(left_dir: Path, right_dir: Path) -> tuple[int, list[str]]:
     """(arrays compared, mismatches) between two step folders: same tree paths, dtypes, shapes and bytes."""
     left, right = arrays_by_path(left_dir), arrays_by_path(right_dir)
-    mismatches = [f"{name}: only in {left_dir if name in left else right_dir}" for name in sorted(left.keys() ^ right.keys())]
+    mismatches = [
+        f"{name}: only in {left_dir if name in left else right_dir}" for name in sorted(left.keys() ^ right.keys())
+    ]
     for name in sorted(left.keys() & right.keys()):
         a, b = left[name], right[name]
         if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
@@ -773,8 +826,11 @@ def metrics_problems(path: Path, steps: int) -> list[str]:
     """Train steps of metrics.jsonl that are missing, repeated or beyond `steps` (each must appear once)."""
     seen = [r["step"] for r in read_jsonl(path) if any(k.startswith("train/") for k in r)]
     counts = {step: seen.count(step) for step in set(seen) | set(range(1, steps + 1))}
-    return [f"train step {step} appears {n} times in metrics.jsonl" for step, n in sorted(counts.items())
-            if n != (1 if 1 <= step <= steps else 0)]
+    return [
+        f"train step {step} appears {n} times in metrics.jsonl"
+        for step, n in sorted(counts.items())
+        if n != (1 if 1 <= step <= steps else 0)
+    ]
 
 
 def deleted_problems(corrupted: Sequence[dict]) -> list[str]:
@@ -799,23 +855,32 @@ def finite_check_cost(step_dir: Path, metrics_path: Path, save_interval: int, re
         start = time.perf_counter()
         trainer.nonfinite_arrays(state)
         seconds.append(time.perf_counter() - start)
-    step_seconds = statistics.median(1 / r["train/steps_per_second"] for r in read_jsonl(metrics_path)
-                                     if "train/steps_per_second" in r)
+    step_seconds = statistics.median(
+        1 / r["train/steps_per_second"] for r in read_jsonl(metrics_path) if "train/steps_per_second" in r
+    )
     check = statistics.median(seconds)
-    return {"check_seconds": check, "median_step_seconds": step_seconds, "check_over_step": check / step_seconds,
-            "check_over_step_per_save_interval": check / (step_seconds * save_interval),
-            "arrays": len(jax.tree.leaves(state)), "nonfinite_arrays": len(bad), "repeats": repeats}
+    return {
+        "check_seconds": check,
+        "median_step_seconds": step_seconds,
+        "check_over_step": check / step_seconds,
+        "check_over_step_per_save_interval": check / (step_seconds * save_interval),
+        "arrays": len(jax.tree.leaves(state)),
+        "nonfinite_arrays": len(bad),
+        "repeats": repeats,
+    }
 
 
 def code_version() -> str:
     """The commit the trainer ran from, and whether littlehelp/ or gin/ had uncommitted changes."""
+
     def git(*args: str) -> str:
         """Runs `git ARGS` in the repository; its output, empty on failure."""
         return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + (" with uncommitted changes in littlehelp/ or gin/" if git("status", "--porcelain", "littlehelp", "gin")
-                     else "")
+    return commit + (
+        " with uncommitted changes in littlehelp/ or gin/" if git("status", "--porcelain", "littlehelp", "gin") else ""
+    )
 
 
 def load_average() -> str:
@@ -831,18 +896,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=60, help="TRAIN_STEPS of the run")
     parser.add_argument("--save_interval", type=int, default=5, help="save_interval_steps")
     parser.add_argument("--max_to_keep", type=int, default=3)
-    parser.add_argument("--failed_save_limit", type=float, default=60.0,
-                        help="seconds (start-up included) within which a failed save must exit")
+    parser.add_argument(
+        "--failed_save_limit",
+        type=float,
+        default=60.0,
+        help="seconds (start-up included) within which a failed save must exit",
+    )
     parser.add_argument("--run_timeout", type=float, default=600.0, help="seconds before an attempt is given up")
     parser.add_argument("--finite_repeats", type=int, default=20, help="timings of the finite-state check")
-    parser.add_argument("--work_dir", type=Path, default=None,
-                        help="where the run folders and logs go (default: a new folder in the temp dir)")
-    parser.add_argument("--out_dir", type=Path, default=REPO / "results",
-                        help="where fault_drill.json and fault_drill.md go")
+    parser.add_argument(
+        "--work_dir",
+        type=Path,
+        default=None,
+        help="where the run folders and logs go (default: a new folder in the temp dir)",
+    )
+    parser.add_argument(
+        "--out_dir", type=Path, default=REPO / "results", help="where fault_drill.json and fault_drill.md go"
+    )
     args = parser.parse_args(argv)
     if args.kills < len(PHASES) or args.save_interval < 1 or args.steps < 4 * args.save_interval:
-        parser.error(f"need --kills >= {len(PHASES)} (one per phase), --save_interval >= 1 and "
-                     "--steps >= 4 * --save_interval")
+        parser.error(
+            f"need --kills >= {len(PHASES)} (one per phase), --save_interval >= 1 and --steps >= 4 * --save_interval"
+        )
     return args
 
 
@@ -856,8 +931,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"fault drill in {work_dir} ({load_start})", flush=True)
     drill = Drill(args, work_dir)
     straight_dir = work_dir / "straight"
-    straight = Attempt(train_command(straight_dir, args.steps, args.save_interval, args.max_to_keep),
-                       drill.logs / "straight.log")
+    straight = Attempt(
+        train_command(straight_dir, args.steps, args.save_interval, args.max_to_keep), drill.logs / "straight.log"
+    )
     code, seconds = straight.finish(args.run_timeout)
     if code != 0:
         raise SystemExit(f"fault_drill: the uninterrupted run failed with status {code}; see {straight.log_path}")
@@ -868,27 +944,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     final_dir = drill.checkpoints / str(args.steps)
     if final_dir.is_dir():
         compared, mismatches = compare_arrays(final_dir, straight_dir / "checkpoints" / str(args.steps))
-        finite = finite_check_cost(final_dir, drill.model_dir / "metrics.jsonl", args.save_interval,
-                                   args.finite_repeats)
+        finite = finite_check_cost(
+            final_dir, drill.model_dir / "metrics.jsonl", args.save_interval, args.finite_repeats
+        )
     else:
         compared, mismatches, finite = 0, [f"the drill's final step {args.steps} is not on disk"], None
     drill.sweep_failure()
     drill.interrupted_convert()
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "python scripts/fault_drill.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "config": {k: v for k, v in vars(args).items() if k not in ("work_dir", "out_dir")},
-        "code": code_version(), "train_command": shlex.join(drill.command), "work_dir": str(work_dir),
+        "code": code_version(),
+        "train_command": shlex.join(drill.command),
+        "work_dir": str(work_dir),
         "plan": [f.describe() if isinstance(f, KillPlan) else f for f in plan],
         "faults": [dataclasses.asdict(o) | {"survived": o.survived, "line": o.line()} for o in drill.outcomes],
         "attempts": drill.attempts,
         "lock_takeovers": sum(a["took_over_lock"] for a in drill.attempts),
-        "arrays_compared": compared, "mismatches": mismatches,
+        "arrays_compared": compared,
+        "mismatches": mismatches,
         "metrics_problems": metrics_problems(drill.model_dir / "metrics.jsonl", args.steps),
-        "deleted_problems": deleted_problems(drill.corrupted), "final_problems": final_problems,
-        "corrupted": [{k: v for k, v in c.items() if k != "files"} | {"files": len(c["files"])} for c in drill.corrupted],
+        "deleted_problems": deleted_problems(drill.corrupted),
+        "final_problems": final_problems,
+        "corrupted": [
+            {k: v for k, v in c.items() if k != "files"} | {"files": len(c["files"])} for c in drill.corrupted
+        ],
         "finite_check": finite,
-        "uptime_start": load_start, "uptime_end": load_average(),
+        "uptime_start": load_start,
+        "uptime_end": load_average(),
         "total_seconds": round(time.monotonic() - started, 1),
     }
     report["kill_phases"] = phase_counts(report["faults"])
@@ -903,9 +987,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def target_met(report: dict) -> bool:
     """Every injected fault survived, kills hit every phase, 0 mismatches, nothing deleted, each step once,
     a clean final run."""
-    return (all(f["survived"] for f in report["faults"] if not f["skipped"])
-            and all(c["hit"] for c in report["kill_phases"].values()) and not report["mismatches"]
-            and not report["deleted_problems"] and not report["metrics_problems"] and not report["final_problems"])
+    return (
+        all(f["survived"] for f in report["faults"] if not f["skipped"])
+        and all(c["hit"] for c in report["kill_phases"].values())
+        and not report["mismatches"]
+        and not report["deleted_problems"]
+        and not report["metrics_problems"]
+        and not report["final_problems"]
+    )
 
 
 def phase_counts(faults: Sequence[dict]) -> dict[str, dict[str, int]]:
@@ -934,11 +1023,13 @@ def finite_line(cost: dict | None) -> str:
     """The finite-state check's cost, in words."""
     if cost is None:
         return "Finite-state check: not measured (no final step)."
-    return (f"Finite-state check before each save (`trainer.nonfinite_arrays` on the final state, {cost['arrays']} "
-            f"arrays, median of {cost['repeats']}): {cost['check_seconds'] * 1e3:.2f} ms against a median step of "
-            f"{cost['median_step_seconds'] * 1e3:.1f} ms (metrics.jsonl): {cost['check_over_step']:.1%} of a step, "
-            f"{cost['check_over_step_per_save_interval']:.2%} of the steps between two saves. Non-finite arrays: "
-            f"{cost['nonfinite_arrays']}.")
+    return (
+        f"Finite-state check before each save (`trainer.nonfinite_arrays` on the final state, {cost['arrays']} "
+        f"arrays, median of {cost['repeats']}): {cost['check_seconds'] * 1e3:.2f} ms against a median step of "
+        f"{cost['median_step_seconds'] * 1e3:.1f} ms (metrics.jsonl): {cost['check_over_step']:.1%} of a step, "
+        f"{cost['check_over_step_per_save_interval']:.2%} of the steps between two saves. Non-finite arrays: "
+        f"{cost['nonfinite_arrays']}."
+    )
 
 
 def markdown(report: dict) -> str:
@@ -953,28 +1044,43 @@ def markdown(report: dict) -> str:
         f"{report['date']}, code {report['code']}. Command: `{report['command'].strip()}`. "
         f"Total {report['total_seconds']:.0f} s.\n",
         f"Load at start: `{report['uptime_start']}`; at end: `{report['uptime_end']}`.\n",
-        f"Config: tiny T5 on the in-memory docstrings task (gin/runs/smoke.gin), {config['steps']} steps, async saves every "
+        f"Config: tiny T5 on the in-memory docstrings task (gin/runs/smoke.gin), {config['steps']} steps, "
+        "async saves every "
         f"{config['save_interval']} steps, keep {config['max_to_keep']}, seed {config['seed']}. Every attempt runs:\n",
         f"    {report['train_command']}\n",
         f"Plan (in order): {', '.join(report['plan'])}; then the final attempt, the sweep and the convert.\n",
         f"**Target** (every fault survived, kills in all {len(PHASES)} phases, 0 mismatches, nothing deleted): "
         f"**{'met' if report['target_met'] else 'MISSED'}**. {survived} of {injected} faults survived"
-        + (f", {len(skipped)} skipped" if skipped else "") + f"; {len(report['mismatches'])} mismatches in "
+        + (f", {len(skipped)} skipped" if skipped else "")
+        + f"; {len(report['mismatches'])} mismatches in "
         f"{report['arrays_compared']} arrays of step {config['steps']} compared bitwise with an uninterrupted "
         f"run; {len(report['deleted_problems'])} deletions; {report['lock_takeovers']} stale-lock takeovers.\n",
-        "| fault | injected | survived | skipped | what |", "|---|---|---|---|---|",
-        *(f"| {kind} | {c['injected']} | {c['survived']} | {c['skipped']} | {FAULTS[kind]} |"
-          for kind, c in counts.items()),
-        "", "Kills by phase (the phase hit is read from the killed attempt's log and the steps on disk):", "",
-        "| phase | planned | hit | survived |", "|---|---|---|---|",
+        "| fault | injected | survived | skipped | what |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {kind} | {c['injected']} | {c['survived']} | {c['skipped']} | {FAULTS[kind]} |"
+            for kind, c in counts.items()
+        ),
+        "",
+        "Kills by phase (the phase hit is read from the killed attempt's log and the steps on disk):",
+        "",
+        "| phase | planned | hit | survived |",
+        "|---|---|---|---|",
         *(f"| {phase} | {c['planned']} | {c['hit']} | {c['survived']} |" for phase, c in phases.items()),
-        "", "Per fault:", "", *(f"{i}. {f['line']}" for i, f in enumerate(report["faults"], 1)), "",
+        "",
+        "Per fault:",
+        "",
+        *(f"{i}. {f['line']}" for i, f in enumerate(report["faults"], 1)),
+        "",
         f"Other checks: metrics.jsonl has each train step 1..{config['steps']} exactly once: "
         f"{'yes' if not report['metrics_problems'] else 'NO'}; final attempt exited 0: "
         f"{'yes' if not report['final_problems'] else 'NO'}."
-        + ("".join(f"\n- {p}" for p in problems) if problems else ""), "",
-        finite_line(report["finite_check"]), "",
-        f"Run folders and per-attempt logs: {report['work_dir']} (not kept in the repository).", "",
+        + ("".join(f"\n- {p}" for p in problems) if problems else ""),
+        "",
+        finite_line(report["finite_check"]),
+        "",
+        f"Run folders and per-attempt logs: {report['work_dir']} (not kept in the repository).",
+        "",
     ]
     return "\n".join(lines)
 

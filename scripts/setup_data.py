@@ -21,9 +21,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from littlehelp.data import corpus, pretrained, vocab  # noqa: E402
+from littlehelp.data import corpus, pretrained, vocab
 
 
 def unigram_entropy(counts: Counter) -> float:
@@ -49,11 +49,16 @@ def describe(model_path: Path, root: Path | None = None) -> dict:
     for split in corpus.SPLITS:
         documents = corpus.shakespeare_documents(split, root)
         counts[split] = Counter(token for ids in tokenizer.encode(list(documents)) for token in ids)
-        stats[split] = {"works": len(manifest["splits"][split]), "documents": len(documents),
-                        "characters": sum(map(len, documents)), "tokens": sum(counts[split].values())}
+        stats[split] = {
+            "works": len(manifest["splits"][split]),
+            "documents": len(documents),
+            "characters": sum(map(len, documents)),
+            "tokens": sum(counts[split].values()),
+        }
     stats["train_unigram_entropy_nats"] = round(unigram_entropy(counts["train"]), 4)
     stats["validation_unigram_cross_entropy_nats"] = round(
-        unigram_cross_entropy(counts["train"], counts["validation"], vocab.VOCAB_PIECES), 4)
+        unigram_cross_entropy(counts["train"], counts["validation"], vocab.VOCAB_PIECES), 4
+    )
     return stats
 
 
@@ -68,15 +73,19 @@ def main() -> None:
         models = {name: pretrained.ensure(name) for name in pretrained.PACKAGES}
     except corpus.CorpusError as error:
         raise SystemExit(f"setup_data: {error}") from None
-    print(f"data cache ready ({time.perf_counter() - start:.1f}s): {model_path.parent}; pretrained models: "
-          + ", ".join(f"{name} {path}" for name, path in models.items()))
+    print(
+        f"data cache ready ({time.perf_counter() - start:.1f}s): {model_path.parent}; pretrained models: "
+        + ", ".join(f"{name} {path}" for name, path in models.items())
+    )
     if not args.stats:
         return
     stats = describe(model_path)
     for split in corpus.SPLITS:
         print(f"  {split}: {stats[split]}")
-    print(f"  unigram entropy (train) {stats['train_unigram_entropy_nats']} nats/token; "
-          f"unigram cross-entropy (validation) {stats['validation_unigram_cross_entropy_nats']} nats/token")
+    print(
+        f"  unigram entropy (train) {stats['train_unigram_entropy_nats']} nats/token; "
+        f"unigram cross-entropy (validation) {stats['validation_unigram_cross_entropy_nats']} nats/token"
+    )
     if args.json:
         args.json.write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
 

@@ -19,11 +19,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
+import gin
 from littlehelp.config import ConfigError
 from littlehelp.data import pretrained
 from littlehelp.data.hf_vocab import TokenizerVocabulary
@@ -74,28 +74,34 @@ def check_disjoint(files: Sequence[tuple[str | Path, Sequence[str]]]) -> None:
     share an example (compared with whitespace collapsed)."""
     keyed = [(path, {example_key(text): text for text in texts}) for path, texts in files]
     for index, (first, first_keys) in enumerate(keyed):
-        for second, second_keys in keyed[index + 1:]:
+        for second, second_keys in keyed[index + 1 :]:
             shared = [text for key, text in first_keys.items() if key in second_keys]
             if shared:
                 example = shared[0] if len(shared[0]) <= 60 else shared[0][:57] + "..."
-                raise ConfigError(f"{first} and {second} share {len(shared)} example(s), e.g. {example!r}: "
-                                  "training, validation and test examples must be disjoint")
+                raise ConfigError(
+                    f"{first} and {second} share {len(shared)} example(s), e.g. {example!r}: "
+                    "training, validation and test examples must be disjoint"
+                )
 
 
 EMBEDDER_IDS = "embedder_ids"  # the source's pre-tokenised "inputs", renamed after seqio tokenizes "targets"
 
 
-def register_examples_task(name: str, splits: Mapping[str, Sequence[str]], lm_vocabulary: seqio.Vocabulary,
-                           embedder: SentenceEmbedder | None) -> str:
+def register_examples_task(
+    name: str, splits: Mapping[str, Sequence[str]], lm_vocabulary: seqio.Vocabulary, embedder: SentenceEmbedder | None
+) -> str:
     """Registers Task `name` (replacing one of that name) over `splits` {split: texts}; returns `name`.
 
     Without an `embedder` the Task has "targets" alone: a decoder LM task (fine-tuning on examples).
     """
+
     def rows(texts: Sequence[str]) -> list[dict[str, Any]]:
         if embedder is None:
             return [{"targets": text} for text in texts]
-        return [{EMBEDDER_IDS: np.asarray(ids, np.int32), "targets": text}
-                for ids, text in zip(embedder.tokenize(texts), texts)]
+        return [
+            {EMBEDDER_IDS: np.asarray(ids, np.int32), "targets": text}
+            for ids, text in zip(embedder.tokenize(texts), texts)
+        ]
 
     stored = {split: rows(texts) for split, texts in splits.items()}
     signature = {"targets": tf.TensorSpec([], tf.string)}
@@ -104,8 +110,9 @@ def register_examples_task(name: str, splits: Mapping[str, Sequence[str]], lm_vo
     if embedder is not None:
         signature[EMBEDDER_IDS] = tf.TensorSpec([None], tf.int32)
         features["inputs"] = seqio.Feature(_embedder_vocabulary(embedder), add_eos=False)
-        preprocessors.insert(1, functools.partial(seqio.preprocessors.rekey,
-                                                  key_map={"inputs": EMBEDDER_IDS, "targets": "targets"}))
+        preprocessors.insert(
+            1, functools.partial(seqio.preprocessors.rekey, key_map={"inputs": EMBEDDER_IDS, "targets": "targets"})
+        )
 
     def dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
         del shuffle_files, seed  # one in-memory shard; seqio shuffles examples
@@ -113,8 +120,12 @@ def register_examples_task(name: str, splits: Mapping[str, Sequence[str]], lm_vo
 
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
-    seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(dataset_fn, splits=list(splits), num_input_examples=None),
-                           preprocessors=preprocessors, output_features=features)
+    seqio.TaskRegistry.add(
+        name,
+        source=seqio.FunctionDataSource(dataset_fn, splits=list(splits), num_input_examples=None),
+        preprocessors=preprocessors,
+        output_features=features,
+    )
     return name
 
 
@@ -124,8 +135,13 @@ def _embedder_vocabulary(embedder: SentenceEmbedder) -> seqio.Vocabulary:
 
 
 @gin.configurable(module="softsrv")
-def examples_task(train_file: str = gin.REQUIRED, eval_file: str = gin.REQUIRED, lm_vocabulary: seqio.Vocabulary = gin.REQUIRED,
-                  embedder: str | None = "minilm_l6", name: str = "softsrv_examples") -> str:
+def examples_task(
+    train_file: str = gin.REQUIRED,
+    eval_file: str = gin.REQUIRED,
+    lm_vocabulary: seqio.Vocabulary = gin.REQUIRED,
+    embedder: str | None = "minilm_l6",
+    name: str = "softsrv_examples",
+) -> str:
     """gin entry point (`TASK = @softsrv.examples_task()`): registers the examples of `train_file` as the
     'train' split and those of `eval_file` as 'validation', tokenised for the LM and for the sentence
     embedder (a pretrained model's name, `littlehelp.data.pretrained`, or an HF folder; None: a plain

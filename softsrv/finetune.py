@@ -46,20 +46,37 @@ def _final_cross_entropy(model_dir: Path) -> float:
     return records[-1]["eval/cross_entropy"]
 
 
-def finetune_nll(train_file: str | Path, eval_file: str | Path, model_dir: str | Path, steps: int,
-                 initial: str | Path | None = None, overrides: list[str] | None = None) -> float:
+def finetune_nll(
+    train_file: str | Path,
+    eval_file: str | Path,
+    model_dir: str | Path,
+    steps: int,
+    initial: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> float:
     """Mean NLL per token on `eval_file` after `steps` steps of fine-tuning on `train_file` into `model_dir`."""
     model_dir = Path(model_dir)
-    result = launch.train(GIN_FILE, [*_bindings(train_file, eval_file, initial),
-                                     f"TRAIN_STEPS={_start_step(initial) + steps}", *_gin_overrides(overrides)], model_dir)
+    result = launch.train(
+        GIN_FILE,
+        [
+            *_bindings(train_file, eval_file, initial),
+            f"TRAIN_STEPS={_start_step(initial) + steps}",
+            *_gin_overrides(overrides),
+        ],
+        model_dir,
+    )
     launch.require_finished(result)
     return _final_cross_entropy(model_dir)
 
 
-def untuned_nll(eval_file: str | Path, model_dir: str | Path, initial: str | Path,
-                overrides: list[str] | None = None) -> float:
+def untuned_nll(
+    eval_file: str | Path, model_dir: str | Path, initial: str | Path, overrides: list[str] | None = None
+) -> float:
     """Mean NLL per token on `eval_file` of the starting model itself (its metrics go to `model_dir`)."""
     model_dir = Path(model_dir)
-    launch.evaluate([GIN_FILE, "runs/eval.gin"], [*_bindings(eval_file, eval_file, initial), "EVAL_BATCHES=1000",
-                                                  *_gin_overrides(overrides)], model_dir)
+    launch.evaluate(
+        [GIN_FILE, "runs/eval.gin"],
+        [*_bindings(eval_file, eval_file, initial), "EVAL_BATCHES=1000", *_gin_overrides(overrides)],
+        model_dir,
+    )
     return _final_cross_entropy(model_dir)

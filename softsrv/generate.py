@@ -43,32 +43,63 @@ def _texts(tokens: np.ndarray, vocabulary: seqio.Vocabulary) -> list[str]:
     return [vocabulary.decode(row.tolist()) for row in tokens]
 
 
-def soft_prompted(objective: SoftPromptObjective, params: Params, contexts: np.ndarray, vocabulary: seqio.Vocabulary,
-                  max_new_tokens: int, sampling: decoding.Sampling, seed: int = 0, batch_size: int = 8) -> list[str]:
+def soft_prompted(
+    objective: SoftPromptObjective,
+    params: Params,
+    contexts: np.ndarray,
+    vocabulary: seqio.Vocabulary,
+    max_new_tokens: int,
+    sampling: decoding.Sampling,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> list[str]:
     """One sample per row of `contexts` [n, d_z], from the LM after P_theta(z) (params: 'prompt' and 'lm')."""
     samples: list[str] = []
     for start in range(0, len(contexts), batch_size):
-        chunk = jnp.asarray(contexts[start:start + batch_size], jnp.float32)
+        chunk = jnp.asarray(contexts[start : start + batch_size], jnp.float32)
         prompt = objective.prompt_embeddings(params, chunk)
         tokens = jnp.full((len(chunk), 1), START_TOKEN, jnp.int32)
-        out = decoding.generate(objective.lm, params[objective.lm_key], tokens, jnp.ones(len(chunk), jnp.int32),
-                                max_new_tokens, jax.random.fold_in(jax.random.key(seed), start), sampling,
-                                eos_id=vocabulary.eos_id, prompt_embeddings=prompt)
+        out = decoding.generate(
+            objective.lm,
+            params[objective.lm_key],
+            tokens,
+            jnp.ones(len(chunk), jnp.int32),
+            max_new_tokens,
+            jax.random.fold_in(jax.random.key(seed), start),
+            sampling,
+            eos_id=vocabulary.eos_id,
+            prompt_embeddings=prompt,
+        )
         samples += _texts(np.asarray(out), vocabulary)
     return samples
 
 
-def hard_prompted(lm: Model, lm_params: Params, prompts: Sequence[str], vocabulary: seqio.Vocabulary,
-                  max_new_tokens: int, sampling: decoding.Sampling, seed: int = 0, batch_size: int = 8) -> list[str]:
+def hard_prompted(
+    lm: Model,
+    lm_params: Params,
+    prompts: Sequence[str],
+    vocabulary: seqio.Vocabulary,
+    max_new_tokens: int,
+    sampling: decoding.Sampling,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> list[str]:
     """One sample per text prompt, from the LM after the start token and the prompt's tokens."""
     samples: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        rows = [[START_TOKEN, *vocabulary.encode(prompt)] for prompt in prompts[start:start + batch_size]]
+        rows = [[START_TOKEN, *vocabulary.encode(prompt)] for prompt in prompts[start : start + batch_size]]
         tokens = np.zeros((len(rows), max(map(len, rows))), np.int32)
         for index, row in enumerate(rows):
-            tokens[index, :len(row)] = row
-        out = decoding.generate(lm, lm_params, jnp.asarray(tokens), jnp.asarray([len(r) for r in rows], jnp.int32),
-                                max_new_tokens, jax.random.fold_in(jax.random.key(seed), start), sampling,
-                                eos_id=vocabulary.eos_id)
+            tokens[index, : len(row)] = row
+        out = decoding.generate(
+            lm,
+            lm_params,
+            jnp.asarray(tokens),
+            jnp.asarray([len(r) for r in rows], jnp.int32),
+            max_new_tokens,
+            jax.random.fold_in(jax.random.key(seed), start),
+            sampling,
+            eos_id=vocabulary.eos_id,
+        )
         samples += _texts(np.asarray(out), vocabulary)
     return samples

@@ -129,13 +129,16 @@ def small_sample_warning(num_real: int, num_synthetic: int) -> str | None:
     """
     if min(num_real, num_synthetic) >= MIN_RELIABLE_SAMPLES:
         return None
-    return (f"MAUVE of {num_synthetic} samples against {num_real} real examples is unreliable: it needs at least "
-            f"{MIN_RELIABLE_SAMPLES} of each (here k-means compares them over "
-            f"{auto_buckets(num_real, num_synthetic)} clusters)")
+    return (
+        f"MAUVE of {num_synthetic} samples against {num_real} real examples is unreliable: it needs at least "
+        f"{MIN_RELIABLE_SAMPLES} of each (here k-means compares them over "
+        f"{auto_buckets(num_real, num_synthetic)} clusters)"
+    )
 
 
-def check_settings(kmeans_num_redo: int, kmeans_max_iter: int, kmeans_explained_var: float,
-                   scaling_factor: float, seed: int) -> None:
+def check_settings(
+    kmeans_num_redo: int, kmeans_max_iter: int, kmeans_explained_var: float, scaling_factor: float, seed: int
+) -> None:
     """MauveInputError naming the first setting out of range."""
     for name, value in (("kmeans_num_redo", kmeans_num_redo), ("kmeans_max_iter", kmeans_max_iter)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -165,9 +168,18 @@ def quiet(verbose: bool) -> Iterator[None]:
         os.close(saved)
 
 
-def mauve_score(p_features: object, q_features: object, *, num_buckets: NumBuckets = "auto",
-                kmeans_num_redo: int = 5, kmeans_max_iter: int = 500, kmeans_explained_var: float = 0.9,
-                scaling_factor: float = 5.0, seed: int = 0, verbose: bool = False) -> MauveScore:
+def mauve_score(
+    p_features: object,
+    q_features: object,
+    *,
+    num_buckets: NumBuckets = "auto",
+    kmeans_num_redo: int = 5,
+    kmeans_max_iter: int = 500,
+    kmeans_explained_var: float = 0.9,
+    scaling_factor: float = 5.0,
+    seed: int = 0,
+    verbose: bool = False,
+) -> MauveScore:
     """MAUVE of feature samples P [n_p, d] (real) and Q [n_q, d] (synthetic); see the module docstring."""
     p, q = checked_features(p_features, "p_features"), checked_features(q_features, "q_features")
     if p.shape[1] != q.shape[1]:
@@ -177,17 +189,34 @@ def mauve_score(p_features: object, q_features: object, *, num_buckets: NumBucke
     import mauve  # GPLv3, the `eval` extra; imports torch and transformers when present (seconds)
 
     with quiet(verbose):
-        out = mauve.compute_mauve(p_features=p, q_features=q, num_buckets=buckets,
-                                  kmeans_num_redo=int(kmeans_num_redo), kmeans_max_iter=int(kmeans_max_iter),
-                                  kmeans_explained_var=kmeans_explained_var, mauve_scaling_factor=scaling_factor,
-                                  seed=int(seed), verbose=verbose)
+        out = mauve.compute_mauve(
+            p_features=p,
+            q_features=q,
+            num_buckets=buckets,
+            kmeans_num_redo=int(kmeans_num_redo),
+            kmeans_max_iter=int(kmeans_max_iter),
+            kmeans_explained_var=kmeans_explained_var,
+            mauve_scaling_factor=scaling_factor,
+            seed=int(seed),
+            verbose=verbose,
+        )
     value = 1.0 if np.array_equal(out.p_hist, out.q_hist) else float(out.mauve)
-    return MauveScore(value, buckets, len(p), len(q), int(seed), int(kmeans_num_redo),
-                      int(kmeans_max_iter), float(kmeans_explained_var), float(scaling_factor))
+    return MauveScore(
+        value,
+        buckets,
+        len(p),
+        len(q),
+        int(seed),
+        int(kmeans_num_redo),
+        int(kmeans_max_iter),
+        float(kmeans_explained_var),
+        float(scaling_factor),
+    )
 
 
-def mauve_over_seeds(p_features: object, q_features: object, seeds: Sequence[int] = (0, 1, 2),
-                     **settings: object) -> dict[str, object]:
+def mauve_over_seeds(
+    p_features: object, q_features: object, seeds: Sequence[int] = (0, 1, 2), **settings: object
+) -> dict[str, object]:
     """MAUVE under each k-means seed: {"seeds", "mauve" (per seed), "mean", "std" (ddof=1), "stderr",
     and the settings of `MauveScore`}; std and stderr are NaN for a single seed."""
     seeds = list(seeds)
@@ -199,8 +228,14 @@ def mauve_over_seeds(p_features: object, q_features: object, seeds: Sequence[int
     values = np.array([score.mauve for score in scores])
     std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
     common = {key: value for key, value in asdict(scores[0]).items() if key not in ("mauve", "seed")}
-    return {"seeds": [score.seed for score in scores], "mauve": values.tolist(), "mean": float(values.mean()),
-            "std": std, "stderr": std / math.sqrt(len(values)), **common}
+    return {
+        "seeds": [score.seed for score in scores],
+        "mauve": values.tolist(),
+        "mean": float(values.mean()),
+        "std": std,
+        "stderr": std / math.sqrt(len(values)),
+        **common,
+    }
 
 
 def text_features(texts: Sequence[str], embedder: Embedder, name: str = "texts") -> np.ndarray:
@@ -219,8 +254,13 @@ def text_features(texts: Sequence[str], embedder: Embedder, name: str = "texts")
     return features
 
 
-def mauve_of_texts(synthetic: Sequence[str], real: Sequence[str], embedder: Embedder,
-                   seeds: Sequence[int] = (0, 1, 2), **settings: object) -> dict[str, object]:
+def mauve_of_texts(
+    synthetic: Sequence[str],
+    real: Sequence[str],
+    embedder: Embedder,
+    seeds: Sequence[int] = (0, 1, 2),
+    **settings: object,
+) -> dict[str, object]:
     """`mauve_over_seeds` of the real texts (P) against the synthetic ones (Q), on `embedder`'s features."""
     p, q = text_features(real, embedder, "real"), text_features(synthetic, embedder, "synthetic")
     return mauve_over_seeds(p, q, seeds, **settings)

@@ -16,10 +16,10 @@ prompt's parameters alone (`prompt_key`).
 from __future__ import annotations
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 
+import gin
 from littlehelp import losses
 from littlehelp.config import ConfigError
 from littlehelp.embed import mean_pooled
@@ -39,12 +39,20 @@ class SoftPromptObjective:
     its embeddings); chunk_size: positions per chunk of the LM head.
     """
 
-    def __init__(self, prompt: nn.Module = gin.REQUIRED, lm: Model = gin.REQUIRED, embedder: Model = gin.REQUIRED,
-                 prompt_key: str = "prompt", lm_key: str = "lm",
-                 embedder_key: str = "embedder", chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+    def __init__(
+        self,
+        prompt: nn.Module = gin.REQUIRED,
+        lm: Model = gin.REQUIRED,
+        embedder: Model = gin.REQUIRED,
+        prompt_key: str = "prompt",
+        lm_key: str = "lm",
+        embedder_key: str = "embedder",
+        chunk_size: int = losses.DEFAULT_CHUNK_SIZE,
+    ):
         if prompt.width != lm.config.emb_dim:
-            raise ConfigError(f"softsrv: the prompt's width {prompt.width} is not the LM's embedding width "
-                              f"{lm.config.emb_dim}")
+            raise ConfigError(
+                f"softsrv: the prompt's width {prompt.width} is not the LM's embedding width {lm.config.emb_dim}"
+            )
         self.prompt, self.lm, self.embedder, self.context_dim = prompt, lm, embedder, embedder.config.emb_dim
         self.prompt_key, self.lm_key, self.embedder_key, self.chunk_size = prompt_key, lm_key, embedder_key, chunk_size
         self.trainable_keys = (prompt_key,)
@@ -57,8 +65,9 @@ class SoftPromptObjective:
     def context(self, params: Params, tokens: Array) -> Array:
         """z [b, the embedder's width]: its mean-pooled, L2-normalised vectors of `tokens` (0: padding)."""
         mask = (tokens != 0).astype(jnp.int32)
-        hidden = self.embedder.hidden_states(params[self.embedder_key],
-                                             {"encoder_input_tokens": tokens, "encoder_segment_ids": mask})
+        hidden = self.embedder.hidden_states(
+            params[self.embedder_key], {"encoder_input_tokens": tokens, "encoder_segment_ids": mask}
+        )
         return jax.lax.stop_gradient(mean_pooled(hidden, mask))
 
     def prompt_embeddings(self, params: Params, context: Array) -> Array:
@@ -76,12 +85,21 @@ class SoftPromptObjective:
         shape = jnp.zeros((tokens.shape[0], inputs.shape[1]), tokens.dtype)  # positions and mask follow its shape
         hidden = self.lm.hidden_states(lm, {"decoder_input_tokens": shape}, input_embeddings=inputs)
         weights = token_weights(batch)
-        nll = losses.chunked_cross_entropy(hidden[:, prompt.shape[1]:], lambda h: self.lm.logits_from_hidden(lm, h),
-                                           batch["decoder_target_tokens"], weights, chunk_size=self.chunk_size)
+        nll = losses.chunked_cross_entropy(
+            hidden[:, prompt.shape[1] :],
+            lambda h: self.lm.logits_from_hidden(lm, h),
+            batch["decoder_target_tokens"],
+            weights,
+            chunk_size=self.chunk_size,
+        )
         sums = losses.token_sums(nll.per_token, weights)
         weight = jnp.maximum(sums.weight, 1.0)
-        return nll.total / weight, {"loss": nll.total / weight, "cross_entropy": sums.cross_entropy / weight,
-                                    "accuracy": sums.correct / weight, "weight": sums.weight}
+        return nll.total / weight, {
+            "loss": nll.total / weight,
+            "cross_entropy": sums.cross_entropy / weight,
+            "accuracy": sums.correct / weight,
+            "weight": sums.weight,
+        }
 
     def train_flops(self, batch: Batch) -> float:
         """The LM's forward over prompt + example and its backward pass for activations (its weights get no
@@ -90,5 +108,8 @@ class SoftPromptObjective:
         size, length = batch["decoder_input_tokens"].shape
         scored = {"decoder_input_tokens": jax.ShapeDtypeStruct((size, length + self.prompt.length), jnp.int32)}
         head = 2.0 * size * length * self.lm.config.emb_dim * self.lm.config.vocab_size
-        return FROZEN_TRAIN_MULTIPLIER * self.lm.forward_flops(scored) + head + self.embedder.forward_flops(
-            {"encoder_input_tokens": batch["encoder_input_tokens"]})
+        return (
+            FROZEN_TRAIN_MULTIPLIER * self.lm.forward_flops(scored)
+            + head
+            + self.embedder.forward_flops({"encoder_input_tokens": batch["encoder_input_tokens"]})
+        )

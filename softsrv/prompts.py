@@ -13,10 +13,11 @@ LM's embedding scale).
 
 from __future__ import annotations
 
-import gin
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+import gin
 
 Array = jax.Array
 
@@ -27,8 +28,12 @@ def _normal(scale: float, axes: tuple[str | None, ...]):
 
 def _dense(features: int, scale: float, axes: tuple[str | None, str | None], name: str) -> nn.Dense:
     """A dense layer whose kernel ([in, out], `axes`) and bias carry logical axes."""
-    return nn.Dense(features, kernel_init=_normal(scale, axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)), name=name)
+    return nn.Dense(
+        features,
+        kernel_init=_normal(scale, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+        name=name,
+    )
 
 
 @gin.configurable(module="softsrv")
@@ -56,8 +61,9 @@ class MixturePrompt(nn.Module):
 
     @nn.compact
     def __call__(self, context: Array) -> Array:
-        prompts = self.param("prompts", _normal(self.init_scale, (None, None, "embed")),
-                             (self.num_prompts, self.length, self.width))
+        prompts = self.param(
+            "prompts", _normal(self.init_scale, (None, None, "embed")), (self.num_prompts, self.length, self.width)
+        )
         gate = _dense(self.num_prompts, 0.02, (None, None), "gate")
         weights = jax.nn.softmax(gate(context.astype(jnp.float32)), axis=-1)
         return jnp.einsum("bk,kmw->bmw", weights, prompts)
@@ -75,7 +81,9 @@ class MLPPrompt(nn.Module):
     @nn.compact
     def __call__(self, context: Array) -> Array:
         hidden = nn.gelu(_dense(self.hidden, 0.02, (None, "mlp"), "hidden")(context.astype(jnp.float32)))
-        out = _dense(self.length * self.width, self.init_scale / max(self.hidden, 1) ** 0.5, ("mlp", None), "out")(hidden)
+        out = _dense(self.length * self.width, self.init_scale / max(self.hidden, 1) ** 0.5, ("mlp", None), "out")(
+            hidden
+        )
         return out.reshape(context.shape[0], self.length, self.width)
 
 

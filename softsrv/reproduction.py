@@ -53,19 +53,21 @@ from littlehelp.study import Arm, ArmContext, Claim, Curve, Metric, Study, train
 DOMAINS, SPLITS = ("code", "shakespeare", "humaneval"), ("train", "validation", "test")
 SOFT_METHODS = {"mlp": "SS_MLP"}
 # A hard-prompt arm: (its label, the sampling method, whether its instruction is the domain's).
-HARD_PROMPTS = {"zero_shot": ("zero-shot (generic instruction)", "zero_shot", False),
-                "domain_prompt": ("zero-shot (domain instruction)", "zero_shot", True),
-                "few_shot": ("few-shot (domain instruction, 3 examples)", "few_shot", True)}
+HARD_PROMPTS = {
+    "zero_shot": ("zero-shot (generic instruction)", "zero_shot", False),
+    "domain_prompt": ("zero-shot (domain instruction)", "zero_shot", True),
+    "few_shot": ("few-shot (domain instruction, 3 examples)", "few_shot", True),
+}
 METHODS = {**SOFT_METHODS, **{arm: label for arm, (label, _, _) in HARD_PROMPTS.items()}}
 # The hard prompt written for each domain, fixed before any run (the few-shot prompts open with it too).
 INSTRUCTIONS = {
     "code": "Write a Python function as it could appear in a module of the Python standard library: "
-            "its signature, a docstring where useful, and its body.",
+    "its signature, a docstring where useful, and its body.",
     "shakespeare": "Write a speech from a play by William Shakespeare, in his early modern English, "
-                   "verse or prose, as one character speaks it.",
+    "verse or prose, as one character speaks it.",
     "humaneval": "Write the prompt of a Python programming exercise: any imports, the signature of one "
-                 "function and a docstring that states the task, with examples of calls and their results, "
-                 "and no body.",
+    "function and a docstring that states the task, with examples of calls and their results, "
+    "and no body.",
 }
 MAUVE_SEEDS, SHOTS, TEMPERATURE = (0, 1, 2), 3, 1.0
 LOSS_WINDOW = 10  # steps the plotted prompt-training loss averages
@@ -83,7 +85,7 @@ def code_functions(sources: Sequence[str]) -> list[str]:
             continue
         for node in nodes:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno:
-                text = textwrap.dedent("\n".join(lines[node.lineno - 1:node.end_lineno]))
+                text = textwrap.dedent("\n".join(lines[node.lineno - 1 : node.end_lineno]))
                 if 120 <= len(text) <= 600:
                     functions.append(text)
     return functions
@@ -100,7 +102,7 @@ def held_out_split(held_out: Sequence[str], split: str) -> list[str]:
     from softsrv.data import example_key  # pylint: disable=import-outside-toplevel
 
     unique = list({example_key(text): text for text in held_out}.values())
-    return unique[SPLITS.index(split) - 1::2]
+    return unique[SPLITS.index(split) - 1 :: 2]
 
 
 def code_split(split: str) -> list[str]:
@@ -153,10 +155,10 @@ def write_data(context: ArmContext) -> dict[str, Any]:
         rng, drawn, chosen = np.random.default_rng(0), set(), {}
         for split in SPLITS:  # held-out examples that are also drawn training examples are left out
             texts = [t for t in domain_texts(domain, split) if example_key(t) not in drawn]
-            chosen[split] = [texts[i] for i in rng.permutation(len(texts))[:s[f"{split}_examples"]]]
+            chosen[split] = [texts[i] for i in rng.permutation(len(texts))[: s[f"{split}_examples"]]]
             drawn |= {example_key(t) for t in chosen[split]}
             write_jsonl(data_file(context, domain, split), chosen[split])
-        write_jsonl(data_file(context, domain, "real"), chosen["train"][:s["num_samples"]])
+        write_jsonl(data_file(context, domain, "real"), chosen["train"][: s["num_samples"]])
         instruction_file(context, domain).write_text(INSTRUCTIONS[domain] + "\n", encoding="utf-8")
     return {}
 
@@ -197,11 +199,17 @@ def frozen_models(context: ArmContext) -> dict[str, Any]:
     random_run_folder(DecoderConfig(vocab_size=49152, tie_embeddings=True, **TINY_LM), lm)
     random_run_folder(BertConfig(vocab_size=30522, max_position_embeddings=512, **TINY_EMBEDDER), embedder)
     prompts = ("NonContextualPrompt", "MixturePrompt", "MLPPrompt")
-    return {"bindings": {"LM_DIR": repr(str(lm)), "EMBEDDER_DIR": repr(str(embedder)),
-                         "convert.folder_vocabulary.model_dir": "@lm/convert.converted()",  # SmolLM2's vocabulary
-                         **{f"lm/decoder.DecoderConfig.{k}": v for k, v in TINY_LM.items()},
-                         **{f"embedder/bert.BertConfig.{k}": v for k, v in TINY_EMBEDDER.items()},
-                         **{f"softsrv.{p}.width": TINY_LM["emb_dim"] for p in prompts}, "softsrv.MLPPrompt.hidden": 8}}
+    return {
+        "bindings": {
+            "LM_DIR": repr(str(lm)),
+            "EMBEDDER_DIR": repr(str(embedder)),
+            "convert.folder_vocabulary.model_dir": "@lm/convert.converted()",  # SmolLM2's vocabulary
+            **{f"lm/decoder.DecoderConfig.{k}": v for k, v in TINY_LM.items()},
+            **{f"embedder/bert.BertConfig.{k}": v for k, v in TINY_EMBEDDER.items()},
+            **{f"softsrv.{p}.width": TINY_LM["emb_dim"] for p in prompts},
+            "softsrv.MLPPrompt.hidden": 8,
+        }
+    }
 
 
 def train_base(context: ArmContext) -> dict[str, Any]:
@@ -231,7 +239,6 @@ def synthesize(context: ArmContext, method: str, domain: str) -> list[str]:
     """`method`'s samples on `domain` (a soft method trains its prompt into DOMAIN/run first), through
     `softsrv.run`'s own steps: the three files checked disjoint, the prompt trained, then sampled."""
     import gin  # pylint: disable=import-outside-toplevel
-
     from littlehelp import config  # pylint: disable=import-outside-toplevel
     from softsrv import run, synthesis  # pylint: disable=import-outside-toplevel
     from softsrv.data import check_disjoint, read_examples  # pylint: disable=import-outside-toplevel
@@ -242,17 +249,34 @@ def synthesize(context: ArmContext, method: str, domain: str) -> list[str]:
     check_disjoint(examples)
     sampler, instruction = hard_prompt(context, method, domain)
     gin_files = [f"softsrv/{sampler if sampler in SOFT_METHODS else 'nsp'}.gin"]  # nsp.gin binds hard prompts' models
-    bindings = [f"{k}={v}" for k, v in {
-        "TRAIN_FILE": repr(str(files["train"])), "EVAL_FILE": repr(str(files["validation"])),
-        "TRAIN_STEPS": s["steps"], "SEED": context.seed, "PROMPT_LENGTH": s["prompt_length"],
-        "TASK_FEATURE_LENGTHS": {"inputs": s["length"], "targets": s["length"]}, "LEARNING_RATE": s["learning_rate"],
-        **context.outcome("frozen")["bindings"], **s["prompt_bindings"]}.items()]
+    bindings = [
+        f"{k}={v}"
+        for k, v in {
+            "TRAIN_FILE": repr(str(files["train"])),
+            "EVAL_FILE": repr(str(files["validation"])),
+            "TRAIN_STEPS": s["steps"],
+            "SEED": context.seed,
+            "PROMPT_LENGTH": s["prompt_length"],
+            "TASK_FEATURE_LENGTHS": {"inputs": s["length"], "targets": s["length"]},
+            "LEARNING_RATE": s["learning_rate"],
+            **context.outcome("frozen")["bindings"],
+            **s["prompt_bindings"],
+        }.items()
+    ]
     if sampler in SOFT_METHODS:
         run.train_prompt(gin_files, bindings, folder)
     config.parse_gin(gin_files, [*bindings, f"MODEL_DIR={str(folder)!r}"])
     try:
-        return synthesis.synthesize(sampler, s["num_samples"], s["max_new_tokens"], TEMPERATURE, SHOTS, context.seed,
-                                    examples[0][1], instruction)
+        return synthesis.synthesize(
+            sampler,
+            s["num_samples"],
+            s["max_new_tokens"],
+            TEMPERATURE,
+            SHOTS,
+            context.seed,
+            examples[0][1],
+            instruction,
+        )
     finally:
         gin.clear_config()
 
@@ -275,9 +299,16 @@ def finetuned_nll(context: ArmContext, train_file: Path, domain: str) -> dict[st
     for k in range(s["finetune_seeds"]):
         seed = context.seed * s["finetune_seeds"] + k  # distinct over every (study seed, fine-tuning seed)
         flags = [f"--gin.{name}={value}" for name, value in {**s["decoder_bindings"], "SEED": seed}.items()]
-        values.append(finetune.finetune_nll(train_file, data_file(context, domain, "test"),
-                                            context.folder / domain / f"finetune_{k}", s["finetune_steps"],
-                                            context.outcome("base")["folder"], flags))
+        values.append(
+            finetune.finetune_nll(
+                train_file,
+                data_file(context, domain, "test"),
+                context.folder / domain / f"finetune_{k}",
+                s["finetune_steps"],
+                context.outcome("base")["folder"],
+                flags,
+            )
+        )
     return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")}
 
 
@@ -293,8 +324,14 @@ def run_method(context: ArmContext, method: str) -> dict[str, Any]:
         samples, real = synthesize(context, method, domain), read_examples(data_file(context, domain, "validation"))
         scored = mauve.mauve_of_texts(samples, real, mauve_embedder(), seeds=MAUVE_SEEDS)
         nll = finetuned_nll(context, write_jsonl(context.folder / domain / "samples.jsonl", samples), domain)
-        values.update({f"mauve_{domain}": scored["mean"], f"mauve_kmeans_sd_{domain}": scored["std"],
-                       f"nll_{domain}": nll["mean"], f"nll_finetune_sd_{domain}": nll["sd"]})
+        values.update(
+            {
+                f"mauve_{domain}": scored["mean"],
+                f"mauve_kmeans_sd_{domain}": scored["std"],
+                f"nll_{domain}": nll["mean"],
+                f"nll_finetune_sd_{domain}": nll["sd"],
+            }
+        )
     return {"values": values}
 
 
@@ -312,9 +349,14 @@ def untuned(context: ArmContext) -> dict[str, Any]:
     from softsrv import finetune  # pylint: disable=import-outside-toplevel
 
     flags = [f"--gin.{k}={v}" for k, v in context.settings["decoder_bindings"].items()]
-    return {"values": {f"nll_{d}": finetune.untuned_nll(data_file(context, d, "test"), context.folder / d,
-                                                        context.outcome("base")["folder"], flags)
-                       for d in context.settings["domains"]}}
+    return {
+        "values": {
+            f"nll_{d}": finetune.untuned_nll(
+                data_file(context, d, "test"), context.folder / d, context.outcome("base")["folder"], flags
+            )
+            for d in context.settings["domains"]
+        }
+    }
 
 
 def prompt_loss(context: ArmContext, domain: str, held_out: bool) -> tuple[list[float], list[float]]:
@@ -330,14 +372,21 @@ def prompt_loss(context: ArmContext, domain: str, held_out: bool) -> tuple[list[
         return [r["step"] for r in records], [r[key] for r in records]
     losses = np.array([r[key] for r in records])
     means = np.convolve(losses, np.ones(LOSS_WINDOW) / LOSS_WINDOW, mode="valid") if len(losses) >= LOSS_WINDOW else []
-    return [r["step"] for r in records[LOSS_WINDOW - 1:]], [float(m) for m in means]
+    return [r["step"] for r in records[LOSS_WINDOW - 1 :]], [float(m) for m in means]
 
 
 def prompt_curves(domain: str) -> tuple[Curve, ...]:
     """The prompt-training loss on `domain`: training (running mean) and held-out."""
-    return tuple(Curve(f"prompt_{kind}_loss_{domain}", f"{domain}: prompt training, {kind.replace('_', '-')} loss",
-                       "step", lambda context, held_out=kind == "held_out": prompt_loss(context, domain, held_out),
-                       tuple(SOFT_METHODS)) for kind in ("training", "held_out"))
+    return tuple(
+        Curve(
+            f"prompt_{kind}_loss_{domain}",
+            f"{domain}: prompt training, {kind.replace('_', '-')} loss",
+            "step",
+            lambda context, held_out=kind == "held_out": prompt_loss(context, domain, held_out),
+            tuple(SOFT_METHODS),
+        )
+        for kind in ("training", "held_out")
+    )
 
 
 def method_arm(method: str) -> Arm:
@@ -354,22 +403,47 @@ def domain_metrics(domain: str) -> tuple[Metric, ...]:
     """MAUVE (methods only) and fine-tune NLL on `domain`, and their spreads over k-means and
     fine-tuning seeds (descriptive)."""
     fine_tuned = (*METHODS, "real")
-    return (Metric(f"mauve_{domain}", f"{domain} MAUVE", True, value_of(f"mauve_{domain}"), tuple(METHODS)),
-            Metric(f"mauve_kmeans_sd_{domain}", f"{domain} MAUVE s.d. over k-means seeds", None,
-                   value_of(f"mauve_kmeans_sd_{domain}"), tuple(METHODS)),
-            Metric(f"nll_{domain}", f"{domain} fine-tune NLL", False, value_of(f"nll_{domain}")),
-            Metric(f"nll_finetune_sd_{domain}", f"{domain} fine-tune NLL s.d. over fine-tuning seeds", None,
-                   value_of(f"nll_finetune_sd_{domain}"), fine_tuned))
+    return (
+        Metric(f"mauve_{domain}", f"{domain} MAUVE", True, value_of(f"mauve_{domain}"), tuple(METHODS)),
+        Metric(
+            f"mauve_kmeans_sd_{domain}",
+            f"{domain} MAUVE s.d. over k-means seeds",
+            None,
+            value_of(f"mauve_kmeans_sd_{domain}"),
+            tuple(METHODS),
+        ),
+        Metric(f"nll_{domain}", f"{domain} fine-tune NLL", False, value_of(f"nll_{domain}")),
+        Metric(
+            f"nll_finetune_sd_{domain}",
+            f"{domain} fine-tune NLL s.d. over fine-tuning seeds",
+            None,
+            value_of(f"nll_finetune_sd_{domain}"),
+            fine_tuned,
+        ),
+    )
 
 
 def domain_claims(domain: str) -> tuple[Claim, ...]:
     """SS_MLP against each hard prompt on `domain`, on MAUVE and on fine-tune NLL."""
     claims = []
     for hard, (label, _, _) in HARD_PROMPTS.items():
-        claims += [Claim(f"mauve_{domain}_vs_{hard}", f"{domain}: SS_MLP's samples score a higher MAUVE than {label}",
-                         f"mauve_{domain}", "mlp", hard),
-                   Claim(f"nll_{domain}_vs_{hard}", f"{domain}: fine-tuning on SS_MLP's samples gives a lower test NLL "
-                         f"than on {label}", f"nll_{domain}", "mlp", hard, separation=("real", "untuned"))]
+        claims += [
+            Claim(
+                f"mauve_{domain}_vs_{hard}",
+                f"{domain}: SS_MLP's samples score a higher MAUVE than {label}",
+                f"mauve_{domain}",
+                "mlp",
+                hard,
+            ),
+            Claim(
+                f"nll_{domain}_vs_{hard}",
+                f"{domain}: fine-tuning on SS_MLP's samples gives a lower test NLL than on {label}",
+                f"nll_{domain}",
+                "mlp",
+                hard,
+                separation=("real", "untuned"),
+            ),
+        ]
     return tuple(claims)
 
 
@@ -390,18 +464,50 @@ STUDY = Study(
     metrics=tuple(metric for domain in DOMAINS for metric in domain_metrics(domain)),
     claims=tuple(claim for domain in DOMAINS for claim in domain_claims(domain)),
     seeds=5,
-    settings={"domains": list(DOMAINS), "methods": list(METHODS), "train_examples": 256, "validation_examples": 128,
-              "test_examples": 64, "steps": 160, "num_samples": 128, "max_new_tokens": 64, "length": 64,
-              "prompt_length": 16, "learning_rate": 0.03, "finetune_steps": 30, "finetune_seeds": 3, "base_steps": 200,
-              "tiny_models": False, "decoder_bindings": {},
-              "prompt_bindings": {"trainer.train.log_every": 1, "trainer.train.eval_every": 20}},
-    quick={"domains": ["shakespeare"], "methods": ["mlp", "domain_prompt", "few_shot"], "train_examples": 16,
-           "validation_examples": 8, "test_examples": 8, "steps": 12, "num_samples": 8, "max_new_tokens": 8,
-           "length": 16, "prompt_length": 2, "finetune_steps": 1, "finetune_seeds": 2, "tiny_models": True,
-           "prompt_bindings": {"partitioning.MeshConfig.data": 1, "trainer.train.log_every": 1,
-                               "trainer.train.eval_every": 4},
-           "decoder_bindings": {**{f"decoder.DecoderConfig.{k}": v for k, v in TINY_LM.items()},
-                                "TASK_FEATURE_LENGTHS": {"targets": 16}, "partitioning.MeshConfig.data": 1}},
+    settings={
+        "domains": list(DOMAINS),
+        "methods": list(METHODS),
+        "train_examples": 256,
+        "validation_examples": 128,
+        "test_examples": 64,
+        "steps": 160,
+        "num_samples": 128,
+        "max_new_tokens": 64,
+        "length": 64,
+        "prompt_length": 16,
+        "learning_rate": 0.03,
+        "finetune_steps": 30,
+        "finetune_seeds": 3,
+        "base_steps": 200,
+        "tiny_models": False,
+        "decoder_bindings": {},
+        "prompt_bindings": {"trainer.train.log_every": 1, "trainer.train.eval_every": 20},
+    },
+    quick={
+        "domains": ["shakespeare"],
+        "methods": ["mlp", "domain_prompt", "few_shot"],
+        "train_examples": 16,
+        "validation_examples": 8,
+        "test_examples": 8,
+        "steps": 12,
+        "num_samples": 8,
+        "max_new_tokens": 8,
+        "length": 16,
+        "prompt_length": 2,
+        "finetune_steps": 1,
+        "finetune_seeds": 2,
+        "tiny_models": True,
+        "prompt_bindings": {
+            "partitioning.MeshConfig.data": 1,
+            "trainer.train.log_every": 1,
+            "trainer.train.eval_every": 4,
+        },
+        "decoder_bindings": {
+            **{f"decoder.DecoderConfig.{k}": v for k, v in TINY_LM.items()},
+            "TASK_FEATURE_LENGTHS": {"targets": 16},
+            "partitioning.MeshConfig.data": 1,
+        },
+    },
     quick_seeds=1,
     curves=tuple(curve for domain in DOMAINS for curve in prompt_curves(domain)),
 )

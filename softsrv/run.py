@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import gin
-
 from littlehelp import config, launch
 from littlehelp.data import pretrained
 from littlehelp.embed import SentenceEmbedder
@@ -61,12 +60,19 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--instruction_file", help="the hard prompts' instruction (default: a generic one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mauve_seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--finetune_steps", type=int, default=0,
-                        help="fine-tune a small decoder on the samples this many steps (0: not) and report its "
-                             "NLL on --test_file")
+    parser.add_argument(
+        "--finetune_steps",
+        type=int,
+        default=0,
+        help="fine-tune a small decoder on the samples this many steps (0: not) and report its NLL on --test_file",
+    )
     parser.add_argument("--finetune_from", help="the pre-trained small decoder's run folder (default: from scratch)")
-    parser.add_argument("--finetune_binding", action="append", default=[],
-                        help="NAME=VALUE gin binding for the fine-tune run (softsrv/finetune.gin), repeatable")
+    parser.add_argument(
+        "--finetune_binding",
+        action="append",
+        default=[],
+        help="NAME=VALUE gin binding for the fine-tune run (softsrv/finetune.gin), repeatable",
+    )
     args = parser.parse_args(rest)
     if args.finetune_steps and not args.test_file:
         parser.error("--finetune_steps needs --test_file (the real examples the fine-tune NLL is measured on)")
@@ -99,8 +105,13 @@ def read_inputs(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
 def gin_arguments(args: argparse.Namespace, overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     """(gin files, bindings) of the method (hard prompts read nsp.gin for the models and the data)."""
     method = args.method if args.method in SOFT else "nsp"
-    bindings = [f"MODEL_DIR='{Path(args.out).resolve() / 'run'}'", f"TRAIN_FILE='{args.train_file}'",
-                f"EVAL_FILE='{args.validation_file}'", f"TRAIN_STEPS={args.steps}", *overrides]
+    bindings = [
+        f"MODEL_DIR='{Path(args.out).resolve() / 'run'}'",
+        f"TRAIN_FILE='{args.train_file}'",
+        f"EVAL_FILE='{args.validation_file}'",
+        f"TRAIN_STEPS={args.steps}",
+        *overrides,
+    ]
     return [f"softsrv/{method}.gin"], bindings
 
 
@@ -109,8 +120,10 @@ def train_prompt(files: Sequence[str], bindings: Sequence[str], run: Path) -> di
     eval metrics (`train/NAME`, `eval/NAME`)."""
     result = launch.train(files, bindings, run)
     launch.require_finished(result)
-    return {**{f"train/{k}": v for k, v in result.train_metrics.items()},
-            **{f"eval/{k}": v for k, v in result.eval_metrics.items()}}
+    return {
+        **{f"train/{k}": v for k, v in result.train_metrics.items()},
+        **{f"eval/{k}": v for k, v in result.eval_metrics.items()},
+    }
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -122,24 +135,44 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     files, bindings = gin_arguments(args, overrides)
     trained = train_prompt(files, bindings, out / "run") if args.method in SOFT else {}
     config.import_configurable_modules(["softsrv.synthesis"])
-    knobs = dict(method=args.method, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-                 temperature=args.temperature, shots=args.shots, seed=args.seed)
+    knobs = dict(
+        method=args.method,
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        shots=args.shots,
+        seed=args.seed,
+    )
     config.parse_gin(files, bindings)
     try:
         samples = synthesis.synthesize(**knobs, train_texts=train_texts, instruction=instruction)
     finally:
         gin.clear_config()
     scored = score(samples, real, args.mauve_seeds)
-    summary = {**knobs, "instruction": instruction, "train_file": args.train_file,
-               "validation_file": args.validation_file, "test_file": args.test_file, "steps": args.steps,
-               "final_train_loss": trained.get("train/loss"), "final_eval_loss": trained.get("eval/loss"),
-               "mauve_mean": scored["mean"], "mauve_std": scored["std"], "mauve_warning": scored.get("warning"),
-               "seconds": time.perf_counter() - started}
+    summary = {
+        **knobs,
+        "instruction": instruction,
+        "train_file": args.train_file,
+        "validation_file": args.validation_file,
+        "test_file": args.test_file,
+        "steps": args.steps,
+        "final_train_loss": trained.get("train/loss"),
+        "final_eval_loss": trained.get("eval/loss"),
+        "mauve_mean": scored["mean"],
+        "mauve_std": scored["std"],
+        "mauve_warning": scored.get("warning"),
+        "seconds": time.perf_counter() - started,
+    }
     write_outputs(out, samples, scored, summary)
     if args.finetune_steps:
-        summary["finetune_nll"] = finetune.finetune_nll(out / "samples.jsonl", args.test_file, out / "finetune",
-                                                        args.finetune_steps, args.finetune_from,
-                                                        [f"--gin.{b}" for b in args.finetune_binding])
+        summary["finetune_nll"] = finetune.finetune_nll(
+            out / "samples.jsonl",
+            args.test_file,
+            out / "finetune",
+            args.finetune_steps,
+            args.finetune_from,
+            [f"--gin.{b}" for b in args.finetune_binding],
+        )
         write_outputs(out, samples, scored, summary)
     return summary
 

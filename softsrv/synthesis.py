@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import gin
 import jax
 import numpy as np
 import seqio
 
+import gin
 from littlehelp import checkpoints, decoding, frozen, partitioning, trainer
 from littlehelp.data import pipeline
 from softsrv import generate
@@ -28,11 +28,21 @@ CONTEXT_SPLIT = "train"
 
 def contexts(objective: SoftPromptObjective, params: dict, task: str, lengths: Mapping[str, int]) -> np.ndarray:
     """z [n, d] of the Task's training examples, in order (the objective's own pooling)."""
-    dataset = seqio.get_dataset(task, dict(lengths), pipeline.FEATURE_CONVERTERS["encoder_decoder"](pack=False),
-                                dataset_split=CONTEXT_SPLIT, shuffle=False, num_epochs=1)
+    dataset = seqio.get_dataset(
+        task,
+        dict(lengths),
+        pipeline.FEATURE_CONVERTERS["encoder_decoder"](pack=False),
+        dataset_split=CONTEXT_SPLIT,
+        shuffle=False,
+        num_epochs=1,
+    )
     pooled = jax.jit(objective.context)
-    return np.concatenate([np.asarray(pooled(params, batch["encoder_input_tokens"]))
-                           for batch in dataset.batch(CONTEXT_BATCH).as_numpy_iterator()])
+    return np.concatenate(
+        [
+            np.asarray(pooled(params, batch["encoder_input_tokens"]))
+            for batch in dataset.batch(CONTEXT_BATCH).as_numpy_iterator()
+        ]
+    )
 
 
 def context_rows(available: int, count: int, seed: int) -> np.ndarray:
@@ -43,11 +53,22 @@ def context_rows(available: int, count: int, seed: int) -> np.ndarray:
 
 
 @gin.configurable(module="softsrv")
-def synthesize(method: str, num_samples: int, max_new_tokens: int, temperature: float, shots: int, seed: int,
-               train_texts: Sequence[str], instruction: str,
-               objective: SoftPromptObjective = gin.REQUIRED, task: str = gin.REQUIRED,
-               lengths: Mapping[str, int] = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUIRED,
-               frozen_models: Mapping[str, frozen.FrozenModel] = gin.REQUIRED, model_dir: str = gin.REQUIRED) -> list[str]:
+def synthesize(
+    method: str,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    shots: int,
+    seed: int,
+    train_texts: Sequence[str],
+    instruction: str,
+    objective: SoftPromptObjective = gin.REQUIRED,
+    task: str = gin.REQUIRED,
+    lengths: Mapping[str, int] = gin.REQUIRED,
+    vocabulary: seqio.Vocabulary = gin.REQUIRED,
+    frozen_models: Mapping[str, frozen.FrozenModel] = gin.REQUIRED,
+    model_dir: str = gin.REQUIRED,
+) -> list[str]:
     """`num_samples` synthetic examples by `method` (the models, data and run folder bound in softsrv/base.gin):
     soft methods from the contexts of `context_rows`, hard ones after `instruction` (few-shot prompts
     also show `shots` of `train_texts`)."""
@@ -57,19 +78,36 @@ def synthesize(method: str, num_samples: int, max_new_tokens: int, temperature: 
     params = dict(frozen.load_frozen_models(frozen_models, example, mesh, rules).params)
     sampling = decoding.Sampling(temperature=temperature)
     if method in HARD:
-        return generate.hard_prompted(objective.lm, params[objective.lm_key], hard_prompts(
-            method, train_texts, num_samples, shots, seed, instruction), vocabulary, max_new_tokens, sampling, seed,
-            SAMPLE_BATCH)
-    prompt, _ = trainer.restore_run_params(model_dir, lambda rng: objective.init_params(rng, example), mesh, rules,
-                                           checkpoints.CheckpointConfig())
+        return generate.hard_prompted(
+            objective.lm,
+            params[objective.lm_key],
+            hard_prompts(method, train_texts, num_samples, shots, seed, instruction),
+            vocabulary,
+            max_new_tokens,
+            sampling,
+            seed,
+            SAMPLE_BATCH,
+        )
+    prompt, _ = trainer.restore_run_params(
+        model_dir, lambda rng: objective.init_params(rng, example), mesh, rules, checkpoints.CheckpointConfig()
+    )
     params.update(prompt)
     z = contexts(objective, params, task, lengths)
-    return generate.soft_prompted(objective, params, z[context_rows(len(z), num_samples, seed)], vocabulary,
-                                  max_new_tokens, sampling, seed, SAMPLE_BATCH)
+    return generate.soft_prompted(
+        objective,
+        params,
+        z[context_rows(len(z), num_samples, seed)],
+        vocabulary,
+        max_new_tokens,
+        sampling,
+        seed,
+        SAMPLE_BATCH,
+    )
 
 
-def hard_prompts(method: str, train_texts: Sequence[str], count: int, shots: int, seed: int,
-                 instruction: str) -> list[str]:
+def hard_prompts(
+    method: str, train_texts: Sequence[str], count: int, shots: int, seed: int, instruction: str
+) -> list[str]:
     """`count` zero-shot prompts, or few-shot prompts of `shots` random training examples each, after `instruction`."""
     if method == "zero_shot":
         return [generate.zero_shot_prompt(instruction)] * count

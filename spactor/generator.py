@@ -12,10 +12,10 @@ Encoder's untied output layer.
 from __future__ import annotations
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 
+import gin
 from littlehelp.models import Encoder, EncoderConfig, T5Config
 from littlehelp.models.layers import Projection
 
@@ -64,8 +64,9 @@ class Generator(nn.Module):
         projection = None
         if shared_embedding.shape[-1] != cfg.emb_dim:
             # The generator width is its own axis; "mlp" shards it the way an MLP input kernel is.
-            projection = Projection(features=(cfg.emb_dim,), in_axes=("embed",), out_axes=("mlp",), dtype=dtype,
-                                    name="embedding_projection")
+            projection = Projection(
+                features=(cfg.emb_dim,), in_axes=("embed",), out_axes=("mlp",), dtype=dtype, name="embedding_projection"
+            )
 
         def embed(ids: Array) -> Array:
             vectors = jnp.take(shared_embedding, ids, axis=0).astype(dtype)

@@ -24,17 +24,24 @@ from collections.abc import Mapping
 
 import flax
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import optax
 import seqio
 
+import gin
 from littlehelp import flops, losses
 from littlehelp.data.vocab import EOS_ID, NUM_SENTINELS, load_vocabulary
 from littlehelp.models import EncoderConfig, T5Config, T5Model, dropout
-from littlehelp.objectives import (Batch, Curriculum, EncoderDecoderObjective, Metrics, Params, token_metrics,
-                                   token_weights)
+from littlehelp.objectives import (
+    Batch,
+    Curriculum,
+    EncoderDecoderObjective,
+    Metrics,
+    Params,
+    token_metrics,
+    token_weights,
+)
 from spactor.generator import Generator
 
 Array = jax.Array
@@ -80,8 +87,12 @@ class RtdHead(nn.Module):
     @nn.compact
     def __call__(self, encoded: Array) -> Array:
         width = encoded.shape[-1]
-        kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(width**-0.5), ("embed",)),
-                            (width,), jnp.float32)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.normal(width**-0.5), ("embed",)),
+            (width,),
+            jnp.float32,
+        )
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ()), (), jnp.float32)
         dtype = jnp.dtype(self.dtype)
         return jnp.einsum("bld,d->bl", encoded.astype(dtype), kernel.astype(dtype)).astype(jnp.float32) + bias
@@ -131,8 +142,9 @@ class HybridObjective:
     ):
         model_config = model.config
         self.mask_id = data_vocab_size if mask_id is None else mask_id
-        _check_settings(model_config, generator_config, data_vocab_size, num_sentinels, mask_rate, temperature,
-                        self.mask_id)
+        _check_settings(
+            model_config, generator_config, data_vocab_size, num_sentinels, mask_rate, temperature, self.mask_id
+        )
         self.config, self.generator_config = model_config, generator_config
         self.first_sentinel_id = data_vocab_size - num_sentinels
         self.mask_rate, self.temperature = mask_rate, temperature
@@ -165,9 +177,12 @@ class HybridObjective:
         masked = choose_masked(mask_rng, tokens, self.mask_rate, self.first_sentinel_id)
         deterministic, rngs = dropout(dropout_rng, self.generator_config.dropout_rate)
         logits = self.generator.apply(
-            {"params": params["generator"]}, jnp.where(masked, self.mask_id, tokens),
-            self.model.embedding_table(params[self.model_key]), batch.get("encoder_segment_ids"),
-            deterministic=deterministic, rngs=rngs,
+            {"params": params["generator"]},
+            jnp.where(masked, self.mask_id, tokens),
+            self.model.embedding_table(params[self.model_key]),
+            batch.get("encoder_segment_ids"),
+            deterministic=deterministic,
+            rngs=rngs,
         )
         logits = jnp.where(self.generator_vocabulary(), logits.astype(jnp.float32), MASKED_LOGIT)
         corrupted = jnp.where(masked, sample_replacements(sample_rng, logits, self.temperature), tokens)
@@ -177,15 +192,19 @@ class HybridObjective:
     def loss(self, params: Params, batch: Batch, rng: Array, step: Array) -> tuple[Array, Metrics]:
         generator_rng, t5_rng = jax.random.split(rng)
         inputs = self.hybrid_inputs(params, batch, generator_rng)
-        mlm = losses.cross_entropy_with_z_loss(inputs.generator_logits, batch["encoder_input_tokens"],
-                                               inputs.masked.astype(jnp.float32))
+        mlm = losses.cross_entropy_with_z_loss(
+            inputs.generator_logits, batch["encoder_input_tokens"], inputs.masked.astype(jnp.float32)
+        )
         mlm_weight = jnp.maximum(mlm.weight, 1.0)
         t5_params = params[self.model_key]
         corrupted = dict(batch, encoder_input_tokens=inputs.corrupted)
         encoded, hidden = self.model.encoder_and_decoder_states(t5_params, corrupted, t5_rng)
         logits = self.model.logits_from_hidden(t5_params, hidden)
-        sc_loss, sc_metrics = token_metrics(losses.cross_entropy_with_z_loss(
-            logits, batch["decoder_target_tokens"], token_weights(batch), self.span_corruption.z_loss))
+        sc_loss, sc_metrics = token_metrics(
+            losses.cross_entropy_with_z_loss(
+                logits, batch["decoder_target_tokens"], token_weights(batch), self.span_corruption.z_loss
+            )
+        )
         rtd_logits = self.rtd_head.apply({"params": params["rtd_head"]}, encoded)
         rtd_loss, rtd_accuracy = _sigmoid_cross_entropy(rtd_logits, inputs.rtd_labels, inputs.rtd_weights)
         total = sc_loss + self.mlm_weight * mlm.cross_entropy / mlm_weight + self.rtd_weight * rtd_loss
@@ -212,20 +231,35 @@ class HybridObjective:
         return self.span_corruption.train_flops(batch) + extra
 
 
-def _check_settings(model_config: T5Config, generator_config: EncoderConfig, data_vocab_size: int,
-                    num_sentinels: int, mask_rate: float, temperature: float, mask_id: int) -> None:
+def _check_settings(
+    model_config: T5Config,
+    generator_config: EncoderConfig,
+    data_vocab_size: int,
+    num_sentinels: int,
+    mask_rate: float,
+    temperature: float,
+    mask_id: int,
+) -> None:
     """Raises ValueError naming the first HybridObjective setting that cannot work."""
     vocab = model_config.vocab_size
     problems = [
-        (generator_config.vocab_size != vocab, f"generator_config.vocab_size={generator_config.vocab_size} must "
-                                               f"equal model_config.vocab_size={vocab}"),
-        (not EOS_ID < data_vocab_size - num_sentinels, f"data_vocab_size={data_vocab_size} leaves no ordinary ids "
-                                                       f"below its num_sentinels={num_sentinels} sentinels"),
+        (
+            generator_config.vocab_size != vocab,
+            f"generator_config.vocab_size={generator_config.vocab_size} must equal model_config.vocab_size={vocab}",
+        ),
+        (
+            not EOS_ID < data_vocab_size - num_sentinels,
+            f"data_vocab_size={data_vocab_size} leaves no ordinary ids "
+            f"below its num_sentinels={num_sentinels} sentinels",
+        ),
         (data_vocab_size > vocab, f"data_vocab_size={data_vocab_size} exceeds model_config.vocab_size={vocab}"),
         (not 0.0 < mask_rate < 1.0, f"mask_rate must be in (0, 1), got {mask_rate!r}"),
         (not temperature > 0.0, f"temperature must be positive, got {temperature!r}"),
-        (not data_vocab_size <= mask_id < vocab, f"mask_id={mask_id} must be an id the data never uses, in "
-                                                 f"[data_vocab_size={data_vocab_size}, model_config.vocab_size={vocab})"),
+        (
+            not data_vocab_size <= mask_id < vocab,
+            f"mask_id={mask_id} must be an id the data never uses, in "
+            f"[data_vocab_size={data_vocab_size}, model_config.vocab_size={vocab})",
+        ),
     ]
     for bad, message in problems:
         if bad:

@@ -58,9 +58,14 @@ def pretrain_bindings(context: ArmContext, tau: int | None, span: int = 1, every
     every S steps (`every_tau`: at every tau too)."""
     steps = context.settings["steps"]
     interval = math.gcd(steps, *(tau_steps(f, steps) for f in TAUS)) if every_tau else steps
-    return {**context.settings["overrides"], "SEED": context.seed, "TAU": tau, "TRAIN_STEPS": span * steps,
-            "checkpoints.CheckpointConfig.save_interval_steps": interval,
-            "checkpoints.CheckpointConfig.max_to_keep": len(TAUS) + 2}
+    return {
+        **context.settings["overrides"],
+        "SEED": context.seed,
+        "TAU": tau,
+        "TRAIN_STEPS": span * steps,
+        "checkpoints.CheckpointConfig.save_interval_steps": interval,
+        "checkpoints.CheckpointConfig.max_to_keep": len(TAUS) + 2,
+    }
 
 
 def branch(source: Path, step: int, target: Path) -> None:
@@ -80,6 +85,7 @@ def sc_half(context: ArmContext) -> dict[str, Any]:
 
 def spactor(fraction: float) -> Callable[[ArmContext], dict[str, Any]]:
     """SpacTor(tau): the hybrid's checkpoint at tau, continued with span corruption to S."""
+
     def run(context: ArmContext) -> dict[str, Any]:
         steps, hybrid = context.settings["steps"], context.folder_of("hybrid")
         tau = tau_steps(fraction, steps)
@@ -87,13 +93,18 @@ def spactor(fraction: float) -> Callable[[ArmContext], dict[str, Any]]:
         result = launch.train([PRETRAIN], pretrain_bindings(context, tau), context.folder)
         flops = study.train_flops(hybrid, 0, tau) + study.train_flops(context.folder, tau, steps)
         return {**study.trainer_outcome(result), "tau": tau, "train_flops": flops}
+
     return run
 
 
 def sc_loss(context: ArmContext) -> float:
     """Validation span-corruption cross-entropy (clean inputs) of the arm's newest T5."""
-    bindings = {**context.settings["overrides"], "TAU": 0, "TRAIN_STEPS": 1,
-                "EVAL_BATCHES": context.settings["eval_batches"]}
+    bindings = {
+        **context.settings["overrides"],
+        "TAU": 0,
+        "TRAIN_STEPS": 1,
+        "EVAL_BATCHES": context.settings["eval_batches"],
+    }
     return launch.evaluate([PRETRAIN, "runs/eval.gin"], bindings, context.folder)["cross_entropy"]
 
 
@@ -108,12 +119,18 @@ def finetuned(context: ArmContext) -> dict[str, float]:
         return json.loads(path.read_text(encoding="utf-8"))
     pretrained = context.folder / "checkpoints"
     gin_files = [MODEL, "runs/finetune.gin", f"runs/downstream/{TASK}.gin", FINETUNE]
-    bindings = {**settings["overrides"], "INITIAL_CHECKPOINT_PATH": repr(str(pretrained)),
-                "TASK_FEATURE_LENGTHS": FINETUNE_LENGTHS,
-                "TRAIN_STEPS": checkpoints.finished_steps(pretrained)[-1] + settings["finetune_steps"]}
+    bindings = {
+        **settings["overrides"],
+        "INITIAL_CHECKPOINT_PATH": repr(str(pretrained)),
+        "TASK_FEATURE_LENGTHS": FINETUNE_LENGTHS,
+        "TRAIN_STEPS": checkpoints.finished_steps(pretrained)[-1] + settings["finetune_steps"],
+    }
     launch.train(gin_files, bindings, folder)
-    scores = launch.evaluate([*gin_files, "runs/eval.gin"], {**bindings, "EVAL_BATCHES": 1,
-                             "inference.task_metrics.max_examples": settings["eval_examples"]}, folder)
+    scores = launch.evaluate(
+        [*gin_files, "runs/eval.gin"],
+        {**bindings, "EVAL_BATCHES": 1, "inference.task_metrics.max_examples": settings["eval_examples"]},
+        folder,
+    )
     values = {k.removeprefix("task/"): float(v) for k, v in scores.items() if k.startswith("task/")}
     path.write_text(json.dumps(values) + "\n", encoding="utf-8")
     return values
@@ -132,35 +149,70 @@ def flops_fraction_of_sc_2s(context: ArmContext) -> float:
 def past_midpoint(raw: Metric) -> Metric:
     """`raw` minus the mean of SC(S)'s and SC(2S)'s for the same seed (declared after `raw`, so that
     `raw` is measured, and cached, first)."""
+
     def compute(context: ArmContext) -> float:
         low, high = (study.measure(context.replace(a), raw) for a in ("sc_s", "sc_2s"))
         return study.measure(context, raw) - (low + high) / 2
-    return Metric(f"{raw.name}_past_midpoint", f"{raw.label} past the SC midpoint", raw.higher_is_better,
-                  compute=compute, digits=raw.digits)
+
+    return Metric(
+        f"{raw.name}_past_midpoint",
+        f"{raw.label} past the SC midpoint",
+        raw.higher_is_better,
+        compute=compute,
+        digits=raw.digits,
+    )
 
 
-GENRE_ACCURACY = Metric("genre_accuracy", "genre accuracy %", True, compute=lambda context: finetuned(context)["accuracy"],
-                        digits=3)
+GENRE_ACCURACY = Metric(
+    "genre_accuracy", "genre accuracy %", True, compute=lambda context: finetuned(context)["accuracy"], digits=3
+)
 PRIMARY = past_midpoint(GENRE_ACCURACY)
-METRICS = (GENRE_ACCURACY, Metric("sc_loss", "val SC loss", False, compute=sc_loss),
-           Metric("pretraining_flops", "pre-training FLOPs", None, compute=lambda context: context.outcome()["train_flops"],
-                  digits=3),
-           Metric("pretraining_flops_vs_sc_2s", "pre-training FLOPs / SC(2S)'s", None, compute=flops_fraction_of_sc_2s,
-                  digits=3),
-           Metric("hybrid_step_cost", "r: hybrid step FLOPs / SC step FLOPs", None, compute=hybrid_step_cost,
-                  arms=("hybrid",), digits=3),
-           PRIMARY)
-ARMS = (Arm("sc_2s", gin_files=(PRETRAIN,), bindings=lambda context: pretrain_bindings(context, 0, span=2),
-            label="SC(2S)"),
-        Arm("sc_s", run=sc_half, label="SC(S)"),
-        Arm("hybrid", gin_files=(PRETRAIN,), bindings=lambda context: pretrain_bindings(context, None, every_tau=True),
-            label="hybrid (S)"),
-        *(Arm(f"spactor_{f:g}", run=spactor(f), label=f"SpacTor(tau = {f:g} S)") for f in TAUS))
+METRICS = (
+    GENRE_ACCURACY,
+    Metric("sc_loss", "val SC loss", False, compute=sc_loss),
+    Metric(
+        "pretraining_flops",
+        "pre-training FLOPs",
+        None,
+        compute=lambda context: context.outcome()["train_flops"],
+        digits=3,
+    ),
+    Metric(
+        "pretraining_flops_vs_sc_2s", "pre-training FLOPs / SC(2S)'s", None, compute=flops_fraction_of_sc_2s, digits=3
+    ),
+    Metric(
+        "hybrid_step_cost",
+        "r: hybrid step FLOPs / SC step FLOPs",
+        None,
+        compute=hybrid_step_cost,
+        arms=("hybrid",),
+        digits=3,
+    ),
+    PRIMARY,
+)
+ARMS = (
+    Arm("sc_2s", gin_files=(PRETRAIN,), bindings=lambda context: pretrain_bindings(context, 0, span=2), label="SC(2S)"),
+    Arm("sc_s", run=sc_half, label="SC(S)"),
+    Arm(
+        "hybrid",
+        gin_files=(PRETRAIN,),
+        bindings=lambda context: pretrain_bindings(context, None, every_tau=True),
+        label="hybrid (S)",
+    ),
+    *(Arm(f"spactor_{f:g}", run=spactor(f), label=f"SpacTor(tau = {f:g} S)") for f in TAUS),
+)
 CLAIMS = tuple(
-    Claim(f"spactor_{f:g}_{PRIMARY.name}", f"SpacTor(tau = {f:g} S) at S steps is at least as good as SC at 2S on "
-          f"{GENRE_ACCURACY.label}, read as: better than the mean of SC(S) and SC(2S) (a margin of half what doubling "
-          "SC's steps gains)", PRIMARY.name, f"spactor_{f:g}", separation=("sc_2s", "sc_s"))
-    for f in TAUS)
+    Claim(
+        f"spactor_{f:g}_{PRIMARY.name}",
+        f"SpacTor(tau = {f:g} S) at S steps is at least as good as SC at 2S on "
+        f"{GENRE_ACCURACY.label}, read as: better than the mean of SC(S) and SC(2S) (a margin of half what doubling "
+        "SC's steps gains)",
+        PRIMARY.name,
+        f"spactor_{f:g}",
+        separation=("sc_2s", "sc_s"),
+    )
+    for f in TAUS
+)
 
 STUDY = Study(
     name="spactor",
@@ -173,9 +225,20 @@ STUDY = Study(
     # 5.7 +- 1.0 points, a 95% interval of [1.3, 10.1] with 2 degrees of freedom.
     seeds=5,
     settings={"steps": 200, "finetune_steps": 50, "eval_examples": 1024, "eval_batches": 8, "overrides": {}},
-    quick={"steps": 4, "finetune_steps": 2, "eval_examples": 4, "eval_batches": 1,
-           "overrides": {"t5.T5Config.emb_dim": 32, "t5.T5Config.mlp_dim": 64, "t5.T5Config.num_heads": 2,
-                         "t5.T5Config.num_encoder_layers": 1, "t5.T5Config.num_decoder_layers": 1,
-                         "BATCH_SIZE": 4, "partitioning.MeshConfig.data": 1}},
+    quick={
+        "steps": 4,
+        "finetune_steps": 2,
+        "eval_examples": 4,
+        "eval_batches": 1,
+        "overrides": {
+            "t5.T5Config.emb_dim": 32,
+            "t5.T5Config.mlp_dim": 64,
+            "t5.T5Config.num_heads": 2,
+            "t5.T5Config.num_encoder_layers": 1,
+            "t5.T5Config.num_decoder_layers": 1,
+            "BATCH_SIZE": 4,
+            "partitioning.MeshConfig.data": 1,
+        },
+    },
     quick_seeds=1,
 )

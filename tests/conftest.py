@@ -1,9 +1,8 @@
 """Test set-up: 8 fake CPU devices for the sharding tests (set before JAX is imported)."""
+
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One thread per OpenMP pool (torch, behind the HF reference models; faiss; OpenBLAS): xdist runs a worker per
@@ -11,9 +10,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-import gin  # noqa: E402  (after the environment above is set)
-import pytest  # noqa: E402
+import pytest
 
+import gin
 
 # Real pretrained models, session-scoped: the tests that use them run on one xdist worker, which loads them once.
 ONE_WORKER_SESSION_FIXTURES = frozenset({"smollm2", "hf_smollm2"})

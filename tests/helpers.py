@@ -10,12 +10,24 @@ from littlehelp.models import DecoderConfig, T5Config
 from littlehelp.models.convert.run_folder import ParamsOnlyState
 
 TINY_T5 = T5Config(
-    vocab_size=264, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
-    num_encoder_layers=2, num_decoder_layers=2, relative_attention_num_buckets=8,
+    vocab_size=264,
+    emb_dim=32,
+    num_heads=2,
+    head_dim=16,
+    mlp_dim=64,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    relative_attention_num_buckets=8,
     relative_attention_max_distance=16,
 )
 TINY_DECODER = DecoderConfig(
-    vocab_size=264, emb_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
+    vocab_size=264,
+    emb_dim=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    mlp_dim=64,
 )
 
 

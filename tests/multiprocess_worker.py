@@ -66,8 +66,10 @@ def check_batches(data, mesh, batches: int = 2) -> list[int]:
         for feature, array in batch.items():
             for shard in array.addressable_shards:
                 if not np.array_equal(np.asarray(shard.data), expected[feature][shard.index]):
-                    raise AssertionError(f"batch {index}, {feature}: device {shard.device} does not hold rows "
-                                         f"{shard.index} of the global batch")
+                    raise AssertionError(
+                        f"batch {index}, {feature}: device {shard.device} does not hold rows "
+                        f"{shard.index} of the global batch"
+                    )
     return pipeline.process_rows(partitioning.batch_sharding(mesh), data.batch_size).tolist()
 
 
@@ -80,8 +82,9 @@ def restore_params(model_dir: str, mesh_config) -> tuple[dict, int]:
     objective, data = gin_value("trainer.train.objective"), gin_value("trainer.train.train_data")
     mesh, rules = partitioning.make_mesh(mesh_config), partitioning.logical_axis_rules()
     example = {k: np.zeros((1,) + v.shape[1:], v.dtype) for k, v in trainer.batch_spec(data).items()}
-    params, step = trainer.restore_run_params(model_dir, lambda rng: objective.init_params(rng, example), mesh, rules,
-                                              checkpoints.CheckpointConfig())
+    params, step = trainer.restore_run_params(
+        model_dir, lambda rng: objective.init_params(rng, example), mesh, rules, checkpoints.CheckpointConfig()
+    )
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     split = [path for path, leaf in leaves if len({str(s.index) for s in leaf.addressable_shards}) > 1]
     assert split, "no restored parameter is split over the mesh's devices"
@@ -94,20 +97,27 @@ def main(argv: list[str]) -> None:
     for name in ("process_id", "num_processes", "port"):
         parser.add_argument(f"--{name}", type=int, required=True)
     parser.add_argument("--report", required=True)
-    args, train_args = parser.parse_args(argv[:separator]), argv[separator + 1:]
+    args, train_args = parser.parse_args(argv[:separator]), argv[separator + 1 :]
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes,
-                               process_id=args.process_id)
-    from littlehelp import main as cli, partitioning
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes, process_id=args.process_id
+    )
+    from littlehelp import main as cli
+    from littlehelp import partitioning
 
     cli.set_up_logging()
     configure(train_args)
     data, mesh_config = gin_value("trainer.train.train_data"), gin_value("trainer.train.mesh_config")
     run_mesh = partitioning.make_mesh(mesh_config)
-    report = {"process_index": jax.process_index(), "process_count": jax.process_count(),
-              "devices": jax.device_count(),
-              "rows": {"run": pipeline_rows(run_mesh, data.batch_size),
-                       "alternating": check_batches(data, _alternating_mesh(run_mesh.devices.shape))}}
+    report = {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "devices": jax.device_count(),
+        "rows": {
+            "run": pipeline_rows(run_mesh, data.batch_size),
+            "alternating": check_batches(data, _alternating_mesh(run_mesh.devices.shape)),
+        },
+    }
     summary = cli.main(["train", *train_args])
     report["summary"] = {"first_step": summary.first_step, "last_step": summary.last_step}
     Path(args.report).write_text(json.dumps(report), encoding="utf-8")

@@ -9,15 +9,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from littlehelp import aot, main as cli, trainer
+from littlehelp import aot, trainer
+from littlehelp import main as cli
 
 SMOKE = ["--gin_file=runs/smoke.gin", "--gin.TRAIN_STEPS=10"]
 
 
-@pytest.mark.parametrize("chips, dims, grid", [
-    (4, 3, (2, 2, 1)), (8, 3, (2, 2, 2)), (16, 3, (2, 2, 4)), (32, 3, (2, 4, 4)), (64, 3, (4, 4, 4)),
-    (128, 3, (4, 4, 8)), (256, 3, (4, 8, 8)), (512, 3, (8, 8, 8)), (8, 2, (2, 4)), (256, 2, (16, 16)),
-])
+@pytest.mark.parametrize(
+    "chips, dims, grid",
+    [
+        (4, 3, (2, 2, 1)),
+        (8, 3, (2, 2, 2)),
+        (16, 3, (2, 2, 4)),
+        (32, 3, (2, 4, 4)),
+        (64, 3, (4, 4, 4)),
+        (128, 3, (4, 4, 8)),
+        (256, 3, (4, 8, 8)),
+        (512, 3, (8, 8, 8)),
+        (8, 2, (2, 4)),
+        (256, 2, (16, 16)),
+    ],
+)
 def test_chip_grid_follows_the_published_slice_layouts(chips, dims, grid):
     """The layouts of Cloud TPU slices (v4/v5p 3-D tori, v5e/v6e 2-D grids)."""
     assert aot.chip_grid(chips, dims) == grid
@@ -68,16 +80,27 @@ def test_compile_reports_the_state_and_batch_shards_as_arguments(smoke_plan):
     read, such as unused position features), far from the unsharded state's bytes."""
     plan, written, folder = smoke_plan
     settings = cli.configure("train", ["runs/smoke.gin"], ["TRAIN_STEPS=10", f"MODEL_DIR={folder / 'run'}"], [])(
-        settings_only=True)
+        settings_only=True
+    )
     mesh = aot.partitioning.make_mesh(aot.partitioning.MeshConfig(2, 4, 1), devices=jax.devices()[:8])
     example = trainer.example_batch(settings.train_data)
-    layout = aot.state_layout(lambda rng: settings.curriculum.init_params(rng, example), settings.optimizer.tx,
-                              mesh, aot.partitioning.logical_axis_rules())
-    state_bytes = sum(np.dtype(leaf.dtype).itemsize * math.prod(leaf.sharding.shard_shape(leaf.shape))
-                      for leaf in jax.tree.leaves(layout.abstract_state))
-    batch_bytes = sum(4 * spec.shape[1] * spec.shape[0] // 8 for spec in trainer.batch_spec(settings.train_data).values())
+    layout = aot.state_layout(
+        lambda rng: settings.curriculum.init_params(rng, example),
+        settings.optimizer.tx,
+        mesh,
+        aot.partitioning.logical_axis_rules(),
+    )
+    state_bytes = sum(
+        np.dtype(leaf.dtype).itemsize * math.prod(leaf.sharding.shard_shape(leaf.shape))
+        for leaf in jax.tree.leaves(layout.abstract_state)
+    )
+    batch_bytes = sum(
+        4 * spec.shape[1] * spec.shape[0] // 8 for spec in trainer.batch_spec(settings.train_data).values()
+    )
     key_bytes = 8  # a threefry key: two uint32
-    unsharded = sum(np.dtype(leaf.dtype).itemsize * math.prod(leaf.shape) for leaf in jax.tree.leaves(layout.abstract_state))
+    unsharded = sum(
+        np.dtype(leaf.dtype).itemsize * math.prod(leaf.shape) for leaf in jax.tree.leaves(layout.abstract_state)
+    )
     (step,) = plan.steps
     assert step.memory["arguments"] == pytest.approx(state_bytes + batch_bytes + key_bytes, rel=0.01)
     assert unsharded > 2 * state_bytes
@@ -98,11 +121,14 @@ def test_a_plan_over_the_limit_exits_1_naming_the_largest_buffers(smoke_plan):
     assert f"largest state: {biggest['name']}" in shown and "largest value:" in shown
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--topology=v9-8"], "--topology='v9-8'"),
-    (["--num_devices=64"], "--num_devices=64, but JAX has 8 CPU devices"),
-    (["--mesh=2x4"], "expected DATAxFSDPxTENSOR"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--topology=v9-8"], "--topology='v9-8'"),
+        (["--num_devices=64"], "--num_devices=64, but JAX has 8 CPU devices"),
+        (["--mesh=2x4"], "expected DATAxFSDPxTENSOR"),
+    ],
+)
 def test_compile_refuses_a_bad_target_in_one_line(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         cli.main(["compile", *SMOKE, f"--gin.MODEL_DIR={tmp_path}", *flags])

@@ -18,10 +18,14 @@ SMOKE = ["--gin_file=runs/smoke.gin", "--gin.TRAIN_STEPS=1"]
 
 # An impossible mesh or device count (the tests have 8 fake CPU devices).
 
-@pytest.mark.parametrize("mesh, message", [
-    (partitioning.MeshConfig(data=16), "MeshConfig data=16 fsdp=1 tensor=1 needs 16 devices, but 8 are available"),
-    (partitioning.MeshConfig(data=3, fsdp=-1), "MeshConfig data=3 fsdp=-1 tensor=1: 8 devices are not divisible"),
-])
+
+@pytest.mark.parametrize(
+    "mesh, message",
+    [
+        (partitioning.MeshConfig(data=16), "MeshConfig data=16 fsdp=1 tensor=1 needs 16 devices, but 8 are available"),
+        (partitioning.MeshConfig(data=3, fsdp=-1), "MeshConfig data=3 fsdp=-1 tensor=1: 8 devices are not divisible"),
+    ],
+)
 def test_a_mesh_the_devices_cannot_hold_is_a_config_error(mesh, message):
     with pytest.raises(ConfigError, match=message) as refused:
         partitioning.make_mesh(mesh)
@@ -34,36 +38,49 @@ def test_a_mesh_axis_that_is_zero_is_a_config_error_naming_it():
 
 
 def test_train_with_an_impossible_mesh_stops_in_one_line_before_building_anything(tmp_path, capsys):
-    code, lines = _exit_and_line(capsys, ["train", *SMOKE, f"--gin.MODEL_DIR={tmp_path / 'run'}",
-                                          "--gin.partitioning.MeshConfig.data=16"])
+    code, lines = _exit_and_line(
+        capsys, ["train", *SMOKE, f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.partitioning.MeshConfig.data=16"]
+    )
     assert code == errors.EXIT_CONFIG
     assert lines == ["littlehelp: error: MeshConfig data=16 fsdp=1 tensor=1 needs 16 devices, but 8 are available"]
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "config.gin").exists()
 
 
-MESH_9_ON_8 = ("--mesh=3x3x1 with --num_devices=8: MeshConfig data=3 fsdp=3 tensor=1 needs 9 devices, "
-               "but 8 are available")
+MESH_9_ON_8 = (
+    "--mesh=3x3x1 with --num_devices=8: MeshConfig data=3 fsdp=3 tensor=1 needs 9 devices, but 8 are available"
+)
 
 
-@pytest.mark.parametrize("num_devices, mesh, message", [
-    (8, "3x3x1", MESH_9_ON_8),
-    (8, "3x-1x1", "--mesh=3x-1x1 with --num_devices=8: MeshConfig data=3 fsdp=-1 tensor=1: 8 devices are not "
-                  "divisible by the fixed axes' product 3"),
-    (-2, None, "--num_devices=-2: give a positive number of devices"),
-    (0, None, "--num_devices=0: give a positive number of devices"),
-])
+@pytest.mark.parametrize(
+    "num_devices, mesh, message",
+    [
+        (8, "3x3x1", MESH_9_ON_8),
+        (
+            8,
+            "3x-1x1",
+            "--mesh=3x-1x1 with --num_devices=8: MeshConfig data=3 fsdp=-1 tensor=1: 8 devices are not "
+            "divisible by the fixed axes' product 3",
+        ),
+        (-2, None, "--num_devices=-2: give a positive number of devices"),
+        (0, None, "--num_devices=0: give a positive number of devices"),
+    ],
+)
 def test_compile_refuses_a_device_count_or_mesh_that_cannot_be(num_devices, mesh, message):
     with pytest.raises(aot.TargetError) as refused:
         aot.cpu_device_count(num_devices, aot.parse_mesh(mesh) if mesh else None)
     assert str(refused.value) == message and refused.value.exit_code == errors.EXIT_CONFIG
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--num_devices=8", "--mesh=3x3x1"], MESH_9_ON_8),
-    (["--num_devices=-2"], "--num_devices=-2: give a positive number of devices"),
-])
-def test_compile_cli_refuses_an_impossible_device_count_before_reading_the_run(flags, message, tmp_path, capsys,
-                                                                                monkeypatch):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num_devices=8", "--mesh=3x3x1"], MESH_9_ON_8),
+        (["--num_devices=-2"], "--num_devices=-2: give a positive number of devices"),
+    ],
+)
+def test_compile_cli_refuses_an_impossible_device_count_before_reading_the_run(
+    flags, message, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(launch, "configure", lambda *args: pytest.fail("the run's gin files were read"))
     code, lines = _exit_and_line(capsys, ["compile", *SMOKE, f"--gin.MODEL_DIR={tmp_path}", *flags])
     assert code == errors.EXIT_CONFIG and lines == [f"littlehelp: error: {message}"]
@@ -71,16 +88,29 @@ def test_compile_cli_refuses_an_impossible_device_count_before_reading_the_run(f
 
 # Span-corruption lengths too short for the noise settings.
 
-@pytest.mark.parametrize("lengths, message", [
-    ({"inputs": 4, "targets": 1}, r"needs inputs length >= 10 \(and then targets >= 4\), got \{'inputs': 4, "
-                                  r"'targets': 1\}"),
-    ({"inputs": 64, "targets": 10}, r"needs targets length >= 14 for inputs length 64, got \{'inputs': 64, "
-                                    r"'targets': 10\}"),
-])
+
+@pytest.mark.parametrize(
+    "lengths, message",
+    [
+        (
+            {"inputs": 4, "targets": 1},
+            r"needs inputs length >= 10 \(and then targets >= 4\), got \{'inputs': 4, "
+            r"'targets': 1\}",
+        ),
+        (
+            {"inputs": 64, "targets": 10},
+            r"needs targets length >= 14 for inputs length 64, got \{'inputs': 64, "
+            r"'targets': 10\}",
+        ),
+    ],
+)
 def test_span_corruption_lengths_too_short_are_refused_when_the_data_is_configured(lengths, message):
     task = f"{register_generated_tasks()}_span_corruption"
-    with pytest.raises(ConfigError, match=rf"DatasetConfig {task!r}: span corruption with noise_density 0\.15 and "
-                                          rf"mean_noise_span_length 3\.0 {message}"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"DatasetConfig {task!r}: span corruption with noise_density 0\.15 and "
+        rf"mean_noise_span_length 3\.0 {message}",
+    ):
         DatasetConfig(task, lengths, batch_size=8)
 
 
@@ -91,6 +121,7 @@ def test_the_minimum_span_corruption_lengths_are_accepted():
 
 
 # A MODEL_DIR that cannot be written.
+
 
 def test_a_model_dir_that_is_a_file_is_refused_in_one_line_and_left_alone(tmp_path, capsys):
     model_dir = tmp_path / "run"
@@ -115,12 +146,14 @@ def test_a_read_only_model_dir_is_refused_naming_it(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "open", read_only)
     with pytest.raises(errors.LittlehelpError) as refused:
         checkpoints.RunLock(model_dir).acquire()
-    assert refused.value.one_line() == (f"MODEL_DIR {model_dir} cannot be written (Read-only file system); "
-                                        "choose another MODEL_DIR")
+    assert refused.value.one_line() == (
+        f"MODEL_DIR {model_dir} cannot be written (Read-only file system); choose another MODEL_DIR"
+    )
     assert os.listdir(model_dir) == []
 
 
 # What the run summary tells the user to run.
+
 
 def _summary(model_dir: str) -> str:
     return trainer.TrainSummary(model_dir, 0, 2, {"loss": 1.5}, {}, False).describe()

@@ -27,9 +27,30 @@ def _load_script(name: str = "bench_train_step"):
 def report(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench")
     bench = _load_script()
-    returned = bench.main(["--configs", "t5-tiny", "decoder-tiny", "--batch_sizes", "4", "--devices", "1",
-                           "--steps", "2", "--warmup", "1", "--matmul_sizes", "256", "512", "--matmul_repeats", "1",
-                           "--max_matmul_spread", "1", "--out_dir", str(out_dir)])
+    returned = bench.main(
+        [
+            "--configs",
+            "t5-tiny",
+            "decoder-tiny",
+            "--batch_sizes",
+            "4",
+            "--devices",
+            "1",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--matmul_sizes",
+            "256",
+            "512",
+            "--matmul_repeats",
+            "1",
+            "--max_matmul_spread",
+            "1",
+            "--out_dir",
+            str(out_dir),
+        ]
+    )
     return bench, returned, out_dir
 
 
@@ -78,16 +99,44 @@ def test_random_batch_uses_real_feature_names_and_shifted_decoder_inputs():
     assert (batch["decoder_input_tokens"][:, 1:] == batch["decoder_target_tokens"][:, :-1]).all()
     assert (batch["decoder_input_tokens"][:, 0] == 0).all() and batch["decoder_target_tokens"].min() >= 1
     assert set(bench.random_batch(bench.CONFIGS["decoder-bench"], 2)) == {
-        "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights"}
+        "decoder_input_tokens",
+        "decoder_target_tokens",
+        "decoder_loss_weights",
+    }
 
 
 @pytest.fixture(scope="module")
 def kd_report(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench_kd")
-    returned = _load_script("bench_kd_loss").main([
-        "--vocabs", "4096", "--batch", "2", "--length", "256", "--student_dim", "16", "--teacher_dim", "24",
-        "--chunk_tokens", "16", "--kinds", "fkl", "jsd", "--time_at", "4096x2", "--repeats", "2",
-        "--matmul_sizes", "128", "--matmul_repeats", "2", "--out_dir", str(out_dir)])
+    returned = _load_script("bench_kd_loss").main(
+        [
+            "--vocabs",
+            "4096",
+            "--batch",
+            "2",
+            "--length",
+            "256",
+            "--student_dim",
+            "16",
+            "--teacher_dim",
+            "24",
+            "--chunk_tokens",
+            "16",
+            "--kinds",
+            "fkl",
+            "jsd",
+            "--time_at",
+            "4096x2",
+            "--repeats",
+            "2",
+            "--matmul_sizes",
+            "128",
+            "--matmul_repeats",
+            "2",
+            "--out_dir",
+            str(out_dir),
+        ]
+    )
     return returned, out_dir
 
 
@@ -102,8 +151,14 @@ def test_kd_bench_writes_json_equal_to_returned_report_and_markdown_tables(kd_re
 def test_kd_bench_memory_shows_the_full_logits_only_in_naive_cases(kd_report):
     returned, _ = kd_report
     memory = {(r["case"], r["kind"]): r for r in returned["memory"]}
-    assert set(memory) == {("naive_ce", "ce"), ("chunked_ce", "ce"), ("naive_kd", "fkl"), ("chunked_kd", "fkl"),
-                           ("naive_kd", "jsd"), ("chunked_kd", "jsd")}
+    assert set(memory) == {
+        ("naive_ce", "ce"),
+        ("chunked_ce", "ce"),
+        ("naive_kd", "fkl"),
+        ("chunked_kd", "fkl"),
+        ("naive_kd", "jsd"),
+        ("chunked_kd", "jsd"),
+    }
     full = 2 * 256 * 4096 * 4
     for (case, _), r in memory.items():
         assert r["full_logits_bytes"] == full
@@ -122,14 +177,34 @@ def test_kd_bench_times_three_losses_and_reports_every_target(kd_report):
     assert below["met"] == (below["value"] >= 4)
     timed = targets["chunked KD time <= 1.15 x naive KD (4096x2)"]
     by_case = {r["case"]: r for r in returned["timing"]}
-    assert timed["value"] == pytest.approx(by_case["chunked_kd"]["median_seconds"] / by_case["naive_kd"]["median_seconds"])
+    assert timed["value"] == pytest.approx(
+        by_case["chunked_kd"]["median_seconds"] / by_case["naive_kd"]["median_seconds"]
+    )
 
 
 def test_salt_scoring_bench_scores_the_whole_split_and_reports_chunked_memory(tmp_path):
-    returned = _load_script("bench_salt_scoring").main([
-        "--task", "docstrings_lm", "--length", "32", "--batch_sizes", "4", "--chunk_size", "8", "--repeats", "2",
-        "--teacher", "emb_dim=32,num_layers=1,mlp_dim=64,head_dim=16", "--matmul_sizes", "128",
-        "--matmul_repeats", "2", "--out_dir", str(tmp_path)])
+    returned = _load_script("bench_salt_scoring").main(
+        [
+            "--task",
+            "docstrings_lm",
+            "--length",
+            "32",
+            "--batch_sizes",
+            "4",
+            "--chunk_size",
+            "8",
+            "--repeats",
+            "2",
+            "--teacher",
+            "emb_dim=32,num_layers=1,mlp_dim=64,head_dim=16",
+            "--matmul_sizes",
+            "128",
+            "--matmul_repeats",
+            "2",
+            "--out_dir",
+            str(tmp_path),
+        ]
+    )
     assert json.loads((tmp_path / "bench_salt_scoring.json").read_text()) == returned
     (result,) = returned["results"]
     assert result["sequences"] == 91  # docstrings_lm's validation split, one sequence per docstring
@@ -156,17 +231,41 @@ def test_speculative_bench_times_a_draft_against_the_target_and_checks_the_goals
     vocabulary = TokenizerVocabulary(tokenizer, {"eos_token": "<eos>", "unk_token": "<unk>"})
 
     def tiny_folder(name: str, layers: int, seed: int) -> str:
-        config = DecoderConfig(vocab_size=64, emb_dim=16, num_layers=layers, num_heads=2, num_kv_heads=1, head_dim=8,
-                               mlp_dim=32)
+        config = DecoderConfig(
+            vocab_size=64, emb_dim=16, num_layers=layers, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32
+        )
         model = build_model(config)
         pretrained = Pretrained("llama", config, model, random_params(model, seed), vocabulary, "random")
         return str(run_folder.write_run_folder(pretrained, tmp_path / name))
 
     out_dir = tmp_path / "out"
-    returned = bench.main([
-        "--target", tiny_folder("target", 2, 0), "--drafts", f"tiny={tiny_folder('draft', 1, 1)}", "--batch_sizes", "1",
-        "--temperatures", "0", "1", "--gammas", "1", "--repeats", "2", "--call_repeats", "1", "--max_new_tokens", "4",
-        "--matmul_sizes", "64", "--matmul_repeats", "1", "--out_dir", str(out_dir)])
+    returned = bench.main(
+        [
+            "--target",
+            tiny_folder("target", 2, 0),
+            "--drafts",
+            f"tiny={tiny_folder('draft', 1, 1)}",
+            "--batch_sizes",
+            "1",
+            "--temperatures",
+            "0",
+            "1",
+            "--gammas",
+            "1",
+            "--repeats",
+            "2",
+            "--call_repeats",
+            "1",
+            "--max_new_tokens",
+            "4",
+            "--matmul_sizes",
+            "64",
+            "--matmul_repeats",
+            "1",
+            "--out_dir",
+            str(out_dir),
+        ]
+    )
     assert json.loads((out_dir / "bench_speculative.json").read_text()) == returned
     rows = {r["temperature"]: r for r in returned["results"]}
     assert set(rows) == {0.0, 1.0} and all(r["draft"] == "tiny" and r["gamma"] == 1 for r in rows.values())

@@ -11,16 +11,17 @@ import subprocess
 import sys
 import time
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import struct
-from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
+from jax.sharding import NamedSharding, SingleDeviceSharding
+from jax.sharding import PartitionSpec as P
 
+import gin
 from littlehelp import checkpoints
-from littlehelp.checkpoints import CheckpointConfig, CheckpointError, Checkpointer, PreemptionGuard
+from littlehelp.checkpoints import CheckpointConfig, Checkpointer, CheckpointError, PreemptionGuard
 
 AUTO = jax.sharding.AxisType.Auto
 
@@ -150,7 +151,9 @@ def test_corrupt_latest_step_falls_back_to_previous(tmp_path, caplog, corrupt):
     assert moved.name.startswith("3-")
     assert sorted(p.relative_to(moved) for p in moved.rglob("*")) == files_of_3
     warning = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Could not restore"))
-    assert str(tmp_path / "3") in warning and "\n" not in warning and len(warning) < 500 and "TensorStore({" not in warning
+    assert (
+        str(tmp_path / "3") in warning and "\n" not in warning and len(warning) < 500 and "TensorStore({" not in warning
+    )
     assert f"Moved checkpoint {tmp_path / '3'}, which cannot be restored, to {moved}" in caplog.text
     # The recomputed step can be saved again, is restored next time, and keep-last-K ignores corrupt/.
     assert ckpt.save(3, make_dict_state(3), {"seed": 0, "batches_consumed": 30})
@@ -333,9 +336,13 @@ def test_save_to_a_read_only_folder_fails_at_once_in_one_line(tmp_path, mount_po
     with pytest.raises(checkpoints.CheckpointSaveError) as raised:
         ckpt.save(2, make_state(2), {})
     assert time.monotonic() - start < 10
-    assert str(raised.value) == (f"cannot save checkpoint step 2 to {directory}: Read-only file system [Errno 30]; "
-                                 "the steps already there are untouched")
-    assert Checkpointer(str(directory), CheckpointConfig(), read_only=True).restore(abstract_like(make_state(0)))[2] == 1
+    assert str(raised.value) == (
+        f"cannot save checkpoint step 2 to {directory}: Read-only file system [Errno 30]; "
+        "the steps already there are untouched"
+    )
+    assert (
+        Checkpointer(str(directory), CheckpointConfig(), read_only=True).restore(abstract_like(make_state(0)))[2] == 1
+    )
 
 
 def test_save_that_does_not_fit_says_how_much_is_needed(tmp_path, mount_point):
@@ -375,8 +382,12 @@ def _lock_holder_process() -> subprocess.Popen:
 def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, caplog):
     live = _lock_holder_process()
     try:
-        holder = {"host": socket.gethostname(), "pid": live.pid, "started": "2026-12-01 08:00:00",
-                  "process_start": checkpoints._process_start(live.pid)}
+        holder = {
+            "host": socket.gethostname(),
+            "pid": live.pid,
+            "started": "2026-12-01 08:00:00",
+            "process_start": checkpoints._process_start(live.pid),
+        }
         (tmp_path / checkpoints.LOCK_NAME).write_text(json.dumps(holder))
         with pytest.raises(checkpoints.RunLockedError, match=rf"in use by another trainer \(pid {live.pid} on "):
             checkpoints.RunLock(tmp_path).acquire()
@@ -394,15 +405,19 @@ def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, capl
 
 def test_run_lock_of_another_host_is_refused_with_how_to_clear_it(tmp_path):
     (tmp_path / checkpoints.LOCK_NAME).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "then"}))
-    with pytest.raises(checkpoints.RunLockedError, match="pid 1 on elsewhere since then.*delete .*run.lock if it is gone"):
+    with pytest.raises(
+        checkpoints.RunLockedError, match="pid 1 on elsewhere since then.*delete .*run.lock if it is gone"
+    ):
         checkpoints.RunLock(tmp_path).acquire()
 
 
 def make_two_model_state(seed: int) -> TinyTrainState:
     """A state whose params hold two models (as a SpacTor run's t5 and generator)."""
     rng = np.random.default_rng(seed)
-    params = {"t5": {"w": jnp.asarray(rng.standard_normal((16, 32)), jnp.float32)},
-              "generator": {"v": jnp.asarray(rng.standard_normal((8, 4)), jnp.float32)}}
+    params = {
+        "t5": {"w": jnp.asarray(rng.standard_normal((16, 32)), jnp.float32)},
+        "generator": {"v": jnp.asarray(rng.standard_normal((8, 4)), jnp.float32)},
+    }
     opt_state = {"t5": {"mu": jnp.asarray(rng.standard_normal((16, 32)), jnp.float32)}}
     return TinyTrainState(step=jnp.asarray(seed, jnp.int32), params=params, opt_state=opt_state)
 
@@ -415,18 +430,23 @@ def test_restore_params_reads_one_model_renamed_and_resharded(tmp_path):
     t5, step = checkpoints.restore_params(tmp_path, abstract_t5, select="t5")  # a run folder
     assert step == 6 and t5["w"].sharding == sharding
     assert_bitwise_equal(t5, make_two_model_state(6).params["t5"])
-    renamed, step = checkpoints.restore_params(tmp_path / "checkpoints" / "3", {"model": abstract_t5},
-                                               rename={"model": "t5"})
+    renamed, step = checkpoints.restore_params(
+        tmp_path / "checkpoints" / "3", {"model": abstract_t5}, rename={"model": "t5"}
+    )
     assert step == 3
     assert_bitwise_equal(renamed["model"], make_two_model_state(3).params["t5"])
 
 
 def test_restore_params_names_a_missing_model_or_a_mismatched_shape(tmp_path):
     save_steps(tmp_path, [1], make_two_model_state)
-    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"has no model \['model'\] \(it has \['generator', 't5'\]\)"):
+    with pytest.raises(
+        checkpoints.CheckpointMismatchError, match=r"has no model \['model'\] \(it has \['generator', 't5'\]\)"
+    ):
         checkpoints.restore_params(tmp_path, {"model": {"w": jax.ShapeDtypeStruct((16, 32), jnp.float32)}})
-    with pytest.raises(checkpoints.CheckpointMismatchError,
-                       match=r"checkpoint has params/t5/w \[16, 32\], the model expects \[16, 64\]"):
+    with pytest.raises(
+        checkpoints.CheckpointMismatchError,
+        match=r"checkpoint has params/t5/w \[16, 32\], the model expects \[16, 64\]",
+    ):
         checkpoints.restore_params(tmp_path, {"w": jax.ShapeDtypeStruct((16, 64), jnp.float32)}, select="t5")
 
 
@@ -441,7 +461,9 @@ def test_restore_params_skips_a_corrupt_step_and_moves_nothing(tmp_path):
 
 
 def test_restore_params_checks_the_fingerprints_of_what_it_reads(tmp_path):
-    only_params = lambda seed: make_two_model_state(seed).replace(opt_state={})
+    def only_params(seed):
+        return make_two_model_state(seed).replace(opt_state={})
+
     save_steps(tmp_path, [1, 2], only_params)
     _overwrite(largest_array_data_file(tmp_path / "2"))  # the bytes of a parameter: nothing else is large
     t5, step = checkpoints.restore_params(tmp_path, {"w": jax.ShapeDtypeStruct((16, 32), jnp.float32)}, select="t5")

@@ -6,18 +6,23 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import gin
 import pytest
 
+import gin
 from littlehelp import config
 
 
 @gin.configurable(module="lh_config_test")
 def toy_trainer(steps, model_dir, learning_rate=0.1, optimizer=None, schedule=()):
-    return {"steps": steps, "model_dir": model_dir, "learning_rate": learning_rate,
-            "optimizer": optimizer, "schedule": schedule}
+    return {
+        "steps": steps,
+        "model_dir": model_dir,
+        "learning_rate": learning_rate,
+        "optimizer": optimizer,
+        "schedule": schedule,
+    }
 
 
 @gin.configurable(module="lh_config_test")
@@ -31,10 +36,20 @@ def toy_evaluator(checkpoint=gin.REQUIRED, batch_size=4):
 
 
 @gin.configurable(module="lh_config_test")
-def typed_toy(steps: int = 1, rate: float = 0.1, name: str = "a", flag: bool = False, limit: int | None = None,
-              ratio: Optional[float] = None, lengths: Mapping[str, int] | None = None,
-              rules: Sequence[tuple[str, Any]] = (), ids: list[int] | None = None, pair: tuple[int, int] = (0, 0),
-              anything: Any = None, optimizer: dict | None = None):
+def typed_toy(
+    steps: int = 1,
+    rate: float = 0.1,
+    name: str = "a",
+    flag: bool = False,
+    limit: int | None = None,
+    ratio: float | None = None,
+    lengths: Mapping[str, int] | None = None,
+    rules: Sequence[tuple[str, Any]] = (),
+    ids: list[int] | None = None,
+    pair: tuple[int, int] = (0, 0),
+    anything: Any = None,
+    optimizer: dict | None = None,
+):
     return locals()
 
 
@@ -87,9 +102,14 @@ def test_parse_override_text():
 
 
 def test_override_references_and_macros_are_resolved_when_called():
-    overrides = ["toy_trainer.steps=1", "toy_trainer.model_dir=d", "LR=0.25",
-                 "toy_trainer.learning_rate=%LR", "toy_optimizer.momentum=0.5",
-                 "toy_trainer.optimizer=@toy_optimizer()"]
+    overrides = [
+        "toy_trainer.steps=1",
+        "toy_trainer.model_dir=d",
+        "LR=0.25",
+        "toy_trainer.learning_rate=%LR",
+        "toy_optimizer.momentum=0.5",
+        "toy_trainer.optimizer=@toy_optimizer()",
+    ]
     config.parse_gin([], overrides)
     result = toy_trainer()
     assert result["learning_rate"] == 0.25
@@ -220,8 +240,7 @@ def test_no_suggestion_when_nothing_is_close():
 
 
 def test_required_macro_unset_names_it(tmp_path):
-    run = write(tmp_path / "run.gin",
-                "MODEL_DIR = %gin.REQUIRED\ntoy_trainer.model_dir = %MODEL_DIR\n")
+    run = write(tmp_path / "run.gin", "MODEL_DIR = %gin.REQUIRED\ntoy_trainer.model_dir = %MODEL_DIR\n")
     with pytest.raises(config.ConfigError, match="required value.*MODEL_DIR"):
         config.parse_gin([str(run)], [])
     config.parse_gin([str(run)], ["MODEL_DIR=runs/demo", "toy_trainer.steps=1"])
@@ -258,8 +277,13 @@ class ToyData:
 
 
 def test_required_arguments_are_read_without_calling_the_referenced_configurables():
-    bindings = ["DATA = @validation/ToyData()", "toy_evaluator.checkpoint = %DATA", "ToyData.name = 'task'",
-                "MODEL = @toy_optimizer()", "toy_evaluator.batch_size = %MODEL"]
+    bindings = [
+        "DATA = @validation/ToyData()",
+        "toy_evaluator.checkpoint = %DATA",
+        "ToyData.name = 'task'",
+        "MODEL = @toy_optimizer()",
+        "toy_evaluator.batch_size = %MODEL",
+    ]
     config.parse_gin([], bindings)
     ToyData.built = 0
     assert config.missing_required_arguments(toy_evaluator) == []
@@ -291,9 +315,13 @@ def test_import_configurable_modules_skips_only_absent_modules(tmp_path, monkeyp
 
 def test_operative_config_written_and_reparseable(tmp_path):
     model_dir = tmp_path / "runs" / "demo"
-    overrides = [f"MODEL_DIR={model_dir}", "toy_trainer.model_dir=%MODEL_DIR",
-                 "toy_trainer.steps=7", "toy_trainer.optimizer=@toy_optimizer()",
-                 "toy_optimizer.momentum=0.5"]
+    overrides = [
+        f"MODEL_DIR={model_dir}",
+        "toy_trainer.model_dir=%MODEL_DIR",
+        "toy_trainer.steps=7",
+        "toy_trainer.optimizer=@toy_optimizer()",
+        "toy_optimizer.momentum=0.5",
+    ]
     config.parse_gin([], overrides)
     used = toy_trainer()
     path = config.write_operative_config(str(model_dir))
@@ -302,8 +330,17 @@ def test_operative_config_written_and_reparseable(tmp_path):
     assert "toy_trainer.steps = 7" in text and "toy_optimizer.momentum = 0.5" in text
     gin.clear_config()
     gin.parse_config_file(str(path))
-    assert toy_trainer() == used == {"steps": 7, "model_dir": str(model_dir), "learning_rate": 0.1,
-                                     "optimizer": {"momentum": 0.5}, "schedule": ()}
+    assert (
+        toy_trainer()
+        == used
+        == {
+            "steps": 7,
+            "model_dir": str(model_dir),
+            "learning_rate": 0.1,
+            "optimizer": {"momentum": 0.5},
+            "schedule": (),
+        }
+    )
 
 
 def test_syntax_error_names_file_and_line(tmp_path):
@@ -327,7 +364,10 @@ def test_syntax_error_names_file_and_line(tmp_path):
         ("lengths={'inputs': '8'}", "typed_toy.lengths expects Mapping[str, int] | None, got dict {'inputs': '8'}"),
         ("lengths=[8]", "typed_toy.lengths expects Mapping[str, int] | None, got list [8]"),
         ("rules='batch'", "typed_toy.rules expects Sequence[tuple[str, Any]], got str 'batch'"),
-        ("rules=[['batch', 'data']]", "typed_toy.rules expects Sequence[tuple[str, Any]], got list [['batch', 'data']]"),
+        (
+            "rules=[['batch', 'data']]",
+            "typed_toy.rules expects Sequence[tuple[str, Any]], got list [['batch', 'data']]",
+        ),
         ("ids=(1, 2)", "typed_toy.ids expects list[int] | None, got tuple (1, 2)"),
         ("ids=[1, 'two']", "typed_toy.ids expects list[int] | None, got list [1, 'two']"),
         ("pair=(1, 2, 3)", "typed_toy.pair expects tuple[int, int], got tuple (1, 2, 3)"),
@@ -341,10 +381,20 @@ def test_literal_refused_by_its_annotation(override, expected):
 
 def test_literals_accepted_by_their_annotations(tmp_path):
     gin_file = write(tmp_path / "a.gin", "typed_toy.steps = 'ten'\n")
-    overrides = ["typed_toy.steps=3", "typed_toy.rate=2", "typed_toy.limit=None", "typed_toy.ratio=1",
-                 "typed_toy.lengths={'inputs': 8}", "typed_toy.rules=[('batch', ('data', 'fsdp')), ('kv', None)]",
-                 "typed_toy.ids=[]", "typed_toy.pair=(1, 2)", "typed_toy.anything=[{1: 'x'}]",
-                 "typed_toy.optimizer=@toy_optimizer()", "typed_toy.name=runs/demo", "toy_trainer.steps='any'"]
+    overrides = [
+        "typed_toy.steps=3",
+        "typed_toy.rate=2",
+        "typed_toy.limit=None",
+        "typed_toy.ratio=1",
+        "typed_toy.lengths={'inputs': 8}",
+        "typed_toy.rules=[('batch', ('data', 'fsdp')), ('kv', None)]",
+        "typed_toy.ids=[]",
+        "typed_toy.pair=(1, 2)",
+        "typed_toy.anything=[{1: 'x'}]",
+        "typed_toy.optimizer=@toy_optimizer()",
+        "typed_toy.name=runs/demo",
+        "toy_trainer.steps='any'",
+    ]
     config.parse_gin([str(gin_file)], overrides)
     result = typed_toy()
     assert (result["steps"], result["rate"], result["optimizer"]) == (3, 2, {"momentum": 0.9})
@@ -367,8 +417,9 @@ def test_run_file_macro_of_the_wrong_type_is_refused_before_anything_is_built():
 
 def test_misspelt_command_line_macro_is_refused():
     config.parse_gin(["runs/demo.gin"], ["MODEL_DIR=/tmp/x", "TRAIN_STEPS=3"])
-    expected = ("command line: `TRAIN_STEPZ = 3`: no gin file or binding reads macro TRAIN_STEPZ; "
-                "did you mean 'TRAIN_STEPS'?")
+    expected = (
+        "command line: `TRAIN_STEPZ = 3`: no gin file or binding reads macro TRAIN_STEPZ; did you mean 'TRAIN_STEPS'?"
+    )
     with pytest.raises(config.ConfigError, match=re.escape(expected) + "$"):
         config.parse_gin(["runs/demo.gin"], ["MODEL_DIR=/tmp/x", "TRAIN_STEPZ=3"])
 
@@ -388,7 +439,8 @@ def test_a_method_package_registers_itself_through_its_gin_files_import(tmp_path
     package.mkdir()
     (package / "__init__.py").write_text(
         "import gin\n\n@gin.configurable(module='lh_new_method')\ndef strength(value: int = gin.REQUIRED) -> int:\n"
-        "    return value\n")
+        "    return value\n"
+    )
     (tmp_path / "method.gin").write_text("import lh_new_method\n\nlh_new_method.strength.value = 7\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "lh_new_method" not in " ".join(config.CONFIGURABLE_MODULES)

@@ -4,30 +4,35 @@ is not empty is refused with one line. The model here is a tiny T5 with random p
 real imports are tested in tests/models/)."""
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gin
 from littlehelp import checkpoints, main, metrics, partitioning
 from littlehelp.data import GlobalBatches
-from littlehelp.models import build_model
-from littlehelp.models import convert
-from littlehelp.models.convert import Pretrained
-from littlehelp.models.convert import run_folder
+from littlehelp.models import build_model, convert
+from littlehelp.models.convert import Pretrained, run_folder
 from littlehelp.objectives import EncoderDecoderObjective
 from tests.helpers import TINY_DECODER, TINY_T5, random_params, t5_data
 
-DATA = ["--gin.TASK='docstrings_prefix_lm'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}",
-        "--gin.BATCH_SIZE=8", "--gin.partitioning.MeshConfig.data=1"]
+DATA = [
+    "--gin.TASK='docstrings_prefix_lm'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}",
+    "--gin.BATCH_SIZE=8",
+    "--gin.partitioning.MeshConfig.data=1",
+]
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """(folder, params): a random tiny T5 written as a converted run folder."""
     model = build_model(TINY_T5)
-    example = {"encoder_input_tokens": jnp.zeros((1, 8), jnp.int32), "decoder_input_tokens": jnp.zeros((1, 8), jnp.int32)}
+    example = {
+        "encoder_input_tokens": jnp.zeros((1, 8), jnp.int32),
+        "decoder_input_tokens": jnp.zeros((1, 8), jnp.int32),
+    }
     params = jax.tree.map(np.asarray, nn.unbox(model.init(jax.random.key(7), example)))
     folder = tmp_path_factory.mktemp("converted") / "tiny_t5"
     run_folder.write_run_folder(Pretrained("t5", TINY_T5, model, params, None, "random tiny T5"), folder)
@@ -43,9 +48,18 @@ def first_batch_loss(params, data) -> float:
 
 def test_eval_reads_a_converted_folder_as_a_run_folder(converted):
     folder, params = converted
-    result = main.main(["eval", f"--gin_file={folder / 'model.gin'}", "--gin_file=runs/pretrain.gin",
-                        "--gin_file=runs/eval.gin", "--gin.EVAL_BATCHES=1", f"--gin.MODEL_DIR={folder}",
-                        "--gin.TRAIN_STEPS=0", *DATA])
+    result = main.main(
+        [
+            "eval",
+            f"--gin_file={folder / 'model.gin'}",
+            "--gin_file=runs/pretrain.gin",
+            "--gin_file=runs/eval.gin",
+            "--gin.EVAL_BATCHES=1",
+            f"--gin.MODEL_DIR={folder}",
+            "--gin.TRAIN_STEPS=0",
+            *DATA,
+        ]
+    )
     expected = first_batch_loss(params, t5_data(batch_size=8).evaluation())
     np.testing.assert_allclose(result["loss"], expected, rtol=1e-5)
 
@@ -53,10 +67,20 @@ def test_eval_reads_a_converted_folder_as_a_run_folder(converted):
 def test_finetuning_starts_from_the_converted_parameters_with_a_fresh_optimizer(converted, tmp_path):
     folder, params = converted
     run = tmp_path / "finetune"
-    main.main(["train", f"--gin_file={folder / 'model.gin'}", "--gin_file=runs/finetune.gin",
-               f"--gin.INITIAL_CHECKPOINT_PATH={folder}", f"--gin.MODEL_DIR={run}", "--gin.TRAIN_STEPS=1",
-               "--gin.trainer.train.eval_every=0", "--gin.trainer.train.log_every=1",
-               "--gin.trainer.train.peak_flops_per_device=1e9", *DATA])
+    main.main(
+        [
+            "train",
+            f"--gin_file={folder / 'model.gin'}",
+            "--gin_file=runs/finetune.gin",
+            f"--gin.INITIAL_CHECKPOINT_PATH={folder}",
+            f"--gin.MODEL_DIR={run}",
+            "--gin.TRAIN_STEPS=1",
+            "--gin.trainer.train.eval_every=0",
+            "--gin.trainer.train.log_every=1",
+            "--gin.trainer.train.peak_flops_per_device=1e9",
+            *DATA,
+        ]
+    )
     logged = metrics.read_jsonl(run / "metrics.jsonl")
     step_one = next(r for r in logged if r["step"] == 1)
     np.testing.assert_allclose(step_one["train/loss"], first_batch_loss(params, t5_data(batch_size=8)), rtol=1e-5)
@@ -71,7 +95,8 @@ def test_a_folder_that_is_not_empty_is_refused_and_left_as_it_was(converted, tmp
         main.main(["convert", f"--from={folder}", f"--to={target}"])
     assert stopped.value.code == 1
     assert capsys.readouterr().err.strip() == (
-        f"littlehelp: error: {target} is not empty; choose a new folder for the converted model")
+        f"littlehelp: error: {target} is not empty; choose a new folder for the converted model"
+    )
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
 
 
@@ -109,12 +134,19 @@ def converted_with_vocabulary(tmp_path_factory):
     return run_folder.write_run_folder(pretrained, folder)
 
 
-def test_infer_decodes_a_prompt_with_the_converted_folder_model_gin_alone(converted_with_vocabulary, tmp_path,
-                                                                         monkeypatch):
+def test_infer_decodes_a_prompt_with_the_converted_folder_model_gin_alone(
+    converted_with_vocabulary, tmp_path, monkeypatch
+):
     folder = converted_with_vocabulary
     monkeypatch.chdir(tmp_path)  # MODEL_DIR defaults to runs/infer/<folder name> under the working folder
-    records = main.main(["infer", f"--gin_file={folder / 'model.gin'}", "--gin.PROMPT='hello world'",
-                         "--gin.inference.DecodingConfig.max_decode_length=4"])
+    records = main.main(
+        [
+            "infer",
+            f"--gin_file={folder / 'model.gin'}",
+            "--gin.PROMPT='hello world'",
+            "--gin.inference.DecodingConfig.max_decode_length=4",
+        ]
+    )
     (record,) = records
     assert record["prompt"] == "hello world"  # as the model read it
     assert set(record["prediction"].split()) <= {"hello", "world", "again", "<unk>", "<pad>"}
@@ -125,9 +157,11 @@ def test_infer_decodes_a_prompt_with_the_converted_folder_model_gin_alone(conver
 def test_infer_with_runs_infer_gin_on_a_converted_folder_names_the_unset_data_values(converted_with_vocabulary, capsys):
     folder = converted_with_vocabulary
     with pytest.raises(SystemExit) as stopped:
-        main.main(["infer", f"--gin_file={folder / 'model.gin'}", "--gin_file=runs/infer.gin",
-                   f"--gin.MODEL_DIR={folder}"])
+        main.main(
+            ["infer", f"--gin_file={folder / 'model.gin'}", "--gin_file=runs/infer.gin", f"--gin.MODEL_DIR={folder}"]
+        )
     assert stopped.value.code == 2
     assert capsys.readouterr().err.strip() == (
         "littlehelp: error: required value(s) not set: validation/pipeline.DatasetConfig.name, "
-        "validation/pipeline.DatasetConfig.task_feature_lengths, validation/pipeline.DatasetConfig.batch_size")
+        "validation/pipeline.DatasetConfig.task_feature_lengths, validation/pipeline.DatasetConfig.batch_size"
+    )

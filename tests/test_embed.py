@@ -1,4 +1,5 @@
 """SentenceEmbedder on all-MiniLM-L6-v2 against HF transformers + mean pooling + L2 normalisation."""
+
 import json
 import shutil
 
@@ -19,7 +20,9 @@ def embedder(minilm_dir):
 
 @pytest.fixture(scope="module")
 def hf(minilm_dir):
-    return transformers.AutoTokenizer.from_pretrained(minilm_dir), transformers.AutoModel.from_pretrained(minilm_dir).eval()
+    return transformers.AutoTokenizer.from_pretrained(minilm_dir), transformers.AutoModel.from_pretrained(
+        minilm_dir
+    ).eval()
 
 
 def _hf_embeddings(hf, texts: list[str], max_length: int = 512) -> np.ndarray:

@@ -47,13 +47,16 @@ SAVE_20 = "I1207 checkpoints.py:365] Checkpoint step 20 being written to /tmp/dr
 STEP_17 = "I1207 metrics.py:92] step 17 train: loss=4.1"
 
 
-@pytest.mark.parametrize("text,committed,phase", [
-    (log("Restoring the newest good checkpoint in /tmp/drill/checkpoints."), [15], "start-up"),
-    (log(STARTED), [15], "compile"),
-    (log(STARTED, COMPILED, STEP_17), [15], "mid-step"),
-    (log(STARTED, COMPILED, STEP_17, SAVE_20), [15], "mid-save"),
-    (log(STARTED, COMPILED, STEP_17, SAVE_20, "step 21 train: loss=4"), [15, 20], "between saves"),
-])
+@pytest.mark.parametrize(
+    "text,committed,phase",
+    [
+        (log("Restoring the newest good checkpoint in /tmp/drill/checkpoints."), [15], "start-up"),
+        (log(STARTED), [15], "compile"),
+        (log(STARTED, COMPILED, STEP_17), [15], "mid-step"),
+        (log(STARTED, COMPILED, STEP_17, SAVE_20), [15], "mid-save"),
+        (log(STARTED, COMPILED, STEP_17, SAVE_20, "step 21 train: loss=4"), [15, 20], "between saves"),
+    ],
+)
 def test_phase_hit_reads_the_log_and_the_steps_on_disk(drill, text, committed, phase):
     assert drill.phase_hit(text, committed) == phase
 
@@ -71,12 +74,27 @@ def fault(drill, kind: str, survived: bool = True, planned: str | None = None, p
 
 def report(drill, faults: list[dict]) -> dict:
     """A report as `main` builds it, around `faults`, with nothing else wrong."""
-    built = {"date": "2026-12-07", "code": "abc", "command": "python scripts/fault_drill.py --kills 5",
-            "total_seconds": 1.0, "uptime_start": "up", "uptime_end": "up",
-            "config": {"steps": 40, "save_interval": 5, "max_to_keep": 3, "seed": 0}, "train_command": "train",
-            "plan": ["start-up"], "faults": faults, "kill_phases": drill.phase_counts(faults), "mismatches": [],
-            "metrics_problems": [], "deleted_problems": [], "final_problems": [], "arrays_compared": 119,
-            "lock_takeovers": 5, "finite_check": None, "work_dir": "/tmp/x"}
+    built = {
+        "date": "2026-12-07",
+        "code": "abc",
+        "command": "python scripts/fault_drill.py --kills 5",
+        "total_seconds": 1.0,
+        "uptime_start": "up",
+        "uptime_end": "up",
+        "config": {"steps": 40, "save_interval": 5, "max_to_keep": 3, "seed": 0},
+        "train_command": "train",
+        "plan": ["start-up"],
+        "faults": faults,
+        "kill_phases": drill.phase_counts(faults),
+        "mismatches": [],
+        "metrics_problems": [],
+        "deleted_problems": [],
+        "final_problems": [],
+        "arrays_compared": 119,
+        "lock_takeovers": 5,
+        "finite_check": None,
+        "work_dir": "/tmp/x",
+    }
     return built | {"target_met": drill.target_met(built)}
 
 
@@ -105,11 +123,13 @@ def test_markdown_has_a_row_per_fault_kind_with_its_description_and_a_phase_tabl
 
 def test_converted_problems_accepts_an_equal_folder_and_names_a_partial_one(drill, tmp_path):
     reference = drill.run_folder.write_run_folder(
-        drill.convert.load(drill.write_convert_source(tmp_path / "hf")), tmp_path / "reference")
+        drill.convert.load(drill.write_convert_source(tmp_path / "hf")), tmp_path / "reference"
+    )
     assert drill.converted_problems(reference, reference) == []
     partial = tmp_path / "partial"
     shutil.copytree(reference, partial)
     (partial / "converted.json").unlink()
     assert drill.converted_problems(partial, reference) == [
-        f"{partial} holds ['checkpoints', 'model.gin'], expected ['checkpoints', 'converted.json', 'model.gin']"]
+        f"{partial} holds ['checkpoints', 'model.gin'], expected ['checkpoints', 'converted.json', 'model.gin']"
+    ]
     assert "holds []" in drill.converted_problems(tmp_path / "absent", reference)[0]

@@ -8,7 +8,7 @@ import pytest
 from jax.extend import core as jex_core
 
 from littlehelp import flops
-from littlehelp.models import DecoderLM, Encoder, EncoderConfig, T5
+from littlehelp.models import T5, DecoderLM, Encoder, EncoderConfig
 from tests.helpers import TINY_DECODER, TINY_T5
 
 
@@ -48,7 +48,10 @@ def test_t5_forward_and_train_flops_match_traced_count():
     params = model.init(jax.random.key(0), enc, dec)
     forward = _counted(lambda p: model.apply(p, enc, dec), params)
     assert forward == pytest.approx(flops.t5_forward_flops(TINY_T5, batch, inputs, targets), rel=1e-9)
-    loss = lambda p: jnp.sum(model.apply(p, enc, dec))
+
+    def loss(p):
+        return jnp.sum(model.apply(p, enc, dec))
+
     train = _counted(jax.value_and_grad(loss), params)
     assert train == pytest.approx(flops.TRAIN_MULTIPLIER * forward, rel=0.02)
 

@@ -37,11 +37,14 @@ def test_a_folder_holding_its_final_step_is_reused(tmp_path, capsys, with_record
     assert _contents(folder) == before
 
 
-@pytest.mark.parametrize("gin_file, bindings, fragment", [
-    ("no/such.gin", {"BATCH_SIZE": 4}, "no/such.gin"),
-    (SMOKE, ["TRAIN_STEPS=2", "trainer.train.evl_every=1"], "did you mean 'eval_every'?"),
-    (SMOKE, {"TRAIN_STEPS": "two"}, "train.steps expects int, got str 'two'"),
-])
+@pytest.mark.parametrize(
+    "gin_file, bindings, fragment",
+    [
+        ("no/such.gin", {"BATCH_SIZE": 4}, "no/such.gin"),
+        (SMOKE, ["TRAIN_STEPS=2", "trainer.train.evl_every=1"], "did you mean 'eval_every'?"),
+        (SMOKE, {"TRAIN_STEPS": "two"}, "train.steps expects int, got str 'two'"),
+    ],
+)
 def test_a_bad_configuration_raises_config_error_naming_it(tmp_path, gin_file, bindings, fragment):
     with pytest.raises(ConfigError) as error:
         launch.train(gin_file, bindings, tmp_path / "run")
@@ -49,21 +52,26 @@ def test_a_bad_configuration_raises_config_error_naming_it(tmp_path, gin_file, b
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("gin_files, bindings, difference", [
-    ([SMOKE], ["TRAIN_STEPS=4"], "TRAIN_STEPS=4 there, TRAIN_STEPS=300 now"),
-    ([SMOKE], ["TRAIN_STEPS=300", "BATCH_SIZE=4"], "BATCH_SIZE=4 there, BATCH_SIZE unset now"),
-    (["runs/demo.gin"], ["TRAIN_STEPS=300"], "gin files runs/demo.gin there, runs/smoke.gin now"),
-])
-def test_a_folder_built_with_other_settings_is_refused_by_name_and_left_alone(tmp_path, gin_files, bindings,
-                                                                             difference):
+@pytest.mark.parametrize(
+    "gin_files, bindings, difference",
+    [
+        ([SMOKE], ["TRAIN_STEPS=4"], "TRAIN_STEPS=4 there, TRAIN_STEPS=300 now"),
+        ([SMOKE], ["TRAIN_STEPS=300", "BATCH_SIZE=4"], "BATCH_SIZE=4 there, BATCH_SIZE unset now"),
+        (["runs/demo.gin"], ["TRAIN_STEPS=300"], "gin files runs/demo.gin there, runs/smoke.gin now"),
+    ],
+)
+def test_a_folder_built_with_other_settings_is_refused_by_name_and_left_alone(
+    tmp_path, gin_files, bindings, difference
+):
     folder = tmp_path / "runs" / "x"
     save_params_only(random_params(build_model(TINY_DECODER), 0), folder)
     _write_launch_record(folder, gin_files, bindings)
     before = _contents(folder)
     with pytest.raises(ConfigError) as error:
         launch.train(SMOKE, {"TRAIN_STEPS": 300}, folder)
-    assert error.value.one_line() == (f"run folder {folder} was built with other settings ({difference}); "
-                                      "use another folder or delete it")
+    assert error.value.one_line() == (
+        f"run folder {folder} was built with other settings ({difference}); use another folder or delete it"
+    )
     assert _contents(folder) == before
 
 
@@ -71,7 +79,8 @@ def test_settings_compare_by_each_names_last_value():
     there = {"gin_files": ["a.gin"], "bindings": ["X=1", "Y = 2", "X=3"]}
     assert launch.settings_difference(there, {"gin_files": ["a.gin"], "bindings": ["Y=2", "X=3"]}) == ""
     assert launch.settings_difference(there, {"gin_files": ["a.gin"], "bindings": ["Y=2", "X=1"]}) == (
-        "X=3 there, X=1 now")
+        "X=3 there, X=1 now"
+    )
 
 
 def test_a_tiny_run_returns_its_last_metrics_and_is_reused_after(tmp_path, capsys):

@@ -56,7 +56,9 @@ def test_cross_entropy_and_z_loss_match_numpy():
     logits = rng.normal(size=(3, 5, 11)) * 3
     targets = rng.integers(0, 11, size=(3, 5))
     weights = (rng.random((3, 5)) > 0.3).astype(np.float64)
-    sums = losses.cross_entropy_with_z_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(targets), jnp.asarray(weights), z_loss=1e-2)
+    sums = losses.cross_entropy_with_z_loss(
+        jnp.asarray(logits, jnp.float32), jnp.asarray(targets), jnp.asarray(weights), z_loss=1e-2
+    )
     log_z = np.log(np.exp(logits).sum(-1))
     nll = log_z - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
     np.testing.assert_allclose(sums.cross_entropy, (nll * weights).sum(), rtol=1e-5)
@@ -77,7 +79,9 @@ def test_per_token_cross_entropy_and_sequence_reductions_match_numpy():
     targets = rng.integers(0, 9, size=(3, 6))
     weights = (rng.random((3, 6)) > 0.4).astype(np.float64)
     weights[2] = 0.0  # an all-padding sequence
-    token = losses.token_cross_entropy(jnp.asarray(logits, jnp.bfloat16), jnp.asarray(targets), jnp.asarray(weights), 1e-3)
+    token = losses.token_cross_entropy(
+        jnp.asarray(logits, jnp.bfloat16), jnp.asarray(targets), jnp.asarray(weights), 1e-3
+    )
     bf16_logits = np.asarray(jnp.asarray(logits, jnp.bfloat16), np.float64)
     log_z = _logsumexp(bf16_logits)
     nll = (log_z - np.take_along_axis(bf16_logits, targets[..., None], -1)[..., 0]) * weights
@@ -100,18 +104,23 @@ def test_divergences_match_float64_numpy_per_token(kind, temperature):
     student, teacher, weights = _pair()
     values = losses.divergence(kind, *_f32(student, teacher, weights), temperature=temperature)
     assert values.shape == (3, 5) and values.dtype == jnp.float32
-    np.testing.assert_allclose(values, np_divergence(kind, student, teacher, weights, 0.5, temperature),
-                               rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        values, np_divergence(kind, student, teacher, weights, 0.5, temperature), rtol=2e-5, atol=1e-6
+    )
 
 
 def test_individual_functions_equal_the_public_entry():
     student, teacher, weights = _f32(*_pair())
     functions = {"fkl": losses.forward_kl, "rkl": losses.reverse_kl, "tvd": losses.total_variation}
     for kind, function in functions.items():
-        np.testing.assert_array_equal(function(student, teacher, weights, 1.5),
-                                      losses.divergence(kind, student, teacher, weights, temperature=1.5))
-    np.testing.assert_array_equal(losses.jensen_shannon(student, teacher, weights, 0.3, 1.5),
-                                  losses.divergence("jsd", student, teacher, weights, beta=0.3, temperature=1.5))
+        np.testing.assert_array_equal(
+            function(student, teacher, weights, 1.5),
+            losses.divergence(kind, student, teacher, weights, temperature=1.5),
+        )
+    np.testing.assert_array_equal(
+        losses.jensen_shannon(student, teacher, weights, 0.3, 1.5),
+        losses.divergence("jsd", student, teacher, weights, beta=0.3, temperature=1.5),
+    )
 
 
 @pytest.mark.parametrize("beta", [1e-3, 0.2, 0.5, 0.9, 1 - 1e-3])
@@ -142,8 +151,9 @@ def test_bfloat16_logits_are_computed_in_float32(kind):
     student16, teacher16 = jnp.asarray(student, jnp.bfloat16), jnp.asarray(teacher, jnp.bfloat16)
     values = losses.divergence(kind, student16, teacher16, jnp.asarray(weights), beta=0.3, temperature=1.3)
     assert values.dtype == jnp.float32
-    reference = np_divergence(kind, np.asarray(student16, np.float64), np.asarray(teacher16, np.float64),
-                              weights, 0.3, 1.3)
+    reference = np_divergence(
+        kind, np.asarray(student16, np.float64), np.asarray(teacher16, np.float64), weights, 0.3, 1.3
+    )
     np.testing.assert_allclose(values, reference, rtol=2e-5, atol=1e-6)
 
 
@@ -196,7 +206,10 @@ def _finite_difference(f, x, eps=1e-6):
 def test_gradients_wrt_student_logits_match_float64_finite_differences(kind):
     student, teacher, weights = _pair(shape=(2, 3, 7), scale=1.5, seed=3)
     reference = _finite_difference(lambda s: np_divergence(kind, s, teacher, weights, 0.3, 1.7).sum(), student)
-    loss = lambda s, t: losses.divergence(kind, s, t, jnp.asarray(weights, jnp.float32), beta=0.3, temperature=1.7).sum()  # noqa: E731
+
+    def loss(s, t):
+        return losses.divergence(kind, s, t, jnp.asarray(weights, jnp.float32), beta=0.3, temperature=1.7).sum()
+
     student_grad, teacher_grad = jax.grad(loss, argnums=(0, 1))(*_f32(student, teacher))
     np.testing.assert_allclose(student_grad, reference, rtol=1e-3, atol=1e-6)
     assert float(jnp.abs(teacher_grad).max()) == 0.0  # the teacher is frozen
@@ -237,8 +250,9 @@ def test_chunked_divergence_values_and_gradients_equal_unchunked(kind, chunk_siz
         return losses.divergence(kind, _head(p)(h), th @ tk, weights, beta=0.3, temperature=1.5).sum()
 
     def chunked(h, p, th, tk):
-        return losses.chunked_divergence(kind, h, _head(p), th, lambda x: x @ tk, weights, chunk_size,
-                                         beta=0.3, temperature=1.5).total
+        return losses.chunked_divergence(
+            kind, h, _head(p), th, lambda x: x @ tk, weights, chunk_size, beta=0.3, temperature=1.5
+        ).total
 
     args = (hidden, params, teacher_hidden, teacher_kernel)
     value, grads = jax.value_and_grad(unchunked, argnums=(0, 1))(*args)
@@ -247,10 +261,25 @@ def test_chunked_divergence_values_and_gradients_equal_unchunked(kind, chunk_siz
     for got, want in zip(jax.tree.leaves(chunked_grads[:2]), jax.tree.leaves(grads)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in chunked_grads[2:])  # frozen teacher
-    per_token = losses.chunked_divergence(kind, hidden, _head(params), teacher_hidden, lambda x: x @ teacher_kernel,
-                                          weights, chunk_size, beta=0.3, temperature=1.5).per_token
-    np.testing.assert_allclose(per_token, losses.divergence(kind, _head(params)(hidden), teacher_hidden @ teacher_kernel,
-                                                            weights, beta=0.3, temperature=1.5), rtol=1e-5, atol=1e-7)
+    per_token = losses.chunked_divergence(
+        kind,
+        hidden,
+        _head(params),
+        teacher_hidden,
+        lambda x: x @ teacher_kernel,
+        weights,
+        chunk_size,
+        beta=0.3,
+        temperature=1.5,
+    ).per_token
+    np.testing.assert_allclose(
+        per_token,
+        losses.divergence(
+            kind, _head(params)(hidden), teacher_hidden @ teacher_kernel, weights, beta=0.3, temperature=1.5
+        ),
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 def test_chunked_cross_entropy_values_gradients_and_metrics_equal_unchunked():
@@ -279,14 +308,17 @@ def test_chunked_bfloat16_model_gives_bfloat16_gradients_close_to_float32():
     to16 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.bfloat16), tree)  # noqa: E731
 
     def chunked(h, p):
-        return losses.chunked_divergence("fkl", h, _head(p), teacher_hidden, lambda x: x @ teacher_kernel, weights,
-                                         chunk_size=4).total
+        return losses.chunked_divergence(
+            "fkl", h, _head(p), teacher_hidden, lambda x: x @ teacher_kernel, weights, chunk_size=4
+        ).total
 
     def unchunked(h, p):
         return losses.forward_kl(_head(p)(h), teacher_hidden @ teacher_kernel, weights).sum()
 
     grads16 = jax.grad(chunked, argnums=(0, 1))(*to16((hidden, params)))
-    grads32 = jax.grad(unchunked, argnums=(0, 1))(*jax.tree.map(lambda x: x.astype(jnp.float32), to16((hidden, params))))
+    grads32 = jax.grad(unchunked, argnums=(0, 1))(
+        *jax.tree.map(lambda x: x.astype(jnp.float32), to16((hidden, params)))
+    )
     for got, want in zip(jax.tree.leaves(grads16), jax.tree.leaves(grads32)):
         assert got.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=3e-2, atol=3e-2 * float(jnp.abs(want).max()))
@@ -294,7 +326,9 @@ def test_chunked_bfloat16_model_gives_bfloat16_gradients_close_to_float32():
 
 def test_chunked_per_token_values_carry_no_gradient_and_bad_chunk_size_is_refused():
     hidden, params, _, _, weights, targets = _models()
-    grad = jax.grad(lambda h: losses.chunked_cross_entropy(h, _head(params), targets, weights).per_token.cross_entropy.sum())(hidden)
+    grad = jax.grad(
+        lambda h: losses.chunked_cross_entropy(h, _head(params), targets, weights).per_token.cross_entropy.sum()
+    )(hidden)
     assert float(jnp.abs(grad).max()) == 0.0
     with pytest.raises(ValueError, match="chunk_size must be >= 1, got 0"):
         losses.chunked_cross_entropy(hidden, _head(params), targets, weights, chunk_size=0)
@@ -304,15 +338,23 @@ def test_compiled_chunked_loss_and_grad_holds_no_batch_length_vocab_buffer():
     b, length, d, vocab = 4, 1024, 32, 4096
     full_logits_bytes = b * length * vocab * 4  # 64 MiB
     spec = jax.ShapeDtypeStruct
-    args = (spec((b, length, d), jnp.float32), spec((d, vocab), jnp.float32),
-            spec((b, length, 2 * d), jnp.float32), spec((2 * d, vocab), jnp.float32), spec((b, length), jnp.float32))
+    args = (
+        spec((b, length, d), jnp.float32),
+        spec((d, vocab), jnp.float32),
+        spec((b, length, 2 * d), jnp.float32),
+        spec((2 * d, vocab), jnp.float32),
+        spec((b, length), jnp.float32),
+    )
 
     def temp_bytes(loss):
         compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*args).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
     naive = temp_bytes(lambda h, k, th, tk, w: losses.divergence("jsd", h @ k, th @ tk, w).sum())
-    chunked = temp_bytes(lambda h, k, th, tk, w: losses.chunked_divergence(
-        "jsd", h, lambda x: x @ k, th, lambda x: x @ tk, w, chunk_size=16).total)
+    chunked = temp_bytes(
+        lambda h, k, th, tk, w: (
+            losses.chunked_divergence("jsd", h, lambda x: x @ k, th, lambda x: x @ tk, w, chunk_size=16).total
+        )
+    )
     assert naive > full_logits_bytes  # the check can see such a buffer
     assert chunked < full_logits_bytes / 6

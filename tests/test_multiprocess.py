@@ -29,9 +29,14 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "multiprocess_worker.py"
 TIMEOUT_S = 240
 RUN = [
-    "--gin_file=models/decoder/tiny.gin", "--gin_file=runs/pretrain.gin", "--gin.TASK='docstrings_lm'",
-    "--gin.TASK_FEATURE_LENGTHS={'targets': 32}", "--gin.BATCH_SIZE=8", "--gin.trainer.train.eval_every=0",
-    "--gin.trainer.train.log_every=1", "--gin.trainer.train.peak_flops_per_device=1e9",
+    "--gin_file=models/decoder/tiny.gin",
+    "--gin_file=runs/pretrain.gin",
+    "--gin.TASK='docstrings_lm'",
+    "--gin.TASK_FEATURE_LENGTHS={'targets': 32}",
+    "--gin.BATCH_SIZE=8",
+    "--gin.trainer.train.eval_every=0",
+    "--gin.trainer.train.log_every=1",
+    "--gin.trainer.train.peak_flops_per_device=1e9",
     "--gin.checkpoints.CheckpointConfig.save_interval_steps=4",
 ]
 EIGHT_DEVICES = ["--gin.partitioning.MeshConfig.data=2", "--gin.partitioning.MeshConfig.fsdp=4"]
@@ -47,20 +52,33 @@ def _free_port() -> int:
 def _worker_env() -> dict[str, str]:
     """This environment with 4 fake CPU devices per process instead of conftest's 8."""
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    return {**os.environ, "XLA_FLAGS": " ".join([*flags, "--xla_force_host_platform_device_count=4"]),
-            "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    return {
+        **os.environ,
+        "XLA_FLAGS": " ".join([*flags, "--xla_force_host_platform_device_count=4"]),
+        "JAX_PLATFORMS": "cpu",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+    }
 
 
 def _start_workers(out: Path, train_args: list[str]) -> list[tuple[subprocess.Popen, Path]]:
     port, started = _free_port(), []
     for index in range(2):
         log = out / f"worker{index}.log"
-        command = [sys.executable, str(WORKER), f"--process_id={index}", "--num_processes=2", f"--port={port}",
-                   f"--report={out / f'worker{index}.json'}", "--", *train_args]
+        command = [
+            sys.executable,
+            str(WORKER),
+            f"--process_id={index}",
+            "--num_processes=2",
+            f"--port={port}",
+            f"--report={out / f'worker{index}.json'}",
+            "--",
+            *train_args,
+        ]
         with open(log, "w", encoding="utf-8") as stream:
-            started.append((subprocess.Popen(command, cwd=REPO, env=_worker_env(), stdout=stream,
-                                             stderr=subprocess.STDOUT), log))
+            started.append(
+                (subprocess.Popen(command, cwd=REPO, env=_worker_env(), stdout=stream, stderr=subprocess.STDOUT), log)
+            )
     return started
 
 
@@ -77,8 +95,10 @@ def _wait(workers: list[tuple[subprocess.Popen, Path]], deadline: float) -> None
         process.wait()
     codes = [process.returncode for process, _ in workers]
     if any(codes):
-        tails = "\n".join(f"--- worker {i} (exit {code}), last lines of {log}:\n" + log.read_text()[-3000:]
-                          for i, ((_, log), code) in enumerate(zip(workers, codes)))
+        tails = "\n".join(
+            f"--- worker {i} (exit {code}), last lines of {log}:\n" + log.read_text()[-3000:]
+            for i, ((_, log), code) in enumerate(zip(workers, codes))
+        )
         pytest.fail(f"2-process run failed or passed {TIMEOUT_S}s (exit codes {codes}):\n{tails}")
 
 
@@ -112,8 +132,14 @@ def runs(tmp_path_factory):
     restored, restored_step = multiprocess_worker.restore_params(str(out / "two"), partitioning.MeshConfig(1, 2, 1))
     resumed = _train(out / "resumed", 5, TWO_DEVICES)
     reports = [json.loads((out / f"worker{i}.json").read_text()) for i in range(2)]
-    return {"out": out, "reference": reference, "resumed": resumed, "reports": reports,
-            "restored": restored, "restored_step": restored_step}
+    return {
+        "out": out,
+        "reference": reference,
+        "resumed": resumed,
+        "reports": reports,
+        "restored": restored,
+        "restored_step": restored_step,
+    }
 
 
 def test_two_processes_feed_the_rows_of_one_global_batch(runs):

@@ -36,7 +36,10 @@ def test_adafactor_factors_large_matrices_and_steps_downhill():
     state = opt.tx.init(params)
     shapes = sorted({tuple(x.shape) for x in jax.tree.leaves(state)})
     assert (256,) in shapes and (512,) in shapes and (256, 512) not in shapes  # factored second moments
-    loss = lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2)
+
+    def loss(p):
+        return jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2)
+
     updates, _ = opt.tx.update(jax.grad(loss)(params), state, params)
     assert float(loss(jax.tree.map(jnp.add, params, updates))) < float(loss(params))
 

@@ -21,11 +21,14 @@ class TwoLayer(nn.Module):
         return h @ w2
 
 
-@pytest.mark.parametrize("config, shape", [
-    (partitioning.MeshConfig(data=2, fsdp=2, tensor=2), (2, 2, 2)),
-    (partitioning.MeshConfig(data=1, fsdp=-1, tensor=1), (1, 8, 1)),
-    (partitioning.MeshConfig(data=-1, fsdp=1, tensor=2), (4, 1, 2)),
-])
+@pytest.mark.parametrize(
+    "config, shape",
+    [
+        (partitioning.MeshConfig(data=2, fsdp=2, tensor=2), (2, 2, 2)),
+        (partitioning.MeshConfig(data=1, fsdp=-1, tensor=1), (1, 8, 1)),
+        (partitioning.MeshConfig(data=-1, fsdp=1, tensor=2), (4, 1, 2)),
+    ],
+)
 def test_mesh_shapes(config, shape):
     mesh = partitioning.make_mesh(config)
     assert tuple(mesh.shape.values()) == shape

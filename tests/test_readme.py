@@ -12,9 +12,11 @@ def _expand(path: str) -> list[str]:
     match = re.search(r"\{([^}]*)\}", path)
     if not match:
         return [path]
-    return list(itertools.chain.from_iterable(
-        _expand(path[: match.start()] + option + path[match.end():]) for option in match.group(1).split(",")
-    ))
+    return list(
+        itertools.chain.from_iterable(
+            _expand(path[: match.start()] + option + path[match.end() :]) for option in match.group(1).split(",")
+        )
+    )
 
 
 def test_readme_gin_files_exist():

@@ -50,8 +50,15 @@ def test_stop_and_resume_equals_straight_run(tmp_path):
 
 def test_sigterm_saves_and_resumes_exactly(tmp_path):
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "littlehelp.main", "train", *TINY_RUN,
-               f"--gin.MODEL_DIR={killed}", "--gin.TRAIN_STEPS=100000"]
+    command = [
+        sys.executable,
+        "-m",
+        "littlehelp.main",
+        "train",
+        *TINY_RUN,
+        f"--gin.MODEL_DIR={killed}",
+        "--gin.TRAIN_STEPS=100000",
+    ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = killed / "metrics.jsonl"
     deadline = time.time() + 240
@@ -74,9 +81,17 @@ def test_sigterm_saves_and_resumes_exactly(tmp_path):
 def test_resume_on_the_real_corpus_continues_with_the_next_batch(tmp_path):
     """The span-corruption demo task on Shakespeare: stopped at step 2 and resumed, it ends bitwise
     equal to a straight 4-step run (the data position is restored, not re-read from the start)."""
-    demo = ["--gin_file=runs/demo.gin", "--gin.BATCH_SIZE=8", "--gin.partitioning.MeshConfig.data=1",
-            "--gin.trainer.train.eval_every=0", "--gin.trainer.train.peak_flops_per_device=1e9"]
-    run = lambda model_dir, steps: main.main(["train", *demo, f"--gin.MODEL_DIR={model_dir}", f"--gin.TRAIN_STEPS={steps}"])
+    demo = [
+        "--gin_file=runs/demo.gin",
+        "--gin.BATCH_SIZE=8",
+        "--gin.partitioning.MeshConfig.data=1",
+        "--gin.trainer.train.eval_every=0",
+        "--gin.trainer.train.peak_flops_per_device=1e9",
+    ]
+
+    def run(model_dir, steps):
+        return main.main(["train", *demo, f"--gin.MODEL_DIR={model_dir}", f"--gin.TRAIN_STEPS={steps}"])
+
     run(tmp_path / "straight", 4)
     run(tmp_path / "resumed", 2)
     assert run(tmp_path / "resumed", 4).first_step == 2

@@ -32,8 +32,12 @@ def _steps_on_disk(model_dir) -> list[int]:
 
 
 def test_corrupt_newest_step_is_moved_aside_recomputed_and_saved(tmp_path, caplog):
-    run = [*TINY_RUN, f"--gin.MODEL_DIR={tmp_path}", "--gin.TRAIN_STEPS=4",
-           "--gin.checkpoints.CheckpointConfig.save_interval_steps=2"]
+    run = [
+        *TINY_RUN,
+        f"--gin.MODEL_DIR={tmp_path}",
+        "--gin.TRAIN_STEPS=4",
+        "--gin.checkpoints.CheckpointConfig.save_interval_steps=2",
+    ]
     _cli(["train", *run])
     assert _steps_on_disk(tmp_path) == [2, 4]
     (tmp_path / "checkpoints" / "4" / "state" / "_METADATA").unlink()
@@ -53,8 +57,12 @@ def test_corrupt_newest_step_is_moved_aside_recomputed_and_saved(tmp_path, caplo
 def test_second_trainer_on_one_folder_is_refused_naming_the_holder(tmp_path, capsys):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        lock = {"host": socket.gethostname(), "pid": holder.pid, "started": "2026-12-01 08:00:00",
-                "process_start": checkpoints._process_start(holder.pid)}
+        lock = {
+            "host": socket.gethostname(),
+            "pid": holder.pid,
+            "started": "2026-12-01 08:00:00",
+            "process_start": checkpoints._process_start(holder.pid),
+        }
         (tmp_path / checkpoints.LOCK_NAME).write_text(json.dumps(lock))
         code, lines = _exit_and_line(capsys, ["train", *TINY_RUN, f"--gin.MODEL_DIR={tmp_path}", "--gin.TRAIN_STEPS=2"])
     finally:
@@ -66,12 +74,15 @@ def test_second_trainer_on_one_folder_is_refused_naming_the_holder(tmp_path, cap
 
 
 def test_eval_without_checkpoints_writes_nothing_and_says_so(tmp_path, capsys):
-    code, lines = _exit_and_line(capsys, ["eval", *TINY_RUN, *EVAL, f"--gin.MODEL_DIR={tmp_path / 'run'}",
-                                          "--gin.TRAIN_STEPS=1"])
+    code, lines = _exit_and_line(
+        capsys, ["eval", *TINY_RUN, *EVAL, f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.TRAIN_STEPS=1"]
+    )
     assert code == errors.EXIT_ERROR
-    assert lines == [f"littlehelp: error: no checkpoint in {tmp_path / 'run' / 'checkpoints'} yet: train this MODEL_DIR "
-                     "first, or read another run's with --gin.checkpoints.CheckpointConfig.restore_path='<run folder "
-                     "or step folder>'"]
+    assert lines == [
+        f"littlehelp: error: no checkpoint in {tmp_path / 'run' / 'checkpoints'} yet: train this MODEL_DIR "
+        "first, or read another run's with --gin.checkpoints.CheckpointConfig.restore_path='<run folder "
+        "or step folder>'"
+    ]
     assert not (tmp_path / "run").exists()
 
 
@@ -81,7 +92,10 @@ def test_model_that_does_not_fit_the_checkpoint_is_named_and_nothing_is_moved(tm
     code, lines = _exit_and_line(capsys, ["train", *run, "--gin.TRAIN_STEPS=2", "--gin.t5.T5Config.mlp_dim=96"])
     assert code == errors.EXIT_ERROR and len(lines) == 1
     assert lines[0].startswith(f"littlehelp: error: checkpoint {tmp_path / 'checkpoints' / '1'} does not fit the model")
-    assert "checkpoint has params/model/decoder/layers/mlp/wo/kernel [2, 128, 64], the model expects [2, 96, 64]" in lines[0]
+    assert (
+        "checkpoint has params/model/decoder/layers/mlp/wo/kernel [2, 128, 64], the model expects [2, 96, 64]"
+        in lines[0]
+    )
     assert _steps_on_disk(tmp_path) == [1] and not (tmp_path / "checkpoints" / checkpoints.CORRUPT_FOLDER).exists()
 
 
@@ -89,10 +103,19 @@ def test_a_refused_finetune_writes_nothing_in_its_run_folder(tmp_path, capsys):
     run = tmp_path / "finetune"
     run.mkdir()
     (run / "notes.txt").write_text("mine")
-    code, lines = _exit_and_line(capsys, ["train", *TINY_RUN, "--gin_file=runs/finetune.gin", f"--gin.MODEL_DIR={run}",
-                                          f"--gin.INITIAL_CHECKPOINT_PATH={tmp_path / 'nowhere'}", "--gin.TRAIN_STEPS=2",
-                                          "--gin.TASK='docstrings_prefix_lm'",
-                                          "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}"])
+    code, lines = _exit_and_line(
+        capsys,
+        [
+            "train",
+            *TINY_RUN,
+            "--gin_file=runs/finetune.gin",
+            f"--gin.MODEL_DIR={run}",
+            f"--gin.INITIAL_CHECKPOINT_PATH={tmp_path / 'nowhere'}",
+            "--gin.TRAIN_STEPS=2",
+            "--gin.TASK='docstrings_prefix_lm'",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}",
+        ],
+    )
     assert code == errors.EXIT_ERROR
     assert lines == [f"littlehelp: error: CheckpointConfig.restore_path {tmp_path / 'nowhere'} does not exist."]
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]

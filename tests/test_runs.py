@@ -30,8 +30,9 @@ def word_vocabulary():
 def save_step(folder, step, params, key="model"):
     """A parameters-only checkpoint of `step` in `folder`/checkpoints (as `littlehelp convert` writes step 0)."""
     checkpointer = checkpoints.Checkpointer(str(folder / "checkpoints"), checkpoints.CheckpointConfig(async_save=False))
-    checkpointer.save(step, ParamsOnlyState(np.asarray(step, np.int32), {key: params}), {"batches_consumed": 0},
-                      force=True)
+    checkpointer.save(
+        step, ParamsOnlyState(np.asarray(step, np.int32), {key: params}), {"batches_consumed": 0}, force=True
+    )
     checkpointer.close()
 
 
@@ -43,16 +44,27 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     model = build_model(CONFIG)
     params = {step: random_params(model, step) for step in (0, 3)}
-    converted = write_run_folder(Pretrained("llama", CONFIG, model, params[0], word_vocabulary(), "random"),
-                                 root / "converted")
+    converted = write_run_folder(
+        Pretrained("llama", CONFIG, model, params[0], word_vocabulary(), "random"), root / "converted"
+    )
     save_step(converted, 3, params[3])
     trained = root / "trained"
     t5_params = random_params(build_model(TINY_T5), 5)
     save_step(trained, 7, t5_params, key="t5")
-    (trained / "config.gin").write_text("\n".join([
-        "import littlehelp.models.t5", "import littlehelp.models.convert.run_folder",
-        "MODEL_CONFIG = @t5.T5Config()", *gin_bindings(TINY_T5), "MODEL_KEY = 't5'",
-        "VOCABULARY = @convert.folder_vocabulary()", f"convert.folder_vocabulary.model_dir = '{converted}'", ""]))
+    (trained / "config.gin").write_text(
+        "\n".join(
+            [
+                "import littlehelp.models.t5",
+                "import littlehelp.models.convert.run_folder",
+                "MODEL_CONFIG = @t5.T5Config()",
+                *gin_bindings(TINY_T5),
+                "MODEL_KEY = 't5'",
+                "VOCABULARY = @convert.folder_vocabulary()",
+                f"convert.folder_vocabulary.model_dir = '{converted}'",
+                "",
+            ]
+        )
+    )
     return {"converted": converted, "trained": trained, "params": params, "t5_params": t5_params}
 
 
@@ -106,19 +118,26 @@ def one_line_error(call) -> str:
 def test_what_is_not_a_run_folder_or_lacks_the_step_is_refused_in_one_line_naming_it(folders, tmp_path):
     converted = folders["converted"]
     assert one_line_error(lambda: runs.load_run(converted, step=2)) == (
-        f"run folder {converted} has no checkpoint of step 2; its steps: 0, 3")
-    assert one_line_error(lambda: runs.load_run(tmp_path / "missing")) == f"run folder {tmp_path / 'missing'} does not exist"
+        f"run folder {converted} has no checkpoint of step 2; its steps: 0, 3"
+    )
+    assert (
+        one_line_error(lambda: runs.load_run(tmp_path / "missing"))
+        == f"run folder {tmp_path / 'missing'} does not exist"
+    )
     (tmp_path / "bare" / "checkpoints").mkdir(parents=True)
     assert one_line_error(lambda: runs.load_run(tmp_path / "bare")) == (
-        f"{tmp_path / 'bare'} is not a run folder: it holds no model.gin or config.gin")
+        f"{tmp_path / 'bare'} is not a run folder: it holds no model.gin or config.gin"
+    )
     untrained = tmp_path / "untrained"
     untrained.mkdir()
     (untrained / "model.gin").write_text((converted / "model.gin").read_text())
     opened = runs.open_run(untrained)  # the gin file alone is read: no checkpoint needed yet
     assert opened.model.config == CONFIG and opened.steps == []
     assert one_line_error(opened.load) == (
-        f"run folder {untrained} holds no finished checkpoint (no checkpoints/<step>/ with its state)")
+        f"run folder {untrained} holds no finished checkpoint (no checkpoints/<step>/ with its state)"
+    )
     (tmp_path / "no_model").mkdir()
     (tmp_path / "no_model" / "config.gin").write_text("MODEL_KEY = 'model'\n")
     assert one_line_error(lambda: runs.open_run(tmp_path / "no_model")) == (
-        f"{tmp_path / 'no_model' / 'config.gin'} binds no MODEL_CONFIG")
+        f"{tmp_path / 'no_model' / 'config.gin'} binds no MODEL_CONFIG"
+    )

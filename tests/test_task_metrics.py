@@ -22,8 +22,10 @@ EXAMPLES = [{"inputs": f"question {i}", "targets": "ab" * (i % 4 + 1)} for i in 
 
 
 def _mean_length(targets: list[str], predictions: list[str]) -> dict[str, float]:
-    return {"mean_length": float(np.mean([len(p) for p in predictions])),
-            "upper_targets": float(np.mean([t == t.upper() != t.lower() for t in targets]))}
+    return {
+        "mean_length": float(np.mean([len(p) for p in predictions])),
+        "upper_targets": float(np.mean([t == t.upper() != t.lower() for t in targets])),
+    }
 
 
 def _register() -> None:
@@ -31,11 +33,16 @@ def _register() -> None:
         return
     features = {k: seqio.Feature(BYTE_VOCABULARY, add_eos=True) for k in ("inputs", "targets")}
     dataset = lambda split, shuffle_files=False, seed=None: tf.data.Dataset.from_tensor_slices(  # noqa: E731
-        {k: [e[k] for e in EXAMPLES] for k in ("inputs", "targets")})
-    seqio.TaskRegistry.add(TASK, source=seqio.FunctionDataSource(dataset, splits=["validation"]),
-                           preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-                           output_features=features, postprocess_fn=lambda text, **_: text.upper(),
-                           metric_fns=[_mean_length])
+        {k: [e[k] for e in EXAMPLES] for k in ("inputs", "targets")}
+    )
+    seqio.TaskRegistry.add(
+        TASK,
+        source=seqio.FunctionDataSource(dataset, splits=["validation"]),
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+        output_features=features,
+        postprocess_fn=lambda text, **_: text.upper(),
+        metric_fns=[_mean_length],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +52,17 @@ def evaluated(tmp_path_factory):
     model = build_model(TINY_T5)
     params = random_params(model, seed=3)
     save_params_only(params, folder)
-    data = DatasetConfig(TASK, {"inputs": 16, "targets": 8}, batch_size=4, split="validation", shuffle=False,
-                         repeat=False)
-    metrics = trainer.evaluate(model_dir=str(folder), eval_data=data, objective=EncoderDecoderObjective(model),
-                               eval_batches=1, mesh_config=partitioning.MeshConfig(1, 1, 1),
-                               task_metrics=functools.partial(inference.task_metrics, model=model))
+    data = DatasetConfig(
+        TASK, {"inputs": 16, "targets": 8}, batch_size=4, split="validation", shuffle=False, repeat=False
+    )
+    metrics = trainer.evaluate(
+        model_dir=str(folder),
+        eval_data=data,
+        objective=EncoderDecoderObjective(model),
+        eval_batches=1,
+        mesh_config=partitioning.MeshConfig(1, 1, 1),
+        task_metrics=functools.partial(inference.task_metrics, model=model),
+    )
     records = [json.loads(line) for line in (folder / "eval_predictions.jsonl").read_text().splitlines()]
     return model, params, data, metrics, records
 
@@ -64,9 +77,10 @@ def test_each_prediction_equals_decoding_the_example_alone(evaluated):
     model, params, data, _, records = evaluated
     every = inference.first_examples(data, len(EXAMPLES))
     for index in (0, 9, 10):  # a full batch's first row and the padded last batch's rows
-        batch = {k: v[index:index + 1] for k, v in every.items()}
-        _, prediction = inference.decode_examples(model, params, batch, inference.DecodingConfig(max_decode_length=8),
-                                                  BYTE_VOCABULARY.eos_id)
+        batch = {k: v[index : index + 1] for k, v in every.items()}
+        _, prediction = inference.decode_examples(
+            model, params, batch, inference.DecodingConfig(max_decode_length=8), BYTE_VOCABULARY.eos_id
+        )
         assert inference._text(BYTE_VOCABULARY, prediction[0]) == records[index]["prediction"]
 
 

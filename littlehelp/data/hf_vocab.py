@@ -38,14 +38,22 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from littlehelp.data.vocab import VocabularyError
 
 _CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # the later one wins
-_GGUF_SPECIAL_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
-                     "unk_token": "unknown_token_id", "pad_token": "padding_token_id"}
+_GGUF_SPECIAL_IDS = {
+    "bos_token": "bos_token_id",
+    "eos_token": "eos_token_id",
+    "unk_token": "unknown_token_id",
+    "pad_token": "padding_token_id",
+}
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
 # llama.cpp's pre-tokenizer families (`tokenizer.ggml.pre`) for byte-level BPE vocabularies.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _PRE_FAMILIES = {
     "gpt2": ("gpt2", "mpt", "olmo"),  # GPT-2's own split
     "digits": ("smollm", "starcoder", "refact", "codeshell", "command-r"),  # each digit alone, then GPT-2's split
@@ -128,7 +136,8 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
 def _compile_template(template: str) -> jinja2.Template:
     """`template` compiled in the sandboxed environment HF's `apply_chat_template` uses (same options, helpers)."""
     environment = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+    )
     environment.filters["tojson"] = _tojson
     environment.globals["raise_exception"] = _raise_exception
     environment.globals["strftime_now"] = lambda format: datetime.now().strftime(format)
@@ -142,8 +151,13 @@ class TokenizerVocabulary(seqio.Vocabulary):
     `*_token` its config names) to token strings; each must be in the tokenizer's vocabulary.
     """
 
-    def __init__(self, tokenizer: Tokenizer, special_tokens: Mapping[str, str | None] | None = None,
-                 chat_template: str | None = None, source: str = "tokenizer"):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        special_tokens: Mapping[str, str | None] | None = None,
+        chat_template: str | None = None,
+        source: str = "tokenizer",
+    ):
         super().__init__(extra_ids=0)
         self._tokenizer = Tokenizer.from_str(tokenizer.to_str())
         self._tokenizer.no_padding()
@@ -171,8 +185,11 @@ class TokenizerVocabulary(seqio.Vocabulary):
         for name in _CONFIG_FILES:
             if (path.parent / name).is_file():
                 config.update(_read_json(path.parent / name))
-        special = {name: _content(value) for name, value in config.items()
-                   if name.endswith("_token") and isinstance(_content(value), str)}
+        special = {
+            name: _content(value)
+            for name, value in config.items()
+            if name.endswith("_token") and isinstance(_content(value), str)
+        }
         special.setdefault("unk_token", json.loads(tokenizer.to_str())["model"].get("unk_token"))
         return cls(tokenizer, special, _chat_template_of(path.parent, config), source=str(path))
 
@@ -249,8 +266,9 @@ class TokenizerVocabulary(seqio.Vocabulary):
         config = {"tokenizer_class": "PreTrainedTokenizerFast", **self.special_tokens}
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
-        (path.parent / _CONFIG_FILES[0]).write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n",
-                                                     encoding="utf-8")
+        (path.parent / _CONFIG_FILES[0]).write_text(
+            json.dumps(config, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         return path
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -259,8 +277,12 @@ class TokenizerVocabulary(seqio.Vocabulary):
         if self.chat_template is None:
             raise VocabularyError(f"{self.source} has no chat template")
         return _compile_template(self.chat_template).render(
-            messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt,
-            **self.special_tokens)
+            messages=messages,
+            tools=None,
+            documents=None,
+            add_generation_prompt=add_generation_prompt,
+            **self.special_tokens,
+        )
 
     @functools.cached_property
     def pieces_fingerprint(self) -> str:
@@ -293,12 +315,15 @@ def _gguf_tokenizer_fields(path: Path) -> dict[str, Any]:
     fields = {key: field.contents() for key, field in reader.fields.items() if key.startswith("tokenizer.")}
     model, pre = fields.get("tokenizer.ggml.model"), fields.get("tokenizer.ggml.pre")
     if model != "gpt2":
-        raise VocabularyError(f"{path}: unsupported GGUF tokenizer model {model!r} (tokenizer.ggml.model); "
-                              f"supported: 'gpt2' (byte-level BPE)")
+        raise VocabularyError(
+            f"{path}: unsupported GGUF tokenizer model {model!r} (tokenizer.ggml.model); "
+            f"supported: 'gpt2' (byte-level BPE)"
+        )
     if _pre_family(pre) is None:
         supported = ", ".join(sorted(p for members in _PRE_FAMILIES.values() for p in members))
-        raise VocabularyError(f"{path}: unsupported GGUF pre-tokenizer {pre!r} (tokenizer.ggml.pre); "
-                              f"supported: {supported}")
+        raise VocabularyError(
+            f"{path}: unsupported GGUF pre-tokenizer {pre!r} (tokenizer.ggml.pre); supported: {supported}"
+        )
     return fields
 
 
@@ -318,13 +343,16 @@ def _byte_level_bpe(fields: dict[str, Any], source: str) -> Tokenizer:
     """The byte-level BPE model, pre-tokenizer and decoder of the file's vocabulary and merges."""
     spelling = bytes_to_unicode()
     alphabet = set(spelling.values())
-    vocab = {token if set(token) <= alphabet else "".join(spelling[b] for b in token.encode("utf-8")): index
-             for index, token in enumerate(fields["tokenizer.ggml.tokens"])}
+    vocab = {
+        token if set(token) <= alphabet else "".join(spelling[b] for b in token.encode("utf-8")): index
+        for index, token in enumerate(fields["tokenizer.ggml.tokens"])
+    }
     if "tokenizer.ggml.merges" not in fields:
         raise VocabularyError(f"{source}: a gpt2 GGUF tokenizer without tokenizer.ggml.merges")
     merges = [tuple(merge.split(" ", 1)) for merge in fields["tokenizer.ggml.merges"]]
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="",
-                                     end_of_word_suffix="", fuse_unk=False))
+    tokenizer = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+    )
     tokenizer.pre_tokenizer = _pre_tokenizer(_pre_family(fields["tokenizer.ggml.pre"]))
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer

@@ -22,7 +22,6 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
-import gin
 import jax
 import numpy as np
 import seqio
@@ -31,6 +30,7 @@ from absl import logging
 from google.protobuf.message import DecodeError
 from jax.sharding import Mesh
 
+import gin
 from littlehelp import checkpoints, partitioning
 from littlehelp.config import ConfigError
 from littlehelp.data import preprocessors, vocab
@@ -59,7 +59,7 @@ class _CarriesExampleWeights:
         return super().__call__(ds, task_feature_lengths)
 
     @property
-    def MODEL_FEATURES(self) -> Mapping[str, seqio.FeatureConverter.FeatureSpec]:  # noqa: N802 (seqio's name)
+    def MODEL_FEATURES(self) -> Mapping[str, seqio.FeatureConverter.FeatureSpec]:
         features = dict(super().MODEL_FEATURES)
         if self._weighted:
             features[EXAMPLE_WEIGHTS] = seqio.FeatureConverter.FeatureSpec(dtype=tf.float32)
@@ -133,7 +133,8 @@ class DatasetConfig:
         corruption lengths too short for its noise settings."""
         if self.feature_converter not in FEATURE_CONVERTERS:
             raise ConfigError(
-                f"DatasetConfig.feature_converter={self.feature_converter!r}; choose one of {sorted(FEATURE_CONVERTERS)}"
+                f"DatasetConfig.feature_converter={self.feature_converter!r}; "
+                f"choose one of {sorted(FEATURE_CONVERTERS)}"
             )
         if self.batch_size <= 0:
             raise ConfigError(f"DatasetConfig.batch_size must be positive, got {self.batch_size}")
@@ -149,7 +150,7 @@ class DatasetConfig:
             raise ConfigError(f"DatasetConfig.name={self.name!r} is not a registered seqio Task or Mixture{hint}")
         preprocessors.check_span_corruption_task(self.name, self.task_feature_lengths)
 
-    def evaluation(self, split: str = "validation") -> "DatasetConfig":
+    def evaluation(self, split: str = "validation") -> DatasetConfig:
         """The same data read once, in order, from another split."""
         return dataclasses.replace(self, split=split, shuffle=False, repeat=False)
 
@@ -256,8 +257,12 @@ class GlobalBatches:
                 checkpoint.read(resume.iterator_state).assert_consumed()
                 return iterator, checkpoint
             except _UNREADABLE_STATE_ERRORS as error:
-                logging.warning("the input iterator state %s does not read back (%s); replaying %d batches instead",
-                                resume.iterator_state, checkpoints.short_error(error), resume.batch)
+                logging.warning(
+                    "the input iterator state %s does not read back (%s); replaying %d batches instead",
+                    resume.iterator_state,
+                    checkpoints.short_error(error),
+                    resume.batch,
+                )
         elif resume.batch:
             logging.info("no saved input iterator state: replaying %d batches", resume.batch)
         iterator, checkpoint = self._fresh_iterator()
@@ -270,7 +275,7 @@ class GlobalBatches:
         iterator = iter(host_dataset(self.config))
         return iterator, tf.train.Checkpoint(iterator=iterator)
 
-    def __iter__(self) -> "GlobalBatches":
+    def __iter__(self) -> GlobalBatches:
         return self
 
     def __next__(self) -> dict[str, jax.Array]:
@@ -301,8 +306,11 @@ def _state_is_savable(checkpoint: tf.train.Checkpoint, config: DatasetConfig) ->
             checkpoint.write(os.path.join(folder, "trial"))
             return True
         except tf.errors.FailedPreconditionError as error:
-            logging.info("the input iterator of %s cannot be saved (%s): a resumed run replays its batches",
-                         config.name, str(error).split("}}")[-1].split("[Op:")[0].strip())
+            logging.info(
+                "the input iterator of %s cannot be saved (%s): a resumed run replays its batches",
+                config.name,
+                str(error).split("}}")[-1].split("[Op:")[0].strip(),
+            )
             return False
 
 

@@ -33,8 +33,9 @@ def _noise_and_spans(tokens: int, noise_density: float, mean_noise_span_length: 
     return noise, int(round(noise / mean_noise_span_length))
 
 
-def span_corruption_lengths(inputs_length: int, noise_density: float = NOISE_DENSITY,
-                            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> tuple[int, int]:
+def span_corruption_lengths(
+    inputs_length: int, noise_density: float = NOISE_DENSITY, mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
+) -> tuple[int, int]:
     """(raw chunk length, targets length) such that corrupted inputs, EOS included, fill `inputs_length`.
 
     T5's `random_spans_helper` with one sentinel per span in inputs and targets: the longest raw
@@ -66,24 +67,28 @@ def _least_inputs_length(noise_density: float, mean_noise_span_length: float) ->
     return next(n for n in itertools.count(2) if _has_a_noise_span(n, noise_density, mean_noise_span_length))
 
 
-def checked_span_corruption_lengths(sequence_length: Mapping[str, int], noise_density: float = NOISE_DENSITY,
-                                    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> tuple[int, int]:
+def checked_span_corruption_lengths(
+    sequence_length: Mapping[str, int],
+    noise_density: float = NOISE_DENSITY,
+    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+) -> tuple[int, int]:
     """`span_corruption_lengths` of `sequence_length["inputs"]`, or ConfigError naming the lengths and the
     least the noise settings need: inputs with at least one noise span, targets that hold them."""
-    settings = (f"span corruption with noise_density {noise_density} and mean_noise_span_length "
-                f"{mean_noise_span_length}")
+    settings = f"span corruption with noise_density {noise_density} and mean_noise_span_length {mean_noise_span_length}"
     lengths = dict(sequence_length)
     if "inputs" not in lengths or "targets" not in lengths:
         raise ConfigError(f"{settings} needs 'inputs' and 'targets' lengths, got {lengths}")
     if noise_density > 0 and not _has_a_noise_span(lengths["inputs"], noise_density, mean_noise_span_length):
         least = _least_inputs_length(noise_density, mean_noise_span_length)
         least_targets = span_corruption_lengths(least, noise_density, mean_noise_span_length)[1]
-        raise ConfigError(f"{settings} needs inputs length >= {least} (and then targets >= {least_targets}), "
-                          f"got {lengths}")
+        raise ConfigError(
+            f"{settings} needs inputs length >= {least} (and then targets >= {least_targets}), got {lengths}"
+        )
     raw_length, targets_length = span_corruption_lengths(lengths["inputs"], noise_density, mean_noise_span_length)
     if lengths["targets"] < targets_length:
-        raise ConfigError(f"{settings} needs targets length >= {targets_length} for inputs length "
-                          f"{lengths['inputs']}, got {lengths}")
+        raise ConfigError(
+            f"{settings} needs targets length >= {targets_length} for inputs length {lengths['inputs']}, got {lengths}"
+        )
     return raw_length, targets_length
 
 
@@ -96,8 +101,11 @@ def check_span_corruption_task(name: str, sequence_length: Mapping[str, int]) ->
             if getattr(step, "func", step) is span_corruption:  # the function, or a functools.partial of it
                 keywords = getattr(step, "keywords", {})
                 try:
-                    checked_span_corruption_lengths(sequence_length, keywords.get("noise_density", NOISE_DENSITY),
-                                                    keywords.get("mean_noise_span_length", MEAN_NOISE_SPAN_LENGTH))
+                    checked_span_corruption_lengths(
+                        sequence_length,
+                        keywords.get("noise_density", NOISE_DENSITY),
+                        keywords.get("mean_noise_span_length", MEAN_NOISE_SPAN_LENGTH),
+                    )
                 except ConfigError as error:
                     raise ConfigError(f"DatasetConfig {name!r}: {error}") from None
 
@@ -110,8 +118,13 @@ def _random_segmentation(num_items: tf.Tensor, num_segments: tf.Tensor, seed: tf
     return tf.math.segment_sum(tf.ones_like(segment_id), segment_id)
 
 
-def random_spans_noise_mask(length: tf.Tensor, noise_density: float, seeds: tf.Tensor,
-                            mean_noise_span_length: float = 3.0, random_roll: bool = False) -> tf.Tensor:
+def random_spans_noise_mask(
+    length: tf.Tensor,
+    noise_density: float,
+    seeds: tf.Tensor,
+    mean_noise_span_length: float = 3.0,
+    random_roll: bool = False,
+) -> tf.Tensor:
     """A bool mask of `length` with round(length * noise_density) noise tokens in random spans.
 
     The sequence starts with non-noise; noise and non-noise span lengths are independent uniform
@@ -162,7 +175,7 @@ def select_random_chunk(dataset: tf.data.Dataset, max_length: int = MAX_DOCUMENT
         count = tf.size(tokens)
         segments = (count + max_length - 1) // max_length
         start = max_length * tf.random.stateless_uniform([], seed, maxval=tf.maximum(segments, 1), dtype=tf.int32)
-        return {FEATURE: tokens[start:tf.minimum(start + max_length, count)]}
+        return {FEATURE: tokens[start : tf.minimum(start + max_length, count)]}
 
     dataset = dataset.filter(lambda example: tf.size(example[FEATURE]) > 0)
     return chunk(dataset)
@@ -200,8 +213,13 @@ def raw_chunks(dataset: tf.data.Dataset, length: int) -> tf.data.Dataset:
     return split_tokens(reduce_concat_tokens(select_random_chunk(dataset)), length)
 
 
-def denoise(dataset: tf.data.Dataset, vocab_size: int, noise_density: float,
-            mean_noise_span_length: float, random_roll: bool = False) -> tf.data.Dataset:
+def denoise(
+    dataset: tf.data.Dataset,
+    vocab_size: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+    random_roll: bool = False,
+) -> tf.data.Dataset:
     """{"targets": raw chunk} -> {"inputs": chunk with noise spans as sentinels, "targets": the spans}."""
 
     @seqio.map_over_dataset(num_seeds=6)
@@ -216,10 +234,14 @@ def denoise(dataset: tf.data.Dataset, vocab_size: int, noise_density: float,
     return corrupt(dataset)
 
 
-def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int],
-                    output_features: Mapping[str, seqio.Feature], noise_density: float = NOISE_DENSITY,
-                    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
-                    random_roll: bool = False) -> tf.data.Dataset:
+def span_corruption(
+    dataset: tf.data.Dataset,
+    sequence_length: Mapping[str, int],
+    output_features: Mapping[str, seqio.Feature],
+    noise_density: float = NOISE_DENSITY,
+    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+    random_roll: bool = False,
+) -> tf.data.Dataset:
     """T5 span corruption of tokenized documents {"targets"} into {"inputs", "targets"} (EOS added later).
 
     Raises ConfigError when `sequence_length` is too short for the noise settings.

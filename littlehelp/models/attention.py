@@ -7,11 +7,13 @@ its structure (causal order, segment ids, and a dense boolean part only for what
 kernels which mask by structure (the Pallas flash-attention kernels) never see a dense mask.
 ``dot_product_attention`` does not scale the query: callers fold 1/sqrt(d) in beforehand.
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -44,6 +46,7 @@ class AttentionMask:
     With no part present every key is visible, as with no mask. ``to_dense`` gives the boolean mask
     for backends that take one.
     """
+
     causal: bool = flax.struct.field(pytree_node=False, default=False)
     query_segment_ids: Array | None = None
     key_segment_ids: Array | None = None
@@ -82,8 +85,7 @@ def _dense_mask(mask: AttentionMask | None, query: Array, key: Array) -> Array |
     return None if mask is None else mask.to_dense(query.shape[1], key.shape[1])
 
 
-def _xla_attention(query: Array, key: Array, value: Array, bias: Array | None,
-                   mask: AttentionMask | None) -> Array:
+def _xla_attention(query: Array, key: Array, value: Array, bias: Array | None, mask: AttentionMask | None) -> Array:
     """Reference attention in plain XLA ops; softmax in float32."""
     batch, q_len, heads, depth = query.shape
     kv_heads, k_len = key.shape[2], key.shape[1]
@@ -108,19 +110,23 @@ def _require_platform(backend: str, platform: str) -> None:
         return
     interpreted = f"{backend}_interpret"
     hint = f"; {interpreted!r} runs it in Pallas interpret mode" if interpreted in ATTENTION_BACKENDS else ""
-    raise ValueError(f"attention backend {backend!r} needs a {platform.upper()}; "
-                     f"this run's JAX backend is {jax.default_backend()!r}{hint}")
+    raise ValueError(
+        f"attention backend {backend!r} needs a {platform.upper()}; "
+        f"this run's JAX backend is {jax.default_backend()!r}{hint}"
+    )
 
 
-def _library_attention(query: Array, key: Array, value: Array, bias: Array | None,
-                       mask: AttentionMask | None, implementation: str = "xla") -> Array:
+def _library_attention(
+    query: Array, key: Array, value: Array, bias: Array | None, mask: AttentionMask | None, implementation: str = "xla"
+) -> Array:
     """`jax.nn.dot_product_attention`, JAX's own attention (its XLA graph, or cuDNN's fused flash
     attention with implementation='cudnn'); bias as here, the mask as its dense boolean mask, no
     query scaling."""
     if implementation == "cudnn":
         _require_platform("cudnn", "gpu")
-    return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=_dense_mask(mask, query, key),
-                                        scale=1.0, implementation=implementation)
+    return jax.nn.dot_product_attention(
+        query, key, value, bias=bias, mask=_dense_mask(mask, query, key), scale=1.0, implementation=implementation
+    )
 
 
 def _kv_heads_repeated(key: Array, value: Array, heads: int) -> tuple[Array, Array]:
@@ -138,6 +144,7 @@ def _folded_bias(bias: Array | None, mask: Array | None, shape: tuple[int, ...])
 def _in_tpu_interpret_mode(kernel: Callable[..., Array]) -> Callable[..., Array]:
     """``kernel`` run in Pallas TPU interpret mode, its backward pass too (JAX traces that after the
     forward call has returned, outside any context opened around it)."""
+
     @jax.custom_vjp
     def run(*args: Any) -> Array:
         with pltpu.force_tpu_interpret_mode():
@@ -161,8 +168,9 @@ _TPU_BLOCK = 128
 _PADDED_KEY_SEGMENT = -1
 
 
-def _tpu_segment_ids(mask: AttentionMask, batch: int, q_len: int, k_len: int, q_pad: int,
-                     k_pad: int) -> pallas_tpu.SegmentIds | None:
+def _tpu_segment_ids(
+    mask: AttentionMask, batch: int, q_len: int, k_len: int, q_pad: int, k_pad: int
+) -> pallas_tpu.SegmentIds | None:
     """The TPU kernel's segment ids (plain equality) for ``mask``'s, padded: padded keys get
     _PADDED_KEY_SEGMENT, which no query has. Without segments every real token is in segment 0;
     without segments or padded keys, None. Ours also exclude padding keys (id 0) where the kernel's
@@ -174,12 +182,16 @@ def _tpu_segment_ids(mask: AttentionMask, batch: int, q_len: int, k_len: int, q_
     def padded(ids: Array | None, length: int, pad: int, fill: int) -> Array:
         ids = jnp.zeros((batch, length), jnp.int32) if ids is None else ids.astype(jnp.int32)
         return jnp.pad(jnp.broadcast_to(ids, (batch, length)), ((0, 0), (0, pad)), constant_values=fill)
-    return pallas_tpu.SegmentIds(q=padded(mask.query_segment_ids, q_len, q_pad, 0),
-                                 kv=padded(mask.effective_key_segment_ids, k_len, k_pad, _PADDED_KEY_SEGMENT))
+
+    return pallas_tpu.SegmentIds(
+        q=padded(mask.query_segment_ids, q_len, q_pad, 0),
+        kv=padded(mask.effective_key_segment_ids, k_len, k_pad, _PADDED_KEY_SEGMENT),
+    )
 
 
-def _pallas_tpu_attention(query: Array, key: Array, value: Array, bias: Array | None,
-                          mask: AttentionMask | None, interpret: bool = False) -> Array:
+def _pallas_tpu_attention(
+    query: Array, key: Array, value: Array, bias: Array | None, mask: AttentionMask | None, interpret: bool = False
+) -> Array:
     """JAX's Pallas TPU flash attention (`pallas.ops.tpu.flash_attention`): keys/values repeated to
     every query head, lengths padded to _TPU_BLOCK. The mask's causal flag and segment ids go to the
     kernel's own; only a bias or a dense mask part makes a dense [b, heads, lq, lk] float32 bias ``ab``
@@ -201,19 +213,21 @@ def _pallas_tpu_attention(query: Array, key: Array, value: Array, bias: Array | 
     if bias is not None or mask.dense is not None:
         # Padding is masked by segment ids, far below MASKED_LOGIT (the kernel's mask value is
         # -0.7 * float32 max): a row the dense part masks fully averages the real keys only, as in "xla".
-        ab = jnp.pad(_folded_bias(bias, mask.dense, (batch, heads, q_len, k_len)),
-                     ((0, 0), (0, 0), (0, q_pad), (0, k_pad)))
+        ab = jnp.pad(
+            _folded_bias(bias, mask.dense, (batch, heads, q_len, k_len)), ((0, 0), (0, 0), (0, q_pad), (0, k_pad))
+        )
     segment_ids = _tpu_segment_ids(mask, batch, q_len, k_len, q_pad, k_pad)
     block_sizes = pallas_tpu.BlockSizes.get_default(batch, heads, q_len + q_pad, k_len + k_pad, depth)
-    kernel = functools.partial(pallas_tpu.flash_attention, causal=mask.causal, sm_scale=1.0,
-                               block_sizes=block_sizes)
+    kernel = functools.partial(pallas_tpu.flash_attention, causal=mask.causal, sm_scale=1.0, block_sizes=block_sizes)
     out = (_in_tpu_interpret_mode(kernel) if interpret else kernel)(
-        kernel_layout(query, q_pad), kernel_layout(key, k_pad), kernel_layout(value, k_pad), ab, segment_ids)
+        kernel_layout(query, q_pad), kernel_layout(key, k_pad), kernel_layout(value, k_pad), ab, segment_ids
+    )
     return out[:, :, :q_len].transpose(0, 2, 1, 3)
 
 
-def _pallas_gpu_attention(query: Array, key: Array, value: Array, bias: Array | None,
-                          mask: AttentionMask | None, interpret: bool = False) -> Array:
+def _pallas_gpu_attention(
+    query: Array, key: Array, value: Array, bias: Array | None, mask: AttentionMask | None, interpret: bool = False
+) -> Array:
     """JAX's Pallas GPU (Triton) flash attention (`pallas.ops.gpu.attention.mha`), keys/values repeated
     to every query head. Its kernel masks only by a causal flag and one array of segment ids shared by
     queries and keys: it takes a mask's causal flag and self-attention segment ids, and refuses a bias,
@@ -221,9 +235,11 @@ def _pallas_gpu_attention(query: Array, key: Array, value: Array, bias: Array | 
     padding queries (id 0) attend padding keys, unlike "xla"'s; real rows agree."""
     mask = AttentionMask() if mask is None else mask
     if bias is not None or mask.dense is not None or mask.key_segment_ids is not None:
-        raise ValueError("attention backend 'pallas_gpu' takes no bias, dense mask or cross-attention segment "
-                         "ids (its kernel knows only a causal flag and segment ids shared by queries and keys); "
-                         "'cudnn' takes them all on a GPU")
+        raise ValueError(
+            "attention backend 'pallas_gpu' takes no bias, dense mask or cross-attention segment "
+            "ids (its kernel knows only a causal flag and segment ids shared by queries and keys); "
+            "'cudnn' takes them all on a GPU"
+        )
     if not interpret:
         _require_platform("pallas_gpu", "gpu")
     batch, q_len, heads = query.shape[:3]
@@ -234,11 +250,16 @@ def _pallas_gpu_attention(query: Array, key: Array, value: Array, bias: Array | 
     # Blocks must be powers of two dividing the lengths: the kernel's defaults where the length allows.
     k_len = key.shape[1]
     block_sizes = pallas_gpu.BlockSizes(
-        block_q=math.gcd(q_len, 128), block_k=math.gcd(k_len, 128),
-        block_q_dkv=math.gcd(q_len, 32), block_kv_dkv=math.gcd(k_len, 32),
-        block_q_dq=math.gcd(q_len, 32), block_kv_dq=math.gcd(k_len, 32))
-    return pallas_gpu.mha(query, key, value, segment_ids, sm_scale=1.0, causal=mask.causal,
-                          block_sizes=block_sizes, interpret=interpret)
+        block_q=math.gcd(q_len, 128),
+        block_k=math.gcd(k_len, 128),
+        block_q_dkv=math.gcd(q_len, 32),
+        block_kv_dkv=math.gcd(k_len, 32),
+        block_q_dq=math.gcd(q_len, 32),
+        block_kv_dq=math.gcd(k_len, 32),
+    )
+    return pallas_gpu.mha(
+        query, key, value, segment_ids, sm_scale=1.0, causal=mask.causal, block_sizes=block_sizes, interpret=interpret
+    )
 
 
 # "xla": ours, the reference; "jax_nn": jax.nn.dot_product_attention's XLA graph; "cudnn": its cuDNN
@@ -256,12 +277,17 @@ ATTENTION_BACKENDS: dict[str, Callable[..., Array]] = {
 }
 
 
-def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | None = None,
-                          mask: AttentionMask | None = None, backend: str = "xla") -> Array:
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    bias: Array | None = None,
+    mask: AttentionMask | None = None,
+    backend: str = "xla",
+) -> Array:
     """softmax(query . key + bias, masked) . value with the chosen backend -> [b, lq, heads, d]."""
     if backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"Unknown attention backend {backend!r}; "
-                         f"available: {', '.join(sorted(ATTENTION_BACKENDS))}")
+        raise ValueError(f"Unknown attention backend {backend!r}; available: {', '.join(sorted(ATTENTION_BACKENDS))}")
     if mask is not None:
         _check_mask(mask, query.shape[1], key.shape[1])
     return ATTENTION_BACKENDS[backend](query, key, value, bias, mask)
@@ -270,17 +296,22 @@ def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | 
 def _check_mask(mask: AttentionMask, q_len: int, k_len: int) -> None:
     """Refuses, in one line, a mask that is no ``AttentionMask`` or whose segment ids cannot be right."""
     if not isinstance(mask, AttentionMask):
-        raise TypeError(f"attention mask must be an AttentionMask (a dense boolean mask goes in its "
-                        f"'dense' field), got {type(mask).__name__}")
+        raise TypeError(
+            f"attention mask must be an AttentionMask (a dense boolean mask goes in its "
+            f"'dense' field), got {type(mask).__name__}"
+        )
     if mask.key_segment_ids is not None and mask.query_segment_ids is None:
         raise ValueError("AttentionMask.key_segment_ids given without query_segment_ids")
     if mask.query_segment_ids is not None and mask.key_segment_ids is None and q_len != k_len:
-        raise ValueError(f"AttentionMask without key_segment_ids is self-attention, but there are {q_len} "
-                         f"queries and {k_len} keys; give the keys' segment ids")
+        raise ValueError(
+            f"AttentionMask without key_segment_ids is self-attention, but there are {q_len} "
+            f"queries and {k_len} keys; give the keys' segment ids"
+        )
 
 
 class SelfAttentionContext(NamedTuple):
     """Positions and mask shared by every self-attention layer of a stack."""
+
     query_positions: Array  # [b or 1, lq]
     key_positions: Array  # [b or 1, lk]
     mask: AttentionMask
@@ -298,12 +329,14 @@ class SelfAttentionPositions(nn.Module):
     numbers of tokens; that mask has no structure a kernel takes, so it is dense. Segment ids are
     ignored there.
     """
+
     causal: bool
     decode: bool = False
 
     @nn.compact
-    def __call__(self, tokens: Array, segment_ids: Array | None, positions: Array | None,
-                 decode_lengths: Array | None = None) -> SelfAttentionContext:
+    def __call__(
+        self, tokens: Array, segment_ids: Array | None, positions: Array | None, decode_lengths: Array | None = None
+    ) -> SelfAttentionContext:
         length = tokens.shape[1]
         if not self.decode:
             return self._full_sequence(length, segment_ids, positions)
@@ -316,8 +349,7 @@ class SelfAttentionPositions(nn.Module):
         mask = (slots[None, None, :] <= new_positions[:, :, None])[:, None]
         return SelfAttentionContext(new_positions, slots[None], AttentionMask(dense=mask), new_positions)
 
-    def _full_sequence(self, length: int, segment_ids: Array | None,
-                       positions: Array | None) -> SelfAttentionContext:
+    def _full_sequence(self, length: int, segment_ids: Array | None, positions: Array | None) -> SelfAttentionContext:
         if positions is None:
             positions = jnp.arange(length)[None]
         mask = AttentionMask(causal=self.causal, query_segment_ids=segment_ids)
@@ -327,6 +359,7 @@ class SelfAttentionPositions(nn.Module):
 class KeyValues(NamedTuple):
     """Keys and values: cached, head-major [..., b, kv_heads, slots, head_dim] (attention reads them
     without transposing), or new tokens' rows [..., b, l, kv_heads, head_dim] to write there."""
+
     keys: Array
     values: Array
 
@@ -347,6 +380,7 @@ class KeyValueCache(nn.Module):
     puts every layer's rows into the cache at once after the stack has run. A scan over the layers so
     reads the cache without building a new one: only the new rows are written.
     """
+
     shape: tuple[int, ...]
     dtype: Dtype = jnp.float32
 
@@ -363,8 +397,9 @@ class KeyValueCache(nn.Module):
         self.values.value = write_rows(self.values.value, rows.values, slots)
 
 
-def run_with_cache(run: Callable[..., tuple[Array, Any]], cache: KeyValueCache | None, x: Array, *args: Any,
-                   slots: Array | None) -> Array:
+def run_with_cache(
+    run: Callable[..., tuple[Array, Any]], cache: KeyValueCache | None, x: Array, *args: Any, slots: Array | None
+) -> Array:
     """``run(x, *args, cached) -> (x, new rows)`` (a stack from `layers.layer_stack_with_outputs`) -> x.
 
     While decoding (a ``cache``, and ``slots`` [b, l] for the new tokens) each layer gets its slice of
@@ -390,6 +425,7 @@ class Attention(nn.Module):
     the queries attend to the cache, and the call returns (output, the new `KeyValues` [b, lq, ...]) for
     the stack to write into its `KeyValueCache`.
     """
+
     num_heads: int
     num_kv_heads: int
     head_dim: int
@@ -400,9 +436,16 @@ class Attention(nn.Module):
     qkv_bias: bool = False
 
     @nn.compact
-    def __call__(self, inputs_q: Array, inputs_kv: Array, mask: AttentionMask | None = None,
-                 bias: Array | None = None, positions: Array | None = None, cache: KeyValues | None = None,
-                 cache_positions: Array | None = None) -> Array | tuple[Array, KeyValues]:
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_kv: Array,
+        mask: AttentionMask | None = None,
+        bias: Array | None = None,
+        positions: Array | None = None,
+        cache: KeyValues | None = None,
+        cache_positions: Array | None = None,
+    ) -> Array | tuple[Array, KeyValues]:
         """``positions`` [b, l] (RoPE only) belong to the tokens of ``inputs_q``/``inputs_kv``."""
         query_init_scale = 1.0 / self.head_dim if self.fold_query_scale else 1.0
         query = self._project(self.num_heads, "query", query_init_scale)(inputs_q)
@@ -412,20 +455,28 @@ class Attention(nn.Module):
             query = apply_rope(query, positions, self.rope_max_wavelength)
             key = apply_rope(key, positions, self.rope_max_wavelength)
         if not self.fold_query_scale:
-            query = query * jnp.asarray(self.head_dim ** -0.5, query.dtype)
+            query = query * jnp.asarray(self.head_dim**-0.5, query.dtype)
         new_rows = KeyValues(key, value)
         if cache is not None:  # attention takes [b, slots, kv_heads, d]: XLA folds the swap into its dots
-            key, value = (write_rows(cached, rows, cache_positions).swapaxes(1, 2)
-                          for cached, rows in zip(cache, new_rows))
+            key, value = (
+                write_rows(cached, rows, cache_positions).swapaxes(1, 2) for cached, rows in zip(cache, new_rows)
+            )
         heads_axes = ("batch", "length", "heads", "kv")
         query, key, value = (constrain(t, heads_axes) for t in (query, key, value))
         out = dot_product_attention(query, key, value, bias=bias, mask=mask, backend=self.backend)
         out = constrain(out, heads_axes)
-        out = Projection(features=(inputs_q.shape[-1],), in_axes=("heads", "kv"),
-                         out_axes=("embed",), dtype=self.dtype, name="out")(out)
+        out = Projection(
+            features=(inputs_q.shape[-1],), in_axes=("heads", "kv"), out_axes=("embed",), dtype=self.dtype, name="out"
+        )(out)
         return out if cache is None else (out, new_rows)
 
     def _project(self, heads: int, name: str, init_scale: float = 1.0) -> Projection:
-        return Projection(features=(heads, self.head_dim), in_axes=("embed",),
-                          out_axes=("heads", "kv"), dtype=self.dtype, init_scale=init_scale,
-                          use_bias=self.qkv_bias, name=name)
+        return Projection(
+            features=(heads, self.head_dim),
+            in_axes=("embed",),
+            out_axes=("heads", "kv"),
+            dtype=self.dtype,
+            init_scale=init_scale,
+            use_bias=self.qkv_bias,
+            name=name,
+        )

@@ -11,16 +11,17 @@ Heads: `pooler` (tanh dense on the first token, as HF's BertModel) and `mlm_head
 BertForMaskedLM head, decoder tied to the word embeddings). A model without the MLM head (a sentence
 embedder such as MiniLM) has hidden states and no logits: `logits_from_hidden` raises ConfigError.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 
+import gin
 from littlehelp import flops
 from littlehelp.config import ConfigError
 from littlehelp.models.api import Batch, Params, dropout
@@ -41,6 +42,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     """Sizes and options of a BERT encoder (defaults: a tiny model); head size is emb_dim / num_heads."""
+
     vocab_size: int = 512
     emb_dim: int = 64
     num_layers: int = 2
@@ -60,8 +62,16 @@ class BertConfig:
     dropout_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        check_positive(self, "vocab_size", "emb_dim", "num_layers", "num_heads", "mlp_dim",
-                       "max_position_embeddings", "type_vocab_size")
+        check_positive(
+            self,
+            "vocab_size",
+            "emb_dim",
+            "num_layers",
+            "num_heads",
+            "mlp_dim",
+            "max_position_embeddings",
+            "type_vocab_size",
+        )
         check_choice(self, "hidden_act", tuple(ACTIVATIONS))
         check_common(self)
         if self.emb_dim % self.num_heads:
@@ -78,16 +88,19 @@ class BertConfig:
 
 class LayerNorm(nn.Module):
     """Layer norm with a learned scale and bias, computed in float32."""
+
     epsilon: float
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         features = (x.shape[-1],)
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                           features, PARAM_DTYPE)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                          features, PARAM_DTYPE)
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), features, PARAM_DTYPE
+        )
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), features, PARAM_DTYPE
+        )
         x32 = x.astype(jnp.float32)
         centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
         normed = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.epsilon)
@@ -101,16 +114,18 @@ def _dense(features: tuple[int, ...], in_axes: Axes, out_axes: Axes, dtype: jnp.
 
 class BertAttention(nn.Module):
     """Bidirectional multi-head self-attention with biased query/key/value/output projections."""
+
     config: BertConfig
 
     @nn.compact
     def __call__(self, x: Array, mask: AttentionMask) -> Array:
         cfg = self.config
         query, key, value = (self._project(x, name) for name in ("query", "key", "value"))
-        query = query * jnp.asarray(cfg.head_dim ** -0.5, query.dtype)
+        query = query * jnp.asarray(cfg.head_dim**-0.5, query.dtype)
         out = dot_product_attention(query, key, value, mask=mask, backend=cfg.attention_backend)
         return _dense((x.shape[-1],), ("heads", "kv"), ("embed",), jnp.dtype(cfg.dtype), name="out")(
-            constrain(out, HEADS_AXES))
+            constrain(out, HEADS_AXES)
+        )
 
     def _project(self, x: Array, name: str) -> Array:
         cfg = self.config
@@ -120,6 +135,7 @@ class BertAttention(nn.Module):
 
 class BertLayer(nn.Module):
     """Self-attention and the MLP, each added to the residual and then layer-normed (post-LN)."""
+
     config: BertConfig
     deterministic: bool = True
 
@@ -140,14 +156,18 @@ class BertLayer(nn.Module):
 
 class BertEmbeddings(nn.Module):
     """Adds absolute position and token-type embeddings to word embeddings, then LayerNorm and dropout."""
+
     config: BertConfig
 
     @nn.compact
     def __call__(self, words: Array, positions: Array, deterministic: bool) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         table = lambda name, rows: self.param(  # noqa: E731
-            name, nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
-            (rows, cfg.emb_dim), PARAM_DTYPE)
+            name,
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+            (rows, cfg.emb_dim),
+            PARAM_DTYPE,
+        )
         position = jnp.take(table("position_embedding", cfg.max_position_embeddings), positions, axis=0)
         token_type = table("token_type_embedding", cfg.type_vocab_size)[0]
         x = words.astype(jnp.float32) + position + token_type
@@ -157,18 +177,27 @@ class BertEmbeddings(nn.Module):
 
 class BertStack(nn.Module):
     """The ``num_layers`` BERT layers (scanned when ``scan_layers``)."""
+
     config: BertConfig
 
     @nn.compact
     def __call__(self, x: Array, mask: AttentionMask, deterministic: bool) -> Array:
         cfg = self.config
-        run = layer_stack(BertLayer, cfg.num_layers, cfg.scan_layers, cfg.remat_policy,
-                          num_broadcast_args=1, config=cfg, deterministic=deterministic)
+        run = layer_stack(
+            BertLayer,
+            cfg.num_layers,
+            cfg.scan_layers,
+            cfg.remat_policy,
+            num_broadcast_args=1,
+            config=cfg,
+            deterministic=deterministic,
+        )
         return run(x, mask)
 
 
 class Bert(nn.Module):
     """Tokens [b, l] -> hidden states [b, l, emb] of the last layer; heads as the config says."""
+
     config: BertConfig
 
     def setup(self) -> None:
@@ -181,16 +210,28 @@ class Bert(nn.Module):
         if cfg.mlm_head:
             self.mlm_transform = _dense((cfg.emb_dim,), ("embed",), (None,), dtype)
             self.mlm_norm = LayerNorm(cfg.layer_norm_eps, dtype)
-            self.mlm_bias = self.param("mlm_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
-                                       (cfg.vocab_size,), PARAM_DTYPE)
+            self.mlm_bias = self.param(
+                "mlm_bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                (cfg.vocab_size,),
+                PARAM_DTYPE,
+            )
 
-    def __call__(self, tokens: Array, segment_ids: Array | None = None, positions: Array | None = None,
-                 deterministic: bool = True, input_embeddings: Array | None = None) -> Array:
+    def __call__(
+        self,
+        tokens: Array,
+        segment_ids: Array | None = None,
+        positions: Array | None = None,
+        deterministic: bool = True,
+        input_embeddings: Array | None = None,
+    ) -> Array:
         """Hidden states; ``input_embeddings`` [b, l, emb] replace the word embeddings (``tokens`` still
         mark padding), position and token-type embeddings are added to them as to word embeddings."""
         cfg, length = self.config, tokens.shape[1]
         if length > cfg.max_position_embeddings:
-            raise ValueError(f"length {length} exceeds BertConfig.max_position_embeddings {cfg.max_position_embeddings}")
+            raise ValueError(
+                f"length {length} exceeds BertConfig.max_position_embeddings {cfg.max_position_embeddings}"
+            )
         segments = (tokens != cfg.pad_token_id).astype(jnp.int32) if segment_ids is None else segment_ids
         positions = jnp.arange(length)[None] if positions is None else positions
         words = self.embed(tokens) if input_embeddings is None else input_embeddings
@@ -230,6 +271,7 @@ def bert_forward_flops(config: BertConfig, batch: int, length: int, with_mlm_hea
 class BertModel:
     """The model seam (`api.Model`) of a `Bert` on "encoder_input_tokens" (+ "encoder_segment_ids",
     "encoder_positions"); logits need `BertConfig.mlm_head`."""
+
     config: BertConfig
 
     @property
@@ -243,11 +285,19 @@ class BertModel:
     def embed(self, params: Params, tokens: Array) -> Array:
         return self.module.apply({"params": params}, tokens, method=Bert.embed)
 
-    def hidden_states(self, params: Params, batch: Batch, rng: Array | None = None,
-                      input_embeddings: Array | None = None) -> Array:
+    def hidden_states(
+        self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
+    ) -> Array:
         deterministic, rngs = dropout(rng, self.config.dropout_rate)
-        return self.module.apply({"params": params}, batch["encoder_input_tokens"], batch.get("encoder_segment_ids"),
-                                 batch.get("encoder_positions"), deterministic, input_embeddings, rngs=rngs)
+        return self.module.apply(
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch.get("encoder_segment_ids"),
+            batch.get("encoder_positions"),
+            deterministic,
+            input_embeddings,
+            rngs=rngs,
+        )
 
     def pooled(self, params: Params, hidden: Array) -> Array:
         """HF's pooler output [b, emb] from `hidden_states` (needs `BertConfig.pooler`)."""
@@ -257,11 +307,14 @@ class BertModel:
 
     def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
         if not self.config.mlm_head:
-            raise ConfigError("BertConfig.mlm_head is False: this BERT has no MLM head, so no logits (use hidden_states)")
+            raise ConfigError(
+                "BertConfig.mlm_head is False: this BERT has no MLM head, so no logits (use hidden_states)"
+            )
         return self.module.apply({"params": params}, hidden, method=Bert.mlm_logits)
 
-    def logits(self, params: Params, batch: Batch, rng: Array | None = None,
-               input_embeddings: Array | None = None) -> Array:
+    def logits(
+        self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
+    ) -> Array:
         return self.logits_from_hidden(params, self.hidden_states(params, batch, rng, input_embeddings))
 
     def forward_flops(self, batch: Batch) -> float:

@@ -1,18 +1,25 @@
 """Decoder-only language model, Llama-style: RoPE, grouped-query attention, SwiGLU, RMSNorm."""
+
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 
+import gin
 from littlehelp import flops
 from littlehelp.models.api import Batch, DecodeCache, Params, StepwiseFlaxModel, dropout, empty_cache
-from littlehelp.models.attention import (Attention, AttentionMask, KeyValueCache, KeyValues,
-                                         SelfAttentionPositions, run_with_cache)
+from littlehelp.models.attention import (
+    Attention,
+    AttentionMask,
+    KeyValueCache,
+    KeyValues,
+    SelfAttentionPositions,
+    run_with_cache,
+)
 from littlehelp.models.layers import Embed, GatedMlp, Projection, RMSNorm, constrain, layer_stack_with_outputs
 from littlehelp.models.registry import ModelFamily, register
 from littlehelp.models.t5 import EMBED_AXES, check_common, check_positive
@@ -29,6 +36,7 @@ class DecoderConfig:
     `context_length` is the longest sequence (prompt plus new tokens) decoding accepts; imported models
     take it from their file (HF max_position_embeddings, GGUF context_length).
     """
+
     vocab_size: int = 512
     emb_dim: int = 64
     num_layers: int = 2
@@ -49,17 +57,30 @@ class DecoderConfig:
     context_length: int = DEFAULT_CONTEXT_LENGTH
 
     def __post_init__(self) -> None:
-        check_positive(self, "vocab_size", "emb_dim", "num_layers", "num_heads", "num_kv_heads",
-                       "head_dim", "mlp_dim", "context_length")
+        check_positive(
+            self,
+            "vocab_size",
+            "emb_dim",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "mlp_dim",
+            "context_length",
+        )
         check_common(self)
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"DecoderConfig.num_heads ({self.num_heads}) must be a multiple of "
-                             f"num_kv_heads, got {self.num_kv_heads!r}")
+            raise ValueError(
+                f"DecoderConfig.num_heads ({self.num_heads}) must be a multiple of "
+                f"num_kv_heads, got {self.num_kv_heads!r}"
+            )
         if self.head_dim % 2:
             raise ValueError(f"DecoderConfig.head_dim must be even for RoPE, got {self.head_dim!r}")
         if not self.rope_max_wavelength > 0 or not self.norm_eps > 0:
-            raise ValueError("DecoderConfig.rope_max_wavelength and norm_eps must be positive, got "
-                             f"{self.rope_max_wavelength!r} and {self.norm_eps!r}")
+            raise ValueError(
+                "DecoderConfig.rope_max_wavelength and norm_eps must be positive, got "
+                f"{self.rope_max_wavelength!r} and {self.norm_eps!r}"
+            )
 
 
 class DecoderBlock(nn.Module):
@@ -67,23 +88,30 @@ class DecoderBlock(nn.Module):
 
     Given its ``cache`` (decoding) the block also returns the new tokens' keys and values.
     """
+
     config: DecoderConfig
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: Array, mask: AttentionMask, positions: Array, cache_positions: Array | None,
-                 cache: KeyValues | None) -> tuple[Array, KeyValues | None]:
+    def __call__(
+        self, x: Array, mask: AttentionMask, positions: Array, cache_positions: Array | None, cache: KeyValues | None
+    ) -> tuple[Array, KeyValues | None]:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         h = RMSNorm(cfg.norm_eps, dtype, name="pre_attention_norm")(x)
-        h = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, dtype,
-                      cfg.attention_backend, rope_max_wavelength=cfg.rope_max_wavelength,
-                      qkv_bias=cfg.qkv_bias, name="attention")(
-                          h, h, mask=mask, positions=positions, cache=cache, cache_positions=cache_positions)
+        h = Attention(
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            dtype,
+            cfg.attention_backend,
+            rope_max_wavelength=cfg.rope_max_wavelength,
+            qkv_bias=cfg.qkv_bias,
+            name="attention",
+        )(h, h, mask=mask, positions=positions, cache=cache, cache_positions=cache_positions)
         h, new_rows = (h, None) if cache is None else h
         x = self._residual(x, h)
         h = RMSNorm(cfg.norm_eps, dtype, name="pre_mlp_norm")(x)
-        h = GatedMlp(cfg.mlp_dim, "silu", cfg.dropout_rate, dtype, name="mlp")(
-            h, self.deterministic)
+        h = GatedMlp(cfg.mlp_dim, "silu", cfg.dropout_rate, dtype, name="mlp")(h, self.deterministic)
         return self._residual(x, h), new_rows
 
     def _residual(self, x: Array, update: Array) -> Array:
@@ -103,53 +131,80 @@ class DecoderLM(nn.Module):
     length and ``decode_lengths`` None; see ``littlehelp.models.api``). Tied output logits are
     scaled by emb_dim**-0.5 when ``scale_tied_logits``.
     """
+
     config: DecoderConfig
 
     @nn.compact
-    def __call__(self, tokens: Array | None, segment_ids: Array | None = None,
-                 positions: Array | None = None, deterministic: bool = True,
-                 decode: bool = False, decode_lengths: Array | None = None,
-                 input_embeddings: Array | None = None, hidden: Array | None = None,
-                 return_hidden: bool = False) -> Array:
+    def __call__(
+        self,
+        tokens: Array | None,
+        segment_ids: Array | None = None,
+        positions: Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+        decode_lengths: Array | None = None,
+        input_embeddings: Array | None = None,
+        hidden: Array | None = None,
+        return_hidden: bool = False,
+    ) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype, name="token_embedder")
         if hidden is None:
             x = embedder(tokens) if input_embeddings is None else input_embeddings.astype(dtype)
-            hidden = self._body(constrain(x, EMBED_AXES), tokens, segment_ids, positions, deterministic,
-                                decode, decode_lengths)
+            hidden = self._body(
+                constrain(x, EMBED_AXES), tokens, segment_ids, positions, deterministic, decode, decode_lengths
+            )
         if return_hidden:
             return hidden
         if cfg.tie_embeddings:
             logits = embedder.attend(hidden)
             if cfg.scale_tied_logits:
-                logits = logits * jnp.asarray(cfg.emb_dim ** -0.5, dtype)
+                logits = logits * jnp.asarray(cfg.emb_dim**-0.5, dtype)
         else:
-            logits = Projection(features=(cfg.vocab_size,), in_axes=("embed",),
-                                out_axes=("vocab",), dtype=dtype, name="logits_dense")(hidden)
+            logits = Projection(
+                features=(cfg.vocab_size,), in_axes=("embed",), out_axes=("vocab",), dtype=dtype, name="logits_dense"
+            )(hidden)
         return constrain(logits, ("batch", "length", "vocab"))
 
-    def _body(self, x: Array, tokens: Array, segment_ids: Array | None, positions: Array | None,
-              deterministic: bool, decode: bool, decode_lengths: Array | None) -> Array:
+    def _body(
+        self,
+        x: Array,
+        tokens: Array,
+        segment_ids: Array | None,
+        positions: Array | None,
+        deterministic: bool,
+        decode: bool,
+        decode_lengths: Array | None,
+    ) -> Array:
         """Embedded inputs -> final-normed hidden states through the decoder blocks."""
         cfg = self.config
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        context = SelfAttentionPositions(causal=True, decode=decode,
-                                         name="self_attention_positions")(
-            tokens, segment_ids, positions, decode_lengths)
-        run = layer_stack_with_outputs(DecoderBlock, cfg.num_layers, cfg.scan_layers, cfg.remat_policy,
-                                       num_broadcast_args=3, num_layer_args=1, config=cfg,
-                                       deterministic=deterministic)
+        context = SelfAttentionPositions(causal=True, decode=decode, name="self_attention_positions")(
+            tokens, segment_ids, positions, decode_lengths
+        )
+        run = layer_stack_with_outputs(
+            DecoderBlock,
+            cfg.num_layers,
+            cfg.scan_layers,
+            cfg.remat_policy,
+            num_broadcast_args=3,
+            num_layer_args=1,
+            config=cfg,
+            deterministic=deterministic,
+        )
         query_positions = jnp.broadcast_to(context.query_positions, tokens.shape)
         shape = (cfg.num_layers, tokens.shape[0], cfg.num_kv_heads, tokens.shape[1], cfg.head_dim)
         cache = KeyValueCache(shape, jnp.dtype(cfg.dtype), name="key_value_cache") if decode else None
-        x = run_with_cache(run, cache, x, context.mask, query_positions, context.cache_positions,
-                           slots=context.cache_positions)
+        x = run_with_cache(
+            run, cache, x, context.mask, query_positions, context.cache_positions, slots=context.cache_positions
+        )
         return RMSNorm(cfg.norm_eps, jnp.dtype(cfg.dtype), name="final_norm")(x)
 
 
 @dataclasses.dataclass(frozen=True)
 class DecoderLMModel(StepwiseFlaxModel):
     """The model seam (`api.StepwiseModel`) of a `DecoderLM`, on seqio's LM features."""
+
     config: DecoderConfig
 
     @property
@@ -164,20 +219,29 @@ class DecoderLMModel(StepwiseFlaxModel):
         embedder = Embed(cfg.vocab_size, cfg.emb_dim, jnp.dtype(cfg.dtype))
         return embedder.apply({"params": params["token_embedder"]}, tokens)
 
-    def _apply(self, params: Params, batch: Batch, rng: Array | None, input_embeddings: Array | None,
-               return_hidden: bool) -> Array:
+    def _apply(
+        self, params: Params, batch: Batch, rng: Array | None, input_embeddings: Array | None, return_hidden: bool
+    ) -> Array:
         deterministic, rngs = dropout(rng, self.config.dropout_rate)
         return self.module.apply(
-            {"params": params}, batch["decoder_input_tokens"], segment_ids=batch.get("decoder_segment_ids"),
-            positions=batch.get("decoder_positions"), deterministic=deterministic, rngs=rngs,
-            input_embeddings=input_embeddings, return_hidden=return_hidden)
+            {"params": params},
+            batch["decoder_input_tokens"],
+            segment_ids=batch.get("decoder_segment_ids"),
+            positions=batch.get("decoder_positions"),
+            deterministic=deterministic,
+            rngs=rngs,
+            input_embeddings=input_embeddings,
+            return_hidden=return_hidden,
+        )
 
-    def hidden_states(self, params: Params, batch: Batch, rng: Array | None = None,
-                      input_embeddings: Array | None = None) -> Array:
+    def hidden_states(
+        self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
+    ) -> Array:
         return self._apply(params, batch, rng, input_embeddings, return_hidden=True)
 
-    def logits(self, params: Params, batch: Batch, rng: Array | None = None,
-               input_embeddings: Array | None = None) -> Array:
+    def logits(
+        self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
+    ) -> Array:
         return self._apply(params, batch, rng, input_embeddings, return_hidden=False)
 
     def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
@@ -187,17 +251,26 @@ class DecoderLMModel(StepwiseFlaxModel):
         size, length = batch["decoder_input_tokens"].shape
         return flops.decoder_forward_flops(self.config, size, length)
 
-    def init_cache(self, params: Params, batch_size: int, max_length: int,
-                   inputs: Batch | None = None) -> DecodeCache:
+    def init_cache(self, params: Params, batch_size: int, max_length: int, inputs: Batch | None = None) -> DecodeCache:
         tokens = jnp.zeros((batch_size, max_length), jnp.int32)
-        create = lambda: self.module.apply({"params": params}, tokens, decode=True, mutable=["cache"])[1]["cache"]
+
+        def create():
+            return self.module.apply({"params": params}, tokens, decode=True, mutable=["cache"])[1]["cache"]
+
         return empty_cache(create, batch_size)
 
-    def _decode_call(self, params: Params, cache: DecodeCache, tokens: Array, return_hidden: bool,
-                     input_embeddings: Array | None) -> tuple[Array, Any]:
+    def _decode_call(
+        self, params: Params, cache: DecodeCache, tokens: Array, return_hidden: bool, input_embeddings: Array | None
+    ) -> tuple[Array, Any]:
         out, mutated = self.module.apply(
-            {"params": params, "cache": cache.layers}, tokens, decode=True, decode_lengths=cache.lengths,
-            input_embeddings=input_embeddings, return_hidden=return_hidden, mutable=["cache"])
+            {"params": params, "cache": cache.layers},
+            tokens,
+            decode=True,
+            decode_lengths=cache.lengths,
+            input_embeddings=input_embeddings,
+            return_hidden=return_hidden,
+            mutable=["cache"],
+        )
         return out, mutated["cache"]
 
 

@@ -1,13 +1,14 @@
 """Encoder-only bidirectional transformer (the T5 v1.1 encoder stack) with an MLM head."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 
+import gin
 from littlehelp import flops
 from littlehelp.models.api import Batch, Params, dropout
 from littlehelp.models.layers import Embed, Projection, constrain
@@ -21,6 +22,7 @@ Array = jax.Array
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
     """Sizes and options of an encoder-only model (defaults: a tiny model)."""
+
     vocab_size: int = 512
     emb_dim: int = 64
     num_layers: int = 2
@@ -36,9 +38,17 @@ class EncoderConfig:
     relative_attention_max_distance: int = 128
 
     def __post_init__(self) -> None:
-        check_positive(self, "vocab_size", "emb_dim", "num_layers", "num_heads", "head_dim",
-                       "mlp_dim", "relative_attention_num_buckets",
-                       "relative_attention_max_distance")
+        check_positive(
+            self,
+            "vocab_size",
+            "emb_dim",
+            "num_layers",
+            "num_heads",
+            "head_dim",
+            "mlp_dim",
+            "relative_attention_num_buckets",
+            "relative_attention_max_distance",
+        )
         check_common(self)
 
 
@@ -48,18 +58,25 @@ class Encoder(nn.Module):
     Pass ``token_embedder`` (an ``Embed`` bound elsewhere, e.g. a T5 model's) to share
     embeddings; otherwise the encoder owns one named "token_embedder".
     """
+
     config: EncoderConfig
 
     def setup(self) -> None:
         cfg = self.config
         self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, jnp.dtype(cfg.dtype))
         self.encoder = EncoderStack(cfg, cfg.num_layers)
-        self.mlm_head = Projection(features=(cfg.vocab_size,), in_axes=("embed",),
-                                   out_axes=("vocab",), dtype=jnp.dtype(cfg.dtype))
+        self.mlm_head = Projection(
+            features=(cfg.vocab_size,), in_axes=("embed",), out_axes=("vocab",), dtype=jnp.dtype(cfg.dtype)
+        )
 
-    def __call__(self, tokens: Array, segment_ids: Array | None = None,
-                 deterministic: bool = True, token_embedder: Embed | None = None,
-                 input_embeddings: Array | None = None) -> Array:
+    def __call__(
+        self,
+        tokens: Array,
+        segment_ids: Array | None = None,
+        deterministic: bool = True,
+        token_embedder: Embed | None = None,
+        input_embeddings: Array | None = None,
+    ) -> Array:
         """Hidden states; segment ids (0 = padding) keep packed examples apart.
 
         ``input_embeddings`` [b, l, emb] replace the token embeddings (``tokens`` still mark padding).
@@ -84,6 +101,7 @@ class Encoder(nn.Module):
 @dataclasses.dataclass(frozen=True)
 class EncoderModel:
     """The model seam (`api.Model`) of an `Encoder` with its MLM head, on "encoder_input_tokens"."""
+
     config: EncoderConfig
 
     @property
@@ -96,17 +114,25 @@ class EncoderModel:
     def embed(self, params: Params, tokens: Array) -> Array:
         return self.module.apply({"params": params}, tokens, method=Encoder.embed)
 
-    def hidden_states(self, params: Params, batch: Batch, rng: Array | None = None,
-                      input_embeddings: Array | None = None) -> Array:
+    def hidden_states(
+        self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
+    ) -> Array:
         deterministic, rngs = dropout(rng, self.config.dropout_rate)
-        return self.module.apply({"params": params}, batch["encoder_input_tokens"], batch.get("encoder_segment_ids"),
-                                 deterministic, rngs=rngs, input_embeddings=input_embeddings)
+        return self.module.apply(
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch.get("encoder_segment_ids"),
+            deterministic,
+            rngs=rngs,
+            input_embeddings=input_embeddings,
+        )
 
     def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
         return self.module.apply({"params": params}, hidden, method=Encoder.mlm_logits)
 
-    def logits(self, params: Params, batch: Batch, rng: Array | None = None,
-               input_embeddings: Array | None = None) -> Array:
+    def logits(
+        self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
+    ) -> Array:
         return self.logits_from_hidden(params, self.hidden_states(params, batch, rng, input_embeddings))
 
     def forward_flops(self, batch: Batch) -> float:

@@ -4,17 +4,19 @@ Every parameter carries logical axis names (batch, length, embed, mlp, heads, kv
 an axis that is never sharded is named ``None``. Parameters are stored in float32 and cast to the
 module's compute ``dtype`` when used.
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 Array = jax.Array
 Dtype = Any
@@ -36,25 +38,31 @@ def constrain(x: Array, axes: Axes) -> Array:
 
 def fan_in_init(num_input_axes: int, scale: float = 1.0) -> nn.initializers.Initializer:
     """Truncated-normal variance scaling whose fan-in is the product of the leading input axes."""
+
     def init(key: Array, shape: Sequence[int], dtype: Dtype = PARAM_DTYPE) -> Array:
         inner = nn.initializers.variance_scaling(
-            scale, "fan_in", "truncated_normal",
+            scale,
+            "fan_in",
+            "truncated_normal",
             in_axis=tuple(range(num_input_axes)),
-            out_axis=tuple(range(num_input_axes, len(shape))))
+            out_axis=tuple(range(num_input_axes, len(shape))),
+        )
         return inner(key, shape, dtype)
+
     return init
 
 
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm with a learned scale and no bias (T5 / Llama)."""
+
     epsilon: float = 1e-6
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         scale = self.param(
-            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-            (x.shape[-1],), PARAM_DTYPE)
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],), PARAM_DTYPE
+        )
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
         return (normed * scale).astype(self.dtype)
@@ -84,8 +92,9 @@ def _contract_forward(x: Any, kernel: Any, num_in: int) -> tuple[Array, tuple[Ar
     return out, (x.value if kernel.perturbed else None, kernel.value if x.perturbed else None)
 
 
-def _contract_backward(num_in: int, residuals: tuple[Array | None, Array | None],
-                       cotangent: Array) -> tuple[Array | None, Array | None]:
+def _contract_backward(
+    num_in: int, residuals: tuple[Array | None, Array | None], cotangent: Array
+) -> tuple[Array | None, Array | None]:
     x, kernel = residuals
     if isinstance(cotangent, jax.custom_derivatives.SymbolicZero):
         return None, None
@@ -118,6 +127,7 @@ class Projection(nn.Module):
     The kernel has shape ``input_shape[-len(in_axes):] + features`` and logical axes
     ``in_axes + out_axes``. ``use_bias`` adds a zero-initialised "bias" of shape ``features``.
     """
+
     features: tuple[int, ...]
     in_axes: Axes
     out_axes: Axes
@@ -131,20 +141,27 @@ class Projection(nn.Module):
         shape = tuple(x.shape[-num_in:]) + tuple(self.features)
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(fan_in_init(num_in, self.init_scale),
-                                         self.in_axes + self.out_axes),
-            shape, PARAM_DTYPE)
-        out = checkpoint_name(contract_into_kernel(x.astype(self.dtype), kernel.astype(self.dtype), num_in),
-                              PROJECTION_OUTPUT)
+            nn.with_logical_partitioning(fan_in_init(num_in, self.init_scale), self.in_axes + self.out_axes),
+            shape,
+            PARAM_DTYPE,
+        )
+        out = checkpoint_name(
+            contract_into_kernel(x.astype(self.dtype), kernel.astype(self.dtype), num_in), PROJECTION_OUTPUT
+        )
         if not self.use_bias:
             return out
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
-                          tuple(self.features), PARAM_DTYPE)
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
+            tuple(self.features),
+            PARAM_DTYPE,
+        )
         return out + bias.astype(self.dtype)
 
 
 class Embed(nn.Module):
     """Token embedding table [vocab, embed]; ``attend`` gives tied output logits."""
+
     num_embeddings: int
     features: int
     dtype: Dtype = jnp.float32
@@ -154,7 +171,9 @@ class Embed(nn.Module):
         self.embedding = self.param(
             "embedding",
             nn.with_logical_partitioning(nn.initializers.normal(self.stddev), ("vocab", "embed")),
-            (self.num_embeddings, self.features), PARAM_DTYPE)
+            (self.num_embeddings, self.features),
+            PARAM_DTYPE,
+        )
 
     def __call__(self, ids: Array) -> Array:
         """Looks up ``ids`` [...] -> [..., features]."""
@@ -162,12 +181,12 @@ class Embed(nn.Module):
 
     def attend(self, query: Array) -> Array:
         """Scores ``query`` [..., features] against every embedding -> [..., vocab]."""
-        return jnp.einsum("...d,vd->...v", query.astype(self.dtype),
-                          self.embedding.astype(self.dtype))
+        return jnp.einsum("...d,vd->...v", query.astype(self.dtype), self.embedding.astype(self.dtype))
 
 
 class GatedMlp(nn.Module):
     """Gated feed-forward block: wo(act(wi_0 x) * wi_1 x); gelu gives GeGLU, silu SwiGLU."""
+
     mlp_dim: int
     activation: str = "gelu"
     dropout_rate: float = 0.0
@@ -180,8 +199,9 @@ class GatedMlp(nn.Module):
         hidden = act(Projection(**up, name="wi_0")(x)) * Projection(**up, name="wi_1")(x)
         hidden = constrain(hidden, ("batch", "length", "mlp"))
         hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
-        return Projection(features=(x.shape[-1],), in_axes=("mlp",), out_axes=("embed",),
-                          dtype=self.dtype, name="wo")(hidden)
+        return Projection(features=(x.shape[-1],), in_axes=("mlp",), out_axes=("embed",), dtype=self.dtype, name="wo")(
+            hidden
+        )
 
 
 def apply_rope(x: Array, positions: Array, max_wavelength: float = 10000.0) -> Array:
@@ -195,8 +215,9 @@ def apply_rope(x: Array, positions: Array, max_wavelength: float = 10000.0) -> A
     return rotated.astype(x.dtype)
 
 
-def relative_position_bucket(relative_position: Array, bidirectional: bool,
-                             num_buckets: int, max_distance: int) -> Array:
+def relative_position_bucket(
+    relative_position: Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Array:
     """T5's bucketing of ``key_position - query_position``: exact near 0, logarithmic far away."""
     num_buckets = num_buckets // 2 if bidirectional else num_buckets
     if bidirectional:
@@ -207,8 +228,7 @@ def relative_position_bucket(relative_position: Array, bidirectional: bool,
         distance = jnp.maximum(-relative_position, 0)
     max_exact = num_buckets // 2
     eps = np.finfo(np.float32).eps
-    log_ratio = (jnp.log(distance.astype(jnp.float32) / max_exact + eps)
-                 / np.log(max_distance / max_exact))
+    log_ratio = jnp.log(distance.astype(jnp.float32) / max_exact + eps) / np.log(max_distance / max_exact)
     log_bucket = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
     log_bucket = jnp.minimum(log_bucket, num_buckets - 1)
     return offset + jnp.where(distance < max_exact, distance, log_bucket)
@@ -216,6 +236,7 @@ def relative_position_bucket(relative_position: Array, bidirectional: bool,
 
 class RelativePositionBias(nn.Module):
     """Learned per-head bias from bucketed relative positions; one per stack (T5 v1.1)."""
+
     num_heads: int
     num_buckets: int = 32
     max_distance: int = 128
@@ -228,10 +249,11 @@ class RelativePositionBias(nn.Module):
         table = self.param(
             "rel_embedding",
             nn.with_logical_partitioning(nn.initializers.normal(1.0), ("heads", None)),
-            (self.num_heads, self.num_buckets), PARAM_DTYPE)
+            (self.num_heads, self.num_buckets),
+            PARAM_DTYPE,
+        )
         relative = key_positions[:, None, :] - query_positions[:, :, None]
-        buckets = relative_position_bucket(relative, self.bidirectional,
-                                           self.num_buckets, self.max_distance)
+        buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
         bias = jnp.take(table.astype(self.dtype), buckets, axis=1)  # [h, b, lq, lk]
         return jnp.transpose(bias, (1, 0, 2, 3))
 
@@ -251,8 +273,14 @@ def remat_policy(name: str) -> Callable[..., Any] | None:
     return policy
 
 
-def layer_stack(layer_cls: type[nn.Module], num_layers: int, scan_layers: bool, remat: str,
-                num_broadcast_args: int, **layer_kwargs: Any) -> Callable[..., Array]:
+def layer_stack(
+    layer_cls: type[nn.Module],
+    num_layers: int,
+    scan_layers: bool,
+    remat: str,
+    num_broadcast_args: int,
+    **layer_kwargs: Any,
+) -> Callable[..., Array]:
     """Builds ``num_layers`` copies of ``layer_cls`` (inside a compact method) and returns ``run``.
 
     ``layer_cls.__call__(x, *args) -> (x, None)``. With ``scan_layers`` the layers are one
@@ -263,9 +291,15 @@ def layer_stack(layer_cls: type[nn.Module], num_layers: int, scan_layers: bool, 
     return lambda x, *args: run(x, *args)[0]
 
 
-def layer_stack_with_outputs(layer_cls: type[nn.Module], num_layers: int, scan_layers: bool, remat: str,
-                             num_broadcast_args: int, num_layer_args: int,
-                             **layer_kwargs: Any) -> Callable[..., tuple[Array, Any]]:
+def layer_stack_with_outputs(
+    layer_cls: type[nn.Module],
+    num_layers: int,
+    scan_layers: bool,
+    remat: str,
+    num_broadcast_args: int,
+    num_layer_args: int,
+    **layer_kwargs: Any,
+) -> Callable[..., tuple[Array, Any]]:
     """`layer_stack` with per-layer inputs and outputs: ``layer_cls.__call__(x, *args) -> (x, out)``.
     The last ``num_layer_args`` args have a leading "layers" axis (layer i gets slice i), and
     ``run(x, *args) -> (x, outs)`` stacks the layers' outputs on a leading "layers" axis."""
@@ -273,16 +307,21 @@ def layer_stack_with_outputs(layer_cls: type[nn.Module], num_layers: int, scan_l
         layer_cls = nn.remat(layer_cls, policy=remat_policy(remat), prevent_cse=not scan_layers)
     if scan_layers:
         return nn.scan(
-            layer_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * num_broadcast_args + (0,) * num_layer_args, length=num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"})(**layer_kwargs, name="layers")
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * num_broadcast_args + (0,) * num_layer_args,
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(**layer_kwargs, name="layers")
     layers = [layer_cls(**layer_kwargs, name=f"layers_{i}") for i in range(num_layers)]
 
     def run(x: Array, *args: Any) -> tuple[Array, Any]:
         shared, per_layer = args[:num_broadcast_args], args[num_broadcast_args:]
         outs = []
         for index, layer in enumerate(layers):
-            x, out = layer(x, *shared, *jax.tree.map(lambda a: a[index], per_layer))
+            x, out = layer(x, *shared, *jax.tree.map(lambda a, i=index: a[i], per_layer))
             outs.append(out)
         return x, jax.tree.map(lambda *slices: jnp.stack(slices), *outs)
+
     return run

@@ -37,8 +37,10 @@ def register(family: ModelFamily) -> ModelFamily:
     """Adds `family` (each family's module calls this once, at import); a config class has one family."""
     taken = FAMILIES.get(family.config_class)
     if taken is not None:
-        raise ValueError(f"model family {family.name!r}: {family.config_class.__name__} already belongs to "
-                         f"model family {taken.name!r}")
+        raise ValueError(
+            f"model family {family.name!r}: {family.config_class.__name__} already belongs to "
+            f"model family {taken.name!r}"
+        )
     FAMILIES[family.config_class] = family
     return family
 

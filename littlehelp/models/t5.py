@@ -4,6 +4,7 @@ The token embedding ("token_embedder") is shared by encoder and decoder; each st
 relative position bias shared by all its layers. Token id 0 is padding; segment ids (0 = padding)
 keep packed examples from attending to each other.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,17 +12,32 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 
+import gin
 from littlehelp import flops
 from littlehelp.models.api import DecodeCache, StepwiseFlaxModel, dropout, empty_cache
-from littlehelp.models.attention import (ATTENTION_BACKENDS, Attention, AttentionMask, KeyValueCache,
-                                         KeyValues, SelfAttentionPositions, run_with_cache)
-from littlehelp.models.layers import (REMAT_POLICIES, Embed, GatedMlp, Projection,
-                                      RelativePositionBias, RMSNorm, constrain, layer_stack,
-                                      layer_stack_with_outputs)
+from littlehelp.models.attention import (
+    ATTENTION_BACKENDS,
+    Attention,
+    AttentionMask,
+    KeyValueCache,
+    KeyValues,
+    SelfAttentionPositions,
+    run_with_cache,
+)
+from littlehelp.models.layers import (
+    REMAT_POLICIES,
+    Embed,
+    GatedMlp,
+    Projection,
+    RelativePositionBias,
+    RMSNorm,
+    constrain,
+    layer_stack,
+    layer_stack_with_outputs,
+)
 from littlehelp.models.registry import ModelFamily, register
 
 Array = jax.Array
@@ -34,8 +50,7 @@ def check_positive(config: Any, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(
-                f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
 
 
 def check_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
@@ -59,6 +74,7 @@ def check_common(config: Any) -> None:
 @dataclasses.dataclass(frozen=True)
 class T5Config:
     """Sizes and options of a T5 v1.1 model (defaults: T5 v1.1 small)."""
+
     vocab_size: int = 32128
     emb_dim: int = 512
     num_heads: int = 6
@@ -75,9 +91,18 @@ class T5Config:
     attention_backend: str = "xla"
 
     def __post_init__(self) -> None:
-        check_positive(self, "vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
-                       "num_encoder_layers", "num_decoder_layers",
-                       "relative_attention_num_buckets", "relative_attention_max_distance")
+        check_positive(
+            self,
+            "vocab_size",
+            "emb_dim",
+            "num_heads",
+            "head_dim",
+            "mlp_dim",
+            "num_encoder_layers",
+            "num_decoder_layers",
+            "relative_attention_num_buckets",
+            "relative_attention_max_distance",
+        )
         check_common(self)
 
 
@@ -87,9 +112,15 @@ def _residual(config: Any, x: Array, update: Array, deterministic: bool) -> Arra
 
 
 def _attention(config: Any, name: str) -> Attention:
-    return Attention(num_heads=config.num_heads, num_kv_heads=config.num_heads,
-                     head_dim=config.head_dim, dtype=jnp.dtype(config.dtype),
-                     backend=config.attention_backend, fold_query_scale=True, name=name)
+    return Attention(
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_heads,
+        head_dim=config.head_dim,
+        dtype=jnp.dtype(config.dtype),
+        backend=config.attention_backend,
+        fold_query_scale=True,
+        name=name,
+    )
 
 
 def _mlp_sublayer(config: Any, x: Array, deterministic: bool) -> Array:
@@ -101,6 +132,7 @@ def _mlp_sublayer(config: Any, x: Array, deterministic: bool) -> Array:
 
 class EncoderLayer(nn.Module):
     """Bidirectional self-attention + gated-GELU MLP, both pre-normed and residual."""
+
     config: Any  # T5Config or EncoderConfig
     deterministic: bool = True
 
@@ -114,22 +146,36 @@ class EncoderLayer(nn.Module):
 
 class EncoderStack(nn.Module):
     """Embedded tokens -> final-normed hidden states through ``num_layers`` encoder layers."""
+
     config: Any  # T5Config or EncoderConfig
     num_layers: int
 
     @nn.compact
-    def __call__(self, x: Array, segment_ids: Array, positions: Array | None = None,
-                 deterministic: bool = True) -> Array:
+    def __call__(
+        self, x: Array, segment_ids: Array, positions: Array | None = None, deterministic: bool = True
+    ) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         x = nn.Dropout(cfg.dropout_rate)(constrain(x, EMBED_AXES), deterministic=deterministic)
         context = SelfAttentionPositions(causal=False, name="self_attention_positions")(
-            segment_ids, segment_ids, positions)
-        bias = RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
-                                    cfg.relative_attention_max_distance, bidirectional=True,
-                                    dtype=dtype, name="relative_position_bias")(
-                                        context.query_positions, context.key_positions)
-        run = layer_stack(EncoderLayer, self.num_layers, cfg.scan_layers, cfg.remat_policy,
-                          num_broadcast_args=2, config=cfg, deterministic=deterministic)
+            segment_ids, segment_ids, positions
+        )
+        bias = RelativePositionBias(
+            cfg.num_heads,
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+            bidirectional=True,
+            dtype=dtype,
+            name="relative_position_bias",
+        )(context.query_positions, context.key_positions)
+        run = layer_stack(
+            EncoderLayer,
+            self.num_layers,
+            cfg.scan_layers,
+            cfg.remat_policy,
+            num_broadcast_args=2,
+            config=cfg,
+            deterministic=deterministic,
+        )
         x = run(x, context.mask, bias)
         x = RMSNorm(dtype=dtype, name="final_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
@@ -140,17 +186,26 @@ class DecoderLayer(nn.Module):
 
     Given its ``cache`` (decoding) the layer also returns the new tokens' self-attention keys and values.
     """
+
     config: T5Config
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: Array, encoded: Array, self_mask: AttentionMask,
-                 cross_mask: AttentionMask, self_bias: Array, cache_positions: Array | None,
-                 cache: KeyValues | None) -> tuple[Array, KeyValues | None]:
+    def __call__(
+        self,
+        x: Array,
+        encoded: Array,
+        self_mask: AttentionMask,
+        cross_mask: AttentionMask,
+        self_bias: Array,
+        cache_positions: Array | None,
+        cache: KeyValues | None,
+    ) -> tuple[Array, KeyValues | None]:
         dtype = jnp.dtype(self.config.dtype)
         h = RMSNorm(dtype=dtype, name="pre_self_attention_norm")(x)
         h = _attention(self.config, "self_attention")(
-            h, h, mask=self_mask, bias=self_bias, cache=cache, cache_positions=cache_positions)
+            h, h, mask=self_mask, bias=self_bias, cache=cache, cache_positions=cache_positions
+        )
         h, new_rows = (h, None) if cache is None else h
         x = _residual(self.config, x, h, self.deterministic)
         h = RMSNorm(dtype=dtype, name="pre_cross_attention_norm")(x)
@@ -165,43 +220,85 @@ class DecoderStack(nn.Module):
     ``return_hidden`` returns the hidden states before the output layer; ``hidden`` applies only
     the output layer to them.
     """
+
     config: T5Config
 
     @nn.compact
-    def __call__(self, x: Array | None, encoded: Array | None, tokens: Array | None,
-                 segment_ids: Array | None, positions: Array | None, cross_mask: AttentionMask | None,
-                 deterministic: bool, decode: bool, decode_lengths: Array | None = None,
-                 hidden: Array | None = None, return_hidden: bool = False) -> Array:
+    def __call__(
+        self,
+        x: Array | None,
+        encoded: Array | None,
+        tokens: Array | None,
+        segment_ids: Array | None,
+        positions: Array | None,
+        cross_mask: AttentionMask | None,
+        deterministic: bool,
+        decode: bool,
+        decode_lengths: Array | None = None,
+        hidden: Array | None = None,
+        return_hidden: bool = False,
+    ) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         if hidden is None:
-            hidden = self._body(x, encoded, tokens, segment_ids, positions, cross_mask, deterministic,
-                                decode, decode_lengths)
+            hidden = self._body(
+                x, encoded, tokens, segment_ids, positions, cross_mask, deterministic, decode, decode_lengths
+            )
         if return_hidden:
             return hidden
-        logits = Projection(features=(cfg.vocab_size,), in_axes=("embed",), out_axes=("vocab",),
-                            dtype=dtype, name="logits_dense")(hidden)
+        logits = Projection(
+            features=(cfg.vocab_size,), in_axes=("embed",), out_axes=("vocab",), dtype=dtype, name="logits_dense"
+        )(hidden)
         return constrain(logits, ("batch", "length", "vocab"))
 
-    def _body(self, x: Array, encoded: Array, tokens: Array, segment_ids: Array | None,
-              positions: Array | None, cross_mask: AttentionMask, deterministic: bool, decode: bool,
-              decode_lengths: Array | None) -> Array:
+    def _body(
+        self,
+        x: Array,
+        encoded: Array,
+        tokens: Array,
+        segment_ids: Array | None,
+        positions: Array | None,
+        cross_mask: AttentionMask,
+        deterministic: bool,
+        decode: bool,
+        decode_lengths: Array | None,
+    ) -> Array:
         """Embedded decoder inputs -> final-normed hidden states."""
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         x = nn.Dropout(cfg.dropout_rate)(constrain(x, EMBED_AXES), deterministic=deterministic)
-        context = SelfAttentionPositions(causal=True, decode=decode,
-                                         name="self_attention_positions")(
-            tokens, segment_ids, positions, decode_lengths)
-        bias = RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
-                                    cfg.relative_attention_max_distance, bidirectional=False,
-                                    dtype=dtype, name="relative_position_bias")(
-                                        context.query_positions, context.key_positions)
-        run = layer_stack_with_outputs(DecoderLayer, cfg.num_decoder_layers, cfg.scan_layers,
-                                       cfg.remat_policy, num_broadcast_args=5, num_layer_args=1, config=cfg,
-                                       deterministic=deterministic)
+        context = SelfAttentionPositions(causal=True, decode=decode, name="self_attention_positions")(
+            tokens, segment_ids, positions, decode_lengths
+        )
+        bias = RelativePositionBias(
+            cfg.num_heads,
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+            bidirectional=False,
+            dtype=dtype,
+            name="relative_position_bias",
+        )(context.query_positions, context.key_positions)
+        run = layer_stack_with_outputs(
+            DecoderLayer,
+            cfg.num_decoder_layers,
+            cfg.scan_layers,
+            cfg.remat_policy,
+            num_broadcast_args=5,
+            num_layer_args=1,
+            config=cfg,
+            deterministic=deterministic,
+        )
         shape = (cfg.num_decoder_layers, tokens.shape[0], cfg.num_heads, tokens.shape[1], cfg.head_dim)
         cache = KeyValueCache(shape, dtype, name="key_value_cache") if decode else None
-        x = run_with_cache(run, cache, x, encoded, context.mask, cross_mask, bias, context.cache_positions,
-                           slots=context.cache_positions)
+        x = run_with_cache(
+            run,
+            cache,
+            x,
+            encoded,
+            context.mask,
+            cross_mask,
+            bias,
+            context.cache_positions,
+            slots=context.cache_positions,
+        )
         x = RMSNorm(dtype=dtype, name="final_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -217,6 +314,7 @@ class T5(nn.Module):
     ``encoder_input_embeddings`` [b, l, emb] replace the encoder's token embeddings (a soft
     prompt; ``encoder_input_tokens`` still mark padding).
     """
+
     config: T5Config
 
     def setup(self) -> None:
@@ -225,39 +323,69 @@ class T5(nn.Module):
         self.encoder = EncoderStack(cfg, cfg.num_encoder_layers)
         self.decoder = DecoderStack(cfg)
 
-    def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
-                 encoder_segment_ids: Array | None = None,
-                 decoder_segment_ids: Array | None = None,
-                 encoder_positions: Array | None = None,
-                 decoder_positions: Array | None = None,
-                 deterministic: bool = True, encoder_input_embeddings: Array | None = None) -> Array:
+    def __call__(
+        self,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array,
+        encoder_segment_ids: Array | None = None,
+        decoder_segment_ids: Array | None = None,
+        encoder_positions: Array | None = None,
+        decoder_positions: Array | None = None,
+        deterministic: bool = True,
+        encoder_input_embeddings: Array | None = None,
+    ) -> Array:
         """Teacher-forced logits for ``decoder_input_tokens`` given the encoder input."""
         _, hidden = self.encoder_and_decoder_states(
-            encoder_input_tokens, decoder_input_tokens, encoder_segment_ids, decoder_segment_ids,
-            encoder_positions, decoder_positions, deterministic, encoder_input_embeddings)
+            encoder_input_tokens,
+            decoder_input_tokens,
+            encoder_segment_ids,
+            decoder_segment_ids,
+            encoder_positions,
+            decoder_positions,
+            deterministic,
+            encoder_input_embeddings,
+        )
         return self.logits_from_hidden(hidden)
 
-    def encoder_and_decoder_states(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
-                                   encoder_segment_ids: Array | None = None,
-                                   decoder_segment_ids: Array | None = None,
-                                   encoder_positions: Array | None = None,
-                                   decoder_positions: Array | None = None, deterministic: bool = True,
-                                   encoder_input_embeddings: Array | None = None) -> tuple[Array, Array]:
+    def encoder_and_decoder_states(
+        self,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array,
+        encoder_segment_ids: Array | None = None,
+        decoder_segment_ids: Array | None = None,
+        encoder_positions: Array | None = None,
+        decoder_positions: Array | None = None,
+        deterministic: bool = True,
+        encoder_input_embeddings: Array | None = None,
+    ) -> tuple[Array, Array]:
         """(encoder states, decoder hidden states before the output layer) of one pass."""
-        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, deterministic,
-                              encoder_positions, encoder_input_embeddings)
-        hidden = self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                             encoder_segment_ids, decoder_segment_ids, decoder_positions,
-                             deterministic, return_hidden=True)
+        encoded = self.encode(
+            encoder_input_tokens, encoder_segment_ids, deterministic, encoder_positions, encoder_input_embeddings
+        )
+        hidden = self.decode(
+            encoded,
+            encoder_input_tokens,
+            decoder_input_tokens,
+            encoder_segment_ids,
+            decoder_segment_ids,
+            decoder_positions,
+            deterministic,
+            return_hidden=True,
+        )
         return encoded, hidden
 
     def embed(self, tokens: Array) -> Array:
         """The shared token embeddings [b, l, emb] (what ``encoder_input_embeddings`` replaces)."""
         return self.token_embedder(tokens)
 
-    def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None,
-               deterministic: bool = True, encoder_positions: Array | None = None,
-               encoder_input_embeddings: Array | None = None) -> Array:
+    def encode(
+        self,
+        encoder_input_tokens: Array,
+        encoder_segment_ids: Array | None = None,
+        deterministic: bool = True,
+        encoder_positions: Array | None = None,
+        encoder_input_embeddings: Array | None = None,
+    ) -> Array:
         """Encoder hidden states [batch, input_len, emb_dim]."""
         if encoder_input_embeddings is None:
             x = self.token_embedder(encoder_input_tokens)
@@ -266,23 +394,41 @@ class T5(nn.Module):
         segments = _segments(encoder_input_tokens, encoder_segment_ids)
         return self.encoder(x, segments, encoder_positions, deterministic)
 
-    def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
-               encoder_segment_ids: Array | None = None,
-               decoder_segment_ids: Array | None = None,
-               decoder_positions: Array | None = None, deterministic: bool = True,
-               decode: bool = False, decode_lengths: Array | None = None,
-               return_hidden: bool = False) -> Array:
+    def decode(
+        self,
+        encoded: Array,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array,
+        encoder_segment_ids: Array | None = None,
+        decoder_segment_ids: Array | None = None,
+        decoder_positions: Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+        decode_lengths: Array | None = None,
+        return_hidden: bool = False,
+    ) -> Array:
         """Decoder logits (or hidden states). With ``decode`` the tokens go through the cache after
         each row's ``decode_lengths`` committed tokens (see ``littlehelp.models.api``)."""
         if decoder_segment_ids is not None and encoder_segment_ids is not None:
             cross_mask = AttentionMask(query_segment_ids=decoder_segment_ids, key_segment_ids=encoder_segment_ids)
         else:  # every decoder token in segment 1 and every encoder token but padding: padding keys masked
-            cross_mask = AttentionMask(query_segment_ids=jnp.ones(decoder_input_tokens.shape, jnp.int32),
-                                       key_segment_ids=_segments(encoder_input_tokens, None))
+            cross_mask = AttentionMask(
+                query_segment_ids=jnp.ones(decoder_input_tokens.shape, jnp.int32),
+                key_segment_ids=_segments(encoder_input_tokens, None),
+            )
         x = self.token_embedder(decoder_input_tokens)
-        return self.decoder(x, encoded, decoder_input_tokens, decoder_segment_ids,
-                            decoder_positions, cross_mask, deterministic, decode, decode_lengths,
-                            return_hidden=return_hidden)
+        return self.decoder(
+            x,
+            encoded,
+            decoder_input_tokens,
+            decoder_segment_ids,
+            decoder_positions,
+            cross_mask,
+            deterministic,
+            decode,
+            decode_lengths,
+            return_hidden=return_hidden,
+        )
 
     def logits_from_hidden(self, hidden: Array) -> Array:
         """The output layer alone: decoder hidden states -> logits [b, l, vocab]."""
@@ -296,6 +442,7 @@ class T5Model(StepwiseFlaxModel):
     `input_embeddings` replace the encoder's token embeddings; decoding is conditioned on
     `init_cache`'s inputs {"encoder_input_tokens": [b, l]} (optionally "encoder_input_embeddings").
     """
+
     config: T5Config
 
     @property
@@ -312,26 +459,38 @@ class T5Model(StepwiseFlaxModel):
         """The shared token embedding table [vocab, emb] (SpacTor's generator reads it, ELECTRA-style)."""
         return nn.unbox(params["token_embedder"]["embedding"])
 
-    def _apply(self, params: Any, batch: Mapping[str, Array], rng: Array | None,
-               input_embeddings: Array | None, method: Any) -> Any:
+    def _apply(
+        self, params: Any, batch: Mapping[str, Array], rng: Array | None, input_embeddings: Array | None, method: Any
+    ) -> Any:
         deterministic, rngs = dropout(rng, self.config.dropout_rate)
         return self.module.apply(
-            {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-            encoder_segment_ids=batch.get("encoder_segment_ids"), decoder_segment_ids=batch.get("decoder_segment_ids"),
-            encoder_positions=batch.get("encoder_positions"), decoder_positions=batch.get("decoder_positions"),
-            deterministic=deterministic, rngs=rngs, encoder_input_embeddings=input_embeddings, method=method)
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            encoder_segment_ids=batch.get("encoder_segment_ids"),
+            decoder_segment_ids=batch.get("decoder_segment_ids"),
+            encoder_positions=batch.get("encoder_positions"),
+            decoder_positions=batch.get("decoder_positions"),
+            deterministic=deterministic,
+            rngs=rngs,
+            encoder_input_embeddings=input_embeddings,
+            method=method,
+        )
 
-    def encoder_and_decoder_states(self, params: Any, batch: Mapping[str, Array], rng: Array | None = None,
-                                   input_embeddings: Array | None = None) -> tuple[Array, Array]:
+    def encoder_and_decoder_states(
+        self, params: Any, batch: Mapping[str, Array], rng: Array | None = None, input_embeddings: Array | None = None
+    ) -> tuple[Array, Array]:
         """(encoder states [b, l_in, emb], decoder hidden states [b, l_out, emb]) of one pass."""
         return self._apply(params, batch, rng, input_embeddings, T5.encoder_and_decoder_states)
 
-    def hidden_states(self, params: Any, batch: Mapping[str, Array], rng: Array | None = None,
-                      input_embeddings: Array | None = None) -> Array:
+    def hidden_states(
+        self, params: Any, batch: Mapping[str, Array], rng: Array | None = None, input_embeddings: Array | None = None
+    ) -> Array:
         return self.encoder_and_decoder_states(params, batch, rng, input_embeddings)[1]
 
-    def logits(self, params: Any, batch: Mapping[str, Array], rng: Array | None = None,
-               input_embeddings: Array | None = None) -> Array:
+    def logits(
+        self, params: Any, batch: Mapping[str, Array], rng: Array | None = None, input_embeddings: Array | None = None
+    ) -> Array:
         return self._apply(params, batch, rng, input_embeddings, T5.__call__)
 
     def logits_from_hidden(self, params: Any, hidden: Array) -> Array:
@@ -341,26 +500,52 @@ class T5Model(StepwiseFlaxModel):
         size, inputs_length = batch["encoder_input_tokens"].shape
         return flops.t5_forward_flops(self.config, size, inputs_length, batch["decoder_input_tokens"].shape[1])
 
-    def init_cache(self, params: Any, batch_size: int, max_length: int,
-                   inputs: Mapping[str, Array] | None = None) -> DecodeCache:
+    def init_cache(
+        self, params: Any, batch_size: int, max_length: int, inputs: Mapping[str, Array] | None = None
+    ) -> DecodeCache:
         if inputs is None or "encoder_input_tokens" not in inputs:
             raise ValueError("T5Model.init_cache needs inputs={'encoder_input_tokens': [b, l]} to condition on")
         encoder_tokens = inputs["encoder_input_tokens"]
-        encoded = self.module.apply({"params": params}, encoder_tokens, None, True, None,
-                                    inputs.get("encoder_input_embeddings"), method=T5.encode)
+        encoded = self.module.apply(
+            {"params": params},
+            encoder_tokens,
+            None,
+            True,
+            None,
+            inputs.get("encoder_input_embeddings"),
+            method=T5.encode,
+        )
         decoder_tokens = jnp.zeros((batch_size, max_length), jnp.int32)
-        create = lambda: self.module.apply({"params": params}, encoded, encoder_tokens, decoder_tokens, decode=True,
-                                           mutable=["cache"], method=T5.decode)[1]["cache"]
+
+        def create():
+            return self.module.apply(
+                {"params": params},
+                encoded,
+                encoder_tokens,
+                decoder_tokens,
+                decode=True,
+                mutable=["cache"],
+                method=T5.decode,
+            )[1]["cache"]
+
         return empty_cache(create, batch_size, {"encoded": encoded, "encoder_input_tokens": encoder_tokens})
 
-    def _decode_call(self, params: Any, cache: DecodeCache, tokens: Array, return_hidden: bool,
-                     input_embeddings: Array | None) -> tuple[Array, Any]:
+    def _decode_call(
+        self, params: Any, cache: DecodeCache, tokens: Array, return_hidden: bool, input_embeddings: Array | None
+    ) -> tuple[Array, Any]:
         if input_embeddings is not None:
             raise ValueError("T5Model decodes from decoder tokens; give soft prompts to init_cache's encoder inputs")
         out, mutated = self.module.apply(
-            {"params": params, "cache": cache.layers}, cache.context["encoded"], cache.context["encoder_input_tokens"],
-            tokens, decode=True, decode_lengths=cache.lengths, return_hidden=return_hidden, mutable=["cache"],
-            method=T5.decode)
+            {"params": params, "cache": cache.layers},
+            cache.context["encoded"],
+            cache.context["encoder_input_tokens"],
+            tokens,
+            decode=True,
+            decode_lengths=cache.lengths,
+            return_hidden=return_hidden,
+            mutable=["cache"],
+            method=T5.decode,
+        )
         return out, mutated["cache"]
 
 

@@ -14,8 +14,12 @@ from littlehelp import study
 from littlehelp.errors import LittlehelpError
 
 FASHION_MNIST = "fashion_mnist" in data.available()
-IDX_NAMES = {"train-images-idx3-ubyte": "train_images", "train-labels-idx1-ubyte": "train_labels",
-             "t10k-images-idx3-ubyte": "test_images", "t10k-labels-idx1-ubyte": "test_labels"}
+IDX_NAMES = {
+    "train-images-idx3-ubyte": "train_images",
+    "train-labels-idx1-ubyte": "train_labels",
+    "t10k-images-idx3-ubyte": "test_images",
+    "t10k-labels-idx1-ubyte": "test_labels",
+}
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -54,10 +58,12 @@ def test_read_idx_refuses_another_type_code_and_a_truncated_file(tmp_path):
 
 def test_fashion_mnist_is_flattened_scaled_to_unit_range_and_split_as_shipped(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
-    arrays = {"train_images": rng.integers(0, 256, (8, 28, 28), dtype=np.uint8),
-              "train_labels": np.arange(8, dtype=np.uint8),
-              "test_images": rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
-              "test_labels": np.array([9, 0, 4], np.uint8)}
+    arrays = {
+        "train_images": rng.integers(0, 256, (8, 28, 28), dtype=np.uint8),
+        "train_labels": np.arange(8, dtype=np.uint8),
+        "test_images": rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
+        "test_labels": np.array([9, 0, 4], np.uint8),
+    }
     write_fashion_mnist(tmp_path, arrays)
     monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path)
     loaded = data.load("fashion_mnist")
@@ -110,8 +116,9 @@ def fake_run(monkeypatch):
 
     def fashion_mnist():
         labels = np.arange(300) % 10
-        return data.LabelledData("fake", np.zeros((300, 4), np.float32), labels, np.zeros((20, 4), np.float32),
-                                 labels[:20], 10)
+        return data.LabelledData(
+            "fake", np.zeros((300, 4), np.float32), labels, np.zeros((20, 4), np.float32), labels[:20], 10
+        )
 
     def run(*arrays, **kwargs):
         calls.append(kwargs)
@@ -134,8 +141,15 @@ def test_an_arm_records_accuracy_and_the_candidate_share_per_round(fake_run, tmp
     assert fake_run[0]["selector_kwargs"] == {"margin_multiplier": 10.0}
     assert outcome["accuracy"] == [[20, 25, 30], [0.5, 0.6, 0.7]]
     assert outcome["candidate_share"] == [[20, 25], [50 / 280, 50 / 275]]
-    assert outcome["values"] == pytest.approx({"final_accuracy": 0.7, "area": 0.6, "selection_seconds": 0.25,
-                                               "first_candidate_share": 50 / 280, "last_candidate_share": 50 / 275})
+    assert outcome["values"] == pytest.approx(
+        {
+            "final_accuracy": 0.7,
+            "area": 0.6,
+            "selection_seconds": 0.25,
+            "first_candidate_share": 50 / 280,
+            "last_candidate_share": 50 / 275,
+        }
+    )
     cm_study.STUDY.arm("margin").run(context_of("margin", settings, tmp_path))
     assert fake_run[1]["selector"] == "margin" and fake_run[1]["selector_kwargs"] is None
 
@@ -149,7 +163,9 @@ def test_an_arm_refuses_a_schedule_whose_candidates_exceed_the_stated_share(fake
 
 def test_the_claims_compare_cluster_margin_with_margin_and_random_after_the_last_round():
     compared = {(c.arm, c.baseline, c.metric, c.threshold) for c in cm_study.STUDY.claims}
-    assert compared == {("cluster_margin", "margin", "final_accuracy", -cm_study.NON_INFERIORITY),
-                        ("cluster_margin", "random", "final_accuracy", 0.0)}
+    assert compared == {
+        ("cluster_margin", "margin", "final_accuracy", -cm_study.NON_INFERIORITY),
+        ("cluster_margin", "random", "final_accuracy", 0.0),
+    }
     assert all("9,000 labels" in c.statement for c in cm_study.STUDY.claims)
     assert {a.name for a in cm_study.STUDY.arms} == {"random", "margin", "cluster_margin", "badge", "coreset"}

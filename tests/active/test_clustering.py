@@ -22,7 +22,7 @@ def test_weights_act_as_repeated_points():
     points, weights = rng.normal(size=(40, 3)), rng.integers(1, 5, 40)
     repeated = np.repeat(points, weights, axis=0)  # duplicates merge at height 0 first
     reference = hierarchy.linkage(repeated, "average")
-    positive_heights = np.sort(reference[:, 2])[-(len(points) - 1):]
+    positive_heights = np.sort(reference[:, 2])[-(len(points) - 1) :]
     np.testing.assert_allclose(np.sort(weighted_average_linkage(points, weights)[:, 2]), positive_heights, rtol=1e-10)
 
 

@@ -56,8 +56,9 @@ def test_explore_then_commit_finds_all_positives_soon_after_the_first():
 
 def test_explore_then_commit_commits_to_the_nearest_unqueried_point():
     points, positive = _blob_pool()
-    result = explore_then_commit(points, _CountingOracle(positive), explore_size=60, budget=70,
-                                 rng=np.random.default_rng(3))
+    result = explore_then_commit(
+        points, _CountingOracle(positive), explore_size=60, budget=70, rng=np.random.default_rng(3)
+    )
     for step in range(60, 70):
         known = result.queried[:step][result.labels[:step]]
         unqueried = np.setdiff1d(np.arange(500), result.queried[:step])

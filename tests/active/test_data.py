@@ -10,8 +10,9 @@ def test_bundled_features_are_standardised_with_train_statistics_and_constant_co
 
     loaded = data.load("digits", seed=3)
     features, labels = datasets.load_digits(return_X_y=True)
-    train_x, test_x, _, _ = model_selection.train_test_split(features, labels, test_size=0.3, random_state=3,
-                                                             stratify=labels)
+    train_x, test_x, _, _ = model_selection.train_test_split(
+        features, labels, test_size=0.3, random_state=3, stratify=labels
+    )
     std = train_x.std(axis=0)
     assert (std == 0).any()  # digits has pixels that are blank on every train image
     expected = (test_x - train_x.mean(axis=0)) / np.where(std > 0, std, 1.0)

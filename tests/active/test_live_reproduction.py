@@ -38,8 +38,10 @@ def test_f1_at_matches_a_numpy_reference_on_an_uneven_curve():
 
 def test_effort_points_read_plays_before_the_shift_and_docstrings_after_it():
     settings = {"chars_before_shift": 6000, "chars_after_shift": 4000}
-    clocks = {name: (live_study.clock(settings, phase, fraction), column)
-              for name, (phase, fraction, column) in live_study.EFFORT_POINTS.items()}
+    clocks = {
+        name: (live_study.clock(settings, phase, fraction), column)
+        for name, (phase, fraction, column) in live_study.EFFORT_POINTS.items()
+    }
     assert clocks["plays_f1_12.5"] == (750, live_study.PLAYS) and clocks["plays_f1_100"] == (6000, live_study.PLAYS)
     assert clocks["docstrings_f1_0"] == (6000, live_study.DOCSTRINGS)
     assert clocks["docstrings_f1_25"] == (7000, live_study.DOCSTRINGS)
@@ -47,11 +49,19 @@ def test_effort_points_read_plays_before_the_shift_and_docstrings_after_it():
 
 
 def fake_run():
-    events = (live.Event("ranked", "source", 0, 0, 20), live.Event("random", "source", 1, 0, 40),
-              live.Event("ranked", "source", 2, 20, 50), live.Event("ranked", "target", 0, 50, 110),
-              live.Event("random", "target", 1, 40, 90))
-    evaluations = (live.Evaluation("ranked", 50, 2, 0.4, 0.3), live.Evaluation("random", 40, 1, 0.2, 0.1),
-                   live.Evaluation("ranked", 110, 3, 0.5, 0.6), live.Evaluation("random", 90, 2, 0.3, 0.5))
+    events = (
+        live.Event("ranked", "source", 0, 0, 20),
+        live.Event("random", "source", 1, 0, 40),
+        live.Event("ranked", "source", 2, 20, 50),
+        live.Event("ranked", "target", 0, 50, 110),
+        live.Event("random", "target", 1, 40, 90),
+    )
+    evaluations = (
+        live.Evaluation("ranked", 50, 2, 0.4, 0.3),
+        live.Evaluation("random", 40, 1, 0.2, 0.1),
+        live.Evaluation("ranked", 110, 3, 0.5, 0.6),
+        live.Evaluation("random", 90, 2, 0.3, 0.5),
+    )
     return live.LiveRun(events, evaluations)
 
 
@@ -78,8 +88,16 @@ def test_the_random_arm_is_the_other_stream_of_the_margin_arm_s_session(monkeypa
     margin = study.ArmContext(live_study.STUDY, live_study.STUDY.arm("margin_min"), 3, SETTINGS, tmp_path)
     ranked = study.run_arm(margin)
     random = study.run_arm(margin.replace("random_min"))
-    assert seen == [(("pools", SETTINGS["pool_size"]), ("tests", SETTINGS["test_size"]), "min",
-                     SETTINGS["batch_chars"], SETTINGS["steps"], 3)]
+    assert seen == [
+        (
+            ("pools", SETTINGS["pool_size"]),
+            ("tests", SETTINGS["test_size"]),
+            "min",
+            SETTINGS["batch_chars"],
+            SETTINGS["steps"],
+            3,
+        )
+    ]
     assert ranked["evaluations"] == [[50, 0.4, 0.3], [110, 0.5, 0.6]]
     assert random["evaluations"] == [[40, 0.2, 0.1], [90, 0.3, 0.5]]
     grid, f1 = live_study.STUDY.curves[1].read(margin.replace("random_min"))

@@ -105,8 +105,9 @@ def test_cluster_margin_clusters_the_whole_pool_once_from_seed_model_embeddings(
     seen = []
     selector = make_selector("cluster_margin")
     original = type(selector).select
-    monkeypatch.setattr(type(selector), "select",
-                        lambda self, pool, b, rng: seen.append(pool) or original(self, pool, b, rng))
+    monkeypatch.setattr(
+        type(selector), "select", lambda self, pool, b, rng: seen.append(pool) or original(self, pool, b, rng)
+    )
     run(selector)
     assert calls == [(120, loop.default_num_clusters(120, 5))]
     assert all(len(p.cluster_ids) == p.size for p in seen) and len(seen) == 3
@@ -169,34 +170,54 @@ def with_rows(array, rows, value):
 
 
 BAD_INPUTS = {
-    "empty pool": (dict(features=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int32)),
-                   r"^features is empty: 0 rows$"),
-    "empty test set": (dict(test_features=np.zeros((0, 4), np.float32), test_labels=np.zeros(0, np.int32)),
-                       r"^test_features is empty: 0 rows$"),
-    "NaN features": (dict(features=with_rows(TRAIN[0], [17, 40, 90], np.nan)),
-                     r"^features has 3 rows with NaN or Inf \(first: row 17\)$"),
-    "Inf features": (dict(features=with_rows(TRAIN[0], [90], np.inf)),
-                     r"^features has 1 row with NaN or Inf \(first: row 90\)$"),
-    "Inf test features": (dict(test_features=with_rows(TEST[0], [2, 3], -np.inf)),
-                          r"^test_features has 2 rows with NaN or Inf \(first: row 2\)$"),
+    "empty pool": (
+        dict(features=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int32)),
+        r"^features is empty: 0 rows$",
+    ),
+    "empty test set": (
+        dict(test_features=np.zeros((0, 4), np.float32), test_labels=np.zeros(0, np.int32)),
+        r"^test_features is empty: 0 rows$",
+    ),
+    "NaN features": (
+        dict(features=with_rows(TRAIN[0], [17, 40, 90], np.nan)),
+        r"^features has 3 rows with NaN or Inf \(first: row 17\)$",
+    ),
+    "Inf features": (
+        dict(features=with_rows(TRAIN[0], [90], np.inf)),
+        r"^features has 1 row with NaN or Inf \(first: row 90\)$",
+    ),
+    "Inf test features": (
+        dict(test_features=with_rows(TEST[0], [2, 3], -np.inf)),
+        r"^test_features has 2 rows with NaN or Inf \(first: row 2\)$",
+    ),
     "single class": (dict(labels=np.zeros_like(TRAIN[1])), r"^labels hold a single class \(0\); need at least 2$"),
     "label -1": (dict(labels=with_rows(TRAIN[1], [4, 9], -1)), r"^labels must be in \[0, 3\): found -1 at row 4$"),
-    "label = num_classes": (dict(labels=with_rows(TRAIN[1], [7], 3), num_classes=3),
-                            r"^labels must be in \[0, 3\): found 3 at row 7$"),
-    "test label too large": (dict(test_labels=with_rows(TEST[1], [1], 5), num_classes=3),
-                             r"^test_labels must be in \[0, 3\): found 5 at row 1$"),
-    "fractional label": (dict(labels=with_rows(TRAIN[1].astype(np.float64), [2], 1.5)),
-                         r"^labels must be integer classes: found 1.5 at row 2$"),
-    "labels too short": (dict(labels=TRAIN[1][:-1]),
-                         r"^labels must hold one label per row of features \(shape \(120,\)\), got shape \(119,\)$"),
+    "label = num_classes": (
+        dict(labels=with_rows(TRAIN[1], [7], 3), num_classes=3),
+        r"^labels must be in \[0, 3\): found 3 at row 7$",
+    ),
+    "test label too large": (
+        dict(test_labels=with_rows(TEST[1], [1], 5), num_classes=3),
+        r"^test_labels must be in \[0, 3\): found 5 at row 1$",
+    ),
+    "fractional label": (
+        dict(labels=with_rows(TRAIN[1].astype(np.float64), [2], 1.5)),
+        r"^labels must be integer classes: found 1.5 at row 2$",
+    ),
+    "labels too short": (
+        dict(labels=TRAIN[1][:-1]),
+        r"^labels must hold one label per row of features \(shape \(120,\)\), got shape \(119,\)$",
+    ),
     "num_classes 1": (dict(num_classes=1), r"^num_classes must be an integer >= 2, got 1$"),
     "batch_size 0": (dict(batch_size=0), r"^batch_size must be a positive integer, got 0$"),
     "negative batch_size": (dict(batch_size=-5), r"^batch_size must be a positive integer, got -5$"),
     "seed_size 0": (dict(seed_size=0), r"^seed_size must be a positive integer, got 0$"),
     "negative rounds": (dict(rounds=-1), r"^rounds must be a non-negative integer, got -1$"),
-    "schedule over the pool": (dict(seed_size=100, batch_size=10),
-                               r"^seed_size 100 \+ rounds 3 x batch_size 10 = 130 exceeds the pool \(features\): "
-                               r"120 rows$"),
+    "schedule over the pool": (
+        dict(seed_size=100, batch_size=10),
+        r"^seed_size 100 \+ rounds 3 x batch_size 10 = 130 exceeds the pool \(features\): "
+        r"120 rows$",
+    ),
 }
 
 
@@ -206,7 +227,17 @@ def test_bad_inputs_are_refused_before_anything_trains(change, message, monkeypa
         raise AssertionError("a model was trained before the input was refused")
 
     monkeypatch.setattr(models, "fit", no_training)
-    arguments = dict(features=TRAIN[0], labels=TRAIN[1], test_features=TEST[0], test_labels=TEST[1],
-                     selector="coreset", seed_size=10, batch_size=5, rounds=3, seed=0, model_config=SMALL)
+    arguments = dict(
+        features=TRAIN[0],
+        labels=TRAIN[1],
+        test_features=TEST[0],
+        test_labels=TEST[1],
+        selector="coreset",
+        seed_size=10,
+        batch_size=5,
+        rounds=3,
+        seed=0,
+        model_config=SMALL,
+    )
     with pytest.raises(SelectionInputError, match=message):
         loop.run(**(arguments | change))

@@ -65,7 +65,7 @@ def test_cnn_learns_which_half_of_the_image_is_bright():
     images = rng.uniform(0, 0.2, (64, 6, 6)).astype(np.float32)
     labels = rng.integers(0, 2, 64).astype(np.int32)
     for image, label in zip(images, labels):
-        image[:, 3 * label:3 * label + 3] += 1.0
+        image[:, 3 * label : 3 * label + 3] += 1.0
     config = models.ModelConfig(hidden=(8,), image_shape=(6, 6), steps=60, batch_size=16, learning_rate=1e-2)
     model = models.fit(images.reshape(64, -1), labels, 2, config, seed=0)
     probabilities, embeddings = model.predict(images.reshape(64, -1))

@@ -11,14 +11,17 @@ SETTINGS = {**active_study.STUDY.settings, **active_study.STUDY.quick}
 
 
 def records(accuracies, churns, seconds=0.5):
-    return [loop.RoundRecord(i, 10 * (i + 1), a, 0.0 if i == 0 else seconds, None if i == 0 else c)
-            for i, (a, c) in enumerate(zip(accuracies, [None, *churns]))]
+    return [
+        loop.RoundRecord(i, 10 * (i + 1), a, 0.0 if i == 0 else seconds, None if i == 0 else c)
+        for i, (a, c) in enumerate(zip(accuracies, [None, *churns]))
+    ]
 
 
 def test_summary_gives_area_final_accuracy_and_mean_churn_after_the_seed_set():
     run = records([0.5, 0.7, 0.9], [0.2, 0.4])
     assert active_study.summary(run, "large_digits") == pytest.approx(
-        {"area_large_digits": 0.7, "final_accuracy_large_digits": 0.9, "churn_large_digits": 0.3})
+        {"area_large_digits": 0.7, "final_accuracy_large_digits": 0.9, "churn_large_digits": 0.3}
+    )
 
 
 @pytest.fixture
@@ -43,7 +46,8 @@ def test_a_large_batch_selector_runs_every_data_set_then_the_large_batches(fake_
     outcome = active_study.STUDY.arm("cluster_margin").run(context_of("cluster_margin", tmp_path))
     small, large = SETTINGS["schedules"], SETTINGS["large_batch"]
     assert fake_loop == [(d, small[d], "cluster_margin", 0.0) for d in active_study.DATASETS] + [
-        (d, large[d], "cluster_margin", 0.0) for d in active_study.LARGER]
+        (d, large[d], "cluster_margin", 0.0) for d in active_study.LARGER
+    ]
     assert outcome["values"]["selection_seconds"] == 0.25  # the small-batch runs only
     assert set(outcome["accuracy"]) == {*active_study.DATASETS, "large_digits", "large_breast_cancer"}
     assert outcome["accuracy"]["wine"] == [[10, 20, 30], [0.5, 0.6, 0.8]]
@@ -73,6 +77,7 @@ def test_every_metric_and_curve_is_read_from_the_arms_it_is_measured_on(fake_loo
 def test_claims_compare_margin_with_random_cluster_margin_with_margin_and_distillation_with_a_0():
     compared = {(c.arm, c.baseline, c.metric, c.threshold) for c in active_study.STUDY.claims}
     assert compared == {("margin", "random", f"area_{d}", 0.0) for d in active_study.DATASETS} | {
-        ("cluster_margin", "margin", f"area_large_{d}", 0.0) for d in active_study.LARGER} | {
-        ("margin_a0.5", "margin", f"churn_{d}", 0.0) for d in active_study.LARGER} | {
-        ("margin_a0.5", "margin", f"final_accuracy_{d}", -0.01) for d in active_study.LARGER}
+        ("cluster_margin", "margin", f"area_large_{d}", 0.0) for d in active_study.LARGER
+    } | {("margin_a0.5", "margin", f"churn_{d}", 0.0) for d in active_study.LARGER} | {
+        ("margin_a0.5", "margin", f"final_accuracy_{d}", -0.01) for d in active_study.LARGER
+    }

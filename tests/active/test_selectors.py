@@ -26,10 +26,15 @@ def _generic_pool(n: int = 60) -> Pool:
     rng = np.random.default_rng(0)
     probabilities = _probabilities(n, 4, 1)
     embeddings = rng.normal(size=(n, 5)).astype(np.float32)
-    return Pool(probabilities=probabilities, embeddings=embeddings,
-                labelled_embeddings=rng.normal(size=(3, 5)).astype(np.float32),
-                second_probabilities=_probabilities(n, 4, 2), cluster_ids=np.arange(n) % 7,
-                scores=rng.normal(size=n), labels=rng.integers(0, 4, n))
+    return Pool(
+        probabilities=probabilities,
+        embeddings=embeddings,
+        labelled_embeddings=rng.normal(size=(3, 5)).astype(np.float32),
+        second_probabilities=_probabilities(n, 4, 2),
+        cluster_ids=np.arange(n) % 7,
+        scores=rng.normal(size=n),
+        labels=rng.integers(0, 4, n),
+    )
 
 
 STREAMED = {"iwes_dis", "iwes_ent"}  # one Bernoulli draw per example: at most `budget` come back
@@ -64,10 +69,13 @@ def test_highest_score_takes_the_highest_scores_lower_index_first_on_ties():
         make_selector("highest_score").select(Pool(probabilities=_probabilities(4, 2, 0)), 2, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("name, reference", [
-    ("entropy", lambda p: entropy(p, axis=1)),
-    ("least_confidence", lambda p: 1.0 - p.max(axis=1)),
-])
+@pytest.mark.parametrize(
+    "name, reference",
+    [
+        ("entropy", lambda p: entropy(p, axis=1)),
+        ("least_confidence", lambda p: 1.0 - p.max(axis=1)),
+    ],
+)
 def test_uncertainty_selectors_take_the_highest_scores(name, reference):
     probabilities = _probabilities(150, 6, 5)
     expected = np.argsort(-reference(probabilities.astype(np.float64)), kind="stable")[:10]
@@ -143,8 +151,9 @@ def test_gradient_embeddings_equal_the_last_layer_gradient_at_the_predicted_labe
     probabilities = softmax(features @ weights.T, axis=1)
     per_example = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))
     grads = per_example(jnp.asarray(weights), features, np.argmax(probabilities, axis=1))
-    np.testing.assert_allclose(selectors.gradient_embeddings(probabilities, features),
-                               np.asarray(grads).reshape(6, -1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        selectors.gradient_embeddings(probabilities, features), np.asarray(grads).reshape(6, -1), rtol=1e-5, atol=1e-6
+    )
 
 
 def _badge_pool() -> np.ndarray:
@@ -160,7 +169,7 @@ def test_badge_starts_at_the_largest_gradient_and_samples_by_squared_distance():
     grads = _badge_pool()
     pool = Pool(gradient_embeddings=grads)
     first = int(np.argmax(np.linalg.norm(grads, axis=1)))
-    sq = cdist(grads, grads[first:first + 1], "sqeuclidean")[:, 0]
+    sq = cdist(grads, grads[first : first + 1], "sqeuclidean")[:, 0]
     expected = np.array([sq[10:20].sum(), sq[20:].sum()]) / sq.sum()  # group b vs low group; a ~ 0
     second_group = np.zeros(3)
     for seed in range(400):
@@ -186,8 +195,9 @@ def _cluster_margin_case():
     rng = np.random.default_rng(0)
     sizes = np.arange(1, 13)[rng.permutation(12)]  # candidate clusters of sizes 1..12 (sum 78)
     candidate_clusters = np.repeat(np.arange(12), sizes)
-    clusters = np.concatenate([rng.permutation(np.pad(candidate_clusters, (0, 22), constant_values=12)),
-                               rng.integers(0, 13, 300)])
+    clusters = np.concatenate(
+        [rng.permutation(np.pad(candidate_clusters, (0, 22), constant_values=12)), rng.integers(0, 13, 300)]
+    )
     return probabilities, clusters
 
 
@@ -229,7 +239,8 @@ def test_iwes_systematic_weights_are_inverse_inclusion_probabilities_capped():
     expected_p = budget * ((1 - mix) * scores / scores.sum() + mix / 30)
     assert expected_p.max() < 1  # no capping of probabilities in this case
     selection = make_selector("iwes_systematic", max_weight=8.0, uniform_mix=mix).select(
-        Pool(probabilities=probabilities), budget, np.random.default_rng(0))
+        Pool(probabilities=probabilities), budget, np.random.default_rng(0)
+    )
     np.testing.assert_allclose(selection.weights, np.minimum(1.0 / expected_p[selection.indices], 8.0))
     assert (1.0 / expected_p > 8.0).any()  # the cap is active for some examples
 
@@ -254,7 +265,8 @@ def test_iwes_systematic_uses_two_model_total_variation():
     p = selectors.inclusion_probabilities(selectors.total_variations(first, second), 4, uniform_mix=0.0)
     assert (p[5:] == 0).all()
     selection = make_selector("iwes_systematic", uniform_mix=0.0).select(
-        Pool(probabilities=first, second_probabilities=second), 4, np.random.default_rng(0))
+        Pool(probabilities=first, second_probabilities=second), 4, np.random.default_rng(0)
+    )
     assert (selection.indices < 5).all()
     more_than_disagree = selectors.inclusion_probabilities(selectors.total_variations(first, second), 7, 0.0)
     np.testing.assert_allclose(more_than_disagree, np.r_[np.ones(5), np.full(15, 2 / 15)])
@@ -300,8 +312,10 @@ def test_iwes_sampling_probabilities_match_a_float64_reference():
     assert dis.max() <= 1 / (np.e * np.log(2)) and dis[0] == dis[1] == 0  # identical rows: no disagreement
     # The selectors draw with these probabilities and weight by their inverse (no cap: max_weight=inf).
     rng = np.random.default_rng(0)
-    for name, pool, p in [("iwes_ent", Pool(probabilities=f), ent),
-                          ("iwes_dis", Pool(probabilities=f, second_probabilities=g, labels=y), dis)]:
+    for name, pool, p in [
+        ("iwes_ent", Pool(probabilities=f), ent),
+        ("iwes_dis", Pool(probabilities=f, second_probabilities=g, labels=y), dis),
+    ]:
         chosen = make_selector(name, max_weight=np.inf).select(pool, 40, rng)
         assert len(chosen.indices) > 0 and (p[chosen.indices] > 0).all()
         np.testing.assert_allclose(chosen.weights, 1.0 / p[chosen.indices], rtol=1e-12)
@@ -357,7 +371,7 @@ def _iwes_ent_pool_with(p: np.ndarray) -> Pool:
     def binary_entropy(q):
         return -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
 
-    q = np.array([brentq(lambda x: binary_entropy(x) - target, 1e-15, 0.5) for target in p])
+    q = np.array([brentq(lambda x, t=target: binary_entropy(x) - t, 1e-15, 0.5) for target in p])
     return Pool(probabilities=np.stack([q, 1 - q], axis=1))
 
 
@@ -413,8 +427,9 @@ def test_iwes_dis_needs_labels_and_a_matching_second_model():
     with pytest.raises(SelectionInputError, match=r"^Pool.labels must be in \[0, 3\): found 3 at row 0$"):
         make_selector("iwes_dis").select(Pool(probabilities=f, second_probabilities=g, labels=np.full(10, 3)), 3, rng)
     with pytest.raises(SelectionInputError, match=r"second_probabilities of shape \(10, 3\).*got \(10, 2\)$"):
-        make_selector("iwes_dis").select(Pool(probabilities=f, second_probabilities=g[:, :2], labels=np.zeros(10)),
-                                         3, rng)
+        make_selector("iwes_dis").select(
+            Pool(probabilities=f, second_probabilities=g[:, :2], labels=np.zeros(10)), 3, rng
+        )
     with pytest.raises(SelectionInputError, match=r"^iwes_ent needs Pool.probabilities over at least 2 classes"):
         make_selector("iwes_ent").select(Pool(probabilities=np.ones((4, 1))), 2, rng)
 
@@ -432,16 +447,23 @@ def test_errors_name_the_problem():
 
 @pytest.mark.parametrize("name", sorted(selectors.SELECTORS))
 def test_every_selector_refuses_an_empty_pool(name):
-    empty = Pool(probabilities=np.zeros((0, 3)), embeddings=np.zeros((0, 2), np.float32),
-                 labelled_embeddings=np.zeros((0, 2), np.float32), cluster_ids=np.zeros(0, np.int64))
+    empty = Pool(
+        probabilities=np.zeros((0, 3)),
+        embeddings=np.zeros((0, 2), np.float32),
+        labelled_embeddings=np.zeros((0, 2), np.float32),
+        cluster_ids=np.zeros(0, np.int64),
+    )
     with pytest.raises(SelectionInputError, match=r"^pool is empty: 0 rows$"):
         make_selector(name).select(empty, 0, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("field, rows, message", [
-    ("embeddings", [17, 30, 45], r"^Pool\.embeddings has 3 rows with NaN or Inf \(first: row 17\)$"),
-    ("probabilities", [5], r"^Pool\.probabilities has 1 row with NaN or Inf \(first: row 5\)$"),
-])
+@pytest.mark.parametrize(
+    "field, rows, message",
+    [
+        ("embeddings", [17, 30, 45], r"^Pool\.embeddings has 3 rows with NaN or Inf \(first: row 17\)$"),
+        ("probabilities", [5], r"^Pool\.probabilities has 1 row with NaN or Inf \(first: row 5\)$"),
+    ],
+)
 @pytest.mark.parametrize("name", sorted(selectors.SELECTORS))
 def test_every_selector_refuses_nan_or_inf_anywhere_in_the_pool(name, field, rows, message):
     pool = _generic_pool()

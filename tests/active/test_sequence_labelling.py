@@ -9,8 +9,7 @@ import pytest
 from active import live, sequence, tagger
 from active.validation import SelectionInputError
 
-TINY = tagger.TaggerConfig(embed_dim=8, channels=16, dilations=(1, 2), steps=20, batch_size=16,
-                           learning_rate=1e-2)
+TINY = tagger.TaggerConfig(embed_dim=8, channels=16, dilations=(1, 2), steps=20, batch_size=16, learning_rate=1e-2)
 WIDTH = 16
 
 
@@ -62,8 +61,11 @@ def reference_margins(probabilities: np.ndarray, mask: np.ndarray, aggregation: 
     """Per sentence, a Python loop over positions: margin = |p1 - p0| for two labels."""
     result = []
     for row in range(len(probabilities)):
-        margins = [abs(float(probabilities[row, i, 1]) - float(probabilities[row, i, 0]))
-                   for i in range(probabilities.shape[1]) if mask[row, i]]
+        margins = [
+            abs(float(probabilities[row, i, 1]) - float(probabilities[row, i, 0]))
+            for i in range(probabilities.shape[1])
+            if mask[row, i]
+        ]
         result.append(1.0 if not margins else (sum(margins) / len(margins) if aggregation == "mean" else min(margins)))
     return result
 
@@ -95,12 +97,17 @@ BATCH_CHARS = 40  # sentences are at most WIDTH = 16 characters: each multiple i
 
 
 def small_run(seed: int = 0, **overrides) -> live.LiveRun:
-    pools = (sequence.encode(synthetic_sentences(60, seed=10), WIDTH),
-             sequence.encode(synthetic_sentences(60, seed=11), WIDTH))
-    tests = (sequence.encode(synthetic_sentences(20, seed=12), WIDTH),
-             sequence.encode(synthetic_sentences(20, seed=13), WIDTH))
-    config = live.LiveConfig(**{"batch_chars": BATCH_CHARS, "chars_before_shift": 120, "chars_after_shift": 80,
-                                "tagger": TINY, **overrides})
+    pools = (
+        sequence.encode(synthetic_sentences(60, seed=10), WIDTH),
+        sequence.encode(synthetic_sentences(60, seed=11), WIDTH),
+    )
+    tests = (
+        sequence.encode(synthetic_sentences(20, seed=12), WIDTH),
+        sequence.encode(synthetic_sentences(20, seed=13), WIDTH),
+    )
+    config = live.LiveConfig(
+        **{"batch_chars": BATCH_CHARS, "chars_before_shift": 120, "chars_after_shift": 80, "tagger": TINY, **overrides}
+    )
     return live.run(pools, tests, config, seed=seed)
 
 

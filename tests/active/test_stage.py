@@ -3,12 +3,12 @@ exactly the selected examples; a selected Task trains through `littlehelp train`
 
 import math
 
-import gin
 import numpy as np
 import pytest
 import seqio
 from scipy.cluster import hierarchy
 
+import gin
 import littlehelp.data  # noqa: F401  (registers docstrings_lm)
 from active import loop, stage
 from active.selectors import SELECTORS, Pool, gradient_embeddings, make_selector
@@ -31,8 +31,13 @@ def token_sum_scorer(examples):
     p = 1.0 / (1.0 + np.exp(-(sums - CENTRE) / 4000.0))
     second = 1.0 / (1.0 + np.exp(-(sums - 1.5 * CENTRE) / 8000.0))
     embeddings = np.stack([np.bincount(e["targets"] % 8, minlength=8) / len(e["targets"]) for e in examples])
-    return {"probabilities": np.stack([p, 1 - p], axis=1), "second_probabilities": np.stack([second, 1 - second], 1),
-            "embeddings": embeddings.astype(np.float32), "scores": sums, "labels": (sums < CENTRE).astype(np.int64)}
+    return {
+        "probabilities": np.stack([p, 1 - p], axis=1),
+        "second_probabilities": np.stack([second, 1 - second], 1),
+        "embeddings": embeddings.astype(np.float32),
+        "scores": sums,
+        "labels": (sums < CENTRE).astype(np.int64),
+    }
 
 
 gin.external_configurable(token_sum_scorer, module="test_stage")
@@ -80,8 +85,9 @@ def reference_pool(name, scores, budget):
 @pytest.mark.parametrize("name", sorted(SELECTORS))
 def test_every_selector_selects_through_the_stage_as_through_the_array_api(name, source_examples):
     budget = 6
-    result = stage.select("docstrings_lm", token_sum_scorer, name, budget, max_examples=POOL, seed=3,
-                          name=f"sel_{name}")
+    result = stage.select(
+        "docstrings_lm", token_sum_scorer, name, budget, max_examples=POOL, seed=3, name=f"sel_{name}"
+    )
     pool = reference_pool(name, token_sum_scorer(source_examples), budget)
     expected = make_selector(name).select(pool, budget, np.random.default_rng(3))
     np.testing.assert_array_equal(result.indices, expected.indices)
@@ -95,8 +101,9 @@ def test_every_selector_selects_through_the_stage_as_through_the_array_api(name,
 
 def test_selection_from_scores_streams_the_chosen_positions_in_source_order(source_examples):
     scores = token_sum_scorer(source_examples)
-    result = stage.select_from_scores("docstrings_lm", {"scores": scores["scores"]}, "highest_score", 8,
-                                      name="sel_positions")
+    result = stage.select_from_scores(
+        "docstrings_lm", {"scores": scores["scores"]}, "highest_score", 8, name="sel_positions"
+    )
     top = np.sort(np.argsort(-token_sums(source_examples), kind="stable")[:8])
     np.testing.assert_array_equal(np.sort(result.indices), top)
     kept = task_examples("sel_positions")
@@ -108,25 +115,32 @@ def test_selection_from_scores_streams_the_chosen_positions_in_source_order(sour
 
 def test_positions_carry_their_importance_weights(source_examples):
     scores = token_sum_scorer(source_examples)
-    result = stage.select_from_scores("docstrings_lm", {"probabilities": scores["probabilities"]}, "iwes_ent", 6,
-                                      name="sel_positions_iwes", seed=3)
-    expected = make_selector("iwes_ent").select(Pool(probabilities=scores["probabilities"]), 6,
-                                                np.random.default_rng(3))
+    result = stage.select_from_scores(
+        "docstrings_lm", {"probabilities": scores["probabilities"]}, "iwes_ent", 6, name="sel_positions_iwes", seed=3
+    )
+    expected = make_selector("iwes_ent").select(
+        Pool(probabilities=scores["probabilities"]), 6, np.random.default_rng(3)
+    )
     order = np.argsort(expected.indices)
     kept = task_examples("sel_positions_iwes")
-    assert [e["targets"].tolist() for e in kept] == [source_examples[i]["targets"].tolist()
-                                                     for i in expected.indices[order]]
-    np.testing.assert_array_equal([e[pipeline.EXAMPLE_WEIGHT] for e in kept],
-                                  expected.weights[order].astype(np.float32))
+    assert [e["targets"].tolist() for e in kept] == [
+        source_examples[i]["targets"].tolist() for i in expected.indices[order]
+    ]
+    np.testing.assert_array_equal(
+        [e[pipeline.EXAMPLE_WEIGHT] for e in kept], expected.weights[order].astype(np.float32)
+    )
     np.testing.assert_array_equal(result.weights, expected.weights)
 
 
-@pytest.mark.parametrize("indices, message", [
-    ([3, 60], r"^positions must be in \[0, 60\): found 60$"),
-    ([3, -1], r"^positions must be in \[0, 60\): found -1$"),
-    ([4, 7, 4], r"^positions must be distinct: 4 repeats$"),
-    ([1.0], r"^positions must be integers, got dtype float64$"),
-])
+@pytest.mark.parametrize(
+    "indices, message",
+    [
+        ([3, 60], r"^positions must be in \[0, 60\): found 60$"),
+        ([3, -1], r"^positions must be in \[0, 60\): found -1$"),
+        ([4, 7, 4], r"^positions must be distinct: 4 repeats$"),
+        ([1.0], r"^positions must be integers, got dtype float64$"),
+    ],
+)
 def test_bad_positions_are_refused_by_name(indices, message):
     with pytest.raises(SelectionInputError, match=message):
         stage.register_positions("sel_bad_positions", "docstrings_lm", "train", np.array(indices), POOL)
@@ -147,10 +161,16 @@ def test_example_weights_reach_every_target_token_of_their_example(source_exampl
     """Each target token of a batch carries the weight of the example it came from (recomputed from the
     segment's own tokens), padding 0, whether the converter packs or pads."""
     examples = source_examples[:24]
-    stage.register_subset("sel_weighted", "docstrings_lm", "train", examples,
-                          weights=np.array([weight_of(e["targets"]) for e in examples]))
-    config = pipeline.DatasetConfig("sel_weighted", {"targets": 48}, batch_size=4, feature_converter="lm",
-                                    pack=pack, shuffle=False, repeat=False)
+    stage.register_subset(
+        "sel_weighted",
+        "docstrings_lm",
+        "train",
+        examples,
+        weights=np.array([weight_of(e["targets"]) for e in examples]),
+    )
+    config = pipeline.DatasetConfig(
+        "sel_weighted", {"targets": 48}, batch_size=4, feature_converter="lm", pack=pack, shuffle=False, repeat=False
+    )
     batches = list(pipeline.host_dataset(config).as_numpy_iterator())
     assert batches
     for batch in batches:
@@ -165,11 +185,14 @@ def test_example_weights_reach_every_target_token_of_their_example(source_exampl
         assert weights.dtype == np.float32
 
 
-@pytest.mark.parametrize("weights, message", [
-    (np.array([1.0, 0.0, 2.0]), r"^example weights must be positive: row 1 has 0.0$"),
-    (np.array([1.0, np.nan, 2.0]), r"^example weights has 1 row with NaN or Inf \(first: row 1\)$"),
-    (np.array([1.0, 2.0]), r"^2 example weights for 3 rows$"),
-])
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        (np.array([1.0, 0.0, 2.0]), r"^example weights must be positive: row 1 has 0.0$"),
+        (np.array([1.0, np.nan, 2.0]), r"^example weights has 1 row with NaN or Inf \(first: row 1\)$"),
+        (np.array([1.0, 2.0]), r"^2 example weights for 3 rows$"),
+    ],
+)
 def test_bad_example_weights_are_refused_by_name(source_examples, weights, message):
     with pytest.raises(SelectionInputError, match=message):
         stage.register_subset("sel_bad_weights", "docstrings_lm", "train", source_examples[:3], weights=weights)
@@ -189,12 +212,15 @@ def unused_scorer(examples):
     raise AssertionError("the scorer ran before the input was refused")
 
 
-@pytest.mark.parametrize("budget, max_examples, message", [
-    (0, POOL, r"^budget must be a positive integer, got 0$"),
-    (-3, POOL, r"^budget must be a positive integer, got -3$"),
-    (POOL + 1, POOL, r"^budget must be an integer in \[0, 60\] \(the pool size\), got 61$"),
-    (4, 0, r"^the pool \(task 'docstrings_lm', split 'train'\) is empty: 0 rows$"),
-])
+@pytest.mark.parametrize(
+    "budget, max_examples, message",
+    [
+        (0, POOL, r"^budget must be a positive integer, got 0$"),
+        (-3, POOL, r"^budget must be a positive integer, got -3$"),
+        (POOL + 1, POOL, r"^budget must be an integer in \[0, 60\] \(the pool size\), got 61$"),
+        (4, 0, r"^the pool \(task 'docstrings_lm', split 'train'\) is empty: 0 rows$"),
+    ],
+)
 def test_bad_budgets_and_empty_pools_are_refused_before_scoring(budget, max_examples, message):
     with pytest.raises(SelectionInputError, match=message):
         stage.select("docstrings_lm", unused_scorer, "margin", budget, max_examples=max_examples, name="sel_refused")
@@ -206,7 +232,9 @@ def test_nan_scores_are_refused_before_selecting():
         scores["probabilities"][[5, 9]] = np.nan
         return scores
 
-    with pytest.raises(SelectionInputError, match=r"^scorer's probabilities has 2 rows with NaN or Inf \(first: row 5\)$"):
+    with pytest.raises(
+        SelectionInputError, match=r"^scorer's probabilities has 2 rows with NaN or Inf \(first: row 5\)$"
+    ):
         stage.select("docstrings_lm", nan_scorer, "margin", 4, max_examples=POOL, name="sel_nan")
 
 
@@ -223,22 +251,36 @@ def test_gin_selection_runs_once_per_process(monkeypatch):
 
 def test_a_selected_task_trains_through_littlehelp_train(tmp_path):
     run_file = tmp_path / "select.gin"
-    run_file.write_text("\n".join([
-        "import active.stage",
-        "TASK = @stage.select_task()",
-        "stage.select_task.task = 'docstrings_lm'",
-        "stage.select_task.scorer = @test_stage.token_sum_scorer",
-        "stage.select_task.selector = 'margin'",
-        "stage.select_task.budget = 16",
-        "stage.select_task.max_examples = 64",
-        "stage.select_task.name = 'docstrings_lm_margin_16'",
-    ]))
-    summary = main.main([
-        "train", "--gin_file=models/decoder/tiny.gin", "--gin_file=runs/pretrain.gin", f"--gin_file={run_file}",
-        "--gin.TASK_FEATURE_LENGTHS={'targets': 32}", "--gin.BATCH_SIZE=8", "--gin.partitioning.MeshConfig.data=1",
-        f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.TRAIN_STEPS=2", "--gin.trainer.train.eval_every=0",
-        "--gin.trainer.train.peak_flops_per_device=1e9", "--gin.optimizers.inverse_sqrt_schedule.warmup_steps=10",
-    ])
+    run_file.write_text(
+        "\n".join(
+            [
+                "import active.stage",
+                "TASK = @stage.select_task()",
+                "stage.select_task.task = 'docstrings_lm'",
+                "stage.select_task.scorer = @test_stage.token_sum_scorer",
+                "stage.select_task.selector = 'margin'",
+                "stage.select_task.budget = 16",
+                "stage.select_task.max_examples = 64",
+                "stage.select_task.name = 'docstrings_lm_margin_16'",
+            ]
+        )
+    )
+    summary = main.main(
+        [
+            "train",
+            "--gin_file=models/decoder/tiny.gin",
+            "--gin_file=runs/pretrain.gin",
+            f"--gin_file={run_file}",
+            "--gin.TASK_FEATURE_LENGTHS={'targets': 32}",
+            "--gin.BATCH_SIZE=8",
+            "--gin.partitioning.MeshConfig.data=1",
+            f"--gin.MODEL_DIR={tmp_path / 'run'}",
+            "--gin.TRAIN_STEPS=2",
+            "--gin.trainer.train.eval_every=0",
+            "--gin.trainer.train.peak_flops_per_device=1e9",
+            "--gin.optimizers.inverse_sqrt_schedule.warmup_steps=10",
+        ]
+    )
     assert summary.last_step == 2 and math.isfinite(summary.final_metrics["loss"])
     assert "docstrings_lm_margin_16" in (tmp_path / "run" / "config.gin").read_text()
     assert len(task_examples("docstrings_lm_margin_16")) == 16

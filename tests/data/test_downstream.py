@@ -37,11 +37,11 @@ class Reader:
     def undocumented(self, a_rather_long_argument_name, another_rather_long_argument_name):
         return a_rather_long_argument_name + another_rather_long_argument_name
 '''
-READ_WITHOUT_DOCSTRING = '''@_locked
+READ_WITHOUT_DOCSTRING = """@_locked
 def read(self, path, size=-1):
     with open(path, "rb") as file:  # comments stay
         return file.read(size)
-'''
+"""
 
 
 def test_docstring_is_removed_from_the_input_and_its_first_line_is_the_target():
@@ -59,8 +59,11 @@ def code_examples() -> dict[str, tuple[Example, ...]]:
 
 def test_code_summarisation_splits_share_no_module(code_examples):
     train, validation = (code_examples[split] for split in corpus.SPLITS)
-    sources = [path.read_text(encoding="utf-8", errors="replace")
-               for name, path in corpus._stdlib_files() if corpus.stdlib_split_of(name) == "validation"]
+    sources = [
+        path.read_text(encoding="utf-8", errors="replace")
+        for name, path in corpus._stdlib_files()
+        if corpus.stdlib_split_of(name) == "validation"
+    ]
     from_validation_modules = {e for source in sources for e in downstream.function_summaries(source)}
     assert len(train) > 3000 and len(validation) > 300
     assert set(validation) <= from_validation_modules  # every validation example comes from a validation module
@@ -97,16 +100,18 @@ def test_metrics_against_hand_computed_values():
     # ROUGE-L F1 = 2 LCS / (target tokens + prediction tokens), tokens lower-cased without punctuation:
     # "the cat sat" / "the cat on the mat": LCS "the cat" = 2 -> 4 / 8;
     # "return the sum of two numbers" / "Return a sum of numbers.": LCS "return sum of numbers" = 4 -> 8 / 11.
-    rouge = downstream.rouge_l(["the cat sat", "return the sum of two numbers"],
-                               ["the cat on the mat", "Return a sum of numbers."])
+    rouge = downstream.rouge_l(
+        ["the cat sat", "return the sum of two numbers"], ["the cat on the mat", "Return a sum of numbers."]
+    )
     assert abs(rouge["rougeL"] - 100 * (4 / 8 + 8 / 11) / 2) < 1e-9
     predictions = [downstream.genre_postprocess(p) for p in [" Comedy\n", "history", "TRAGEDY "]]
     assert downstream.accuracy(["comedy", "tragedy", "tragedy"], predictions) == {"accuracy": 100 * 2 / 3}
 
 
 def _first_examples(name: str, count: int = 3) -> list[dict]:
-    dataset = seqio.get_mixture_or_task(name).get_dataset({"inputs": 2048, "targets": 256}, split="validation",
-                                                          shuffle=False, use_cached=False)
+    dataset = seqio.get_mixture_or_task(name).get_dataset(
+        {"inputs": 2048, "targets": 256}, split="validation", shuffle=False, use_cached=False
+    )
     return list(dataset.take(count).as_numpy_iterator())
 
 
@@ -131,7 +136,8 @@ def test_code_task_registers_for_another_vocabulary_under_a_prefix(code_examples
     assert task.metric_fns == [downstream.exact_match, downstream.rouge_l]
     assert task.output_features["inputs"].vocabulary is tasks.BYTE_VOCABULARY
     examples = _first_examples(names[0])
-    built = code_examples["validation"][:len(examples)]
-    decoded = [Example(*(tasks.BYTE_VOCABULARY.decode(e[key].tolist()) for key in ("inputs", "targets")))
-               for e in examples]
+    built = code_examples["validation"][: len(examples)]
+    decoded = [
+        Example(*(tasks.BYTE_VOCABULARY.decode(e[key].tolist()) for key in ("inputs", "targets"))) for e in examples
+    ]
     assert len(examples) == 3 and decoded == list(built)  # bytes round-trip exactly, indentation included

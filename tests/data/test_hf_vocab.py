@@ -16,8 +16,12 @@ from littlehelp.data.vocab import VocabularyError
 
 CHATS = [
     [{"role": "user", "content": "What is 2+2?"}],
-    [{"role": "system", "content": "Answer in verse."}, {"role": "user", "content": "Who wrote Hamlet?"},
-     {"role": "assistant", "content": "A man from Stratford."}, {"role": "user", "content": "When?"}],
+    [
+        {"role": "system", "content": "Answer in verse."},
+        {"role": "user", "content": "Who wrote Hamlet?"},
+        {"role": "assistant", "content": "A man from Stratford."},
+        {"role": "user", "content": "When?"},
+    ],
 ]
 
 
@@ -144,9 +148,11 @@ def test_render_chat_matches_hf(smol, hf_smol):
 
 
 def test_template_helpers_match_hf(smol, hf_smol):
-    template = ("{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}"
-                "{% if m.role == 'assistant' %}{% generation %}{{ m | tojson }}{% endgeneration %}"
-                "{% else %}{{ bos_token + m.content + eos_token }}\n{% endif %}{% endfor %}{{ ns.n }}")
+    template = (
+        "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}"
+        "{% if m.role == 'assistant' %}{% generation %}{{ m | tojson }}{% endgeneration %}"
+        "{% else %}{{ bos_token + m.content + eos_token }}\n{% endif %}{% endfor %}{{ ns.n }}"
+    )
     chat = CHATS[1] + [{"role": "assistant", "content": "<b>&'\"</b> ünïcode"}]
     ours = TokenizerVocabulary(smol.tokenizer, smol.special_tokens, template)
     expected = hf_smol.apply_chat_template(chat, chat_template=template, tokenize=False, add_generation_prompt=True)
@@ -199,8 +205,9 @@ def test_unsupported_gguf_tokenizer_is_refused_by_name(tmp_path):
     path = _write_gguf(tmp_path / "spm.gguf", "llama", "default")
     with pytest.raises(VocabularyError) as refused:
         TokenizerVocabulary.from_gguf(path)
-    assert str(refused.value) == (f"{path}: unsupported GGUF tokenizer model 'llama' (tokenizer.ggml.model); "
-                                  "supported: 'gpt2' (byte-level BPE)")
+    assert str(refused.value) == (
+        f"{path}: unsupported GGUF tokenizer model 'llama' (tokenizer.ggml.model); supported: 'gpt2' (byte-level BPE)"
+    )
     path = _write_gguf(tmp_path / "odd.gguf", "gpt2", "chameleon")
     with pytest.raises(VocabularyError, match=r"unsupported GGUF pre-tokenizer 'chameleon' \(tokenizer.ggml.pre\)"):
         TokenizerVocabulary.from_gguf(path)
@@ -211,8 +218,11 @@ def test_other_pre_tokenizers_and_bos_match_hf(pre, hf_smol, tmp_path, texts):
     # SmolLM2's first 3000 tokens and the merges among them, under another pre-tokenizer, with BOS added.
     tokens = [token for token, _ in sorted(hf_smol.get_vocab().items(), key=lambda item: item[1])[:3000]]
     known = set(tokens)
-    merges = [" ".join(pair) for pair in json.loads(hf_smol.backend_tokenizer.to_str())["model"]["merges"]
-              if set(pair) <= known and "".join(pair) in known]
+    merges = [
+        " ".join(pair)
+        for pair in json.loads(hf_smol.backend_tokenizer.to_str())["model"]["merges"]
+        if set(pair) <= known and "".join(pair) in known
+    ]
     types = [gguf.TokenType.CONTROL] * 17 + [gguf.TokenType.NORMAL] * (len(tokens) - 17)
     path = _write_gguf(tmp_path / f"{pre}.gguf", "gpt2", pre, tokens, merges, types, add_bos=True)
     ours, hf = TokenizerVocabulary.from_gguf(path), AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)

@@ -20,8 +20,12 @@ from .fixtures import BYTE_SENTINEL_VOCABULARY, generated_documents, register_ge
 
 
 def _config(**changes) -> DatasetConfig:
-    settings = dict(name=f"{register_generated_tasks()}_span_corruption",
-                    task_feature_lengths={"inputs": 64, "targets": 14}, batch_size=8, seed=3)
+    settings = dict(
+        name=f"{register_generated_tasks()}_span_corruption",
+        task_feature_lengths={"inputs": 64, "targets": 14},
+        batch_size=8,
+        seed=3,
+    )
     return DatasetConfig(**{**settings, **changes})
 
 
@@ -63,19 +67,25 @@ def state_after_two_batches(tmp_path_factory) -> tuple[pathlib.Path, list[np.nda
 
 def _cut(suffix: str, keep: Callable[[int], int]) -> Callable[[pathlib.Path], None]:
     """A damage that keeps the first `keep(size)` bytes of the state's file ending in `suffix`."""
+
     def damage(prefix: pathlib.Path) -> None:
         path = next(prefix.parent.glob(f"{prefix.name}{suffix}"))
         path.write_bytes(path.read_bytes()[: keep(path.stat().st_size)])
+
     return damage
 
 
-@pytest.mark.parametrize("damage", [
-    lambda prefix: prefix.with_name(prefix.name + ".index").write_bytes(b"not a checkpoint"),
-    _cut(".index", lambda size: 0),
-    _cut(".data-*", lambda size: 0),
-    _cut(".data-*", lambda size: size // 2),
-    _cut(".data-*", lambda size: size - 1),
-], ids=["overwritten index", "emptied index", "emptied data", "data cut in half", "data short of its last byte"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda prefix: prefix.with_name(prefix.name + ".index").write_bytes(b"not a checkpoint"),
+        _cut(".index", lambda size: 0),
+        _cut(".data-*", lambda size: 0),
+        _cut(".data-*", lambda size: size // 2),
+        _cut(".data-*", lambda size: size - 1),
+    ],
+    ids=["overwritten index", "emptied index", "emptied data", "data cut in half", "data short of its last byte"],
+)
 def test_unreadable_state_falls_back_to_replaying_with_a_warning(tmp_path, caplog, state_after_two_batches, damage):
     """Whatever makes the saved state unreadable, the stream replays to the same batches an
     uninterrupted one gives, and one warning names the state's files."""
@@ -99,8 +109,9 @@ def _two_batches_in(stages: pipeline.DataStages) -> pipeline.StagedBatches:
     return batches
 
 
-def _saved_and_resumed(tmp_path, stages: pipeline.DataStages, batches: pipeline.StagedBatches,
-                       feature: str) -> tuple[pipeline.ResumePoint, dict, np.ndarray, np.ndarray]:
+def _saved_and_resumed(
+    tmp_path, stages: pipeline.DataStages, batches: pipeline.StagedBatches, feature: str
+) -> tuple[pipeline.ResumePoint, dict, np.ndarray, np.ndarray]:
     """Saves `batches` as step 2 through a Checkpointer, restores it through another (as a resumed
     run does) and resumes the stream: (resume point, restored data state, batch 2 of the
     uninterrupted stream, batch 2 of the resumed one)."""
@@ -122,8 +133,9 @@ def test_checkpoint_carries_the_state_and_resume_uses_it_only_for_the_same_strea
     """The state comes back through a checkpoint, and orbax restores it without a warning."""
     stages = [(0, _config())]
     with caplog.at_level(logging.WARNING):
-        point, data_state, want, got = _saved_and_resumed(tmp_path, stages, _two_batches_in(stages),
-                                                          "encoder_input_tokens")
+        point, data_state, want, got = _saved_and_resumed(
+            tmp_path, stages, _two_batches_in(stages), "encoder_input_tokens"
+        )
     assert [r.getMessage() for r in caplog.records if "orbax" in r.pathname and r.levelno >= logging.WARNING] == []
     assert point.batch == 2 and point.iterator_state == data_state[checkpoints.ITERATOR_STATE]
     assert np.array_equal(got, want)
@@ -134,8 +146,9 @@ def test_checkpoint_carries_the_state_and_resume_uses_it_only_for_the_same_strea
 def _generator_source(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     """The generated documents through a Python generator, as in-memory Tasks build theirs."""
     documents = generated_documents(split)
-    return tf.data.Dataset.from_generator(lambda: ({"text": d} for d in documents),
-                                          output_signature={"text": tf.TensorSpec((), tf.string)})
+    return tf.data.Dataset.from_generator(
+        lambda: ({"text": d} for d in documents), output_signature={"text": tf.TensorSpec((), tf.string)}
+    )
 
 
 def test_a_pipeline_tf_data_cannot_save_gives_no_state_and_resumes_by_replaying(tmp_path, caplog):

@@ -19,8 +19,11 @@ SENTINEL_FLOOR = VOCAB_SIZE - 100
 def _masks(length: int, count: int, noise_density=0.15, mean_span=3.0) -> np.ndarray:
     seeds = tf.random.experimental.stateless_split(tf.constant([7, 11]), count * 2)
     seeds = tf.reshape(seeds, [count, 2, 2])
-    masks = tf.map_fn(lambda s: preprocessors.random_spans_noise_mask(length, noise_density, s, mean_span),
-                      seeds, fn_output_signature=tf.bool)
+    masks = tf.map_fn(
+        lambda s: preprocessors.random_spans_noise_mask(length, noise_density, s, mean_span),
+        seeds,
+        fn_output_signature=tf.bool,
+    )
     return masks.numpy()
 
 
@@ -92,8 +95,9 @@ def test_inputs_and_targets_reinterleave_to_the_raw_chunk():
     rng = np.random.default_rng(0)
     chunks = [rng.integers(3, 259, size=int(n)).astype(np.int32) for n in rng.integers(2, 700, size=50)]
     chunks.append(rng.integers(3, 259, size=568).astype(np.int32))
-    dataset = tf.data.Dataset.from_generator(lambda: ({"targets": c} for c in chunks),
-                                             output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+    dataset = tf.data.Dataset.from_generator(
+        lambda: ({"targets": c} for c in chunks), output_signature={"targets": tf.TensorSpec([None], tf.int32)}
+    )
     with seqio.utils.map_seed_manager(3):
         corrupted = list(preprocessors.denoise(dataset, VOCAB_SIZE, 0.15, 3.0).as_numpy_iterator())
     for chunk, example in zip(chunks, corrupted, strict=True):
@@ -129,10 +133,13 @@ def test_lm_and_prefix_lm_chunks_cover_the_stream():
     prefix = register_generated_tasks()
     documents = generated_documents("validation")
     expected = np.concatenate([BYTE_SENTINEL_VOCABULARY.encode(d) for d in documents])
-    lm = seqio.get_mixture_or_task(f"{prefix}_lm").get_dataset({"targets": 64}, split="validation", shuffle=False, seed=0)
+    lm = seqio.get_mixture_or_task(f"{prefix}_lm").get_dataset(
+        {"targets": 64}, split="validation", shuffle=False, seed=0
+    )
     pieces = [e["targets"] for e in lm.as_numpy_iterator()]
     assert sum(len(p) < 64 for p in pieces) <= 3 and np.array_equal(np.concatenate(pieces), expected)
     prefix_lm = seqio.get_mixture_or_task(f"{prefix}_prefix_lm").get_dataset(
-        {"inputs": 65, "targets": 64}, split="validation", shuffle=False, seed=0)
+        {"inputs": 65, "targets": 64}, split="validation", shuffle=False, seed=0
+    )
     joined = [np.concatenate([e["inputs"][:-1], e["targets"][:-1]]) for e in prefix_lm.as_numpy_iterator()]
     assert sum(len(j) < 64 for j in joined) <= 3 and np.array_equal(np.concatenate(joined), expected)

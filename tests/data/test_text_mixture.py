@@ -25,5 +25,6 @@ def test_text_mixture_registers_both_sources_in_the_vocabulary_at_the_mixture_ra
 def test_text_mixture_refuses_an_unknown_objective_by_name():
     with pytest.raises(ValueError) as refused:
         tasks.text_mixture("mlm", BYTE_SENTINEL_VOCABULARY, "mixture_bytes")
-    assert str(refused.value).splitlines()[0] == ("tasks.text_mixture.objective='mlm' is not one of span_corruption, "
-                                                  "prefix_lm, lm")
+    assert str(refused.value).splitlines()[0] == (
+        "tasks.text_mixture.objective='mlm' is not one of span_corruption, prefix_lm, lm"
+    )

@@ -14,8 +14,11 @@ from littlehelp.data import DatasetConfig, GlobalBatches, pipeline, tasks, vocab
 
 from .fixtures import BYTE_SENTINEL_VOCABULARY, generated_documents, register_generated_tasks, requires_corpus
 
-EXPECTED_TASKS = [f"{source}_{objective}" for source in ("shakespeare", "code", "c4")
-                  for objective in ("span_corruption", "lm", "prefix_lm")]
+EXPECTED_TASKS = [
+    f"{source}_{objective}"
+    for source in ("shakespeare", "code", "c4")
+    for objective in ("span_corruption", "lm", "prefix_lm")
+]
 
 
 def test_small_sentencepiece_has_t5_ids_and_sentinels_at_the_top(tmp_path):
@@ -41,10 +44,14 @@ def test_c4_task_reads_tfds_with_mock_data():
     names = tasks.register_text_tasks("mock_c4", c4.source, BYTE_SENTINEL_VOCABULARY)
     with tfds.testing.mock_data(num_examples=20):
         task = seqio.get_mixture_or_task(names[0])
-        examples = list(task.get_dataset({"inputs": 64, "targets": 14}, split="validation", shuffle=False,
-                                          seed=0, try_in_mem_cache=False).as_numpy_iterator())
-    assert examples and all(len(e["inputs"]) <= 64 and e["targets"][0] == BYTE_SENTINEL_VOCABULARY.vocab_size - 1
-                            for e in examples)
+        examples = list(
+            task.get_dataset(
+                {"inputs": 64, "targets": 14}, split="validation", shuffle=False, seed=0, try_in_mem_cache=False
+            ).as_numpy_iterator()
+        )
+    assert examples and all(
+        len(e["inputs"]) <= 64 and e["targets"][0] == BYTE_SENTINEL_VOCABULARY.vocab_size - 1 for e in examples
+    )
 
 
 def _first_host_batch(name: str, lengths: dict) -> dict:
@@ -87,7 +94,7 @@ def test_rows_kept_by_simulated_processes_rebuild_the_global_batch(shape, proces
         for s in slices:
             size = s.stop - s.start
             position = starts.index(s.start) * size
-            assert np.array_equal(local[position:position + size], global_batch[s])
+            assert np.array_equal(local[position : position + size], global_batch[s])
     assert set(np.concatenate(list(kept.values())).tolist()) == set(range(8))
     if processes == "blocks":  # contiguous blocks in process order: the local batches concatenate to the global one
         assert np.array_equal(np.concatenate([global_batch[kept[p]] for p in sorted(kept)]), global_batch)
@@ -103,19 +110,32 @@ def test_one_process_keeps_every_row_in_order():
     [
         ({"batch_size": 0}, "DatasetConfig.batch_size must be positive, got 0"),
         ({"batch_size": -8}, "DatasetConfig.batch_size must be positive, got -8"),
-        ({"task_feature_lengths": {"inputs": 64, "targets": 0}},
-         "DatasetConfig.task_feature_lengths['targets'] must be positive, got 0"),
-        ({"task_feature_lengths": {"inputs": -1, "targets": 14}},
-         "DatasetConfig.task_feature_lengths['inputs'] must be positive, got -1"),
-        ({"feature_converter": "enc_dec"},
-         "DatasetConfig.feature_converter='enc_dec'; choose one of ['encoder_decoder', 'lm']"),
-        ({"name": "generated_span_corruptoin"}, "DatasetConfig.name='generated_span_corruptoin' is not a registered "
-         "seqio Task or Mixture; did you mean 'generated_span_corruption'?"),
+        (
+            {"task_feature_lengths": {"inputs": 64, "targets": 0}},
+            "DatasetConfig.task_feature_lengths['targets'] must be positive, got 0",
+        ),
+        (
+            {"task_feature_lengths": {"inputs": -1, "targets": 14}},
+            "DatasetConfig.task_feature_lengths['inputs'] must be positive, got -1",
+        ),
+        (
+            {"feature_converter": "enc_dec"},
+            "DatasetConfig.feature_converter='enc_dec'; choose one of ['encoder_decoder', 'lm']",
+        ),
+        (
+            {"name": "generated_span_corruptoin"},
+            "DatasetConfig.name='generated_span_corruptoin' is not a registered "
+            "seqio Task or Mixture; did you mean 'generated_span_corruption'?",
+        ),
     ],
 )
 def test_dataset_config_refuses_sizes_below_one_and_unknown_names(changes, message):
-    fields = {"name": f"{register_generated_tasks()}_span_corruption",
-              "task_feature_lengths": {"inputs": 64, "targets": 14}, "batch_size": 8, **changes}
+    fields = {
+        "name": f"{register_generated_tasks()}_span_corruption",
+        "task_feature_lengths": {"inputs": 64, "targets": 14},
+        "batch_size": 8,
+        **changes,
+    }
     with pytest.raises(ConfigError, match=re.escape(message)) as error:
         DatasetConfig(**fields)
     assert error.value.one_line() == message  # what the CLI prints (gin appends the configurable below)
@@ -124,11 +144,16 @@ def test_dataset_config_refuses_sizes_below_one_and_unknown_names(changes, messa
 def test_unloadable_vocabulary_is_reported_by_file_before_the_pipeline_is_traced(tmp_path):
     garbage = tmp_path / "garbage.model"
     garbage.write_bytes(np.random.default_rng(0).bytes(3000))
-    names = tasks.register_text_tasks("garbage_vocab", tasks.TextSource(generated_documents),
-                                      seqio.SentencePieceVocabulary(str(garbage), extra_ids=100))
+    names = tasks.register_text_tasks(
+        "garbage_vocab",
+        tasks.TextSource(generated_documents),
+        seqio.SentencePieceVocabulary(str(garbage), extra_ids=100),
+    )
     config = DatasetConfig(names[0], {"inputs": 64, "targets": 14}, batch_size=8)
-    message = (f"vocabulary {garbage} cannot be loaded: DecodeError: Error parsing message with type "
-               "'sentencepiece.ModelProto': Wire format was corrupt")
+    message = (
+        f"vocabulary {garbage} cannot be loaded: DecodeError: Error parsing message with type "
+        "'sentencepiece.ModelProto': Wire format was corrupt"
+    )
     with pytest.raises(vocab.VocabularyError, match=re.escape(message) + "$"):
         pipeline.host_dataset(config)
 
@@ -149,7 +174,8 @@ def test_default_vocabulary_and_real_span_corruption():
 
 @requires_corpus
 def test_real_lm_task_yields_full_examples_of_corpus_tokens():
-    dataset = seqio.get_mixture_or_task("shakespeare_lm").get_dataset({"targets": 64}, split="validation",
-                                                                      shuffle=False, seed=0)
+    dataset = seqio.get_mixture_or_task("shakespeare_lm").get_dataset(
+        {"targets": 64}, split="validation", shuffle=False, seed=0
+    )
     examples = [e["targets"] for _, e in zip(range(8), dataset.as_numpy_iterator())]
     assert all(len(e) == 64 and max(e) < vocab.VOCAB_PIECES for e in examples)  # no sentinels in LM data

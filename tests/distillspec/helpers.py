@@ -32,15 +32,18 @@ def padded(rows, width=None):
     """Ragged token lists as (right-padded tokens [n, width], lengths [n])."""
     tokens = np.zeros((len(rows), width or max(map(len, rows))), np.int32)
     for i, row in enumerate(rows):
-        tokens[i, :len(row)] = row
+        tokens[i, : len(row)] = row
     return tokens, np.array([len(r) for r in rows], np.int32)
 
 
 def target_only(target, rows, eos_id, new_tokens, inputs=None):
     """The target's own greedy continuations of `rows` (`decoding.generate`)."""
     tokens, lengths = padded(rows)
-    return np.asarray(decoding.generate(target[0], target[1], tokens, lengths, new_tokens, jax.random.key(0),
-                                        decoding.Sampling(), eos_id, inputs))
+    return np.asarray(
+        decoding.generate(
+            target[0], target[1], tokens, lengths, new_tokens, jax.random.key(0), decoding.Sampling(), eos_id, inputs
+        )
+    )
 
 
 def sometimes_early(free: np.ndarray) -> int:
@@ -61,7 +64,7 @@ def distributions(model, params, contexts, temperature=1.0, top_k=0, inputs=None
     batch = {"decoder_input_tokens": jnp.asarray(contexts), **(inputs or {})}
     logits = np.asarray(jitted_logits(model)(params, batch), np.float64) / temperature
     if top_k:
-        logits = np.where(logits < np.sort(logits, axis=-1)[..., -top_k:-top_k + 1], -np.inf, logits)
+        logits = np.where(logits < np.sort(logits, axis=-1)[..., -top_k : -top_k + 1], -np.inf, logits)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     return probs / probs.sum(-1, keepdims=True)
 
@@ -76,8 +79,7 @@ def two_token_distributions(model, params, prompt, inputs=None, **filters):
     return probs[0, -2], probs[:, -1]
 
 
-def sampled_first_two(target, draft, prompts, temperature, gamma, acceptance=speculative.exact_acceptance,
-                      inputs=None):
+def sampled_first_two(target, draft, prompts, temperature, gamma, acceptance=speculative.exact_acceptance, inputs=None):
     """The first two tokens [rows, 2] speculative sampling draws after each of `prompts` (seed 7)."""
     tokens, lengths = padded(prompts)
     plan = speculative.Plan(gamma, 2, decoding.Sampling(temperature), None, acceptance)
@@ -124,6 +126,7 @@ def assert_acceptance_matches(stats_, expected, rows: int) -> None:
 
 def numpy_divergence(kind: str, q_logits, p_logits, temperature: float, beta: float) -> np.ndarray:
     """Per-token divergence [b, l] in float64 from logits [b, l, vocab] (README, Losses and divergences)."""
+
     def log_softmax(x):
         x = np.asarray(x, np.float64) / temperature
         x = x - x.max(-1, keepdims=True)
@@ -155,23 +158,44 @@ def numpy_average(values, weights, average: str) -> tuple[float, float]:
     return float((counts * means).sum() / counts.sum()), float(counts.sum())
 
 
-def reference_loss(models, params, scored, weights, prompt_length: int, kind: str = "fkl", temperature: float = 1.0,
-                   beta: float = 0.5, average: str = "sequence") -> float:
+def reference_loss(
+    models,
+    params,
+    scored,
+    weights,
+    prompt_length: int,
+    kind: str = "fkl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    average: str = "sequence",
+) -> float:
     """The averaged divergence over the continuation of `scored` (decoder inputs, and an encoder-decoder's
     encoder inputs), from both models' full (unchunked) logits; `models` and `params` under "model" (the
     draft) and "target"."""
     batch = {name: jnp.asarray(value) for name, value in scored.items()}
-    q, p = (np.asarray(jitted_logits(models[key])(params[key], batch))[:, prompt_length:]
-            for key in ("model", "target"))
+    q, p = (
+        np.asarray(jitted_logits(models[key])(params[key], batch))[:, prompt_length:] for key in ("model", "target")
+    )
     return numpy_average(numpy_divergence(kind, q, p, temperature, beta), weights, average)[0]
 
 
 def sampled_inputs(model, params, batch, key, prompt_length: int, generated: int) -> tuple[np.ndarray, np.ndarray]:
     """Prompt + `decoding.generate`'s continuation as decoder inputs, and the continuation."""
-    prompt = jnp.asarray(batch["decoder_input_tokens"][:, :prompt_length + 1])
+    prompt = jnp.asarray(batch["decoder_input_tokens"][:, : prompt_length + 1])
     lengths = jnp.full((prompt.shape[0],), prompt_length + 1, jnp.int32)
-    tokens = np.asarray(decoding.generate(model, params, prompt, lengths, generated, key, decoding.Sampling(1.0),
-                                          eos_id=-1, inputs=encoder_inputs(batch) or None))
+    tokens = np.asarray(
+        decoding.generate(
+            model,
+            params,
+            prompt,
+            lengths,
+            generated,
+            key,
+            decoding.Sampling(1.0),
+            eos_id=-1,
+            inputs=encoder_inputs(batch) or None,
+        )
+    )
     return np.concatenate([np.asarray(prompt), tokens[:, :-1]], axis=1), tokens
 
 
@@ -180,4 +204,4 @@ def row_weights(batch, prompt_length: int, generated: int) -> np.ndarray:
     token."""
     weights = np.asarray(batch["decoder_loss_weights"]) * np.asarray(batch.get("example_weights", 1.0))
     position = max(prompt_length - 1, 0)
-    return np.broadcast_to(weights[:, position:position + 1], (len(weights), generated))
+    return np.broadcast_to(weights[:, position : position + 1], (len(weights), generated))

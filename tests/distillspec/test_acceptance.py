@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from distillspec import acceptance, speculative
-from tests.distillspec.test_speculative import MODEL, PROMPTS, draft, padded, target, target_only  # noqa: F401 (fixtures)
+from tests.distillspec import test_speculative
+from tests.distillspec.test_speculative import MODEL, PROMPTS, padded, target_only
+
+# The shared pytest fixtures of test_speculative.py.
+draft = test_speculative.draft
+target = test_speculative.target
 
 NEW_TOKENS = 10
 MAX_GAMMA = 6
@@ -23,17 +28,22 @@ def test_replayed_greedy_rounds_give_the_engines_block_efficiency(gamma, target,
     agreement = np.asarray(acceptance.greedy_agreement(MODEL, draft[1], sequences, lengths, NEW_TOKENS + MAX_GAMMA))
     assert 0.1 < agreement.mean() < 0.9  # the draft agrees part of the time: the replay has work to do
     decoded = speculative.generate(target, draft, PROMPTS, gamma=gamma, max_new_tokens=NEW_TOKENS, eos_id=-1)
-    assert acceptance.greedy_block_efficiency(agreement, gamma, NEW_TOKENS) == pytest.approx(decoded.stats.block_efficiency)
+    assert acceptance.greedy_block_efficiency(agreement, gamma, NEW_TOKENS) == pytest.approx(
+        decoded.stats.block_efficiency
+    )
 
 
 def test_acceptance_probabilities_are_one_minus_the_float64_total_variation(target, draft, greedy_sequences):
     sequences, lengths = greedy_sequences
-    got = np.asarray(acceptance.acceptance_probabilities(MODEL, target[1], MODEL, draft[1], sequences, lengths, 8,
-                                                         temperature=0.7))
+    got = np.asarray(
+        acceptance.acceptance_probabilities(MODEL, target[1], MODEL, draft[1], sequences, lengths, 8, temperature=0.7)
+    )
+
     def probs(params):
         logits = np.asarray(MODEL.logits(params, {"decoder_input_tokens": sequences}), np.float64) / 0.7
         e = np.exp(logits - logits.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
+
     p, q = probs(target[1]), probs(draft[1])
     rows = np.arange(len(lengths))[:, None]
     positions = lengths[:, None] - 1 + np.arange(8)[None, :]

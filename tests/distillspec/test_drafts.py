@@ -6,7 +6,6 @@ derived run folder and its gin file through the distillation objective, and one-
 import dataclasses
 from pathlib import Path
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,17 +13,34 @@ import pytest
 import seqio
 import tensorflow as tf
 
+import gin
 from distillspec import drafts, speculative
 from distillspec.objective import DistillationObjective
 from littlehelp import checkpoints, config, losses, runs
 from littlehelp.models import DecoderConfig, build_model
-from tests.distillspec.helpers import (SIGNIFICANCE, chi_square_p_value, noisy_copy, sampled_first_two, sharpened,
-                                       target_only, two_token_distributions)
+from tests.distillspec.helpers import (
+    SIGNIFICANCE,
+    chi_square_p_value,
+    noisy_copy,
+    sampled_first_two,
+    sharpened,
+    target_only,
+    two_token_distributions,
+)
 from tests.distillspec.test_speculative import MODEL, NEW_TOKENS, PROMPT, PROMPTS, ROWS, VOCAB
 from tests.helpers import random_params, save_params_only
 
-TARGET = DecoderConfig(vocab_size=40, emb_dim=16, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=24,
-                       tie_embeddings=True, scale_tied_logits=False)
+TARGET = DecoderConfig(
+    vocab_size=40,
+    emb_dim=16,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    mlp_dim=24,
+    tie_embeddings=True,
+    scale_tied_logits=False,
+)
 TOKENS = np.random.default_rng(0).integers(1, 40, (2, 7)).astype(np.int32)
 BATCH = {"decoder_input_tokens": TOKENS}
 DOCUMENTS = [np.random.default_rng(i).integers(1, 30, n).astype(np.int32) for i, n in enumerate((5, 9, 3, 12))]
@@ -48,10 +64,10 @@ def float64_logits(cfg: DecoderConfig, params, tokens: np.ndarray, layers) -> np
     group = cfg.num_heads // cfg.num_kv_heads
     x = p["token_embedder"]["embedding"][tokens]
     for i in layers:
-        layer = jax.tree.map(lambda w: w[i], p["layers"]) if cfg.scan_layers else p[f"layers_{i}"]
+        layer = jax.tree.map(lambda w, i=i: w[i], p["layers"]) if cfg.scan_layers else p[f"layers_{i}"]
         h, a = norm(x, layer["pre_attention_norm"]["scale"]), layer["attention"]
         q, k, v = (np.einsum("bld,dhk->blhk", h, a[name]["kernel"]) for name in ("query", "key", "value"))
-        q, k, v = rope(q) * cfg.head_dim ** -0.5, np.repeat(rope(k), group, 2), np.repeat(v, group, 2)
+        q, k, v = rope(q) * cfg.head_dim**-0.5, np.repeat(rope(k), group, 2), np.repeat(v, group, 2)
         scores = np.where(causal, np.einsum("bqhk,bshk->bhqs", q, k), -np.inf)
         weights = np.exp(scores - scores.max(-1, keepdims=True))
         attended = np.einsum("bhqs,bshk->bqhk", weights / weights.sum(-1, keepdims=True), v)
@@ -62,7 +78,7 @@ def float64_logits(cfg: DecoderConfig, params, tokens: np.ndarray, layers) -> np
     x = norm(x, p["final_norm"]["scale"])
     if not cfg.tie_embeddings:
         return x @ p["logits_dense"]["kernel"]
-    return x @ p["token_embedder"]["embedding"].T * (cfg.emb_dim ** -0.5 if cfg.scale_tied_logits else 1.0)
+    return x @ p["token_embedder"]["embedding"].T * (cfg.emb_dim**-0.5 if cfg.scale_tied_logits else 1.0)
 
 
 def target_of(seed: int, **changes):
@@ -71,13 +87,17 @@ def target_of(seed: int, **changes):
     return changed, random_params(build_model(changed), seed)
 
 
-@pytest.mark.parametrize("first, every, layers, changes", [
-    (4, None, (0, 1, 2, 3), {}),
-    (2, None, (0, 1), {}),
-    (None, 3, (0, 3), {"scan_layers": False, "tie_embeddings": False}),
-])
-def test_a_layer_subset_is_the_target_with_all_layers_and_a_float64_pass_through_its_layers(first, every, layers,
-                                                                                           changes):
+@pytest.mark.parametrize(
+    "first, every, layers, changes",
+    [
+        (4, None, (0, 1, 2, 3), {}),
+        (2, None, (0, 1), {}),
+        (None, 3, (0, 3), {"scan_layers": False, "tie_embeddings": False}),
+    ],
+)
+def test_a_layer_subset_is_the_target_with_all_layers_and_a_float64_pass_through_its_layers(
+    first, every, layers, changes
+):
     target_config, params = target_of(1, **changes)
     assert drafts.layer_indices(4, first, every) == layers
     draft_config, draft_params = drafts.layer_subset(target_config, params, layers)
@@ -120,8 +140,9 @@ def test_the_reduced_head_is_one_matmul_by_the_n_gathered_columns():
     model, hidden = build_model(reduced), jnp.ones((5, 16))
     assert params["head"]["kernel"].shape == (16, 3)
     # the head alone (no embeddings passed in) gives the logits: nothing is gathered per call
-    np.testing.assert_array_equal(model.logits_from_hidden({"head": params["head"]}, hidden),
-                                  model.logits_from_hidden(params, hidden))
+    np.testing.assert_array_equal(
+        model.logits_from_hidden({"head": params["head"]}, hidden), model.logits_from_hidden(params, hidden)
+    )
     text = jax.jit(model.logits_from_hidden).lower({"head": params["head"]}, hidden).as_text()
     dots = [line for line in text.splitlines() if "dot_general" in line]
     assert len(dots) == 1 and "tensor<16x3xf32>" in dots[0] and "-> tensor<5x3xf32>" in dots[0]
@@ -172,13 +193,18 @@ def test_token_counts_are_numpys_and_the_most_frequent_ids_break_ties_by_id():
 def documents(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     """TASK's source: DOCUMENTS as {"targets": ids}, in order."""
     del split, shuffle_files, seed
-    return tf.data.Dataset.from_generator(lambda: ({"targets": d} for d in DOCUMENTS),
-                                          output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+    return tf.data.Dataset.from_generator(
+        lambda: ({"targets": d} for d in DOCUMENTS), output_signature={"targets": tf.TensorSpec([None], tf.int32)}
+    )
 
 
 if TASK not in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.add(TASK, source=seqio.FunctionDataSource(documents, splits=["train"]), preprocessors=[],
-                           output_features={"targets": seqio.Feature(seqio.PassThroughVocabulary(30), add_eos=False)})
+    seqio.TaskRegistry.add(
+        TASK,
+        source=seqio.FunctionDataSource(documents, splits=["train"]),
+        preprocessors=[],
+        output_features={"targets": seqio.Feature(seqio.PassThroughVocabulary(30), add_eos=False)},
+    )
 
 
 @pytest.mark.parametrize("max_tokens", [20, 1000])
@@ -193,14 +219,33 @@ def test_the_gin_file_distils_a_draft_derived_into_a_run_folder_from_the_target(
     objective's draft is that folder's, and its loss (on fixed data here) is a JSD."""
     target_params = target_of(4)[1]
     save_params_only(target_params, tmp_path / "target")
-    sizes = ("vocab_size", "emb_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-             "rope_max_wavelength", "norm_eps", "tie_embeddings", "scale_tied_logits")
-    overrides = {**{f"decoder.DecoderConfig.{name}": repr(getattr(TARGET, name)) for name in sizes},
-                 "MODEL_DIR": str(tmp_path / "run"), "TARGET_CONFIG": "@decoder.DecoderConfig()",
-                 "TARGET_DIR": repr(str(tmp_path / "target")), "TASK": repr(TASK),
-                 "TASK_FEATURE_LENGTHS": "{'targets': 16}", "DRAFT_FIRST_LAYERS": "2", "DRAFT_VOCABULARY_SIZE": "8",
-                 "drafts.derived_folder.root": repr(str(tmp_path)), "PROMPT_LENGTH": "4", "GENERATION_LENGTH": "8",
-                 "DATA_SOURCE": "'fixed'"}
+    sizes = (
+        "vocab_size",
+        "emb_dim",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "mlp_dim",
+        "rope_max_wavelength",
+        "norm_eps",
+        "tie_embeddings",
+        "scale_tied_logits",
+    )
+    overrides = {
+        **{f"decoder.DecoderConfig.{name}": repr(getattr(TARGET, name)) for name in sizes},
+        "MODEL_DIR": str(tmp_path / "run"),
+        "TARGET_CONFIG": "@decoder.DecoderConfig()",
+        "TARGET_DIR": repr(str(tmp_path / "target")),
+        "TASK": repr(TASK),
+        "TASK_FEATURE_LENGTHS": "{'targets': 16}",
+        "DRAFT_FIRST_LAYERS": "2",
+        "DRAFT_VOCABULARY_SIZE": "8",
+        "drafts.derived_folder.root": repr(str(tmp_path)),
+        "PROMPT_LENGTH": "4",
+        "GENERATION_LENGTH": "8",
+        "DATA_SOURCE": "'fixed'",
+    }
     config.import_configurable_modules()
     config.parse_gin(["distillspec/derived_smollm2.gin"], [f"{k}={v}" for k, v in overrides.items()])
     restore_path = config.bound_value("checkpoints.CheckpointConfig.restore_path")
@@ -221,7 +266,8 @@ def test_the_gin_file_distils_a_draft_derived_into_a_run_folder_from_the_target(
     inputs = np.random.default_rng(1).integers(1, 30, (2, 12))
     batch = {"decoder_input_tokens": inputs, "decoder_target_tokens": inputs, "decoder_loss_weights": np.ones((2, 12))}
     loss = jax.jit(lambda p: objective.loss(p, batch, jax.random.key(0), 0)[0])(
-        {"model": restored, "target": target_params})
+        {"model": restored, "target": target_params}
+    )
     assert 0 < loss < np.log(2)  # JSD[0.5] is at most log 2
 
 
@@ -235,30 +281,54 @@ def test_every_divergence_to_a_reduced_vocabulary_head_has_finite_values_and_gra
     @jax.jit
     def values_and_gradients(head):
         logits = lambda head: model.logits_from_hidden({"head": head}, hidden)  # noqa: E731
-        return {kind: jax.value_and_grad(lambda h: losses.divergence(kind, logits(h), p_logits, weights).sum())(head)
-                for kind in losses.DIVERGENCES}
+        return {
+            kind: jax.value_and_grad(lambda h, k=kind: losses.divergence(k, logits(h), p_logits, weights).sum())(head)
+            for kind in losses.DIVERGENCES
+        }
 
     for kind, (value, grad) in values_and_gradients(params["head"]).items():
         assert np.isfinite(value) and (value > 1e6) == (kind == "fkl")
         assert np.isfinite(grad["kernel"]).all() and np.abs(grad["kernel"]).sum() > 0
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: drafts.layer_indices(4, first=5), "layers first=5: must be an integer in [1, 4] (the target's layers)"),
-    (lambda: drafts.layer_indices(4, every=0), "layers every=0: must be an integer in [1, 4] (the target's layers)"),
-    (lambda: drafts.layer_indices(4, first=2, every=2),
-     "a layer-subset draft keeps the first k layers or every m-th layer, not both (got first=2, every=2)"),
-    (lambda: drafts.layer_subset(TARGET, {}, (0, 4)), "layers [0, 4]: need one or more of the target's layers 0..3"),
-    (lambda: drafts.frequent_tokens(np.ones(40), 41),
-     "vocabulary_size=41: must be an integer in [1, 40] (the target's vocabulary)"),
-    (lambda: drafts.reduced_vocabulary(TARGET, {}, (3, 2)),
-     "reduced-vocabulary token ids must increase within [0, 40), got [3, 2]"),
-    (lambda: drafts.token_counts([np.array([3, 40])], 40), "token id 40 is outside the vocabulary of 40 ids"),
-    (lambda: drafts.derived_folder(TARGET, "unused", vocabulary_size=8),
-     "vocabulary_size=8: name the task (and its feature_lengths) whose tokens are counted"),
-    (lambda: drafts.folder_config("/nonexistent"),
-     "/nonexistent holds no derived.json (not a folder drafts.derived_folder wrote)"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: drafts.layer_indices(4, first=5),
+            "layers first=5: must be an integer in [1, 4] (the target's layers)",
+        ),
+        (
+            lambda: drafts.layer_indices(4, every=0),
+            "layers every=0: must be an integer in [1, 4] (the target's layers)",
+        ),
+        (
+            lambda: drafts.layer_indices(4, first=2, every=2),
+            "a layer-subset draft keeps the first k layers or every m-th layer, not both (got first=2, every=2)",
+        ),
+        (
+            lambda: drafts.layer_subset(TARGET, {}, (0, 4)),
+            "layers [0, 4]: need one or more of the target's layers 0..3",
+        ),
+        (
+            lambda: drafts.frequent_tokens(np.ones(40), 41),
+            "vocabulary_size=41: must be an integer in [1, 40] (the target's vocabulary)",
+        ),
+        (
+            lambda: drafts.reduced_vocabulary(TARGET, {}, (3, 2)),
+            "reduced-vocabulary token ids must increase within [0, 40), got [3, 2]",
+        ),
+        (lambda: drafts.token_counts([np.array([3, 40])], 40), "token id 40 is outside the vocabulary of 40 ids"),
+        (
+            lambda: drafts.derived_folder(TARGET, "unused", vocabulary_size=8),
+            "vocabulary_size=8: name the task (and its feature_lengths) whose tokens are counted",
+        ),
+        (
+            lambda: drafts.folder_config("/nonexistent"),
+            "/nonexistent holds no derived.json (not a folder drafts.derived_folder wrote)",
+        ),
+    ],
+)
 def test_bad_settings_are_refused_in_one_line(call, message):
     with pytest.raises(drafts.DraftError) as refused:
         call()
@@ -269,5 +339,7 @@ def test_fkl_towards_a_reduced_vocabulary_draft_is_refused_in_one_line():
     reduced, _ = drafts.reduced_vocabulary(*target_of(5), (1, 2, 5))
     with pytest.raises(config.ConfigError) as refused:
         DistillationObjective(build_model(reduced), build_model(TARGET), divergence="fkl")
-    assert str(refused.value).splitlines()[0] == ("DistillationObjective.divergence 'fkl' is infinite for a "
-                                                  "reduced-vocabulary draft (q is 0 where p is not); use jsd, rkl or tvd")
+    assert str(refused.value).splitlines()[0] == (
+        "DistillationObjective.divergence 'fkl' is infinite for a "
+        "reduced-vocabulary draft (q is 0 where p is not); use jsd, rkl or tvd"
+    )

@@ -7,13 +7,13 @@ gin files parse and run through the CLI."""
 import dataclasses
 import json
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import gin
 from distillspec.objective import DistillationObjective, averaging_weights, continuation_weights
 from littlehelp import checkpoints, config, frozen, losses, main, metrics, partitioning, trainer
 from littlehelp.config import ConfigError
@@ -25,16 +25,28 @@ from tests.distillspec.helpers import numpy_average, numpy_divergence
 from tests.helpers import lm_data, random_params, save_params_only
 
 VOCAB = 264  # the byte vocabulary of the in-memory docstrings task fits
-DRAFT = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1,
-                                  head_dim=8, mlp_dim=32, tie_embeddings=True))  # tied, as draft_smollm2.gin
-TARGET = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=24, num_layers=1, num_heads=2, num_kv_heads=1,
-                                   head_dim=8, mlp_dim=32))
+DRAFT = build_model(
+    DecoderConfig(
+        vocab_size=VOCAB,
+        emb_dim=16,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        mlp_dim=32,
+        tie_embeddings=True,
+    )
+)  # tied, as draft_smollm2.gin
+TARGET = build_model(
+    DecoderConfig(vocab_size=VOCAB, emb_dim=24, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32)
+)
 PROMPT, GENERATED = 6, 10
 
 
 def objective(**knobs) -> DistillationObjective:
-    return DistillationObjective(DRAFT, TARGET, **({"prompt_length": PROMPT, "generation_length": GENERATED,
-                                                    "chunk_size": 4} | knobs))
+    return DistillationObjective(
+        DRAFT, TARGET, **({"prompt_length": PROMPT, "generation_length": GENERATED, "chunk_size": 4} | knobs)
+    )
 
 
 def synthetic_batch(length: int = PROMPT + GENERATED) -> dict[str, np.ndarray]:
@@ -46,19 +58,25 @@ def synthetic_batch(length: int = PROMPT + GENERATED) -> dict[str, np.ndarray]:
     example_weights = np.ones((4, length), np.float32)
     example_weights[0] = 2.0
     inputs = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
-    return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets, "decoder_loss_weights": weights,
-            "example_weights": example_weights}
+    return {
+        "decoder_input_tokens": inputs,
+        "decoder_target_tokens": targets,
+        "decoder_loss_weights": weights,
+        "example_weights": example_weights,
+    }
 
 
 PARAMS = {"model": random_params(DRAFT, 0), "target": random_params(TARGET, 1)}
 MODELS = {"model": DRAFT, "target": TARGET}
 
 
-def reference_loss(params, inputs, weights, kind: str = "fkl", temperature: float = 1.0, beta: float = 0.5,
-                   average: str = "sequence") -> float:
+def reference_loss(
+    params, inputs, weights, kind: str = "fkl", temperature: float = 1.0, beta: float = 0.5, average: str = "sequence"
+) -> float:
     """The averaged divergence over the continuation of decoder inputs `inputs` (`helpers.reference_loss`)."""
-    return helpers.reference_loss(MODELS, params, {"decoder_input_tokens": inputs}, weights, PROMPT, kind, temperature,
-                                  beta, average)
+    return helpers.reference_loss(
+        MODELS, params, {"decoder_input_tokens": inputs}, weights, PROMPT, kind, temperature, beta, average
+    )
 
 
 def sampled_inputs(model, params, batch, key) -> tuple[np.ndarray, np.ndarray]:
@@ -71,13 +89,22 @@ def row_weights(batch) -> np.ndarray:
     return helpers.row_weights(batch, PROMPT, GENERATED)
 
 
-@pytest.mark.parametrize("kind, temperature, beta, average", [
-    ("fkl", 1.0, 0.5, "sequence"), ("rkl", 2.0, 0.5, "token"), ("jsd", 1.5, 0.3, "sequence"),
-    ("tvd", 1.0, 0.5, "token")])
+@pytest.mark.parametrize(
+    "kind, temperature, beta, average",
+    [
+        ("fkl", 1.0, 0.5, "sequence"),
+        ("rkl", 2.0, 0.5, "token"),
+        ("jsd", 1.5, 0.3, "sequence"),
+        ("tvd", 1.0, 0.5, "token"),
+    ],
+)
 def test_fixed_source_loss_is_the_float64_divergence_on_the_batch(kind, temperature, beta, average):
     batch, params = synthetic_batch(), PARAMS
-    loss, logged = jax.jit(lambda p, b: objective(divergence=kind, temperature=temperature, beta=beta,
-                                                  average=average).loss(p, b, jax.random.key(0), 0))(params, batch)
+    loss, logged = jax.jit(
+        lambda p, b: objective(divergence=kind, temperature=temperature, beta=beta, average=average).loss(
+            p, b, jax.random.key(0), 0
+        )
+    )(params, batch)
     weights = (batch["decoder_loss_weights"] * batch["example_weights"])[:, PROMPT:]
     expected = reference_loss(params, batch["decoder_input_tokens"], weights, kind, temperature, beta, average)
     np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
@@ -117,9 +144,16 @@ def test_on_policy_samples_come_from_the_current_draft_and_the_target_gets_no_op
     on_policy = objective(data_source="draft")
     adam = Optimizer(optax.adam(0.05), optax.constant_schedule(0.05))
     start = checkpoints.CheckpointConfig(restore_path=str(tmp_path / "draft"))
-    run = trainer.Trainer(str(tmp_path / "run"), Curriculum.single(on_policy), adam, data, mesh,
-                          partitioning.DEFAULT_RULES, start,
-                          frozen_models={"target": frozen.FrozenModel(path=str(tmp_path / "target"), model=TARGET)})
+    run = trainer.Trainer(
+        str(tmp_path / "run"),
+        Curriculum.single(on_policy),
+        adam,
+        data,
+        mesh,
+        partitioning.DEFAULT_RULES,
+        start,
+        frozen_models={"target": frozen.FrozenModel(path=str(tmp_path / "target"), model=TARGET)},
+    )
     state, _ = run.restore_or_init()
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]]
     assert set(state.params) == {"model"} and paths and not any("target" in p for p in paths)
@@ -134,10 +168,12 @@ def test_on_policy_samples_come_from_the_current_draft_and_the_target_gets_no_op
     stale, _ = sampled_inputs(DRAFT, drafts[0], batch, keys[1])
     assert not np.array_equal(stale, samples[1][0])  # one step changed what the draft samples
     for (inputs, _), draft, loss in zip(samples, drafts, logged):
-        np.testing.assert_allclose(loss, reference_loss({"model": draft, "target": target_params}, inputs,
-                                                        row_weights(batch)), rtol=2e-5)
-    assert abs(reference_loss({"model": drafts[0], "target": target_params}, stale, row_weights(batch))
-               - logged[1]) > 1e-4
+        np.testing.assert_allclose(
+            loss, reference_loss({"model": draft, "target": target_params}, inputs, row_weights(batch)), rtol=2e-5
+        )
+    assert (
+        abs(reference_loss({"model": drafts[0], "target": target_params}, stale, row_weights(batch)) - logged[1]) > 1e-4
+    )
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.frozen.params["target"]), target_params)
 
 
@@ -177,18 +213,26 @@ def test_a_sampled_continuation_counts_up_to_and_including_its_first_eos():
     np.testing.assert_array_equal(continuation_weights(tokens, rows, eos_id=None), np.broadcast_to(rows, (3, 4)))
 
 
-@pytest.mark.parametrize("knobs, message", [
-    ({"divergence": "kl"}, "divergence 'kl' is not one of fkl, rkl, jsd, tvd"),
-    ({"divergence": "jsd", "beta": 1.0}, "beta must be in (0, 1) for jsd, got 1.0"),
-    ({"data_source": "teacher"}, "data_source 'teacher' is not one of fixed, target, draft"),
-    ({"data_source": {"fixed": 1.5, "draft": -0.5}}, "data_source probability of 'fixed' must be in [0, 1], got 1.5"),
-    ({"data_source": {"fixed": 0.5, "draft": 0.4}},
-     "data_source probabilities must sum to 1, got 0.9 ({'fixed': 0.5, 'draft': 0.4})"),
-    ({"generation_length": 0}, "generation_length must be an integer >= 1, got 0"),
-    ({"prompt_length": 0}, "prompt_length must be an integer >= 1, got 0"),
-    ({"temperature": 0.0}, "temperature must be > 0, got 0.0"),
-    ({"average": "row"}, "average 'row' is not one of sequence, token"),
-])
+@pytest.mark.parametrize(
+    "knobs, message",
+    [
+        ({"divergence": "kl"}, "divergence 'kl' is not one of fkl, rkl, jsd, tvd"),
+        ({"divergence": "jsd", "beta": 1.0}, "beta must be in (0, 1) for jsd, got 1.0"),
+        ({"data_source": "teacher"}, "data_source 'teacher' is not one of fixed, target, draft"),
+        (
+            {"data_source": {"fixed": 1.5, "draft": -0.5}},
+            "data_source probability of 'fixed' must be in [0, 1], got 1.5",
+        ),
+        (
+            {"data_source": {"fixed": 0.5, "draft": 0.4}},
+            "data_source probabilities must sum to 1, got 0.9 ({'fixed': 0.5, 'draft': 0.4})",
+        ),
+        ({"generation_length": 0}, "generation_length must be an integer >= 1, got 0"),
+        ({"prompt_length": 0}, "prompt_length must be an integer >= 1, got 0"),
+        ({"temperature": 0.0}, "temperature must be > 0, got 0.0"),
+        ({"average": "row"}, "average 'row' is not one of sequence, token"),
+    ],
+)
 def test_bad_knobs_are_refused_in_one_line_naming_them(knobs, message):
     with pytest.raises(ConfigError) as refused:
         objective(**knobs)
@@ -210,34 +254,64 @@ def test_gin_files_parse_with_the_documented_models_and_knobs():
     assert gin.query_parameter("tasks.text_mixture.objective") == "lm"
     assert isinstance(gin.query_parameter("%OBJECTIVE").scoped_configurable_fn(), DecoderObjective)
     gin.clear_config()
-    config.parse_gin(["distillspec/distill_smollm2.gin"], ["MODEL_DIR=/tmp/unused", "INITIAL_CHECKPOINT_PATH=/tmp/d"],
-                     [])
+    config.parse_gin(
+        ["distillspec/distill_smollm2.gin"], ["MODEL_DIR=/tmp/unused", "INITIAL_CHECKPOINT_PATH=/tmp/d"], []
+    )
     draft = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
     built = gin.query_parameter("%OBJECTIVE").scoped_configurable_fn()
     lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
     assert built.target.config == smollm2 and built.model.config == draft
     assert (draft.vocab_size, draft.num_layers, draft.emb_dim, draft.mlp_dim, draft.tie_embeddings) == (
-        smollm2.vocab_size, 4, 256, 704, True)
+        smollm2.vocab_size,
+        4,
+        256,
+        704,
+        True,
+    )
     assert (built.divergence, built.sources, built.trainable_keys, built.average) == (
-        "fkl", ("draft",), ("model",), "sequence")
+        "fkl",
+        ("draft",),
+        ("model",),
+        "sequence",
+    )
     assert built.prompt_length + built.generation_length == lengths["targets"] == 128
 
 
-TINY = ["--gin.TASK='docstrings_lm'", f"--gin.TASK_FEATURE_LENGTHS={{'targets': {PROMPT + GENERATED}}}",
-        "--gin.BATCH_SIZE=4", *(f"--gin.decoder.DecoderConfig.{k}={v}" for k, v in dict(
-            vocab_size=VOCAB, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32).items()),
-        "--gin.partitioning.MeshConfig.data=1", "--gin.trainer.train.eval_every=0", "--gin.trainer.train.log_every=1",
-        "--gin.trainer.train.peak_flops_per_device=1e9"]
+TINY = [
+    "--gin.TASK='docstrings_lm'",
+    f"--gin.TASK_FEATURE_LENGTHS={{'targets': {PROMPT + GENERATED}}}",
+    "--gin.BATCH_SIZE=4",
+    *(
+        f"--gin.decoder.DecoderConfig.{k}={v}"
+        for k, v in dict(
+            vocab_size=VOCAB, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32
+        ).items()
+    ),
+    "--gin.partitioning.MeshConfig.data=1",
+    "--gin.trainer.train.eval_every=0",
+    "--gin.trainer.train.log_every=1",
+    "--gin.trainer.train.peak_flops_per_device=1e9",
+]
 
 
 def test_distillation_runs_through_the_cli_from_a_draft_towards_a_frozen_target(tmp_path):
     draft, target, run = tmp_path / "draft", tmp_path / "target", tmp_path / "distill"
     save_params_only(PARAMS["model"], draft)
     save_params_only(random_params(DRAFT, 2), target)  # the target: another model of the tiny draft's shapes
-    main.main(["train", "--gin_file=distillspec/distill_smollm2.gin", *TINY, f"--gin.MODEL_DIR={run}",
-               "--gin.TARGET_CONFIG=@decoder.DecoderConfig()", f"--gin.TARGET_DIR={target}",
-               f"--gin.INITIAL_CHECKPOINT_PATH={draft}", "--gin.TRAIN_STEPS=2",
-               f"--gin.PROMPT_LENGTH={PROMPT}", f"--gin.GENERATION_LENGTH={GENERATED}"])
+    main.main(
+        [
+            "train",
+            "--gin_file=distillspec/distill_smollm2.gin",
+            *TINY,
+            f"--gin.MODEL_DIR={run}",
+            "--gin.TARGET_CONFIG=@decoder.DecoderConfig()",
+            f"--gin.TARGET_DIR={target}",
+            f"--gin.INITIAL_CHECKPOINT_PATH={draft}",
+            "--gin.TRAIN_STEPS=2",
+            f"--gin.PROMPT_LENGTH={PROMPT}",
+            f"--gin.GENERATION_LENGTH={GENERATED}",
+        ]
+    )
     records = metrics.read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2]
     assert all(r["train/divergence"] > 0 and r["train/source/draft"] == 1.0 for r in records)

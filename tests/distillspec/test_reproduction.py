@@ -7,7 +7,12 @@ import pytest
 
 from distillspec import acceptance, reproduction, speculative
 from littlehelp import study
-from tests.distillspec.test_speculative import MODEL, VOCAB, draft, target  # noqa: F401 (fixtures)
+from tests.distillspec import test_speculative
+from tests.distillspec.test_speculative import MODEL, VOCAB
+
+# The shared pytest fixtures of test_speculative.py.
+draft = test_speculative.draft
+target = test_speculative.target
 
 DOMAINS = ["shakespeare", "shakespeare", "code", "code", "humaneval", "humaneval"]
 
@@ -100,8 +105,12 @@ def write_outcomes(tmp_path, outcomes):
 
 
 def scored_outcome(evaluation, selection):
-    return {"values": {"greedy_tau": evaluation, "alpha": evaluation}, "scores": {}, "agreement": [],
-            "selection": {"greedy_tau": selection, "alpha": selection}}
+    return {
+        "values": {"greedy_tau": evaluation, "alpha": evaluation},
+        "scores": {},
+        "agreement": [],
+        "selection": {"greedy_tau": selection, "alpha": selection},
+    }
 
 
 def test_the_best_drafts_are_chosen_on_the_selection_prompts_and_report_evaluation_values(tmp_path):
@@ -109,15 +118,24 @@ def test_the_best_drafts_are_chosen_on_the_selection_prompts_and_report_evaluati
     outcomes = {arm: skipped for arm in reproduction.DISTILLED}
     # jsd_fixed scores best on the evaluation prompts, tvd_draft on the selection prompts: tvd_draft is chosen
     # from every draft; rkl_fixed, best of the fixed-data drafts on the selection prompts, from those.
-    outcomes.update(jsd_fixed=scored_outcome(1.5, 1.1), rkl_fixed=scored_outcome(1.05, 1.2),
-                    tvd_draft=scored_outcome(1.2, 1.3), fkl_draft=scored_outcome(1.4, 1.0),
-                    undistilled=scored_outcome(1.0, 1.0))
+    outcomes.update(
+        jsd_fixed=scored_outcome(1.5, 1.1),
+        rkl_fixed=scored_outcome(1.05, 1.2),
+        tvd_draft=scored_outcome(1.2, 1.3),
+        fkl_draft=scored_outcome(1.4, 1.0),
+        undistilled=scored_outcome(1.0, 1.0),
+    )
     context = write_outcomes(tmp_path, outcomes)
-    chosen = {name: reproduction.STUDY.arm(name).run(context.replace(name))  # (best_greedy also decodes)
-              for name in ("best_sampled", "best_on_policy_greedy", "best_fixed_greedy", "best_fixed_sampled")}
+    chosen = {
+        name: reproduction.STUDY.arm(name).run(context.replace(name))  # (best_greedy also decodes)
+        for name in ("best_sampled", "best_on_policy_greedy", "best_fixed_greedy", "best_fixed_sampled")
+    }
     assert {n: (c["chosen"], c["values"]["alpha"]) for n, c in chosen.items()} == {
-        "best_sampled": ("tvd_draft", 1.2), "best_on_policy_greedy": ("tvd_draft", 1.2),
-        "best_fixed_greedy": ("rkl_fixed", 1.05), "best_fixed_sampled": ("rkl_fixed", 1.05)}
+        "best_sampled": ("tvd_draft", 1.2),
+        "best_on_policy_greedy": ("tvd_draft", 1.2),
+        "best_fixed_greedy": ("rkl_fixed", 1.05),
+        "best_fixed_sampled": ("rkl_fixed", 1.05),
+    }
     study._write_json(context.folder / study.OUTCOME_FILE, chosen["best_sampled"])
     assert reproduction.ratio("alpha")(context) == pytest.approx(1.2)
     assert reproduction.ratio("alpha")(context.replace("fkl_fixed")) is None
@@ -128,17 +146,21 @@ def test_the_default_distils_fixed_and_on_policy_drafts_and_the_quick_run_one_of
     assert set(settings) == set(reproduction.STUDY.settings)
     assert settings["drafts"] == ["jsd_fixed", "jsd_draft"] and settings["speedup_gamma"] in settings["timing_gammas"]
     assert reproduction.STUDY.settings["speedup_gamma"] in reproduction.STUDY.settings["timing_gammas"]
-    assert sorted(reproduction.STUDY.settings["drafts"]) == sorted(a for a in reproduction.DISTILLED
-                                                                   if not a.endswith("_target"))
+    assert sorted(reproduction.STUDY.settings["drafts"]) == sorted(
+        a for a in reproduction.DISTILLED if not a.endswith("_target")
+    )
     for drafts in (settings["drafts"], reproduction.STUDY.settings["drafts"]):
         reproduction.check_drafts(drafts)
 
 
-@pytest.mark.parametrize("drafts, message", [
-    (["jsd_fixed", "kl_draft"], "drafts names 'kl_draft', not one of fkl_fixed"),
-    (["jsd_fixed", "jsd_target"], "has no on-policy draft"),
-    (["jsd_draft"], "has no fixed data draft"),
-])
+@pytest.mark.parametrize(
+    "drafts, message",
+    [
+        (["jsd_fixed", "kl_draft"], "drafts names 'kl_draft', not one of fkl_fixed"),
+        (["jsd_fixed", "jsd_target"], "has no on-policy draft"),
+        (["jsd_draft"], "has no fixed data draft"),
+    ],
+)
 def test_drafts_the_claims_cannot_use_are_refused(drafts, message):
     with pytest.raises(study.StudyError, match=message):
         reproduction.check_drafts(drafts)

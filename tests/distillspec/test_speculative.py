@@ -12,16 +12,36 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from distillspec import speculative
 from littlehelp import decoding
 from littlehelp.models import DecoderConfig, build_model
-from distillspec import speculative
-from tests.distillspec.helpers import (SIGNIFICANCE, assert_acceptance_matches, chi_square_p_value, noisy_copy, padded,
-                                       sampled_first_two, sharpened, sometimes_early, target_only,
-                                       two_position_acceptance, two_token_distributions)
+from tests.distillspec.helpers import (
+    SIGNIFICANCE,
+    assert_acceptance_matches,
+    chi_square_p_value,
+    noisy_copy,
+    padded,
+    sampled_first_two,
+    sharpened,
+    sometimes_early,
+    target_only,
+    two_position_acceptance,
+    two_token_distributions,
+)
 
 VOCAB = 32
-MODEL = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
-                                  mlp_dim=32, scan_layers=False))
+MODEL = build_model(
+    DecoderConfig(
+        vocab_size=VOCAB,
+        emb_dim=16,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        mlp_dim=32,
+        scan_layers=False,
+    )
+)
 PROMPTS = [[3, 4, 5], [6], [7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18], [19, 20, 21, 22, 23, 24], [25, 26]]
 NEW_TOKENS = 12
 ROWS = 4096  # identical prompts with different randomness for the distribution tests
@@ -67,8 +87,18 @@ def test_each_row_alone_decodes_and_accepts_as_it_does_in_the_batch(gamma, targe
     expected = target_only(target, PROMPTS, eos_id, NEW_TOKENS)
     batch = speculative.generate(target, draft, PROMPTS, gamma=gamma, max_new_tokens=NEW_TOKENS, eos_id=eos_id)
     tokens, lengths = padded(PROMPTS)
-    alone = [speculative.generate(target, draft, tokens[i:i + 1], prompt_lengths=lengths[i:i + 1], gamma=gamma,
-                                  max_new_tokens=NEW_TOKENS, eos_id=eos_id) for i in range(len(PROMPTS))]
+    alone = [
+        speculative.generate(
+            target,
+            draft,
+            tokens[i : i + 1],
+            prompt_lengths=lengths[i : i + 1],
+            gamma=gamma,
+            max_new_tokens=NEW_TOKENS,
+            eos_id=eos_id,
+        )
+        for i in range(len(PROMPTS))
+    ]
     np.testing.assert_array_equal(np.concatenate([a.tokens for a in alone]), expected)
     # Per-row state: the batch accepts exactly what the rows accept alone.
     alone_accepted = sum(a.stats.mean_accepted_length * a.stats.rounds for a in alone)
@@ -102,8 +132,9 @@ def test_speculative_sampling_follows_the_target_distribution(temperature, gamma
     assert 0.5 * np.abs(q_first[:, None] * q_second - joint).sum() > 0.1
 
 
-@pytest.mark.parametrize("broken", [lambda p, q: jnp.ones_like(p), lambda p, q: jnp.minimum(1.0, q / p)],
-                         ids=["always_accept", "q_over_p"])
+@pytest.mark.parametrize(
+    "broken", [lambda p, q: jnp.ones_like(p), lambda p, q: jnp.minimum(1.0, q / p)], ids=["always_accept", "q_over_p"]
+)
 def test_a_broken_acceptance_rule_fails_the_same_test(broken, target, draft):
     first, second = two_token_distributions(*target, PROMPT)
     sampled = sampled_first_two(target, draft, [PROMPT] * ROWS, 1.0, 1, broken)
@@ -129,10 +160,22 @@ def test_acceptance_per_position_equals_one_minus_tvd(lenience, target, draft):
     if lenience is not None:  # q min(1, f(p) / q) = min(q, f(p))
         relax = {"p/eps": lambda p, eps: p / eps, "p^eps": lambda p, eps: p**eps}[lenience[0]]
         overlap = lambda p, q: np.minimum(q, relax(p, lenience[1]))  # noqa: E731
-    expected = two_position_acceptance(two_token_distributions(*target, PROMPT, top_k=top_k),
-                                       two_token_distributions(*draft, PROMPT, top_k=top_k), overlap)
-    out = speculative.generate(target, draft, [PROMPT] * ROWS, gamma=2, max_new_tokens=1, temperature=1.0,
-                               top_k=top_k, seed=3, lenience=lenience)
+    expected = two_position_acceptance(
+        two_token_distributions(*target, PROMPT, top_k=top_k),
+        two_token_distributions(*draft, PROMPT, top_k=top_k),
+        overlap,
+    )
+    out = speculative.generate(
+        target,
+        draft,
+        [PROMPT] * ROWS,
+        gamma=2,
+        max_new_tokens=1,
+        temperature=1.0,
+        top_k=top_k,
+        seed=3,
+        lenience=lenience,
+    )
     assert out.stats.rounds == 1
     assert_acceptance_matches(out.stats, expected, ROWS)
     assert 0.1 < expected[0] < 0.95  # neither trivial nor hopeless
@@ -163,16 +206,20 @@ def test_lenience_accepts_more_and_one_is_exact():
     np.testing.assert_allclose(speculative.Lenience("p^eps", 0.5)(p, q), [np.sqrt(0.1) / 0.4, 1.0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("call, message", [
-    (dict(gamma=0), "gamma (draft tokens per round) must be >= 1, got 0"),
-    (dict(draft="small"), "target vocabulary size 32 differs from the draft's 48"),
-    (dict(lenience=("p/2", 0.5)), "lenience kind 'p/2' is not one of p/eps, p/eps^2, p^eps"),
-    (dict(lenience=("p^eps", 1.5)), "lenience eps must be in (0, 1], got 1.5"),
-    (dict(prompts=[[3], []]), "every prompt needs at least one token"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (dict(gamma=0), "gamma (draft tokens per round) must be >= 1, got 0"),
+        (dict(draft="small"), "target vocabulary size 32 differs from the draft's 48"),
+        (dict(lenience=("p/2", 0.5)), "lenience kind 'p/2' is not one of p/eps, p/eps^2, p^eps"),
+        (dict(lenience=("p^eps", 1.5)), "lenience eps must be in (0, 1], got 1.5"),
+        (dict(prompts=[[3], []]), "every prompt needs at least one token"),
+    ],
+)
 def test_bad_input_is_refused_in_one_line(call, message, target):
-    other = build_model(DecoderConfig(vocab_size=48, emb_dim=8, num_layers=1, num_heads=1, num_kv_heads=1,
-                                      head_dim=8, mlp_dim=16))
+    other = build_model(
+        DecoderConfig(vocab_size=48, emb_dim=8, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8, mlp_dim=16)
+    )
     arguments = dict(target=target, draft=target, prompts=[[3]], gamma=2, max_new_tokens=2) | call
     if arguments["draft"] == "small":
         arguments["draft"] = (other, {})  # refused before its parameters are read
@@ -194,8 +241,10 @@ def test_the_target_and_the_draft_context_lengths_both_apply(target, draft, monk
         for pair, short in [((target, short_draft), "draft"), ((short_target, draft), "target")]:
             with pytest.raises(decoding.ContextLengthError) as refused:
                 ask(*pair, max_new_tokens=6)
-            assert str(refused.value) == (f"prompt of 3 tokens + 6 new tokens = 9 exceeds the {short}'s context length "
-                                          "of 8 tokens; shorten the prompt or ask for fewer new tokens")
+            assert str(refused.value) == (
+                f"prompt of 3 tokens + 6 new tokens = 9 exceeds the {short}'s context length "
+                "of 8 tokens; shorten the prompt or ask for fewer new tokens"
+            )
     out = ask(short_target, short_draft, max_new_tokens=5)
     np.testing.assert_array_equal(out.tokens, target_only(target, [[3, 4, 5]], -1, 5))
 
@@ -205,8 +254,16 @@ def test_the_target_and_the_draft_context_lengths_both_apply(target, draft, monk
 
 
 def tiny_config(vocab_size, context_length=2048):
-    return DecoderConfig(vocab_size=vocab_size, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
-                         mlp_dim=32, context_length=context_length)
+    return DecoderConfig(
+        vocab_size=vocab_size,
+        emb_dim=16,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        mlp_dim=32,
+        context_length=context_length,
+    )
 
 
 def write_folder(folder, vocab_size, seed, vocabulary=None, context_length=2048):
@@ -226,20 +283,27 @@ def tiny_folders(tmp_path_factory):
     return write_folder(root / "target", VOCAB, 0), write_folder(root / "small", 48, 1)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--gamma=0"], "gamma (draft tokens per round) must be >= 1, got 0"),
-    (["--lenience=p/eps", "--eps=0"], "lenience eps must be in (0, 1], got 0.0"),
-    ([], "{draft} does not exist"),
-    (["--draft={small}"], "target vocabulary size 32 differs from the draft's 48"),
-    (["--prompt="], "--prompt is empty"),  # refused before the (missing) draft is looked at
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--gamma=0"], "gamma (draft tokens per round) must be >= 1, got 0"),
+        (["--lenience=p/eps", "--eps=0"], "lenience eps must be in (0, 1], got 0.0"),
+        ([], "{draft} does not exist"),
+        (["--draft={small}"], "target vocabulary size 32 differs from the draft's 48"),
+        (["--prompt="], "--prompt is empty"),  # refused before the (missing) draft is looked at
+    ],
+)
 def test_the_cli_refuses_bad_input_in_one_line(flags, message, tiny_folders, capsys):
     from distillspec import generate as cli
 
     target, small = tiny_folders
     names = {"draft": target.parent / "missing", "small": small}
-    argv = [f"--target={target}", f"--draft={names['draft']}", "--prompt=hello",
-            *(flag.format(**names) for flag in flags)]
+    argv = [
+        f"--target={target}",
+        f"--draft={names['draft']}",
+        "--prompt=hello",
+        *(flag.format(**names) for flag in flags),
+    ]
     with pytest.raises(SystemExit) as stopped:
         cli.main(argv)
     assert stopped.value.code == 1
@@ -260,7 +324,8 @@ def test_the_cli_decodes_a_prompt_as_the_target_alone_does(smollm2_gguf, tmp_pat
         cli.main([*argv, "--max_new_tokens=7"])
     assert capsys.readouterr().err.strip() == (
         f"distillspec.generate: error: prompt of {context - 6} tokens + 7 new tokens = {context + 1} exceeds the "
-        f"target's context length of {context} tokens; shorten the prompt or ask for fewer new tokens")
+        f"target's context length of {context} tokens; shorten the prompt or ask for fewer new tokens"
+    )
     result = cli.main([*argv, "--max_new_tokens=6", "--baseline"])
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == f"continuation: {vocabulary.decode(result['tokens'])!r}"
@@ -288,8 +353,12 @@ def model_folder(folder, vocabulary=None, context_length=2048, gin_lines=()):
     from littlehelp.models.convert import run_folder
 
     folder.mkdir()
-    model = ["import littlehelp.models.decoder", "MODEL_CONFIG = @decoder.DecoderConfig()",
-             *run_folder.gin_bindings(tiny_config(VOCAB, context_length)), "include 'models/decoder_only.gin'"]
+    model = [
+        "import littlehelp.models.decoder",
+        "MODEL_CONFIG = @decoder.DecoderConfig()",
+        *run_folder.gin_bindings(tiny_config(VOCAB, context_length)),
+        "include 'models/decoder_only.gin'",
+    ]
     (folder / run_folder.MODEL_GIN).write_text("\n".join([*model, *gin_lines]) + "\n")
     if vocabulary is not None:
         vocabulary.save_tokenizer_json(folder / run_folder.VOCABULARY_DIR / "tokenizer.json")
@@ -302,41 +371,79 @@ def word_folders(tmp_path):
     `bare` (no vocabulary), `gin_swapped` (no vocabulary/, its gin's VOCABULARY the swapped one's) and
     `gin_text` (its gin's VOCABULARY a string)."""
     swapped = model_folder(tmp_path / "swapped", word_vocabulary([*WORDS[:3], WORDS[4], WORDS[3], *WORDS[5:]]))
-    return {"target": model_folder(tmp_path / "target", word_vocabulary(WORDS)), "swapped": swapped,
-            "short": model_folder(tmp_path / "short", word_vocabulary(WORDS), context_length=8),
-            "bare": model_folder(tmp_path / "bare"),
-            "gin_swapped": model_folder(tmp_path / "gin_swapped", gin_lines=[
-                "import littlehelp.models.convert.run_folder", "VOCABULARY = @convert.folder_vocabulary()",
-                f"convert.folder_vocabulary.model_dir = '{swapped}'"]),
-            "gin_text": model_folder(tmp_path / "gin_text", gin_lines=["VOCABULARY = 'words'"])}
+    return {
+        "target": model_folder(tmp_path / "target", word_vocabulary(WORDS)),
+        "swapped": swapped,
+        "short": model_folder(tmp_path / "short", word_vocabulary(WORDS), context_length=8),
+        "bare": model_folder(tmp_path / "bare"),
+        "gin_swapped": model_folder(
+            tmp_path / "gin_swapped",
+            gin_lines=[
+                "import littlehelp.models.convert.run_folder",
+                "VOCABULARY = @convert.folder_vocabulary()",
+                f"convert.folder_vocabulary.model_dir = '{swapped}'",
+            ],
+        ),
+        "gin_text": model_folder(tmp_path / "gin_text", gin_lines=["VOCABULARY = 'words'"]),
+    }
 
 
-@pytest.mark.parametrize("target, draft, message", [
-    ("target", "swapped", "draft {draft} and target {target} have different vocabularies (the same 32 ids, other "
-                          "pieces); the draft must share the target's tokenizer"),
-    ("target", "gin_swapped", "draft {draft} and target {target} have different vocabularies (the same 32 ids, other "
-                              "pieces); the draft must share the target's tokenizer"),
-    ("target", "bare", "draft {draft} holds no vocabulary (no vocabulary/ folder, no VOCABULARY in its gin file) "
-                       "to compare with the target's"),
-    ("target", "gin_text", "draft {draft}'s vocabulary is a str, whose pieces cannot be compared (a "
-                           "TokenizerVocabulary's can)"),
-    ("target", "short", "prompt of 3 tokens + 6 new tokens = 9 exceeds the draft's context length of 8 tokens; "
-                        "shorten the prompt or ask for fewer new tokens"),
-    ("short", "target", "prompt of 3 tokens + 6 new tokens = 9 exceeds the target's context length of 8 tokens; "
-                        "shorten the prompt or ask for fewer new tokens"),
-])
+@pytest.mark.parametrize(
+    "target, draft, message",
+    [
+        (
+            "target",
+            "swapped",
+            "draft {draft} and target {target} have different vocabularies (the same 32 ids, other "
+            "pieces); the draft must share the target's tokenizer",
+        ),
+        (
+            "target",
+            "gin_swapped",
+            "draft {draft} and target {target} have different vocabularies (the same 32 ids, other "
+            "pieces); the draft must share the target's tokenizer",
+        ),
+        (
+            "target",
+            "bare",
+            "draft {draft} holds no vocabulary (no vocabulary/ folder, no VOCABULARY in its gin file) "
+            "to compare with the target's",
+        ),
+        (
+            "target",
+            "gin_text",
+            "draft {draft}'s vocabulary is a str, whose pieces cannot be compared (a TokenizerVocabulary's can)",
+        ),
+        (
+            "target",
+            "short",
+            "prompt of 3 tokens + 6 new tokens = 9 exceeds the draft's context length of 8 tokens; "
+            "shorten the prompt or ask for fewer new tokens",
+        ),
+        (
+            "short",
+            "target",
+            "prompt of 3 tokens + 6 new tokens = 9 exceeds the target's context length of 8 tokens; "
+            "shorten the prompt or ask for fewer new tokens",
+        ),
+    ],
+)
 def test_the_cli_refuses_another_vocabulary_or_a_long_prompt_before_reading_parameters(
-        target, draft, message, word_folders, monkeypatch, capsys):
+    target, draft, message, word_folders, monkeypatch, capsys
+):
     """Equal vocabulary sizes are not enough: the pieces are compared (a run folder's vocabulary/, or the
     VOCABULARY its gin file binds, as a training run's config.gin does); a prompt too long for either
     model's context is refused from the models' configs. Both before any parameters are read."""
     from distillspec import generate as cli
     from littlehelp import runs
 
-    monkeypatch.setattr(runs.RunFolder, "load", lambda run, *_: pytest.fail(f"the parameters of {run.folder} were read"))
+    monkeypatch.setattr(
+        runs.RunFolder, "load", lambda run, *_: pytest.fail(f"the parameters of {run.folder} were read")
+    )
     monkeypatch.setattr(runs, "read_params", lambda folder, *_: pytest.fail(f"the parameters of {folder} were read"))
     names = {"target": word_folders[target], "draft": word_folders[draft]}
     with pytest.raises(SystemExit):
-        cli.main([f"--target={names['target']}", f"--draft={names['draft']}", "--prompt=w3 w4 w5",
-                  "--max_new_tokens=6"])
+        cli.main(
+            [f"--target={names['target']}", f"--draft={names['draft']}", "--prompt=w3 w4 w5", "--max_new_tokens=6"]
+        )
     assert capsys.readouterr().err.strip() == f"distillspec.generate: error: {message.format(**names)}"

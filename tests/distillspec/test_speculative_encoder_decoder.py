@@ -15,15 +15,37 @@ from distillspec import speculative
 from littlehelp import decoding, flops
 from littlehelp.config import ConfigError
 from littlehelp.models import DecoderConfig, T5Config, build_model, t5
-from tests.distillspec.helpers import (SIGNIFICANCE, assert_acceptance_matches, chi_square_p_value, noisy_copy,
-                                       numpy_average, padded, reference_loss, row_weights, sampled_inputs, target_only,
-                                       two_position_acceptance, two_token_distributions)
+from tests.distillspec.helpers import (
+    SIGNIFICANCE,
+    assert_acceptance_matches,
+    chi_square_p_value,
+    noisy_copy,
+    numpy_average,
+    padded,
+    reference_loss,
+    row_weights,
+    sampled_inputs,
+    target_only,
+    two_position_acceptance,
+    two_token_distributions,
+)
 from tests.helpers import random_params
 
 VOCAB = 32
-MODEL = build_model(T5Config(vocab_size=VOCAB, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=1,
-                             num_decoder_layers=1, relative_attention_num_buckets=8,
-                             relative_attention_max_distance=16, scan_layers=False))
+MODEL = build_model(
+    T5Config(
+        vocab_size=VOCAB,
+        emb_dim=16,
+        num_heads=2,
+        head_dim=8,
+        mlp_dim=32,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        scan_layers=False,
+    )
+)
 SOURCES = [[3, 4, 5], [6], [7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18], [19, 20, 21, 22, 23, 24], [25, 26]]
 PROMPTS = [[0], [0, 9], [0], [0], [0, 4, 5], [0], [0, 7], [0]]  # the start token 0, some with a forced prefix
 NEW_TOKENS = 10
@@ -73,16 +95,21 @@ def small_draft():
 
 
 @pytest.mark.parametrize("gamma, other_sizes", [(1, False), (3, True)])
-def test_greedy_equals_target_only_decoding_and_each_encoder_runs_once(gamma, other_sizes, target, draft, small_draft,
-                                                                      expected, monkeypatch):
+def test_greedy_equals_target_only_decoding_and_each_encoder_runs_once(
+    gamma, other_sizes, target, draft, small_draft, expected, monkeypatch
+):
     """Ragged encoder inputs and decoder prompts, EOS in some rows. T5.encode is traced once per model (each
     case's decode is compiled here only): at the start of the decode, never inside its rounds."""
     drafted, traced = small_draft if other_sizes else draft, []
     encode = t5.T5.encode
-    monkeypatch.setattr(t5.T5, "encode", lambda module, *args, **kwargs: traced.append(module.config.emb_dim)
-                        or encode(module, *args, **kwargs))
-    out = speculative.generate(target, drafted, PROMPTS, gamma=gamma, max_new_tokens=NEW_TOKENS, eos_id=EOS,
-                               inputs=INPUTS)
+    monkeypatch.setattr(
+        t5.T5,
+        "encode",
+        lambda module, *args, **kwargs: traced.append(module.config.emb_dim) or encode(module, *args, **kwargs),
+    )
+    out = speculative.generate(
+        target, drafted, PROMPTS, gamma=gamma, max_new_tokens=NEW_TOKENS, eos_id=EOS, inputs=INPUTS
+    )
     assert sorted(traced) == sorted([MODEL.config.emb_dim, drafted[0].config.emb_dim])
     np.testing.assert_array_equal(out.tokens, expected)
     np.testing.assert_array_equal(out.lengths, lengths_of(expected))
@@ -118,25 +145,33 @@ def test_speculative_sampling_follows_the_target_distribution(target, draft, one
 
 def test_acceptance_per_position_equals_one_minus_tvd(target, draft, one_round):
     """Positions 1 and 2 accept as the float64 sums of min(p, q) say (`helpers.two_position_acceptance`)."""
-    expected = two_position_acceptance(two_token_distributions(*target, [0], SOURCE, top_k=TOP_K),
-                                       two_token_distributions(*draft, [0], SOURCE, top_k=TOP_K))
+    expected = two_position_acceptance(
+        two_token_distributions(*target, [0], SOURCE, top_k=TOP_K),
+        two_token_distributions(*draft, [0], SOURCE, top_k=TOP_K),
+    )
     stats = one_round[1]
     assert stats.rounds == 1
     assert_acceptance_matches(stats, expected, ROWS)
     assert 0.1 < expected[0] < 0.95  # neither trivial nor hopeless
 
 
-DECODER = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=8, num_layers=1, num_heads=1, num_kv_heads=1,
-                                    head_dim=8, mlp_dim=16))
+DECODER = build_model(
+    DecoderConfig(vocab_size=VOCAB, emb_dim=8, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8, mlp_dim=16)
+)
 
 
-@pytest.mark.parametrize("call, message", [
-    (dict(inputs=None), "an encoder-decoder target and draft need inputs={'encoder_input_tokens': [b, l]}"),
-    (dict(inputs=encoded([[3], [4]])), "encoder_input_tokens (2, 1) do not fit 1 prompts (need [1, l])"),
-    (dict(draft="decoder"), "the target is encoder-decoder and the draft decoder-only; both must be of one kind"),
-    (dict(target="decoder", draft="decoder"),
-     "a decoder-only target and draft take no encoder inputs, got encoder_input_tokens"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (dict(inputs=None), "an encoder-decoder target and draft need inputs={'encoder_input_tokens': [b, l]}"),
+        (dict(inputs=encoded([[3], [4]])), "encoder_input_tokens (2, 1) do not fit 1 prompts (need [1, l])"),
+        (dict(draft="decoder"), "the target is encoder-decoder and the draft decoder-only; both must be of one kind"),
+        (
+            dict(target="decoder", draft="decoder"),
+            "a decoder-only target and draft take no encoder inputs, got encoder_input_tokens",
+        ),
+    ],
+)
 def test_mismatched_inputs_are_refused_in_one_line(call, message, target):
     decoder = (DECODER, {})  # refused before its parameters are read
     arguments = dict(target=target, draft=target, prompts=[[0]], gamma=2, max_new_tokens=2, inputs=encoded([[3]]))
@@ -157,8 +192,9 @@ RATES = {"fixed": 0.4, "target": 0.3, "draft": 0.3}
 
 def objective(**knobs) -> distillation.DistillationObjective:
     """The distillation of one tiny T5 into another, with no decoder prompt: the continuation is the target."""
-    return distillation.DistillationObjective(MODEL, MODEL, **({"prompt_length": 0, "generation_length": GENERATED,
-                                                                "chunk_size": 4} | knobs))
+    return distillation.DistillationObjective(
+        MODEL, MODEL, **({"prompt_length": 0, "generation_length": GENERATED, "chunk_size": 4} | knobs)
+    )
 
 
 def encoder_decoder_batch() -> dict[str, np.ndarray]:
@@ -172,8 +208,13 @@ def encoder_decoder_batch() -> dict[str, np.ndarray]:
     example_weights[0] = 2.0
     sources = padded([rng.integers(3, VOCAB, n) for n in (5, 2, 1, 3)])[0]
     sources[2] = 0  # the padding row has no input either
-    return {"encoder_input_tokens": sources, "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-            "decoder_target_tokens": targets, "decoder_loss_weights": weights, "example_weights": example_weights}
+    return {
+        "encoder_input_tokens": sources,
+        "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+        "decoder_target_tokens": targets,
+        "decoder_loss_weights": weights,
+        "example_weights": example_weights,
+    }
 
 
 def test_each_source_is_the_float64_divergence_given_the_encoder_inputs():
@@ -212,26 +253,45 @@ def test_train_flops_count_each_encoder_once_per_sampled_batch():
     assert objective(data_source="draft").train_flops(batch) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: distillation.DistillationObjective(MODEL, DECODER),
-     "DistillationObjective.target is decoder-only and model (the draft) encoder-decoder; both must be of one kind"),
-    (lambda: objective(prompt_length=-1), "DistillationObjective.prompt_length must be an integer >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (
+            lambda: distillation.DistillationObjective(MODEL, DECODER),
+            "DistillationObjective.target is decoder-only and model (the draft) encoder-decoder; "
+            "both must be of one kind",
+        ),
+        (lambda: objective(prompt_length=-1), "DistillationObjective.prompt_length must be an integer >= 0, got -1"),
+    ],
+)
 def test_a_target_of_another_kind_and_a_negative_prompt_are_refused_in_one_line(build, message):
     with pytest.raises(ConfigError) as refused:
         build()
     assert str(refused.value).splitlines()[0] == message
 
 
-@pytest.mark.parametrize("drafted, batch, message", [
-    (objective, lambda b: {k: v for k, v in b.items() if k != "encoder_input_tokens"},
-     "an encoder-decoder draft and target need the batch's encoder_input_tokens (seqio's encoder_decoder features)"),
-    (objective, lambda b: dict(b, encoder_segment_ids=(b["encoder_input_tokens"] > 0).astype(np.int32)),
-     "encoder-decoder batches must be unpacked (one example per row, pack=False), but the batch holds "
-     "encoder_segment_ids"),
-    (lambda: distillation.DistillationObjective(DECODER, DECODER, prompt_length=1, generation_length=2), lambda b: b,
-     "a decoder-only draft and target take no encoder inputs, but the batch holds encoder_input_tokens"),
-])
+@pytest.mark.parametrize(
+    "drafted, batch, message",
+    [
+        (
+            objective,
+            lambda b: {k: v for k, v in b.items() if k != "encoder_input_tokens"},
+            "an encoder-decoder draft and target need the batch's encoder_input_tokens "
+            "(seqio's encoder_decoder features)",
+        ),
+        (
+            objective,
+            lambda b: dict(b, encoder_segment_ids=(b["encoder_input_tokens"] > 0).astype(np.int32)),
+            "encoder-decoder batches must be unpacked (one example per row, pack=False), but the batch holds "
+            "encoder_segment_ids",
+        ),
+        (
+            lambda: distillation.DistillationObjective(DECODER, DECODER, prompt_length=1, generation_length=2),
+            lambda b: b,
+            "a decoder-only draft and target take no encoder inputs, but the batch holds encoder_input_tokens",
+        ),
+    ],
+)
 def test_a_batch_that_does_not_fit_the_models_is_refused_in_one_line(drafted, batch, message):
     with pytest.raises(ValueError) as refused:
         drafted().sequences(PARAMS, batch(encoder_decoder_batch()), jax.random.key(0))

@@ -4,15 +4,20 @@ split, the gin files' pair, the drafts setting, and the quick run end to end (sl
 
 import json
 
-import gin
 import numpy as np
 import pytest
 
+import gin
 from distillspec import acceptance, speculative
 from distillspec import t5_reproduction as t5_study
 from littlehelp import config, study
+from tests.distillspec import test_speculative_encoder_decoder
 from tests.distillspec.helpers import distributions, sometimes_early
-from tests.distillspec.test_speculative_encoder_decoder import INPUTS, MODEL, draft, target  # noqa: F401 (fixtures)
+from tests.distillspec.test_speculative_encoder_decoder import INPUTS, MODEL
+
+# The shared pytest fixtures of test_speculative_encoder_decoder.py.
+draft = test_speculative_encoder_decoder.draft
+target = test_speculative_encoder_decoder.target
 
 NEW_TOKENS = 8
 MAX_GAMMA = 3
@@ -42,18 +47,27 @@ def refs(target):
 @pytest.fixture(scope="module")
 def eos(refs):
     """A token the target's greedy outputs emit early in some rows and nowhere in others."""
-    return sometimes_early(refs.greedy[:, 1:1 + NEW_TOKENS])
+    return sometimes_early(refs.greedy[:, 1 : 1 + NEW_TOKENS])
 
 
 def test_the_replayed_block_efficiency_with_eos_is_the_engines(target, draft, refs, eos):
-    expected = acceptance.until_eos(refs.greedy[:, 1:1 + NEW_TOKENS], eos)
+    expected = acceptance.until_eos(refs.greedy[:, 1 : 1 + NEW_TOKENS], eos)
     lengths = acceptance.output_lengths(expected, eos)
     assert lengths.min() < NEW_TOKENS == lengths.max()
-    agreement = np.asarray(acceptance.greedy_agreement(MODEL, draft[1], refs.greedy, refs.lengths,
-                                                       NEW_TOKENS + MAX_GAMMA, refs.inputs))
+    agreement = np.asarray(
+        acceptance.greedy_agreement(MODEL, draft[1], refs.greedy, refs.lengths, NEW_TOKENS + MAX_GAMMA, refs.inputs)
+    )
     assert 0.1 < agreement.mean() < 0.9
-    decoded = speculative.generate(target, draft, refs.prompts, prompt_lengths=refs.lengths, gamma=MAX_GAMMA,
-                                   max_new_tokens=NEW_TOKENS, eos_id=eos, inputs=refs.inputs)
+    decoded = speculative.generate(
+        target,
+        draft,
+        refs.prompts,
+        prompt_lengths=refs.lengths,
+        gamma=MAX_GAMMA,
+        max_new_tokens=NEW_TOKENS,
+        eos_id=eos,
+        inputs=refs.inputs,
+    )
     np.testing.assert_array_equal(decoded.tokens, expected)
     replayed = acceptance.greedy_block_efficiency(agreement, MAX_GAMMA, lengths)
     assert replayed == pytest.approx(decoded.stats.block_efficiency)
@@ -61,17 +75,20 @@ def test_the_replayed_block_efficiency_with_eos_is_the_engines(target, draft, re
 
 def test_scores_count_each_output_up_to_its_eos_against_float64(target, draft, refs, eos):
     scores, agreement = acceptance.score(target, draft, refs, NEW_TOKENS, MAX_GAMMA, eos)
-    p, q = (distributions(MODEL, params, refs.sampled, inputs=refs.inputs)[:, :NEW_TOKENS]
-            for params in (target[1], draft[1]))
+    p, q = (
+        distributions(MODEL, params, refs.sampled, inputs=refs.inputs)[:, :NEW_TOKENS]
+        for params in (target[1], draft[1])
+    )
     tvd = 0.5 * np.abs(p - q).sum(-1)
     sampled = acceptance.output_lengths(refs.sampled[:, 1:], eos)
     mask = np.arange(NEW_TOKENS) < sampled[:, None]
     assert scores["alpha"] == pytest.approx((1 - tvd)[mask].mean(), abs=2e-5)
-    greedy = acceptance.output_lengths(refs.greedy[:, 1:1 + NEW_TOKENS], eos)
+    greedy = acceptance.output_lengths(refs.greedy[:, 1 : 1 + NEW_TOKENS], eos)
     greedy_mask = np.arange(NEW_TOKENS) < greedy[:, None]
     assert scores["greedy_acceptance"] == pytest.approx(agreement[:, :NEW_TOKENS][greedy_mask].mean())
-    assert scores["greedy_tau"] == [pytest.approx(acceptance.greedy_block_efficiency(agreement, g, greedy))
-                                    for g in range(1, MAX_GAMMA + 1)]
+    assert scores["greedy_tau"] == [
+        pytest.approx(acceptance.greedy_block_efficiency(agreement, g, greedy)) for g in range(1, MAX_GAMMA + 1)
+    ]
     assert not mask.all()  # some outputs end early
 
 

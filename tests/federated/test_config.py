@@ -3,33 +3,42 @@
 import dataclasses
 import math
 
-import gin
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gin
 from federated import ClientData, FedConfig, FederatedInputError, least_squares_loss, shard_split, train
 from littlehelp.errors import LittlehelpError
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"clients_per_round": 0}, "clients_per_round must be a positive integer, got 0"),
-    ({"local_steps": 10, "burn_in_steps": 10},
-     "burn_in_steps (10) must be less than local_steps (10): FedPA samples the iterates after burn-in"),
-    ({"local_steps": 40, "burn_in_steps": 60},
-     "burn_in_steps (60) must be less than local_steps (40): FedPA samples the iterates after burn-in"),
-    ({"local_steps": 20, "burn_in_steps": 5, "num_samples": 4},
-     "local_steps - burn_in_steps = 15 must be a multiple of num_samples (4): each sample averages an equal run "
-     "of iterates"),
-    ({"rho": -0.1}, "rho must be a finite number >= 0.0, got -0.1"),
-    ({"rho": math.inf}, "rho must be a finite number >= 0.0, got inf"),
-    ({"rho": math.nan}, "rho must be a finite number >= 0.0, got nan"),
-    ({"server_momentum": 1.0}, "server_momentum must be a finite number >= 0.0 and < 1.0, got 1.0"),
-    ({"local_lr": 0.0}, "local_lr must be a finite number > 0.0, got 0.0"),
-    ({"num_samples": True}, "num_samples must be a positive integer, got True"),
-    ({"fedavg_rounds": -1}, "fedavg_rounds must be a non-negative integer, got -1"),
-    ({"algorithm": "fedpa2"}, "algorithm must be one of ('fedavg', 'fedpa'), got 'fedpa2' (did you mean 'fedpa'?)"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"clients_per_round": 0}, "clients_per_round must be a positive integer, got 0"),
+        (
+            {"local_steps": 10, "burn_in_steps": 10},
+            "burn_in_steps (10) must be less than local_steps (10): FedPA samples the iterates after burn-in",
+        ),
+        (
+            {"local_steps": 40, "burn_in_steps": 60},
+            "burn_in_steps (60) must be less than local_steps (40): FedPA samples the iterates after burn-in",
+        ),
+        (
+            {"local_steps": 20, "burn_in_steps": 5, "num_samples": 4},
+            "local_steps - burn_in_steps = 15 must be a multiple of num_samples (4): each sample averages an equal run "
+            "of iterates",
+        ),
+        ({"rho": -0.1}, "rho must be a finite number >= 0.0, got -0.1"),
+        ({"rho": math.inf}, "rho must be a finite number >= 0.0, got inf"),
+        ({"rho": math.nan}, "rho must be a finite number >= 0.0, got nan"),
+        ({"server_momentum": 1.0}, "server_momentum must be a finite number >= 0.0 and < 1.0, got 1.0"),
+        ({"local_lr": 0.0}, "local_lr must be a finite number > 0.0, got 0.0"),
+        ({"num_samples": True}, "num_samples must be a positive integer, got True"),
+        ({"fedavg_rounds": -1}, "fedavg_rounds must be a non-negative integer, got -1"),
+        ({"algorithm": "fedpa2"}, "algorithm must be one of ('fedavg', 'fedpa'), got 'fedpa2' (did you mean 'fedpa'?)"),
+    ],
+)
 def test_bad_knobs_are_refused_naming_the_knob_and_value(changes, message):
     with pytest.raises(FederatedInputError) as refused:
         dataclasses.replace(FedConfig(), **changes)

@@ -7,11 +7,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from federated import (ClientData, FedConfig, FederatedInputError, client_delta, least_squares_loss,
-                       local_trajectory, train)
+from federated import (
+    ClientData,
+    FedConfig,
+    client_delta,
+    least_squares_loss,
+    local_trajectory,
+    train,
+)
 
-TINY = FedConfig(num_rounds=6, clients_per_round=3, local_steps=12, local_lr=0.05, batch_size=4, burn_in_steps=4,
-                 num_samples=4, rho=0.5, server_lr=1.0, server_momentum=0.5, fedavg_rounds=2)
+TINY = FedConfig(
+    num_rounds=6,
+    clients_per_round=3,
+    local_steps=12,
+    local_lr=0.05,
+    batch_size=4,
+    burn_in_steps=4,
+    num_samples=4,
+    rho=0.5,
+    server_lr=1.0,
+    server_momentum=0.5,
+    fedavg_rounds=2,
+)
 
 
 def regression_clients(seed: int, sizes=(9, 14, 20, 7), d: int = 3) -> ClientData:
@@ -35,8 +52,9 @@ def test_fedavg_delta_is_x_minus_the_last_local_iterate_of_plain_sgd():
         assert int(rows.max()) < 14  # minibatches never read the padding
         point = point - TINY.local_lr * np.asarray(grad(jnp.asarray(point, jnp.float32), inputs[rows], targets[rows]))
         np.testing.assert_allclose(np.asarray(iterate), point, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(client_delta(least_squares_loss, TINY, False, x, inputs, targets, count, key),
-                               x - iterates[-1], rtol=1e-6)
+    np.testing.assert_allclose(
+        client_delta(least_squares_loss, TINY, False, x, inputs, targets, count, key), x - iterates[-1], rtol=1e-6
+    )
 
 
 def test_fedpa_with_rho_zero_sends_x_minus_the_mean_of_the_iterates_after_burn_in():
@@ -45,7 +63,7 @@ def test_fedpa_with_rho_zero_sends_x_minus_the_mean_of_the_iterates_after_burn_i
     config = dataclasses.replace(TINY, rho=0.0)
     iterates = local_trajectory(least_squares_loss, config, x, *one_client(clients, 2), key)
     delta = client_delta(least_squares_loss, config, True, x, *one_client(clients, 2), key)
-    np.testing.assert_allclose(delta, x - iterates[config.burn_in_steps:].mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(delta, x - iterates[config.burn_in_steps :].mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_fedpa_with_one_sample_of_the_last_iterate_is_fedavg_round_for_round():
@@ -62,13 +80,16 @@ def test_fedpa_with_one_sample_of_the_last_iterate_is_fedavg_round_for_round():
 def test_fedpa_runs_fedavg_rounds_first_and_the_server_averages_by_example_count():
     """Round 0 of FedPA with fedavg_rounds=1 is a FedAvg round: x - lr * sum_i n_i delta_i / sum_i n_i."""
     clients = regression_clients(3)
-    config = dataclasses.replace(TINY, clients_per_round=4, num_rounds=1, server_momentum=0.0, server_lr=0.5,
-                                 fedavg_rounds=1)
+    config = dataclasses.replace(
+        TINY, clients_per_round=4, num_rounds=1, server_momentum=0.0, server_lr=0.5, fedavg_rounds=1
+    )
     x0 = jnp.zeros(3)
     select_key, clients_key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
     chosen = np.asarray(jax.random.choice(select_key, 4, (4,), replace=False))
-    deltas = [client_delta(least_squares_loss, config, False, x0, *one_client(clients, i), key)
-              for i, key in zip(chosen, jax.random.split(clients_key, 4))]
+    deltas = [
+        client_delta(least_squares_loss, config, False, x0, *one_client(clients, i), key)
+        for i, key in zip(chosen, jax.random.split(clients_key, 4))
+    ]
     counts = clients.counts[chosen].astype(np.float64)
     expected = -0.5 * sum(n * np.asarray(d, np.float64) for n, d in zip(counts, deltas)) / counts.sum()
     unweighted = -0.5 * np.mean([np.asarray(d, np.float64) for d in deltas], axis=0)
@@ -99,13 +120,24 @@ def test_fedpa_finds_the_global_optimum_of_a_federated_quadratic_where_fedavg_is
     hessians = [x.T @ x / len(x) for x in a]
     optima = [np.linalg.solve(h, x.T @ t / len(x)) for h, x, t in zip(hessians, a, y)]
     n = clients.counts.astype(np.float64)
-    global_optimum = np.linalg.solve(sum(k * h for k, h in zip(n, hessians)),
-                                     sum(k * h @ c for k, h, c in zip(n, hessians, optima)))
+    global_optimum = np.linalg.solve(
+        sum(k * h for k, h in zip(n, hessians)), sum(k * h @ c for k, h, c in zip(n, hessians, optima))
+    )
     fedavg_fixed_point = sum(k * c for k, c in zip(n, optima)) / n.sum()  # local SGD run to each c_i
     assert np.linalg.norm(fedavg_fixed_point - global_optimum) > 0.9
 
-    base = FedConfig(num_rounds=300, clients_per_round=4, local_steps=500, local_lr=0.3, batch_size=5,
-                     burn_in_steps=100, num_samples=10, rho=1000.0, server_momentum=0.0, fedavg_rounds=10)
+    base = FedConfig(
+        num_rounds=300,
+        clients_per_round=4,
+        local_steps=500,
+        local_lr=0.3,
+        batch_size=5,
+        burn_in_steps=100,
+        num_samples=10,
+        rho=1000.0,
+        server_momentum=0.0,
+        fedavg_rounds=10,
+    )
 
     def mean_server_params(config: FedConfig) -> np.ndarray:
         _, history = train(config, least_squares_loss, jnp.zeros(3), clients, lambda p: {"x": np.asarray(p)})

@@ -36,11 +36,12 @@ def _segments(length: int = L) -> jax.Array:
 
 def _mask(kind: str, length: int = L) -> attention.AttentionMask | None:
     """None, causal, packed segments (self-attention), or both."""
-    return {"bidirectional": None,
-            "causal": attention.AttentionMask(causal=True),
-            "segments": attention.AttentionMask(query_segment_ids=_segments(length)),
-            "causal_segments": attention.AttentionMask(causal=True, query_segment_ids=_segments(length)),
-            }[kind]
+    return {
+        "bidirectional": None,
+        "causal": attention.AttentionMask(causal=True),
+        "segments": attention.AttentionMask(query_segment_ids=_segments(length)),
+        "causal_segments": attention.AttentionMask(causal=True, query_segment_ids=_segments(length)),
+    }[kind]
 
 
 def _attending_rows(mask, q_len: int = L) -> jax.Array:
@@ -56,6 +57,7 @@ def _loss(backend: str, mask, with_bias: bool, row_weights=None):
         out = attention.dot_product_attention(query, key, value, bias if with_bias else None, mask, backend)
         terms = jnp.sin(out) if row_weights is None else jnp.sin(out) * row_weights[..., None]
         return jnp.sum(terms), out
+
     return jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True)
 
 
@@ -75,8 +77,9 @@ def test_dense_form_of_a_structured_mask_matches_its_definition():
     """Causal order AND same non-padding segment, cross-attention included, against loops in numpy."""
     q_ids, k_ids = np.array([[1, 1, 2, 0]]), np.array([[1, 2, 2, 0, 1]])
     expected = np.array([[[[k <= q and q_ids[0, q] == k_ids[0, k] != 0 for k in range(5)] for q in range(4)]]])
-    mask = attention.AttentionMask(causal=True, query_segment_ids=jnp.asarray(q_ids),
-                                   key_segment_ids=jnp.asarray(k_ids))
+    mask = attention.AttentionMask(
+        causal=True, query_segment_ids=jnp.asarray(q_ids), key_segment_ids=jnp.asarray(k_ids)
+    )
     np.testing.assert_array_equal(mask.to_dense(4, 5), expected)
     self_attention = attention.AttentionMask(query_segment_ids=jnp.asarray(q_ids)).to_dense(4, 4)
     np.testing.assert_array_equal(self_attention, attention.segment_mask(jnp.asarray(q_ids), jnp.asarray(q_ids)))
@@ -113,12 +116,18 @@ def test_pallas_tpu_backend_matches_the_reference_while_decoding():
 def test_pallas_tpu_backend_matches_the_reference_in_cross_attention():
     """Decoder queries of 3 segments' ids against encoder keys of 12 (T5's packed cross-attention)."""
     mask = attention.AttentionMask(query_segment_ids=jnp.array([[1, 2, 2], [1, 1, 2]]), key_segment_ids=_segments())
-    _assert_matches_the_reference("pallas_tpu_interpret", mask, with_bias=False,
-                                  row_weights=_attending_rows(mask, q_len=3), inputs=_inputs(q_len=3))
+    _assert_matches_the_reference(
+        "pallas_tpu_interpret",
+        mask,
+        with_bias=False,
+        row_weights=_attending_rows(mask, q_len=3),
+        inputs=_inputs(q_len=3),
+    )
 
 
 def _float_arrays_of_shape(closed_jaxpr, shape) -> int:
     """How many float32 values of ``shape`` the program (its nested programs included) makes or reads."""
+
     def count(jaxpr) -> int:
         found = sum(1 for var in jaxpr.invars if var.aval.shape == shape and var.aval.dtype == jnp.float32)
         for eqn in jaxpr.eqns:
@@ -130,6 +139,7 @@ def _float_arrays_of_shape(closed_jaxpr, shape) -> int:
                     elif isinstance(sub, jax.extend.core.Jaxpr):
                         found += count(sub)
         return found
+
     return count(closed_jaxpr.jaxpr)
 
 
@@ -157,12 +167,16 @@ def test_pallas_gpu_backend_matches_the_reference(kind):
 def test_pallas_gpu_backend_refuses_what_its_kernel_cannot_mask_in_one_line(extra):
     query, key, value, bias = _inputs()
     segments = _segments()
-    kwargs = {"bias": {"bias": bias},
-              "dense": {"mask": attention.AttentionMask(dense=attention.causal_mask(L))},
-              "cross_segments": {"mask": attention.AttentionMask(query_segment_ids=segments, key_segment_ids=segments)},
-              }[extra]
-    with pytest.raises(ValueError, match="^attention backend 'pallas_gpu' takes no bias, dense mask or cross-attention "
-                                         "segment ids.*'cudnn'[^\n]*$"):
+    kwargs = {
+        "bias": {"bias": bias},
+        "dense": {"mask": attention.AttentionMask(dense=attention.causal_mask(L))},
+        "cross_segments": {"mask": attention.AttentionMask(query_segment_ids=segments, key_segment_ids=segments)},
+    }[extra]
+    with pytest.raises(
+        ValueError,
+        match="^attention backend 'pallas_gpu' takes no bias, dense mask or cross-attention "
+        "segment ids.*'cudnn'[^\n]*$",
+    ):
         attention.dot_product_attention(query, key, value, backend="pallas_gpu_interpret", **kwargs)
 
 
@@ -175,8 +189,11 @@ def test_a_dense_array_as_mask_is_refused_naming_attention_mask():
 def test_self_attention_segment_ids_with_other_key_lengths_are_refused_in_one_line():
     query, key, value, _ = _inputs(q_len=3)
     mask = attention.AttentionMask(query_segment_ids=jnp.ones((B, 3), jnp.int32))
-    with pytest.raises(ValueError, match="^AttentionMask without key_segment_ids is self-attention, but there are 3 "
-                                         "queries and 12 keys; give the keys' segment ids$"):
+    with pytest.raises(
+        ValueError,
+        match="^AttentionMask without key_segment_ids is self-attention, but there are 3 "
+        "queries and 12 keys; give the keys' segment ids$",
+    ):
         attention.dot_product_attention(query, key, value, mask=mask)
 
 
@@ -193,8 +210,10 @@ def _trains_like_the_reference(objective_of, batch, backends) -> None:
     """The loss and gradients of one batch with each of ``backends`` against "xla"."""
     objectives = {backend: objective_of(backend) for backend in ("xla", *backends)}
     params = jax.jit(objectives["xla"].init_params)(jax.random.key(0), batch)  # one program, not op by op
-    losses = {backend: (lambda p, o=o: o.loss(p, batch, jax.random.key(1), jnp.int32(0))[0])
-              for backend, o in objectives.items()}
+    losses = {
+        backend: (lambda p, o=o: o.loss(p, batch, jax.random.key(1), jnp.int32(0))[0])
+        for backend, o in objectives.items()
+    }
     results = {backend: jax.jit(jax.value_and_grad(loss))(params) for backend, loss in losses.items()}
     for backend in backends:
         np.testing.assert_allclose(results[backend][0], results["xla"][0], rtol=1e-6, err_msg=backend)
@@ -211,7 +230,9 @@ def test_t5_with_other_backends_trains_like_the_reference():
     "jax_nn" and the Pallas TPU kernel in interpret mode against "xla"."""
     _trains_like_the_reference(
         lambda backend: EncoderDecoderObjective(build_model(dataclasses.replace(TINY_T5, attention_backend=backend))),
-        _first_batch(t5_data(batch_size=2)), ("jax_nn", "pallas_tpu_interpret"))
+        _first_batch(t5_data(batch_size=2)),
+        ("jax_nn", "pallas_tpu_interpret"),
+    )
 
 
 def test_decoder_lm_with_the_pallas_gpu_kernel_trains_like_the_reference():
@@ -221,9 +242,15 @@ def test_decoder_lm_with_the_pallas_gpu_kernel_trains_like_the_reference():
     positions = jnp.array([list(range(12)) + list(range(14)) + [0] * 6, list(range(20)) + list(range(12))])
     words = jax.random.randint(jax.random.key(2), segments.shape, 1, TINY_DECODER.vocab_size)
     tokens = jnp.where(segments > 0, words, 0)
-    batch = {"decoder_input_tokens": jnp.where(positions > 0, jnp.roll(tokens, 1, axis=1), 0),
-             "decoder_target_tokens": tokens, "decoder_segment_ids": segments, "decoder_positions": positions,
-             "decoder_loss_weights": (segments > 0).astype(jnp.float32)}
+    batch = {
+        "decoder_input_tokens": jnp.where(positions > 0, jnp.roll(tokens, 1, axis=1), 0),
+        "decoder_target_tokens": tokens,
+        "decoder_segment_ids": segments,
+        "decoder_positions": positions,
+        "decoder_loss_weights": (segments > 0).astype(jnp.float32),
+    }
     _trains_like_the_reference(
         lambda backend: DecoderObjective(build_model(dataclasses.replace(TINY_DECODER, attention_backend=backend))),
-        batch, ("pallas_gpu_interpret",))
+        batch,
+        ("pallas_gpu_interpret",),
+    )

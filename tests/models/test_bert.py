@@ -1,4 +1,5 @@
 """BERT encoders against HF transformers on the same weights: random small models and all-MiniLM-L6-v2."""
+
 import dataclasses
 import json
 import shutil
@@ -18,8 +19,15 @@ from littlehelp.models.convert import ConversionError
 from littlehelp.models.convert import bert as bert_family
 from tests.test_flops import _counted
 
-HF_TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-               max_position_embeddings=40, type_vocab_size=2)
+HF_TINY = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=40,
+    type_vocab_size=2,
+)
 
 
 def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -80,8 +88,9 @@ def test_unscanned_layers_and_input_embeddings_match_hf(hf_folders):
     params = bert_family.params_from_hf(load_file(str(folders["encoder"] / "model.safetensors")), config)
     model, tokens = build_model(config), _padded_tokens(seed=3)
     embeddings = np.random.default_rng(4).normal(size=(*tokens.shape, config.emb_dim)).astype(np.float32)
-    hidden = model.hidden_states(params, {"encoder_input_tokens": jnp.asarray(tokens)},
-                                 input_embeddings=jnp.asarray(embeddings))
+    hidden = model.hidden_states(
+        params, {"encoder_input_tokens": jnp.asarray(tokens)}, input_embeddings=jnp.asarray(embeddings)
+    )
     reference = _hf_outputs(models["encoder"], tokens, inputs_embeds=torch.tensor(embeddings))
     assert _max_diff_on_tokens(hidden, reference.last_hidden_state.numpy(), tokens) <= 1e-4
     words = model.embed(params, jnp.asarray(tokens))
@@ -92,9 +101,11 @@ def test_packed_examples_match_hf_on_each_alone(hf_folders):
     folders, models = hf_folders
     pretrained = convert.load(folders["encoder"])
     first, second = _padded_tokens(seed=7, lengths=(5,))[0], _padded_tokens(seed=8, lengths=(3,))[0]
-    packed = {"encoder_input_tokens": jnp.asarray([[*first, *second, 0]]),
-              "encoder_segment_ids": jnp.asarray([[1] * 5 + [2] * 3 + [0]]),
-              "encoder_positions": jnp.asarray([[0, 1, 2, 3, 4, 0, 1, 2, 0]])}
+    packed = {
+        "encoder_input_tokens": jnp.asarray([[*first, *second, 0]]),
+        "encoder_segment_ids": jnp.asarray([[1] * 5 + [2] * 3 + [0]]),
+        "encoder_positions": jnp.asarray([[0, 1, 2, 3, 4, 0, 1, 2, 0]]),
+    }
     hidden = np.asarray(pretrained.model.hidden_states(pretrained.params, packed))[0]
     for rows, tokens in ((slice(0, 5), first), (slice(5, 8), second)):
         reference = _hf_outputs(models["encoder"], tokens[None]).last_hidden_state.numpy()[0]
@@ -142,12 +153,15 @@ def test_missing_tensor_is_refused_by_name(hf_folders, tmp_path):
         convert.load(_copy_with(folders["encoder"], tmp_path, tensors=tensors))
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key' is not supported"),
-    ({"hidden_act": "relu"}, "hidden_act 'relu' is not one of"),
-    ({"is_decoder": True}, "is_decoder true is not supported"),
-    ({"architectures": ["BertForSequenceClassification"]}, "architectures \\['BertForSequenceClassification'\\]"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key' is not supported"),
+        ({"hidden_act": "relu"}, "hidden_act 'relu' is not one of"),
+        ({"is_decoder": True}, "is_decoder true is not supported"),
+        ({"architectures": ["BertForSequenceClassification"]}, "architectures \\['BertForSequenceClassification'\\]"),
+    ],
+)
 def test_unknown_options_are_refused_by_name(hf_folders, tmp_path, changes, message):
     folders, _ = hf_folders
     with pytest.raises(ConversionError, match=message):
@@ -176,7 +190,9 @@ def test_config_validation_names_the_field():
 
 @pytest.mark.parametrize("mlm_head", [False, True])
 def test_forward_flops_match_traced_count(mlm_head):
-    model = build_model(BertConfig(vocab_size=100, emb_dim=32, num_layers=2, num_heads=2, mlp_dim=48, mlm_head=mlm_head))
+    model = build_model(
+        BertConfig(vocab_size=100, emb_dim=32, num_layers=2, num_heads=2, mlp_dim=48, mlm_head=mlm_head)
+    )
     batch = {"encoder_input_tokens": jnp.ones((2, 12), jnp.int32)}
     params = _abstract_params(model, batch)
     forward = model.logits if mlm_head else model.hidden_states
@@ -187,8 +203,9 @@ def test_every_parameter_has_logical_axes_of_its_rank():
     model = build_model(BertConfig(mlm_head=True))
     boxed = _abstract_params(model, {"encoder_input_tokens": jnp.ones((1, 4), jnp.int32)}, boxed=True)
     leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    assert len(leaves) == 28 and all(isinstance(x, nn.Partitioned) and len(x.names) == len(x.value.shape)
-                                     for x in leaves)
+    assert len(leaves) == 28 and all(
+        isinstance(x, nn.Partitioned) and len(x.names) == len(x.value.shape) for x in leaves
+    )
 
 
 @pytest.fixture(scope="module")

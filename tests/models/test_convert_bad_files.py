@@ -1,5 +1,6 @@
 """`littlehelp convert` on damaged inputs: a truncated GGUF file, safetensors whose shapes do not fit
 their config. Each is refused with one line naming the file and the tensor, and nothing is written."""
+
 import json
 
 import numpy as np
@@ -34,13 +35,18 @@ def _cut(reader, where: str) -> int:
     return reader.tensors[1].data_offset + 7
 
 
-@pytest.mark.parametrize("where, named", [
-    ("header", "inside its metadata header"), ("tensor table", "inside its tensor-info table"),
-    ("tensor data", "inside the data of tensor 'blk.0.attn_q.weight'")])
+@pytest.mark.parametrize(
+    "where, named",
+    [
+        ("header", "inside its metadata header"),
+        ("tensor table", "inside its tensor-info table"),
+        ("tensor data", "inside the data of tensor 'blk.0.attn_q.weight'"),
+    ],
+)
 def test_a_truncated_gguf_file_is_refused_in_one_line_naming_it(tiny_gguf, where, named, tmp_path, capsys):
     data, reader = tiny_gguf
     path = tmp_path / "cut.gguf"
-    path.write_bytes(data[:_cut(reader, where)])
+    path.write_bytes(data[: _cut(reader, where)])
     with pytest.raises(SystemExit) as stopped:
         main.main(["convert", f"--from={path}", f"--to={tmp_path / 'out'}"])
     assert stopped.value.code == 1
@@ -84,8 +90,9 @@ def _bert_query_replaced(folder) -> str:
     return r"encoder\.layer\.1\.attention\.self\.query\.weight has shape \(24, 32\), the config needs \(32, 32\)"
 
 
-@pytest.mark.parametrize("damage", [_llama_heads_changed, _llama_heads_refused, _t5_head_size_changed,
-                                    _bert_query_replaced])
+@pytest.mark.parametrize(
+    "damage", [_llama_heads_changed, _llama_heads_refused, _t5_head_size_changed, _bert_query_replaced]
+)
 def test_safetensors_that_do_not_fit_the_config_are_refused_naming_the_tensor(damage, tmp_path):
     folder = tmp_path / "hf"
     named = damage(folder)

@@ -1,4 +1,5 @@
 """Llama-family import/export against HF transformers on the same random weights (safetensors and GGUF)."""
+
 import json
 
 import numpy as np
@@ -10,8 +11,17 @@ from littlehelp.models.convert import ConversionError
 from littlehelp.models.convert import gguf as gguf_format
 from tests.helpers import remove_tensor
 
-SIZES = dict(vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5, max_position_embeddings=64)
+SIZES = dict(
+    vocab_size=96,
+    hidden_size=48,
+    intermediate_size=80,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=64,
+)
 ROPE = {"rope_type": "default", "rope_theta": 50000.0}
 
 
@@ -78,12 +88,15 @@ def test_missing_tensor_is_named(tmp_path):
         convert.load(tmp_path)
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"model_type": "mistral"}, "'mistral'"),
-    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}, "rope_type 'linear'"),
-    ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
-    ({"mlp_bias": True}, "mlp_bias"),
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"model_type": "mistral"}, "'mistral'"),
+        ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}, "rope_type 'linear'"),
+        ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+        ({"mlp_bias": True}, "mlp_bias"),
+    ],
+)
 def test_unsupported_configs_are_refused_by_name(tmp_path, change, named):
     hf_model("llama", tied=True).save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -94,7 +107,9 @@ def test_unsupported_configs_are_refused_by_name(tmp_path, change, named):
 
 def _llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
     """llama.cpp's convert_hf_to_gguf row order for a Llama q/k weight (HF rotate-half -> interleaved)."""
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def _gguf_name(name: str) -> tuple[str, str]:
@@ -102,7 +117,7 @@ def _gguf_name(name: str) -> tuple[str, str]:
     names = {hf: ours for ours, hf in {**gguf_format.LAYER_NAMES, **gguf_format.GLOBAL_NAMES}.items()}
     prefix = "model.layers."
     if name.startswith(prefix):
-        index, rest = name[len(prefix):].split(".", 1)
+        index, rest = name[len(prefix) :].split(".", 1)
         module, suffix = rest.rsplit(".", 1)
         return f"blk.{index}.{names[module]}.{suffix}", module
     module, suffix = name.rsplit(".", 1)
@@ -137,8 +152,9 @@ def write_gguf(path, model: torch.nn.Module) -> None:
             continue
         gguf_name, module = _gguf_name(name)
         value = value.numpy()
-        writer.add_tensor(gguf_name, np.ascontiguousarray(_llama_cpp_permute(value, heads[module]) if module in heads
-                                                          else value))
+        writer.add_tensor(
+            gguf_name, np.ascontiguousarray(_llama_cpp_permute(value, heads[module]) if module in heads else value)
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

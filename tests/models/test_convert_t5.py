@@ -1,4 +1,5 @@
 """T5 v1.1 import/export against HF transformers' T5ForConditionalGeneration on the same random weights."""
+
 import json
 
 import numpy as np
@@ -9,8 +10,18 @@ from littlehelp.models import convert
 from littlehelp.models.convert import ConversionError
 from tests.helpers import remove_tensor
 
-SIZES = dict(vocab_size=80, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
-             relative_attention_num_buckets=16, relative_attention_max_distance=40, dropout_rate=0.0)
+SIZES = dict(
+    vocab_size=80,
+    d_model=32,
+    d_kv=8,
+    d_ff=48,
+    num_layers=2,
+    num_decoder_layers=3,
+    num_heads=4,
+    relative_attention_num_buckets=16,
+    relative_attention_max_distance=40,
+    dropout_rate=0.0,
+)
 
 
 def hf_t5(seed: int = 0) -> torch.nn.Module:
@@ -33,14 +44,18 @@ def batch(inputs: int = 50, targets: int = 45) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     decoder = rng.integers(1, SIZES["vocab_size"], size=(2, targets)).astype(np.int32)
     decoder[:, 0] = 0  # the decoder start token
-    return {"encoder_input_tokens": rng.integers(1, SIZES["vocab_size"], size=(2, inputs)).astype(np.int32),
-            "decoder_input_tokens": decoder}
+    return {
+        "encoder_input_tokens": rng.integers(1, SIZES["vocab_size"], size=(2, inputs)).astype(np.int32),
+        "decoder_input_tokens": decoder,
+    }
 
 
 def hf_logits(model: torch.nn.Module, ids: dict[str, np.ndarray]) -> np.ndarray:
     with torch.no_grad():
-        return model(input_ids=torch.from_numpy(ids["encoder_input_tokens"].astype(np.int64)),
-                     decoder_input_ids=torch.from_numpy(ids["decoder_input_tokens"].astype(np.int64))).logits.numpy()
+        return model(
+            input_ids=torch.from_numpy(ids["encoder_input_tokens"].astype(np.int64)),
+            decoder_input_ids=torch.from_numpy(ids["decoder_input_tokens"].astype(np.int64)),
+        ).logits.numpy()
 
 
 def test_safetensors_logits_match_hf_and_export_round_trips(tmp_path):
@@ -66,11 +81,14 @@ def test_missing_tensor_is_named(tmp_path):
         convert.load(tmp_path)
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"feed_forward_proj": "relu"}, "feed_forward_proj 'relu'"),
-    ({"scale_decoder_outputs": True}, "scale_decoder_outputs"),
-    ({"model_type": "mt6"}, "'mt6'"),
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"feed_forward_proj": "relu"}, "feed_forward_proj 'relu'"),
+        ({"scale_decoder_outputs": True}, "scale_decoder_outputs"),
+        ({"model_type": "mt6"}, "'mt6'"),
+    ],
+)
 def test_unsupported_configs_are_refused_by_name(tmp_path, change, named):
     hf_t5().save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

@@ -1,5 +1,6 @@
 """The decoding cache: rows written at each row's slots, the layer stack reading it without rebuilding it,
 scanned and unrolled stacks decoding alike."""
+
 import dataclasses
 
 import flax.linen as nn

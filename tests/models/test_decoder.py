@@ -1,4 +1,5 @@
 """Decoder-only LM: partitioning metadata, packing, causality, cache, scan/remat equivalence."""
+
 import dataclasses
 
 import flax.linen as nn
@@ -11,8 +12,7 @@ from littlehelp.models import DecoderConfig, DecoderLM, count_params
 
 from .test_t5 import GIN_DIR, config_from_gin, unstack_layers
 
-TINY = DecoderConfig(vocab_size=40, emb_dim=16, num_layers=2, num_heads=4, num_kv_heads=2,
-                     head_dim=8, mlp_dim=24)
+TINY = DecoderConfig(vocab_size=40, emb_dim=16, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=24)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,9 @@ def tiny():
 def test_every_parameter_has_full_logical_axes(scan_layers, tie):
     model = DecoderLM(dataclasses.replace(TINY, scan_layers=scan_layers, tie_embeddings=tie))
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))
-    specs = jax.tree_util.tree_leaves(nn.get_partition_spec(variables)["params"],
-                                      is_leaf=lambda s: isinstance(s, jax.P))
+    specs = jax.tree_util.tree_leaves(
+        nn.get_partition_spec(variables)["params"], is_leaf=lambda s: isinstance(s, jax.P)
+    )
     shapes = jax.tree_util.tree_leaves(nn.unbox(variables)["params"])
     assert len(specs) == len(shapes) > 0
     for spec, shape in zip(specs, shapes):
@@ -51,13 +52,14 @@ def test_packed_segments_match_separate_examples(tiny):
     model, variables = tiny
     apply = jax.jit(model.apply)
     seq_a, seq_b = [5, 6, 7, 8], [9, 10]
-    packed = apply(variables, jnp.array([seq_a + seq_b + [0]]),
-                   segment_ids=jnp.array([[1, 1, 1, 1, 2, 2, 0]]),
-                   positions=jnp.array([[0, 1, 2, 3, 0, 1, 0]]))
-    np.testing.assert_allclose(packed[0, :4], apply(variables, jnp.array([seq_a]))[0],
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(packed[0, 4:6], apply(variables, jnp.array([seq_b]))[0],
-                               rtol=1e-5, atol=1e-5)
+    packed = apply(
+        variables,
+        jnp.array([seq_a + seq_b + [0]]),
+        segment_ids=jnp.array([[1, 1, 1, 1, 2, 2, 0]]),
+        positions=jnp.array([[0, 1, 2, 3, 0, 1, 0]]),
+    )
+    np.testing.assert_allclose(packed[0, :4], apply(variables, jnp.array([seq_a]))[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(packed[0, 4:6], apply(variables, jnp.array([seq_b]))[0], rtol=1e-5, atol=1e-5)
 
 
 def test_is_causal(tiny):
@@ -73,8 +75,9 @@ def test_scanned_and_unrolled_layers_agree(tiny):
     tokens = jnp.array([[5, 6, 7, 8]])
     unrolled = DecoderLM(dataclasses.replace(TINY, scan_layers=False))
     params = unstack_layers(nn.unbox(variables)["params"])
-    np.testing.assert_allclose(unrolled.apply({"params": params}, tokens),
-                               model.apply(variables, tokens), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        unrolled.apply({"params": params}, tokens), model.apply(variables, tokens), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_remat_gives_identical_gradients(tiny):
@@ -86,12 +89,12 @@ def test_remat_gives_identical_gradients(tiny):
         model = DecoderLM(dataclasses.replace(TINY, remat_policy=policy))
         return jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, tokens) ** 2)))(params)
 
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                           grads("full"), grads("none"))
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads("full"), grads("none")
+    )
 
 
-@pytest.mark.parametrize("size,documented", [("tiny", 0.158e6), ("small", 125e6),
-                                             ("base", 302e6)])
+@pytest.mark.parametrize("size,documented", [("tiny", 0.158e6), ("small", 125e6), ("base", 302e6)])
 def test_gin_sizes_match_documented_counts(size, documented):
     config = config_from_gin(GIN_DIR / "decoder" / f"{size}.gin", DecoderConfig)
     count = count_params(DecoderLM(config), jax.ShapeDtypeStruct((1, 8), jnp.int32))

@@ -1,4 +1,5 @@
 """Encoder-only model: a float64 numpy forward pass, packing, shared embeddings, MLM head."""
+
 import dataclasses
 
 import flax.linen as nn
@@ -12,8 +13,7 @@ from littlehelp.models.layers import Embed
 
 from .test_t5 import _np_gelu_tanh, _np_rms_norm, _np_t5_bucket
 
-TINY = EncoderConfig(vocab_size=30, emb_dim=16, num_layers=2, num_heads=2, head_dim=8,
-                     mlp_dim=24)
+TINY = EncoderConfig(vocab_size=30, emb_dim=16, num_layers=2, num_heads=2, head_dim=8, mlp_dim=24)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,9 @@ def _np_encoder(p, tokens, config):
     enc = p["encoder"]
     length = len(tokens)
     relative = np.arange(length)[None, :] - np.arange(length)[:, None]
-    buckets = _np_t5_bucket(relative, True, config.relative_attention_num_buckets,
-                            config.relative_attention_max_distance)
+    buckets = _np_t5_bucket(
+        relative, True, config.relative_attention_num_buckets, config.relative_attention_max_distance
+    )
     bias = enc["relative_position_bias"]["rel_embedding"][:, buckets]  # [h, q, k]
     for i in range(config.num_layers):
         layer = jax.tree_util.tree_map(lambda a, i=i: a[i], enc["layers"])
@@ -42,15 +43,13 @@ def _np_encoder(p, tokens, config):
         x = x + np.einsum("hql,lhk,hkd->qd", probs, v, att["out"]["kernel"])
         h = _np_rms_norm(x, layer["pre_mlp_norm"]["scale"])
         mlp = layer["mlp"]
-        x = x + (_np_gelu_tanh(h @ mlp["wi_0"]["kernel"]) * (h @ mlp["wi_1"]["kernel"])
-                 ) @ mlp["wo"]["kernel"]
+        x = x + (_np_gelu_tanh(h @ mlp["wi_0"]["kernel"]) * (h @ mlp["wi_1"]["kernel"])) @ mlp["wo"]["kernel"]
     return _np_rms_norm(x, enc["final_norm"]["scale"])
 
 
 def test_matches_float64_numpy_forward(tiny):
     model, variables = tiny
-    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
-                                    nn.unbox(variables)["params"])
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), nn.unbox(variables)["params"])
     tokens = np.array([3, 9, 4, 17, 5])
     got = model.apply(variables, jnp.asarray(tokens[None]))[0]
     np.testing.assert_allclose(got, _np_encoder(params, tokens, TINY), rtol=2e-4, atol=2e-4)
@@ -58,25 +57,22 @@ def test_matches_float64_numpy_forward(tiny):
 
 def test_every_parameter_has_full_logical_axes(tiny):
     _, variables = tiny
-    specs = jax.tree_util.tree_leaves(nn.get_partition_spec(variables)["params"],
-                                      is_leaf=lambda s: isinstance(s, jax.P))
+    specs = jax.tree_util.tree_leaves(
+        nn.get_partition_spec(variables)["params"], is_leaf=lambda s: isinstance(s, jax.P)
+    )
     shapes = jax.tree_util.tree_leaves(nn.unbox(variables)["params"])
     assert len(specs) == len(shapes) > 0
     assert all(len(s) == a.ndim for s, a in zip(specs, shapes))
-    assert nn.get_partition_spec(variables)["params"]["mlm_head"]["kernel"] == jax.P("embed",
-                                                                                     "vocab")
+    assert nn.get_partition_spec(variables)["params"]["mlm_head"]["kernel"] == jax.P("embed", "vocab")
 
 
 def test_packed_segments_match_separate_examples(tiny):
     model, variables = tiny
     apply = jax.jit(model.apply)
     seq_a, seq_b = [3, 4, 5], [6, 7, 8, 9]
-    packed = apply(variables, jnp.array([seq_a + seq_b + [0]]),
-                   jnp.array([[1, 1, 1, 2, 2, 2, 2, 0]]))
-    np.testing.assert_allclose(packed[0, :3], apply(variables, jnp.array([seq_a]))[0],
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(packed[0, 3:7], apply(variables, jnp.array([seq_b]))[0],
-                               rtol=1e-5, atol=1e-5)
+    packed = apply(variables, jnp.array([seq_a + seq_b + [0]]), jnp.array([[1, 1, 1, 2, 2, 2, 2, 0]]))
+    np.testing.assert_allclose(packed[0, :3], apply(variables, jnp.array([seq_a]))[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(packed[0, 3:7], apply(variables, jnp.array([seq_b]))[0], rtol=1e-5, atol=1e-5)
 
 
 def test_padding_does_not_change_real_positions(tiny):
@@ -88,6 +84,7 @@ def test_padding_does_not_change_real_positions(tiny):
 
 class _SharedEmbedding(nn.Module):
     """An owner of the embedding table that lends it to the encoder."""
+
     config: EncoderConfig
 
     @nn.compact
@@ -105,8 +102,9 @@ def test_external_token_embedder_is_used_and_owned_outside(tiny):
     assert "token_embedder" not in owner_params["encoder_only"]
     own_table = {k: v for k, v in params.items() if k != "token_embedder"}
     shared = {"shared": params["token_embedder"], "encoder_only": own_table}
-    np.testing.assert_allclose(owner.apply({"params": shared}, tokens),
-                               model.apply(variables, tokens), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        owner.apply({"params": shared}, tokens), model.apply(variables, tokens), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_mlm_logits_project_hidden_states(tiny):
@@ -115,8 +113,7 @@ def test_mlm_logits_project_hidden_states(tiny):
     logits = model.apply(variables, hidden, method=Encoder.mlm_logits)
     kernel = nn.unbox(variables)["params"]["mlm_head"]["kernel"]
     assert logits.shape == (1, 3, TINY.vocab_size)
-    np.testing.assert_allclose(logits, np.asarray(hidden) @ np.asarray(kernel), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(logits, np.asarray(hidden) @ np.asarray(kernel), rtol=1e-5, atol=1e-5)
 
 
 def test_config_names_bad_field():

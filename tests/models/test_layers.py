@@ -8,17 +8,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from littlehelp.models import T5
-from littlehelp.models import layers
+from littlehelp.models import T5, layers
 from littlehelp.models.layers import contract_into_kernel
 from tests.helpers import TINY_T5
 
 
-@pytest.mark.parametrize("x_shape, kernel_shape, num_in", [
-    ((2, 3, 4), (4, 6), 1),  # in 4 <= out 6: x is the transposed operand
-    ((2, 3, 6), (6, 4), 1),  # in 6 > out 4: the cotangent is, as in autodiff
-    ((2, 3, 2, 5), (2, 5, 3, 4), 2),  # several input axes (heads, head_dim) into several output axes
-])
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape, num_in",
+    [
+        ((2, 3, 4), (4, 6), 1),  # in 4 <= out 6: x is the transposed operand
+        ((2, 3, 6), (6, 4), 1),  # in 6 > out 4: the cotangent is, as in autodiff
+        ((2, 3, 2, 5), (2, 5, 3, 4), 2),  # several input axes (heads, head_dim) into several output axes
+    ],
+)
 def test_value_and_gradients_match_float64_numpy(x_shape, kernel_shape, num_in):
     rng = np.random.default_rng(0)
     x, kernel = rng.normal(size=x_shape), rng.normal(size=kernel_shape)
@@ -27,8 +29,9 @@ def test_value_and_gradients_match_float64_numpy(x_shape, kernel_shape, num_in):
     x_rows = x.reshape(-1, int(np.prod(kernel_shape[:num_in])))
     k_mat = kernel.reshape(x_rows.shape[1], -1)
     g_rows = cotangent.reshape(x_rows.shape[0], -1)
-    out, vjp = jax.vjp(lambda a, b: contract_into_kernel(a, b, num_in),
-                       jnp.asarray(x, jnp.float32), jnp.asarray(kernel, jnp.float32))
+    out, vjp = jax.vjp(
+        lambda a, b: contract_into_kernel(a, b, num_in), jnp.asarray(x, jnp.float32), jnp.asarray(kernel, jnp.float32)
+    )
     x_grad, kernel_grad = vjp(jnp.asarray(cotangent, jnp.float32))
     np.testing.assert_allclose(out, (x_rows @ k_mat).reshape(out_shape), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(x_grad, (g_rows @ k_mat.T).reshape(x_shape), rtol=1e-5, atol=1e-5)
@@ -49,7 +52,12 @@ def test_dot_saving_remat_keeps_projection_outputs_as_it_keeps_plain_dots(monkey
         return (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
 
     dots, full = train_flops("dots_saveable"), train_flops("full")
-    monkeypatch.setattr(layers, "contract_into_kernel", lambda x, kernel, num_in: jax.lax.dot_general(
-        x, kernel, ((tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in))), ((), ()))))
+    monkeypatch.setattr(
+        layers,
+        "contract_into_kernel",
+        lambda x, kernel, num_in: jax.lax.dot_general(
+            x, kernel, ((tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in))), ((), ()))
+        ),
+    )
     assert dots <= 1.01 * train_flops("dots_saveable")
     assert full > 1.1 * dots

@@ -39,8 +39,9 @@ class Bigram(nn.Module):
         c, init = self.config, nn.initializers.normal
         embedding = nn.with_logical_partitioning(init(1.0), ("vocab", WIDTH))
         self.embedding = self.param("embedding", embedding, (c.vocab_size, c.width))
-        self.out = self.param("out", nn.with_logical_partitioning(init(c.width ** -0.5), (WIDTH, "vocab")),
-                              (c.width, c.vocab_size))
+        self.out = self.param(
+            "out", nn.with_logical_partitioning(init(c.width**-0.5), (WIDTH, "vocab")), (c.width, c.vocab_size)
+        )
 
     def __call__(self, tokens):
         return self.head(self.embed(tokens))
@@ -125,10 +126,16 @@ def _lm_batch(spec, mesh):
     """Random unpacked rows with seqio's LM features (inputs are the targets shifted right), on the mesh."""
     targets = np.random.default_rng(0).integers(2, 264, spec["decoder_target_tokens"].shape)
     ones, positions = np.ones_like(targets), np.broadcast_to(np.arange(targets.shape[1]), targets.shape)
-    batch = {"decoder_target_tokens": targets, "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-             "decoder_loss_weights": ones, "decoder_segment_ids": ones, "decoder_positions": positions}
-    return {name: jax.device_put(value.astype(np.int32), partitioning.batch_sharding(mesh))
-            for name, value in batch.items()}
+    batch = {
+        "decoder_target_tokens": targets,
+        "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+        "decoder_loss_weights": ones,
+        "decoder_segment_ids": ones,
+        "decoder_positions": positions,
+    }
+    return {
+        name: jax.device_put(value.astype(np.int32), partitioning.batch_sharding(mesh)) for name, value in batch.items()
+    }
 
 
 def test_a_family_registered_here_trains_decodes_and_converts(tmp_path):
@@ -143,8 +150,15 @@ def test_a_family_registered_here_trains_decodes_and_converts(tmp_path):
     mesh = partitioning.make_mesh(partitioning.MeshConfig(1, 2, 1), devices=jax.devices()[:2])
     rules = partitioning.logical_axis_rules()
     assert (WIDTH, "fsdp") in rules
-    run = trainer.Trainer(str(tmp_path / "run"), Curriculum.single(objective), SGD, lm_data(batch_size=8, length=16),
-                          mesh, rules, checkpoints.CheckpointConfig())
+    run = trainer.Trainer(
+        str(tmp_path / "run"),
+        Curriculum.single(objective),
+        SGD,
+        lm_data(batch_size=8, length=16),
+        mesh,
+        rules,
+        checkpoints.CheckpointConfig(),
+    )
     state, _ = run.restore_or_init()
     assert state.params["model"]["embedding"].sharding.spec == P("tensor", "fsdp")
     step, batch, losses = run.step_fn(objective), _lm_batch(run.batch_spec, mesh), []
@@ -171,11 +185,15 @@ def test_a_family_registered_here_trains_decodes_and_converts(tmp_path):
 
 
 def test_registries_refuse_in_one_line():
-    with pytest.raises(ValueError, match="^model family 'again': BigramConfig already belongs to model family "
-                                         "'bigram'$"):
+    with pytest.raises(
+        ValueError, match="^model family 'again': BigramConfig already belongs to model family 'bigram'$"
+    ):
         registry.register(registry.ModelFamily("again", BigramConfig, BigramModel))
-    with pytest.raises(ConfigError, match=r"(?m)^no model family for a dict; known configs: BertConfig, BigramConfig, "
-                                          r"DecoderConfig, .*T5Config$"):  # gin adds a line of its own below
+    with pytest.raises(
+        ConfigError,
+        match=r"(?m)^no model family for a dict; known configs: BertConfig, BigramConfig, "
+        r"DecoderConfig, .*T5Config$",
+    ):  # gin adds a line of its own below
         build_model({"vocab_size": 8})
     with pytest.raises(ValueError, match="^convert family 'bigram' is already registered$"):
         convert.register(convert.Family("bigram", ("other",), config_from_hf, params_from_hf, hf_config, hf_tensors))

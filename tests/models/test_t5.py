@@ -1,21 +1,23 @@
 """T5 v1.1 model and its building blocks, checked against float64 numpy references."""
+
 import dataclasses
 import math
 from pathlib import Path
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gin
 from littlehelp.config import parse_gin
 from littlehelp.models import attention, count_params, layers
 from littlehelp.models.t5 import T5, T5Config
 
-TINY = T5Config(vocab_size=40, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
-                num_encoder_layers=2, num_decoder_layers=2)
+TINY = T5Config(
+    vocab_size=40, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24, num_encoder_layers=2, num_decoder_layers=2
+)
 
 
 def _np_rms_norm(x, scale, eps=1e-6):
@@ -23,7 +25,7 @@ def _np_rms_norm(x, scale, eps=1e-6):
 
 
 def _np_gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def _np_t5_bucket(relative_position, bidirectional, num_buckets, max_distance):
@@ -40,7 +42,9 @@ def _np_t5_bucket(relative_position, bidirectional, num_buckets, max_distance):
     is_small = n < max_exact
     val_if_large = max_exact + (
         np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps)
-        / np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
+        / np.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).astype(np.int32)
     val_if_large = np.minimum(val_if_large, num_buckets - 1)
     return ret + np.where(is_small, n, val_if_large)
 
@@ -101,21 +105,32 @@ def test_grouped_query_attention_matches_numpy():
     bias = rng.normal(size=(1, 4, 4, 6))
     mask = rng.random(size=(2, 1, 4, 6)) < 0.6
     mask[..., 0] = True
-    got = attention.dot_product_attention(*(jnp.asarray(a, jnp.float32) for a in (q, k, v, bias)),
-                                          mask=attention.AttentionMask(dense=jnp.asarray(mask)))
+    got = attention.dot_product_attention(
+        *(jnp.asarray(a, jnp.float32) for a in (q, k, v, bias)), mask=attention.AttentionMask(dense=jnp.asarray(mask))
+    )
     np.testing.assert_allclose(got, _np_attention(q, k, v, bias, mask), rtol=1e-4, atol=1e-5)
 
 
 def test_unknown_attention_backend_lists_available():
     x = jnp.zeros((1, 2, 1, 4))
-    with pytest.raises(ValueError, match="'flash'.*available: cudnn, jax_nn, pallas_gpu, pallas_gpu_interpret, "
-                                         "pallas_tpu, pallas_tpu_interpret, xla$"):
+    with pytest.raises(
+        ValueError,
+        match="'flash'.*available: cudnn, jax_nn, pallas_gpu, pallas_gpu_interpret, "
+        "pallas_tpu, pallas_tpu_interpret, xla$",
+    ):
         attention.dot_product_attention(x, x, x, backend="flash")
 
 
-@pytest.mark.parametrize("field,value", [("emb_dim", 0), ("dtype", "float16"),
-                                         ("remat_policy", "sometimes"),
-                                         ("attention_backend", "cuda"), ("dropout_rate", 1.5)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("emb_dim", 0),
+        ("dtype", "float16"),
+        ("remat_policy", "sometimes"),
+        ("attention_backend", "cuda"),
+        ("dropout_rate", 1.5),
+    ],
+)
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=f"{field}.*{value}"):
         dataclasses.replace(TINY, **{field: value})
@@ -155,11 +170,15 @@ def test_packed_segments_match_separate_examples(tiny):
     model, variables = tiny
     apply = jax.jit(model.apply)
     enc_a, dec_a, enc_b, dec_b = [3, 4, 5], [0, 8, 9], [6, 7], [0, 10]
-    packed = apply(variables, jnp.array([enc_a + enc_b + [0]]), jnp.array([dec_a + dec_b + [0]]),
-                   encoder_segment_ids=jnp.array([[1, 1, 1, 2, 2, 0]]),
-                   decoder_segment_ids=jnp.array([[1, 1, 1, 2, 2, 0]]),
-                   encoder_positions=jnp.array([[0, 1, 2, 0, 1, 0]]),
-                   decoder_positions=jnp.array([[0, 1, 2, 0, 1, 0]]))
+    packed = apply(
+        variables,
+        jnp.array([enc_a + enc_b + [0]]),
+        jnp.array([dec_a + dec_b + [0]]),
+        encoder_segment_ids=jnp.array([[1, 1, 1, 2, 2, 0]]),
+        decoder_segment_ids=jnp.array([[1, 1, 1, 2, 2, 0]]),
+        encoder_positions=jnp.array([[0, 1, 2, 0, 1, 0]]),
+        decoder_positions=jnp.array([[0, 1, 2, 0, 1, 0]]),
+    )
     alone_a = apply(variables, jnp.array([enc_a]), jnp.array([dec_a]))
     alone_b = apply(variables, jnp.array([enc_b]), jnp.array([dec_b]))
     np.testing.assert_allclose(packed[0, :3], alone_a[0], rtol=1e-5, atol=1e-5)
@@ -190,8 +209,7 @@ def unstack_layers(tree):
     for name, sub in tree.items():
         if name == "layers":
             num = jax.tree_util.tree_leaves(sub)[0].shape[0]
-            out.update({f"layers_{i}": jax.tree_util.tree_map(lambda x, i=i: x[i], sub)
-                        for i in range(num)})
+            out.update({f"layers_{i}": jax.tree_util.tree_map(lambda x, i=i: x[i], sub) for i in range(num)})
         else:
             out[name] = unstack_layers(sub)
     return out
@@ -203,10 +221,10 @@ def test_scanned_and_unrolled_layers_agree(tiny):
     unrolled = T5(dataclasses.replace(TINY, scan_layers=False))
     params = unstack_layers(nn.unbox(variables)["params"])
     expected_shapes = jax.eval_shape(lambda: nn.unbox(_init(unrolled.config)[1])["params"])
-    assert (jax.tree_util.tree_structure(params)
-            == jax.tree_util.tree_structure(expected_shapes))
-    np.testing.assert_allclose(unrolled.apply({"params": params}, enc, dec),
-                               model.apply(variables, enc, dec), rtol=1e-5, atol=1e-5)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected_shapes)
+    np.testing.assert_allclose(
+        unrolled.apply({"params": params}, enc, dec), model.apply(variables, enc, dec), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_remat_gives_identical_gradients(tiny):
@@ -216,14 +234,17 @@ def test_remat_gives_identical_gradients(tiny):
 
     def grads(policy):
         model = T5(dataclasses.replace(TINY, remat_policy=policy))
-        loss = lambda p: jnp.sum(model.apply({"params": p}, enc, dec) ** 2)
+
+        def loss(p):
+            return jnp.sum(model.apply({"params": p}, enc, dec) ** 2)
+
         return jax.jit(jax.grad(loss))(params)
 
     reference = grads("none")
     for policy in ("full", "dots_saveable"):  # float32: recomputation may reassociate sums (1.9e-5 seen on AVX-512)
         jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-            grads(policy), reference)
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads(policy), reference
+        )
 
 
 def test_bfloat16_compute_keeps_float32_params():
@@ -247,8 +268,9 @@ def config_from_gin(path, config_cls):
         gin.clear_config()
 
 
-@pytest.mark.parametrize("size,published", [("small", 77e6), ("base", 248e6), ("large", 783e6),
-                                            ("xl", 2.85e9), ("xxl", 11.1e9)])
+@pytest.mark.parametrize(
+    "size,published", [("small", 77e6), ("base", 248e6), ("large", 783e6), ("xl", 2.85e9), ("xxl", 11.1e9)]
+)
 def test_gin_sizes_match_published_t5_1_1_counts(size, published):
     config = config_from_gin(GIN_DIR / "t5_1_1" / f"{size}.gin", T5Config)
     tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
@@ -263,18 +285,23 @@ def test_tiny_gin_builds_a_small_model():
     assert count_params(T5(config), tokens, tokens) < 1e6
 
 
-SHARDING_RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"),
-                  ("heads", "tensor"), ("vocab", "tensor"), ("length", None), ("kv", None),
-                  ("layers", None))
+SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("length", None),
+    ("kv", None),
+    ("layers", None),
+)
 
 
 def test_sharded_forward_matches_single_device(tiny):
     model, variables = tiny
-    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
-                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
     enc, dec = jnp.tile(jnp.array([[3, 4, 5, 6, 0, 0]]), (4, 1)), jnp.ones((4, 5), jnp.int32)
-    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(variables), mesh,
-                                            SHARDING_RULES)
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(variables), mesh, SHARDING_RULES)
     placed = jax.device_put(nn.unbox(variables), shardings)
     kernel = placed["params"]["encoder"]["layers"]["mlp"]["wi_0"]["kernel"]
     assert kernel.sharding.spec == jax.P(None, "fsdp", "tensor")

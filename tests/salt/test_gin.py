@@ -3,12 +3,12 @@ at the sizes their files promise, and salt.gin's curriculum switches from distil
 LM objective at N_KD; salt_ds.gin runs through the CLI, distilling on the selected sequences, then
 training on the whole task."""
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gin
 from active import stage
 from littlehelp import config, main, metrics
 from littlehelp.models import DecoderConfig, build_model
@@ -24,8 +24,9 @@ PAIRS = {
 
 
 def _parameters(model, length: int) -> int:
-    shapes = jax.eval_shape(model.init, jax.random.key(0), {"decoder_input_tokens": jax.ShapeDtypeStruct((1, length),
-                                                                                                         jnp.int32)})
+    shapes = jax.eval_shape(
+        model.init, jax.random.key(0), {"decoder_input_tokens": jax.ShapeDtypeStruct((1, length), jnp.int32)}
+    )
     return sum(x.size for x in jax.tree.leaves(shapes))
 
 
@@ -49,26 +50,55 @@ def test_the_pairs_build_at_their_sizes_and_switch_at_n_kd(extra):
 
 
 def _tiny_decoder(scope: str, width: int) -> list[str]:
-    sizes = {"vocab_size": 264, "emb_dim": width, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "head_dim": 8,
-             "mlp_dim": 2 * width}
+    sizes = {
+        "vocab_size": 264,
+        "emb_dim": width,
+        "num_layers": 1,
+        "num_heads": 2,
+        "num_kv_heads": 1,
+        "head_dim": 8,
+        "mlp_dim": 2 * width,
+    }
     return [f"--gin.{scope}/decoder.DecoderConfig.{name}={value}" for name, value in sizes.items()]
 
 
 def test_salt_ds_runs_through_the_cli_distilling_on_the_selection_then_training_on_the_task(tmp_path):
-    teacher_config = DecoderConfig(vocab_size=264, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
-                                   mlp_dim=32, tie_embeddings=True)
+    teacher_config = DecoderConfig(
+        vocab_size=264,
+        emb_dim=16,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        mlp_dim=32,
+        tie_embeddings=True,
+    )
     save_params_only(random_params(build_model(teacher_config), 0), tmp_path / "teacher")
-    main.main(["train", "--gin_file=salt/salt_ds.gin", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
-               f"--gin.TEACHER_DIR='{tmp_path / 'teacher'}'", f"--gin.SCORES_DIR='{tmp_path / 'scores'}'",
-               "--gin.TASK='docstrings_lm'", "--gin.TASK_FEATURE_LENGTHS={'targets': 16}", "--gin.BATCH_SIZE=4",
-               "--gin.TRAIN_STEPS=4", "--gin.N_KD=2", "--gin.trainer.train.log_every=1",
-               "--gin.trainer.train.eval_every=0", "--gin.trainer.train.peak_flops_per_device=1e9",
-               "--gin.partitioning.MeshConfig.data=1", *_tiny_decoder("teacher", 16), *_tiny_decoder("student", 32)])
+    main.main(
+        [
+            "train",
+            "--gin_file=salt/salt_ds.gin",
+            f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+            f"--gin.TEACHER_DIR='{tmp_path / 'teacher'}'",
+            f"--gin.SCORES_DIR='{tmp_path / 'scores'}'",
+            "--gin.TASK='docstrings_lm'",
+            "--gin.TASK_FEATURE_LENGTHS={'targets': 16}",
+            "--gin.BATCH_SIZE=4",
+            "--gin.TRAIN_STEPS=4",
+            "--gin.N_KD=2",
+            "--gin.trainer.train.log_every=1",
+            "--gin.trainer.train.eval_every=0",
+            "--gin.trainer.train.peak_flops_per_device=1e9",
+            "--gin.partitioning.MeshConfig.data=1",
+            *_tiny_decoder("teacher", 16),
+            *_tiny_decoder("student", 32),
+        ]
+    )
     records = {r["step"]: r for r in metrics.read_jsonl(tmp_path / "run" / "metrics.jsonl")}
     assert [("train/fkl" in records[s]) for s in (1, 2, 3, 4)] == [True, True, False, False]
     scores, _ = selection.read_scores(tmp_path / "scores")
     selected = stage.read_examples("docstrings_lm_salt_ds_0.5", "train", sequence_length={"targets": 16})
     source = stage.read_examples("docstrings_lm", "train", sequence_length={"targets": 16})
     assert len(scores) == len(source) and len(selected) == selection.selected_count(0.5, len(source))
-    chosen = sorted(np.argsort(-scores, kind="stable")[:len(selected)])
+    chosen = sorted(np.argsort(-scores, kind="stable")[: len(selected)])
     assert all(np.array_equal(a["targets"], source[i]["targets"]) for a, i in zip(selected, chosen))

@@ -21,10 +21,21 @@ from salt import DistillationObjective, salt_curriculum
 from tests.helpers import lm_data, random_params, save_params_only
 
 VOCAB = 264  # the byte vocabulary of the in-memory docstrings task fits
-STUDENT = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=24, num_layers=1, num_heads=2, num_kv_heads=1,
-                                    head_dim=8, mlp_dim=48))
-TEACHER = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1,
-                                    head_dim=8, mlp_dim=32, tie_embeddings=True))
+STUDENT = build_model(
+    DecoderConfig(vocab_size=VOCAB, emb_dim=24, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=48)
+)
+TEACHER = build_model(
+    DecoderConfig(
+        vocab_size=VOCAB,
+        emb_dim=16,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        mlp_dim=32,
+        tie_embeddings=True,
+    )
+)
 PARAMS = {"model": random_params(STUDENT, 0), "teacher": random_params(TEACHER, 1)}
 LM = DecoderObjective(STUDENT, z_loss=0.0)
 
@@ -65,9 +76,12 @@ def test_loss_is_the_float64_mixture_of_cross_entropy_and_forward_kl(omega, temp
     batch = synthetic_batch()
     loss, logged = jax.jit(lambda p, b: kd(omega=omega, temperature=temperature).loss(p, b, None, 0))(PARAMS, batch)
     expected, ce, fkl = reference(PARAMS, batch, omega, temperature)
-    np.testing.assert_allclose([float(loss), float(logged["cross_entropy"]), float(logged["fkl"])],
-                               [expected, ce, fkl], rtol=2e-5)
-    assert float(logged["weight"]) == batch["decoder_loss_weights"].sum() and float(logged["omega"]) == np.float32(omega)
+    np.testing.assert_allclose(
+        [float(loss), float(logged["cross_entropy"]), float(logged["fkl"])], [expected, ce, fkl], rtol=2e-5
+    )
+    assert float(logged["weight"]) == batch["decoder_loss_weights"].sum() and float(logged["omega"]) == np.float32(
+        omega
+    )
 
 
 def test_gradient_equals_the_unchunked_loss_gradient_and_the_teacher_gets_none():
@@ -92,24 +106,35 @@ def test_omega_is_constant_or_decays_linearly_to_zero_at_n_kd():
     steps = [0, 5, 9, 10, 30]
     assert [abrupt.objective_at(s) is LM for s in steps] == [False, False, False, True, True]
     np.testing.assert_allclose([float(abrupt.objective_at(0).omega_at(s)) for s in steps], [0.6] * 5)
-    np.testing.assert_allclose([float(linear.objective_at(0).omega_at(s)) for s in steps], [0.6, 0.3, 0.06, 0, 0],
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        [float(linear.objective_at(0).omega_at(s)) for s in steps], [0.6, 0.3, 0.06, 0, 0], atol=1e-7
+    )
     assert kd().decay_steps is None  # the curriculum decays a copy
     assert salt_curriculum(kd(), LM, n_kd=0).objectives == [LM]
     assert [type(o) for o in salt_curriculum(kd(), LM, n_kd=None).objectives] == [DistillationObjective]
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: kd(omega=1.5), "DistillationObjective.omega must be in [0, 1], got 1.5"),
-    (lambda: kd(temperature=0.0), "DistillationObjective.temperature must be > 0, got 0.0"),
-    (lambda: DistillationObjective(STUDENT, build_model(DecoderConfig(vocab_size=512))),
-     "the teacher's vocabulary (512 ids) differs from the student's (264 ids)"),
-    (lambda: salt_curriculum(kd(), LM, n_kd=4, transition="cosine"), "transition='cosine' is not one of abrupt, linear"),
-    (lambda: salt_curriculum(kd(), LM, n_kd=None, transition="linear"), "'linear' needs n_kd"),
-    (lambda: salt_curriculum(kd(), LM, n_kd=-1), "n_kd must be None or an integer >= 0, got -1"),
-    (lambda: salt_curriculum(kd(), DecoderObjective(STUDENT, model_key="other"), n_kd=2),
-     "the distillation trains 'model' but the LM objective trains 'other'"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: kd(omega=1.5), "DistillationObjective.omega must be in [0, 1], got 1.5"),
+        (lambda: kd(temperature=0.0), "DistillationObjective.temperature must be > 0, got 0.0"),
+        (
+            lambda: DistillationObjective(STUDENT, build_model(DecoderConfig(vocab_size=512))),
+            "the teacher's vocabulary (512 ids) differs from the student's (264 ids)",
+        ),
+        (
+            lambda: salt_curriculum(kd(), LM, n_kd=4, transition="cosine"),
+            "transition='cosine' is not one of abrupt, linear",
+        ),
+        (lambda: salt_curriculum(kd(), LM, n_kd=None, transition="linear"), "'linear' needs n_kd"),
+        (lambda: salt_curriculum(kd(), LM, n_kd=-1), "n_kd must be None or an integer >= 0, got -1"),
+        (
+            lambda: salt_curriculum(kd(), DecoderObjective(STUDENT, model_key="other"), n_kd=2),
+            "the distillation trains 'model' but the LM objective trains 'other'",
+        ),
+    ],
+)
 def test_bad_knobs_are_refused_by_name(build, message):
     with pytest.raises(ConfigError, match=f"^salt: .*{re.escape(message)}"):
         build()
@@ -144,10 +169,19 @@ def _flops_and_argument_bytes(compiled) -> tuple[float, int]:
 def test_after_n_kd_the_step_is_the_plain_lm_step(tmp_path, teacher_folder):
     curriculum = salt_curriculum(kd(), LM, n_kd=2)
     config = checkpoints.CheckpointConfig(save_interval_steps=1000)
-    salt = trainer.Trainer(str(tmp_path / "salt"), curriculum, ADAM, DATA, _mesh(), partitioning.DEFAULT_RULES,
-                           config, frozen_models=_teacher(teacher_folder))
-    plain = trainer.Trainer(str(tmp_path / "plain"), Curriculum.single(LM), ADAM, DATA, _mesh(),
-                            partitioning.DEFAULT_RULES, config)
+    salt = trainer.Trainer(
+        str(tmp_path / "salt"),
+        curriculum,
+        ADAM,
+        DATA,
+        _mesh(),
+        partitioning.DEFAULT_RULES,
+        config,
+        frozen_models=_teacher(teacher_folder),
+    )
+    plain = trainer.Trainer(
+        str(tmp_path / "plain"), Curriculum.single(LM), ADAM, DATA, _mesh(), partitioning.DEFAULT_RULES, config
+    )
     after = _flops_and_argument_bytes(salt.compiled_step(LM))
     assert after == _flops_and_argument_bytes(plain.compiled_step(LM))
     during = _flops_and_argument_bytes(salt.compiled_step(curriculum.objective_at(0)))
@@ -156,17 +190,26 @@ def test_after_n_kd_the_step_is_the_plain_lm_step(tmp_path, teacher_folder):
     state, _ = salt.restore_or_init()
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]]
     assert set(state.params) == {"model"} and paths and not any("teacher" in p for p in paths)
-    state, _ = salt.step_fn(curriculum.objective_at(0))(state, next(trainer.GlobalBatches(DATA, salt.mesh)),
-                                                        jax.random.key(0))
+    state, _ = salt.step_fn(curriculum.objective_at(0))(
+        state, next(trainer.GlobalBatches(DATA, salt.mesh)), jax.random.key(0)
+    )
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(salt.frozen.params["teacher"]), PARAMS["teacher"])
 
 
 def _run(model_dir, teacher_folder, steps: int):
     return trainer.train(
-        model_dir=str(model_dir), train_data=DATA, steps=steps, optimizer=ADAM,
-        curriculum=salt_curriculum(kd(), LM, n_kd=2), log_every=1, mesh_config=partitioning.MeshConfig(1, 1, 1),
-        peak_flops_per_device=1e9, frozen_models=_teacher(teacher_folder), data_switches=[(3, OTHER_DATA)],
-        checkpoint_config=checkpoints.CheckpointConfig(save_interval_steps=1, async_save=False))
+        model_dir=str(model_dir),
+        train_data=DATA,
+        steps=steps,
+        optimizer=ADAM,
+        curriculum=salt_curriculum(kd(), LM, n_kd=2),
+        log_every=1,
+        mesh_config=partitioning.MeshConfig(1, 1, 1),
+        peak_flops_per_device=1e9,
+        frozen_models=_teacher(teacher_folder),
+        data_switches=[(3, OTHER_DATA)],
+        checkpoint_config=checkpoints.CheckpointConfig(save_interval_steps=1, async_save=False),
+    )
 
 
 def test_data_switches_and_a_run_resumed_at_the_switch_equals_the_straight_run(tmp_path, teacher_folder):
@@ -190,5 +233,13 @@ def test_data_switches_and_a_run_resumed_at_the_switch_equals_the_straight_run(t
 
 def test_a_data_switch_shaped_unlike_the_training_data_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"data from step 2 \(docstrings_lm\) has batches .* unlike train_data's"):
-        trainer.Trainer(str(tmp_path), Curriculum.single(LM), ADAM, DATA, _mesh(), partitioning.DEFAULT_RULES,
-                        checkpoints.CheckpointConfig(), data_switches=[(2, lm_data(batch_size=4, length=16))])
+        trainer.Trainer(
+            str(tmp_path),
+            Curriculum.single(LM),
+            ADAM,
+            DATA,
+            _mesh(),
+            partitioning.DEFAULT_RULES,
+            checkpoints.CheckpointConfig(),
+            data_switches=[(2, lm_data(batch_size=4, length=16))],
+        )

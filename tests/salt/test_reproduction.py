@@ -30,13 +30,16 @@ def context_of(tmp_path, arm, losses, flops=(15, 15, 10, 10)):
     return context
 
 
-@pytest.mark.parametrize("steps, losses, level, expected", [
-    ([25, 50, 75], [5.8, 5.5, 5.2], 5.3, 50 + 0.2 / 0.3 * 25),  # between two evaluations
-    ([25, 50, 75], [5.8, 5.5, 5.2], 5.5, 50.0),  # at an evaluation
-    ([25, 50, 75], [5.0, 4.0, 3.0], 5.3, 25.0),  # already at the first evaluation
-    ([25, 50, 75], [5.8, 5.2, 5.6], 5.5, 25 + 0.3 / 0.6 * 25),  # the first crossing, not the last value
-    ([25, 50, 75], [5.8, 5.5, 5.4], 5.3, None),  # never
-])
+@pytest.mark.parametrize(
+    "steps, losses, level, expected",
+    [
+        ([25, 50, 75], [5.8, 5.5, 5.2], 5.3, 50 + 0.2 / 0.3 * 25),  # between two evaluations
+        ([25, 50, 75], [5.8, 5.5, 5.2], 5.5, 50.0),  # at an evaluation
+        ([25, 50, 75], [5.0, 4.0, 3.0], 5.3, 25.0),  # already at the first evaluation
+        ([25, 50, 75], [5.8, 5.2, 5.6], 5.5, 25 + 0.3 / 0.6 * 25),  # the first crossing, not the last value
+        ([25, 50, 75], [5.8, 5.5, 5.4], 5.3, None),  # never
+    ],
+)
 def test_first_reach(steps, losses, level, expected):
     assert reproduction.first_reach(steps, losses, level) == pytest.approx(expected)
 
@@ -59,9 +62,19 @@ def write_scores_record(context, flops: float) -> None:
     """The SALT_DS scores record the study reads the scoring pass's FLOPs from."""
     from salt import selection  # pylint: disable=import-outside-toplevel
 
-    selection.write_scores(context.work_dir / "teacher_scores", [0.5, 1.5],
-                           {"task": "t", "split": "train", "sequence_length": {"targets": 8}, "top_k": 10,
-                            "teacher": {"fingerprint": "f"}, "seconds": 1.0, "flops": flops})
+    selection.write_scores(
+        context.work_dir / "teacher_scores",
+        [0.5, 1.5],
+        {
+            "task": "t",
+            "split": "train",
+            "sequence_length": {"targets": 8},
+            "top_k": 10,
+            "teacher": {"fingerprint": "f"},
+            "seconds": 1.0,
+            "flops": flops,
+        },
+    )
 
 
 def test_never_counts_as_twice_the_steps_and_salt_ds_pays_for_its_scoring_pass(tmp_path):
@@ -97,7 +110,11 @@ def test_bindings_of_each_arm(tmp_path):
     assert salt_ds["SCORING_TEACHER_DIR"] == teacher / "checkpoints" / "150"
     assert salt_ds["TEACHER_DIR"] == teacher and salt_ds["SCORES_DIR"] == tmp_path / "teacher_scores"
     assert {k: salt_ds[k] for k in ("SEED", "TRAIN_STEPS", "N_KD", "OMEGA")} == {
-        "SEED": 2, "TRAIN_STEPS": 300, "N_KD": 100, "OMEGA": 0.5}
+        "SEED": 2,
+        "TRAIN_STEPS": 300,
+        "N_KD": 100,
+        "OMEGA": 0.5,
+    }
     baseline = reproduction.student_bindings("baseline")(context)
     assert "TEACHER_DIR" not in baseline and baseline["checkpoints.CheckpointConfig.save_interval_steps"] == 300
     assert reproduction.student_bindings("salt")(context).keys() == baseline.keys() | {"TEACHER_DIR", "N_KD", "OMEGA"}

@@ -7,7 +7,6 @@ import dataclasses
 import logging
 import re
 
-import gin
 import jax
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import seqio
 import tensorflow as tf
 from scipy.special import logsumexp
 
+import gin
 from littlehelp import frozen
 from littlehelp.config import ConfigError
 from littlehelp.data import tasks
@@ -23,8 +23,9 @@ from salt import selection
 from tests.helpers import random_params, save_params_only
 
 TASK, LENGTH, VOCAB = "salt_ds_test_lm", 16, 264  # the byte vocabulary (259 ids) fits VOCAB
-TEACHER = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1,
-                                    head_dim=8, mlp_dim=32))
+TEACHER = build_model(
+    DecoderConfig(vocab_size=VOCAB, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32)
+)
 PARAMS = random_params(TEACHER, 0)
 TOP_K = 64  # of 264 ids: random teacher, so about a quarter of the targets are kept and scores vary
 _rng = np.random.default_rng(0)
@@ -37,13 +38,19 @@ SEQUENCES = {  # lengths 1..24: some padded, some trimmed to LENGTH
 
 def _dataset(split: str, shuffle_files: bool = False, seed=None) -> tf.data.Dataset:
     del shuffle_files, seed
-    return tf.data.Dataset.from_generator(lambda: ({"targets": s} for s in SEQUENCES[split]),
-                                          output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+    return tf.data.Dataset.from_generator(
+        lambda: ({"targets": s} for s in SEQUENCES[split]),
+        output_signature={"targets": tf.TensorSpec([None], tf.int32)},
+    )
 
 
 if TASK not in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.add(TASK, source=seqio.FunctionDataSource(_dataset, splits=list(SEQUENCES)), preprocessors=[],
-                           output_features={"targets": seqio.Feature(tasks.BYTE_VOCABULARY, add_eos=False)})
+    seqio.TaskRegistry.add(
+        TASK,
+        source=seqio.FunctionDataSource(_dataset, splits=list(SEQUENCES)),
+        preprocessors=[],
+        output_features={"targets": seqio.Feature(tasks.BYTE_VOCABULARY, add_eos=False)},
+    )
 
 
 @gin.configurable(module="test_salt_selection")
@@ -163,9 +170,18 @@ def test_scores_round_trip_through_disk_and_are_reused(teacher, tmp_path, monkey
     scores, metadata = selection.read_scores(folder)
     np.testing.assert_allclose(scores, reference_scores(), rtol=1e-5, atol=1e-6)
     assert {k: metadata[k] for k in ("task", "split", "sequence_length", "top_k", "count")} == {
-        "task": TASK, "split": "train", "sequence_length": {"targets": LENGTH}, "top_k": TOP_K, "count": 13}
-    assert metadata["teacher"] == {"path": teacher.path, "select": "model", "step": 0,
-                                   "fingerprint": frozen.fingerprint(PARAMS)}
+        "task": TASK,
+        "split": "train",
+        "sequence_length": {"targets": LENGTH},
+        "top_k": TOP_K,
+        "count": 13,
+    }
+    assert metadata["teacher"] == {
+        "path": teacher.path,
+        "select": "model",
+        "step": 0,
+        "fingerprint": frozen.fingerprint(PARAMS),
+    }
     padded_batch = {"decoder_input_tokens": np.zeros((4, LENGTH), np.int32)}
     assert metadata["flops"] == 4 * TEACHER.forward_flops(padded_batch)  # 13 rows in 4 batches, the last padded
     written = {name: (folder / name).read_bytes() for name in ("scores.npy", "scores.json")}
@@ -190,11 +206,14 @@ def test_scores_for_another_top_k_are_computed_again_and_logged(teacher, tmp_pat
     np.testing.assert_allclose(scores, reference_scores(top_k=8), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("damage, culprit, message", [
-    (lambda f: f.write_bytes(f.read_bytes()[:-8]), "scores.npy", "is missing, truncated or changed"),
-    (lambda f: f.write_text('{"task": '), "scores.json", "is not a readable scores record: JSONDecodeError"),
-    (lambda f: f.write_text('{"task": "x"}'), "scores.json", "is not a scores record: it lacks split"),
-])
+@pytest.mark.parametrize(
+    "damage, culprit, message",
+    [
+        (lambda f: f.write_bytes(f.read_bytes()[:-8]), "scores.npy", "is missing, truncated or changed"),
+        (lambda f: f.write_text('{"task": '), "scores.json", "is not a readable scores record: JSONDecodeError"),
+        (lambda f: f.write_text('{"task": "x"}'), "scores.json", "is not a scores record: it lacks split"),
+    ],
+)
 def test_a_corrupt_scores_file_is_refused_in_one_line_naming_it(tmp_path, damage, culprit, message):
     metadata = scoring().metadata({"fingerprint": "f"}) | {"seconds": 0.5, "flops": 1e6}
     selection.write_scores(tmp_path, np.arange(5, dtype=np.float32), metadata)
@@ -225,22 +244,31 @@ def test_selected_task_holds_the_top_fraction_in_source_order_and_the_source_val
 
 
 def test_the_gin_entry_point_selects_once_per_process(teacher, tmp_path, monkeypatch):
-    gin.parse_config("\n".join([
-        "import littlehelp.frozen", "import littlehelp.models", "import salt.selection",
-        "TASK = @salt.selected_task()",
-        f"salt.selected_task.task = '{TASK}'",
-        f"salt.selected_task.sequence_length = {{'targets': {LENGTH}}}",
-        f"salt.selected_task.scores_dir = '{tmp_path}'",
-        f"salt.selected_task.top_k = {TOP_K}",
-        "salt.selected_task.fraction = 0.25",
-        "salt.selected_task.teacher = @teacher/frozen.FrozenModel()",
-        f"teacher/frozen.FrozenModel.path = '{teacher.path}'",
-        "teacher/frozen.FrozenModel.model = @teacher/models.build_model()",
-        "teacher/models.build_model.config = @teacher/decoder.DecoderConfig()",
-        *[f"teacher/decoder.DecoderConfig.{k} = {v}" for k, v in dataclasses.asdict(TEACHER.config).items()
-          if v != getattr(DecoderConfig, k)],
-        "test_salt_selection.consume.task = %TASK",
-    ]))
+    gin.parse_config(
+        "\n".join(
+            [
+                "import littlehelp.frozen",
+                "import littlehelp.models",
+                "import salt.selection",
+                "TASK = @salt.selected_task()",
+                f"salt.selected_task.task = '{TASK}'",
+                f"salt.selected_task.sequence_length = {{'targets': {LENGTH}}}",
+                f"salt.selected_task.scores_dir = '{tmp_path}'",
+                f"salt.selected_task.top_k = {TOP_K}",
+                "salt.selected_task.fraction = 0.25",
+                "salt.selected_task.teacher = @teacher/frozen.FrozenModel()",
+                f"teacher/frozen.FrozenModel.path = '{teacher.path}'",
+                "teacher/frozen.FrozenModel.model = @teacher/models.build_model()",
+                "teacher/models.build_model.config = @teacher/decoder.DecoderConfig()",
+                *[
+                    f"teacher/decoder.DecoderConfig.{k} = {v}"
+                    for k, v in dataclasses.asdict(TEACHER.config).items()
+                    if v != getattr(DecoderConfig, k)
+                ],
+                "test_salt_selection.consume.task = %TASK",
+            ]
+        )
+    )
     calls = []
     select = selection.select
     monkeypatch.setattr(selection, "select", lambda *a: calls.append(a[0].task) or select(*a))
@@ -254,20 +282,38 @@ def test_the_gin_entry_point_selects_once_per_process(teacher, tmp_path, monkeyp
 # Bad input is refused before the teacher is read.
 
 
-@pytest.mark.parametrize("knobs, error, message", [
-    ({"fraction": 0.0}, ConfigError, r"^SALT_DS fraction must be in \(0, 1\], got 0.0$"),
-    ({"fraction": 1.5}, ConfigError, r"^SALT_DS fraction must be in \(0, 1\], got 1.5$"),
-    ({"top_k": 0}, ConfigError, r"^SALT_DS top_k must be an integer >= 1, got 0$"),
-    ({"split": "empty"}, ValueError, rf"^split 'empty' of task '{TASK}' is empty: 0 rows$"),
-    ({"split": "tets"}, ValueError, rf"^unknown split 'tets'; splits of '{TASK}': empty, train, validation$"),
-    ({"task": "salt_ds_tset_lm"}, ValueError, r"^unknown task 'salt_ds_tset_lm' \(did you mean 'salt_ds_test_lm'\?\)"),
-    ({"task": "shakespeare_code_lm"}, ConfigError, r"^SALT_DS selects from a Task's split, and 'shakespeare_code_lm' is a "
-                                                   r"Mixture; select from each of its Tasks$"),
-    ({"task": "docstrings_prefix_lm"}, ConfigError, r"^SALT_DS scores decoder LM Tasks \(one 'targets' feature\); "
-                                                    r"'docstrings_prefix_lm' has features \['inputs', 'targets'\]$"),
-    ({"vocab_size": 200}, ConfigError,
-     rf"^SALT_DS teacher vocabulary size 200 is smaller than task '{TASK}''s vocabulary size 259$"),
-])
+@pytest.mark.parametrize(
+    "knobs, error, message",
+    [
+        ({"fraction": 0.0}, ConfigError, r"^SALT_DS fraction must be in \(0, 1\], got 0.0$"),
+        ({"fraction": 1.5}, ConfigError, r"^SALT_DS fraction must be in \(0, 1\], got 1.5$"),
+        ({"top_k": 0}, ConfigError, r"^SALT_DS top_k must be an integer >= 1, got 0$"),
+        ({"split": "empty"}, ValueError, rf"^split 'empty' of task '{TASK}' is empty: 0 rows$"),
+        ({"split": "tets"}, ValueError, rf"^unknown split 'tets'; splits of '{TASK}': empty, train, validation$"),
+        (
+            {"task": "salt_ds_tset_lm"},
+            ValueError,
+            r"^unknown task 'salt_ds_tset_lm' \(did you mean 'salt_ds_test_lm'\?\)",
+        ),
+        (
+            {"task": "shakespeare_code_lm"},
+            ConfigError,
+            r"^SALT_DS selects from a Task's split, and 'shakespeare_code_lm' is a "
+            r"Mixture; select from each of its Tasks$",
+        ),
+        (
+            {"task": "docstrings_prefix_lm"},
+            ConfigError,
+            r"^SALT_DS scores decoder LM Tasks \(one 'targets' feature\); "
+            r"'docstrings_prefix_lm' has features \['inputs', 'targets'\]$",
+        ),
+        (
+            {"vocab_size": 200},
+            ConfigError,
+            rf"^SALT_DS teacher vocabulary size 200 is smaller than task '{TASK}''s vocabulary size 259$",
+        ),
+    ],
+)
 def test_bad_input_is_refused_by_name_before_the_teacher_is_read(teacher, tmp_path, monkeypatch, knobs, error, message):
     monkeypatch.setattr(selection, "load_teacher", lambda *a: pytest.fail("the teacher was read"))
     model = build_model(dataclasses.replace(TEACHER.config, vocab_size=knobs.pop("vocab_size", VOCAB)))
@@ -281,8 +327,18 @@ def test_the_scoring_pass_flops_are_xla_s_count_of_the_compiled_program_less_its
     """One batch's count is XLA's for the compiled scoring program, less its elementwise work (<10% for a
     teacher wide enough that matrix products dominate, as any real one)."""
     batch = {name: np.zeros((4, LENGTH), np.int32) for name in selection.LM_FEATURES}
-    wide = build_model(DecoderConfig(vocab_size=VOCAB, emb_dim=256, num_layers=1, num_heads=4, num_kv_heads=2,
-                                     head_dim=64, mlp_dim=1024, scan_layers=False))  # XLA counts a scan's body once
+    wide = build_model(
+        DecoderConfig(
+            vocab_size=VOCAB,
+            emb_dim=256,
+            num_layers=1,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=64,
+            mlp_dim=1024,
+            scan_layers=False,
+        )
+    )  # XLA counts a scan's body once
     analysis = selection.batch_scores.lower(wide, random_params(wide, 0), batch, TOP_K).compile().cost_analysis()
     traced = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
     assert 0.9 * traced <= selection.scoring_flops(wide, scoring(), 4) <= traced  # 4 rows: one batch

@@ -7,8 +7,13 @@ from littlehelp.models import BertConfig, DecoderConfig, build_model
 from littlehelp.models.convert.run_folder import converted
 from tests.helpers import random_params, save_params_only
 
-TEXTS = ["def add(a, b): return a + b", "print('hello')", "x = [i * i for i in range(3)]", "import os",
-         "while True: break"]
+TEXTS = [
+    "def add(a, b): return a + b",
+    "print('hello')",
+    "x = [i * i for i in range(3)]",
+    "import os",
+    "while True: break",
+]
 VALIDATION = ["y = 2 ** 10", "print(len('abc'))", "for c in 'xy': pass", "import sys"]
 TEST = ["z = {1: 'one'}", "assert 1 < 2", "del x", "raise SystemExit"]
 LM_SIZES = {"emb_dim": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "head_dim": 8, "mlp_dim": 32}
@@ -28,10 +33,19 @@ def tiny_setup(folder: Path) -> list[str]:
     (folder / "test.txt").write_text("\n".join(TEST))
     sizes = [f"--gin.lm/decoder.DecoderConfig.{k}={v}" for k, v in LM_SIZES.items()]
     sizes += [f"--gin.embedder/bert.BertConfig.{k}={v}" for k, v in EMBEDDER_SIZES.items()]
-    return [f"--gin.LM_DIR='{folder / 'lm'}'", f"--gin.EMBEDDER_DIR='{folder / 'embedder'}'",
-            f"--gin.convert.folder_vocabulary.model_dir='{converted('smollm2_135m')}'",
-            "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 16}", "--gin.BATCH_SIZE=2", "--gin.PROMPT_LENGTH=2",
-            "--gin.softsrv.MLPPrompt.width=16", "--gin.softsrv.MLPPrompt.hidden=8",
-            "--gin.softsrv.NonContextualPrompt.width=16", "--gin.trainer.train.eval_batches=1",
-            "--gin.trainer.train.log_every=1", "--gin.trainer.train.peak_flops_per_device=1e9",
-            "--gin.partitioning.MeshConfig.data=1", *sizes]
+    return [
+        f"--gin.LM_DIR='{folder / 'lm'}'",
+        f"--gin.EMBEDDER_DIR='{folder / 'embedder'}'",
+        f"--gin.convert.folder_vocabulary.model_dir='{converted('smollm2_135m')}'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 16}",
+        "--gin.BATCH_SIZE=2",
+        "--gin.PROMPT_LENGTH=2",
+        "--gin.softsrv.MLPPrompt.width=16",
+        "--gin.softsrv.MLPPrompt.hidden=8",
+        "--gin.softsrv.NonContextualPrompt.width=16",
+        "--gin.trainer.train.eval_batches=1",
+        "--gin.trainer.train.log_every=1",
+        "--gin.trainer.train.peak_flops_per_device=1e9",
+        "--gin.partitioning.MeshConfig.data=1",
+        *sizes,
+    ]

@@ -16,8 +16,9 @@ from tests.helpers import random_params
 from tests.softsrv.test_objective import prompt_params
 
 VOCABULARY = seqio.ByteVocabulary(extra_ids=0)  # eos 1, ids < 259
-LM = build_model(DecoderConfig(vocab_size=264, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
-                               mlp_dim=32))
+LM = build_model(
+    DecoderConfig(vocab_size=264, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32)
+)
 EMBEDDER = build_model(BertConfig(vocab_size=264, emb_dim=12, num_layers=1, num_heads=2, mlp_dim=24))
 NEW = 5
 
@@ -26,8 +27,9 @@ NEW = 5
 def _logits(lm_params, prefix_embeddings, tokens):
     """The LM's logits [1, m + t, vocab] after `prefix_embeddings` [m, w] and `tokens` [t] (no cache)."""
     inputs = jnp.concatenate([prefix_embeddings[None], LM.embed(lm_params, tokens[None])], axis=1)
-    return LM.logits(lm_params, {"decoder_input_tokens": jnp.ones(inputs.shape[:2], jnp.int32)},
-                     input_embeddings=inputs)
+    return LM.logits(
+        lm_params, {"decoder_input_tokens": jnp.ones(inputs.shape[:2], jnp.int32)}, input_embeddings=inputs
+    )
 
 
 def greedy_by_recomputation(prefix_embeddings: jax.Array, tokens: list[int], lm_params) -> list[int]:
@@ -62,6 +64,7 @@ def test_hard_prompted_samples_are_the_greedy_continuations_after_the_prompt():
     assert prompts == ["Say\n\n", "More\n\nExample:\nab\n\nExample:\ncd\n\nExample:\n"]
     got = hard_prompted(LM, lm_params, prompts, VOCABULARY, NEW, decoding.Sampling(temperature=0.0))
     empty = jnp.zeros((0, 16), jnp.float32)
-    expected = [VOCABULARY.decode(greedy_by_recomputation(empty, [0, *VOCABULARY.encode(p)], lm_params))
-                for p in prompts]
+    expected = [
+        VOCABULARY.decode(greedy_by_recomputation(empty, [0, *VOCABULARY.encode(p)], lm_params)) for p in prompts
+    ]
     assert got == expected

@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 
 from littlehelp.errors import LittlehelpError
-from softsrv.mauve import (MauveInputError, mauve_of_texts, mauve_over_seeds, mauve_score, small_sample_warning,
-                           text_features)
+from softsrv.mauve import (
+    MauveInputError,
+    mauve_of_texts,
+    mauve_over_seeds,
+    mauve_score,
+    small_sample_warning,
+    text_features,
+)
 
 
 def reference_mauve(p_hist, q_hist, scaling_factor: float = 5.0, points: int = 25) -> float:
@@ -25,8 +31,17 @@ def reference_mauve(p_hist, q_hist, scaling_factor: float = 5.0, points: int = 2
         return float(np.sum(a[support] * np.log(a[support] / b[support])))
 
     weights = np.linspace(1e-6, 1 - 1e-6, points)
-    curve = [(1.0, 0.0)] + [(math.exp(-scaling_factor * kl(q, w * p + (1 - w) * q)),
-                             math.exp(-scaling_factor * kl(p, w * p + (1 - w) * q))) for w in weights] + [(0.0, 1.0)]
+    curve = (
+        [(1.0, 0.0)]
+        + [
+            (
+                math.exp(-scaling_factor * kl(q, w * p + (1 - w) * q)),
+                math.exp(-scaling_factor * kl(p, w * p + (1 - w) * q)),
+            )
+            for w in weights
+        ]
+        + [(0.0, 1.0)]
+    )
     x, y = np.array(curve).T
     return float(np.sum((x[:-1] - x[1:]) * (y[:-1] + y[1:]) / 2))
 
@@ -108,38 +123,44 @@ INF = GOOD.copy()
 INF[7, 0] = -np.inf
 
 
-@pytest.mark.parametrize("p, q, settings, message", [
-    (np.zeros((0, 4)), GOOD, {}, r"^p_features: empty, shape \(0, 4\)$"),
-    (GOOD, np.zeros((30, 0)), {}, r"^q_features: empty"),
-    (GOOD, GOOD[0], {}, r"^q_features: expected a 2-D \[rows, width\] array, got shape \(4,\)$"),
-    (None, GOOD, {}, r"^p_features: expected a 2-D"),
-    (GOOD[None], GOOD, {}, r"^p_features: expected a 2-D .* shape \(1, 30, 4\)$"),
-    (np.array([["a"] * 4] * 30), GOOD, {}, r"^p_features: dtype <U1 is not numeric$"),
-    (GOOD, np.ones((30, 5)), {}, r"^p_features is 4 wide but q_features 5$"),
-    (GOOD, NAN, {}, r"^q_features: 1 NaN or Inf values, the first in row 3$"),
-    (INF, GOOD, {}, r"^p_features: 1 NaN or Inf values, the first in row 7$"),
-    (GOOD, GOOD[:8], {"num_buckets": 10}, r"^num_buckets=10 needs at least 10 rows per sample; q_features has 8$"),
-    (GOOD[:1], GOOD, {}, r"^num_buckets=2 needs at least 2 rows per sample; p_features has 1$"),
-    (GOOD, GOOD, {"num_buckets": "many"}, r"^num_buckets='many': expected 'auto' or an integer >= 2$"),
-    (GOOD, GOOD, {"num_buckets": 1}, r"^num_buckets=1:"),
-    (GOOD, GOOD, {"num_buckets": True}, r"^num_buckets=True:"),
-    (GOOD, GOOD, {"kmeans_num_redo": 0}, r"^kmeans_num_redo=0: expected an integer >= 1$"),
-    (GOOD, GOOD, {"kmeans_max_iter": 2.5}, r"^kmeans_max_iter=2.5: expected an integer >= 1$"),
-    (GOOD, GOOD, {"kmeans_explained_var": 1.0}, r"^kmeans_explained_var=1.0: expected a value in \(0, 1\)$"),
-    (GOOD, GOOD, {"scaling_factor": 0}, r"^scaling_factor=0: expected a positive value$"),
-    (GOOD, GOOD, {"seed": -1}, r"^seed=-1: expected an integer"),
-])
+@pytest.mark.parametrize(
+    "p, q, settings, message",
+    [
+        (np.zeros((0, 4)), GOOD, {}, r"^p_features: empty, shape \(0, 4\)$"),
+        (GOOD, np.zeros((30, 0)), {}, r"^q_features: empty"),
+        (GOOD, GOOD[0], {}, r"^q_features: expected a 2-D \[rows, width\] array, got shape \(4,\)$"),
+        (None, GOOD, {}, r"^p_features: expected a 2-D"),
+        (GOOD[None], GOOD, {}, r"^p_features: expected a 2-D .* shape \(1, 30, 4\)$"),
+        (np.array([["a"] * 4] * 30), GOOD, {}, r"^p_features: dtype <U1 is not numeric$"),
+        (GOOD, np.ones((30, 5)), {}, r"^p_features is 4 wide but q_features 5$"),
+        (GOOD, NAN, {}, r"^q_features: 1 NaN or Inf values, the first in row 3$"),
+        (INF, GOOD, {}, r"^p_features: 1 NaN or Inf values, the first in row 7$"),
+        (GOOD, GOOD[:8], {"num_buckets": 10}, r"^num_buckets=10 needs at least 10 rows per sample; q_features has 8$"),
+        (GOOD[:1], GOOD, {}, r"^num_buckets=2 needs at least 2 rows per sample; p_features has 1$"),
+        (GOOD, GOOD, {"num_buckets": "many"}, r"^num_buckets='many': expected 'auto' or an integer >= 2$"),
+        (GOOD, GOOD, {"num_buckets": 1}, r"^num_buckets=1:"),
+        (GOOD, GOOD, {"num_buckets": True}, r"^num_buckets=True:"),
+        (GOOD, GOOD, {"kmeans_num_redo": 0}, r"^kmeans_num_redo=0: expected an integer >= 1$"),
+        (GOOD, GOOD, {"kmeans_max_iter": 2.5}, r"^kmeans_max_iter=2.5: expected an integer >= 1$"),
+        (GOOD, GOOD, {"kmeans_explained_var": 1.0}, r"^kmeans_explained_var=1.0: expected a value in \(0, 1\)$"),
+        (GOOD, GOOD, {"scaling_factor": 0}, r"^scaling_factor=0: expected a positive value$"),
+        (GOOD, GOOD, {"seed": -1}, r"^seed=-1: expected an integer"),
+    ],
+)
 def test_mauve_score_refuses_by_name(p, q, settings, message):
     with pytest.raises(MauveInputError, match=message) as caught:
         mauve_score(p, q, **settings)
     assert isinstance(caught.value, LittlehelpError) and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("seeds, settings, message", [
-    ((), {}, r"^seeds=\[\]: expected one or more distinct integers$"),
-    ((1, 1), {}, r"^seeds=\[1, 1\]:"),
-    ((0,), {"seed": 3}, r"^seed: pass seeds=\(\.\.\.\) to mauve_over_seeds, not seed$"),
-])
+@pytest.mark.parametrize(
+    "seeds, settings, message",
+    [
+        ((), {}, r"^seeds=\[\]: expected one or more distinct integers$"),
+        ((1, 1), {}, r"^seeds=\[1, 1\]:"),
+        ((0,), {"seed": 3}, r"^seed: pass seeds=\(\.\.\.\) to mauve_over_seeds, not seed$"),
+    ],
+)
 def test_mauve_over_seeds_refuses_by_name(seeds, settings, message):
     with pytest.raises(MauveInputError, match=message):
         mauve_over_seeds(GOOD, GOOD, seeds, **settings)
@@ -154,7 +175,7 @@ class FakeEmbedder:
     def embed(self, texts):
         self.calls.append(list(texts))
         out = np.zeros((self.rows if self.rows is not None else len(texts), self.width))
-        out[:, 0] = [len(text) for text in texts][:len(out)]
+        out[:, 0] = [len(text) for text in texts][: len(out)]
         return out
 
 
@@ -187,8 +208,11 @@ def minilm_embedder(minilm_dir):
 
 def cooking_sentences() -> list[str]:
     """64 templated sentences about cooking, shuffled (the first 32 and the last 32 share a topic)."""
-    parts = (["My aunt", "The chef", "A neighbour", "Grandpa"], ["bakes", "fries", "slices", "roasts"],
-             ["bread", "potatoes", "fish", "onions"])
+    parts = (
+        ["My aunt", "The chef", "A neighbour", "Grandpa"],
+        ["bakes", "fries", "slices", "roasts"],
+        ["bread", "potatoes", "fish", "onions"],
+    )
     sentences = [f"{who} {verb} the {food} for dinner." for who, verb, food in itertools.product(*parts)]
     return [sentences[i] for i in np.random.default_rng(0).permutation(len(sentences))]
 
@@ -196,13 +220,16 @@ def cooking_sentences() -> list[str]:
 def test_minilm_features_rank_same_topic_above_code(minilm_embedder):
     cooking = cooking_sentences()
     real, same_topic = cooking[:32], cooking[32:]
-    code = [f"def {name}(x): return x {op} {n}"
-            for name, op, n in itertools.product(["add", "scale", "clip", "shift"], ["+", "*", "-", "//"], "127")][:32]
+    code = [
+        f"def {name}(x): return x {op} {n}"
+        for name, op, n in itertools.product(["add", "scale", "clip", "shift"], ["+", "*", "-", "//"], "127")
+    ][:32]
     features = text_features(real, minilm_embedder)
     assert features.shape == (32, 384) and features.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
-    identical, close, far = (mauve_of_texts(synthetic, real, minilm_embedder, num_buckets=4)
-                             for synthetic in (real, same_topic, code))
+    identical, close, far = (
+        mauve_of_texts(synthetic, real, minilm_embedder, num_buckets=4) for synthetic in (real, same_topic, code)
+    )
     assert identical["mauve"] == [1.0, 1.0, 1.0]
     assert close["mean"] > 0.5 and far["mean"] < 0.05, (close, far)
     assert far["mean"] == pytest.approx(reference_mauve([1, 0], [0, 1]), abs=1e-9)  # code shares no bucket
@@ -210,6 +237,8 @@ def test_minilm_features_rank_same_topic_above_code(minilm_embedder):
 
 def test_a_score_of_fewer_than_50_texts_a_side_is_flagged_unreliable():
     assert small_sample_warning(50, 50) is None and small_sample_warning(400, 128) is None
-    assert small_sample_warning(49, 400) == ("MAUVE of 400 samples against 49 real examples is unreliable: it needs "
-                                             "at least 50 of each (here k-means compares them over 5 clusters)")
+    assert small_sample_warning(49, 400) == (
+        "MAUVE of 400 samples against 49 real examples is unreliable: it needs "
+        "at least 50 of each (here k-means compares them over 5 clusters)"
+    )
     assert small_sample_warning(4, 16).endswith("over 2 clusters)")

@@ -20,15 +20,22 @@ from softsrv.objective import SoftPromptObjective
 from softsrv.prompts import MixturePrompt, MLPPrompt, NonContextualPrompt
 from tests.helpers import random_params, save_params_only, t5_data
 
-LM = build_model(DecoderConfig(vocab_size=264, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
-                               mlp_dim=32))
-EMBEDDER = build_model(BertConfig(vocab_size=264, emb_dim=12, num_layers=1, num_heads=2, mlp_dim=24,
-                                  max_position_embeddings=16))
-PARAMS = {"lm": random_params(LM, 0),
-          "embedder": nn.unbox(jax.eval_shape(EMBEDDER.init, jax.random.key(0),
-                                              {"encoder_input_tokens": jnp.zeros((1, 8), jnp.int32)}))}
-PARAMS["embedder"] = jax.tree.map(lambda s, r=np.random.default_rng(1): (0.3 * r.standard_normal(s.shape)).astype(s.dtype),
-                                  PARAMS["embedder"])
+LM = build_model(
+    DecoderConfig(vocab_size=264, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32)
+)
+EMBEDDER = build_model(
+    BertConfig(vocab_size=264, emb_dim=12, num_layers=1, num_heads=2, mlp_dim=24, max_position_embeddings=16)
+)
+PARAMS = {
+    "lm": random_params(LM, 0),
+    "embedder": nn.unbox(
+        jax.eval_shape(EMBEDDER.init, jax.random.key(0), {"encoder_input_tokens": jnp.zeros((1, 8), jnp.int32)})
+    ),
+}
+EMBEDDER_NOISE = np.random.default_rng(1)
+PARAMS["embedder"] = jax.tree.map(
+    lambda s: (0.3 * EMBEDDER_NOISE.standard_normal(s.shape)).astype(s.dtype), PARAMS["embedder"]
+)
 
 
 def batch(rows: int = 3, inputs: int = 8, targets: int = 6) -> dict[str, np.ndarray]:
@@ -39,8 +46,12 @@ def batch(rows: int = 3, inputs: int = 8, targets: int = 6) -> dict[str, np.ndar
     decoder_targets = rng.integers(2, 64, (rows, targets)).astype(np.int32)
     weights = np.ones((rows, targets), np.float32)
     decoder_targets[-1, -2:], weights[-1, -2:] = 0, 0.0
-    return {"encoder_input_tokens": encoder, "decoder_target_tokens": decoder_targets, "decoder_loss_weights": weights,
-            "decoder_input_tokens": np.pad(decoder_targets[:, :-1], ((0, 0), (1, 0)))}
+    return {
+        "encoder_input_tokens": encoder,
+        "decoder_target_tokens": decoder_targets,
+        "decoder_loss_weights": weights,
+        "decoder_input_tokens": np.pad(decoder_targets[:, :-1], ((0, 0), (1, 0))),
+    }
 
 
 def prompt_params(prompt: nn.Module, seed: int = 2):
@@ -58,8 +69,9 @@ def test_each_parameterisation_is_its_formula():
     logits = z.astype(np.float64) @ p["gate"]["kernel"] + p["gate"]["bias"]
     weights = np.exp(logits - logits.max(1, keepdims=True))
     weights /= weights.sum(1, keepdims=True)
-    np.testing.assert_allclose(mpk.apply({"params": p}, z), np.einsum("bk,kmw->bmw", weights, p["prompts"]),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        mpk.apply({"params": p}, z), np.einsum("bk,kmw->bmw", weights, p["prompts"]), rtol=1e-5, atol=1e-6
+    )
     p = prompt_params(mlp)
     hidden = np.asarray(jax.nn.gelu(z.astype(np.float64) @ p["hidden"]["kernel"] + p["hidden"]["bias"]))
     expected = (hidden @ p["out"]["kernel"] + p["out"]["bias"]).reshape(3, 4, 16)
@@ -88,20 +100,25 @@ def test_a_prompt_of_length_zero_gives_the_lms_plain_nll():
     assert float(logged["weight"]) == data["decoder_loss_weights"].sum()
 
 
-@pytest.mark.parametrize("prompt", [NonContextualPrompt(3, 16), MixturePrompt(3, 16, num_prompts=2),
-                                    MLPPrompt(3, 16, hidden=8)], ids=["nsp", "mpk", "mlp"])
+@pytest.mark.parametrize(
+    "prompt",
+    [NonContextualPrompt(3, 16), MixturePrompt(3, 16, num_prompts=2), MLPPrompt(3, 16, hidden=8)],
+    ids=["nsp", "mpk", "mlp"],
+)
 def test_the_loss_is_the_float64_nll_after_the_prompt_of_the_examples_context(prompt):
     objective = SoftPromptObjective(prompt, LM, EMBEDDER, chunk_size=4)
     data = batch()
     params = {**PARAMS, "prompt": prompt_params(prompt)}
     loss = jax.jit(lambda p, b: objective.loss(p, b, None, 0)[0])(params, data)
     mask = (data["encoder_input_tokens"] != 0).astype(np.int32)
-    hidden = EMBEDDER.hidden_states(PARAMS["embedder"], {"encoder_input_tokens": data["encoder_input_tokens"],
-                                                         "encoder_segment_ids": mask})
+    hidden = EMBEDDER.hidden_states(
+        PARAMS["embedder"], {"encoder_input_tokens": data["encoder_input_tokens"], "encoder_segment_ids": mask}
+    )
     soft = prompt.apply({"params": params["prompt"]}, mean_pooled(hidden, mask))
     inputs = jnp.concatenate([soft, LM.embed(PARAMS["lm"], data["decoder_input_tokens"])], axis=1)
-    logits = LM.logits(PARAMS["lm"], {"decoder_input_tokens": jnp.ones(inputs.shape[:2], jnp.int32)},
-                       input_embeddings=inputs)[:, 3:]
+    logits = LM.logits(
+        PARAMS["lm"], {"decoder_input_tokens": jnp.ones(inputs.shape[:2], jnp.int32)}, input_embeddings=inputs
+    )[:, 3:]
     np.testing.assert_allclose(float(loss), nll64(logits, data), rtol=2e-5)
     if not isinstance(prompt, NonContextualPrompt):  # a contextual prompt differs per example
         assert not np.allclose(soft[0], soft[1])
@@ -116,13 +133,22 @@ def test_through_the_trainer_only_the_prompt_trains(tmp_path):
     for name in ("lm", "embedder"):
         save_params_only(PARAMS[name], tmp_path / name)
     objective = SoftPromptObjective(MLPPrompt(3, 16, hidden=8), LM, EMBEDDER, chunk_size=4)
-    models = {"lm": frozen.FrozenModel(str(tmp_path / "lm"), LM), "embedder": frozen.FrozenModel(str(tmp_path / "embedder"),
-                                                                                                 EMBEDDER)}
+    models = {
+        "lm": frozen.FrozenModel(str(tmp_path / "lm"), LM),
+        "embedder": frozen.FrozenModel(str(tmp_path / "embedder"), EMBEDDER),
+    }
     mesh = partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
     data_config = _data_config()
-    run = trainer.Trainer(str(tmp_path / "run"), Curriculum.single(objective),
-                          Optimizer(optax.adam(0.05), optax.constant_schedule(0.05)), data_config, mesh,
-                          partitioning.DEFAULT_RULES, checkpoints.CheckpointConfig(), frozen_models=models)
+    run = trainer.Trainer(
+        str(tmp_path / "run"),
+        Curriculum.single(objective),
+        Optimizer(optax.adam(0.05), optax.constant_schedule(0.05)),
+        data_config,
+        mesh,
+        partitioning.DEFAULT_RULES,
+        checkpoints.CheckpointConfig(),
+        frozen_models=models,
+    )
     state, _ = run.restore_or_init()
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]]
     assert set(state.params) == {"prompt"} and paths and not any("lm" in p or "embedder" in p for p in paths)
@@ -139,7 +165,8 @@ def test_through_the_trainer_only_the_prompt_trains(tmp_path):
 
 
 def _data_config():
-    """The in-memory prefix-LM task (byte ids < 264): its encoder-decoder features have every field the objective reads."""
+    """The in-memory prefix-LM task (byte ids < 264): its encoder-decoder features have every field the
+    objective reads."""
     return t5_data(batch_size=4, length=8)
 
 

@@ -30,8 +30,12 @@ def test_humaneval_splits_are_disjoint_and_cover_every_prompt():
 
 def test_speeches_and_functions_keep_their_lengths_and_their_splits_apart():
     train, validation, test = (reproduction.speech_split(split) for split in reproduction.SPLITS)
-    assert train and validation and test and not (set(train) & set(validation) or set(train) & set(test)
-                                                   or set(validation) & set(test))
+    assert (
+        train
+        and validation
+        and test
+        and not (set(train) & set(validation) or set(train) & set(test) or set(validation) & set(test))
+    )
     assert all(100 <= len(t) <= 500 for t in train + validation + test)
     validation, test = reproduction.code_split("validation"), reproduction.code_split("test")
     assert validation and test and not set(validation) & set(test)
@@ -39,14 +43,20 @@ def test_speeches_and_functions_keep_their_lengths_and_their_splits_apart():
 
 
 def test_the_shared_data_are_the_same_draw_every_time(tmp_path):
-    sizes = {"domains": ["humaneval"], "train_examples": 20, "validation_examples": 6, "test_examples": 5,
-             "num_samples": 4}
+    sizes = {
+        "domains": ["humaneval"],
+        "train_examples": 20,
+        "validation_examples": 6,
+        "test_examples": 5,
+        "num_samples": 4,
+    }
     files = {}
     for run in ("first", "second"):
         context = context_of(tmp_path / run, "data", **sizes)
         reproduction.write_data(context)
-        files[run] = {name: read(reproduction.data_file(context, "humaneval", name))
-                      for name in (*reproduction.SPLITS, "real")}
+        files[run] = {
+            name: read(reproduction.data_file(context, "humaneval", name)) for name in (*reproduction.SPLITS, "real")
+        }
     assert files["first"] == files["second"]
     drawn = files["first"]
     assert [len(drawn[n]) for n in (*reproduction.SPLITS, "real")] == [20, 6, 5, 4]
@@ -55,13 +65,17 @@ def test_the_shared_data_are_the_same_draw_every_time(tmp_path):
 
 
 def test_the_domain_instruction_reaches_the_domain_and_few_shot_prompts(tmp_path):
-    context = context_of(tmp_path, "data", domains=["humaneval"], train_examples=8, validation_examples=4,
-                         test_examples=4, num_samples=4)
+    context = context_of(
+        tmp_path, "data", domains=["humaneval"], train_examples=8, validation_examples=4, test_examples=4, num_samples=4
+    )
     reproduction.write_data(context)
     written = reproduction.INSTRUCTIONS["humaneval"]
     train = read(reproduction.data_file(context, "humaneval", "train"))
-    for arm, instruction in (("zero_shot", generate.GENERIC_INSTRUCTION), ("domain_prompt", written),
-                             ("few_shot", written)):
+    for arm, instruction in (
+        ("zero_shot", generate.GENERIC_INSTRUCTION),
+        ("domain_prompt", written),
+        ("few_shot", written),
+    ):
         method, given = reproduction.hard_prompt(context.replace(arm), arm, "humaneval")
         prompts = synthesis.hard_prompts(method, train, 3, reproduction.SHOTS, 0, given)
         assert all(p.startswith(instruction + "\n\n") for p in prompts)
@@ -76,7 +90,8 @@ def test_the_claims_compare_ss_mlp_with_each_hard_prompt_on_every_domain():
     hard = set(reproduction.HARD_PROMPTS)
     assert {(c.arm, c.baseline) for c in STUDY.claims} == {("mlp", h) for h in hard}
     assert sorted((c.metric, c.baseline) for c in STUDY.claims) == sorted(
-        (f"{k}_{d}", h) for d in reproduction.DOMAINS for k in ("mauve", "nll") for h in hard)
+        (f"{k}_{d}", h) for d in reproduction.DOMAINS for k in ("mauve", "nll") for h in hard
+    )
     assert all((c.separation == ("real", "untuned")) == c.metric.startswith("nll") for c in STUDY.claims)
     mauve = {m.name: m for m in STUDY.metrics}["mauve_code"]
     assert [a.name for a in STUDY.measured_arms(mauve)] == list(reproduction.METHODS)

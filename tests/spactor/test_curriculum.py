@@ -24,8 +24,15 @@ def _hybrid():
 
 def _trainer(tmp_path, curriculum):
     mesh = partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
-    return trainer.Trainer(str(tmp_path), curriculum, ADAM, DATA, mesh, partitioning.DEFAULT_RULES,
-                           checkpoints.CheckpointConfig(save_interval_steps=1000))
+    return trainer.Trainer(
+        str(tmp_path),
+        curriculum,
+        ADAM,
+        DATA,
+        mesh,
+        partitioning.DEFAULT_RULES,
+        checkpoints.CheckpointConfig(save_interval_steps=1000),
+    )
 
 
 def _flops(compiled):
@@ -47,8 +54,14 @@ def test_stage_two_compiles_to_a_plain_span_corruption_step(tmp_path):
 
 def _run(model_dir, curriculum, steps):
     return trainer.train(
-        model_dir=str(model_dir), train_data=DATA, steps=steps, optimizer=ADAM, curriculum=curriculum, log_every=1,
-        mesh_config=partitioning.MeshConfig(1, 1, 1), peak_flops_per_device=1e9,
+        model_dir=str(model_dir),
+        train_data=DATA,
+        steps=steps,
+        optimizer=ADAM,
+        curriculum=curriculum,
+        log_every=1,
+        mesh_config=partitioning.MeshConfig(1, 1, 1),
+        peak_flops_per_device=1e9,
         checkpoint_config=checkpoints.CheckpointConfig(save_interval_steps=2, async_save=False),
     )
 
@@ -69,14 +82,26 @@ def test_after_tau_only_t5_trains_and_its_optimizer_state_carries_over(tmp_path)
     for model in ("generator", "rtd_head"):
         jax.tree.map(np.testing.assert_array_equal, final["params"][model], at_tau["params"][model])
         jax.tree.map(np.testing.assert_array_equal, final["opt_state"][model], at_tau["opt_state"][model])
-    batches = [jax.device_get(b) for _, b in zip(range(2), trainer.GlobalBatches(
-        DATA, partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1]), pipeline.ResumePoint(2)))]
+    batches = [
+        jax.device_get(b)
+        for _, b in zip(
+            range(2),
+            trainer.GlobalBatches(
+                DATA,
+                partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1]),
+                pipeline.ResumePoint(2),
+            ),
+        )
+    ]
     t5_at_tau = jax.tree.map(np.asarray, at_tau["params"]["t5"])
     template = ADAM.tx.init(t5_at_tau)
     carried = jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(at_tau["opt_state"]["t5"]))
     expected = _sc_updates(hybrid.span_corruption, t5_at_tau, carried, batches)
     fresh = _sc_updates(hybrid.span_corruption, t5_at_tau, template, batches)
-    close = lambda a, b: all(np.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    def close(a, b):
+        return all(np.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
     assert close(final["params"]["t5"], expected)
     assert not close(final["params"]["t5"], fresh)
 

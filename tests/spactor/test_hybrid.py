@@ -91,7 +91,10 @@ TERMS = ("sc/loss", "rtd/loss", "mlm/loss", "loss")
 
 def _term_grads(objective, batch, params):
     """Gradients of each loss term, from one compiled reverse pass over the vector of terms."""
-    terms = lambda p: jnp.stack([objective.loss(p, batch, jax.random.key(5), 0)[1][t] for t in TERMS])
+
+    def terms(p):
+        return jnp.stack([objective.loss(p, batch, jax.random.key(5), 0)[1][t] for t in TERMS])
+
     jacobian = jax.jit(jax.jacrev(terms))(params)
     return {t: jax.tree.map(lambda g, i=i: g[i], jacobian) for i, t in enumerate(TERMS)}
 
@@ -161,18 +164,31 @@ def test_generator_reads_the_t5_token_embeddings(tiny):
 
 
 def test_a_generator_as_wide_as_the_encoder_reads_the_table_without_a_projection():
-    objective = HybridObjective(build_model(TINY_T5), generator_config(TINY_T5), data_vocab_size=DATA_VOCAB,
-                                num_sentinels=SENTINELS)
+    objective = HybridObjective(
+        build_model(TINY_T5), generator_config(TINY_T5), data_vocab_size=DATA_VOCAB, num_sentinels=SENTINELS
+    )
     params = init(objective, span_corrupted_batch())
     assert objective.generator_config.emb_dim == TINY_T5.emb_dim and "embedding_projection" not in params["generator"]
 
 
 def test_generator_config_is_as_wide_and_a_third_as_deep_as_the_encoder():
-    base = T5Config(vocab_size=32128, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048,
-                    num_encoder_layers=12, num_decoder_layers=12)
+    base = T5Config(
+        vocab_size=32128,
+        emb_dim=768,
+        num_heads=12,
+        head_dim=64,
+        mlp_dim=2048,
+        num_encoder_layers=12,
+        num_decoder_layers=12,
+    )
     config = generator_config(base)
     assert (config.emb_dim, config.num_heads, config.head_dim, config.mlp_dim, config.num_layers) == (
-        768, 12, 64, 2048, 4)
+        768,
+        12,
+        64,
+        2048,
+        4,
+    )
     quarter = generator_config(base, width_fraction=0.25, depth_fraction=1.0)
     assert (quarter.emb_dim, quarter.num_heads, quarter.mlp_dim, quarter.num_layers) == (192, 3, 512, 12)
     assert generator_config(dataclasses.replace(base, num_encoder_layers=2)).num_layers == 1  # at least 1
@@ -181,13 +197,16 @@ def test_generator_config_is_as_wide_and_a_third_as_deep_as_the_encoder():
             generator_config(base, **{name: 0.0})
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"mask_id": 100}, "mask_id=100"),
-    ({"data_vocab_size": 264}, "mask_id=264"),
-    ({"data_vocab_size": 300}, "exceeds"),
-    ({"mask_rate": 1.0}, "mask_rate"),
-    ({"temperature": 0.0}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"mask_id": 100}, "mask_id=100"),
+        ({"data_vocab_size": 264}, "mask_id=264"),
+        ({"data_vocab_size": 300}, "exceeds"),
+        ({"mask_rate": 1.0}, "mask_rate"),
+        ({"temperature": 0.0}, "temperature"),
+    ],
+)
 def test_bad_settings_are_named(settings, message):
     with pytest.raises(ValueError, match=f"HybridObjective.*{message}"):
         tiny_hybrid(**settings)
@@ -196,11 +215,11 @@ def test_bad_settings_are_named(settings, message):
 def test_train_flops_add_the_generator_projection_and_rtd_head():
     objective = tiny_hybrid()
     spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in span_corrupted_batch().items()}
-    b, l = spec["encoder_input_tokens"].shape
+    b, length = spec["encoder_input_tokens"].shape
     g, big = objective.generator_config, TINY_T5.emb_dim
     d, h, k, f, v = g.emb_dim, g.num_heads, g.head_dim, g.mlp_dim, g.vocab_size
-    layer = 2 * b * l * 4 * d * h * k + 4 * b * h * l * l * k + 2 * b * l * 3 * d * f
-    forward = g.num_layers * layer + 2 * b * l * d * v + 2 * b * l * big * d + 2 * b * l * big
+    layer = 2 * b * length * 4 * d * h * k + 4 * b * h * length * length * k + 2 * b * length * 3 * d * f
+    forward = g.num_layers * layer + 2 * b * length * d * v + 2 * b * length * big * d + 2 * b * length * big
     sc = objective.span_corruption.train_flops(spec)
     assert objective.train_flops(spec) == pytest.approx(sc + 3 * forward, rel=1e-12)
 
@@ -208,7 +227,10 @@ def test_train_flops_add_the_generator_projection_and_rtd_head():
 def test_vocabulary_size_of_a_task_with_an_unloadable_vocabulary_names_the_file(tmp_path):
     garbage = tmp_path / "garbage.model"
     garbage.write_bytes(np.random.default_rng(1).bytes(2000))
-    names = tasks.register_text_tasks("spactor_garbage_vocab", tasks.TextSource(generated_documents),
-                                      seqio.SentencePieceVocabulary(str(garbage), extra_ids=100))
+    names = tasks.register_text_tasks(
+        "spactor_garbage_vocab",
+        tasks.TextSource(generated_documents),
+        seqio.SentencePieceVocabulary(str(garbage), extra_ids=100),
+    )
     with pytest.raises(vocab.VocabularyError, match=f"^vocabulary {garbage} cannot be loaded: DecodeError"):
         task_vocabulary_size(names[0])

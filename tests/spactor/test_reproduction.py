@@ -5,8 +5,9 @@ import json
 import pytest
 
 from littlehelp import stats, study
+from littlehelp.study import FLOPS_RECORD as FLOPS
+from littlehelp.study import flops_between
 from spactor import reproduction
-from littlehelp.study import FLOPS_RECORD as FLOPS, flops_between
 from spactor.reproduction import STUDY, pretrain_bindings, tau_steps
 
 SETTINGS = {**STUDY.settings, "overrides": {"BATCH_SIZE": 4}}
@@ -17,8 +18,12 @@ def context(arm: str, tmp_path, seed: int = 1) -> study.ArmContext:
 
 
 def test_flops_between_counts_each_record_for_the_steps_since_the_previous_one():
-    records = [{"step": 25, FLOPS: 10.0}, {"step": 50, FLOPS: 10.0}, {"step": 60, "eval/loss": 1.0},
-               {"step": 100, FLOPS: 20.0}]
+    records = [
+        {"step": 25, FLOPS: 10.0},
+        {"step": 50, FLOPS: 10.0},
+        {"step": 60, "eval/loss": 1.0},
+        {"step": 100, FLOPS: 20.0},
+    ]
     assert flops_between(records, 0, 100) == 25 * 10 + 25 * 10 + 50 * 20
     assert flops_between(records, 30, 60) == 20 * 10 + 10 * 20  # (30, 50] at 10, (50, 60] at 20
     assert flops_between(records, 0, 200) == flops_between(records, 0, 100)
@@ -79,8 +84,13 @@ def test_flops_in_both_conventions_and_the_hybrid_step_cost(tmp_path):
 
 def test_claims_are_on_genre_accuracy_past_the_midpoint_and_need_the_sc_controls_separated():
     assert [c.arm for c in STUDY.claims] == [f"spactor_{f:g}" for f in reproduction.TAUS]
-    assert all(c.separation == ("sc_2s", "sc_s") and c.metric == "genre_accuracy_past_midpoint" and c.baseline is None
-               and c.threshold == 0 for c in STUDY.claims)
+    assert all(
+        c.separation == ("sc_2s", "sc_s")
+        and c.metric == "genre_accuracy_past_midpoint"
+        and c.baseline is None
+        and c.threshold == 0
+        for c in STUDY.claims
+    )
 
 
 def _values(gains: list[float], spactor: list[float]) -> dict[str, dict[str, list[float]]]:

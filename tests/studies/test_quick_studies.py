@@ -20,14 +20,17 @@ VERDICTS = {stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE, stats.UNTES
 
 SLOW = {"spactor", "salt", "distillspec", "distillspec_t5", "softsrv", "cluster_margin"}
 NEEDS_FASHION_MNIST = {"cluster_margin"}
-FASHION_MNIST_ABSENT = pytest.mark.skipif("fashion_mnist" not in data.available(),
-                                          reason="Fashion-MNIST is absent (apt-get install dataset-fashion-mnist)")
+FASHION_MNIST_ABSENT = pytest.mark.skipif(
+    "fashion_mnist" not in data.available(), reason="Fashion-MNIST is absent (apt-get install dataset-fashion-mnist)"
+)
 
 
 def marks(name: str) -> list[pytest.MarkDecorator]:
     """A study's marks: slow, and skipped where its data set is absent."""
-    return [*([pytest.mark.slow] if name in SLOW else []),
-            *([FASHION_MNIST_ABSENT] if name in NEEDS_FASHION_MNIST else [])]
+    return [
+        *([pytest.mark.slow] if name in SLOW else []),
+        *([FASHION_MNIST_ABSENT] if name in NEEDS_FASHION_MNIST else []),
+    ]
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=marks(name)) for name in study.STUDIES])
@@ -47,7 +50,10 @@ def test_quick_study_writes_a_complete_result(name, tmp_path):
     assert where["commit"] and where["versions"]["jax"] and where["machine"]["cpu_count"]
     assert where["before"]["matmul_flops_per_second"] > 0 and where["command"].endswith("--quick")
     assert (tmp_path / "work" / "result" / "plot.png").is_file()
-    rows = [line for line in (tmp_path / "work" / "result" / "table.md").read_text().splitlines()
-            if line.endswith(" |") and "**" in line]
+    rows = [
+        line
+        for line in (tmp_path / "work" / "result" / "table.md").read_text().splitlines()
+        if line.endswith(" |") and "**" in line
+    ]
     assert len(rows) == len(declared.claims)
     assert [row.endswith("(exploratory) |") for row in rows] == [c.exploratory for c in declared.claims]

@@ -26,7 +26,7 @@ def test_three_seeds_at_two_standard_errors_are_not_significant():
     values = [1.0, 2.0, 3.0]  # mean 2, s.e. 1/sqrt(3); shift so that t = 2 against 0
     shifted = [v - 2.0 + 2.0 / math.sqrt(3) for v in values]
     assert stats.t_test_p(shifted) == pytest.approx(0.1835, abs=1e-3)
-    verdict, = stats.judge([shifted], [0.0], [None])
+    (verdict,) = stats.judge([shifted], [0.0], [None])
     assert verdict.verdict == stats.INCONCLUSIVE
 
 
@@ -46,10 +46,10 @@ def test_verdict_words():
     # a threshold above a supported mean turns it into contradicted
     assert stats.judge([better], [1.0], [None])[0].verdict == stats.CONTRADICTED
     assert stats.judge([better], [0.0], [False])[0].verdict == stats.UNTESTABLE
-    one, = stats.judge([[0.7]], [0.0], [None])
+    (one,) = stats.judge([[0.7]], [0.0], [None])
     assert one.verdict == stats.ONE_SEED and math.isnan(one.interval.low)
     assert stats.judge([[0.7]], [0.0], [False])[0].verdict == stats.ONE_SEED  # one seed separates nothing either
-    missing, = stats.judge([[0.5, math.nan, 0.4]], [0.0], [None])
+    (missing,) = stats.judge([[0.5, math.nan, 0.4]], [0.0], [None])
     assert missing.verdict == stats.INCONCLUSIVE
 
 
@@ -60,7 +60,8 @@ def test_holm_makes_a_marginal_claim_inconclusive_beside_others():
     noise = [0.3, -0.2, 0.1, -0.25, 0.05]
     verdicts = stats.judge([marginal, noise, noise], [0.0] * 3, [None] * 3)
     assert verdicts[0].verdict == stats.INCONCLUSIVE and verdicts[0].adjusted_p == pytest.approx(
-        3 * stats.t_test_p(marginal))
+        3 * stats.t_test_p(marginal)
+    )
 
 
 def test_separation_needs_an_interval_above_zero():

@@ -15,25 +15,35 @@ CALLS: list[tuple[str, int]] = []
 
 def constant_arm(name: str, offset: float, fail_at: tuple[int, ...] = ()) -> study.Arm:
     """An arm whose score is seed-dependent noise plus `offset`; it fails once at the seeds in `fail_at`."""
+
     def run(context: study.ArmContext) -> dict:
         CALLS.append((name, context.seed))
         if context.seed in fail_at and CALLS.count((name, context.seed)) == 1:
             raise RuntimeError("interrupted")
         noise = [0.01, -0.02, 0.015, -0.005][context.seed] * context.settings["scale"]
         return {"values": {"score": offset + noise, "flat": 1.0}}
+
     return study.Arm(name, run=run)
 
 
 def make_study(fail_at: tuple[int, ...] = ()) -> study.Study:
     return study.Study(
-        name="toy", title="A toy study", description="Known offsets.",
+        name="toy",
+        title="A toy study",
+        description="Known offsets.",
         arms=(constant_arm("base", 0.0), constant_arm("better", 0.5, fail_at), constant_arm("worse", -0.5)),
         metrics=(study.Metric("score", "score", True), study.Metric("flat", "flat", True)),
-        claims=(study.Claim("up", "better beats base", "score", "better", "base"),
-                study.Claim("down", "worse beats base", "score", "worse", "base"),
-                study.Claim("tiny", "better beats base by 1", "score", "better", "base", threshold=1.0),
-                study.Claim("blind", "better beats base on flat", "flat", "better", "base", separation=("base", "worse"))),
-        seeds=4, settings={"scale": 1.0}, quick={"scale": 2.0}, quick_seeds=1)
+        claims=(
+            study.Claim("up", "better beats base", "score", "better", "base"),
+            study.Claim("down", "worse beats base", "score", "worse", "base"),
+            study.Claim("tiny", "better beats base by 1", "score", "better", "base", threshold=1.0),
+            study.Claim("blind", "better beats base on flat", "flat", "better", "base", separation=("base", "worse")),
+        ),
+        seeds=4,
+        settings={"scale": 1.0},
+        quick={"scale": 2.0},
+        quick_seeds=1,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -44,8 +54,12 @@ def _clear_calls():
 def test_verdicts_values_and_provenance(tmp_path):
     result = study.run_study(make_study(), study.Request("toy", work_dir=str(tmp_path), out=str(tmp_path / "out")))
     verdicts = {c["name"]: c["verdict"] for c in result["claims"]}
-    assert verdicts == {"up": stats.SUPPORTED, "down": stats.CONTRADICTED, "tiny": stats.CONTRADICTED,
-                        "blind": stats.UNTESTABLE}
+    assert verdicts == {
+        "up": stats.SUPPORTED,
+        "down": stats.CONTRADICTED,
+        "tiny": stats.CONTRADICTED,
+        "blind": stats.UNTESTABLE,
+    }
     written = json.loads((tmp_path / "out" / "result.json").read_text())
     assert written["values"]["better"]["score"] == pytest.approx([0.51, 0.48, 0.515, 0.495])
     assert written["claims"][0]["improvements"] == pytest.approx([0.5] * 4)
@@ -64,8 +78,11 @@ def test_finished_runs_are_reused_and_an_interrupted_study_continues(tmp_path):
 
 
 def test_exploratory_comparisons_are_judged_in_a_holm_family_of_their_own():
-    values = {"base": {"score": [0.0] * 4}, "better": {"score": [0.3, 0.1, 0.25, 0.15]},
-              "worse": {"score": [0.2, -0.1, 0.3, 0.0]}}
+    values = {
+        "base": {"score": [0.0] * 4},
+        "better": {"score": [0.3, 0.1, 0.25, 0.15]},
+        "worse": {"score": [0.2, -0.1, 0.3, 0.0]},
+    }
     up = study.Claim("up", "better beats base", "score", "better", "base")
     aside = study.Claim("aside", "worse beats base", "score", "worse", "base", exploratory=True)
     toy = make_study()
@@ -73,16 +90,19 @@ def test_exploratory_comparisons_are_judged_in_a_holm_family_of_their_own():
     both = study.judge_claims(dataclasses.replace(toy, claims=(up, aside)), values)
     assert both[0]["adjusted_p"] == alone[0]["adjusted_p"] == alone[0]["p_value"] and not both[0]["exploratory"]
     assert both[1]["adjusted_p"] == both[1]["p_value"] and both[1]["exploratory"]
-    as_claims = study.judge_claims(dataclasses.replace(toy, claims=(up, dataclasses.replace(aside, exploratory=False))),
-                                   values)
+    as_claims = study.judge_claims(
+        dataclasses.replace(toy, claims=(up, dataclasses.replace(aside, exploratory=False))), values
+    )
     assert as_claims[0]["adjusted_p"] == pytest.approx(2 * alone[0]["p_value"])  # what Holm charges a second claim
 
 
 def test_tables_label_exploratory_comparisons(tmp_path, capsys):
     toy = make_study()
     aside = study.Claim("aside", "worse beats base, explored", "score", "worse", "base", exploratory=True)
-    result = study.run_study(dataclasses.replace(toy, claims=(*toy.claims, aside)),
-                             study.Request("toy", work_dir=str(tmp_path), out=str(tmp_path / "out")))
+    result = study.run_study(
+        dataclasses.replace(toy, claims=(*toy.claims, aside)),
+        study.Request("toy", work_dir=str(tmp_path), out=str(tmp_path / "out")),
+    )
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| worse beats base, explored |" in table and "| **contradicted** (exploratory) |" in table
     assert table.count("(exploratory)") == 2 and study_report.EXPLORATORY in table  # the row and the note
@@ -115,8 +135,15 @@ def test_unknown_study_and_bad_claims_are_one_line_errors():
     with pytest.raises(study.StudyError, match="no study called 'nope'; the studies are spactor, salt"):
         study.load("nope")
     with pytest.raises(study.StudyError, match="claim c names unknown arm ghost"):
-        study.Study("x", "x", "x", (constant_arm("a", 0),), (study.Metric("score", "s", True),),
-                    (study.Claim("c", "s", "score", "ghost"),), seeds=2)
+        study.Study(
+            "x",
+            "x",
+            "x",
+            (constant_arm("a", 0),),
+            (study.Metric("score", "s", True),),
+            (study.Claim("c", "s", "score", "ghost"),),
+            seeds=2,
+        )
 
 
 def test_readme_block_is_regenerated_between_its_markers(tmp_path):
@@ -158,7 +185,9 @@ def test_the_readme_shows_each_committed_result_as_generated(name):
         assert study_report.readme_block(json.loads(path.read_text())) in readme
     else:
         notes = (study.RESULTS / name / "notes.md").read_text()
-        assert re.search(r"not (been |yet )?(re)?run (since|on)", notes, re.I), f"results/{name} has neither result.json nor a not-run note"
+        assert re.search(r"not (been |yet )?(re)?run (since|on)", notes, re.I), (
+            f"results/{name} has neither result.json nor a not-run note"
+        )
 
 
 @pytest.fixture
@@ -183,8 +212,9 @@ def test_a_study_caches_compiled_programs_only_while_it_runs(tmp_path, no_sessio
         value = jax.jit(lambda x: jnp.sin(x) * 3.0 + context.seed)(jnp.ones(1000))  # compiled once, cached
         return {"values": {"score": float(value[0])}}
 
-    toy = study.Study("toy", "toy", "toy", (study.Arm("a", run=compiling_arm),), (study.Metric("score", "s", True),),
-                      (), seeds=1)
+    toy = study.Study(
+        "toy", "toy", "toy", (study.Arm("a", run=compiling_arm),), (study.Metric("score", "s", True),), (), seeds=1
+    )
     study.run_study(toy, study.Request("toy", work_dir=str(tmp_path), out=str(tmp_path / "out")))
     assert any((tmp_path / study.COMPILATION_CACHE).iterdir())
     assert jax.config.jax_compilation_cache_dir is None

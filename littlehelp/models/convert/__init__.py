@@ -23,11 +23,33 @@ import seqio
 
 from littlehelp.models import build_model
 from littlehelp.models.convert import bert, llama, t5  # noqa: F401  (the built-in families register themselves)
-from littlehelp.models.convert.common import (FAMILIES, ConversionError, Family, Pretrained, check_params, config_of,
-                                              family_of_model_type, register)
+from littlehelp.models.convert.common import (
+    FAMILIES,
+    ConversionError,
+    Family,
+    Pretrained,
+    check_params,
+    config_of,
+    family_of_model_type,
+    register,
+)
 
-__all__ = ["CONFIG_FILE", "FAMILIES", "SAFETENSORS_FILE", "SAFETENSORS_INDEX", "TOKENIZER_FILE", "ConversionError",
-           "Family", "Pretrained", "export", "load", "load_hf", "read_hf_config", "read_safetensors", "register"]
+__all__ = [
+    "CONFIG_FILE",
+    "FAMILIES",
+    "SAFETENSORS_FILE",
+    "SAFETENSORS_INDEX",
+    "TOKENIZER_FILE",
+    "ConversionError",
+    "Family",
+    "Pretrained",
+    "export",
+    "load",
+    "load_hf",
+    "read_hf_config",
+    "read_safetensors",
+    "register",
+]
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -61,7 +83,6 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ConversionError(f"{path} is not valid JSON: {error}") from None
-
 
 
 def _hf_vocabulary(directory: Path) -> seqio.Vocabulary | None:
@@ -104,12 +125,13 @@ def export(pretrained: Pretrained, out_dir: str | Path) -> Path:
     family = FAMILIES[pretrained.family]
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {name: np.ascontiguousarray(value, np.float32)
-               for name, value in family.hf_tensors(pretrained.params, pretrained.config).items()}
+    tensors = {
+        name: np.ascontiguousarray(value, np.float32)
+        for name, value in family.hf_tensors(pretrained.params, pretrained.config).items()
+    }
     save_file(tensors, str(out_dir / SAFETENSORS_FILE), metadata={"format": "pt"})
     (out_dir / CONFIG_FILE).write_text(json.dumps(family.hf_config(pretrained.config), indent=1) + "\n")
     save_tokenizer = getattr(pretrained.vocabulary, "save_tokenizer_json", None)
     if save_tokenizer is not None:
         save_tokenizer(out_dir / TOKENIZER_FILE)
     return out_dir
-

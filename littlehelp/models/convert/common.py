@@ -88,8 +88,11 @@ def require(tensors: Tensors, names: list[str], source: str) -> None:
 def require_shapes(tensors: Tensors, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
     """Raises ConversionError naming the tensors of `tensors` whose shape differs from `shapes` (the first
     few), before any of them is reshaped."""
-    wrong = [f"{name} has shape {np.shape(tensors[name])}, the config needs {shape}"
-             for name, shape in shapes.items() if name in tensors and np.shape(tensors[name]) != shape]
+    wrong = [
+        f"{name} has shape {np.shape(tensors[name])}, the config needs {shape}"
+        for name, shape in shapes.items()
+        if name in tensors and np.shape(tensors[name]) != shape
+    ]
     if wrong:
         raise ConversionError(f"{source}: tensor {_first_few(wrong, '; ', 3)}")
 
@@ -125,9 +128,11 @@ def check_params(model: Model, params: Params, source: str) -> Params:
     got = {jax.tree_util.keystr(path): np.shape(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
     problems = [f"{name} missing" for name in want if name not in got]
     problems += [f"{name} unexpected" for name in got if name not in want]
-    problems += [f"{name} has shape {got[name]}, the model needs {want[name]}"
-                 for name in want if name in got and tuple(got[name]) != tuple(want[name])]
+    problems += [
+        f"{name} has shape {got[name]}, the model needs {want[name]}"
+        for name in want
+        if name in got and tuple(got[name]) != tuple(want[name])
+    ]
     if problems:
         raise ConversionError(f"{source}: converted parameters do not fit the model: {_first_few(problems, '; ')}")
     return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-

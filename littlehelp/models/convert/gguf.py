@@ -22,9 +22,15 @@ from littlehelp.models.decoder import DEFAULT_CONTEXT_LENGTH
 
 ARCHITECTURES = ("llama", "qwen2")
 LAYER_NAMES = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "attn_norm": "input_layernorm", "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "ffn_norm": "post_attention_layernorm",
 }
 GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
@@ -42,8 +48,9 @@ def _field(reader: Any, key: str, source: str, default: Any = None) -> Any:
 def _architecture(reader: Any, source: str) -> str:
     arch = _field(reader, "general.architecture", source)
     if arch not in ARCHITECTURES:
-        raise ConversionError(f"{source}: general.architecture {arch!r} is not supported; known: "
-                              f"{', '.join(ARCHITECTURES)}")
+        raise ConversionError(
+            f"{source}: general.architecture {arch!r} is not supported; known: {', '.join(ARCHITECTURES)}"
+        )
     return arch
 
 
@@ -54,8 +61,10 @@ def _check_rope(reader: Any, arch: str, head_dim: int, source: str) -> None:
         raise ConversionError(f"{source}: {arch}.rope.scaling.type {scaling!r} is not supported")
     rotary = _field(reader, f"{arch}.rope.dimension_count", source, head_dim)
     if rotary != head_dim:
-        raise ConversionError(f"{source}: {arch}.rope.dimension_count {rotary} differs from the head size "
-                              f"{head_dim}; partial rotary embeddings are not supported")
+        raise ConversionError(
+            f"{source}: {arch}.rope.dimension_count {rotary} differs from the head size "
+            f"{head_dim}; partial rotary embeddings are not supported"
+        )
 
 
 def _decimal(value: Any) -> float:
@@ -77,10 +86,14 @@ def hf_config_of(reader: Any, tensor_names: set[str], source: str) -> dict[str, 
         raise ConversionError(f"{source}: {arch}.expert_count {expert_count} (mixture of experts) is not supported")
     _check_rope(reader, arch, head_dim, source)
     return {
-        "model_type": arch, "vocab_size": len(_field(reader, "tokenizer.ggml.tokens", source)),
-        "hidden_size": emb, "intermediate_size": int(meta("feed_forward_length")),
-        "num_hidden_layers": int(meta("block_count")), "num_attention_heads": heads,
-        "num_key_value_heads": int(meta("attention.head_count_kv", heads)), "head_dim": head_dim,
+        "model_type": arch,
+        "vocab_size": len(_field(reader, "tokenizer.ggml.tokens", source)),
+        "hidden_size": emb,
+        "intermediate_size": int(meta("feed_forward_length")),
+        "num_hidden_layers": int(meta("block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(meta("attention.head_count_kv", heads)),
+        "head_dim": head_dim,
         "max_position_embeddings": int(meta("context_length", DEFAULT_CONTEXT_LENGTH)),
         "rope_theta": _decimal(meta("rope.freq_base", 10000.0)),
         "rms_norm_eps": _decimal(meta("attention.layer_norm_rms_epsilon")),
@@ -108,8 +121,11 @@ def hf_tensors_of(reader: Any, hf_config: dict[str, Any]) -> dict[str, np.ndarra
     """Every tensor of the file dequantised to float32 under its HF name (q/k rows in HF's order)."""
     from gguf.quants import dequantize
 
-    permuted = {"self_attn.q_proj": hf_config["num_attention_heads"],
-                "self_attn.k_proj": hf_config["num_key_value_heads"]} if hf_config["model_type"] == "llama" else {}
+    permuted = (
+        {"self_attn.q_proj": hf_config["num_attention_heads"], "self_attn.k_proj": hf_config["num_key_value_heads"]}
+        if hf_config["model_type"] == "llama"
+        else {}
+    )
     tensors = {}
     for tensor in reader.tensors:
         shape = tuple(int(n) for n in reversed(tensor.shape))
@@ -136,8 +152,9 @@ class _CheckedReader(GGUFReader):
 
     def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
         if int(offset) + np.dtype(dtype).itemsize * int(count) > len(self.data):
-            raise ConversionError(f"{self.source} is truncated: it ends at byte {len(self.data)}, inside its "
-                                  f"{self._section()}")
+            raise ConversionError(
+                f"{self.source} is truncated: it ends at byte {len(self.data)}, inside its {self._section()}"
+            )
         return super()._get(offset, dtype, count, override_order)
 
     def _section(self) -> str:
@@ -153,8 +170,10 @@ class _CheckedReader(GGUFReader):
             block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(int(ggml_type[0]))]
             end = start_offs + int(offset[0]) + int(np.prod(dims)) * type_size // block_size
             if end > len(self.data):
-                raise ConversionError(f"{self.source} is truncated: it ends at byte {len(self.data)}, inside the "
-                                      f"data of tensor {bytes(name).decode()!r} (which ends at byte {end})")
+                raise ConversionError(
+                    f"{self.source} is truncated: it ends at byte {len(self.data)}, inside the "
+                    f"data of tensor {bytes(name).decode()!r} (which ends at byte {end})"
+                )
         super()._build_tensors(start_offs, fields)
 
 

@@ -15,8 +15,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from littlehelp.models.convert.common import (ConversionError, Family, Params, Tensors, hf_shapes, register,
-                                              require, require_shapes)
+from littlehelp.models.convert.common import (
+    ConversionError,
+    Family,
+    Params,
+    Tensors,
+    hf_shapes,
+    register,
+    require,
+    require_shapes,
+)
 from littlehelp.models.decoder import DEFAULT_CONTEXT_LENGTH, DecoderConfig
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -80,15 +88,20 @@ def config_from_hf(hf: Mapping[str, Any]) -> DecoderConfig:
     _check_supported(hf)
     heads = int(hf["num_attention_heads"])
     return DecoderConfig(
-        vocab_size=int(hf["vocab_size"]), emb_dim=int(hf["hidden_size"]),
-        num_layers=int(hf["num_hidden_layers"]), num_heads=heads,
+        vocab_size=int(hf["vocab_size"]),
+        emb_dim=int(hf["hidden_size"]),
+        num_layers=int(hf["num_hidden_layers"]),
+        num_heads=heads,
         num_kv_heads=int(hf.get("num_key_value_heads") or heads),
         head_dim=int(hf.get("head_dim") or hf["hidden_size"] // heads),
-        mlp_dim=int(hf["intermediate_size"]), rope_max_wavelength=_rope_theta(hf),
+        mlp_dim=int(hf["intermediate_size"]),
+        rope_max_wavelength=_rope_theta(hf),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), scale_tied_logits=False,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        scale_tied_logits=False,
         qkv_bias=hf["model_type"] == "qwen2",
-        context_length=int(hf.get("max_position_embeddings") or DEFAULT_CONTEXT_LENGTH))
+        context_length=int(hf.get("max_position_embeddings") or DEFAULT_CONTEXT_LENGTH),
+    )
 
 
 def hf_config(config: DecoderConfig) -> dict[str, Any]:
@@ -97,15 +110,23 @@ def hf_config(config: DecoderConfig) -> dict[str, Any]:
         raise ConversionError("DecoderConfig.scale_tied_logits=True has no HF Llama equivalent")
     model_type = "qwen2" if config.qkv_bias else "llama"
     return {
-        "architectures": [ARCHITECTURES[model_type]], "model_type": model_type,
-        "vocab_size": config.vocab_size, "hidden_size": config.emb_dim,
-        "intermediate_size": config.mlp_dim, "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim, "hidden_act": "silu", "rms_norm_eps": config.norm_eps,
+        "architectures": [ARCHITECTURES[model_type]],
+        "model_type": model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.emb_dim,
+        "intermediate_size": config.mlp_dim,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.norm_eps,
         "max_position_embeddings": config.context_length,
         "rope_theta": config.rope_max_wavelength,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_max_wavelength},
-        "tie_word_embeddings": config.tie_embeddings, "attention_bias": False, "mlp_bias": False,
+        "tie_word_embeddings": config.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
         "torch_dtype": "float32",
     }
 
@@ -191,9 +212,11 @@ def params_from_hf(tensors: Tensors, config: DecoderConfig, source: str = "HF ch
         for name, (path, kind) in _layer_weights(config).items():
             set_path(layer, path, _to_ours(np.asarray(tensors[f"model.layers.{i}.{name}"]), kind, config))
         layers.append(layer)
-    params = {"token_embedder": {"embedding": np.asarray(tensors["model.embed_tokens.weight"])},
-              "final_norm": {"scale": np.asarray(tensors["model.norm.weight"])},
-              **stack_layers(layers, config.scan_layers)}
+    params = {
+        "token_embedder": {"embedding": np.asarray(tensors["model.embed_tokens.weight"])},
+        "final_norm": {"scale": np.asarray(tensors["model.norm.weight"])},
+        **stack_layers(layers, config.scan_layers),
+    }
     if not config.tie_embeddings:
         params["logits_dense"] = {"kernel": np.asarray(tensors["lm_head.weight"]).T}
     return params
@@ -201,8 +224,10 @@ def params_from_hf(tensors: Tensors, config: DecoderConfig, source: str = "HF ch
 
 def hf_tensors(params: Params, config: DecoderConfig) -> dict[str, np.ndarray]:
     """Our DecoderLM params -> HF Llama / Qwen2 tensors."""
-    out = {"model.embed_tokens.weight": np.asarray(params["token_embedder"]["embedding"]),
-           "model.norm.weight": np.asarray(params["final_norm"]["scale"])}
+    out = {
+        "model.embed_tokens.weight": np.asarray(params["token_embedder"]["embedding"]),
+        "model.norm.weight": np.asarray(params["final_norm"]["scale"]),
+    }
     for i in range(config.num_layers):
         layer = layer_params(params, i, config.scan_layers)
         for name, (path, kind) in _layer_weights(config).items():
@@ -212,5 +237,14 @@ def hf_tensors(params: Params, config: DecoderConfig) -> dict[str, np.ndarray]:
     return out
 
 
-FAMILY = register(Family("llama", tuple(ARCHITECTURES), config_from_hf, params_from_hf, hf_config, hf_tensors,
-                         objective_file="models/decoder_only.gin"))
+FAMILY = register(
+    Family(
+        "llama",
+        tuple(ARCHITECTURES),
+        config_from_hf,
+        params_from_hf,
+        hf_config,
+        hf_tensors,
+        objective_file="models/decoder_only.gin",
+    )
+)

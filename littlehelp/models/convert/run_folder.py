@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import flax
-import gin
 import jax
 import numpy as np
 from absl import logging
 
+import gin
 from littlehelp import checkpoints
 from littlehelp.data import corpus, pretrained
 from littlehelp.models.convert import FAMILIES, ConversionError, Pretrained, load
@@ -53,13 +53,23 @@ def model_gin(pretrained_model: Pretrained, folder: Path) -> str:
     vocabulary, also `_infer_bindings`."""
     config, family = pretrained_model.config, FAMILIES.get(pretrained_model.family)
     module, objective = type(config).__module__, family.objective_file if family else None
-    lines = [f"# Model imported by `littlehelp convert` from {pretrained_model.source} (family {pretrained_model.family}).",
-             f"import {module}", *([] if objective else ["import littlehelp.models"]), "",
-             f"MODEL_CONFIG = @{module.rsplit('.', 1)[-1]}.{type(config).__name__}()", *gin_bindings(config), ""]
+    lines = [
+        f"# Model imported by `littlehelp convert` from {pretrained_model.source} (family {pretrained_model.family}).",
+        f"import {module}",
+        *([] if objective else ["import littlehelp.models"]),
+        "",
+        f"MODEL_CONFIG = @{module.rsplit('.', 1)[-1]}.{type(config).__name__}()",
+        *gin_bindings(config),
+        "",
+    ]
     if objective:
         lines.append(f"include '{objective}'")
     else:
-        lines += ["MODEL = @models.build_model()", "models.build_model.config = %MODEL_CONFIG", f"MODEL_KEY = '{MODEL_KEY}'"]
+        lines += [
+            "MODEL = @models.build_model()",
+            "models.build_model.config = %MODEL_CONFIG",
+            f"MODEL_KEY = '{MODEL_KEY}'",
+        ]
     if objective and pretrained_model.vocabulary is not None:
         lines += ["", *_infer_bindings(folder)]
     return "\n".join(lines) + "\n"
