@@ -38,11 +38,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
-import gin
 from active import loop, validation
 from active.clustering import cluster_margin_clusters
 from active.selectors import Pool, Selection, Selector, gradient_embeddings, make_selector

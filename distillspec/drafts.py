@@ -19,7 +19,7 @@ draft with JSD, RKL or TVD.
 
 `derived_folder` (gin) writes a derived draft once as a run folder, which a distillation run starts from
 (INITIAL_CHECKPOINT_PATH) and `python -m distillspec.generate --draft` reads; `folder_config` gives its model
-config (gin/distillspec/derived_smollm2.gin).
+config (littlehelp/gin/distillspec/derived_smollm2.gin).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import seqio
 
-import gin
 from littlehelp import flops, runs
 from littlehelp.config import ConfigError
 from littlehelp.data import corpus

@@ -37,10 +37,10 @@ import math
 from collections.abc import Callable, Mapping
 from typing import NoReturn
 
+import gin
 import jax
 import jax.numpy as jnp
 
-import gin
 from distillspec import drafts
 from distillspec.speculative import DECODER_ONLY, ENCODER_DECODER, model_kind
 from littlehelp import decoding, flops, losses

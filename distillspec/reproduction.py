@@ -1,8 +1,8 @@
 """DistillSpec on SmolLM2-135M: distilled against undistilled drafts, on-policy against fixed data, and the speed-up.
 
 Target: SmolLM2-135M-Instruct (its converted run folder), frozen. The undistilled draft
-(`gin/distillspec/draft_smollm2.gin`, 15.5M parameters, draft_steps plain LM steps) is one run shared by every
-seed; each distilled draft continues it distill_steps steps (`gin/distillspec/distill_smollm2.gin`, the divergence
+(gin `distillspec/draft_smollm2.gin`, 15.5M parameters, draft_steps plain LM steps) is one run shared by every
+seed; each distilled draft continues it distill_steps steps (gin `distillspec/distill_smollm2.gin`, the divergence
 averaged per sequence as in the paper), one per divergence (FKL, RKL, JSD, TVD) x data source named in drafts: by
 default fixed text and on-policy (draft-generated) data, 8 drafts (adding target-generated data gives the full grid
 of 12). A seed sets the distillation runs' SEED (data order, sampling keys) and draws 2 x prompts_per_domain

@@ -1,10 +1,10 @@
 """DistillSpec on the paper's kind of pair: T5 drafts for a T5 target fine-tuned on code summarisation.
 
-Target (`gin/distillspec/t5_target.gin`, 6.2M parameters) and draft (`gin/distillspec/t5_draft.gin`, 1 + 1
+Target (gin `distillspec/t5_target.gin`, 6.2M parameters) and draft (gin `distillspec/t5_draft.gin`, 1 + 1
 layers, 2.5M parameters) are T5 v1.1 models trained from scratch on code_summarisation (a standard-library
 function's source -> its docstring's first line), the draft for fewer steps; each is one run shared by every
 seed. Each distilled draft continues the draft distill_steps steps towards the frozen target
-(`gin/distillspec/distill_t5.gin`: both models read the function's source through their encoders, the divergence
+(gin `distillspec/distill_t5.gin`: both models read the function's source through their encoders, the divergence
 is taken over the whole summary, averaged per sequence as in the paper), one per divergence (FKL, RKL, JSD, TVD)
 x data source named in drafts: by default fixed data (the task's summaries) and on-policy (sampled from the
 draft), 8 drafts. A control continues the draft as many steps on the task's own labels (no target), on the

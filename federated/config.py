@@ -11,6 +11,7 @@ import difflib
 import math
 
 import gin
+
 from littlehelp.errors import LittlehelpError
 
 ALGORITHMS = ("fedavg", "fedpa")

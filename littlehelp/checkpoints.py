@@ -29,6 +29,7 @@ import types
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +37,6 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-import gin
 from littlehelp.errors import LittlehelpError
 
 PyTree = Any

@@ -14,6 +14,7 @@ import collections.abc
 import contextlib
 import difflib
 import importlib
+import importlib.resources
 import inspect
 import io
 import logging as python_logging
@@ -25,10 +26,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from absl import logging
-
 import gin
+from absl import logging
 from gin import config_parser
+
 from littlehelp.errors import EXIT_CONFIG, LittlehelpError
 
 # The core's modules whose import registers gin configurables; imported before any gin file is
@@ -45,8 +46,9 @@ CONFIGURABLE_MODULES: list[str] = [
     "littlehelp.inference",
     "littlehelp.frozen",
 ]
-# The repository's gin/ folder, always on the search path (after the working directory).
-REPO_GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
+# The gin files shipped inside the package (littlehelp/gin/: models/, runs/ and one folder per method), found
+# through importlib.resources so that a wheel install has them; always last on the search path.
+PACKAGE_GIN_DIR = Path(str(importlib.resources.files("littlehelp") / "gin"))
 COMMAND_LINE = "command line"
 OVERRIDE_PREFIX = "--gin."  # a command-line argument `--gin.NAME=VALUE` is the override `NAME=VALUE`
 OPERATIVE_CONFIG_NAME = "config.gin"
@@ -118,8 +120,8 @@ def import_configurable_modules(modules: Sequence[str] | None = None) -> list[st
 
 
 def gin_search_path(search_paths: Sequence[str] = ()) -> list[Path]:
-    """The folders searched for gin files: the working directory, `search_paths`, the repo gin/."""
-    folders = [Path.cwd(), *(Path(p) for p in search_paths), REPO_GIN_DIR]
+    """The folders searched for gin files: the working directory, `search_paths`, the package's gin folder."""
+    folders = [Path.cwd(), *(Path(p) for p in search_paths), PACKAGE_GIN_DIR]
     return list(dict.fromkeys(folder.resolve() for folder in folders))
 
 

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
+import gin
 import jax
 from absl import logging
 from jax.sharding import Mesh
 
-import gin
 from littlehelp import checkpoints, partitioning
 from littlehelp.errors import LittlehelpError
 from littlehelp.models import Model

@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import gin
 import jax
 import numpy as np
 import seqio
 from absl import logging
 
-import gin
 from littlehelp import checkpoints, decoding, partitioning
 from littlehelp.data import DatasetConfig, pipeline
 from littlehelp.models import StepwiseModel

@@ -8,7 +8,7 @@ topology without running them and reports their per-device memory (see `littlehe
 `littlehelp study NAME [--quick]` runs a paper's reproduction through the study harness
 (`littlehelp.study`); `littlehelp study --list` names them.
 Each other subcommand parses the gin files (searched in the working directory, `--gin_search_paths`
-and the repository's gin/ folder), then the `--gin.NAME=VALUE` overrides, and calls one
+and the package's gin folder, littlehelp/gin/), then the `--gin.NAME=VALUE` overrides, and calls one
 gin-configurable function that takes all of its arguments from gin. `--multihost` calls
 `jax.distributed.initialize()` first, for runs launched on every host of a pod or cluster.
 """
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR[,DIR...]",
-        help="extra folders to search for gin files, after the working directory and before gin/",
+        help="extra folders to search for gin files, after the working directory and before littlehelp/gin/",
     )
     shared.add_argument(
         "--multihost",

@@ -12,10 +12,10 @@ import bisect
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import gin
 import jax
 import jax.numpy as jnp
 
-import gin
 from littlehelp import flops, losses
 from littlehelp.models import Model
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import gin
 import jax.numpy as jnp
 import optax
-
-import gin
 
 
 @dataclasses.dataclass(frozen=True)

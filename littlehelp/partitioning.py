@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-import gin
 from littlehelp.config import ConfigError
 from littlehelp.models import registry
 

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-import gin
 from littlehelp import checkpoints, partitioning
 from littlehelp import config as gin_config
 from littlehelp.errors import LittlehelpError

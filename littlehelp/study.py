@@ -34,7 +34,7 @@ README = REPO / "README.md"
 # Study name -> the module that holds its `STUDY`.
 STUDIES: dict[str, str] = {
     "spactor": "spactor.reproduction",
-    "salt": "salt.reproduction",
+    "salt": "salt_lm.reproduction",
     "distillspec": "distillspec.reproduction",
     "distillspec_t5": "distillspec.t5_reproduction",
     "softsrv": "softsrv.reproduction",

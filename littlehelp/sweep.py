@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gin import config_parser
+
 from littlehelp import config, launch, metrics
 from littlehelp.config import ConfigError
 from littlehelp.errors import LittlehelpError, PreemptedError

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-import gin
 from littlehelp import checkpoints, partitioning
 from littlehelp import config as gin_config
 from littlehelp.data import DatasetConfig, GlobalBatches, pipeline

@@ -27,10 +27,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import gin  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import gin  # noqa: E402
 from littlehelp import config as gin_config  # noqa: E402
 from littlehelp import models, objectives  # noqa: E402
 from littlehelp.benchmark import Benchmark, header_markdown  # noqa: E402
@@ -72,7 +72,7 @@ def bench_pipeline(name: str, batches: int, batch_size: int) -> dict:
 
 
 def model_config(size: str) -> T5Config:
-    """T5Config of gin/models/t5_1_1/<size>.gin, with the default vocabulary for tiny (as the demo)."""
+    """T5Config of littlehelp/gin/models/t5_1_1/<size>.gin, with the default vocabulary for tiny (as the demo)."""
     try:
         gin_config.parse_gin([f"models/t5_1_1/{size}.gin"], ["t5.T5Config.vocab_size=8192"] if size == "tiny" else [])
         return T5Config()

@@ -32,7 +32,7 @@ from littlehelp import partitioning  # noqa: E402
 from littlehelp.benchmark import Benchmark, header_markdown  # noqa: E402
 from littlehelp.data import DatasetConfig, GlobalBatches, pipeline  # noqa: E402
 
-LENGTHS = {"inputs": 128, "targets": 29}  # gin/runs/demo.gin
+LENGTHS = {"inputs": 128, "targets": 29}  # littlehelp/gin/runs/demo.gin
 
 
 def _open_timed(config: DatasetConfig, resume: pipeline.ResumePoint) -> tuple[GlobalBatches, dict, float]:

@@ -3,10 +3,10 @@
 The teacher is the decoder-bench model (README, Benchmarks: vocab 8192, d_model 256, 4
 layers, 4 query heads x 64, 2 KV heads, SwiGLU 1024, float32; random parameters: the cost does not
 depend on their values). Per batch size, on `--task`'s `--split` cut at `--length` tokens:
-- model only: `salt.selection.batch_scores` on one batch of the split, `--repeats` timed calls
+- model only: `salt_lm.selection.batch_scores` on one batch of the split, `--repeats` timed calls
   after the compiling one (median), with the achieved FLOP/s (`Model.forward_flops`);
-- input only: the split's LM batches (`salt.selection.lm_batches`) read without scoring;
-- streamed: `salt.selection.score_split` over the whole split (input and model together, the last
+- input only: the split's LM batches (`salt_lm.selection.lm_batches`) read without scoring;
+- streamed: `salt_lm.selection.score_split` over the whole split (input and model together, the last
   batch padded), as a SALT_DS run scores it;
 - memory: XLA's memory analysis of the compiled scoring function (temp bytes) beside the
   [batch, length, vocab] float32 logits that chunking never forms.
@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import littlehelp.data  # noqa: E402,F401  (registers the built-in tasks)
 from littlehelp.benchmark import Benchmark, header_markdown, repeated, seconds_of  # noqa: E402
 from littlehelp.models import DecoderConfig, Model, build_model  # noqa: E402
-from salt import selection  # noqa: E402
+from salt_lm import selection  # noqa: E402
 
 MIB = 2**20
 DECODER_BENCH = dict(vocab_size=8192, emb_dim=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=1024)

@@ -1,7 +1,7 @@
 """Fault drill: SIGKILLs in every phase of a run, SIGTERM, a corrupted step, a truncated input-iterator
 state, a failed save, a sweep with a failing point and an interrupted convert; then a bitwise comparison.
 
-Trains the tests' tiny T5 (gin/runs/smoke.gin: inputs/targets 32, batch 8, one device, eval off) with
+Trains the tests' tiny T5 (littlehelp/gin/runs/smoke.gin: inputs/targets 32, batch 8, one device, eval off) with
 asynchronous saves every `--save_interval` steps, keeping `--max_to_keep`, through the real CLI
 (`python -m littlehelp.main train ...`, one subprocess per attempt, its output read live). Each
 attempt ends in a fault and is resumed by running the same command again:
@@ -871,16 +871,14 @@ def finite_check_cost(step_dir: Path, metrics_path: Path, save_interval: int, re
 
 
 def code_version() -> str:
-    """The commit the trainer ran from, and whether littlehelp/ or gin/ had uncommitted changes."""
+    """The commit the trainer ran from, and whether littlehelp/ (its gin files included) had uncommitted changes."""
 
     def git(*args: str) -> str:
         """Runs `git ARGS` in the repository; its output, empty on failure."""
         return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + (
-        " with uncommitted changes in littlehelp/ or gin/" if git("status", "--porcelain", "littlehelp", "gin") else ""
-    )
+    return commit + (" with uncommitted changes in littlehelp/" if git("status", "--porcelain", "littlehelp") else "")
 
 
 def load_average() -> str:
@@ -1044,7 +1042,7 @@ def markdown(report: dict) -> str:
         f"{report['date']}, code {report['code']}. Command: `{report['command'].strip()}`. "
         f"Total {report['total_seconds']:.0f} s.\n",
         f"Load at start: `{report['uptime_start']}`; at end: `{report['uptime_end']}`.\n",
-        f"Config: tiny T5 on the in-memory docstrings task (gin/runs/smoke.gin), {config['steps']} steps, "
+        f"Config: tiny T5 on the in-memory docstrings task (littlehelp/gin/runs/smoke.gin), {config['steps']} steps, "
         "async saves every "
         f"{config['save_interval']} steps, keep {config['max_to_keep']}, seed {config['seed']}. Every attempt runs:\n",
         f"    {report['train_command']}\n",

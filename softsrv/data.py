@@ -19,11 +19,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
-import gin
 from littlehelp.config import ConfigError
 from littlehelp.data import pretrained
 from littlehelp.data.hf_vocab import TokenizerVocabulary

@@ -16,10 +16,10 @@ prompt's parameters alone (`prompt_key`).
 from __future__ import annotations
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 
-import gin
 from littlehelp import losses
 from littlehelp.config import ConfigError
 from littlehelp.embed import mean_pooled

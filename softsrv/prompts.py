@@ -14,10 +14,9 @@ LM's embedding scale).
 from __future__ import annotations
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
-
-import gin
 
 Array = jax.Array
 

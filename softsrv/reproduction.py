@@ -239,6 +239,7 @@ def synthesize(context: ArmContext, method: str, domain: str) -> list[str]:
     """`method`'s samples on `domain` (a soft method trains its prompt into DOMAIN/run first), through
     `softsrv.run`'s own steps: the three files checked disjoint, the prompt trained, then sampled."""
     import gin  # pylint: disable=import-outside-toplevel
+
     from littlehelp import config  # pylint: disable=import-outside-toplevel
     from softsrv import run, synthesis  # pylint: disable=import-outside-toplevel
     from softsrv.data import check_disjoint, read_examples  # pylint: disable=import-outside-toplevel

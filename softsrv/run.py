@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import gin
+
 from littlehelp import config, launch
 from littlehelp.data import pretrained
 from littlehelp.embed import SentenceEmbedder

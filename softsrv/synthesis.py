@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import gin
 import jax
 import numpy as np
 import seqio
 
-import gin
 from littlehelp import checkpoints, decoding, frozen, partitioning, trainer
 from littlehelp.data import pipeline
 from softsrv import generate

@@ -12,10 +12,10 @@ Encoder's untied output layer.
 from __future__ import annotations
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 
-import gin
 from littlehelp.models import Encoder, EncoderConfig, T5Config
 from littlehelp.models.layers import Projection
 

@@ -24,12 +24,12 @@ from collections.abc import Mapping
 
 import flax
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import optax
 import seqio
 
-import gin
 from littlehelp import flops, losses
 from littlehelp.data.vocab import EOS_ID, NUM_SENTINELS, load_vocabulary
 from littlehelp.models import EncoderConfig, T5Config, T5Model, dropout

@@ -10,9 +10,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-import pytest
-
 import gin
+import pytest
 
 # Real pretrained models, session-scoped: the tests that use them run on one xdist worker, which loads them once.
 ONE_WORKER_SESSION_FIXTURES = frozenset({"smollm2", "hf_smollm2"})

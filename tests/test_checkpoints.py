@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +20,6 @@ from flax import struct
 from jax.sharding import NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
-import gin
 from littlehelp import checkpoints
 from littlehelp.checkpoints import CheckpointConfig, Checkpointer, CheckpointError, PreemptionGuard
 

@@ -8,10 +8,10 @@ import sys
 import tempfile
 import types
 
+import gin
 import jax
 import pytest
 
-import gin
 from littlehelp import config, launch, main
 
 TARGETS_MODULE = "lh_cli_test_targets"

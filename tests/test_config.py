@@ -6,11 +6,11 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import pytest
+from typing import Any, Optional
 
 import gin
+import pytest
+
 from littlehelp import config
 
 
@@ -42,7 +42,7 @@ def typed_toy(
     name: str = "a",
     flag: bool = False,
     limit: int | None = None,
-    ratio: float | None = None,
+    ratio: Optional[float] = None,  # noqa: UP045 (the typing.Optional spelling is checked too)
     lengths: Mapping[str, int] | None = None,
     rules: Sequence[tuple[str, Any]] = (),
     ids: list[int] | None = None,
@@ -147,16 +147,16 @@ def test_search_paths_in_order(tmp_path):
     assert gin.query_parameter("toy_trainer.learning_rate") == 0.5
 
 
-def test_default_search_path_ends_with_repo_gin_folder(tmp_path, monkeypatch):
+def test_default_search_path_ends_with_the_package_gin_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    repo_gin = (Path(__file__).parent.parent / "gin").resolve()
-    assert config.gin_search_path(["extra"]) == [tmp_path.resolve(), tmp_path / "extra", repo_gin]
+    package_gin = (Path(__file__).parent.parent / "littlehelp" / "gin").resolve()
+    assert config.gin_search_path(["extra"]) == [tmp_path.resolve(), tmp_path / "extra", package_gin]
 
 
-def test_file_found_in_repo_gin_folder(tmp_path, monkeypatch):
-    repo_gin = tmp_path / "repo" / "gin"
-    write(repo_gin / "models" / "toy.gin", "toy_trainer.steps = 9\n")
-    monkeypatch.setattr(config, "REPO_GIN_DIR", repo_gin)
+def test_file_found_in_the_package_gin_folder(tmp_path, monkeypatch):
+    package_gin = tmp_path / "package" / "gin"
+    write(package_gin / "models" / "toy.gin", "toy_trainer.steps = 9\n")
+    monkeypatch.setattr(config, "PACKAGE_GIN_DIR", package_gin)
     monkeypatch.chdir(tmp_path)
     config.parse_gin(["models/toy.gin"], [])
     assert gin.query_parameter("toy_trainer.steps") == 9
@@ -188,7 +188,7 @@ def test_missing_file_names_file_and_search_path(tmp_path):
         config.parse_gin(["nowhere/absent.gin"], [], search_paths=[str(tmp_path)])
     message = str(error.value)
     assert "nowhere/absent.gin" in message
-    assert str(tmp_path) in message and str(config.REPO_GIN_DIR) in message
+    assert str(tmp_path) in message and str(config.PACKAGE_GIN_DIR) in message
 
 
 def test_unknown_configurable_in_file(tmp_path):

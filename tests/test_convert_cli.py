@@ -4,12 +4,12 @@ is not empty is refused with one line. The model here is a tiny T5 with random p
 real imports are tested in tests/models/)."""
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import gin
 from littlehelp import checkpoints, main, metrics, partitioning
 from littlehelp.data import GlobalBatches
 from littlehelp.models import build_model, convert

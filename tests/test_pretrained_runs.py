@@ -2,12 +2,12 @@
 transformers does on the same GGUF file, and `train` fine-tunes it from its converted folder (the
 first step's loss is the imported model's, and the loss on the batch it trained on drops)."""
 
+import gin
 import jax
 import numpy as np
 import pytest
 import torch
 
-import gin
 from littlehelp import checkpoints, main, metrics, partitioning
 from littlehelp.data import DatasetConfig, GlobalBatches
 from littlehelp.models.convert import run_folder
@@ -81,7 +81,7 @@ def test_finetuning_smollm2_from_its_converted_folder(smollm2_folder, smollm2, t
 
 @pytest.mark.parametrize("name", ["smollm2_135m", "minilm_l6"])
 def test_pretrained_gin_files_bind_the_config_the_import_reads(name, smollm2, minilm_dir):
-    """gin/models/pretrained/<name>.gin states the imported model's config (a stale binding would fail)."""
+    """littlehelp/gin/models/pretrained/<name>.gin states the imported model's config (a stale binding would fail)."""
     from littlehelp import config as gin_config
     from littlehelp.models import convert
 

@@ -21,8 +21,8 @@ def _expand(path: str) -> list[str]:
 
 def test_readme_gin_files_exist():
     text = (REPO / "README.md").read_text()
-    named = set(re.findall(r"(?:gin/)?(?:models|runs)/[\w/{},]*\.gin", text))
-    paths = {p.removeprefix("gin/") for name in named for p in _expand(name)}
+    named = set(re.findall(r"(?:littlehelp/gin/)?(?:models|runs)/[\w/{},]*\.gin", text))
+    paths = {p.removeprefix("littlehelp/gin/") for name in named for p in _expand(name)}
     assert len(paths) >= 15
-    missing = sorted(p for p in paths if not (REPO / "gin" / p).is_file())
+    missing = sorted(p for p in paths if not (REPO / "littlehelp" / "gin" / p).is_file())
     assert not missing, f"README names gin files that do not exist: {missing}"

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import gin
+
 from littlehelp.errors import LittlehelpError
 
 SPLITS = ("train", "validation")

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
+import gin
 import jax
 import numpy as np
 import seqio
@@ -30,7 +31,6 @@ from absl import logging
 from google.protobuf.message import DecodeError
 from jax.sharding import Mesh
 
-import gin
 from littlehelp import checkpoints, partitioning
 from littlehelp.config import ConfigError
 from littlehelp.data import preprocessors, vocab

@@ -23,11 +23,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
+import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
-import gin
 from littlehelp.data import corpus, preprocessors, vocab
 
 BYTE_VOCABULARY = seqio.ByteVocabulary(extra_ids=0)

@@ -9,10 +9,10 @@ itself in its own module (`registry`); importing this package registers the buil
 from typing import Any
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 
-import gin
 from littlehelp.models import registry
 from littlehelp.models.api import DecodeCache, Model, StepwiseModel, dropout, rollback
 from littlehelp.models.attention import dot_product_attention

@@ -18,10 +18,10 @@ import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 
-import gin
 from littlehelp import flops
 from littlehelp.config import ConfigError
 from littlehelp.models.api import Batch, Params, dropout

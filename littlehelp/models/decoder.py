@@ -6,10 +6,10 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 
-import gin
 from littlehelp import flops
 from littlehelp.models.api import Batch, DecodeCache, Params, StepwiseFlaxModel, dropout, empty_cache
 from littlehelp.models.attention import (

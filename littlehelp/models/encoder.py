@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 
-import gin
 from littlehelp import flops
 from littlehelp.models.api import Batch, Params, dropout
 from littlehelp.models.layers import Embed, Projection, constrain

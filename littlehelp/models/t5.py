@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 
-import gin
 from littlehelp import flops
 from littlehelp.models.api import DecodeCache, StepwiseFlaxModel, dropout, empty_cache
 from littlehelp.models.attention import (

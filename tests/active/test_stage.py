@@ -3,12 +3,12 @@ exactly the selected examples; a selected Task trains through `littlehelp train`
 
 import math
 
+import gin
 import numpy as np
 import pytest
 import seqio
 from scipy.cluster import hierarchy
 
-import gin
 import littlehelp.data  # noqa: F401  (registers docstrings_lm)
 from active import loop, stage
 from active.selectors import SELECTORS, Pool, gradient_embeddings, make_selector

@@ -6,6 +6,7 @@ derived run folder and its gin file through the distillation objective, and one-
 import dataclasses
 from pathlib import Path
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +14,6 @@ import pytest
 import seqio
 import tensorflow as tf
 
-import gin
 from distillspec import drafts, speculative
 from distillspec.objective import DistillationObjective
 from littlehelp import checkpoints, config, losses, runs

@@ -7,13 +7,13 @@ gin files parse and run through the CLI."""
 import dataclasses
 import json
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-import gin
 from distillspec.objective import DistillationObjective, averaging_weights, continuation_weights
 from littlehelp import checkpoints, config, frozen, losses, main, metrics, partitioning, trainer
 from littlehelp.config import ConfigError

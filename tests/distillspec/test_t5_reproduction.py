@@ -4,10 +4,10 @@ split, the gin files' pair, the drafts setting, and the quick run end to end (sl
 
 import json
 
+import gin
 import numpy as np
 import pytest
 
-import gin
 from distillspec import acceptance, speculative
 from distillspec import t5_reproduction as t5_study
 from littlehelp import config, study
@@ -117,7 +117,7 @@ def test_held_out_sources_are_distinct_truncated_rows_ending_in_eos(monkeypatch)
 
 
 def config_of(name: str, macro: str, required: tuple[str, ...] = ()):
-    """The value of `macro` in gin/distillspec/`name`.gin, its required macros set to a dummy folder."""
+    """The value of `macro` in littlehelp/gin/distillspec/`name`.gin, its required macros set to a dummy folder."""
     config.import_configurable_modules()
     config.parse_gin([f"distillspec/{name}.gin"], [f"{macro_name}='folder'" for macro_name in ("MODEL_DIR", *required)])
     try:

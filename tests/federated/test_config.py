@@ -3,11 +3,11 @@
 import dataclasses
 import math
 
+import gin
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import gin
 from federated import ClientData, FedConfig, FederatedInputError, least_squares_loss, shard_split, train
 from littlehelp.errors import LittlehelpError
 

@@ -5,12 +5,12 @@ import math
 from pathlib import Path
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import gin
 from littlehelp.config import parse_gin
 from littlehelp.models import attention, count_params, layers
 from littlehelp.models.t5 import T5, T5Config
@@ -256,7 +256,7 @@ def test_bfloat16_compute_keeps_float32_params():
     assert logits.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(logits)))
 
 
-GIN_DIR = Path(__file__).resolve().parents[2] / "gin" / "models"
+GIN_DIR = Path(__file__).resolve().parents[2] / "littlehelp" / "gin" / "models"
 
 
 def config_from_gin(path, config_cls):

@@ -1,15 +1,15 @@
-"""gin/spactor: the paper-scale configs parse and build (jax.eval_shape, no memory), and tiny.gin runs
+"""littlehelp/gin/spactor: the paper-scale configs parse and build (jax.eval_shape, no memory), and tiny.gin runs
 end to end through the CLI, switches at TAU and resumes bitwise-exactly across the switch, and
 `littlehelp eval` / `infer` read its T5 parameters alone, and runs/finetune.gin fine-tunes that T5 on a
 downstream task, evaluated with the task's metric."""
 
 import json
 
+import gin
 import jax
 import jax.numpy as jnp
 import pytest
 
-import gin
 from littlehelp import checkpoints, config, main, metrics, partitioning, trainer
 from littlehelp.data import DatasetConfig, downstream, vocab
 from littlehelp.models import T5, build_model, count_params

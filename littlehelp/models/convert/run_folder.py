@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import flax
+import gin
 import jax
 import numpy as np
 from absl import logging
 
-import gin
 from littlehelp import checkpoints
 from littlehelp.data import corpus, pretrained
 from littlehelp.models.convert import FAMILIES, ConversionError, Pretrained, load
@@ -77,7 +77,7 @@ def model_gin(pretrained_model: Pretrained, folder: Path) -> str:
 
 def _infer_bindings(folder: Path) -> list[str]:
     """Lines that make `littlehelp infer --gin_file=DIR/model.gin --gin.PROMPT=...` decode with the
-    folder's parameters and vocabulary into runs/infer/<folder name> (gin/runs/prompt.gin)."""
+    folder's parameters and vocabulary into runs/infer/<folder name> (littlehelp/gin/runs/prompt.gin)."""
     return [
         "# `littlehelp infer` with this file alone decodes PROMPT with this folder's parameters into MODEL_DIR.",
         "# Moved the folder? Set --gin.CONVERTED_DIR=<its new path>.",

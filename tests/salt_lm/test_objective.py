@@ -17,7 +17,7 @@ from littlehelp.data import pipeline
 from littlehelp.models import DecoderConfig, build_model
 from littlehelp.objectives import Curriculum, DecoderObjective
 from littlehelp.optimizers import Optimizer
-from salt import DistillationObjective, salt_curriculum
+from salt_lm import DistillationObjective, salt_curriculum
 from tests.helpers import lm_data, random_params, save_params_only
 
 VOCAB = 264  # the byte vocabulary of the in-memory docstrings task fits

@@ -24,7 +24,7 @@ differs scores again (and says so in the log). A corrupt or truncated file is re
 
 From gin (the teacher is read-only, loaded onto one device; scoring runs once per process):
 
-    import salt.selection
+    import salt_lm.selection
     KD_TASK = @salt.selected_task()
     salt.selected_task.task = 'shakespeare_lm'
     salt.selected_task.sequence_length = %TASK_FEATURE_LENGTHS
@@ -48,13 +48,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import seqio
 from absl import logging
 
-import gin
 from active import stage, validation
 from littlehelp import frozen, losses, partitioning
 from littlehelp.config import ConfigError

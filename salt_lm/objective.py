@@ -25,10 +25,10 @@ from __future__ import annotations
 import copy
 from typing import NoReturn
 
+import gin
 import jax
 import jax.numpy as jnp
 
-import gin
 from littlehelp import flops, losses
 from littlehelp.config import ConfigError
 from littlehelp.models import Model

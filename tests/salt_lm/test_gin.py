@@ -1,19 +1,19 @@
-"""gin/salt: the CPU-sized and the paper-scale teacher/student pairs build with jax.eval_shape (no memory)
+"""littlehelp/gin/salt: the CPU-sized and the paper-scale teacher/student pairs build with jax.eval_shape (no memory)
 at the sizes their files promise, and salt.gin's curriculum switches from distillation to the plain
 LM objective at N_KD; salt_ds.gin runs through the CLI, distilling on the selected sequences, then
 training on the whole task."""
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import gin
 from active import stage
 from littlehelp import config, main, metrics
 from littlehelp.models import DecoderConfig, build_model
 from littlehelp.objectives import DecoderObjective
-from salt import DistillationObjective, salt_curriculum, selection
+from salt_lm import DistillationObjective, salt_curriculum, selection
 from tests.helpers import random_params, save_params_only
 
 # gin files -> (teacher parameters, student parameters) ranges, N_KD, TRAIN_STEPS
@@ -33,7 +33,7 @@ def _parameters(model, length: int) -> int:
 @pytest.mark.parametrize("extra", sorted(PAIRS))
 def test_the_pairs_build_at_their_sizes_and_switch_at_n_kd(extra):
     (teacher_range, student_range, n_kd, steps) = PAIRS[extra]
-    config.import_configurable_modules(["salt.objective"])
+    config.import_configurable_modules(["salt_lm.objective"])
     config.parse_gin(["salt/salt.gin", *extra], ["MODEL_DIR='/tmp/unused'", "TEACHER_DIR='/tmp/unused'"])
     try:
         curriculum = salt_curriculum()

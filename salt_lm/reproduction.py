@@ -156,7 +156,7 @@ def baseline_flops(context: ArmContext) -> float:
 
 def scoring_flops(context: ArmContext) -> float:
     """FLOPs of the teacher's SALT_DS scoring pass over the training split (0 for the other arms)."""
-    from salt import selection  # pylint: disable=import-outside-toplevel
+    from salt_lm import selection  # pylint: disable=import-outside-toplevel
 
     return (
         selection.read_metadata(context.work_dir / "teacher_scores")["flops"] if context.arm.name == "salt_ds" else 0.0

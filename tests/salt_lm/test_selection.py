@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import re
 
+import gin
 import jax
 import numpy as np
 import pytest
@@ -14,12 +15,11 @@ import seqio
 import tensorflow as tf
 from scipy.special import logsumexp
 
-import gin
 from littlehelp import frozen
 from littlehelp.config import ConfigError
 from littlehelp.data import tasks
 from littlehelp.models import DecoderConfig, build_model
-from salt import selection
+from salt_lm import selection
 from tests.helpers import random_params, save_params_only
 
 TASK, LENGTH, VOCAB = "salt_ds_test_lm", 16, 264  # the byte vocabulary (259 ids) fits VOCAB
@@ -249,7 +249,7 @@ def test_the_gin_entry_point_selects_once_per_process(teacher, tmp_path, monkeyp
             [
                 "import littlehelp.frozen",
                 "import littlehelp.models",
-                "import salt.selection",
+                "import salt_lm.selection",
                 "TASK = @salt.selected_task()",
                 f"salt.selected_task.task = '{TASK}'",
                 f"salt.selected_task.sequence_length = {{'targets': {LENGTH}}}",

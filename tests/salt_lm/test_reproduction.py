@@ -7,7 +7,7 @@ import json
 import pytest
 
 from littlehelp import checkpoints, study
-from salt import reproduction
+from salt_lm import reproduction
 
 SETTINGS = {**reproduction.STUDY.settings, "student_steps": 100, "n_kd": 50, "eval_every": 25}
 BASELINE = [6.0, 5.6, 5.4, 5.3]  # evaluations at steps 25, 50, 75, 100: its final loss is 5.3
@@ -60,7 +60,7 @@ def test_salt_reaching_the_baseline_s_final_loss(tmp_path):
 
 def write_scores_record(context, flops: float) -> None:
     """The SALT_DS scores record the study reads the scoring pass's FLOPs from."""
-    from salt import selection  # pylint: disable=import-outside-toplevel
+    from salt_lm import selection  # pylint: disable=import-outside-toplevel
 
     selection.write_scores(
         context.work_dir / "teacher_scores",
