@@ -1,35 +1,56 @@
-# `make test` and `make demo` create .venv when absent and install the pinned set first.
+# `make demo` installs the runtime set into .venv (created when absent); `make test` adds the test,
+# evaluation and lint extras, then checks lint, formatting and types before the tests.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
 STAMP := $(VENV)/.installed-stamp
 PIP_VERSION := 26.3
 PYTEST_WORKERS ?= 2
 
-.PHONY: install data test quick-studies demo bench clean
+.PHONY: install install-runtime data lint test quick-studies demo bench clean
 
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check pip==$(PIP_VERSION)
+
+# The runtime set: what `littlehelp` itself needs to train, evaluate, decode and convert.
+install-runtime: $(RUNTIME_STAMP)
+
+$(RUNTIME_STAMP): pyproject.toml constraints.txt | $(PY)
+	@echo "Installing the runtime set into $(VENV) (the first time: about 2 minutes, 3.4 GB)"
+	$(PIP) -e .
+	touch $(RUNTIME_STAMP)
+
+# Everything: the runtime set plus the test (HF parity, pytest), eval (MAUVE) and lint (ruff, mypy) extras.
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check pip==$(PIP_VERSION)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,eval]'
-	touch $(STAMP)
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	@echo "Installing the runtime, test, eval and lint sets into $(VENV) (the first time: a few minutes, 4.4 GB)"
+	$(PIP) -e '.[test,eval,lint]'
+	touch $(RUNTIME_STAMP) $(STAMP)
 
-# The data cache (Shakespeare corpus + sentencepiece vocabulary; ~/.cache/littlehelp unless
-# LITTLEHELP_DATA_DIR is set): downloaded and trained once, seconds when already there.
+# The data cache (Shakespeare corpus + sentencepiece vocabulary + the pretrained models the tests
+# import; ~/.cache/littlehelp unless LITTLEHELP_DATA_DIR is set): built once, seconds when already there.
 data: install
 	$(PY) scripts/setup_data.py
 
-test: install data
+# ruff (lint and formatting) on the whole tree, configured in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint data
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
 
 # Every study's --quick run end to end (the language-model studies take minutes each on 2 cores).
 quick-studies: install data
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m '' tests/studies/test_quick_studies.py
 
-demo: install
-	$(PY) scripts/setup_data.py --stats
+# The demo reads the corpus and its vocabulary only: no pretrained models are fetched.
+demo: install-runtime
+	$(PY) scripts/setup_data.py --stats --corpus-only
 	$(VENV)/bin/littlehelp train --gin_file=runs/demo.gin --gin.MODEL_DIR=runs/demo
 	$(VENV)/bin/littlehelp infer --gin_file=runs/demo.gin --gin_file=runs/infer.gin --gin.MODEL_DIR=runs/demo --gin.NUM_EXAMPLES=4 --gin.inference.DecodingConfig.max_decode_length=32
 

@@ -2,6 +2,7 @@
 
     python scripts/setup_data.py                    # build when absent (seconds when cached)
     python scripts/setup_data.py --stats [--json F] # and print (write) the corpus statistics
+    python scripts/setup_data.py --corpus-only      # the corpus and vocabulary only (what `make demo` reads)
 
 Statistics per split: works, documents, characters, tokens; the unigram entropy of the training
 tokens, and the cross-entropy of the validation tokens under that unigram distribution (add-one
@@ -66,17 +67,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stats", action="store_true", help="print the corpus statistics")
     parser.add_argument("--json", type=Path, help="with --stats: write the statistics to this file")
+    parser.add_argument(
+        "--corpus-only", action="store_true", help="build the corpus and vocabulary only, not the pretrained models"
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     try:
         model_path = vocab.ensure_sentencepiece()
-        models = {name: pretrained.ensure(name) for name in pretrained.PACKAGES}
+        models = {} if args.corpus_only else {name: pretrained.ensure(name) for name in pretrained.PACKAGES}
     except corpus.CorpusError as error:
         raise SystemExit(f"setup_data: {error}") from None
-    print(
-        f"data cache ready ({time.perf_counter() - start:.1f}s): {model_path.parent}; pretrained models: "
-        + ", ".join(f"{name} {path}" for name, path in models.items())
-    )
+    fetched = ", ".join(f"{name} {path}" for name, path in models.items()) or "not fetched (--corpus-only)"
+    print(f"data cache ready ({time.perf_counter() - start:.1f}s): {model_path.parent}; pretrained models: {fetched}")
     if not args.stats:
         return
     stats = describe(model_path)
