@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
+import importlib.metadata
 import json
 import math
 import os
@@ -31,18 +31,9 @@ from littlehelp.errors import LittlehelpError
 REPO = provenance.REPO
 RESULTS = REPO / "results"
 README = REPO / "README.md"
-# Study name -> the module that holds its `STUDY`.
-STUDIES: dict[str, str] = {
-    "spactor": "spactor.reproduction",
-    "salt": "salt_lm.reproduction",
-    "distillspec": "distillspec.reproduction",
-    "distillspec_t5": "distillspec.t5_reproduction",
-    "softsrv": "softsrv.reproduction",
-    "active": "active.reproduction",
-    "fedpa": "federated.reproduction",
-    "live_al": "active.live_reproduction",
-    "cluster_margin": "active.cluster_margin_reproduction",
-}
+# Method packages register their studies as entry points of this group (pyproject.toml:
+# `[project.entry-points."littlehelp.studies"]`, name = "module:STUDY"), so the core names none of them.
+STUDY_ENTRY_POINTS = "littlehelp.studies"
 Outcome = dict[str, Any]
 
 
@@ -190,16 +181,22 @@ OUTCOME_FILE, MEASURED_FILE, STUDY_FILE = "outcome.json", "measured.json", "stud
 COMPILATION_CACHE = "compilation_cache"  # under the work folder, shared by its runs
 
 
+def registered() -> dict[str, importlib.metadata.EntryPoint]:
+    """Study name -> its entry point, in the order the installed distributions declare them."""
+    return {point.name: point for point in importlib.metadata.entry_points(group=STUDY_ENTRY_POINTS)}
+
+
 def load(name: str) -> Study:
     """The study called `name`; one line naming the known ones otherwise."""
-    if name not in STUDIES:
-        raise StudyError(f"no study called {name!r}; the studies are {', '.join(STUDIES)}")
-    return importlib.import_module(STUDIES[name]).STUDY
+    studies = registered()
+    if name not in studies:
+        raise StudyError(f"no study called {name!r}; the studies are {', '.join(studies)}")
+    return studies[name].load()
 
 
 def list_studies() -> list[tuple[str, str]]:
     """(name, title) of every study."""
-    return [(name, load(name).title) for name in STUDIES]
+    return [(name, load(name).title) for name in registered()]
 
 
 def _read_json(path: Path) -> Any:

@@ -33,7 +33,7 @@ def marks(name: str) -> list[pytest.MarkDecorator]:
     ]
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=marks(name)) for name in study.STUDIES])
+@pytest.mark.parametrize("name", [pytest.param(name, marks=marks(name)) for name in study.registered()])
 def test_quick_study_writes_a_complete_result(name, tmp_path):
     request = study.Request(name, quick=True, work_dir=str(tmp_path / "work"))
     study.run_named(request, command=f"littlehelp study {name} --quick")

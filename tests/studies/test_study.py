@@ -132,7 +132,7 @@ def test_quick_results_never_go_under_results(tmp_path):
 
 
 def test_unknown_study_and_bad_claims_are_one_line_errors():
-    with pytest.raises(study.StudyError, match="no study called 'nope'; the studies are spactor, salt"):
+    with pytest.raises(study.StudyError, match="no study called .nope.; the studies are active, cluster_margin, "):
         study.load("nope")
     with pytest.raises(study.StudyError, match="claim c names unknown arm ghost"):
         study.Study(
@@ -162,7 +162,7 @@ def test_the_cli_lists_the_nine_studies(capsys):
     from littlehelp import main
 
     listed = main.main(["study", "--list"])
-    assert [name for name, _ in listed] == list(study.STUDIES) and len(listed) == 9
+    assert [name for name, _ in listed] == list(study.registered()) and len(listed) == 9
     out = capsys.readouterr().out
     padded = ("\nfedpa           FedPA vs FedAvg", "\ncluster_margin  Cluster-Margin", "\ndistillspec_t5  DistillSpec")
     assert all(line in out for line in padded)  # names padded to the longest
@@ -176,7 +176,7 @@ def test_the_cli_refuses_a_study_without_a_name(capsys):
     assert stopped.value.code == 1 and "name a study to run, or give --list" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", list(study.STUDIES))
+@pytest.mark.parametrize("name", list(study.registered()))
 def test_the_readme_shows_each_committed_result_as_generated(name):
     readme = study.README.read_text(encoding="utf-8")
     path = study.RESULTS / name / "result.json"
