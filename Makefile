@@ -36,10 +36,11 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 data: install
 	$(PY) scripts/setup_data.py
 
-# ruff (lint and formatting) on the whole tree, configured in pyproject.toml.
+# ruff (lint and formatting) on the whole tree and mypy on the core, configured in pyproject.toml.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: lint data
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15

@@ -37,9 +37,9 @@ import numpy as np
 
 from distillspec.speculative import padded_prompts
 from littlehelp.decoding import filtered_distribution
-from littlehelp.models.api import Batch, Model, Params
-
-Array = jax.Array
+from littlehelp.features import DECODER_INPUT_TOKENS
+from littlehelp.models.api import Model
+from littlehelp.typing import Array, Batch, Params
 
 
 def _continuation_logits(
@@ -51,7 +51,7 @@ def _continuation_logits(
     inputs: Batch | None = None,
 ) -> Array:
     """Logits [b, g, vocab] that predict continuation tokens 0..g-1 of each row (given `inputs`, if any)."""
-    hidden = model.hidden_states(params, {"decoder_input_tokens": sequences, **(inputs or {})})
+    hidden = model.hidden_states(params, {DECODER_INPUT_TOKENS: sequences, **(inputs or {})})
     positions = prompt_lengths[:, None] - 1 + jnp.arange(continuation_length)[None, :]
     return model.logits_from_hidden(params, jnp.take_along_axis(hidden, positions[..., None], axis=1))
 

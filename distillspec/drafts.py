@@ -43,13 +43,14 @@ import seqio
 from littlehelp import flops, runs
 from littlehelp.config import ConfigError
 from littlehelp.data import corpus
-from littlehelp.models.api import Batch, DecodeCache, Params, StepwiseFlaxModel
+from littlehelp.features import DECODER_INPUT_TOKENS, TARGETS
+from littlehelp.models.api import DecodeCache, StepwiseFlaxModel
 from littlehelp.models.convert import run_folder
 from littlehelp.models.decoder import DecoderConfig, DecoderLMModel
 from littlehelp.models.layers import Projection
 from littlehelp.models.registry import ModelFamily, register
+from littlehelp.typing import Array, Batch, Params
 
-Array = jax.Array
 OUTSIDE_LOGIT = -1e9  # the logit of every id outside a reduced vocabulary: probability exactly 0
 RECORD = "derived.json"  # a derived folder's settings, config and token ids, written last
 # Folders being written. Making the CheckpointConfig that saves the parameters evaluates every gin binding of
@@ -128,6 +129,14 @@ class ReducedVocabularyConfig:
         return self.decoder.vocab_size
 
     @property
+    def emb_dim(self) -> int:
+        return self.decoder.emb_dim
+
+    @property
+    def dtype(self) -> str:
+        return self.decoder.dtype
+
+    @property
     def context_length(self) -> int:
         return self.decoder.context_length
 
@@ -183,7 +192,7 @@ class ReducedVocabularyModel(StepwiseFlaxModel):
         return self.logits_from_hidden(params, self.hidden_states(params, batch, rng, input_embeddings))
 
     def forward_flops(self, batch: Batch) -> float:
-        size, length = batch["decoder_input_tokens"].shape
+        size, length = batch[DECODER_INPUT_TOKENS].shape
         scored = dataclasses.replace(self.config.decoder, vocab_size=len(self.config.token_ids))
         return flops.decoder_forward_flops(scored, size, length)
 
@@ -259,8 +268,8 @@ def task_token_counts(
         for example in dataset.as_numpy_iterator():
             if left <= 0:
                 return
-            yield example["targets"][:left]
-            left -= len(example["targets"])
+            yield example[TARGETS][:left]
+            left -= len(example[TARGETS])
 
     return token_counts(first_tokens(), vocab_size)
 

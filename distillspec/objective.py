@@ -45,10 +45,11 @@ from distillspec import drafts
 from distillspec.speculative import DECODER_ONLY, ENCODER_DECODER, model_kind
 from littlehelp import decoding, flops, losses
 from littlehelp.config import ConfigError
+from littlehelp.features import DECODER_INPUT_TOKENS, ENCODER_INPUT_TOKENS, ENCODER_SEGMENT_IDS
 from littlehelp.models import Model
-from littlehelp.objectives import Batch, Metrics, Params, token_weights
+from littlehelp.objectives import token_weights
+from littlehelp.typing import Array, Batch, Metrics, Params
 
-Array = jax.Array
 SOURCES = ("fixed", "target", "draft")
 AVERAGES = ("sequence", "token")
 Sequences = tuple[Array, Array]  # (decoder input tokens [b, p + g], continuation weights [b, g])
@@ -105,15 +106,15 @@ def _check_knobs(
 
 def _shaped(batch_size: int, length: int, inputs_length: int | None) -> dict[str, jax.ShapeDtypeStruct]:
     """An abstract batch of these shapes (for `forward_flops`), with encoder inputs when `inputs_length` is set."""
-    shapes = {"decoder_input_tokens": (batch_size, length)}
+    shapes = {DECODER_INPUT_TOKENS: (batch_size, length)}
     if inputs_length is not None:
-        shapes["encoder_input_tokens"] = (batch_size, inputs_length)
+        shapes[ENCODER_INPUT_TOKENS] = (batch_size, inputs_length)
     return {name: jax.ShapeDtypeStruct(shape, jnp.int32) for name, shape in shapes.items()}
 
 
 def encoder_inputs(batch: Batch) -> dict[str, Array]:
     """What conditions both models: the batch's `encoder_input_tokens` ({} for decoder-only models)."""
-    return {"encoder_input_tokens": batch["encoder_input_tokens"]} if "encoder_input_tokens" in batch else {}
+    return {ENCODER_INPUT_TOKENS: batch[ENCODER_INPUT_TOKENS]} if ENCODER_INPUT_TOKENS in batch else {}
 
 
 def continuation_weights(tokens: Array, row_weights: Array, eos_id: int | None) -> Array:
@@ -203,7 +204,7 @@ class DistillationObjective:
         """Refuses a batch without the encoder inputs an encoder-decoder pair needs, or with some for a
         decoder-only pair, a packed encoder-decoder batch, and one too short for the prompt (and, with fixed
         data, the continuation)."""
-        has_inputs = "encoder_input_tokens" in batch
+        has_inputs = ENCODER_INPUT_TOKENS in batch
         if self.kind == ENCODER_DECODER and not has_inputs:
             raise ValueError(
                 "DistillationObjective: an encoder-decoder draft and target need the batch's "
@@ -214,12 +215,12 @@ class DistillationObjective:
                 "DistillationObjective: a decoder-only draft and target take no encoder inputs, but the "
                 "batch holds encoder_input_tokens"
             )
-        if has_inputs and "encoder_segment_ids" in batch:
+        if has_inputs and ENCODER_SEGMENT_IDS in batch:
             raise ValueError(
                 "DistillationObjective: encoder-decoder batches must be unpacked (one example per row, "
                 "pack=False), but the batch holds encoder_segment_ids"
             )
-        length = batch["decoder_input_tokens"].shape[1]
+        length = batch[DECODER_INPUT_TOKENS].shape[1]
         fixed = "fixed" in self.sources
         needed = self.prompt_length + (self.generation_length if fixed else 1)
         if length < needed:
@@ -230,13 +231,13 @@ class DistillationObjective:
         """The batch's own tokens and weights."""
         del params, rng
         end = self.prompt_length + self.generation_length
-        return batch["decoder_input_tokens"][:, :end], token_weights(batch)[:, self.prompt_length : end]
+        return batch[DECODER_INPUT_TOKENS][:, :end], token_weights(batch)[:, self.prompt_length : end]
 
     def _sampled(self, model: Model, key: str) -> Callable[[Params, Batch, Array], Sequences]:
         """A source that continues the batch's prompts with `model` (parameters `params[key]`)."""
 
         def sample(params: Params, batch: Batch, rng: Array) -> Sequences:
-            prompt = batch["decoder_input_tokens"][:, : self.prompt_length + 1]
+            prompt = batch[DECODER_INPUT_TOKENS][:, : self.prompt_length + 1]
             lengths = jnp.full((prompt.shape[0],), prompt.shape[1], jnp.int32)
             tokens = decoding.generate(
                 model,
@@ -251,7 +252,7 @@ class DistillationObjective:
             )
             weighted = max(self.prompt_length - 1, 0)  # the last prompt token, or the first target token
             row_weights = token_weights(batch)[:, weighted : weighted + 1]
-            inputs = jnp.concatenate([prompt, tokens[:, :-1]], axis=1).astype(batch["decoder_input_tokens"].dtype)
+            inputs = jnp.concatenate([prompt, tokens[:, :-1]], axis=1).astype(batch[DECODER_INPUT_TOKENS].dtype)
             return inputs, continuation_weights(tokens, row_weights, self.eos_id)
 
         return sample
@@ -281,7 +282,7 @@ class DistillationObjective:
         inputs, weights, index = self.sequences(params, batch, rng)
         averaging = averaging_weights(weights, self.average)
         draft, target = params[self.model_key], params[self.target_key]
-        scored = {**encoder_inputs(batch), "decoder_input_tokens": inputs}
+        scored = {**encoder_inputs(batch), DECODER_INPUT_TOKENS: inputs}
         start = self.prompt_length  # hidden state at input position i predicts token i + 1 of y
         kd = losses.chunked_divergence(
             self.divergence,
@@ -318,8 +319,8 @@ class DistillationObjective:
     def train_flops(self, batch: Batch) -> float:
         """Draft forward + backward and target forward on y (heads over every position; an encoder-decoder's
         encoders on the batch's inputs), plus the expected sampling cost of the mixture."""
-        batch_size = batch["decoder_input_tokens"].shape[0]
-        inputs_length = batch["encoder_input_tokens"].shape[1] if "encoder_input_tokens" in batch else None
+        batch_size = batch[DECODER_INPUT_TOKENS].shape[0]
+        inputs_length = batch[ENCODER_INPUT_TOKENS].shape[1] if ENCODER_INPUT_TOKENS in batch else None
         scored = _shaped(batch_size, self.prompt_length + self.generation_length, inputs_length)
         generation = {
             "fixed": 0.0,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from littlehelp.features import TARGETS
 from littlehelp.study import Arm, ArmContext, Claim, Curve, Metric, Study, StudyError, trainer_outcome
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ def distill_bindings(context: ArmContext, divergence: str, source: str) -> dict[
         "DATA_SOURCE": repr(source),
         "PROMPT_LENGTH": s["distill_prompt_length"],
         "GENERATION_LENGTH": s["distill_generation_length"],
-        "TASK_FEATURE_LENGTHS": {"targets": s["distill_prompt_length"] + s["distill_generation_length"]},
+        "TASK_FEATURE_LENGTHS": {TARGETS: s["distill_prompt_length"] + s["distill_generation_length"]},
         "optimizers.constant_schedule.learning_rate": s["distill_learning_rate"],
         "trainer.train.eval_every": 10**9,
         "trainer.train.log_every": 1,
@@ -462,7 +463,7 @@ STUDY = Study(
         "speedup_gamma": 2,
         "lossy_gamma": 2,
         "lenience_eps": [],
-        "draft_bindings": {"TASK_FEATURE_LENGTHS": {"targets": 32}},
+        "draft_bindings": {"TASK_FEATURE_LENGTHS": {TARGETS: 32}},
         "train_bindings": {"BATCH_SIZE": 2, "partitioning.MeshConfig.data": 1},
     },
     quick_seeds=1,

@@ -46,11 +46,13 @@ import numpy as np
 from littlehelp import decoding
 from littlehelp.decoding import Sampling, filtered_distribution
 from littlehelp.errors import LittlehelpError
-from littlehelp.models.api import Batch, DecodeCache, Model, Params, StepwiseModel, rollback
+from littlehelp.features import ENCODER_INPUT_TOKENS
+from littlehelp.models.api import DecodeCache, Model, StepwiseModel, rollback
 from littlehelp.models.convert import Pretrained
+from littlehelp.models.t5 import T5Config
 from littlehelp.runs import LoadedRun
+from littlehelp.typing import Array, Batch, Params
 
-Array = jax.Array
 AcceptanceRule = Callable[[Array, Array], Array]  # (p(x), q(x)) of proposals -> probability of accepting each
 LENIENCE_KINDS = ("p/eps", "p/eps^2", "p^eps")
 ENCODER_DECODER, DECODER_ONLY = "encoder-decoder", "decoder-only"
@@ -300,9 +302,9 @@ def check_context(target: StepwiseModel, draft: StepwiseModel, prompt_length: in
 
 
 def model_kind(model: Model) -> str:
-    """ENCODER_DECODER for a model conditioned on encoder inputs (its config has encoder layers: T5), else
+    """ENCODER_DECODER for a model conditioned on encoder inputs (a T5: its config is a `T5Config`), else
     DECODER_ONLY."""
-    return ENCODER_DECODER if getattr(model.config, "num_encoder_layers", 0) else DECODER_ONLY
+    return ENCODER_DECODER if isinstance(model.config, T5Config) else DECODER_ONLY
 
 
 def check_inputs(target: StepwiseModel, draft: StepwiseModel, inputs: Batch | None, batch: int) -> None:
@@ -315,9 +317,9 @@ def check_inputs(target: StepwiseModel, draft: StepwiseModel, inputs: Batch | No
         if inputs is not None:
             raise SpeculativeError(f"a decoder-only target and draft take no encoder inputs, got {', '.join(inputs)}")
         return
-    if inputs is None or "encoder_input_tokens" not in inputs:
+    if inputs is None or ENCODER_INPUT_TOKENS not in inputs:
         raise SpeculativeError("an encoder-decoder target and draft need inputs={'encoder_input_tokens': [b, l]}")
-    shape = inputs["encoder_input_tokens"].shape
+    shape = inputs[ENCODER_INPUT_TOKENS].shape
     if len(shape) != 2 or shape[0] != batch:
         raise SpeculativeError(f"encoder_input_tokens {tuple(shape)} do not fit {batch} prompts (need [{batch}, l])")
 

@@ -43,6 +43,7 @@ from distillspec.reproduction import (
     ratio,
     tau_by_gamma,
 )
+from littlehelp.features import ENCODER_INPUT_TOKENS, INPUTS, TARGETS
 from littlehelp.study import Arm, ArmContext, Claim, Curve, Metric, Study, trainer_outcome
 
 TARGET_GIN, DRAFT_GIN = "distillspec/t5_target.gin", "distillspec/t5_draft.gin"
@@ -110,7 +111,7 @@ def seed_references(target_folder: str, seed: int, per_split: int, inputs_length
         max_new_tokens,
         max(GAMMAS),
         seed,
-        {"encoder_input_tokens": sources},
+        {ENCODER_INPUT_TOKENS: sources},
     )
     return {
         "evaluation": refs.subset(range(per_split)),
@@ -223,7 +224,7 @@ def sizes(context: ArmContext, model: str, scope: str = "") -> dict[str, Any]:
 
 
 def lengths(context: ArmContext) -> dict[str, int]:
-    return {"inputs": context.settings["inputs_length"], "targets": context.settings["targets_length"]}
+    return {INPUTS: context.settings["inputs_length"], TARGETS: context.settings["targets_length"]}
 
 
 def trained_bindings(model: str) -> Callable[[ArmContext], dict[str, Any]]:

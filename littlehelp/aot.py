@@ -21,6 +21,7 @@ makes the command exit with status 1.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -262,7 +263,7 @@ def largest_values(hlo_text: str, top: int = 5) -> list[dict[str, Any]]:
 
 def largest_state_arrays(abstract_state: Any, top: int = 5) -> list[dict[str, Any]]:
     """The `top` largest per-device shards of a state whose leaves carry their shardings."""
-    arrays = []
+    arrays: list[dict[str, Any]] = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
         shard = leaf.sharding.shard_shape(leaf.shape) if leaf.shape else ()
         arrays.append(
@@ -294,7 +295,7 @@ def plan_run(
     example = trainer.example_batch(settings.train_data)
     layout = state_layout(lambda rng: settings.curriculum.init_params(rng, example), settings.optimizer.tx, mesh, rules)
     frozen = {
-        name: params_layout(lambda rng, model=model: model.model.init(rng, example), mesh, rules)[0]
+        name: params_layout(functools.partial(model.model.init, batch=example), mesh, rules)[0]
         for name, model in settings.frozen_models.items()
     }
     steps = []

@@ -376,7 +376,7 @@ def _registry() -> Any:
 
 def _configurable_names() -> list[str]:
     """Every registered selector and each of its dotted suffixes (`a.b.c`, `b.c`, `c`)."""
-    names = set()
+    names: set[str] = set()
     for selector, _ in _registry().items():
         parts = selector.split(".")
         names.update(".".join(parts[i:]) for i in range(len(parts)))
@@ -514,7 +514,7 @@ def _follow_macros(key: _BindingKey, value: Any, macros: Mapping[str, Any]) -> t
     followed = set()
     while isinstance(value, gin.config.ConfigurableReference):
         macro = _macro_of(value.scoped_selector)
-        if macro not in macros or macro in followed:
+        if macro is None or macro not in macros or macro in followed:
             break
         followed.add(macro)
         key, value = (macro, _MACRO_SELECTOR, _MACRO_ARG), macros[macro]
@@ -540,7 +540,7 @@ def _conforms(value: Any, hint: Any) -> bool:
     return isinstance(value, _CONTAINERS[origin]) and _items_conform(value, origin, args)
 
 
-def _items_conform(value: list | tuple | dict, origin: Any, args: tuple[Any, ...]) -> bool:
+def _items_conform(value: Any, origin: Any, args: tuple[Any, ...]) -> bool:
     """Whether the items of a container literal fit the arguments of its annotation `origin[args]`."""
     if not args:
         return True

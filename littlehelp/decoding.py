@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from littlehelp.errors import EXIT_CONFIG, LittlehelpError
-from littlehelp.models.api import Batch, StepwiseModel
-
-Array = jax.Array
-Params = Any
+from littlehelp.models.api import StepwiseModel
+from littlehelp.typing import Array, Batch, Params
 
 
 class ContextLengthError(LittlehelpError, ValueError):
@@ -36,7 +33,7 @@ class ContextLengthError(LittlehelpError, ValueError):
 def context_length(model: StepwiseModel) -> int | None:
     """The longest sequence (prompt plus new tokens) `model` decodes: its config's `context_length`
     (decoder LMs); None for models with only relative positions (T5), which have no such limit."""
-    return getattr(model.config, "context_length", None)
+    return model.config.context_length
 
 
 def check_context(model: StepwiseModel, prompt_length: int, max_new_tokens: int, role: str = "model") -> None:

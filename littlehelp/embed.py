@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from littlehelp.models import convert
+from littlehelp.features import ENCODER_INPUT_TOKENS, ENCODER_SEGMENT_IDS
+from littlehelp.models import BertConfig, convert
 from littlehelp.models.convert import TOKENIZER_FILE, ConversionError, Pretrained
 
 POOLING_FILE = "1_Pooling/config.json"
@@ -60,6 +61,13 @@ def length_buckets(max_length: int) -> tuple[int, ...]:
     return (*buckets, max_length)
 
 
+def bert_config(pretrained: Pretrained) -> BertConfig:
+    """`pretrained`'s config, or ConversionError when it is not a BERT encoder."""
+    if pretrained.family != "bert" or not isinstance(pretrained.config, BertConfig):
+        raise ConversionError(f"{pretrained.source}: a {pretrained.family} model, not a BERT encoder")
+    return pretrained.config
+
+
 def mean_pooled(hidden: jax.Array, mask: jax.Array) -> jax.Array:
     """L2-normalised mean of `hidden` [b, l, d] over the positions where `mask` [b, l] is 1."""
     mask = mask.astype(jnp.float32)[..., None]
@@ -71,8 +79,7 @@ class SentenceEmbedder:
     """Mean-pooled, L2-normalised BERT sentence embeddings of lists of texts (see the module docstring)."""
 
     def __init__(self, pretrained: Pretrained, tokenizer: Tokenizer, max_length: int, batch_size: int = 64):
-        if pretrained.family != "bert":
-            raise ConversionError(f"{pretrained.source}: a {pretrained.family} model, not a BERT encoder")
+        self.config = bert_config(pretrained)
         self.pretrained, self.tokenizer = pretrained, tokenizer
         self.max_length, self.batch_size = max_length, batch_size
         self.buckets = length_buckets(max_length)
@@ -88,7 +95,7 @@ class SentenceEmbedder:
         tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
         tokenizer.no_padding()
         tokenizer.no_truncation()
-        max_length = max_length_of(directory, pretrained.config.max_position_embeddings)
+        max_length = max_length_of(directory, bert_config(pretrained).max_position_embeddings)
         return cls(pretrained, tokenizer, max_length, batch_size)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -104,13 +111,13 @@ class SentenceEmbedder:
         return self.tokenizer.post_process(encoding)
 
     def _embed_batch(self, params: object, tokens: jax.Array, mask: jax.Array) -> jax.Array:
-        batch = {"encoder_input_tokens": tokens, "encoder_segment_ids": mask}
+        batch = {ENCODER_INPUT_TOKENS: tokens, ENCODER_SEGMENT_IDS: mask}
         return mean_pooled(self.pretrained.model.hidden_states(params, batch), mask)
 
     def _padded(self, rows: list[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """`rows` as [batch_size, bucket] tokens and mask, padded with the pad id (mask 0)."""
         length = next(bucket for bucket in self.buckets if bucket >= max(map(len, rows)))
-        tokens = np.full((self.batch_size, length), self.pretrained.config.pad_token_id, np.int32)
+        tokens = np.full((self.batch_size, length), self.config.pad_token_id, np.int32)
         mask = np.zeros((self.batch_size, length), np.int32)
         for row, ids in enumerate(rows):
             tokens[row, : len(ids)], mask[row, : len(ids)] = ids, 1
@@ -126,7 +133,7 @@ class SentenceEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings [len(texts), emb] float32, in the order of `texts`."""
         ids = self.tokenize(texts)
-        out = np.zeros((len(ids), self.pretrained.config.emb_dim), np.float32)
+        out = np.zeros((len(ids), self.config.emb_dim), np.float32)
         for chosen, tokens, mask in self.batches(ids):
             out[chosen] = np.asarray(self._embed(self._params, tokens, mask))[: len(chosen)]
         return out

@@ -17,6 +17,7 @@ resumed run refuses, by name, a frozen model whose arrays changed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -33,9 +34,9 @@ from littlehelp import checkpoints, partitioning
 from littlehelp.errors import LittlehelpError
 from littlehelp.models import Model
 from littlehelp.train_state import params_layout
+from littlehelp.typing import Params
 
 RECORD_NAME = "frozen_models.json"
-Params = Any
 
 
 class FrozenModelChangedError(LittlehelpError):
@@ -75,7 +76,7 @@ def load_frozen_models(
     """Reads each frozen model's parameters onto the mesh (shapes from `model.init` on `example`)."""
     params, records = {}, {}
     for name, frozen in models.items():
-        abstract, _ = params_layout(lambda rng, frozen=frozen: frozen.model.init(rng, example), mesh, rules)
+        abstract, _ = params_layout(functools.partial(frozen.model.init, batch=example), mesh, rules)
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             params[name], step = checkpoints.restore_params(frozen.path, abstract, select=frozen.select)
         records[name] = {

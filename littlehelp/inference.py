@@ -18,12 +18,14 @@ from typing import Any
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 import seqio
 from absl import logging
 
 from littlehelp import checkpoints, decoding, partitioning
 from littlehelp.data import DatasetConfig, pipeline
+from littlehelp.features import DECODER_INPUT_TOKENS, DECODER_TARGET_TOKENS, ENCODER_INPUT_TOKENS, INPUTS, TARGETS
 from littlehelp.models import StepwiseModel
 from littlehelp.trainer import restore_run_params
 
@@ -66,16 +68,16 @@ def decode_examples(
     A model with an encoder ("encoder_input_tokens" in the batch) decodes from its start token 0;
     a decoder-only model continues the first `prompt_length` tokens of each example.
     """
-    rng, size = jax.random.key(config.seed), len(batch["decoder_target_tokens"])
-    if "encoder_input_tokens" in batch:
-        sources = batch["encoder_input_tokens"]
+    rng, size = jax.random.key(config.seed), len(batch[DECODER_TARGET_TOKENS])
+    if ENCODER_INPUT_TOKENS in batch:
+        sources = batch[ENCODER_INPUT_TOKENS]
         prompts, lengths, inputs = (
             np.zeros((size, 1), np.int32),
             np.ones(size, np.int32),
-            {"encoder_input_tokens": sources},
+            {ENCODER_INPUT_TOKENS: sources},
         )
     else:
-        targets = batch["decoder_target_tokens"]
+        targets = batch[DECODER_TARGET_TOKENS]
         lengths = np.maximum(np.minimum((targets != 0).sum(axis=1), config.prompt_length), 1)
         prompts = np.where(np.arange(config.prompt_length) < lengths[:, None], targets[:, : config.prompt_length], 0)
         sources, inputs = prompts, None
@@ -105,8 +107,8 @@ def prompt_example(
         raise ValueError("inference.infer.prompt encodes to no tokens")
     start = np.zeros((1, 1), np.int32)  # the decoder's input features only give `model.init` their shapes
     if feature_converter == "encoder_decoder":
-        return {"encoder_input_tokens": ids, "decoder_input_tokens": start, "decoder_target_tokens": start}
-    return {"decoder_input_tokens": ids, "decoder_target_tokens": ids}
+        return {ENCODER_INPUT_TOKENS: ids, DECODER_INPUT_TOKENS: start, DECODER_TARGET_TOKENS: start}
+    return {DECODER_INPUT_TOKENS: ids, DECODER_TARGET_TOKENS: ids}
 
 
 def _text(vocabulary: seqio.Vocabulary, tokens: np.ndarray) -> str:
@@ -143,16 +145,17 @@ def infer(
     if vocabulary is None:
         if data is None:
             raise ValueError("inference.infer.prompt needs inference.infer.vocabulary")
-        vocabulary = seqio.get_mixture_or_task(data.name).output_features["targets"].vocabulary
+        vocabulary = seqio.get_mixture_or_task(data.name).output_features[TARGETS].vocabulary
     if prompt is None:
+        assert data is not None  # refused above when both are None
         batch = first_examples(data, num_examples)
     else:
         batch = prompt_example(prompt, vocabulary, feature_converter, chat)
-        decoding_config = dataclasses.replace(decoding_config, prompt_length=batch["decoder_input_tokens"].shape[1])
-    decoder_prompt = 1 if "encoder_input_tokens" in batch else decoding_config.prompt_length  # T5: its start token
+        decoding_config = dataclasses.replace(decoding_config, prompt_length=batch[DECODER_INPUT_TOKENS].shape[1])
+    decoder_prompt = 1 if ENCODER_INPUT_TOKENS in batch else decoding_config.prompt_length  # T5: its start token
     decoding.check_context(model, decoder_prompt, decoding_config.max_decode_length)
     mesh, rules = partitioning.make_mesh(mesh_config), partitioning.logical_axis_rules()
-    example = {k: v[:1] for k, v in batch.items()}
+    example = {k: jnp.asarray(v[:1]) for k, v in batch.items()}
     params, step = restore_run_params(
         model_dir, lambda rng: model.init(rng, example), mesh, rules, checkpoint_config, select=model_key
     )
@@ -162,7 +165,7 @@ def infer(
     else:
         records = [
             {"input": _text(vocabulary, s), "target": _text(vocabulary, t), "prediction": _text(vocabulary, p)}
-            for s, t, p in zip(sources, batch["decoder_target_tokens"], predictions)
+            for s, t, p in zip(sources, batch[DECODER_TARGET_TOKENS], predictions)
         ]
     _write_records(records, Path(model_dir) / "inference.jsonl", step)
     return records
@@ -220,11 +223,11 @@ def decode_split(
     in batches of `data.batch_size` (the last one padded)."""
     unpacked = dataclasses.replace(data, pack=False, shuffle=False, repeat=False, drop_remainder=False)
     features = seqio.get_mixture_or_task(data.name).output_features
-    inputs_vocabulary, targets_vocabulary = features["inputs"].vocabulary, features["targets"].vocabulary
-    config = DecodingConfig(max_decode_length=data.task_feature_lengths["targets"])
+    inputs_vocabulary, targets_vocabulary = features[INPUTS].vocabulary, features[TARGETS].vocabulary
+    config = DecodingConfig(max_decode_length=data.task_feature_lengths[TARGETS])
     params, records = jax.device_get(params), []
     for batch in pipeline.host_dataset(unpacked).as_numpy_iterator():
-        size = len(batch["decoder_target_tokens"])
+        size = len(batch[DECODER_TARGET_TOKENS])
         padded = {k: np.pad(v, [(0, data.batch_size - size)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
         sources, predictions = decode_examples(model, params, padded, config, targets_vocabulary.eos_id)
         records += [
@@ -233,7 +236,7 @@ def decode_split(
                 "target": _text(targets_vocabulary, t),
                 "prediction": _text(targets_vocabulary, p),
             }
-            for s, t, p in zip(sources[:size], batch["decoder_target_tokens"], predictions[:size])
+            for s, t, p in zip(sources[:size], batch[DECODER_TARGET_TOKENS], predictions[:size])
         ]
         logging.log_every_n_seconds(logging.INFO, "decoded %d examples of %s", 30, len(records), data.name)
         if max_examples is not None and len(records) >= max_examples:

@@ -190,7 +190,9 @@ def _divergence_fn(kind: str, beta: float) -> Divergence:
     """The per-token function of `kind` as f(student_logits, teacher_logits, weights, temperature)."""
     if kind == "jsd":
         _check_beta(beta)
-        return functools.partial(jensen_shannon, beta=beta)
+        return lambda student, teacher, weights, temperature: jensen_shannon(
+            student, teacher, weights, beta, temperature
+        )
     functions = {"fkl": forward_kl, "rkl": reverse_kl, "tvd": total_variation}
     if kind not in functions:
         raise ValueError(f"unknown divergence kind {kind!r}; expected one of {', '.join(DIVERGENCES)}")
@@ -211,7 +213,7 @@ def divergence(
     rescaling); the teacher gets no gradient; values are float32 and multiplied by `weights`;
     `beta` is only read by "jsd".
     """
-    return _divergence_fn(kind, beta)(student_logits, teacher_logits, weights, temperature=temperature)
+    return _divergence_fn(kind, beta)(student_logits, teacher_logits, weights, temperature)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,7 +276,7 @@ def chunked_divergence(
 
     def token_fn(logits, side, frozen):
         hidden, token_weights = side
-        values = token_divergence(logits, teacher_fn(hidden, *frozen), token_weights, temperature=temperature)
+        values = token_divergence(logits, teacher_fn(hidden, *frozen), token_weights, temperature)
         return values, values
 
     frozen = jax.lax.stop_gradient(teacher_consts)
@@ -309,7 +311,7 @@ def chunked_labels_and_divergence(
     def token_fn(logits, side, frozen):
         hidden, token_targets, token_weights, token_mix = side
         hard = token_cross_entropy(logits, token_targets, token_weights, z_loss)
-        soft = token_divergence(logits, teacher_fn(hidden, *frozen), token_weights, temperature=temperature)
+        soft = token_divergence(logits, teacher_fn(hidden, *frozen), token_weights, temperature)
         return (1.0 - token_mix) * (hard.cross_entropy + hard.z_loss) + token_mix * soft, (hard, soft)
 
     mix = jnp.broadcast_to(jax.lax.stop_gradient(jnp.asarray(mix, jnp.float32)), weights.shape)

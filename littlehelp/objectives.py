@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import gin
 import jax
 import jax.numpy as jnp
 
 from littlehelp import flops, losses
+from littlehelp.features import DECODER_LOSS_WEIGHTS, DECODER_TARGET_TOKENS
 from littlehelp.models import Model
-
-Batch = Mapping[str, jax.Array]
-Metrics = dict[str, jax.Array]
-Params = dict[str, Any]
+from littlehelp.typing import Batch, BatchSpec, Metrics, Params
 
 
 @runtime_checkable
@@ -44,7 +42,7 @@ class Objective(Protocol):
     def loss(self, params: Params, batch: Batch, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
         """Mean loss over the batch and metrics (including "weight")."""
 
-    def train_flops(self, batch: Batch) -> float:
+    def train_flops(self, batch: BatchSpec) -> float:
         """Matrix-multiply FLOPs of one training step on a batch of these shapes (see flops.py)."""
 
 
@@ -58,7 +56,7 @@ def token_weights(batch: Batch) -> jax.Array:
     token carries its example's weight, packed or not). A weight of 2 counts an example as twice (as
     repeating it would), 0 drops it.
     """
-    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    weights = batch[DECODER_LOSS_WEIGHTS].astype(jnp.float32)
     if EXAMPLE_WEIGHTS in batch:
         weights = weights * batch[EXAMPLE_WEIGHTS].astype(jnp.float32)
     return weights
@@ -102,12 +100,10 @@ class _TokenObjective:
 
     def loss(self, params: Params, batch: Batch, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
         logits = self.model.logits(params[self.model_key], batch, rng)
-        sums = losses.cross_entropy_with_z_loss(
-            logits, batch["decoder_target_tokens"], token_weights(batch), self.z_loss
-        )
+        sums = losses.cross_entropy_with_z_loss(logits, batch[DECODER_TARGET_TOKENS], token_weights(batch), self.z_loss)
         return token_metrics(sums)
 
-    def train_flops(self, batch: Batch) -> float:
+    def train_flops(self, batch: BatchSpec) -> float:
         return flops.TRAIN_MULTIPLIER * self.model.forward_flops(batch)
 
 
@@ -146,7 +142,8 @@ class WeightedSum:
             raise ValueError(f"WeightedSum: every term has weight 0: {list(terms)}")
         self.name = "+".join(f"{w:g}*{name}" for name, (_, w) in self.terms.items())
         keys = [getattr(objective, "trainable_keys", None) for objective, _ in self.terms.values()]
-        self.trainable_keys = None if None in keys else tuple(dict.fromkeys(k for ks in keys for k in ks))
+        known = [k for k in keys if k is not None]
+        self.trainable_keys = tuple(dict.fromkeys(k for ks in known for k in ks)) if len(known) == len(keys) else None
 
     def init_params(self, rng: jax.Array, batch: Batch) -> Params:
         params: Params = {}
@@ -165,7 +162,7 @@ class WeightedSum:
         metrics["loss"] = total
         return total, metrics
 
-    def train_flops(self, batch: Batch) -> float:
+    def train_flops(self, batch: BatchSpec) -> float:
         return sum(objective.train_flops(batch) for objective, _ in self.terms.values())
 
 

@@ -76,10 +76,10 @@ class MeshConfig:
                 )
             sizes[sizes.index(-1)] = num_devices // known
         elif math.prod(sizes) < num_devices:
-            return tuple(sizes)  # a fully specified mesh may use the first devices only
+            return sizes[0], sizes[1], sizes[2]  # a fully specified mesh may use the first devices only
         if math.prod(sizes) != num_devices:
             raise ConfigError(f"{self.describe()} needs {math.prod(sizes)} devices, but {num_devices} are available")
-        return tuple(sizes)
+        return sizes[0], sizes[1], sizes[2]
 
 
 @gin.configurable
@@ -126,6 +126,7 @@ def mesh_axes_for(
     if not logical_spec:
         return PartitionSpec()
     axes = nn.logical_to_mesh_axes(tuple(logical_spec), rules)
+    assert axes is not None  # None only for a None spec, handled above
     return PartitionSpec(*(a if size % _mesh_size(mesh, a) == 0 else None for size, a in zip(shape, axes, strict=True)))
 
 

@@ -40,8 +40,10 @@ from jax.sharding import Mesh
 from littlehelp import checkpoints, partitioning
 from littlehelp import config as gin_config
 from littlehelp.errors import LittlehelpError
+from littlehelp.features import DECODER_INPUT_TOKENS, ENCODER_INPUT_TOKENS
 from littlehelp.models import Model, build_model
 from littlehelp.train_state import params_layout
+from littlehelp.typing import Params
 
 MODEL_GIN = "model.gin"  # a converted (or derived) folder's model file
 MODEL_GINS = (MODEL_GIN, gin_config.OPERATIVE_CONFIG_NAME)  # read in this order: model.gin, else config.gin
@@ -49,7 +51,6 @@ CHECKPOINTS_DIR = "checkpoints"
 VOCABULARY_DIR = "vocabulary"
 DEFAULT_MODEL_KEY = "model"
 EXAMPLE_LENGTH = 8  # the example batch whose `model.init` shapes give the parameters' shapes
-Params = Any
 
 
 class RunFolderError(LittlehelpError, ValueError):
@@ -176,7 +177,7 @@ def read_params(
         )
     path = folder if step is None else folder / CHECKPOINTS_DIR / str(step)
     tokens = jnp.zeros((1, EXAMPLE_LENGTH), jnp.int32)  # only shapes are computed (`jax.eval_shape`)
-    example = {name: tokens for name in ("encoder_input_tokens", "decoder_input_tokens")}  # every kind's inputs
+    example = {name: tokens for name in (ENCODER_INPUT_TOKENS, DECODER_INPUT_TOKENS)}  # every kind's inputs
     init = lambda rng: model.init(rng, example)  # noqa: E731
     if mesh is None:
         return checkpoints.restore_params(path, nn.unbox(jax.eval_shape(init, jax.random.key(0))), select=key)

@@ -369,7 +369,8 @@ def judge_claims(study: Study, values: Mapping[str, Mapping[str, list[float]]]) 
     """Each claim with its per-seed improvements, interval, p-values and generated verdict; the
     claims and the exploratory comparisons are two Holm families."""
     metrics = {m.name: m for m in study.metrics}
-    rows, separations = [], []
+    rows = []
+    separations: list[bool | None] = []
     for claim in study.claims:
         if claim.separation:
             better, worse = (values[a][claim.metric] for a in claim.separation)
@@ -467,10 +468,10 @@ def compilation_cache(folder: Path) -> Iterator[None]:
     import jax
     from jax.experimental.compilation_cache import compilation_cache as cache
 
-    if jax.config.jax_compilation_cache_dir is not None:
+    if jax.config.values["jax_compilation_cache_dir"] is not None:
         yield
         return
-    minimum = jax.config.jax_persistent_cache_min_compile_time_secs
+    minimum = jax.config.values["jax_persistent_cache_min_compile_time_secs"]
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     cache.reset_cache()  # JAX decides once whether to use a cache: make it decide again, now and after

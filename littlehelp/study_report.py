@@ -213,7 +213,7 @@ def _draw_metric(panel: Any, metric: Mapping[str, Any], result: Result) -> None:
         panel.errorbar(
             [x + 0.15],
             [_nan_mean(values)],
-            yerr=[stats.t_interval(values).se if len(values) > 1 else 0],
+            yerr=[stats.t_interval(values.tolist()).se if len(values) > 1 else 0],
             color="black",
             fmt="o",
             markersize=3,

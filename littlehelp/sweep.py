@@ -379,9 +379,9 @@ def _draw_panel(
     panel: Any, axis: Axis, others: Sequence[str], summaries: Sequence[Mapping[str, Any]], kind: str
 ) -> None:
     """One panel: `axis`'s values (numbers, or categories in sweep order) against `kind` loss."""
-    numbers = [_numeric(v) for v in axis.values]
-    numeric = all(n is not None for n in numbers)
-    position = dict(zip(axis.values, numbers if numeric else range(len(axis.values))))
+    numbers = [n for n in (_numeric(v) for v in axis.values) if n is not None]
+    numeric = len(numbers) == len(axis.values)
+    position = dict(zip(axis.values, numbers if numeric else [float(i) for i in range(len(axis.values))]))
     groups: dict[tuple[str, ...], list[tuple[float, float]]] = {}
     for s in summaries:
         loss = s[kind].get("loss")

@@ -6,6 +6,7 @@ parameters' logical axes, and only then is it materialised, directly in its shar
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from littlehelp import partitioning
-
-Params = Any
+from littlehelp.typing import Params
 
 
 @flax.struct.dataclass
@@ -31,7 +31,7 @@ class TrainState:
     parameters and optimizer state untouched.
     """
 
-    step: jax.Array
+    step: Any  # an int32 scalar array; in a layout, its sharding or jax.ShapeDtypeStruct
     params: Params
     opt_state: dict[str, optax.OptState]
 
@@ -41,7 +41,7 @@ class TrainState:
         for key, model_grads in grads.items():
             updates, opt_state[key] = tx.update(model_grads, self.opt_state[key], self.params[key])
             params[key] = optax.apply_updates(self.params[key], updates)
-        return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
+        return dataclasses.replace(self, step=self.step + 1, params=params, opt_state=opt_state)
 
 
 def init_optimizer(tx: optax.GradientTransformation, params: Params) -> dict[str, optax.OptState]:

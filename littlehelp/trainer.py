@@ -27,11 +27,13 @@ from littlehelp import checkpoints, partitioning
 from littlehelp import config as gin_config
 from littlehelp.data import DatasetConfig, GlobalBatches, pipeline
 from littlehelp.errors import EXIT_PREEMPTED, LittlehelpError
+from littlehelp.features import DECODER_TARGET_TOKENS, ENCODER_INPUT_TOKENS
 from littlehelp.frozen import FrozenModel, check_and_record, load_frozen_models
 from littlehelp.metrics import MetricsWriter, measure_matmul_flops
-from littlehelp.objectives import Batch, Curriculum, Metrics, Objective, Params
+from littlehelp.objectives import Curriculum, Objective
 from littlehelp.optimizers import Optimizer
 from littlehelp.train_state import StateLayout, TrainState, init_optimizer, init_state, params_layout, state_layout
+from littlehelp.typing import Batch, Metrics, Params
 
 StepFn = Callable[[TrainState, Params, Batch, jax.Array], tuple[TrainState, Metrics]]
 
@@ -216,7 +218,7 @@ def check_batch_divisible(train_data: DatasetConfig, mesh: Mesh, microbatches: i
 
 def tokens_per_batch(spec: Mapping[str, jax.ShapeDtypeStruct]) -> int:
     """Encoder plus decoder token positions in one batch (the throughput convention)."""
-    names = ("encoder_input_tokens", "decoder_target_tokens")
+    names = (ENCODER_INPUT_TOKENS, DECODER_TARGET_TOKENS)
     return sum(int(np.prod(spec[n].shape)) for n in names if n in spec)
 
 
@@ -520,7 +522,9 @@ def train(
     if (objective is None) == (curriculum is None):
         raise gin_config.ConfigError("train: bind exactly one of train.objective and train.curriculum")
     _check_run_arguments(steps, eval_every, eval_batches, log_every, microbatches)
-    curriculum = curriculum or Curriculum.single(objective)
+    if curriculum is None:
+        assert objective is not None  # exactly one of the two is bound (checked above)
+        curriculum = Curriculum.single(objective)
     if settings_only:
         return TrainSettings(curriculum, optimizer, train_data, mesh_config, microbatches, dict(frozen_models or {}))
     checkpoints.check_restore_path(model_dir, checkpoint_config)  # a refused fine-tune writes nothing

@@ -26,15 +26,15 @@ import copy
 from typing import NoReturn
 
 import gin
-import jax
 import jax.numpy as jnp
 
 from littlehelp import flops, losses
 from littlehelp.config import ConfigError
+from littlehelp.features import DECODER_TARGET_TOKENS
 from littlehelp.models import Model
-from littlehelp.objectives import Batch, Curriculum, Metrics, Objective, Params, token_metrics, token_weights
+from littlehelp.objectives import Curriculum, Objective, token_metrics, token_weights
+from littlehelp.typing import Array, Batch, Metrics, Params
 
-Array = jax.Array
 TRANSITIONS = ("abrupt", "linear")
 
 
@@ -117,7 +117,7 @@ class DistillationObjective:
             lambda h: self.model.logits_from_hidden(student, h),
             self.teacher.hidden_states(teacher, batch),
             lambda h: self.teacher.logits_from_hidden(teacher, h),
-            batch["decoder_target_tokens"],
+            batch[DECODER_TARGET_TOKENS],
             weights,
             omega,
             self.z_loss,

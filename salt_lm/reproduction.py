@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from littlehelp.features import DECODER_INPUT_TOKENS, TARGETS
 from littlehelp.study import Arm, ArmContext, Claim, Curve, Metric, Study
 
 STUDENT_GIN, HELD_OUT_TASK, LENGTH, BATCH = "salt/baseline.gin", "code_lm", 128, 16
@@ -212,7 +213,7 @@ def held_out_evaluator(bindings: tuple[tuple[str, Any], ...]) -> tuple[Any, Any,
         evaluator,
         DatasetConfig(
             HELD_OUT_TASK,
-            {"targets": LENGTH},
+            {TARGETS: LENGTH},
             BATCH,
             feature_converter="lm",
             split="validation",
@@ -227,7 +228,7 @@ def held_out_loss(context: ArmContext) -> float:
     from littlehelp import checkpoints, trainer  # pylint: disable=import-outside-toplevel
 
     objective, evaluator, data = held_out_evaluator(tuple(context.settings["bindings"].items()))
-    example = {"decoder_input_tokens": np.zeros((1, LENGTH), np.int32)}
+    example = {DECODER_INPUT_TOKENS: np.zeros((1, LENGTH), np.int32)}
     params, step = trainer.restore_run_params(
         str(context.folder),
         lambda rng: objective.init_params(rng, example),

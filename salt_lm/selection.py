@@ -60,14 +60,14 @@ from littlehelp import frozen, losses, partitioning
 from littlehelp.config import ConfigError
 from littlehelp.data import pipeline, vocab
 from littlehelp.errors import LittlehelpError
+from littlehelp.features import DECODER_INPUT_TOKENS, DECODER_LOSS_WEIGHTS, DECODER_TARGET_TOKENS, TARGETS
 from littlehelp.models import Model
+from littlehelp.typing import Array, Params
 
-Array = jax.Array
-Params = Any
 DEFAULT_TOP_K = 10
 DEFAULT_FRACTION = 0.5
 SCORES_FILE, METADATA_FILE = "scores.npy", "scores.json"
-LM_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+LM_FEATURES = (DECODER_INPUT_TOKENS, DECODER_TARGET_TOKENS, DECODER_LOSS_WEIGHTS)
 MATCHED_FIELDS = ("task", "split", "sequence_length", "top_k")  # and the teacher's fingerprint
 METADATA_FIELDS = MATCHED_FIELDS + ("teacher", "count", "seconds", "flops", "sha256")
 
@@ -108,7 +108,7 @@ def token_losses(
     positions at a time.
     """
     hidden = model.hidden_states(params, batch)
-    side = (batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+    side = (batch[DECODER_TARGET_TOKENS], batch[DECODER_LOSS_WEIGHTS])
     token_fn = functools.partial(_token_values, top_k=top_k)
     return losses.chunked_token_values(
         token_fn, hidden, lambda h: model.logits_from_hidden(params, h), side, chunk_size
@@ -136,7 +136,7 @@ def batch_scores(
 ) -> Array:
     """SALT_DS scores [b] of an LM batch's sequences (`token_losses`, then `sequence_scores`)."""
     values, top = token_losses(model, params, batch, top_k, chunk_size)
-    return sequence_scores(values, top, batch["decoder_loss_weights"])
+    return sequence_scores(values, top, batch[DECODER_LOSS_WEIGHTS])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,12 +162,12 @@ class Scoring:
             value = getattr(self, knob)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(f"SALT_DS {knob} must be an integer >= 1, got {value!r}")
-        if set(self.sequence_length) != {"targets"} or not int(self.sequence_length["targets"]) > 0:
+        if set(self.sequence_length) != {TARGETS} or not int(self.sequence_length[TARGETS]) > 0:
             raise ConfigError(
                 f"SALT_DS sequence_length must be {{'targets': L}} with L > 0 (a decoder LM task), "
                 f"got {dict(self.sequence_length)!r}"
             )
-        object.__setattr__(self, "sequence_length", {"targets": int(self.sequence_length["targets"])})
+        object.__setattr__(self, "sequence_length", {TARGETS: int(self.sequence_length[TARGETS])})
 
     def metadata(self, teacher_record: Mapping[str, Any]) -> dict[str, Any]:
         """What identifies these scores: MATCHED_FIELDS and the teacher's record (path, step, fingerprint)."""
@@ -198,7 +198,7 @@ def lm_batches(scoring: Scoring) -> Iterator[tuple[dict[str, np.ndarray], int]]:
         verbose=False,
     )
     for batch in dataset.batch(scoring.batch_size).prefetch(2).as_numpy_iterator():
-        rows = len(batch["decoder_target_tokens"])
+        rows = len(batch[DECODER_TARGET_TOKENS])
         yield {name: _padded(batch[name], scoring.batch_size) for name in LM_FEATURES}, rows
 
 
@@ -219,7 +219,7 @@ def score_split(model: Model, params: Params, scoring: Scoring) -> np.ndarray:
 def scoring_flops(model: Model, scoring: Scoring, count: int) -> float:
     """FLOPs of scoring `count` sequences: one teacher forward pass per batch of `batch_size` rows,
     the last one padded (littlehelp.flops's convention)."""
-    shape = {"decoder_input_tokens": np.zeros((scoring.batch_size, scoring.sequence_length["targets"]), np.int32)}
+    shape = {DECODER_INPUT_TOKENS: np.zeros((scoring.batch_size, scoring.sequence_length[TARGETS]), np.int32)}
     return math.ceil(count / scoring.batch_size) * model.forward_flops(shape)
 
 
@@ -349,12 +349,12 @@ def _check_task(scoring: Scoring, teacher: frozen.FrozenModel) -> None:
     validation.check_known("task", [scoring.task], seqio.TaskRegistry.names(), known_as="registered Tasks")
     task = seqio.get_mixture_or_task(scoring.task)
     validation.check_known("split", [scoring.split], task.splits, known_as=f"splits of {scoring.task!r}")
-    if set(task.output_features) != {"targets"}:
+    if set(task.output_features) != {TARGETS}:
         raise ConfigError(
             f"SALT_DS scores decoder LM Tasks (one 'targets' feature); {scoring.task!r} has "
             f"features {sorted(task.output_features)}"
         )
-    vocabulary = task.output_features["targets"].vocabulary
+    vocabulary = task.output_features[TARGETS].vocabulary
     vocab.load_vocabulary(vocabulary)
     if teacher.model.config.vocab_size < vocabulary.vocab_size:
         raise ConfigError(
@@ -366,7 +366,7 @@ def _check_task(scoring: Scoring, teacher: frozen.FrozenModel) -> None:
 def load_teacher(teacher: frozen.FrozenModel, sequence_length: Mapping[str, int]) -> tuple[Params, dict[str, Any]]:
     """The teacher's parameters, read-only onto a 1-device mesh, and its record (path, select, step, fingerprint)."""
     mesh = partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
-    example = {"decoder_input_tokens": np.zeros((1, sequence_length["targets"]), np.int32)}
+    example = {DECODER_INPUT_TOKENS: np.zeros((1, sequence_length[TARGETS]), np.int32)}
     loaded = frozen.load_frozen_models({"teacher": teacher}, example, mesh, partitioning.logical_axis_rules())
     return loaded.params["teacher"], loaded.records["teacher"]
 
@@ -433,7 +433,7 @@ def selected_task(
     evaluation data may both ask) and returns the new Task's name (see `select`)."""
     scoring = Scoring(task, sequence_length, split, top_k, batch_size, chunk_size, log_every)
     task_name = name or default_name(scoring, fraction)
-    key = (task, teacher, scoring.sequence_length["targets"], str(scores_dir), fraction, top_k, split)
+    key = (task, teacher, scoring.sequence_length[TARGETS], str(scores_dir), fraction, top_k, split)
     if _SELECTED.get(task_name) != key or task_name not in seqio.TaskRegistry.names():
         select(scoring, teacher, scores_dir, fraction, task_name)
         _SELECTED[task_name] = key

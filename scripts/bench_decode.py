@@ -29,6 +29,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from littlehelp import decoding  # noqa: E402
 from littlehelp.benchmark import Benchmark, header_markdown, interleaved, repeated  # noqa: E402
+from littlehelp.features import DECODER_INPUT_TOKENS  # noqa: E402
 from littlehelp.models import DecoderConfig, build_model  # noqa: E402
 
 DECODER_BENCH = DecoderConfig(
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     bench = Benchmark(__file__, argv, args.out_dir)
     model = build_model(DECODER_BENCH)
-    params = jax.jit(model.init)(jax.random.key(0), {"decoder_input_tokens": jnp.ones((1, 8), jnp.int32)})
+    params = jax.jit(model.init)(jax.random.key(0), {DECODER_INPUT_TOKENS: jnp.ones((1, 8), jnp.int32)})
     prefill = [bench_prefill(model, params, b, args.prompt, args.repeats) for b in args.batch_sizes]
     greedy = [bench_greedy(model, params, b, args.new_tokens, args.repeats) for b in args.batch_sizes]
     report = bench.report(vars(args), model="decoder-bench", prefill=prefill, greedy=greedy)

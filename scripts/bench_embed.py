@@ -62,7 +62,7 @@ def padded_work(embedder: SentenceEmbedder, texts: list[str]) -> dict[str, float
     """Tokens, padded positions, buckets used and forward FLOPs of the padded batches of `texts`."""
     ids = embedder.tokenize(texts)
     shapes = [tokens.shape for _, tokens, _ in embedder.batches(ids)]
-    config = embedder.pretrained.config
+    config = embedder.config
     return {
         "tokens": sum(map(len, ids)),
         "padded_positions": sum(b * length for b, length in shapes),

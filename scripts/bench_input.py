@@ -35,15 +35,16 @@ from littlehelp import config as gin_config  # noqa: E402
 from littlehelp import models, objectives  # noqa: E402
 from littlehelp.benchmark import Benchmark, header_markdown  # noqa: E402
 from littlehelp.data import DatasetConfig, pipeline  # noqa: E402
+from littlehelp.features import DECODER_INPUT_TOKENS, DECODER_TARGET_TOKENS, ENCODER_INPUT_TOKENS, INPUTS, TARGETS  # noqa: E402
 from littlehelp.models import T5Config  # noqa: E402
 
 PIPELINES = {
-    "shakespeare_span_corruption": ({"inputs": 512, "targets": 114}, "encoder_decoder"),
-    "shakespeare_lm": ({"targets": 512}, "lm"),
+    "shakespeare_span_corruption": ({INPUTS: 512, TARGETS: 114}, "encoder_decoder"),
+    "shakespeare_lm": ({TARGETS: 512}, "lm"),
 }
 ACCELERATOR_FLOPS = 400e12  # an H100 at ~40% of its 989 TFLOP/s dense bf16 peak
 MODELS = ("tiny", "small")
-SPAN_LENGTHS = {"inputs": 512, "targets": 114}
+SPAN_LENGTHS = {INPUTS: 512, TARGETS: 114}
 
 
 def bench_pipeline(name: str, batches: int, batch_size: int) -> dict:
@@ -58,7 +59,7 @@ def bench_pipeline(name: str, batches: int, batch_size: int) -> dict:
     for _ in range(batches):
         batch = next(iterator)
         tokens += sum(
-            int(np.count_nonzero(batch[k])) for k in ("encoder_input_tokens", "decoder_target_tokens") if k in batch
+            int(np.count_nonzero(batch[k])) for k in (ENCODER_INPUT_TOKENS, DECODER_TARGET_TOKENS) if k in batch
         )
     seconds = time.perf_counter() - start
     return {
@@ -83,9 +84,9 @@ def model_config(size: str) -> T5Config:
 def flops_per_example(config: T5Config) -> float:
     """Train FLOPs of one span-corruption example (inputs 512, targets 114)."""
     spec = {
-        "encoder_input_tokens": jax.ShapeDtypeStruct((1, SPAN_LENGTHS["inputs"]), np.int32),
-        "decoder_target_tokens": jax.ShapeDtypeStruct((1, SPAN_LENGTHS["targets"]), np.int32),
-        "decoder_input_tokens": jax.ShapeDtypeStruct((1, SPAN_LENGTHS["targets"]), np.int32),
+        ENCODER_INPUT_TOKENS: jax.ShapeDtypeStruct((1, SPAN_LENGTHS[INPUTS]), np.int32),
+        DECODER_TARGET_TOKENS: jax.ShapeDtypeStruct((1, SPAN_LENGTHS[TARGETS]), np.int32),
+        DECODER_INPUT_TOKENS: jax.ShapeDtypeStruct((1, SPAN_LENGTHS[TARGETS]), np.int32),
     }
     return objectives.EncoderDecoderObjective(models.build_model(config)).train_flops(spec)
 

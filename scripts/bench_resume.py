@@ -31,8 +31,9 @@ import numpy as np  # noqa: E402
 from littlehelp import partitioning  # noqa: E402
 from littlehelp.benchmark import Benchmark, header_markdown  # noqa: E402
 from littlehelp.data import DatasetConfig, GlobalBatches, pipeline  # noqa: E402
+from littlehelp.features import INPUTS, TARGETS  # noqa: E402
 
-LENGTHS = {"inputs": 128, "targets": 29}  # littlehelp/gin/runs/demo.gin
+LENGTHS = {INPUTS: 128, TARGETS: 29}  # littlehelp/gin/runs/demo.gin
 
 
 def _open_timed(config: DatasetConfig, resume: pipeline.ResumePoint) -> tuple[GlobalBatches, dict, float]:

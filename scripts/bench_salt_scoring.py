@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 
 import littlehelp.data  # noqa: E402,F401  (registers the built-in tasks)
 from littlehelp.benchmark import Benchmark, header_markdown, repeated, seconds_of  # noqa: E402
+from littlehelp.features import DECODER_INPUT_TOKENS, TARGETS  # noqa: E402
 from littlehelp.models import DecoderConfig, Model, build_model  # noqa: E402
 from salt_lm import selection  # noqa: E402
 
@@ -71,14 +72,14 @@ def teacher_config(overrides: str | None) -> DecoderConfig:
 def random_teacher(config: DecoderConfig, length: int) -> tuple[Model, Any]:
     """The teacher's seam and randomly initialised parameters."""
     model = build_model(config)
-    example = {"decoder_input_tokens": np.zeros((1, length), np.int32)}
+    example = {DECODER_INPUT_TOKENS: np.zeros((1, length), np.int32)}
     return model, nn.unbox(jax.jit(model.init)(jax.random.key(0), example))
 
 
 def bench_batch_size(model: Model, params: Any, batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
     """Model-only, input-only and streamed sequences/s and the compiled memory at one batch size."""
     scoring = selection.Scoring(
-        args.task, {"targets": args.length}, args.split, args.top_k, batch_size, args.chunk_size, log_every=10**9
+        args.task, {TARGETS: args.length}, args.split, args.top_k, batch_size, args.chunk_size, log_every=10**9
     )
     batch, _ = next(selection.lm_batches(scoring))
     score = lambda: selection.batch_scores(model, params, batch, args.top_k, args.chunk_size)  # noqa: E731

@@ -65,7 +65,8 @@ from littlehelp import decoding, runs  # noqa: E402
 from littlehelp.benchmark import Benchmark, header_markdown, interleaved  # noqa: E402
 from littlehelp.data import tasks  # noqa: E402
 from littlehelp.errors import LittlehelpError, exit_on_error  # noqa: E402
-from littlehelp.models import DecoderConfig, build_model  # noqa: E402
+from littlehelp.features import DECODER_INPUT_TOKENS, TARGETS  # noqa: E402
+from littlehelp.models import DecoderConfig, ModelConfig, build_model  # noqa: E402
 from littlehelp.models.convert import Pretrained, run_folder  # noqa: E402
 
 PROMPTS = [
@@ -91,7 +92,7 @@ RANDOM_DRAFT = dict(
 DEFAULT_DRAFTS = ["scratch=random", "derived=first=6", "derived_vocab=first=6,vocab=8192"]
 SMOLLM2 = "smollm2_135m"
 # How littlehelp/gin/distillspec/derived_smollm2.gin counts the tokens of a reduced vocabulary.
-VOCAB_FEATURE_LENGTHS = {"targets": 128}
+VOCAB_FEATURE_LENGTHS = {TARGETS: 128}
 VOCAB_COUNT_TOKENS = 1_000_000
 DISTILLED = "_distilled"  # X_distilled is draft X distilled
 MIN_DISTILLED_TAU_RATIO = 1.2
@@ -254,15 +255,21 @@ def open_target(args: argparse.Namespace) -> runs.RunFolder:
     return runs.open_run(folder)
 
 
+def derivable_config(spec: DraftSpec, target: runs.RunFolder) -> DecoderConfig:
+    """The target's config, or BenchError naming `spec`: drafts derive from a DecoderLM only."""
+    config = target.model.config
+    if not isinstance(config, DecoderConfig):
+        raise BenchError(
+            f"--drafts {spec.entry!r}: the target {target.folder} is a "
+            f"{type(config).__name__}; drafts derive from a DecoderLM only"
+        )
+    return config
+
+
 def check_derivable(specs: Sequence[DraftSpec], target: runs.RunFolder) -> None:
     """Refuses a derived draft of a target that is not a DecoderLM, or of layers the target does not have."""
-    config = target.model.config
     for spec in (spec for spec in specs if spec.is_derived):
-        if not isinstance(config, DecoderConfig):
-            raise BenchError(
-                f"--drafts {spec.entry!r}: the target {target.folder} is a "
-                f"{type(config).__name__}; drafts derive from a DecoderLM only"
-            )
+        config = derivable_config(spec, target)
         try:
             derived.layer_indices(config.num_layers, spec.first, spec.every)
             if spec.vocab:
@@ -276,11 +283,11 @@ def vocab_task(args: argparse.Namespace, vocabulary: Any) -> str:
     return args.vocab_task or tasks.text_mixture("lm", vocabulary, SMOLLM2)
 
 
-def random_draft_folder(config: DecoderConfig, folder: Path) -> Path:
+def random_draft_folder(config: ModelConfig, folder: Path) -> Path:
     """A random-init draft (RANDOM_DRAFT) in the vocabulary of the target `config`, written as a run folder."""
     draft_config = DecoderConfig(vocab_size=config.vocab_size, **RANDOM_DRAFT)
     model = build_model(draft_config)
-    params = nn.unbox(model.init(jax.random.key(SEED), {"decoder_input_tokens": jnp.ones((1, 8), jnp.int32)}))
+    params = nn.unbox(model.init(jax.random.key(SEED), {DECODER_INPUT_TOKENS: jnp.ones((1, 8), jnp.int32)}))
     draft = Pretrained("llama", draft_config, model, jax.tree.map(np.asarray, params), None, "random draft")
     return run_folder.write_run_folder(draft, folder)
 
@@ -296,7 +303,7 @@ def draft_folder(
     task = vocab_task(args, vocabulary) if spec.vocab else None
     return Path(
         derived.derived_folder(
-            target.model.config,
+            derivable_config(spec, target),
             str(target.folder),
             first_layers=spec.first,
             every_layer=spec.every,

@@ -35,6 +35,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from littlehelp.benchmark import Benchmark, header_markdown, repeated  # noqa: E402
+from littlehelp.features import (  # noqa: E402
+    DECODER_INPUT_TOKENS,
+    DECODER_LOSS_WEIGHTS,
+    DECODER_TARGET_TOKENS,
+    ENCODER_INPUT_TOKENS,
+)
 
 MATMUL_SIZES = (2048, 4096)
 MESHES = {1: (1, 1, 1), 8: (4, 1, 2)}  # devices -> (data, fsdp, tensor)
@@ -165,12 +171,12 @@ def random_batch(config: BenchConfig, batch_size: int, seed: int = 0) -> dict[st
     vocab = config.model["vocab_size"]
     targets = rng.integers(1, vocab, (batch_size, config.targets_length), dtype=np.int32)
     batch = {
-        "decoder_target_tokens": targets,
-        "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-        "decoder_loss_weights": np.ones_like(targets),
+        DECODER_TARGET_TOKENS: targets,
+        DECODER_INPUT_TOKENS: np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+        DECODER_LOSS_WEIGHTS: np.ones_like(targets),
     }
     if config.inputs_length:
-        batch["encoder_input_tokens"] = rng.integers(1, vocab, (batch_size, config.inputs_length), dtype=np.int32)
+        batch[ENCODER_INPUT_TOKENS] = rng.integers(1, vocab, (batch_size, config.inputs_length), dtype=np.int32)
     return batch
 
 

@@ -86,6 +86,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from littlehelp import checkpoints, errors, trainer  # noqa: E402
+from littlehelp.features import DECODER_INPUT_TOKENS  # noqa: E402
 from littlehelp.metrics import read_jsonl  # noqa: E402
 from littlehelp.models import build_model, convert  # noqa: E402
 from littlehelp.models.convert import Pretrained, run_folder  # noqa: E402
@@ -769,7 +770,7 @@ def write_convert_source(folder: Path) -> Path:
     """A random tiny decoder (`DecoderConfig()`'s sizes) written as an HF folder, for `convert --from`."""
     config = DecoderConfig()
     model = build_model(config)
-    example = {"decoder_input_tokens": np.zeros((1, 8), np.int32)}
+    example = {DECODER_INPUT_TOKENS: np.zeros((1, 8), np.int32)}
     shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), example))
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)

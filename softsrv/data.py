@@ -28,6 +28,7 @@ from littlehelp.config import ConfigError
 from littlehelp.data import pretrained
 from littlehelp.data.hf_vocab import TokenizerVocabulary
 from littlehelp.embed import SentenceEmbedder
+from littlehelp.features import INPUTS, TARGETS
 
 MIN_EXAMPLES = 4
 
@@ -97,21 +98,21 @@ def register_examples_task(
 
     def rows(texts: Sequence[str]) -> list[dict[str, Any]]:
         if embedder is None:
-            return [{"targets": text} for text in texts]
+            return [{TARGETS: text} for text in texts]
         return [
-            {EMBEDDER_IDS: np.asarray(ids, np.int32), "targets": text}
+            {EMBEDDER_IDS: np.asarray(ids, np.int32), TARGETS: text}
             for ids, text in zip(embedder.tokenize(texts), texts)
         ]
 
     stored = {split: rows(texts) for split, texts in splits.items()}
-    signature = {"targets": tf.TensorSpec([], tf.string)}
-    features = {"targets": seqio.Feature(lm_vocabulary, add_eos=True)}
+    signature = {TARGETS: tf.TensorSpec([], tf.string)}
+    features = {TARGETS: seqio.Feature(lm_vocabulary, add_eos=True)}
     preprocessors = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
     if embedder is not None:
         signature[EMBEDDER_IDS] = tf.TensorSpec([None], tf.int32)
-        features["inputs"] = seqio.Feature(_embedder_vocabulary(embedder), add_eos=False)
+        features[INPUTS] = seqio.Feature(_embedder_vocabulary(embedder), add_eos=False)
         preprocessors.insert(
-            1, functools.partial(seqio.preprocessors.rekey, key_map={"inputs": EMBEDDER_IDS, "targets": "targets"})
+            1, functools.partial(seqio.preprocessors.rekey, key_map={INPUTS: EMBEDDER_IDS, TARGETS: TARGETS})
         )
 
     def dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:

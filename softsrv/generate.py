@@ -20,7 +20,7 @@ import seqio
 
 from littlehelp import decoding
 from littlehelp.models import Model
-from littlehelp.objectives import Params
+from littlehelp.typing import Params
 from softsrv.objective import SoftPromptObjective
 
 START_TOKEN = 0  # the objective's shifted inputs start with id 0, so generation starts there too

@@ -23,10 +23,11 @@ import jax.numpy as jnp
 from littlehelp import losses
 from littlehelp.config import ConfigError
 from littlehelp.embed import mean_pooled
+from littlehelp.features import DECODER_INPUT_TOKENS, DECODER_TARGET_TOKENS, ENCODER_INPUT_TOKENS, ENCODER_SEGMENT_IDS
 from littlehelp.models import Model
-from littlehelp.objectives import Batch, Metrics, Params, token_weights
+from littlehelp.objectives import token_weights
+from littlehelp.typing import Array, Batch, Metrics, Params
 
-Array = jax.Array
 FROZEN_TRAIN_MULTIPLIER = 2.0  # forward + activation gradients (flops.TRAIN_MULTIPLIER adds weight gradients)
 
 
@@ -66,7 +67,7 @@ class SoftPromptObjective:
         """z [b, the embedder's width]: its mean-pooled, L2-normalised vectors of `tokens` (0: padding)."""
         mask = (tokens != 0).astype(jnp.int32)
         hidden = self.embedder.hidden_states(
-            params[self.embedder_key], {"encoder_input_tokens": tokens, "encoder_segment_ids": mask}
+            params[self.embedder_key], {ENCODER_INPUT_TOKENS: tokens, ENCODER_SEGMENT_IDS: mask}
         )
         return jax.lax.stop_gradient(mean_pooled(hidden, mask))
 
@@ -79,16 +80,16 @@ class SoftPromptObjective:
         """Mean NLL per target token; metrics: loss, cross_entropy, accuracy, weight."""
         del rng, step
         lm = jax.lax.stop_gradient(params[self.lm_key])
-        prompt = self.prompt_embeddings(params, self.context(params, batch["encoder_input_tokens"]))
-        tokens = batch["decoder_input_tokens"]
+        prompt = self.prompt_embeddings(params, self.context(params, batch[ENCODER_INPUT_TOKENS]))
+        tokens = batch[DECODER_INPUT_TOKENS]
         inputs = jnp.concatenate([prompt, self.lm.embed(lm, tokens).astype(prompt.dtype)], axis=1)
         shape = jnp.zeros((tokens.shape[0], inputs.shape[1]), tokens.dtype)  # positions and mask follow its shape
-        hidden = self.lm.hidden_states(lm, {"decoder_input_tokens": shape}, input_embeddings=inputs)
+        hidden = self.lm.hidden_states(lm, {DECODER_INPUT_TOKENS: shape}, input_embeddings=inputs)
         weights = token_weights(batch)
         nll = losses.chunked_cross_entropy(
             hidden[:, prompt.shape[1] :],
             lambda h: self.lm.logits_from_hidden(lm, h),
-            batch["decoder_target_tokens"],
+            batch[DECODER_TARGET_TOKENS],
             weights,
             chunk_size=self.chunk_size,
         )
@@ -105,11 +106,11 @@ class SoftPromptObjective:
         """The LM's forward over prompt + example and its backward pass for activations (its weights get no
         gradient: about one more forward), plus the head's weight gradient that the chunked cross-entropy
         takes (unused here), and the embedder's forward."""
-        size, length = batch["decoder_input_tokens"].shape
-        scored = {"decoder_input_tokens": jax.ShapeDtypeStruct((size, length + self.prompt.length), jnp.int32)}
+        size, length = batch[DECODER_INPUT_TOKENS].shape
+        scored = {DECODER_INPUT_TOKENS: jax.ShapeDtypeStruct((size, length + self.prompt.length), jnp.int32)}
         head = 2.0 * size * length * self.lm.config.emb_dim * self.lm.config.vocab_size
         return (
             FROZEN_TRAIN_MULTIPLIER * self.lm.forward_flops(scored)
             + head
-            + self.embedder.forward_flops({"encoder_input_tokens": batch["encoder_input_tokens"]})
+            + self.embedder.forward_flops({ENCODER_INPUT_TOKENS: batch[ENCODER_INPUT_TOKENS]})
         )

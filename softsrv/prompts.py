@@ -18,7 +18,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from littlehelp.typing import Array
 
 
 def _normal(scale: float, axes: tuple[str | None, ...]):

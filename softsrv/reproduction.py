@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from littlehelp.features import DECODER_INPUT_TOKENS, ENCODER_INPUT_TOKENS, INPUTS, TARGETS
 from littlehelp.study import Arm, ArmContext, Claim, Curve, Metric, Study, trainer_outcome
 
 DOMAINS, SPLITS = ("code", "shakespeare", "humaneval"), ("train", "validation", "test")
@@ -182,7 +183,7 @@ def random_run_folder(config: Any, folder: Path) -> None:
     from littlehelp.models.convert import Pretrained, run_folder  # pylint: disable=import-outside-toplevel
 
     model, rng = build_model(config), np.random.default_rng(0)
-    example = {name: np.zeros((1, 8), np.int32) for name in ("decoder_input_tokens", "encoder_input_tokens")}
+    example = {name: np.zeros((1, 8), np.int32) for name in (DECODER_INPUT_TOKENS, ENCODER_INPUT_TOKENS)}
     shapes = linen.unbox(jax.eval_shape(model.init, jax.random.key(0), example))
     params = jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
     run_folder.write_run_folder(Pretrained(folder.name, config, model, params, None, "random"), folder)
@@ -258,7 +259,7 @@ def synthesize(context: ArmContext, method: str, domain: str) -> list[str]:
             "TRAIN_STEPS": s["steps"],
             "SEED": context.seed,
             "PROMPT_LENGTH": s["prompt_length"],
-            "TASK_FEATURE_LENGTHS": {"inputs": s["length"], "targets": s["length"]},
+            "TASK_FEATURE_LENGTHS": {INPUTS: s["length"], TARGETS: s["length"]},
             "LEARNING_RATE": s["learning_rate"],
             **context.outcome("frozen")["bindings"],
             **s["prompt_bindings"],
@@ -505,7 +506,7 @@ STUDY = Study(
         },
         "decoder_bindings": {
             **{f"decoder.DecoderConfig.{k}": v for k, v in TINY_LM.items()},
-            "TASK_FEATURE_LENGTHS": {"targets": 16},
+            "TASK_FEATURE_LENGTHS": {TARGETS: 16},
             "partitioning.MeshConfig.data": 1,
         },
     },

@@ -17,6 +17,7 @@ import seqio
 
 from littlehelp import checkpoints, decoding, frozen, partitioning, trainer
 from littlehelp.data import pipeline
+from littlehelp.features import DECODER_INPUT_TOKENS, ENCODER_INPUT_TOKENS
 from softsrv import generate
 from softsrv.objective import SoftPromptObjective
 
@@ -39,7 +40,7 @@ def contexts(objective: SoftPromptObjective, params: dict, task: str, lengths: M
     pooled = jax.jit(objective.context)
     return np.concatenate(
         [
-            np.asarray(pooled(params, batch["encoder_input_tokens"]))
+            np.asarray(pooled(params, batch[ENCODER_INPUT_TOKENS]))
             for batch in dataset.batch(CONTEXT_BATCH).as_numpy_iterator()
         ]
     )
@@ -73,7 +74,7 @@ def synthesize(
     soft methods from the contexts of `context_rows`, hard ones after `instruction` (few-shot prompts
     also show `shots` of `train_texts`)."""
     mesh = partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
-    example = {"decoder_input_tokens": np.zeros((1, 8), np.int32), "encoder_input_tokens": np.zeros((1, 8), np.int32)}
+    example = {DECODER_INPUT_TOKENS: np.zeros((1, 8), np.int32), ENCODER_INPUT_TOKENS: np.zeros((1, 8), np.int32)}
     rules = partitioning.logical_axis_rules()
     params = dict(frozen.load_frozen_models(frozen_models, example, mesh, rules).params)
     sampling = decoding.Sampling(temperature=temperature)

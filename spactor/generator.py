@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import flax.linen as nn
 import gin
-import jax
 import jax.numpy as jnp
 
 from littlehelp.models import Encoder, EncoderConfig, T5Config
 from littlehelp.models.layers import Projection
-
-Array = jax.Array
+from littlehelp.typing import Array
 
 
 @gin.configurable(module="spactor")

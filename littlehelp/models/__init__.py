@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from littlehelp.models import registry
-from littlehelp.models.api import DecodeCache, Model, StepwiseModel, dropout, rollback
+from littlehelp.models.api import DecodeCache, Model, ModelConfig, StepwiseModel, dropout, rollback
 from littlehelp.models.attention import dot_product_attention
 from littlehelp.models.bert import Bert, BertConfig, BertModel
 from littlehelp.models.decoder import DecoderConfig, DecoderLM, DecoderLMModel
@@ -33,6 +33,7 @@ __all__ = [
     "EncoderConfig",
     "EncoderModel",
     "Model",
+    "ModelConfig",
     "StepwiseModel",
     "T5",
     "T5Config",

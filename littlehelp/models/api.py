@@ -12,20 +12,22 @@ embeddings, e.g. to prepend a soft prompt; `embed` gives the embeddings tokens w
 
 Stepwise decoding keeps per-row state: `init_cache`, `prefill` (a prompt in one forward pass),
 `extend` (k tokens per row) and `rollback` (each row keeps its own number of tokens).
+
+`Model.config` is a `ModelConfig`: the few fields every family's config has. Code that holds a
+`Model` reads those alone; anything else it reads through the family's own config class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+import dataclasses
+from typing import Any, Protocol, cast, runtime_checkable
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
-Batch = Mapping[str, Array]
-Params = Any
+from littlehelp.typing import Array, Batch, BatchSpec, Params
 
 
 @flax.struct.dataclass
@@ -43,14 +45,39 @@ class DecodeCache:
 
 def rollback(cache: DecodeCache, lengths: Array) -> DecodeCache:
     """Sets each row's committed length (a row may keep fewer tokens than another)."""
-    return cache.replace(lengths=jnp.asarray(lengths, jnp.int32))
+    return dataclasses.replace(cache, lengths=jnp.asarray(lengths, jnp.int32))
+
+
+@runtime_checkable
+class ModelConfig(Protocol):
+    """What code holding a `Model` may read of `Model.config`; every registered family's config has these
+    (as fields or properties). Read any other field only through the family's own config class."""
+
+    @property
+    def vocab_size(self) -> int:
+        """The vocabulary's size: token ids are below it, and logits are [..., vocab_size]."""
+
+    @property
+    def emb_dim(self) -> int:
+        """The width of the token embeddings (`Model.embed`) and of the final hidden states (`Model.hidden_states`)."""
+
+    @property
+    def dtype(self) -> str:
+        """The name of the activations' dtype ("float32" or "bfloat16"): `jnp.dtype(config.dtype)`."""
+
+    @property
+    def context_length(self) -> int | None:
+        """The longest sequence the model takes (its absolute or trained positions); None when only relative
+        positions bound nothing (T5)."""
 
 
 @runtime_checkable
 class Model(Protocol):
     """What every model kind implements (all methods are pure functions of `params`)."""
 
-    config: Any
+    @property
+    def config(self) -> ModelConfig:
+        """The model's config (its family's config class)."""
 
     def init(self, rng: Array, batch: Batch) -> Params:
         """Logically annotated (boxed) parameters for batches shaped like `batch`."""
@@ -71,7 +98,7 @@ class Model(Protocol):
     ) -> Array:
         """`logits_from_hidden(hidden_states(...))`."""
 
-    def forward_flops(self, batch: Batch) -> float:
+    def forward_flops(self, batch: BatchSpec) -> float:
         """Matrix-multiply FLOPs of one forward pass on a batch of these shapes (littlehelp/flops.py)."""
 
 
@@ -113,12 +140,18 @@ class StepwiseFlaxModel:
         hidden, layers = self._decode_call(params, cache, tokens, True, input_embeddings)
         last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
         logits = self.logits_from_hidden(params, last)[:, 0]
-        return logits, cache.replace(lengths=cache.lengths + lengths, layers=layers)
+        return logits, dataclasses.replace(cache, lengths=cache.lengths + lengths, layers=layers)
 
     def extend(self, params: Params, cache: DecodeCache, tokens: Array) -> tuple[Array, DecodeCache]:
         """See `StepwiseModel.extend`."""
         logits, layers = self._decode_call(params, cache, tokens, False, None)
-        return logits, cache.replace(lengths=cache.lengths + tokens.shape[1], layers=layers)
+        return logits, dataclasses.replace(cache, lengths=cache.lengths + tokens.shape[1], layers=layers)
+
+
+def apply_params(module: nn.Module, params: Params, *args: Any, **kwargs: Any) -> Array:
+    """`module.apply({"params": params}, *args, **kwargs)` where it returns one array (no `mutable=`): what a
+    seam's methods return. (flax types apply's result as that or an (output, variables) pair.)"""
+    return cast(Array, module.apply({"params": params}, *args, **kwargs))
 
 
 def empty_cache(create: Any, batch_size: int, context: Any = None) -> DecodeCache:
@@ -131,5 +164,6 @@ def empty_cache(create: Any, batch_size: int, context: Any = None) -> DecodeCach
 def dropout(rng: Array | None, rate: float) -> tuple[bool, dict[str, Array]]:
     """(deterministic, rngs) for a flax apply: dropout runs only with an `rng` and a positive rate. Every
     model family's seam calls it, and so do method packages applying modules of their own (SpacTor's generator)."""
-    active = rng is not None and rate > 0
-    return not active, ({"dropout": rng} if active else {})
+    if rng is None or rate <= 0:
+        return True, {}
+    return False, {"dropout": rng}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -24,9 +24,8 @@ from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
 from jax.experimental.pallas.ops.tpu import flash_attention as pallas_tpu
 
 from littlehelp.models.layers import Projection, apply_rope, constrain
+from littlehelp.typing import Array, Dtype
 
-Array = jax.Array
-Dtype = Any
 MASKED_LOGIT = -1e10
 
 
@@ -60,8 +59,9 @@ class AttentionMask:
     def to_dense(self, q_len: int, k_len: int) -> Array | None:
         """The boolean mask [b or 1, heads or 1, lq, lk] of every part present; None when none is."""
         parts = [self.dense]
-        if self.query_segment_ids is not None:
-            parts.append(segment_mask(self.query_segment_ids, self.effective_key_segment_ids))
+        key_segment_ids = self.effective_key_segment_ids
+        if self.query_segment_ids is not None and key_segment_ids is not None:
+            parts.append(segment_mask(self.query_segment_ids, key_segment_ids))
         if self.causal:
             parts.append(causal_mask(q_len, k_len))
         present = [part for part in parts if part is not None]
@@ -117,7 +117,12 @@ def _require_platform(backend: str, platform: str) -> None:
 
 
 def _library_attention(
-    query: Array, key: Array, value: Array, bias: Array | None, mask: AttentionMask | None, implementation: str = "xla"
+    query: Array,
+    key: Array,
+    value: Array,
+    bias: Array | None,
+    mask: AttentionMask | None,
+    implementation: Literal["xla", "cudnn"] = "xla",
 ) -> Array:
     """`jax.nn.dot_product_attention`, JAX's own attention (its XLA graph, or cuDNN's fused flash
     attention with implementation='cudnn'); bias as here, the mask as its dense boolean mask, no
@@ -410,6 +415,7 @@ def run_with_cache(
     if slots is None:
         return run(x, *args, None)[0]
     x, new_rows = run(x, *args, cached)
+    assert cache is not None  # slots come with a cache
     cache.write(new_rows, slots)
     return x
 
@@ -445,19 +451,24 @@ class Attention(nn.Module):
         positions: Array | None = None,
         cache: KeyValues | None = None,
         cache_positions: Array | None = None,
-    ) -> Array | tuple[Array, KeyValues]:
-        """``positions`` [b, l] (RoPE only) belong to the tokens of ``inputs_q``/``inputs_kv``."""
+    ) -> tuple[Array, KeyValues]:
+        """(output, the new tokens' keys and values: the rows a decoding cache stores). ``positions`` [b, l]
+        (RoPE only) belong to the tokens of ``inputs_q``/``inputs_kv``; ``cache_positions`` go with a ``cache``."""
         query_init_scale = 1.0 / self.head_dim if self.fold_query_scale else 1.0
         query = self._project(self.num_heads, "query", query_init_scale)(inputs_q)
         key = self._project(self.num_kv_heads, "key")(inputs_kv)
         value = self._project(self.num_kv_heads, "value")(inputs_kv)
         if self.rope_max_wavelength is not None:
+            if positions is None:
+                raise ValueError("Attention with RoPE needs the tokens' positions")
             query = apply_rope(query, positions, self.rope_max_wavelength)
             key = apply_rope(key, positions, self.rope_max_wavelength)
         if not self.fold_query_scale:
             query = query * jnp.asarray(self.head_dim**-0.5, query.dtype)
         new_rows = KeyValues(key, value)
         if cache is not None:  # attention takes [b, slots, kv_heads, d]: XLA folds the swap into its dots
+            if cache_positions is None:
+                raise ValueError("Attention with a cache needs the new tokens' cache_positions")
             key, value = (
                 write_rows(cached, rows, cache_positions).swapaxes(1, 2) for cached, rows in zip(cache, new_rows)
             )
@@ -468,7 +479,7 @@ class Attention(nn.Module):
         out = Projection(
             features=(inputs_q.shape[-1],), in_axes=("heads", "kv"), out_axes=("embed",), dtype=self.dtype, name="out"
         )(out)
-        return out if cache is None else (out, new_rows)
+        return out, new_rows
 
     def _project(self, heads: int, name: str, init_scale: float = 1.0) -> Projection:
         return Projection(

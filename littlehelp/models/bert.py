@@ -24,13 +24,14 @@ import jax.numpy as jnp
 
 from littlehelp import flops
 from littlehelp.config import ConfigError
-from littlehelp.models.api import Batch, Params, dropout
+from littlehelp.features import ENCODER_INPUT_TOKENS, ENCODER_POSITIONS, ENCODER_SEGMENT_IDS
+from littlehelp.models.api import apply_params, dropout
 from littlehelp.models.attention import AttentionMask, dot_product_attention
-from littlehelp.models.layers import PARAM_DTYPE, Axes, Embed, Projection, constrain, layer_stack
+from littlehelp.models.layers import Axes, Embed, Projection, constrain, layer_stack, logical_param
 from littlehelp.models.registry import ModelFamily, register
 from littlehelp.models.t5 import EMBED_AXES, check_choice, check_common, check_positive
+from littlehelp.typing import Array, Batch, BatchSpec, Params
 
-Array = jax.Array
 HEADS_AXES = ("batch", "length", "heads", "kv")
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": lambda x: nn.gelu(x, approximate=False),  # HF "gelu": exact, with erf
@@ -85,6 +86,11 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.emb_dim // self.num_heads
 
+    @property
+    def context_length(self) -> int:
+        """The longest sequence: one position embedding per position (`api.ModelConfig`)."""
+        return self.max_position_embeddings
+
 
 class LayerNorm(nn.Module):
     """Layer norm with a learned scale and bias, computed in float32."""
@@ -95,12 +101,8 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         features = (x.shape[-1],)
-        scale = self.param(
-            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), features, PARAM_DTYPE
-        )
-        bias = self.param(
-            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), features, PARAM_DTYPE
-        )
+        scale = logical_param(self, "scale", nn.initializers.ones, ("embed",), features)
+        bias = logical_param(self, "bias", nn.initializers.zeros, ("embed",), features)
         x32 = x.astype(jnp.float32)
         centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
         normed = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.epsilon)
@@ -162,12 +164,10 @@ class BertEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, words: Array, positions: Array, deterministic: bool) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        table = lambda name, rows: self.param(  # noqa: E731
-            name,
-            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
-            (rows, cfg.emb_dim),
-            PARAM_DTYPE,
-        )
+
+        def table(name: str, rows: int) -> Array:
+            return logical_param(self, name, nn.initializers.normal(0.02), (None, "embed"), (rows, cfg.emb_dim))
+
         position = jnp.take(table("position_embedding", cfg.max_position_embeddings), positions, axis=0)
         token_type = table("token_type_embedding", cfg.type_vocab_size)[0]
         x = words.astype(jnp.float32) + position + token_type
@@ -210,12 +210,7 @@ class Bert(nn.Module):
         if cfg.mlm_head:
             self.mlm_transform = _dense((cfg.emb_dim,), ("embed",), (None,), dtype)
             self.mlm_norm = LayerNorm(cfg.layer_norm_eps, dtype)
-            self.mlm_bias = self.param(
-                "mlm_bias",
-                nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
-                (cfg.vocab_size,),
-                PARAM_DTYPE,
-            )
+            self.mlm_bias = logical_param(self, "mlm_bias", nn.initializers.zeros, ("vocab",), (cfg.vocab_size,))
 
     def __call__(
         self,
@@ -279,21 +274,22 @@ class BertModel:
         return Bert(self.config)
 
     def init(self, rng: Array, batch: Batch) -> Params:
-        tokens = batch["encoder_input_tokens"]  # only its shape is used: an array or a ShapeDtypeStruct
+        tokens = batch[ENCODER_INPUT_TOKENS]  # only its shape is used: an array or a ShapeDtypeStruct
         return self.module.init(rng, jnp.zeros(tokens.shape, jnp.int32))["params"]
 
     def embed(self, params: Params, tokens: Array) -> Array:
-        return self.module.apply({"params": params}, tokens, method=Bert.embed)
+        return apply_params(self.module, params, tokens, method=Bert.embed)
 
     def hidden_states(
         self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
     ) -> Array:
         deterministic, rngs = dropout(rng, self.config.dropout_rate)
-        return self.module.apply(
-            {"params": params},
-            batch["encoder_input_tokens"],
-            batch.get("encoder_segment_ids"),
-            batch.get("encoder_positions"),
+        return apply_params(
+            self.module,
+            params,
+            batch[ENCODER_INPUT_TOKENS],
+            batch.get(ENCODER_SEGMENT_IDS),
+            batch.get(ENCODER_POSITIONS),
             deterministic,
             input_embeddings,
             rngs=rngs,
@@ -303,22 +299,22 @@ class BertModel:
         """HF's pooler output [b, emb] from `hidden_states` (needs `BertConfig.pooler`)."""
         if not self.config.pooler:
             raise ConfigError("BertConfig.pooler is False: this BERT has no pooler")
-        return self.module.apply({"params": params}, hidden, method=Bert.pooled)
+        return apply_params(self.module, params, hidden, method=Bert.pooled)
 
     def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
         if not self.config.mlm_head:
             raise ConfigError(
                 "BertConfig.mlm_head is False: this BERT has no MLM head, so no logits (use hidden_states)"
             )
-        return self.module.apply({"params": params}, hidden, method=Bert.mlm_logits)
+        return apply_params(self.module, params, hidden, method=Bert.mlm_logits)
 
     def logits(
         self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
     ) -> Array:
         return self.logits_from_hidden(params, self.hidden_states(params, batch, rng, input_embeddings))
 
-    def forward_flops(self, batch: Batch) -> float:
-        size, length = batch["encoder_input_tokens"].shape
+    def forward_flops(self, batch: BatchSpec) -> float:
+        size, length = batch[ENCODER_INPUT_TOKENS].shape
         return bert_forward_flops(self.config, size, length, with_mlm_head=self.config.mlm_head)
 
 

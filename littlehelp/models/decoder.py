@@ -7,11 +7,11 @@ from typing import Any
 
 import flax.linen as nn
 import gin
-import jax
 import jax.numpy as jnp
 
 from littlehelp import flops
-from littlehelp.models.api import Batch, DecodeCache, Params, StepwiseFlaxModel, dropout, empty_cache
+from littlehelp.features import DECODER_INPUT_TOKENS, DECODER_POSITIONS, DECODER_SEGMENT_IDS
+from littlehelp.models.api import DecodeCache, StepwiseFlaxModel, apply_params, dropout, empty_cache
 from littlehelp.models.attention import (
     Attention,
     AttentionMask,
@@ -23,8 +23,8 @@ from littlehelp.models.attention import (
 from littlehelp.models.layers import Embed, GatedMlp, Projection, RMSNorm, constrain, layer_stack_with_outputs
 from littlehelp.models.registry import ModelFamily, register
 from littlehelp.models.t5 import EMBED_AXES, check_common, check_positive
+from littlehelp.typing import Array, Batch, BatchSpec, Params
 
-Array = jax.Array
 DEFAULT_CONTEXT_LENGTH = 2048  # HF LlamaConfig's default max_position_embeddings
 
 
@@ -98,7 +98,7 @@ class DecoderBlock(nn.Module):
     ) -> tuple[Array, KeyValues | None]:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         h = RMSNorm(cfg.norm_eps, dtype, name="pre_attention_norm")(x)
-        h = Attention(
+        h, new_rows = Attention(
             cfg.num_heads,
             cfg.num_kv_heads,
             cfg.head_dim,
@@ -108,11 +108,10 @@ class DecoderBlock(nn.Module):
             qkv_bias=cfg.qkv_bias,
             name="attention",
         )(h, h, mask=mask, positions=positions, cache=cache, cache_positions=cache_positions)
-        h, new_rows = (h, None) if cache is None else h
         x = self._residual(x, h)
         h = RMSNorm(cfg.norm_eps, dtype, name="pre_mlp_norm")(x)
         h = GatedMlp(cfg.mlp_dim, "silu", cfg.dropout_rate, dtype, name="mlp")(h, self.deterministic)
-        return self._residual(x, h), new_rows
+        return self._residual(x, h), (None if cache is None else new_rows)
 
     def _residual(self, x: Array, update: Array) -> Array:
         update = nn.Dropout(self.config.dropout_rate)(update, deterministic=self.deterministic)
@@ -150,6 +149,8 @@ class DecoderLM(nn.Module):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype, name="token_embedder")
         if hidden is None:
+            if tokens is None:
+                raise ValueError("DecoderLM needs tokens unless hidden is given")
             x = embedder(tokens) if input_embeddings is None else input_embeddings.astype(dtype)
             hidden = self._body(
                 constrain(x, EMBED_AXES), tokens, segment_ids, positions, deterministic, decode, decode_lengths
@@ -212,22 +213,23 @@ class DecoderLMModel(StepwiseFlaxModel):
         return DecoderLM(self.config)
 
     def init(self, rng: Array, batch: Batch) -> Params:
-        return self.module.init(rng, batch["decoder_input_tokens"])["params"]
+        return self.module.init(rng, batch[DECODER_INPUT_TOKENS])["params"]
 
     def embed(self, params: Params, tokens: Array) -> Array:
         cfg = self.config
         embedder = Embed(cfg.vocab_size, cfg.emb_dim, jnp.dtype(cfg.dtype))
-        return embedder.apply({"params": params["token_embedder"]}, tokens)
+        return apply_params(embedder, params["token_embedder"], tokens)
 
     def _apply(
         self, params: Params, batch: Batch, rng: Array | None, input_embeddings: Array | None, return_hidden: bool
     ) -> Array:
         deterministic, rngs = dropout(rng, self.config.dropout_rate)
-        return self.module.apply(
-            {"params": params},
-            batch["decoder_input_tokens"],
-            segment_ids=batch.get("decoder_segment_ids"),
-            positions=batch.get("decoder_positions"),
+        return apply_params(
+            self.module,
+            params,
+            batch[DECODER_INPUT_TOKENS],
+            segment_ids=batch.get(DECODER_SEGMENT_IDS),
+            positions=batch.get(DECODER_POSITIONS),
             deterministic=deterministic,
             rngs=rngs,
             input_embeddings=input_embeddings,
@@ -245,17 +247,17 @@ class DecoderLMModel(StepwiseFlaxModel):
         return self._apply(params, batch, rng, input_embeddings, return_hidden=False)
 
     def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
-        return self.module.apply({"params": params}, None, hidden=hidden)
+        return apply_params(self.module, params, None, hidden=hidden)
 
-    def forward_flops(self, batch: Batch) -> float:
-        size, length = batch["decoder_input_tokens"].shape
+    def forward_flops(self, batch: BatchSpec) -> float:
+        size, length = batch[DECODER_INPUT_TOKENS].shape
         return flops.decoder_forward_flops(self.config, size, length)
 
     def init_cache(self, params: Params, batch_size: int, max_length: int, inputs: Batch | None = None) -> DecodeCache:
         tokens = jnp.zeros((batch_size, max_length), jnp.int32)
 
         def create():
-            return self.module.apply({"params": params}, tokens, decode=True, mutable=["cache"])[1]["cache"]
+            return apply_params(self.module, params, tokens, decode=True, mutable=["cache"])[1]["cache"]
 
         return empty_cache(create, batch_size)
 

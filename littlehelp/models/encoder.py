@@ -6,16 +6,15 @@ import dataclasses
 
 import flax.linen as nn
 import gin
-import jax
 import jax.numpy as jnp
 
 from littlehelp import flops
-from littlehelp.models.api import Batch, Params, dropout
+from littlehelp.features import ENCODER_INPUT_TOKENS, ENCODER_SEGMENT_IDS
+from littlehelp.models.api import apply_params, dropout
 from littlehelp.models.layers import Embed, Projection, constrain
 from littlehelp.models.registry import ModelFamily, register
 from littlehelp.models.t5 import EncoderStack, check_common, check_positive
-
-Array = jax.Array
+from littlehelp.typing import Array, Batch, BatchSpec, Params
 
 
 @gin.configurable
@@ -50,6 +49,11 @@ class EncoderConfig:
             "relative_attention_max_distance",
         )
         check_common(self)
+
+    @property
+    def context_length(self) -> None:
+        """No limit: relative position buckets take sequences of any length (`api.ModelConfig`)."""
+        return None
 
 
 class Encoder(nn.Module):
@@ -109,34 +113,35 @@ class EncoderModel:
         return Encoder(self.config)
 
     def init(self, rng: Array, batch: Batch) -> Params:
-        return self.module.init(rng, batch["encoder_input_tokens"])["params"]
+        return self.module.init(rng, batch[ENCODER_INPUT_TOKENS])["params"]
 
     def embed(self, params: Params, tokens: Array) -> Array:
-        return self.module.apply({"params": params}, tokens, method=Encoder.embed)
+        return apply_params(self.module, params, tokens, method=Encoder.embed)
 
     def hidden_states(
         self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
     ) -> Array:
         deterministic, rngs = dropout(rng, self.config.dropout_rate)
-        return self.module.apply(
-            {"params": params},
-            batch["encoder_input_tokens"],
-            batch.get("encoder_segment_ids"),
+        return apply_params(
+            self.module,
+            params,
+            batch[ENCODER_INPUT_TOKENS],
+            batch.get(ENCODER_SEGMENT_IDS),
             deterministic,
             rngs=rngs,
             input_embeddings=input_embeddings,
         )
 
     def logits_from_hidden(self, params: Params, hidden: Array) -> Array:
-        return self.module.apply({"params": params}, hidden, method=Encoder.mlm_logits)
+        return apply_params(self.module, params, hidden, method=Encoder.mlm_logits)
 
     def logits(
         self, params: Params, batch: Batch, rng: Array | None = None, input_embeddings: Array | None = None
     ) -> Array:
         return self.logits_from_hidden(params, self.hidden_states(params, batch, rng, input_embeddings))
 
-    def forward_flops(self, batch: Batch) -> float:
-        size, length = batch["encoder_input_tokens"].shape
+    def forward_flops(self, batch: BatchSpec) -> float:
+        size, length = batch[ENCODER_INPUT_TOKENS].shape
         return flops.encoder_forward_flops(self.config, size, length, with_vocab_head=True)
 
 

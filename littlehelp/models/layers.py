@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -18,11 +18,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-Array = jax.Array
-Dtype = Any
+from littlehelp.typing import Array, Dtype
+
 Axes = tuple[str | None, ...]
 
 PARAM_DTYPE = jnp.float32
+
+
+def logical_param(
+    module: nn.Module, name: str, init: Callable[..., Array], axes: tuple[str | None, ...], shape: tuple[int, ...]
+) -> Array:
+    """`module.param` in PARAM_DTYPE with logical axis names `axes`; read inside `apply`, it is the array
+    itself (flax unboxes it), which is what the annotation says and flax's own typing does not."""
+    return cast(Array, module.param(name, nn.with_logical_partitioning(init, axes), shape, PARAM_DTYPE))
+
+
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 PROJECTION_OUTPUT = "projection_output"  # the name remat policies save a Projection's output by
 GATED_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -60,9 +70,7 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        scale = self.param(
-            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],), PARAM_DTYPE
-        )
+        scale = logical_param(self, "scale", nn.initializers.ones, ("embed",), (x.shape[-1],))
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
         return (normed * scale).astype(self.dtype)
@@ -139,23 +147,15 @@ class Projection(nn.Module):
     def __call__(self, x: Array) -> Array:
         num_in = len(self.in_axes)
         shape = tuple(x.shape[-num_in:]) + tuple(self.features)
-        kernel = self.param(
-            "kernel",
-            nn.with_logical_partitioning(fan_in_init(num_in, self.init_scale), self.in_axes + self.out_axes),
-            shape,
-            PARAM_DTYPE,
+        kernel = logical_param(
+            self, "kernel", fan_in_init(num_in, self.init_scale), self.in_axes + self.out_axes, shape
         )
         out = checkpoint_name(
             contract_into_kernel(x.astype(self.dtype), kernel.astype(self.dtype), num_in), PROJECTION_OUTPUT
         )
         if not self.use_bias:
             return out
-        bias = self.param(
-            "bias",
-            nn.with_logical_partitioning(nn.initializers.zeros, self.out_axes),
-            tuple(self.features),
-            PARAM_DTYPE,
-        )
+        bias = logical_param(self, "bias", nn.initializers.zeros, self.out_axes, tuple(self.features))
         return out + bias.astype(self.dtype)
 
 
@@ -168,11 +168,12 @@ class Embed(nn.Module):
     stddev: float = 1.0
 
     def setup(self) -> None:
-        self.embedding = self.param(
+        self.embedding = logical_param(
+            self,
             "embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(self.stddev), ("vocab", "embed")),
+            nn.initializers.normal(self.stddev),
+            ("vocab", "embed"),
             (self.num_embeddings, self.features),
-            PARAM_DTYPE,
         )
 
     def __call__(self, ids: Array) -> Array:
@@ -220,6 +221,7 @@ def relative_position_bucket(
 ) -> Array:
     """T5's bucketing of ``key_position - query_position``: exact near 0, logarithmic far away."""
     num_buckets = num_buckets // 2 if bidirectional else num_buckets
+    offset: Array | int
     if bidirectional:
         offset = jnp.where(relative_position > 0, num_buckets, 0)
         distance = jnp.abs(relative_position)
@@ -246,11 +248,8 @@ class RelativePositionBias(nn.Module):
     @nn.compact
     def __call__(self, query_positions: Array, key_positions: Array) -> Array:
         """Positions [b, lq] and [b, lk] (b may be 1) -> additive bias [b, heads, lq, lk]."""
-        table = self.param(
-            "rel_embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(1.0), ("heads", None)),
-            (self.num_heads, self.num_buckets),
-            PARAM_DTYPE,
+        table = logical_param(
+            self, "rel_embedding", nn.initializers.normal(1.0), ("heads", None), (self.num_heads, self.num_buckets)
         )
         relative = key_positions[:, None, :] - query_positions[:, :, None]
         buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)

@@ -13,11 +13,18 @@ from typing import Any
 
 import flax.linen as nn
 import gin
-import jax
 import jax.numpy as jnp
 
 from littlehelp import flops
-from littlehelp.models.api import DecodeCache, StepwiseFlaxModel, dropout, empty_cache
+from littlehelp.features import (
+    DECODER_INPUT_TOKENS,
+    DECODER_POSITIONS,
+    DECODER_SEGMENT_IDS,
+    ENCODER_INPUT_TOKENS,
+    ENCODER_POSITIONS,
+    ENCODER_SEGMENT_IDS,
+)
+from littlehelp.models.api import DecodeCache, StepwiseFlaxModel, apply_params, dropout, empty_cache
 from littlehelp.models.attention import (
     ATTENTION_BACKENDS,
     Attention,
@@ -39,8 +46,8 @@ from littlehelp.models.layers import (
     layer_stack_with_outputs,
 )
 from littlehelp.models.registry import ModelFamily, register
+from littlehelp.typing import Array, BatchSpec
 
-Array = jax.Array
 COMPUTE_DTYPES = ("float32", "bfloat16")
 EMBED_AXES = ("batch", "length", "embed")
 
@@ -105,6 +112,11 @@ class T5Config:
         )
         check_common(self)
 
+    @property
+    def context_length(self) -> None:
+        """No limit: relative position buckets take sequences of any length (`api.ModelConfig`)."""
+        return None
+
 
 def _residual(config: Any, x: Array, update: Array, deterministic: bool) -> Array:
     update = nn.Dropout(config.dropout_rate)(update, deterministic=deterministic)
@@ -139,7 +151,7 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: AttentionMask, bias: Array) -> tuple[Array, None]:
         h = RMSNorm(dtype=jnp.dtype(self.config.dtype), name="pre_attention_norm")(x)
-        h = _attention(self.config, "attention")(h, h, mask=mask, bias=bias)
+        h, _ = _attention(self.config, "attention")(h, h, mask=mask, bias=bias)
         x = _residual(self.config, x, h, self.deterministic)
         return _mlp_sublayer(self.config, x, self.deterministic), None
 
@@ -203,15 +215,14 @@ class DecoderLayer(nn.Module):
     ) -> tuple[Array, KeyValues | None]:
         dtype = jnp.dtype(self.config.dtype)
         h = RMSNorm(dtype=dtype, name="pre_self_attention_norm")(x)
-        h = _attention(self.config, "self_attention")(
+        h, new_rows = _attention(self.config, "self_attention")(
             h, h, mask=self_mask, bias=self_bias, cache=cache, cache_positions=cache_positions
         )
-        h, new_rows = (h, None) if cache is None else h
         x = _residual(self.config, x, h, self.deterministic)
         h = RMSNorm(dtype=dtype, name="pre_cross_attention_norm")(x)
-        h = _attention(self.config, "encoder_decoder_attention")(h, encoded, mask=cross_mask)
+        h, _ = _attention(self.config, "encoder_decoder_attention")(h, encoded, mask=cross_mask)
         x = _residual(self.config, x, h, self.deterministic)
-        return _mlp_sublayer(self.config, x, self.deterministic), new_rows
+        return _mlp_sublayer(self.config, x, self.deterministic), (None if cache is None else new_rows)
 
 
 class DecoderStack(nn.Module):
@@ -240,6 +251,8 @@ class DecoderStack(nn.Module):
     ) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         if hidden is None:
+            if x is None or encoded is None or tokens is None or cross_mask is None:
+                raise ValueError("DecoderStack needs x, encoded, tokens and cross_mask unless hidden is given")
             hidden = self._body(
                 x, encoded, tokens, segment_ids, positions, cross_mask, deterministic, decode, decode_lengths
             )
@@ -450,10 +463,10 @@ class T5Model(StepwiseFlaxModel):
         return T5(self.config)
 
     def init(self, rng: Array, batch: Mapping[str, Array]) -> Any:
-        return self.module.init(rng, batch["encoder_input_tokens"], batch["decoder_input_tokens"])["params"]
+        return self.module.init(rng, batch[ENCODER_INPUT_TOKENS], batch[DECODER_INPUT_TOKENS])["params"]
 
     def embed(self, params: Any, tokens: Array) -> Array:
-        return self.module.apply({"params": params}, tokens, method=T5.embed)
+        return apply_params(self.module, params, tokens, method=T5.embed)
 
     def embedding_table(self, params: Any) -> Array:
         """The shared token embedding table [vocab, emb] (SpacTor's generator reads it, ELECTRA-style)."""
@@ -463,14 +476,15 @@ class T5Model(StepwiseFlaxModel):
         self, params: Any, batch: Mapping[str, Array], rng: Array | None, input_embeddings: Array | None, method: Any
     ) -> Any:
         deterministic, rngs = dropout(rng, self.config.dropout_rate)
-        return self.module.apply(
-            {"params": params},
-            batch["encoder_input_tokens"],
-            batch["decoder_input_tokens"],
-            encoder_segment_ids=batch.get("encoder_segment_ids"),
-            decoder_segment_ids=batch.get("decoder_segment_ids"),
-            encoder_positions=batch.get("encoder_positions"),
-            decoder_positions=batch.get("decoder_positions"),
+        return apply_params(
+            self.module,
+            params,
+            batch[ENCODER_INPUT_TOKENS],
+            batch[DECODER_INPUT_TOKENS],
+            encoder_segment_ids=batch.get(ENCODER_SEGMENT_IDS),
+            decoder_segment_ids=batch.get(DECODER_SEGMENT_IDS),
+            encoder_positions=batch.get(ENCODER_POSITIONS),
+            decoder_positions=batch.get(DECODER_POSITIONS),
             deterministic=deterministic,
             rngs=rngs,
             encoder_input_embeddings=input_embeddings,
@@ -494,18 +508,18 @@ class T5Model(StepwiseFlaxModel):
         return self._apply(params, batch, rng, input_embeddings, T5.__call__)
 
     def logits_from_hidden(self, params: Any, hidden: Array) -> Array:
-        return self.module.apply({"params": params}, hidden, method=T5.logits_from_hidden)
+        return apply_params(self.module, params, hidden, method=T5.logits_from_hidden)
 
-    def forward_flops(self, batch: Mapping[str, Array]) -> float:
-        size, inputs_length = batch["encoder_input_tokens"].shape
-        return flops.t5_forward_flops(self.config, size, inputs_length, batch["decoder_input_tokens"].shape[1])
+    def forward_flops(self, batch: BatchSpec) -> float:
+        size, inputs_length = batch[ENCODER_INPUT_TOKENS].shape
+        return flops.t5_forward_flops(self.config, size, inputs_length, batch[DECODER_INPUT_TOKENS].shape[1])
 
     def init_cache(
         self, params: Any, batch_size: int, max_length: int, inputs: Mapping[str, Array] | None = None
     ) -> DecodeCache:
-        if inputs is None or "encoder_input_tokens" not in inputs:
+        if inputs is None or ENCODER_INPUT_TOKENS not in inputs:
             raise ValueError("T5Model.init_cache needs inputs={'encoder_input_tokens': [b, l]} to condition on")
-        encoder_tokens = inputs["encoder_input_tokens"]
+        encoder_tokens = inputs[ENCODER_INPUT_TOKENS]
         encoded = self.module.apply(
             {"params": params},
             encoder_tokens,
@@ -518,8 +532,9 @@ class T5Model(StepwiseFlaxModel):
         decoder_tokens = jnp.zeros((batch_size, max_length), jnp.int32)
 
         def create():
-            return self.module.apply(
-                {"params": params},
+            return apply_params(
+                self.module,
+                params,
                 encoded,
                 encoder_tokens,
                 decoder_tokens,
@@ -528,7 +543,7 @@ class T5Model(StepwiseFlaxModel):
                 method=T5.decode,
             )[1]["cache"]
 
-        return empty_cache(create, batch_size, {"encoded": encoded, "encoder_input_tokens": encoder_tokens})
+        return empty_cache(create, batch_size, {"encoded": encoded, ENCODER_INPUT_TOKENS: encoder_tokens})
 
     def _decode_call(
         self, params: Any, cache: DecodeCache, tokens: Array, return_hidden: bool, input_embeddings: Array | None
@@ -538,7 +553,7 @@ class T5Model(StepwiseFlaxModel):
         out, mutated = self.module.apply(
             {"params": params, "cache": cache.layers},
             cache.context["encoded"],
-            cache.context["encoder_input_tokens"],
+            cache.context[ENCODER_INPUT_TOKENS],
             tokens,
             decode=True,
             decode_lengths=cache.lengths,

@@ -1,8 +1,9 @@
 """A model family from this file alone: a toy bigram LM registers its config, its seam, a logical axis of its
-own and a converter, then trains, decodes and converts through the public API with no edit elsewhere; and the
-registries' one-line errors."""
+own and a converter, then trains, decodes and converts through the public API with no edit elsewhere; the
+registries' one-line errors; and every registered family's config has the fields `api.ModelConfig` names."""
 
 import dataclasses
+import typing
 
 import flax.linen as nn
 import jax
@@ -12,13 +13,24 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from distillspec import drafts
 from littlehelp import checkpoints, decoding, partitioning, trainer
 from littlehelp.config import ConfigError
-from littlehelp.models import DecodeCache, build_model, convert, registry
+from littlehelp.models import (
+    BertConfig,
+    DecodeCache,
+    DecoderConfig,
+    EncoderConfig,
+    T5Config,
+    api,
+    build_model,
+    convert,
+    registry,
+)
 from littlehelp.models.convert.common import require
 from littlehelp.objectives import Curriculum, DecoderObjective
 from littlehelp.optimizers import Optimizer
-from tests.helpers import lm_data
+from tests.helpers import TINY_DECODER, TINY_T5, lm_data
 
 WIDTH = "bigram_width"  # a logical axis the core does not know
 SGD = Optimizer(optax.sgd(0.5), optax.constant_schedule(0.5))
@@ -28,6 +40,15 @@ SGD = Optimizer(optax.sgd(0.5), optax.constant_schedule(0.5))
 class BigramConfig:
     vocab_size: int = 264
     width: int = 8
+    dtype: str = "float32"
+
+    @property
+    def emb_dim(self) -> int:  # api.ModelConfig's name for the width
+        return self.width
+
+    @property
+    def context_length(self) -> None:  # one token of context: sequences of any length
+        return None
 
 
 class Bigram(nn.Module):
@@ -201,3 +222,33 @@ def test_registries_refuse_in_one_line():
     assert partitioning.logical_axis_rules([("batch", "data"), (WIDTH, None)]) == (("batch", "data"), (WIDTH, None))
     with pytest.raises(ConfigError, match="unknown logical axis 'bigram_widht'"):
         partitioning.logical_axis_rules([("bigram_widht", None)])
+
+
+def test_every_registered_config_has_the_fields_a_model_may_be_read_by():
+    """`api.ModelConfig` names what code holding only a `Model` reads of `Model.config`: a real, tiny config
+    of every registered family (the built-in ones, distillspec's draft, this file's toy) has each of its
+    fields, of its type."""
+    tiny = {
+        T5Config: TINY_T5,
+        DecoderConfig: TINY_DECODER,
+        EncoderConfig: EncoderConfig(vocab_size=30, emb_dim=16, num_layers=1, num_heads=2, head_dim=8, mlp_dim=24),
+        BertConfig: BertConfig(vocab_size=30, emb_dim=16, num_layers=1, num_heads=2, mlp_dim=24),
+        drafts.ReducedVocabularyConfig: drafts.ReducedVocabularyConfig(TINY_DECODER, (0, 5, 7)),
+        BigramConfig: BigramConfig(),
+    }
+    assert set(registry.FAMILIES) == set(tiny), "a registered family with no tiny config in this test"
+    fields = {
+        name: typing.get_type_hints(member.fget)["return"]
+        for name, member in vars(api.ModelConfig).items()
+        if isinstance(member, property)
+    }
+    assert {"vocab_size", "emb_dim", "dtype", "context_length"} <= set(fields)
+    absent = object()
+    lacking = {
+        config_class.__name__: [
+            name for name, kind in fields.items() if not isinstance(getattr(config, name, absent), kind)
+        ]
+        for config_class, config in tiny.items()
+    }
+    assert {name: lacks for name, lacks in lacking.items() if lacks} == {}
+    assert all(isinstance(config, api.ModelConfig) for config in tiny.values())

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from littlehelp.models.api import Params
 from littlehelp.models.bert import ACTIVATIONS, BertConfig
 from littlehelp.models.convert.common import (
     ConversionError,
@@ -26,6 +25,7 @@ from littlehelp.models.convert.common import (
     require,
     require_shapes,
 )
+from littlehelp.typing import Params
 
 PREFIX = "bert."
 ARCHITECTURES = {
@@ -97,7 +97,7 @@ def _refuse(condition: bool, message: str) -> None:
         raise ConversionError(f"config.json: {message}")
 
 
-def _architecture(hf: Mapping[str, Any]) -> dict[str, bool]:
+def _architecture(hf: Mapping[str, Any]) -> dict[str, Any]:
     """The heads of the one architecture config.json names, or ConversionError."""
     names = hf.get("architectures") or []
     _refuse(

@@ -18,8 +18,10 @@ import seqio
 from flax import linen as nn
 
 from littlehelp.errors import LittlehelpError
+from littlehelp.features import DECODER_INPUT_TOKENS, ENCODER_INPUT_TOKENS
 from littlehelp.models import build_model
-from littlehelp.models.api import Model, Params
+from littlehelp.models.api import Model, ModelConfig
+from littlehelp.typing import Params
 
 Tensors = Mapping[str, np.ndarray]
 
@@ -33,7 +35,7 @@ class Pretrained:
     """An imported model: our config, its seam, float32 numpy params in our layout, its vocabulary."""
 
     family: str  # a key of FAMILIES
-    config: Any  # a registered model family's config (`littlehelp.models.registry`)
+    config: ModelConfig  # a registered model family's config (`littlehelp.models.registry`)
     model: Model
     params: Params
     vocabulary: seqio.Vocabulary | None
@@ -117,7 +119,7 @@ def config_of(family: Family, hf_config: Mapping[str, Any], source: str) -> Any:
 def _init_shapes(model: Model) -> Any:
     """`model.init`'s parameters as shapes (nothing computed)."""
     tokens = jax.ShapeDtypeStruct((1, 8), np.int32)
-    example = {name: tokens for name in ("encoder_input_tokens", "decoder_input_tokens")}
+    example = {name: tokens for name in (ENCODER_INPUT_TOKENS, DECODER_INPUT_TOKENS)}
     return nn.unbox(jax.eval_shape(lambda batch: model.init(jax.random.key(0), batch), example))
 
 

@@ -18,7 +18,6 @@ import numpy as np
 from littlehelp.models.convert.common import (
     ConversionError,
     Family,
-    Params,
     Tensors,
     hf_shapes,
     register,
@@ -26,6 +25,7 @@ from littlehelp.models.convert.common import (
     require_shapes,
 )
 from littlehelp.models.decoder import DEFAULT_CONTEXT_LENGTH, DecoderConfig
+from littlehelp.typing import Params
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # HF per-layer name -> (our path in a layer, kind of weight)

@@ -17,7 +17,6 @@ import numpy as np
 from littlehelp.models.convert.common import (
     ConversionError,
     Family,
-    Params,
     Tensors,
     hf_shapes,
     register,
@@ -26,6 +25,7 @@ from littlehelp.models.convert.common import (
 )
 from littlehelp.models.convert.llama import get_path, layer_params, set_path, stack_layers, to_hf, to_ours
 from littlehelp.models.t5 import T5Config
+from littlehelp.typing import Params
 
 NORM_EPS = 1e-6  # our T5's RMSNorm epsilon
 Weights = dict[str, tuple[tuple[str, ...], str]]  # HF name within a block -> (our path in a layer, kind)

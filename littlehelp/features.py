@@ -1,0 +1,15 @@
+"""Names of batch and task features: seqio's own (its feature converters' outputs, its tasks' "inputs"/"targets")."""
+
+# A batch's features: the outputs of seqio's EncDecFeatureConverter and DecoderFeatureConverter.
+ENCODER_INPUT_TOKENS = "encoder_input_tokens"
+ENCODER_SEGMENT_IDS = "encoder_segment_ids"
+ENCODER_POSITIONS = "encoder_positions"
+DECODER_INPUT_TOKENS = "decoder_input_tokens"
+DECODER_TARGET_TOKENS = "decoder_target_tokens"
+DECODER_LOSS_WEIGHTS = "decoder_loss_weights"
+DECODER_SEGMENT_IDS = "decoder_segment_ids"
+DECODER_POSITIONS = "decoder_positions"
+
+# A task's features: what its preprocessors yield, and what its output features and feature lengths are keyed by.
+INPUTS = "inputs"
+TARGETS = "targets"
