@@ -19,7 +19,7 @@ draft with JSD, RKL or TVD.
 
 `derived_folder` (gin) writes a derived draft once as a run folder, which a distillation run starts from
 (INITIAL_CHECKPOINT_PATH) and `python -m distillspec.generate --draft` reads; `folder_config` gives its model
-config (littlehelp/gin/distillspec/derived_smollm2.gin).
+config (distillspec/gin/distillspec/derived_smollm2.gin).
 """
 
 from __future__ import annotations

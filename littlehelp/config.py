@@ -13,8 +13,11 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import difflib
+import functools
 import importlib
+import importlib.metadata
 import importlib.resources
+import importlib.util
 import inspect
 import io
 import logging as python_logging
@@ -46,9 +49,12 @@ CONFIGURABLE_MODULES: list[str] = [
     "littlehelp.inference",
     "littlehelp.frozen",
 ]
-# The gin files shipped inside the package (littlehelp/gin/: models/, runs/ and one folder per method), found
-# through importlib.resources so that a wheel install has them; always last on the search path.
+# The core's gin files shipped inside the package (littlehelp/gin/: models/, runs/), found through
+# importlib.resources so that a wheel install has them; searched after the user's folders.
 PACKAGE_GIN_DIR = Path(str(importlib.resources.files("littlehelp") / "gin"))
+# Method packages ship their gin files in their own gin/ folder (salt_lm/gin/salt/salt.gin is `salt/salt.gin`)
+# and name the package in this entry-point group (pyproject.toml), so the core imports none of them.
+GIN_ENTRY_POINTS = "littlehelp.gin"
 COMMAND_LINE = "command line"
 OVERRIDE_PREFIX = "--gin."  # a command-line argument `--gin.NAME=VALUE` is the override `NAME=VALUE`
 OPERATIVE_CONFIG_NAME = "config.gin"
@@ -119,9 +125,23 @@ def import_configurable_modules(modules: Sequence[str] | None = None) -> list[st
     return imported
 
 
+@functools.cache
+def method_gin_dirs() -> tuple[Path, ...]:
+    """The gin/ folders of the method packages registered in the `littlehelp.gin` entry-point group, found
+    without importing the packages."""
+    folders = []
+    for point in importlib.metadata.entry_points(group=GIN_ENTRY_POINTS):
+        spec = importlib.util.find_spec(point.value)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"gin entry point {point.name} = {point.value!r} names no installed package")
+        folders.append(Path(spec.submodule_search_locations[0]) / "gin")
+    return tuple(folders)
+
+
 def gin_search_path(search_paths: Sequence[str] = ()) -> list[Path]:
-    """The folders searched for gin files: the working directory, `search_paths`, the package's gin folder."""
-    folders = [Path.cwd(), *(Path(p) for p in search_paths), PACKAGE_GIN_DIR]
+    """The folders searched for gin files: the working directory, `search_paths`, the core's gin folder, then
+    the method packages' gin folders."""
+    folders = [Path.cwd(), *(Path(p) for p in search_paths), PACKAGE_GIN_DIR, *method_gin_dirs()]
     return list(dict.fromkeys(folder.resolve() for folder in folders))
 
 

@@ -7,7 +7,7 @@ NAME=SOURCE ...`, SOURCE being
   `random`: a random-init DecoderLM in the target's vocabulary (4 layers, width 256), so acceptance is low;
   `first=K` or `every=M`, optionally `,vocab=N`: the target's first K layers (or every M-th), with a head over
   the N most frequent ids of `--vocab_task`'s first 1M tokens, written once into the data cache by
-  `distillspec.drafts.derived_folder` (the folder littlehelp/gin/distillspec/derived_smollm2.gin's runs start from; the
+  `distillspec.drafts.derived_folder` (the folder distillspec/gin/distillspec/derived_smollm2.gin's runs start from; the
   default task is that file's, the Shakespeare + code mixture in SmolLM2's vocabulary).
 A draft named X_distilled beside one named X is X distilled: the report sets its block efficiency over X's.
 
@@ -91,7 +91,7 @@ RANDOM_DRAFT = dict(
 )
 DEFAULT_DRAFTS = ["scratch=random", "derived=first=6", "derived_vocab=first=6,vocab=8192"]
 SMOLLM2 = "smollm2_135m"
-# How littlehelp/gin/distillspec/derived_smollm2.gin counts the tokens of a reduced vocabulary.
+# How distillspec/gin/distillspec/derived_smollm2.gin counts the tokens of a reduced vocabulary.
 VOCAB_FEATURE_LENGTHS = {TARGETS: 128}
 VOCAB_COUNT_TOKENS = 1_000_000
 DISTILLED = "_distilled"  # X_distilled is draft X distilled

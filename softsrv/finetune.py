@@ -1,5 +1,5 @@
 """SoftSRV's fine-tune measure: how well a small decoder fine-tuned on a set of examples models the real
-held-out examples (`littlehelp/gin/softsrv/finetune.gin`; every set gets the same steps, batch and learning rate).
+held-out examples (`softsrv/gin/softsrv/finetune.gin`; every set gets the same steps, batch and learning rate).
 
 `finetune_nll` fine-tunes from a pre-trained small decoder (or from scratch) on a file of examples (a
 synthetic set, or the real training examples: the upper reference) and returns the run's final

@@ -1,7 +1,7 @@
 """SpacTor(tau) for S steps against span corruption (SC) for 2S, after fine-tuning (`littlehelp study spactor`).
 
 Per seed (initialisation and data order) every run pre-trains a T5 on the plays + standard-library
-code mixture (`littlehelp/gin/spactor/small.gin`): SC for 2S steps, whose step-S checkpoint (copied into its own
+code mixture (`spactor/gin/spactor/small.gin`): SC for 2S steps, whose step-S checkpoint (copied into its own
 folder) is SC(S); the hybrid objective for S steps; SpacTor(tau): the hybrid's checkpoint at tau
 (copied) continued with span corruption to S, the state a run with TAU=tau reaches. Each pre-trained
 T5 is scored on clean validation span corruption, then fine-tuned `finetune_steps` steps (same
@@ -12,7 +12,7 @@ claims, stated before the run: SpacTor(tau) beats the mean of SC(S) and SC(2S) f
 ("past the midpoint", a margin of half what doubling SC's steps gains), each untestable unless the
 SC controls are separated on that metric (SC(2S) minus SC(S), whose 95% interval must lie above 0).
 
-Hybrid objective (`littlehelp/gin/spactor/hybrid.gin`): loss = SC + 1 * MLM + 50 * RTD, 15% of the ordinary
+Hybrid objective (`spactor/gin/spactor/hybrid.gin`): loss = SC + 1 * MLM + 50 * RTD, 15% of the ordinary
 encoder tokens masked, a generator as wide as the T5 encoder and a third as deep (1 of 3 layers here).
 The SpacTor paper's abstract gives neither the generator size nor the weights, so they are chosen: the
 weights are ELECTRA's (arXiv 2003.10555), and the generator makes a hybrid step cost what the

@@ -147,10 +147,13 @@ def test_search_paths_in_order(tmp_path):
     assert gin.query_parameter("toy_trainer.learning_rate") == 0.5
 
 
-def test_default_search_path_ends_with_the_package_gin_folder(tmp_path, monkeypatch):
+def test_default_search_path_ends_with_the_core_then_the_method_gin_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    package_gin = (Path(__file__).parent.parent / "littlehelp" / "gin").resolve()
-    assert config.gin_search_path(["extra"]) == [tmp_path.resolve(), tmp_path / "extra", package_gin]
+    repo = Path(__file__).parent.parent.resolve()
+    methods = sorted(repo / package / "gin" for package in ("spactor", "salt_lm", "distillspec", "softsrv"))
+    search = config.gin_search_path(["extra"])
+    assert search[:3] == [tmp_path.resolve(), tmp_path / "extra", repo / "littlehelp" / "gin"]
+    assert sorted(search[3:]) == methods
 
 
 def test_file_found_in_the_package_gin_folder(tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_carries_every_gin_file(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    gin_files = {str(p.relative_to(REPO)) for p in (REPO / "littlehelp" / "gin").rglob("*.gin")}
+    gin_files = {str(p.relative_to(REPO)) for package in PACKAGES for p in (REPO / package / "gin").rglob("*.gin")}
     assert len(gin_files) > 40
     assert gin_files <= names, sorted(gin_files - names)
 
@@ -66,9 +66,11 @@ def test_installed_outside_the_checkout_it_parses_the_demo_from_any_folder(wheel
     script = (
         "from littlehelp import config; "
         "print(config.PACKAGE_GIN_DIR); "
-        "config.parse_gin(['runs/demo.gin'], ['MODEL_DIR=\"/tmp/unused\"'])"
+        "config.parse_gin(['runs/demo.gin'], ['MODEL_DIR=\"/tmp/unused\"']); "
+        "print(config.resolve_gin_file('salt/salt.gin', config.gin_search_path()))"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     done = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert Path(done.stdout.splitlines()[-1]) == site / "littlehelp" / "gin"
+    core, method_file = (Path(line) for line in done.stdout.splitlines()[-2:])
+    assert core == site / "littlehelp" / "gin" and method_file == site / "salt_lm" / "gin" / "salt" / "salt.gin"

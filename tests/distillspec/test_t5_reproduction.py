@@ -117,7 +117,7 @@ def test_held_out_sources_are_distinct_truncated_rows_ending_in_eos(monkeypatch)
 
 
 def config_of(name: str, macro: str, required: tuple[str, ...] = ()):
-    """The value of `macro` in littlehelp/gin/distillspec/`name`.gin, its required macros set to a dummy folder."""
+    """The value of `macro` in distillspec/gin/distillspec/`name`.gin, its required macros set to a dummy folder."""
     config.import_configurable_modules()
     config.parse_gin([f"distillspec/{name}.gin"], [f"{macro_name}='folder'" for macro_name in ("MODEL_DIR", *required)])
     try:

@@ -1,4 +1,4 @@
-"""littlehelp/gin/salt: the CPU-sized and the paper-scale teacher/student pairs build with jax.eval_shape (no memory)
+"""salt_lm/gin/salt: the CPU-sized and the paper-scale teacher/student pairs build with jax.eval_shape (no memory)
 at the sizes their files promise, and salt.gin's curriculum switches from distillation to the plain
 LM objective at N_KD; salt_ds.gin runs through the CLI, distilling on the selected sequences, then
 training on the whole task."""

@@ -1,4 +1,4 @@
-"""littlehelp/gin/softsrv: nsp / mpk / mlp build their parameterisation in front of SmolLM2-135M's sizes and
+"""softsrv/gin/softsrv: nsp / mpk / mlp build their parameterisation in front of SmolLM2-135M's sizes and
 MiniLM's (jax.eval_shape, no memory). Training through the CLI: tests/softsrv/test_run.py."""
 
 import jax

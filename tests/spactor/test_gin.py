@@ -1,4 +1,4 @@
-"""littlehelp/gin/spactor: the paper-scale configs parse and build (jax.eval_shape, no memory), and tiny.gin runs
+"""spactor/gin/spactor: the paper-scale configs parse and build (jax.eval_shape, no memory), and tiny.gin runs
 end to end through the CLI, switches at TAU and resumes bitwise-exactly across the switch, and
 `littlehelp eval` / `infer` read its T5 parameters alone, and runs/finetune.gin fine-tunes that T5 on a
 downstream task, evaluated with the task's metric."""
