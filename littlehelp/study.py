@@ -196,7 +196,7 @@ def load(name: str) -> Study:
 
 def list_studies() -> list[tuple[str, str]]:
     """(name, title) of every study."""
-    return [(name, load(name).title) for name in registered()]
+    return [(name, point.load().title) for name, point in registered().items()]
 
 
 def _read_json(path: Path) -> Any:
