@@ -23,12 +23,12 @@ $(RUNTIME_STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) -e .
 	touch $(RUNTIME_STAMP)
 
-# Everything: the runtime set plus the test (HF parity, pytest), eval (MAUVE) and lint (ruff, mypy) extras.
+# Everything: the runtime set plus the test (HF parity, pytest), eval (MAUVE), lint (ruff, mypy) and wandb extras.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt | $(PY)
-	@echo "Installing the runtime, test, eval and lint sets into $(VENV) (the first time: a few minutes, 4.4 GB)"
-	$(PIP) -e '.[test,eval,lint]'
+	@echo "Installing the runtime, test, eval, lint and wandb sets into $(VENV) (the first time: a few minutes, 4.4 GB)"
+	$(PIP) -e '.[test,eval,lint,wandb]'
 	touch $(RUNTIME_STAMP) $(STAMP)
 
 # The data cache (Shakespeare corpus + sentencepiece vocabulary + the pretrained models the tests

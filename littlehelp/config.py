@@ -633,6 +633,28 @@ def _required_parameters(fn_or_cls: Callable[..., Any]) -> list[str]:
     ]
 
 
+def gin_bindings(text: str) -> dict[str, Any]:
+    """{"scope/configurable.parameter" or macro name: value} of the bindings in gin `text` (e.g. a run's
+    config.gin), values as plain Python: references read "@name", macros "%name"."""
+    bindings = {}
+    for statement in config_parser.ConfigParser(text, _RecordingDelegate()):
+        if isinstance(statement, config_parser.BindingStatement):
+            name = f"{statement.selector}.{statement.arg_name}" if statement.arg_name else statement.selector
+            bindings[f"{statement.scope}/{name}" if statement.scope else name] = _plain_value(statement.value)
+    return bindings
+
+
+def _plain_value(value: Any) -> Any:
+    """A parsed gin value with its references and macros as "@name" / "%name" strings."""
+    if isinstance(value, _Reference):
+        return ("%" if value.is_macro else "@") + value.name
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain_value(item) for key, item in value.items()}
+    return value
+
+
 def write_operative_config(model_dir: str) -> Path:
     """Writes `gin.operative_config_str()` (the values actually used) to `model_dir/config.gin`.
 

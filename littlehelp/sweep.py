@@ -261,9 +261,23 @@ def train_points(
     A point's own failure (a `LittlehelpError`: a diverged loss, a setting the trainer refuses, an
     unusable checkpoint) is printed and recorded, and the next point runs, or none with
     `stop_on_failure`; points after a stop are left out. SIGTERM (`PreemptedError`) and Ctrl-C stop the
-    sweep at once.
+    sweep at once. The points' W&B runs (`metrics.WandbTracker`) are grouped under the sweep's MODEL_DIR.
     """
     outcomes: dict[str, str | None] = {}
+    if points:
+        with metrics.wandb_group(str(points[0].folder.parent)):
+            _train_in_turn(points, bindings, gin_files, stop_on_failure, outcomes)
+    return outcomes
+
+
+def _train_in_turn(
+    points: Sequence[Point],
+    bindings: Sequence[Mapping[str, str]],
+    gin_files: Sequence[str],
+    stop_on_failure: bool,
+    outcomes: dict[str, str | None],
+) -> None:
+    """`train_points`' loop: fills `outcomes` point by point."""
     for number, (point, binding) in enumerate(zip(points, bindings), start=1):
         print(f"sweep point {number}/{len(points)}: {point.folder}", flush=True)
         try:
@@ -277,7 +291,6 @@ def train_points(
                 break
         else:
             outcomes[point.folder.name] = None
-    return outcomes
 
 
 def point_summary(point: Point, outcomes: Mapping[str, str | None]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from littlehelp.frozen import FrozenModel, check_and_record, load_frozen_models
 from littlehelp.metrics import MetricsWriter, measure_matmul_flops
 from littlehelp.objectives import Curriculum, Objective
 from littlehelp.optimizers import Optimizer
+from littlehelp.profiling import ProfileWindow, StepTimes, check_profile_steps
 from littlehelp.train_state import StateLayout, TrainState, init_optimizer, init_state, params_layout, state_layout
 from littlehelp.typing import Batch, Metrics, Params
 
@@ -506,6 +507,7 @@ def train(
     peak_flops_per_device: float | None = None,
     frozen_models: Mapping[str, FrozenModel] | None = None,
     data_switches: Sequence[tuple[int, DatasetConfig]] = (),
+    profile_steps: tuple[int, int] | None = None,
     settings_only: bool = False,
 ) -> TrainSummary | TrainSettings:
     """Trains from gin: `littlehelp train --gin_file=...` calls this with every argument bound.
@@ -516,12 +518,14 @@ def train(
     `frozen_models` are read, never trained or saved (`littlehelp.frozen`); objectives see their
     parameters under their names. `data_switches` [(step, data)]: from that step on, train on that data
     (its stream from its first batch; shaped like `train_data`), e.g. SALT_DS's selected sequences
-    during distillation, then the whole task. `settings_only=True` (not a gin binding) returns the
-    resolved `TrainSettings` and builds nothing.
+    during distillation, then the whole task. `profile_steps=(START, END)` traces the steps from
+    START to END with the JAX profiler into MODEL_DIR/profile (`littlehelp.profiling`).
+    `settings_only=True` (not a gin binding) returns the resolved `TrainSettings` and builds nothing.
     """
     if (objective is None) == (curriculum is None):
         raise gin_config.ConfigError("train: bind exactly one of train.objective and train.curriculum")
     _check_run_arguments(steps, eval_every, eval_batches, log_every, microbatches)
+    check_profile_steps(profile_steps, steps)
     if curriculum is None:
         assert objective is not None  # exactly one of the two is bound (checked above)
         curriculum = Curriculum.single(objective)
@@ -547,33 +551,34 @@ def train(
         check_and_record(model_dir, trainer.frozen)
         gin_config.write_operative_config(model_dir)
         peak = peak_flops_per_device or measure_matmul_flops()
-        loop = _Loop(trainer, steps, eval_data, eval_every, eval_batches, log_every, peak * len(mesh.devices.flat))
+        loop = _Loop(
+            trainer,
+            steps,
+            eval_data,
+            eval_every,
+            eval_batches,
+            log_every,
+            peak * len(mesh.devices.flat),
+            profile_steps,
+        )
         summary = loop.run()
     print(summary.describe(), flush=True)
     return summary
 
 
+@dataclasses.dataclass
 class _Loop:
     """The step loop of `train`, split out so each part stays small."""
 
-    def __init__(
-        self,
-        trainer: Trainer,
-        steps: int,
-        eval_data,
-        eval_every: int,
-        eval_batches: int,
-        log_every: int,
-        peak_flops: float,
-    ):
-        self.trainer, self.steps, self.eval_data = trainer, steps, eval_data
-        self.eval_every, self.eval_batches, self.log_every, self.peak_flops = (
-            eval_every,
-            eval_batches,
-            log_every,
-            peak_flops,
-        )
-        self.eval_metrics: dict[str, float] = {}
+    trainer: Trainer
+    steps: int
+    eval_data: DatasetConfig | None
+    eval_every: int
+    eval_batches: int
+    log_every: int
+    peak_flops: float
+    profile_steps: tuple[int, int] | None
+    eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def run(self) -> TrainSummary:
         trainer = self.trainer
@@ -602,38 +607,70 @@ class _Loop:
         trainer = self.trainer
         rng = jax.random.key(trainer.seed + 1)
         metrics: dict[str, float] = {}
-        tokens = tokens_per_batch(trainer.batch_spec)
-        window_start, window_steps = time.perf_counter(), 0
+        times, profile = StepTimes(), ProfileWindow(trainer.model_dir, self.profile_steps)
         with checkpoints.PreemptionGuard() as guard:
-            for step in range(first_step, self.steps):
-                objective = trainer.curriculum.objective_at(step)
-                compiled = trainer.step_fn(objective)
-                if window_steps == 0:
-                    window_start = time.perf_counter()
-                state, step_metrics = compiled(state, batches.batch_for(step), rng)
-                metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-                _check_finite(metrics, step, trainer.checkpointer)
-                window_steps += 1
-                writer.advance()
-                _save_if_due(trainer.checkpointer, step + 1, state, batches)
-                if (step + 1) % self.log_every == 0 or step + 1 == self.steps:
-                    seconds = (time.perf_counter() - window_start) / window_steps
-                    flops = objective.train_flops(trainer.batch_spec)
-                    metrics |= {
-                        "steps_per_second": 1 / seconds,
-                        "tokens_per_second": tokens / seconds,
-                        "mfu": flops / seconds / self.peak_flops,
-                        "flops_per_step": flops,
-                    }
-                    writer.write(step + 1, metrics)
-                    window_steps = 0
-                if self.eval_data is not None and self.eval_every and (step + 1) % self.eval_every == 0:
-                    self.eval_metrics = trainer.evaluate(state, objective, self.eval_data, self.eval_batches)
-                    writer.write(step + 1, self.eval_metrics, prefix="eval")
-                if guard.requested:
-                    logging.warning("SIGTERM received: saving step %d and stopping", step + 1)
-                    return state, metrics, True
+            try:
+                for step in range(first_step, self.steps):
+                    objective = trainer.curriculum.objective_at(step)
+                    compiled = trainer.step_fn(objective)
+                    if profile.starts_at(step, first_step):
+                        for later in profile.steps:  # compiled before the trace starts
+                            trainer.step_fn(trainer.curriculum.objective_at(later))
+                        with times.paused():
+                            profile.start()
+                    state, metrics = self._one_step(compiled, state, step, batches, rng, times)
+                    with times.paused():
+                        profile.stop_after(step, state)
+                    writer.advance()
+                    _save_if_due(trainer.checkpointer, step + 1, state, batches)
+                    if (step + 1) % self.log_every == 0 or step + 1 == self.steps:
+                        metrics |= self._speed(objective, times)
+                        writer.write(step + 1, metrics)
+                        times.reset()
+                    if self.eval_data is not None and self.eval_every and (step + 1) % self.eval_every == 0:
+                        self.eval_metrics = trainer.evaluate(state, objective, self.eval_data, self.eval_batches)
+                        writer.write(step + 1, self.eval_metrics, prefix="eval")
+                    if guard.requested:
+                        logging.warning("SIGTERM received: saving step %d and stopping", step + 1)
+                        return state, metrics, True
+            finally:
+                profile.close()
         return state, metrics, False
+
+    def _one_step(
+        self,
+        compiled: Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]],
+        state: TrainState,
+        step: int,
+        batches: pipeline.StagedBatches,
+        rng: jax.Array,
+        times: StepTimes,
+    ) -> tuple[TrainState, dict[str, float]]:
+        """Runs `step` (timing the wait for its batch) and returns the new state and its metrics."""
+        if times.steps == 0:  # a new logging interval starts after any compilation
+            times.reset()
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):  # a step marker for profiles
+            waiting = time.perf_counter()
+            batch = batches.batch_for(step)
+            times.waited(time.perf_counter() - waiting)
+            state, step_metrics = compiled(state, batch, rng)
+            metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        _check_finite(metrics, step, self.trainer.checkpointer)
+        times.finished_step()
+        return state, metrics
+
+    def _speed(self, objective: Objective, times: StepTimes) -> dict[str, float]:
+        """Throughput, MFU and data-wait share of the steps since the last log line."""
+        timing = times.summary()
+        seconds = timing["seconds_per_step"]
+        flops = objective.train_flops(self.trainer.batch_spec)
+        return {
+            "steps_per_second": 1 / seconds,
+            "tokens_per_second": tokens_per_batch(self.trainer.batch_spec) / seconds,
+            "mfu": flops / seconds / self.peak_flops,
+            "flops_per_step": flops,
+            "data_wait_share": timing["data_wait_share"],
+        }
 
 
 TaskMetricsFn = Callable[..., dict[str, float]]  # (params, data, model_dir=, step=) -> metrics
