@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP_VERSION := 26.3
 PYTEST_WORKERS ?= 2
 
-.PHONY: install install-runtime data lint test quick-studies demo bench clean
+.PHONY: install install-runtime data lint test docs quick-studies demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,12 +23,13 @@ $(RUNTIME_STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) -e .
 	touch $(RUNTIME_STAMP)
 
-# Everything: the runtime set plus the test (HF parity, pytest), eval (MAUVE), lint (ruff, mypy) and wandb extras.
+# Everything: the runtime set plus the test (HF parity, pytest), eval (MAUVE), lint (ruff, mypy), wandb
+# and docs (Sphinx) extras.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt | $(PY)
-	@echo "Installing the runtime, test, eval, lint and wandb sets into $(VENV) (the first time: a few minutes, 4.4 GB)"
-	$(PIP) -e '.[test,eval,lint,wandb]'
+	@echo "Installing the runtime, test, eval, lint, wandb and docs sets into $(VENV) (the first time: a few minutes, 4.4 GB)"
+	$(PIP) -e '.[test,eval,lint,wandb,docs]'
 	touch $(RUNTIME_STAMP) $(STAMP)
 
 # The data cache (Shakespeare corpus + sentencepiece vocabulary + the pretrained models the tests
@@ -54,6 +55,12 @@ demo: install-runtime
 	$(PY) scripts/setup_data.py --stats --corpus-only
 	$(VENV)/bin/littlehelp train --gin_file=runs/demo.gin --gin.MODEL_DIR=runs/demo
 	$(VENV)/bin/littlehelp infer --gin_file=runs/demo.gin --gin_file=runs/infer.gin --gin.MODEL_DIR=runs/demo --gin.NUM_EXAMPLES=4 --gin.inference.DecodingConfig.max_decode_length=32
+
+# The documentation site, strictly (a broken link, a page outside every toctree, an unresolved
+# reference to littlehelp's API fails it): open docs/_build/html/index.html.
+docs: install
+	$(VENV)/bin/sphinx-build -W --keep-going -n -q -j 2 -b html docs docs/_build/html
+	@echo "Built docs/_build/html/index.html"
 
 bench: install
 	$(PY) scripts/bench_train_step.py

@@ -2,7 +2,7 @@
 
 A `Pool` carries whatever a selector may look at for the n unlabelled examples (predictive
 probabilities, embeddings, ...); each selector reads only the fields it needs and names a missing
-one in its error. Selectors (README, Active learning):
+one in its error. Selectors (docs/methods/active.md):
 
 - random: uniform without replacement.
 - margin / entropy / least_confidence: the `budget` most uncertain examples under one score.
@@ -19,7 +19,7 @@ one in its error. Selectors (README, Active learning):
 - highest_score: the `budget` highest values of a per-example score computed elsewhere
   (`Pool.scores`, e.g. SALT_DS's teacher-loss medians).
 
-Distances to many points are computed as |x|^2 - 2 x.c + |c|^2, one matrix-vector product per new
+Distances to many points are computed as `|x|^2 - 2 x.c + |c|^2`, one matrix-vector product per new
 centre and blocked matrix products for the labelled set, so a 1M x 64 float32 pool needs only the
 pool itself plus a few n-vectors.
 """
@@ -494,7 +494,7 @@ def normalised_entropies(probabilities: np.ndarray) -> np.ndarray:
 def entropy_disagreements(
     probabilities: np.ndarray, second_probabilities: np.ndarray, labels: np.ndarray
 ) -> np.ndarray:
-    """IWeS-dis's sampling probability: |f_y log2 f_y - g_y log2 g_y| at each example's true label y,
+    """IWeS-dis's sampling probability: `|f_y log2 f_y - g_y log2 g_y|` at each example's true label y,
     for two models' probabilities f and g (0 log 0 = 0); in [0, 1 / (e ln 2)] = [0, 0.531]."""
     rows = np.arange(len(labels))
     first = np.asarray(probabilities, np.float64)[rows, labels]
@@ -533,12 +533,14 @@ class IWeSSelector:
 
     Sampling probabilities, the paper's two (as its method section is recalled: the formulas below
     were not checked against the text, which was not at hand when they were written):
+
     - iwes_dis, "entropy-based disagreement" (subset selection, labels known at selection time):
-      p(x, y) = |f(x)_y log2 f(x)_y - g(x)_y log2 g(x)_y| at the true label y, for two models f, g
+      `p(x, y) = |f(x)_y log2 f(x)_y - g(x)_y log2 g(x)_y|` at the true label y, for two models f, g
       trained on the labelled data from different random initialisations (`Pool.probabilities`,
       `Pool.second_probabilities`, `Pool.labels`); in [0, 1 / (e ln 2)] = [0, 0.531].
     - iwes_ent, "entropy only" (active learning: no label needed), one model f:
       p(x) = -sum_y f(x)_y log2 f(x)_y / log2(classes), in [0, 1].
+
     Neither is rescaled to a budget or mixed with uniform mass.
 
     Batches: examples are visited one at a time in uniformly random order, each kept when its own

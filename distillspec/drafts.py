@@ -1,4 +1,4 @@
-"""Drafts derived from the target (README, DistillSpec): the target's own layers, and a head over its most
+"""Drafts derived from the target (docs/methods/distillspec.md): the target's own layers, and a head over its most
 frequent tokens. Both are cheap ways to a draft that agrees with a decoder-only target from the start.
 
 - `layer_subset(config, params, layers)`: the target's layers `layer_indices(L, first=k)` (the first k) or

@@ -1,10 +1,11 @@
-"""DistillSpec's distillation objective (README, DistillSpec): the draft q learns the frozen target p.
+"""DistillSpec's distillation objective (docs/methods/distillspec.md): the draft q learns the frozen target p.
 
 Loss = D(p_target || q_draft) per token (FKL, RKL, JSD[beta], TVD; `littlehelp.losses`) on the generated
 tokens of sequences y = prompt + continuation, averaged as `average` asks: "sequence" (the paper's, DistillSpec,
-arXiv 2310.08461: each sequence's mean 1/|y| sum_t D over its continuation, then the mean over sequences) or
+arXiv 2310.08461: each sequence's mean `1/|y| sum_t D` over its continuation, then the mean over sequences) or
 "token" (the mean over every continuation token of the batch, so longer sequences weigh more). The sequences
 come from a data source:
+
 - "fixed": the continuation is the batch's own next tokens;
 - "target": sampled from the frozen target given the prompt;
 - "draft": sampled from the draft's current parameters (on-policy), inside the jitted step;
@@ -17,7 +18,7 @@ forward pass (no segment ids: LM chunks fill their rows) and the divergence is t
 continuation's positions only, chunked (`losses.chunked_divergence`), so no [b, l, vocab] logits
 exist. A continuation token counts with its row's example weight (`objectives.token_weights` of the
 last prompt token; fixed data: its own weight), and sampled tokens after `eos_id` count 0; per sequence,
-|y| is the number of the row's tokens that count, a row's mean counts with its weight (2: as two rows), and
+`|y|` is the number of the row's tokens that count, a row's mean counts with its weight (2: as two rows), and
 a row with no token that counts contributes nothing (`averaging_weights`).
 Samples get no gradient; the target gets none either (it is a frozen model, `params[target_key]`).
 
@@ -128,8 +129,8 @@ def continuation_weights(tokens: Array, row_weights: Array, eos_id: int | None) 
 
 def averaging_weights(weights: Array, average: str) -> Array:
     """Token weights [b, g] whose weighted mean, sum(a * D) / sum(a), is the average `average` asks for:
-    "token", `weights` itself; "sequence", each row's weights over |y|, its number of nonzero weights (a row of
-    one weight r then adds r times its mean 1/|y| sum_t D, and r to the denominator; a row of zeros, nothing)."""
+    "token", `weights` itself; "sequence", each row's weights over `|y|`, its number of nonzero weights (a row of
+    one weight r then adds r times its mean `1/|y| sum_t D`, and r to the denominator; a row of zeros, nothing)."""
     if average == "token":
         return weights
     lengths = jnp.sum((weights > 0).astype(weights.dtype), axis=1, keepdims=True)

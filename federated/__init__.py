@@ -1,4 +1,4 @@
-"""FedAvg and FedPA (federated posterior averaging, README, FedPA vs FedAvg) on simulated clients.
+"""FedAvg and FedPA (federated posterior averaging, docs/methods/fedpa.md) on simulated clients.
 
 `FedConfig` holds every knob (gin: `federated.FedConfig.rho = 0.01`); `train` runs the rounds on
 `ClientData` with a loss over flat parameter vectors (`make_classifier`, `least_squares_loss`);

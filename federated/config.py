@@ -1,4 +1,4 @@
-"""The knobs of a federated run (README, FedPA vs FedAvg) and the refusals of bad ones.
+"""The knobs of a federated run (docs/methods/fedpa.md) and the refusals of bad ones.
 
 Every refusal is a `FederatedInputError`, a `LittlehelpError` (a CLI prints it as one line) and a
 `ValueError`, whose message names the knob and the bad value.

@@ -66,8 +66,8 @@ class CheckpointSaveError(CheckpointError):
 class CheckpointConfig:
     """When to save, how many steps to keep, and where to start from when MODEL_DIR has none.
 
-    restore_path: a step folder (``.../checkpoints/1000``), a checkpoints folder or a run folder.
-    restore_model: the saved model a run of one model starts from, parameters only, with a fresh
+    - restore_path: a step folder (``.../checkpoints/1000``), a checkpoints folder or a run folder.
+    - restore_model: the saved model a run of one model starts from, parameters only, with a fresh
       optimizer (e.g. 't5' of a SpacTor run, to fine-tune its T5). Unset: a training checkpoint of the
       same models restores whole (optimizer included), a params-only one with a fresh optimizer.
     """

@@ -207,7 +207,7 @@ def parse_gin(gin_files: Sequence[str], overrides: Sequence[str], search_paths: 
     Files are looked up in `gin_search_path(search_paths)`; so are their `include`s.
     Raises `ConfigError` for a missing file, a bad binding, a required value left unset, a
     command-line macro that nothing reads, or a literal value (reached directly or through
-    `%MACRO`s) that the annotated type of its parameter refuses.
+    `%MACRO` references) that the annotated type of its parameter refuses.
     """
     gin.clear_config()
     search_path = gin_search_path(search_paths)
@@ -511,7 +511,7 @@ def _parameter_hints(selector: str) -> dict[str, Any]:
 
 
 def bound_value(binding: str) -> Any:
-    """The value gin binds to `binding` (e.g. 'trainer.train.steps') once its `%MACRO`s are followed."""
+    """The value gin binds to `binding` (e.g. 'trainer.train.steps') once its `%MACRO` references are followed."""
     return _follow_macros(("", binding, ""), gin.query_parameter(binding), _macro_values())[1]
 
 
@@ -530,7 +530,7 @@ def macro_value(name: str) -> Any:
 
 
 def _follow_macros(key: _BindingKey, value: Any, macros: Mapping[str, Any]) -> tuple[_BindingKey, Any]:
-    """(key, value) of the binding that holds what `value` denotes once its `%MACRO`s are followed."""
+    """(key, value) of the binding that holds what `value` denotes once its `%MACRO` references are followed."""
     followed = set()
     while isinstance(value, gin.config.ConfigurableReference):
         macro = _macro_of(value.scoped_selector)
@@ -596,7 +596,7 @@ def missing_required_arguments(configurable: Callable[..., Any]) -> list[str]:
 
 def missing_reference_arguments(configurable: Callable[..., Any]) -> list[str]:
     """`scope/name.parameter` of each unbound required parameter of the configurables that gin calls
-    (`@name()`, also through `%MACRO`s) to fill `configurable`'s bound arguments; none is called."""
+    (`@name()`, also through `%MACRO` references) to fill `configurable`'s bound arguments; none is called."""
     macros, missing = _macro_values(), []
     for value in gin.get_bindings(configurable, resolve_references=False).values():
         for reference in _called_references(value, macros):  # gin calls each in its own scope
@@ -608,7 +608,7 @@ def missing_reference_arguments(configurable: Callable[..., Any]) -> list[str]:
 
 
 def _called_references(value: Any, macros: Mapping[str, Any], followed: frozenset[str] = frozenset()) -> Iterator[Any]:
-    """Each `@name()` reference in a bound value, `%MACRO`s followed to their values."""
+    """Each `@name()` reference in a bound value, `%MACRO` references followed to their values."""
     for leaf in _leaves(value):
         if not isinstance(leaf, gin.config.ConfigurableReference) or not leaf.evaluate:
             continue

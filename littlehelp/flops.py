@@ -3,7 +3,7 @@
 Each model's seam counts its own forward pass (`Model.forward_flops`) with these helpers; a new model
 family (`littlehelp.models.registry`) counts its own beside its model, with no entry here.
 
-Convention (README, Benchmarks): 2 FLOPs per multiply-add of every matrix product in the forward
+Convention (docs/benchmarks.md): 2 FLOPs per multiply-add of every matrix product in the forward
 pass, counting attention scores (QK^T) and values (AV) over the full [length, length] square that
 is computed (causal masks do not halve it), cross-attention K/V projections on encoder tokens, and
 the output layer. Embedding lookups, norms and elementwise ops are not counted. A training step costs

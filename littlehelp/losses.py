@@ -97,7 +97,7 @@ def sequence_mean(token_values: jax.Array, weights: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# Divergences between a teacher p and a student q (README, Losses and divergences), per token.
+# Divergences between a teacher p and a student q (docs/concepts/losses.md), per token.
 
 
 def _log_probs(logits: jax.Array, temperature: float) -> jax.Array:
@@ -141,7 +141,7 @@ def reverse_kl(
 def total_variation(
     student_logits: jax.Array, teacher_logits: jax.Array, weights: jax.Array, temperature: float = 1.0
 ) -> jax.Array:
-    """TVD = 0.5 * sum_x |p(x) - q(x)| per token, [...] (weighted; logits [..., vocab])."""
+    """TVD = `0.5 * sum_x |p(x) - q(x)|` per token, [...] (weighted; logits [..., vocab])."""
     log_q, log_p = _student_teacher(student_logits, teacher_logits, temperature)
     return _masked(0.5 * jnp.sum(jnp.abs(jnp.exp(log_p) - jnp.exp(log_q)), axis=-1), weights)
 
@@ -167,7 +167,7 @@ def jensen_shannon(
     beta: float = 0.5,
     temperature: float = 1.0,
 ) -> jax.Array:
-    """Generalised JSD[beta] per token (DistillSpec, arXiv 2310.08461; README, Losses and divergences), weighted.
+    """Generalised JSD[beta] per token (DistillSpec, arXiv 2310.08461; docs/concepts/losses.md), weighted.
 
         JSD[beta](p || q) = beta * KL(p || m) + (1 - beta) * KL(q || m),  m = beta * p + (1 - beta) * q,
 

@@ -105,9 +105,10 @@ def load_run(
 ) -> LoadedRun:
     """The model, parameters, vocabulary and config of the run folder `model_dir`.
 
-    step: the checkpoint step to read (default: the newest good one; a bad step is skipped, nothing moved).
-    mesh: place the parameters sharded on it by `rules` (default `partitioning.logical_axis_rules()`), as
+    - step: the checkpoint step to read (default: the newest good one; a bad step is skipped, nothing moved).
+    - mesh: place the parameters sharded on it by `rules` (default `partitioning.logical_axis_rules()`), as
       the trainer shards them; without a mesh they are read onto the default device.
+
     Refuses in one line (`RunFolderError`) a folder that is not a run folder, holds no finished checkpoint
     or lacks `step` (naming the steps it has).
     """

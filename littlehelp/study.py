@@ -30,7 +30,7 @@ from littlehelp.errors import LittlehelpError
 
 REPO = provenance.REPO
 RESULTS = REPO / "results"
-README = REPO / "README.md"
+DOCS = REPO / "docs"
 # Method packages register their studies as entry points of this group (pyproject.toml:
 # `[project.entry-points."littlehelp.studies"]`, name = "module:STUDY"), so the core names none of them.
 STUDY_ENTRY_POINTS = "littlehelp.studies"
@@ -544,7 +544,7 @@ def _command_line() -> str:
 
 
 def write_result(result: Mapping[str, Any], out_dir: Path) -> None:
-    """result.json, then table.md and plot.png generated from it; the README's block for a default run."""
+    """result.json, then table.md and plot.png generated from it; the docs' block for a default run."""
     from littlehelp import study_report  # pylint: disable=import-outside-toplevel (matplotlib is slow to load)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -552,7 +552,7 @@ def write_result(result: Mapping[str, Any], out_dir: Path) -> None:
     (out_dir / "table.md").write_text(study_report.table(result, out_dir), encoding="utf-8")
     study_report.plot(result, out_dir / "plot.png")
     if out_dir == (RESULTS / result["study"]).resolve():
-        study_report.update_readme(README, result)
+        study_report.update_docs(DOCS, result)
     print(f"[{result['study']}] wrote {out_dir}/result.json, table.md and plot.png", flush=True)
     for claim in result["claims"]:
         kind = "exploratory comparison" if claim.get("exploratory") else "claim"

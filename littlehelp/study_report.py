@@ -1,7 +1,8 @@
-"""A study's table.md, plot.png and README block, each generated from its result.json alone.
+"""A study's table.md, plot.png and docs block, each generated from its result.json alone.
 
-The README holds one block per study between `<!-- study:NAME -->` and `<!-- /study:NAME -->`;
-`update_readme` rewrites it from the result, so no table of a paper is copied by hand.
+The documentation shows each study's claims in its method's page (docs/methods/), between
+`<!-- study:NAME -->` and `<!-- /study:NAME -->`; `update_docs` rewrites that block from the result, so
+no table of a paper is copied by hand.
 """
 
 from __future__ import annotations
@@ -134,15 +135,14 @@ def table(result: Result, out_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def readme_block(result: Result) -> str:
-    """The README's block for a study: its claims table and a link to the full table."""
+def study_block(result: Result) -> str:
+    """A docs page's block for a study: its claims table and where the full table is."""
     name = result["study"]
     return "\n".join(
         [
             f"<!-- study:{name} -->",
             f"**{result['title']}** ({len(result['seeds'])} seeds, commit "
-            f"{(result['provenance']['commit'] or '?')[:7]}; full table: "
-            f"[results/{name}/table.md](results/{name}/table.md))",
+            f"{(result['provenance']['commit'] or '?')[:7]}; full table: `results/{name}/table.md`)",
             "",
             *claims_table(result),
             f"<!-- /study:{name} -->",
@@ -150,15 +150,26 @@ def readme_block(result: Result) -> str:
     )
 
 
-def update_readme(readme: Path, result: Result) -> bool:
-    """Rewrites the study's block in `readme` (when the README has one); returns whether it did."""
-    name = result["study"]
-    pattern = re.compile(rf"<!-- study:{re.escape(name)} -->.*?<!-- /study:{re.escape(name)} -->", re.S)
-    text = readme.read_text(encoding="utf-8")
-    if not pattern.search(text):
-        return False
-    readme.write_text(pattern.sub(lambda _: readme_block(result), text), encoding="utf-8")
-    return True
+def block_pattern(name: str) -> re.Pattern[str]:
+    """The study's block (markers included) in a page."""
+    return re.compile(rf"<!-- study:{re.escape(name)} -->.*?<!-- /study:{re.escape(name)} -->", re.S)
+
+
+def docs_pages(docs: Path) -> list[Path]:
+    """The Markdown pages under `docs`, build outputs (folders starting with "_") left out."""
+    pages = docs.rglob("*.md")
+    return sorted(p for p in pages if not any(part.startswith("_") for part in p.relative_to(docs).parts))
+
+
+def update_docs(docs: Path, result: Result) -> list[Path]:
+    """Rewrites the study's block in every page under `docs` that has one; returns those pages."""
+    pattern, updated = block_pattern(result["study"]), []
+    for page in docs_pages(docs):
+        text = page.read_text(encoding="utf-8")
+        if pattern.search(text):
+            page.write_text(pattern.sub(lambda _: study_block(result), text), encoding="utf-8")
+            updated.append(page)
+    return updated
 
 
 def plot(result: Result, path: Path) -> None:

@@ -1,4 +1,4 @@
-"""SALT's distillation stage (README, SALT): a small LM's soft labels early in a larger LM's training.
+"""SALT's distillation stage (docs/methods/salt.md): a small LM's soft labels early in a larger LM's training.
 
 For the first n_KD steps the student q trains on
 

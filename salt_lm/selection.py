@@ -1,4 +1,4 @@
-"""SALT_DS (README, SALT): the KD stage trains on the sequences an early small-LM checkpoint
+"""SALT_DS (docs/methods/salt.md): the KD stage trains on the sequences an early small-LM checkpoint
 finds "challenging yet learnable".
 
 Each sequence of a Task's split gets a score from the teacher (a frozen small LM): the MEDIAN of the

@@ -1,6 +1,6 @@
 """Decoding benchmark: prefill in one pass vs feeding the prompt token by token, and greedy tokens/s.
 
-On the decoder-bench model (README, Benchmarks: vocab 8192, d_model 256, 4 layers, 4 query
+On the decoder-bench model (docs/benchmarks.md: vocab 8192, d_model 256, 4 layers, 4 query
 heads x 64, 2 KV heads, SwiGLU 1024, float32) through the stepwise API (`littlehelp.models.api`):
 - prefill: a `prompt`-token prompt (default 512) at batch 1 and 8, once as `prefill` (one forward
   pass) and once as `prompt` calls of `extend` with one token each (how a cache is filled without a

@@ -1,6 +1,6 @@
 """SALT_DS scoring benchmark: sequences/s scored by a small teacher over a built-in LM task.
 
-The teacher is the decoder-bench model (README, Benchmarks: vocab 8192, d_model 256, 4
+The teacher is the decoder-bench model (docs/benchmarks.md: vocab 8192, d_model 256, 4
 layers, 4 query heads x 64, 2 KV heads, SwiGLU 1024, float32; random parameters: the cost does not
 depend on their values). Per batch size, on `--task`'s `--split` cut at `--length` tokens:
 - model only: `salt_lm.selection.batch_scores` on one batch of the split, `--repeats` timed calls

@@ -1,6 +1,6 @@
 """Scanned against unrolled layers: step time, compile time and memory of the train step per remat policy.
 
-For t5-bench and decoder-bench (README, Benchmarks) on one device, each variant (layers unrolled or
+For t5-bench and decoder-bench (docs/benchmarks.md) on one device, each variant (layers unrolled or
 scanned, `remat_policy` none / dots_saveable / dots_with_no_batch_dims_saveable / full) is compiled
 once, reporting compile seconds and XLA's per-device memory (`memory_analysis()`: arguments and
 temporaries); then the variants' steps are timed interleaved, round by round, so that the ratios to

@@ -1,6 +1,6 @@
 """Train-step benchmark: compile time, step time, tokens/s and MFU of the reference configurations.
 
-Configurations and conventions follow the README's Benchmarks section: t5-bench (Adafactor) and decoder-bench
+Configurations and conventions follow docs/benchmarks.md: t5-bench (Adafactor) and decoder-bench
 (AdamW) at batch 8 and 16, on 1 device and on 8 fake CPU devices (mesh data 4 x tensor 2). Each (config,
 batch size, device count) runs in a child process of this script (XLA_FLAGS must be set before JAX
 is imported); the parent measures this machine's dense float32 matmul rate before the first and after

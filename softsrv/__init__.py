@@ -1,4 +1,4 @@
-"""SoftSRV: soft prompts trained in front of a frozen LM generate targeted synthetic data (README, SoftSRV).
+"""SoftSRV: soft prompts trained in front of a frozen LM generate targeted synthetic data (docs/methods/softsrv.md).
 
 `softsrv.prompts`: the parameterisations (NSP, MPk, MLP); `softsrv.objective`: the NLL of an example
 given the prompt of its context vector, the LM and the sentence embedder frozen; `softsrv.data`:

@@ -1,4 +1,4 @@
-"""MAUVE of synthetic against real text (see README, SoftSRV: evaluation), on MiniLM features.
+"""MAUVE of synthetic against real text (see docs/methods/softsrv.md, evaluation), on MiniLM features.
 
 MAUVE (Pillutla et al., NeurIPS 2021) compares two samples P and Q of feature vectors: both are
 L2-normalised, projected by PCA onto the components that explain `kmeans_explained_var` of their

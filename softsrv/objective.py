@@ -1,4 +1,4 @@
-"""SoftSRV's objective (README, SoftSRV): the frozen LM H reconstructs a target example x from the
+"""SoftSRV's objective (docs/methods/softsrv.md): the frozen LM H reconstructs a target example x from the
 soft prompt P_theta(z), z = E(x) the frozen sentence embedder's vector of x; only theta trains.
 
 Loss = NLL(x | P_theta(E(x))) per target token, the prompt's m vectors prepended to x's token

@@ -1,4 +1,4 @@
-"""SoftSRV's soft-prompt parameterisations (README, SoftSRV): context z [b, d_z] -> prompt [b, m, width].
+"""SoftSRV's soft-prompt parameterisations (docs/methods/softsrv.md): context z [b, d_z] -> prompt [b, m, width].
 
 The prompt is m vectors in the frozen LM's input-embedding space, prepended to the example's token
 embeddings. Only these parameters train.

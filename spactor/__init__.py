@@ -1,4 +1,4 @@
-"""SpacTor: span corruption + replaced token detection with a two-stage curriculum (README, SpacTor)."""
+"""SpacTor: span corruption + replaced token detection with a two-stage curriculum (docs/methods/spactor.md)."""
 
 from spactor.flops import flops_ratio, total_flops_ratio
 from spactor.generator import Generator, generator_config

@@ -26,7 +26,7 @@ def generator_config(
 ) -> EncoderConfig:
     """An EncoderConfig `width_fraction` as wide as the T5 encoder (width, heads and MLP scaled;
     head size kept) and `depth_fraction` as deep (layers rounded, at least 1). The defaults, as wide
-    and a third as deep, are the study's reading of the SpacTor paper (README, SpacTor)."""
+    and a third as deep, are the study's reading of the SpacTor paper (docs/methods/spactor.md)."""
     for name, fraction in (("width_fraction", width_fraction), ("depth_fraction", depth_fraction)):
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"generator_config.{name} must be in (0, 1], got {fraction!r}")

@@ -1,7 +1,8 @@
 """SpacTor's hybrid objective (span corruption + generator MLM + replaced token detection) and the
 two-stage curriculum: the hybrid for the first `tau` steps, plain span corruption afterwards.
 
-Input construction for one span-corrupted batch (README, SpacTor):
+Input construction for one span-corrupted batch (docs/methods/spactor.md):
+
 1. the ordinary encoder tokens are those that are not padding, EOS or sentinels (nor ids past the data
    vocabulary); each is masked independently with probability `mask_rate`;
 2. the generator reads the input with masked tokens set to `mask_id` and predicts them (MLM loss over
@@ -11,6 +12,7 @@ Input construction for one span-corrupted batch (README, SpacTor):
    predicts "replaced" (label 1 where the sample differs from the original; a sample equal to the
    original counts as original), with a sigmoid cross-entropy averaged over the ordinary tokens;
 4. the decoder learns the span-corruption targets as usual.
+
 Loss = SC + mlm_weight * MLM + rtd_weight * RTD.
 
 Models in the state: "t5" (shared with the stage-2 objective, so its parameters and optimizer state

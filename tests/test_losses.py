@@ -21,7 +21,7 @@ def _log_softmax(logits, temperature=1.0):
 
 
 def np_divergence(kind, student, teacher, weights, beta=0.5, temperature=1.0):
-    """float64 reference of the divergences (README, Losses and divergences) with p the teacher, q the student."""
+    """float64 reference of the divergences (docs/concepts/losses.md) with p the teacher, q the student."""
     log_q, log_p = _log_softmax(student, temperature), _log_softmax(teacher, temperature)
     p, q = np.exp(log_p), np.exp(log_q)
     if kind == "fkl":

@@ -125,7 +125,7 @@ def assert_acceptance_matches(stats_, expected, rows: int) -> None:
 
 
 def numpy_divergence(kind: str, q_logits, p_logits, temperature: float, beta: float) -> np.ndarray:
-    """Per-token divergence [b, l] in float64 from logits [b, l, vocab] (README, Losses and divergences)."""
+    """Per-token divergence [b, l] in float64 from logits [b, l, vocab] (docs/concepts/losses.md)."""
 
     def log_softmax(x):
         x = np.asarray(x, np.float64) / temperature

@@ -111,7 +111,8 @@ def test_flops_ratios():
     spec = trainer.batch_spec(DATA)
     r = flops_ratio(hybrid, spec)
     assert r == hybrid.train_flops(spec) / hybrid.span_corruption.train_flops(spec) and r > 1
-    # (tau * r + S - tau) / S_baseline: the README's FLOPs formula, e.g. tau = S / 4 against 2S baseline steps.
+    # (tau * r + S - tau) / S_baseline: the FLOPs formula of docs/methods/spactor.md,
+    # e.g. tau = S / 4 against 2S baseline steps.
     assert total_flops_ratio(120, 500, 1000, 1.5) == pytest.approx((120 * 1.5 + 380) / 1000)
     assert total_flops_ratio(None, 500, 1000, 1.5) == pytest.approx(0.75)
     assert total_flops_ratio(900, 500, 1000, 1.5) == pytest.approx(0.75)

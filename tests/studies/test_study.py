@@ -106,7 +106,7 @@ def test_tables_label_exploratory_comparisons(tmp_path, capsys):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| worse beats base, explored |" in table and "| **contradicted** (exploratory) |" in table
     assert table.count("(exploratory)") == 2 and study_report.EXPLORATORY in table  # the row and the note
-    assert "| **contradicted** (exploratory) |" in study_report.readme_block(result)
+    assert "| **contradicted** (exploratory) |" in study_report.study_block(result)
     assert "[toy] exploratory comparison aside: contradicted" in capsys.readouterr().out
 
 
@@ -146,16 +146,17 @@ def test_unknown_study_and_bad_claims_are_one_line_errors():
         )
 
 
-def test_readme_block_is_regenerated_between_its_markers(tmp_path):
+def test_docs_block_is_regenerated_between_its_markers(tmp_path):
     result = study.run_study(make_study(), study.Request("toy", work_dir=str(tmp_path), out=str(tmp_path / "out")))
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- study:toy -->\nold numbers\n<!-- /study:toy -->\nend\n")
-    assert study_report.update_readme(readme, result)
-    text = readme.read_text()
+    page = tmp_path / "docs" / "methods" / "toy.md"
+    page.parent.mkdir(parents=True)
+    page.write_text("intro\n<!-- study:toy -->\nold numbers\n<!-- /study:toy -->\nend\n")
+    (tmp_path / "docs" / "other.md").write_text("no block\n")
+    assert study_report.update_docs(tmp_path / "docs", result) == [page]
+    text = page.read_text()
     assert "old numbers" not in text and "better beats base | score | better vs base" in text
     assert text.startswith("intro\n") and text.endswith("end\n")
-    readme.write_text("no block\n")
-    assert not study_report.update_readme(readme, result) and readme.read_text() == "no block\n"
+    assert (tmp_path / "docs" / "other.md").read_text() == "no block\n"
 
 
 def test_the_cli_lists_the_nine_studies(capsys):
@@ -177,44 +178,16 @@ def test_the_cli_refuses_a_study_without_a_name(capsys):
 
 
 @pytest.mark.parametrize("name", list(study.registered()))
-def test_the_readme_shows_each_committed_result_as_generated(name):
-    readme = study.README.read_text(encoding="utf-8")
+def test_the_docs_show_each_committed_result_as_generated(name):
+    pages = [
+        p for p in study_report.docs_pages(study.DOCS) if f"<!-- study:{name} -->" in p.read_text(encoding="utf-8")
+    ]
+    assert len(pages) == 1, f"the study {name} should have its block in exactly one docs page, not {pages}"
     path = study.RESULTS / name / "result.json"
-    assert f"<!-- study:{name} -->" in readme
     if path.is_file():
-        assert study_report.readme_block(json.loads(path.read_text())) in readme
+        assert study_report.study_block(json.loads(path.read_text())) in pages[0].read_text(encoding="utf-8")
     else:
         notes = (study.RESULTS / name / "notes.md").read_text()
         assert re.search(r"not (been |yet )?(re)?run (since|on)", notes, re.I), (
             f"results/{name} has neither result.json nor a not-run note"
         )
-
-
-@pytest.fixture
-def no_session_cache():
-    """The user has no compilation cache of their own (the test session's is set aside meanwhile)."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
-
-    session = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", None)
-    compilation_cache.reset_cache()
-    yield
-    jax.config.update("jax_compilation_cache_dir", session)
-    compilation_cache.reset_cache()
-
-
-def test_a_study_caches_compiled_programs_only_while_it_runs(tmp_path, no_session_cache):
-    import jax
-    import jax.numpy as jnp
-
-    def compiling_arm(context: study.ArmContext) -> dict:
-        value = jax.jit(lambda x: jnp.sin(x) * 3.0 + context.seed)(jnp.ones(1000))  # compiled once, cached
-        return {"values": {"score": float(value[0])}}
-
-    toy = study.Study(
-        "toy", "toy", "toy", (study.Arm("a", run=compiling_arm),), (study.Metric("score", "s", True),), (), seeds=1
-    )
-    study.run_study(toy, study.Request("toy", work_dir=str(tmp_path), out=str(tmp_path / "out")))
-    assert any((tmp_path / study.COMPILATION_CACHE).iterdir())
-    assert jax.config.jax_compilation_cache_dir is None
