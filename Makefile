@@ -54,7 +54,8 @@ quick-studies: install data
 demo: install-runtime
 	$(PY) scripts/setup_data.py --stats --corpus-only
 	$(VENV)/bin/littlehelp train --gin_file=runs/demo.gin --gin.MODEL_DIR=runs/demo
-	$(VENV)/bin/littlehelp infer --gin_file=runs/demo.gin --gin_file=runs/infer.gin --gin.MODEL_DIR=runs/demo --gin.NUM_EXAMPLES=4 --gin.inference.DecodingConfig.max_decode_length=32
+	$(VENV)/bin/littlehelp infer --gin_file=runs/demo.gin --gin_file=runs/infer.gin --gin.MODEL_DIR=runs/demo --gin.NUM_EXAMPLES=4 --gin.inference.infer.spread=True --gin.inference.DecodingConfig.max_decode_length=32
+	$(VENV)/bin/littlehelp report --model_dir=runs/demo
 
 # The documentation site, strictly (a broken link, a page outside every toctree, an unresolved
 # reference to littlehelp's API fails it): open docs/_build/html/index.html.

@@ -60,6 +60,17 @@ def first_examples(data: DatasetConfig, count: int) -> dict[str, np.ndarray]:
         raise ValueError(f"{data.name!r} split {data.split!r} has fewer than {count} examples") from None
 
 
+def spread_examples(data: DatasetConfig, count: int) -> dict[str, np.ndarray]:
+    """`count` unpacked examples of `data`, one from the middle of each of `count` equal parts of its split,
+    as one host batch: on a split of several works, passages of different works."""
+    unpacked = dataclasses.replace(data, pack=False, shuffle=False, repeat=False, batch_size=1)
+    examples = list(pipeline.host_dataset(unpacked).as_numpy_iterator())
+    if len(examples) < count:
+        raise ValueError(f"{data.name!r} split {data.split!r} has fewer than {count} examples")
+    chosen = [examples[int((i + 0.5) * len(examples) / count)] for i in range(count)]
+    return {key: np.concatenate([e[key] for e in chosen]) for key in chosen[0]}
+
+
 def decode_examples(
     model: StepwiseModel, params, batch: dict[str, np.ndarray], config: DecodingConfig, eos_id: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -129,6 +140,7 @@ def infer(
     feature_converter: str = "lm",
     chat: bool = False,
     num_examples: int = 8,
+    spread: bool = False,
     decoding_config: DecodingConfig = DecodingConfig(),
     mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
     checkpoint_config: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
@@ -139,6 +151,7 @@ def infer(
     Reads only the parameters of model `model_key` (e.g. 't5' in a SpacTor run); no optimizer. Texts
     are encoded and decoded with `vocabulary` (default: the data's targets vocabulary). A prompt plus
     `max_decode_length` beyond the model's context length is refused before the parameters are read.
+    `spread=True` decodes examples spread over the whole split (`spread_examples`), not its first ones.
     """
     if prompt is None and data is None:
         raise ValueError("inference.infer needs data (a run's TASK) or a prompt (PROMPT)")
@@ -148,7 +161,7 @@ def infer(
         vocabulary = seqio.get_mixture_or_task(data.name).output_features[TARGETS].vocabulary
     if prompt is None:
         assert data is not None  # refused above when both are None
-        batch = first_examples(data, num_examples)
+        batch = spread_examples(data, num_examples) if spread else first_examples(data, num_examples)
     else:
         batch = prompt_example(prompt, vocabulary, feature_converter, chat)
         decoding_config = dataclasses.replace(decoding_config, prompt_length=batch[DECODER_INPUT_TOKENS].shape[1])

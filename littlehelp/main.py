@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="call jax.distributed.initialize() first (one process per host of a pod or cluster)",
     )
     parser = argparse.ArgumentParser(prog="littlehelp", description=__doc__.splitlines()[0], epilog=OVERRIDE_HELP)
-    choices = "{" + ",".join([*launch.COMMANDS, "compile", "convert", "sweep", "study"]) + "}"
+    choices = "{" + ",".join([*launch.COMMANDS, "compile", "convert", "sweep", "study", "report"]) + "}"
     commands = parser.add_subparsers(dest="command", required=True, metavar=choices)
     for name in launch.COMMANDS:
         commands.add_parser(name, parents=[shared], help=COMMAND_HELP.get(name), epilog=OVERRIDE_HELP)
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_parser(commands)
     _add_compile_parser(commands, shared)
     _add_study_parser(commands)
+    reporter = commands.add_parser("report", help="a run folder's learning curves (curves.png) and what it learned")
+    reporter.add_argument("--model_dir", required=True, metavar="DIR", help="the run folder")
     return parser
 
 
@@ -205,6 +207,10 @@ def main(argv: Sequence[str] | None = None, *, debug_log: DebugLog | None = None
             return run_folder.convert(args.source, args.out_dir)
         if args.command == "study":
             return _study(args)
+        if args.command == "report":
+            from littlehelp import run_report  # pylint: disable=import-outside-toplevel
+
+            return run_report.report(args.model_dir)
         if args.command == "sweep":
             from littlehelp import sweep  # pylint: disable=import-outside-toplevel
 

@@ -726,7 +726,12 @@ def evaluate(
     if task_metrics is not None:
         scores = task_metrics(params, eval_data, model_dir=model_dir, step=step)
         metrics |= {f"task/{name}": value for name, value in scores.items()}
-    logging.info("eval at step %d: %s", step, {k: round(v, 4) for k, v in metrics.items()})
+    logging.info(
+        "eval at step %d over at most %d batches (the training log's eval uses train.eval_batches): %s",
+        step,
+        eval_batches,
+        {k: round(v, 4) for k, v in metrics.items()},
+    )
     with MetricsWriter(model_dir, step, step, interactive=False) as writer:
         writer.write(step, metrics, prefix="eval")
     return metrics

@@ -180,7 +180,7 @@ def test_console_module_help_runs_in_a_fresh_process():
         [sys.executable, "-m", "littlehelp.main", "--help"], capture_output=True, text=True, timeout=120, check=False
     )
     assert completed.returncode == 0
-    assert "{train,eval,infer,compile,convert,sweep,study}" in completed.stdout
+    assert "{train,eval,infer,compile,convert,sweep,study,report}" in completed.stdout
 
 
 SAVE_ERROR = (

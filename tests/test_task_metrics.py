@@ -94,3 +94,15 @@ def test_metrics_apply_the_postprocessor_to_targets_and_predictions(evaluated):
 def test_max_examples_stops_early(evaluated):
     model, params, data, _, records = evaluated
     assert inference.decode_split(model, params, data, max_examples=5) == records[:5]
+
+
+def test_spread_examples_take_the_middle_of_equal_parts_of_the_split(evaluated):
+    _, _, data, _, _ = evaluated
+    every = inference.first_examples(data, len(EXAMPLES))
+    spread = inference.spread_examples(data, 3)
+    middles = [int((i + 0.5) * len(EXAMPLES) / 3) for i in range(3)]  # 1, 5, 9 of 11
+    assert middles == [1, 5, 9]
+    for key, values in spread.items():
+        np.testing.assert_array_equal(values, every[key][middles])
+    with pytest.raises(ValueError, match="fewer than 12 examples"):
+        inference.spread_examples(data, 12)
