@@ -1,7 +1,10 @@
 """The documentation site: it builds strictly (every page in a toctree, every link and every reference to
-littlehelp's API resolved), a broken one fails the build, and every gin file a page names exists."""
+littlehelp's API resolved), a broken one fails the build, the snippets marked runnable run, and every gin
+file a page names exists."""
 
 import itertools
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +17,7 @@ from littlehelp import study_report
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
+RUNNABLE = re.compile(r"<!-- runnable -->\n```(python|bash)\n(.*?)```", re.S)
 STRICT = ["-W", "--keep-going", "-n", "-q", "-E", "-b", "dummy"]  # dummy: read and resolve, write nothing
 
 
@@ -75,3 +79,57 @@ def test_the_readme_stays_short_and_links_only_existing_pages():
     assert len(readme.splitlines()) <= 150
     linked = re.findall(r"\]\((docs/[^)#]+)\)", readme)
     assert len(linked) >= 20 and all((REPO / path).is_file() for path in linked)
+
+
+def runnable_snippets(language: str) -> list[tuple[str, str]]:
+    """[(page and line, code)] of the `language` blocks marked `<!-- runnable -->` in the docs."""
+    found = []
+    for page in study_report.docs_pages(DOCS):
+        text = page.read_text()
+        for match in RUNNABLE.finditer(text):
+            if match.group(1) == language:
+                line = text.count("\n", 0, match.start()) + 2
+                found.append((f"{page.relative_to(REPO)}:{line}", match.group(2)))
+    return found
+
+
+# One interpreter runs every Python snippet, each in a fresh namespace: imports are paid once.
+SNIPPET_RUNNER = """
+import json, sys, traceback
+failures = []
+for where, code in json.load(sys.stdin):
+    try:
+        exec(compile(code, where, "exec"), {"__name__": "__snippet__"})
+    except Exception:
+        failures.append(where + "\\n" + traceback.format_exc(limit=3))
+print("\\n".join(failures), file=sys.stderr)
+sys.exit(1 if failures else 0)
+"""
+
+
+def test_runnable_python_snippets_run(tmp_path):
+    snippets = runnable_snippets("python")
+    assert len(snippets) >= 2
+    ran = subprocess.run(
+        [sys.executable, "-c", SNIPPET_RUNNER],
+        input=json.dumps(snippets),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stderr[-4000:]
+
+
+@pytest.mark.parametrize(("where", "code"), runnable_snippets("bash"))
+def test_runnable_shell_snippets_run(tmp_path, where, code):
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # littlehelp, as after activating .venv
+    ran = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PATH": path},
+        timeout=600,
+    )
+    assert ran.returncode == 0, f"{where}: {ran.stderr[-3000:]}"
