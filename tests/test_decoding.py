@@ -26,6 +26,7 @@ ENC_DEC = build_model(
 PROMPTS = [[5, 6], [7, 8, 9, 10, 11], [12, 13, 14]]
 NEW_TOKENS = 6
 CHI2_999 = {4: 18.47, 9: 27.88}  # 99.9% quantiles of chi-square by degrees of freedom
+UNOPTIMIZED = {"xla_backend_optimization_level": 0}  # LLVM at -O0: same HLO, tiny programs compile faster
 ENCODER_INPUTS = jnp.array([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12], [13, 14, 0, 0, 0]])
 
 
@@ -80,20 +81,29 @@ def test_rollback_to_per_row_lengths_equals_never_extending(kind, decoder_params
     )
     conditioning = None if inputs is None else {"encoder_input_tokens": inputs}
     prompts, lengths = _padded([[3, 5], [3, 7, 8], [3, 12, 13, 14]])
-    _, start = model.prefill(params, model.init_cache(params, 3, 16, conditioning), prompts, lengths)
     drafted = jnp.asarray([[30, 31, 32], [33, 34, 35], [36, 37, 38]])
-    _, extended = model.extend(params, start, drafted)
     kept = jnp.asarray([0, 2, 1])  # each row keeps its own number of drafted tokens
-    rolled = rollback(extended, lengths + kept)
     follow = jnp.asarray([[20, 21], [22, 23], [24, 25]])
-    got, got_cache = model.extend(params, rolled, follow)
+
+    # Each side compiled as one program, LLVM at -O0 (op by op, the many new shapes took most of the time).
+    @functools.partial(jax.jit, compiler_options=UNOPTIMIZED)
+    def rolled_back_then_followed(conditioning, follow):
+        _, start = model.prefill(params, model.init_cache(params, 3, 16, conditioning), prompts, lengths)
+        _, extended = model.extend(params, start, drafted)
+        return model.extend(params, rollback(extended, lengths + kept), follow)
+
+    @functools.partial(jax.jit, compiler_options=UNOPTIMIZED)
+    def never_extended_then_followed(row_cond, tokens, follow):
+        cache = model.init_cache(params, 1, 16, row_cond)
+        _, cache = model.prefill(params, cache, tokens, jnp.asarray([tokens.shape[1]]))
+        return model.extend(params, cache, follow)[0]
+
+    got, got_cache = rolled_back_then_followed(conditioning, follow)
     # Reference: a fresh cache fed only the kept tokens, row by row, then the same follow-up.
     for row in range(3):
         row_cond = None if inputs is None else {"encoder_input_tokens": inputs[row : row + 1]}
         tokens = jnp.concatenate([prompts[row, : lengths[row]], drafted[row, : kept[row]]])[None]
-        cache = model.init_cache(params, 1, 16, row_cond)
-        _, cache = model.prefill(params, cache, tokens, jnp.asarray([tokens.shape[1]]))
-        want, _ = model.extend(params, cache, follow[row : row + 1])
+        want = never_extended_then_followed(row_cond, tokens, follow[row : row + 1])
         np.testing.assert_allclose(got[row], want[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got_cache.lengths, lengths + kept + 2)
 

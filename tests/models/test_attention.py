@@ -206,15 +206,20 @@ def test_kernel_backends_refuse_another_platform_in_one_line(backend, platform):
         attention.dot_product_attention(query, key, value, backend=backend)
 
 
+def _run_compiled(fn, *args):
+    """``jax.jit(fn)(*args)`` with LLVM at -O0 (same HLO, about half the compile time of these tiny programs)."""
+    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})(*args)
+
+
 def _trains_like_the_reference(objective_of, batch, backends) -> None:
     """The loss and gradients of one batch with each of ``backends`` against "xla"."""
     objectives = {backend: objective_of(backend) for backend in ("xla", *backends)}
-    params = jax.jit(objectives["xla"].init_params)(jax.random.key(0), batch)  # one program, not op by op
+    params = _run_compiled(objectives["xla"].init_params, jax.random.key(0), batch)  # one program, not op by op
     losses = {
         backend: (lambda p, o=o: o.loss(p, batch, jax.random.key(1), jnp.int32(0))[0])
         for backend, o in objectives.items()
     }
-    results = {backend: jax.jit(jax.value_and_grad(loss))(params) for backend, loss in losses.items()}
+    results = {backend: _run_compiled(jax.value_and_grad(loss), params) for backend, loss in losses.items()}
     for backend in backends:
         np.testing.assert_allclose(results[backend][0], results["xla"][0], rtol=1e-6, err_msg=backend)
         for got, expected in zip(jax.tree.leaves(results[backend][1]), jax.tree.leaves(results["xla"][1])):

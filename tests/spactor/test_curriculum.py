@@ -1,6 +1,8 @@
 """The two-stage curriculum through the trainer: stage 2 compiles to exactly a plain SC step, leaves the
 generator and RTD head untouched, and continues the T5 model's optimizer state; the FLOPs ratios."""
 
+import functools
+
 import jax
 import numpy as np
 import optax
@@ -10,7 +12,7 @@ from littlehelp import checkpoints, optimizers, partitioning, trainer
 from littlehelp.data import pipeline
 from littlehelp.objectives import Curriculum
 from spactor import flops_ratio, spactor_curriculum, total_flops_ratio
-from tests.helpers import t5_data
+from tests.helpers import t5_data, unoptimized_compiles
 from tests.spactor.helpers import tiny_hybrid
 
 # The in-memory byte-vocabulary task (259 ids, no sentinels): only shapes and plumbing matter here.
@@ -66,18 +68,29 @@ def _run(model_dir, curriculum, steps):
     )
 
 
-def _sc_updates(objective, params, opt_state, batches):
-    """Plain optax Adam updates of the T5 model alone, from a given optimizer state."""
-    grad_fn = jax.jit(jax.grad(lambda p, b: objective.loss({"t5": p}, b, jax.random.key(0), 0)[0]))
+def _sc_step(objective):
+    """One plain optax Adam update of the T5 model alone, as one program (LLVM at -O0: half the compile time)."""
+
+    @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+    def step(params, opt_state, batch):
+        grads = jax.grad(lambda p: objective.loss({"t5": p}, batch, jax.random.key(0), 0)[0])(params)
+        updates, opt_state = ADAM.tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return step
+
+
+def _sc_updates(step, params, opt_state, batches):
+    """`step`'s updates over `batches`, from a given optimizer state."""
     for batch in batches:
-        updates, opt_state = ADAM.tx.update(grad_fn(params, batch), opt_state, params)
-        params = optax.apply_updates(params, updates)
+        params, opt_state = step(params, opt_state, batch)
     return params
 
 
 def test_after_tau_only_t5_trains_and_its_optimizer_state_carries_over(tmp_path):
     hybrid = _hybrid()
-    _run(tmp_path, spactor_curriculum(hybrid, tau=2), steps=4)
+    with unoptimized_compiles():  # compiling the run's steps was most of the test's time
+        _run(tmp_path, spactor_curriculum(hybrid, tau=2), steps=4)
     at_tau, final = (checkpoints.read_arrays(tmp_path / "checkpoints" / str(s)) for s in (2, 4))
     for model in ("generator", "rtd_head"):
         jax.tree.map(np.testing.assert_array_equal, final["params"][model], at_tau["params"][model])
@@ -96,8 +109,9 @@ def test_after_tau_only_t5_trains_and_its_optimizer_state_carries_over(tmp_path)
     t5_at_tau = jax.tree.map(np.asarray, at_tau["params"]["t5"])
     template = ADAM.tx.init(t5_at_tau)
     carried = jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(at_tau["opt_state"]["t5"]))
-    expected = _sc_updates(hybrid.span_corruption, t5_at_tau, carried, batches)
-    fresh = _sc_updates(hybrid.span_corruption, t5_at_tau, template, batches)
+    step = _sc_step(hybrid.span_corruption)  # compiled once for both starting states
+    expected = _sc_updates(step, t5_at_tau, carried, batches)
+    fresh = _sc_updates(step, t5_at_tau, template, batches)
 
     def close(a, b):
         return all(np.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
