@@ -217,6 +217,73 @@ def divergence(
 
 
 # ----------------------------------------------------------------------------------------------
+# Stored teacher labels: the top k log-probabilities and the rest of the mass as one bucket.
+
+EMPTY_BUCKET = -1e30  # the log of a bucket with no mass: finite, so 0 * (log a - log b) stays 0
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TopKLabels:
+    """A teacher's distribution reduced to k + 1 buckets per token: its top k token ids [..., k] with
+    their log-probabilities [..., k] (at the temperature they were made with), and the log of the mass
+    on every other token [...] (`EMPTY_BUCKET` when the top k hold it all)."""
+
+    ids: jax.Array
+    log_probs: jax.Array
+    log_rest: jax.Array
+
+
+def _log_rest(log_probs: jax.Array, ids: jax.Array) -> jax.Array:
+    """log of the mass of `log_probs` [..., vocab] outside `ids` [..., k], summed without cancellation."""
+    outside = jnp.put_along_axis(log_probs, ids, -jnp.inf, axis=-1, inplace=False)
+    return jnp.maximum(jax.nn.logsumexp(outside, axis=-1), EMPTY_BUCKET)
+
+
+def top_k_labels(teacher_logits: jax.Array, k: int, temperature: float = 1.0) -> TopKLabels:
+    """The `TopKLabels` of `teacher_logits` [..., vocab] at `temperature` (what a store keeps)."""
+    if not 0 < k <= teacher_logits.shape[-1]:
+        raise ValueError(f"top_k_labels: k must be in 1..{teacher_logits.shape[-1]} (the vocabulary), got {k}")
+    log_p = _log_probs(jax.lax.stop_gradient(teacher_logits), temperature)
+    top, ids = jax.lax.top_k(log_p, k)
+    return TopKLabels(ids.astype(jnp.int32), top, _log_rest(log_p, ids))
+
+
+def bucketed(labels: TopKLabels) -> jax.Array:
+    """The teacher's k + 1 bucket log-probabilities [..., k + 1]: the top k, then the rest."""
+    return jnp.concatenate([labels.log_probs, labels.log_rest[..., None]], axis=-1)
+
+
+def student_buckets(student_logits: jax.Array, ids: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """The student's log-probabilities [..., k + 1] on the teacher's buckets: each of `ids`, then the rest."""
+    log_q = _log_probs(student_logits, temperature)
+    top = jnp.take_along_axis(log_q, ids, axis=-1)
+    return jnp.concatenate([jnp.maximum(top, EMPTY_BUCKET), _log_rest(log_q, ids)[..., None]], axis=-1)
+
+
+def sparse_divergence(
+    kind: str,
+    student_logits: jax.Array,
+    labels: TopKLabels,
+    weights: jax.Array,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> jax.Array:
+    """Per-token divergence [...] of `kind` between stored teacher labels and the student, on k + 1
+    buckets: each stored top-k token and one bucket for the rest of the vocabulary.
+
+    The student's logits [..., vocab] are divided by `temperature` (the labels' own temperature is the
+    one they were stored with). With k = vocab every divergence equals `divergence` on the full
+    distributions. With k < vocab it is the divergence between the two bucketed distributions:
+    FKL is KL(p || q) with the rest bucket's mass counted once, sum_i p_i log(p_i / q_i) + p_rest
+    log(p_rest / q_rest); RKL, JSD and TVD likewise; each is at most the full divergence (merging
+    outcomes never increases an f-divergence).
+    """
+    teacher = jax.lax.stop_gradient(bucketed(labels))
+    return _divergence_fn(kind, beta)(student_buckets(student_logits, labels.ids, temperature), teacher, weights, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
 # Chunked over the sequence: hidden states + head, never the whole [b, l, vocab] logits.
 
 

@@ -358,3 +358,75 @@ def test_compiled_chunked_loss_and_grad_holds_no_batch_length_vocab_buffer():
     )
     assert naive > full_logits_bytes  # the check can see such a buffer
     assert chunked < full_logits_bytes / 6
+
+
+# ----------------------------------------------------------------------------------------------
+# Stored top-k teacher labels.
+
+
+def np_buckets(log_probs, ids):
+    """float64 reference: log-probabilities [..., k + 1] of the top-k ids, then of the rest merged."""
+    top = np.take_along_axis(log_probs, ids, axis=-1)
+    rest = 1.0 - np.exp(top).sum(-1)
+    return np.concatenate([top, np.log(np.maximum(rest, 1e-300))[..., None]], axis=-1)
+
+
+@pytest.mark.parametrize("k", [1, 4, 11])
+def test_top_k_labels_are_the_teachers_top_k_and_its_remaining_mass(k):
+    _, teacher, _ = _pair()
+    labels = losses.top_k_labels(jnp.asarray(teacher, jnp.float32), k, temperature=2.0)
+    log_p = _log_softmax(teacher, 2.0)
+    expected_ids = np.argsort(-log_p, axis=-1)[..., :k]
+    np.testing.assert_array_equal(np.asarray(labels.ids), expected_ids)
+    np.testing.assert_allclose(labels.log_probs, np.take_along_axis(log_p, expected_ids, -1), atol=1e-5)
+    expected_rest = np_buckets(log_p, expected_ids)[..., -1]
+    if k < 11:
+        np.testing.assert_allclose(labels.log_rest, expected_rest, rtol=1e-4)
+    else:
+        assert np.all(np.asarray(labels.log_rest) == losses.EMPTY_BUCKET)
+
+
+@pytest.mark.parametrize("kind", losses.DIVERGENCES)
+def test_sparse_divergence_with_every_token_stored_is_the_dense_one_and_so_is_its_gradient(kind):
+    student, teacher, weights = _f32(*_pair())
+    labels = losses.top_k_labels(teacher, 11)
+    sparse = losses.sparse_divergence(kind, student, labels, weights, beta=0.3)
+    dense = losses.divergence(kind, student, teacher, weights, beta=0.3)
+    np.testing.assert_allclose(sparse, dense, atol=1e-5)
+    grad_sparse = jax.grad(lambda s: losses.sparse_divergence(kind, s, labels, weights, beta=0.3).sum())(student)
+    grad_dense = jax.grad(lambda s: losses.divergence(kind, s, teacher, weights, beta=0.3).sum())(student)
+    assert np.all(np.isfinite(grad_sparse))
+    np.testing.assert_allclose(grad_sparse, grad_dense, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", losses.DIVERGENCES)
+def test_sparse_divergence_is_the_divergence_of_the_bucketed_distributions(kind):
+    student, teacher, weights = _pair(seed=1)
+    k, temperature = 4, 1.5
+    labels = losses.top_k_labels(jnp.asarray(teacher, jnp.float32), k)
+    ids = np.asarray(labels.ids)
+    log_p = np_buckets(_log_softmax(teacher), ids)
+    log_q = np_buckets(_log_softmax(student, temperature), ids)
+    expected = np_divergence(kind, log_q, log_p, weights, beta=0.3)  # buckets as logits: log_softmax keeps them
+    got = losses.sparse_divergence(kind, *_f32(student), labels, *_f32(weights), beta=0.3, temperature=temperature)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    full = np_divergence(kind, student / temperature, teacher, weights, beta=0.3)
+    assert np.all(np.asarray(got) <= full + 1e-5)  # merging outcomes never increases an f-divergence
+
+
+def test_sparse_divergence_gradient_matches_finite_differences():
+    student, teacher, weights = _pair(shape=(2, 3, 7), seed=2)
+    labels = losses.top_k_labels(jnp.asarray(teacher, jnp.float32), 3)
+    ids = np.asarray(labels.ids)
+    log_p = np_buckets(_log_softmax(teacher), ids)
+
+    def reference(s):
+        return np_divergence("fkl", np_buckets(_log_softmax(s), ids), log_p, weights).sum()
+
+    grad = jax.grad(lambda s: losses.sparse_divergence("fkl", s, labels, *_f32(weights)).sum())(*_f32(student))
+    step, numeric = 1e-6, np.zeros_like(student)
+    for index in np.ndindex(student.shape):
+        bumped = student.copy()
+        bumped[index] += step
+        numeric[index] = (reference(bumped) - reference(student)) / step
+    np.testing.assert_allclose(grad, numeric, atol=1e-3)
