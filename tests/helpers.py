@@ -1,7 +1,5 @@
 """Small shared fixtures for the trainer tests: tiny models, tiny data configs."""
 
-import contextlib
-
 import flax.linen as nn
 import jax
 import numpy as np
@@ -66,15 +64,3 @@ def save_params_only(params, folder) -> None:
     state = ParamsOnlyState(np.zeros((), np.int32), {"model": params})
     checkpointer.save(0, state, {"batches_consumed": 0}, force=True)
     checkpointer.close()
-
-
-@contextlib.contextmanager
-def unoptimized_compiles():
-    """XLA compiles with most optimizations off (jax_disable_most_optimizations: LLVM at -O0), for tests of
-    what a program computes, not how fast: a tiny train step compiles in about half the time."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", previous)

@@ -26,7 +26,6 @@ ENC_DEC = build_model(
 PROMPTS = [[5, 6], [7, 8, 9, 10, 11], [12, 13, 14]]
 NEW_TOKENS = 6
 CHI2_999 = {4: 18.47, 9: 27.88}  # 99.9% quantiles of chi-square by degrees of freedom
-UNOPTIMIZED = {"xla_backend_optimization_level": 0}  # LLVM at -O0: same HLO, tiny programs compile faster
 ENCODER_INPUTS = jnp.array([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12], [13, 14, 0, 0, 0]])
 
 
@@ -85,14 +84,14 @@ def test_rollback_to_per_row_lengths_equals_never_extending(kind, decoder_params
     kept = jnp.asarray([0, 2, 1])  # each row keeps its own number of drafted tokens
     follow = jnp.asarray([[20, 21], [22, 23], [24, 25]])
 
-    # Each side compiled as one program, LLVM at -O0 (op by op, the many new shapes took most of the time).
-    @functools.partial(jax.jit, compiler_options=UNOPTIMIZED)
+    # Each side compiled as one program (op by op, the many new shapes took most of the time).
+    @jax.jit
     def rolled_back_then_followed(conditioning, follow):
         _, start = model.prefill(params, model.init_cache(params, 3, 16, conditioning), prompts, lengths)
         _, extended = model.extend(params, start, drafted)
         return model.extend(params, rollback(extended, lengths + kept), follow)
 
-    @functools.partial(jax.jit, compiler_options=UNOPTIMIZED)
+    @jax.jit
     def never_extended_then_followed(row_cond, tokens, follow):
         cache = model.init_cache(params, 1, 16, row_cond)
         _, cache = model.prefill(params, cache, tokens, jnp.asarray([tokens.shape[1]]))

@@ -14,7 +14,6 @@ import pytest
 
 from littlehelp import config, main, metrics, profiling, sweep
 from littlehelp.config import ConfigError
-from tests.helpers import unoptimized_compiles
 
 WANDB_HEADER, WANDB_BLOCK, CHUNK_HEADER = b":W&B", 32768, 7
 FULL, LAST = 1, 4
@@ -73,7 +72,7 @@ def _train(model_dir: Path, steps: int, *extra: str):
 def tracked_run(tmp_path_factory):
     """A tiny run of 3 steps with the W&B tracker (offline), resumed to 5 steps with steps 3 -> 5 profiled."""
     folder = tmp_path_factory.mktemp("tracked") / "run"
-    with pytest.MonkeyPatch.context() as patch, unoptimized_compiles():
+    with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WANDB_MODE", "offline")
         patch.setenv("WANDB_SILENT", "true")
         patch.setenv(metrics.WANDB_GROUP_VARIABLE, "tracking-test")

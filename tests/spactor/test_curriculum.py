@@ -1,8 +1,6 @@
 """The two-stage curriculum through the trainer: stage 2 compiles to exactly a plain SC step, leaves the
 generator and RTD head untouched, and continues the T5 model's optimizer state; the FLOPs ratios."""
 
-import functools
-
 import jax
 import numpy as np
 import optax
@@ -12,7 +10,7 @@ from littlehelp import checkpoints, optimizers, partitioning, trainer
 from littlehelp.data import pipeline
 from littlehelp.objectives import Curriculum
 from spactor import flops_ratio, spactor_curriculum, total_flops_ratio
-from tests.helpers import t5_data, unoptimized_compiles
+from tests.helpers import t5_data
 from tests.spactor.helpers import tiny_hybrid
 
 # The in-memory byte-vocabulary task (259 ids, no sentinels): only shapes and plumbing matter here.
@@ -69,9 +67,9 @@ def _run(model_dir, curriculum, steps):
 
 
 def _sc_step(objective):
-    """One plain optax Adam update of the T5 model alone, as one program (LLVM at -O0: half the compile time)."""
+    """One plain optax Adam update of the T5 model alone, as one program."""
 
-    @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+    @jax.jit
     def step(params, opt_state, batch):
         grads = jax.grad(lambda p: objective.loss({"t5": p}, batch, jax.random.key(0), 0)[0])(params)
         updates, opt_state = ADAM.tx.update(grads, opt_state, params)
@@ -89,8 +87,7 @@ def _sc_updates(step, params, opt_state, batches):
 
 def test_after_tau_only_t5_trains_and_its_optimizer_state_carries_over(tmp_path):
     hybrid = _hybrid()
-    with unoptimized_compiles():  # compiling the run's steps was most of the test's time
-        _run(tmp_path, spactor_curriculum(hybrid, tau=2), steps=4)
+    _run(tmp_path, spactor_curriculum(hybrid, tau=2), steps=4)
     at_tau, final = (checkpoints.read_arrays(tmp_path / "checkpoints" / str(s)) for s in (2, 4))
     for model in ("generator", "rtd_head"):
         jax.tree.map(np.testing.assert_array_equal, final["params"][model], at_tau["params"][model])

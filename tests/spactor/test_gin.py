@@ -15,7 +15,6 @@ from littlehelp.data import DatasetConfig, downstream, vocab
 from littlehelp.models import T5, build_model, count_params
 from littlehelp.objectives import EncoderDecoderObjective
 from spactor import flops_ratio, spactor_curriculum, total_flops_ratio
-from tests.helpers import unoptimized_compiles
 
 PAPER = {"t5_1_1_base": (768, 120_000, 12), "t5_1_1_large": (1024, 250_000, 24)}
 
@@ -74,11 +73,6 @@ def _train(model_dir, steps):
 
 
 def test_tiny_runs_switches_at_tau_and_resumes_exactly_across_the_switch(tmp_path):
-    with unoptimized_compiles():  # compiling the runs' steps was most of the test's time
-        _tiny_runs_switch_at_tau_and_resume_exactly_across_the_switch(tmp_path)
-
-
-def _tiny_runs_switch_at_tau_and_resume_exactly_across_the_switch(tmp_path):
     straight = _train(tmp_path / "straight", 4)
     assert (straight.first_step, straight.last_step) == (0, 4)
     records = {r["step"]: r for r in metrics.read_jsonl(tmp_path / "straight" / "metrics.jsonl")}
