@@ -317,7 +317,7 @@ def read_result(folder: Path, last_step: int, seconds: float, reused: bool, pree
     """A `RunResult` whose metrics are the last train and eval records of `folder/metrics.jsonl`."""
     from littlehelp import metrics  # pylint: disable=import-outside-toplevel
 
-    path = folder / "metrics.jsonl"
+    path = folder / metrics.METRICS_FILE_NAME
     records = metrics.read_jsonl(path) if path.is_file() else []
     return RunResult(
         model_dir=folder,

@@ -54,11 +54,14 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
+METRICS_FILE_NAME = "metrics.jsonl"
+
+
 class JsonlTracker:
     """MODEL_DIR/metrics.jsonl: one JSON record per write, `{"step": N, "train/loss": ...}`."""
 
     def __init__(self, model_dir: Path):
-        self.path = model_dir / "metrics.jsonl"
+        self.path = model_dir / METRICS_FILE_NAME
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, step: int, values: Mapping[str, float]) -> None:

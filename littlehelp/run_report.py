@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from littlehelp.metrics import read_jsonl
+from littlehelp.metrics import METRICS_FILE_NAME, read_jsonl
 from littlehelp.runs import RunFolderError
 
 CURVES_NAME = "curves.png"
@@ -76,7 +76,7 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None:
 def report(model_dir: str | Path) -> list[str]:
     """Writes MODEL_DIR/curves.png and prints (and returns) the summary lines of the run folder."""
     folder = Path(model_dir)
-    metrics_file = folder / "metrics.jsonl"
+    metrics_file = folder / METRICS_FILE_NAME
     if not metrics_file.is_file():
         raise RunFolderError(f"report: {folder} has no metrics.jsonl: train it first (littlehelp train ...)")
     records = read_jsonl(metrics_file)

@@ -260,9 +260,9 @@ def flops_between(records: Sequence[Mapping[str, Any]], start: int, end: float) 
 
 def train_flops(model_dir: Path, start: int = 0, end: float = math.inf) -> float:
     """Training FLOPs of a run's steps start+1..end (default: all), from its metrics.jsonl."""
-    from littlehelp.metrics import read_jsonl  # pylint: disable=import-outside-toplevel
+    from littlehelp.metrics import METRICS_FILE_NAME, read_jsonl  # pylint: disable=import-outside-toplevel
 
-    return flops_between(read_jsonl(Path(model_dir) / "metrics.jsonl"), start, end)
+    return flops_between(read_jsonl(Path(model_dir) / METRICS_FILE_NAME), start, end)
 
 
 def run_arm(context: ArmContext) -> Outcome:

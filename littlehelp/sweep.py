@@ -264,39 +264,27 @@ def train_points(
     sweep at once. The points' W&B runs (`metrics.WandbTracker`) are grouped under the sweep's MODEL_DIR.
     """
     outcomes: dict[str, str | None] = {}
-    if points:
-        with metrics.wandb_group(str(points[0].folder.parent)):
-            _train_in_turn(points, bindings, gin_files, stop_on_failure, outcomes)
+    with metrics.wandb_group(str(points[0].folder.parent) if points else ""):
+        for number, (point, binding) in enumerate(zip(points, bindings), start=1):
+            print(f"sweep point {number}/{len(points)}: {point.folder}", flush=True)
+            try:
+                launch.require_finished(launch.train(gin_files, binding, point.folder))
+            except PreemptedError:
+                raise
+            except LittlehelpError as error:
+                outcomes[point.folder.name] = error.one_line()
+                print(f"  {point.folder.name}: failed: {error.one_line()}", flush=True)
+                if stop_on_failure:
+                    break
+            else:
+                outcomes[point.folder.name] = None
     return outcomes
-
-
-def _train_in_turn(
-    points: Sequence[Point],
-    bindings: Sequence[Mapping[str, str]],
-    gin_files: Sequence[str],
-    stop_on_failure: bool,
-    outcomes: dict[str, str | None],
-) -> None:
-    """`train_points`' loop: fills `outcomes` point by point."""
-    for number, (point, binding) in enumerate(zip(points, bindings), start=1):
-        print(f"sweep point {number}/{len(points)}: {point.folder}", flush=True)
-        try:
-            launch.require_finished(launch.train(gin_files, binding, point.folder))
-        except PreemptedError:
-            raise
-        except LittlehelpError as error:
-            outcomes[point.folder.name] = error.one_line()
-            print(f"  {point.folder.name}: failed: {error.one_line()}", flush=True)
-            if stop_on_failure:
-                break
-        else:
-            outcomes[point.folder.name] = None
 
 
 def point_summary(point: Point, outcomes: Mapping[str, str | None]) -> dict[str, Any]:
     """A point's swept values, its status and error (from `outcomes`, as `train_points` returns them), and
     the final train and last eval metrics of its metrics.jsonl."""
-    path = point.folder / "metrics.jsonl"
+    path = point.folder / metrics.METRICS_FILE_NAME
     records = metrics.read_jsonl(path) if path.is_file() else []
     train_step, train = last_metrics(records, "train")
     eval_step, evaluation = last_metrics(records, "eval")
