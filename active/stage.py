@@ -46,6 +46,7 @@ import tensorflow as tf
 from active import loop, validation
 from active.clustering import cluster_margin_clusters
 from active.selectors import Pool, Selection, Selector, gradient_embeddings, make_selector
+from littlehelp.data import derived_tasks
 from littlehelp.data.pipeline import EXAMPLE_WEIGHT
 
 Example = Mapping[str, np.ndarray]
@@ -70,20 +71,10 @@ def read_examples(
     task: str, split: str = "train", max_examples: int | None = None, sequence_length: Mapping[str, int] | None = None
 ) -> list[dict[str, np.ndarray]]:
     """The first `max_examples` preprocessed examples of `task`'s split, in source order."""
-    dataset = _source_dataset(seqio.get_mixture_or_task(task), split, sequence_length)
+    dataset = derived_tasks.source_split(seqio.get_mixture_or_task(task), split, sequence_length)
     if max_examples is not None:
         dataset = dataset.take(max_examples)
     return list(dataset.as_numpy_iterator())
-
-
-def _source_dataset(task: seqio.Task, split: str, sequence_length: Mapping[str, int] | None) -> tf.data.Dataset:
-    return task.get_dataset(
-        sequence_length=None if sequence_length is None else dict(sequence_length),
-        split=split,
-        shuffle=False,
-        num_epochs=1,
-        try_in_mem_cache=False,
-    )
 
 
 def score_examples(scorer: Scorer, examples: Sequence[Example], batch_size: int = 256) -> dict[str, np.ndarray]:
@@ -134,7 +125,7 @@ def register_subset(
     (positive, one per example) each example holds its weight as float32 feature `example_weight`.
     """
     source = seqio.get_mixture_or_task(source_task)
-    signature = dict(_source_dataset(source, split, sequence_length).element_spec)
+    signature = dict(derived_tasks.source_split(source, split, sequence_length).element_spec)
     stored = [dict(example) for example in examples]
     if weights is not None:
         weights = validation.check_weights(weights, len(stored))
@@ -142,7 +133,7 @@ def register_subset(
         for example, weight in zip(stored, weights):
             example[EXAMPLE_WEIGHT] = np.float32(weight)
     selected = lambda: tf.data.Dataset.from_generator(lambda: iter(stored), output_signature=signature)  # noqa: E731
-    return _register_with_split(name, source, split, selected, sequence_length)
+    return derived_tasks.register_with_split(name, source, split, selected, sequence_length)
 
 
 def register_positions(
@@ -171,8 +162,8 @@ def register_positions(
     if weights is not None:
         weight_at = np.zeros(pool_size, np.float32)
         weight_at[indices] = validation.check_weights(weights, len(indices))
-    selected = lambda: _at_positions(_source_dataset(source, split, sequence_length), keep, weight_at)  # noqa: E731
-    return _register_with_split(name, source, split, selected, sequence_length)
+    selected = lambda: _at_positions(derived_tasks.source_split(source, split, sequence_length), keep, weight_at)  # noqa: E731
+    return derived_tasks.register_with_split(name, source, split, selected, sequence_length)
 
 
 def _at_positions(dataset: tf.data.Dataset, keep: np.ndarray, weight_at: np.ndarray | None) -> tf.data.Dataset:
@@ -183,32 +174,6 @@ def _at_positions(dataset: tf.data.Dataset, keep: np.ndarray, weight_at: np.ndar
         return kept.map(lambda _, example: example)
     weights = tf.constant(weight_at)
     return kept.map(lambda i, example: {**example, EXAMPLE_WEIGHT: tf.gather(weights, i)})
-
-
-def _register_with_split(
-    name: str,
-    source: seqio.Task,
-    selected_split: str,
-    selected: Callable[[], tf.data.Dataset],
-    sequence_length: Mapping[str, int] | None,
-) -> seqio.Task:
-    """Registers Task `name` (replacing one of that name): `selected()` as its `selected_split`, the
-    source's other splits read from the source at `sequence_length`; no preprocessing of its own."""
-
-    def dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
-        del shuffle_files, seed  # one shard; seqio shuffles examples
-        if split != selected_split:
-            return _source_dataset(source, split, sequence_length)
-        return selected()
-
-    if name in seqio.TaskRegistry.names():
-        seqio.TaskRegistry.remove(name)
-    return seqio.TaskRegistry.add(
-        name,
-        source=seqio.FunctionDataSource(dataset_fn, splits=list(source.splits), num_input_examples=None),
-        preprocessors=[],
-        output_features=source.output_features,
-    )
 
 
 def select(

@@ -13,3 +13,10 @@ DECODER_POSITIONS = "decoder_positions"
 # A task's features: what its preprocessors yield, and what its output features and feature lengths are keyed by.
 INPUTS = "inputs"
 TARGETS = "targets"
+
+# A teacher's stored soft labels per target token (`littlehelp.data.teacher_labels`), as a Task's
+# examples and the feature converters' outputs carry them: its top-k ids [length, k], their
+# log-probabilities [length, k] and the log of the mass on every other token [length].
+TEACHER_IDS = "teacher_ids"
+TEACHER_LOG_PROBS = "teacher_log_probs"
+TEACHER_LOG_REST = "teacher_log_rest"

@@ -91,6 +91,14 @@ def load_frozen_models(
     return FrozenParams(params, records)
 
 
+def load_on_one_device(model: FrozenModel, example: Mapping[str, Any]) -> tuple[Params, dict[str, Any]]:
+    """One frozen model's parameters on a 1-device mesh (shapes from `example`, a batch of numpy
+    arrays) and its record (path, select, step, fingerprint): for passes outside a run (scoring, labelling)."""
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+    loaded = load_frozen_models({"frozen": model}, example, mesh, partitioning.logical_axis_rules())
+    return loaded.params["frozen"], loaded.records["frozen"]
+
+
 def check_and_record(model_dir: str | Path, frozen: FrozenParams) -> None:
     """Writes MODEL_DIR/frozen_models.json on the first run (process 0 only); on a resumed run refuses
     a changed model (on every process)."""

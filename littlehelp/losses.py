@@ -350,6 +350,26 @@ def chunked_divergence(
     return _chunked(token_fn, student_hidden, student_head, (teacher_hidden, weights), frozen, chunk_size)
 
 
+def _mixed_token_fn(soft_fn: Callable, z_loss: float) -> Callable:
+    """A chunk's (1 - mix) (cross-entropy + z-loss) + mix soft_fn(...) per token, and (hard, soft).
+
+    The side chunk is (teacher side, targets, weights, mix); `soft_fn(logits, teacher side, frozen,
+    weights)` is the weighted divergence per token."""
+
+    def token_fn(logits, side, frozen):
+        teacher, token_targets, token_weights, token_mix = side
+        hard = token_cross_entropy(logits, token_targets, token_weights, z_loss)
+        soft = soft_fn(logits, teacher, frozen, token_weights)
+        return (1.0 - token_mix) * (hard.cross_entropy + hard.z_loss) + token_mix * soft, (hard, soft)
+
+    return token_fn
+
+
+def _mix_side(teacher: Any, targets: jax.Array, weights: jax.Array, mix: jax.Array | float) -> tuple:
+    mix = jnp.broadcast_to(jax.lax.stop_gradient(jnp.asarray(mix, jnp.float32)), weights.shape)
+    return (teacher, targets, weights, mix)
+
+
 def chunked_labels_and_divergence(
     kind: str,
     student_hidden: jax.Array,
@@ -375,15 +395,36 @@ def chunked_labels_and_divergence(
     teacher_hidden = jax.lax.stop_gradient(teacher_hidden)
     teacher_fn, teacher_consts = _convert(teacher_head, teacher_hidden, chunk_size)
 
-    def token_fn(logits, side, frozen):
-        hidden, token_targets, token_weights, token_mix = side
-        hard = token_cross_entropy(logits, token_targets, token_weights, z_loss)
-        soft = token_divergence(logits, teacher_fn(hidden, *frozen), token_weights, temperature)
-        return (1.0 - token_mix) * (hard.cross_entropy + hard.z_loss) + token_mix * soft, (hard, soft)
+    def soft_fn(logits, hidden, frozen, token_weights):
+        return token_divergence(logits, teacher_fn(hidden, *frozen), token_weights, temperature)
 
-    mix = jnp.broadcast_to(jax.lax.stop_gradient(jnp.asarray(mix, jnp.float32)), weights.shape)
-    side = (teacher_hidden, targets, weights, mix)
-    return _chunked(token_fn, student_hidden, student_head, side, jax.lax.stop_gradient(teacher_consts), chunk_size)
+    side = _mix_side(teacher_hidden, targets, weights, mix)
+    frozen = jax.lax.stop_gradient(teacher_consts)
+    return _chunked(_mixed_token_fn(soft_fn, z_loss), student_hidden, student_head, side, frozen, chunk_size)
+
+
+def chunked_labels_and_stored_divergence(
+    kind: str,
+    student_hidden: jax.Array,
+    student_head: Head,
+    labels: TopKLabels,
+    targets: jax.Array,
+    weights: jax.Array,
+    mix: jax.Array | float,
+    z_loss: float = 0.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> ChunkedLoss:
+    """`chunked_labels_and_divergence` with stored teacher labels ([b, l, k] / [b, l]) in place of a
+    teacher: the divergence is `sparse_divergence` on the k + 1 buckets, and no teacher runs."""
+
+    def soft_fn(logits, token_labels, frozen, token_weights):
+        del frozen
+        return sparse_divergence(kind, logits, token_labels, token_weights, beta, temperature)
+
+    side = _mix_side(jax.lax.stop_gradient(labels), targets, weights, mix)
+    return _chunked(_mixed_token_fn(soft_fn, z_loss), student_hidden, student_head, side, [], chunk_size)
 
 
 def _convert(head: Head, hidden: jax.Array, chunk_size: int) -> tuple[Callable, list]:

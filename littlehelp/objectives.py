@@ -17,7 +17,14 @@ import jax
 import jax.numpy as jnp
 
 from littlehelp import flops, losses
-from littlehelp.features import DECODER_LOSS_WEIGHTS, DECODER_TARGET_TOKENS
+from littlehelp.config import ConfigError
+from littlehelp.features import (
+    DECODER_LOSS_WEIGHTS,
+    DECODER_TARGET_TOKENS,
+    TEACHER_IDS,
+    TEACHER_LOG_PROBS,
+    TEACHER_LOG_REST,
+)
 from littlehelp.models import Model
 from littlehelp.typing import Batch, BatchSpec, Metrics, Params
 
@@ -60,6 +67,23 @@ def token_weights(batch: Batch) -> jax.Array:
     if EXAMPLE_WEIGHTS in batch:
         weights = weights * batch[EXAMPLE_WEIGHTS].astype(jnp.float32)
     return weights
+
+
+def stored_teacher_labels(batch: Batch) -> losses.TopKLabels:
+    """The stored teacher labels a batch of a labelled Task carries (`littlehelp.data.teacher_labels`):
+    ids and log-probabilities [b, l * k] reshaped to [b, l, k]; log-probabilities below
+    `losses.EMPTY_BUCKET` (float16's -inf: an empty rest) read as it."""
+    missing = [name for name in (TEACHER_IDS, TEACHER_LOG_PROBS, TEACHER_LOG_REST) if name not in batch]
+    if missing:
+        raise ConfigError(
+            f"the batch has no stored teacher labels ({', '.join(missing)}): train on a labelled Task "
+            "(teacher_labels.labelled_task) or give the objective a teacher"
+        )
+    log_rest = batch[TEACHER_LOG_REST]
+    slots = lambda x: x.reshape(*log_rest.shape, -1)  # noqa: E731  [b, l * k] -> [b, l, k]
+    floor = lambda x: jnp.maximum(x.astype(jnp.float32), losses.EMPTY_BUCKET)  # noqa: E731
+    ids, log_probs = slots(batch[TEACHER_IDS]), slots(batch[TEACHER_LOG_PROBS])
+    return losses.TopKLabels(ids, floor(log_probs), floor(log_rest))
 
 
 def token_metrics(sums: losses.TokenLossSums, total: jax.Array | None = None) -> tuple[jax.Array, Metrics]:

@@ -5,7 +5,13 @@ For the first n_KD steps the student q trains on
     (1 - omega) CE(y, q) + omega FKL(p_teacher || q)        per target token,
 
 the teacher p a frozen model (`trainer.train.frozen_models`, read from a checkpoint path in gin),
-both models' logits divided by `temperature` inside the FKL term; then on the plain LM loss. The
+both models' logits divided by `temperature` inside the FKL term; then on the plain LM loss.
+
+With `teacher = None` the soft labels are the teacher's stored top-k (a labelled Task,
+`littlehelp.data.teacher_labels`): FKL becomes the KL divergence between the teacher's k + 1 buckets
+(its top k tokens and the rest of the vocabulary as one) and the student's mass on the same buckets
+(`losses.sparse_divergence`), the step runs no teacher and holds no teacher parameters, and the
+temperature must be 1 (the labels are stored at temperature 1). The
 transition is abrupt (omega constant until n_KD, the default) or linear (omega decays from its
 value at step 0 to 0 at n_KD). The two heads run chunked over the sequence in one pass
 (`losses.chunked_labels_and_divergence`), so no [batch, length, vocab] logits exist.
@@ -32,7 +38,7 @@ from littlehelp import flops, losses
 from littlehelp.config import ConfigError
 from littlehelp.features import DECODER_TARGET_TOKENS
 from littlehelp.models import Model
-from littlehelp.objectives import Curriculum, Objective, token_metrics, token_weights
+from littlehelp.objectives import Curriculum, Objective, stored_teacher_labels, token_metrics, token_weights
 from littlehelp.typing import Array, Batch, Metrics, Params
 
 TRANSITIONS = ("abrupt", "linear")
@@ -43,7 +49,9 @@ def _refuse(problem: str) -> NoReturn:
     raise ConfigError(f"salt: {problem}")
 
 
-def _check_knobs(model: Model, teacher: Model, omega: float, temperature: float, decay_steps: int | None) -> None:
+def _check_knobs(
+    model: Model, teacher: Model | None, omega: float, temperature: float, decay_steps: int | None
+) -> None:
     """Refuses, by name, a mixing weight, temperature, decay or teacher vocabulary the objective cannot use."""
     if not 0.0 <= omega <= 1.0:
         _refuse(f"DistillationObjective.omega must be in [0, 1], got {omega!r}")
@@ -53,6 +61,13 @@ def _check_knobs(model: Model, teacher: Model, omega: float, temperature: float,
         isinstance(decay_steps, bool) or not isinstance(decay_steps, int) or decay_steps < 1
     ):
         _refuse(f"DistillationObjective.decay_steps must be None or an integer >= 1, got {decay_steps!r}")
+    if teacher is None:
+        if temperature != 1.0:
+            _refuse(
+                f"DistillationObjective.temperature={temperature!r} with stored labels (teacher None): "
+                "they are stored at temperature 1"
+            )
+        return
     student_vocab, teacher_vocab = model.config.vocab_size, teacher.config.vocab_size
     if student_vocab != teacher_vocab:
         _refuse(
@@ -66,7 +81,8 @@ class DistillationObjective:
     """(1 - omega) CE + omega FKL(teacher || student) per token (see the module docstring).
 
     model: the student (trained, under `model_key`); teacher: the frozen teacher's seam (its
-    parameters are the trainer's frozen model `teacher_key`); omega: the soft labels' share;
+    parameters are the trainer's frozen model `teacher_key`), or None to read stored labels from the
+    batch; omega: the soft labels' share;
     temperature: on both models' logits in the FKL term; decay_steps: None (omega constant) or the
     step at which a linear decay of omega reaches 0 (`salt_curriculum` sets it for 'linear');
     z_loss: as the plain LM objective's; chunk_size: positions per chunk of the two heads.
@@ -75,7 +91,7 @@ class DistillationObjective:
     def __init__(
         self,
         model: Model = gin.REQUIRED,
-        teacher: Model = gin.REQUIRED,
+        teacher: Model | None = gin.REQUIRED,
         omega: float = 0.5,
         temperature: float = 1.0,
         decay_steps: int | None = None,
@@ -108,30 +124,42 @@ class DistillationObjective:
 
     def loss(self, params: Params, batch: Batch, rng: Array, step: Array) -> tuple[Array, Metrics]:
         """Mean mixed loss per target token; metrics: cross-entropy, FKL, accuracy, z-loss, omega."""
-        student, teacher = params[self.model_key], params[self.teacher_key]
+        student = params[self.model_key]
         weights = token_weights(batch)
         omega = self.omega_at(step)
-        mixed = losses.chunked_labels_and_divergence(
-            "fkl",
-            self.model.hidden_states(student, batch, rng),
-            lambda h: self.model.logits_from_hidden(student, h),
-            self.teacher.hidden_states(teacher, batch),
-            lambda h: self.teacher.logits_from_hidden(teacher, h),
-            batch[DECODER_TARGET_TOKENS],
-            weights,
-            omega,
-            self.z_loss,
-            self.chunk_size,
-            temperature=self.temperature,
-        )
+        hidden = self.model.hidden_states(student, batch, rng)
+        head = lambda h: self.model.logits_from_hidden(student, h)  # noqa: E731
+        targets = batch[DECODER_TARGET_TOKENS]
+        if self.teacher is None:
+            labels = stored_teacher_labels(batch)
+            mixed = losses.chunked_labels_and_stored_divergence(
+                "fkl", hidden, head, labels, targets, weights, omega, self.z_loss, self.chunk_size
+            )
+        else:
+            teacher = params[self.teacher_key]
+            mixed = losses.chunked_labels_and_divergence(
+                "fkl",
+                hidden,
+                head,
+                self.teacher.hidden_states(teacher, batch),
+                lambda h: self.teacher.logits_from_hidden(teacher, h),
+                targets,
+                weights,
+                omega,
+                self.z_loss,
+                self.chunk_size,
+                temperature=self.temperature,
+            )
         hard, soft = mixed.per_token
         sums = losses.token_sums(hard, weights)
         loss, metrics = token_metrics(sums, mixed.total)
         return loss, metrics | {"fkl": jnp.sum(soft) / jnp.maximum(sums.weight, 1.0), "omega": omega}
 
     def train_flops(self, batch: Batch) -> float:
-        """Student forward + backward and teacher forward (heads over every position)."""
-        return flops.TRAIN_MULTIPLIER * self.model.forward_flops(batch) + self.teacher.forward_flops(batch)
+        """Student forward + backward and teacher forward (heads over every position; no teacher with
+        stored labels)."""
+        teacher = 0.0 if self.teacher is None else self.teacher.forward_flops(batch)
+        return flops.TRAIN_MULTIPLIER * self.model.forward_flops(batch) + teacher
 
 
 @gin.configurable(module="salt")

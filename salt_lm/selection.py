@@ -44,7 +44,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,9 @@ import seqio
 from absl import logging
 
 from active import stage, validation
-from littlehelp import frozen, losses, partitioning
+from littlehelp import frozen, losses
 from littlehelp.config import ConfigError
-from littlehelp.data import pipeline, vocab
+from littlehelp.data import teacher_labels, vocab
 from littlehelp.errors import LittlehelpError
 from littlehelp.features import DECODER_INPUT_TOKENS, DECODER_LOSS_WEIGHTS, DECODER_TARGET_TOKENS, TARGETS
 from littlehelp.models import Model
@@ -67,7 +67,6 @@ from littlehelp.typing import Array, Params
 DEFAULT_TOP_K = 10
 DEFAULT_FRACTION = 0.5
 SCORES_FILE, METADATA_FILE = "scores.npy", "scores.json"
-LM_FEATURES = (DECODER_INPUT_TOKENS, DECODER_TARGET_TOKENS, DECODER_LOSS_WEIGHTS)
 MATCHED_FIELDS = ("task", "split", "sequence_length", "top_k")  # and the teacher's fingerprint
 METADATA_FIELDS = MATCHED_FIELDS + ("teacher", "count", "seconds", "flops", "sha256")
 
@@ -180,32 +179,12 @@ class Scoring:
         }
 
 
-def _padded(rows: np.ndarray, batch_size: int) -> np.ndarray:
-    """`rows` [n, ...] with zero rows appended up to `batch_size`."""
-    return np.pad(rows, [(0, batch_size - len(rows))] + [(0, 0)] * (rows.ndim - 1))
-
-
-def lm_batches(scoring: Scoring) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-    """(batch of LM_FEATURES [batch_size, L], real rows): the split's sequences in order, one epoch;
-    the last batch padded with all-zero (zero-weight) rows."""
-    dataset = seqio.get_dataset(
-        scoring.task,
-        dict(scoring.sequence_length),
-        pipeline.LMFeatureConverter(pack=False),
-        dataset_split=scoring.split,
-        shuffle=False,
-        num_epochs=1,
-        verbose=False,
-    )
-    for batch in dataset.batch(scoring.batch_size).prefetch(2).as_numpy_iterator():
-        rows = len(batch[DECODER_TARGET_TOKENS])
-        yield {name: _padded(batch[name], scoring.batch_size) for name in LM_FEATURES}, rows
-
-
 def score_split(model: Model, params: Params, scoring: Scoring) -> np.ndarray:
     """SALT_DS scores [n] float32 of the split's sequences in order, streamed batch by batch."""
     scored, count, started = [], 0, time.perf_counter()
-    for index, (batch, rows) in enumerate(lm_batches(scoring), 1):
+    for index, (batch, rows) in enumerate(
+        teacher_labels.lm_batches(scoring.task, scoring.split, scoring.sequence_length, scoring.batch_size), 1
+    ):
         scored.append(batch_scores(model, params, batch, scoring.top_k, scoring.chunk_size)[:rows])
         count += rows
         if index % scoring.log_every == 0:
@@ -363,14 +342,6 @@ def _check_task(scoring: Scoring, teacher: frozen.FrozenModel) -> None:
         )
 
 
-def load_teacher(teacher: frozen.FrozenModel, sequence_length: Mapping[str, int]) -> tuple[Params, dict[str, Any]]:
-    """The teacher's parameters, read-only onto a 1-device mesh, and its record (path, select, step, fingerprint)."""
-    mesh = partitioning.make_mesh(partitioning.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
-    example = {DECODER_INPUT_TOKENS: np.zeros((1, sequence_length[TARGETS]), np.int32)}
-    loaded = frozen.load_frozen_models({"teacher": teacher}, example, mesh, partitioning.logical_axis_rules())
-    return loaded.params["teacher"], loaded.records["teacher"]
-
-
 def selected_count(fraction: float, count: int) -> int:
     """How many of `count` sequences a `fraction` keeps: the nearest integer, halves up, at least 1."""
     return max(1, math.floor(fraction * count + 0.5))
@@ -393,7 +364,8 @@ def select(
     _check_task(scoring, teacher)
     first = stage.read_examples(scoring.task, scoring.split, 1, scoring.sequence_length)
     validation.check_rows(f"split {scoring.split!r} of task {scoring.task!r}", len(first))
-    params, record = load_teacher(teacher, scoring.sequence_length)
+    example = {DECODER_INPUT_TOKENS: np.zeros((1, scoring.sequence_length[TARGETS]), np.int32)}
+    params, record = frozen.load_on_one_device(teacher, example)
     scores = scores_for(teacher.model, params, record, scoring, scores_dir)
     return stage.select_from_scores(
         scoring.task,

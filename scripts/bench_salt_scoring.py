@@ -5,7 +5,7 @@ layers, 4 query heads x 64, 2 KV heads, SwiGLU 1024, float32; random parameters:
 depend on their values). Per batch size, on `--task`'s `--split` cut at `--length` tokens:
 - model only: `salt_lm.selection.batch_scores` on one batch of the split, `--repeats` timed calls
   after the compiling one (median), with the achieved FLOP/s (`Model.forward_flops`);
-- input only: the split's LM batches (`salt_lm.selection.lm_batches`) read without scoring;
+- input only: the split's LM batches (`littlehelp.data.teacher_labels.lm_batches`) read without scoring;
 - streamed: `salt_lm.selection.score_split` over the whole split (input and model together, the last
   batch padded), as a SALT_DS run scores it;
 - memory: XLA's memory analysis of the compiled scoring function (temp bytes) beside the
@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 
 import littlehelp.data  # noqa: E402,F401  (registers the built-in tasks)
 from littlehelp.benchmark import Benchmark, header_markdown, repeated, seconds_of  # noqa: E402
+from littlehelp.data import teacher_labels  # noqa: E402
 from littlehelp.features import DECODER_INPUT_TOKENS, TARGETS  # noqa: E402
 from littlehelp.models import DecoderConfig, Model, build_model  # noqa: E402
 from salt_lm import selection  # noqa: E402
@@ -81,12 +82,17 @@ def bench_batch_size(model: Model, params: Any, batch_size: int, args: argparse.
     scoring = selection.Scoring(
         args.task, {TARGETS: args.length}, args.split, args.top_k, batch_size, args.chunk_size, log_every=10**9
     )
-    batch, _ = next(selection.lm_batches(scoring))
+    batch, _ = next(teacher_labels.lm_batches(scoring.task, scoring.split, scoring.sequence_length, scoring.batch_size))
     score = lambda: selection.batch_scores(model, params, batch, args.top_k, args.chunk_size)  # noqa: E731
     compile_seconds, _ = seconds_of(score)
     model_seconds = statistics.median(repeated(score, args.repeats))
     start = time.perf_counter()
-    sequences = sum(rows for _, rows in selection.lm_batches(scoring))
+    sequences = sum(
+        rows
+        for _, rows in teacher_labels.lm_batches(
+            scoring.task, scoring.split, scoring.sequence_length, scoring.batch_size
+        )
+    )
     input_seconds = time.perf_counter() - start
     streamed_seconds, scores = seconds_of(lambda: selection.score_split(model, params, scoring))
     memory = selection.batch_scores.lower(model, params, batch, args.top_k, args.chunk_size).compile().memory_analysis()

@@ -3,9 +3,11 @@
 import flax.linen as nn
 import jax
 import numpy as np
+import seqio
+import tensorflow as tf
 
 from littlehelp import checkpoints
-from littlehelp.data import DatasetConfig
+from littlehelp.data import DatasetConfig, tasks
 from littlehelp.models import DecoderConfig, T5Config
 from littlehelp.models.convert.run_folder import ParamsOnlyState
 
@@ -64,3 +66,24 @@ def save_params_only(params, folder) -> None:
     state = ParamsOnlyState(np.zeros((), np.int32), {"model": params})
     checkpointer.save(0, state, {"batches_consumed": 0}, force=True)
     checkpointer.close()
+
+
+def register_token_task(name: str, sequences: dict[str, list[np.ndarray]]) -> None:
+    """Registers (once) decoder-LM Task `name` whose splits hold the given int32 token sequences, under
+    the byte vocabulary (259 ids), no EOS added."""
+    if name in seqio.TaskRegistry.names():
+        return
+
+    def dataset(split: str, shuffle_files: bool = False, seed=None) -> tf.data.Dataset:
+        del shuffle_files, seed
+        return tf.data.Dataset.from_generator(
+            lambda: ({"targets": s} for s in sequences[split]),
+            output_signature={"targets": tf.TensorSpec([None], tf.int32)},
+        )
+
+    seqio.TaskRegistry.add(
+        name,
+        source=seqio.FunctionDataSource(dataset, splits=list(sequences)),
+        preprocessors=[],
+        output_features={"targets": seqio.Feature(tasks.BYTE_VOCABULARY, add_eos=False)},
+    )

@@ -430,3 +430,23 @@ def test_sparse_divergence_gradient_matches_finite_differences():
         bumped[index] += step
         numeric[index] = (reference(bumped) - reference(student)) / step
     np.testing.assert_allclose(grad, numeric, atol=1e-3)
+
+
+def test_chunked_stored_labels_loss_with_every_token_stored_equals_the_live_teachers_and_so_do_gradients():
+    hidden, params, teacher_hidden, teacher_kernel, weights, targets = _models()
+    mix = jnp.linspace(0.0, 1.0, 13)[None, :] * jnp.ones((2, 1))  # a per-token share, 0 .. 1
+    live = lambda h, p: losses.chunked_labels_and_divergence(  # noqa: E731
+        "fkl", h, _head(p), teacher_hidden, lambda x: x @ teacher_kernel, targets, weights, mix, 1e-2, 4
+    )
+    labels = losses.top_k_labels(teacher_hidden @ teacher_kernel, 50)  # k = vocab: every token stored
+    stored = lambda h, p: losses.chunked_labels_and_stored_divergence(  # noqa: E731
+        "fkl", h, _head(p), labels, targets, weights, mix, 1e-2, 4
+    )
+    value, grads = jax.value_and_grad(lambda h, p: live(h, p).total, argnums=(0, 1))(hidden, params)
+    got, got_grads = jax.jit(jax.value_and_grad(lambda h, p: stored(h, p).total, argnums=(0, 1)))(hidden, params)
+    np.testing.assert_allclose(got, value, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    (hard, soft), (live_hard, live_soft) = stored(hidden, params).per_token, live(hidden, params).per_token
+    np.testing.assert_allclose(soft, live_soft, atol=1e-5)
+    np.testing.assert_allclose(hard.cross_entropy, live_hard.cross_entropy, rtol=1e-6)

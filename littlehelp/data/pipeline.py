@@ -34,33 +34,72 @@ from jax.sharding import Mesh
 from littlehelp import checkpoints, partitioning
 from littlehelp.config import ConfigError
 from littlehelp.data import preprocessors, vocab
-from littlehelp.features import TARGETS
+from littlehelp.features import TARGETS, TEACHER_IDS, TEACHER_LOG_PROBS, TEACHER_LOG_REST
 from littlehelp.objectives import EXAMPLE_WEIGHTS
 
 EXAMPLE_WEIGHT = "example_weight"  # optional Task feature: one positive float32 weight per example
-_WEIGHT_BITS = "example_weight_bits"  # the weight's float32 bits as int32, one per target token, while packing
+
+# seqio packs only 1-D int32 sequences and keeps each one's nonzero entries, so a carried feature
+# travels as int32 sequences with no zero in them, `slots` entries per target token:
+_WEIGHT_BITS = "example_weight_bits"  # the weight's float32 bits (a positive float's bits are nonzero)
+_TEACHER_ID_PLUS_ONE = "teacher_id_plus_one"  # each top-k id + 1, k slots per token
+_TEACHER_LOG_PROB_BITS = "teacher_log_prob_bits"  # each float16 log-probability's bits | MARKER, k slots
+_TEACHER_LOG_REST_BITS = "teacher_log_rest_bits"  # the float16 log rest's bits | MARKER, 1 slot
+_MARKER = 1 << 16  # above a float16's 16 bits: makes every encoded value nonzero
+TEACHER_LABELS = (TEACHER_IDS, TEACHER_LOG_PROBS, TEACHER_LOG_REST)
 
 
-def _spread_weight_bits(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """Adds the example's weight bits under every target token (seqio packs only int32 sequences, and
-    trims each at its first zero: a positive float's bits are a nonzero int32, restored exactly)."""
-    bits = tf.bitcast(tf.cast(features[EXAMPLE_WEIGHT], tf.float32), tf.int32)
-    return dict(features, **{_WEIGHT_BITS: tf.fill(tf.shape(features[TARGETS]), bits)})
+def _float16_bits(values: tf.Tensor) -> tf.Tensor:
+    """float16 `values` as nonzero int32 (their 16 bits, with `_MARKER` set), flattened."""
+    bits = tf.cast(tf.bitcast(tf.cast(values, tf.float16), tf.uint16), tf.int32)
+    return tf.reshape(tf.bitwise.bitwise_or(bits, _MARKER), [-1])
+
+
+def _from_float16_bits(encoded: tf.Tensor) -> tf.Tensor:
+    """Inverse of `_float16_bits` as float32 (padding, 0, reads as 0.0)."""
+    bits = tf.cast(tf.bitwise.bitwise_and(encoded, 0xFFFF), tf.uint16)
+    return tf.cast(tf.bitcast(bits, tf.float16), tf.float32)
+
+
+def _carried_sequences(features: dict[str, tf.Tensor], weighted: bool, top_k: int) -> dict[str, tf.Tensor]:
+    """The example with its weight and teacher labels as the int32 sequences that carry them through packing."""
+    carried = {name: x for name, x in features.items() if name not in (EXAMPLE_WEIGHT, *TEACHER_LABELS)}
+    if weighted:
+        bits = tf.bitcast(tf.cast(features[EXAMPLE_WEIGHT], tf.float32), tf.int32)
+        carried[_WEIGHT_BITS] = tf.fill(tf.shape(features[TARGETS]), bits)
+    if top_k:
+        carried[_TEACHER_ID_PLUS_ONE] = tf.reshape(tf.cast(features[TEACHER_IDS], tf.int32) + 1, [-1])
+        carried[_TEACHER_LOG_PROB_BITS] = _float16_bits(features[TEACHER_LOG_PROBS])
+        carried[_TEACHER_LOG_REST_BITS] = _float16_bits(features[TEACHER_LOG_REST])
+    return carried
 
 
 # The mixin only ever comes before a seqio feature converter, whose methods it extends: type-checked as one.
 _SeqioConverter: Any = seqio.FeatureConverter if TYPE_CHECKING else object
 
 
-class _CarriesExampleWeights(_SeqioConverter):
-    """Feature-converter mixin: a Task whose examples hold `example_weight` (a positive scalar, e.g. a
-    selector's importance weight) yields model feature `example_weights` [length], packed or not: each
-    target token carries its example's weight, padding 0. Tasks without the feature convert as in seqio."""
+class _CarriesPerTokenFeatures(_SeqioConverter):
+    """Feature-converter mixin for two optional kinds of Task feature, packed or not:
+
+    - `example_weight` (a positive scalar, e.g. a selector's importance weight) yields model feature
+      `example_weights` [length]: each target token carries its example's weight, padding 0;
+    - stored teacher labels (`teacher_ids` [n, k] int32, `teacher_log_probs` [n, k] and
+      `teacher_log_rest` [n] float16, one row per target token) yield the same three model features,
+      `teacher_ids` and `teacher_log_probs` flattened to [length * k] (seqio packs rank-1 features
+      only; `objectives.stored_teacher_labels` reshapes them) and `teacher_log_rest` [length], the
+      log-probabilities as float32, under the target token they belong to; padding holds id 0 and
+      log-probability 0.
+
+    Tasks without them convert as in seqio.
+    """
 
     _weighted = False
+    _top_k = 0  # the stored labels' k (0: none)
 
     def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-        self._weighted = EXAMPLE_WEIGHT in ds.element_spec
+        spec = ds.element_spec
+        self._weighted = EXAMPLE_WEIGHT in spec
+        self._top_k = int(spec[TEACHER_IDS].shape[-1]) if TEACHER_IDS in spec else 0
         return super().__call__(ds, task_feature_lengths)
 
     @property
@@ -68,33 +107,58 @@ class _CarriesExampleWeights(_SeqioConverter):
         features = dict(super().MODEL_FEATURES)
         if self._weighted:
             features[EXAMPLE_WEIGHTS] = seqio.FeatureConverter.FeatureSpec(dtype=tf.float32)
+        if self._top_k:
+            features[TEACHER_IDS] = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+            features[TEACHER_LOG_PROBS] = seqio.FeatureConverter.FeatureSpec(dtype=tf.float32)
+            features[TEACHER_LOG_REST] = seqio.FeatureConverter.FeatureSpec(dtype=tf.float32)
         return features
 
-    def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-        if not self._weighted:
-            return super()._convert_features(ds, task_feature_lengths)
-        ds = ds.map(_spread_weight_bits, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = self._pack_or_pad(ds, {**task_feature_lengths, _WEIGHT_BITS: task_feature_lengths[TARGETS]})
-        return ds.map(self._convert_weighted_example, num_parallel_calls=tf.data.AUTOTUNE)
+    def _carried_lengths(self, length: int) -> dict[str, int]:
+        """The packed length of each carried sequence for `length` target tokens."""
+        lengths = {_WEIGHT_BITS: length} if self._weighted else {}
+        if self._top_k:
+            lengths |= {
+                _TEACHER_ID_PLUS_ONE: length * self._top_k,
+                _TEACHER_LOG_PROB_BITS: length * self._top_k,
+                _TEACHER_LOG_REST_BITS: length,
+            }
+        return lengths
 
-    def _convert_weighted_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+        if not (self._weighted or self._top_k):
+            return super()._convert_features(ds, task_feature_lengths)
+        weighted, top_k = self._weighted, self._top_k
+        ds = ds.map(lambda x: _carried_sequences(x, weighted, top_k), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = self._pack_or_pad(ds, {**task_feature_lengths, **self._carried_lengths(task_feature_lengths[TARGETS])})
+        return ds.map(self._convert_carried_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def _convert_carried_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         converted = dict(self._convert_example(features))
-        converted[EXAMPLE_WEIGHTS] = tf.bitcast(features[_WEIGHT_BITS], tf.float32)
+        if self._weighted:
+            converted[EXAMPLE_WEIGHTS] = tf.bitcast(features[_WEIGHT_BITS], tf.float32)
+        if self._top_k:
+            converted[TEACHER_IDS] = tf.maximum(features[_TEACHER_ID_PLUS_ONE] - 1, 0)
+            converted[TEACHER_LOG_PROBS] = _from_float16_bits(features[_TEACHER_LOG_PROB_BITS])
+            converted[TEACHER_LOG_REST] = _from_float16_bits(features[_TEACHER_LOG_REST_BITS])
         return converted
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
         lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
+        length = task_feature_lengths[TARGETS]
         if self._weighted:
-            lengths[EXAMPLE_WEIGHTS] = task_feature_lengths[TARGETS]
+            lengths[EXAMPLE_WEIGHTS] = length
+        if self._top_k:
+            lengths |= {TEACHER_IDS: length * self._top_k, TEACHER_LOG_PROBS: length * self._top_k}
+            lengths[TEACHER_LOG_REST] = length
         return lengths
 
 
-class EncDecFeatureConverter(_CarriesExampleWeights, seqio.EncDecFeatureConverter):
-    """seqio's encoder-decoder converter, carrying `example_weight` into `example_weights`."""
+class EncDecFeatureConverter(_CarriesPerTokenFeatures, seqio.EncDecFeatureConverter):
+    """seqio's encoder-decoder converter, carrying example weights and stored teacher labels."""
 
 
-class LMFeatureConverter(_CarriesExampleWeights, seqio.LMFeatureConverter):
-    """seqio's decoder-only LM converter, carrying `example_weight` into `example_weights`."""
+class LMFeatureConverter(_CarriesPerTokenFeatures, seqio.LMFeatureConverter):
+    """seqio's decoder-only LM converter, carrying example weights and stored teacher labels."""
 
 
 FEATURE_CONVERTERS = {

@@ -41,7 +41,7 @@ LM = DecoderObjective(STUDENT, z_loss=0.0)
 
 
 def kd(**knobs) -> DistillationObjective:
-    return DistillationObjective(STUDENT, TEACHER, **({"z_loss": 0.0, "chunk_size": 5} | knobs))
+    return DistillationObjective(STUDENT, **({"teacher": TEACHER, "z_loss": 0.0, "chunk_size": 5} | knobs))
 
 
 def synthetic_batch(rows: int = 3, length: int = 12) -> dict[str, np.ndarray]:
@@ -99,6 +99,37 @@ def test_gradient_equals_the_unchunked_loss_gradient_and_the_teacher_gets_none()
     for got, want in zip(jax.tree.leaves(grads["model"]), jax.tree.leaves(expected["model"])):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     assert all(np.all(g == 0) for g in jax.tree.leaves(grads["teacher"]))
+
+
+def stored_label_batch(batch, k: int) -> dict[str, np.ndarray]:
+    """`batch` with the teacher's top-k labels as a labelled Task's batch carries them ([b, l * k] flat)."""
+    labels = losses.top_k_labels(TEACHER.logits(PARAMS["teacher"], batch), k)
+    flat = lambda x: np.asarray(x).reshape(x.shape[0], -1)  # noqa: E731
+    return batch | {
+        "teacher_ids": flat(labels.ids),
+        "teacher_log_probs": flat(labels.log_probs),
+        "teacher_log_rest": np.asarray(labels.log_rest),
+    }
+
+
+def test_with_every_token_stored_the_loss_and_gradient_equal_the_live_teachers_and_no_teacher_runs():
+    batch = synthetic_batch()
+    stored, student_only = stored_label_batch(batch, VOCAB), {"model": PARAMS["model"]}
+    live_loss = lambda p: kd(omega=0.4).loss(p, batch, None, 0)  # noqa: E731
+    stored_loss = lambda p: kd(omega=0.4, teacher=None).loss(p, stored, None, 0)  # noqa: E731
+    (loss, logged), grads = jax.jit(jax.value_and_grad(live_loss, has_aux=True))(PARAMS)
+    (got, got_logged), got_grads = jax.jit(jax.value_and_grad(stored_loss, has_aux=True))(student_only)
+    np.testing.assert_allclose([float(got), float(got_logged["fkl"])], [float(loss), float(logged["fkl"])], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(got_grads["model"]), jax.tree.leaves(grads["model"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert kd(teacher=None).train_flops(batch) == 3 * STUDENT.forward_flops(batch) < kd().train_flops(batch)
+
+
+def test_stored_labels_need_temperature_1_and_a_batch_that_carries_them():
+    with pytest.raises(ConfigError, match="temperature=2.0 with stored labels"):
+        kd(teacher=None, temperature=2.0)
+    with pytest.raises(ConfigError, match="no stored teacher labels"):
+        kd(teacher=None).loss({"model": PARAMS["model"]}, synthetic_batch(), None, 0)
 
 
 def test_omega_is_constant_or_decays_linearly_to_zero_at_n_kd():

@@ -12,15 +12,14 @@ import jax
 import numpy as np
 import pytest
 import seqio
-import tensorflow as tf
 from scipy.special import logsumexp
 
 from littlehelp import frozen
 from littlehelp.config import ConfigError
-from littlehelp.data import tasks
+from littlehelp.data import teacher_labels
 from littlehelp.models import DecoderConfig, build_model
 from salt_lm import selection
-from tests.helpers import random_params, save_params_only
+from tests.helpers import random_params, register_token_task, save_params_only
 
 TASK, LENGTH, VOCAB = "salt_ds_test_lm", 16, 264  # the byte vocabulary (259 ids) fits VOCAB
 TEACHER = build_model(
@@ -36,21 +35,7 @@ SEQUENCES = {  # lengths 1..24: some padded, some trimmed to LENGTH
 }
 
 
-def _dataset(split: str, shuffle_files: bool = False, seed=None) -> tf.data.Dataset:
-    del shuffle_files, seed
-    return tf.data.Dataset.from_generator(
-        lambda: ({"targets": s} for s in SEQUENCES[split]),
-        output_signature={"targets": tf.TensorSpec([None], tf.int32)},
-    )
-
-
-if TASK not in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.add(
-        TASK,
-        source=seqio.FunctionDataSource(_dataset, splits=list(SEQUENCES)),
-        preprocessors=[],
-        output_features={"targets": seqio.Feature(tasks.BYTE_VOCABULARY, add_eos=False)},
-    )
+register_token_task(TASK, SEQUENCES)
 
 
 @gin.configurable(module="test_salt_selection")
@@ -315,7 +300,7 @@ def test_the_gin_entry_point_selects_once_per_process(teacher, tmp_path, monkeyp
     ],
 )
 def test_bad_input_is_refused_by_name_before_the_teacher_is_read(teacher, tmp_path, monkeypatch, knobs, error, message):
-    monkeypatch.setattr(selection, "load_teacher", lambda *a: pytest.fail("the teacher was read"))
+    monkeypatch.setattr(selection.frozen, "load_on_one_device", lambda *a: pytest.fail("the teacher was read"))
     model = build_model(dataclasses.replace(TEACHER.config, vocab_size=knobs.pop("vocab_size", VOCAB)))
     arguments = {"task": TASK, "sequence_length": {"targets": LENGTH}, "scores_dir": str(tmp_path)} | knobs
     with pytest.raises(error) as refused:
@@ -326,7 +311,7 @@ def test_bad_input_is_refused_by_name_before_the_teacher_is_read(teacher, tmp_pa
 def test_the_scoring_pass_flops_are_xla_s_count_of_the_compiled_program_less_its_elementwise_work():
     """One batch's count is XLA's for the compiled scoring program, less its elementwise work (<10% for a
     teacher wide enough that matrix products dominate, as any real one)."""
-    batch = {name: np.zeros((4, LENGTH), np.int32) for name in selection.LM_FEATURES}
+    batch = {name: np.zeros((4, LENGTH), np.int32) for name in teacher_labels.LM_FEATURES}
     wide = build_model(
         DecoderConfig(
             vocab_size=VOCAB,
