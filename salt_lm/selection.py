@@ -309,6 +309,37 @@ def scores_for(
     return scores
 
 
+def store_scores(labels_dir: str | os.PathLike, scoring: Scoring, scores_dir: str | os.PathLike) -> np.ndarray:
+    """The split's scores from a teacher-label store of it (`littlehelp.data.teacher_labels`): each
+    example's median of -log p(true token) over its tokens of rank < top_k, the same scores as
+    `score_split`'s, with no teacher pass. Written to `scores_dir` with the store's teacher and the
+    FLOPs of the pass that built it. Refuses a store of another split or sequence length, or of
+    another Task than `scoring.task` (or the Task it labels), by name."""
+    manifest, records = teacher_labels.read_store(labels_dir)
+    labelled = teacher_labels.store_of(scoring.task)
+    same_task = scoring.task == manifest["task"] or (labelled is not None and Path(labelled) == Path(labels_dir))
+    if not same_task or (manifest["split"], manifest["sequence_length"]) != (scoring.split, scoring.sequence_length):
+        raise ConfigError(
+            f"SALT_DS: label store {labels_dir} holds {manifest['task']}:{manifest['split']} at "
+            f"{manifest['sequence_length']}, not {scoring.task}:{scoring.split} at {scoring.sequence_length}"
+        )
+    scores = np.array(
+        [_median_kept(-r["target_log_prob"], r["target_rank"] < scoring.top_k) for r in records.as_numpy_iterator()],
+        np.float32,
+    )
+    record = {**scoring.metadata(manifest["teacher"]), "seconds": 0.0, "flops": manifest["flops"]}
+    write_scores(scores_dir, scores, record | {"labels_dir": str(labels_dir)})
+    return scores
+
+
+def _median_kept(values: np.ndarray, keep: np.ndarray) -> float:
+    """The median of `values` where `keep` (the mean of the two middle values for an even count), 0 for none."""
+    kept = np.sort(values[keep].astype(np.float32))
+    if not len(kept):
+        return 0.0
+    return float(np.float32(0.5) * (kept[(len(kept) - 1) // 2] + kept[len(kept) // 2]))
+
+
 # ----------------------------------------------------------------------------------------------
 # Selection.
 
@@ -318,7 +349,7 @@ def _check_fraction(fraction: float) -> None:
         raise ConfigError(f"SALT_DS fraction must be in (0, 1], got {fraction!r}")
 
 
-def _check_task(scoring: Scoring, teacher: frozen.FrozenModel) -> None:
+def _check_task(scoring: Scoring, teacher: frozen.FrozenModel | None) -> None:
     """Refuses a Mixture, an unknown Task or split, a Task that is not a decoder LM one, and a teacher
     with fewer vocabulary ids than the Task's targets (a padded one, as 8100 ids in 8192, is fine)."""
     if scoring.task in seqio.MixtureRegistry.names():
@@ -335,7 +366,7 @@ def _check_task(scoring: Scoring, teacher: frozen.FrozenModel) -> None:
         )
     vocabulary = task.output_features[TARGETS].vocabulary
     vocab.load_vocabulary(vocabulary)
-    if teacher.model.config.vocab_size < vocabulary.vocab_size:
+    if teacher is not None and teacher.model.config.vocab_size < vocabulary.vocab_size:
         raise ConfigError(
             f"SALT_DS teacher vocabulary size {teacher.model.config.vocab_size} is smaller than "
             f"task {scoring.task!r}'s vocabulary size {vocabulary.vocab_size}"
@@ -349,24 +380,33 @@ def selected_count(fraction: float, count: int) -> int:
 
 def select(
     scoring: Scoring,
-    teacher: frozen.FrozenModel,
+    teacher: frozen.FrozenModel | None,
     scores_dir: str | os.PathLike,
     fraction: float = DEFAULT_FRACTION,
     name: str | None = None,
+    labels_dir: str | os.PathLike | None = None,
 ) -> stage.StageResult:
-    """Scores `scoring`'s split with `teacher` (or reads the scores from `scores_dir`), keeps the
-    `fraction` highest and registers them as Task `name` (default `{task}_salt_ds_{fraction}`).
+    """Scores `scoring`'s split with `teacher` (or reads the scores from `scores_dir`, or computes them
+    from the teacher-label store `labels_dir` instead of running a teacher), keeps the `fraction`
+    highest and registers them as Task `name` (default `{task}_salt_ds_{fraction}`). Selecting from a
+    labelled Task keeps each selected example's stored labels.
 
     The fraction, the Task, split and vocabulary sizes, and a non-empty split are checked before the
     teacher is read.
     """
     _check_fraction(fraction)
+    if (teacher is None) == (labels_dir is None):
+        raise ConfigError("SALT_DS needs a teacher or a teacher-label store (labels_dir), one of the two")
     _check_task(scoring, teacher)
     first = stage.read_examples(scoring.task, scoring.split, 1, scoring.sequence_length)
     validation.check_rows(f"split {scoring.split!r} of task {scoring.task!r}", len(first))
-    example = {DECODER_INPUT_TOKENS: np.zeros((1, scoring.sequence_length[TARGETS]), np.int32)}
-    params, record = frozen.load_on_one_device(teacher, example)
-    scores = scores_for(teacher.model, params, record, scoring, scores_dir)
+    if labels_dir is not None:
+        scores = store_scores(labels_dir, scoring, scores_dir)
+    else:
+        assert teacher is not None
+        example = {DECODER_INPUT_TOKENS: np.zeros((1, scoring.sequence_length[TARGETS]), np.int32)}
+        params, record = frozen.load_on_one_device(teacher, example)
+        scores = scores_for(teacher.model, params, record, scoring, scores_dir)
     return stage.select_from_scores(
         scoring.task,
         {"scores": scores},
@@ -390,7 +430,7 @@ _SELECTED: dict[str, tuple] = {}
 @gin.configurable(module="salt")
 def selected_task(
     task: str = gin.REQUIRED,
-    teacher: frozen.FrozenModel = gin.REQUIRED,
+    teacher: frozen.FrozenModel | None = None,
     sequence_length: Mapping[str, int] = gin.REQUIRED,
     scores_dir: str = gin.REQUIRED,
     fraction: float = DEFAULT_FRACTION,
@@ -400,13 +440,15 @@ def selected_task(
     name: str | None = None,
     chunk_size: int = losses.DEFAULT_CHUNK_SIZE,
     log_every: int = 100,
+    labels_dir: str | None = None,
 ) -> str:
     """gin entry point: `TASK = @salt.selected_task()`; selects once per process (a run's train and
-    evaluation data may both ask) and returns the new Task's name (see `select`)."""
+    evaluation data may both ask) and returns the new Task's name (see `select`; a `teacher` or a
+    `labels_dir`)."""
     scoring = Scoring(task, sequence_length, split, top_k, batch_size, chunk_size, log_every)
     task_name = name or default_name(scoring, fraction)
-    key = (task, teacher, scoring.sequence_length[TARGETS], str(scores_dir), fraction, top_k, split)
+    key = (task, teacher, scoring.sequence_length[TARGETS], str(scores_dir), fraction, top_k, split, labels_dir)
     if _SELECTED.get(task_name) != key or task_name not in seqio.TaskRegistry.names():
-        select(scoring, teacher, scores_dir, fraction, task_name)
+        select(scoring, teacher, scores_dir, fraction, task_name, labels_dir)
         _SELECTED[task_name] = key
     return task_name

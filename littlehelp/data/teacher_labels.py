@@ -467,9 +467,19 @@ def _with_labels(example: Mapping[str, tf.Tensor], labels: Mapping[str, tf.Tenso
         }
 
 
+# Tasks registered by `register_labelled_task` in this process: Task name -> its store.
+_STORES: dict[str, str] = {}
+
+
+def store_of(task: str) -> str | None:
+    """The store whose labels Task `task` carries (registered in this process), or None."""
+    return _STORES.get(task)
+
+
 def register_labelled_task(name: str, store_dir: str | os.PathLike) -> seqio.Task:
     """Registers Task `name`: the store's split with each example's labels, the source's other splits."""
     manifest, _ = read_store(store_dir)
+    _STORES[name] = str(store_dir)
     source = seqio.get_mixture_or_task(manifest["task"])
     store = str(store_dir)
 

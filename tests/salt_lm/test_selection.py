@@ -228,6 +228,34 @@ def test_selected_task_holds_the_top_fraction_in_source_order_and_the_source_val
     assert task_targets("salt_ds_half", "validation") == task_targets(TASK, "validation")
 
 
+def test_scores_from_a_label_store_equal_the_teachers_and_select_the_same_labelled_examples(teacher, tmp_path):
+    store = tmp_path / "labels"
+    config = teacher_labels.StoreConfig(TASK, {"targets": LENGTH}, top_k=4, batch_size=4)
+    record = {"path": teacher.path, "select": "model", "step": 0, "fingerprint": frozen.fingerprint(PARAMS)}
+    manifest = teacher_labels.build_store(TEACHER, PARAMS, record, config, store)
+    teacher_labels.register_labelled_task("salt_ds_labelled", store)
+    labelled = dataclasses.replace(scoring(), task="salt_ds_labelled")
+    result = selection.select(
+        labelled, None, tmp_path / "scores", fraction=0.5, name="salt_ds_half_labelled", labels_dir=store
+    )
+    scores, saved = selection.read_scores(tmp_path / "scores")
+    np.testing.assert_allclose(scores, reference_scores(), rtol=1e-5, atol=1e-6)  # top_k 64 from a k = 4 store
+    assert saved["flops"] == manifest["flops"] > 0 and saved["teacher"]["fingerprint"] == record["fingerprint"]
+    top = np.sort(np.argsort(-reference_scores())[:7])
+    np.testing.assert_array_equal(np.sort(result.indices), top)
+    rows = list(
+        seqio.get_mixture_or_task("salt_ds_half_labelled")
+        .get_dataset({"targets": LENGTH}, split="train", shuffle=False)
+        .as_numpy_iterator()
+    )
+    assert [r["targets"].tolist() for r in rows] == [SEQUENCES["train"][i][:LENGTH].tolist() for i in top]
+    assert all(r["teacher_ids"].shape == (len(r["targets"]), 4) for r in rows)  # the labels came along
+    with pytest.raises(ConfigError, match="holds salt_ds_test_lm:train at"):
+        selection.select(dataclasses.replace(scoring(), split="validation"), None, tmp_path / "other", labels_dir=store)
+    with pytest.raises(ConfigError, match="a teacher or a teacher-label store"):
+        selection.select(scoring(), teacher, tmp_path / "both", labels_dir=store)
+
+
 def test_the_gin_entry_point_selects_once_per_process(teacher, tmp_path, monkeypatch):
     gin.parse_config(
         "\n".join(
