@@ -28,6 +28,13 @@ token 0 and the first `prompt_length` target tokens (0 allowed: the continuation
 start), and the divergence is over the decoder's continuation positions. A sampled row counts with its
 first target token's weight when there is no decoder prompt. The draft and the target must be of one kind.
 
+Stored labels: with `target = None` and fixed data, the target's distributions are its top-k stored
+once (`littlehelp.data.teacher_labels`, a labelled decoder-LM Task) and the divergence is taken between
+the target's k + 1 buckets (its top k tokens, then the rest of the vocabulary as one) and the draft's
+mass on them (`losses.sparse_divergence`: FKL, RKL, JSD[beta] and TVD of the bucketed distributions,
+each at most the full divergence, equal to it when k is the vocabulary); the step runs no target and
+holds no target parameters. The labels are at temperature 1, so `temperature` must be 1.
+
 Random keys: `choice_key, sample_key = jax.random.split(rng)`; the source is drawn with `choice_key`
 (`choose_source`), tokens are sampled with `sample_key` by `littlehelp.decoding.generate`.
 """
@@ -48,7 +55,7 @@ from littlehelp import decoding, flops, losses
 from littlehelp.config import ConfigError
 from littlehelp.features import DECODER_INPUT_TOKENS, ENCODER_INPUT_TOKENS, ENCODER_SEGMENT_IDS
 from littlehelp.models import Model
-from littlehelp.objectives import token_weights
+from littlehelp.objectives import stored_teacher_labels, token_weights
 from littlehelp.typing import Array, Batch, Metrics, Params
 
 SOURCES = ("fixed", "target", "draft")
@@ -105,6 +112,17 @@ def _check_knobs(
             _refuse(f"{name} must be an integer >= {least}, got {value!r}")
 
 
+def _check_stored_labels(data_source: str | Mapping[str, float], temperature: float, kind: str) -> None:
+    """Refuses stored labels (target None) with sampled data, a temperature other than 1 or an
+    encoder-decoder pair, by name."""
+    if source_probabilities(data_source) != {"fixed": 1.0}:
+        _refuse(f"target=None (stored labels) needs data_source 'fixed', got {data_source!r}")
+    if temperature != 1.0:
+        _refuse(f"temperature={temperature!r} with stored labels (target None): they are stored at temperature 1")
+    if kind != DECODER_ONLY:
+        _refuse("target=None (stored labels) needs a decoder-only draft: labels are stored for decoder LM Tasks")
+
+
 def _shaped(batch_size: int, length: int, inputs_length: int | None) -> dict[str, jax.ShapeDtypeStruct]:
     """An abstract batch of these shapes (for `forward_flops`), with encoder inputs when `inputs_length` is set."""
     shapes = {DECODER_INPUT_TOKENS: (batch_size, length)}
@@ -142,7 +160,8 @@ class DistillationObjective:
     """D(p_target || q_draft) on sequences from `data_source` (see the module docstring).
 
     model: the draft (trained, under `model_key`); target: the frozen target's seam (its parameters
-    come from the trainer's frozen model `target_key`), of the draft's kind (both decoder-only, or both
+    come from the trainer's frozen model `target_key`), or None to read its stored top-k labels from a
+    labelled Task's batches (fixed data, decoder-only, temperature 1), of the draft's kind (both decoder-only, or both
     encoder-decoders reading the batch's encoder inputs); divergence in fkl / rkl / jsd / tvd (`beta`
     for jsd); temperature: on both models' logits in the divergence; data_source: a source name or
     {name: probability}; prompt_length / generation_length: tokens of prompt and continuation;
@@ -155,7 +174,7 @@ class DistillationObjective:
     def __init__(
         self,
         model: Model = gin.REQUIRED,
-        target: Model = gin.REQUIRED,
+        target: Model | None = gin.REQUIRED,
         divergence: str = "fkl",
         beta: float = 0.5,
         temperature: float = 1.0,
@@ -170,7 +189,9 @@ class DistillationObjective:
         chunk_size: int = losses.DEFAULT_CHUNK_SIZE,
     ):
         self.kind = model_kind(model)
-        if model_kind(target) != self.kind:
+        if target is None:
+            _check_stored_labels(data_source, temperature, self.kind)
+        elif model_kind(target) != self.kind:
             _refuse(f"target is {model_kind(target)} and model (the draft) {self.kind}; both must be of one kind")
         if divergence == "fkl" and isinstance(model.config, drafts.ReducedVocabularyConfig):
             _refuse(
@@ -267,7 +288,7 @@ class DistillationObjective:
             "target": self._sampled(self.target, self.target_key),
             "draft": self._sampled(self.model, self.model_key),
         }
-        params = jax.lax.stop_gradient({k: params[k] for k in (self.model_key, self.target_key)})
+        params = jax.lax.stop_gradient({k: params[k] for k in (self.model_key, self.target_key) if k in params})
         index = self.choose_source(choice_key)
         branches = [fns[name] for name in self.sources]
         if len(branches) == 1:
@@ -282,20 +303,7 @@ class DistillationObjective:
         del step
         inputs, weights, index = self.sequences(params, batch, rng)
         averaging = averaging_weights(weights, self.average)
-        draft, target = params[self.model_key], params[self.target_key]
-        scored = {**encoder_inputs(batch), DECODER_INPUT_TOKENS: inputs}
-        start = self.prompt_length  # hidden state at input position i predicts token i + 1 of y
-        kd = losses.chunked_divergence(
-            self.divergence,
-            self.model.hidden_states(draft, scored)[:, start:],
-            lambda h: self.model.logits_from_hidden(draft, h),
-            self.target.hidden_states(target, scored)[:, start:],
-            lambda h: self.target.logits_from_hidden(target, h),
-            averaging,
-            self.chunk_size,
-            self.beta,
-            self.temperature,
-        )
+        kd = self._divergence(params, batch, inputs, averaging)
         total = jnp.sum(averaging)
         loss = kd.total / jnp.maximum(total, 1e-9)
         metrics = {
@@ -307,6 +315,32 @@ class DistillationObjective:
         for position, name in enumerate(self.sources):
             metrics[f"source/{name}"] = (index == position).astype(jnp.float32)
         return loss, metrics
+
+    def _divergence(self, params: Params, batch: Batch, inputs: Array, averaging: Array) -> losses.ChunkedLoss:
+        """The chunked divergence on the continuation's positions, against the live or the stored target."""
+        draft = params[self.model_key]
+        scored = {**encoder_inputs(batch), DECODER_INPUT_TOKENS: inputs}
+        start = self.prompt_length  # hidden state at input position i predicts token i + 1 of y
+        hidden = self.model.hidden_states(draft, scored)[:, start:]
+        head = lambda h: self.model.logits_from_hidden(draft, h)  # noqa: E731
+        if self.target is None:
+            stored = stored_teacher_labels(batch)
+            labels = jax.tree.map(lambda x: x[:, start : start + self.generation_length], stored)
+            return losses.chunked_stored_divergence(
+                self.divergence, hidden, head, labels, averaging, self.chunk_size, self.beta
+            )
+        target = params[self.target_key]
+        return losses.chunked_divergence(
+            self.divergence,
+            hidden,
+            head,
+            self.target.hidden_states(target, scored)[:, start:],
+            lambda h: self.target.logits_from_hidden(target, h),
+            averaging,
+            self.chunk_size,
+            self.beta,
+            self.temperature,
+        )
 
     def _generation_flops(self, model: Model, batch_size: int, inputs_length: int | None) -> float:
         """Prefill of the prompt (and the encoder), then one decoder step per token: a forward pass of one
@@ -323,6 +357,8 @@ class DistillationObjective:
         batch_size = batch[DECODER_INPUT_TOKENS].shape[0]
         inputs_length = batch[ENCODER_INPUT_TOKENS].shape[1] if ENCODER_INPUT_TOKENS in batch else None
         scored = _shaped(batch_size, self.prompt_length + self.generation_length, inputs_length)
+        if self.target is None:  # stored labels: fixed data, no target pass
+            return flops.TRAIN_MULTIPLIER * self.model.forward_flops(scored)
         generation = {
             "fixed": 0.0,
             "target": self._generation_flops(self.target, batch_size, inputs_length),

@@ -350,6 +350,29 @@ def chunked_divergence(
     return _chunked(token_fn, student_hidden, student_head, (teacher_hidden, weights), frozen, chunk_size)
 
 
+def chunked_stored_divergence(
+    kind: str,
+    student_hidden: jax.Array,
+    student_head: Head,
+    labels: TopKLabels,
+    weights: jax.Array,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> ChunkedLoss:
+    """`chunked_divergence` with stored teacher labels ([b, l, k] / [b, l]) in place of a teacher:
+    `sparse_divergence` on the k + 1 buckets, chunked over the student's head."""
+
+    def token_fn(logits, side, frozen):
+        del frozen
+        token_labels, token_weights = side
+        values = sparse_divergence(kind, logits, token_labels, token_weights, beta, temperature)
+        return values, values
+
+    side = (jax.lax.stop_gradient(labels), weights)
+    return _chunked(token_fn, student_hidden, student_head, side, [], chunk_size)
+
+
 def _mixed_token_fn(soft_fn: Callable, z_loss: float) -> Callable:
     """A chunk's (1 - mix) (cross-entropy + z-loss) + mix soft_fn(...) per token, and (hard, soft).
 

@@ -45,7 +45,7 @@ PROMPT, GENERATED = 6, 10
 
 def objective(**knobs) -> DistillationObjective:
     return DistillationObjective(
-        DRAFT, TARGET, **({"prompt_length": PROMPT, "generation_length": GENERATED, "chunk_size": 4} | knobs)
+        DRAFT, **({"target": TARGET, "prompt_length": PROMPT, "generation_length": GENERATED, "chunk_size": 4} | knobs)
     )
 
 
@@ -111,6 +111,31 @@ def test_fixed_source_loss_is_the_float64_divergence_on_the_batch(kind, temperat
     # the denominator: rows 0 (weight 2), 1 and 3; or their tokens
     count = 2 + 1 + 1 if average == "sequence" else 2 * GENERATED + GENERATED + GENERATED - 3
     assert float(logged["divergence"]) == float(loss) and float(logged["weight"]) == pytest.approx(count, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["fkl", "jsd"])
+def test_stored_labels_of_every_token_give_the_live_targets_fixed_data_loss_and_gradient(kind):
+    batch = synthetic_batch()
+    labels = losses.top_k_labels(TARGET.logits(PARAMS["target"], batch), VOCAB)  # k = vocab
+    flat = lambda x: np.asarray(x).reshape(x.shape[0], -1)  # noqa: E731  as the converters give them
+    stored = batch | {
+        "teacher_ids": flat(labels.ids),
+        "teacher_log_probs": flat(labels.log_probs),
+        "teacher_log_rest": np.asarray(labels.log_rest),
+    }
+    live = lambda p: objective(divergence=kind).loss(p, batch, jax.random.key(0), 0)[0]  # noqa: E731
+    from_store = lambda p: objective(divergence=kind, target=None).loss(p, stored, jax.random.key(0), 0)[0]  # noqa: E731
+    value, grads = jax.jit(jax.value_and_grad(live))(PARAMS)
+    got, got_grads = jax.jit(jax.value_and_grad(from_store))({"model": PARAMS["model"]})
+    np.testing.assert_allclose(float(got), float(value), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(got_grads["model"]), jax.tree.leaves(grads["model"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    shaped = {"decoder_input_tokens": batch["decoder_input_tokens"]}
+    assert objective(target=None).train_flops(shaped) == 3 * DRAFT.forward_flops(shaped)
+    with pytest.raises(ConfigError, match="needs data_source 'fixed'"):
+        objective(target=None, data_source="draft")
+    with pytest.raises(ConfigError, match="temperature=2.0 with stored labels"):
+        objective(target=None, temperature=2.0)
 
 
 @pytest.mark.parametrize("average", ["sequence", "token"])
