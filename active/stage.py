@@ -133,7 +133,7 @@ def register_subset(
         for example, weight in zip(stored, weights):
             example[EXAMPLE_WEIGHT] = np.float32(weight)
     selected = lambda: tf.data.Dataset.from_generator(lambda: iter(stored), output_signature=signature)  # noqa: E731
-    return derived_tasks.register_with_split(name, source, split, selected, sequence_length)
+    return derived_tasks.register_with_splits(name, source, {split: selected}, sequence_length)
 
 
 def register_positions(
@@ -163,7 +163,7 @@ def register_positions(
         weight_at = np.zeros(pool_size, np.float32)
         weight_at[indices] = validation.check_weights(weights, len(indices))
     selected = lambda: _at_positions(derived_tasks.source_split(source, split, sequence_length), keep, weight_at)  # noqa: E731
-    return derived_tasks.register_with_split(name, source, split, selected, sequence_length)
+    return derived_tasks.register_with_splits(name, source, {split: selected}, sequence_length)
 
 
 def _at_positions(dataset: tf.data.Dataset, keep: np.ndarray, weight_at: np.ndarray | None) -> tf.data.Dataset:

@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from littlehelp import checkpoints, partitioning
 from littlehelp import config as gin_config
-from littlehelp.data import DatasetConfig, GlobalBatches, pipeline
+from littlehelp.data import DatasetConfig, GlobalBatches, derived_tasks, pipeline
 from littlehelp.errors import EXIT_PREEMPTED, LittlehelpError
 from littlehelp.features import DECODER_TARGET_TOKENS, ENCODER_INPUT_TOKENS
 from littlehelp.frozen import FrozenModel, check_and_record, load_frozen_models
@@ -193,12 +193,15 @@ def compile_train_step(
 
 
 def batch_spec(config: DatasetConfig) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global shapes and dtypes of the batches a DatasetConfig yields, from its feature converter
-    (every model feature is int32), without reading the data."""
+    """Global shapes and dtypes of the batches a DatasetConfig yields, from its feature converter and
+    the features a derived Task carries (example weights, stored teacher labels), without reading the data."""
     converter = pipeline.FEATURE_CONVERTERS[config.feature_converter](pack=config.pack)
+    converter.carry(derived_tasks.extra_features(config.name))
     lengths = converter.get_model_feature_lengths(dict(config.task_feature_lengths))
+    dtypes = {name: np.dtype(spec.dtype.as_numpy_dtype) for name, spec in converter.MODEL_FEATURES.items()}
     return {
-        name: jax.ShapeDtypeStruct((config.batch_size, length), np.dtype(np.int32)) for name, length in lengths.items()
+        name: jax.ShapeDtypeStruct((config.batch_size, length), dtypes.get(name, np.dtype(np.int32)))
+        for name, length in lengths.items()
     }
 
 

@@ -316,7 +316,7 @@ def store_scores(labels_dir: str | os.PathLike, scoring: Scoring, scores_dir: st
     FLOPs of the pass that built it. Refuses a store of another split or sequence length, or of
     another Task than `scoring.task` (or the Task it labels), by name."""
     manifest, records = teacher_labels.read_store(labels_dir)
-    labelled = teacher_labels.store_of(scoring.task)
+    labelled = teacher_labels.store_of(scoring.task, scoring.split)
     same_task = scoring.task == manifest["task"] or (labelled is not None and Path(labelled) == Path(labels_dir))
     if not same_task or (manifest["split"], manifest["sequence_length"]) != (scoring.split, scoring.sequence_length):
         raise ConfigError(

@@ -97,10 +97,13 @@ class _CarriesPerTokenFeatures(_SeqioConverter):
     _top_k = 0  # the stored labels' k (0: none)
 
     def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-        spec = ds.element_spec
-        self._weighted = EXAMPLE_WEIGHT in spec
-        self._top_k = int(spec[TEACHER_IDS].shape[-1]) if TEACHER_IDS in spec else 0
+        self.carry(ds.element_spec)
         return super().__call__(ds, task_feature_lengths)
+
+    def carry(self, task_features: Mapping[str, tf.TensorSpec]) -> None:
+        """Sets which optional features this converter carries, from a Task's feature specs."""
+        self._weighted = EXAMPLE_WEIGHT in task_features
+        self._top_k = int(task_features[TEACHER_IDS].shape[-1]) if TEACHER_IDS in task_features else 0
 
     @property
     def MODEL_FEATURES(self) -> Mapping[str, seqio.FeatureConverter.FeatureSpec]:

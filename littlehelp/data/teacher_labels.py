@@ -23,8 +23,8 @@ refused naming the fields that differ, and a shard whose bytes differ from its s
 naming the file. Log-probabilities are at temperature 1 (the objectives that read them refuse
 another temperature).
 
-`register_labelled_task` registers a Task whose split streams the source's examples with their
-labels beside them (features `teacher_ids`, `teacher_log_probs`, `teacher_log_rest`), its other
+`register_labelled_task` registers a Task whose labelled splits stream the source's examples with
+their labels beside them (features `teacher_ids`, `teacher_log_probs`, `teacher_log_rest`), its other
 splits the source's; the feature converters carry them through packing to the batch. From gin:
 
     import littlehelp.data.teacher_labels
@@ -43,7 +43,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,11 @@ def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= UINT16_IDS else np.int32)
 
 
+def _empty_as_minus_inf(log_rest: np.ndarray) -> np.ndarray:
+    """`losses.EMPTY_BUCKET` (no mass outside the top k) as -inf, which float16 holds."""
+    return np.where(log_rest <= losses.EMPTY_BUCKET, -np.inf, log_rest)
+
+
 def encode_example(
     targets: np.ndarray, labels: losses.TopKLabels, target_log_prob: np.ndarray, rank: np.ndarray, ids_dtype: np.dtype
 ) -> bytes:
@@ -202,7 +207,7 @@ def encode_example(
         TARGETS: _bytes_feature(targets.astype(np.int32)),
         TEACHER_IDS: _bytes_feature(np.asarray(labels.ids).astype(ids_dtype)),
         TEACHER_LOG_PROBS: _bytes_feature(np.asarray(labels.log_probs).astype(np.float16)),
-        TEACHER_LOG_REST: _bytes_feature(np.asarray(labels.log_rest).astype(np.float16)),
+        TEACHER_LOG_REST: _bytes_feature(_empty_as_minus_inf(np.asarray(labels.log_rest)).astype(np.float16)),
         TARGET_LOG_PROB: _bytes_feature(target_log_prob.astype(np.float32)),
         TARGET_RANK: _bytes_feature(rank.astype(np.int32)),
     }
@@ -467,28 +472,40 @@ def _with_labels(example: Mapping[str, tf.Tensor], labels: Mapping[str, tf.Tenso
         }
 
 
-# Tasks registered by `register_labelled_task` in this process: Task name -> its store.
-_STORES: dict[str, str] = {}
+# Tasks registered by `register_labelled_task` in this process: (Task name, split) -> its store.
+_STORES: dict[tuple[str, str], str] = {}
 
 
-def store_of(task: str) -> str | None:
-    """The store whose labels Task `task` carries (registered in this process), or None."""
-    return _STORES.get(task)
+def store_of(task: str, split: str) -> str | None:
+    """The store whose labels split `split` of Task `task` carries (registered in this process), or None."""
+    return _STORES.get((task, split))
 
 
-def register_labelled_task(name: str, store_dir: str | os.PathLike) -> seqio.Task:
-    """Registers Task `name`: the store's split with each example's labels, the source's other splits."""
-    manifest, _ = read_store(store_dir)
-    _STORES[name] = str(store_dir)
-    source = seqio.get_mixture_or_task(manifest["task"])
-    store = str(store_dir)
+def _labelled_split(source: seqio.Task, manifest: Mapping[str, Any], store: str) -> tf.data.Dataset:
+    """The source split's examples, each with its stored labels (checked against its targets)."""
+    examples = derived_tasks.source_split(source, manifest["split"], manifest["sequence_length"])
+    pairs = tf.data.Dataset.zip(examples, read_store(store)[1])
+    return pairs.map(lambda example, labels: _with_labels(example, labels, store))
 
-    def labelled() -> tf.data.Dataset:
-        examples = derived_tasks.source_split(source, manifest["split"], manifest["sequence_length"])
-        pairs = tf.data.Dataset.zip(examples, read_store(store)[1])
-        return pairs.map(lambda example, labels: _with_labels(example, labels, store))
 
-    return derived_tasks.register_with_split(name, source, manifest["split"], labelled, manifest["sequence_length"])
+def register_labelled_task(name: str, store_dirs: Sequence[str | os.PathLike]) -> seqio.Task:
+    """Registers Task `name`: each store's split with each example's labels, the source's other splits.
+    The stores must label one Task at one sequence length, one split each."""
+    manifests = {str(store): read_store(store)[0] for store in store_dirs}
+    first = next(iter(manifests.values()))
+    splits = [m["split"] for m in manifests.values()]
+    for store, manifest in manifests.items():
+        if (manifest["task"], manifest["sequence_length"]) != (first["task"], first["sequence_length"]):
+            raise StoreError(
+                f"label store {store} labels {manifest['task']} at {manifest['sequence_length']}, "
+                f"not {first['task']} at {first['sequence_length']} as the others"
+            )
+    if len(set(splits)) != len(splits):
+        raise StoreError(f"label stores {list(manifests)} label the same split twice ({splits})")
+    source = seqio.get_mixture_or_task(first["task"])
+    replacements = {m["split"]: functools.partial(_labelled_split, source, m, store) for store, m in manifests.items()}
+    _STORES.update({(name, m["split"]): store for store, m in manifests.items()})
+    return derived_tasks.register_with_splits(name, source, replacements, first["sequence_length"])
 
 
 def bytes_per_token(manifest: Mapping[str, Any]) -> float:
@@ -504,7 +521,7 @@ def store_labels(config: StoreConfig, teacher: frozen.FrozenModel, store_dir: st
     return build_store(teacher.model, params, record, config, store_dir)
 
 
-# Stores registered through `labelled_task` in this process: Task name -> the arguments that made it.
+# Tasks registered through `labelled_task` in this process: Task name -> the arguments that made it.
 _LABELLED: dict[str, tuple] = {}
 
 
@@ -515,19 +532,21 @@ def labelled_task(
     sequence_length: Mapping[str, int] = gin.REQUIRED,
     store_dir: str = gin.REQUIRED,
     top_k: int = 64,
-    split: str = "train",
+    splits: Sequence[str] = ("train", "validation"),
     batch_size: int = 32,
     examples_per_shard: int = 1024,
     name: str | None = None,
 ) -> str:
-    """gin entry point: builds (or reuses) the store once per process and returns the labelled Task's
-    name (default `{task}_teacher_top{top_k}`)."""
-    config = StoreConfig(task, sequence_length, split, top_k, batch_size, examples_per_shard)
+    """gin entry point: builds (or reuses) a store per split, STORE_DIR/<split>, once per process and
+    returns the labelled Task's name (default `{task}_teacher_top{top_k}`). The validation split is
+    labelled too by default, so that a distillation objective evaluates on it as it trains."""
+    configs = [StoreConfig(task, sequence_length, split, top_k, batch_size, examples_per_shard) for split in splits]
     task_name = name or f"{task}_teacher_top{top_k}"
-    key = (config, teacher, str(store_dir))
+    key = (configs, teacher, str(store_dir))
     if _LABELLED.get(task_name) != key or task_name not in seqio.TaskRegistry.names():
-        store_labels(config, teacher, store_dir)
-        register_labelled_task(task_name, store_dir)
+        for config in configs:
+            store_labels(config, teacher, Path(store_dir) / config.split)
+        register_labelled_task(task_name, [Path(store_dir) / split for split in splits])
         _LABELLED[task_name] = key
     return task_name
 

@@ -104,7 +104,7 @@ def test_stored_labels_are_the_live_teachers_top_k_and_the_true_tokens_log_proba
 
 def test_the_labelled_task_carries_each_examples_labels_through_packing(store):
     folder, _ = store
-    teacher_labels.register_labelled_task("teacher_labels_test_labelled", folder)
+    teacher_labels.register_labelled_task("teacher_labels_test_labelled", [folder])
     by_targets = {tuple(e["targets"]): e for e in stored_examples(folder)}
     rows = seqio.get_dataset(
         "teacher_labels_test_labelled",

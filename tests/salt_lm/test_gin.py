@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from active import stage
-from littlehelp import config, main, metrics
+from littlehelp import config, frozen, main, metrics
+from littlehelp.data import teacher_labels
 from littlehelp.models import DecoderConfig, build_model
 from littlehelp.objectives import DecoderObjective
 from salt_lm import DistillationObjective, salt_curriculum, selection
-from tests.helpers import random_params, save_params_only
+from tests.helpers import random_params, register_token_task, save_params_only
 
 # gin files -> (teacher parameters, student parameters) ranges, N_KD, TRAIN_STEPS
 PAIRS = {
@@ -62,39 +63,79 @@ def _tiny_decoder(scope: str, width: int) -> list[str]:
     return [f"--gin.{scope}/decoder.DecoderConfig.{name}={value}" for name, value in sizes.items()]
 
 
-def test_salt_ds_runs_through_the_cli_distilling_on_the_selection_then_training_on_the_task(tmp_path):
-    teacher_config = DecoderConfig(
-        vocab_size=264,
-        emb_dim=16,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=8,
-        mlp_dim=32,
-        tie_embeddings=True,
-    )
-    save_params_only(random_params(build_model(teacher_config), 0), tmp_path / "teacher")
+TINY_TEACHER = DecoderConfig(
+    vocab_size=264,
+    emb_dim=16,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=8,
+    mlp_dim=32,
+    tie_embeddings=True,
+)
+
+
+def _tiny_run(run_dir, gin_file: str, *bindings: str) -> dict[int, dict]:
+    """A 16-token, batch-4 run of `gin_file` with tiny teacher and student models; its metrics by step."""
     main.main(
         [
             "train",
-            "--gin_file=salt/salt_ds.gin",
-            f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
-            f"--gin.TEACHER_DIR='{tmp_path / 'teacher'}'",
-            f"--gin.SCORES_DIR='{tmp_path / 'scores'}'",
-            "--gin.TASK='docstrings_lm'",
+            f"--gin_file={gin_file}",
+            f"--gin.MODEL_DIR='{run_dir}'",
             "--gin.TASK_FEATURE_LENGTHS={'targets': 16}",
             "--gin.BATCH_SIZE=4",
-            "--gin.TRAIN_STEPS=4",
-            "--gin.N_KD=2",
             "--gin.trainer.train.log_every=1",
             "--gin.trainer.train.eval_every=0",
             "--gin.trainer.train.peak_flops_per_device=1e9",
             "--gin.partitioning.MeshConfig.data=1",
             *_tiny_decoder("teacher", 16),
             *_tiny_decoder("student", 32),
+            *bindings,
         ]
     )
-    records = {r["step"]: r for r in metrics.read_jsonl(tmp_path / "run" / "metrics.jsonl")}
+    return {r["step"]: r for r in metrics.read_jsonl(run_dir / "metrics.jsonl")}
+
+
+SHORT_TASK = "salt_stored_test_lm"  # 24 short sequences per split: labelled in a moment
+_rng = np.random.default_rng(0)
+register_token_task(
+    SHORT_TASK,
+    {
+        split: [_rng.integers(3, 259, size=n).astype(np.int32) for n in range(4, 28)]
+        for split in ("train", "validation")
+    },
+)
+
+
+def test_salt_from_stored_labels_of_every_token_trains_as_salt_with_a_live_teacher(tmp_path):
+    save_params_only(random_params(build_model(TINY_TEACHER), 0), tmp_path / "teacher")
+    common = (f"--gin.TEACHER_DIR='{tmp_path / 'teacher'}'", "--gin.TRAIN_STEPS=2", "--gin.N_KD=2")
+    live = _tiny_run(tmp_path / "live", "salt/salt.gin", f"--gin.TASK='{SHORT_TASK}'", *common)
+    labels = (
+        f"--gin.LABELS_DIR='{tmp_path / 'labels'}'",
+        "--gin.LABELS_TOP_K=264",
+        f"--gin.SOURCE_TASK='{SHORT_TASK}'",
+    )
+    stored = _tiny_run(tmp_path / "stored", "salt/salt_stored.gin", *labels, *common)
+    for name in ("train/loss", "train/fkl", "train/cross_entropy"):  # the same batch, labels in float16
+        assert stored[1][name] == pytest.approx(live[1][name], rel=2e-3)
+    assert not (tmp_path / "stored" / frozen.RECORD_NAME).exists()  # no teacher parameters were read
+    manifests = [teacher_labels.read_manifest(tmp_path / "labels" / split) for split in ("train", "validation")]
+    assert all(m["complete"] and m["top_k"] == 264 for m in manifests)
+
+
+def test_salt_ds_runs_through_the_cli_distilling_on_the_selection_then_training_on_the_task(tmp_path):
+    save_params_only(random_params(build_model(TINY_TEACHER), 0), tmp_path / "teacher")
+    records = _tiny_run(
+        tmp_path / "run",
+        "salt/salt_ds.gin",
+        f"--gin.TEACHER_DIR='{tmp_path / 'teacher'}'",
+        f"--gin.SCORES_DIR='{tmp_path / 'scores'}'",
+        "--gin.TASK='docstrings_lm'",
+        "--gin.TRAIN_STEPS=4",
+        "--gin.N_KD=2",
+    )
+
     assert [("train/fkl" in records[s]) for s in (1, 2, 3, 4)] == [True, True, False, False]
     scores, _ = selection.read_scores(tmp_path / "scores")
     selected = stage.read_examples("docstrings_lm_salt_ds_0.5", "train", sequence_length={"targets": 16})

@@ -233,7 +233,7 @@ def test_scores_from_a_label_store_equal_the_teachers_and_select_the_same_labell
     config = teacher_labels.StoreConfig(TASK, {"targets": LENGTH}, top_k=4, batch_size=4)
     record = {"path": teacher.path, "select": "model", "step": 0, "fingerprint": frozen.fingerprint(PARAMS)}
     manifest = teacher_labels.build_store(TEACHER, PARAMS, record, config, store)
-    teacher_labels.register_labelled_task("salt_ds_labelled", store)
+    teacher_labels.register_labelled_task("salt_ds_labelled", [store])
     labelled = dataclasses.replace(scoring(), task="salt_ds_labelled")
     result = selection.select(
         labelled, None, tmp_path / "scores", fraction=0.5, name="salt_ds_half_labelled", labels_dir=store
