@@ -1,4 +1,8 @@
-"""Small shared fixtures for the trainer tests: tiny models, tiny data configs."""
+"""Small shared fixtures for the trainer tests: tiny models, tiny data configs, the scripts as modules."""
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -87,3 +91,15 @@ def register_token_task(name: str, sequences: dict[str, list[np.ndarray]]) -> No
         preprocessors=[],
         output_features={"targets": seqio.Feature(tasks.BYTE_VOCABULARY, add_eos=False)},
     )
+
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def load_script(name: str):
+    """scripts/NAME.py as a module (registered in sys.modules: dataclasses look their module up by name)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,31 +2,19 @@
 scripts/bench_kd_loss.py (tiny shapes), scripts/bench_salt_scoring.py (a tiny teacher) and
 scripts/bench_speculative.py (a tiny target and drafts)."""
 
-import importlib.util
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
 from littlehelp.benchmark import all_checks
-
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-
-
-def _load_script(name: str = "bench_train_step"):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench")
-    bench = _load_script()
+    bench = load_script("bench_train_step")
     returned = bench.main(
         [
             "--configs",
@@ -93,7 +81,7 @@ def test_flops_per_step_match_a_hand_count_for_the_tiny_decoder(report):
 
 
 def test_random_batch_uses_real_feature_names_and_shifted_decoder_inputs():
-    bench = _load_script()
+    bench = load_script("bench_train_step")
     batch = bench.random_batch(bench.CONFIGS["t5-bench"], 2)
     assert batch["encoder_input_tokens"].shape == (2, 512) and batch["decoder_target_tokens"].shape == (2, 114)
     assert (batch["decoder_input_tokens"][:, 1:] == batch["decoder_target_tokens"][:, :-1]).all()
@@ -108,7 +96,7 @@ def test_random_batch_uses_real_feature_names_and_shifted_decoder_inputs():
 @pytest.fixture(scope="module")
 def kd_report(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench_kd")
-    returned = _load_script("bench_kd_loss").main(
+    returned = load_script("bench_kd_loss").main(
         [
             "--vocabs",
             "4096",
@@ -183,7 +171,7 @@ def test_kd_bench_times_three_losses_and_reports_every_target(kd_report):
 
 
 def test_salt_scoring_bench_scores_the_whole_split_and_reports_chunked_memory(tmp_path):
-    returned = _load_script("bench_salt_scoring").main(
+    returned = load_script("bench_salt_scoring").main(
         [
             "--task",
             "docstrings_lm",
@@ -224,7 +212,7 @@ def test_speculative_bench_times_a_draft_against_the_target_and_checks_the_goals
     from littlehelp.models.convert import Pretrained, run_folder
     from tests.helpers import random_params
 
-    bench = _load_script("bench_speculative")
+    bench = load_script("bench_speculative")
     words = ["<pad>", "<eos>", "<unk>", *sorted(set(re.findall(r"\w+|[^\w\s]+", " ".join(bench.PROMPTS))))]
     tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()

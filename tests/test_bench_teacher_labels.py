@@ -1,29 +1,18 @@
 """Smoke test of scripts/bench_teacher_labels.py --quick (the study's quick models, eight docstrings): the
 report is written and complete, its ratios, breakdowns and targets follow from its own numbers."""
 
-import importlib.util
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-
-
-def _load_script(name: str = "bench_teacher_labels"):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench_teacher_labels")
-    bench = _load_script()
+    bench = load_script("bench_teacher_labels")
     return bench, bench.main(["--quick", "--out_dir", str(out_dir)]), out_dir
 
 
