@@ -18,7 +18,7 @@ from littlehelp import stats, study
 VERDICTS = {stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE, stats.UNTESTABLE, stats.ONE_SEED}
 
 
-SLOW = {"spactor", "salt", "distillspec", "distillspec_t5", "softsrv", "cluster_margin"}
+SLOW = {"spactor", "salt", "salt_stored", "distillspec", "distillspec_t5", "softsrv", "cluster_margin"}
 NEEDS_FASHION_MNIST = {"cluster_margin"}
 FASHION_MNIST_ABSENT = pytest.mark.skipif(
     "fashion_mnist" not in data.available(), reason="Fashion-MNIST is absent (apt-get install dataset-fashion-mnist)"

@@ -159,11 +159,11 @@ def test_docs_block_is_regenerated_between_its_markers(tmp_path):
     assert (tmp_path / "docs" / "other.md").read_text() == "no block\n"
 
 
-def test_the_cli_lists_the_nine_studies(capsys):
+def test_the_cli_lists_the_ten_studies(capsys):
     from littlehelp import main
 
     listed = main.main(["study", "--list"])
-    assert [name for name, _ in listed] == list(study.registered()) and len(listed) == 9
+    assert [name for name, _ in listed] == list(study.registered()) and len(listed) == 10
     out = capsys.readouterr().out
     padded = ("\nfedpa           FedPA vs FedAvg", "\ncluster_margin  Cluster-Margin", "\ndistillspec_t5  DistillSpec")
     assert all(line in out for line in padded)  # names padded to the longest
