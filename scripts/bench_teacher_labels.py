@@ -187,7 +187,6 @@ def build_store(
     store_config = teacher_labels.StoreConfig(
         head_task, {TARGETS: args.length}, args.split, top_k, args.store_batch, chunk_size=args.chunk_size
     )
-    teacher_labels.check_task(store_config, teacher.config.vocab_size)
     record = TEACHER_RECORD | {"fingerprint": frozen.fingerprint(params)}
     store_dir, labelled = root / f"top{top_k}", f"{head_task}_teacher_top{top_k}"
     manifest = teacher_labels.build_store(teacher, params, record, store_config, store_dir)

@@ -404,9 +404,10 @@ def build_store(
     model: Model, params: Params, teacher_record: Mapping[str, Any], config: StoreConfig, store_dir: str | os.PathLike
 ) -> dict[str, Any]:
     """Labels `config`'s split with the teacher into `store_dir` (resuming after its finished shards;
-    nothing to do when it is complete) and returns the manifest."""
+    nothing to do when it is complete) and returns the manifest; refuses what `check_task` refuses."""
     store_dir = Path(store_dir)
     vocab_size = model.config.vocab_size
+    check_task(config, vocab_size)
     manifest = open_store(store_dir, config.identity(teacher_record, vocab_size))
     if manifest["complete"]:
         return manifest
@@ -515,7 +516,7 @@ def bytes_per_token(manifest: Mapping[str, Any]) -> float:
 
 def store_labels(config: StoreConfig, teacher: frozen.FrozenModel, store_dir: str | os.PathLike) -> dict[str, Any]:
     """Checks the Task, reads the teacher onto one device and builds (or finishes) the store."""
-    check_task(config, teacher.model.config.vocab_size)
+    check_task(config, teacher.model.config.vocab_size)  # before the teacher is read
     example = {DECODER_INPUT_TOKENS: np.zeros((1, config.sequence_length[TARGETS]), np.int32)}
     params, record = frozen.load_on_one_device(teacher, example)
     return build_store(teacher.model, params, record, config, store_dir)
