@@ -111,6 +111,12 @@ def _add_study_parser(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="where result.json, table.md and plot.png go (default: results/NAME; quick: WORK_DIR/result)",
     )
+    runner.add_argument(
+        "--progress",
+        metavar="DIR",
+        help="keep each finished run's records (outcome, metrics, samples; no checkpoints) in DIR, and first "
+        "take the finished runs DIR holds: a long study continued on another machine or checkout",
+    )
 
 
 def _study(args: argparse.Namespace) -> Any:
@@ -124,7 +130,7 @@ def _study(args: argparse.Namespace) -> Any:
         return listed
     if not args.name:
         raise study.StudyError("study: name a study to run, or give --list")
-    return study.run_named(study.Request(args.name, args.quick, args.seeds, args.work_dir, args.out))
+    return study.run_named(study.Request(args.name, args.quick, args.seeds, args.work_dir, args.out, args.progress))
 
 
 def _add_compile_parser(commands: argparse._SubParsersAction, shared: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -316,18 +317,60 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def run_all(study: Study, seeds: Sequence[int], settings: Mapping[str, Any], work_dir: Path) -> None:
-    """Every shared arm once, then every per-seed arm for each seed, in declaration order."""
+def run_all(
+    study: Study,
+    seeds: Sequence[int],
+    settings: Mapping[str, Any],
+    work_dir: Path,
+    progress: Path | None = None,
+) -> None:
+    """Every shared arm once, then every per-seed arm for each seed, in declaration order; with a
+    `progress` folder, each finished per-seed run's records are kept there (`save_progress`)."""
     shared = [a for a in study.arms if not a.per_seed]
     seeded = [a for a in study.arms if a.per_seed]
     plan = [(a, seeds[0]) for a in shared] + [(a, s) for s in seeds for a in seeded]
-    progress = Progress(study.name, len(plan))
+    keep, progress = progress, Progress(study.name, len(plan))
     for arm, seed in plan:
         context = ArmContext(study, arm, seed, settings, work_dir)
         reused = (context.folder / OUTCOME_FILE).is_file()
         if not reused:
             progress.starting(context)
         progress.finished(run_arm(context), reused)
+        if keep is not None and arm.per_seed:
+            save_progress(context.folder, work_dir, keep)
+
+
+# ----- progress kept across machines: each finished per-seed run's records, no checkpoints -----
+
+PROGRESS_FILES = (OUTCOME_FILE, MEASURED_FILE, "*.jsonl")
+
+
+def save_progress(folder: Path, work_dir: Path, progress: Path) -> None:
+    """Copies a finished run's records (PROGRESS_FILES under its folder) to the same place under
+    `progress`, with the work folder's study.json."""
+    progress.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(work_dir / STUDY_FILE, progress / STUDY_FILE)
+    for pattern in PROGRESS_FILES:
+        for path in folder.rglob(pattern):
+            target = progress / path.relative_to(work_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+
+def restore_progress(progress: Path, work_dir: Path) -> int:
+    """Copies into `work_dir` each finished run `progress` holds that `work_dir` lacks (checking that
+    both were made with the same study and settings); returns how many runs."""
+    if not (progress / STUDY_FILE).is_file():
+        return 0
+    check_work_dir(work_dir, _read_json(progress / STUDY_FILE))
+    taken = 0
+    for outcome in sorted(progress.rglob(OUTCOME_FILE)):
+        run = outcome.parent.relative_to(progress)
+        if (work_dir / run / OUTCOME_FILE).is_file():
+            continue
+        shutil.copytree(outcome.parent, work_dir / run, dirs_exist_ok=True)
+        taken += 1
+    return taken
 
 
 # ----- measuring and judging -----
@@ -433,6 +476,7 @@ class Request:
     seeds: int | None = None
     work_dir: str | None = None
     out: str | None = None
+    progress: str | None = None
 
 
 def folders(request: Request) -> tuple[Path, Path]:
@@ -501,10 +545,14 @@ def run_study(study: Study, request: Request, command: str | None = None) -> dic
     """Runs (or continues) `study` and writes its result.json, table.md and plot.png; returns the result."""
     settings, seeds = resolve_settings(study, request)
     work_dir, out_dir = folders(request)
-    check_work_dir(work_dir, {"study": study.name, "quick": request.quick, "settings": settings})
+    record = {"study": study.name, "quick": request.quick, "settings": settings}
+    progress = Path(request.progress).resolve() if request.progress else None
+    if progress is not None and (taken := restore_progress(progress, work_dir)):
+        print(f"[{study.name}] took {taken} finished runs from {progress}", flush=True)
+    check_work_dir(work_dir, record)
     git, before = provenance.git_state(), provenance.conditions()
     with compilation_cache(work_dir / COMPILATION_CACHE):
-        run_all(study, seeds, settings, work_dir)
+        run_all(study, seeds, settings, work_dir, progress)
         values = measure_all(study, seeds, settings, work_dir)
     result = {
         "study": study.name,

@@ -77,6 +77,32 @@ def test_finished_runs_are_reused_and_an_interrupted_study_continues(tmp_path):
     assert rerun[0] == ("better", 2) and ("base", 0) not in rerun and len(rerun) == 12 - (done_before - 1)
 
 
+def test_a_study_continues_in_another_work_folder_from_the_progress_kept(tmp_path):
+    first = study.Request(
+        "toy", work_dir=str(tmp_path / "a"), out=str(tmp_path / "out_a"), progress=str(tmp_path / "kept")
+    )
+    with pytest.raises(RuntimeError, match="interrupted"):
+        study.run_study(make_study(fail_at=(2,)), first)
+    (tmp_path / "a" / "base" / "seed_0" / "checkpoint.bin").write_bytes(b"not kept")
+    kept = sorted(p.relative_to(tmp_path / "kept").as_posix() for p in (tmp_path / "kept").rglob("*.json"))
+    finished = [(arm, seed) for seed in (0, 1) for arm in ("base", "better", "worse")] + [("base", 2)]
+    assert kept == sorted(["study.json", *(f"{arm}/seed_{seed}/outcome.json" for arm, seed in finished)])
+    assert not list((tmp_path / "kept").rglob("checkpoint.bin"))
+    done_before = len(CALLS)
+    second = dataclasses.replace(first, work_dir=str(tmp_path / "b"), out=str(tmp_path / "out_b"))
+    result = study.run_study(make_study(fail_at=(2,)), second)
+    assert CALLS[done_before:][0] == ("better", 2) and len(CALLS[done_before:]) == 12 - 7  # the 7 kept are not rerun
+    straight = study.run_study(
+        make_study(), study.Request("toy", work_dir=str(tmp_path / "c"), out=str(tmp_path / "o"))
+    )
+    assert result["values"] == straight["values"]
+    other = study.Request(
+        "toy", quick=True, work_dir=str(tmp_path / "d"), out=str(tmp_path / "o2"), progress=str(tmp_path / "kept")
+    )
+    with pytest.raises(study.StudyError, match="other settings"):
+        study.run_study(make_study(), other)
+
+
 def test_exploratory_comparisons_are_judged_in_a_holm_family_of_their_own():
     values = {
         "base": {"score": [0.0] * 4},
