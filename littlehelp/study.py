@@ -335,9 +335,12 @@ def run_all(
         reused = (context.folder / OUTCOME_FILE).is_file()
         if not reused:
             progress.starting(context)
-        progress.finished(run_arm(context), reused)
+        outcome = run_arm(context)
+        progress.finished(outcome, reused)
         if keep is not None and arm.per_seed:
             save_progress(context.folder, work_dir, keep)
+        elif keep is not None:
+            keep_shared_outcome(arm.name, outcome, keep)
 
 
 # ----- progress kept across machines: each finished per-seed run's records, no checkpoints -----
@@ -355,6 +358,39 @@ def save_progress(folder: Path, work_dir: Path, progress: Path) -> None:
             target = progress / path.relative_to(work_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
+
+
+SHARED_FILE = "shared.json"  # in a progress folder: the shared runs' outcomes the kept runs were built on
+
+
+def keep_shared_outcome(arm: str, outcome: Outcome, progress: Path) -> None:
+    """Records a shared run's outcome in the progress folder, or, when one is recorded, refuses one that
+    differs from it (timing aside): the kept runs were built on that one."""
+    path = progress / SHARED_FILE
+    kept = _read_json(path) if path.is_file() else {}
+    values = _read_json_round_trip(_without_timing(outcome))
+    if arm in kept and kept[arm] != values:
+        raise StudyError(
+            f"shared run {arm} came out otherwise than the one the runs kept in {progress} were built on "
+            f"({kept[arm]} there, {values} now); start over without that folder"
+        )
+    _write_json(path, {**kept, arm: values})
+
+
+# What differs between two runs of the same computation: wall time, speed, where it ran.
+TIMING_KEYS = frozenset({"seconds", "folder", "steps_per_second", "tokens_per_second", "mfu", "data_wait_share"})
+
+
+def _without_timing(value: Any) -> Any:
+    """`value` with TIMING_KEYS left out at every level: what a rerun must reproduce."""
+    if isinstance(value, Mapping):
+        return {k: _without_timing(v) for k, v in value.items() if k not in TIMING_KEYS}
+    return value
+
+
+def _read_json_round_trip(value: Any) -> Any:
+    """`value` as `_write_json` then `_read_json` would give it back."""
+    return json.loads(json.dumps(_finite(value), default=_jsonable))
 
 
 def restore_progress(progress: Path, work_dir: Path) -> int:

@@ -96,6 +96,15 @@ def test_a_study_continues_in_another_work_folder_from_the_progress_kept(tmp_pat
         make_study(), study.Request("toy", work_dir=str(tmp_path / "c"), out=str(tmp_path / "o"))
     )
     assert result["values"] == straight["values"]
+    shared = {"kept": study.Arm("kept", run=lambda context: {"values": {"score": 1.0}}, per_seed=False)}
+    with_shared = dataclasses.replace(make_study(), arms=(shared["kept"], *make_study().arms))
+    study.run_study(
+        with_shared, dataclasses.replace(second, work_dir=str(tmp_path / "e"), progress=str(tmp_path / "k2"))
+    )
+    changed = study.Arm("kept", run=lambda context: {"values": {"score": 2.0}}, per_seed=False)
+    again = dataclasses.replace(with_shared, arms=(changed, *make_study().arms))
+    with pytest.raises(study.StudyError, match="shared run kept came out otherwise"):
+        study.run_study(again, dataclasses.replace(second, work_dir=str(tmp_path / "f"), progress=str(tmp_path / "k2")))
     other = study.Request(
         "toy", quick=True, work_dir=str(tmp_path / "d"), out=str(tmp_path / "o2"), progress=str(tmp_path / "kept")
     )
