@@ -40,11 +40,18 @@ from littlehelp.objectives import EXAMPLE_WEIGHTS
 EXAMPLE_WEIGHT = "example_weight"  # optional Task feature: one positive float32 weight per example
 
 # seqio packs only 1-D int32 sequences and keeps each one's nonzero entries, so a carried feature
-# travels as int32 sequences with no zero in them, `slots` entries per target token:
+# travels as int32 sequences with no zero in them, one entry per target token. (One sequence per top-k
+# slot, not one of length x k: seqio batches max(lengths) examples to pack them.)
 _WEIGHT_BITS = "example_weight_bits"  # the weight's float32 bits (a positive float's bits are nonzero)
-_TEACHER_ID_PLUS_ONE = "teacher_id_plus_one"  # each top-k id + 1, k slots per token
-_TEACHER_LOG_PROB_BITS = "teacher_log_prob_bits"  # each float16 log-probability's bits | MARKER, k slots
-_TEACHER_LOG_REST_BITS = "teacher_log_rest_bits"  # the float16 log rest's bits | MARKER, 1 slot
+_TEACHER_LOG_REST_BITS = "teacher_log_rest_bits"  # the float16 log rest's bits | MARKER
+
+
+def _teacher_slot_keys(top_k: int) -> tuple[list[str], list[str]]:
+    """The carried sequences of the top-k slots: each slot's id + 1, and its float16 log-probability's
+    bits | MARKER."""
+    return [f"teacher_id_plus_one_{j}" for j in range(top_k)], [f"teacher_log_prob_bits_{j}" for j in range(top_k)]
+
+
 _MARKER = 1 << 16  # above a float16's 16 bits: makes every encoded value nonzero
 TEACHER_LABELS = (TEACHER_IDS, TEACHER_LOG_PROBS, TEACHER_LOG_REST)
 
@@ -68,8 +75,10 @@ def _carried_sequences(features: dict[str, tf.Tensor], weighted: bool, top_k: in
         bits = tf.bitcast(tf.cast(features[EXAMPLE_WEIGHT], tf.float32), tf.int32)
         carried[_WEIGHT_BITS] = tf.fill(tf.shape(features[TARGETS]), bits)
     if top_k:
-        carried[_TEACHER_ID_PLUS_ONE] = tf.reshape(tf.cast(features[TEACHER_IDS], tf.int32) + 1, [-1])
-        carried[_TEACHER_LOG_PROB_BITS] = _float16_bits(features[TEACHER_LOG_PROBS])
+        id_keys, bit_keys = _teacher_slot_keys(top_k)
+        ids = tf.cast(features[TEACHER_IDS], tf.int32) + 1
+        carried |= {key: ids[:, j] for j, key in enumerate(id_keys)}
+        carried |= {key: _float16_bits(features[TEACHER_LOG_PROBS][:, j]) for j, key in enumerate(bit_keys)}
         carried[_TEACHER_LOG_REST_BITS] = _float16_bits(features[TEACHER_LOG_REST])
     return carried
 
@@ -120,11 +129,8 @@ class _CarriesPerTokenFeatures(_SeqioConverter):
         """The packed length of each carried sequence for `length` target tokens."""
         lengths = {_WEIGHT_BITS: length} if self._weighted else {}
         if self._top_k:
-            lengths |= {
-                _TEACHER_ID_PLUS_ONE: length * self._top_k,
-                _TEACHER_LOG_PROB_BITS: length * self._top_k,
-                _TEACHER_LOG_REST_BITS: length,
-            }
+            lengths |= {key: length for keys in _teacher_slot_keys(self._top_k) for key in keys}
+            lengths[_TEACHER_LOG_REST_BITS] = length
         return lengths
 
     def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
@@ -140,8 +146,10 @@ class _CarriesPerTokenFeatures(_SeqioConverter):
         if self._weighted:
             converted[EXAMPLE_WEIGHTS] = tf.bitcast(features[_WEIGHT_BITS], tf.float32)
         if self._top_k:
-            converted[TEACHER_IDS] = tf.maximum(features[_TEACHER_ID_PLUS_ONE] - 1, 0)
-            converted[TEACHER_LOG_PROBS] = _from_float16_bits(features[_TEACHER_LOG_PROB_BITS])
+            id_keys, bit_keys = _teacher_slot_keys(self._top_k)
+            slots = lambda keys: tf.reshape(tf.stack([features[k] for k in keys], axis=-1), [-1])  # noqa: E731
+            converted[TEACHER_IDS] = tf.maximum(slots(id_keys) - 1, 0)
+            converted[TEACHER_LOG_PROBS] = _from_float16_bits(slots(bit_keys))
             converted[TEACHER_LOG_REST] = _from_float16_bits(features[_TEACHER_LOG_REST_BITS])
         return converted
 

@@ -130,6 +130,13 @@ def test_the_labelled_task_carries_each_examples_labels_through_packing(store):
         ids, log_probs = (row[name].reshape(len(padding), TOP_K)[padding] for name in (TEACHER_IDS, TEACHER_LOG_PROBS))
         assert not ids.any() and not log_probs.any() and not row[TEACHER_LOG_REST][padding].any()
     assert seen == len(SEQUENCES["train"])
+    in_order = lambda task: [  # noqa: E731
+        (row["decoder_target_tokens"].tolist(), row["decoder_segment_ids"].tolist())
+        for row in seqio.get_dataset(
+            task, {"targets": LENGTH}, pipeline.LMFeatureConverter(pack=True), shuffle=False, verbose=False
+        ).as_numpy_iterator()
+    ]
+    assert in_order("teacher_labels_test_labelled") == in_order(TASK)  # at the store's length: the source's rows
     validation = seqio.get_mixture_or_task("teacher_labels_test_labelled").get_dataset(
         {"targets": LENGTH}, split="validation", shuffle=False
     )
