@@ -40,16 +40,23 @@ from littlehelp.objectives import EXAMPLE_WEIGHTS
 EXAMPLE_WEIGHT = "example_weight"  # optional Task feature: one positive float32 weight per example
 
 # seqio packs only 1-D int32 sequences and keeps each one's nonzero entries, so a carried feature
-# travels as int32 sequences with no zero in them, one entry per target token. (One sequence per top-k
-# slot, not one of length x k: seqio batches max(lengths) examples to pack them.)
+# travels as int32 sequences with no zero in them. seqio packs in batches of max(lengths) examples, so
+# the top-k slots travel in groups: a group of g slots is one sequence of g entries per target token,
+# with g at most MAX_CARRIED_LENGTH / length (a packing batch of at most that many examples).
 _WEIGHT_BITS = "example_weight_bits"  # the weight's float32 bits (a positive float's bits are nonzero)
 _TEACHER_LOG_REST_BITS = "teacher_log_rest_bits"  # the float16 log rest's bits | MARKER
+MAX_CARRIED_LENGTH = 2048
 
 
-def _teacher_slot_keys(top_k: int) -> tuple[list[str], list[str]]:
-    """The carried sequences of the top-k slots: each slot's id + 1, and its float16 log-probability's
-    bits | MARKER."""
-    return [f"teacher_id_plus_one_{j}" for j in range(top_k)], [f"teacher_log_prob_bits_{j}" for j in range(top_k)]
+def _slot_groups(top_k: int, length: int) -> list[tuple[int, int]]:
+    """The (first, last + 1) slots of each group of top-k slots carried as one sequence."""
+    size = max(1, min(top_k, MAX_CARRIED_LENGTH // length))
+    return [(start, min(start + size, top_k)) for start in range(0, top_k, size)]
+
+
+def _group_keys(group: int) -> tuple[str, str]:
+    """A slot group's carried sequences: each id + 1, and each float16 log-probability's bits | MARKER."""
+    return f"teacher_id_plus_one_{group}", f"teacher_log_prob_bits_{group}"
 
 
 _MARKER = 1 << 16  # above a float16's 16 bits: makes every encoded value nonzero
@@ -68,17 +75,18 @@ def _from_float16_bits(encoded: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.bitcast(bits, tf.float16), tf.float32)
 
 
-def _carried_sequences(features: dict[str, tf.Tensor], weighted: bool, top_k: int) -> dict[str, tf.Tensor]:
+def _carried_sequences(features: dict[str, tf.Tensor], weighted: bool, top_k: int, length: int) -> dict[str, tf.Tensor]:
     """The example with its weight and teacher labels as the int32 sequences that carry them through packing."""
     carried = {name: x for name, x in features.items() if name not in (EXAMPLE_WEIGHT, *TEACHER_LABELS)}
     if weighted:
         bits = tf.bitcast(tf.cast(features[EXAMPLE_WEIGHT], tf.float32), tf.int32)
         carried[_WEIGHT_BITS] = tf.fill(tf.shape(features[TARGETS]), bits)
     if top_k:
-        id_keys, bit_keys = _teacher_slot_keys(top_k)
         ids = tf.cast(features[TEACHER_IDS], tf.int32) + 1
-        carried |= {key: ids[:, j] for j, key in enumerate(id_keys)}
-        carried |= {key: _float16_bits(features[TEACHER_LOG_PROBS][:, j]) for j, key in enumerate(bit_keys)}
+        for group, (start, end) in enumerate(_slot_groups(top_k, length)):
+            id_key, bits_key = _group_keys(group)
+            carried[id_key] = tf.reshape(ids[:, start:end], [-1])
+            carried[bits_key] = _float16_bits(features[TEACHER_LOG_PROBS][:, start:end])
         carried[_TEACHER_LOG_REST_BITS] = _float16_bits(features[TEACHER_LOG_REST])
     return carried
 
@@ -129,27 +137,31 @@ class _CarriesPerTokenFeatures(_SeqioConverter):
         """The packed length of each carried sequence for `length` target tokens."""
         lengths = {_WEIGHT_BITS: length} if self._weighted else {}
         if self._top_k:
-            lengths |= {key: length for keys in _teacher_slot_keys(self._top_k) for key in keys}
+            for group, (start, end) in enumerate(_slot_groups(self._top_k, length)):
+                lengths |= {key: length * (end - start) for key in _group_keys(group)}
             lengths[_TEACHER_LOG_REST_BITS] = length
         return lengths
 
     def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
         if not (self._weighted or self._top_k):
             return super()._convert_features(ds, task_feature_lengths)
-        weighted, top_k = self._weighted, self._top_k
-        ds = ds.map(lambda x: _carried_sequences(x, weighted, top_k), num_parallel_calls=tf.data.AUTOTUNE)
+        weighted, top_k, length = self._weighted, self._top_k, task_feature_lengths[TARGETS]
+        ds = ds.map(lambda x: _carried_sequences(x, weighted, top_k, length), num_parallel_calls=tf.data.AUTOTUNE)
         ds = self._pack_or_pad(ds, {**task_feature_lengths, **self._carried_lengths(task_feature_lengths[TARGETS])})
-        return ds.map(self._convert_carried_example, num_parallel_calls=tf.data.AUTOTUNE)
+        convert = lambda x: self._convert_carried_example(x, length)  # noqa: E731
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
-    def _convert_carried_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def _convert_carried_example(self, features: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
         converted = dict(self._convert_example(features))
         if self._weighted:
             converted[EXAMPLE_WEIGHTS] = tf.bitcast(features[_WEIGHT_BITS], tf.float32)
         if self._top_k:
-            id_keys, bit_keys = _teacher_slot_keys(self._top_k)
-            slots = lambda keys: tf.reshape(tf.stack([features[k] for k in keys], axis=-1), [-1])  # noqa: E731
-            converted[TEACHER_IDS] = tf.maximum(slots(id_keys) - 1, 0)
-            converted[TEACHER_LOG_PROBS] = _from_float16_bits(slots(bit_keys))
+            groups = [(_group_keys(g), end - start) for g, (start, end) in enumerate(_slot_groups(self._top_k, length))]
+            slots = lambda i: tf.reshape(  # noqa: E731  [length * k], token-major
+                tf.concat([tf.reshape(features[keys[i]], [length, size]) for keys, size in groups], axis=-1), [-1]
+            )
+            converted[TEACHER_IDS] = tf.maximum(slots(0) - 1, 0)
+            converted[TEACHER_LOG_PROBS] = _from_float16_bits(slots(1))
             converted[TEACHER_LOG_REST] = _from_float16_bits(features[_TEACHER_LOG_REST_BITS])
         return converted
 
