@@ -105,7 +105,7 @@ STUDY = Study(
             "bytes_per_token",
             "store bytes per token",
             lambda c: store_record(c)["bytes"] / store_record(c)["tokens"],
-            1,
+            4,
         ),
         _descriptive(
             "store_flops_share", "store's teacher passes (share of a live-SALT run's FLOPs)", store_flops_share
