@@ -322,14 +322,14 @@ def run_all(
     seeds: Sequence[int],
     settings: Mapping[str, Any],
     work_dir: Path,
-    progress: Path | None = None,
+    keep: Path | None = None,
 ) -> None:
     """Every shared arm once, then every per-seed arm for each seed, in declaration order; with a
-    `progress` folder, each finished per-seed run's records are kept there (`save_progress`)."""
+    progress folder `keep`, each finished per-seed run's records are kept there (`save_progress`)."""
     shared = [a for a in study.arms if not a.per_seed]
     seeded = [a for a in study.arms if a.per_seed]
     plan = [(a, seeds[0]) for a in shared] + [(a, s) for s in seeds for a in seeded]
-    keep, progress = progress, Progress(study.name, len(plan))
+    progress = Progress(study.name, len(plan))
     for arm, seed in plan:
         context = ArmContext(study, arm, seed, settings, work_dir)
         reused = (context.folder / OUTCOME_FILE).is_file()
