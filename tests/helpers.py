@@ -26,6 +26,18 @@ TINY_T5 = T5Config(
     relative_attention_num_buckets=8,
     relative_attention_max_distance=16,
 )
+# A tiny decoder with tied embeddings over the byte vocabulary (264 ids): the small model of the
+# distillation tests (SALT's teacher, DistillSpec's draft).
+TINY_TIED_DECODER = DecoderConfig(
+    vocab_size=264,
+    emb_dim=16,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=8,
+    mlp_dim=32,
+    tie_embeddings=True,
+)
 TINY_DECODER = DecoderConfig(
     vocab_size=264,
     emb_dim=32,

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import time
@@ -57,7 +56,7 @@ from absl import logging
 
 from littlehelp import frozen, losses
 from littlehelp.config import ConfigError
-from littlehelp.data import derived_tasks, pipeline
+from littlehelp.data import corpus, derived_tasks, pipeline
 from littlehelp.errors import LittlehelpError
 from littlehelp.features import (
     DECODER_INPUT_TOKENS,
@@ -239,14 +238,6 @@ def decode_example(record: tf.Tensor, top_k: int, ids_dtype: np.dtype) -> dict[s
 # The manifest.
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_bytes(data)
@@ -271,7 +262,7 @@ def check_shards(store_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> N
     """Refuses, naming the file, a listed shard that is missing or whose sha256 is not the manifest's."""
     for shard in manifest["shards"]:
         path = Path(store_dir) / shard["file"]
-        if not path.is_file() or _sha256(path) != shard["sha256"]:
+        if not path.is_file() or corpus.sha256_of(path) != shard["sha256"]:
             raise StoreError(
                 f"{path} is missing, truncated or changed: its sha256 is not the one in "
                 f"{Path(store_dir) / MANIFEST_FILE}; delete the store to build it again"
@@ -374,7 +365,12 @@ class _ShardWriter:
             for record in self.records:
                 writer.write(record)
         os.replace(temporary, path)
-        shard = {"file": path.name, "examples": len(self.records), "tokens": self.tokens, "sha256": _sha256(path)}
+        shard = {
+            "file": path.name,
+            "examples": len(self.records),
+            "tokens": self.tokens,
+            "sha256": corpus.sha256_of(path),
+        }
         self.manifest["shards"].append(shard)
         self.records, self.tokens = [], 0
         write_manifest(self.store_dir, self.manifest)

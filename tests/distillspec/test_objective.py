@@ -22,21 +22,10 @@ from littlehelp.objectives import Curriculum, DecoderObjective
 from littlehelp.optimizers import Optimizer
 from tests.distillspec import helpers
 from tests.distillspec.helpers import numpy_average, numpy_divergence
-from tests.helpers import lm_data, random_params, save_params_only
+from tests.helpers import TINY_TIED_DECODER, lm_data, random_params, save_params_only
 
 VOCAB = 264  # the byte vocabulary of the in-memory docstrings task fits
-DRAFT = build_model(
-    DecoderConfig(
-        vocab_size=VOCAB,
-        emb_dim=16,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=8,
-        mlp_dim=32,
-        tie_embeddings=True,
-    )
-)  # tied, as draft_smollm2.gin
+DRAFT = build_model(TINY_TIED_DECODER)  # tied, as draft_smollm2.gin
 TARGET = build_model(
     DecoderConfig(vocab_size=VOCAB, emb_dim=24, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32)
 )

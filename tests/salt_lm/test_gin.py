@@ -12,10 +12,10 @@ import pytest
 from active import stage
 from littlehelp import config, frozen, main, metrics
 from littlehelp.data import teacher_labels
-from littlehelp.models import DecoderConfig, build_model
+from littlehelp.models import build_model
 from littlehelp.objectives import DecoderObjective
 from salt_lm import DistillationObjective, salt_curriculum, selection
-from tests.helpers import random_params, register_token_task, save_params_only
+from tests.helpers import TINY_TIED_DECODER, random_params, register_token_task, save_params_only
 
 # gin files -> (teacher parameters, student parameters) ranges, N_KD, TRAIN_STEPS
 PAIRS = {
@@ -63,18 +63,6 @@ def _tiny_decoder(scope: str, width: int) -> list[str]:
     return [f"--gin.{scope}/decoder.DecoderConfig.{name}={value}" for name, value in sizes.items()]
 
 
-TINY_TEACHER = DecoderConfig(
-    vocab_size=264,
-    emb_dim=16,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=8,
-    mlp_dim=32,
-    tie_embeddings=True,
-)
-
-
 def _tiny_run(run_dir, gin_file: str, *bindings: str) -> dict[int, dict]:
     """A 16-token, batch-4 run of `gin_file` with tiny teacher and student models; its metrics by step."""
     main.main(
@@ -108,7 +96,7 @@ register_token_task(
 
 
 def test_salt_from_stored_labels_of_every_token_trains_as_salt_with_a_live_teacher(tmp_path):
-    save_params_only(random_params(build_model(TINY_TEACHER), 0), tmp_path / "teacher")
+    save_params_only(random_params(build_model(TINY_TIED_DECODER), 0), tmp_path / "teacher")
     common = (f"--gin.TEACHER_DIR='{tmp_path / 'teacher'}'", "--gin.TRAIN_STEPS=2", "--gin.N_KD=2")
     live = _tiny_run(tmp_path / "live", "salt/salt.gin", f"--gin.TASK='{SHORT_TASK}'", *common)
     labels = (
@@ -125,7 +113,7 @@ def test_salt_from_stored_labels_of_every_token_trains_as_salt_with_a_live_teach
 
 
 def test_salt_ds_runs_through_the_cli_distilling_on_the_selection_then_training_on_the_task(tmp_path):
-    save_params_only(random_params(build_model(TINY_TEACHER), 0), tmp_path / "teacher")
+    save_params_only(random_params(build_model(TINY_TIED_DECODER), 0), tmp_path / "teacher")
     records = _tiny_run(
         tmp_path / "run",
         "salt/salt_ds.gin",

@@ -18,24 +18,13 @@ from littlehelp.models import DecoderConfig, build_model
 from littlehelp.objectives import Curriculum, DecoderObjective
 from littlehelp.optimizers import Optimizer
 from salt_lm import DistillationObjective, salt_curriculum
-from tests.helpers import lm_data, random_params, save_params_only
+from tests.helpers import TINY_TIED_DECODER, lm_data, random_params, save_params_only
 
 VOCAB = 264  # the byte vocabulary of the in-memory docstrings task fits
 STUDENT = build_model(
     DecoderConfig(vocab_size=VOCAB, emb_dim=24, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=48)
 )
-TEACHER = build_model(
-    DecoderConfig(
-        vocab_size=VOCAB,
-        emb_dim=16,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=8,
-        mlp_dim=32,
-        tie_embeddings=True,
-    )
-)
+TEACHER = build_model(TINY_TIED_DECODER)
 PARAMS = {"model": random_params(STUDENT, 0), "teacher": random_params(TEACHER, 1)}
 LM = DecoderObjective(STUDENT, z_loss=0.0)
 
