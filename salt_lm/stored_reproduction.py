@@ -51,6 +51,13 @@ def store_record(context: ArmContext) -> dict[str, Any]:
     return teacher_labels.read_manifest(labels_dir(context) / "train")
 
 
+def store_bytes_per_token(context: ArmContext) -> float:
+    """The training split's store's disk bytes per token."""
+    from littlehelp.data import teacher_labels  # pylint: disable=import-outside-toplevel
+
+    return teacher_labels.bytes_per_token(store_record(context))
+
+
 def store_flops_share(context: ArmContext) -> float:
     """The store's teacher passes (training and validation splits) over a live-SALT run's training FLOPs."""
     from littlehelp import study  # pylint: disable=import-outside-toplevel
@@ -104,7 +111,7 @@ STUDY = Study(
         _descriptive(
             "bytes_per_token",
             "store bytes per token",
-            lambda c: store_record(c)["bytes"] / store_record(c)["tokens"],
+            store_bytes_per_token,
             4,
         ),
         _descriptive(
